@@ -48,6 +48,10 @@ pub struct Progress {
     pub recent_active: bool,
     /// The leader tick of the latest heartbeat this follower answered.
     pub acked_tick: u64,
+    /// The leader tick at which the oldest append in flight was sent or the
+    /// latest acknowledgement arrived, whichever is later: appends that stay
+    /// unanswered long past it were lost, and the leader probes again.
+    pub last_progress_tick: u64,
 }
 
 impl Progress {
@@ -60,6 +64,7 @@ impl Progress {
             inflights: VecDeque::new(),
             recent_active: false,
             acked_tick: 0,
+            last_progress_tick: 0,
         }
     }
 
@@ -90,6 +95,14 @@ impl Progress {
         self.inflights.clear();
     }
 
+    /// True if appends are in flight and nothing was acknowledged for
+    /// `timeout_ticks`: they (or their answers) were lost.
+    pub fn is_stalled(&self, now_tick: u64, timeout_ticks: u64) -> bool {
+        self.state == ProgressState::Replicate
+            && !self.inflights.is_empty()
+            && now_tick.saturating_sub(self.last_progress_tick) >= timeout_ticks
+    }
+
     /// True if no append may be sent now.
     pub fn is_paused(&self, inflight_max: usize) -> bool {
         match self.state {
@@ -101,11 +114,12 @@ impl Progress {
 
     /// Records a successful append up to `index`. Returns false if it
     /// tells us nothing new (a stale or duplicated answer).
-    pub(crate) fn maybe_update(&mut self, index: Index) -> bool {
+    pub(crate) fn maybe_update(&mut self, index: Index, now_tick: u64) -> bool {
         let updated = index > self.match_index;
         if updated {
             self.match_index = index;
             self.probe_sent = false;
+            self.last_progress_tick = now_tick;
         }
         self.next_index = self.next_index.max(index + 1);
         while self.inflights.front().is_some_and(|&i| i <= index) {
@@ -126,8 +140,11 @@ impl Progress {
             self.become_probe_keep_next();
             return true;
         }
-        if self.next_index == 0 || self.next_index - 1 != rejected {
-            return false; // not the probe we have outstanding
+        if self.next_index == 0 || self.next_index - 1 != rejected || rejected <= self.match_index {
+            // Not the probe we have outstanding (a duplicate, or a follower
+            // denying what it acknowledged): answering it again would let
+            // duplicated rejections multiply our probes.
+            return false;
         }
         self.next_index = (self.match_index + 1).max(next.min(rejected));
         self.probe_sent = false;
@@ -141,10 +158,13 @@ impl Progress {
     }
 
     /// Records an append of entries up to `last` being sent.
-    pub(crate) fn sent_entries(&mut self, last: Index, had_entries: bool) {
+    pub(crate) fn sent_entries(&mut self, last: Index, had_entries: bool, now_tick: u64) {
         match self.state {
             ProgressState::Replicate => {
                 if had_entries {
+                    if self.inflights.is_empty() {
+                        self.last_progress_tick = now_tick;
+                    }
                     self.next_index = last + 1;
                     self.inflights.push_back(last);
                 }

@@ -881,7 +881,7 @@ impl<S: Storage> RawNode<S> {
         self.progress
             .get_mut(&to)
             .expect("checked")
-            .sent_entries(last, had);
+            .sent_entries(last, had, self.tick_count);
         let commit = self.log.committed;
         self.send(
             to,
@@ -946,7 +946,7 @@ impl<S: Storage> RawNode<S> {
             return;
         };
         let index = index.min(last);
-        if !pr.maybe_update(index) {
+        if !pr.maybe_update(index, self.tick_count) {
             return;
         }
         if from != self.id {
@@ -974,6 +974,12 @@ impl<S: Storage> RawNode<S> {
             return;
         };
         pr.acked_tick = pr.acked_tick.max(sent_tick);
+        // The follower is reachable but our appends went unanswered: they
+        // were lost (a TCP transport reports this as a broken connection;
+        // a lossy network does not). Find the match point again.
+        if pr.is_stalled(self.tick_count, 2 * self.cfg.heartbeat_interval_ticks + 2) {
+            pr.become_probe();
+        }
         match pr.state {
             ProgressState::Probe => pr.probe_sent = false,
             ProgressState::Snapshot { acked_offset, .. } => {

@@ -1,0 +1,1362 @@
+//! One simulated run: replicas, disks, a network and clients, driven by a
+//! single event queue and a single seeded random source.
+//!
+//! Time is simulated microseconds. Every source of nondeterminism (message
+//! delays, loss, faults, client choices, the Raft nodes' election timeouts)
+//! derives from the run's seed, and events at equal times run in the order
+//! they were scheduled, so a seed replays exactly.
+//!
+//! A run has two phases. In the **fault phase** the nemesis partitions the
+//! network (symmetric and asymmetric), the network loses, duplicates, delays
+//! and reorders messages, nodes crash (losing unpersisted writes, sometimes
+//! with a torn last write) and restart, disks stall, clocks tick at skewed
+//! rates, and an administrator changes membership and transfers leadership.
+//! Then every fault heals and the **liveness phase** checks that a leader is
+//! elected and a client write commits within a bounded time. Safety
+//! invariants are checked after every event; linearizability of the client
+//! history and the survival of acknowledged writes at the end.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+
+use ramcoord_log::{
+    ConfChange, ConfState, Config, EntryKind, InjectedBugs, MemStorage, Message, NodeId,
+    ProposeError, RawNode, ReadMode, Ready, Role, Storage,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use xxhash_rust::xxh3::Xxh3;
+
+use super::checkers::{entry_digest, Checker, Violation};
+use super::kv::{Command, Kv, KvOp};
+use crate::lincheck::register::{Register, RegisterInput, RegisterOutput};
+use crate::lincheck::{self, Operation, Verdict};
+
+/// How hard the simulator pushes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultLevel {
+    /// A healthy cluster: only ordinary delays.
+    None,
+    /// Every fault kind, at rates a real deployment might see on a bad day.
+    Standard,
+    /// Every fault kind, often.
+    Heavy,
+}
+
+/// What one run simulates.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// The seed everything derives from.
+    pub seed: u64,
+    /// Replicas in the group (3 or 5).
+    pub replicas: usize,
+    /// Fault intensity.
+    pub faults: FaultLevel,
+    /// Planted bugs.
+    pub bugs: InjectedBugs,
+    /// Keep the event trace.
+    pub trace: bool,
+}
+
+/// Counts for the summary line.
+#[derive(Clone, Debug, Default)]
+pub struct SimStats {
+    /// Events processed.
+    pub events: u64,
+    /// Distinct (term, leader) pairs.
+    pub leaders: u64,
+    /// Highest index applied anywhere.
+    pub applied_max: u64,
+    /// Client operations acknowledged.
+    pub ops_ok: u64,
+    /// Client operations with unknown outcome.
+    pub ops_unknown: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Simulated microseconds.
+    pub sim_us: u64,
+}
+
+/// The outcome of one run.
+#[derive(Clone, Debug)]
+pub struct SimOutcome {
+    /// The seed.
+    pub seed: u64,
+    /// The first invariant broken, if any.
+    pub violation: Option<Violation>,
+    /// The event trace (empty unless asked for).
+    pub trace: Vec<String>,
+    /// Hash of the event trace (0 unless the trace was kept).
+    pub trace_hash: u64,
+    /// Counts.
+    pub stats: SimStats,
+}
+
+/// Knobs drawn from the seed (swarm testing: each seed gets its own mix).
+#[derive(Clone, Debug)]
+struct Params {
+    loss: f64,
+    dup: f64,
+    delay_us: (u64, u64),
+    reorder: f64,
+    reorder_us: u64,
+    partitions: bool,
+    crashes: bool,
+    crash_every_us: (u64, u64),
+    down_us: (u64, u64),
+    torn: f64,
+    disk_us: (u64, u64),
+    slow_disk: f64,
+    slow_disk_us: (u64, u64),
+    skew: f64,
+    admin: bool,
+    compact_threshold: u64,
+    append_entries_max: usize,
+    inflight_max: usize,
+    chunk_bytes: usize,
+    read_mode: ReadMode,
+    fault_phase_us: u64,
+    liveness_us: u64,
+}
+
+const TICK_US: u64 = 1_000;
+const ELECTION_TICKS: u64 = 10;
+const HEARTBEAT_TICKS: u64 = 2;
+const CLIENTS: usize = 3;
+const KEYS: u64 = 3;
+const CLIENT_TIMEOUT_US: u64 = 120_000;
+/// Search budget per key: the histories here take far fewer steps; running
+/// out is reported, never taken as a pass.
+const LINCHECK_STEPS_MAX: u64 = 5_000_000;
+/// A healthy run processes well under a million events; many more means
+/// messages multiply (a protocol bug), and the run stops with a violation.
+const EVENTS_MAX: u64 = 5_000_000;
+
+impl Params {
+    fn draw(level: FaultLevel, rng: &mut ChaCha8Rng) -> Params {
+        let mut p = Params {
+            loss: 0.0,
+            dup: 0.0,
+            delay_us: (50, 400),
+            reorder: 0.0,
+            reorder_us: 0,
+            partitions: false,
+            crashes: false,
+            crash_every_us: (0, 0),
+            down_us: (0, 0),
+            torn: 0.0,
+            disk_us: (30, 300),
+            slow_disk: 0.0,
+            slow_disk_us: (0, 0),
+            skew: 0.0,
+            admin: false,
+            compact_threshold: rng.random_range(8..200),
+            append_entries_max: [1, 2, 4, 64][rng.random_range(0..4)],
+            inflight_max: [1, 4, 64][rng.random_range(0..3)],
+            chunk_bytes: [16, 64, 4096][rng.random_range(0..3)],
+            read_mode: ReadMode::Safe,
+            fault_phase_us: 1_500_000,
+            liveness_us: 3_000_000,
+        };
+        let heavy = level == FaultLevel::Heavy;
+        if level != FaultLevel::None {
+            let scale = if heavy { 3.0 } else { 1.0 };
+            p.loss = rng.random_range(0.0..0.05) * scale;
+            p.dup = rng.random_range(0.0..0.03) * scale;
+            p.delay_us = (50, rng.random_range(400..3_000));
+            p.reorder = rng.random_range(0.0..0.05) * scale;
+            p.reorder_us = rng.random_range(5_000..40_000);
+            p.partitions = rng.random_bool(0.8);
+            p.crashes = rng.random_bool(0.8);
+            p.crash_every_us = if heavy {
+                (30_000, 250_000)
+            } else {
+                (80_000, 500_000)
+            };
+            p.down_us = (5_000, rng.random_range(20_000..400_000));
+            p.torn = rng.random_range(0.0..1.0);
+            p.disk_us = (30, rng.random_range(300..3_000));
+            p.slow_disk = rng.random_range(0.0..0.1) * scale;
+            p.slow_disk_us = (5_000, rng.random_range(10_000..60_000));
+            p.skew = rng.random_range(0.0..if heavy { 0.3 } else { 0.1 });
+            p.admin = rng.random_bool(0.6);
+            p.fault_phase_us = if heavy { 3_000_000 } else { 2_000_000 };
+            p.liveness_us = 4_000_000;
+        }
+        if rng.random_bool(0.3) {
+            // Followers may tick up to `skew` slower or faster than the
+            // leader; the lease gives up enough ticks to cover it, plus one
+            // for the heartbeat's own flight.
+            let margin = ((ELECTION_TICKS as f64) * 2.0 * p.skew).ceil() as u64 + 1;
+            p.read_mode = ReadMode::Lease {
+                drift_margin_ticks: margin.min(ELECTION_TICKS - 1),
+            };
+        }
+        p
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Req {
+    Read { key: u64 },
+    Write { key: u64, value: u64 },
+    Cas { key: u64, from: u64, to: u64 },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    Read(Option<u64>),
+    Done,
+    /// Certainly had no effect.
+    Failed(Option<NodeId>),
+}
+
+#[derive(Debug)]
+enum Ev {
+    Tick(NodeId, u64),
+    Deliver(Message),
+    DiskDone(NodeId, u64),
+    ClientNext(usize),
+    Request {
+        node: NodeId,
+        client: usize,
+        op_id: u64,
+        req: Req,
+    },
+    Response {
+        client: usize,
+        op_id: u64,
+        reply: Reply,
+    },
+    Timeout {
+        client: usize,
+        op_id: u64,
+    },
+    Nemesis,
+    Crash,
+    Restart(NodeId),
+    Admin,
+    Heal,
+}
+
+struct Queued {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+struct Node {
+    id: NodeId,
+    incarnation: u64,
+    raft: Option<RawNode<MemStorage>>,
+    /// The durable storage while the node is down.
+    down_storage: Option<MemStorage>,
+    disk_queue: VecDeque<Ready>,
+    /// Readies in the write in flight (group commit).
+    disk_inflight: usize,
+    tick_us: u64,
+    kv: Kv,
+    applied: u64,
+    commit_checked: u64,
+    pending_writes: BTreeMap<u64, (usize, u64)>,
+    pending_reads: HashMap<u64, (usize, u64)>,
+    read_points: Vec<(u64, u64)>,
+    was_leader_term: Option<u64>,
+}
+
+#[derive(Default)]
+struct Client {
+    in_flight: Option<(u64, usize)>,
+    leader_hint: Option<NodeId>,
+}
+
+struct HistOp {
+    key: u64,
+    op: Operation<RegisterInput, RegisterOutput>,
+    write_index: Option<u64>,
+    write_digest: Option<u64>,
+    /// Certainly had no effect (or a read that saw nothing): not checked.
+    dropped: bool,
+}
+
+struct World {
+    opts: SimOptions,
+    p: Params,
+    rng: ChaCha8Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    nodes: BTreeMap<NodeId, Node>,
+    blocked: HashSet<(NodeId, NodeId)>,
+    healed: bool,
+    heal_at: u64,
+    clients: Vec<Client>,
+    history: Vec<HistOp>,
+    hist_clock: u64,
+    next_op: u64,
+    next_value: u64,
+    checker: Checker,
+    trace: Vec<String>,
+    stats: SimStats,
+    live_commit_after_heal: bool,
+    removed: BTreeSet<NodeId>,
+    /// op id -> (history clock at its first apply anywhere, took effect).
+    first_applied: HashMap<u64, (u64, bool)>,
+}
+
+/// Runs one seed to completion.
+pub fn run(opts: SimOptions) -> SimOutcome {
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let p = Params::draw(opts.faults, &mut rng);
+    let mut w = World {
+        heal_at: p.fault_phase_us,
+        p,
+        rng,
+        now: 0,
+        seq: 0,
+        queue: BinaryHeap::new(),
+        nodes: BTreeMap::new(),
+        blocked: HashSet::new(),
+        healed: false,
+        clients: (0..CLIENTS).map(|_| Client::default()).collect(),
+        history: Vec::new(),
+        hist_clock: 0,
+        next_op: 1,
+        next_value: 1,
+        checker: Checker::default(),
+        trace: Vec::new(),
+        stats: SimStats::default(),
+        live_commit_after_heal: false,
+        removed: BTreeSet::new(),
+        first_applied: HashMap::new(),
+        opts,
+    };
+    let violation = w.run_all().err();
+    w.stats.applied_max = w.checker.applied_max();
+    w.stats.sim_us = w.now;
+    let trace_hash = if w.opts.trace {
+        let mut h = Xxh3::new();
+        for line in &w.trace {
+            h.update(line.as_bytes());
+            h.update(b"\n");
+        }
+        h.digest()
+    } else {
+        0
+    };
+    SimOutcome {
+        seed: w.opts.seed,
+        violation,
+        trace: std::mem::take(&mut w.trace),
+        trace_hash,
+        stats: w.stats.clone(),
+    }
+}
+
+impl World {
+    fn trace(&mut self, f: impl FnOnce() -> String) {
+        if self.opts.trace {
+            let line = format!("{:>9} {}", self.now, f());
+            self.trace.push(line);
+        }
+    }
+
+    fn at(&mut self, delay_us: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Queued {
+            at: self.now + delay_us,
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    fn raft_config(&self, id: NodeId, seed: u64) -> Config {
+        let mut cfg = Config::new(id);
+        cfg.election_timeout_ticks = ELECTION_TICKS;
+        cfg.heartbeat_interval_ticks = HEARTBEAT_TICKS;
+        cfg.append_entries_max = self.p.append_entries_max;
+        cfg.inflight_appends_max = self.p.inflight_max;
+        cfg.snapshot_chunk_bytes = self.p.chunk_bytes;
+        cfg.read_mode = self.p.read_mode;
+        cfg.seed = seed;
+        cfg.bugs = self.opts.bugs;
+        cfg
+    }
+
+    fn run_all(&mut self) -> Result<(), Violation> {
+        let n = self.opts.replicas as u64;
+        let conf = ConfState::with_voters(1..=n);
+        for id in 1..=n {
+            let skew = if self.p.skew > 0.0 {
+                self.rng.random_range(-self.p.skew..self.p.skew)
+            } else {
+                0.0
+            };
+            let tick_us = ((TICK_US as f64) * (1.0 + skew)) as u64;
+            let seed = self.rng.random();
+            let raft = RawNode::new(
+                self.raft_config(id, seed),
+                MemStorage::new_with_conf(conf.clone()),
+            )
+            .expect("valid simulator config");
+            self.nodes.insert(
+                id,
+                Node {
+                    id,
+                    incarnation: 0,
+                    raft: Some(raft),
+                    down_storage: None,
+                    disk_queue: VecDeque::new(),
+                    disk_inflight: 0,
+                    tick_us,
+                    kv: Kv::default(),
+                    applied: 0,
+                    commit_checked: 0,
+                    pending_writes: BTreeMap::new(),
+                    pending_reads: HashMap::new(),
+                    read_points: Vec::new(),
+                    was_leader_term: None,
+                },
+            );
+            let first = self.rng.random_range(0..tick_us);
+            self.at(first, Ev::Tick(id, 0));
+        }
+        for c in 0..CLIENTS {
+            let d = self.rng.random_range(0..20_000);
+            self.at(d, Ev::ClientNext(c));
+        }
+        if self.opts.faults != FaultLevel::None {
+            if self.p.partitions {
+                let d = self.rng.random_range(50_000..300_000);
+                self.at(d, Ev::Nemesis);
+            }
+            if self.p.crashes {
+                let d = self
+                    .rng
+                    .random_range(self.p.crash_every_us.0..self.p.crash_every_us.1);
+                self.at(d, Ev::Crash);
+            }
+            if self.p.admin {
+                let d = self.rng.random_range(100_000..400_000);
+                self.at(d, Ev::Admin);
+            }
+        }
+        self.at(self.heal_at, Ev::Heal);
+        let end = self.heal_at + self.p.liveness_us;
+
+        while let Some(Reverse(q)) = self.queue.pop() {
+            if q.at > end {
+                break;
+            }
+            self.now = q.at;
+            self.stats.events += 1;
+            if self.stats.events > EVENTS_MAX {
+                return Err(Violation::new(
+                    "event budget",
+                    format!(
+                        "more than {EVENTS_MAX} events by t={}us: a message storm or livelock",
+                        self.now
+                    ),
+                ));
+            }
+            self.handle(q.ev)?;
+        }
+        self.now = end;
+        if !self.live_commit_after_heal {
+            return Err(Violation::new(
+                "liveness",
+                format!(
+                    "no client write committed within {} ticks after all faults healed",
+                    self.p.liveness_us / TICK_US
+                ),
+            ));
+        }
+        self.check_acked_writes_survive()?;
+        self.check_linearizable()
+    }
+
+    fn handle(&mut self, ev: Ev) -> Result<(), Violation> {
+        match ev {
+            Ev::Tick(id, inc) => {
+                let node = &self.nodes[&id];
+                if node.incarnation != inc || node.raft.is_none() {
+                    return Ok(());
+                }
+                let tick_us = node.tick_us;
+                self.nodes
+                    .get_mut(&id)
+                    .unwrap()
+                    .raft
+                    .as_mut()
+                    .unwrap()
+                    .tick();
+                self.at(tick_us, Ev::Tick(id, inc));
+                self.after_input(id)
+            }
+            Ev::Deliver(m) => {
+                let to = m.to;
+                if self.blocked.contains(&(m.from, to)) {
+                    self.trace(|| format!("drop(partition) {}->{} {}", m.from, to, m.body.name()));
+                    return Ok(());
+                }
+                let Some(raft) = self.nodes.get_mut(&to).and_then(|n| n.raft.as_mut()) else {
+                    return Ok(());
+                };
+                if self.opts.trace {
+                    let line = format!(
+                        "{:>9} deliver {}->{} t{} {:?}",
+                        self.now, m.from, m.to, m.term, m.body
+                    );
+                    self.trace.push(line);
+                }
+                raft.step(m);
+                self.after_input(to)
+            }
+            Ev::DiskDone(id, inc) => self.disk_done(id, inc),
+            Ev::ClientNext(c) => {
+                self.client_next(c);
+                Ok(())
+            }
+            Ev::Request {
+                node,
+                client,
+                op_id,
+                req,
+            } => self.request(node, client, op_id, req),
+            Ev::Response {
+                client,
+                op_id,
+                reply,
+            } => {
+                self.response(client, op_id, reply);
+                Ok(())
+            }
+            Ev::Timeout { client, op_id } => {
+                self.timeout(client, op_id);
+                Ok(())
+            }
+            Ev::Nemesis => {
+                self.nemesis();
+                Ok(())
+            }
+            Ev::Crash => {
+                self.crash_some();
+                Ok(())
+            }
+            Ev::Restart(id) => self.restart(id),
+            Ev::Admin => {
+                self.admin();
+                Ok(())
+            }
+            Ev::Heal => {
+                self.heal();
+                Ok(())
+            }
+        }
+    }
+
+    // ----- nodes -----------------------------------------------------------
+
+    /// After a node took an input: run its ready loop and check invariants.
+    fn after_input(&mut self, id: NodeId) -> Result<(), Violation> {
+        self.drive(id)?;
+        self.check_node(id)
+    }
+
+    fn check_node(&mut self, id: NodeId) -> Result<(), Violation> {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(raft) = node.raft.as_ref() else {
+            return Ok(());
+        };
+        if raft.role() == Role::Leader && node.was_leader_term != Some(raft.term()) {
+            node.was_leader_term = Some(raft.term());
+            let (term, last) = (raft.term(), raft.log().last_index());
+            if self.checker.on_leader(id, term)? {
+                self.stats.leaders += 1;
+            }
+            let log = raft.log();
+            self.checker
+                .check_leader_completeness(id, term, last, |i| match log.term(i) {
+                    Ok(t) => Some(Ok(t)),
+                    Err(ramcoord_log::StorageError::Compacted(_)) => None,
+                    Err(_) => Some(Err(())),
+                })?;
+            self.trace(|| format!("n{id} leader term {term}"));
+        }
+        let node = self.nodes.get_mut(&id).unwrap();
+        let raft = node.raft.as_ref().unwrap();
+        let committed = raft.log().committed;
+        if committed > node.commit_checked {
+            let lo = (node.commit_checked + 1).max(raft.log().first_index());
+            if lo <= committed {
+                let ents = raft
+                    .log()
+                    .entries(lo, committed + 1, u64::MAX)
+                    .expect("committed entries are in the log");
+                for e in &ents {
+                    self.checker
+                        .on_committed(id, e.index, e.term, entry_digest(e))?;
+                }
+            }
+            node.commit_checked = committed;
+        }
+        Ok(())
+    }
+
+    fn drive(&mut self, id: NodeId) -> Result<(), Violation> {
+        loop {
+            let node = self.nodes.get_mut(&id).unwrap();
+            let Some(raft) = node.raft.as_mut() else {
+                return Ok(());
+            };
+            if !raft.has_ready() {
+                break;
+            }
+            let mut rd = raft.ready();
+            self.checker.on_entries(id, &rd.entries)?;
+            for m in std::mem::take(&mut rd.messages) {
+                self.send(m);
+            }
+            if let Some(snap) = &rd.snapshot {
+                let Some(kv) = Kv::restore(&snap.data) else {
+                    return Err(Violation::new(
+                        "snapshot",
+                        format!("node {id} got an unreadable snapshot"),
+                    ));
+                };
+                let node = self.nodes.get_mut(&id).unwrap();
+                node.kv = kv;
+                node.applied = snap.meta.index;
+                let idx = snap.meta.index;
+                self.trace(|| format!("n{id} restore snapshot at {idx}"));
+            }
+            let committed = std::mem::take(&mut rd.committed_entries);
+            self.apply(id, &committed)?;
+            let node = self.nodes.get_mut(&id).unwrap();
+            node.read_points
+                .extend(rd.read_states.iter().map(|r| (r.index, r.ctx)));
+            self.serve_reads(id);
+            let node = self.nodes.get_mut(&id).unwrap();
+            if rd.is_persist_empty() && node.disk_queue.is_empty() {
+                let msgs = std::mem::take(&mut rd.persisted_messages);
+                node.raft.as_mut().unwrap().advance(rd);
+                for m in msgs {
+                    self.send(m);
+                }
+                continue;
+            }
+            node.disk_queue.push_back(rd);
+            if node.disk_inflight == 0 {
+                self.start_disk_write(id);
+            }
+        }
+        self.maybe_compact(id);
+        Ok(())
+    }
+
+    fn start_disk_write(&mut self, id: NodeId) {
+        let slow = self.rng.random_bool(self.p.slow_disk);
+        let lat = if slow {
+            self.rng
+                .random_range(self.p.slow_disk_us.0..self.p.slow_disk_us.1)
+        } else {
+            self.rng.random_range(self.p.disk_us.0..self.p.disk_us.1)
+        };
+        let node = self.nodes.get_mut(&id).unwrap();
+        // Group commit: one write covers every ready queued so far.
+        node.disk_inflight = node.disk_queue.len();
+        let inc = node.incarnation;
+        self.at(lat, Ev::DiskDone(id, inc));
+    }
+
+    fn disk_done(&mut self, id: NodeId, inc: u64) -> Result<(), Violation> {
+        let node = self.nodes.get_mut(&id).unwrap();
+        if node.incarnation != inc || node.raft.is_none() {
+            return Ok(());
+        }
+        let n = node.disk_inflight;
+        node.disk_inflight = 0;
+        for _ in 0..n {
+            let node = self.nodes.get_mut(&id).unwrap();
+            let mut rd = node
+                .disk_queue
+                .pop_front()
+                .expect("in-flight readies are queued");
+            let raft = node.raft.as_mut().unwrap();
+            persist(raft.storage_mut(), &rd);
+            let msgs = std::mem::take(&mut rd.persisted_messages);
+            raft.advance(rd);
+            for m in msgs {
+                self.send(m);
+            }
+        }
+        let id_ = id;
+        self.trace(|| format!("n{id_} disk wrote {n} readies"));
+        if !self.nodes[&id].disk_queue.is_empty() {
+            self.start_disk_write(id);
+        }
+        self.after_input(id)
+    }
+
+    fn maybe_compact(&mut self, id: NodeId) {
+        let threshold = self.p.compact_threshold;
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(raft) = node.raft.as_mut() else {
+            return;
+        };
+        if !node.disk_queue.is_empty() {
+            return;
+        }
+        let point = raft.snapshot_point();
+        let held = raft.log().storage().snapshot().meta.index;
+        if point.index < held + threshold || point.index > raft.log().storage().last_index() {
+            return;
+        }
+        debug_assert_eq!(point.index, node.applied);
+        let snap = ramcoord_log::Snapshot {
+            meta: point,
+            data: node.kv.snapshot(),
+        };
+        raft.storage_mut()
+            .compact(snap)
+            .expect("compacting at the applied index");
+    }
+
+    fn apply(&mut self, id: NodeId, entries: &[ramcoord_log::Entry]) -> Result<(), Violation> {
+        for e in entries {
+            let node = self.nodes.get_mut(&id).unwrap();
+            if e.index != node.applied + 1 {
+                return Err(Violation::new(
+                    "state machine safety",
+                    format!("node {id} applies index {} after {}", e.index, node.applied),
+                ));
+            }
+            node.applied = e.index;
+            let digest = entry_digest(e);
+            self.checker.on_applied(id, e.index, digest)?;
+            let node = self.nodes.get_mut(&id).unwrap();
+            let pending = node.pending_writes.remove(&e.index);
+            let cmd = if e.kind == EntryKind::Normal {
+                Command::decode(&e.data)
+            } else {
+                None
+            };
+            let effect = cmd.map(|c| node.kv.apply(&c));
+            if let (Some(c), Some(took)) = (cmd, effect) {
+                if !self.first_applied.contains_key(&c.op_id) {
+                    self.hist_clock += 1;
+                    self.first_applied.insert(c.op_id, (self.hist_clock, took));
+                }
+            }
+            if let Some((client, op_id)) = pending {
+                let reply = match (cmd, effect) {
+                    (Some(c), Some(true)) if c.op_id == op_id => {
+                        if let Some(h) =
+                            self.history.iter_mut().rev().find(|h| h.op.origin == op_id)
+                        {
+                            h.write_index = Some(e.index);
+                            h.write_digest = Some(digest);
+                        }
+                        Reply::Done
+                    }
+                    _ => Reply::Failed(None), // another entry took the index, or a cas failed
+                };
+                self.reply(client, op_id, reply);
+            }
+        }
+        Ok(())
+    }
+
+    fn serve_reads(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let applied = node.applied;
+        let mut ready = Vec::new();
+        node.read_points.retain(|&(index, ctx)| {
+            if index <= applied {
+                ready.push(ctx);
+                false
+            } else {
+                true
+            }
+        });
+        for ctx in ready {
+            let node = self.nodes.get_mut(&id).unwrap();
+            if let Some((client, key)) = node.pending_reads.remove(&ctx) {
+                let v = node.kv.get(key);
+                self.reply(client, ctx, Reply::Read(v));
+            }
+        }
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        let torn = self.rng.random_bool(self.p.torn);
+        let cut: u64 = self.rng.random();
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(raft) = node.raft.take() else { return };
+        let mut storage = raft.into_storage();
+        // The write in flight may have partly reached the disk: some whole
+        // readies, then a prefix of one ready's entries (never its hard
+        // state). None of it was acknowledged.
+        let inflight = node.disk_inflight.min(node.disk_queue.len());
+        if torn && inflight > 0 {
+            let whole = (cut % inflight as u64) as usize;
+            for rd in node.disk_queue.iter().take(whole) {
+                persist(&mut storage, rd);
+            }
+            if let Some(rd) = node.disk_queue.get(whole) {
+                if let Some(s) = &rd.snapshot {
+                    let _ = s; // a torn snapshot write leaves the old log
+                } else if !rd.entries.is_empty() {
+                    let k = ((cut >> 32) % (rd.entries.len() as u64 + 1)) as usize;
+                    if k > 0 {
+                        storage
+                            .append(&rd.entries[..k])
+                            .expect("torn prefix continues the log");
+                    }
+                }
+            }
+        }
+        node.disk_queue.clear();
+        node.disk_inflight = 0;
+        node.incarnation += 1;
+        node.down_storage = Some(storage);
+        node.kv = Kv::default();
+        node.applied = 0;
+        node.pending_writes.clear();
+        node.pending_reads.clear();
+        node.read_points.clear();
+        node.was_leader_term = None;
+        self.stats.crashes += 1;
+        self.trace(|| format!("n{id} CRASH (torn={torn})"));
+    }
+
+    fn restart(&mut self, id: NodeId) -> Result<(), Violation> {
+        let seed = self.rng.random();
+        let cfg = self.raft_config(id, seed);
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(storage) = node.down_storage.take() else {
+            return Ok(());
+        };
+        let snap = storage.snapshot();
+        let Some(kv) = Kv::restore(&snap.data) else {
+            return Err(Violation::new(
+                "snapshot",
+                format!("node {id} restarts from an unreadable snapshot"),
+            ));
+        };
+        let raft = match RawNode::new(cfg, storage) {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(Violation::new(
+                    "restart",
+                    format!("node {id} cannot restart: {e}"),
+                ))
+            }
+        };
+        node.kv = kv;
+        node.applied = snap.meta.index;
+        node.commit_checked = raft.log().committed;
+        node.raft = Some(raft);
+        let (inc, tick) = (node.incarnation, node.tick_us);
+        self.at(tick, Ev::Tick(id, inc));
+        self.trace(|| format!("n{id} RESTART"));
+        self.after_input(id)
+    }
+
+    // ----- network ---------------------------------------------------------
+
+    fn send(&mut self, m: Message) {
+        if self.blocked.contains(&(m.from, m.to)) {
+            return;
+        }
+        if !self.healed && self.rng.random_bool(self.p.loss) {
+            return;
+        }
+        let copies = if !self.healed && self.rng.random_bool(self.p.dup) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut d = self.rng.random_range(self.p.delay_us.0..=self.p.delay_us.1);
+            if !self.healed && self.rng.random_bool(self.p.reorder) {
+                d += self.rng.random_range(0..self.p.reorder_us);
+            }
+            self.at(d, Ev::Deliver(m.clone()));
+        }
+    }
+
+    fn nemesis(&mut self) {
+        if self.healed {
+            return;
+        }
+        self.blocked.clear();
+        let ids = self.node_ids();
+        let what = self.rng.random_range(0..100);
+        let desc = if what < 35 {
+            "heal".to_string()
+        } else if what < 60 {
+            // Symmetric split into two sides.
+            let side: Vec<NodeId> = ids
+                .iter()
+                .copied()
+                .filter(|_| self.rng.random_bool(0.5))
+                .collect();
+            for &a in &ids {
+                for &b in &ids {
+                    if side.contains(&a) != side.contains(&b) {
+                        self.blocked.insert((a, b));
+                    }
+                }
+            }
+            format!("split {side:?}")
+        } else if what < 80 {
+            // Isolate the leader (or anyone).
+            let leader = ids.iter().copied().find(|i| {
+                self.nodes[i]
+                    .raft
+                    .as_ref()
+                    .is_some_and(|r| r.role() == Role::Leader)
+            });
+            let victim = leader.unwrap_or(ids[self.rng.random_range(0..ids.len())]);
+            for &b in &ids {
+                if b != victim {
+                    self.blocked.insert((victim, b));
+                    self.blocked.insert((b, victim));
+                }
+            }
+            format!("isolate {victim}")
+        } else {
+            // Asymmetric: some directed links drop everything.
+            for &a in &ids {
+                for &b in &ids {
+                    if a != b && self.rng.random_bool(0.25) {
+                        self.blocked.insert((a, b));
+                    }
+                }
+            }
+            format!("asymmetric {} links", self.blocked.len())
+        };
+        self.trace(|| format!("nemesis {desc}"));
+        let d = self.rng.random_range(50_000..400_000);
+        self.at(d, Ev::Nemesis);
+    }
+
+    fn crash_some(&mut self) {
+        if self.healed {
+            return;
+        }
+        let up: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.raft.is_some())
+            .map(|n| n.id)
+            .collect();
+        if !up.is_empty() {
+            // Favour the leader: its crash exercises roll-over the most.
+            let leader = up.iter().copied().find(|i| {
+                self.nodes[i]
+                    .raft
+                    .as_ref()
+                    .is_some_and(|r| r.role() == Role::Leader)
+            });
+            let victim = match leader {
+                Some(l) if self.rng.random_bool(0.5) => l,
+                _ => up[self.rng.random_range(0..up.len())],
+            };
+            self.crash(victim);
+            let down = self.rng.random_range(self.p.down_us.0..self.p.down_us.1);
+            self.at(down, Ev::Restart(victim));
+        }
+        let d = self
+            .rng
+            .random_range(self.p.crash_every_us.0..self.p.crash_every_us.1);
+        self.at(d, Ev::Crash);
+    }
+
+    fn admin(&mut self) {
+        if self.healed {
+            return;
+        }
+        let d = self.rng.random_range(100_000..500_000);
+        self.at(d, Ev::Admin);
+        let Some(leader) = self.node_ids().into_iter().find(|i| {
+            self.nodes[i]
+                .raft
+                .as_ref()
+                .is_some_and(|r| r.role() == Role::Leader)
+        }) else {
+            return;
+        };
+        let raft = self.nodes.get_mut(&leader).unwrap().raft.as_mut().unwrap();
+        let conf = raft.conf().clone();
+        let roll = self.rng.random_range(0..100);
+        let desc = if roll < 40 {
+            let voters: Vec<NodeId> = conf
+                .voters
+                .iter()
+                .copied()
+                .filter(|&v| v != leader)
+                .collect();
+            if voters.is_empty() {
+                return;
+            }
+            let to = voters[self.rng.random_range(0..voters.len())];
+            format!("transfer {leader}->{to}: {:?}", raft.transfer_leader(to))
+        } else if let Some(&gone) = self.removed.iter().next() {
+            let cc = if conf.learners.contains(&gone) {
+                ConfChange::AddVoter(gone)
+            } else {
+                ConfChange::AddLearner(gone)
+            };
+            let r = raft.propose_conf_change(cc);
+            if matches!(cc, ConfChange::AddVoter(_)) && r.is_ok() {
+                self.removed.remove(&gone);
+            }
+            format!("{cc:?}: {r:?}")
+        } else if conf.voters.len() >= 3 {
+            let voters: Vec<NodeId> = conf
+                .voters
+                .iter()
+                .copied()
+                .filter(|&v| v != leader)
+                .collect();
+            let victim = voters[self.rng.random_range(0..voters.len())];
+            let r = raft.propose_conf_change(ConfChange::Remove(victim));
+            if r.is_ok() {
+                self.removed.insert(victim);
+            }
+            format!("Remove({victim}): {r:?}")
+        } else {
+            return;
+        };
+        self.trace(|| format!("admin at n{leader}: {desc}"));
+        let _ = self.after_input(leader);
+    }
+
+    fn heal(&mut self) {
+        self.healed = true;
+        self.blocked.clear();
+        self.p.slow_disk = 0.0;
+        let down: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.raft.is_none())
+            .map(|n| n.id)
+            .collect();
+        for id in down {
+            self.at(0, Ev::Restart(id));
+        }
+        self.trace(|| "HEAL: faults stop; liveness phase".to_string());
+    }
+
+    // ----- clients ---------------------------------------------------------
+
+    fn client_next(&mut self, c: usize) {
+        if self.clients[c].in_flight.is_some() {
+            return;
+        }
+        let op_id = self.next_op;
+        self.next_op += 1;
+        let key = self.rng.random_range(0..KEYS);
+        let roll = self.rng.random_range(0..100);
+        let (req, input) = if roll < 40 {
+            (Req::Read { key }, RegisterInput::Read)
+        } else if roll < 80 {
+            let value = self.next_value;
+            self.next_value += 1;
+            (
+                Req::Write { key, value },
+                RegisterInput::Write(value as i64),
+            )
+        } else {
+            // Compare against a recent value so some succeed.
+            let from = self
+                .next_value
+                .saturating_sub(self.rng.random_range(1..4))
+                .max(1);
+            let to = self.next_value;
+            self.next_value += 1;
+            (
+                Req::Cas { key, from, to },
+                RegisterInput::Cas(from as i64, to as i64),
+            )
+        };
+        let ids = self.node_ids();
+        let target = match self.clients[c].leader_hint {
+            Some(l) if self.rng.random_bool(0.9) => l,
+            _ => ids[self.rng.random_range(0..ids.len())],
+        };
+        self.hist_clock += 1;
+        let idx = self.history.len();
+        self.history.push(HistOp {
+            key,
+            op: Operation {
+                call: self.hist_clock,
+                ret: None,
+                input,
+                output: None,
+                process: c as u64,
+                origin: op_id,
+            },
+            write_index: None,
+            write_digest: None,
+            dropped: false,
+        });
+        self.clients[c].in_flight = Some((op_id, idx));
+        let d = self.rng.random_range(self.p.delay_us.0..=self.p.delay_us.1);
+        self.at(
+            d,
+            Ev::Request {
+                node: target,
+                client: c,
+                op_id,
+                req,
+            },
+        );
+        self.at(CLIENT_TIMEOUT_US, Ev::Timeout { client: c, op_id });
+        self.trace(|| format!("client {c} op {op_id} {req:?} -> n{target}"));
+    }
+
+    fn request(
+        &mut self,
+        id: NodeId,
+        client: usize,
+        op_id: u64,
+        req: Req,
+    ) -> Result<(), Violation> {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(raft) = node.raft.as_mut() else {
+            return Ok(());
+        };
+        let result = match req {
+            Req::Read { key } => raft.read_index(op_id).map(|_| {
+                node.pending_reads.insert(op_id, (client, key));
+            }),
+            Req::Write { key, value } => {
+                let cmd = Command {
+                    op_id,
+                    op: KvOp::Put { key, value },
+                };
+                raft.propose(cmd.encode()).map(|index| {
+                    node.pending_writes.insert(index, (client, op_id));
+                })
+            }
+            Req::Cas { key, from, to } => {
+                let cmd = Command {
+                    op_id,
+                    op: KvOp::Cas { key, from, to },
+                };
+                raft.propose(cmd.encode()).map(|index| {
+                    node.pending_writes.insert(index, (client, op_id));
+                })
+            }
+        };
+        if let Err(e) = result {
+            let hint = match e {
+                ProposeError::NotLeader { leader } => leader,
+                _ => None,
+            };
+            self.reply(client, op_id, Reply::Failed(hint));
+        }
+        self.after_input(id)
+    }
+
+    fn reply(&mut self, client: usize, op_id: u64, reply: Reply) {
+        let d = self.rng.random_range(self.p.delay_us.0..=self.p.delay_us.1);
+        self.at(
+            d,
+            Ev::Response {
+                client,
+                op_id,
+                reply,
+            },
+        );
+    }
+
+    fn response(&mut self, c: usize, op_id: u64, reply: Reply) {
+        let Some((current, idx)) = self.clients[c].in_flight else {
+            return;
+        };
+        if current != op_id {
+            return; // answer to an operation that already timed out
+        }
+        self.clients[c].in_flight = None;
+        self.hist_clock += 1;
+        let h = &mut self.history[idx];
+        match reply {
+            Reply::Read(v) => {
+                h.op.ret = Some(self.hist_clock);
+                h.op.output = Some(RegisterOutput::Read(v.map(|x| x as i64)));
+                self.stats.ops_ok += 1;
+            }
+            Reply::Done => {
+                h.op.ret = Some(self.hist_clock);
+                h.op.output = Some(RegisterOutput::Done);
+                self.stats.ops_ok += 1;
+                if self.healed && h.op.call > 0 && !matches!(h.op.input, RegisterInput::Read) {
+                    self.live_commit_after_heal = true;
+                }
+            }
+            Reply::Failed(hint) => {
+                // Certainly no effect: drop it from the history.
+                self.history[idx].dropped = true;
+                self.clients[c].leader_hint = hint;
+            }
+        }
+        self.trace(|| format!("client {c} op {op_id} <- {reply:?}"));
+        let d = self.rng.random_range(0..5_000);
+        self.at(d, Ev::ClientNext(c));
+    }
+
+    fn timeout(&mut self, c: usize, op_id: u64) {
+        let Some((current, idx)) = self.clients[c].in_flight else {
+            return;
+        };
+        if current != op_id {
+            return;
+        }
+        self.clients[c].in_flight = None;
+        self.clients[c].leader_hint = None;
+        if matches!(self.history[idx].op.input, RegisterInput::Read) {
+            self.history[idx].dropped = true; // a read that saw nothing constrains nothing
+        } else {
+            self.stats.ops_unknown += 1;
+        }
+        self.trace(|| format!("client {c} op {op_id} timed out"));
+        self.at(0, Ev::ClientNext(c));
+    }
+
+    // ----- end-of-run checks -----------------------------------------------
+
+    /// Every acknowledged write is still in the log of the final leader, at
+    /// the index it was acknowledged at (or below its snapshot, which only
+    /// covers applied entries).
+    fn check_acked_writes_survive(&self) -> Result<(), Violation> {
+        let leader = self
+            .nodes
+            .values()
+            .filter_map(|n| n.raft.as_ref())
+            .find(|r| r.role() == Role::Leader);
+        let Some(leader) = leader else { return Ok(()) };
+        let log = leader.log();
+        for h in &self.history {
+            let (Some(index), Some(digest)) = (h.write_index, h.write_digest) else {
+                continue;
+            };
+            if h.op.output.is_none() {
+                continue;
+            }
+            if index < log.first_index() {
+                continue;
+            }
+            let found = log
+                .entries(index, index + 1, u64::MAX)
+                .ok()
+                .and_then(|e| e.first().map(entry_digest));
+            if found != Some(digest) {
+                return Err(Violation::new(
+                    "acknowledged write lost",
+                    format!(
+                        "op {} acknowledged at index {index} is not in leader {}'s log",
+                        h.op.origin,
+                        leader.id()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The client history as the checker sees it. The simulator knows what
+    /// clients do not: a write whose outcome the client never learned
+    /// either was applied somewhere (then it took effect no later than its
+    /// first apply, which becomes its response time) or was never applied
+    /// anywhere (then no read saw it, and "never happened" is equivalent to
+    /// "happened after everything"). This keeps unknown outcomes from
+    /// blowing up the search without hiding any anomaly a read could show.
+    fn checked_history(&self, key: u64) -> Vec<Operation<RegisterInput, RegisterOutput>> {
+        let mut ops = Vec::new();
+        for h in self.history.iter().filter(|h| h.key == key && !h.dropped) {
+            let mut op = h.op.clone();
+            if op.ret.is_none() {
+                match self.first_applied.get(&op.origin) {
+                    Some(&(clock, true)) => {
+                        op.ret = Some(clock.max(op.call + 1));
+                        op.output = Some(RegisterOutput::Done);
+                    }
+                    _ => continue,
+                }
+            }
+            ops.push(op);
+        }
+        ops
+    }
+
+    fn check_linearizable(&self) -> Result<(), Violation> {
+        for key in 0..KEYS {
+            let ops = self.checked_history(key);
+            match lincheck::check_with_budget(&Register, &ops, LINCHECK_STEPS_MAX) {
+                Verdict::Linearizable => {}
+                Verdict::NotLinearizable(f) => {
+                    let ops_desc: Vec<String> = f
+                        .unplaceable
+                        .iter()
+                        .map(|&i| {
+                            format!(
+                                "op {} {:?} -> {:?}",
+                                ops[i].origin, ops[i].input, ops[i].output
+                            )
+                        })
+                        .collect();
+                    return Err(Violation::new(
+                        "linearizability",
+                        format!("key {key}: history of {} ops is not linearizable; could not place {ops_desc:?}", ops.len()),
+                    ));
+                }
+                Verdict::Unknown => {
+                    return Err(Violation::new(
+                        "linearizability",
+                        format!("key {key}: checker gave no verdict within its budget"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes one ready to storage: snapshot, entries, hard state.
+fn persist(storage: &mut MemStorage, rd: &Ready) {
+    if let Some(s) = &rd.snapshot {
+        storage
+            .apply_snapshot(s.clone())
+            .expect("snapshot from the leader is newer");
+    }
+    storage
+        .append(&rd.entries)
+        .expect("entries continue the durable log");
+    if let Some(hs) = rd.hard_state {
+        storage.set_hard_state(hs);
+    }
+}
