@@ -11,9 +11,9 @@
 //!
 //! ```
 //! use bytes::Bytes;
-//! use ramcoord_log::{Config, ConfState, MemStorage, RawNode, Role, Storage};
+//! use ramcoord_log::{Config, ConfState, EntryKind, MemStorage, RawNode, Role, Storage};
 //!
-//! let storage = MemStorage::new_with_conf(ConfState::with_voters([1]));
+//! let storage = MemStorage::bootstrap(&ConfState::with_voters([1]));
 //! let mut node = RawNode::new(Config::new(1), storage).unwrap();
 //! let mut applied = Vec::new();
 //! for _ in 0..100 {
@@ -29,7 +29,7 @@
 //!         node.storage_mut().append(&rd.entries).unwrap();
 //!         if let Some(hs) = rd.hard_state { node.storage_mut().set_hard_state(hs); }
 //!         // 3. send rd.persisted_messages (none), 4. apply
-//!         applied.extend(rd.committed_entries.iter().filter(|e| !e.data.is_empty()).map(|e| e.data.clone()));
+//!         applied.extend(rd.committed_entries.iter().filter(|e| e.kind == EntryKind::Normal).map(|e| e.data.clone()));
 //!         node.advance(rd);
 //!     }
 //! }

@@ -17,9 +17,9 @@
 //!   `first_index() <= i <= last_index()` is entry `i`'s term;
 //! - `append` of entries starting at `i` first discards every entry `>= i`.
 
-use bytes::Bytes;
-
-use crate::types::{ConfState, Entry, HardState, Index, Snapshot, SnapshotMeta, Term};
+#[cfg(test)]
+use crate::types::SnapshotMeta;
+use crate::types::{ConfChange, ConfState, Entry, EntryKind, HardState, Index, Snapshot, Term};
 
 /// Why storage could not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -92,20 +92,36 @@ pub struct MemStorage {
 }
 
 impl MemStorage {
-    /// An empty log whose founding configuration is `conf` (every replica of
-    /// a new group starts from the same one; a replica joining later starts
-    /// with an empty one and learns it from the leader).
-    pub fn new_with_conf(conf: ConfState) -> MemStorage {
+    /// The log of a founding member of a new group: entries `1..=n` add
+    /// the founding voters and learners, committed at term 1, exactly as on
+    /// every other founding member. Keeping the founding configuration in
+    /// the log (not only in a snapshot) lets a replica that joins later
+    /// with an empty log learn it by plain replication. A replica that
+    /// joins later starts from `MemStorage::default()`.
+    pub fn bootstrap(conf: &ConfState) -> MemStorage {
+        let changes = conf
+            .voters
+            .iter()
+            .map(|&v| ConfChange::AddVoter(v))
+            .chain(conf.learners.iter().map(|&l| ConfChange::AddLearner(l)));
+        let entries: Vec<Entry> = changes
+            .enumerate()
+            .map(|(i, cc)| Entry {
+                term: 1,
+                index: i as Index + 1,
+                kind: EntryKind::ConfChange,
+                data: cc.encode(),
+            })
+            .collect();
+        let commit = entries.len() as Index;
         MemStorage {
-            snapshot: Snapshot {
-                meta: SnapshotMeta {
-                    index: 0,
-                    term: 0,
-                    conf,
-                },
-                data: Bytes::new(),
+            hard_state: HardState {
+                term: 1,
+                vote: None,
+                commit,
             },
-            ..MemStorage::default()
+            snapshot: Snapshot::default(),
+            entries,
         }
     }
 
@@ -250,7 +266,7 @@ impl Storage for MemStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::EntryKind;
+    use bytes::Bytes;
 
     fn ent(index: Index, term: Term) -> Entry {
         Entry {

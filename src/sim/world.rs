@@ -414,11 +414,8 @@ impl World {
             };
             let tick_us = ((TICK_US as f64) * (1.0 + skew)) as u64;
             let seed = self.rng.random();
-            let raft = RawNode::new(
-                self.raft_config(id, seed),
-                MemStorage::new_with_conf(conf.clone()),
-            )
-            .expect("valid simulator config");
+            let raft = RawNode::new(self.raft_config(id, seed), MemStorage::bootstrap(&conf))
+                .expect("valid simulator config");
             self.nodes.insert(
                 id,
                 Node {

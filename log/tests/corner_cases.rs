@@ -1,0 +1,410 @@
+//! Named corner cases of the Raft core, each scripted message by message.
+
+mod harness;
+
+use bytes::Bytes;
+use harness::{plain, Cluster};
+use ramcoord_log::*;
+
+fn is_append_to(m: &Message, to: NodeId) -> bool {
+    m.to == to && matches!(m.body, MessageBody::Append { .. })
+}
+
+/// Runs figure 8 of the Raft paper up to step (c): a leader replicates an
+/// entry of an earlier term to a majority. Returns the cluster, that
+/// entry's index and its term.
+fn figure_8_until_old_entry_on_majority(bugs: InjectedBugs) -> (Cluster, Index, Term) {
+    let mut c = Cluster::new(5, |cfg| {
+        plain(cfg);
+        cfg.append_entries_max = 1;
+        cfg.bugs = bugs;
+    });
+    let votes = |m: &Message| {
+        matches!(
+            m.body,
+            MessageBody::Vote { .. } | MessageBody::VoteResp { .. }
+        )
+    };
+    // (a) S1 leads term t and replicates entry i to S2 only.
+    c.elect(1);
+    c.stabilize();
+    let t = c.node(1).term();
+    c.isolated.extend([3, 4, 5]);
+    let i = c.propose(1, "old");
+    c.stabilize();
+    assert_eq!(c.log_terms(2).last(), Some(&(i, t)));
+    assert_eq!(
+        c.node(1).log().committed,
+        i - 1,
+        "entry i is on 2 of 5 only"
+    );
+    // (b) S1 crashes; S5 wins term t+1 with S3 and S4, appends its own
+    // entry at i and crashes before sending it anywhere.
+    c.crash(1);
+    c.isolated.clear();
+    c.isolated.insert(2);
+    c.node_mut(5).campaign_now();
+    c.deliver_where(votes);
+    assert_eq!(c.node(5).role(), Role::Leader);
+    assert_eq!(c.node(5).term(), t + 1);
+    assert_eq!(c.log_terms(5).last(), Some(&(i, t + 1)));
+    c.crash(5);
+    // (c) S1 comes back and wins term t+2 with S3 and S4 (retrying after
+    // their rejections teach it term t+1).
+    c.isolated.clear();
+    c.restart(1);
+    c.isolated.insert(2);
+    for _ in 0..3 {
+        if c.node(1).role() == Role::Leader {
+            break;
+        }
+        c.node_mut(1).campaign_now();
+        c.deliver_where(votes);
+    }
+    assert_eq!(c.node(1).role(), Role::Leader);
+    assert_eq!(c.node(1).term(), t + 2);
+    // S1 brings S3 and S4 up to date one entry at a time; stop once they
+    // hold the old entry i, before S1's own entry i+1 reaches them.
+    for f in [3, 4] {
+        for _ in 0..100 {
+            if c.log_terms(f).last() == Some(&(i, t)) {
+                break;
+            }
+            if !c.deliver_one(|m| is_append_to(m, f) || (m.from == f && m.to == 1)) {
+                c.node_mut(1).tick(); // a heartbeat restarts a paused probe
+                c.process(1);
+            }
+        }
+        assert_eq!(c.log_terms(f).last(), Some(&(i, t)), "node {f}");
+        // Its acknowledgement of entry i reaches S1.
+        c.deliver_one(|m| {
+            m.from == f && m.to == 1 && matches!(m.body, MessageBody::AppendResp { .. })
+        });
+        assert_eq!(c.node(1).progress(f).unwrap().match_index, i);
+    }
+    // Entry i is now known on S1, S3 and S4, a majority; S1's own entry
+    // i+1 is on S1 only.
+    (c, i, t)
+}
+
+#[test]
+fn figure_8_an_old_term_entry_on_a_majority_is_not_committed_by_counting() {
+    let (mut c, i, t) = figure_8_until_old_entry_on_majority(InjectedBugs::default());
+    assert!(
+        c.node(1).log().committed < i,
+        "entry of term {t} committed by counting replicas"
+    );
+    // (d) S1 crashes before its own entry spreads; S5 wins (its last term
+    // t+1 beats the others' t) and overwrites entry i everywhere. That is
+    // safe precisely because entry i was never committed.
+    c.crash(1);
+    c.drop_where(|_| true);
+    c.isolated.clear();
+    c.restart(5);
+    for _ in 0..4 {
+        if c.node(5).role() == Role::Leader {
+            break;
+        }
+        c.node_mut(5).campaign_now();
+        c.stabilize();
+    }
+    assert_eq!(c.node(5).role(), Role::Leader);
+    c.stabilize();
+    for id in [2, 3, 4, 5] {
+        assert_eq!(c.node(id).log().term(i), Ok(t + 1), "node {id}");
+        assert!(c.node(id).log().committed > i);
+        let applied_old = c.applied[&id].iter().any(|e| e.index == i && e.term == t);
+        assert!(!applied_old, "node {id} applied the overwritten entry");
+    }
+}
+
+#[test]
+fn figure_8_with_the_planted_bug_commits_the_old_entry() {
+    // The same script with the planted bug: the old entry commits by
+    // counting, which step (d) would then overwrite. This is what the
+    // simulator's `--inject-bug commit-previous-term` looks for.
+    let bugs = InjectedBugs {
+        commit_previous_term: true,
+        ..InjectedBugs::default()
+    };
+    let (c, i, _) = figure_8_until_old_entry_on_majority(bugs);
+    assert!(c.node(1).log().committed >= i);
+}
+
+#[test]
+fn pre_vote_keeps_a_partitioned_node_from_disrupting_on_rejoin() {
+    let mut c = Cluster::new(3, |cfg| {
+        cfg.pre_vote = true;
+        cfg.check_quorum = true;
+    });
+    c.tick_all(30);
+    let leader = c.leader().expect("a leader");
+    let term = c.node(leader).term();
+    let lonely = if leader == 3 { 2 } else { 3 };
+    c.isolated.insert(lonely);
+    c.tick(lonely, 200);
+    // Pre-votes went unanswered: the term never moved.
+    assert_eq!(c.node(lonely).term(), term);
+    c.propose(leader, "while-apart");
+    c.stabilize();
+    c.isolated.clear();
+    c.tick_all(30);
+    assert_eq!(
+        c.leader(),
+        Some(leader),
+        "the rejoining node deposed the leader"
+    );
+    assert_eq!(c.node(leader).term(), term);
+    assert_eq!(
+        c.applied_data(lonely),
+        vec![Bytes::from_static(b"while-apart")]
+    );
+}
+
+#[test]
+fn without_pre_vote_a_rejoining_node_disrupts_the_leader() {
+    // The contrast that shows the test above can fail.
+    let mut c = Cluster::new(3, plain);
+    c.elect(1);
+    let term = c.node(1).term();
+    c.isolated.insert(3);
+    c.tick(3, 200);
+    assert!(c.node(3).term() > term);
+    c.isolated.clear();
+    c.node_mut(1).tick();
+    c.stabilize();
+    assert!(c.node(1).term() > term, "the leader learned a higher term");
+}
+
+#[test]
+fn check_quorum_leader_steps_down_when_it_loses_its_quorum() {
+    let mut c = Cluster::new(3, |cfg| cfg.check_quorum = true);
+    c.elect(1);
+    c.isolated.insert(1);
+    c.tick(1, 2 * c.cfg.election_timeout_ticks);
+    assert_eq!(c.node(1).role(), Role::Follower);
+    assert!(matches!(
+        c.node_mut(1).propose(Bytes::from_static(b"x")),
+        Err(ProposeError::NotLeader { .. })
+    ));
+
+    // Without check-quorum an isolated leader believes in itself forever.
+    let mut c = Cluster::new(3, plain);
+    c.elect(1);
+    c.isolated.insert(1);
+    c.tick(1, 10 * c.cfg.election_timeout_ticks);
+    assert_eq!(c.node(1).role(), Role::Leader);
+}
+
+#[test]
+fn snapshot_racing_with_appends_converges() {
+    let mut c = Cluster::new(3, |cfg| {
+        cfg.snapshot_chunk_bytes = 7;
+        cfg.append_entries_max = 2;
+    });
+    c.elect(1);
+    c.isolated.insert(3);
+    for i in 0..20 {
+        c.propose(1, &format!("entry-{i}"));
+    }
+    c.stabilize();
+    // The leader compacts everything applied: node 3 now needs a snapshot.
+    let point = c.node(1).snapshot_point();
+    let data = Bytes::from(format!("state-up-to-{}", point.index).repeat(3));
+    c.node_mut(1)
+        .storage_mut()
+        .compact(Snapshot {
+            meta: point.clone(),
+            data,
+        })
+        .unwrap();
+    let old_append_to_3 = Message {
+        from: 1,
+        to: 3,
+        term: c.node(1).term(),
+        body: MessageBody::Append {
+            prev_index: 1,
+            prev_term: 1,
+            entries: vec![],
+            commit: 1,
+        },
+    };
+    c.isolated.clear();
+    c.node_mut(1).tick();
+    c.node_mut(1).tick();
+    c.process(1);
+    // Appends proposed while the snapshot streams, delivered in reverse.
+    for i in 20..25 {
+        c.propose(1, &format!("entry-{i}"));
+    }
+    for _ in 0..50 {
+        c.process_all();
+        c.queue.reverse();
+        if let Some(m) = c.queue.pop() {
+            if !c.isolated.contains(&m.to) {
+                c.node_mut(m.to).step(m);
+            }
+        }
+    }
+    // A stale append from before the snapshot arrives late.
+    c.node_mut(3).step(old_append_to_3);
+    c.stabilize();
+    c.tick_all(5);
+    assert_eq!(c.node(3).log().last_index(), c.node(1).log().last_index());
+    assert_eq!(c.node(3).log().committed, c.node(1).log().committed);
+    let snap3 = c.node(3).log().storage().snapshot();
+    assert_eq!(
+        snap3.meta.index, point.index,
+        "node 3 installed the leader's snapshot"
+    );
+    let tail: Vec<Bytes> = (20..25)
+        .map(|i| Bytes::from(format!("entry-{i}")))
+        .collect();
+    assert!(
+        c.applied_data(3).ends_with(&tail),
+        "{:?}",
+        c.applied_data(3)
+    );
+}
+
+#[test]
+fn membership_change_while_a_node_is_down() {
+    let mut c = Cluster::new(3, |_| {});
+    c.elect(1);
+    c.crash(3);
+    c.add_node(4, ConfState::default());
+    let apply = |c: &mut Cluster, cc: ConfChange| {
+        c.node_mut(1).propose_conf_change(cc).unwrap();
+        c.process(1);
+        c.stabilize();
+        c.tick_all(3);
+    };
+    apply(&mut c, ConfChange::AddLearner(4));
+    assert!(c.node(1).conf().learners.contains(&4));
+    // A second change is refused until the first is applied; it is by now.
+    apply(&mut c, ConfChange::AddVoter(4));
+    apply(&mut c, ConfChange::Remove(2));
+    assert_eq!(c.node(1).conf().voters, [1, 3, 4].into_iter().collect());
+    // Node 3 was down for all of it: on restart it learns the changes from
+    // the log and the group (1, 3, 4) commits with it.
+    c.restart(3);
+    c.tick_all(5);
+    for id in [1, 3, 4] {
+        assert_eq!(
+            c.node(id).conf().voters,
+            [1, 3, 4].into_iter().collect(),
+            "node {id}"
+        );
+    }
+    c.crash(4);
+    let i = c.propose(1, "after-changes");
+    c.stabilize();
+    assert!(
+        c.node(1).log().committed >= i,
+        "1 and 3 are a quorum of {{1, 3, 4}}"
+    );
+}
+
+#[test]
+fn conf_change_refused_until_the_leader_commits_in_its_term() {
+    let mut c = Cluster::new(3, plain);
+    c.node_mut(1).campaign_now();
+    // Deliver only the votes: the leader's empty entry is not committed yet.
+    c.deliver_where(|m| {
+        matches!(
+            m.body,
+            MessageBody::Vote { .. } | MessageBody::VoteResp { .. }
+        )
+    });
+    assert_eq!(c.node(1).role(), Role::Leader);
+    assert_eq!(
+        c.node_mut(1).propose_conf_change(ConfChange::Remove(3)),
+        Err(ProposeError::ConfChangePending)
+    );
+    c.stabilize();
+    c.tick_all(1);
+    assert!(c
+        .node_mut(1)
+        .propose_conf_change(ConfChange::Remove(3))
+        .is_ok());
+}
+
+#[test]
+fn leader_transfer_to_a_lagging_node() {
+    let mut c = Cluster::new(3, |_| {});
+    c.elect(1);
+    c.isolated.insert(3);
+    for i in 0..10 {
+        c.propose(1, &format!("e{i}"));
+    }
+    c.stabilize();
+    let last = c.node(1).log().last_index();
+    assert!(c.node(3).log().last_index() < last);
+    c.isolated.clear();
+    c.node_mut(1).transfer_leader(3).unwrap();
+    assert_eq!(
+        c.node_mut(1).propose(Bytes::from_static(b"x")),
+        Err(ProposeError::TransferInProgress)
+    );
+    c.process(1);
+    c.stabilize();
+    assert_eq!(
+        c.leader(),
+        Some(3),
+        "the lagging node was caught up and took over"
+    );
+    assert!(
+        c.node(3).log().last_index() > last,
+        "the new leader appended its own entry"
+    );
+    assert_eq!(c.node(3).log().term(last), c.node(1).log().term(last));
+}
+
+#[test]
+fn read_index_waits_for_a_quorum_and_fails_over_a_partition() {
+    let mut c = Cluster::new(3, |_| {});
+    c.elect(1);
+    c.stabilize();
+    c.node_mut(1).read_index(7).unwrap();
+    c.process(1);
+    // No heartbeat answers yet: no read state.
+    assert!(c.reads.get(&1).is_none_or(|r| r.is_empty()));
+    c.stabilize();
+    let reads = c.reads.get_mut(&1).unwrap();
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0].ctx, 7);
+    assert_eq!(reads[0].index, c.nodes[&1].log().committed);
+    reads.clear();
+    // A follower's read is confirmed by the leader too.
+    c.node_mut(2).read_index(9).unwrap();
+    c.stabilize();
+    assert_eq!(
+        c.reads[&2].iter().map(|r| r.ctx).collect::<Vec<_>>(),
+        vec![9]
+    );
+    // An isolated leader never confirms a read.
+    c.isolated.insert(1);
+    c.node_mut(1).read_index(8).unwrap();
+    c.stabilize();
+    assert!(c.reads[&1].is_empty());
+}
+
+#[test]
+fn no_vote_or_ack_leaves_before_it_is_durable() {
+    let mut c = Cluster::new(3, plain);
+    c.node_mut(1).campaign_now();
+    c.process(1);
+    let vote_req = c.queue.iter().find(|m| m.to == 2).cloned().unwrap();
+    c.node_mut(2).step(vote_req);
+    let rd = c.node_mut(2).ready();
+    assert!(rd
+        .messages
+        .iter()
+        .all(|m| !matches!(m.body, MessageBody::VoteResp { reject: false })));
+    assert!(rd
+        .persisted_messages
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::VoteResp { reject: false })));
+    assert_eq!(rd.hard_state.map(|h| h.vote), Some(Some(1)));
+    c.node_mut(2).advance(rd);
+}
