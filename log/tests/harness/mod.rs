@@ -121,7 +121,7 @@ impl Cluster {
         let mut delivered = 0;
         loop {
             self.process_all();
-            let Some(pos) = self.queue.iter().position(|m| pred(m)) else {
+            let Some(pos) = self.queue.iter().position(&pred) else {
                 return delivered;
             };
             let m = self.queue.remove(pos);
@@ -137,7 +137,7 @@ impl Cluster {
     /// Delivers the first queued message matching `pred`, if any.
     pub fn deliver_one(&mut self, pred: impl Fn(&Message) -> bool) -> bool {
         self.process_all();
-        let Some(pos) = self.queue.iter().position(|m| pred(m)) else {
+        let Some(pos) = self.queue.iter().position(pred) else {
             return false;
         };
         let m = self.queue.remove(pos);
