@@ -110,11 +110,19 @@ struct Params {
     slow_disk_us: (u64, u64),
     skew: f64,
     admin: bool,
+    /// Chance that a node is cut off right after it wins an election
+    /// (leaving a higher-term entry that nobody else has).
+    isolate_new_leader: f64,
+    /// Chance that a leader crashes right after its commit index advances
+    /// (before it can tell anyone).
+    crash_on_commit: f64,
     compact_threshold: u64,
     append_entries_max: usize,
     inflight_max: usize,
     chunk_bytes: usize,
     read_mode: ReadMode,
+    /// Pre-vote and check-quorum on (off covers plain Raft's rules).
+    pre_vote_check_quorum: bool,
     fault_phase_us: u64,
     liveness_us: u64,
 }
@@ -150,11 +158,14 @@ impl Params {
             slow_disk_us: (0, 0),
             skew: 0.0,
             admin: false,
+            isolate_new_leader: 0.0,
+            crash_on_commit: 0.0,
             compact_threshold: rng.random_range(8..200),
-            append_entries_max: [1, 2, 4, 64][rng.random_range(0..4)],
+            append_entries_max: [1, 1, 2, 4, 64][rng.random_range(0..5)],
             inflight_max: [1, 4, 64][rng.random_range(0..3)],
             chunk_bytes: [16, 64, 4096][rng.random_range(0..3)],
             read_mode: ReadMode::Safe,
+            pre_vote_check_quorum: rng.random_bool(0.7),
             fault_phase_us: 1_500_000,
             liveness_us: 3_000_000,
         };
@@ -180,10 +191,16 @@ impl Params {
             p.slow_disk_us = (5_000, rng.random_range(10_000..60_000));
             p.skew = rng.random_range(0.0..if heavy { 0.3 } else { 0.1 });
             p.admin = rng.random_bool(0.6);
+            // Faults at the protocol's most delicate moments (figure 8 of
+            // the Raft paper needs both).
+            if rng.random_bool(0.5) {
+                p.isolate_new_leader = rng.random_range(0.0..0.5);
+                p.crash_on_commit = rng.random_range(0.0..0.05) * scale;
+            }
             p.fault_phase_us = if heavy { 3_000_000 } else { 2_000_000 };
             p.liveness_us = 4_000_000;
         }
-        if rng.random_bool(0.3) {
+        if p.pre_vote_check_quorum && rng.random_bool(0.3) {
             // Followers may tick up to `skew` slower or faster than the
             // leader; the lease gives up enough ticks to cover it, plus one
             // for the heartbeat's own flight.
@@ -398,6 +415,8 @@ impl World {
         cfg.inflight_appends_max = self.p.inflight_max;
         cfg.snapshot_chunk_bytes = self.p.chunk_bytes;
         cfg.read_mode = self.p.read_mode;
+        cfg.pre_vote = self.p.pre_vote_check_quorum;
+        cfg.check_quorum = self.p.pre_vote_check_quorum;
         cfg.seed = seed;
         cfg.bugs = self.opts.bugs;
         cfg
@@ -599,6 +618,15 @@ impl World {
                     Err(_) => Some(Err(())),
                 })?;
             self.trace(|| format!("n{id} leader term {term}"));
+            if !self.healed && self.rng.random_bool(self.p.isolate_new_leader) {
+                for other in self.node_ids() {
+                    if other != id {
+                        self.blocked.insert((id, other));
+                        self.blocked.insert((other, id));
+                    }
+                }
+                self.trace(|| format!("nemesis isolate new leader {id}"));
+            }
         }
         let node = self.nodes.get_mut(&id).unwrap();
         let raft = node.raft.as_ref().unwrap();
@@ -616,6 +644,12 @@ impl World {
                 }
             }
             node.commit_checked = committed;
+            let leads = raft.role() == Role::Leader;
+            if leads && !self.healed && self.rng.random_bool(self.p.crash_on_commit) {
+                self.crash(id);
+                let down = self.rng.random_range(self.p.down_us.0..self.p.down_us.1);
+                self.at(down, Ev::Restart(id));
+            }
         }
         Ok(())
     }
