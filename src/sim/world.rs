@@ -116,6 +116,9 @@ struct Params {
     /// Chance that a leader crashes right after its commit index advances
     /// (before it can tell anyone).
     crash_on_commit: f64,
+    /// Chance that a leader crashes right after the first commit of its
+    /// term: the moment its term becomes established.
+    crash_on_first_commit: f64,
     compact_threshold: u64,
     append_entries_max: usize,
     inflight_max: usize,
@@ -160,6 +163,7 @@ impl Params {
             admin: false,
             isolate_new_leader: 0.0,
             crash_on_commit: 0.0,
+            crash_on_first_commit: 0.0,
             compact_threshold: rng.random_range(8..200),
             append_entries_max: [1, 1, 2, 4, 64][rng.random_range(0..5)],
             inflight_max: [1, 4, 64][rng.random_range(0..3)],
@@ -193,9 +197,10 @@ impl Params {
             p.admin = rng.random_bool(0.6);
             // Faults at the protocol's most delicate moments (figure 8 of
             // the Raft paper needs both).
-            if rng.random_bool(0.5) {
+            if rng.random_bool(0.8) {
                 p.isolate_new_leader = rng.random_range(0.0..0.5);
                 p.crash_on_commit = rng.random_range(0.0..0.05) * scale;
+                p.crash_on_first_commit = rng.random_range(0.0..0.8);
             }
             p.fault_phase_us = if heavy { 3_000_000 } else { 2_000_000 };
             p.liveness_us = 4_000_000;
@@ -295,6 +300,8 @@ struct Node {
     pending_reads: HashMap<u64, (usize, u64)>,
     read_points: Vec<(u64, u64)>,
     was_leader_term: Option<u64>,
+    /// The term in which this node, as leader, last advanced its commit.
+    committed_as_leader_term: Option<u64>,
 }
 
 #[derive(Default)]
@@ -452,6 +459,7 @@ impl World {
                     pending_reads: HashMap::new(),
                     read_points: Vec::new(),
                     was_leader_term: None,
+                    committed_as_leader_term: None,
                 },
             );
             let first = self.rng.random_range(0..tick_us);
@@ -645,7 +653,16 @@ impl World {
             }
             node.commit_checked = committed;
             let leads = raft.role() == Role::Leader;
-            if leads && !self.healed && self.rng.random_bool(self.p.crash_on_commit) {
+            let first_in_term = leads && node.committed_as_leader_term != Some(raft.term());
+            if leads {
+                node.committed_as_leader_term = Some(raft.term());
+            }
+            let p = if first_in_term {
+                self.p.crash_on_first_commit
+            } else {
+                self.p.crash_on_commit
+            };
+            if leads && !self.healed && self.rng.random_bool(p) {
                 self.crash(id);
                 let down = self.rng.random_range(self.p.down_us.0..self.p.down_us.1);
                 self.at(down, Ev::Restart(id));
