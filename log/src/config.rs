@@ -19,7 +19,9 @@ pub enum ReadMode {
     /// for `election_timeout_ticks` of *its own* ticks after hearing from the
     /// leader; the lease is safe only if, over one election timeout, no
     /// follower's tick clock runs faster than the leader's by more than
-    /// `drift_margin_ticks`. Requires `check_quorum`.
+    /// `drift_margin_ticks`. A restarted node has forgotten whom it heard
+    /// from, so in this mode every node refuses votes for one election
+    /// timeout after it starts. Requires `check_quorum`.
     Lease {
         /// Ticks of drift the lease gives up for safety.
         drift_margin_ticks: u64,

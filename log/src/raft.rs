@@ -118,6 +118,10 @@ pub struct RawNode<S: Storage> {
     pending_reads: VecDeque<PendingRead>,
     reads_awaiting_commit: Vec<(u64, NodeId)>,
     incoming_snapshot: Option<IncomingSnapshot>,
+    /// With lease reads: ticks left after start during which this node
+    /// refuses (pre-)votes, as if it had just heard from a leader. It may
+    /// have promised a leader its lease before a crash and forgotten.
+    restart_lease_ticks: u64,
     prev_hard_state: HardState,
     ready_number: u64,
     advanced_number: u64,
@@ -173,11 +177,15 @@ impl<S: Storage> RawNode<S> {
             pending_reads: VecDeque::new(),
             reads_awaiting_commit: Vec::new(),
             incoming_snapshot: None,
+            restart_lease_ticks: 0,
             prev_hard_state: hs,
             ready_number: 0,
             advanced_number: 0,
         };
         node.become_follower(hs.term, None);
+        if let ReadMode::Lease { .. } = node.cfg.read_mode {
+            node.restart_lease_ticks = node.cfg.election_timeout_ticks;
+        }
         Ok(node)
     }
 
@@ -415,6 +423,7 @@ impl<S: Storage> RawNode<S> {
     /// Advances the node's clock by one tick.
     pub fn tick(&mut self) {
         self.tick_count += 1;
+        self.restart_lease_ticks = self.restart_lease_ticks.saturating_sub(1);
         if self.role == Role::Leader {
             self.tick_leader();
         } else {
@@ -473,8 +482,9 @@ impl<S: Storage> RawNode<S> {
             if let MessageBody::PreVote { .. } | MessageBody::Vote { .. } = m.body {
                 let transfer = matches!(m.body, MessageBody::Vote { transfer: true, .. });
                 let in_lease = self.cfg.check_quorum
-                    && self.leader_id.is_some()
-                    && self.election_elapsed < self.cfg.election_timeout_ticks;
+                    && ((self.leader_id.is_some()
+                        && self.election_elapsed < self.cfg.election_timeout_ticks)
+                        || self.restart_lease_ticks > 0);
                 if in_lease && !transfer {
                     return; // we hear from a leader: do not help depose it
                 }

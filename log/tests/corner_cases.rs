@@ -408,3 +408,32 @@ fn no_vote_or_ack_leaves_before_it_is_durable() {
     assert_eq!(rd.hard_state.map(|h| h.vote), Some(Some(1)));
     c.node_mut(2).advance(rd);
 }
+
+#[test]
+fn a_restarted_follower_does_not_vote_away_a_leaders_lease() {
+    let mut c = Cluster::new(3, |cfg| {
+        cfg.read_mode = ReadMode::Lease {
+            drift_margin_ticks: 2,
+        }
+    });
+    c.tick_all(4 * c.cfg.election_timeout_ticks);
+    let leader = c.leader().expect("a leader");
+    let others: Vec<NodeId> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
+    let (restarted, candidate) = (others[0], others[1]);
+    // A follower crashes and comes back at once; the leader is then cut off
+    // while it still holds its lease.
+    c.crash(restarted);
+    c.restart(restarted);
+    c.isolated.insert(leader);
+    c.node_mut(candidate).campaign_now();
+    c.stabilize();
+    assert_ne!(
+        c.node(candidate).role(),
+        Role::Leader,
+        "a vote was given within a promised lease"
+    );
+    // Once an election timeout passes on the restarted node's clock, the
+    // group moves on without the old leader.
+    c.tick_all(4 * c.cfg.election_timeout_ticks);
+    assert!(c.leader_among(&others).is_some());
+}

@@ -183,6 +183,12 @@ impl Cluster {
         assert_eq!(self.node(id).role(), Role::Leader, "node {id} did not win");
     }
 
+    pub fn leader_among(&self, ids: &[NodeId]) -> Option<NodeId> {
+        ids.iter()
+            .copied()
+            .find(|id| self.nodes.get(id).is_some_and(|n| n.role() == Role::Leader))
+    }
+
     pub fn leader(&self) -> Option<NodeId> {
         self.nodes
             .values()
