@@ -302,6 +302,8 @@ struct Node {
     was_leader_term: Option<u64>,
     /// The term in which this node, as leader, last advanced its commit.
     committed_as_leader_term: Option<u64>,
+    /// Term and commit index after the previous step (delta checks).
+    last_seen: (u64, u64),
 }
 
 #[derive(Default)]
@@ -344,8 +346,31 @@ struct World {
     first_applied: HashMap<u64, (u64, bool)>,
 }
 
-/// Runs one seed to completion.
+/// Runs one seed to completion. An assertion inside the Raft core or the
+/// simulator (an invariant checked at the point it would break) fails the
+/// seed like any other violation instead of ending the sweep.
 pub fn run(opts: SimOptions) -> SimOutcome {
+    let seed = opts.seed;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_unguarded(opts))) {
+        Ok(outcome) => outcome,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".to_string());
+            SimOutcome {
+                seed,
+                violation: Some(Violation::new("assertion", msg)),
+                trace: Vec::new(),
+                trace_hash: 0,
+                stats: SimStats::default(),
+            }
+        }
+    }
+}
+
+fn run_unguarded(opts: SimOptions) -> SimOutcome {
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let p = Params::draw(opts.faults, &mut rng);
     let mut w = World {
@@ -460,6 +485,7 @@ impl World {
                     read_points: Vec::new(),
                     was_leader_term: None,
                     committed_as_leader_term: None,
+                    last_seen: (0, 0),
                 },
             );
             let first = self.rng.random_range(0..tick_us);
@@ -612,6 +638,19 @@ impl World {
         let Some(raft) = node.raft.as_ref() else {
             return Ok(());
         };
+        // Delta checks: within one incarnation, neither the term nor the
+        // commit index ever goes back.
+        let now_seen = (raft.term(), raft.log().committed);
+        if now_seen.0 < node.last_seen.0 || now_seen.1 < node.last_seen.1 {
+            return Err(Violation::new(
+                "monotonic state",
+                format!(
+                    "node {id} went from (term, commit) {:?} to {now_seen:?}",
+                    node.last_seen
+                ),
+            ));
+        }
+        node.last_seen = now_seen;
         if raft.role() == Role::Leader && node.was_leader_term != Some(raft.term()) {
             node.was_leader_term = Some(raft.term());
             let (term, last) = (raft.term(), raft.log().last_index());
@@ -924,6 +963,7 @@ impl World {
         node.kv = kv;
         node.applied = snap.meta.index;
         node.commit_checked = raft.log().committed;
+        node.last_seen = (raft.term(), raft.log().committed);
         node.raft = Some(raft);
         let (inc, tick) = (node.incarnation, node.tick_us);
         self.at(tick, Ev::Tick(id, inc));
