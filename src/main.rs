@@ -339,6 +339,17 @@ fn run_sim(args: SimArgs) -> ExitCode {
     let events: u64 = results.iter().map(|r| r.stats.events).sum();
     let crashes: u64 = results.iter().map(|r| r.stats.crashes).sum();
     let ops: u64 = results.iter().map(|r| r.stats.ops_ok).sum();
+    let sum = |f: fn(&sim::SimStats) -> u64| -> u64 { results.iter().map(|r| f(&r.stats)).sum() };
+    outln!(
+        text,
+        "coverage: {} leaders, {} torn writes, {} snapshots installed, {} membership changes, {} transfers, {} reads",
+        sum(|s| s.leaders),
+        sum(|s| s.torn_writes),
+        sum(|s| s.snapshots_installed),
+        sum(|s| s.conf_changes),
+        sum(|s| s.transfers),
+        sum(|s| s.reads)
+    );
     outln!(
         text,
         "{} seeds in {elapsed:.1}s ({:.1} seeds/s, {threads} threads): {events} events, {crashes} crashes, {ops} client ops acknowledged",

@@ -17,7 +17,7 @@
 //! history and the survival of acknowledged writes at the end.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 
 use ramcoord_log::{
     ConfChange, ConfState, Config, EntryKind, InjectedBugs, MemStorage, Message, NodeId,
@@ -73,6 +73,16 @@ pub struct SimStats {
     pub ops_unknown: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Crashes that left a torn write behind.
+    pub torn_writes: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
+    /// Membership changes committed and applied.
+    pub conf_changes: u64,
+    /// Leadership transfers started.
+    pub transfers: u64,
+    /// Linearizable reads served.
+    pub reads: u64,
     /// Simulated microseconds.
     pub sim_us: u64,
 }
@@ -119,6 +129,8 @@ struct Params {
     /// Chance that a leader crashes right after the first commit of its
     /// term: the moment its term becomes established.
     crash_on_first_commit: f64,
+    /// Chance that a node crashes while a disk write is in flight.
+    crash_mid_write: f64,
     compact_threshold: u64,
     append_entries_max: usize,
     inflight_max: usize,
@@ -164,6 +176,7 @@ impl Params {
             isolate_new_leader: 0.0,
             crash_on_commit: 0.0,
             crash_on_first_commit: 0.0,
+            crash_mid_write: 0.0,
             compact_threshold: rng.random_range(8..200),
             append_entries_max: [1, 1, 2, 4, 64][rng.random_range(0..5)],
             inflight_max: [1, 4, 64][rng.random_range(0..3)],
@@ -201,6 +214,7 @@ impl Params {
                 p.isolate_new_leader = rng.random_range(0.0..0.5);
                 p.crash_on_commit = rng.random_range(0.0..0.05) * scale;
                 p.crash_on_first_commit = rng.random_range(0.0..0.8);
+                p.crash_mid_write = rng.random_range(0.0..0.01) * scale;
             }
             p.fault_phase_us = if heavy { 3_000_000 } else { 2_000_000 };
             p.liveness_us = 4_000_000;
@@ -257,6 +271,8 @@ enum Ev {
     Nemesis,
     Crash,
     Restart(NodeId),
+    /// Crash this node if it is still in the given incarnation.
+    CrashNode(NodeId, u64),
     Admin,
     Heal,
 }
@@ -341,7 +357,6 @@ struct World {
     trace: Vec<String>,
     stats: SimStats,
     live_commit_after_heal: bool,
-    removed: BTreeSet<NodeId>,
     /// op id -> (history clock at its first apply anywhere, took effect).
     first_applied: HashMap<u64, (u64, bool)>,
 }
@@ -392,7 +407,6 @@ fn run_unguarded(opts: SimOptions) -> SimOutcome {
         trace: Vec::new(),
         stats: SimStats::default(),
         live_commit_after_heal: false,
-        removed: BTreeSet::new(),
         first_applied: HashMap::new(),
         opts,
     };
@@ -614,6 +628,17 @@ impl World {
                 Ok(())
             }
             Ev::Restart(id) => self.restart(id),
+            Ev::CrashNode(id, inc) => {
+                if self.nodes[&id].incarnation == inc
+                    && self.nodes[&id].raft.is_some()
+                    && !self.healed
+                {
+                    self.crash(id);
+                    let down = self.rng.random_range(self.p.down_us.0..self.p.down_us.1);
+                    self.at(down, Ev::Restart(id));
+                }
+                Ok(())
+            }
             Ev::Admin => {
                 self.admin();
                 Ok(())
@@ -735,6 +760,7 @@ impl World {
                 node.kv = kv;
                 node.applied = snap.meta.index;
                 let idx = snap.meta.index;
+                self.stats.snapshots_installed += 1;
                 self.trace(|| format!("n{id} restore snapshot at {idx}"));
             }
             let committed = std::mem::take(&mut rd.committed_entries);
@@ -774,6 +800,10 @@ impl World {
         node.disk_inflight = node.disk_queue.len();
         let inc = node.incarnation;
         self.at(lat, Ev::DiskDone(id, inc));
+        if !self.healed && self.rng.random_bool(self.p.crash_mid_write) {
+            let at = self.rng.random_range(0..lat.max(1));
+            self.at(at, Ev::CrashNode(id, inc));
+        }
     }
 
     fn disk_done(&mut self, id: NodeId, inc: u64) -> Result<(), Violation> {
@@ -840,6 +870,12 @@ impl World {
             }
             node.applied = e.index;
             let digest = entry_digest(e);
+            if e.kind == EntryKind::ConfChange
+                && e.term > 1
+                && self.checker.applied_at(e.index).is_none()
+            {
+                self.stats.conf_changes += 1;
+            }
             self.checker.on_applied(id, e.index, digest)?;
             let node = self.nodes.get_mut(&id).unwrap();
             let pending = node.pending_writes.remove(&e.index);
@@ -916,6 +952,7 @@ impl World {
                 } else if !rd.entries.is_empty() {
                     let k = ((cut >> 32) % (rd.entries.len() as u64 + 1)) as usize;
                     if k > 0 {
+                        self.stats.torn_writes += 1;
                         storage
                             .append(&rd.entries[..k])
                             .expect("torn prefix continues the log");
@@ -1110,18 +1147,19 @@ impl World {
                 return;
             }
             let to = voters[self.rng.random_range(0..voters.len())];
-            format!("transfer {leader}->{to}: {:?}", raft.transfer_leader(to))
-        } else if let Some(&gone) = self.removed.iter().next() {
+            let r = raft.transfer_leader(to);
+            self.stats.transfers += u64::from(r.is_ok());
+            format!("transfer {leader}->{to}: {r:?}")
+        } else if let Some(gone) =
+            (1..=self.opts.replicas as NodeId).find(|id| !conf.voters.contains(id))
+        {
+            // Someone is out: bring it back, as a learner first.
             let cc = if conf.learners.contains(&gone) {
                 ConfChange::AddVoter(gone)
             } else {
                 ConfChange::AddLearner(gone)
             };
-            let r = raft.propose_conf_change(cc);
-            if matches!(cc, ConfChange::AddVoter(_)) && r.is_ok() {
-                self.removed.remove(&gone);
-            }
-            format!("{cc:?}: {r:?}")
+            format!("{cc:?}: {:?}", raft.propose_conf_change(cc))
         } else if conf.voters.len() >= 3 {
             let voters: Vec<NodeId> = conf
                 .voters
@@ -1130,11 +1168,10 @@ impl World {
                 .filter(|&v| v != leader)
                 .collect();
             let victim = voters[self.rng.random_range(0..voters.len())];
-            let r = raft.propose_conf_change(ConfChange::Remove(victim));
-            if r.is_ok() {
-                self.removed.insert(victim);
-            }
-            format!("Remove({victim}): {r:?}")
+            format!(
+                "Remove({victim}): {:?}",
+                raft.propose_conf_change(ConfChange::Remove(victim))
+            )
         } else {
             return;
         };
@@ -1294,6 +1331,7 @@ impl World {
         let h = &mut self.history[idx];
         match reply {
             Reply::Read(v) => {
+                self.stats.reads += 1;
                 h.op.ret = Some(self.hist_clock);
                 h.op.output = Some(RegisterOutput::Read(v.map(|x| x as i64)));
                 self.stats.ops_ok += 1;
