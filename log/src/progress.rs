@@ -52,6 +52,8 @@ pub struct Progress {
     /// latest acknowledgement arrived, whichever is later: appends that stay
     /// unanswered long past it were lost, and the leader probes again.
     pub last_progress_tick: u64,
+    /// The highest commit index sent to this follower.
+    pub sent_commit: Index,
 }
 
 impl Progress {
@@ -65,6 +67,7 @@ impl Progress {
             recent_active: false,
             acked_tick: 0,
             last_progress_tick: 0,
+            sent_commit: 0,
         }
     }
 

@@ -893,6 +893,8 @@ impl<S: Storage> RawNode<S> {
             .expect("checked")
             .sent_entries(last, had, self.tick_count);
         let commit = self.log.committed;
+        let pr = self.progress.get_mut(&to).expect("checked");
+        pr.sent_commit = pr.sent_commit.max(commit.min(last));
         self.send(
             to,
             self.term,
@@ -973,6 +975,12 @@ impl<S: Storage> RawNode<S> {
             self.bcast_append();
         } else if from != self.id {
             while self.maybe_send_append(from, false) {}
+            // A follower that caught up after the commit point moved learns
+            // it now, not a heartbeat later (its reads and applies wait on it).
+            let pr = &self.progress[&from];
+            if pr.sent_commit < self.log.committed.min(pr.match_index) {
+                self.maybe_send_append(from, true);
+            }
         }
         if self.lead_transferee == Some(from) && matched == self.log.last_index() {
             self.send(from, self.term, MessageBody::TimeoutNow);
@@ -1080,6 +1088,9 @@ impl<S: Storage> RawNode<S> {
             .collect();
         for (id, matched) in peers {
             let commit = self.log.committed.min(matched);
+            if let Some(pr) = self.progress.get_mut(&id) {
+                pr.sent_commit = pr.sent_commit.max(commit);
+            }
             let body = MessageBody::Heartbeat {
                 commit,
                 seq: self.heartbeat_seq,
@@ -1401,10 +1412,12 @@ impl<S: Storage> RawNode<S> {
         let last = self.log.last_index();
         let members: BTreeSet<NodeId> = self.conf.members().collect();
         self.progress.retain(|id, _| members.contains(id));
+        let mut added = Vec::new();
         for id in members {
-            self.progress
-                .entry(id)
-                .or_insert_with(|| Progress::new(last + 1));
+            self.progress.entry(id).or_insert_with(|| {
+                added.push(id);
+                Progress::new(last + 1)
+            });
         }
         if !self.conf.voters.contains(&self.id) {
             // Removed ourselves: step down; the others elect a leader.
@@ -1419,7 +1432,12 @@ impl<S: Storage> RawNode<S> {
             self.lead_transferee = None;
         }
         // A smaller quorum may commit more; new members need the log.
-        self.maybe_commit();
-        self.bcast_append();
+        if self.maybe_commit() {
+            self.bcast_append();
+        } else {
+            for id in added {
+                self.maybe_send_append(id, true);
+            }
+        }
     }
 }

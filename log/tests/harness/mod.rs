@@ -18,6 +18,8 @@ pub struct Cluster {
     pub applied: BTreeMap<NodeId, Vec<Entry>>,
     /// Read points each node produced.
     pub reads: BTreeMap<NodeId, Vec<ReadState>>,
+    /// Every delivered message, formatted (for datadriven tests).
+    pub delivered: Vec<String>,
     pub cfg: Config,
 }
 
@@ -33,6 +35,7 @@ impl Cluster {
             isolated: BTreeSet::new(),
             applied: BTreeMap::new(),
             reads: BTreeMap::new(),
+            delivered: Vec::new(),
             cfg,
         };
         for id in 1..=n {
@@ -87,8 +90,12 @@ impl Cluster {
             if let Some(hs) = rd.hard_state {
                 s.set_hard_state(hs);
             }
-            self.queue.append(&mut rd.messages);
-            self.queue.append(&mut rd.persisted_messages);
+            // A partition drops what crosses it as it is sent.
+            let isolated = &self.isolated;
+            let cut = |m: &Message| isolated.contains(&m.from) || isolated.contains(&m.to);
+            self.queue.extend(rd.messages.drain(..).filter(|m| !cut(m)));
+            self.queue
+                .extend(rd.persisted_messages.drain(..).filter(|m| !cut(m)));
             self.applied
                 .get_mut(&id)
                 .unwrap()
@@ -126,6 +133,7 @@ impl Cluster {
             };
             let m = self.queue.remove(pos);
             if self.deliverable(&m) {
+                self.delivered.push(format_message(&m));
                 self.node_mut(m.to).step(m.clone());
                 self.process(m.to);
                 delivered += 1;
@@ -142,6 +150,7 @@ impl Cluster {
         };
         let m = self.queue.remove(pos);
         if self.deliverable(&m) {
+            self.delivered.push(format_message(&m));
             self.node_mut(m.to).step(m.clone());
             self.process(m.to);
         }
@@ -245,4 +254,89 @@ impl Cluster {
 pub fn plain(cfg: &mut Config) {
     cfg.pre_vote = false;
     cfg.check_quorum = false;
+}
+
+/// One line per message: `from->to Kind term=T fields`.
+pub fn format_message(m: &Message) -> String {
+    let body = match &m.body {
+        MessageBody::PreVote {
+            last_index,
+            last_term,
+        } => format!("PreVote last={last_index}@{last_term}"),
+        MessageBody::Vote {
+            last_index,
+            last_term,
+            transfer,
+        } => {
+            format!(
+                "Vote last={last_index}@{last_term}{}",
+                if *transfer { " transfer" } else { "" }
+            )
+        }
+        MessageBody::PreVoteResp { reject } => {
+            format!("PreVoteResp{}", if *reject { " reject" } else { "" })
+        }
+        MessageBody::VoteResp { reject } => {
+            format!("VoteResp{}", if *reject { " reject" } else { "" })
+        }
+        MessageBody::Append {
+            prev_index,
+            prev_term,
+            entries,
+            commit,
+        } => {
+            let ents: Vec<String> = entries
+                .iter()
+                .map(|e| format!("{}@{}", e.index, e.term))
+                .collect();
+            format!(
+                "Append prev={prev_index}@{prev_term} entries=[{}] commit={commit}",
+                ents.join(" ")
+            )
+        }
+        MessageBody::AppendResp {
+            reject: false,
+            index,
+            ..
+        } => format!("AppendResp index={index}"),
+        MessageBody::AppendResp {
+            reject: true,
+            index,
+            hint_index,
+            hint_term,
+        } => {
+            format!("AppendResp reject={index} hint={hint_index}@{hint_term}")
+        }
+        MessageBody::Heartbeat { commit, seq, .. } => {
+            format!("Heartbeat commit={commit} seq={seq}")
+        }
+        MessageBody::HeartbeatResp { seq, .. } => format!("HeartbeatResp seq={seq}"),
+        MessageBody::Snapshot {
+            meta,
+            total_len,
+            offset,
+            data,
+        } => format!(
+            "Snapshot at={}@{} bytes={offset}..{} of {total_len}",
+            meta.index,
+            meta.term,
+            offset + data.len() as u64
+        ),
+        MessageBody::SnapshotResp {
+            index,
+            next_offset,
+            reject,
+        } => {
+            format!(
+                "SnapshotResp at={index} next={next_offset}{}",
+                if *reject { " reject" } else { "" }
+            )
+        }
+        MessageBody::TimeoutNow => "TimeoutNow".to_string(),
+        MessageBody::ReadIndex { ctx } => format!("ReadIndex ctx={ctx}"),
+        MessageBody::ReadIndexResp { ctx, index } => {
+            format!("ReadIndexResp ctx={ctx} index={index}")
+        }
+    };
+    format!("{}->{} {} term={}", m.from, m.to, body, m.term)
 }
