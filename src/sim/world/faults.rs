@@ -1,0 +1,100 @@
+//! Node-level faults and operator actions: crashes (favouring the
+//! leader), membership changes and leadership transfers.
+
+use rand::Rng;
+
+use super::*;
+
+impl World {
+    pub(super) fn crash_some(&mut self) {
+        if self.healed {
+            return;
+        }
+        let up: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.raft.is_some())
+            .map(|n| n.id)
+            .collect();
+        if !up.is_empty() {
+            // Favour the leader: its crash exercises roll-over the most.
+            let leader = up.iter().copied().find(|i| {
+                self.nodes[i]
+                    .raft
+                    .as_ref()
+                    .is_some_and(|r| r.role() == Role::Leader)
+            });
+            let victim = match leader {
+                Some(l) if self.rng.random_bool(0.5) => l,
+                _ => up[self.rng.random_range(0..up.len())],
+            };
+            self.crash(victim);
+            let down = self.rng.random_range(self.p.down_us.0..self.p.down_us.1);
+            self.at(down, Ev::Restart(victim));
+        }
+        let d = self
+            .rng
+            .random_range(self.p.crash_every_us.0..self.p.crash_every_us.1);
+        self.at(d, Ev::Crash);
+    }
+
+    pub(super) fn admin(&mut self) {
+        if self.healed {
+            return;
+        }
+        let d = self.rng.random_range(100_000..500_000);
+        self.at(d, Ev::Admin);
+        let Some(leader) = self.node_ids().into_iter().find(|i| {
+            self.nodes[i]
+                .raft
+                .as_ref()
+                .is_some_and(|r| r.role() == Role::Leader)
+        }) else {
+            return;
+        };
+        let raft = self.nodes.get_mut(&leader).unwrap().raft.as_mut().unwrap();
+        let conf = raft.conf().clone();
+        let roll = self.rng.random_range(0..100);
+        let desc = if roll < 40 {
+            let voters: Vec<NodeId> = conf
+                .voters
+                .iter()
+                .copied()
+                .filter(|&v| v != leader)
+                .collect();
+            if voters.is_empty() {
+                return;
+            }
+            let to = voters[self.rng.random_range(0..voters.len())];
+            let r = raft.transfer_leader(to);
+            self.stats.transfers += u64::from(r.is_ok());
+            format!("transfer {leader}->{to}: {r:?}")
+        } else if let Some(gone) =
+            (1..=self.opts.replicas as NodeId).find(|id| !conf.voters.contains(id))
+        {
+            // Someone is out: bring it back, as a learner first.
+            let cc = if conf.learners.contains(&gone) {
+                ConfChange::AddVoter(gone)
+            } else {
+                ConfChange::AddLearner(gone)
+            };
+            format!("{cc:?}: {:?}", raft.propose_conf_change(cc))
+        } else if conf.voters.len() >= 3 {
+            let voters: Vec<NodeId> = conf
+                .voters
+                .iter()
+                .copied()
+                .filter(|&v| v != leader)
+                .collect();
+            let victim = voters[self.rng.random_range(0..voters.len())];
+            format!(
+                "Remove({victim}): {:?}",
+                raft.propose_conf_change(ConfChange::Remove(victim))
+            )
+        } else {
+            return;
+        };
+        self.trace(|| format!("admin at n{leader}: {desc}"));
+        let _ = self.after_input(leader);
+    }
+}
