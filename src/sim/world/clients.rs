@@ -186,11 +186,13 @@ impl World {
     /// the index it was acknowledged at (or below its snapshot, which only
     /// covers applied entries).
     pub(super) fn check_acked_writes_survive(&self) -> Result<(), Violation> {
+        // The newest leader (a deposed one may not know it yet).
         let leader = self
             .nodes
             .values()
             .filter_map(|n| n.raft.as_ref())
-            .find(|r| r.role() == Role::Leader);
+            .filter(|r| r.role() == Role::Leader)
+            .max_by_key(|r| r.term());
         let Some(leader) = leader else { return Ok(()) };
         let log = leader.log();
         for h in &self.history {

@@ -6,6 +6,15 @@ use rand::Rng;
 use super::*;
 
 impl World {
+    /// The first node, in id order, that believes it leads (there may be a
+    /// stale one too; the nemesis does not care which it picks).
+    pub(super) fn some_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .find(|n| n.raft.as_ref().is_some_and(|r| r.role() == Role::Leader))
+            .map(|n| n.id)
+    }
+
     pub(super) fn crash_some(&mut self) {
         if self.healed {
             return;
@@ -18,12 +27,7 @@ impl World {
             .collect();
         if !up.is_empty() {
             // Favour the leader: its crash exercises roll-over the most.
-            let leader = up.iter().copied().find(|i| {
-                self.nodes[i]
-                    .raft
-                    .as_ref()
-                    .is_some_and(|r| r.role() == Role::Leader)
-            });
+            let leader = self.some_leader();
             let victim = match leader {
                 Some(l) if self.rng.random_bool(0.5) => l,
                 _ => up[self.rng.random_range(0..up.len())],
@@ -44,28 +48,23 @@ impl World {
         }
         let d = self.rng.random_range(100_000..500_000);
         self.at(d, Ev::Admin);
-        let Some(leader) = self.node_ids().into_iter().find(|i| {
-            self.nodes[i]
-                .raft
-                .as_ref()
-                .is_some_and(|r| r.role() == Role::Leader)
-        }) else {
+        let Some(leader) = self.some_leader() else {
             return;
         };
         let raft = self.nodes.get_mut(&leader).unwrap().raft.as_mut().unwrap();
         let conf = raft.conf().clone();
+        let others: Vec<NodeId> = conf
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != leader)
+            .collect();
         let roll = self.rng.random_range(0..100);
         let desc = if roll < 40 {
-            let voters: Vec<NodeId> = conf
-                .voters
-                .iter()
-                .copied()
-                .filter(|&v| v != leader)
-                .collect();
-            if voters.is_empty() {
+            if others.is_empty() {
                 return;
             }
-            let to = voters[self.rng.random_range(0..voters.len())];
+            let to = others[self.rng.random_range(0..others.len())];
             let r = raft.transfer_leader(to);
             self.stats.transfers += u64::from(r.is_ok());
             format!("transfer {leader}->{to}: {r:?}")
@@ -80,13 +79,7 @@ impl World {
             };
             format!("{cc:?}: {:?}", raft.propose_conf_change(cc))
         } else if conf.voters.len() >= 3 {
-            let voters: Vec<NodeId> = conf
-                .voters
-                .iter()
-                .copied()
-                .filter(|&v| v != leader)
-                .collect();
-            let victim = voters[self.rng.random_range(0..voters.len())];
+            let victim = others[self.rng.random_range(0..others.len())];
             format!(
                 "Remove({victim}): {:?}",
                 raft.propose_conf_change(ConfChange::Remove(victim))

@@ -53,12 +53,7 @@ impl World {
             format!("split {side:?}")
         } else if what < 80 {
             // Isolate the leader (or anyone).
-            let leader = ids.iter().copied().find(|i| {
-                self.nodes[i]
-                    .raft
-                    .as_ref()
-                    .is_some_and(|r| r.role() == Role::Leader)
-            });
+            let leader = self.some_leader();
             let victim = leader.unwrap_or(ids[self.rng.random_range(0..ids.len())]);
             for &b in &ids {
                 if b != victim {
