@@ -437,3 +437,32 @@ fn a_restarted_follower_does_not_vote_away_a_leaders_lease() {
     c.tick_all(4 * c.cfg.election_timeout_ticks);
     assert!(c.leader_among(&others).is_some());
 }
+
+#[test]
+fn proposals_are_refused_with_a_reason() {
+    let mut c = Cluster::new(3, |cfg| cfg.uncommitted_bytes_max = 100);
+    c.elect(1);
+    c.stabilize();
+    assert_eq!(
+        c.node_mut(2).propose(Bytes::from_static(b"x")),
+        Err(ProposeError::NotLeader { leader: Some(1) })
+    );
+    let huge = Bytes::from(vec![0u8; constants::ENTRY_BYTES_MAX + 1]);
+    assert_eq!(
+        c.node_mut(1).propose(huge),
+        Err(ProposeError::TooLarge(constants::ENTRY_BYTES_MAX + 1))
+    );
+    // A leader that cannot commit stops taking proposals once 100 bytes wait.
+    c.isolated.insert(1);
+    let chunk = Bytes::from(vec![1u8; 60]);
+    assert!(c.node_mut(1).propose(chunk.clone()).is_ok());
+    assert_eq!(
+        c.node_mut(1).propose(chunk.clone()),
+        Err(ProposeError::Backpressure)
+    );
+    // Once it commits again, it takes them.
+    c.isolated.clear();
+    c.process(1);
+    c.tick_all(2);
+    assert!(c.node_mut(1).propose(chunk).is_ok());
+}

@@ -459,7 +459,7 @@ impl<S: Storage> RawNode<S> {
     /// Proposes a command. Returns the index it will have if committed (at
     /// this node's current term).
     pub fn propose(&mut self, data: Bytes) -> Result<Index, ProposeError> {
-        self.check_can_propose(data.len())?;
+        self.check_can_propose(data.len(), data.len())?;
         let index = self.append_entries(vec![(EntryKind::Normal, data)]);
         self.bcast_append();
         Ok(index)
@@ -467,18 +467,18 @@ impl<S: Storage> RawNode<S> {
 
     /// Proposes several commands as one batch (one append, one persist).
     pub fn propose_batch(&mut self, batch: Vec<Bytes>) -> Result<Index, ProposeError> {
+        assert!(!batch.is_empty(), "an empty batch proposes nothing");
         let total: usize = batch.iter().map(Bytes::len).sum();
-        self.check_can_propose(total)?;
-        if let Some(big) = batch.iter().find(|b| b.len() > ENTRY_BYTES_MAX) {
-            return Err(ProposeError::TooLarge(big.len()));
-        }
+        let largest = batch.iter().map(Bytes::len).max().unwrap_or(0);
+        self.check_can_propose(largest, total)?;
         let index =
             self.append_entries(batch.into_iter().map(|d| (EntryKind::Normal, d)).collect());
         self.bcast_append();
         Ok(index)
     }
 
-    fn check_can_propose(&self, len: usize) -> Result<(), ProposeError> {
+    /// `largest` is the biggest entry's payload, `total` the batch's.
+    fn check_can_propose(&self, largest: usize, total: usize) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {
                 leader: self.leader_id,
@@ -487,11 +487,11 @@ impl<S: Storage> RawNode<S> {
         if self.lead_transferee.is_some() {
             return Err(ProposeError::TransferInProgress);
         }
-        if len > ENTRY_BYTES_MAX {
-            return Err(ProposeError::TooLarge(len));
+        if largest > ENTRY_BYTES_MAX {
+            return Err(ProposeError::TooLarge(largest));
         }
         if self.uncommitted_bytes > 0
-            && self.uncommitted_bytes + len as u64 > self.cfg.uncommitted_bytes_max
+            && self.uncommitted_bytes + total as u64 > self.cfg.uncommitted_bytes_max
         {
             return Err(ProposeError::Backpressure);
         }
@@ -501,7 +501,7 @@ impl<S: Storage> RawNode<S> {
     /// Proposes a single-server membership change. Refused while another
     /// is pending, and until this leader has committed an entry of its term.
     pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<Index, ProposeError> {
-        self.check_can_propose(ConfChange::ENCODED_LEN)?;
+        self.check_can_propose(ConfChange::ENCODED_LEN, ConfChange::ENCODED_LEN)?;
         if self.pending_conf_index > self.log.applied || !self.committed_in_current_term() {
             return Err(ProposeError::ConfChangePending);
         }
