@@ -40,6 +40,7 @@
 
 pub mod config;
 pub mod constants;
+pub mod disk;
 pub mod message;
 pub mod progress;
 pub mod raft;

@@ -1,0 +1,232 @@
+//! The hard-state file: term, vote and commit, updated atomically.
+//!
+//! ```text
+//! hardstate = slot 0 (64 bytes) | slot 1 (64 bytes)
+//! slot      = magic u32 "RCHS" | version u8 | 3 reserved | seq u64 | term u64
+//!             | vote u64 (0 = none) | commit u64 | crc32c u32 | 20 reserved
+//! ```
+//!
+//! Why two slots and not temp file + rename: an update is one 64-byte
+//! `pwrite` and one `fdatasync` of a file that never changes size, so no
+//! directory fsync and no metadata write is on the path of every vote.
+//! Updates go to the slot the *older* state is in (`seq % 2`); a crash in
+//! the middle tears only that slot, whose checksum then fails, and the
+//! reader takes the other slot: the state before the update. A slot is
+//! chosen by the highest `seq` among those whose checksum holds, so the
+//! result is always exactly the old or exactly the new state, never a mix.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::types::HardState;
+
+const SLOT_MAGIC: u32 = 0x5348_4352; // "RCHS"
+const SLOT_VERSION: u8 = 1;
+/// Bytes per slot.
+pub const SLOT_BYTES: usize = 64;
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
+#[repr(C)]
+struct Slot {
+    magic: U32,
+    version: u8,
+    reserved: [u8; 3],
+    seq: U64,
+    term: U64,
+    vote: U64,
+    commit: U64,
+    crc: U32,
+    reserved2: [u8; 20],
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == SLOT_BYTES);
+
+/// Why the hard state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum HardStateError {
+    /// The file system failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Neither slot holds a valid state, but the file is not empty.
+    #[error("{path}: no valid hard-state slot (both fail their checksum); refusing to guess")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+fn slot_crc(s: &Slot) -> u32 {
+    let mut c = *s;
+    c.crc = U32::new(0);
+    crc32c::crc32c(c.as_bytes())
+}
+
+fn encode_slot(seq: u64, hs: HardState) -> [u8; SLOT_BYTES] {
+    let mut s = Slot {
+        magic: U32::new(SLOT_MAGIC),
+        version: SLOT_VERSION,
+        reserved: [0; 3],
+        seq: U64::new(seq),
+        term: U64::new(hs.term),
+        vote: U64::new(hs.vote.unwrap_or(0)),
+        commit: U64::new(hs.commit),
+        crc: U32::new(0),
+        reserved2: [0; 20],
+    };
+    s.crc = U32::new(slot_crc(&s));
+    let mut out = [0u8; SLOT_BYTES];
+    out.copy_from_slice(s.as_bytes());
+    out
+}
+
+fn decode_slot(b: &[u8]) -> Option<(u64, HardState)> {
+    let s = Slot::read_from_bytes(b).ok()?;
+    if s.magic.get() != SLOT_MAGIC || s.version != SLOT_VERSION || slot_crc(&s) != s.crc.get() {
+        return None;
+    }
+    let vote = s.vote.get();
+    let hs = HardState {
+        term: s.term.get(),
+        vote: (vote != 0).then_some(vote),
+        commit: s.commit.get(),
+    };
+    Some((s.seq.get(), hs))
+}
+
+/// Picks the newest valid slot of a whole file image. `Ok(None)` for a
+/// file never written (all zeros or empty); `Err(())` if it was written
+/// but no slot checks out.
+fn decode_file(image: &[u8]) -> Result<Option<(u64, HardState)>, ()> {
+    if image.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let slots = image.chunks(SLOT_BYTES).take(2).filter_map(decode_slot);
+    match slots.max_by_key(|(seq, _)| *seq) {
+        Some(best) => Ok(Some(best)),
+        None => Err(()),
+    }
+}
+
+/// The open hard-state file.
+pub struct HardStateFile {
+    file: File,
+    path: PathBuf,
+    seq: u64,
+}
+
+impl HardStateFile {
+    /// Opens (creating if missing) the file at `path` and reads the state.
+    pub fn open(path: &Path) -> Result<(HardStateFile, HardState), HardStateError> {
+        let io = |source| HardStateError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        let mut image = vec![0u8; 2 * SLOT_BYTES];
+        let n = file.read_at(&mut image, 0).map_err(io)?;
+        image.truncate(n);
+        let (seq, hs) = match decode_file(&image) {
+            Ok(found) => found.unwrap_or_default(),
+            Err(()) => {
+                return Err(HardStateError::Corrupt {
+                    path: path.to_owned(),
+                })
+            }
+        };
+        Ok((
+            HardStateFile {
+                file,
+                path: path.to_owned(),
+                seq,
+            },
+            hs,
+        ))
+    }
+
+    /// Writes `hs` durably: it is the state any later open returns, unless
+    /// a newer one is saved. Returns after `fdatasync`.
+    pub fn save(&mut self, hs: HardState) -> Result<(), HardStateError> {
+        let seq = self.seq + 1;
+        let slot = encode_slot(seq, hs);
+        let offset = (seq % 2) * SLOT_BYTES as u64;
+        let io = |source| HardStateError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.write_all_at(&slot, offset).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.seq = seq;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hs(term: u64, vote: Option<u64>, commit: u64) -> HardState {
+        HardState { term, vote, commit }
+    }
+
+    #[test]
+    fn save_and_reopen() {
+        let dir = std::env::temp_dir().join(format!("ramcoord-hs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hardstate");
+        let (mut f, first) = HardStateFile::open(&path).unwrap();
+        assert_eq!(first, HardState::default());
+        for t in 1..=5 {
+            f.save(hs(t, Some(t % 3 + 1), t * 10)).unwrap();
+        }
+        drop(f);
+        let (_, got) = HardStateFile::open(&path).unwrap();
+        assert_eq!(got, hs(5, Some(3), 50));
+        std::fs::write(&path, [0xAB; 128]).unwrap();
+        assert!(matches!(
+            HardStateFile::open(&path),
+            Err(HardStateError::Corrupt { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_update_torn_at_any_byte_leaves_the_old_or_the_new_state() {
+        let old = hs(7, Some(2), 40);
+        let older = hs(6, None, 30);
+        let new = hs(8, Some(3), 41);
+        // Slots after saving `older` (seq 1, slot 1) and `old` (seq 2, slot 0);
+        // the next save (seq 3) goes to slot 1, over `older`.
+        let mut image = [0u8; 2 * SLOT_BYTES];
+        image[SLOT_BYTES..].copy_from_slice(&encode_slot(1, older));
+        image[..SLOT_BYTES].copy_from_slice(&encode_slot(2, old));
+        let new_slot = encode_slot(3, new);
+        for cut in 0..=SLOT_BYTES {
+            let mut torn = image;
+            torn[SLOT_BYTES..SLOT_BYTES + cut].copy_from_slice(&new_slot[..cut]);
+            let (_, got) = decode_file(&torn).unwrap().unwrap();
+            assert!(got == old || got == new, "cut at {cut}: {got:?} is neither");
+            if cut == SLOT_BYTES {
+                assert_eq!(got, new);
+            }
+            if cut < 44 {
+                // The checksum is not complete yet: the old state stands.
+                assert_eq!(got, old, "cut at {cut}");
+            }
+        }
+    }
+}
