@@ -72,7 +72,7 @@ impl Group {
                     }
                     s.append(&rd.entries).unwrap();
                     if let Some(hs) = rd.hard_state {
-                        s.set_hard_state(hs);
+                        s.set_hard_state(hs).unwrap();
                     }
                     self.wire.extend(rd.messages.drain(..));
                     self.wire.extend(rd.persisted_messages.drain(..));

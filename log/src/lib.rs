@@ -27,7 +27,7 @@
 //!         // 2. persist
 //!         if let Some(s) = &rd.snapshot { node.storage_mut().apply_snapshot(s.clone()).unwrap(); }
 //!         node.storage_mut().append(&rd.entries).unwrap();
-//!         if let Some(hs) = rd.hard_state { node.storage_mut().set_hard_state(hs); }
+//!         if let Some(hs) = rd.hard_state { node.storage_mut().set_hard_state(hs).unwrap(); }
 //!         // 3. send rd.persisted_messages (none), 4. apply
 //!         applied.extend(rd.committed_entries.iter().filter(|e| e.kind == EntryKind::Normal).map(|e| e.data.clone()));
 //!         node.advance(rd);

@@ -22,7 +22,7 @@ use crate::types::SnapshotMeta;
 use crate::types::{ConfChange, ConfState, Entry, EntryKind, HardState, Index, Snapshot, Term};
 
 /// Why storage could not answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
     /// The index is below the latest snapshot: its entry is gone.
     #[error("index {0} is compacted")]
@@ -48,6 +48,10 @@ pub enum StorageError {
         /// The held snapshot's index.
         held: Index,
     },
+    /// The disk failed. Fatal: the node stops rather than guess what is
+    /// durable.
+    #[error("storage I/O failed: {0}")]
+    Io(String),
 }
 
 /// Where the Raft log lives. See the module docs for the write rules.
@@ -72,12 +76,17 @@ pub trait Storage {
     /// Discards entries at and after `from`.
     fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError>;
     /// Records the hard state.
-    fn set_hard_state(&mut self, hs: HardState);
+    fn set_hard_state(&mut self, hs: HardState) -> Result<(), StorageError>;
     /// Replaces the whole log with `snapshot` (a follower installing one).
     fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError>;
     /// Records a snapshot of the local state machine at `meta.index` (which
     /// must be in the log) and discards the entries it covers.
     fn compact(&mut self, snapshot: Snapshot) -> Result<(), StorageError>;
+    /// Makes every write so far durable (`fdatasync`). A no-op where writes
+    /// are durable when they return, or never (memory).
+    fn sync(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// The log in memory: for tests, the simulator, and `--durability memory`
@@ -121,6 +130,26 @@ impl MemStorage {
                 commit,
             },
             snapshot: Snapshot::default(),
+            entries,
+        }
+    }
+
+    /// A storage holding exactly these parts (recovery from disk).
+    pub(crate) fn from_parts(
+        hard_state: HardState,
+        snapshot: Snapshot,
+        entries: Vec<Entry>,
+    ) -> MemStorage {
+        if let Some(first) = entries.first() {
+            assert_eq!(
+                first.index,
+                snapshot.meta.index + 1,
+                "entries continue the snapshot"
+            );
+        }
+        MemStorage {
+            hard_state,
+            snapshot,
             entries,
         }
     }
@@ -224,8 +253,9 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    fn set_hard_state(&mut self, hs: HardState) {
+    fn set_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
         self.hard_state = hs;
+        Ok(())
     }
 
     fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {

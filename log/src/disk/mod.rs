@@ -18,3 +18,6 @@
 
 pub mod hard_state;
 pub mod record;
+pub mod segment_log;
+
+pub use segment_log::{DiskStorage, OpenError, Recovery};

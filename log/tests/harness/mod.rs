@@ -88,7 +88,7 @@ impl Cluster {
             }
             s.append(&rd.entries).unwrap();
             if let Some(hs) = rd.hard_state {
-                s.set_hard_state(hs);
+                s.set_hard_state(hs).unwrap();
             }
             // A partition drops what crosses it as it is sent.
             let isolated = &self.isolated;

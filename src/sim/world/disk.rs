@@ -168,6 +168,8 @@ pub(super) fn persist(storage: &mut MemStorage, rd: &Ready) {
         .append(&rd.entries)
         .expect("entries continue the durable log");
     if let Some(hs) = rd.hard_state {
-        storage.set_hard_state(hs);
+        storage
+            .set_hard_state(hs)
+            .expect("memory storage never fails");
     }
 }

@@ -1,0 +1,618 @@
+//! `DiskStorage`: the Raft log in segment files, the hard state in its
+//! two-slot file, the latest snapshot in its own file. This is the plain
+//! `std` backend (`pwrite` + `fdatasync`); the io_uring backend with group
+//! commit comes next and keeps this on-disk format.
+//!
+//! # Files
+//!
+//! `log/<first index, 20 digits>.seg` are preallocated, fixed-size segments
+//! of records (see [`super::record`]); a record never spans two segments.
+//! `snapshot` holds the latest snapshot: a checksummed header (index, term,
+//! configuration, data length) and the data; it is replaced by writing
+//! `snapshot.tmp`, `fsync`, `rename`, `fsync` of the directory.
+//!
+//! # Durability
+//!
+//! `append` writes records; they are durable after the next `sync`
+//! (`fdatasync` of every segment written since). `set_hard_state` is durable
+//! when it returns. Snapshots and compaction are durable when they return.
+//!
+//! # Crash cases
+//!
+//! - A crash in the middle of an append leaves a torn record at the end of
+//!   the last segment: `open` truncates it (zeroes it) and reports it.
+//! - Truncating a suffix (a Raft conflict) deletes later segments, newest
+//!   first, then zeroes the truncated bytes **back to front**, then syncs:
+//!   a crash half-way leaves a prefix of the old log, never a hole followed
+//!   by stale records.
+//! - A crash between writing a snapshot and deleting the segments it
+//!   replaces leaves old records: `open` keeps records after the snapshot
+//!   only if the log holds the snapshot's own entry (index and term), as
+//!   Raft's InstallSnapshot rule says, and drops them otherwise.
+//! - A bad record anywhere but the tail of the last segment is corruption:
+//!   `open` refuses, naming the file, offset and the index that should be
+//!   there.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::hard_state::{HardStateError, HardStateFile};
+use super::record::{self, Tail};
+use crate::storage::{MemStorage, Storage, StorageError};
+use crate::types::*;
+
+/// Default segment size.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// Largest snapshot file accepted on open.
+pub const SNAPSHOT_FILE_BYTES_MAX: u64 = crate::constants::SNAPSHOT_BYTES_MAX as u64 + (1 << 20);
+/// Bytes zeroed per write when truncating (back to front).
+const ZERO_CHUNK_BYTES: usize = 64 << 10;
+
+/// Why the log on disk cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The file system failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Damage that is not a torn tail: never served, never skipped.
+    #[error("{path}: corrupt at byte {offset} (expected index {index}): {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Where.
+        offset: u64,
+        /// The index that should be there.
+        index: Index,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The hard-state file is unreadable.
+    #[error(transparent)]
+    HardState(#[from] HardStateError),
+    /// `bootstrap` on a directory that already holds a log.
+    #[error("{0}: already holds a log; refusing to overwrite it")]
+    NotEmpty(PathBuf),
+}
+
+/// What `open` found and repaired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// A torn record truncated at the end of the last segment: (file, byte
+    /// offset, why it did not check out).
+    pub torn_tail: Option<(PathBuf, u64, String)>,
+    /// Records after the snapshot that were dropped because the log did not
+    /// hold the snapshot's entry.
+    pub dropped_after_snapshot: u64,
+}
+
+struct Segment {
+    first_index: Index,
+    path: PathBuf,
+    file: File,
+    /// Bytes of records written.
+    end: u64,
+    /// Start offset of each record, by index - first_index.
+    offsets: Vec<u64>,
+    dirty: bool,
+}
+
+/// The durable Raft log (see the module docs).
+pub struct DiskStorage {
+    dir: PathBuf,
+    segment_bytes: u64,
+    mem: MemStorage,
+    hard_state_file: HardStateFile,
+    segments: Vec<Segment>,
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn storage_io(path: &Path, e: std::io::Error) -> StorageError {
+    StorageError::Io(format!("{}: {e}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn segment_path(dir: &Path, first_index: Index) -> PathBuf {
+    dir.join("log").join(format!("{first_index:020}.seg"))
+}
+
+// ----- snapshot file --------------------------------------------------------
+
+const SNAPSHOT_MAGIC: u32 = 0x4e53_4352; // "RCSN"
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
+#[repr(C)]
+struct SnapshotHeader {
+    magic: U32,
+    version: u8,
+    reserved: [u8; 3],
+    index: U64,
+    term: U64,
+    voters: U32,
+    learners: U32,
+    data_len: U64,
+    crc: U32,
+    reserved2: U32,
+}
+
+fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
+    let mut h = SnapshotHeader {
+        magic: U32::new(SNAPSHOT_MAGIC),
+        version: 1,
+        reserved: [0; 3],
+        index: U64::new(s.meta.index),
+        term: U64::new(s.meta.term),
+        voters: U32::new(s.meta.conf.voters.len() as u32),
+        learners: U32::new(s.meta.conf.learners.len() as u32),
+        data_len: U64::new(s.data.len() as u64),
+        crc: U32::new(0),
+        reserved2: U32::new(0),
+    };
+    let mut body = Vec::with_capacity(s.data.len() + 8 * s.meta.conf.members().count());
+    for id in s.meta.conf.members() {
+        body.extend_from_slice(&id.to_le_bytes());
+    }
+    body.extend_from_slice(&s.data);
+    h.crc = U32::new(crc32c::crc32c_append(crc32c::crc32c(h.as_bytes()), &body));
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+fn decode_snapshot(buf: &[u8]) -> Result<Snapshot, String> {
+    let (h, body) =
+        SnapshotHeader::read_from_prefix(buf).map_err(|_| "shorter than its header".to_string())?;
+    if h.magic.get() != SNAPSHOT_MAGIC || h.version != 1 {
+        return Err("bad magic or version".into());
+    }
+    let mut check = h;
+    check.crc = U32::new(0);
+    if crc32c::crc32c_append(crc32c::crc32c(check.as_bytes()), body) != h.crc.get() {
+        return Err("checksum mismatch".into());
+    }
+    let (nv, nl) = (h.voters.get() as usize, h.learners.get() as usize);
+    let ids_len = (nv + nl) * 8;
+    if body.len() as u64 != ids_len as u64 + h.data_len.get() {
+        return Err("length mismatch".into());
+    }
+    let id = |i: usize| u64::from_le_bytes(body[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    let conf = ConfState {
+        voters: (0..nv).map(id).collect(),
+        learners: (nv..nv + nl).map(id).collect(),
+    };
+    let meta = SnapshotMeta {
+        index: h.index.get(),
+        term: h.term.get(),
+        conf,
+    };
+    Ok(Snapshot {
+        meta,
+        data: Bytes::copy_from_slice(&body[ids_len..]),
+    })
+}
+
+impl DiskStorage {
+    /// Creates a new log in `dir` for a founding member (the founding
+    /// configuration as log entries, as [`MemStorage::bootstrap`]). Refuses a
+    /// directory that already holds a log.
+    pub fn bootstrap(
+        dir: &Path,
+        conf: &ConfState,
+        segment_bytes: u64,
+    ) -> Result<DiskStorage, OpenError> {
+        if dir.join("hardstate").exists() || dir.join("log").exists() {
+            return Err(OpenError::NotEmpty(dir.to_owned()));
+        }
+        let (mut disk, _) = DiskStorage::open(dir, segment_bytes)?;
+        let boot = MemStorage::bootstrap(conf);
+        let ents = boot.all_entries().to_vec();
+        let fail = |e: StorageError| OpenError::Io {
+            path: dir.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        disk.append(&ents).map_err(fail)?;
+        disk.sync().map_err(fail)?;
+        disk.set_hard_state(boot.hard_state()).map_err(fail)?;
+        Ok(disk)
+    }
+
+    /// Opens (creating if missing) the log in `dir`, recovering from any
+    /// crash (see the module docs).
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<(DiskStorage, Recovery), OpenError> {
+        assert!(segment_bytes >= 4096, "segments of at least 4 KiB");
+        let log_dir = dir.join("log");
+        fs::create_dir_all(&log_dir).map_err(io_err(&log_dir))?;
+        sync_dir(dir).map_err(io_err(dir))?;
+        let (hard_state_file, hard_state) = HardStateFile::open(&dir.join("hardstate"))?;
+        let snap_path = dir.join("snapshot");
+        let snapshot = match fs::read(&snap_path) {
+            Ok(buf) => decode_snapshot(&buf).map_err(|reason| OpenError::Corrupt {
+                path: snap_path.clone(),
+                offset: 0,
+                index: 0,
+                reason,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
+            Err(e) => return Err(io_err(&snap_path)(e)),
+        };
+        let _ = fs::remove_file(dir.join("snapshot.tmp"));
+
+        let mut firsts: Vec<Index> = Vec::new();
+        for ent in fs::read_dir(&log_dir).map_err(io_err(&log_dir))? {
+            let name = ent.map_err(io_err(&log_dir))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(first) = name
+                .strip_suffix(".seg")
+                .and_then(|n| n.parse::<Index>().ok())
+            {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+
+        let mut recovery = Recovery::default();
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut prev: Option<(Index, Term)> = None;
+        for (k, &first) in firsts.iter().enumerate() {
+            let path = segment_path(dir, first);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            let buf = fs::read(&path).map_err(io_err(&path))?;
+            let scan = record::scan(&buf, prev);
+            let is_last = k + 1 == firsts.len();
+            let corrupt = |offset: usize, reason: String| OpenError::Corrupt {
+                path: path.clone(),
+                offset: offset as u64,
+                index: prev.map_or(first, |(i, _)| i + 1),
+                reason,
+            };
+            if let Some(r) = scan.records.first() {
+                if r.entry.index != first {
+                    return Err(corrupt(
+                        0,
+                        format!("first record is {}, file name says {first}", r.entry.index),
+                    ));
+                }
+            }
+            match scan.tail {
+                Tail::Clean => {}
+                Tail::Torn { reason } if is_last => {
+                    // Zero what the torn write left so the next append
+                    // starts on clean ground.
+                    let torn_len = buf.len() - scan.end;
+                    file.write_all_at(&vec![0u8; torn_len], scan.end as u64)
+                        .map_err(io_err(&path))?;
+                    file.sync_data().map_err(io_err(&path))?;
+                    recovery.torn_tail = Some((path.clone(), scan.end as u64, reason));
+                }
+                Tail::Torn { reason } | Tail::Corrupt { reason } => {
+                    let idx_prev = scan
+                        .records
+                        .last()
+                        .map(|r| (r.entry.index, r.entry.term))
+                        .or(prev);
+                    return Err(OpenError::Corrupt {
+                        path: path.clone(),
+                        offset: scan.end as u64,
+                        index: idx_prev.map_or(first, |(i, _)| i + 1),
+                        reason,
+                    });
+                }
+            }
+            if scan.records.is_empty() && !is_last {
+                return Err(corrupt(0, "an empty segment before the last".into()));
+            }
+            let offsets = scan.records.iter().map(|r| r.offset as u64).collect();
+            if let Some(r) = scan.records.last() {
+                prev = Some((r.entry.index, r.entry.term));
+            }
+            entries.extend(scan.records.into_iter().map(|r| r.entry));
+            segments.push(Segment {
+                first_index: first,
+                path,
+                file,
+                end: scan.end as u64,
+                offsets,
+                dirty: false,
+            });
+        }
+
+        // Entries the snapshot covers are compacted; entries after it are
+        // kept only if the log continues the snapshot.
+        let snap_index = snapshot.meta.index;
+        // Segments written after the snapshot start past it. A segment that
+        // starts at or below it predates the snapshot: its records are ours
+        // (compaction) if it holds the snapshot's own entry, and a log the
+        // snapshot replaced (a crash before the old segments were deleted)
+        // if not.
+        let predates = segments.iter().any(|s| s.first_index <= snap_index);
+        let continues = snap_index == 0
+            || !predates
+            || entries
+                .iter()
+                .any(|e| e.index == snap_index && e.term == snapshot.meta.term);
+        let mut kept: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| e.index > snap_index)
+            .collect();
+        let mut disk = DiskStorage {
+            dir: dir.to_owned(),
+            segment_bytes,
+            mem: MemStorage::default(),
+            hard_state_file,
+            segments,
+        };
+        if !continues && !kept.is_empty() {
+            recovery.dropped_after_snapshot = kept.len() as u64;
+            disk.drop_segments_from(0).map_err(|e| OpenError::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            kept.clear();
+        }
+        if kept.first().is_some_and(|e| e.index != snap_index + 1) {
+            let first = kept[0].index;
+            return Err(OpenError::Corrupt {
+                path: log_dir,
+                offset: 0,
+                index: snap_index + 1,
+                reason: format!(
+                    "the log starts at {first}, after a gap from the snapshot at {snap_index}"
+                ),
+            });
+        }
+        let mut hs = hard_state;
+        let last = kept.last().map_or(snap_index, |e| e.index);
+        // The commit index is an optimisation; never ahead of the log.
+        hs.commit = hs.commit.clamp(snap_index, last.max(snap_index));
+        disk.mem = MemStorage::from_parts(hs, snapshot, kept);
+        Ok((disk, recovery))
+    }
+
+    /// The directory this log lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Deletes segments from position `k` on, newest first.
+    fn drop_segments_from(&mut self, k: usize) -> Result<(), StorageError> {
+        while self.segments.len() > k {
+            let seg = self.segments.pop().expect("non-empty");
+            fs::remove_file(&seg.path).map_err(|e| storage_io(&seg.path, e))?;
+        }
+        let log_dir = self.dir.join("log");
+        sync_dir(&log_dir).map_err(|e| storage_io(&log_dir, e))
+    }
+
+    fn write_snapshot_file(&self, snap: &Snapshot) -> Result<(), StorageError> {
+        let tmp = self.dir.join("snapshot.tmp");
+        let path = self.dir.join("snapshot");
+        let mut f = File::create(&tmp).map_err(|e| storage_io(&tmp, e))?;
+        f.write_all(&encode_snapshot(snap))
+            .map_err(|e| storage_io(&tmp, e))?;
+        f.sync_all().map_err(|e| storage_io(&tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| storage_io(&path, e))?;
+        sync_dir(&self.dir).map_err(|e| storage_io(&self.dir, e))
+    }
+
+    /// Removes the records at and after `from` from the files.
+    fn truncate_files(&mut self, from: Index) -> Result<(), StorageError> {
+        let Some(k) = self.segments.iter().rposition(|s| s.first_index <= from) else {
+            return self.drop_segments_from(0);
+        };
+        self.drop_segments_from(k + 1)?;
+        let seg = &mut self.segments[k];
+        let pos = (from - seg.first_index) as usize;
+        if pos >= seg.offsets.len() {
+            return Ok(());
+        }
+        let start = seg.offsets[pos];
+        // Back to front: a crash leaves a prefix of the old log.
+        let mut hi = seg.end;
+        let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+        while hi > start {
+            let lo = hi.saturating_sub(ZERO_CHUNK_BYTES as u64).max(start);
+            seg.file
+                .write_all_at(&zeros[..(hi - lo) as usize], lo)
+                .map_err(|e| storage_io(&seg.path, e))?;
+            hi = lo;
+        }
+        seg.file.sync_data().map_err(|e| storage_io(&seg.path, e))?;
+        seg.offsets.truncate(pos);
+        seg.end = start;
+        Ok(())
+    }
+
+    fn new_segment(&mut self, first_index: Index, min_bytes: u64) -> Result<(), StorageError> {
+        let path = segment_path(&self.dir, first_index);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| storage_io(&path, e))?;
+        // Preallocated (sparse here; the io_uring backend fallocates) so the
+        // scan finds zeros past the last record.
+        file.set_len(self.segment_bytes.max(min_bytes))
+            .map_err(|e| storage_io(&path, e))?;
+        file.sync_all().map_err(|e| storage_io(&path, e))?;
+        let log_dir = self.dir.join("log");
+        sync_dir(&log_dir).map_err(|e| storage_io(&log_dir, e))?;
+        self.segments.push(Segment {
+            first_index,
+            path,
+            file,
+            end: 0,
+            offsets: Vec::new(),
+            dirty: false,
+        });
+        Ok(())
+    }
+
+    fn write_records(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        let mut buf = Vec::new();
+        let mut batch_first = 0;
+        for (i, e) in entries.iter().enumerate() {
+            let len = record::encoded_len(e) as u64;
+            let fits = self.segments.last().is_some_and(|s| {
+                s.end + (buf.len() as u64) + len <= s.file.metadata().map_or(0, |m| m.len())
+            });
+            if !fits {
+                self.flush_buf(&mut buf, &entries[batch_first..i])?;
+                batch_first = i;
+                self.new_segment(e.index, len)?;
+            }
+            record::encode(e, &mut buf);
+        }
+        self.flush_buf(&mut buf, &entries[batch_first..])
+    }
+
+    fn flush_buf(&mut self, buf: &mut Vec<u8>, entries: &[Entry]) -> Result<(), StorageError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let seg = self.segments.last_mut().expect("a segment to write to");
+        seg.file
+            .write_all_at(buf, seg.end)
+            .map_err(|e| storage_io(&seg.path, e))?;
+        let mut off = seg.end;
+        for e in entries {
+            seg.offsets.push(off);
+            off += record::encoded_len(e) as u64;
+        }
+        debug_assert_eq!(off, seg.end + buf.len() as u64);
+        seg.end = off;
+        seg.dirty = true;
+        buf.clear();
+        Ok(())
+    }
+}
+
+impl Storage for DiskStorage {
+    fn initial_state(&self) -> (HardState, ConfState) {
+        self.mem.initial_state()
+    }
+    fn first_index(&self) -> Index {
+        self.mem.first_index()
+    }
+    fn last_index(&self) -> Index {
+        self.mem.last_index()
+    }
+    fn term(&self, index: Index) -> Result<Term, StorageError> {
+        self.mem.term(index)
+    }
+    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        self.mem.entries(lo, hi, max_bytes)
+    }
+    fn snapshot(&self) -> Snapshot {
+        self.mem.snapshot()
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        if first.index < self.mem.first_index() || first.index > self.mem.last_index() + 1 {
+            return Err(StorageError::NotContiguous {
+                at: first.index,
+                first: self.mem.first_index(),
+                last: self.mem.last_index(),
+            });
+        }
+        if first.index <= self.mem.last_index() {
+            self.truncate_files(first.index)?;
+        }
+        self.write_records(entries)?;
+        self.mem.append(entries)
+    }
+
+    fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError> {
+        self.mem.truncate_suffix(from)?;
+        self.truncate_files(from)
+    }
+
+    fn set_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        self.hard_state_file
+            .save(hs)
+            .map_err(|e| StorageError::Io(e.to_string()))?;
+        self.mem.set_hard_state(hs)
+    }
+
+    fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+        if snapshot.meta.index < self.mem.first_index() - 1 {
+            return Err(StorageError::SnapshotOutOfDate {
+                new: snapshot.meta.index,
+                held: self.mem.first_index() - 1,
+            });
+        }
+        self.write_snapshot_file(&snapshot)?;
+        // The whole log is replaced: later appends start a new segment.
+        self.drop_segments_from(0)?;
+        self.mem.apply_snapshot(snapshot)
+    }
+
+    fn compact(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+        let index = snapshot.meta.index;
+        // Validate before touching any file.
+        if index < self.mem.first_index() {
+            return Err(StorageError::SnapshotOutOfDate {
+                new: index,
+                held: self.mem.first_index() - 1,
+            });
+        }
+        if index > self.mem.last_index() {
+            return Err(StorageError::Unavailable(index));
+        }
+        assert_eq!(
+            self.mem.term(index),
+            Ok(snapshot.meta.term),
+            "snapshot term mismatch"
+        );
+        self.write_snapshot_file(&snapshot)?;
+        // Whole segments below the snapshot go; the first kept one may
+        // start below it (those records are ignored on open).
+        let keep_from = self
+            .segments
+            .iter()
+            .rposition(|s| s.first_index <= index + 1)
+            .unwrap_or(0);
+        for seg in self.segments.drain(..keep_from) {
+            fs::remove_file(&seg.path).map_err(|e| storage_io(&seg.path, e))?;
+        }
+        let log_dir = self.dir.join("log");
+        sync_dir(&log_dir).map_err(|e| storage_io(&log_dir, e))?;
+        self.mem.compact(snapshot)
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        for seg in self.segments.iter_mut().filter(|s| s.dirty) {
+            seg.file.sync_data().map_err(|e| storage_io(&seg.path, e))?;
+            seg.dirty = false;
+        }
+        Ok(())
+    }
+}
