@@ -10,3 +10,4 @@
 
 pub mod lincheck;
 pub mod sim;
+pub mod storage_crash;
