@@ -5,7 +5,10 @@
 //! The network, disk and etcd scenarios arrive with the issues that build
 //! those layers.
 
+mod storage;
+
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -34,11 +37,45 @@ enum Scenario {
         #[arg(long, default_value_t = 64)]
         payload: usize,
     },
+    /// The durable log against the disk floor, in one run: 4 KiB write +
+    /// fdatasync (floor), DiskStorage append + sync (one appender), and
+    /// entries/s with 1, 8 and 64 appenders through a group-commit writer.
+    Storage {
+        /// Directory on the file system to measure (default: ./bench-data).
+        #[arg(long, default_value = "bench-data")]
+        dir: PathBuf,
+        /// Synced writes per latency measurement.
+        #[arg(long, default_value_t = 2000)]
+        ops: u64,
+        /// Seconds per group-commit measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
     match Cli::parse().scenario {
         Scenario::Core { ops, payload } => core(ops, payload),
+        Scenario::Storage {
+            dir,
+            ops,
+            seconds,
+            json,
+        } => {
+            let report = storage::run(&dir, ops, seconds, &mut |step| eprintln!("storage: {step}"));
+            let _ = std::fs::remove_dir(&dir);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("numbers serialize")
+                );
+            } else {
+                print!("{}", storage::table(&report));
+            }
+        }
     }
 }
 
