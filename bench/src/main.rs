@@ -53,7 +53,21 @@ enum Scenario {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Write path: io_uring (auto falls back to pwrite + fdatasync).
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
     },
+}
+
+/// The log's write path.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Backend {
+    /// io_uring if available, else pwrite + fdatasync.
+    Auto,
+    /// pwrite + fdatasync.
+    Std,
+    /// io_uring (write linked to fdatasync).
+    Uring,
 }
 
 fn main() {
@@ -64,8 +78,16 @@ fn main() {
             ops,
             seconds,
             json,
+            backend,
         } => {
-            let report = storage::run(&dir, ops, seconds, &mut |step| eprintln!("storage: {step}"));
+            let backend = match backend {
+                Backend::Auto => ramcoord_log::disk::BackendChoice::Auto,
+                Backend::Std => ramcoord_log::disk::BackendChoice::Std,
+                Backend::Uring => ramcoord_log::disk::BackendChoice::Uring,
+            };
+            let report = storage::run(&dir, ops, seconds, backend, &mut |step| {
+                eprintln!("storage: {step}")
+            });
             let _ = std::fs::remove_dir(&dir);
             if json {
                 println!(

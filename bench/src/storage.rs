@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam::channel;
 use hdrhistogram::Histogram;
-use ramcoord_log::disk::DiskStorage;
+use ramcoord_log::disk::{BackendChoice, DiskStorage};
 use ramcoord_log::{Entry, EntryKind, Storage};
 use serde::Serialize;
 
@@ -88,9 +88,9 @@ fn entry(index: u64) -> Entry {
     }
 }
 
-fn append_single(dir: &Path, ops: u64) -> Histogram<u64> {
+fn append_single(dir: &Path, ops: u64, backend: BackendChoice) -> Histogram<u64> {
     let d = dir.join("append");
-    let (mut log, _) = DiskStorage::open(&d, SEGMENT_BYTES).unwrap();
+    let (mut log, _) = DiskStorage::open_with(&d, SEGMENT_BYTES, backend).unwrap();
     let mut h = Histogram::<u64>::new(3).unwrap();
     for i in 1..=ops {
         let e = entry(i);
@@ -105,9 +105,14 @@ fn append_single(dir: &Path, ops: u64) -> Histogram<u64> {
 }
 
 /// Returns (entries/s, syncs/s) with `appenders` threads for `duration`.
-fn group_commit(dir: &Path, appenders: usize, duration: Duration) -> (f64, f64) {
+fn group_commit(
+    dir: &Path,
+    appenders: usize,
+    duration: Duration,
+    backend: BackendChoice,
+) -> (f64, f64) {
     let d = dir.join(format!("group-{appenders}"));
-    let (mut log, _) = DiskStorage::open(&d, SEGMENT_BYTES).unwrap();
+    let (mut log, _) = DiskStorage::open_with(&d, SEGMENT_BYTES, backend).unwrap();
     let (tx, rx) = channel::unbounded::<channel::Sender<()>>();
     let deadline = Instant::now() + duration;
     let writer = std::thread::spawn(move || {
@@ -152,7 +157,13 @@ fn group_commit(dir: &Path, appenders: usize, duration: Duration) -> (f64, f64) 
 }
 
 /// Runs every part and returns the report; `progress` narrates.
-pub fn run(dir: &Path, ops: u64, seconds: f64, progress: &mut dyn FnMut(&str)) -> StorageReport {
+pub fn run(
+    dir: &Path,
+    ops: u64,
+    seconds: f64,
+    backend: BackendChoice,
+    progress: &mut dyn FnMut(&str),
+) -> StorageReport {
     std::fs::create_dir_all(dir).unwrap();
     let mut r = StorageReport::default();
     progress("floor: 4 KiB pwrite + fdatasync");
@@ -161,7 +172,7 @@ pub fn run(dir: &Path, ops: u64, seconds: f64, progress: &mut dyn FnMut(&str)) -
     r.floor_p99_us = us(&f, 0.99);
     r.floor_syncs_per_s = 1e6 / (f.mean() / 1000.0);
     progress("append: one appender, 4 KiB entries, append + sync");
-    let a = append_single(dir, ops);
+    let a = append_single(dir, ops, backend);
     r.append_p50_us = us(&a, 0.5);
     r.append_p99_us = us(&a, 0.99);
     r.append_p999_us = us(&a, 0.999);
@@ -169,7 +180,7 @@ pub fn run(dir: &Path, ops: u64, seconds: f64, progress: &mut dyn FnMut(&str)) -
     let dur = Duration::from_secs_f64(seconds);
     for n in [1usize, 8, 64] {
         progress(&format!("group commit: {n} appenders for {seconds:.0} s"));
-        let (eps, sps) = group_commit(dir, n, dur);
+        let (eps, sps) = group_commit(dir, n, dur, backend);
         match n {
             1 => r.group_commit_entries_per_s_1 = eps,
             8 => r.group_commit_entries_per_s_8 = eps,

@@ -4,10 +4,17 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use ramcoord_log::disk::{DiskStorage, OpenError};
+use ramcoord_log::disk::{BackendChoice, DiskStorage, OpenError, Recovery};
 use ramcoord_log::*;
 
 const SEGMENT: u64 = 4096;
+
+/// Every test runs on both write paths.
+const BACKENDS: [BackendChoice; 2] = [BackendChoice::Std, BackendChoice::Uring];
+
+fn open(b: BackendChoice, dir: &std::path::Path) -> (DiskStorage, Recovery) {
+    DiskStorage::open_with(dir, SEGMENT, b).unwrap()
+}
 
 struct TempDir(PathBuf);
 impl TempDir {
@@ -54,6 +61,12 @@ fn segment_files(dir: &TempDir) -> Vec<PathBuf> {
 
 #[test]
 fn bootstrap_append_reopen_across_segments() {
+    for b in BACKENDS {
+        bootstrap_append_reopen_across_segments_on(b);
+    }
+}
+
+fn bootstrap_append_reopen_across_segments_on(b: BackendChoice) {
     let dir = TempDir::new("roundtrip");
     let conf = ConfState::with_voters([1, 2, 3]);
     let mut d = DiskStorage::bootstrap(&dir.0, &conf, SEGMENT).unwrap();
@@ -72,7 +85,7 @@ fn bootstrap_append_reopen_across_segments() {
         segment_files(&dir).len() > 3,
         "records spread over segments"
     );
-    let (d, rec) = DiskStorage::open(&dir.0, SEGMENT).unwrap();
+    let (d, rec) = open(b, &dir.0);
     assert_eq!(rec, Default::default());
     assert_eq!(all(&d), before);
     assert_eq!(
@@ -94,8 +107,14 @@ fn bootstrap_append_reopen_across_segments() {
 
 #[test]
 fn a_torn_last_record_is_truncated_and_reported() {
+    for b in BACKENDS {
+        a_torn_last_record_is_truncated_and_reported_on(b);
+    }
+}
+
+fn a_torn_last_record_is_truncated_and_reported_on(b: BackendChoice) {
     let dir = TempDir::new("torn");
-    let (mut d, _) = DiskStorage::open(&dir.0, SEGMENT).unwrap();
+    let (mut d, _) = open(b, &dir.0);
     d.append(&(1..=10).map(|i| ent(i, 1, 50)).collect::<Vec<_>>())
         .unwrap();
     d.sync().unwrap();
@@ -108,7 +127,7 @@ fn a_torn_last_record_is_truncated_and_reported() {
     ramcoord_log::disk::record::encode(&ent(11, 1, 50), &mut rec);
     img[end..end + 40].copy_from_slice(&rec[..40]);
     std::fs::write(&last, &img).unwrap();
-    let (mut d, recovery) = DiskStorage::open(&dir.0, SEGMENT).unwrap();
+    let (mut d, recovery) = open(b, &dir.0);
     let (path, offset, _) = recovery.torn_tail.expect("reported");
     assert_eq!((path, offset), (last, end as u64));
     assert_eq!(d.last_index(), 10);
@@ -116,15 +135,21 @@ fn a_torn_last_record_is_truncated_and_reported() {
     d.append(&[ent(11, 2, 20)]).unwrap();
     d.sync().unwrap();
     drop(d);
-    let (d, recovery) = DiskStorage::open(&dir.0, SEGMENT).unwrap();
+    let (d, recovery) = open(b, &dir.0);
     assert_eq!(recovery.torn_tail, None);
     assert_eq!(d.term(11), Ok(2));
 }
 
 #[test]
 fn a_flipped_bit_in_the_middle_is_corruption_naming_file_offset_and_index() {
+    for b in BACKENDS {
+        a_flipped_bit_in_the_middle_is_corruption_naming_file_offset_and_index_on(b);
+    }
+}
+
+fn a_flipped_bit_in_the_middle_is_corruption_naming_file_offset_and_index_on(b: BackendChoice) {
     let dir = TempDir::new("flip");
-    let (mut d, _) = DiskStorage::open(&dir.0, SEGMENT).unwrap();
+    let (mut d, _) = open(b, &dir.0);
     d.append(&(1..=10).map(|i| ent(i, 1, 50)).collect::<Vec<_>>())
         .unwrap();
     d.sync().unwrap();
@@ -133,7 +158,7 @@ fn a_flipped_bit_in_the_middle_is_corruption_naming_file_offset_and_index() {
     let mut img = std::fs::read(&seg).unwrap();
     img[3 * 82 + 40] ^= 0x10; // inside record 4's payload
     std::fs::write(&seg, &img).unwrap();
-    match DiskStorage::open(&dir.0, SEGMENT) {
+    match DiskStorage::open_with(&dir.0, SEGMENT, b) {
         Err(OpenError::Corrupt {
             path,
             offset,
@@ -151,8 +176,14 @@ fn a_flipped_bit_in_the_middle_is_corruption_naming_file_offset_and_index() {
 
 #[test]
 fn compaction_and_snapshots_survive_reopen() {
+    for b in BACKENDS {
+        compaction_and_snapshots_survive_reopen_on(b);
+    }
+}
+
+fn compaction_and_snapshots_survive_reopen_on(b: BackendChoice) {
     let dir = TempDir::new("compact");
-    let (mut d, _) = DiskStorage::open(&dir.0, SEGMENT).unwrap();
+    let (mut d, _) = open(b, &dir.0);
     d.append(&(1..=120).map(|i| ent(i, 1, 100)).collect::<Vec<_>>())
         .unwrap();
     d.sync().unwrap();
@@ -169,7 +200,7 @@ fn compaction_and_snapshots_survive_reopen() {
     .unwrap();
     assert!(segment_files(&dir).len() < files_before);
     drop(d);
-    let (mut d, _) = DiskStorage::open(&dir.0, SEGMENT).unwrap();
+    let (mut d, _) = open(b, &dir.0);
     assert_eq!(d.first_index(), 91);
     assert_eq!(d.last_index(), 120);
     assert_eq!(d.snapshot().data, Bytes::from_static(b"state at 90"));
@@ -188,7 +219,7 @@ fn compaction_and_snapshots_survive_reopen() {
     d.append(&[ent(501, 7, 10)]).unwrap();
     d.sync().unwrap();
     drop(d);
-    let (d, _) = DiskStorage::open(&dir.0, SEGMENT).unwrap();
+    let (d, _) = open(b, &dir.0);
     assert_eq!((d.first_index(), d.last_index()), (501, 501));
     assert_eq!(d.term(500), Ok(7));
 }
@@ -201,6 +232,7 @@ enum Op {
         back: u8,
         n: u8,
         len: u16,
+        sync: bool,
     },
     Truncate {
         back: u8,
@@ -213,7 +245,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0u8..4, 1u8..20, 0u16..600).prop_map(|(back, n, len)| Op::Append { back, n, len }),
+        4 => (0u8..4, 1u8..20, 0u16..600, any::<bool>()).prop_map(|(back, n, len, sync)| Op::Append { back, n, len, sync }),
         1 => (0u8..5).prop_map(|back| Op::Truncate { back }),
         1 => (0u8..30).prop_map(|back| Op::Compact { back }),
         2 => Just(Op::Reopen),
@@ -226,21 +258,26 @@ proptest! {
     /// Any sequence of appends (with overwrites), truncations, compactions
     /// and reopens leaves the disk log equal to the in-memory model.
     #[test]
-    fn disk_log_matches_the_memory_model(ops in proptest::collection::vec(op(), 1..40)) {
+    fn disk_log_matches_the_memory_model(
+        ops in proptest::collection::vec(op(), 1..40),
+        b in prop_oneof![Just(BackendChoice::Std), Just(BackendChoice::Uring)],
+    ) {
         let dir = TempDir::new("prop");
-        let (mut disk, _) = DiskStorage::open(&dir.0, SEGMENT).unwrap();
+        let (mut disk, _) = open(b, &dir.0);
         let mut model = MemStorage::default();
         let mut term = 1;
         for op in ops {
             match op {
-                Op::Append { back, n, len } => {
+                Op::Append { back, n, len, sync } => {
                     let last = model.last_index();
                     let first = (last + 1).saturating_sub(back as u64).max(model.first_index());
                     term += 1;
                     let ents: Vec<Entry> = (first..first + n as u64).map(|i| ent(i, term, len as usize)).collect();
                     model.append(&ents).unwrap();
                     disk.append(&ents).unwrap();
-                    disk.sync().unwrap();
+                    if sync {
+                        disk.sync().unwrap();
+                    }
                 }
                 Op::Truncate { back } => {
                     let from = model.last_index().saturating_sub(back as u64).max(model.first_index());
@@ -259,8 +296,9 @@ proptest! {
                     }
                 }
                 Op::Reopen => {
+                    disk.sync().unwrap();
                     drop(disk);
-                    let (d, rec) = DiskStorage::open(&dir.0, SEGMENT).unwrap();
+                    let (d, rec) = open(b, &dir.0);
                     prop_assert_eq!(rec, Default::default());
                     disk = d;
                 }
@@ -268,8 +306,9 @@ proptest! {
             prop_assert_eq!(disk.first_index(), model.first_index());
             prop_assert_eq!(all(&disk), all(&model));
         }
+        disk.sync().unwrap();
         drop(disk);
-        let (disk, _) = DiskStorage::open(&dir.0, SEGMENT).unwrap();
+        let (disk, _) = open(b, &dir.0);
         prop_assert_eq!(all(&disk), all(&model));
         prop_assert_eq!(disk.snapshot(), model.snapshot());
     }
@@ -277,17 +316,23 @@ proptest! {
 
 #[test]
 fn a_log_replaced_by_a_snapshot_is_dropped_after_a_crash_mid_install() {
+    for b in BACKENDS {
+        a_log_replaced_by_a_snapshot_is_dropped_after_a_crash_mid_install_on(b);
+    }
+}
+
+fn a_log_replaced_by_a_snapshot_is_dropped_after_a_crash_mid_install_on(b: BackendChoice) {
     // The crash: the leader's snapshot reached the disk, the old segments
     // were not deleted yet. Made by hand: an old log, and the snapshot file
     // of another directory that installed it.
     let old = TempDir::new("stale-old");
-    let (mut d, _) = DiskStorage::open(&old.0, SEGMENT).unwrap();
+    let (mut d, _) = open(b, &old.0);
     d.append(&(1..=100).map(|i| ent(i, 1, 60)).collect::<Vec<_>>())
         .unwrap();
     d.sync().unwrap();
     drop(d);
     let other = TempDir::new("stale-new");
-    let (mut n, _) = DiskStorage::open(&other.0, SEGMENT).unwrap();
+    let (mut n, _) = open(b, &other.0);
     let meta = SnapshotMeta {
         index: 80,
         term: 5,
@@ -299,7 +344,7 @@ fn a_log_replaced_by_a_snapshot_is_dropped_after_a_crash_mid_install() {
     })
     .unwrap();
     std::fs::copy(other.0.join("snapshot"), old.0.join("snapshot")).unwrap();
-    let (d, rec) = DiskStorage::open(&old.0, SEGMENT).unwrap();
+    let (d, rec) = open(b, &old.0);
     assert_eq!(
         rec.dropped_after_snapshot, 20,
         "81..=100 were not the snapshot's log"

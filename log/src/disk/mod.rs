@@ -19,5 +19,6 @@
 pub mod hard_state;
 pub mod record;
 pub mod segment_log;
+mod uring;
 
-pub use segment_log::{DiskStorage, OpenError, Recovery};
+pub use segment_log::{BackendChoice, DiskStorage, OpenError, Recovery};

@@ -35,6 +35,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -44,6 +45,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::hard_state::{HardStateError, HardStateFile};
 use super::record::{self, Tail};
+use super::uring::{Ring, SegmentWrite};
 use crate::storage::{MemStorage, Storage, StorageError};
 use crate::types::*;
 
@@ -96,6 +98,24 @@ pub struct Recovery {
     pub dropped_after_snapshot: u64,
 }
 
+/// How writes reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// io_uring if the kernel allows it, else `Std` (saying so once on
+    /// stderr).
+    Auto,
+    /// `pwrite` at append, `fdatasync` at sync.
+    Std,
+    /// Writes gathered until sync, then one write linked to one
+    /// `fdatasync` per segment through io_uring; an error if unavailable.
+    Uring,
+}
+
+enum Backend {
+    Std,
+    Uring(Box<Ring>),
+}
+
 struct Segment {
     first_index: Index,
     path: PathBuf,
@@ -104,6 +124,9 @@ struct Segment {
     end: u64,
     /// The file's (preallocated) size.
     capacity: u64,
+    /// io_uring: bytes appended since the last sync, not yet written; they
+    /// belong at `end - pending.len()`.
+    pending: Vec<u8>,
     /// Start offset of each record, by index - first_index.
     offsets: Vec<u64>,
     dirty: bool,
@@ -116,6 +139,7 @@ pub struct DiskStorage {
     mem: MemStorage,
     hard_state_file: HardStateFile,
     segments: Vec<Segment>,
+    backend: Backend,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> OpenError + '_ {
@@ -240,7 +264,29 @@ impl DiskStorage {
     /// Opens (creating if missing) the log in `dir`, recovering from any
     /// crash (see the module docs).
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<(DiskStorage, Recovery), OpenError> {
+        DiskStorage::open_with(dir, segment_bytes, BackendChoice::Auto)
+    }
+
+    /// [`DiskStorage::open`] with a chosen write path.
+    pub fn open_with(
+        dir: &Path,
+        segment_bytes: u64,
+        choice: BackendChoice,
+    ) -> Result<(DiskStorage, Recovery), OpenError> {
         assert!(segment_bytes >= 4096, "segments of at least 4 KiB");
+        let backend = match choice {
+            BackendChoice::Std => Backend::Std,
+            BackendChoice::Uring => Backend::Uring(Box::new(Ring::new().map_err(io_err(dir))?)),
+            BackendChoice::Auto => match Ring::new() {
+                Ok(ring) => Backend::Uring(Box::new(ring)),
+                Err(e) => {
+                    eprintln!(
+                        "ramcoord: io_uring unavailable ({e}); the log uses pwrite + fdatasync"
+                    );
+                    Backend::Std
+                }
+            },
+        };
         let log_dir = dir.join("log");
         fs::create_dir_all(&log_dir).map_err(io_err(&log_dir))?;
         sync_dir(dir).map_err(io_err(dir))?;
@@ -327,6 +373,14 @@ impl DiskStorage {
             if scan.records.is_empty() && !is_last {
                 return Err(corrupt(0, "an empty segment before the last".into()));
             }
+            if scan.records.is_empty() {
+                // Created for records whose write never completed: remove
+                // it; the next append makes a new one, correctly named.
+                drop(file);
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                sync_dir(&log_dir).map_err(io_err(&log_dir))?;
+                continue;
+            }
             let offsets = scan.records.iter().map(|r| r.offset as u64).collect();
             if let Some(r) = scan.records.last() {
                 prev = Some((r.entry.index, r.entry.term));
@@ -338,6 +392,7 @@ impl DiskStorage {
                 file,
                 end: scan.end as u64,
                 capacity: buf.len() as u64,
+                pending: Vec::new(),
                 offsets,
                 dirty: false,
             });
@@ -367,6 +422,7 @@ impl DiskStorage {
             mem: MemStorage::default(),
             hard_state_file,
             segments,
+            backend,
         };
         if !continues && !kept.is_empty() {
             recovery.dropped_after_snapshot = kept.len() as u64;
@@ -421,8 +477,22 @@ impl DiskStorage {
         sync_dir(&self.dir).map_err(|e| storage_io(&self.dir, e))
     }
 
+    /// Writes (without syncing) what io_uring mode holds for the next sync,
+    /// so files can be cut, replaced or deleted.
+    fn write_out_pending(&mut self) -> Result<(), StorageError> {
+        for seg in self.segments.iter_mut().filter(|s| !s.pending.is_empty()) {
+            let at = seg.end - seg.pending.len() as u64;
+            seg.file
+                .write_all_at(&seg.pending, at)
+                .map_err(|e| storage_io(&seg.path, e))?;
+            seg.pending.clear();
+        }
+        Ok(())
+    }
+
     /// Removes the records at and after `from` from the files.
     fn truncate_files(&mut self, from: Index) -> Result<(), StorageError> {
+        self.write_out_pending()?;
         let Some(k) = self.segments.iter().rposition(|s| s.first_index <= from) else {
             return self.drop_segments_from(0);
         };
@@ -487,6 +557,7 @@ impl DiskStorage {
             file,
             end: 0,
             capacity: len,
+            pending: Vec::new(),
             offsets: Vec::new(),
             dirty: false,
         });
@@ -505,6 +576,12 @@ impl DiskStorage {
             if !fits {
                 self.flush_buf(&mut buf, &entries[batch_first..i])?;
                 batch_first = i;
+                // Everything before the new segment is durable before the
+                // segment exists, so after any crash a segment's name is
+                // the index that follows the previous segment's last record
+                // (otherwise a lost tail in the old segment would leave the
+                // new one misnamed). One extra sync per segment.
+                self.sync()?;
                 self.new_segment(e.index, len)?;
             }
             record::encode(e, &mut buf);
@@ -517,9 +594,13 @@ impl DiskStorage {
             return Ok(());
         }
         let seg = self.segments.last_mut().expect("a segment to write to");
-        seg.file
-            .write_all_at(buf, seg.end)
-            .map_err(|e| storage_io(&seg.path, e))?;
+        match self.backend {
+            Backend::Std => seg
+                .file
+                .write_all_at(buf, seg.end)
+                .map_err(|e| storage_io(&seg.path, e))?,
+            Backend::Uring(_) => seg.pending.extend_from_slice(buf),
+        }
         let mut off = seg.end;
         for e in entries {
             seg.offsets.push(off);
@@ -590,6 +671,7 @@ impl Storage for DiskStorage {
                 held: self.mem.first_index() - 1,
             });
         }
+        self.write_out_pending()?;
         self.write_snapshot_file(&snapshot)?;
         // The whole log is replaced: later appends start a new segment.
         self.drop_segments_from(0)?;
@@ -613,6 +695,7 @@ impl Storage for DiskStorage {
             Ok(snapshot.meta.term),
             "snapshot term mismatch"
         );
+        self.write_out_pending()?;
         self.write_snapshot_file(&snapshot)?;
         // Whole segments below the snapshot go; the first kept one may
         // start below it (those records are ignored on open).
@@ -630,6 +713,26 @@ impl Storage for DiskStorage {
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
+        if let Backend::Uring(ring) = &mut self.backend {
+            let writes: Vec<SegmentWrite<'_>> = self
+                .segments
+                .iter()
+                .filter(|s| !s.pending.is_empty())
+                .map(|s| SegmentWrite {
+                    fd: s.file.as_raw_fd(),
+                    offset: s.end - s.pending.len() as u64,
+                    bytes: &s.pending,
+                })
+                .collect();
+            if !writes.is_empty() {
+                ring.write_and_sync(&writes)
+                    .map_err(|e| StorageError::Io(format!("io_uring write+fdatasync: {e}")))?;
+            }
+            for seg in self.segments.iter_mut().filter(|s| !s.pending.is_empty()) {
+                seg.pending.clear();
+                seg.dirty = false;
+            }
+        }
         for seg in self.segments.iter_mut().filter(|s| s.dirty) {
             seg.file.sync_data().map_err(|e| storage_io(&seg.path, e))?;
             seg.dirty = false;
