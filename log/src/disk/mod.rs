@@ -1,6 +1,7 @@
-//! The log on disk (issue 4, in progress): the record format and the
-//! hard-state file land first; segment files, recovery, snapshots and the
-//! io_uring backend build on them.
+//! The log on disk: the record format ([`record`]), the hard-state file
+//! ([`hard_state`]), and [`DiskStorage`] ([`segment_log`]), which keeps the
+//! Raft log in segment files behind the `Storage` trait, writing through
+//! io_uring or `pwrite` + `fdatasync`.
 //!
 //! # Layout of a data directory
 //!
