@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use ramcoord_log::disk::{BackendChoice, DiskStorage, OpenError, Recovery};
+use ramcoord_log::disk::{BackendChoice, DiskStorage, Durability, OpenError, Recovery};
 use ramcoord_log::*;
 
 const SEGMENT: u64 = 4096;
@@ -351,4 +351,29 @@ fn a_log_replaced_by_a_snapshot_is_dropped_after_a_crash_mid_install_on(b: Backe
     );
     assert_eq!((d.first_index(), d.last_index()), (81, 80));
     assert_eq!(d.term(80), Ok(5));
+}
+
+#[test]
+fn memory_durability_acknowledges_from_the_page_cache() {
+    for b in BACKENDS {
+        let dir = TempDir::new("memory");
+        let (mut d, _) = open(b, &dir.0);
+        d.set_durability(Durability::Memory).unwrap();
+        d.append(&(1..=300).map(|i| ent(i, 1, 300)).collect::<Vec<_>>())
+            .unwrap();
+        d.sync().unwrap();
+        d.truncate_suffix(250).unwrap();
+        d.append(&(250..=260).map(|i| ent(i, 2, 10)).collect::<Vec<_>>())
+            .unwrap();
+        d.sync().unwrap();
+        let before = all(&d);
+        // Back to fsync: everything is flushed now.
+        d.set_durability(Durability::Fsync).unwrap();
+        d.set_durability(Durability::Memory).unwrap();
+        drop(d);
+        // A process crash keeps the page cache: a reopen sees it all.
+        let (d, rec) = open(b, &dir.0);
+        assert_eq!(rec, Recovery::default());
+        assert_eq!(all(&d), before);
+    }
 }

@@ -22,4 +22,4 @@ pub mod record;
 pub mod segment_log;
 mod uring;
 
-pub use segment_log::{BackendChoice, DiskStorage, OpenError, Recovery};
+pub use segment_log::{BackendChoice, DiskStorage, Durability, OpenError, Recovery};

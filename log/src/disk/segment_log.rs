@@ -53,6 +53,8 @@ use crate::types::*;
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 /// Largest snapshot file accepted on open.
 pub const SNAPSHOT_FILE_BYTES_MAX: u64 = crate::constants::SNAPSHOT_BYTES_MAX as u64 + (1 << 20);
+/// In `Durability::Memory`, how often the background flusher fdatasyncs.
+pub const MEMORY_FLUSH_INTERVAL_MS: u64 = 50;
 /// Bytes zeroed per write when truncating (back to front).
 const ZERO_CHUNK_BYTES: usize = 64 << 10;
 
@@ -116,6 +118,63 @@ enum Backend {
     Uring(Box<Ring>),
 }
 
+/// When an appended record counts as durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After `sync()`: written and `fdatasync`ed. The default.
+    Fsync,
+    /// After `sync()`: written to the page cache, which survives a process
+    /// crash. A background thread `fdatasync`s every
+    /// [`MEMORY_FLUSH_INTERVAL_MS`]; a machine crash (power, kernel) loses
+    /// the writes of up to that window plus one flush. RAMCloud's buffered
+    /// replicas: a majority holding an entry in memory is the commit point,
+    /// a simultaneous power loss of that majority is the loss case. The
+    /// hard state (term, vote) stays fsync'ed in both modes: a forgotten
+    /// vote could elect two leaders.
+    Memory,
+}
+
+/// The background flusher of `Durability::Memory`: syncs the segments it
+/// is handed until its channel closes (the storage was dropped).
+fn spawn_flusher() -> crossbeam::channel::Sender<(PathBuf, File)> {
+    let (tx, rx) = crossbeam::channel::unbounded::<(PathBuf, File)>();
+    std::thread::Builder::new()
+        .name("log-flusher".into())
+        .spawn(move || {
+            let interval = std::time::Duration::from_millis(MEMORY_FLUSH_INTERVAL_MS);
+            let mut files: Vec<(PathBuf, File)> = Vec::new();
+            loop {
+                match rx.recv_timeout(interval) {
+                    Ok(f) => {
+                        files.push(f);
+                        // Only the newest segments take writes.
+                        if files.len() > 4 {
+                            files.remove(0);
+                        }
+                        continue;
+                    }
+                    Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
+                    Err(crossbeam::channel::RecvTimeoutError::Disconnected) => {
+                        for (_, f) in &files {
+                            let _ = f.sync_data();
+                        }
+                        return;
+                    }
+                }
+                for (path, f) in &files {
+                    if let Err(e) = f.sync_data() {
+                        eprintln!(
+                            "ramcoord: background flush of {} failed: {e}",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        })
+        .expect("spawning the log flusher");
+    tx
+}
+
 struct Segment {
     first_index: Index,
     path: PathBuf,
@@ -140,6 +199,8 @@ pub struct DiskStorage {
     hard_state_file: HardStateFile,
     segments: Vec<Segment>,
     backend: Backend,
+    /// Set in `Durability::Memory`: where new segments are announced.
+    flusher: Option<crossbeam::channel::Sender<(PathBuf, File)>>,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> OpenError + '_ {
@@ -423,6 +484,7 @@ impl DiskStorage {
             hard_state_file,
             segments,
             backend,
+            flusher: None,
         };
         if !continues && !kept.is_empty() {
             recovery.dropped_after_snapshot = kept.len() as u64;
@@ -449,6 +511,30 @@ impl DiskStorage {
         hs.commit = hs.commit.clamp(snap_index, last.max(snap_index));
         disk.mem = MemStorage::from_parts(hs, snapshot, kept);
         Ok((disk, recovery))
+    }
+
+    /// Switches the durability mode (see [`Durability`]).
+    pub fn set_durability(&mut self, durability: Durability) -> Result<(), StorageError> {
+        match durability {
+            Durability::Fsync => {
+                self.flusher = None; // the flusher syncs once more and exits
+                for seg in &mut self.segments {
+                    seg.dirty = true;
+                }
+                self.sync()
+            }
+            Durability::Memory => {
+                if self.flusher.is_none() {
+                    let tx = spawn_flusher();
+                    for seg in &self.segments {
+                        let f = seg.file.try_clone().map_err(|e| storage_io(&seg.path, e))?;
+                        let _ = tx.send((seg.path.clone(), f));
+                    }
+                    self.flusher = Some(tx);
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The directory this log lives in.
@@ -551,6 +637,10 @@ impl DiskStorage {
         file.sync_all().map_err(|e| storage_io(&path, e))?;
         let log_dir = self.dir.join("log");
         sync_dir(&log_dir).map_err(|e| storage_io(&log_dir, e))?;
+        if let Some(tx) = &self.flusher {
+            let clone = file.try_clone().map_err(|e| storage_io(&path, e))?;
+            let _ = tx.send((path.clone(), clone));
+        }
         self.segments.push(Segment {
             first_index,
             path,
@@ -580,8 +670,13 @@ impl DiskStorage {
                 // segment exists, so after any crash a segment's name is
                 // the index that follows the previous segment's last record
                 // (otherwise a lost tail in the old segment would leave the
-                // new one misnamed). One extra sync per segment.
-                self.sync()?;
+                // new one misnamed). One extra sync per segment, in both
+                // durability modes.
+                self.write_out_pending()?;
+                if let Some(seg) = self.segments.last_mut() {
+                    seg.file.sync_data().map_err(|e| storage_io(&seg.path, e))?;
+                    seg.dirty = false;
+                }
                 self.new_segment(e.index, len)?;
             }
             record::encode(e, &mut buf);
@@ -713,6 +808,15 @@ impl Storage for DiskStorage {
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
+        if self.flusher.is_some() {
+            // Durability::Memory: in the page cache is durable enough; the
+            // flusher thread does the fdatasync.
+            self.write_out_pending()?;
+            for seg in &mut self.segments {
+                seg.dirty = false;
+            }
+            return Ok(());
+        }
         if let Backend::Uring(ring) = &mut self.backend {
             let writes: Vec<SegmentWrite<'_>> = self
                 .segments
