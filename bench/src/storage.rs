@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam::channel;
 use hdrhistogram::Histogram;
-use ramcoord_log::disk::{BackendChoice, DiskStorage};
+use ramcoord_log::disk::{BackendChoice, DiskStorage, Durability};
 use ramcoord_log::{Entry, EntryKind, Storage};
 use serde::Serialize;
 
@@ -37,6 +37,8 @@ pub struct StorageReport {
     pub append_p99_us: f64,
     pub append_p999_us: f64,
     pub append_max_us: f64,
+    pub append_memory_p50_us: f64,
+    pub append_memory_p99_us: f64,
     pub group_commit_entries_per_s_1: f64,
     pub group_commit_entries_per_s_8: f64,
     pub group_commit_entries_per_s_64: f64,
@@ -88,9 +90,15 @@ fn entry(index: u64) -> Entry {
     }
 }
 
-fn append_single(dir: &Path, ops: u64, backend: BackendChoice) -> Histogram<u64> {
+fn append_single(
+    dir: &Path,
+    ops: u64,
+    backend: BackendChoice,
+    durability: Durability,
+) -> Histogram<u64> {
     let d = dir.join("append");
     let (mut log, _) = DiskStorage::open_with(&d, SEGMENT_BYTES, backend).unwrap();
+    log.set_durability(durability).unwrap();
     let mut h = Histogram::<u64>::new(3).unwrap();
     for i in 1..=ops {
         let e = entry(i);
@@ -172,11 +180,15 @@ pub fn run(
     r.floor_p99_us = us(&f, 0.99);
     r.floor_syncs_per_s = 1e6 / (f.mean() / 1000.0);
     progress("append: one appender, 4 KiB entries, append + sync");
-    let a = append_single(dir, ops, backend);
+    let a = append_single(dir, ops, backend, Durability::Fsync);
     r.append_p50_us = us(&a, 0.5);
     r.append_p99_us = us(&a, 0.99);
     r.append_p999_us = us(&a, 0.999);
     r.append_max_us = a.max() as f64 / 1000.0;
+    progress("append: one appender, durability memory (page cache, background flush)");
+    let m = append_single(dir, ops, backend, Durability::Memory);
+    r.append_memory_p50_us = us(&m, 0.5);
+    r.append_memory_p99_us = us(&m, 0.99);
     let dur = Duration::from_secs_f64(seconds);
     for n in [1usize, 8, 64] {
         progress(&format!("group commit: {n} appenders for {seconds:.0} s"));
@@ -201,6 +213,7 @@ pub fn table(r: &StorageReport) -> String {
         "{:<40} {:>10} {:>10} {:>10}\n\
          {:<40} {:>10.0} {:>10.0} {:>10}\n\
          {:<40} {:>10.0} {:>10.0} {:>10.0}\n\
+         {:<40} {:>10.1} {:>10.1} {:>10}\n\
          {:<40} {:>10.0} entries/s  (1 appender)\n\
          {:<40} {:>10.0} entries/s  (8 appenders)\n\
          {:<40} {:>10.0} entries/s  ({:.0} syncs/s, 64 appenders)\n\
@@ -217,6 +230,10 @@ pub fn table(r: &StorageReport) -> String {
         r.append_p50_us,
         r.append_p99_us,
         r.append_p999_us,
+        "DiskStorage append, durability memory",
+        r.append_memory_p50_us,
+        r.append_memory_p99_us,
+        "",
         "group commit",
         r.group_commit_entries_per_s_1,
         "group commit",
