@@ -108,8 +108,8 @@ pub enum BackendChoice {
     Auto,
     /// `pwrite` at append, `fdatasync` at sync.
     Std,
-    /// Writes gathered until sync, then one write linked to one
-    /// `fdatasync` per segment through io_uring; an error if unavailable.
+    /// Writes gathered until sync, then one `RWF_DSYNC` write per segment
+    /// through io_uring; an error if unavailable.
     Uring,
 }
 
