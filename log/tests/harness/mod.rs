@@ -123,26 +123,18 @@ impl Cluster {
 
     /// Delivers queued messages matching `pred` (and the messages they cause
     /// that also match) until none is left; others stay queued. Messages to
-    /// down or isolated nodes are dropped.
+    /// down or isolated nodes are dropped. Returns how many were taken.
     pub fn deliver_where(&mut self, pred: impl Fn(&Message) -> bool) -> usize {
-        let mut delivered = 0;
-        loop {
-            self.process_all();
-            let Some(pos) = self.queue.iter().position(&pred) else {
-                return delivered;
-            };
-            let m = self.queue.remove(pos);
-            if self.deliverable(&m) {
-                self.delivered.push(format_message(&m));
-                self.node_mut(m.to).step(m.clone());
-                self.process(m.to);
-                delivered += 1;
-            }
-            assert!(delivered < 100_000, "message storm");
+        let mut taken = 0;
+        while self.deliver_one(&pred) {
+            taken += 1;
+            assert!(taken < 100_000, "message storm");
         }
+        taken
     }
 
-    /// Delivers the first queued message matching `pred`, if any.
+    /// Takes the first queued message matching `pred`, if any, and delivers
+    /// it unless its destination is down or cut off.
     pub fn deliver_one(&mut self, pred: impl Fn(&Message) -> bool) -> bool {
         self.process_all();
         let Some(pos) = self.queue.iter().position(pred) else {
