@@ -2,8 +2,10 @@
 //!
 //! A child process appends to a `DiskStorage` continuously (batches of
 //! random sizes, sometimes overwriting and truncating its own unreported
-//! tail, sometimes saving the hard state) and prints `durable N` after each
-//! `sync`. The parent reads those lines, `kill -9`s the child at a random
+//! tail, sometimes saving the hard state) and prints `durable N` whenever
+//! the log's durable index grows: after a blocking `sync`, or as the
+//! asynchronous flushes (`flush_start` / `flush_poll`, group commit on
+//! io_uring) finish. The parent reads those lines, `kill -9`s the child at a random
 //! moment (often in the middle of a write), reopens the log and checks that
 //! every entry up to the highest index reported durable is present and
 //! intact. The same directory is used across iterations, so every iteration
@@ -67,6 +69,7 @@ pub fn child(dir: &Path, term: Term) -> Result<(), String> {
     let (mut log, _) = DiskStorage::open(dir, SEGMENT_BYTES).map_err(|e| e.to_string())?;
     let mut rng = ChaCha8Rng::seed_from_u64(term.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let stdout = std::io::stdout();
+    let mut reported: Index = 0;
     loop {
         let last = log.last_index();
         if rng.random_bool(0.2) {
@@ -82,18 +85,33 @@ pub fn child(dir: &Path, term: Term) -> Result<(), String> {
         let n = rng.random_range(1..8);
         log.append(&entries(first, n, term, &mut rng))
             .map_err(|e| e.to_string())?;
-        log.sync().map_err(|e| e.to_string())?;
+        if rng.random_bool(0.5) {
+            log.sync().map_err(|e| e.to_string())?;
+        } else {
+            log.flush_start().map_err(|e| e.to_string())?;
+            log.flush_poll(rng.random_bool(0.3))
+                .map_err(|e| e.to_string())?;
+        }
         if rng.random_bool(0.1) {
             let hs = HardState {
                 term,
                 vote: Some(term % 3 + 1),
-                commit: log.last_index(),
+                commit: log.durable_index(),
             };
             log.set_hard_state(hs).map_err(|e| e.to_string())?;
         }
-        let mut out = stdout.lock();
-        writeln!(out, "durable {}", log.last_index()).map_err(|e| e.to_string())?;
-        out.flush().map_err(|e| e.to_string())?;
+        let durable = log.durable_index();
+        if durable < reported {
+            return Err(format!(
+                "the durable index went back from {reported} to {durable}"
+            ));
+        }
+        if durable > reported {
+            reported = durable;
+            let mut out = stdout.lock();
+            writeln!(out, "durable {durable}").map_err(|e| e.to_string())?;
+            out.flush().map_err(|e| e.to_string())?;
+        }
     }
 }
 

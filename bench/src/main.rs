@@ -66,7 +66,7 @@ enum Backend {
     Auto,
     /// pwrite + fdatasync.
     Std,
-    /// io_uring (write linked to fdatasync).
+    /// io_uring (asynchronous RWF_DSYNC writes, group commit).
     Uring,
 }
 

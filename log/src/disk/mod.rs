@@ -13,9 +13,11 @@
 //!
 //! # When a byte is durable
 //!
-//! A record or a hard state is durable once the `fdatasync` that follows its
-//! write has returned. Nothing is acknowledged before that (the Raft core
-//! sends votes and append acknowledgements only after `advance`).
+//! A record is durable once the flush that carried it has finished (the
+//! `fdatasync` returned, or the io_uring `RWF_DSYNC` write completed):
+//! `DiskStorage::durable_index` says up to where. A hard state is durable
+//! when `set_hard_state` returns. Nothing is acknowledged before that (the
+//! Raft core sends votes and append acknowledgements only after `advance`).
 
 pub mod hard_state;
 pub mod record;

@@ -1,8 +1,10 @@
-//! The io_uring path of the log: each sync submits, per dirty segment, one
-//! write of everything appended since the last sync with `RWF_DSYNC` (the
-//! write completes once its data is durable: one submission instead of a
-//! write linked to an `fdatasync`, measured equal or better here), and
-//! waits for the completions. The unsafe code of the log crate lives here,
+//! The io_uring path of the log. A flush submits, per dirty segment, one
+//! write of everything appended since the previous flush with `RWF_DSYNC`
+//! (the write completes once its data is durable: one submission instead of
+//! a write linked to an `fdatasync`, measured equal or better here), and
+//! returns at once; [`Ring::reap`] collects the completions later. The
+//! buffers travel with the flush and are owned by the ring until the
+//! kernel is done with them. The unsafe code of the log crate lives here,
 //! and only here.
 
 use std::io;
@@ -10,22 +12,30 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, types, IoUring};
 
-/// Ring entries: one per dirty segment per sync (a sync rarely spans more
+/// Ring entries: one per dirty segment per flush (a flush rarely spans more
 /// than one segment).
 const RING_ENTRIES: u32 = 64;
 /// `RWF_DSYNC` from linux/fs.h.
 const RWF_DSYNC: i32 = 0x2;
 
-/// One segment's share of a sync: its file, where the new bytes go, the bytes.
-pub(crate) struct SegmentWrite<'a> {
+/// One segment's share of a flush: its file, where the bytes go, the bytes.
+pub(crate) struct SegmentWrite {
     pub fd: RawFd,
     pub offset: u64,
-    pub bytes: &'a [u8],
+    pub bytes: Vec<u8>,
 }
 
-/// An io_uring instance owned by one `DiskStorage`.
+/// An io_uring instance owned by one `DiskStorage`, with at most one flush
+/// in flight.
 pub(crate) struct Ring {
     ring: IoUring,
+    /// The writes of the flush in flight: the kernel reads these buffers
+    /// until their completions arrive, so they live here until then.
+    in_flight: Vec<SegmentWrite>,
+    /// Completions still expected for `in_flight`.
+    outstanding: usize,
+    /// The first failure among the completions seen so far.
+    failure: Option<io::Error>,
 }
 
 impl Ring {
@@ -33,72 +43,121 @@ impl Ring {
     pub(crate) fn new() -> io::Result<Ring> {
         Ok(Ring {
             ring: IoUring::new(RING_ENTRIES)?,
+            in_flight: Vec::new(),
+            outstanding: 0,
+            failure: None,
         })
     }
 
-    /// Writes every segment's bytes durably (`RWF_DSYNC`). Returns once
-    /// every completion is in: then the bytes are durable.
-    pub(crate) fn write_and_sync(&mut self, writes: &[SegmentWrite<'_>]) -> io::Result<()> {
-        for chunk in writes.chunks(RING_ENTRIES as usize) {
-            self.submit_chunk(chunk)?;
-        }
-        Ok(())
+    /// Whether a flush is in flight.
+    pub(crate) fn busy(&self) -> bool {
+        !self.in_flight.is_empty()
     }
 
-    fn submit_chunk(&mut self, writes: &[SegmentWrite<'_>]) -> io::Result<()> {
-        let mut expected = 0;
+    /// Submits one durable write per segment and returns without waiting.
+    /// The caller must keep every `fd` open until [`Ring::reap`] has
+    /// reported the flush finished.
+    pub(crate) fn submit(&mut self, writes: Vec<SegmentWrite>) -> io::Result<()> {
+        assert!(!self.busy(), "one flush in flight at a time");
+        assert!(
+            writes.len() <= RING_ENTRIES as usize,
+            "too many segments in one flush"
+        );
         for (i, w) in writes.iter().enumerate() {
             let len = u32::try_from(w.bytes.len())
                 .map_err(|_| io::Error::other("write larger than 4 GiB"))?;
-            // RWF_DSYNC: the write returns once its data is durable.
             let write = opcode::Write::new(types::Fd(w.fd), w.bytes.as_ptr(), len)
                 .offset(w.offset)
                 .rw_flags(RWF_DSYNC)
                 .build()
                 .user_data(i as u64);
-            // SAFETY: the buffer behind `write` is `w.bytes`, borrowed for
-            // the whole of this call, and this call does not return until
-            // every submitted entry has completed (the loop below), so the
-            // kernel never reads freed memory. The fds stay open: the
-            // caller owns the files for at least as long.
+            // SAFETY: the buffer behind `write` is the heap allocation of
+            // `w.bytes`, which moves into `self.in_flight` below and is not
+            // freed or resized until its completion has been reaped (`reap`
+            // clears `in_flight` only once `outstanding` is zero, and `Drop`
+            // waits for the outstanding completions). The fd stays open:
+            // the caller's contract above.
             unsafe {
                 let mut sq = self.ring.submission();
                 sq.push(&write)
                     .map_err(|_| io::Error::other("submission queue full"))?;
             }
-            expected += 1;
         }
-        self.ring.submit_and_wait(expected)?;
-        let mut seen = 0;
-        let mut failure: Option<io::Error> = None;
-        while seen < expected {
-            let cqes: Vec<_> = self.ring.completion().collect();
-            if cqes.is_empty() {
-                self.ring.submit_and_wait(1)?;
-                continue;
-            }
-            for cqe in cqes {
+        self.outstanding = writes.len();
+        self.in_flight = writes;
+        self.failure = None;
+        if let Err(e) = self.ring.submit() {
+            // Nothing reached the kernel: forget the flush.
+            self.in_flight.clear();
+            self.outstanding = 0;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Collects completions of the flush in flight, blocking until it has
+    /// finished if `wait`. Returns `Ok(true)` once every write of the flush
+    /// is durable, `Ok(false)` if some are still in flight, and the first
+    /// error once a flush with a failed write has finished.
+    pub(crate) fn reap(&mut self, wait: bool) -> io::Result<bool> {
+        if !self.busy() {
+            return Ok(true);
+        }
+        while self.outstanding > 0 {
+            let mut seen = 0;
+            for cqe in self.ring.completion() {
                 seen += 1;
-                let i = cqe.user_data() as usize;
+                let w = &self.in_flight[cqe.user_data() as usize];
                 let res = cqe.result();
                 let err = if res < 0 {
                     Some(io::Error::from_raw_os_error(-res))
-                } else if res as usize != writes[i].bytes.len() {
+                } else if res as usize != w.bytes.len() {
                     Some(io::Error::other(format!(
                         "short write: {res} of {} bytes",
-                        writes[i].bytes.len()
+                        w.bytes.len()
                     )))
                 } else {
                     None
                 };
-                if failure.is_none() {
-                    failure = err;
+                if self.failure.is_none() {
+                    self.failure = err;
+                }
+            }
+            self.outstanding -= seen;
+            if self.outstanding == 0 {
+                break;
+            }
+            if !wait {
+                return Ok(false);
+            }
+            match self.ring.submit_and_wait(1) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => {
+                    r?;
                 }
             }
         }
-        match failure {
+        self.in_flight.clear();
+        match self.failure.take() {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => Ok(true),
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // The kernel may still read the buffers: wait for it before they
+        // are freed.
+        while self.outstanding > 0 {
+            let seen = self.ring.completion().count();
+            self.outstanding -= seen;
+            if self.outstanding > 0 && self.ring.submit_and_wait(1).is_err() {
+                // The ring cannot be waited on; leaking the buffers is the
+                // only safe choice left.
+                std::mem::forget(std::mem::take(&mut self.in_flight));
+                return;
+            }
         }
     }
 }
