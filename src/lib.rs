@@ -1,13 +1,17 @@
 //! ramcoord: a fault-tolerant cluster coordinator for a RAMCloud-style
 //! storage cluster.
 //!
-//! This crate holds the coordinator side: the deterministic simulator that
-//! drives the Raft log ([`sim`]) and the linearizability checker its verdicts
-//! rest on ([`lincheck`]). The replicated log itself lives in the
+//! This crate holds the coordinator side: the cluster state and its log
+//! records ([`cluster`]), the deterministic simulator that drives the Raft
+//! log and the coordinator ([`sim`]), and the linearizability checker its
+//! verdicts rest on ([`lincheck`]). The replicated log itself lives in the
 //! `ramcoord-log` crate.
 
 #![deny(missing_docs)]
 
+pub mod cluster;
+pub mod coordinator;
 pub mod lincheck;
+pub mod master;
 pub mod sim;
 pub mod storage_crash;

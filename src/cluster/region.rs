@@ -1,0 +1,259 @@
+//! A master's **configuration region**: what the coordinator writes into a
+//! master's memory (a one-sided write: RDMA WRITE on RDMA, applied by the
+//! receiving I/O thread on TCP, written directly in the simulator).
+//!
+//! # Layout
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic "RCCR" (little-endian u32 0x5243_4352)
+//!      4     1  format version (REGION_FORMAT_VERSION)
+//!      5     3  reserved, zero
+//!      8     8  term of the coordinator that wrote it
+//!     16     8  configuration version
+//!     24     4  body length in bytes
+//!     28     4  CRC32C of bytes 0..28 and the body
+//!     32     …  body: postcard-encoded ConfigRegionBody
+//! ```
+//!
+//! A reader checks magic, version, length and CRC before using anything:
+//! a torn or stale write (a writer that died mid-write, two writers
+//! racing) reads as an error and is never acted on. The master applies a
+//! region only if its term is not older than the newest term it has seen
+//! and its version is newer than what it holds (see `master`).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::limits::REGION_BYTES_MAX;
+use super::types::{ServerId, ServerStatus, TableId};
+
+const REGION_MAGIC: u32 = 0x5243_4352;
+/// The region format written (and the only one read).
+pub const REGION_FORMAT_VERSION: u8 = 1;
+const HEADER_BYTES: usize = 32;
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
+#[repr(C)]
+struct RegionHeader {
+    magic: U32,
+    format: u8,
+    reserved: [u8; 3],
+    term: U64,
+    version: U64,
+    body_len: U32,
+    crc: U32,
+}
+
+const _: () = assert!(std::mem::size_of::<RegionHeader>() == HEADER_BYTES);
+
+/// A server as a master sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RegionServer {
+    /// Its id.
+    pub id: ServerId,
+    /// Where it listens.
+    pub addr: String,
+    /// Up, crashed or removed.
+    pub status: ServerStatus,
+}
+
+/// A tablet the master owns.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RegionTablet {
+    /// The table.
+    pub table: TableId,
+    /// First hash (inclusive).
+    pub start_hash: u64,
+    /// Last hash (inclusive).
+    pub end_hash: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ConfigRegionBody {
+    server_list_version: u64,
+    owner: ServerId,
+    servers: Vec<RegionServer>,
+    tablets: Vec<RegionTablet>,
+}
+
+/// One master's configuration (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigRegion {
+    /// The writer's Raft term.
+    pub term: u64,
+    /// The cluster configuration version it reflects.
+    pub version: u64,
+    /// The server list's version.
+    pub server_list_version: u64,
+    /// The master it is for.
+    pub owner: ServerId,
+    /// The whole server list.
+    pub servers: Vec<RegionServer>,
+    /// The tablets `owner` serves.
+    pub tablets: Vec<RegionTablet>,
+}
+
+/// Why bytes are not a usable region.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegionError {
+    /// Shorter than its header, or than the length it claims.
+    #[error("region of {have} bytes, {need} needed")]
+    Short {
+        /// Bytes present.
+        have: usize,
+        /// Bytes the header requires.
+        need: usize,
+    },
+    /// Not a region (never written, or overwritten).
+    #[error("bad region magic {0:#010x}")]
+    BadMagic(u32),
+    /// A format this build does not know.
+    #[error("unknown region format {0}")]
+    UnknownVersion(u8),
+    /// Larger than the limit.
+    #[error("region body of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// The checksum does not match: a torn or corrupted write.
+    #[error("region checksum mismatch (torn or corrupt write)")]
+    Checksum,
+    /// The body does not decode.
+    #[error("malformed region body: {0}")]
+    Malformed(String),
+}
+
+impl ConfigRegion {
+    /// The bytes a coordinator writes.
+    pub fn encode(&self) -> Bytes {
+        let body = postcard::to_stdvec(&ConfigRegionBody {
+            server_list_version: self.server_list_version,
+            owner: self.owner,
+            servers: self.servers.clone(),
+            tablets: self.tablets.clone(),
+        })
+        .expect("regions always serialise");
+        assert!(
+            HEADER_BYTES + body.len() <= REGION_BYTES_MAX,
+            "region over the limit"
+        );
+        let mut h = RegionHeader {
+            magic: U32::new(REGION_MAGIC),
+            format: REGION_FORMAT_VERSION,
+            reserved: [0; 3],
+            term: U64::new(self.term),
+            version: U64::new(self.version),
+            body_len: U32::new(body.len() as u32),
+            crc: U32::new(0),
+        };
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&h.as_bytes()[..28]), &body);
+        h.crc = U32::new(crc);
+        let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(&body);
+        Bytes::from(out)
+    }
+
+    /// Reads a region, checking everything (see the module docs).
+    pub fn decode(buf: &[u8]) -> Result<ConfigRegion, RegionError> {
+        let (h, body) = RegionHeader::read_from_prefix(buf).map_err(|_| RegionError::Short {
+            have: buf.len(),
+            need: HEADER_BYTES,
+        })?;
+        if h.magic.get() != REGION_MAGIC {
+            return Err(RegionError::BadMagic(h.magic.get()));
+        }
+        if h.format != REGION_FORMAT_VERSION {
+            return Err(RegionError::UnknownVersion(h.format));
+        }
+        let len = h.body_len.get() as usize;
+        if len > REGION_BYTES_MAX - HEADER_BYTES {
+            return Err(RegionError::TooLarge(len));
+        }
+        if body.len() < len {
+            return Err(RegionError::Short {
+                have: buf.len(),
+                need: HEADER_BYTES + len,
+            });
+        }
+        let body = &body[..len];
+        let mut zeroed = h;
+        zeroed.crc = U32::new(0);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&zeroed.as_bytes()[..28]), body);
+        if crc != h.crc.get() {
+            return Err(RegionError::Checksum);
+        }
+        let (b, rest): (ConfigRegionBody, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|e| RegionError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(RegionError::Malformed(format!(
+                "{} trailing bytes",
+                rest.len()
+            )));
+        }
+        Ok(ConfigRegion {
+            term: h.term.get(),
+            version: h.version.get(),
+            server_list_version: b.server_list_version,
+            owner: b.owner,
+            servers: b.servers,
+            tablets: b.tablets,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ConfigRegion {
+        let id = ServerId {
+            index: 1,
+            generation: 2,
+        };
+        ConfigRegion {
+            term: 7,
+            version: 42,
+            server_list_version: 5,
+            owner: id,
+            servers: vec![RegionServer {
+                id,
+                addr: "m1:7000".into(),
+                status: ServerStatus::Up,
+            }],
+            tablets: vec![RegionTablet {
+                table: 3,
+                start_hash: 0,
+                end_hash: u64::MAX,
+            }],
+        }
+    }
+
+    #[test]
+    fn regions_round_trip() {
+        let r = sample();
+        assert_eq!(ConfigRegion::decode(&r.encode()), Ok(r));
+    }
+
+    #[test]
+    fn every_torn_or_flipped_region_is_an_error() {
+        let good = sample().encode();
+        for cut in 0..good.len() {
+            assert!(ConfigRegion::decode(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        for i in 0..good.len() {
+            let mut b = good.to_vec();
+            b[i] ^= 0x40;
+            assert!(ConfigRegion::decode(&b).is_err(), "flip at {i}");
+        }
+        // Half of a newer region over an older one: the checksum catches it.
+        let mut newer = sample();
+        newer.version = 43;
+        newer.tablets.clear();
+        let newer = newer.encode();
+        let mut torn = good.to_vec();
+        torn[..20].copy_from_slice(&newer[..20]);
+        assert!(ConfigRegion::decode(&torn).is_err());
+    }
+}

@@ -1,0 +1,650 @@
+//! [`ClusterState`]: the server list, the tablet map and the journal of
+//! incomplete operations, changed only by applying log records in order.
+//!
+//! Applying is deterministic: every replica that applies the same records
+//! holds the same state (the simulator checks it by digest), so a new
+//! leader knows exactly which operations are incomplete and what each
+//! target must hold. Nothing here does I/O or reads a clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::limits::*;
+use super::record::{Op, Reassignment, Record, RecordError, Seq, TabletSpec};
+use super::region::{ConfigRegion, RegionServer, RegionTablet};
+use super::types::*;
+
+/// An operation past its commit point whose completion record is not yet
+/// applied.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// What was decided.
+    pub op: Op,
+    /// The configuration version its commit produced: a target is done
+    /// once it acknowledged a configuration at least this new.
+    pub version: u64,
+    /// Servers whose configuration the operation changed and that have not
+    /// crashed since.
+    pub targets: BTreeSet<ServerId>,
+    /// The table it works on (table operations serialise per table).
+    pub table: Option<TableId>,
+}
+
+/// Why a commit record changed nothing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A table of that name exists.
+    #[error("a table named {0:?} exists")]
+    NameTaken(String),
+    /// No table of that name.
+    #[error("no table named {0:?}")]
+    NoSuchTable(String),
+    /// Another operation on the table is incomplete, or the tablet is
+    /// recovering: retry later.
+    #[error("table {0:?} is busy with another operation; retry")]
+    Busy(String),
+    /// The server is not up (unknown, crashed or removed).
+    #[error("server {0} is not up")]
+    ServerNotUp(ServerId),
+    /// This process enlisted already, as this server.
+    #[error("already enlisted as server {0}")]
+    AlreadyEnlisted(ServerId),
+    /// The tablets do not cover the hash space in order.
+    #[error("the tablets do not cover the hash space exactly once")]
+    BadTablets,
+    /// The split hash is already a tablet boundary.
+    #[error("hash {0:#x} already starts a tablet")]
+    BadSplit(u64),
+    /// The tablet is already owned by the target server.
+    #[error("the tablet is already owned by {0}")]
+    AlreadyOwner(ServerId),
+    /// The recovery plan does not match the server's tablets now.
+    #[error("the recovery plan of server {0} is stale")]
+    StalePlan(ServerId),
+    /// The server's crash recovery has not completed.
+    #[error("server {0} has not finished crash recovery")]
+    NotRecovered(ServerId),
+    /// A limit would be exceeded.
+    #[error("limit reached: {0}")]
+    Limit(String),
+}
+
+/// What applying a commit record did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// A server enlisted with this id.
+    Enlisted(ServerId),
+    /// A table was created with this id.
+    TableCreated(TableId),
+    /// The change was made.
+    Changed,
+}
+
+/// What applying one record did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// An operation passed its commit point (its seq is the index).
+    Committed(Effect),
+    /// A commit record whose precondition failed: nothing changed.
+    Rejected(Rejection),
+    /// An operation completed.
+    Completed(Seq),
+    /// A completion of an operation already complete (or never journaled):
+    /// nothing changed.
+    AlreadyComplete(Seq),
+    /// Not a coordinator record (Raft's own no-op or configuration entry).
+    NotARecord,
+}
+
+/// A committed entry that cannot be applied: the replica must stop.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("log entry {index}: {source}")]
+pub struct ApplyError {
+    /// The entry's index.
+    pub index: u64,
+    /// What is wrong with it.
+    pub source: RecordError,
+}
+
+/// The coordinator's state (see the module docs).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterState {
+    /// By slot index.
+    servers: BTreeMap<u32, Server>,
+    /// Grows by one per change to the server list.
+    server_list_version: u64,
+    tables: BTreeMap<TableId, Table>,
+    next_table_id: TableId,
+    /// Grows by one per applied commit record: orders configurations.
+    version: u64,
+    incomplete: BTreeMap<Seq, Pending>,
+    /// The index of the last entry applied.
+    applied_index: u64,
+}
+
+const SNAPSHOT_MAGIC: u8 = 0xC5;
+const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+
+impl ClusterState {
+    /// The index of the last entry applied.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The configuration version (grows by one per applied operation).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The server list's version.
+    pub fn server_list_version(&self) -> u64 {
+        self.server_list_version
+    }
+
+    /// Every server, by slot.
+    pub fn servers(&self) -> impl Iterator<Item = &Server> {
+        self.servers.values()
+    }
+
+    /// The server with this id, if the list holds it (any status).
+    pub fn server(&self, id: ServerId) -> Option<&Server> {
+        self.servers.get(&id.index).filter(|s| s.id == id)
+    }
+
+    /// Whether `id` is up.
+    pub fn is_up(&self, id: ServerId) -> bool {
+        self.server(id)
+            .is_some_and(|s| s.status == ServerStatus::Up)
+    }
+
+    /// Up servers offering the master service, in id order.
+    pub fn up_masters(&self) -> Vec<ServerId> {
+        self.servers
+            .values()
+            .filter(|s| s.status == ServerStatus::Up && s.services & services::MASTER != 0)
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// Every table, by id.
+    pub fn tables(&self) -> impl Iterator<Item = &Table> {
+        self.tables.values()
+    }
+
+    /// The table named `name`.
+    pub fn table(&self, name: &str) -> Option<&Table> {
+        self.tables.values().find(|t| t.name == name)
+    }
+
+    /// Operations past their commit point and not complete, by seq.
+    pub fn incomplete(&self) -> &BTreeMap<Seq, Pending> {
+        &self.incomplete
+    }
+
+    /// Tablets owned by `id`: (table, tablet).
+    pub fn tablets_of(&self, id: ServerId) -> Vec<(TableId, &Tablet)> {
+        self.tables
+            .values()
+            .flat_map(|t| t.tablets.iter().map(move |tb| (t.id, tb)))
+            .filter(|(_, tb)| tb.owner == id)
+            .collect()
+    }
+
+    /// Applies the entry at `index` with payload `data` (empty for Raft's
+    /// own entries). Entries must come in order, each exactly once.
+    pub fn apply(&mut self, index: u64, data: &[u8]) -> Result<Outcome, ApplyError> {
+        assert!(
+            index > self.applied_index,
+            "entry {index} applied after {}",
+            self.applied_index
+        );
+        self.applied_index = index;
+        if data.is_empty() {
+            return Ok(Outcome::NotARecord);
+        }
+        let record = Record::decode(data).map_err(|source| ApplyError { index, source })?;
+        Ok(self.apply_record(index, record))
+    }
+
+    /// Applies a decoded record at `index` (see [`ClusterState::apply`]).
+    fn apply_record(&mut self, index: u64, record: Record) -> Outcome {
+        match record {
+            Record::Complete { seq } => self.complete(seq),
+            Record::Commit(op) => match self.commit(&op) {
+                Err(r) => Outcome::Rejected(r),
+                Ok((effect, targets, table)) => {
+                    self.version += 1;
+                    self.incomplete.insert(
+                        index,
+                        Pending {
+                            op,
+                            version: self.version,
+                            targets,
+                            table,
+                        },
+                    );
+                    Outcome::Committed(effect)
+                }
+            },
+        }
+    }
+
+    fn up_ids(&self) -> BTreeSet<ServerId> {
+        self.servers
+            .values()
+            .filter(|s| s.status == ServerStatus::Up)
+            .map(|s| s.id)
+            .collect()
+    }
+
+    fn table_id(&self, name: &str) -> Result<TableId, Rejection> {
+        self.table(name)
+            .map(|t| t.id)
+            .ok_or_else(|| Rejection::NoSuchTable(name.to_string()))
+    }
+
+    /// Table operations serialise: refuse while another is incomplete.
+    fn check_not_busy(&self, id: TableId) -> Result<(), Rejection> {
+        if self.incomplete.values().any(|p| p.table == Some(id)) {
+            return Err(Rejection::Busy(self.tables[&id].name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Checks the precondition and makes the change. Returns the effect,
+    /// the push targets and the table worked on.
+    fn commit(
+        &mut self,
+        op: &Op,
+    ) -> Result<(Effect, BTreeSet<ServerId>, Option<TableId>), Rejection> {
+        match op {
+            Op::EnlistServer {
+                addr,
+                services,
+                nonce,
+            } => {
+                if let Some(s) = self
+                    .servers
+                    .values()
+                    .find(|s| s.nonce == *nonce && s.status == ServerStatus::Up)
+                {
+                    return Err(Rejection::AlreadyEnlisted(s.id));
+                }
+                let reuse = self
+                    .servers
+                    .values()
+                    .find(|s| s.status == ServerStatus::Removed)
+                    .map(|s| s.id);
+                let id = match reuse {
+                    Some(old) => ServerId {
+                        index: old.index,
+                        generation: old.generation + 1,
+                    },
+                    None => {
+                        if self.servers.len() >= SERVERS_MAX {
+                            return Err(Rejection::Limit(format!("{SERVERS_MAX} servers")));
+                        }
+                        ServerId {
+                            index: self.servers.keys().next_back().map_or(1, |i| i + 1),
+                            generation: 1,
+                        }
+                    }
+                };
+                self.servers.insert(
+                    id.index,
+                    Server {
+                        id,
+                        addr: addr.clone(),
+                        services: *services,
+                        status: ServerStatus::Up,
+                        nonce: *nonce,
+                    },
+                );
+                self.server_list_version += 1;
+                Ok((Effect::Enlisted(id), self.up_ids(), None))
+            }
+            Op::CreateTable { name, tablets } => {
+                if self.table(name).is_some() {
+                    return Err(Rejection::NameTaken(name.clone()));
+                }
+                if !covers_hash_space(tablets.iter().map(|t| (t.start_hash, t.end_hash))) {
+                    return Err(Rejection::BadTablets);
+                }
+                if let Some(t) = tablets.iter().find(|t| !self.is_up(t.owner)) {
+                    return Err(Rejection::ServerNotUp(t.owner));
+                }
+                let id = self.next_table_id + 1;
+                self.next_table_id = id;
+                self.tables.insert(
+                    id,
+                    Table {
+                        id,
+                        name: name.clone(),
+                        state: TableState::Creating,
+                        tablets: tablets
+                            .iter()
+                            .map(|t: &TabletSpec| Tablet {
+                                start_hash: t.start_hash,
+                                end_hash: t.end_hash,
+                                owner: t.owner,
+                                state: TabletState::Normal,
+                            })
+                            .collect(),
+                    },
+                );
+                let targets = tablets.iter().map(|t| t.owner).collect();
+                Ok((Effect::TableCreated(id), targets, Some(id)))
+            }
+            Op::DropTable { name } => {
+                let id = self.table_id(name)?;
+                self.check_not_busy(id)?;
+                let table = self.tables.remove(&id).expect("found above");
+                let targets = table
+                    .tablets
+                    .iter()
+                    .map(|t| t.owner)
+                    .filter(|o| self.is_up(*o))
+                    .collect();
+                Ok((Effect::Changed, targets, Some(id)))
+            }
+            Op::SplitTablet { table, split_hash } => {
+                let id = self.table_id(table)?;
+                self.check_not_busy(id)?;
+                let t = &self.tables[&id];
+                if t.tablets.len() >= TABLETS_PER_TABLE_MAX {
+                    return Err(Rejection::Limit(format!(
+                        "{TABLETS_PER_TABLE_MAX} tablets per table"
+                    )));
+                }
+                let pos = t
+                    .tablets
+                    .iter()
+                    .position(|tb| tb.contains(*split_hash))
+                    .expect("tablets cover the hash space");
+                let tb = t.tablets[pos].clone();
+                if tb.start_hash == *split_hash {
+                    return Err(Rejection::BadSplit(*split_hash));
+                }
+                if tb.state == TabletState::Recovering {
+                    return Err(Rejection::Busy(table.clone()));
+                }
+                let owner = tb.owner;
+                let t = self.tables.get_mut(&id).expect("found above");
+                t.tablets[pos].end_hash = split_hash - 1;
+                t.tablets.insert(
+                    pos + 1,
+                    Tablet {
+                        start_hash: *split_hash,
+                        end_hash: tb.end_hash,
+                        owner,
+                        state: TabletState::Normal,
+                    },
+                );
+                Ok((Effect::Changed, BTreeSet::from([owner]), Some(id)))
+            }
+            Op::MigrateTablet { table, hash, to } => {
+                let id = self.table_id(table)?;
+                self.check_not_busy(id)?;
+                if !self.is_up(*to) {
+                    return Err(Rejection::ServerNotUp(*to));
+                }
+                let t = &self.tables[&id];
+                let pos = t
+                    .tablets
+                    .iter()
+                    .position(|tb| tb.contains(*hash))
+                    .expect("tablets cover the hash space");
+                let from = t.tablets[pos].owner;
+                if from == *to {
+                    return Err(Rejection::AlreadyOwner(*to));
+                }
+                if t.tablets[pos].state == TabletState::Recovering {
+                    return Err(Rejection::Busy(table.clone()));
+                }
+                self.tables.get_mut(&id).expect("found above").tablets[pos].owner = *to;
+                // The old owner is up: a tablet is never owned by a server
+                // that is not (crash records reassign them at once).
+                Ok((Effect::Changed, BTreeSet::from([from, *to]), Some(id)))
+            }
+            Op::ServerCrashed { id, plan } => {
+                if !self.is_up(*id) {
+                    return Err(Rejection::ServerNotUp(*id));
+                }
+                let owned: BTreeSet<(TableId, u64)> = self
+                    .tablets_of(*id)
+                    .into_iter()
+                    .map(|(t, tb)| (t, tb.start_hash))
+                    .collect();
+                let planned: BTreeSet<(TableId, u64)> =
+                    plan.iter().map(|r| (r.table, r.start_hash)).collect();
+                if owned != planned
+                    || planned.len() != plan.len()
+                    || plan.iter().any(|r| r.to == *id || !self.is_up(r.to))
+                {
+                    return Err(Rejection::StalePlan(*id));
+                }
+                self.servers.get_mut(&id.index).expect("up above").status = ServerStatus::Crashed;
+                self.server_list_version += 1;
+                for r in plan {
+                    let t = self.tables.get_mut(&r.table).expect("planned from the map");
+                    let tb = t
+                        .tablets
+                        .iter_mut()
+                        .find(|tb| tb.start_hash == r.start_hash)
+                        .expect("planned from the map");
+                    tb.owner = r.to;
+                    tb.state = TabletState::Recovering;
+                }
+                // Operations waiting for the crashed server stop waiting:
+                // the plan took over what they were handing to it.
+                for p in self.incomplete.values_mut() {
+                    p.targets.remove(id);
+                }
+                Ok((Effect::Changed, self.up_ids(), None))
+            }
+            Op::ServerRemoved { id } => {
+                let crashed = self
+                    .server(*id)
+                    .is_some_and(|s| s.status == ServerStatus::Crashed);
+                if !crashed {
+                    return Err(Rejection::ServerNotUp(*id));
+                }
+                let recovering = self
+                    .incomplete
+                    .values()
+                    .any(|p| matches!(&p.op, Op::ServerCrashed { id: c, .. } if c == id));
+                if recovering {
+                    return Err(Rejection::NotRecovered(*id));
+                }
+                self.servers
+                    .get_mut(&id.index)
+                    .expect("crashed above")
+                    .status = ServerStatus::Removed;
+                self.server_list_version += 1;
+                Ok((Effect::Changed, self.up_ids(), None))
+            }
+        }
+    }
+
+    fn complete(&mut self, seq: Seq) -> Outcome {
+        let Some(p) = self.incomplete.remove(&seq) else {
+            return Outcome::AlreadyComplete(seq);
+        };
+        match &p.op {
+            Op::CreateTable { .. } => {
+                if let Some(t) = p.table.and_then(|id| self.tables.get_mut(&id)) {
+                    t.state = TableState::Normal;
+                }
+            }
+            Op::ServerCrashed { plan, .. } => {
+                for r in plan {
+                    if let Some(tb) = self.tables.get_mut(&r.table).and_then(|t| {
+                        t.tablets
+                            .iter_mut()
+                            .find(|tb| tb.start_hash == r.start_hash && tb.owner == r.to)
+                    }) {
+                        tb.state = TabletState::Normal;
+                    }
+                }
+            }
+            _ => {}
+        }
+        Outcome::Completed(seq)
+    }
+
+    /// Owners for `n` new tablets: the up masters with the fewest tablets
+    /// first (ties by id), round-robin. `None` without an up master.
+    pub fn choose_owners(&self, n: u32) -> Option<Vec<ServerId>> {
+        let mut load: Vec<(usize, ServerId)> = self
+            .up_masters()
+            .into_iter()
+            .map(|id| (self.tablets_of(id).len(), id))
+            .collect();
+        if load.is_empty() {
+            return None;
+        }
+        let mut owners = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            load.sort();
+            owners.push(load[0].1);
+            load[0].0 += 1;
+        }
+        Some(owners)
+    }
+
+    /// A recovery plan for `id`: each of its tablets to the least-loaded
+    /// other up master. `None` if it owns tablets and no other master is up
+    /// (the crash waits until one enlists).
+    pub fn plan_recovery(&self, id: ServerId) -> Option<Vec<Reassignment>> {
+        let owned: Vec<(TableId, u64)> = self
+            .tablets_of(id)
+            .into_iter()
+            .map(|(t, tb)| (t, tb.start_hash))
+            .collect();
+        let mut load: Vec<(usize, ServerId)> = self
+            .up_masters()
+            .into_iter()
+            .filter(|m| *m != id)
+            .map(|m| (self.tablets_of(m).len(), m))
+            .collect();
+        if load.is_empty() && !owned.is_empty() {
+            return None;
+        }
+        let mut plan = Vec::with_capacity(owned.len());
+        for (table, start_hash) in owned {
+            load.sort();
+            plan.push(Reassignment {
+                table,
+                start_hash,
+                to: load[0].1,
+            });
+            load[0].0 += 1;
+        }
+        Some(plan)
+    }
+
+    /// What server `id` must hold: the server list and its own tablets,
+    /// stamped with the writer's `term` and the current version.
+    pub fn region_for(&self, id: ServerId, term: u64) -> ConfigRegion {
+        ConfigRegion {
+            term,
+            version: self.version,
+            server_list_version: self.server_list_version,
+            owner: id,
+            servers: self
+                .servers
+                .values()
+                .map(|s| RegionServer {
+                    id: s.id,
+                    addr: s.addr.clone(),
+                    status: s.status,
+                })
+                .collect(),
+            tablets: self
+                .tablets_of(id)
+                .into_iter()
+                .map(|(table, tb)| RegionTablet {
+                    table,
+                    start_hash: tb.start_hash,
+                    end_hash: tb.end_hash,
+                })
+                .collect(),
+        }
+    }
+
+    /// The invariants that hold after every applied record.
+    pub fn check(&self) -> Result<(), String> {
+        for (slot, s) in &self.servers {
+            if s.id.index != *slot {
+                return Err(format!("server {} in slot {slot}", s.id));
+            }
+        }
+        let mut names = BTreeSet::new();
+        for t in self.tables.values() {
+            if !names.insert(&t.name) {
+                return Err(format!("two tables named {:?}", t.name));
+            }
+            if !covers_hash_space(t.tablets.iter().map(|tb| (tb.start_hash, tb.end_hash))) {
+                return Err(format!(
+                    "table {:?}: tablets do not cover the hash space",
+                    t.name
+                ));
+            }
+            for tb in &t.tablets {
+                if !self.is_up(tb.owner) {
+                    return Err(format!(
+                        "table {:?}: tablet at {:#x} owned by {} which is not up",
+                        t.name, tb.start_hash, tb.owner
+                    ));
+                }
+            }
+        }
+        for (seq, p) in &self.incomplete {
+            if let Some(t) = p.targets.iter().find(|t| !self.is_up(**t)) {
+                return Err(format!("operation {seq} waits for {t}, which is not up"));
+            }
+            if p.version > self.version {
+                return Err(format!("operation {seq} from the future"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The state as snapshot bytes (versioned).
+    pub fn snapshot(&self) -> Bytes {
+        let mut out = vec![SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION];
+        out.extend(postcard::to_stdvec(self).expect("state always serialises"));
+        Bytes::from(out)
+    }
+
+    /// A state from [`ClusterState::snapshot`] bytes, checked.
+    pub fn restore(buf: &[u8]) -> Result<ClusterState, String> {
+        if buf.len() < 2 || buf.len() > SNAPSHOT_BYTES_MAX {
+            return Err(format!("snapshot of {} bytes", buf.len()));
+        }
+        if buf[0] != SNAPSHOT_MAGIC || buf[1] != SNAPSHOT_FORMAT_VERSION {
+            return Err(format!("snapshot header {:#04x} {}", buf[0], buf[1]));
+        }
+        let (s, rest): (ClusterState, &[u8]) =
+            postcard::take_from_bytes(&buf[2..]).map_err(|e| format!("snapshot: {e}"))?;
+        if !rest.is_empty() {
+            return Err(format!("{} trailing bytes after the snapshot", rest.len()));
+        }
+        s.check()?;
+        Ok(s)
+    }
+}
+
+/// Whether ranges, in order, cover `0..=u64::MAX` exactly once.
+fn covers_hash_space(ranges: impl Iterator<Item = (u64, u64)>) -> bool {
+    let mut next: Option<u64> = Some(0);
+    for (start, end) in ranges {
+        if Some(start) != next || end < start {
+            return false;
+        }
+        next = end.checked_add(1);
+    }
+    next.is_none()
+}

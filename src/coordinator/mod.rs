@@ -1,0 +1,394 @@
+//! The active coordinator: what the Raft leader does besides replicating.
+//!
+//! [`Coordinator`] is sans-IO. Its inputs are the applied [`ClusterState`],
+//! leadership changes, ticks, masters' heartbeats and push
+//! acknowledgements; its outputs are [`Action`]s: records to propose and
+//! configuration regions to write into masters. The driver (the simulator,
+//! or the coordinator process) executes them and reports back.
+//!
+//! # Roll-forward is the normal path
+//!
+//! There is no separate recovery code. Whenever it is the established
+//! leader (leader, and an entry of its own term applied: every earlier
+//! commit is then applied too), the coordinator walks the incomplete
+//! operations of the applied state and, for each, pushes every target that
+//! has not acknowledged a configuration at least as new as the operation,
+//! and proposes the completion record once all have. A new leader starts
+//! with no acknowledgements, so it redoes every incomplete operation's
+//! pushes, whoever committed it: that is the roll-forward. Pushes carry the
+//! *current* configuration of the target (state, not steps), stamped with
+//! the leader's term, so redoing one is harmless: a master ignores what is
+//! not newer than what it holds.
+//!
+//! # Failure detection
+//!
+//! Masters heartbeat the leader. An up master not heard from for
+//! `master_timeout_ticks` (counted from when this leader took office) is
+//! declared crashed: the leader proposes `ServerCrashed` with a recovery
+//! plan. Once that completes, it proposes `ServerRemoved`.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::cluster::{
+    even_ranges, ClusterState, Op, Record, Rejection, Seq, ServerId, ServerStatus, TabletSpec,
+};
+
+/// Timing knobs, in ticks of the driver's clock.
+#[derive(Clone, Copy, Debug)]
+pub struct CoordinatorConfig {
+    /// Resend a push not acknowledged after this long.
+    pub push_retry_ticks: u64,
+    /// Propose a completion (or crash, removal) again if it has not
+    /// applied after this long (the proposal may have been lost).
+    pub propose_retry_ticks: u64,
+    /// Declare a master crashed after this long without a heartbeat.
+    pub master_timeout_ticks: u64,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            push_retry_ticks: 10,
+            propose_retry_ticks: 20,
+            master_timeout_ticks: 50,
+        }
+    }
+}
+
+/// Planted bugs for the simulator (each must be caught).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoordinatorBugs {
+    /// Propose the completion record without waiting for the pushes.
+    pub complete_before_push: bool,
+    /// A new leader leaves alone the operations committed before its term.
+    pub no_roll_forward: bool,
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Propose this record to the replicated log.
+    Propose(Record),
+    /// Write `region` into server `to`'s configuration region (one-sided).
+    Push {
+        /// The master.
+        to: ServerId,
+        /// Its address.
+        addr: String,
+        /// The configuration version in `region`.
+        version: u64,
+        /// The encoded region.
+        region: Bytes,
+    },
+}
+
+/// A client's request for an operation, before it is a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Enlist a server.
+    Enlist {
+        /// Its address.
+        addr: String,
+        /// Its services.
+        services: u8,
+        /// Its process nonce.
+        nonce: u64,
+    },
+    /// Create a table with `tablets` tablets.
+    CreateTable {
+        /// The name.
+        name: String,
+        /// How many tablets.
+        tablets: u32,
+    },
+    /// Drop a table.
+    DropTable {
+        /// The name.
+        name: String,
+    },
+    /// Split the tablet holding `split_hash` there.
+    SplitTablet {
+        /// The table.
+        table: String,
+        /// Where.
+        split_hash: u64,
+    },
+    /// Move the tablet holding `hash` to `to`.
+    MigrateTablet {
+        /// The table.
+        table: String,
+        /// Any hash in the tablet.
+        hash: u64,
+        /// The new owner.
+        to: ServerId,
+    },
+}
+
+/// Why a request cannot even be proposed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The state says no (the same checks apply again at commit).
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// No up master to own tablets.
+    #[error("no master is up")]
+    NoMasters,
+    /// Zero tablets, or more than the limit.
+    #[error("a table needs 1 to {max} tablets, not {n}")]
+    TabletCount {
+        /// Asked.
+        n: u32,
+        /// Allowed.
+        max: usize,
+    },
+}
+
+/// The leader's volatile coordinator state (see the module docs).
+#[derive(Debug)]
+pub struct Coordinator {
+    cfg: CoordinatorConfig,
+    bugs: CoordinatorBugs,
+    now: u64,
+    term: u64,
+    active: bool,
+    /// Operations with a smaller seq were committed before this term.
+    term_first_seq: Seq,
+    /// Highest configuration version each master acknowledged this term.
+    acked: BTreeMap<ServerId, u64>,
+    /// Last push to each master: (version, when).
+    pushed: BTreeMap<ServerId, (u64, u64)>,
+    /// Proposals not yet seen applied, by what they are about: when sent.
+    proposed: BTreeMap<ProposalKey, u64>,
+    /// Last heartbeat from each master (or when this leader took office).
+    heard: BTreeMap<ServerId, u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ProposalKey {
+    Complete(Seq),
+    Crash(ServerId),
+    Remove(ServerId),
+}
+
+impl Coordinator {
+    /// An inactive coordinator.
+    pub fn new(cfg: CoordinatorConfig, bugs: CoordinatorBugs) -> Coordinator {
+        Coordinator {
+            cfg,
+            bugs,
+            now: 0,
+            term: 0,
+            active: false,
+            term_first_seq: 0,
+            acked: BTreeMap::new(),
+            pushed: BTreeMap::new(),
+            proposed: BTreeMap::new(),
+            heard: BTreeMap::new(),
+        }
+    }
+
+    /// Whether this replica acts as the coordinator now.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// The term it acts in.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Tells it whether this replica is the established leader of `term`
+    /// (leader, with an entry of `term` applied). Becoming active forgets
+    /// everything volatile: a new leader redoes every incomplete operation.
+    pub fn set_leadership(&mut self, established: bool, term: u64, state: &ClusterState) {
+        if established && (!self.active || term != self.term) {
+            self.acked.clear();
+            self.pushed.clear();
+            self.proposed.clear();
+            self.heard = state
+                .up_masters()
+                .into_iter()
+                .map(|m| (m, self.now))
+                .collect();
+            self.term_first_seq = state.applied_index() + 1;
+        }
+        self.active = established;
+        self.term = term;
+    }
+
+    /// Advances the clock by one tick; returns what to do.
+    pub fn tick(&mut self, state: &ClusterState) -> Vec<Action> {
+        self.now += 1;
+        self.step(state)
+    }
+
+    /// Reacts to newly applied records; returns what to do.
+    pub fn on_applied(&mut self, state: &ClusterState) -> Vec<Action> {
+        self.step(state)
+    }
+
+    /// A master's heartbeat.
+    pub fn on_heartbeat(&mut self, from: ServerId) {
+        if self.active {
+            self.heard.insert(from, self.now);
+        }
+    }
+
+    /// A master acknowledged holding configuration `version` (or newer) in
+    /// answer to a push of `term`.
+    pub fn on_push_acked(&mut self, from: ServerId, term: u64, version: u64) {
+        if self.active && term == self.term {
+            let v = self.acked.entry(from).or_default();
+            *v = (*v).max(version);
+        }
+    }
+
+    /// Builds the commit record for a client's request, checking it against
+    /// the applied state (the record's own precondition is checked again
+    /// when it applies).
+    pub fn prepare(&self, state: &ClusterState, req: &Request) -> Result<Record, RequestError> {
+        let op = match req {
+            Request::Enlist {
+                addr,
+                services,
+                nonce,
+            } => Op::EnlistServer {
+                addr: addr.clone(),
+                services: *services,
+                nonce: *nonce,
+            },
+            Request::CreateTable { name, tablets } => {
+                let max = crate::cluster::limits::TABLETS_PER_TABLE_MAX;
+                if *tablets == 0 || *tablets as usize > max {
+                    return Err(RequestError::TabletCount { n: *tablets, max });
+                }
+                if state.table(name).is_some() {
+                    return Err(Rejection::NameTaken(name.clone()).into());
+                }
+                let owners = state
+                    .choose_owners(*tablets)
+                    .ok_or(RequestError::NoMasters)?;
+                Op::CreateTable {
+                    name: name.clone(),
+                    tablets: even_ranges(*tablets)
+                        .into_iter()
+                        .zip(owners)
+                        .map(|((start_hash, end_hash), owner)| TabletSpec {
+                            start_hash,
+                            end_hash,
+                            owner,
+                        })
+                        .collect(),
+                }
+            }
+            Request::DropTable { name } => Op::DropTable { name: name.clone() },
+            Request::SplitTablet { table, split_hash } => Op::SplitTablet {
+                table: table.clone(),
+                split_hash: *split_hash,
+            },
+            Request::MigrateTablet { table, hash, to } => Op::MigrateTablet {
+                table: table.clone(),
+                hash: *hash,
+                to: *to,
+            },
+        };
+        Ok(Record::Commit(op))
+    }
+
+    fn due(&self, sent_at: Option<u64>, retry: u64) -> bool {
+        sent_at.is_none_or(|at| self.now >= at + retry)
+    }
+
+    fn propose_once(&mut self, key: ProposalKey, record: Record, out: &mut Vec<Action>) {
+        if self.due(
+            self.proposed.get(&key).copied(),
+            self.cfg.propose_retry_ticks,
+        ) {
+            self.proposed.insert(key, self.now);
+            out.push(Action::Propose(record));
+        }
+    }
+
+    fn step(&mut self, state: &ClusterState) -> Vec<Action> {
+        let mut out = Vec::new();
+        if !self.active {
+            return out;
+        }
+        // Forget proposals that have taken effect.
+        self.proposed.retain(|k, _| match k {
+            ProposalKey::Complete(seq) => state.incomplete().contains_key(seq),
+            ProposalKey::Crash(id) => state.is_up(*id),
+            ProposalKey::Remove(id) => state
+                .server(*id)
+                .is_some_and(|s| s.status == ServerStatus::Crashed),
+        });
+        // Incomplete operations: push, then complete (roll-forward).
+        let version = state.version();
+        for (&seq, p) in state.incomplete() {
+            if self.bugs.no_roll_forward && seq < self.term_first_seq {
+                continue;
+            }
+            let mut done = true;
+            for &t in &p.targets {
+                if self.acked.get(&t).copied().unwrap_or(0) >= p.version {
+                    continue;
+                }
+                done = false;
+                let last = self.pushed.get(&t).copied();
+                let fresh = last.is_some_and(|(v, _)| v >= version);
+                if !fresh || self.due(last.map(|(_, at)| at), self.cfg.push_retry_ticks) {
+                    let Some(server) = state.server(t) else {
+                        continue;
+                    };
+                    self.pushed.insert(t, (version, self.now));
+                    out.push(Action::Push {
+                        to: t,
+                        addr: server.addr.clone(),
+                        version,
+                        region: state.region_for(t, self.term).encode(),
+                    });
+                }
+            }
+            if done || self.bugs.complete_before_push {
+                self.propose_once(
+                    ProposalKey::Complete(seq),
+                    Record::Complete { seq },
+                    &mut out,
+                );
+            }
+        }
+        // Failure detection.
+        for m in state.up_masters() {
+            let heard = *self.heard.entry(m).or_insert(self.now);
+            if self.now < heard + self.cfg.master_timeout_ticks {
+                continue;
+            }
+            if let Some(plan) = state.plan_recovery(m) {
+                let rec = Record::Commit(Op::ServerCrashed { id: m, plan });
+                self.propose_once(ProposalKey::Crash(m), rec, &mut out);
+            }
+        }
+        // Crashed servers whose recovery finished leave the list.
+        let crashed: Vec<ServerId> = state
+            .servers()
+            .filter(|s| s.status == ServerStatus::Crashed)
+            .map(|s| s.id)
+            .collect();
+        for id in crashed {
+            let recovering = state
+                .incomplete()
+                .values()
+                .any(|p| matches!(&p.op, Op::ServerCrashed { id: c, .. } if *c == id));
+            if !recovering {
+                let rec = Record::Commit(Op::ServerRemoved { id });
+                self.propose_once(ProposalKey::Remove(id), rec, &mut out);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

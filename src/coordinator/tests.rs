@@ -1,0 +1,511 @@
+//! Roll-forward of every operation kind, by name (RAMCloud's
+//! `recover_incomplete_*`): a leader commits an operation, pushes some of
+//! its configuration (or none), and dies; the next leader must finish it.
+//! The log, the replicas and the masters are plain values here; the
+//! simulator covers the same paths with faults and timing.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::cluster::{
+    services, ClusterState, Outcome, Rejection, ServerId, TableState, TabletState,
+};
+use crate::master::{MasterAgent, MasterBugs, RegionOutcome};
+
+struct Harness {
+    state: ClusterState,
+    index: u64,
+    masters: BTreeMap<ServerId, MasterAgent>,
+}
+
+impl Harness {
+    /// A cluster with `n` enlisted masters, each holding its configuration.
+    fn with_masters(n: u32) -> Harness {
+        let mut h = Harness {
+            state: ClusterState::default(),
+            index: 0,
+            masters: BTreeMap::new(),
+        };
+        for i in 0..n {
+            let rec = Record::Commit(Op::EnlistServer {
+                addr: format!("m{i}:7000"),
+                services: services::MASTER,
+                nonce: 1000 + i as u64,
+            });
+            let Outcome::Committed(crate::cluster::Effect::Enlisted(id)) = h.commit(&rec) else {
+                panic!("enlist failed");
+            };
+            let mut m = MasterAgent::new(MasterBugs::default());
+            m.enlisted(id);
+            h.masters.insert(id, m);
+        }
+        let mut c = leader(1, &h.state);
+        h.settle(&mut c, |_| true);
+        assert!(h.state.incomplete().is_empty());
+        h
+    }
+
+    fn ids(&self) -> Vec<ServerId> {
+        self.masters.keys().copied().collect()
+    }
+
+    fn commit(&mut self, rec: &Record) -> Outcome {
+        self.index += 1;
+        let out = self
+            .state
+            .apply(self.index, &rec.encode())
+            .expect("valid record");
+        self.state.check().expect("state invariants");
+        out
+    }
+
+    /// Executes actions: pushes reach masters for which `reach` says so
+    /// (and are acknowledged); proposals commit at once.
+    fn execute(
+        &mut self,
+        c: &mut Coordinator,
+        actions: Vec<Action>,
+        reach: &dyn Fn(ServerId) -> bool,
+    ) -> usize {
+        let n = actions.len();
+        for a in actions {
+            match a {
+                Action::Push {
+                    to,
+                    region,
+                    version,
+                    ..
+                } => {
+                    if !reach(to) {
+                        continue;
+                    }
+                    let Some(m) = self.masters.get_mut(&to) else {
+                        continue;
+                    };
+                    match m.on_region_write(&region) {
+                        RegionOutcome::Applied { .. } | RegionOutcome::NotNewer { .. } => {
+                            c.on_push_acked(to, c.term(), version)
+                        }
+                        other => panic!("push to {to} refused: {other:?}"),
+                    }
+                }
+                Action::Propose(rec) => {
+                    self.commit(&rec);
+                }
+            }
+        }
+        n
+    }
+
+    /// Runs the coordinator until it has nothing left to do.
+    fn settle(&mut self, c: &mut Coordinator, reach: impl Fn(ServerId) -> bool) {
+        for _ in 0..1000 {
+            let mut acts = c.on_applied(&self.state);
+            acts.extend(c.tick(&self.state));
+            for m in self.ids() {
+                c.on_heartbeat(m);
+            }
+            if self.execute(c, acts, &reach) == 0 && self.state.incomplete().is_empty() {
+                return;
+            }
+        }
+        panic!("did not settle: {:?}", self.state.incomplete());
+    }
+
+    /// Every up master holds exactly what the state says it should.
+    fn assert_masters_match(&self) {
+        for (id, m) in &self.masters {
+            if !self.state.is_up(*id) {
+                continue;
+            }
+            let want = self.state.region_for(*id, 0);
+            let have = m.config().expect("a configuration");
+            assert_eq!(have.server_list_version, want.server_list_version, "{id}");
+            assert_eq!(have.tablets, want.tablets, "{id}");
+        }
+    }
+}
+
+fn leader(term: u64, state: &ClusterState) -> Coordinator {
+    let mut c = Coordinator::new(CoordinatorConfig::default(), CoordinatorBugs::default());
+    c.set_leadership(true, term, state);
+    c
+}
+
+/// Commits `req` under a first leader that reaches only `reach_first`
+/// before dying, then lets a second leader finish. Returns the harness.
+fn roll_forward(
+    h: &mut Harness,
+    req: Request,
+    reach_first: impl Fn(ServerId) -> bool,
+) -> (Seq, Outcome) {
+    let mut a = leader(2, &h.state);
+    let rec = a.prepare(&h.state, &req).expect("preparable");
+    let out = h.commit(&rec);
+    let seq = h.index;
+    assert!(matches!(out, Outcome::Committed(_)), "{out:?}");
+    if let Outcome::Committed(crate::cluster::Effect::Enlisted(id)) = out {
+        let mut m = MasterAgent::new(MasterBugs::default());
+        m.enlisted(id);
+        h.masters.insert(id, m);
+    }
+    assert!(h.state.incomplete().contains_key(&seq));
+    // The first leader pushes once (to whom it reaches) and dies before
+    // writing the completion.
+    let acts: Vec<Action> = a
+        .on_applied(&h.state)
+        .into_iter()
+        .filter(|a| matches!(a, Action::Push { .. }))
+        .collect();
+    h.execute(&mut a, acts, &reach_first);
+    drop(a);
+    assert!(h.state.incomplete().contains_key(&seq), "not complete yet");
+    let mut b = leader(3, &h.state);
+    h.settle(&mut b, |_| true);
+    assert!(h.state.incomplete().is_empty());
+    h.assert_masters_match();
+    (seq, out)
+}
+
+#[test]
+fn recover_incomplete_enlist() {
+    let mut h = Harness::with_masters(2);
+    let req = Request::Enlist {
+        addr: "m9:7000".into(),
+        services: services::MASTER,
+        nonce: 77,
+    };
+    let (_, out) = roll_forward(&mut h, req, |_| false);
+    let Outcome::Committed(crate::cluster::Effect::Enlisted(id)) = out else {
+        panic!("{out:?}")
+    };
+    assert!(h.state.is_up(id));
+    // A retried enlistment of the same process is recognised.
+    let again = Record::Commit(Op::EnlistServer {
+        addr: "m9:7000".into(),
+        services: services::MASTER,
+        nonce: 77,
+    });
+    assert_eq!(
+        h.commit(&again),
+        Outcome::Rejected(Rejection::AlreadyEnlisted(id))
+    );
+}
+
+#[test]
+fn recover_incomplete_create_table() {
+    let mut h = Harness::with_masters(3);
+    let first = h.ids()[0];
+    let req = Request::CreateTable {
+        name: "users".into(),
+        tablets: 4,
+    };
+    roll_forward(&mut h, req, |m| m == first);
+    let t = h.state.table("users").unwrap();
+    assert_eq!(t.state, TableState::Normal);
+    assert_eq!(t.tablets.len(), 4);
+    // Owners balanced over the three masters.
+    for m in h.ids() {
+        assert!(!h.state.tablets_of(m).is_empty());
+    }
+}
+
+#[test]
+fn recover_incomplete_drop_table() {
+    let mut h = Harness::with_masters(2);
+    let mut c = leader(2, &h.state);
+    let rec = c
+        .prepare(
+            &h.state,
+            &Request::CreateTable {
+                name: "t".into(),
+                tablets: 2,
+            },
+        )
+        .unwrap();
+    h.commit(&rec);
+    h.settle(&mut c, |_| true);
+    roll_forward(&mut h, Request::DropTable { name: "t".into() }, |_| false);
+    assert!(h.state.table("t").is_none());
+    for m in h.masters.values() {
+        assert!(m.config().unwrap().tablets.is_empty());
+    }
+}
+
+#[test]
+fn recover_incomplete_split_tablet() {
+    let mut h = Harness::with_masters(2);
+    let mut c = leader(2, &h.state);
+    let rec = c
+        .prepare(
+            &h.state,
+            &Request::CreateTable {
+                name: "t".into(),
+                tablets: 1,
+            },
+        )
+        .unwrap();
+    h.commit(&rec);
+    h.settle(&mut c, |_| true);
+    let req = Request::SplitTablet {
+        table: "t".into(),
+        split_hash: 1 << 63,
+    };
+    roll_forward(&mut h, req, |_| false);
+    let t = h.state.table("t").unwrap();
+    assert_eq!(t.tablets.len(), 2);
+    assert_eq!(t.tablets[1].start_hash, 1 << 63);
+}
+
+#[test]
+fn recover_incomplete_migrate_tablet() {
+    let mut h = Harness::with_masters(2);
+    let mut c = leader(2, &h.state);
+    let rec = c
+        .prepare(
+            &h.state,
+            &Request::CreateTable {
+                name: "t".into(),
+                tablets: 1,
+            },
+        )
+        .unwrap();
+    h.commit(&rec);
+    h.settle(&mut c, |_| true);
+    let from = h.state.table("t").unwrap().tablets[0].owner;
+    let to = *h.ids().iter().find(|m| **m != from).unwrap();
+    let req = Request::MigrateTablet {
+        table: "t".into(),
+        hash: 5,
+        to,
+    };
+    // The first leader told the new owner only: the old one still serves.
+    roll_forward(&mut h, req, |m| m == to);
+    assert_eq!(h.state.table("t").unwrap().tablets[0].owner, to);
+    assert!(h.masters[&from].config().unwrap().tablets.is_empty());
+}
+
+#[test]
+fn recover_incomplete_server_crashed() {
+    let mut h = Harness::with_masters(3);
+    let mut c = leader(2, &h.state);
+    let rec = c
+        .prepare(
+            &h.state,
+            &Request::CreateTable {
+                name: "t".into(),
+                tablets: 3,
+            },
+        )
+        .unwrap();
+    h.commit(&rec);
+    h.settle(&mut c, |_| true);
+    let dead = h.ids()[0];
+    // The first leader declares it crashed (no heartbeat) and dies after
+    // the commit point, before any push.
+    let mut a = leader(4, &h.state);
+    let mut acts = Vec::new();
+    for _ in 0..CoordinatorConfig::default().master_timeout_ticks {
+        for m in h.ids().into_iter().filter(|m| *m != dead) {
+            a.on_heartbeat(m);
+        }
+        acts.extend(a.tick(&h.state));
+    }
+    let crash: Vec<Action> = acts
+        .into_iter()
+        .filter(|a| matches!(a, Action::Propose(Record::Commit(Op::ServerCrashed { .. }))))
+        .collect();
+    assert_eq!(crash.len(), 1, "one crash proposal");
+    h.execute(&mut a, crash, &|_| false);
+    drop(a);
+    assert_eq!(
+        h.state.server(dead).unwrap().status,
+        crate::cluster::ServerStatus::Crashed
+    );
+    let t = h.state.table("t").unwrap();
+    assert!(t.tablets.iter().all(|tb| tb.owner != dead));
+    assert!(t
+        .tablets
+        .iter()
+        .any(|tb| tb.state == TabletState::Recovering));
+    // The next leader pushes the plan, completes the crash, then removes
+    // the server.
+    h.masters.remove(&dead);
+    let mut b = leader(5, &h.state);
+    h.settle(&mut b, |_| true);
+    h.assert_masters_match();
+    let t = h.state.table("t").unwrap();
+    assert!(t.tablets.iter().all(|tb| tb.state == TabletState::Normal));
+    assert_eq!(
+        h.state.server(dead).unwrap().status,
+        crate::cluster::ServerStatus::Removed
+    );
+}
+
+#[test]
+fn recover_incomplete_server_removed() {
+    let mut h = Harness::with_masters(2);
+    let dead = h.ids()[1];
+    let plan = h.state.plan_recovery(dead).unwrap();
+    h.commit(&Record::Commit(Op::ServerCrashed { id: dead, plan }));
+    let seq = h.index;
+    h.commit(&Record::Complete { seq });
+    h.masters.remove(&dead);
+    // Removal committed, nobody told, leader dies; the next one finishes.
+    h.commit(&Record::Commit(Op::ServerRemoved { id: dead }));
+    assert_eq!(h.state.incomplete().len(), 1);
+    let mut b = leader(3, &h.state);
+    h.settle(&mut b, |_| true);
+    h.assert_masters_match();
+    // The slot is reused with a new generation.
+    let out = h.commit(&Record::Commit(Op::EnlistServer {
+        addr: "again:1".into(),
+        services: services::MASTER,
+        nonce: 5,
+    }));
+    assert_eq!(
+        out,
+        Outcome::Committed(crate::cluster::Effect::Enlisted(ServerId {
+            index: dead.index,
+            generation: dead.generation + 1
+        }))
+    );
+}
+
+/// A master crashes while a create is handing it tablets: the crash's
+/// recovery plan takes them over and the create stops waiting for it.
+#[test]
+fn a_create_whose_owner_crashes_completes_through_the_recovery_plan() {
+    let mut h = Harness::with_masters(2);
+    let mut c = leader(2, &h.state);
+    let rec = c
+        .prepare(
+            &h.state,
+            &Request::CreateTable {
+                name: "t".into(),
+                tablets: 2,
+            },
+        )
+        .unwrap();
+    h.commit(&rec);
+    let create = h.index;
+    let dead = h.ids()[0];
+    h.masters.remove(&dead);
+    let plan = h.state.plan_recovery(dead).unwrap();
+    h.commit(&Record::Commit(Op::ServerCrashed { id: dead, plan }));
+    assert!(!h.state.incomplete()[&create].targets.contains(&dead));
+    h.settle(&mut c, |_| true);
+    let t = h.state.table("t").unwrap();
+    assert_eq!(t.state, TableState::Normal);
+    assert!(t.tablets.iter().all(|tb| tb.owner != dead));
+    h.assert_masters_match();
+}
+
+/// Racing proposals resolve at apply: two creates of one name, a stale
+/// recovery plan, a drop while the table is busy.
+#[test]
+fn preconditions_are_checked_when_records_apply() {
+    let mut h = Harness::with_masters(2);
+    let c = leader(2, &h.state);
+    let req = Request::CreateTable {
+        name: "t".into(),
+        tablets: 2,
+    };
+    let r1 = c.prepare(&h.state, &req).unwrap();
+    let r2 = c.prepare(&h.state, &req).unwrap();
+    assert!(matches!(h.commit(&r1), Outcome::Committed(_)));
+    assert_eq!(
+        h.commit(&r2),
+        Outcome::Rejected(Rejection::NameTaken("t".into()))
+    );
+    assert_eq!(
+        h.commit(&Record::Commit(Op::DropTable { name: "t".into() })),
+        Outcome::Rejected(Rejection::Busy("t".into()))
+    );
+    let m = h.ids()[0];
+    let stale = Record::Commit(Op::ServerCrashed {
+        id: m,
+        plan: Vec::new(),
+    });
+    assert_eq!(h.commit(&stale), Outcome::Rejected(Rejection::StalePlan(m)));
+    let version = h.state.version();
+    assert_eq!(
+        h.commit(&Record::Complete { seq: 999 }),
+        Outcome::AlreadyComplete(999)
+    );
+    assert_eq!(h.state.version(), version);
+}
+
+/// A deposed coordinator's push is refused once a newer term was seen, and
+/// no master ever goes back to an older configuration.
+#[test]
+fn masters_refuse_stale_terms_and_older_versions() {
+    let mut h = Harness::with_masters(1);
+    let id = h.ids()[0];
+    let old = h.state.region_for(id, 2).encode();
+    h.commit(&Record::Commit(Op::EnlistServer {
+        addr: "x:1".into(),
+        services: services::MASTER,
+        nonce: 9,
+    }));
+    let new = h.state.region_for(id, 3).encode();
+    let m = h.masters.get_mut(&id).unwrap();
+    assert!(matches!(
+        m.on_region_write(&new),
+        RegionOutcome::Applied { .. }
+    ));
+    assert!(matches!(
+        m.on_region_write(&old),
+        RegionOutcome::StaleTerm { term: 2, seen: 3 }
+    ));
+    let older_same_term = ClusterState::default().region_for(id, 3).encode();
+    assert!(matches!(
+        m.on_region_write(&older_same_term),
+        RegionOutcome::NotNewer { .. }
+    ));
+    // The planted bug: a newer version from an older term is taken.
+    let mut buggy = MasterAgent::new(MasterBugs {
+        accept_stale_term: true,
+    });
+    buggy.enlisted(id);
+    buggy.on_region_write(&h.state.region_for(id, 5).encode());
+    let mut newer = h.state.clone();
+    newer
+        .apply(
+            h.index + 1,
+            &Record::Commit(Op::EnlistServer {
+                addr: "y:1".into(),
+                services: services::MASTER,
+                nonce: 10,
+            })
+            .encode(),
+        )
+        .unwrap();
+    assert!(matches!(
+        buggy.on_region_write(&newer.region_for(id, 3).encode()),
+        RegionOutcome::Applied { .. }
+    ));
+}
+
+/// Snapshots restore to the same state and bad ones are refused.
+#[test]
+fn snapshots_round_trip_and_bad_ones_are_errors() {
+    let mut h = Harness::with_masters(3);
+    let mut c = leader(2, &h.state);
+    let rec = c
+        .prepare(
+            &h.state,
+            &Request::CreateTable {
+                name: "t".into(),
+                tablets: 5,
+            },
+        )
+        .unwrap();
+    h.commit(&rec);
+    let snap = h.state.snapshot();
+    assert_eq!(ClusterState::restore(&snap), Ok(h.state.clone()));
+    for cut in 0..snap.len() {
+        assert!(ClusterState::restore(&snap[..cut]).is_err());
+    }
+    h.settle(&mut c, |_| true);
+}
