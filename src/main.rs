@@ -43,11 +43,22 @@ enum Command {
     /// the linearizability of the client history. One seed determines
     /// everything: a failing seed replays exactly.
     ///
+    /// --workload coordinator runs the coordinator on the replicas, with
+    /// masters taking configuration pushes and clients creating, dropping,
+    /// splitting and migrating tables; the leader crashes around commit
+    /// points, masters crash and lose links. It checks the cluster state's
+    /// invariants after every applied record, that no master goes back to
+    /// an older configuration or takes one from a deposed term, and at the
+    /// end that every committed operation completed and every master holds
+    /// what the coordinator says.
+    ///
     /// Examples:
     ///   ramcoord sim --workload raft --seeds 2000
     ///   ramcoord sim --workload raft --seeds 20000 --faults heavy --replicas 5
     ///   ramcoord sim --workload raft --seed 42 --trace
     ///   ramcoord sim --inject-bug forget-vote --seeds 2000
+    ///   ramcoord sim --workload coordinator --seeds 2000
+    ///   ramcoord sim --workload coordinator --inject-bug no-roll-forward --seeds 2000
     #[command(verbatim_doc_comment)]
     Sim(SimArgs),
     /// Crash-test the durable log with real processes: a child appends and
@@ -122,6 +133,9 @@ fn parse_replicas(s: &str) -> Result<usize, String> {
 enum Workload {
     /// A Raft group serving a key-value register workload.
     Raft,
+    /// Coordinator replicas, masters and clients: operations with commit
+    /// points, roll-forward, configuration pushes.
+    Coordinator,
 }
 
 /// Fault intensity.
@@ -234,18 +248,33 @@ fn run_lincheck(format: HistoryFormat, file: &PathBuf) -> ExitCode {
 fn run_sim(args: SimArgs) -> ExitCode {
     use ramcoord::sim::{self, FaultLevel, SimOptions};
     if args.list_bugs {
-        for (name, what) in sim::BUGS {
-            println!("{name:<22} {what}");
+        for (name, workload, what) in sim::BUGS {
+            println!("{name:<22} {workload:<12} {what}");
         }
         return ExitCode::SUCCESS;
     }
-    let Workload::Raft = args.workload;
+    let workload = match args.workload {
+        Workload::Raft => sim::Workload::Raft,
+        Workload::Coordinator => sim::Workload::Coordinator,
+    };
+    let workload_name = args.workload.to_possible_value().expect("value");
+    let workload_name = workload_name.get_name();
+    if let Some((name, needs, _)) = args
+        .inject_bug
+        .as_deref()
+        .and_then(|b| sim::BUGS.iter().find(|(n, _, _)| *n == b))
+    {
+        if *needs != workload_name {
+            eprintln!("ramcoord sim: bug {name:?} lives in the {needs} workload; add --workload {needs}");
+            return ExitCode::from(2);
+        }
+    }
     let bugs = match &args.inject_bug {
         None => Default::default(),
         Some(name) => match sim::bug_by_name(name) {
             Some(b) => b,
             None => {
-                let known: Vec<&str> = sim::BUGS.iter().map(|(n, _)| *n).collect();
+                let known: Vec<&str> = sim::BUGS.iter().map(|(n, _, _)| *n).collect();
                 eprintln!(
                     "ramcoord sim: unknown bug {name:?}; known: {}",
                     known.join(", ")
@@ -276,6 +305,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         faults,
         bugs,
         trace,
+        workload,
     };
 
     if let Some(seed) = args.seed {
@@ -361,7 +391,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
             .unwrap_or_default();
         outln!(
             text,
-            "replay: ramcoord sim --workload raft --seed {} --faults {} --replicas {}{bug} --trace",
+            "replay: ramcoord sim --workload {workload_name} --seed {} --faults {} --replicas {}{bug} --trace",
             first.seed,
             args.faults.to_possible_value().expect("value").get_name(),
             replicas_for(first.seed)

@@ -153,6 +153,15 @@ impl ClusterState {
         self.servers.get(&id.index).filter(|s| s.id == id)
     }
 
+    /// Whether `id` has left the cluster for good: declared crashed or
+    /// removed, or its slot already holds a later generation. (A server
+    /// the state has not heard of yet is not gone.)
+    pub fn is_gone(&self, id: ServerId) -> bool {
+        self.servers.get(&id.index).is_some_and(|s| {
+            s.id.generation > id.generation || (s.id == id && s.status != ServerStatus::Up)
+        })
+    }
+
     /// Whether `id` is up.
     pub fn is_up(&self, id: ServerId) -> bool {
         self.server(id)

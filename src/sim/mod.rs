@@ -3,40 +3,76 @@
 //!
 //! Layout: [`world`] runs one seed (nodes, disks, network, clients, the
 //! nemesis), [`checkers`] holds the safety invariants, [`kv`] the replicated
-//! state machine the clients use. Later workloads (the coordinator's
-//! operations) plug into the same harness.
+//! state machine of the Raft workload's clients. The coordinator workload
+//! runs the cluster state machine (`crate::cluster`) on the same replicas,
+//! with masters and their configuration regions (`world/coordinator.rs`).
 
 pub mod checkers;
 pub mod kv;
 pub mod world;
 
-pub use world::{run, FaultLevel, SimOptions, SimOutcome, SimStats};
+pub use world::{run, FaultLevel, SimOptions, SimOutcome, SimStats, Workload};
 
+use crate::coordinator::CoordinatorBugs;
+use crate::master::MasterBugs;
 use ramcoord_log::InjectedBugs;
 
-/// The bugs `--inject-bug` can plant, with what each does.
-pub const BUGS: &[(&str, &str)] = &[
+/// The bugs `--inject-bug` can plant, with what each does and the
+/// workload that exposes it.
+pub const BUGS: &[(&str, &str, &str)] = &[
     (
         "commit-previous-term",
+        "raft",
         "a leader commits an entry of an earlier term by counting replicas (Raft figure 8)",
     ),
     (
         "forget-vote",
+        "raft",
         "a vote is granted before it is durable and is never persisted",
     ),
     (
         "ack-before-persist",
+        "raft",
         "a follower acknowledges an append before persisting it",
+    ),
+    (
+        "complete-before-push",
+        "coordinator",
+        "the completion record is written before the masters acknowledged the pushes",
+    ),
+    (
+        "no-roll-forward",
+        "coordinator",
+        "a new leader does not finish the operations committed before its term",
+    ),
+    (
+        "accept-stale-term",
+        "coordinator",
+        "a master applies a configuration pushed from an older term",
     ),
 ];
 
+/// Every planted bug a run may carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// In the Raft core.
+    pub raft: InjectedBugs,
+    /// In the coordinator.
+    pub coordinator: CoordinatorBugs,
+    /// In the masters.
+    pub master: MasterBugs,
+}
+
 /// The planted-bug switches for `name`, or `None` if there is no such bug.
-pub fn bug_by_name(name: &str) -> Option<InjectedBugs> {
-    let mut b = InjectedBugs::default();
+pub fn bug_by_name(name: &str) -> Option<PlantedBugs> {
+    let mut b = PlantedBugs::default();
     match name {
-        "commit-previous-term" => b.commit_previous_term = true,
-        "forget-vote" => b.forget_vote = true,
-        "ack-before-persist" => b.ack_before_persist = true,
+        "commit-previous-term" => b.raft.commit_previous_term = true,
+        "forget-vote" => b.raft.forget_vote = true,
+        "ack-before-persist" => b.raft.ack_before_persist = true,
+        "complete-before-push" => b.coordinator.complete_before_push = true,
+        "no-roll-forward" => b.coordinator.no_roll_forward = true,
+        "accept-stale-term" => b.master.accept_stale_term = true,
         _ => return None,
     }
     Some(b)

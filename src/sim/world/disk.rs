@@ -70,10 +70,12 @@ impl World {
             return;
         }
         debug_assert_eq!(point.index, node.applied);
-        let snap = ramcoord_log::Snapshot {
-            meta: point,
-            data: node.kv.snapshot(),
+        let data = if self.opts.workload == Workload::Coordinator {
+            node.cluster.snapshot()
+        } else {
+            node.kv.snapshot()
         };
+        let snap = ramcoord_log::Snapshot { meta: point, data };
         raft.storage_mut()
             .compact(snap)
             .expect("compacting at the applied index");
@@ -113,11 +115,17 @@ impl World {
         node.incarnation += 1;
         node.down_storage = Some(storage);
         node.kv = Kv::default();
+        node.cluster = ClusterState::default();
+        node.pending_records.clear();
+        node.pending_lookups.clear();
         node.applied = 0;
         node.pending_writes.clear();
         node.pending_reads.clear();
         node.read_points.clear();
         node.was_leader_term = None;
+        let fresh = self.new_coordinator();
+        let node = self.nodes.get_mut(&id).unwrap();
+        node.coord = fresh;
         self.stats.crashes += 1;
         self.trace(|| format!("n{id} CRASH (torn={torn})"));
     }
@@ -130,7 +138,12 @@ impl World {
             return Ok(());
         };
         let snap = storage.snapshot();
-        let Some(kv) = Kv::restore(&snap.data) else {
+        let (kv, cluster) = if self.opts.workload == Workload::Coordinator {
+            (Some(Kv::default()), restore_cluster(&snap.data))
+        } else {
+            (Kv::restore(&snap.data), Some(ClusterState::default()))
+        };
+        let (Some(kv), Some(cluster)) = (kv, cluster) else {
             return Err(Violation::new(
                 "snapshot",
                 format!("node {id} restarts from an unreadable snapshot"),
@@ -146,6 +159,7 @@ impl World {
             }
         };
         node.kv = kv;
+        node.cluster = cluster;
         node.applied = snap.meta.index;
         node.commit_checked = raft.log().committed;
         node.last_seen = (raft.term(), raft.log().committed);

@@ -90,4 +90,29 @@ impl World {
         self.trace(|| format!("admin at n{leader}: {desc}"));
         let _ = self.after_input(leader);
     }
+
+    /// The liveness phase heals membership too: a replica the admin
+    /// removed (which, without pre-vote, keeps campaigning and deposing
+    /// leaders) is added back, as a learner and then a voter.
+    pub(super) fn restore_membership(&mut self) {
+        let Some(leader) = self.some_leader() else {
+            self.at(20_000, Ev::RestoreMembership);
+            return;
+        };
+        let raft = self.nodes.get_mut(&leader).unwrap().raft.as_mut().unwrap();
+        let conf = raft.conf().clone();
+        let Some(gone) = (1..=self.opts.replicas as NodeId).find(|id| !conf.voters.contains(id))
+        else {
+            return; // everyone is a voter again
+        };
+        let cc = if conf.learners.contains(&gone) {
+            ConfChange::AddVoter(gone)
+        } else {
+            ConfChange::AddLearner(gone)
+        };
+        let r = raft.propose_conf_change(cc);
+        self.trace(|| format!("restore membership at n{leader}: {cc:?}: {r:?}"));
+        let _ = self.after_input(leader);
+        self.at(20_000, Ev::RestoreMembership);
+    }
 }

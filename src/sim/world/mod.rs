@@ -24,8 +24,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 
 use ramcoord_log::{
-    ConfChange, ConfState, Config, EntryKind, InjectedBugs, MemStorage, Message, NodeId,
-    ProposeError, RawNode, ReadMode, Ready, Role, Storage,
+    ConfChange, ConfState, Config, EntryKind, MemStorage, Message, NodeId, ProposeError, RawNode,
+    ReadMode, Ready, Role, Storage,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -33,10 +33,14 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::checkers::{entry_digest, Checker, Violation};
 use super::kv::{Command, Kv, KvOp};
+use super::PlantedBugs;
+use crate::cluster::ClusterState;
+use crate::coordinator::Coordinator;
 use crate::lincheck::register::{Register, RegisterInput, RegisterOutput};
 use crate::lincheck::{self, Operation, Verdict};
 
 mod clients;
+mod coordinator;
 mod disk;
 mod faults;
 mod network;
@@ -52,6 +56,16 @@ pub enum FaultLevel {
     Heavy,
 }
 
+/// What the replicas run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// A key-value register map; clients read, write and compare-and-set.
+    Raft,
+    /// The coordinator: cluster state, operations with commit points,
+    /// masters taking configuration pushes.
+    Coordinator,
+}
+
 /// What one run simulates.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
@@ -62,7 +76,9 @@ pub struct SimOptions {
     /// Fault intensity.
     pub faults: FaultLevel,
     /// Planted bugs.
-    pub bugs: InjectedBugs,
+    pub bugs: PlantedBugs,
+    /// What runs on the replicas.
+    pub workload: Workload,
     /// Keep the event trace.
     pub trace: bool,
 }
@@ -94,6 +110,18 @@ pub struct SimStats {
     pub reads: u64,
     /// Simulated microseconds.
     pub sim_us: u64,
+    /// Coordinator operations completed (completion record applied).
+    pub coord_ops_completed: u64,
+    /// ... of which by a later leader than the one that committed them.
+    pub roll_forwards: u64,
+    /// Configuration pushes sent.
+    pub pushes: u64,
+    /// Pushes a master applied.
+    pub pushes_applied: u64,
+    /// Pushes a master refused for an older term.
+    pub stale_pushes_refused: u64,
+    /// Master processes crashed.
+    pub master_crashes: u64,
 }
 
 /// The outcome of one run.
@@ -284,6 +312,10 @@ enum Ev {
     CrashNode(NodeId, u64),
     Admin,
     Heal,
+    /// After healing: bring removed replicas back until all are voters.
+    RestoreMembership,
+    /// The coordinator workload's own events.
+    Coord(coordinator::CoordEv),
 }
 
 struct Queued {
@@ -329,6 +361,14 @@ struct Node {
     committed_as_leader_term: Option<u64>,
     /// Term and commit index after the previous step (delta checks).
     last_seen: (u64, u64),
+    /// Coordinator workload: the applied cluster state.
+    cluster: ClusterState,
+    /// Coordinator workload: the active-coordinator logic (volatile).
+    coord: Coordinator,
+    /// Coordinator workload: proposed records by index, with who waits.
+    pending_records: BTreeMap<u64, (coordinator::Waiter, bytes::Bytes)>,
+    /// Coordinator workload: lookups by read context.
+    pending_lookups: HashMap<u64, (usize, String)>,
 }
 
 #[derive(Default)]
@@ -368,6 +408,8 @@ struct World {
     live_commit_after_heal: bool,
     /// op id -> (history clock at its first apply anywhere, took effect).
     first_applied: HashMap<u64, (u64, bool)>,
+    /// The coordinator workload's masters, clients and history.
+    cw: coordinator::CoordWorld,
 }
 
 /// Runs one seed to completion. An assertion inside the Raft core or the
@@ -417,6 +459,7 @@ fn run_unguarded(opts: SimOptions) -> SimOutcome {
         stats: SimStats::default(),
         live_commit_after_heal: false,
         first_applied: HashMap::new(),
+        cw: Default::default(),
         opts,
     };
     let violation = w.run_all().err();
@@ -473,7 +516,7 @@ impl World {
         cfg.pre_vote = self.p.pre_vote_check_quorum;
         cfg.check_quorum = self.p.pre_vote_check_quorum;
         cfg.seed = seed;
-        cfg.bugs = self.opts.bugs;
+        cfg.bugs = self.opts.bugs.raft;
         cfg
     }
 
@@ -509,14 +552,22 @@ impl World {
                     was_leader_term: None,
                     committed_as_leader_term: None,
                     last_seen: (0, 0),
+                    cluster: ClusterState::default(),
+                    coord: self.new_coordinator(),
+                    pending_records: BTreeMap::new(),
+                    pending_lookups: HashMap::new(),
                 },
             );
             let first = self.rng.random_range(0..tick_us);
             self.at(first, Ev::Tick(id, 0));
         }
-        for c in 0..CLIENTS {
-            let d = self.rng.random_range(0..20_000);
-            self.at(d, Ev::ClientNext(c));
+        if self.is_coordinator() {
+            self.coordinator_start();
+        } else {
+            for c in 0..CLIENTS {
+                let d = self.rng.random_range(0..20_000);
+                self.at(d, Ev::ClientNext(c));
+            }
         }
         if self.opts.faults != FaultLevel::None {
             if self.p.partitions {
@@ -564,6 +615,9 @@ impl World {
                 ),
             ));
         }
+        if self.is_coordinator() {
+            return self.coordinator_final_checks();
+        }
         self.check_acked_writes_survive()?;
         self.check_linearizable()
     }
@@ -584,7 +638,11 @@ impl World {
                     .unwrap()
                     .tick();
                 self.at(tick_us, Ev::Tick(id, inc));
-                self.after_input(id)
+                self.after_input(id)?;
+                if self.is_coordinator() {
+                    self.coord_step(id, true)?;
+                }
+                Ok(())
             }
             Ev::Deliver(m) => {
                 let to = m.to;
@@ -654,15 +712,27 @@ impl World {
             }
             Ev::Heal => {
                 self.heal();
+                if self.is_coordinator() {
+                    self.coordinator_heal();
+                }
                 Ok(())
             }
+            Ev::RestoreMembership => {
+                self.restore_membership();
+                Ok(())
+            }
+            Ev::Coord(ev) => self.coordinator_event(ev),
         }
     }
 
     /// After a node took an input: run its ready loop and check invariants.
     fn after_input(&mut self, id: NodeId) -> Result<(), Violation> {
         self.drive(id)?;
-        self.check_node(id)
+        self.check_node(id)?;
+        if self.is_coordinator() {
+            self.coord_step(id, false)?;
+        }
+        Ok(())
     }
 
     fn check_node(&mut self, id: NodeId) -> Result<(), Violation> {
@@ -757,25 +827,38 @@ impl World {
                 self.send(m);
             }
             if let Some(snap) = &rd.snapshot {
-                let Some(kv) = Kv::restore(&snap.data) else {
+                let coordinator = self.is_coordinator();
+                let node = self.nodes.get_mut(&id).unwrap();
+                let restored = if coordinator {
+                    restore_cluster(&snap.data).map(|c| node.cluster = c)
+                } else {
+                    Kv::restore(&snap.data).map(|kv| node.kv = kv)
+                };
+                if restored.is_none() {
                     return Err(Violation::new(
                         "snapshot",
                         format!("node {id} got an unreadable snapshot"),
                     ));
-                };
-                let node = self.nodes.get_mut(&id).unwrap();
-                node.kv = kv;
+                }
                 node.applied = snap.meta.index;
                 let idx = snap.meta.index;
                 self.stats.snapshots_installed += 1;
                 self.trace(|| format!("n{id} restore snapshot at {idx}"));
             }
             let committed = std::mem::take(&mut rd.committed_entries);
-            self.apply(id, &committed)?;
+            if self.is_coordinator() {
+                self.apply_cluster(id, &committed)?;
+            } else {
+                self.apply(id, &committed)?;
+            }
             let node = self.nodes.get_mut(&id).unwrap();
             node.read_points
                 .extend(rd.read_states.iter().map(|r| (r.index, r.ctx)));
-            self.serve_reads(id);
+            if self.is_coordinator() {
+                self.serve_lookups(id);
+            } else {
+                self.serve_reads(id);
+            }
             let node = self.nodes.get_mut(&id).unwrap();
             if rd.is_persist_empty() && node.disk_queue.is_empty() {
                 let msgs = std::mem::take(&mut rd.persisted_messages);
@@ -865,4 +948,12 @@ impl World {
             }
         }
     }
+}
+
+/// The cluster state in a snapshot (none yet: empty data).
+fn restore_cluster(data: &[u8]) -> Option<ClusterState> {
+    if data.is_empty() {
+        return Some(ClusterState::default());
+    }
+    ClusterState::restore(data).ok()
 }

@@ -91,6 +91,7 @@ impl World {
         for id in down {
             self.at(0, Ev::Restart(id));
         }
+        self.at(0, Ev::RestoreMembership);
         self.trace(|| "HEAL: faults stop; liveness phase".to_string());
     }
 }

@@ -1,0 +1,1212 @@
+//! The coordinator workload: the replicas run the cluster state machine
+//! and the active [`Coordinator`]; masters enlist, heartbeat and take
+//! configuration pushes; clients issue operations and lookups.
+//!
+//! Faults beyond the Raft workload's: the coordinator leader crashes at the
+//! interesting points of an operation (right after proposing its commit
+//! record, right after the commit point, between two pushes, just before
+//! the completion record), masters crash (a restarted master is a new
+//! process and enlists again) and lose links to some coordinators, and a
+//! deposed leader cut off from its peers keeps pushing to the masters it
+//! still reaches.
+//!
+//! Checked continuously: the cluster state's own invariants after every
+//! applied record on every replica; a master never applies a configuration
+//! from a term older than one it has seen, nor an older version after a
+//! newer one. Checked at the end, after healing and a quiet period:
+//! every committed operation completed, every live master holds exactly
+//! the configuration the leader's state gives it, every tablet is owned by
+//! a live master, and clients' operations and lookups are linearizable in
+//! log order.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use rand::Rng;
+
+use super::*;
+use crate::cluster::{
+    services, ApplyError, Effect, Outcome, Record, Rejection, ServerId,
+};
+use crate::coordinator::{Action, CoordinatorConfig, Request};
+use crate::master::{MasterAgent, RegionOutcome};
+
+/// How often a master heartbeats.
+const HEARTBEAT_US: u64 = 10_000;
+/// How often a master that is not enlisted yet asks again.
+const ENLIST_RETRY_US: u64 = 20_000;
+/// Table names the clients pick from (few, so operations collide).
+const TABLE_NAMES: [&str; 4] = ["t0", "t1", "t2", "t3"];
+/// The coordinator's timing, in replica ticks (1 ms).
+const COORD_CONFIG: CoordinatorConfig = CoordinatorConfig {
+    push_retry_ticks: 10,
+    propose_retry_ticks: 30,
+    master_timeout_ticks: 60,
+};
+
+/// Knobs of the coordinator workload, drawn from the seed.
+#[derive(Clone, Debug, Default)]
+pub(super) struct CoordParams {
+    masters: usize,
+    master_crash_every_us: Option<(u64, u64)>,
+    master_down_us: (u64, u64),
+    master_partitions: bool,
+    crash_after_propose: f64,
+    crash_after_commit: f64,
+    crash_between_pushes: f64,
+    crash_before_complete: f64,
+}
+
+impl CoordParams {
+    fn draw(level: FaultLevel, rng: &mut ChaCha8Rng) -> CoordParams {
+        let mut p = CoordParams {
+            masters: rng.random_range(3..=6),
+            master_down_us: (5_000, 200_000),
+            ..CoordParams::default()
+        };
+        if level != FaultLevel::None {
+            let heavy = level == FaultLevel::Heavy;
+            if rng.random_bool(0.7) {
+                p.master_crash_every_us = Some(if heavy {
+                    (60_000, 300_000)
+                } else {
+                    (150_000, 700_000)
+                });
+            }
+            p.master_partitions = rng.random_bool(0.6);
+            if rng.random_bool(0.8) {
+                let scale = if heavy { 2.0 } else { 1.0 };
+                p.crash_after_propose = rng.random_range(0.0..0.05) * scale;
+                p.crash_after_commit = rng.random_range(0.0..0.15) * scale;
+                p.crash_between_pushes = rng.random_range(0.0..0.05) * scale;
+                p.crash_before_complete = rng.random_range(0.0..0.15) * scale;
+            }
+        }
+        p
+    }
+}
+
+/// One master slot: a process at address `m<slot>`, restarted as a new
+/// process (new nonce, new server id) after a crash.
+pub(super) struct SimMaster {
+    inc: u64,
+    up: bool,
+    agent: MasterAgent,
+    nonce: u64,
+    leader_hint: Option<NodeId>,
+    /// The last heartbeat was answered (if not, try another replica).
+    answered: bool,
+    /// Newest term among the valid regions written into it.
+    term_seen: u64,
+    /// (term, version) of the last region it applied.
+    last_applied: Option<(u64, u64)>,
+}
+
+/// A client's request to a replica.
+#[derive(Clone, Debug)]
+pub(super) enum CReq {
+    Op(Request),
+    Lookup(String),
+}
+
+/// A replica's answer.
+#[derive(Clone, Debug)]
+pub(super) enum CReply {
+    /// The commit record applied at `index` (its precondition passed or
+    /// not: either way it is ordered there).
+    Applied { index: u64, outcome: String },
+    /// Served from the state at `index`.
+    Lookup { index: u64, found: bool },
+    /// Certainly no effect.
+    Failed(Option<NodeId>),
+}
+
+/// Who waits for a proposed record.
+#[derive(Clone, Debug)]
+pub(super) enum Waiter {
+    Client { client: usize, op_id: u64 },
+    Master { slot: usize, inc: u64 },
+}
+
+#[derive(Debug)]
+pub(super) enum CoordEv {
+    ClientNext(usize),
+    Request {
+        node: NodeId,
+        client: usize,
+        op_id: u64,
+        req: CReq,
+    },
+    Response {
+        client: usize,
+        op_id: u64,
+        reply: CReply,
+    },
+    Timeout {
+        client: usize,
+        op_id: u64,
+    },
+    /// A coordinator's write lands in the region of whatever process is at
+    /// the slot's address now.
+    PushArrive {
+        slot: usize,
+        from: NodeId,
+        region: Bytes,
+    },
+    PushAck {
+        node: NodeId,
+        from: ServerId,
+        term: u64,
+        version: u64,
+    },
+    Heartbeat {
+        slot: usize,
+        inc: u64,
+    },
+    HeartbeatArrive {
+        node: NodeId,
+        slot: usize,
+        inc: u64,
+        from: ServerId,
+    },
+    HeartbeatReply {
+        slot: usize,
+        inc: u64,
+        dead: bool,
+        hint: Option<NodeId>,
+        /// The replica that answered is the active coordinator.
+        leader: bool,
+    },
+    Enlist {
+        slot: usize,
+        inc: u64,
+    },
+    EnlistArrive {
+        node: NodeId,
+        slot: usize,
+        inc: u64,
+        nonce: u64,
+    },
+    EnlistReply {
+        slot: usize,
+        inc: u64,
+        id: Option<ServerId>,
+        hint: Option<NodeId>,
+    },
+    MasterCrash,
+    MasterRestart(usize),
+    MasterNemesis,
+}
+
+struct CHist {
+    call: u64,
+    ret: Option<u64>,
+    index: Option<u64>,
+    what: String,
+}
+
+#[derive(Default)]
+struct CClient {
+    in_flight: Option<(u64, usize)>,
+    leader_hint: Option<NodeId>,
+}
+
+/// The coordinator workload's part of the world.
+#[derive(Default)]
+pub(super) struct CoordWorld {
+    p: CoordParams,
+    masters: Vec<SimMaster>,
+    /// Cut links between replicas and master slots (both directions).
+    blocked: HashSet<(NodeId, usize)>,
+    clients: Vec<CClient>,
+    history: Vec<CHist>,
+    clock: u64,
+    next_op: u64,
+    next_nonce: u64,
+    clients_stop_at: u64,
+    /// The term each operation's commit record was written in.
+    commit_terms: HashMap<u64, u64>,
+    completed: HashSet<u64>,
+    established_after_heal: bool,
+}
+
+fn master_addr(slot: usize) -> String {
+    format!("m{slot}")
+}
+
+impl World {
+    pub(super) fn is_coordinator(&self) -> bool {
+        self.opts.workload == Workload::Coordinator
+    }
+
+    pub(super) fn new_coordinator(&self) -> Coordinator {
+        Coordinator::new(COORD_CONFIG, self.opts.bugs.coordinator)
+    }
+
+    fn cev(&mut self, delay_us: u64, ev: CoordEv) {
+        self.at(delay_us, Ev::Coord(ev));
+    }
+
+    fn net_delay(&mut self) -> u64 {
+        self.rng.random_range(self.p.delay_us.0..=self.p.delay_us.1)
+    }
+
+    fn lost(&mut self) -> bool {
+        !self.healed && self.rng.random_bool(self.p.loss)
+    }
+
+    /// Starts the workload: masters and clients.
+    pub(super) fn coordinator_start(&mut self) {
+        let p = CoordParams::draw(self.opts.faults, &mut self.rng);
+        self.cw.p = p;
+        self.cw.clients_stop_at = self.heal_at + self.p.liveness_us / 2;
+        for slot in 0..self.cw.p.masters {
+            self.cw.next_nonce += 1;
+            self.cw.masters.push(SimMaster {
+                inc: 0,
+                up: true,
+                agent: MasterAgent::new(self.opts.bugs.master),
+                nonce: self.cw.next_nonce,
+                leader_hint: None,
+                answered: true,
+                term_seen: 0,
+                last_applied: None,
+            });
+            let d = self.rng.random_range(0..20_000);
+            self.cev(d, CoordEv::Enlist { slot, inc: 0 });
+        }
+        for c in 0..CLIENTS {
+            self.cw.clients.push(CClient::default());
+            let d = self.rng.random_range(20_000..60_000);
+            self.cev(d, CoordEv::ClientNext(c));
+        }
+        if self.opts.faults != FaultLevel::None {
+            if let Some((lo, hi)) = self.cw.p.master_crash_every_us {
+                let d = self.rng.random_range(lo..hi);
+                self.cev(d, CoordEv::MasterCrash);
+            }
+            if self.cw.p.master_partitions {
+                let d = self.rng.random_range(50_000..300_000);
+                self.cev(d, CoordEv::MasterNemesis);
+            }
+        }
+    }
+
+    pub(super) fn coordinator_event(&mut self, ev: CoordEv) -> Result<(), Violation> {
+        match ev {
+            CoordEv::ClientNext(c) => self.coord_client_next(c),
+            CoordEv::Request {
+                node,
+                client,
+                op_id,
+                req,
+            } => return self.coord_request(node, client, op_id, req),
+            CoordEv::Response {
+                client,
+                op_id,
+                reply,
+            } => self.coord_response(client, op_id, reply),
+            CoordEv::Timeout { client, op_id } => self.coord_timeout(client, op_id),
+            CoordEv::PushArrive { slot, from, region } => {
+                return self.push_arrive(slot, from, region)
+            }
+            CoordEv::PushAck {
+                node,
+                from,
+                term,
+                version,
+            } => {
+                self.trace(|| format!("n{node} ack from {from}: version {version} (term {term})"));
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    if n.raft.is_some() {
+                        n.coord.on_push_acked(from, term, version);
+                        return self.coord_step(node, false);
+                    }
+                }
+            }
+            CoordEv::Heartbeat { slot, inc } => self.heartbeat(slot, inc),
+            CoordEv::HeartbeatArrive {
+                node,
+                slot,
+                inc,
+                from,
+            } => self.heartbeat_arrive(node, slot, inc, from),
+            CoordEv::HeartbeatReply {
+                slot,
+                inc,
+                dead,
+                hint,
+                leader,
+            } => {
+                let m = &mut self.cw.masters[slot];
+                if m.inc != inc || !m.up {
+                    return Ok(());
+                }
+                m.answered = true;
+                // Follow the hint; with none, try someone else next time.
+                if !leader {
+                    m.leader_hint = hint;
+                }
+                if dead {
+                    // Declared crashed: this process stops serving and a
+                    // new one (a new server) takes the slot.
+                    let id = m.agent.id();
+                    self.trace(|| format!("m{slot} learns it was declared crashed ({id:?})"));
+                    self.master_down(slot);
+                    self.cev(0, CoordEv::MasterRestart(slot));
+                }
+            }
+            CoordEv::Enlist { slot, inc } => self.enlist(slot, inc),
+            CoordEv::EnlistArrive {
+                node,
+                slot,
+                inc,
+                nonce,
+            } => return self.enlist_arrive(node, slot, inc, nonce),
+            CoordEv::EnlistReply {
+                slot,
+                inc,
+                id,
+                hint,
+            } => {
+                let m = &mut self.cw.masters[slot];
+                if m.inc != inc || !m.up || m.agent.id().is_some() {
+                    return Ok(());
+                }
+                m.leader_hint = hint.or(m.leader_hint);
+                if let Some(id) = id {
+                    m.agent.enlisted(id);
+                    self.trace(|| format!("m{slot} enlisted as {id}"));
+                    self.cev(0, CoordEv::Heartbeat { slot, inc });
+                }
+            }
+            CoordEv::MasterCrash => self.master_crash(),
+            CoordEv::MasterRestart(slot) => self.master_restart(slot),
+            CoordEv::MasterNemesis => self.master_nemesis(),
+        }
+        Ok(())
+    }
+
+    // ----- masters --------------------------------------------------------
+
+    fn master_down(&mut self, slot: usize) {
+        let m = &mut self.cw.masters[slot];
+        m.up = false;
+        m.inc += 1;
+    }
+
+    fn master_restart(&mut self, slot: usize) {
+        if self.cw.masters[slot].up {
+            return;
+        }
+        self.cw.next_nonce += 1;
+        let nonce = self.cw.next_nonce;
+        let bugs = self.opts.bugs.master;
+        let m = &mut self.cw.masters[slot];
+        m.up = true;
+        m.agent = MasterAgent::new(bugs);
+        m.nonce = nonce;
+        m.term_seen = 0;
+        m.last_applied = None;
+        let inc = m.inc;
+        self.trace(|| format!("m{slot} RESTART as a new process"));
+        self.cev(0, CoordEv::Enlist { slot, inc });
+    }
+
+    fn master_crash(&mut self) {
+        if self.healed {
+            return;
+        }
+        let up: Vec<usize> = (0..self.cw.masters.len())
+            .filter(|&s| self.cw.masters[s].up)
+            .collect();
+        // Keep at least one master: a cluster with none cannot recover
+        // tablets, which is a statement about capacity, not correctness.
+        if up.len() > 1 {
+            let slot = up[self.rng.random_range(0..up.len())];
+            self.master_down(slot);
+            self.stats.master_crashes += 1;
+            self.trace(|| format!("m{slot} CRASH"));
+            let (lo, hi) = self.cw.p.master_down_us;
+            let d = self.rng.random_range(lo..hi);
+            self.cev(d, CoordEv::MasterRestart(slot));
+        }
+        if let Some((lo, hi)) = self.cw.p.master_crash_every_us {
+            let d = self.rng.random_range(lo..hi);
+            self.cev(d, CoordEv::MasterCrash);
+        }
+    }
+
+    fn master_nemesis(&mut self) {
+        if self.healed {
+            return;
+        }
+        self.cw.blocked.clear();
+        let ids = self.node_ids();
+        let slots = self.cw.masters.len();
+        let what = self.rng.random_range(0..100);
+        let desc = if what < 40 {
+            "heal".to_string()
+        } else if what < 70 {
+            // One master loses every coordinator: it will be declared
+            // crashed while alive, and must learn it.
+            let slot = self.rng.random_range(0..slots);
+            for &n in &ids {
+                self.cw.blocked.insert((n, slot));
+            }
+            format!("isolate m{slot}")
+        } else {
+            // The leader (current or soon deposed) loses some masters.
+            let victim = self
+                .some_leader()
+                .unwrap_or(ids[self.rng.random_range(0..ids.len())]);
+            for slot in 0..slots {
+                if self.rng.random_bool(0.5) {
+                    self.cw.blocked.insert((victim, slot));
+                }
+            }
+            format!("n{victim} loses {} masters", self.cw.blocked.len())
+        };
+        self.trace(|| format!("master nemesis {desc}"));
+        let d = self.rng.random_range(50_000..400_000);
+        self.cev(d, CoordEv::MasterNemesis);
+    }
+
+    /// Heals the coordinator workload's faults: links, dead masters.
+    pub(super) fn coordinator_heal(&mut self) {
+        self.cw.blocked.clear();
+        for slot in 0..self.cw.masters.len() {
+            if !self.cw.masters[slot].up {
+                self.cev(0, CoordEv::MasterRestart(slot));
+            }
+        }
+    }
+
+    fn pick_node(&mut self, hint: Option<NodeId>) -> NodeId {
+        let ids = self.node_ids();
+        match hint {
+            Some(l) if self.rng.random_bool(0.9) => l,
+            _ => ids[self.rng.random_range(0..ids.len())],
+        }
+    }
+
+    fn enlist(&mut self, slot: usize, inc: u64) {
+        let m = &self.cw.masters[slot];
+        if m.inc != inc || !m.up || m.agent.id().is_some() {
+            return;
+        }
+        let (hint, nonce) = (m.leader_hint, m.nonce);
+        let node = self.pick_node(hint);
+        if !self.cw.blocked.contains(&(node, slot)) && !self.lost() {
+            let d = self.net_delay();
+            self.cev(
+                d,
+                CoordEv::EnlistArrive {
+                    node,
+                    slot,
+                    inc,
+                    nonce,
+                },
+            );
+        }
+        self.cev(ENLIST_RETRY_US, CoordEv::Enlist { slot, inc });
+    }
+
+    fn enlist_arrive(
+        &mut self,
+        node: NodeId,
+        slot: usize,
+        inc: u64,
+        nonce: u64,
+    ) -> Result<(), Violation> {
+        let n = self.nodes.get_mut(&node).unwrap();
+        let Some(raft) = n.raft.as_mut() else {
+            return Ok(());
+        };
+        let req = Request::Enlist {
+            addr: master_addr(slot),
+            services: services::MASTER,
+            nonce,
+        };
+        let reply_hint = raft.leader_id();
+        let proposed = match n.coord.prepare(&n.cluster, &req) {
+            Ok(rec) => {
+                let bytes = rec.encode();
+                match raft.propose(bytes.clone()) {
+                    Ok(index) => {
+                        n.pending_records
+                            .insert(index, (Waiter::Master { slot, inc }, bytes));
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            Err(_) => false,
+        };
+        if !proposed {
+            self.reply_master_enlist(node, slot, inc, None, reply_hint);
+        }
+        self.after_input(node)
+    }
+
+    fn reply_master_enlist(
+        &mut self,
+        node: NodeId,
+        slot: usize,
+        inc: u64,
+        id: Option<ServerId>,
+        hint: Option<NodeId>,
+    ) {
+        if self.cw.blocked.contains(&(node, slot)) || self.lost() {
+            return;
+        }
+        let d = self.net_delay();
+        self.cev(d, CoordEv::EnlistReply { slot, inc, id, hint });
+    }
+
+    fn heartbeat(&mut self, slot: usize, inc: u64) {
+        let m = &self.cw.masters[slot];
+        if m.inc != inc || !m.up {
+            return;
+        }
+        let Some(from) = m.agent.id() else { return };
+        if !m.answered {
+            self.cw.masters[slot].leader_hint = None;
+        }
+        let m = &mut self.cw.masters[slot];
+        m.answered = false;
+        let hint = m.leader_hint;
+        let node = self.pick_node(hint);
+        if !self.cw.blocked.contains(&(node, slot)) && !self.lost() {
+            let d = self.net_delay();
+            self.cev(
+                d,
+                CoordEv::HeartbeatArrive {
+                    node,
+                    slot,
+                    inc,
+                    from,
+                },
+            );
+        }
+        self.cev(HEARTBEAT_US, CoordEv::Heartbeat { slot, inc });
+    }
+
+    fn heartbeat_arrive(&mut self, node: NodeId, slot: usize, inc: u64, from: ServerId) {
+        let n = self.nodes.get_mut(&node).unwrap();
+        let Some(raft) = n.raft.as_ref() else { return };
+        let hint = raft.leader_id();
+        n.coord.on_heartbeat(from);
+        // Only a server the state knows and no longer counts as up is told
+        // it is dead (a lagging replica may not know it yet).
+        let dead = n.cluster.is_gone(from);
+        let leader = n.coord.is_active();
+        if self.cw.blocked.contains(&(node, slot)) || self.lost() {
+            return;
+        }
+        let d = self.net_delay();
+        self.cev(
+            d,
+            CoordEv::HeartbeatReply {
+                slot,
+                inc,
+                dead,
+                hint: if leader { Some(node) } else { hint },
+                leader,
+            },
+        );
+    }
+
+    fn push_arrive(&mut self, slot: usize, from: NodeId, region: Bytes) -> Result<(), Violation> {
+        let m = &mut self.cw.masters[slot];
+        if !m.up {
+            return Ok(());
+        }
+        let decoded = crate::cluster::ConfigRegion::decode(&region);
+        let outcome = m.agent.on_region_write(&region);
+        let (term, version) = match &decoded {
+            Ok(r) => (r.term, r.version),
+            Err(e) => {
+                return Err(Violation::new(
+                    "push",
+                    format!("m{slot} got an unreadable region from n{from}: {e}"),
+                ))
+            }
+        };
+        let mine = Some(decoded.as_ref().map(|r| r.owner).unwrap()) == m.agent.id();
+        let seen_before = m.term_seen;
+        if mine {
+            m.term_seen = m.term_seen.max(term);
+        }
+        match outcome {
+            RegionOutcome::Applied { version: v } => {
+                if term < seen_before {
+                    return Err(Violation::new(
+                        "stale push won",
+                        format!(
+                            "m{slot} applied version {v} from term {term} after seeing term {seen_before}"
+                        ),
+                    ));
+                }
+                if let Some((_, last_v)) = m.last_applied {
+                    if v <= last_v {
+                        return Err(Violation::new(
+                            "configuration went back",
+                            format!("m{slot} applied version {v} after {last_v}"),
+                        ));
+                    }
+                }
+                m.last_applied = Some((term, v));
+                self.stats.pushes_applied += 1;
+            }
+            RegionOutcome::StaleTerm { .. } => {
+                self.stats.stale_pushes_refused += 1;
+                self.trace(|| format!("m{slot} refuses a push of term {term} from n{from}"));
+                return Ok(());
+            }
+            RegionOutcome::NotNewer { .. } => {}
+            RegionOutcome::NotMine => return Ok(()),
+            RegionOutcome::Invalid(e) => {
+                return Err(Violation::new(
+                    "push",
+                    format!("m{slot} refused a well-formed region: {e}"),
+                ))
+            }
+        }
+        let held = m.agent.config().map_or(0, |c| c.version);
+        let id = m.agent.id().expect("a region applied only once enlisted");
+        self.trace(|| format!("m{slot} holds version {held} after a push of {version} (term {term})"));
+        debug_assert!(held >= version);
+        if self.cw.blocked.contains(&(from, slot)) || self.lost() {
+            return Ok(());
+        }
+        let d = self.net_delay();
+        self.cev(
+            d,
+            CoordEv::PushAck {
+                node: from,
+                from: id,
+                term,
+                version: held,
+            },
+        );
+        Ok(())
+    }
+
+    // ----- the coordinator on each replica --------------------------------
+
+    /// Lets node `id`'s coordinator act on its applied state (and, with
+    /// `tick`, on the passage of time), and carries out what it asks.
+    pub(super) fn coord_step(&mut self, id: NodeId, tick: bool) -> Result<(), Violation> {
+        let n = self.nodes.get_mut(&id).unwrap();
+        let Some(raft) = n.raft.as_ref() else {
+            return Ok(());
+        };
+        let established = raft.role() == Role::Leader
+            && raft.log().term(n.applied).ok() == Some(raft.term())
+            && n.applied >= raft.log().committed;
+        let term = raft.term();
+        let was_active = n.coord.is_active();
+        n.coord.set_leadership(established, term, &n.cluster);
+        if established && self.healed {
+            self.cw.established_after_heal = true;
+        }
+        if established && !was_active {
+            let k = n.cluster.incomplete().len();
+            self.trace(|| format!("n{id} coordinator active in term {term}: {k} incomplete"));
+        }
+        let n = self.nodes.get_mut(&id).unwrap();
+        let mut actions = n.coord.on_applied(&n.cluster);
+        if tick {
+            actions.extend(n.coord.tick(&n.cluster));
+        }
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let inc = n.incarnation;
+        let pushes = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Push { .. }))
+            .count();
+        let mut pushed = 0;
+        let mut proposed = false;
+        for a in actions {
+            match a {
+                Action::Push {
+                    to, addr, region, ..
+                } => {
+                    if pushed > 0
+                        && pushed < pushes
+                        && !self.healed
+                        && self.rng.random_bool(self.cw.p.crash_between_pushes)
+                    {
+                        self.trace(|| format!("n{id} crashes between two pushes"));
+                        self.at(0, Ev::CrashNode(id, inc));
+                        break;
+                    }
+                    pushed += 1;
+                    self.stats.pushes += 1;
+                    let slot: usize = addr[1..].parse().expect("sim master address");
+                    if self.cw.blocked.contains(&(id, slot)) || self.lost() {
+                        continue;
+                    }
+                    let d = self.net_delay();
+                    self.trace(|| format!("n{id} push to {to} at m{slot}"));
+                    self.cev(
+                        d,
+                        CoordEv::PushArrive {
+                            slot,
+                            from: id,
+                            region,
+                        },
+                    );
+                }
+                Action::Propose(rec) => {
+                    if matches!(rec, Record::Complete { .. })
+                        && !self.healed
+                        && self.rng.random_bool(self.cw.p.crash_before_complete)
+                    {
+                        self.trace(|| format!("n{id} crashes before writing {rec:?}"));
+                        self.at(0, Ev::CrashNode(id, inc));
+                        break;
+                    }
+                    let n = self.nodes.get_mut(&id).unwrap();
+                    if let Some(raft) = n.raft.as_mut() {
+                        let r = raft.propose(rec.encode());
+                        proposed |= r.is_ok();
+                        self.trace(|| format!("n{id} proposes {rec:?}: {r:?}"));
+                    }
+                }
+            }
+        }
+        if proposed {
+            self.drive(id)?;
+            self.check_node(id)?;
+        }
+        Ok(())
+    }
+
+    /// Applies committed entries to node `id`'s cluster state.
+    pub(super) fn apply_cluster(
+        &mut self,
+        id: NodeId,
+        entries: &[ramcoord_log::Entry],
+    ) -> Result<(), Violation> {
+        for e in entries {
+            let node = self.nodes.get_mut(&id).unwrap();
+            if e.index != node.applied + 1 {
+                return Err(Violation::new(
+                    "state machine safety",
+                    format!("node {id} applies index {} after {}", e.index, node.applied),
+                ));
+            }
+            node.applied = e.index;
+            let digest = entry_digest(e);
+            self.checker.on_applied(id, e.index, digest)?;
+            let node = self.nodes.get_mut(&id).unwrap();
+            let data: &[u8] = if e.kind == EntryKind::Normal {
+                &e.data
+            } else {
+                &[]
+            };
+            let outcome = node
+                .cluster
+                .apply(e.index, data)
+                .map_err(|ApplyError { index, source }| {
+                    Violation::new(
+                        "bad record",
+                        format!("node {id}: entry {index}: {source}"),
+                    )
+                })?;
+            if let Err(why) = node.cluster.check() {
+                return Err(Violation::new(
+                    "cluster state invariant",
+                    format!("node {id} after entry {}: {why}", e.index),
+                ));
+            }
+            let active = node.coord.is_active();
+            let inc = node.incarnation;
+            let waiter = node
+                .pending_records
+                .remove(&e.index)
+                .filter(|(_, bytes)| *bytes == e.data)
+                .map(|(w, _)| w);
+            match &outcome {
+                Outcome::Committed(_) => {
+                    self.cw.commit_terms.entry(e.index).or_insert(e.term);
+                    if active && !self.healed && self.rng.random_bool(self.cw.p.crash_after_commit)
+                    {
+                        let i = e.index;
+                        self.trace(|| format!("n{id} crashes right after commit point {i}"));
+                        self.at(0, Ev::CrashNode(id, inc));
+                    }
+                }
+                Outcome::Completed(seq) => {
+                    if self.cw.completed.insert(*seq) {
+                        self.stats.coord_ops_completed += 1;
+                        if self.cw.commit_terms.get(seq).is_some_and(|t| *t < e.term) {
+                            self.stats.roll_forwards += 1;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            match waiter {
+                Some(Waiter::Client { client, op_id }) => {
+                    let reply = CReply::Applied {
+                        index: e.index,
+                        outcome: format!("{outcome:?}"),
+                    };
+                    self.coord_reply(client, op_id, reply);
+                }
+                Some(Waiter::Master { slot, inc }) => {
+                    let sid = match outcome {
+                        Outcome::Committed(Effect::Enlisted(s))
+                        | Outcome::Rejected(Rejection::AlreadyEnlisted(s)) => Some(s),
+                        _ => None,
+                    };
+                    self.reply_master_enlist(id, slot, inc, sid, Some(id));
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers lookups whose read index node `id` has applied.
+    pub(super) fn serve_lookups(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let applied = node.applied;
+        let mut ready = Vec::new();
+        node.read_points.retain(|&(index, ctx)| {
+            if index <= applied {
+                ready.push(ctx);
+                false
+            } else {
+                true
+            }
+        });
+        for ctx in ready {
+            let node = self.nodes.get_mut(&id).unwrap();
+            if let Some((client, name)) = node.pending_lookups.remove(&ctx) {
+                let found = node.cluster.table(&name).is_some();
+                self.coord_reply(
+                    client,
+                    ctx,
+                    CReply::Lookup {
+                        index: applied,
+                        found,
+                    },
+                );
+            }
+        }
+    }
+
+    // ----- clients --------------------------------------------------------
+
+    fn coord_client_next(&mut self, c: usize) {
+        if self.cw.clients[c].in_flight.is_some() || self.now >= self.cw.clients_stop_at {
+            return;
+        }
+        let op_id = self.cw.next_op + 1;
+        self.cw.next_op = op_id;
+        let name = TABLE_NAMES[self.rng.random_range(0..TABLE_NAMES.len())].to_string();
+        let roll = self.rng.random_range(0..100);
+        let enlisted: Vec<ServerId> = self
+            .cw
+            .masters
+            .iter()
+            .filter(|m| m.up)
+            .filter_map(|m| m.agent.id())
+            .collect();
+        let req = if roll < 30 {
+            CReq::Lookup(name)
+        } else if roll < 55 {
+            CReq::Op(Request::CreateTable {
+                name,
+                tablets: self.rng.random_range(1..=4),
+            })
+        } else if roll < 65 {
+            CReq::Op(Request::DropTable { name })
+        } else if roll < 80 {
+            CReq::Op(Request::SplitTablet {
+                table: name,
+                split_hash: self.rng.random(),
+            })
+        } else if !enlisted.is_empty() {
+            CReq::Op(Request::MigrateTablet {
+                table: name,
+                hash: self.rng.random(),
+                to: enlisted[self.rng.random_range(0..enlisted.len())],
+            })
+        } else {
+            CReq::Lookup(name)
+        };
+        let hint = self.cw.clients[c].leader_hint;
+        let node = self.pick_node(hint);
+        self.cw.clock += 1;
+        let idx = self.cw.history.len();
+        self.cw.history.push(CHist {
+            call: self.cw.clock,
+            ret: None,
+            index: None,
+            what: format!("{req:?}"),
+        });
+        self.cw.clients[c].in_flight = Some((op_id, idx));
+        self.trace(|| format!("cclient {c} op {op_id} {req:?} -> n{node}"));
+        let d = self.net_delay();
+        self.cev(
+            d,
+            CoordEv::Request {
+                node,
+                client: c,
+                op_id,
+                req,
+            },
+        );
+        self.cev(CLIENT_TIMEOUT_US, CoordEv::Timeout { client: c, op_id });
+    }
+
+    fn coord_request(
+        &mut self,
+        id: NodeId,
+        client: usize,
+        op_id: u64,
+        req: CReq,
+    ) -> Result<(), Violation> {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(raft) = node.raft.as_mut() else {
+            return Ok(());
+        };
+        let hint = raft.leader_id();
+        let failed = match req {
+            CReq::Lookup(name) => match raft.read_index(op_id) {
+                Ok(()) => {
+                    node.pending_lookups.insert(op_id, (client, name));
+                    false
+                }
+                Err(_) => true,
+            },
+            CReq::Op(r) => {
+                if raft.role() != Role::Leader {
+                    true
+                } else {
+                    match node.coord.prepare(&node.cluster, &r) {
+                        // Refused before proposing: no effect.
+                        Err(_) => true,
+                        Ok(rec) => {
+                            let bytes = rec.encode();
+                            match raft.propose(bytes.clone()) {
+                                Ok(index) => {
+                                    node.pending_records
+                                        .insert(index, (Waiter::Client { client, op_id }, bytes));
+                                    let inc = node.incarnation;
+                                    if !self.healed
+                                        && self.rng.random_bool(self.cw.p.crash_after_propose)
+                                    {
+                                        self.trace(|| {
+                                            format!("n{id} crashes right after proposing {index}")
+                                        });
+                                        self.at(0, Ev::CrashNode(id, inc));
+                                    }
+                                    false
+                                }
+                                Err(_) => true,
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if failed {
+            self.coord_reply(client, op_id, CReply::Failed(hint));
+        }
+        self.after_input(id)
+    }
+
+    fn coord_reply(&mut self, client: usize, op_id: u64, reply: CReply) {
+        let d = self.net_delay();
+        self.cev(
+            d,
+            CoordEv::Response {
+                client,
+                op_id,
+                reply,
+            },
+        );
+    }
+
+    fn coord_response(&mut self, c: usize, op_id: u64, reply: CReply) {
+        let Some((current, idx)) = self.cw.clients[c].in_flight else {
+            return;
+        };
+        if current != op_id {
+            return;
+        }
+        self.cw.clients[c].in_flight = None;
+        self.cw.clock += 1;
+        let h = &mut self.cw.history[idx];
+        match &reply {
+            CReply::Applied { index, outcome } => {
+                h.what = format!("{} -> {outcome}", h.what);
+                h.ret = Some(self.cw.clock);
+                h.index = Some(*index);
+                self.stats.ops_ok += 1;
+                if self.healed {
+                    self.live_commit_after_heal = true;
+                }
+            }
+            CReply::Lookup { index, found } => {
+                h.what = format!("{} -> found {found}", h.what);
+                h.ret = Some(self.cw.clock);
+                h.index = Some(*index);
+                self.stats.ops_ok += 1;
+            }
+            CReply::Failed(hint) => {
+                self.cw.clients[c].leader_hint = *hint;
+            }
+        }
+        self.trace(|| format!("cclient {c} op {op_id} <- {reply:?}"));
+        let d = self.rng.random_range(0..5_000);
+        self.cev(d, CoordEv::ClientNext(c));
+    }
+
+    fn coord_timeout(&mut self, c: usize, op_id: u64) {
+        let Some((current, _)) = self.cw.clients[c].in_flight else {
+            return;
+        };
+        if current != op_id {
+            return;
+        }
+        self.cw.clients[c].in_flight = None;
+        self.cw.clients[c].leader_hint = None;
+        self.stats.ops_unknown += 1;
+        self.trace(|| format!("cclient {c} op {op_id} timed out"));
+        self.cev(0, CoordEv::ClientNext(c));
+    }
+
+    // ----- end of run -----------------------------------------------------
+
+    /// The checks at quiescence (see the module docs).
+    pub(super) fn coordinator_final_checks(&self) -> Result<(), Violation> {
+        if !self.cw.established_after_heal {
+            return Err(Violation::new(
+                "liveness",
+                "no coordinator was established after the faults healed".into(),
+            ));
+        }
+        // The state is a function of the applied prefix: the replica that
+        // applied the most holds the newest (an election at the very end
+        // may leave no established leader at this instant).
+        let Some(newest) = self
+            .nodes
+            .values()
+            .filter(|n| n.raft.is_some())
+            .max_by_key(|n| n.applied)
+        else {
+            return Err(Violation::new("liveness", "every replica is down".into()));
+        };
+        let state = &newest.cluster;
+        if let Some((seq, p)) = state.incomplete().iter().next() {
+            return Err(Violation::new(
+                "atomicity",
+                format!(
+                    "operation {seq} ({}) committed but not complete at quiescence (waiting for {:?})",
+                    p.op.kind(),
+                    p.targets
+                ),
+            ));
+        }
+        for (slot, m) in self.cw.masters.iter().enumerate() {
+            if !m.up {
+                continue;
+            }
+            let Some(id) = m.agent.id() else {
+                return Err(Violation::new(
+                    "liveness",
+                    format!("m{slot} never enlisted"),
+                ));
+            };
+            if !state.is_up(id) {
+                return Err(Violation::new(
+                    "zombie master",
+                    format!("m{slot} ({id}) still runs but the coordinator says it is not up"),
+                ));
+            }
+            let want = state.region_for(id, 0);
+            let have = m.agent.config();
+            let same = have.is_some_and(|h| {
+                h.server_list_version == want.server_list_version && h.tablets == want.tablets
+            });
+            if !same {
+                return Err(Violation::new(
+                    "configuration",
+                    format!(
+                        "m{slot} ({id}) holds server list {:?} and tablets {:?}; the coordinator says {} and {:?}",
+                        have.map(|h| h.server_list_version),
+                        have.map(|h| &h.tablets),
+                        want.server_list_version,
+                        want.tablets
+                    ),
+                ));
+            }
+        }
+        let live: HashSet<ServerId> = self
+            .cw
+            .masters
+            .iter()
+            .filter(|m| m.up)
+            .filter_map(|m| m.agent.id())
+            .collect();
+        for t in state.tables() {
+            for tb in &t.tablets {
+                if !live.contains(&tb.owner) {
+                    return Err(Violation::new(
+                        "tablet ownership",
+                        format!(
+                            "table {:?} tablet at {:#x} is owned by {}, which is not a live master",
+                            t.name, tb.start_hash, tb.owner
+                        ),
+                    ));
+                }
+            }
+        }
+        self.check_log_order_linearizable()
+    }
+
+    /// Every operation and lookup took effect at a log index; one that
+    /// returned before another was called must have an index no later.
+    fn check_log_order_linearizable(&self) -> Result<(), Violation> {
+        let mut done: Vec<(u64, u64, usize)> = self
+            .cw
+            .history
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| Some((h.ret?, h.index?, i)))
+            .collect();
+        done.sort();
+        // prefix[k] = the largest index among the first k returns.
+        let mut prefix = Vec::with_capacity(done.len() + 1);
+        prefix.push((0u64, usize::MAX));
+        for &(_, index, i) in &done {
+            let last = *prefix.last().expect("non-empty");
+            prefix.push(if index > last.0 { (index, i) } else { last });
+        }
+        for h in &self.cw.history {
+            let Some(index) = h.index else { continue };
+            let k = done.partition_point(|&(ret, _, _)| ret < h.call);
+            let (max_before, who) = prefix[k];
+            if max_before > index {
+                let other = &self.cw.history[who];
+                return Err(Violation::new(
+                    "linearizability",
+                    format!(
+                        "{} saw the state at index {index}, but {} had returned at index {max_before} before it was called",
+                        h.what, other.what
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
