@@ -265,7 +265,9 @@ fn run_sim(args: SimArgs) -> ExitCode {
         .and_then(|b| sim::BUGS.iter().find(|(n, _, _)| *n == b))
     {
         if *needs != workload_name {
-            eprintln!("ramcoord sim: bug {name:?} lives in the {needs} workload; add --workload {needs}");
+            eprintln!(
+                "ramcoord sim: bug {name:?} lives in the {needs} workload; add --workload {needs}"
+            );
             return ExitCode::from(2);
         }
     }
@@ -411,6 +413,18 @@ fn run_sim(args: SimArgs) -> ExitCode {
         sum(|s| s.transfers),
         sum(|s| s.reads)
     );
+    if workload == sim::Workload::Coordinator {
+        outln!(
+            text,
+            "coordinator: {} operations completed ({} rolled forward by a later leader), {} pushes ({} landed, {} fenced off), {} master crashes",
+            sum(|s| s.coord_ops_completed),
+            sum(|s| s.roll_forwards),
+            sum(|s| s.pushes),
+            sum(|s| s.pushes_applied),
+            sum(|s| s.stale_pushes_refused),
+            sum(|s| s.master_crashes)
+        );
+    }
     outln!(
         text,
         "{} seeds in {elapsed:.1}s ({:.1} seeds/s, {threads} threads): {events} events, {crashes} crashes, {ops} client ops acknowledged",

@@ -70,7 +70,14 @@ fn a_seed_replays_with_the_same_trace_hash() {
 fn the_planted_bugs_are_listed_and_unknown_ones_refused() {
     let (code, out, _) = ramcoord(&["sim", "--list-bugs"]);
     assert_eq!(code, 0);
-    for name in ["commit-previous-term", "forget-vote", "ack-before-persist"] {
+    for name in [
+        "commit-previous-term",
+        "forget-vote",
+        "ack-before-persist",
+        "complete-before-push",
+        "no-roll-forward",
+        "accept-stale-term",
+    ] {
         assert!(out.contains(name), "{out}");
     }
     let (code, _, err) = ramcoord(&["sim", "--inject-bug", "no-such-bug", "--seeds", "1"]);
@@ -78,4 +85,47 @@ fn the_planted_bugs_are_listed_and_unknown_ones_refused() {
     assert!(err.contains("unknown bug"), "{err}");
     let (code, _, _) = ramcoord(&["sim", "--replicas", "4", "--seeds", "1"]);
     assert_ne!(code, 0);
+}
+
+#[test]
+fn the_coordinator_workload_sweeps_replays_and_names_its_bugs() {
+    let (code, out, _) = ramcoord(&[
+        "sim",
+        "--workload",
+        "coordinator",
+        "--seeds",
+        "6",
+        "--faults",
+        "heavy",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().last(), Some("sim: 6 passed, 0 failed"));
+    assert!(out.contains("operations completed"), "{out}");
+    let run = || {
+        let (code, out, _) =
+            ramcoord(&["sim", "--workload", "coordinator", "--seed", "5", "--trace"]);
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("coordinator active"),
+            "the trace shows the roll-over"
+        );
+        out.lines().last().unwrap().to_owned()
+    };
+    assert_eq!(run(), run());
+    // A coordinator bug needs the coordinator workload.
+    let (code, _, err) = ramcoord(&["sim", "--inject-bug", "no-roll-forward", "--seeds", "1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--workload coordinator"), "{err}");
+    // And is caught there.
+    let (code, out, _) = ramcoord(&[
+        "sim",
+        "--workload",
+        "coordinator",
+        "--inject-bug",
+        "no-roll-forward",
+        "--seeds",
+        "4",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("atomicity"), "{out}");
 }

@@ -267,6 +267,65 @@ fn snapshot_racing_with_appends_converges() {
     );
 }
 
+/// A snapshot streaming to a follower is replaced by a newer, smaller one
+/// (the state machine shrank) before the transfer ends: the leader's
+/// retransmit on a heartbeat answer must start over with the new snapshot,
+/// not resume at an offset past its end. (Found by the coordinator
+/// workload, whose snapshots shrink when tables are dropped.)
+#[test]
+fn a_snapshot_replaced_mid_transfer_by_a_smaller_one_starts_over() {
+    let mut c = Cluster::new(3, |cfg| {
+        cfg.snapshot_chunk_bytes = 7;
+    });
+    c.elect(1);
+    c.isolated.insert(3);
+    for i in 0..10 {
+        c.propose(1, &format!("entry-{i}"));
+    }
+    c.stabilize();
+    let compact = |c: &mut Cluster, len: usize| {
+        let point = c.node(1).snapshot_point();
+        let data = Bytes::from(vec![b's'; len]);
+        c.node_mut(1)
+            .storage_mut()
+            .compact(Snapshot {
+                meta: point.clone(),
+                data,
+            })
+            .unwrap();
+        point.index
+    };
+    compact(&mut c, 100);
+    c.isolated.clear();
+    // Heartbeats until the leader streams the snapshot; let about ten of
+    // its 7-byte chunks through.
+    c.tick(1, c.cfg.heartbeat_interval_ticks);
+    let mut chunks = 0;
+    while chunks < 10 {
+        c.tick(1, 1);
+        while chunks < 10 && c.deliver_one(|m| m.to == 3 || m.from == 3) {
+            chunks += usize::from(c.delivered.last().is_some_and(|d| d.contains("Snapshot")));
+        }
+    }
+    // Meanwhile the group moves on and the leader compacts to a much
+    // smaller snapshot.
+    c.isolated.insert(3);
+    for i in 10..15 {
+        c.propose(1, &format!("entry-{i}"));
+    }
+    c.stabilize();
+    let newer = compact(&mut c, 20);
+    c.isolated.clear();
+    // A heartbeat answer from node 3 triggers a retransmit: it must be of
+    // the new snapshot.
+    c.tick(1, c.cfg.heartbeat_interval_ticks);
+    c.stabilize();
+    c.tick_all(3);
+    c.stabilize();
+    assert_eq!(c.node(3).log().storage().snapshot().meta.index, newer);
+    assert_eq!(c.node(3).log().last_index(), c.node(1).log().last_index());
+}
+
 #[test]
 fn membership_change_while_a_node_is_down() {
     let mut c = Cluster::new(3, |_| {});

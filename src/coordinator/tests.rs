@@ -83,9 +83,7 @@ impl Harness {
                         continue;
                     };
                     match m.on_region_write(&region) {
-                        RegionOutcome::Applied { .. } | RegionOutcome::NotNewer { .. } => {
-                            c.on_push_acked(to, c.term(), version)
-                        }
+                        RegionOutcome::Applied { .. } => c.on_push_acked(to, c.term(), version),
                         other => panic!("push to {to} refused: {other:?}"),
                     }
                 }
@@ -458,33 +456,35 @@ fn masters_refuse_stale_terms_and_older_versions() {
         m.on_region_write(&old),
         RegionOutcome::StaleTerm { term: 2, seen: 3 }
     ));
+    // An older version that gets past the fence (only a writer bug could
+    // send one) lands, but the master does not act on it.
+    let acted = m.config().unwrap().clone();
     let older_same_term = ClusterState::default().region_for(id, 3).encode();
     assert!(matches!(
         m.on_region_write(&older_same_term),
-        RegionOutcome::NotNewer { .. }
+        RegionOutcome::Regressed { .. }
     ));
-    // The planted bug: a newer version from an older term is taken.
+    assert!(
+        m.config().is_none(),
+        "refuses to serve from a regressed region"
+    );
+    assert!(m.get(1, b"k").is_err());
+    assert!(matches!(
+        m.on_region_write(&acted.encode()),
+        RegionOutcome::Applied { .. }
+    ));
+    // The planted bug: without the fence, the deposed coordinator's late
+    // write lands over the newer one.
     let mut buggy = MasterAgent::new(MasterBugs {
         accept_stale_term: true,
     });
     buggy.enlisted(id);
-    buggy.on_region_write(&h.state.region_for(id, 5).encode());
-    let mut newer = h.state.clone();
-    newer
-        .apply(
-            h.index + 1,
-            &Record::Commit(Op::EnlistServer {
-                addr: "y:1".into(),
-                services: services::MASTER,
-                nonce: 10,
-            })
-            .encode(),
-        )
-        .unwrap();
+    buggy.on_region_write(&new);
     assert!(matches!(
-        buggy.on_region_write(&newer.region_for(id, 3).encode()),
-        RegionOutcome::Applied { .. }
+        buggy.on_region_write(&old),
+        RegionOutcome::Regressed { .. }
     ));
+    assert_eq!(buggy.region().unwrap().term, 2);
 }
 
 /// Snapshots restore to the same state and bad ones are refused.

@@ -8,15 +8,25 @@
 //! [`MasterAgent::get`] / [`MasterAgent::put`], which refuse a key whose
 //! tablet this master does not own (the client looks the owner up again).
 //!
-//! # Which writes apply
+//! # Which writes land, and what the master acts on
 //!
-//! A region applies only if it is for this server, checks out (magic,
-//! version, checksum), comes from a term **not older** than the newest term
-//! this master has seen, and carries a configuration version **newer**
-//! than the one held. So a master never goes back to an older
-//! configuration, and a deposed coordinator still pushing cannot undo what
-//! a newer one wrote. Tablets the new configuration no longer lists are
-//! dropped with their data.
+//! The region is memory a coordinator writes without the master's CPU
+//! (RDMA WRITE). The receiving side cannot compare versions before the
+//! bytes land; what it can do is **fence**: once it has seen a write from
+//! term T, writes from older terms are refused (on RDMA: the old leader's
+//! queue pair is moved to the error state, as Mu does; on TCP the I/O
+//! thread checks the term). So a deposed coordinator whose write was still
+//! in flight cannot overwrite what a newer one wrote. Within one term the
+//! writer's connection delivers in order, and versions come from the
+//! committed log, so with the fence the region's version never goes back.
+//!
+//! The master's worker reads the region in place. It acts on a region
+//! only if it checks out (magic, format, checksum: a torn write is never
+//! used) and its version is not older than the newest it has acted on: if
+//! the region ever went back (a fence that failed), the master refuses to
+//! serve until a newer configuration arrives, rather than act on an older
+//! one. Tablets a new configuration no longer lists are dropped with their
+//! data.
 
 use std::collections::BTreeMap;
 
@@ -27,17 +37,23 @@ use crate::cluster::{key_hash, ConfigRegion, RegionError, ServerId, ServerStatus
 /// What became of a region write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RegionOutcome {
-    /// Applied: the master now holds this version.
+    /// Landed, and the master acts on it (its version is not older than
+    /// any it acted on before).
     Applied {
         /// The version now held.
         version: u64,
     },
-    /// Not newer than the version held (a repeat or a late write).
-    NotNewer {
-        /// The version held.
-        held: u64,
+    /// Landed, but older than a configuration the master already acted
+    /// on: the master stops serving until a newer one lands. Only a
+    /// failed fence lets this happen.
+    Regressed {
+        /// The version that landed.
+        version: u64,
+        /// The newest version acted on.
+        acted: u64,
     },
-    /// From a term older than one already seen: a deposed coordinator.
+    /// Refused by the fence: from a term older than one already seen (a
+    /// deposed coordinator).
     StaleTerm {
         /// The write's term.
         term: u64,
@@ -68,7 +84,7 @@ pub enum MasterError {
 /// Planted bugs for the simulator.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MasterBugs {
-    /// Apply a region from a term older than one already seen.
+    /// No fence: a write from a term older than one already seen lands.
     pub accept_stale_term: bool,
 }
 
@@ -77,7 +93,11 @@ pub struct MasterBugs {
 pub struct MasterAgent {
     id: Option<ServerId>,
     bugs: MasterBugs,
-    config: Option<ConfigRegion>,
+    /// The region's contents (the last write that landed).
+    region: Option<ConfigRegion>,
+    /// The newest version the worker acted on.
+    acted_version: u64,
+    /// The fence: the newest term a write landed from.
     term_seen: u64,
     data: BTreeMap<(TableId, Bytes), Bytes>,
 }
@@ -101,9 +121,16 @@ impl MasterAgent {
         self.id
     }
 
-    /// The configuration it holds.
+    /// The configuration it acts on: the region, unless it went back.
     pub fn config(&self) -> Option<&ConfigRegion> {
-        self.config.as_ref()
+        self.region
+            .as_ref()
+            .filter(|r| r.version >= self.acted_version)
+    }
+
+    /// What the region holds now (even if the worker refuses to act on it).
+    pub fn region(&self) -> Option<&ConfigRegion> {
+        self.region.as_ref()
     }
 
     /// The newest coordinator term it has seen.
@@ -114,7 +141,7 @@ impl MasterAgent {
     /// Whether its configuration says it is no longer up (declared crashed:
     /// it must stop serving and enlist again as a new server).
     pub fn declared_dead(&self) -> bool {
-        let (Some(id), Some(c)) = (self.id, &self.config) else {
+        let (Some(id), Some(c)) = (self.id, self.config()) else {
             return false;
         };
         c.servers
@@ -138,11 +165,14 @@ impl MasterAgent {
             };
         }
         self.term_seen = self.term_seen.max(region.term);
-        let held = self.config.as_ref().map_or(0, |c| c.version);
-        if region.version <= held {
-            return RegionOutcome::NotNewer { held };
-        }
         let version = region.version;
+        let acted = self.acted_version;
+        self.region = Some(region);
+        if version < acted {
+            return RegionOutcome::Regressed { version, acted };
+        }
+        self.acted_version = version;
+        let region = self.region.as_ref().expect("just written");
         self.data.retain(|(table, key), _| {
             let h = key_hash(key);
             region
@@ -150,14 +180,13 @@ impl MasterAgent {
                 .iter()
                 .any(|t| t.table == *table && t.start_hash <= h && h <= t.end_hash)
         });
-        self.config = Some(region);
         RegionOutcome::Applied { version }
     }
 
     fn check_owner(&self, table: TableId, key: &[u8]) -> Result<(), MasterError> {
         let hash = key_hash(key);
         let owns = !self.declared_dead()
-            && self.config.as_ref().is_some_and(|c| {
+            && self.config().is_some_and(|c| {
                 c.tablets
                     .iter()
                     .any(|t| t.table == table && t.start_hash <= hash && hash <= t.end_hash)

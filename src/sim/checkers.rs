@@ -41,8 +41,9 @@ pub struct Checker {
     leaders: HashMap<Term, NodeId>,
     /// Log matching: one entry per (index, term).
     entries: HashMap<(Index, Term), u64>,
-    /// Committed entries never change: index -> (term, digest).
-    committed: BTreeMap<Index, (Term, u64)>,
+    /// Committed entries never change: index -> (entry term, digest, the
+    /// earliest term in which a node saw it committed).
+    committed: BTreeMap<Index, (Term, u64, Term)>,
     /// State machine safety: index -> digest of what was applied there.
     applied: BTreeMap<Index, u64>,
 }
@@ -79,28 +80,40 @@ impl Checker {
         Ok(())
     }
 
-    /// A node considers (`index`, `term`, `digest`) committed.
+    /// A node in term `now_term` considers (`index`, `term`, `digest`)
+    /// committed.
     pub fn on_committed(
         &mut self,
         node: NodeId,
+        now_term: Term,
         index: Index,
         term: Term,
         digest: u64,
     ) -> Result<(), Violation> {
-        match self.committed.insert(index, (term, digest)) {
-            Some(prev) if prev != (term, digest) => Err(Violation::new(
+        match self.committed.get_mut(&index) {
+            Some(prev) if (prev.0, prev.1) != (term, digest) => Err(Violation::new(
                 "committed entry changed",
                 format!(
                     "node {node} commits index {index} at term {term}, but term {} was committed there before",
                     prev.0
                 ),
             )),
-            _ => Ok(()),
+            Some(prev) => {
+                prev.2 = prev.2.min(now_term);
+                Ok(())
+            }
+            None => {
+                self.committed.insert(index, (term, digest, now_term));
+                Ok(())
+            }
         }
     }
 
-    /// A new leader's log must hold every committed entry (leader
-    /// completeness). `term_at` answers the leader's term at an index, or
+    /// A new leader's log must hold every entry committed in an earlier
+    /// term (leader completeness, Raft §5.4: an entry committed in term T
+    /// is in the log of every leader of a term after T; a leader of an
+    /// earlier term that only takes office late, after a slow disk, need
+    /// not have it). `term_at` answers the leader's term at an index, or
     /// `None` if compacted (compacted entries were committed and checked).
     pub fn check_leader_completeness(
         &self,
@@ -109,9 +122,9 @@ impl Checker {
         last_index: Index,
         term_at: impl Fn(Index) -> Option<Result<Term, ()>>,
     ) -> Result<(), Violation> {
-        for (&index, &(term, _)) in &self.committed {
-            if term > leader_term {
-                continue; // committed later, by a later leader
+        for (&index, &(term, _, committed_in)) in &self.committed {
+            if committed_in >= leader_term {
+                continue; // committed in this term or later
             }
             if index > last_index {
                 return Err(Violation::new(

@@ -217,10 +217,19 @@ impl<S: Storage> RawNode<S> {
         }
         match pr.state {
             ProgressState::Probe => pr.probe_sent = false,
-            ProgressState::Snapshot { acked_offset, .. } => {
-                // Retransmit the chunk that may have been lost.
+            ProgressState::Snapshot {
+                index,
+                acked_offset,
+            } => {
                 let snap = self.log.storage.snapshot();
-                self.send_snapshot_chunk(from, &snap, acked_offset);
+                if snap.meta.index != index {
+                    // Compacted again meanwhile: the offset belongs to the
+                    // old snapshot. Start over with the newer one.
+                    self.send_snapshot(from);
+                } else {
+                    // Retransmit the chunk that may have been lost.
+                    self.send_snapshot_chunk(from, &snap, acked_offset);
+                }
             }
             ProgressState::Replicate => {}
         }

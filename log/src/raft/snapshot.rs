@@ -123,6 +123,10 @@ impl<S: Storage> RawNode<S> {
 
     pub(super) fn send_snapshot_chunk(&mut self, to: NodeId, snap: &Snapshot, offset: u64) {
         let total = snap.data.len() as u64;
+        assert!(
+            offset <= total,
+            "chunk offset {offset} past a {total}-byte snapshot"
+        );
         let end = (offset + self.cfg.snapshot_chunk_bytes as u64).min(total);
         let data = snap.data.slice(offset as usize..end as usize);
         let body = MessageBody::Snapshot {

@@ -25,9 +25,7 @@ use bytes::Bytes;
 use rand::Rng;
 
 use super::*;
-use crate::cluster::{
-    services, ApplyError, Effect, Outcome, Record, Rejection, ServerId,
-};
+use crate::cluster::{services, ApplyError, Effect, Outcome, Record, Rejection, ServerId};
 use crate::coordinator::{Action, CoordinatorConfig, Request};
 use crate::master::{MasterAgent, RegionOutcome};
 
@@ -55,6 +53,8 @@ pub(super) struct CoordParams {
     crash_after_commit: f64,
     crash_between_pushes: f64,
     crash_before_complete: f64,
+    /// Chance that a push is held up in the network for 5–60 ms.
+    push_spike: f64,
 }
 
 impl CoordParams {
@@ -74,6 +74,7 @@ impl CoordParams {
                 });
             }
             p.master_partitions = rng.random_bool(0.6);
+            p.push_spike = rng.random_range(0.0..if heavy { 0.2 } else { 0.1 });
             if rng.random_bool(0.8) {
                 let scale = if heavy { 2.0 } else { 1.0 };
                 p.crash_after_propose = rng.random_range(0.0..0.05) * scale;
@@ -228,6 +229,9 @@ pub(super) struct CoordWorld {
     commit_terms: HashMap<u64, u64>,
     completed: HashSet<u64>,
     established_after_heal: bool,
+    /// When the last push on each (writer, incarnation, master) connection
+    /// lands: later ones land after it.
+    push_fifo: HashMap<(NodeId, u64, usize), u64>,
 }
 
 fn master_addr(slot: usize) -> String {
@@ -561,7 +565,15 @@ impl World {
             return;
         }
         let d = self.net_delay();
-        self.cev(d, CoordEv::EnlistReply { slot, inc, id, hint });
+        self.cev(
+            d,
+            CoordEv::EnlistReply {
+                slot,
+                inc,
+                id,
+                hint,
+            },
+        );
     }
 
     fn heartbeat(&mut self, slot: usize, inc: u64) {
@@ -633,38 +645,36 @@ impl World {
                 ))
             }
         };
-        let mine = Some(decoded.as_ref().map(|r| r.owner).unwrap()) == m.agent.id();
         let seen_before = m.term_seen;
-        if mine {
+        let landed_before = m.last_applied.map_or(0, |(_, v)| v);
+        let landed = |m: &mut SimMaster| {
             m.term_seen = m.term_seen.max(term);
-        }
+            m.last_applied = Some((term, version));
+        };
         match outcome {
-            RegionOutcome::Applied { version: v } => {
+            RegionOutcome::Applied { .. } | RegionOutcome::Regressed { .. } => {
+                landed(m);
                 if term < seen_before {
                     return Err(Violation::new(
                         "stale push won",
                         format!(
-                            "m{slot} applied version {v} from term {term} after seeing term {seen_before}"
+                            "a write of term {term} (version {version}) from n{from} landed in m{slot}'s region after one of term {seen_before}"
                         ),
                     ));
                 }
-                if let Some((_, last_v)) = m.last_applied {
-                    if v <= last_v {
-                        return Err(Violation::new(
-                            "configuration went back",
-                            format!("m{slot} applied version {v} after {last_v}"),
-                        ));
-                    }
+                if version < landed_before {
+                    return Err(Violation::new(
+                        "configuration went back",
+                        format!("m{slot}'s region went from version {landed_before} to {version}"),
+                    ));
                 }
-                m.last_applied = Some((term, v));
                 self.stats.pushes_applied += 1;
             }
             RegionOutcome::StaleTerm { .. } => {
                 self.stats.stale_pushes_refused += 1;
-                self.trace(|| format!("m{slot} refuses a push of term {term} from n{from}"));
+                self.trace(|| format!("m{slot} fences off a write of term {term} from n{from}"));
                 return Ok(());
             }
-            RegionOutcome::NotNewer { .. } => {}
             RegionOutcome::NotMine => return Ok(()),
             RegionOutcome::Invalid(e) => {
                 return Err(Violation::new(
@@ -673,10 +683,12 @@ impl World {
                 ))
             }
         }
+        let m = &self.cw.masters[slot];
         let held = m.agent.config().map_or(0, |c| c.version);
-        let id = m.agent.id().expect("a region applied only once enlisted");
-        self.trace(|| format!("m{slot} holds version {held} after a push of {version} (term {term})"));
-        debug_assert!(held >= version);
+        let id = m.agent.id().expect("a region lands only once enlisted");
+        self.trace(|| {
+            format!("m{slot} holds version {held} after a write of {version} (term {term})")
+        });
         if self.cw.blocked.contains(&(from, slot)) || self.lost() {
             return Ok(());
         }
@@ -750,7 +762,16 @@ impl World {
                     if self.cw.blocked.contains(&(id, slot)) || self.lost() {
                         continue;
                     }
-                    let d = self.net_delay();
+                    // One connection per (writer incarnation, master): it
+                    // delivers in order (an RC queue pair), sometimes late.
+                    let mut d = self.net_delay();
+                    if !self.healed && self.rng.random_bool(self.cw.p.push_spike) {
+                        d += self.rng.random_range(5_000..60_000);
+                    }
+                    let last = self.cw.push_fifo.entry((id, inc, slot)).or_insert(0);
+                    let at = (self.now + d).max(*last + 1);
+                    *last = at;
+                    let d = at - self.now;
                     self.trace(|| format!("n{id} push to {to} at m{slot}"));
                     self.cev(
                         d,
@@ -802,6 +823,12 @@ impl World {
             }
             node.applied = e.index;
             let digest = entry_digest(e);
+            if e.kind == EntryKind::ConfChange
+                && e.term > 1
+                && self.checker.applied_at(e.index).is_none()
+            {
+                self.stats.conf_changes += 1;
+            }
             self.checker.on_applied(id, e.index, digest)?;
             let node = self.nodes.get_mut(&id).unwrap();
             let data: &[u8] = if e.kind == EntryKind::Normal {
@@ -809,15 +836,22 @@ impl World {
             } else {
                 &[]
             };
-            let outcome = node
-                .cluster
-                .apply(e.index, data)
-                .map_err(|ApplyError { index, source }| {
-                    Violation::new(
-                        "bad record",
-                        format!("node {id}: entry {index}: {source}"),
-                    )
-                })?;
+            // A completion must come after its pushes landed: check the
+            // first time it applies anywhere, against the masters.
+            if let Ok(Record::Complete { seq }) = Record::decode(data) {
+                if !self.cw.completed.contains(&seq) {
+                    if let Some(p) = node.cluster.incomplete().get(&seq).cloned() {
+                        self.check_pushes_landed(seq, &p)?;
+                    }
+                }
+            }
+            let node = self.nodes.get_mut(&id).unwrap();
+            let outcome =
+                node.cluster
+                    .apply(e.index, data)
+                    .map_err(|ApplyError { index, source }| {
+                        Violation::new("bad record", format!("node {id}: entry {index}: {source}"))
+                    })?;
             if let Err(why) = node.cluster.check() {
                 return Err(Violation::new(
                     "cluster state invariant",
@@ -841,12 +875,10 @@ impl World {
                         self.at(0, Ev::CrashNode(id, inc));
                     }
                 }
-                Outcome::Completed(seq) => {
-                    if self.cw.completed.insert(*seq) {
-                        self.stats.coord_ops_completed += 1;
-                        if self.cw.commit_terms.get(seq).is_some_and(|t| *t < e.term) {
-                            self.stats.roll_forwards += 1;
-                        }
+                Outcome::Completed(seq) if self.cw.completed.insert(*seq) => {
+                    self.stats.coord_ops_completed += 1;
+                    if self.cw.commit_terms.get(seq).is_some_and(|t| *t < e.term) {
+                        self.stats.roll_forwards += 1;
                     }
                 }
                 _ => {}
@@ -868,6 +900,34 @@ impl World {
                     self.reply_master_enlist(id, slot, inc, sid, Some(id));
                 }
                 None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Every target of operation `seq` that is still running holds a
+    /// configuration at least as new as the operation.
+    fn check_pushes_landed(&self, seq: u64, p: &crate::cluster::Pending) -> Result<(), Violation> {
+        for t in &p.targets {
+            let Some((slot, m)) = self
+                .cw
+                .masters
+                .iter()
+                .enumerate()
+                .find(|(_, m)| m.up && m.agent.id() == Some(*t))
+            else {
+                continue; // gone: its crash operation takes over
+            };
+            let held = m.agent.region().map_or(0, |r| r.version);
+            if held < p.version {
+                return Err(Violation::new(
+                    "completion before push",
+                    format!(
+                        "operation {seq} ({}) completes while m{slot} ({t}) holds version {held} < {}",
+                        p.op.kind(),
+                        p.version
+                    ),
+                ));
             }
         }
         Ok(())
@@ -1057,6 +1117,7 @@ impl World {
                 }
             }
             CReply::Lookup { index, found } => {
+                self.stats.reads += 1;
                 h.what = format!("{} -> found {found}", h.what);
                 h.ret = Some(self.cw.clock);
                 h.index = Some(*index);

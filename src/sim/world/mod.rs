@@ -438,7 +438,14 @@ pub fn run(opts: SimOptions) -> SimOutcome {
 
 fn run_unguarded(opts: SimOptions) -> SimOutcome {
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    let p = Params::draw(opts.faults, &mut rng);
+    let mut p = Params::draw(opts.faults, &mut rng);
+    if opts.workload == Workload::Coordinator {
+        // The coordinator runs as deployed: with pre-vote and check-quorum.
+        // Without them a removed replica that keeps campaigning deposes
+        // every leader (Raft thesis §4.2.3), and operations stall; plain
+        // Raft's rules are covered by the Raft workload.
+        p.pre_vote_check_quorum = true;
+    }
     let mut w = World {
         heal_at: p.fault_phase_us,
         p,
@@ -780,6 +787,7 @@ impl World {
         let node = self.nodes.get_mut(&id).unwrap();
         let raft = node.raft.as_ref().unwrap();
         let committed = raft.log().committed;
+        let now_term = raft.term();
         if committed > node.commit_checked {
             let lo = (node.commit_checked + 1).max(raft.log().first_index());
             if lo <= committed {
@@ -789,7 +797,7 @@ impl World {
                     .expect("committed entries are in the log");
                 for e in &ents {
                     self.checker
-                        .on_committed(id, e.index, e.term, entry_digest(e))?;
+                        .on_committed(id, now_term, e.index, e.term, entry_digest(e))?;
                 }
             }
             node.commit_checked = committed;
