@@ -10,7 +10,7 @@ use super::*;
 use crate::cluster::{
     services, ClusterState, Outcome, Rejection, ServerId, TableState, TabletState,
 };
-use crate::master::{MasterAgent, MasterBugs, RegionOutcome};
+use crate::master::{MasterAction, MasterAgent, MasterBugs, MasterConfig, RegionOutcome};
 
 struct Harness {
     state: ClusterState,
@@ -35,7 +35,7 @@ impl Harness {
             let Outcome::Committed(crate::cluster::Effect::Enlisted(id)) = h.commit(&rec) else {
                 panic!("enlist failed");
             };
-            let mut m = MasterAgent::new(MasterBugs::default());
+            let mut m = agent(MasterBugs::default());
             m.enlisted(id);
             h.masters.insert(id, m);
         }
@@ -124,6 +124,16 @@ impl Harness {
     }
 }
 
+fn agent(bugs: MasterBugs) -> MasterAgent {
+    MasterAgent::new(
+        MasterConfig::default(),
+        "m:1".into(),
+        services::MASTER,
+        1,
+        bugs,
+    )
+}
+
 fn leader(term: u64, state: &ClusterState) -> Coordinator {
     let mut c = Coordinator::new(CoordinatorConfig::default(), CoordinatorBugs::default());
     c.set_leadership(true, term, state);
@@ -143,7 +153,7 @@ fn roll_forward(
     let seq = h.index;
     assert!(matches!(out, Outcome::Committed(_)), "{out:?}");
     if let Outcome::Committed(crate::cluster::Effect::Enlisted(id)) = out {
-        let mut m = MasterAgent::new(MasterBugs::default());
+        let mut m = agent(MasterBugs::default());
         m.enlisted(id);
         h.masters.insert(id, m);
     }
@@ -475,7 +485,7 @@ fn masters_refuse_stale_terms_and_older_versions() {
     ));
     // The planted bug: without the fence, the deposed coordinator's late
     // write lands over the newer one.
-    let mut buggy = MasterAgent::new(MasterBugs {
+    let mut buggy = agent(MasterBugs {
         accept_stale_term: true,
     });
     buggy.enlisted(id);
@@ -508,4 +518,50 @@ fn snapshots_round_trip_and_bad_ones_are_errors() {
         assert!(ClusterState::restore(&snap[..cut]).is_err());
     }
     h.settle(&mut c, |_| true);
+}
+
+/// The master's own protocol: enlist until answered (with its nonce,
+/// following hints), then heartbeat; a silent replica is abandoned; told it
+/// is gone, it asks to shut down.
+#[test]
+fn a_master_enlists_then_heartbeats_and_shuts_down_when_declared_gone() {
+    let cfg = MasterConfig {
+        enlist_retry_ticks: 3,
+        heartbeat_ticks: 2,
+    };
+    let mut m = MasterAgent::new(
+        cfg,
+        "m7:1".into(),
+        services::MASTER,
+        42,
+        MasterBugs::default(),
+    );
+    let enlist = |to| MasterAction::Enlist {
+        to,
+        addr: "m7:1".into(),
+        services: services::MASTER,
+        nonce: 42,
+    };
+    assert_eq!(m.tick(), vec![enlist(None)]);
+    assert!(m.tick().is_empty() && m.tick().is_empty());
+    m.on_enlist_reply(None, Some(3)); // not the leader; try 3
+    assert_eq!(m.tick(), vec![enlist(Some(3))]);
+    let id = ServerId {
+        index: 4,
+        generation: 1,
+    };
+    m.on_enlist_reply(Some(id), Some(3));
+    assert_eq!(m.id(), Some(id));
+    let hb = |to| MasterAction::Heartbeat { to, from: id };
+    assert_eq!(m.tick(), vec![hb(Some(3))]);
+    assert!(m.tick().is_empty());
+    // Unanswered: the next heartbeat goes to any replica.
+    assert_eq!(m.tick(), vec![hb(None)]);
+    assert_eq!(m.on_heartbeat_reply(false, Some(2)), None);
+    m.tick();
+    assert_eq!(m.tick(), vec![hb(Some(2))]);
+    assert_eq!(
+        m.on_heartbeat_reply(true, Some(2)),
+        Some(MasterAction::Shutdown)
+    );
 }

@@ -1,7 +1,12 @@
 //! A master's side of the protocol: its configuration region, the tablets
 //! it serves, and a small in-memory key-value store per tablet.
 //!
-//! [`MasterAgent`] is sans-IO. The coordinator writes configuration
+//! [`MasterAgent`] is sans-IO. Driven by [`MasterAgent::tick`], it asks to
+//! enlist (retrying, with a nonce so a retry is recognised) and then
+//! heartbeats the coordinator, following leader hints and trying another
+//! replica when one does not answer; told it was declared crashed, it asks
+//! to be shut down (a new process enlists as a new server). The coordinator
+//! writes configuration
 //! regions into it ([`MasterAgent::on_region_write`]: on RDMA a one-sided
 //! write the master's worker never sees; here the receiving side applies
 //! the rule below); clients' reads and writes go through
@@ -81,6 +86,51 @@ pub enum MasterError {
     },
 }
 
+/// Timing of the master's own messages, in its driver's ticks.
+#[derive(Clone, Copy, Debug)]
+pub struct MasterConfig {
+    /// Ask to enlist again after this long without an answer.
+    pub enlist_retry_ticks: u64,
+    /// Heartbeat this often.
+    pub heartbeat_ticks: u64,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            enlist_retry_ticks: 2,
+            heartbeat_ticks: 1,
+        }
+    }
+}
+
+/// What the master asks its driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MasterAction {
+    /// Send an enlistment request to coordinator replica `to` (any one if
+    /// `None`).
+    Enlist {
+        /// The replica to ask.
+        to: Option<u64>,
+        /// This process's address.
+        addr: String,
+        /// Its services.
+        services: u8,
+        /// Its nonce.
+        nonce: u64,
+    },
+    /// Send a heartbeat to coordinator replica `to` (any one if `None`).
+    Heartbeat {
+        /// The replica to tell.
+        to: Option<u64>,
+        /// This server.
+        from: ServerId,
+    },
+    /// This server was declared crashed: stop serving and exit; a new
+    /// process (a new server) may take its place.
+    Shutdown,
+}
+
 /// Planted bugs for the simulator.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MasterBugs {
@@ -91,6 +141,17 @@ pub struct MasterBugs {
 /// One master (see the module docs).
 #[derive(Debug, Default)]
 pub struct MasterAgent {
+    cfg: MasterConfig,
+    addr: String,
+    services: u8,
+    nonce: u64,
+    now: u64,
+    /// When the next enlistment request or heartbeat is due.
+    next_send: u64,
+    /// The coordinator replica believed to lead.
+    leader_hint: Option<u64>,
+    /// The last heartbeat was answered (if not, try another replica).
+    answered: bool,
     id: Option<ServerId>,
     bugs: MasterBugs,
     /// The region's contents (the last write that landed).
@@ -103,9 +164,21 @@ pub struct MasterAgent {
 }
 
 impl MasterAgent {
-    /// A master that has not enlisted yet.
-    pub fn new(bugs: MasterBugs) -> MasterAgent {
+    /// A master process at `addr` that has not enlisted yet; `nonce` must
+    /// be unique to this process (random at start).
+    pub fn new(
+        cfg: MasterConfig,
+        addr: String,
+        services: u8,
+        nonce: u64,
+        bugs: MasterBugs,
+    ) -> MasterAgent {
         MasterAgent {
+            cfg,
+            addr,
+            services,
+            nonce,
+            answered: true,
             bugs,
             ..MasterAgent::default()
         }
@@ -114,6 +187,63 @@ impl MasterAgent {
     /// Records the id the coordinator gave this process at enlistment.
     pub fn enlisted(&mut self, id: ServerId) {
         self.id = Some(id);
+    }
+
+    /// Advances the clock by one tick: enlistment requests until enlisted,
+    /// then heartbeats.
+    pub fn tick(&mut self) -> Vec<MasterAction> {
+        self.now += 1;
+        if self.now < self.next_send {
+            return Vec::new();
+        }
+        match self.id {
+            None => {
+                self.next_send = self.now + self.cfg.enlist_retry_ticks;
+                vec![MasterAction::Enlist {
+                    to: self.leader_hint,
+                    addr: self.addr.clone(),
+                    services: self.services,
+                    nonce: self.nonce,
+                }]
+            }
+            Some(from) => {
+                self.next_send = self.now + self.cfg.heartbeat_ticks;
+                if !self.answered {
+                    self.leader_hint = None; // that replica is silent
+                }
+                self.answered = false;
+                vec![MasterAction::Heartbeat {
+                    to: self.leader_hint,
+                    from,
+                }]
+            }
+        }
+    }
+
+    /// The answer to an enlistment request: the id given (`None`: not
+    /// done, e.g. not the leader) and a hint at the leader.
+    pub fn on_enlist_reply(&mut self, id: Option<ServerId>, leader_hint: Option<u64>) {
+        if self.id.is_some() {
+            return;
+        }
+        self.leader_hint = leader_hint.or(self.leader_hint);
+        if let Some(id) = id {
+            self.id = Some(id);
+            self.next_send = self.now; // first heartbeat at the next tick
+        }
+    }
+
+    /// The answer to a heartbeat: whether the coordinator counts this
+    /// server as gone, and who leads (the answering replica itself if it
+    /// does; with no hint, the next heartbeat tries another replica).
+    pub fn on_heartbeat_reply(
+        &mut self,
+        gone: bool,
+        leader_hint: Option<u64>,
+    ) -> Option<MasterAction> {
+        self.answered = true;
+        self.leader_hint = leader_hint;
+        gone.then_some(MasterAction::Shutdown)
     }
 
     /// Its id, once enlisted.

@@ -27,12 +27,10 @@ use rand::Rng;
 use super::*;
 use crate::cluster::{services, ApplyError, Effect, Outcome, Record, Rejection, ServerId};
 use crate::coordinator::{Action, CoordinatorConfig, Request};
-use crate::master::{MasterAgent, RegionOutcome};
+use crate::master::{MasterAction, MasterAgent, MasterConfig, RegionOutcome};
 
-/// How often a master heartbeats.
-const HEARTBEAT_US: u64 = 10_000;
-/// How often a master that is not enlisted yet asks again.
-const ENLIST_RETRY_US: u64 = 20_000;
+/// A master's tick (it heartbeats every tick, asks to enlist every two).
+const MASTER_TICK_US: u64 = 10_000;
 /// Table names the clients pick from (few, so operations collide).
 const TABLE_NAMES: [&str; 4] = ["t0", "t1", "t2", "t3"];
 /// The coordinator's timing, in replica ticks (1 ms).
@@ -93,10 +91,6 @@ pub(super) struct SimMaster {
     inc: u64,
     up: bool,
     agent: MasterAgent,
-    nonce: u64,
-    leader_hint: Option<NodeId>,
-    /// The last heartbeat was answered (if not, try another replica).
-    answered: bool,
     /// Newest term among the valid regions written into it.
     term_seen: u64,
     /// (term, version) of the last region it applied.
@@ -160,7 +154,7 @@ pub(super) enum CoordEv {
         term: u64,
         version: u64,
     },
-    Heartbeat {
+    MasterTick {
         slot: usize,
         inc: u64,
     },
@@ -175,12 +169,6 @@ pub(super) enum CoordEv {
         inc: u64,
         dead: bool,
         hint: Option<NodeId>,
-        /// The replica that answered is the active coordinator.
-        leader: bool,
-    },
-    Enlist {
-        slot: usize,
-        inc: u64,
     },
     EnlistArrive {
         node: NodeId,
@@ -247,6 +235,17 @@ impl World {
         Coordinator::new(COORD_CONFIG, self.opts.bugs.coordinator)
     }
 
+    fn new_master_agent(&mut self, slot: usize) -> MasterAgent {
+        self.cw.next_nonce += 1;
+        MasterAgent::new(
+            MasterConfig::default(),
+            master_addr(slot),
+            services::MASTER,
+            self.cw.next_nonce,
+            self.opts.bugs.master,
+        )
+    }
+
     fn cev(&mut self, delay_us: u64, ev: CoordEv) {
         self.at(delay_us, Ev::Coord(ev));
     }
@@ -265,19 +264,16 @@ impl World {
         self.cw.p = p;
         self.cw.clients_stop_at = self.heal_at + self.p.liveness_us / 2;
         for slot in 0..self.cw.p.masters {
-            self.cw.next_nonce += 1;
+            let agent = self.new_master_agent(slot);
             self.cw.masters.push(SimMaster {
                 inc: 0,
                 up: true,
-                agent: MasterAgent::new(self.opts.bugs.master),
-                nonce: self.cw.next_nonce,
-                leader_hint: None,
-                answered: true,
+                agent,
                 term_seen: 0,
                 last_applied: None,
             });
             let d = self.rng.random_range(0..20_000);
-            self.cev(d, CoordEv::Enlist { slot, inc: 0 });
+            self.cev(d, CoordEv::MasterTick { slot, inc: 0 });
         }
         for c in 0..CLIENTS {
             self.cw.clients.push(CClient::default());
@@ -328,7 +324,7 @@ impl World {
                     }
                 }
             }
-            CoordEv::Heartbeat { slot, inc } => self.heartbeat(slot, inc),
+            CoordEv::MasterTick { slot, inc } => self.master_tick(slot, inc),
             CoordEv::HeartbeatArrive {
                 node,
                 slot,
@@ -340,18 +336,12 @@ impl World {
                 inc,
                 dead,
                 hint,
-                leader,
             } => {
                 let m = &mut self.cw.masters[slot];
                 if m.inc != inc || !m.up {
                     return Ok(());
                 }
-                m.answered = true;
-                // Follow the hint; with none, try someone else next time.
-                if !leader {
-                    m.leader_hint = hint;
-                }
-                if dead {
+                if let Some(MasterAction::Shutdown) = m.agent.on_heartbeat_reply(dead, hint) {
                     // Declared crashed: this process stops serving and a
                     // new one (a new server) takes the slot.
                     let id = m.agent.id();
@@ -360,7 +350,6 @@ impl World {
                     self.cev(0, CoordEv::MasterRestart(slot));
                 }
             }
-            CoordEv::Enlist { slot, inc } => self.enlist(slot, inc),
             CoordEv::EnlistArrive {
                 node,
                 slot,
@@ -377,11 +366,9 @@ impl World {
                 if m.inc != inc || !m.up || m.agent.id().is_some() {
                     return Ok(());
                 }
-                m.leader_hint = hint.or(m.leader_hint);
+                m.agent.on_enlist_reply(id, hint);
                 if let Some(id) = id {
-                    m.agent.enlisted(id);
                     self.trace(|| format!("m{slot} enlisted as {id}"));
-                    self.cev(0, CoordEv::Heartbeat { slot, inc });
                 }
             }
             CoordEv::MasterCrash => self.master_crash(),
@@ -403,18 +390,15 @@ impl World {
         if self.cw.masters[slot].up {
             return;
         }
-        self.cw.next_nonce += 1;
-        let nonce = self.cw.next_nonce;
-        let bugs = self.opts.bugs.master;
+        let agent = self.new_master_agent(slot);
         let m = &mut self.cw.masters[slot];
         m.up = true;
-        m.agent = MasterAgent::new(bugs);
-        m.nonce = nonce;
+        m.agent = agent;
         m.term_seen = 0;
         m.last_applied = None;
         let inc = m.inc;
         self.trace(|| format!("m{slot} RESTART as a new process"));
-        self.cev(0, CoordEv::Enlist { slot, inc });
+        self.cev(0, CoordEv::MasterTick { slot, inc });
     }
 
     fn master_crash(&mut self) {
@@ -494,26 +478,47 @@ impl World {
         }
     }
 
-    fn enlist(&mut self, slot: usize, inc: u64) {
-        let m = &self.cw.masters[slot];
-        if m.inc != inc || !m.up || m.agent.id().is_some() {
+    /// A master's tick: it asks to enlist, or heartbeats.
+    fn master_tick(&mut self, slot: usize, inc: u64) {
+        let m = &mut self.cw.masters[slot];
+        if m.inc != inc || !m.up {
             return;
         }
-        let (hint, nonce) = (m.leader_hint, m.nonce);
-        let node = self.pick_node(hint);
-        if !self.cw.blocked.contains(&(node, slot)) && !self.lost() {
-            let d = self.net_delay();
-            self.cev(
-                d,
-                CoordEv::EnlistArrive {
-                    node,
-                    slot,
-                    inc,
-                    nonce,
-                },
-            );
+        let actions = m.agent.tick();
+        self.cev(MASTER_TICK_US, CoordEv::MasterTick { slot, inc });
+        for a in actions {
+            let (to, ev) = match a {
+                MasterAction::Enlist { to, nonce, .. } => {
+                    let node = self.pick_node(to);
+                    (
+                        node,
+                        CoordEv::EnlistArrive {
+                            node,
+                            slot,
+                            inc,
+                            nonce,
+                        },
+                    )
+                }
+                MasterAction::Heartbeat { to, from } => {
+                    let node = self.pick_node(to);
+                    (
+                        node,
+                        CoordEv::HeartbeatArrive {
+                            node,
+                            slot,
+                            inc,
+                            from,
+                        },
+                    )
+                }
+                MasterAction::Shutdown => continue,
+            };
+            if !self.cw.blocked.contains(&(to, slot)) && !self.lost() {
+                let d = self.net_delay();
+                self.cev(d, ev);
+            }
         }
-        self.cev(ENLIST_RETRY_US, CoordEv::Enlist { slot, inc });
     }
 
     fn enlist_arrive(
@@ -576,34 +581,6 @@ impl World {
         );
     }
 
-    fn heartbeat(&mut self, slot: usize, inc: u64) {
-        let m = &self.cw.masters[slot];
-        if m.inc != inc || !m.up {
-            return;
-        }
-        let Some(from) = m.agent.id() else { return };
-        if !m.answered {
-            self.cw.masters[slot].leader_hint = None;
-        }
-        let m = &mut self.cw.masters[slot];
-        m.answered = false;
-        let hint = m.leader_hint;
-        let node = self.pick_node(hint);
-        if !self.cw.blocked.contains(&(node, slot)) && !self.lost() {
-            let d = self.net_delay();
-            self.cev(
-                d,
-                CoordEv::HeartbeatArrive {
-                    node,
-                    slot,
-                    inc,
-                    from,
-                },
-            );
-        }
-        self.cev(HEARTBEAT_US, CoordEv::Heartbeat { slot, inc });
-    }
-
     fn heartbeat_arrive(&mut self, node: NodeId, slot: usize, inc: u64, from: ServerId) {
         let n = self.nodes.get_mut(&node).unwrap();
         let Some(raft) = n.raft.as_ref() else { return };
@@ -624,7 +601,6 @@ impl World {
                 inc,
                 dead,
                 hint: if leader { Some(node) } else { hint },
-                leader,
             },
         );
     }
