@@ -1,0 +1,192 @@
+//! One test suite for every transport (in-memory and TCP), plus what only
+//! TCP can get wrong: bad input on the port, reconnecting.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ramcoord_net::frame::Frame;
+use ramcoord_net::mem::MemNetwork;
+use ramcoord_net::tcp::{TcpConfig, TcpTransport};
+use ramcoord_net::{BufferRegion, Event, Transport, WriteStatus};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn next_event(t: &impl Transport) -> Event {
+    t.events().recv_timeout(WAIT).expect("an event in time")
+}
+
+fn wait_message(t: &impl Transport) -> (u64, Bytes) {
+    match next_event(t) {
+        Event::Message { from, payload } => (from, payload),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+fn wait_write(t: &impl Transport, id: u64) -> WriteStatus {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if let Event::WriteDone {
+            id: got, status, ..
+        } = next_event(t)
+        {
+            if got == id {
+                return status;
+            }
+        }
+    }
+    panic!("write {id} never completed");
+}
+
+/// What every transport must do.
+fn suite(a: &impl Transport, b: &impl Transport) {
+    // Messages arrive, in order, both ways.
+    for i in 0..200u32 {
+        a.send(b.id(), Bytes::from(i.to_le_bytes().to_vec()));
+    }
+    for i in 0..200u32 {
+        let (from, p) = wait_message(b);
+        assert_eq!(from, a.id());
+        assert_eq!(&p[..], &i.to_le_bytes());
+    }
+    b.send(a.id(), Bytes::from_static(b"pong"));
+    assert_eq!(wait_message(a), (b.id(), Bytes::from_static(b"pong")));
+
+    // A one-sided write lands in the region, and completes to the writer.
+    let region = Arc::new(BufferRegion::new(64));
+    b.register_region(7, region.clone());
+    let id = a.write(b.id(), 7, 8, Bytes::from_static(b"config"));
+    assert_eq!(wait_write(a, id), WriteStatus::Landed);
+    assert_eq!(&region.snapshot()[8..14], b"config");
+    // Writes from one writer land in order.
+    let mut last = 0;
+    for i in 0..50u8 {
+        last = a.write(b.id(), 7, 0, Bytes::from(vec![i; 4]));
+    }
+    assert_eq!(wait_write(a, last), WriteStatus::Landed);
+    assert_eq!(&region.snapshot()[..4], &[49; 4]);
+    // Out of bounds, no such region, and a fence that refuses.
+    let id = a.write(b.id(), 7, 62, Bytes::from_static(b"toolong"));
+    assert_eq!(wait_write(a, id), WriteStatus::OutOfBounds);
+    let id = a.write(b.id(), 99, 0, Bytes::from_static(b"x"));
+    assert_eq!(wait_write(a, id), WriteStatus::NoSuchRegion);
+    let fenced = Arc::new(BufferRegion::with_fence(16, |_, bytes| {
+        if bytes[0] < 5 {
+            Err(format!("term {} is older than 5", bytes[0]))
+        } else {
+            Ok(())
+        }
+    }));
+    b.register_region(8, fenced.clone());
+    let id = a.write(b.id(), 8, 0, Bytes::from_static(&[3, 1, 1]));
+    assert_eq!(
+        wait_write(a, id),
+        WriteStatus::Refused("term 3 is older than 5".into())
+    );
+    assert_eq!(&fenced.snapshot()[..3], &[0, 0, 0]);
+}
+
+#[test]
+fn the_in_memory_transport_passes_the_suite() {
+    let net = MemNetwork::new();
+    let (a, b) = (net.join(1), net.join(2));
+    suite(&a, &b);
+    // A cut link drops messages; restored, they flow again.
+    net.set_link(1, 2, false);
+    a.send(2, Bytes::from_static(b"lost"));
+    net.set_link(1, 2, true);
+    a.send(2, Bytes::from_static(b"found"));
+    assert_eq!(wait_message(&b), (1, Bytes::from_static(b"found")));
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Two TCP nodes that know each other's address.
+fn tcp_pair(cluster: u64) -> (TcpTransport, TcpTransport) {
+    let a = TcpTransport::start(TcpConfig::new(1, cluster, loopback())).unwrap();
+    let b = TcpTransport::start(TcpConfig::new(2, cluster, loopback())).unwrap();
+    a.add_peer(2, b.local_addr());
+    b.add_peer(1, a.local_addr());
+    (a, b)
+}
+
+#[test]
+fn the_tcp_transport_passes_the_suite() {
+    let (a, b) = tcp_pair(5);
+    suite(&a, &b);
+}
+
+/// Bytes that are not our protocol, on the listening port: the connection
+/// is closed with a logged reason, and the node keeps serving.
+#[test]
+fn bad_input_closes_the_connection_and_the_node_keeps_serving() {
+    let (a, b) = tcp_pair(6);
+    let hello = |cluster| Frame::Hello { peer: 9, cluster }.to_bytes();
+    let mut oversized = Frame::Message(Bytes::from_static(b"x")).to_bytes().to_vec();
+    oversized[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    let mut bad_crc = Frame::Message(Bytes::from_static(b"payload"))
+        .to_bytes()
+        .to_vec();
+    *bad_crc.last_mut().unwrap() ^= 1;
+    let mut wrong_version = hello(6).to_vec();
+    wrong_version[4] = 99;
+    let garbage: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect(),
+        hello(12345).to_vec(),
+        wrong_version,
+        [hello(6).to_vec(), oversized].concat(),
+        [hello(6).to_vec(), bad_crc].concat(),
+        [hello(6).to_vec(), hello(6).to_vec()].concat(),
+    ];
+    let n = garbage.len() as u64;
+    for g in garbage {
+        let mut s = TcpStream::connect(b.local_addr()).unwrap();
+        s.write_all(&g).unwrap();
+        // The node closes the connection: a read sees the end (after the
+        // node's own hello, when ours was valid).
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    let deadline = Instant::now() + WAIT;
+    while b.rejected_connections() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(b.rejected_connections(), n);
+    // Still serving.
+    a.send(2, Bytes::from_static(b"still there?"));
+    assert_eq!(wait_message(&b), (1, Bytes::from_static(b"still there?")));
+}
+
+/// A peer that goes away and comes back on the same address is reached
+/// again; messages sent meanwhile wait in the queue.
+#[test]
+fn a_restarted_peer_is_reconnected() {
+    let (a, b) = tcp_pair(7);
+    a.send(2, Bytes::from_static(b"one"));
+    assert_eq!(wait_message(&b).1, Bytes::from_static(b"one"));
+    let addr = b.local_addr();
+    drop(b);
+    // Sent while it is down: queued (or lost with the old connection).
+    std::thread::sleep(Duration::from_millis(50));
+    let b = TcpTransport::start(TcpConfig::new(2, 7, addr)).unwrap();
+    // Keep sending until one gets through the new connection.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        a.send(2, Bytes::from_static(b"again"));
+        if let Ok(Event::Message { payload, .. }) =
+            b.events().recv_timeout(Duration::from_millis(100))
+        {
+            assert_eq!(payload, Bytes::from_static(b"again"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reconnected");
+    }
+}
