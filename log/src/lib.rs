@@ -48,6 +48,7 @@ pub mod raft_log;
 pub mod ready;
 pub mod storage;
 pub mod types;
+pub mod wire;
 
 pub use config::{Config, InjectedBugs, ReadMode};
 pub use message::{Message, MessageBody};
