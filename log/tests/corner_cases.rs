@@ -326,6 +326,49 @@ fn a_snapshot_replaced_mid_transfer_by_a_smaller_one_starts_over() {
     assert_eq!(c.node(3).log().last_index(), c.node(1).log().last_index());
 }
 
+/// Two peers' votes are a quorum of three, but the candidate waits for its
+/// own, which comes only once its new term is durable. (Found by the
+/// coordinator workload: a leader elected before its term was on disk
+/// crashed, came back in the old term, was elected in the same term again
+/// and wrote a second, different entry at an index it had used.)
+#[test]
+fn a_candidate_leads_only_once_its_own_term_is_durable() {
+    let mut c = Cluster::new(3, plain);
+    c.node_mut(1).campaign_now();
+    // Node 1's disk is slow: its ready (the new term, its own vote) is not
+    // persisted yet, but the vote requests go out now.
+    let mut rd = c.node_mut(1).ready();
+    assert!(rd.hard_state.is_some_and(|hs| hs.term == 2));
+    for m in std::mem::take(&mut rd.messages) {
+        assert!(matches!(m.body, MessageBody::Vote { .. }));
+        let to = m.to;
+        c.node_mut(to).step(m);
+        c.process(to);
+    }
+    let grants: Vec<Message> = c
+        .queue
+        .drain(..)
+        .filter(|m| m.to == 1 && matches!(m.body, MessageBody::VoteResp { reject: false }))
+        .collect();
+    assert_eq!(grants.len(), 2, "both peers grant");
+    for m in grants {
+        c.node_mut(1).step(m);
+    }
+    assert_eq!(
+        c.node(1).role(),
+        Role::Candidate,
+        "a quorum of peers, but its own term is not durable"
+    );
+    // The write completes: its own vote counts, and it leads.
+    c.node_mut(1)
+        .storage_mut()
+        .set_hard_state(rd.hard_state.unwrap())
+        .unwrap();
+    c.node_mut(1).advance(rd);
+    c.process(1);
+    assert_eq!(c.node(1).role(), Role::Leader);
+}
+
 #[test]
 fn membership_change_while_a_node_is_down() {
     let mut c = Cluster::new(3, |_| {});

@@ -135,10 +135,16 @@ impl<S: Storage> RawNode<S> {
             .iter()
             .filter(|v| self.votes.get(v) == Some(&false))
             .count();
+        // A candidate leads only once its own vote is in, and that vote
+        // arrives only when the new term is durable: a leader whose term
+        // is not on disk could crash, forget the term, be elected in it a
+        // second time and write a different entry at an index it already
+        // used in that term (two entries with one index and term).
+        let own_vote_durable = self.votes.get(&self.id) == Some(&true);
         if granted >= self.quorum() {
             match self.role {
                 Role::PreCandidate => self.campaign(false, false),
-                Role::Candidate => self.become_leader(),
+                Role::Candidate if own_vote_durable => self.become_leader(),
                 _ => {}
             }
         } else if rejected >= self.quorum() {
