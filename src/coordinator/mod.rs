@@ -159,8 +159,11 @@ pub struct Coordinator {
     acked: BTreeMap<ServerId, u64>,
     /// Last push to each master: (version, when).
     pushed: BTreeMap<ServerId, (u64, u64)>,
-    /// Proposals not yet seen applied, by what they are about: when sent.
-    proposed: BTreeMap<ProposalKey, u64>,
+    /// Proposals not yet seen taking effect, by what they are about: when
+    /// sent, and the log index they should land at or before.
+    proposed: BTreeMap<ProposalKey, (u64, u64)>,
+    /// The leader's last log index (the driver keeps it current).
+    log_last_index: u64,
     /// Last heartbeat from each master (or when this leader took office).
     heard: BTreeMap<ServerId, u64>,
 }
@@ -185,6 +188,7 @@ impl Coordinator {
             acked: BTreeMap::new(),
             pushed: BTreeMap::new(),
             proposed: BTreeMap::new(),
+            log_last_index: 0,
             heard: BTreeMap::new(),
         }
     }
@@ -216,6 +220,13 @@ impl Coordinator {
         }
         self.active = established;
         self.term = term;
+    }
+
+    /// The replica's last log index: a proposal is retried only once the
+    /// log has applied past where it went (so a slow log is not flooded
+    /// with copies of the same proposal).
+    pub fn set_log_last_index(&mut self, last: u64) {
+        self.log_last_index = last;
     }
 
     /// Advances the clock by one tick; returns what to do.
@@ -301,12 +312,32 @@ impl Coordinator {
         sent_at.is_none_or(|at| self.now >= at + retry)
     }
 
-    fn propose_once(&mut self, key: ProposalKey, record: Record, out: &mut Vec<Action>) {
-        if self.due(
-            self.proposed.get(&key).copied(),
-            self.cfg.propose_retry_ticks,
-        ) {
-            self.proposed.insert(key, self.now);
+    /// Proposes `record` unless a copy is still on its way: retried only
+    /// when the log has applied past the copy's index without the effect
+    /// (it was rejected, or lost with a leader change), or after a long
+    /// silence (the proposal never reached the log).
+    fn propose_once(
+        &mut self,
+        key: ProposalKey,
+        record: Record,
+        state: &ClusterState,
+        out: &mut Vec<Action>,
+    ) {
+        let retry = self.cfg.propose_retry_ticks;
+        let due = match self.proposed.get(&key) {
+            None => true,
+            Some(&(at, index)) => {
+                (state.applied_index() >= index && self.now >= at + retry)
+                    || self.now >= at + 10 * retry
+            }
+        };
+        if due {
+            let proposing = out
+                .iter()
+                .filter(|a| matches!(a, Action::Propose(_)))
+                .count() as u64;
+            let index = self.log_last_index + 1 + proposing;
+            self.proposed.insert(key, (self.now, index));
             out.push(Action::Propose(record));
         }
     }
@@ -355,6 +386,7 @@ impl Coordinator {
                 self.propose_once(
                     ProposalKey::Complete(seq),
                     Record::Complete { seq },
+                    state,
                     &mut out,
                 );
             }
@@ -367,7 +399,7 @@ impl Coordinator {
             }
             if let Some(plan) = state.plan_recovery(m) {
                 let rec = Record::Commit(Op::ServerCrashed { id: m, plan });
-                self.propose_once(ProposalKey::Crash(m), rec, &mut out);
+                self.propose_once(ProposalKey::Crash(m), rec, state, &mut out);
             }
         }
         // Crashed servers whose recovery finished leave the list.
@@ -383,7 +415,7 @@ impl Coordinator {
                 .any(|p| matches!(&p.op, Op::ServerCrashed { id: c, .. } if *c == id));
             if !recovering {
                 let rec = Record::Commit(Op::ServerRemoved { id });
-                self.propose_once(ProposalKey::Remove(id), rec, &mut out);
+                self.propose_once(ProposalKey::Remove(id), rec, state, &mut out);
             }
         }
         out

@@ -694,7 +694,9 @@ impl World {
             && raft.log().term(n.applied).ok() == Some(raft.term())
             && n.applied >= raft.log().committed;
         let term = raft.term();
+        let last_index = raft.log().last_index();
         let was_active = n.coord.is_active();
+        n.coord.set_log_last_index(last_index);
         n.coord.set_leadership(established, term, &n.cluster);
         if established && self.healed {
             self.cw.established_after_heal = true;
@@ -1029,7 +1031,13 @@ impl World {
                 } else {
                     match node.coord.prepare(&node.cluster, &r) {
                         // Refused before proposing: no effect.
-                        Err(_) => true,
+                        Err(e) => {
+                            if self.opts.trace {
+                                let line = format!("{:>9} n{id} refuses {r:?}: {e}", self.now);
+                                self.trace.push(line);
+                            }
+                            true
+                        }
                         Ok(rec) => {
                             let bytes = rec.encode();
                             match raft.propose(bytes.clone()) {
@@ -1047,7 +1055,14 @@ impl World {
                                     }
                                     false
                                 }
-                                Err(_) => true,
+                                Err(e) => {
+                                    if self.opts.trace {
+                                        let line =
+                                            format!("{:>9} n{id} cannot propose: {e}", self.now);
+                                        self.trace.push(line);
+                                    }
+                                    true
+                                }
                             }
                         }
                     }
