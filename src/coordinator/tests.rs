@@ -45,6 +45,18 @@ impl Harness {
         h
     }
 
+    /// Creates table `name` with `tablets` tablets and lets it complete.
+    fn create_table(&mut self, name: &str, tablets: u32) {
+        let mut c = leader(2, &self.state);
+        let req = Request::CreateTable {
+            name: name.into(),
+            tablets,
+        };
+        let rec = c.prepare(&self.state, &req).unwrap();
+        self.commit(&rec);
+        self.settle(&mut c, |_| true);
+    }
+
     fn ids(&self) -> Vec<ServerId> {
         self.masters.keys().copied().collect()
     }
@@ -221,18 +233,7 @@ fn recover_incomplete_create_table() {
 #[test]
 fn recover_incomplete_drop_table() {
     let mut h = Harness::with_masters(2);
-    let mut c = leader(2, &h.state);
-    let rec = c
-        .prepare(
-            &h.state,
-            &Request::CreateTable {
-                name: "t".into(),
-                tablets: 2,
-            },
-        )
-        .unwrap();
-    h.commit(&rec);
-    h.settle(&mut c, |_| true);
+    h.create_table("t", 2);
     roll_forward(&mut h, Request::DropTable { name: "t".into() }, |_| false);
     assert!(h.state.table("t").is_none());
     for m in h.masters.values() {
@@ -243,18 +244,7 @@ fn recover_incomplete_drop_table() {
 #[test]
 fn recover_incomplete_split_tablet() {
     let mut h = Harness::with_masters(2);
-    let mut c = leader(2, &h.state);
-    let rec = c
-        .prepare(
-            &h.state,
-            &Request::CreateTable {
-                name: "t".into(),
-                tablets: 1,
-            },
-        )
-        .unwrap();
-    h.commit(&rec);
-    h.settle(&mut c, |_| true);
+    h.create_table("t", 1);
     let req = Request::SplitTablet {
         table: "t".into(),
         split_hash: 1 << 63,
@@ -268,18 +258,7 @@ fn recover_incomplete_split_tablet() {
 #[test]
 fn recover_incomplete_migrate_tablet() {
     let mut h = Harness::with_masters(2);
-    let mut c = leader(2, &h.state);
-    let rec = c
-        .prepare(
-            &h.state,
-            &Request::CreateTable {
-                name: "t".into(),
-                tablets: 1,
-            },
-        )
-        .unwrap();
-    h.commit(&rec);
-    h.settle(&mut c, |_| true);
+    h.create_table("t", 1);
     let from = h.state.table("t").unwrap().tablets[0].owner;
     let to = *h.ids().iter().find(|m| **m != from).unwrap();
     let req = Request::MigrateTablet {
@@ -296,18 +275,7 @@ fn recover_incomplete_migrate_tablet() {
 #[test]
 fn recover_incomplete_server_crashed() {
     let mut h = Harness::with_masters(3);
-    let mut c = leader(2, &h.state);
-    let rec = c
-        .prepare(
-            &h.state,
-            &Request::CreateTable {
-                name: "t".into(),
-                tablets: 3,
-            },
-        )
-        .unwrap();
-    h.commit(&rec);
-    h.settle(&mut c, |_| true);
+    h.create_table("t", 3);
     let dead = h.ids()[0];
     // The first leader declares it crashed (no heartbeat) and dies after
     // the commit point, before any push.

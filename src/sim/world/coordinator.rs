@@ -913,17 +913,7 @@ impl World {
 
     /// Answers lookups whose read index node `id` has applied.
     pub(super) fn serve_lookups(&mut self, id: NodeId) {
-        let node = self.nodes.get_mut(&id).unwrap();
-        let applied = node.applied;
-        let mut ready = Vec::new();
-        node.read_points.retain(|&(index, ctx)| {
-            if index <= applied {
-                ready.push(ctx);
-                false
-            } else {
-                true
-            }
-        });
+        let (applied, ready) = self.take_ready_reads(id);
         for ctx in ready {
             let node = self.nodes.get_mut(&id).unwrap();
             if let Some((client, name)) = node.pending_lookups.remove(&ctx) {

@@ -936,7 +936,9 @@ impl World {
         Ok(())
     }
 
-    fn serve_reads(&mut self, id: NodeId) {
+    /// The read contexts whose read index node `id` has applied (taken
+    /// off its list), with the applied index they are served at.
+    fn take_ready_reads(&mut self, id: NodeId) -> (u64, Vec<u64>) {
         let node = self.nodes.get_mut(&id).unwrap();
         let applied = node.applied;
         let mut ready = Vec::new();
@@ -948,6 +950,11 @@ impl World {
                 true
             }
         });
+        (applied, ready)
+    }
+
+    fn serve_reads(&mut self, id: NodeId) {
+        let (_, ready) = self.take_ready_reads(id);
         for ctx in ready {
             let node = self.nodes.get_mut(&id).unwrap();
             if let Some((client, key)) = node.pending_reads.remove(&ctx) {
