@@ -8,6 +8,8 @@
 //!   with its own, then delivers messages, applies one-sided writes to the
 //!   registered regions and acknowledges them on the same connection
 //!   (without waking the owner: the write is applied right there);
+//! - a message for a peer with no configured address (a client that
+//!   connected to us) is answered on the connection it opened;
 //! - per configured peer, a sender thread owns the outgoing connection:
 //!   connects (backing off from `backoff_min` to `backoff_max` while the
 //!   peer is away), says `Hello`, then writes the frames queued for that
@@ -86,6 +88,9 @@ struct Inner {
     events: Sender<Event>,
     regions: RwLock<HashMap<RegionId, Arc<dyn Region>>>,
     outbound: Mutex<HashMap<PeerId, Sender<Frame>>>,
+    /// The newest connection each peer opened to us, for answering peers
+    /// whose address we do not know (clients).
+    inbound: Mutex<HashMap<PeerId, Arc<Mutex<TcpStream>>>>,
     /// Every open connection, to close them at shutdown.
     conns: Mutex<Vec<TcpStream>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -128,6 +133,7 @@ impl TcpTransport {
             events: tx,
             regions: RwLock::new(HashMap::new()),
             outbound: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(HashMap::new()),
             conns: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
             next_write: AtomicU64::new(0),
@@ -181,7 +187,23 @@ impl TcpTransport {
     fn enqueue(&self, to: PeerId, frame: Frame) {
         let out = self.inner.outbound.lock().expect("lock poisoned");
         let Some(q) = out.get(&to) else {
-            tracing::debug!(to, "no such peer; frame dropped");
+            drop(out);
+            // No address: answer on the connection the peer opened, if any.
+            let w = self
+                .inner
+                .inbound
+                .lock()
+                .expect("lock poisoned")
+                .get(&to)
+                .cloned();
+            match w {
+                Some(w) => {
+                    if let Err(e) = send_frame(&w, &frame) {
+                        tracing::debug!(to, error = %e, "answer lost with its connection");
+                    }
+                }
+                None => tracing::debug!(to, "no route to peer; frame dropped"),
+            }
             return;
         };
         if let Err(TrySendError::Full(_)) = q.try_send(frame) {
@@ -352,12 +374,23 @@ fn serve_inbound(inner: Arc<Inner>, mut stream: TcpStream, addr: SocketAddr) {
     let Ok(writer) = stream.try_clone() else {
         return;
     };
-    let writer = Mutex::new(writer);
+    let writer = Arc::new(Mutex::new(writer));
     if send_frame(&writer, &hello).is_err() {
         return;
     }
     tracing::debug!(peer, %addr, "peer connected");
+    // A peer we have no address for (a client) is answered on this
+    // connection.
+    inner
+        .inbound
+        .lock()
+        .expect("lock poisoned")
+        .insert(peer, writer.clone());
     read_loop(&inner, stream, dec, peer, addr, Some(&writer));
+    let mut inbound = inner.inbound.lock().expect("lock poisoned");
+    if inbound.get(&peer).is_some_and(|w| Arc::ptr_eq(w, &writer)) {
+        inbound.remove(&peer);
+    }
 }
 
 fn reject(inner: &Inner, stream: &TcpStream, addr: SocketAddr, why: &str) {

@@ -190,3 +190,19 @@ fn a_restarted_peer_is_reconnected() {
         assert!(Instant::now() < deadline, "never reconnected");
     }
 }
+
+/// A client whose address the server does not know is answered on the
+/// connection the client opened.
+#[test]
+fn a_peer_without_an_address_is_answered_on_its_own_connection() {
+    let server = TcpTransport::start(TcpConfig::new(1, 8, loopback())).unwrap();
+    let client = TcpTransport::start(TcpConfig::new(900, 8, loopback())).unwrap();
+    client.add_peer(1, server.local_addr());
+    client.send(1, Bytes::from_static(b"status?"));
+    assert_eq!(wait_message(&server), (900, Bytes::from_static(b"status?")));
+    server.send(900, Bytes::from_static(b"leader is 1"));
+    assert_eq!(
+        wait_message(&client),
+        (1, Bytes::from_static(b"leader is 1"))
+    );
+}
