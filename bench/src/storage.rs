@@ -280,8 +280,7 @@ fn group_commit(
                 log.flush_poll(true).unwrap();
             }
         }
-        let flushes = log.flushes();
-        flushes
+        log.flushes()
     });
     let started = Instant::now();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -94,10 +94,16 @@ pub trait Transport: Send {
     fn events(&self) -> &Receiver<Event>;
 }
 
+/// A node's registered regions, shared with its transport's I/O path.
+pub(crate) type RegionMap = std::sync::RwLock<std::collections::HashMap<RegionId, Arc<dyn Region>>>;
+
+/// Decides whether a write (offset, bytes) may land in a [`BufferRegion`].
+pub type Fence = Box<dyn Fn(u64, &[u8]) -> Result<(), String> + Send + Sync>;
+
 /// Applies a write to a registered region: the bounds check and the
 /// region's own verdict. Shared by every transport's receiving side.
 pub(crate) fn apply_write(
-    regions: &std::sync::RwLock<std::collections::HashMap<RegionId, Arc<dyn Region>>>,
+    regions: &RegionMap,
     region: RegionId,
     offset: u64,
     bytes: &[u8],
@@ -124,7 +130,7 @@ pub(crate) fn apply_write(
 /// fence deciding which writes may land.
 pub struct BufferRegion {
     data: std::sync::Mutex<Vec<u8>>,
-    fence: Box<dyn Fn(u64, &[u8]) -> Result<(), String> + Send + Sync>,
+    fence: Fence,
 }
 
 impl BufferRegion {

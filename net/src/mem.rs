@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 use crossbeam::channel::{unbounded, Receiver, Sender};
 
-use crate::{apply_write, Event, PeerId, Region, RegionId, Transport};
+use crate::{apply_write, Event, PeerId, Region, RegionId, RegionMap, Transport};
 
 #[derive(Default)]
 struct Hub {
     inboxes: HashMap<PeerId, Sender<Event>>,
-    regions: HashMap<PeerId, Arc<RwLock<HashMap<RegionId, Arc<dyn Region>>>>>,
+    regions: HashMap<PeerId, Arc<RegionMap>>,
     /// Directed links that drop everything.
     cut: HashSet<(PeerId, PeerId)>,
 }
@@ -63,7 +63,7 @@ pub struct MemTransport {
     id: PeerId,
     net: MemNetwork,
     events: Receiver<Event>,
-    regions: Arc<RwLock<HashMap<RegionId, Arc<dyn Region>>>>,
+    regions: Arc<RegionMap>,
     next_write: Mutex<u64>,
 }
 

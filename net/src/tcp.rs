@@ -34,7 +34,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam::channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::frame::{Frame, FrameDecoder, FrameError};
-use crate::{apply_write, Event, PeerId, Region, RegionId, Transport};
+use crate::{apply_write, Event, PeerId, Region, RegionId, RegionMap, Transport};
 
 /// How a [`TcpTransport`] runs.
 #[derive(Clone, Debug)]
@@ -86,7 +86,7 @@ struct Inner {
     cfg: TcpConfig,
     shutdown: AtomicBool,
     events: Sender<Event>,
-    regions: RwLock<HashMap<RegionId, Arc<dyn Region>>>,
+    regions: RegionMap,
     outbound: Mutex<HashMap<PeerId, Sender<Frame>>>,
     /// The newest connection each peer opened to us, for answering peers
     /// whose address we do not know (clients).
