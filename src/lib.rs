@@ -13,5 +13,6 @@ pub mod cluster;
 pub mod coordinator;
 pub mod lincheck;
 pub mod master;
+pub mod node;
 pub mod sim;
 pub mod storage_crash;
