@@ -17,6 +17,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a coordinator replica: Raft over TCP with a durable log.
+    ///
+    /// Every replica is started with the same --peers list (its own id
+    /// included); an empty --data-dir is bootstrapped as a founding member,
+    /// a non-empty one is recovered (torn tail truncated and logged). Logs go
+    /// to stderr (RAMCOORD_LOG=debug for more).
+    ///
+    /// Example:
+    ///   ramcoord coordinator --id 1 --listen 127.0.0.1:7101 \
+    ///     --peers 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103 --data-dir /tmp/c1
+    #[command(verbatim_doc_comment)]
+    Coordinator(CoordinatorArgs),
     /// Check a recorded client history for linearizability.
     ///
     /// Reads a Jepsen register history (read / write / cas; `:info` outcomes
@@ -85,6 +97,75 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         term: u64,
     },
+}
+
+#[derive(clap::Args)]
+struct CoordinatorArgs {
+    /// This replica's id (one of --peers).
+    #[arg(long)]
+    id: u64,
+    /// Address to listen on for peers and clients.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Every replica as ID=HOST:PORT, comma-separated (this one included).
+    #[arg(long, value_parser = parse_peers)]
+    peers: Peers,
+    /// Directory of this replica's log (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// When an entry counts as durable: fsync (flushed to disk) or memory
+    /// (in the page cache, flushed every 50 ms: a power loss of a majority
+    /// can lose acknowledged entries).
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Fsync)]
+    durability: DurabilityArg,
+    /// One Raft tick, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    tick_ms: u64,
+    /// Election timeout, in ticks (randomised up to twice this).
+    #[arg(long, default_value_t = 10)]
+    election_ticks: u64,
+    /// Cluster id: connections from another cluster are refused.
+    #[arg(long, default_value_t = 1)]
+    cluster: u64,
+}
+
+/// The replica list of --peers.
+#[derive(Clone, Debug)]
+struct Peers(Vec<(u64, std::net::SocketAddr)>);
+
+fn parse_peers(s: &str) -> Result<Peers, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected ID=HOST:PORT"))?;
+        let id: u64 = id
+            .parse()
+            .map_err(|_| format!("{id:?}: a replica id is a positive integer"))?;
+        if id == 0 {
+            return Err("replica id 0 is reserved".into());
+        }
+        let addr = addr
+            .parse()
+            .map_err(|e| format!("{addr:?}: not HOST:PORT ({e})"))?;
+        if out.iter().any(|(i, _)| *i == id) {
+            return Err(format!("replica {id} listed twice"));
+        }
+        out.push((id, addr));
+    }
+    if out.is_empty() {
+        return Err("at least one replica".into());
+    }
+    Ok(Peers(out))
+}
+
+/// --durability.
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    /// Durable = fdatasync'ed.
+    Fsync,
+    /// Durable = in the page cache, flushed in the background.
+    Memory,
 }
 
 #[derive(clap::Args)]
@@ -161,6 +242,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Lincheck { format, file } => run_lincheck(format, &file),
         Command::Sim(args) => run_sim(args),
+        Command::Coordinator(args) => run_coordinator(args),
         Command::StorageCrash {
             iterations,
             seed,
@@ -493,6 +575,60 @@ fn run_storage_crash(
                 dir.display()
             );
             ExitCode::from(1)
+        }
+    }
+}
+
+fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
+    use ramcoord::node::{CoordinatorNode, NodeConfig};
+    use ramcoord_net::tcp::{TcpConfig, TcpTransport};
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAMCOORD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let ids: Vec<u64> = args.peers.0.iter().map(|(i, _)| *i).collect();
+    if !ids.contains(&args.id) {
+        eprintln!(
+            "ramcoord coordinator: --id {} is not in --peers ({ids:?})",
+            args.id
+        );
+        return ExitCode::from(2);
+    }
+    let mut tcp = TcpConfig::new(args.id, args.cluster, args.listen);
+    for (id, addr) in &args.peers.0 {
+        if *id != args.id {
+            tcp.peers.insert(*id, *addr);
+        }
+    }
+    let transport = match TcpTransport::start(tcp) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ramcoord coordinator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut cfg = NodeConfig::new(args.id, ids, args.data_dir);
+    cfg.durability = match args.durability {
+        DurabilityArg::Fsync => ramcoord_log::disk::Durability::Fsync,
+        DurabilityArg::Memory => ramcoord_log::disk::Durability::Memory,
+    };
+    cfg.tick = std::time::Duration::from_millis(args.tick_ms.max(1));
+    cfg.election_ticks = args.election_ticks.max(2);
+    let mut node = match CoordinatorNode::open(cfg, transport) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("ramcoord coordinator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    loop {
+        if let Err(e) = node.run_for(std::time::Duration::from_secs(1)) {
+            tracing::error!(error = %e, "stopping");
+            eprintln!("ramcoord coordinator: {e}");
+            return ExitCode::from(1);
         }
     }
 }

@@ -293,6 +293,7 @@ impl<T: Transport> CoordinatorNode<T> {
             .set_leadership(established, self.raft.term(), &self.cluster);
         if established && !was {
             tracing::info!(
+                id = self.cfg.id,
                 term = self.raft.term(),
                 incomplete = self.cluster.incomplete().len(),
                 "coordinator active: rolling forward incomplete operations"

@@ -1,0 +1,115 @@
+//! Three `ramcoord coordinator` processes on loopback: one becomes the
+//! active coordinator; after it is killed with SIGKILL another takes over
+//! (in a later term); a restarted replica rejoins from its data directory.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+struct Replica {
+    id: u64,
+    child: Child,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts replica `id`; its stderr lines go to `lines` tagged with its id.
+fn start(
+    id: u64,
+    peers: &str,
+    port: u16,
+    dir: &std::path::Path,
+    lines: &mpsc::Sender<(u64, String)>,
+) -> Replica {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
+        .args(["coordinator", "--id", &id.to_string(), "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--peers", peers, "--data-dir"])
+        .arg(dir.join(format!("c{id}")))
+        .args(["--tick-ms", "5"])
+        .env("RAMCOORD_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let tx = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send((id, line));
+        }
+    });
+    Replica { id, child }
+}
+
+/// Waits for a replica to log that it became the active coordinator;
+/// returns (id, term).
+fn wait_active(lines: &mpsc::Receiver<(u64, String)>, after_term: u64) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let Ok((id, line)) = lines.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
+        if !line.contains("coordinator active") {
+            continue;
+        }
+        let term: u64 = line
+            .split("term=")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no term in {line:?}"));
+        if term > after_term {
+            return (id, term);
+        }
+    }
+    panic!("no replica became the active coordinator after term {after_term}");
+}
+
+#[test]
+fn the_coordinator_survives_kill_9_of_its_leader() {
+    let dir = std::env::temp_dir().join(format!("ramcoord-proc-{}", std::process::id()));
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = (1..=3)
+        .map(|i| format!("{i}=127.0.0.1:{}", ports[i as usize - 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (tx, rx) = mpsc::channel();
+    let mut replicas: Vec<Replica> = (1..=3)
+        .map(|i| start(i, &peers, ports[i as usize - 1], &dir, &tx))
+        .collect();
+    let (first, term) = wait_active(&rx, 0);
+    // kill -9 the active coordinator.
+    let pos = replicas.iter().position(|r| r.id == first).unwrap();
+    let mut victim = replicas.remove(pos);
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    let (second, term2) = wait_active(&rx, term);
+    assert_ne!(second, first);
+    assert!(term2 > term);
+    // The killed replica restarts from its data directory and rejoins; the
+    // group keeps a leader (a later election may pick anyone).
+    replicas.push(start(first, &peers, ports[first as usize - 1], &dir, &tx));
+    let survivor = replicas.iter().position(|r| r.id == second).unwrap();
+    let mut s = replicas.remove(survivor);
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let (third, _) = wait_active(&rx, term2);
+    assert_ne!(third, second, "a live replica leads");
+    drop(replicas);
+    let _ = std::fs::remove_dir_all(&dir);
+}
