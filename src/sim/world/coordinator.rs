@@ -796,22 +796,7 @@ impl World {
         entries: &[ramcoord_log::Entry],
     ) -> Result<(), Violation> {
         for e in entries {
-            let node = self.nodes.get_mut(&id).unwrap();
-            if e.index != node.applied + 1 {
-                return Err(Violation::new(
-                    "state machine safety",
-                    format!("node {id} applies index {} after {}", e.index, node.applied),
-                ));
-            }
-            node.applied = e.index;
-            let digest = entry_digest(e);
-            if e.kind == EntryKind::ConfChange
-                && e.term > 1
-                && self.checker.applied_at(e.index).is_none()
-            {
-                self.stats.conf_changes += 1;
-            }
-            self.checker.on_applied(id, e.index, digest)?;
+            self.check_apply(id, e)?;
             let node = self.nodes.get_mut(&id).unwrap();
             let data: &[u8] = if e.kind == EntryKind::Normal {
                 &e.data

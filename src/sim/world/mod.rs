@@ -885,24 +885,33 @@ impl World {
         Ok(())
     }
 
+    /// What every workload does first for each committed entry a node
+    /// applies: entries come in order, each once, and every node applies
+    /// the same entry at an index (state machine safety). Returns the
+    /// entry's digest.
+    fn check_apply(&mut self, id: NodeId, e: &ramcoord_log::Entry) -> Result<u64, Violation> {
+        let node = self.nodes.get_mut(&id).unwrap();
+        if e.index != node.applied + 1 {
+            return Err(Violation::new(
+                "state machine safety",
+                format!("node {id} applies index {} after {}", e.index, node.applied),
+            ));
+        }
+        node.applied = e.index;
+        let digest = entry_digest(e);
+        if e.kind == EntryKind::ConfChange
+            && e.term > 1
+            && self.checker.applied_at(e.index).is_none()
+        {
+            self.stats.conf_changes += 1;
+        }
+        self.checker.on_applied(id, e.index, digest)?;
+        Ok(digest)
+    }
+
     fn apply(&mut self, id: NodeId, entries: &[ramcoord_log::Entry]) -> Result<(), Violation> {
         for e in entries {
-            let node = self.nodes.get_mut(&id).unwrap();
-            if e.index != node.applied + 1 {
-                return Err(Violation::new(
-                    "state machine safety",
-                    format!("node {id} applies index {} after {}", e.index, node.applied),
-                ));
-            }
-            node.applied = e.index;
-            let digest = entry_digest(e);
-            if e.kind == EntryKind::ConfChange
-                && e.term > 1
-                && self.checker.applied_at(e.index).is_none()
-            {
-                self.stats.conf_changes += 1;
-            }
-            self.checker.on_applied(id, e.index, digest)?;
+            let digest = self.check_apply(id, e)?;
             let node = self.nodes.get_mut(&id).unwrap();
             let pending = node.pending_writes.remove(&e.index);
             let cmd = if e.kind == EntryKind::Normal {
