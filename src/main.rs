@@ -29,6 +29,14 @@ enum Command {
     ///     --peers 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103 --data-dir /tmp/c1
     #[command(verbatim_doc_comment)]
     Coordinator(CoordinatorArgs),
+    /// Ask a running coordinator group.
+    ///
+    /// Any replica's address works; `status` asks every one given.
+    ///
+    /// Example:
+    ///   ramcoord ctl --coordinators 127.0.0.1:7101,127.0.0.1:7102 status
+    #[command(verbatim_doc_comment)]
+    Ctl(CtlArgs),
     /// Check a recorded client history for linearizability.
     ///
     /// Reads a Jepsen register history (read / write / cas; `:info` outcomes
@@ -127,6 +135,32 @@ struct CoordinatorArgs {
     /// Cluster id: connections from another cluster are refused.
     #[arg(long, default_value_t = 1)]
     cluster: u64,
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// Coordinator replicas' addresses, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    coordinators: Vec<std::net::SocketAddr>,
+    /// Cluster id (as given to the coordinators).
+    #[arg(long, default_value_t = 1)]
+    cluster: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for each replica.
+    #[arg(long, default_value_t = 2.0)]
+    timeout: f64,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Each replica's role, term, commit and applied index, leader, and
+    /// what its cluster state holds (servers up, tables, incomplete
+    /// operations); the leader adds each follower's match index.
+    Status,
 }
 
 /// The replica list of --peers.
@@ -243,6 +277,7 @@ fn main() -> ExitCode {
         Command::Lincheck { format, file } => run_lincheck(format, &file),
         Command::Sim(args) => run_sim(args),
         Command::Coordinator(args) => run_coordinator(args),
+        Command::Ctl(args) => run_ctl(args),
         Command::StorageCrash {
             iterations,
             seed,
@@ -629,6 +664,126 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
             tracing::error!(error = %e, "stopping");
             eprintln!("ramcoord coordinator: {e}");
             return ExitCode::from(1);
+        }
+    }
+}
+
+/// Sends one client request to the replica at `addr` over the frame
+/// protocol and waits for its answer.
+fn ask_replica(
+    addr: std::net::SocketAddr,
+    cluster: u64,
+    req: &ramcoord::node::client::ClientRequest,
+    timeout: std::time::Duration,
+) -> Result<ramcoord::node::client::ClientReply, String> {
+    use ramcoord::node::{client, tag};
+    use ramcoord_net::frame::{Frame, FrameDecoder};
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    // A client id nobody else uses: high bit set, then time and process.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let me = (1u64 << 62) | (u64::from(std::process::id()) << 30) | nanos;
+    let mut out = Frame::Hello { peer: me, cluster }.to_bytes().to_vec();
+    out.extend_from_slice(&Frame::Message(client::encode(tag::CLIENT, req)).to_bytes());
+    s.write_all(&out).map_err(|e| e.to_string())?;
+    let mut dec = FrameDecoder::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        while let Some(f) = dec.next_frame().map_err(|e| e.to_string())? {
+            if let Frame::Message(p) = f {
+                if p.first() == Some(&tag::CLIENT_REPLY) {
+                    return client::decode_reply(&p[1..]);
+                }
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return Err("connection closed (another cluster?)".into()),
+            Ok(n) => dec.push(&buf[..n]),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn run_ctl(args: CtlArgs) -> ExitCode {
+    use ramcoord::node::client::{ClientReply, ClientRequest};
+    let timeout = std::time::Duration::from_secs_f64(args.timeout.max(0.01));
+    match args.command {
+        CtlCommand::Status => {
+            let mut rows = Vec::new();
+            let mut answered = 0;
+            for addr in &args.coordinators {
+                match ask_replica(*addr, args.cluster, &ClientRequest::Status, timeout) {
+                    Ok(ClientReply::Status(st)) => {
+                        answered += 1;
+                        rows.push((*addr, Ok(st)));
+                    }
+                    Err(e) => rows.push((*addr, Err(e))),
+                }
+            }
+            if args.json {
+                let v: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|(addr, r)| match r {
+                        Ok(st) => serde_json::json!({"address": addr.to_string(), "status": st}),
+                        Err(e) => serde_json::json!({"address": addr.to_string(), "error": e}),
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!(
+                    "{:<22} {:>3} {:<13} {:>6} {:>8} {:>8} {:>6} {:>6} {:>7} {:>6} {:>10}",
+                    "address",
+                    "id",
+                    "role",
+                    "term",
+                    "commit",
+                    "applied",
+                    "leader",
+                    "active",
+                    "servers",
+                    "tables",
+                    "incomplete"
+                );
+                for (addr, r) in &rows {
+                    match r {
+                        Ok(st) => {
+                            println!(
+                                "{:<22} {:>3} {:<13} {:>6} {:>8} {:>8} {:>6} {:>6} {:>7} {:>6} {:>10}",
+                                addr.to_string(),
+                                st.id,
+                                st.role,
+                                st.term,
+                                st.commit,
+                                st.applied,
+                                st.leader.map_or("-".to_string(), |l| l.to_string()),
+                                if st.active { "yes" } else { "no" },
+                                st.servers_up,
+                                st.tables,
+                                st.incomplete
+                            );
+                            if !st.match_index.is_empty() {
+                                let m: Vec<String> = st
+                                    .match_index
+                                    .iter()
+                                    .map(|(id, i)| format!("{id}={i}"))
+                                    .collect();
+                                println!("{:<22}     match index: {}", "", m.join(" "));
+                            }
+                        }
+                        Err(e) => println!("{:<22} unreachable: {e}", addr.to_string()),
+                    }
+                }
+            }
+            if answered == 0 {
+                eprintln!("ramcoord ctl: no coordinator answered");
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
         }
     }
 }

@@ -93,6 +93,31 @@ fn the_coordinator_survives_kill_9_of_its_leader() {
         .map(|i| start(i, &peers, ports[i as usize - 1], &dir, &tx))
         .collect();
     let (first, term) = wait_active(&rx, 0);
+    // `ctl status` sees the same: one active leader in that term (or later).
+    let addrs = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
+        .args(["ctl", "--coordinators", &addrs, "--json", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let active: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["status"]["active"] == serde_json::Value::Bool(true))
+        .collect();
+    assert_eq!(active.len(), 1, "{v}");
+    assert!(active[0]["status"]["term"].as_u64().unwrap() >= term);
+    assert_eq!(active[0]["status"]["role"], "leader");
     // kill -9 the active coordinator.
     let pos = replicas.iter().position(|r| r.id == first).unwrap();
     let mut victim = replicas.remove(pos);
@@ -110,6 +135,15 @@ fn the_coordinator_survives_kill_9_of_its_leader() {
     s.child.wait().unwrap();
     let (third, _) = wait_active(&rx, term2);
     assert_ne!(third, second, "a live replica leads");
+    // A dead address is reported, not fatal.
+    let out = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
+        .args(["ctl", "--coordinators", &addrs, "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("unreachable"), "{text}");
+    assert!(text.contains("leader"), "{text}");
     drop(replicas);
     let _ = std::fs::remove_dir_all(&dir);
 }

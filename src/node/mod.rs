@@ -38,7 +38,13 @@ use crate::coordinator::{Action, Coordinator, CoordinatorBugs, CoordinatorConfig
 pub mod tag {
     /// A Raft message (`ramcoord_log::wire`).
     pub const RAFT: u8 = 1;
+    /// A client request ([`super::client`]).
+    pub const CLIENT: u8 = 2;
+    /// A replica's answer to a client ([`super::client`]).
+    pub const CLIENT_REPLY: u8 = 3;
 }
+
+pub mod client;
 
 /// How a coordinator replica runs.
 #[derive(Clone, Debug)]
@@ -220,6 +226,16 @@ impl<T: Transport> CoordinatorNode<T> {
     fn handle(&mut self, ev: Event) {
         match ev {
             Event::Message { from, payload } => {
+                if payload.first() == Some(&tag::CLIENT) {
+                    match client::decode_request(&payload[1..]) {
+                        Ok(req) => self.answer(from, req),
+                        Err(e) => {
+                            self.rejected_messages += 1;
+                            tracing::warn!(from, error = %e, "malformed client request dropped");
+                        }
+                    }
+                    return;
+                }
                 if payload.first() != Some(&tag::RAFT) {
                     self.rejected_messages += 1;
                     tracing::warn!(from, "message with an unknown tag dropped");
@@ -239,6 +255,49 @@ impl<T: Transport> CoordinatorNode<T> {
             }
             Event::WriteDone { .. } => {}
         }
+    }
+
+    /// This replica's view (see [`client::Status`]).
+    pub fn status_report(&self) -> client::Status {
+        let (role, term, commit) = self.status();
+        let role = match role {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre-candidate",
+        };
+        let match_index = if self.raft.role() == Role::Leader {
+            self.raft
+                .conf()
+                .members()
+                .filter(|id| *id != self.cfg.id)
+                .filter_map(|id| self.raft.progress(id).map(|p| (id, p.match_index)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        client::Status {
+            id: self.cfg.id,
+            role: role.to_string(),
+            term,
+            commit,
+            last_index: self.raft.log().last_index(),
+            applied: self.cluster.applied_index(),
+            leader: self.raft.leader_id(),
+            active: self.coord.is_active(),
+            servers_up: self.cluster.up_masters().len() as u64,
+            tables: self.cluster.tables().count() as u64,
+            incomplete: self.cluster.incomplete().len() as u64,
+            match_index,
+        }
+    }
+
+    fn answer(&mut self, from: u64, req: client::ClientRequest) {
+        let reply = match req {
+            client::ClientRequest::Status => client::ClientReply::Status(self.status_report()),
+        };
+        self.transport
+            .send(from, client::encode(tag::CLIENT_REPLY, &reply));
     }
 
     fn send(&self, m: &Message) {
