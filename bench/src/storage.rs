@@ -68,24 +68,30 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-fn floor(dir: &Path, ops: u64) -> Histogram<u64> {
-    let path = dir.join("floor.dat");
+/// A file of `count` blocks of `block_bytes`, written once and synced so
+/// that later writes rewrite allocated blocks (what the log's zeroed
+/// segments give it).
+fn prepared_file(path: &Path, block_bytes: usize, count: u64) -> std::fs::File {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .read(true)
         .write(true)
-        .open(&path)
+        .open(path)
         .unwrap();
-    f.set_len(ops * FLOOR_BYTES as u64).unwrap();
-    // Write it once so the loop below rewrites allocated blocks.
-    let block = vec![0x5au8; FLOOR_BYTES];
-    for i in 0..ops {
-        f.write_all_at(&block, i * FLOOR_BYTES as u64).unwrap();
+    let block = vec![0x5au8; block_bytes];
+    for i in 0..count {
+        f.write_all_at(&block, i * block_bytes as u64).unwrap();
     }
     f.sync_all().unwrap();
+    f
+}
+
+fn floor(dir: &Path, ops: u64) -> Histogram<u64> {
+    let path = dir.join("floor.dat");
+    let f = prepared_file(&path, FLOOR_BYTES, ops);
     let mut h = Histogram::<u64>::new(3).unwrap();
-    let mut block = block;
+    let mut block = vec![0x5au8; FLOOR_BYTES];
     for i in 0..ops {
         // New contents each time, as a log writes.
         block.fill(i as u8 ^ 0xa5);
@@ -102,18 +108,8 @@ fn floor(dir: &Path, ops: u64) -> Histogram<u64> {
 /// bounds group commit of large entries.
 fn floor_bandwidth(dir: &Path, ops: u64) -> f64 {
     let path = dir.join("bandwidth.dat");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
+    let f = prepared_file(&path, BANDWIDTH_BYTES, ops);
     let mut block = vec![0x5au8; BANDWIDTH_BYTES];
-    for i in 0..ops {
-        f.write_all_at(&block, i * BANDWIDTH_BYTES as u64).unwrap();
-    }
-    f.sync_all().unwrap();
     let t = Instant::now();
     for i in 0..ops {
         block.fill(i as u8 ^ 0xa5);

@@ -517,11 +517,18 @@ impl World {
                 }
                 MasterAction::Shutdown => continue,
             };
-            if !self.cw.blocked.contains(&(to, slot)) && !self.lost() {
-                let d = self.net_delay();
-                self.cev(d, ev);
-            }
+            self.over_link(to, slot, ev);
         }
+    }
+
+    /// Delivers `ev` over the link between replica `node` and master `slot`
+    /// (either way), unless the link is cut or the message is lost.
+    fn over_link(&mut self, node: NodeId, slot: usize, ev: CoordEv) {
+        if self.cw.blocked.contains(&(node, slot)) || self.lost() {
+            return;
+        }
+        let d = self.net_delay();
+        self.cev(d, ev);
     }
 
     fn enlist_arrive(
@@ -569,12 +576,9 @@ impl World {
         id: Option<ServerId>,
         hint: Option<NodeId>,
     ) {
-        if self.cw.blocked.contains(&(node, slot)) || self.lost() {
-            return;
-        }
-        let d = self.net_delay();
-        self.cev(
-            d,
+        self.over_link(
+            node,
+            slot,
             CoordEv::EnlistReply {
                 slot,
                 inc,
@@ -594,12 +598,9 @@ impl World {
         let dead = n.cluster.is_gone(from);
         let leader = n.coord.is_active();
         self.trace(|| format!("n{node} heartbeat from {from} (m{slot}); active {leader}"));
-        if self.cw.blocked.contains(&(node, slot)) || self.lost() {
-            return;
-        }
-        let d = self.net_delay();
-        self.cev(
-            d,
+        self.over_link(
+            node,
+            slot,
             CoordEv::HeartbeatReply {
                 slot,
                 inc,
@@ -669,12 +670,9 @@ impl World {
         self.trace(|| {
             format!("m{slot} holds version {held} after a write of {version} (term {term})")
         });
-        if self.cw.blocked.contains(&(from, slot)) || self.lost() {
-            return Ok(());
-        }
-        let d = self.net_delay();
-        self.cev(
-            d,
+        self.over_link(
+            from,
+            slot,
             CoordEv::PushAck {
                 node: from,
                 from: id,
