@@ -9,8 +9,10 @@
 
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod cluster;
 pub mod coordinator;
+pub mod ctl;
 pub mod lincheck;
 pub mod master;
 pub mod node;

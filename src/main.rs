@@ -29,12 +29,34 @@ enum Command {
     ///     --peers 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103 --data-dir /tmp/c1
     #[command(verbatim_doc_comment)]
     Coordinator(CoordinatorArgs),
-    /// Ask a running coordinator group.
+    /// Run a master: serves tablets, takes its configuration from the
+    /// coordinator by one-sided writes.
     ///
-    /// Any replica's address works; `status` asks every one given.
+    /// It enlists with the active coordinator (any replica address works:
+    /// followers point to the leader), then heartbeats it. Its configuration
+    /// region is written by the coordinator; a write from a deposed
+    /// coordinator's term is fenced. If the coordinator declares it crashed
+    /// (silent past --master-timeout-ms) it exits with status 3: a new
+    /// process enlists as a new server.
     ///
     /// Example:
+    ///   ramcoord master --listen 127.0.0.1:7201 \
+    ///     --coordinators 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
+    #[command(verbatim_doc_comment)]
+    Master(MasterArgs),
+    /// Ask a running cluster: status, servers, tables, operations, keys.
+    ///
+    /// Any replica's address works: followers point to the leader.
+    /// Operations return at their commit point, then wait for completion
+    /// (unless --no-wait). `put`/`get` go to the master that owns the key.
+    ///
+    /// Examples:
     ///   ramcoord ctl --coordinators 127.0.0.1:7101,127.0.0.1:7102 status
+    ///   ramcoord ctl --coordinators 127.0.0.1:7101 create-table users --tablets 4
+    ///   ramcoord ctl --coordinators 127.0.0.1:7101 put users alice 42
+    ///   ramcoord ctl --coordinators 127.0.0.1:7101 get users alice
+    ///   ramcoord ctl --coordinators 127.0.0.1:7101 migrate-tablet users 0x0 2.1
+    ///   ramcoord ctl --coordinators 127.0.0.1:7101 --json ops
     #[command(verbatim_doc_comment)]
     Ctl(CtlArgs),
     /// Check a recorded client history for linearizability.
@@ -135,6 +157,34 @@ struct CoordinatorArgs {
     /// Cluster id: connections from another cluster are refused.
     #[arg(long, default_value_t = 1)]
     cluster: u64,
+    /// Declare a master crashed after this long without a heartbeat (its
+    /// tablets then move to live masters).
+    #[arg(long, default_value_t = 500)]
+    master_timeout_ms: u64,
+    /// Fault injection: hold every configuration push this long (widens the
+    /// window between a commit point and the operation's completion).
+    #[arg(long, default_value_t = 0, hide = true)]
+    push_delay_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct MasterArgs {
+    /// Address to listen on for coordinators' one-sided writes and clients.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// The address to enlist with (what others dial); default: --listen.
+    #[arg(long)]
+    advertise: Option<std::net::SocketAddr>,
+    /// Coordinator replicas' addresses, comma-separated (any subset).
+    #[arg(long, value_delimiter = ',', required = true)]
+    coordinators: Vec<std::net::SocketAddr>,
+    /// Cluster id (as given to the coordinators).
+    #[arg(long, default_value_t = 1)]
+    cluster: u64,
+    /// Heartbeat the active coordinator this often, in milliseconds (keep
+    /// it well under the coordinators' --master-timeout-ms).
+    #[arg(long, default_value_t = 50)]
+    heartbeat_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -148,19 +198,88 @@ struct CtlArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Seconds to wait for each replica.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds a command may take in all (finding the leader, waiting for
+    /// completion, retrying a stale owner).
+    #[arg(long, default_value_t = 5.0)]
     timeout: f64,
+    /// Return at an operation's commit point; do not wait for completion.
+    #[arg(long)]
+    no_wait: bool,
     #[command(subcommand)]
     command: CtlCommand,
 }
 
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// Each replica's role, term, commit and applied index, leader, and
-    /// what its cluster state holds (servers up, tables, incomplete
-    /// operations); the leader adds each follower's match index.
+    /// Each replica's role, term, commit and applied index, leader, what
+    /// its cluster state holds (servers up, tables, incomplete operations)
+    /// and its recent commit-point latencies; the leader adds each
+    /// follower's match index.
     Status,
+    /// The server list (from the active coordinator).
+    Servers,
+    /// Every table and its tablets' owners.
+    Tables,
+    /// Recent operations: commit term, commit-point latency, completion
+    /// (and whether a later leader rolled it forward); incomplete ones.
+    Ops,
+    /// Create a table whose tablets split the key-hash space evenly among
+    /// the masters up.
+    CreateTable {
+        /// Its name.
+        name: String,
+        /// How many tablets.
+        #[arg(long, default_value_t = 1)]
+        tablets: u32,
+    },
+    /// Drop a table (its masters forget its tablets and data).
+    DropTable {
+        /// Its name.
+        name: String,
+    },
+    /// Split the tablet holding HASH so that a new tablet starts at HASH.
+    SplitTablet {
+        /// The table.
+        table: String,
+        /// Where the new tablet starts (decimal or 0x-hex).
+        #[arg(value_parser = parse_hash)]
+        hash: u64,
+    },
+    /// Move the tablet holding HASH to SERVER (e.g. 2.1).
+    MigrateTablet {
+        /// The table.
+        table: String,
+        /// Any hash in the tablet (decimal or 0x-hex).
+        #[arg(value_parser = parse_hash)]
+        hash: u64,
+        /// The new owner (INDEX.GENERATION, as `ctl servers` prints).
+        server: ramcoord::cluster::ServerId,
+    },
+    /// Write a key at the master owning its tablet.
+    Put {
+        /// The table.
+        table: String,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Read a key from the master owning its tablet.
+    Get {
+        /// The table.
+        table: String,
+        /// The key.
+        key: String,
+    },
+}
+
+/// A key hash: decimal or 0x-hex.
+fn parse_hash(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(&h.replace('_', ""), 16),
+        None => s.replace('_', "").parse(),
+    };
+    r.map_err(|_| format!("{s:?}: a hash is a 64-bit number, decimal or 0x-hex"))
 }
 
 /// The replica list of --peers.
@@ -176,8 +295,8 @@ fn parse_peers(s: &str) -> Result<Peers, String> {
         let id: u64 = id
             .parse()
             .map_err(|_| format!("{id:?}: a replica id is a positive integer"))?;
-        if id == 0 {
-            return Err("replica id 0 is reserved".into());
+        if id == 0 || id >= 1 << 62 {
+            return Err(format!("replica id {id}: use 1 to 2^62-1 (0 is reserved, larger ids name clients and masters)"));
         }
         let addr = addr
             .parse()
@@ -278,6 +397,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => run_sim(args),
         Command::Coordinator(args) => run_coordinator(args),
         Command::Ctl(args) => run_ctl(args),
+        Command::Master(args) => run_master(args),
         Command::StorageCrash {
             iterations,
             seed,
@@ -617,13 +737,7 @@ fn run_storage_crash(
 fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     use ramcoord::node::{CoordinatorNode, NodeConfig};
     use ramcoord_net::tcp::{TcpConfig, TcpTransport};
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RAMCOORD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    init_logging();
     let ids: Vec<u64> = args.peers.0.iter().map(|(i, _)| *i).collect();
     if !ids.contains(&args.id) {
         eprintln!(
@@ -652,6 +766,8 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     };
     cfg.tick = std::time::Duration::from_millis(args.tick_ms.max(1));
     cfg.election_ticks = args.election_ticks.max(2);
+    cfg.coordinator.master_timeout_ticks = (args.master_timeout_ms / args.tick_ms.max(1)).max(2);
+    cfg.push_delay = std::time::Duration::from_millis(args.push_delay_ms);
     let mut node = match CoordinatorNode::open(cfg, transport) {
         Ok(n) => n,
         Err(e) => {
@@ -668,122 +784,84 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     }
 }
 
-/// Sends one client request to the replica at `addr` over the frame
-/// protocol and waits for its answer.
-fn ask_replica(
-    addr: std::net::SocketAddr,
-    cluster: u64,
-    req: &ramcoord::node::client::ClientRequest,
-    timeout: std::time::Duration,
-) -> Result<ramcoord::node::client::ClientReply, String> {
-    use ramcoord::node::{client, tag};
-    use ramcoord_net::frame::{Frame, FrameDecoder};
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    let _ = s.set_nodelay(true);
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    // A client id nobody else uses: high bit set, then time and process.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64);
-    let me = (1u64 << 62) | (u64::from(std::process::id()) << 30) | nanos;
-    let mut out = Frame::Hello { peer: me, cluster }.to_bytes().to_vec();
-    out.extend_from_slice(&Frame::Message(client::encode(tag::CLIENT, req)).to_bytes());
-    s.write_all(&out).map_err(|e| e.to_string())?;
-    let mut dec = FrameDecoder::new();
-    let mut buf = [0u8; 16 << 10];
-    loop {
-        while let Some(f) = dec.next_frame().map_err(|e| e.to_string())? {
-            if let Frame::Message(p) = f {
-                if p.first() == Some(&tag::CLIENT_REPLY) {
-                    return client::decode_reply(&p[1..]);
-                }
-            }
+fn run_ctl(args: CtlArgs) -> ExitCode {
+    use ramcoord::coordinator::Request;
+    use ramcoord::ctl::{Ctl, CtlCommand as C, CtlOptions};
+    let cmd = match args.command {
+        CtlCommand::Status => C::Status,
+        CtlCommand::Servers => C::Servers,
+        CtlCommand::Tables => C::Tables,
+        CtlCommand::Ops => C::Ops,
+        CtlCommand::CreateTable { name, tablets } => {
+            C::Operate(Request::CreateTable { name, tablets })
         }
-        match s.read(&mut buf) {
-            Ok(0) => return Err("connection closed (another cluster?)".into()),
-            Ok(n) => dec.push(&buf[..n]),
-            Err(e) => return Err(e.to_string()),
+        CtlCommand::DropTable { name } => C::Operate(Request::DropTable { name }),
+        CtlCommand::SplitTablet { table, hash } => C::Operate(Request::SplitTablet {
+            table,
+            split_hash: hash,
+        }),
+        CtlCommand::MigrateTablet {
+            table,
+            hash,
+            server,
+        } => C::Operate(Request::MigrateTablet {
+            table,
+            hash,
+            to: server,
+        }),
+        CtlCommand::Put { table, key, value } => C::Put { table, key, value },
+        CtlCommand::Get { table, key } => C::Get { table, key },
+    };
+    let mut ctl = Ctl::new(CtlOptions {
+        coordinators: args.coordinators,
+        cluster: args.cluster,
+        json: args.json,
+        timeout: std::time::Duration::from_secs_f64(args.timeout.max(0.01)),
+        wait: !args.no_wait,
+    });
+    match ctl.run(cmd) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ramcoord ctl: {e}");
+            ExitCode::from(1)
         }
     }
 }
 
-fn run_ctl(args: CtlArgs) -> ExitCode {
-    use ramcoord::node::client::{ClientReply, ClientRequest};
-    let timeout = std::time::Duration::from_secs_f64(args.timeout.max(0.01));
-    match args.command {
-        CtlCommand::Status => {
-            let mut rows = Vec::new();
-            let mut answered = 0;
-            for addr in &args.coordinators {
-                match ask_replica(*addr, args.cluster, &ClientRequest::Status, timeout) {
-                    Ok(ClientReply::Status(st)) => {
-                        answered += 1;
-                        rows.push((*addr, Ok(st)));
-                    }
-                    Err(e) => rows.push((*addr, Err(e))),
-                }
-            }
-            if args.json {
-                let v: Vec<serde_json::Value> = rows
-                    .iter()
-                    .map(|(addr, r)| match r {
-                        Ok(st) => serde_json::json!({"address": addr.to_string(), "status": st}),
-                        Err(e) => serde_json::json!({"address": addr.to_string(), "error": e}),
-                    })
-                    .collect();
-                println!("{}", serde_json::Value::Array(v));
-            } else {
-                println!(
-                    "{:<22} {:>3} {:<13} {:>6} {:>8} {:>8} {:>6} {:>6} {:>7} {:>6} {:>10}",
-                    "address",
-                    "id",
-                    "role",
-                    "term",
-                    "commit",
-                    "applied",
-                    "leader",
-                    "active",
-                    "servers",
-                    "tables",
-                    "incomplete"
-                );
-                for (addr, r) in &rows {
-                    match r {
-                        Ok(st) => {
-                            println!(
-                                "{:<22} {:>3} {:<13} {:>6} {:>8} {:>8} {:>6} {:>6} {:>7} {:>6} {:>10}",
-                                addr.to_string(),
-                                st.id,
-                                st.role,
-                                st.term,
-                                st.commit,
-                                st.applied,
-                                st.leader.map_or("-".to_string(), |l| l.to_string()),
-                                if st.active { "yes" } else { "no" },
-                                st.servers_up,
-                                st.tables,
-                                st.incomplete
-                            );
-                            if !st.match_index.is_empty() {
-                                let m: Vec<String> = st
-                                    .match_index
-                                    .iter()
-                                    .map(|(id, i)| format!("{id}={i}"))
-                                    .collect();
-                                println!("{:<22}     match index: {}", "", m.join(" "));
-                            }
-                        }
-                        Err(e) => println!("{:<22} unreachable: {e}", addr.to_string()),
-                    }
-                }
-            }
-            if answered == 0 {
-                eprintln!("ramcoord ctl: no coordinator answered");
-                return ExitCode::from(1);
-            }
-            ExitCode::SUCCESS
+fn run_master(args: MasterArgs) -> ExitCode {
+    use ramcoord::master::process::{run, MasterExit, MasterProcessConfig};
+    init_logging();
+    let cfg = MasterProcessConfig {
+        listen: args.listen,
+        advertise: args.advertise,
+        coordinators: args.coordinators,
+        cluster: args.cluster,
+        heartbeat: std::time::Duration::from_millis(args.heartbeat_ms.max(1)),
+    };
+    match run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ MasterExit::DeclaredCrashed(_)) => {
+            tracing::warn!("{e}");
+            eprintln!("ramcoord master: {e}");
+            ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("ramcoord master: {e}");
+            ExitCode::from(2)
         }
     }
+}
+
+/// Logs to stderr; RAMCOORD_LOG picks the level (default info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAMCOORD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }

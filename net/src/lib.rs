@@ -88,6 +88,9 @@ pub trait Transport: Send {
     /// cannot be delivered completes with nothing (the writer retries on
     /// its own timer).
     fn write(&self, to: PeerId, region: RegionId, offset: u64, bytes: Bytes) -> u64;
+    /// Tells the transport where peer `peer` listens, so it can send to it
+    /// (a no-op if it knows already, and on transports that route by id).
+    fn add_peer(&self, peer: PeerId, addr: std::net::SocketAddr);
     /// Makes `region` writable by peers as `id`.
     fn register_region(&self, id: RegionId, region: Arc<dyn Region>);
     /// Where messages and write completions arrive.

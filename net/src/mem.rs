@@ -85,6 +85,9 @@ impl Transport for MemTransport {
         }
     }
 
+    /// The in-memory network routes by id: addresses are not needed.
+    fn add_peer(&self, _peer: PeerId, _addr: std::net::SocketAddr) {}
+
     fn write(&self, to: PeerId, region: RegionId, offset: u64, bytes: Bytes) -> u64 {
         let id = {
             let mut n = self.next_write.lock().expect("lock poisoned");

@@ -159,21 +159,6 @@ impl TcpTransport {
         self.local
     }
 
-    /// Adds (or ignores, if known) a peer to send to.
-    pub fn add_peer(&self, peer: PeerId, addr: SocketAddr) {
-        let mut out = self.inner.outbound.lock().expect("lock poisoned");
-        if out.contains_key(&peer) {
-            return;
-        }
-        let (tx, rx) = bounded(self.inner.cfg.queue_frames_max);
-        out.insert(peer, tx);
-        drop(out);
-        let i = self.inner.clone();
-        spawn(&self.inner, "net-send", move || {
-            send_loop(i, peer, addr, rx)
-        });
-    }
-
     /// Frames dropped because a peer's queue was full.
     pub fn dropped_frames(&self) -> u64 {
         self.inner.dropped_frames.load(Ordering::Relaxed)
@@ -233,6 +218,21 @@ impl Transport for TcpTransport {
             },
         );
         id
+    }
+
+    /// Adds (or ignores, if known) a peer to send to.
+    fn add_peer(&self, peer: PeerId, addr: SocketAddr) {
+        let mut out = self.inner.outbound.lock().expect("lock poisoned");
+        if out.contains_key(&peer) {
+            return;
+        }
+        let (tx, rx) = bounded(self.inner.cfg.queue_frames_max);
+        out.insert(peer, tx);
+        drop(out);
+        let i = self.inner.clone();
+        spawn(&self.inner, "net-send", move || {
+            send_loop(i, peer, addr, rx)
+        });
     }
 
     fn register_region(&self, id: RegionId, region: Arc<dyn Region>) {

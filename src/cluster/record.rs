@@ -129,6 +129,41 @@ impl Op {
             Op::ServerRemoved { .. } => "server-removed",
         }
     }
+
+    /// One line saying what the operation does, for logs and `ctl ops`.
+    pub fn summary(&self) -> String {
+        match self {
+            Op::EnlistServer { addr, .. } => format!("enlist {addr}"),
+            Op::CreateTable { name, tablets } => {
+                let owners: std::collections::BTreeSet<String> =
+                    tablets.iter().map(|t| t.owner.to_string()).collect();
+                format!(
+                    "create-table {name:?}: {} tablets on {}",
+                    tablets.len(),
+                    owners.into_iter().collect::<Vec<_>>().join(",")
+                )
+            }
+            Op::DropTable { name } => format!("drop-table {name:?}"),
+            Op::SplitTablet { table, split_hash } => {
+                format!("split-tablet {table:?} at {split_hash:#x}")
+            }
+            Op::MigrateTablet { table, hash, to } => {
+                format!("migrate-tablet {table:?} hash {hash:#x} to {to}")
+            }
+            Op::ServerCrashed { id, plan } => {
+                let moves: Vec<String> = plan
+                    .iter()
+                    .map(|r| format!("t{}@{:#x}->{}", r.table, r.start_hash, r.to))
+                    .collect();
+                if moves.is_empty() {
+                    format!("server-crashed {id}: no tablets")
+                } else {
+                    format!("server-crashed {id}: recovery plan {}", moves.join(" "))
+                }
+            }
+            Op::ServerRemoved { id } => format!("server-removed {id}"),
+        }
+    }
 }
 
 /// A coordinator log record.

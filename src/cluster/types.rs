@@ -20,6 +20,20 @@ impl std::fmt::Display for ServerId {
     }
 }
 
+impl std::str::FromStr for ServerId {
+    type Err = String;
+
+    /// Parses `INDEX.GENERATION` (as printed), e.g. `2.1`.
+    fn from_str(s: &str) -> Result<ServerId, String> {
+        let bad = || format!("{s:?}: a server id is INDEX.GENERATION, e.g. 2.1");
+        let (i, g) = s.split_once('.').ok_or_else(bad)?;
+        Ok(ServerId {
+            index: i.parse().map_err(|_| bad())?,
+            generation: g.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// Where a server is in its life.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerStatus {

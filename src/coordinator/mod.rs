@@ -85,7 +85,7 @@ pub enum Action {
 }
 
 /// A client's request for an operation, before it is a record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Request {
     /// Enlist a server.
     Enlist {

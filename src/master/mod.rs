@@ -35,6 +35,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod process;
+
 use bytes::Bytes;
 
 use crate::cluster::{key_hash, ConfigRegion, RegionError, ServerId, ServerStatus, TableId};

@@ -1,16 +1,59 @@
-//! The client protocol of a coordinator replica (what `ramcoord ctl`
-//! speaks): a transport message tagged [`super::tag::CLIENT`] carrying a
-//! postcard-encoded [`ClientRequest`]; the answer is tagged
-//! [`super::tag::CLIENT_REPLY`] and carries a [`ClientReply`]. Anything
-//! that does not decode is counted and dropped, like any bad message.
+//! The client protocol of a coordinator replica (what `ramcoord ctl` and
+//! masters speak), and of a master (what `ctl put` / `ctl get` speak).
+//!
+//! A request is a transport message tagged [`super::tag::CLIENT`] (to a
+//! coordinator replica) or [`super::tag::MASTER`] (to a master), carrying a
+//! postcard-encoded [`Envelope`]: a request id chosen by the client and the
+//! request. The answer is tagged [`super::tag::CLIENT_REPLY`] /
+//! [`super::tag::MASTER_REPLY`] and carries the same id, so a client that
+//! timed out and asked again can tell a late answer from the one it waits
+//! for. Anything that does not decode is counted and dropped, like any bad
+//! message; the connection it came on is not trusted more for it.
+//!
+//! Operations are answered at their **commit point**: the reply says the
+//! operation's commit record is committed (it will complete even if the
+//! leader crashes now: the next one rolls it forward), with the index it
+//! got (its sequence number) and how long the leader took from receiving
+//! the request to knowing it committed. Completion is asked for separately
+//! ([`ClientRequest::OpState`]).
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// What a client asks.
+use crate::cluster::{Server, ServerId, Table, TableId};
+use crate::coordinator::Request;
+
+/// A request or reply with the client's request id.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Envelope<T> {
+    /// Chosen by the client; echoed in the reply.
+    pub id: u64,
+    /// The request or reply.
+    pub body: T,
+}
+
+/// What a client asks a coordinator replica.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ClientRequest {
     /// This replica's view of the group and the cluster.
     Status,
+    /// The active coordinator's cluster state: servers, tables, incomplete
+    /// and recent operations (others answer [`ClientReply::NotLeader`]: a
+    /// follower's state may lag).
+    View,
+    /// An operation (leader only; a follower answers
+    /// [`ClientReply::NotLeader`]). Answered at the commit point.
+    Operate(Request),
+    /// Whether operation `seq` has completed.
+    OpState {
+        /// The operation (its commit record's index).
+        seq: u64,
+    },
+    /// A master's heartbeat.
+    Heartbeat {
+        /// The server.
+        from: ServerId,
+    },
 }
 
 /// A replica's view, for `ctl status`.
@@ -41,42 +84,172 @@ pub struct Status {
     pub incomplete: u64,
     /// Per follower (leader only): (replica, match index).
     pub match_index: Vec<(u64, u64)>,
+    /// Commit points this replica proposed and saw commit, since it
+    /// started.
+    pub commits_measured: u64,
+    /// Median commit-point latency of the last
+    /// [`RECENT_LATENCIES`] of them, in microseconds.
+    pub commit_p50_us: u64,
+    /// 99th percentile of the same, in microseconds.
+    pub commit_p99_us: u64,
 }
 
-/// What a replica answers.
+/// How many recent commit-point latencies `ctl status` summarises.
+pub const RECENT_LATENCIES: usize = 1024;
+
+/// One operation as this replica saw it in the log.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct OpRecord {
+    /// Its sequence number (the commit record's index).
+    pub seq: u64,
+    /// The term of the commit record.
+    pub term: u64,
+    /// What it does ([`crate::cluster::Op::summary`]).
+    pub summary: String,
+    /// Its kind ([`crate::cluster::Op::kind`]).
+    pub kind: String,
+    /// Refused at apply (its precondition failed): the reason.
+    pub rejected: Option<String>,
+    /// The completion record's index and term, once applied.
+    pub completed: Option<(u64, u64)>,
+    /// Commit-point latency, if this replica proposed it and saw it commit.
+    pub commit_us: Option<u64>,
+    /// Time from applying the commit record to applying the completion,
+    /// on this replica.
+    pub complete_after_us: Option<u64>,
+}
+
+/// A replica's cluster state, for `ctl servers`, `ctl tables`, `ctl ops`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    /// The replica.
+    pub id: u64,
+    /// Its term.
+    pub term: u64,
+    /// Whether it is the active coordinator.
+    pub active: bool,
+    /// The index its state has applied.
+    pub applied: u64,
+    /// Every server the list holds.
+    pub servers: Vec<Server>,
+    /// Every table.
+    pub tables: Vec<Table>,
+    /// Operations past their commit point, not complete: (seq, summary,
+    /// targets still to acknowledge).
+    pub incomplete: Vec<(u64, String, Vec<ServerId>)>,
+    /// The most recent operations this replica applied (oldest first).
+    pub recent: Vec<OpRecord>,
+}
+
+/// The outcome of an operation at its commit point.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum OpResult {
+    /// A server enlisted (or had already: a retried enlistment).
+    Enlisted(ServerId),
+    /// A table was created.
+    TableCreated(TableId),
+    /// The change was made.
+    Changed,
+    /// The commit record's precondition failed when it applied: nothing
+    /// changed.
+    Rejected(String),
+}
+
+/// What a coordinator replica answers.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ClientReply {
     /// The answer to [`ClientRequest::Status`].
     Status(Status),
+    /// The answer to [`ClientRequest::View`].
+    View(View),
+    /// The operation's commit record is committed (and applied here).
+    Committed {
+        /// Its sequence number.
+        seq: u64,
+        /// The leader's term.
+        term: u64,
+        /// What it did.
+        result: OpResult,
+        /// From receiving the request to knowing its record committed.
+        commit_us: u64,
+    },
+    /// The request cannot be proposed (checked against the leader's state).
+    Refused(String),
+    /// Not the active coordinator: ask `leader` (if known).
+    NotLeader {
+        /// Who this replica believes leads.
+        leader: Option<u64>,
+    },
+    /// The answer to [`ClientRequest::OpState`].
+    OpState {
+        /// The operation.
+        seq: u64,
+        /// Applied here and not complete.
+        incomplete: bool,
+        /// This replica's applied index (the answer is as of it).
+        applied: u64,
+    },
+    /// The answer to a heartbeat.
+    HeartbeatAck {
+        /// The coordinator counts this server as gone: it must stop.
+        gone: bool,
+        /// Who leads, as this replica believes.
+        leader: Option<u64>,
+    },
 }
 
-/// Largest client message accepted.
-pub const CLIENT_MESSAGE_BYTES_MAX: usize = 64 << 10;
-
-/// Decodes a request body (after the tag).
-pub fn decode_request(b: &[u8]) -> Result<ClientRequest, String> {
-    decode(b)
+/// What a client asks a master.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum MasterRequest {
+    /// Read a key.
+    Get {
+        /// The table.
+        table: TableId,
+        /// The key.
+        key: Bytes,
+    },
+    /// Write a key.
+    Put {
+        /// The table.
+        table: TableId,
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+    },
 }
 
-/// Decodes a reply body (after the tag).
-pub fn decode_reply(b: &[u8]) -> Result<ClientReply, String> {
-    decode(b)
+/// What a master answers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum MasterReply {
+    /// The value, if any.
+    Value(Option<Bytes>),
+    /// Written.
+    Stored,
+    /// This master does not own the key's tablet (now): look it up again.
+    NotOwner(String),
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, String> {
+/// Largest client message accepted (a view of a big cluster is large).
+pub const CLIENT_MESSAGE_BYTES_MAX: usize = ramcoord_net::frame::FRAME_BODY_BYTES_MAX;
+
+/// Decodes an enveloped message body (after the tag).
+pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<Envelope<T>, String> {
     if b.len() > CLIENT_MESSAGE_BYTES_MAX {
         return Err(format!("client message of {} bytes", b.len()));
     }
-    let (v, rest): (T, &[u8]) = postcard::take_from_bytes(b).map_err(|e| e.to_string())?;
+    let (v, rest): (Envelope<T>, &[u8]) =
+        postcard::take_from_bytes(b).map_err(|e| e.to_string())?;
     if !rest.is_empty() {
         return Err(format!("{} trailing bytes", rest.len()));
     }
     Ok(v)
 }
 
-/// Encodes a tagged message.
-pub fn encode<T: Serialize>(tag: u8, v: &T) -> bytes::Bytes {
+/// Encodes a tagged, enveloped message.
+pub fn encode<T: Serialize>(tag: u8, id: u64, body: &T) -> Bytes {
     let mut out = vec![tag];
-    out.extend(postcard::to_stdvec(v).expect("client messages always serialise"));
-    bytes::Bytes::from(out)
+    let env = Envelope { id, body };
+    out.extend(postcard::to_stdvec(&env).expect("client messages always serialise"));
+    Bytes::from(out)
 }

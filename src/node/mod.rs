@@ -16,9 +16,19 @@
 //! 4. apply committed entries to the cluster state;
 //! 5. `advance`, then let the coordinator act.
 //!
-//! Not here yet (next increments of the real-cluster issue): pushes to
-//! masters (the peer directory), client requests, log compaction.
+//! Besides Raft, the replica serves the client protocol ([`client`]):
+//! status and views from any replica; operations, completion queries and
+//! masters' heartbeats at the active coordinator (others answer
+//! `NotLeader` with a hint). An operation is answered when its commit
+//! record applies (its commit point). The active coordinator's pushes go
+//! to masters as one-sided writes into their configuration region
+//! ([`CONFIG_REGION`]); a write that lands is the master's
+//! acknowledgement.
+//!
+//! Not here yet: log compaction (the log grows with the operations; a
+//! restart replays it).
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -29,10 +39,11 @@ use ramcoord_log::{
     ConfState, Config, EntryKind, Message, NodeId, ProposeError, RawNode, Role, Storage,
     StorageError,
 };
-use ramcoord_net::{Event, Transport};
+use ramcoord_net::{Event, PeerId, RegionId, Transport, WriteStatus};
 
-use crate::cluster::{ApplyError, ClusterState, Record};
+use crate::cluster::{ApplyError, ClusterState, Effect, Outcome, Record, ServerId};
 use crate::coordinator::{Action, Coordinator, CoordinatorBugs, CoordinatorConfig};
+use client::{ClientReply, ClientRequest, OpRecord, OpResult};
 
 /// The first byte of a transport message: what follows.
 pub mod tag {
@@ -42,7 +53,23 @@ pub mod tag {
     pub const CLIENT: u8 = 2;
     /// A replica's answer to a client ([`super::client`]).
     pub const CLIENT_REPLY: u8 = 3;
+    /// A client's request to a master ([`super::client::MasterRequest`]).
+    pub const MASTER: u8 = 4;
+    /// A master's answer ([`super::client::MasterReply`]).
+    pub const MASTER_REPLY: u8 = 5;
 }
+
+/// The id of a master's configuration region.
+pub const CONFIG_REGION: RegionId = 1;
+
+/// The transport id of the master process with this enlistment nonce:
+/// the nonce with bit 63 set (replicas use small ids, clients bit 62).
+pub fn master_peer_id(nonce: u64) -> PeerId {
+    nonce | (1 << 63)
+}
+
+/// How many applied operations a replica remembers for `ctl ops`.
+pub const RECENT_OPS: usize = 256;
 
 pub mod client;
 
@@ -65,6 +92,13 @@ pub struct NodeConfig {
     pub heartbeat_ticks: u64,
     /// Segment size of the log.
     pub segment_bytes: u64,
+    /// The coordinator's timing (pushes, proposals, failure detection), in
+    /// ticks.
+    pub coordinator: CoordinatorConfig,
+    /// Hold every push this long before sending it (a fault-injection knob
+    /// for demos and tests: it widens the window between an operation's
+    /// commit point and its completion).
+    pub push_delay: Duration,
 }
 
 impl NodeConfig {
@@ -80,6 +114,8 @@ impl NodeConfig {
             election_ticks: 10,
             heartbeat_ticks: 1,
             segment_bytes: ramcoord_log::disk::segment_log::SEGMENT_BYTES_DEFAULT,
+            coordinator: CoordinatorConfig::default(),
+            push_delay: Duration::ZERO,
         }
     }
 }
@@ -111,6 +147,29 @@ pub struct CoordinatorNode<T: Transport> {
     next_tick: Instant,
     /// Transport messages that were not well-formed Raft messages.
     rejected_messages: u64,
+    /// Clients waiting for the commit point of the entry at an index.
+    waiters: BTreeMap<u64, Waiter>,
+    /// When this replica proposed the entry at an index.
+    proposed_at: BTreeMap<u64, Instant>,
+    /// When each incomplete operation's commit record applied here.
+    committed_at: BTreeMap<u64, Instant>,
+    /// Recent commit-point latencies (µs), newest last.
+    commit_latencies_us: VecDeque<u64>,
+    commits_measured: u64,
+    /// Recent operations, oldest first.
+    recent: VecDeque<OpRecord>,
+    /// One-sided writes in flight: write id -> (server, term, version).
+    pushes_in_flight: HashMap<u64, (ServerId, u64, u64)>,
+    /// Pushes held back by `push_delay`: (when due, action).
+    delayed_pushes: VecDeque<(Instant, Action)>,
+}
+
+/// A client waiting for an entry's commit point.
+struct Waiter {
+    from: PeerId,
+    request: u64,
+    data: Bytes,
+    received: Instant,
 }
 
 impl<T: Transport> CoordinatorNode<T> {
@@ -151,12 +210,20 @@ impl<T: Transport> CoordinatorNode<T> {
         tracing::info!(id = cfg.id, term = raft.term(), fresh, "replica started");
         Ok(CoordinatorNode {
             next_tick: Instant::now() + cfg.tick,
-            cfg,
             raft,
             transport,
             cluster,
-            coord: Coordinator::new(CoordinatorConfig::default(), CoordinatorBugs::default()),
+            coord: Coordinator::new(cfg.coordinator, CoordinatorBugs::default()),
+            cfg,
             rejected_messages: 0,
+            waiters: BTreeMap::new(),
+            proposed_at: BTreeMap::new(),
+            committed_at: BTreeMap::new(),
+            commit_latencies_us: VecDeque::new(),
+            commits_measured: 0,
+            recent: VecDeque::new(),
+            pushes_in_flight: HashMap::new(),
+            delayed_pushes: VecDeque::new(),
         })
     }
 
@@ -203,7 +270,10 @@ impl<T: Transport> CoordinatorNode<T> {
     /// Waits for one message or the next tick (no later than `deadline`)
     /// and handles it.
     pub fn step(&mut self, deadline: Instant) -> Result<(), NodeError> {
-        let wake = self.next_tick.min(deadline);
+        let mut wake = self.next_tick.min(deadline);
+        if let Some((due, _)) = self.delayed_pushes.front() {
+            wake = wake.min(*due);
+        }
         let timeout = wake.saturating_duration_since(Instant::now());
         if let Ok(ev) = self.transport.events().recv_timeout(timeout) {
             self.handle(ev);
@@ -213,8 +283,22 @@ impl<T: Transport> CoordinatorNode<T> {
                 self.handle(ev);
             }
         }
-        if Instant::now() >= self.next_tick {
+        let now = Instant::now();
+        while self
+            .delayed_pushes
+            .front()
+            .is_some_and(|(due, _)| *due <= now)
+        {
+            let (_, push) = self.delayed_pushes.pop_front().expect("just looked");
+            self.push(push);
+        }
+        if now >= self.next_tick {
             self.next_tick += self.cfg.tick;
+            if self.next_tick < now {
+                // A stall (a slow disk, a descheduled process): do not
+                // fire a burst of ticks to catch up.
+                self.next_tick = now + self.cfg.tick;
+            }
             self.raft.tick();
             self.drive()?;
             let actions = self.coord.tick(&self.cluster);
@@ -227,8 +311,8 @@ impl<T: Transport> CoordinatorNode<T> {
         match ev {
             Event::Message { from, payload } => {
                 if payload.first() == Some(&tag::CLIENT) {
-                    match client::decode_request(&payload[1..]) {
-                        Ok(req) => self.answer(from, req),
+                    match client::decode::<ClientRequest>(&payload[1..]) {
+                        Ok(env) => self.answer(from, env.id, env.body),
                         Err(e) => {
                             self.rejected_messages += 1;
                             tracing::warn!(from, error = %e, "malformed client request dropped");
@@ -253,7 +337,24 @@ impl<T: Transport> CoordinatorNode<T> {
                     }
                 }
             }
-            Event::WriteDone { .. } => {}
+            Event::WriteDone { to, id, status } => {
+                let Some((server, term, version)) = self.pushes_in_flight.remove(&id) else {
+                    return;
+                };
+                match status {
+                    WriteStatus::Landed => {
+                        tracing::debug!(%server, version, term, "push landed");
+                        self.coord.on_push_acked(server, term, version);
+                    }
+                    other => tracing::warn!(
+                        %server,
+                        peer = to,
+                        version,
+                        ?other,
+                        "push refused by the master; retrying later"
+                    ),
+                }
+            }
         }
     }
 
@@ -276,6 +377,7 @@ impl<T: Transport> CoordinatorNode<T> {
         } else {
             Vec::new()
         };
+        let (p50, p99) = self.recent_commit_percentiles();
         client::Status {
             id: self.cfg.id,
             role: role.to_string(),
@@ -289,15 +391,103 @@ impl<T: Transport> CoordinatorNode<T> {
             tables: self.cluster.tables().count() as u64,
             incomplete: self.cluster.incomplete().len() as u64,
             match_index,
+            commits_measured: self.commits_measured,
+            commit_p50_us: p50,
+            commit_p99_us: p99,
         }
     }
 
-    fn answer(&mut self, from: u64, req: client::ClientRequest) {
-        let reply = match req {
-            client::ClientRequest::Status => client::ClientReply::Status(self.status_report()),
-        };
+    fn recent_commit_percentiles(&self) -> (u64, u64) {
+        let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant digits");
+        for &us in &self.commit_latencies_us {
+            h.saturating_record(us);
+        }
+        if h.is_empty() {
+            return (0, 0);
+        }
+        (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
+    }
+
+    /// This replica's cluster state (see [`client::View`]).
+    pub fn view(&self) -> client::View {
+        client::View {
+            id: self.cfg.id,
+            term: self.raft.term(),
+            active: self.coord.is_active(),
+            applied: self.cluster.applied_index(),
+            servers: self.cluster.servers().cloned().collect(),
+            tables: self.cluster.tables().cloned().collect(),
+            incomplete: self
+                .cluster
+                .incomplete()
+                .iter()
+                .map(|(seq, p)| (*seq, p.op.summary(), p.targets.iter().copied().collect()))
+                .collect(),
+            recent: self.recent.iter().cloned().collect(),
+        }
+    }
+
+    fn reply(&self, to: PeerId, request: u64, reply: &ClientReply) {
         self.transport
-            .send(from, client::encode(tag::CLIENT_REPLY, &reply));
+            .send(to, client::encode(tag::CLIENT_REPLY, request, reply));
+    }
+
+    fn answer(&mut self, from: PeerId, request: u64, req: ClientRequest) {
+        let not_leader = ClientReply::NotLeader {
+            leader: self.raft.leader_id(),
+        };
+        let reply = match req {
+            ClientRequest::Status => ClientReply::Status(self.status_report()),
+            ClientRequest::OpState { seq } => ClientReply::OpState {
+                seq,
+                incomplete: self.cluster.incomplete().contains_key(&seq),
+                applied: self.cluster.applied_index(),
+            },
+            ClientRequest::View | ClientRequest::Heartbeat { .. } | ClientRequest::Operate(_)
+                if !self.coord.is_active() =>
+            {
+                not_leader
+            }
+            ClientRequest::View => ClientReply::View(self.view()),
+            ClientRequest::Heartbeat { from: server } => {
+                self.coord.on_heartbeat(server);
+                let gone = self.cluster.is_gone(server);
+                if gone {
+                    tracing::info!(%server, "heartbeat from a server declared crashed: told to stop");
+                }
+                ClientReply::HeartbeatAck {
+                    gone,
+                    leader: Some(self.cfg.id),
+                }
+            }
+            ClientRequest::Operate(op) => {
+                let received = Instant::now();
+                match self.coord.prepare(&self.cluster, &op) {
+                    Err(e) => ClientReply::Refused(e.to_string()),
+                    Ok(record) => {
+                        let data = record.encode();
+                        match self.raft.propose(data.clone()) {
+                            Ok(index) => {
+                                self.proposed_at.insert(index, received);
+                                self.waiters.insert(
+                                    index,
+                                    Waiter {
+                                        from,
+                                        request,
+                                        data,
+                                        received,
+                                    },
+                                );
+                                return; // answered at the commit point
+                            }
+                            Err(ProposeError::NotLeader { .. }) => not_leader,
+                            Err(e) => ClientReply::Refused(e.to_string()),
+                        }
+                    }
+                }
+            }
+        };
+        self.reply(from, request, &reply);
     }
 
     fn send(&self, m: &Message) {
@@ -330,16 +520,16 @@ impl<T: Transport> CoordinatorNode<T> {
                 self.send(&m);
             }
             for e in std::mem::take(&mut rd.committed_entries) {
+                if e.index <= self.cluster.applied_index() {
+                    continue; // covered by the snapshot restored at start
+                }
                 let data: &[u8] = if e.kind == EntryKind::Normal {
                     &e.data
                 } else {
                     &[]
                 };
-                if e.index <= self.cluster.applied_index() {
-                    continue; // covered by the snapshot restored at start
-                }
                 let outcome = self.cluster.apply(e.index, data)?;
-                tracing::debug!(index = e.index, ?outcome, "applied");
+                self.applied(e.index, e.term, &e.data, &outcome);
             }
             self.raft.advance(rd);
         }
@@ -357,9 +547,148 @@ impl<T: Transport> CoordinatorNode<T> {
                 incomplete = self.cluster.incomplete().len(),
                 "coordinator active: rolling forward incomplete operations"
             );
+            for (seq, p) in self.cluster.incomplete() {
+                tracing::info!(seq, op = %p.op.summary(), targets = p.targets.len(), "roll-forward");
+            }
+        } else if was && !established {
+            tracing::info!(
+                id = self.cfg.id,
+                term = self.raft.term(),
+                "coordinator inactive"
+            );
         }
         let actions = self.coord.on_applied(&self.cluster);
         self.act(actions)
+    }
+
+    /// Bookkeeping after applying the entry at `index`: the op log, the
+    /// commit-point latency, and the client waiting for it.
+    fn applied(&mut self, index: u64, term: u64, data: &Bytes, outcome: &Outcome) {
+        let now = Instant::now();
+        let active = self.coord.is_active();
+        let proposed = self.proposed_at.remove(&index);
+        // Proposals at indexes the log has applied past without them are
+        // gone (overwritten by another leader's entries).
+        while let Some((&i, _)) = self.proposed_at.first_key_value() {
+            if i > index {
+                break;
+            }
+            self.proposed_at.pop_first();
+        }
+        let commit_us = proposed.map(|t| now.duration_since(t).as_micros() as u64);
+        let result = match outcome {
+            Outcome::Committed(_) | Outcome::Rejected(_) => {
+                let op = match Record::decode(data) {
+                    Ok(Record::Commit(op)) => op,
+                    _ => unreachable!("a commit outcome comes from a commit record"),
+                };
+                let rejected = match outcome {
+                    Outcome::Rejected(r) => Some(r.to_string()),
+                    _ => None,
+                };
+                if rejected.is_none() {
+                    self.committed_at.insert(index, now);
+                }
+                if let Some(us) = commit_us {
+                    self.commits_measured += 1;
+                    if self.commit_latencies_us.len() == client::RECENT_LATENCIES {
+                        self.commit_latencies_us.pop_front();
+                    }
+                    self.commit_latencies_us.push_back(us);
+                }
+                if active {
+                    match &rejected {
+                        None => tracing::info!(
+                            seq = index,
+                            term,
+                            op = %op.summary(),
+                            commit_us,
+                            "commit point"
+                        ),
+                        Some(why) => {
+                            tracing::info!(seq = index, op = %op.kind(), why, "rejected at apply")
+                        }
+                    }
+                }
+                if self.recent.len() == RECENT_OPS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(OpRecord {
+                    seq: index,
+                    term,
+                    summary: op.summary(),
+                    kind: op.kind().to_string(),
+                    rejected: rejected.clone(),
+                    completed: None,
+                    commit_us,
+                    complete_after_us: None,
+                });
+                Some(match (outcome, rejected) {
+                    (_, Some(why)) => match outcome {
+                        Outcome::Rejected(crate::cluster::Rejection::AlreadyEnlisted(s)) => {
+                            OpResult::Enlisted(*s)
+                        }
+                        _ => OpResult::Rejected(why),
+                    },
+                    (Outcome::Committed(Effect::Enlisted(s)), None) => OpResult::Enlisted(*s),
+                    (Outcome::Committed(Effect::TableCreated(t)), None) => {
+                        OpResult::TableCreated(*t)
+                    }
+                    _ => OpResult::Changed,
+                })
+            }
+            Outcome::Completed(seq) => {
+                let after = self
+                    .committed_at
+                    .remove(seq)
+                    .map(|t| now.duration_since(t).as_micros() as u64);
+                let mut commit_term = None;
+                if let Some(r) = self.recent.iter_mut().rev().find(|r| r.seq == *seq) {
+                    r.completed = Some((index, term));
+                    r.complete_after_us = after;
+                    commit_term = Some(r.term);
+                }
+                if active {
+                    let rolled_forward = commit_term.is_some_and(|t| t < term);
+                    tracing::info!(
+                        seq,
+                        index,
+                        rolled_forward,
+                        complete_after_us = after,
+                        "operation complete"
+                    );
+                }
+                None
+            }
+            Outcome::AlreadyComplete(_) | Outcome::NotARecord => None,
+        };
+        let Some(w) = self.waiters.remove(&index) else {
+            return;
+        };
+        let reply = match result {
+            Some(result) if w.data == *data => ClientReply::Committed {
+                seq: index,
+                term,
+                result,
+                commit_us: now.duration_since(w.received).as_micros() as u64,
+            },
+            _ => ClientReply::Refused(
+                "the proposal was lost in a change of leader; not committed, retry".into(),
+            ),
+        };
+        self.reply(w.from, w.request, &reply);
+        // Waiters behind this index can no longer be answered by their entry.
+        while let Some((&i, _)) = self.waiters.first_key_value() {
+            if i > index {
+                break;
+            }
+            let (_, w) = self.waiters.pop_first().expect("just looked");
+            self.reply(
+                w.from,
+                w.request,
+                &ClientReply::Refused("the proposal was lost; not committed, retry".into()),
+            );
+        }
     }
 
     fn act(&mut self, actions: Vec<Action>) -> Result<(), NodeError> {
@@ -367,17 +696,54 @@ impl<T: Transport> CoordinatorNode<T> {
         for a in actions {
             match a {
                 Action::Propose(rec) => {
-                    proposed |= self.raft.propose(rec.encode()).is_ok();
+                    if let Ok(index) = self.raft.propose(rec.encode()) {
+                        self.proposed_at.insert(index, Instant::now());
+                        proposed = true;
+                    }
                 }
-                // The peer directory for masters comes with the master
-                // process; until then pushes have nowhere to go.
-                Action::Push { .. } => {}
+                push @ Action::Push { .. } => {
+                    if self.cfg.push_delay.is_zero() {
+                        self.push(push);
+                    } else {
+                        let due = Instant::now() + self.cfg.push_delay;
+                        self.delayed_pushes.push_back((due, push));
+                    }
+                }
             }
         }
         if proposed {
             self.drive()?;
         }
         Ok(())
+    }
+
+    /// Writes a configuration region into a master (one-sided).
+    fn push(&mut self, push: Action) {
+        let Action::Push {
+            to,
+            addr,
+            version,
+            region,
+        } = push
+        else {
+            return;
+        };
+        if !self.coord.is_active() {
+            return; // a held push outlived its leadership
+        }
+        let Some(server) = self.cluster.server(to) else {
+            return;
+        };
+        let Ok(sock) = addr.parse::<std::net::SocketAddr>() else {
+            tracing::warn!(%to, addr, "server address is not HOST:PORT; cannot push");
+            return;
+        };
+        let peer = master_peer_id(server.nonce);
+        self.transport.add_peer(peer, sock);
+        let id = self.transport.write(peer, CONFIG_REGION, 0, region);
+        self.pushes_in_flight
+            .insert(id, (to, self.coord.term(), version));
+        tracing::debug!(%to, version, "push sent");
     }
 }
 

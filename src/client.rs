@@ -1,0 +1,371 @@
+//! Blocking clients of a coordinator group and of masters, over the frame
+//! protocol (`ramcoord_net::frame`): what `ramcoord ctl`, the master
+//! process, the demo and the tests use.
+//!
+//! A client is not a member of the cluster: it opens a connection, says
+//! `Hello` with an id of its own (see [`client_peer_id`]), and is answered
+//! on that connection (the transport answers peers it has no address for
+//! on the connection they opened). The replica's `Hello` answer tells the
+//! client which replica id is at which address, so a leader hint (a
+//! replica id) can be followed.
+//!
+//! [`CoordinatorClient::ask_leader`] finds the active coordinator: it asks
+//! the replica believed to lead, follows `NotLeader` hints, and tries the
+//! next address when a replica is down or has no hint, until its deadline.
+//! An operation is sent at most once per attempt; if a reply does not come
+//! back in time the client says so rather than guess (the operation may or
+//! may not have passed its commit point: `ctl ops` tells).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ramcoord_net::frame::{Frame, FrameDecoder};
+use ramcoord_net::PeerId;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::node::client::{decode, encode, ClientReply, ClientRequest};
+use crate::node::tag;
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// Could not connect, or the connection failed.
+    #[error("{addr}: {why}")]
+    Io {
+        /// Where.
+        addr: SocketAddr,
+        /// What happened.
+        why: String,
+    },
+    /// The request was sent and no answer came in time.
+    #[error("{addr}: no answer within the timeout")]
+    Timeout {
+        /// Where.
+        addr: SocketAddr,
+    },
+    /// The peer answered something that is not a valid reply.
+    #[error("{addr}: bad reply: {why}")]
+    BadReply {
+        /// Where.
+        addr: SocketAddr,
+        /// What is wrong.
+        why: String,
+    },
+    /// No replica acted as the active coordinator before the deadline.
+    #[error("no active coordinator found before the deadline (last: {last})")]
+    NoLeader {
+        /// The last thing that went wrong.
+        last: String,
+    },
+}
+
+/// A client id nobody else uses: bit 62 set (coordinator replicas use
+/// small ids, masters bit 63), then the process id and the clock.
+pub fn client_peer_id() -> PeerId {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (1u64 << 62) | ((u64::from(std::process::id()) << 30) ^ nanos) & ((1 << 62) - 1)
+}
+
+/// One connection speaking the frame protocol as a client.
+pub struct Conn {
+    addr: SocketAddr,
+    stream: TcpStream,
+    dec: FrameDecoder,
+    peer: PeerId,
+}
+
+impl Conn {
+    /// Connects, says hello as `me` in `cluster`, and reads the answering
+    /// hello (the peer's id).
+    pub fn connect(
+        addr: SocketAddr,
+        cluster: u64,
+        me: PeerId,
+        timeout: Duration,
+    ) -> Result<Conn, ClientError> {
+        let io = |e: std::io::Error| ClientError::Io {
+            addr,
+            why: e.to_string(),
+        };
+        let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+        let _ = stream.set_nodelay(true);
+        stream
+            .write_all(&Frame::Hello { peer: me, cluster }.to_bytes())
+            .map_err(io)?;
+        let mut c = Conn {
+            addr,
+            stream,
+            dec: FrameDecoder::new(),
+            peer: 0,
+        };
+        match c.read_frame(Instant::now() + timeout)? {
+            Frame::Hello { peer, .. } => c.peer = peer,
+            other => {
+                return Err(ClientError::BadReply {
+                    addr,
+                    why: format!("expected hello, got {other:?}"),
+                })
+            }
+        }
+        Ok(c)
+    }
+
+    /// The peer's id (from its hello).
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    /// The peer's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn read_frame(&mut self, deadline: Instant) -> Result<Frame, ClientError> {
+        let addr = self.addr;
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            match self.dec.next_frame() {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(ClientError::BadReply {
+                        addr,
+                        why: e.to_string(),
+                    })
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout { addr });
+            }
+            let _ = self.stream.set_read_timeout(Some(left));
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    return Err(ClientError::Io {
+                        addr,
+                        why: "connection closed (wrong --cluster, or the process stopped)".into(),
+                    })
+                }
+                Ok(n) => self.dec.push(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ClientError::Timeout { addr })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(ClientError::Io {
+                        addr,
+                        why: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Sends request `id` tagged `tag` and waits for the reply tagged
+    /// `reply_tag` with the same id (older replies are skipped).
+    pub fn call<Q: Serialize, R: DeserializeOwned>(
+        &mut self,
+        tag: u8,
+        reply_tag: u8,
+        id: u64,
+        req: &Q,
+        deadline: Instant,
+    ) -> Result<R, ClientError> {
+        let addr = self.addr;
+        let mut out = BytesMut::new();
+        Frame::Message(encode(tag, id, req)).encode(&mut out);
+        self.stream.write_all(&out).map_err(|e| ClientError::Io {
+            addr,
+            why: e.to_string(),
+        })?;
+        loop {
+            let Frame::Message(p) = self.read_frame(deadline)? else {
+                continue;
+            };
+            if p.first() != Some(&reply_tag) {
+                continue;
+            }
+            let env = decode::<R>(&p[1..]).map_err(|why| ClientError::BadReply { addr, why })?;
+            if env.id == id {
+                return Ok(env.body);
+            }
+        }
+    }
+}
+
+/// A client of a coordinator group (see the module docs).
+pub struct CoordinatorClient {
+    addrs: Vec<SocketAddr>,
+    cluster: u64,
+    me: PeerId,
+    conns: Vec<Option<Conn>>,
+    /// Replica id -> index in `addrs`, learnt from hellos.
+    ids: BTreeMap<u64, usize>,
+    /// The index believed to lead.
+    leader: Option<usize>,
+    /// Where the next leaderless attempt goes.
+    next: usize,
+    next_request: u64,
+    /// How long one attempt (connect, or wait for an answer) may take.
+    pub attempt_timeout: Duration,
+}
+
+impl CoordinatorClient {
+    /// A client of the replicas at `addrs` (any subset of the group).
+    pub fn new(addrs: Vec<SocketAddr>, cluster: u64) -> CoordinatorClient {
+        CoordinatorClient {
+            conns: addrs.iter().map(|_| None).collect(),
+            addrs,
+            cluster,
+            me: client_peer_id(),
+            ids: BTreeMap::new(),
+            leader: None,
+            next: 0,
+            next_request: 0,
+            attempt_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// The replicas' addresses.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The address of replica `id`, once a hello told it.
+    pub fn addr_of(&self, id: u64) -> Option<SocketAddr> {
+        self.ids.get(&id).map(|&i| self.addrs[i])
+    }
+
+    fn conn(&mut self, i: usize) -> Result<&mut Conn, ClientError> {
+        if self.conns[i].is_none() {
+            let c = Conn::connect(self.addrs[i], self.cluster, self.me, self.attempt_timeout)?;
+            self.ids.insert(c.peer(), i);
+            self.conns[i] = Some(c);
+        }
+        Ok(self.conns[i].as_mut().expect("just connected"))
+    }
+
+    /// Asks the replica at index `i` of the address list.
+    pub fn ask(&mut self, i: usize, req: &ClientRequest) -> Result<ClientReply, ClientError> {
+        self.next_request += 1;
+        let id = self.next_request;
+        let deadline = Instant::now() + self.attempt_timeout;
+        let r = self
+            .conn(i)
+            .and_then(|c| c.call(tag::CLIENT, tag::CLIENT_REPLY, id, req, deadline));
+        if r.is_err() {
+            // A connection with a late reply on it, or a dead one: start over.
+            self.conns[i] = None;
+        }
+        r
+    }
+
+    /// Asks the active coordinator, finding it (see the module docs).
+    /// Returns the first answer that is not `NotLeader`. A timeout after
+    /// the request went out is returned as is (not retried): an operation
+    /// may have been proposed.
+    pub fn ask_leader(
+        &mut self,
+        req: &ClientRequest,
+        deadline: Instant,
+    ) -> Result<ClientReply, ClientError> {
+        let mut last = String::from("no replica tried");
+        while Instant::now() < deadline {
+            let i = self.leader.unwrap_or(self.next % self.addrs.len());
+            match self.ask(i, req) {
+                Ok(ClientReply::NotLeader { leader }) => {
+                    let hinted = leader.and_then(|l| self.ids.get(&l).copied());
+                    last = format!(
+                        "{} is not the active coordinator (leader {leader:?})",
+                        self.addrs[i]
+                    );
+                    match hinted {
+                        Some(h) if h != i => self.leader = Some(h),
+                        _ => {
+                            // No usable hint: an election may be running.
+                            self.leader = None;
+                            self.next = i + 1;
+                            if leader.is_none() || hinted == Some(i) {
+                                std::thread::sleep(Duration::from_millis(10));
+                            } else {
+                                // A leader whose address we have not seen:
+                                // its hello will tell us when we reach it.
+                            }
+                        }
+                    }
+                }
+                Ok(reply) => {
+                    self.leader = Some(i);
+                    return Ok(reply);
+                }
+                Err(e @ ClientError::Timeout { .. })
+                    if matches!(req, ClientRequest::Operate(_)) =>
+                {
+                    return Err(e);
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    self.leader = None;
+                    self.next = i + 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        Err(ClientError::NoLeader { last })
+    }
+}
+
+/// A client of masters: one connection per master address, reused.
+pub struct MasterClient {
+    cluster: u64,
+    me: PeerId,
+    conns: BTreeMap<SocketAddr, Conn>,
+    next_request: u64,
+    /// How long one request may take.
+    pub attempt_timeout: Duration,
+}
+
+impl MasterClient {
+    /// A client of the masters of cluster `cluster`.
+    pub fn new(cluster: u64) -> MasterClient {
+        MasterClient {
+            cluster,
+            me: client_peer_id(),
+            conns: BTreeMap::new(),
+            next_request: 0,
+            attempt_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// Sends `req` to the master at `addr`.
+    pub fn ask(
+        &mut self,
+        addr: SocketAddr,
+        req: &crate::node::client::MasterRequest,
+    ) -> Result<crate::node::client::MasterReply, ClientError> {
+        self.next_request += 1;
+        let id = self.next_request;
+        if !self.conns.contains_key(&addr) {
+            let c = Conn::connect(addr, self.cluster, self.me, self.attempt_timeout)?;
+            self.conns.insert(addr, c);
+        }
+        let deadline = Instant::now() + self.attempt_timeout;
+        let c = self.conns.get_mut(&addr).expect("just connected");
+        let r = c.call(tag::MASTER, tag::MASTER_REPLY, id, req, deadline);
+        if r.is_err() {
+            self.conns.remove(&addr);
+        }
+        r
+    }
+}

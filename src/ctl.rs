@@ -1,0 +1,557 @@
+//! `ramcoord ctl`: ask a coordinator group and its masters.
+//!
+//! Everything goes through [`Ctl`], which the CLI, the demo and the tests
+//! share: typed calls ([`Ctl::operate`], [`Ctl::view`], [`Ctl::put`], ...)
+//! and [`Ctl::run`], which runs one command and renders its answer as a
+//! table or as JSON.
+//!
+//! `put` and `get` go to the master that owns the key's tablet, found in
+//! the active coordinator's tablet map: the data path proves the
+//! configuration is live. A master that does not own the tablet (any more,
+//! or not yet) refuses; the client reads the map again and retries until
+//! its deadline.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::client::{ClientError, CoordinatorClient, MasterClient};
+use crate::cluster::{key_hash, ServerId, ServerStatus, TableId};
+use crate::coordinator::Request;
+use crate::node::client::{
+    ClientReply, ClientRequest, MasterReply, MasterRequest, OpResult, Status, View,
+};
+
+/// How `ctl` runs.
+#[derive(Clone, Debug)]
+pub struct CtlOptions {
+    /// Coordinator replicas' addresses (any subset of the group).
+    pub coordinators: Vec<SocketAddr>,
+    /// Cluster id.
+    pub cluster: u64,
+    /// Render JSON instead of tables.
+    pub json: bool,
+    /// How long a command may take in all.
+    pub timeout: Duration,
+    /// After an operation's commit point, wait for its completion.
+    pub wait: bool,
+}
+
+/// A `ctl` command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CtlCommand {
+    /// Every replica's status.
+    Status,
+    /// The server list.
+    Servers,
+    /// The tablet map.
+    Tables,
+    /// Recent and incomplete operations.
+    Ops,
+    /// Run an operation.
+    Operate(Request),
+    /// Write a key.
+    Put {
+        /// Table name.
+        table: String,
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Read a key.
+    Get {
+        /// Table name.
+        table: String,
+        /// Key.
+        key: String,
+    },
+}
+
+/// An operation that passed its commit point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The term it committed in.
+    pub term: u64,
+    /// What it did.
+    pub result: OpResult,
+    /// Commit-point latency measured by the leader.
+    pub commit_us: u64,
+    /// Round trip seen by this client.
+    pub client_us: u64,
+}
+
+/// Where a key lives, and what a master said about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyAnswer {
+    /// The value read (for `get`).
+    pub value: Option<Bytes>,
+    /// The master that answered.
+    pub server: ServerId,
+    /// Its address.
+    pub addr: String,
+    /// How many times a master refused (stale map) before this answer.
+    pub retries: u32,
+}
+
+/// A client of the coordinator group and its masters (see the module docs).
+pub struct Ctl {
+    opts: CtlOptions,
+    coord: CoordinatorClient,
+    masters: MasterClient,
+    view: Option<View>,
+}
+
+impl Ctl {
+    /// A client; connects lazily.
+    pub fn new(opts: CtlOptions) -> Ctl {
+        let mut coord = CoordinatorClient::new(opts.coordinators.clone(), opts.cluster);
+        coord.attempt_timeout = opts.timeout.min(Duration::from_secs(2));
+        let mut masters = MasterClient::new(opts.cluster);
+        masters.attempt_timeout = opts.timeout.min(Duration::from_secs(2));
+        Ctl {
+            opts,
+            coord,
+            masters,
+            view: None,
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.opts.timeout
+    }
+
+    /// Every replica's status (or why it did not answer).
+    pub fn statuses(&mut self) -> Vec<(SocketAddr, Result<Status, String>)> {
+        let addrs = self.coord.addrs().to_vec();
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                let r = match self.coord.ask(i, &ClientRequest::Status) {
+                    Ok(ClientReply::Status(s)) => Ok(s),
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                (*addr, r)
+            })
+            .collect()
+    }
+
+    /// The active coordinator's cluster state.
+    pub fn view(&mut self) -> Result<View, String> {
+        match self.coord.ask_leader(&ClientRequest::View, self.deadline()) {
+            Ok(ClientReply::View(v)) => {
+                self.view = Some(v.clone());
+                Ok(v)
+            }
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Runs an operation; returns at its commit point.
+    pub fn operate(&mut self, req: Request) -> Result<Committed, String> {
+        let sent = Instant::now();
+        match self
+            .coord
+            .ask_leader(&ClientRequest::Operate(req), self.deadline())
+        {
+            Ok(ClientReply::Committed {
+                seq,
+                term,
+                result,
+                commit_us,
+            }) => Ok(Committed {
+                seq,
+                term,
+                result,
+                commit_us,
+                client_us: sent.elapsed().as_micros() as u64,
+            }),
+            Ok(ClientReply::Refused(why)) => Err(format!("refused: {why}")),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e @ ClientError::Timeout { .. }) => Err(format!(
+                "{e}: the operation may or may not have passed its commit point (see `ctl ops`)"
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Waits until operation `seq` has completed (as the active
+    /// coordinator sees it).
+    pub fn wait_complete(&mut self, seq: u64) -> Result<Duration, String> {
+        let start = Instant::now();
+        let deadline = self.deadline();
+        loop {
+            match self
+                .coord
+                .ask_leader(&ClientRequest::OpState { seq }, deadline)
+            {
+                Ok(ClientReply::OpState {
+                    incomplete: false,
+                    applied,
+                    ..
+                }) if applied >= seq => return Ok(start.elapsed()),
+                Ok(ClientReply::OpState { .. }) => {}
+                Ok(other) => return Err(format!("unexpected answer {other:?}")),
+                Err(e) => return Err(e.to_string()),
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("operation {seq} not complete before the deadline"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn locate(&mut self, table: &str, key: &[u8]) -> Result<(TableId, ServerId, String), String> {
+        if self.view.is_none() {
+            self.view()?;
+        }
+        let v = self.view.as_ref().expect("just read");
+        let t = v
+            .tables
+            .iter()
+            .find(|t| t.name == table)
+            .ok_or_else(|| format!("no table named {table:?}"))?;
+        let tablet = t
+            .tablet_for(key_hash(key))
+            .ok_or_else(|| format!("table {table:?} has no tablet for the key"))?;
+        let server = v
+            .servers
+            .iter()
+            .find(|s| s.id == tablet.owner && s.status == ServerStatus::Up)
+            .ok_or_else(|| format!("the owner {} of the key's tablet is not up", tablet.owner))?;
+        Ok((t.id, server.id, server.addr.clone()))
+    }
+
+    /// Sends a key request to its owner, re-reading the map while masters
+    /// refuse, until the deadline.
+    fn keyed(&mut self, table: &str, key: &str, put: Option<&str>) -> Result<KeyAnswer, String> {
+        let deadline = self.deadline();
+        let mut retries = 0;
+        let mut last;
+        loop {
+            match self.locate(table, key.as_bytes()) {
+                Ok((tid, server, addr)) => {
+                    let req = match put {
+                        Some(v) => MasterRequest::Put {
+                            table: tid,
+                            key: Bytes::copy_from_slice(key.as_bytes()),
+                            value: Bytes::copy_from_slice(v.as_bytes()),
+                        },
+                        None => MasterRequest::Get {
+                            table: tid,
+                            key: Bytes::copy_from_slice(key.as_bytes()),
+                        },
+                    };
+                    let sock: Result<SocketAddr, _> = addr.parse();
+                    let r = match sock {
+                        Ok(s) => self.masters.ask(s, &req).map_err(|e| e.to_string()),
+                        Err(e) => Err(format!("server {server} address {addr:?}: {e}")),
+                    };
+                    match r {
+                        Ok(MasterReply::Value(value)) => {
+                            return Ok(KeyAnswer {
+                                value,
+                                server,
+                                addr,
+                                retries,
+                            })
+                        }
+                        Ok(MasterReply::Stored) => {
+                            return Ok(KeyAnswer {
+                                value: None,
+                                server,
+                                addr,
+                                retries,
+                            })
+                        }
+                        Ok(MasterReply::NotOwner(why)) => last = why,
+                        Err(e) => last = e,
+                    }
+                    retries += 1;
+                }
+                Err(e) => last = e,
+            }
+            if Instant::now() >= deadline {
+                return Err(last);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            let _ = self.view();
+        }
+    }
+
+    /// Writes `key` = `value` in `table` at its owner.
+    pub fn put(&mut self, table: &str, key: &str, value: &str) -> Result<KeyAnswer, String> {
+        self.keyed(table, key, Some(value))
+    }
+
+    /// Reads `key` of `table` from its owner.
+    pub fn get(&mut self, table: &str, key: &str) -> Result<KeyAnswer, String> {
+        self.keyed(table, key, None)
+    }
+
+    /// Runs one command; returns what to print (an error is one line).
+    pub fn run(&mut self, cmd: CtlCommand) -> Result<String, String> {
+        let json = self.opts.json;
+        match cmd {
+            CtlCommand::Status => {
+                let rows = self.statuses();
+                if rows.iter().all(|(_, r)| r.is_err()) {
+                    let why: Vec<String> = rows
+                        .iter()
+                        .map(|(a, r)| format!("{a}: {}", r.as_ref().expect_err("all failed")))
+                        .collect();
+                    return Err(format!("no coordinator answered ({})", why.join("; ")));
+                }
+                Ok(if json {
+                    let v: Vec<serde_json::Value> = rows
+                        .iter()
+                        .map(|(addr, r)| match r {
+                            Ok(st) => {
+                                serde_json::json!({"address": addr.to_string(), "status": st})
+                            }
+                            Err(e) => serde_json::json!({"address": addr.to_string(), "error": e}),
+                        })
+                        .collect();
+                    serde_json::Value::Array(v).to_string()
+                } else {
+                    render_status(&rows)
+                })
+            }
+            CtlCommand::Servers => {
+                let v = self.view()?;
+                Ok(if json {
+                    serde_json::to_string(&v.servers).expect("serialisable")
+                } else {
+                    render_servers(&v)
+                })
+            }
+            CtlCommand::Tables => {
+                let v = self.view()?;
+                Ok(if json {
+                    serde_json::to_string(&v.tables).expect("serialisable")
+                } else {
+                    render_tables(&v)
+                })
+            }
+            CtlCommand::Ops => {
+                let v = self.view()?;
+                Ok(if json {
+                    serde_json::json!({"incomplete": v.incomplete, "recent": v.recent}).to_string()
+                } else {
+                    render_ops(&v)
+                })
+            }
+            CtlCommand::Operate(req) => {
+                let c = self.operate(req)?;
+                if let OpResult::Rejected(why) = &c.result {
+                    return Err(format!(
+                        "rejected when its commit record applied (seq {}): {why}",
+                        c.seq
+                    ));
+                }
+                let completed = if self.opts.wait {
+                    Some(self.wait_complete(c.seq)?)
+                } else {
+                    None
+                };
+                Ok(if json {
+                    serde_json::json!({
+                        "seq": c.seq,
+                        "term": c.term,
+                        "result": c.result,
+                        "commit_us": c.commit_us,
+                        "client_us": c.client_us,
+                        "completed": completed.is_some(),
+                        "complete_wait_us": completed.map(|d| d.as_micros() as u64),
+                    })
+                    .to_string()
+                } else {
+                    let mut s = format!(
+                        "committed: seq {} in term {} ({}); commit point {} µs at the leader, {} µs round trip",
+                        c.seq,
+                        c.term,
+                        result_text(&c.result),
+                        c.commit_us,
+                        c.client_us
+                    );
+                    if let Some(d) = completed {
+                        s += &format!("\ncomplete: {} µs later", d.as_micros());
+                    }
+                    s
+                })
+            }
+            CtlCommand::Put { table, key, value } => {
+                let a = self.put(&table, &key, &value)?;
+                Ok(if json {
+                    serde_json::json!({"stored": true, "server": a.server.to_string(), "address": a.addr, "retries": a.retries}).to_string()
+                } else {
+                    format!("stored at server {} ({})", a.server, a.addr)
+                })
+            }
+            CtlCommand::Get { table, key } => {
+                let a = self.get(&table, &key)?;
+                let value = a
+                    .value
+                    .as_ref()
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                Ok(if json {
+                    serde_json::json!({"value": value, "server": a.server.to_string(), "address": a.addr, "retries": a.retries}).to_string()
+                } else {
+                    match value {
+                        Some(v) => format!("{v}    (server {} at {})", a.server, a.addr),
+                        None => format!("(no value)    (server {} at {})", a.server, a.addr),
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// One line for an operation's result.
+pub fn result_text(r: &OpResult) -> String {
+    match r {
+        OpResult::Enlisted(s) => format!("server {s}"),
+        OpResult::TableCreated(t) => format!("table id {t}"),
+        OpResult::Changed => "changed".into(),
+        OpResult::Rejected(why) => format!("rejected: {why}"),
+    }
+}
+
+fn render_status(rows: &[(SocketAddr, Result<Status, String>)]) -> String {
+    let mut out = format!(
+        "{:<22} {:>3} {:<13} {:>5} {:>7} {:>7} {:>6} {:>6} {:>7} {:>6} {:>10} {:>17}\n",
+        "address",
+        "id",
+        "role",
+        "term",
+        "commit",
+        "applied",
+        "leader",
+        "active",
+        "servers",
+        "tables",
+        "incomplete",
+        "commit p50/p99 µs"
+    );
+    for (addr, r) in rows {
+        match r {
+            Ok(st) => {
+                let lat = if st.commits_measured == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{}/{}", st.commit_p50_us, st.commit_p99_us)
+                };
+                out += &format!(
+                    "{:<22} {:>3} {:<13} {:>5} {:>7} {:>7} {:>6} {:>6} {:>7} {:>6} {:>10} {:>17}\n",
+                    addr.to_string(),
+                    st.id,
+                    st.role,
+                    st.term,
+                    st.commit,
+                    st.applied,
+                    st.leader.map_or("-".to_string(), |l| l.to_string()),
+                    if st.active { "yes" } else { "no" },
+                    st.servers_up,
+                    st.tables,
+                    st.incomplete,
+                    lat
+                );
+                if !st.match_index.is_empty() {
+                    let m: Vec<String> = st
+                        .match_index
+                        .iter()
+                        .map(|(id, i)| format!("{id}={i}"))
+                        .collect();
+                    out += &format!("{:<22}     match index: {}\n", "", m.join(" "));
+                }
+            }
+            Err(e) => out += &format!("{:<22} unreachable: {e}\n", addr.to_string()),
+        }
+    }
+    out.trim_end().to_string()
+}
+
+fn render_servers(v: &View) -> String {
+    let mut out = format!(
+        "{:<8} {:<22} {:<8} {:>7}\n",
+        "server", "address", "status", "tablets"
+    );
+    for s in &v.servers {
+        let tablets: usize = v
+            .tables
+            .iter()
+            .map(|t| t.tablets.iter().filter(|x| x.owner == s.id).count())
+            .sum();
+        out += &format!(
+            "{:<8} {:<22} {:<8} {:>7}\n",
+            s.id.to_string(),
+            s.addr,
+            format!("{:?}", s.status).to_lowercase(),
+            tablets
+        );
+    }
+    out.trim_end().to_string()
+}
+
+fn render_tables(v: &View) -> String {
+    if v.tables.is_empty() {
+        return "(no tables)".into();
+    }
+    let mut out = String::new();
+    for t in &v.tables {
+        out += &format!(
+            "{} (id {}, {}):\n",
+            t.name,
+            t.id,
+            format!("{:?}", t.state).to_lowercase()
+        );
+        for x in &t.tablets {
+            out += &format!(
+                "  {:#018x}..={:#018x}  server {:<6} {}\n",
+                x.start_hash,
+                x.end_hash,
+                x.owner.to_string(),
+                format!("{:?}", x.state).to_lowercase()
+            );
+        }
+    }
+    out.trim_end().to_string()
+}
+
+fn render_ops(v: &View) -> String {
+    let mut out = format!(
+        "{:>5} {:>5} {:>10} {:>22} {:>12}  operation\n",
+        "seq", "term", "commit µs", "completed (idx/term)", "complete µs"
+    );
+    for r in &v.recent {
+        let done = match (&r.rejected, r.completed) {
+            (Some(_), _) => "rejected".to_string(),
+            (None, Some((i, t))) if t > r.term => format!("{i}/{t} rolled fwd"),
+            (None, Some((i, t))) => format!("{i}/{t}"),
+            (None, None) => "incomplete".to_string(),
+        };
+        out += &format!(
+            "{:>5} {:>5} {:>10} {:>22} {:>12}  {}\n",
+            r.seq,
+            r.term,
+            r.commit_us.map_or("-".into(), |u| u.to_string()),
+            done,
+            r.complete_after_us.map_or("-".into(), |u| u.to_string()),
+            r.summary
+        );
+    }
+    if !v.incomplete.is_empty() {
+        out += "incomplete:\n";
+        for (seq, s, targets) in &v.incomplete {
+            let t: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+            out += &format!("  {seq}: {s} (waiting for {})\n", t.join(","));
+        }
+    }
+    out.trim_end().to_string()
+}
