@@ -13,6 +13,7 @@ pub mod client;
 pub mod cluster;
 pub mod coordinator;
 pub mod ctl;
+pub mod demo;
 pub mod lincheck;
 pub mod master;
 pub mod node;

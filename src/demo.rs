@@ -1,0 +1,530 @@
+//! `ramcoord demo`: a real cluster on loopback, narrated.
+//!
+//! Starts three coordinator replicas and three masters as child processes
+//! of this binary (free loopback ports, a temporary directory for data and
+//! logs), then walks through what the coordinator is for:
+//!
+//! 1. the group elects a leader; the masters enlist;
+//! 2. a table is created; right after its **commit point** the leader is
+//!    killed with SIGKILL, before the masters were told; the next leader
+//!    **rolls the operation forward** (pushes the tablets, records the
+//!    completion);
+//! 3. keys are written and read at the masters that own them;
+//! 4. a master is killed; the coordinator notices the silence, commits a
+//!    **recovery plan** moving its tablets to live masters, and removes it;
+//!    keys in the other tablets are still served;
+//! 5. the killed coordinator restarts from its data directory and catches
+//!    up;
+//!
+//! and prints a timeline with each operation's commit-point latency.
+//! Children are killed and the directory removed at the end (kept, with
+//! the logs, if a step fails). The coordinators hold each configuration
+//! push for `push_delay` so that the kill in step 2 lands between the
+//! commit point and the completion: without it the whole operation takes
+//! about a millisecond and the kill would usually come too late to show a
+//! roll-forward.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::coordinator::Request;
+use crate::ctl::{Ctl, CtlOptions};
+use crate::node::client::{OpResult, Status};
+
+/// How the demo runs.
+#[derive(Clone, Debug)]
+pub struct DemoConfig {
+    /// The `ramcoord` binary to start children from.
+    pub binary: PathBuf,
+    /// Where data and logs go (a fresh temporary directory if `None`).
+    pub dir: Option<PathBuf>,
+    /// Coordinators' push hold (see the module docs).
+    pub push_delay: Duration,
+    /// Tablets of the demo table.
+    pub tablets: u32,
+    /// Keys written.
+    pub keys: usize,
+}
+
+/// One child process.
+struct Proc {
+    name: String,
+    child: Child,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A line of the timeline.
+struct Event {
+    at: Duration,
+    what: String,
+    commit_us: Option<u64>,
+}
+
+struct Demo {
+    cfg: DemoConfig,
+    dir: PathBuf,
+    start: Instant,
+    coords: Vec<(u64, SocketAddr, Proc)>,
+    masters: Vec<(SocketAddr, Proc)>,
+    timeline: Vec<Event>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        for (_, _, p) in &mut self.coords {
+            p.kill();
+        }
+        for (_, p) in &mut self.masters {
+            p.kill();
+        }
+    }
+}
+
+fn free_addr() -> Result<SocketAddr, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    l.local_addr().map_err(|e| e.to_string())
+}
+
+fn spawn(binary: &Path, name: &str, args: Vec<String>, log: PathBuf) -> Result<Proc, String> {
+    let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let child = Command::new(binary)
+        .args(&args)
+        .env("RAMCOORD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .map_err(|e| format!("starting {name}: {e}"))?;
+    Ok(Proc {
+        name: name.into(),
+        child,
+        args,
+        log,
+    })
+}
+
+impl Demo {
+    fn say(&self, s: impl AsRef<str>) {
+        let t = self.start.elapsed().as_secs_f64();
+        for (i, line) in s.as_ref().lines().enumerate() {
+            if i == 0 {
+                println!("[{t:7.3}s] {line}");
+            } else {
+                println!("           {line}");
+            }
+        }
+    }
+
+    fn mark(&mut self, what: impl Into<String>, commit_us: Option<u64>) {
+        self.timeline.push(Event {
+            at: self.start.elapsed(),
+            what: what.into(),
+            commit_us,
+        });
+    }
+
+    fn ctl(&self) -> Ctl {
+        Ctl::new(CtlOptions {
+            coordinators: self.coords.iter().map(|(_, a, _)| *a).collect(),
+            cluster: 1,
+            json: false,
+            timeout: Duration::from_secs(10),
+            wait: true,
+        })
+    }
+
+    /// Polls until `f` says yes, or fails after `limit`.
+    fn wait_for<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut f: impl FnMut(&mut Ctl) -> Option<T>,
+    ) -> Result<T, String> {
+        let mut ctl = self.ctl();
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(v) = f(&mut ctl) {
+                return Ok(v);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(format!("timed out waiting for {what}"))
+    }
+
+    fn active(&self, ctl: &mut Ctl) -> Option<Status> {
+        ctl.statuses()
+            .into_iter()
+            .filter_map(|(_, r)| r.ok())
+            .find(|s| s.active)
+    }
+
+    fn start_coordinator(&mut self, i: usize) -> Result<(), String> {
+        let p = &self.coords[i].2;
+        let np = spawn(
+            &self.cfg.binary,
+            &p.name,
+            p.args.clone(),
+            self.dir.join(format!("{}.restarted.log", p.name)),
+        )?;
+        self.coords[i].2 = np;
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let n = 3;
+        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect::<Result<_, _>>()?;
+        let peers: Vec<String> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect();
+        let peers = peers.join(",");
+        let coord_list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        let coord_list = coord_list.join(",");
+        self.say(format!(
+            "starting 3 coordinator replicas ({coord_list}) and 3 masters; data and logs in {}",
+            self.dir.display()
+        ));
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = i as u64 + 1;
+            let name = format!("coordinator-{id}");
+            let args = vec![
+                "coordinator".into(),
+                "--id".into(),
+                id.to_string(),
+                "--listen".into(),
+                addr.to_string(),
+                "--peers".into(),
+                peers.clone(),
+                "--data-dir".into(),
+                self.dir.join(format!("c{id}")).display().to_string(),
+                "--push-delay-ms".into(),
+                self.cfg.push_delay.as_millis().to_string(),
+            ];
+            let log = self.dir.join(format!("{name}.log"));
+            let p = spawn(&self.cfg.binary, &name, args, log)?;
+            self.coords.push((id, *addr, p));
+        }
+        for i in 0..n {
+            let addr = free_addr()?;
+            let name = format!("master-{}", i + 1);
+            let args = vec![
+                "master".into(),
+                "--listen".into(),
+                addr.to_string(),
+                "--coordinators".into(),
+                coord_list.clone(),
+            ];
+            let log = self.dir.join(format!("{name}.log"));
+            let p = spawn(&self.cfg.binary, &name, args, log)?;
+            self.masters.push((addr, p));
+        }
+
+        // 1. Election and enlistment.
+        let leader = self.wait_for("a leader and 3 masters", Duration::from_secs(20), |c| {
+            let s = self.active(c)?;
+            (s.servers_up == 3 && s.incomplete == 0).then_some(s)
+        })?;
+        self.say(format!(
+            "coordinator {} leads in term {}; 3 masters enlisted",
+            leader.id, leader.term
+        ));
+        self.mark(
+            format!("coordinator {} active, term {}", leader.id, leader.term),
+            None,
+        );
+        let mut ctl = self.ctl();
+        let view = ctl.view()?;
+        for op in view.recent.iter().filter(|o| o.kind == "enlist") {
+            self.mark(op.summary.clone(), op.commit_us);
+        }
+        self.say(format!(
+            "servers:\n{}",
+            ctl_out(&mut ctl, crate::ctl::CtlCommand::Servers)?
+        ));
+
+        // 2. Create a table; kill the leader right after its commit point.
+        let name = "accounts".to_string();
+        let c = ctl.operate(Request::CreateTable {
+            name: name.clone(),
+            tablets: self.cfg.tablets,
+        })?;
+        if !matches!(c.result, OpResult::TableCreated(_)) {
+            return Err(format!("create-table: {:?}", c.result));
+        }
+        let li = self
+            .coords
+            .iter()
+            .position(|(id, _, _)| *id == leader.id)
+            .expect("the leader is one of ours");
+        self.coords[li].2.kill();
+        let killed_at = Instant::now();
+        self.say(format!(
+            "create-table {name:?} ({} tablets) passed its commit point: seq {}, term {}, \
+             commit point {} µs at the leader ({} µs round trip at this client)\n\
+             kill -9 coordinator {} now, before it told the masters (pushes are held {} ms)",
+            self.cfg.tablets,
+            c.seq,
+            c.term,
+            c.commit_us,
+            c.client_us,
+            leader.id,
+            self.cfg.push_delay.as_millis()
+        ));
+        self.mark(
+            format!("create-table {name:?} committed (seq {})", c.seq),
+            Some(c.commit_us),
+        );
+        self.mark(format!("kill -9 coordinator {}", leader.id), None);
+        let next = self.wait_for("a new leader", Duration::from_secs(20), |c| {
+            self.active(c).filter(|s| s.term > leader.term)
+        })?;
+        let elected = killed_at.elapsed();
+        self.say(format!(
+            "coordinator {} leads in term {} ({} ms after the kill); it finds seq {} incomplete \
+             and rolls it forward",
+            next.id,
+            next.term,
+            elected.as_millis(),
+            c.seq
+        ));
+        self.mark(
+            format!("coordinator {} active, term {}", next.id, next.term),
+            None,
+        );
+        let mut ctl = self.ctl();
+        ctl.wait_complete(c.seq)?;
+        let view = ctl.view()?;
+        let op = view
+            .recent
+            .iter()
+            .find(|o| o.seq == c.seq)
+            .ok_or("the new leader does not know the operation")?;
+        let (ci, ct) = op.completed.ok_or("not complete")?;
+        if ct <= c.term {
+            return Err(format!(
+                "expected a roll-forward in a later term, completed in term {ct}"
+            ));
+        }
+        self.say(format!(
+            "seq {} completed at index {ci} in term {ct} (committed in term {}): rolled forward, \
+             {} ms after the kill",
+            c.seq,
+            c.term,
+            killed_at.elapsed().as_millis()
+        ));
+        self.mark(
+            format!("create-table {name:?} rolled forward (index {ci}, term {ct})"),
+            None,
+        );
+        self.say(format!(
+            "tablets:\n{}",
+            ctl_out(&mut ctl, crate::ctl::CtlCommand::Tables)?
+        ));
+
+        // 3. Keys at their owners.
+        let mut owners = std::collections::BTreeMap::new();
+        for k in 0..self.cfg.keys {
+            let a = ctl.put(&name, &format!("key-{k}"), &format!("value-{k}"))?;
+            owners.insert(k, a.server);
+        }
+        for k in 0..self.cfg.keys {
+            let a = ctl.get(&name, &format!("key-{k}"))?;
+            let want = format!("value-{k}");
+            if a.value.as_deref() != Some(want.as_bytes()) {
+                return Err(format!("key-{k}: read {:?}, wrote {want}", a.value));
+            }
+        }
+        let mut per: std::collections::BTreeMap<String, usize> = Default::default();
+        for s in owners.values() {
+            *per.entry(s.to_string()).or_default() += 1;
+        }
+        self.say(format!(
+            "put and read back {} keys at their owners: {}",
+            self.cfg.keys,
+            per.iter()
+                .map(|(s, n)| format!("{n} on {s}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        self.mark(
+            format!("{} puts + gets at the masters", self.cfg.keys),
+            None,
+        );
+
+        // 4. Kill a master.
+        let victim_server = *owners.values().next().ok_or("no keys")?;
+        let victim = view
+            .servers
+            .iter()
+            .find(|s| s.id == victim_server)
+            .ok_or("owner not in the server list")?;
+        let vaddr: SocketAddr = victim.addr.parse().map_err(|e| format!("{e}"))?;
+        let mi = self
+            .masters
+            .iter()
+            .position(|(a, _)| *a == vaddr)
+            .ok_or("owner is not one of our masters")?;
+        self.masters[mi].1.kill();
+        let master_killed = Instant::now();
+        self.say(format!(
+            "kill -9 master {victim_server} ({vaddr}); the coordinator declares it crashed after \
+             500 ms of silence"
+        ));
+        self.mark(format!("kill -9 master {victim_server}"), None);
+        let crash = self.wait_for("the recovery", Duration::from_secs(20), |c| {
+            let v = c.view().ok()?;
+            let gone = v.servers.iter().any(|s| {
+                s.id == victim_server && s.status == crate::cluster::ServerStatus::Removed
+            });
+            let op = v
+                .recent
+                .iter()
+                .find(|o| o.kind == "server-crashed" && o.completed.is_some())?
+                .clone();
+            gone.then_some(op)
+        })?;
+        self.say(format!(
+            "{} (seq {}, commit point {} µs); recovered and removed {} ms after the kill",
+            crash.summary,
+            crash.seq,
+            crash.commit_us.unwrap_or(0),
+            master_killed.elapsed().as_millis()
+        ));
+        self.mark(
+            format!("server-crashed {victim_server}: recovery plan committed"),
+            crash.commit_us,
+        );
+        let view = ctl.view()?;
+        if let Some(r) = view.recent.iter().find(|o| o.kind == "server-removed") {
+            self.mark(r.summary.clone(), r.commit_us);
+        }
+        self.say(format!(
+            "tablets:\n{}",
+            ctl_out(&mut ctl, crate::ctl::CtlCommand::Tables)?
+        ));
+        let (mut kept, mut lost) = (0, 0);
+        for (k, s) in &owners {
+            let a = ctl.get(&name, &format!("key-{k}"))?;
+            if *s == victim_server {
+                // Masters keep data in memory only (this project models the
+                // coordinator, not RAMCloud's backups): the tablet moved, empty.
+                if a.value.is_none() {
+                    lost += 1;
+                }
+            } else if a.value.as_deref() == Some(format!("value-{k}").as_bytes()) {
+                kept += 1;
+            } else {
+                return Err(format!("key-{k} on live master {s}: read {:?}", a.value));
+            }
+        }
+        self.say(format!(
+            "get after the crash: {kept} keys on live masters read back; {lost} keys of the \
+             crashed master's tablets are served by their new owners, empty (masters keep data \
+             in memory only: backups are out of scope)"
+        ));
+        self.mark(format!("{kept} gets served after the master crash"), None);
+
+        // 5. Restart the killed coordinator.
+        self.start_coordinator(li)?;
+        let caught = self.wait_for(
+            "the restarted replica to catch up",
+            Duration::from_secs(20),
+            |c| {
+                let rows: Vec<Status> = c
+                    .statuses()
+                    .into_iter()
+                    .filter_map(|(_, r)| r.ok())
+                    .collect();
+                let lead = rows.iter().find(|s| s.active)?;
+                let me = rows.iter().find(|s| s.id == leader.id)?;
+                (me.applied >= lead.commit && lead.commit > 0).then_some(me.applied)
+            },
+        )?;
+        self.say(format!(
+            "coordinator {} restarted from its data directory and caught up to index {caught}",
+            leader.id
+        ));
+        self.mark(
+            format!("coordinator {} restarted, caught up", leader.id),
+            None,
+        );
+        let status = ctl_out(&mut ctl, crate::ctl::CtlCommand::Status)?;
+        self.say(format!("status:\n{status}"));
+        Ok(())
+    }
+
+    fn print_timeline(&self) {
+        println!();
+        println!("timeline (commit point = from the leader receiving the request, or proposing");
+        println!("its own record, to knowing the commit record is committed)");
+        println!("{:>9}  {:>14}  event", "t", "commit point");
+        for e in &self.timeline {
+            println!(
+                "{:>8.3}s  {:>14}  {}",
+                e.at.as_secs_f64(),
+                e.commit_us.map_or(String::new(), |u| format!("{u} µs")),
+                e.what
+            );
+        }
+    }
+}
+
+fn ctl_out(ctl: &mut Ctl, cmd: crate::ctl::CtlCommand) -> Result<String, String> {
+    ctl.run(cmd)
+}
+
+/// Runs the demo (see the module docs). Prints as it goes.
+pub fn run(cfg: DemoConfig) -> Result<(), String> {
+    let (dir, temporary) = match &cfg.dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("ramcoord-demo-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut demo = Demo {
+        cfg,
+        dir: dir.clone(),
+        start: Instant::now(),
+        coords: Vec::new(),
+        masters: Vec::new(),
+        timeline: Vec::new(),
+    };
+    let r = demo.run();
+    demo.print_timeline();
+    let logs: Vec<String> = demo
+        .coords
+        .iter()
+        .map(|(_, _, p)| p.log.display().to_string())
+        .collect();
+    drop(demo);
+    match r {
+        Ok(()) => {
+            if temporary {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            println!(
+                "\ndemo finished: every child stopped, {} removed",
+                dir.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "{e} (data and logs kept in {}; e.g. {})",
+            dir.display(),
+            logs.first().cloned().unwrap_or_default()
+        )),
+    }
+}
