@@ -20,7 +20,7 @@ use crate::client::{ClientError, CoordinatorClient, MasterClient};
 use crate::cluster::{key_hash, ServerId, ServerStatus, TableId};
 use crate::coordinator::Request;
 use crate::node::client::{
-    ClientReply, ClientRequest, MasterReply, MasterRequest, OpResult, Status, View,
+    ClientReply, ClientRequest, MasterReply, MasterRequest, OpResult, ReplicaChange, Status, View,
 };
 
 /// How `ctl` runs.
@@ -51,6 +51,17 @@ pub enum CtlCommand {
     Ops,
     /// Run an operation.
     Operate(Request),
+    /// Remove a coordinator replica from the group.
+    RemoveReplica(u64),
+    /// Add a coordinator replica (a new id, started with `--join`) at an
+    /// address: as a learner, then, once it has caught up with the leader,
+    /// as a voter.
+    AddReplica {
+        /// Its id.
+        id: u64,
+        /// Where it listens.
+        addr: Option<String>,
+    },
     /// Write a key.
     Put {
         /// Table name.
@@ -179,6 +190,59 @@ impl Ctl {
             )),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Proposes a membership change; returns the index it applied at.
+    pub fn change_replicas(&mut self, change: ReplicaChange) -> Result<u64, String> {
+        match self
+            .coord
+            .ask_leader(&ClientRequest::ChangeReplicas(change), self.deadline())
+        {
+            Ok(ClientReply::Committed { seq, .. }) => Ok(seq),
+            Ok(ClientReply::Refused(why)) => Err(format!("refused: {why}")),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Adds replica `id` as a learner, waits until its log has caught up
+    /// with the leader's commit index, then makes it a voter (adding a
+    /// voter that is far behind would stall commits until it caught up).
+    pub fn add_replica(&mut self, id: u64, addr: Option<String>) -> Result<String, String> {
+        let leader = self.leader_status()?;
+        if leader.voters.contains(&id) {
+            return Err(format!("replica {id} is a voter already"));
+        }
+        if !leader.learners.contains(&id) {
+            self.change_replicas(ReplicaChange::AddLearner { id, addr })?;
+        }
+        let deadline = self.deadline();
+        let caught_up = loop {
+            let l = self.leader_status()?;
+            if let Some((_, m)) = l.match_index.iter().find(|(r, _)| *r == id) {
+                if *m >= l.commit {
+                    break *m;
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "replica {id} did not catch up before the deadline (is it running with --join?)"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let at = self.change_replicas(ReplicaChange::AddVoter(id))?;
+        Ok(format!(
+            "replica {id} caught up (index {caught_up}) and is a voter from index {at}"
+        ))
+    }
+
+    fn leader_status(&mut self) -> Result<Status, String> {
+        self.statuses()
+            .into_iter()
+            .filter_map(|(_, r)| r.ok())
+            .find(|s| s.active)
+            .ok_or_else(|| "no active coordinator answered".to_string())
     }
 
     /// Waits until operation `seq` has completed (as the active
@@ -386,6 +450,11 @@ impl Ctl {
                     s
                 })
             }
+            CtlCommand::RemoveReplica(id) => {
+                let at = self.change_replicas(ReplicaChange::Remove(id))?;
+                Ok(format!("replica {id} removed from the group at index {at}"))
+            }
+            CtlCommand::AddReplica { id, addr } => self.add_replica(id, addr),
             CtlCommand::Put { table, key, value } => {
                 let a = self.put(&table, &key, &value)?;
                 Ok(if json {

@@ -24,13 +24,12 @@
 //! about a millisecond and the kill would usually come too late to show a
 //! roll-forward.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::coordinator::Request;
-use crate::ctl::{Ctl, CtlOptions};
+use crate::ctl::Ctl;
+use crate::local_cluster::{LocalCluster, LocalClusterConfig};
 use crate::node::client::{OpResult, Status};
 
 /// How the demo runs.
@@ -48,21 +47,6 @@ pub struct DemoConfig {
     pub keys: usize,
 }
 
-/// One child process.
-struct Proc {
-    name: String,
-    child: Child,
-    args: Vec<String>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A line of the timeline.
 struct Event {
     at: Duration,
@@ -72,45 +56,9 @@ struct Event {
 
 struct Demo {
     cfg: DemoConfig,
-    dir: PathBuf,
     start: Instant,
-    coords: Vec<(u64, SocketAddr, Proc)>,
-    masters: Vec<(SocketAddr, Proc)>,
+    cluster: Option<LocalCluster>,
     timeline: Vec<Event>,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        for (_, _, p) in &mut self.coords {
-            p.kill();
-        }
-        for (_, p) in &mut self.masters {
-            p.kill();
-        }
-    }
-}
-
-fn free_addr() -> Result<SocketAddr, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    l.local_addr().map_err(|e| e.to_string())
-}
-
-fn spawn(binary: &Path, name: &str, args: Vec<String>, log: PathBuf) -> Result<Proc, String> {
-    let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let child = Command::new(binary)
-        .args(&args)
-        .env("RAMCOORD_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .map_err(|e| format!("starting {name}: {e}"))?;
-    Ok(Proc {
-        name: name.into(),
-        child,
-        args,
-        log,
-    })
 }
 
 impl Demo {
@@ -133,108 +81,45 @@ impl Demo {
         });
     }
 
-    fn ctl(&self) -> Ctl {
-        Ctl::new(CtlOptions {
-            coordinators: self.coords.iter().map(|(_, a, _)| *a).collect(),
-            cluster: 1,
-            json: false,
-            timeout: Duration::from_secs(10),
-            wait: true,
-        })
+    fn cluster(&mut self) -> &mut LocalCluster {
+        self.cluster.as_mut().expect("started")
     }
 
-    /// Polls until `f` says yes, or fails after `limit`.
+    fn ctl(&self) -> Ctl {
+        self.cluster
+            .as_ref()
+            .expect("started")
+            .ctl(Duration::from_secs(10))
+    }
+
     fn wait_for<T>(
         &self,
         what: &str,
-        limit: Duration,
-        mut f: impl FnMut(&mut Ctl) -> Option<T>,
+        f: impl FnMut(&LocalCluster) -> Option<T>,
     ) -> Result<T, String> {
-        let mut ctl = self.ctl();
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            if let Some(v) = f(&mut ctl) {
-                return Ok(v);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Err(format!("timed out waiting for {what}"))
-    }
-
-    fn active(&self, ctl: &mut Ctl) -> Option<Status> {
-        ctl.statuses()
-            .into_iter()
-            .filter_map(|(_, r)| r.ok())
-            .find(|s| s.active)
-    }
-
-    fn start_coordinator(&mut self, i: usize) -> Result<(), String> {
-        let p = &self.coords[i].2;
-        let np = spawn(
-            &self.cfg.binary,
-            &p.name,
-            p.args.clone(),
-            self.dir.join(format!("{}.restarted.log", p.name)),
-        )?;
-        self.coords[i].2 = np;
-        Ok(())
+        self.cluster
+            .as_ref()
+            .expect("started")
+            .wait_for(what, Duration::from_secs(20), f)
     }
 
     fn run(&mut self) -> Result<(), String> {
-        let n = 3;
-        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect::<Result<_, _>>()?;
-        let peers: Vec<String> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect();
-        let peers = peers.join(",");
-        let coord_list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-        let coord_list = coord_list.join(",");
+        let dir = self.cfg.dir.clone().expect("run() sets it");
+        let mut lc = LocalClusterConfig::new(self.cfg.binary.clone(), dir.clone(), 3, 3);
+        lc.coordinator_args = vec![
+            "--push-delay-ms".into(),
+            self.cfg.push_delay.as_millis().to_string(),
+        ];
+        let cluster = LocalCluster::start(lc)?;
         self.say(format!(
-            "starting 3 coordinator replicas ({coord_list}) and 3 masters; data and logs in {}",
-            self.dir.display()
+            "started 3 coordinator replicas ({}) and 3 masters; data and logs in {}",
+            cluster.coordinator_list(),
+            dir.display()
         ));
-        for (i, addr) in addrs.iter().enumerate() {
-            let id = i as u64 + 1;
-            let name = format!("coordinator-{id}");
-            let args = vec![
-                "coordinator".into(),
-                "--id".into(),
-                id.to_string(),
-                "--listen".into(),
-                addr.to_string(),
-                "--peers".into(),
-                peers.clone(),
-                "--data-dir".into(),
-                self.dir.join(format!("c{id}")).display().to_string(),
-                "--push-delay-ms".into(),
-                self.cfg.push_delay.as_millis().to_string(),
-            ];
-            let log = self.dir.join(format!("{name}.log"));
-            let p = spawn(&self.cfg.binary, &name, args, log)?;
-            self.coords.push((id, *addr, p));
-        }
-        for i in 0..n {
-            let addr = free_addr()?;
-            let name = format!("master-{}", i + 1);
-            let args = vec![
-                "master".into(),
-                "--listen".into(),
-                addr.to_string(),
-                "--coordinators".into(),
-                coord_list.clone(),
-            ];
-            let log = self.dir.join(format!("{name}.log"));
-            let p = spawn(&self.cfg.binary, &name, args, log)?;
-            self.masters.push((addr, p));
-        }
+        self.cluster = Some(cluster);
 
         // 1. Election and enlistment.
-        let leader = self.wait_for("a leader and 3 masters", Duration::from_secs(20), |c| {
-            let s = self.active(c)?;
-            (s.servers_up == 3 && s.incomplete == 0).then_some(s)
-        })?;
+        let leader = self.cluster().wait_ready(3, Duration::from_secs(20))?;
         self.say(format!(
             "coordinator {} leads in term {}; 3 masters enlisted",
             leader.id, leader.term
@@ -262,12 +147,7 @@ impl Demo {
         if !matches!(c.result, OpResult::TableCreated(_)) {
             return Err(format!("create-table: {:?}", c.result));
         }
-        let li = self
-            .coords
-            .iter()
-            .position(|(id, _, _)| *id == leader.id)
-            .expect("the leader is one of ours");
-        self.coords[li].2.kill();
+        self.cluster().kill_coordinator(leader.id);
         let killed_at = Instant::now();
         self.say(format!(
             "create-table {name:?} ({} tablets) passed its commit point: seq {}, term {}, \
@@ -286,8 +166,8 @@ impl Demo {
             Some(c.commit_us),
         );
         self.mark(format!("kill -9 coordinator {}", leader.id), None);
-        let next = self.wait_for("a new leader", Duration::from_secs(20), |c| {
-            self.active(c).filter(|s| s.term > leader.term)
+        let next = self.wait_for("a new leader", |c| {
+            c.active().filter(|s| s.term > leader.term)
         })?;
         let elected = killed_at.elapsed();
         self.say(format!(
@@ -369,21 +249,20 @@ impl Demo {
             .iter()
             .find(|s| s.id == victim_server)
             .ok_or("owner not in the server list")?;
-        let vaddr: SocketAddr = victim.addr.parse().map_err(|e| format!("{e}"))?;
+        let vaddr = victim.addr.clone();
         let mi = self
-            .masters
-            .iter()
-            .position(|(a, _)| *a == vaddr)
+            .cluster()
+            .master_at(&vaddr)
             .ok_or("owner is not one of our masters")?;
-        self.masters[mi].1.kill();
+        self.cluster().kill_master(mi);
         let master_killed = Instant::now();
         self.say(format!(
             "kill -9 master {victim_server} ({vaddr}); the coordinator declares it crashed after \
              500 ms of silence"
         ));
         self.mark(format!("kill -9 master {victim_server}"), None);
-        let crash = self.wait_for("the recovery", Duration::from_secs(20), |c| {
-            let v = c.view().ok()?;
+        let crash = self.wait_for("the recovery", |c| {
+            let v = c.ctl(Duration::from_secs(1)).view().ok()?;
             let gone = v.servers.iter().any(|s| {
                 s.id == victim_server && s.status == crate::cluster::ServerStatus::Removed
             });
@@ -436,21 +315,13 @@ impl Demo {
         self.mark(format!("{kept} gets served after the master crash"), None);
 
         // 5. Restart the killed coordinator.
-        self.start_coordinator(li)?;
-        let caught = self.wait_for(
-            "the restarted replica to catch up",
-            Duration::from_secs(20),
-            |c| {
-                let rows: Vec<Status> = c
-                    .statuses()
-                    .into_iter()
-                    .filter_map(|(_, r)| r.ok())
-                    .collect();
-                let lead = rows.iter().find(|s| s.active)?;
-                let me = rows.iter().find(|s| s.id == leader.id)?;
-                (me.applied >= lead.commit && lead.commit > 0).then_some(me.applied)
-            },
-        )?;
+        self.cluster().restart_coordinator(leader.id)?;
+        let caught = self.wait_for("the restarted replica to catch up", |c| {
+            let rows: Vec<Status> = c.statuses();
+            let lead = rows.iter().find(|s| s.active)?;
+            let me = rows.iter().find(|s| s.id == leader.id)?;
+            (me.applied >= lead.commit && lead.commit > 0).then_some(me.applied)
+        })?;
         self.say(format!(
             "coordinator {} restarted from its data directory and caught up to index {caught}",
             leader.id
@@ -485,31 +356,23 @@ fn ctl_out(ctl: &mut Ctl, cmd: crate::ctl::CtlCommand) -> Result<String, String>
 }
 
 /// Runs the demo (see the module docs). Prints as it goes.
-pub fn run(cfg: DemoConfig) -> Result<(), String> {
-    let (dir, temporary) = match &cfg.dir {
-        Some(d) => (d.clone(), false),
-        None => (
-            std::env::temp_dir().join(format!("ramcoord-demo-{}", std::process::id())),
-            true,
-        ),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+pub fn run(mut cfg: DemoConfig) -> Result<(), String> {
+    let temporary = cfg.dir.is_none();
+    let dir = cfg.dir.take().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("ramcoord-demo-{}", std::process::id()))
+    });
     let mut demo = Demo {
-        cfg,
-        dir: dir.clone(),
+        cfg: DemoConfig {
+            dir: Some(dir.clone()),
+            ..cfg
+        },
         start: Instant::now(),
-        coords: Vec::new(),
-        masters: Vec::new(),
+        cluster: None,
         timeline: Vec::new(),
     };
     let r = demo.run();
     demo.print_timeline();
-    let logs: Vec<String> = demo
-        .coords
-        .iter()
-        .map(|(_, _, p)| p.log.display().to_string())
-        .collect();
-    drop(demo);
+    drop(demo); // stops every child
     match r {
         Ok(()) => {
             if temporary {
@@ -521,10 +384,6 @@ pub fn run(cfg: DemoConfig) -> Result<(), String> {
             );
             Ok(())
         }
-        Err(e) => Err(format!(
-            "{e} (data and logs kept in {}; e.g. {})",
-            dir.display(),
-            logs.first().cloned().unwrap_or_default()
-        )),
+        Err(e) => Err(format!("{e} (data and logs kept in {})", dir.display())),
     }
 }

@@ -15,6 +15,7 @@ pub mod coordinator;
 pub mod ctl;
 pub mod demo;
 pub mod lincheck;
+pub mod local_cluster;
 pub mod master;
 pub mod node;
 pub mod sim;

@@ -171,6 +171,15 @@ struct CoordinatorArgs {
     /// tablets then move to live masters).
     #[arg(long, default_value_t = 500)]
     master_timeout_ms: u64,
+    /// Join an existing group as a new replica, with an empty data
+    /// directory: it waits, without voting, until the leader adds it
+    /// (`ctl add-replica ID --address ADDR`). This is how a replica whose
+    /// disk was lost comes back: removed (`ctl remove-replica OLD`), then
+    /// joined under a NEW id. Never restart it empty under its old id: an
+    /// empty directory bootstraps a founding member that forgot its votes
+    /// and its log.
+    #[arg(long)]
+    join: bool,
     /// Fault injection: hold every configuration push this long (widens the
     /// window between a commit point and the operation's completion).
     #[arg(long, default_value_t = 0, hide = true)]
@@ -282,6 +291,30 @@ enum CtlCommand {
         hash: u64,
         /// The new owner (INDEX.GENERATION, as `ctl servers` prints).
         server: ramcoord::cluster::ServerId,
+    },
+    /// Remove coordinator replica ID from the group (a replica that is
+    /// gone for good, or whose data directory was lost).
+    RemoveReplica {
+        /// The replica id.
+        id: u64,
+    },
+    /// Add coordinator replica ID, started with --join: first as a learner,
+    /// then, once it has caught up, as a voter. Use a new id for a replica
+    /// that lost its data directory (ids are never reused).
+    ///
+    /// Replacing replica 3, which lost its disk:
+    ///   ramcoord ctl --coordinators A1,A2 remove-replica 3
+    ///   ramcoord coordinator --id 4 --join --listen A4 \
+    ///     --peers 1=A1,2=A2,4=A4 --data-dir /new/dir &
+    ///   ramcoord ctl --coordinators A1,A2 add-replica 4 --address A4
+    #[command(verbatim_doc_comment)]
+    AddReplica {
+        /// The new replica's id.
+        id: u64,
+        /// Where it listens (needed unless every replica was started with it
+        /// in --peers).
+        #[arg(long)]
+        address: Option<std::net::SocketAddr>,
     },
     /// Write a key at the master owning its tablet.
     Put {
@@ -671,11 +704,12 @@ fn run_sim(args: SimArgs) -> ExitCode {
     let sum = |f: fn(&sim::SimStats) -> u64| -> u64 { results.iter().map(|r| f(&r.stats)).sum() };
     outln!(
         text,
-        "coverage: {} leaders, {} torn writes, {} snapshots installed, {} membership changes, {} transfers, {} reads",
+        "coverage: {} leaders, {} torn writes, {} snapshots installed, {} membership changes ({} replicas replaced after losing their disk), {} transfers, {} reads",
         sum(|s| s.leaders),
         sum(|s| s.torn_writes),
         sum(|s| s.snapshots_installed),
         sum(|s| s.conf_changes),
+        sum(|s| s.wipes),
         sum(|s| s.transfers),
         sum(|s| s.reads)
     );
@@ -797,6 +831,7 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     cfg.election_ticks = args.election_ticks.max(2);
     cfg.coordinator.master_timeout_ticks = (args.master_timeout_ms / args.tick_ms.max(1)).max(2);
     cfg.push_delay = std::time::Duration::from_millis(args.push_delay_ms);
+    cfg.join = args.join;
     let mut node = match CoordinatorNode::open(cfg, transport) {
         Ok(n) => n,
         Err(e) => {
@@ -839,6 +874,11 @@ fn run_ctl(args: CtlArgs) -> ExitCode {
             to: server,
         }),
         CtlCommand::Put { table, key, value } => C::Put { table, key, value },
+        CtlCommand::RemoveReplica { id } => C::RemoveReplica(id),
+        CtlCommand::AddReplica { id, address } => C::AddReplica {
+            id,
+            addr: address.map(|a| a.to_string()),
+        },
         CtlCommand::Get { table, key } => C::Get { table, key },
     };
     let mut ctl = Ctl::new(CtlOptions {

@@ -49,11 +49,37 @@ pub enum ClientRequest {
         /// The operation (its commit record's index).
         seq: u64,
     },
+    /// A membership change of the coordinator group (leader only),
+    /// answered when it applies.
+    ChangeReplicas(ReplicaChange),
     /// A master's heartbeat.
     Heartbeat {
         /// The server.
         from: ServerId,
     },
+}
+
+/// A single-replica membership change (one at a time; the leader refuses
+/// another while one is pending).
+///
+/// A replica id is never reused: a replica whose data directory was lost
+/// comes back under a new id (started with `--join`), because an empty log
+/// under an old id could still be asked to vote by a lagging replica that
+/// counts it in an older configuration, having forgotten what it had
+/// acknowledged (the simulator finds this).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaChange {
+    /// Remove a voter or learner.
+    Remove(u64),
+    /// Add a learner: it receives the log but does not vote.
+    AddLearner {
+        /// Its id (new).
+        id: u64,
+        /// Where it listens, if the group was not started knowing it.
+        addr: Option<String>,
+    },
+    /// Make a learner (or a new replica) a voter.
+    AddVoter(u64),
 }
 
 /// A replica's view, for `ctl status`.
@@ -84,6 +110,10 @@ pub struct Status {
     pub incomplete: u64,
     /// Per follower (leader only): (replica, match index).
     pub match_index: Vec<(u64, u64)>,
+    /// Voting replicas, as this replica's configuration says.
+    pub voters: Vec<u64>,
+    /// Learners (receive the log, do not vote).
+    pub learners: Vec<u64>,
     /// Commit points this replica proposed and saw commit, since it
     /// started.
     pub commits_measured: u64,

@@ -36,8 +36,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use ramcoord_log::disk::{DiskStorage, Durability, OpenError};
 use ramcoord_log::wire::{decode_message, encode_message};
 use ramcoord_log::{
-    ConfState, Config, EntryKind, Message, NodeId, ProposeError, RawNode, Role, Storage,
-    StorageError,
+    ConfChange, ConfState, Config, EntryKind, Message, NodeId, ProposeError, RawNode, Role,
+    Storage, StorageError,
 };
 use ramcoord_net::{Event, PeerId, RegionId, Transport, WriteStatus};
 
@@ -95,6 +95,11 @@ pub struct NodeConfig {
     /// The coordinator's timing (pushes, proposals, failure detection), in
     /// ticks.
     pub coordinator: CoordinatorConfig,
+    /// Join an existing group instead of founding one: start with an empty
+    /// log and no configuration (never campaigning), and wait for the
+    /// leader to add this replica (as a learner, then a voter) and send it
+    /// the log. For a replica whose data directory was lost.
+    pub join: bool,
     /// Hold every push this long before sending it (a fault-injection knob
     /// for demos and tests: it widens the window between an operation's
     /// commit point and its completion).
@@ -116,6 +121,7 @@ impl NodeConfig {
             segment_bytes: ramcoord_log::disk::segment_log::SEGMENT_BYTES_DEFAULT,
             coordinator: CoordinatorConfig::default(),
             push_delay: Duration::ZERO,
+            join: false,
         }
     }
 }
@@ -183,7 +189,16 @@ impl<T: Transport> CoordinatorNode<T> {
             )));
         }
         let fresh = !cfg.data_dir.join("hardstate").exists();
-        let mut storage = if fresh {
+        if cfg.join && !fresh {
+            return Err(NodeError::Config(format!(
+                "--join needs an empty data directory; {} holds a log (start without --join)",
+                cfg.data_dir.display()
+            )));
+        }
+        let mut storage = if cfg.join {
+            tracing::info!(dir = %cfg.data_dir.display(), "joining: empty log, no configuration until the leader sends it");
+            DiskStorage::open(&cfg.data_dir, cfg.segment_bytes)?.0
+        } else if fresh {
             let conf = ConfState::with_voters(cfg.replicas.iter().copied());
             DiskStorage::bootstrap(&cfg.data_dir, &conf, cfg.segment_bytes)?
         } else {
@@ -391,6 +406,8 @@ impl<T: Transport> CoordinatorNode<T> {
             tables: self.cluster.tables().count() as u64,
             incomplete: self.cluster.incomplete().len() as u64,
             match_index,
+            voters: self.raft.conf().voters.iter().copied().collect(),
+            learners: self.raft.conf().learners.iter().copied().collect(),
             commits_measured: self.commits_measured,
             commit_p50_us: p50,
             commit_p99_us: p99,
@@ -443,7 +460,10 @@ impl<T: Transport> CoordinatorNode<T> {
                 incomplete: self.cluster.incomplete().contains_key(&seq),
                 applied: self.cluster.applied_index(),
             },
-            ClientRequest::View | ClientRequest::Heartbeat { .. } | ClientRequest::Operate(_)
+            ClientRequest::View
+            | ClientRequest::Heartbeat { .. }
+            | ClientRequest::Operate(_)
+            | ClientRequest::ChangeReplicas(_)
                 if !self.coord.is_active() =>
             {
                 not_leader
@@ -458,6 +478,44 @@ impl<T: Transport> CoordinatorNode<T> {
                 ClientReply::HeartbeatAck {
                     gone,
                     leader: Some(self.cfg.id),
+                }
+            }
+            ClientRequest::ChangeReplicas(change) => {
+                let cc = match change {
+                    client::ReplicaChange::Remove(id) => ConfChange::Remove(id),
+                    client::ReplicaChange::AddLearner { id, addr } => {
+                        match addr.as_deref().map(str::parse::<std::net::SocketAddr>) {
+                            Some(Ok(a)) => self.transport.add_peer(id, a),
+                            Some(Err(e)) => {
+                                self.reply(
+                                    from,
+                                    request,
+                                    &ClientReply::Refused(format!("replica address: {e}")),
+                                );
+                                return;
+                            }
+                            None => {}
+                        }
+                        ConfChange::AddLearner(id)
+                    }
+                    client::ReplicaChange::AddVoter(id) => ConfChange::AddVoter(id),
+                };
+                match self.raft.propose_conf_change(cc) {
+                    Ok(index) => {
+                        tracing::info!(?cc, index, "membership change proposed");
+                        self.waiters.insert(
+                            index,
+                            Waiter {
+                                from,
+                                request,
+                                data: cc.encode(),
+                                received: Instant::now(),
+                            },
+                        );
+                        return;
+                    }
+                    Err(ProposeError::NotLeader { .. }) => not_leader,
+                    Err(e) => ClientReply::Refused(e.to_string()),
                 }
             }
             ClientRequest::Operate(op) => {
@@ -529,7 +587,10 @@ impl<T: Transport> CoordinatorNode<T> {
                     &[]
                 };
                 let outcome = self.cluster.apply(e.index, data)?;
-                self.applied(e.index, e.term, &e.data, &outcome);
+                if e.kind == EntryKind::ConfChange {
+                    tracing::info!(index = e.index, conf = ?self.raft.conf(), "membership change applied");
+                }
+                self.applied(e.index, e.term, &e.data, &outcome, e.kind);
             }
             self.raft.advance(rd);
         }
@@ -563,7 +624,7 @@ impl<T: Transport> CoordinatorNode<T> {
 
     /// Bookkeeping after applying the entry at `index`: the op log, the
     /// commit-point latency, and the client waiting for it.
-    fn applied(&mut self, index: u64, term: u64, data: &Bytes, outcome: &Outcome) {
+    fn applied(&mut self, index: u64, term: u64, data: &Bytes, outcome: &Outcome, kind: EntryKind) {
         let now = Instant::now();
         let active = self.coord.is_active();
         let proposed = self.proposed_at.remove(&index);
@@ -660,6 +721,7 @@ impl<T: Transport> CoordinatorNode<T> {
                 }
                 None
             }
+            Outcome::NotARecord if kind == EntryKind::ConfChange => Some(OpResult::Changed),
             Outcome::AlreadyComplete(_) | Outcome::NotARecord => None,
         };
         let Some(w) = self.waiters.remove(&index) else {

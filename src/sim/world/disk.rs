@@ -84,6 +84,18 @@ impl World {
     pub(super) fn crash(&mut self, id: NodeId) {
         let torn = self.rng.random_bool(self.p.torn);
         let cut: u64 = self.rng.random();
+        // A replica whose removal a leader has applied (so committed) may
+        // lose its disk. It is retired for good and a replacement with a
+        // new id starts with an empty log and no configuration; it joins
+        // only when the admin adds it (learner, then voter), as
+        // `ramcoord coordinator --join` does. Never the same id: an empty
+        // log under an old id could vote in a lagging candidate's old
+        // configuration, having forgotten the entries it acknowledged.
+        let removed = self.some_leader().is_some_and(|l| {
+            let conf = self.nodes[&l].raft.as_ref().expect("a leader is up").conf();
+            !conf.voters.contains(&id) && !conf.learners.contains(&id)
+        });
+        let wipe = removed && self.p.admin && self.rng.random_bool(0.5);
         let node = self.nodes.get_mut(&id).unwrap();
         let Some(raft) = node.raft.take() else { return };
         let mut storage = raft.into_storage();
@@ -113,7 +125,7 @@ impl World {
         node.disk_queue.clear();
         node.disk_inflight = 0;
         node.incarnation += 1;
-        node.down_storage = Some(storage);
+        node.down_storage = (!wipe).then_some(storage);
         node.kv = Kv::default();
         node.cluster = ClusterState::default();
         node.pending_records.clear();
@@ -128,6 +140,18 @@ impl World {
         node.coord = fresh;
         self.stats.crashes += 1;
         self.trace(|| format!("n{id} CRASH (torn={torn})"));
+        if wipe {
+            let new = self.next_node_id;
+            self.next_node_id += 1;
+            let tick_us = self.nodes[&id].tick_us;
+            self.insert_node(new, tick_us, None, Some(MemStorage::default()));
+            self.stats.wipes += 1;
+            let down = self
+                .rng
+                .random_range(self.p.down_us.0..self.p.down_us.1.max(self.p.down_us.0 + 1));
+            self.at(down, Ev::Restart(new));
+            self.trace(|| format!("n{id} lost its disk: retired; n{new} replaces it, empty"));
+        }
     }
 
     pub(super) fn restart(&mut self, id: NodeId) -> Result<(), Violation> {

@@ -51,6 +51,7 @@ impl World {
         let Some(leader) = self.some_leader() else {
             return;
         };
+        let live = self.live_ids();
         let raft = self.nodes.get_mut(&leader).unwrap().raft.as_mut().unwrap();
         let conf = raft.conf().clone();
         let others: Vec<NodeId> = conf
@@ -68,9 +69,7 @@ impl World {
             let r = raft.transfer_leader(to);
             self.stats.transfers += u64::from(r.is_ok());
             format!("transfer {leader}->{to}: {r:?}")
-        } else if let Some(gone) =
-            (1..=self.opts.replicas as NodeId).find(|id| !conf.voters.contains(id))
-        {
+        } else if let Some(gone) = live.into_iter().find(|id| !conf.voters.contains(id)) {
             // Someone is out: bring it back, as a learner first.
             let cc = if conf.learners.contains(&gone) {
                 ConfChange::AddVoter(gone)
@@ -99,10 +98,10 @@ impl World {
             self.at(20_000, Ev::RestoreMembership);
             return;
         };
+        let live = self.live_ids();
         let raft = self.nodes.get_mut(&leader).unwrap().raft.as_mut().unwrap();
         let conf = raft.conf().clone();
-        let Some(gone) = (1..=self.opts.replicas as NodeId).find(|id| !conf.voters.contains(id))
-        else {
+        let Some(gone) = live.into_iter().find(|id| !conf.voters.contains(id)) else {
             return; // everyone is a voter again
         };
         let cc = if conf.learners.contains(&gone) {

@@ -102,6 +102,9 @@ pub struct SimStats {
     pub torn_writes: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Removed replicas whose disk was lost, replaced by a new replica
+    /// (a new id, an empty log) that joined through membership changes.
+    pub wipes: u64,
     /// Membership changes committed and applied.
     pub conf_changes: u64,
     /// Leadership transfers started.
@@ -394,6 +397,9 @@ struct World {
     seq: u64,
     queue: BinaryHeap<Reverse<Queued>>,
     nodes: BTreeMap<NodeId, Node>,
+    /// The id a replacement replica gets (ids are never reused: a replica
+    /// whose disk was lost comes back under a new one).
+    next_node_id: NodeId,
     blocked: HashSet<(NodeId, NodeId)>,
     healed: bool,
     heal_at: u64,
@@ -454,6 +460,7 @@ fn run_unguarded(opts: SimOptions) -> SimOutcome {
         seq: 0,
         queue: BinaryHeap::new(),
         nodes: BTreeMap::new(),
+        next_node_id: 1,
         blocked: HashSet::new(),
         healed: false,
         clients: (0..CLIENTS).map(|_| Client::default()).collect(),
@@ -512,6 +519,15 @@ impl World {
         self.nodes.keys().copied().collect()
     }
 
+    /// Nodes that are up or may come back (not retired).
+    fn live_ids(&self) -> Vec<NodeId> {
+        self.nodes
+            .values()
+            .filter(|n| n.raft.is_some() || n.down_storage.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
     fn raft_config(&self, id: NodeId, seed: u64) -> Config {
         let mut cfg = Config::new(id);
         cfg.election_timeout_ticks = ELECTION_TICKS;
@@ -540,34 +556,52 @@ impl World {
             let seed = self.rng.random();
             let raft = RawNode::new(self.raft_config(id, seed), MemStorage::bootstrap(&conf))
                 .expect("valid simulator config");
-            self.nodes.insert(
-                id,
-                Node {
-                    id,
-                    incarnation: 0,
-                    raft: Some(raft),
-                    down_storage: None,
-                    disk_queue: VecDeque::new(),
-                    disk_inflight: 0,
-                    tick_us,
-                    kv: Kv::default(),
-                    applied: 0,
-                    commit_checked: 0,
-                    pending_writes: BTreeMap::new(),
-                    pending_reads: HashMap::new(),
-                    read_points: Vec::new(),
-                    was_leader_term: None,
-                    committed_as_leader_term: None,
-                    last_seen: (0, 0),
-                    cluster: ClusterState::default(),
-                    coord: self.new_coordinator(),
-                    pending_records: BTreeMap::new(),
-                    pending_lookups: HashMap::new(),
-                },
-            );
+            self.insert_node(id, tick_us, Some(raft), None);
             let first = self.rng.random_range(0..tick_us);
             self.at(first, Ev::Tick(id, 0));
         }
+        self.next_node_id = n + 1;
+        self.run_from_start()
+    }
+
+    /// Adds a node to the world: up with `raft`, or down with
+    /// `down_storage` (to be started by a `Restart`).
+    fn insert_node(
+        &mut self,
+        id: NodeId,
+        tick_us: u64,
+        raft: Option<RawNode<MemStorage>>,
+        down_storage: Option<MemStorage>,
+    ) {
+        let coord = self.new_coordinator();
+        self.nodes.insert(
+            id,
+            Node {
+                id,
+                incarnation: 0,
+                raft,
+                down_storage,
+                disk_queue: VecDeque::new(),
+                disk_inflight: 0,
+                tick_us,
+                kv: Kv::default(),
+                applied: 0,
+                commit_checked: 0,
+                pending_writes: BTreeMap::new(),
+                pending_reads: HashMap::new(),
+                read_points: Vec::new(),
+                was_leader_term: None,
+                committed_as_leader_term: None,
+                last_seen: (0, 0),
+                cluster: ClusterState::default(),
+                coord,
+                pending_records: BTreeMap::new(),
+                pending_lookups: HashMap::new(),
+            },
+        );
+    }
+
+    fn run_from_start(&mut self) -> Result<(), Violation> {
         if self.is_coordinator() {
             self.coordinator_start();
         } else {

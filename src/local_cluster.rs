@@ -1,0 +1,369 @@
+//! A cluster of `ramcoord` processes on loopback: the demo, the end-to-end
+//! tests and the benchmarks start one.
+//!
+//! Each coordinator replica and master is a child process of the given
+//! binary, on a free loopback port, with its data directory and its log
+//! file (stderr) under one directory. Children are killed (SIGKILL) when
+//! the [`LocalCluster`] is dropped. A coordinator can be killed and
+//! restarted from its data directory, or replaced (its directory lost) by
+//! a new replica that joins under a new id; a master can be killed and a new one started (it enlists as a
+//! new server).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ctl::{Ctl, CtlOptions};
+use crate::node::client::Status;
+
+/// How to start a [`LocalCluster`].
+#[derive(Clone, Debug)]
+pub struct LocalClusterConfig {
+    /// The `ramcoord` binary.
+    pub binary: PathBuf,
+    /// Data directories and logs go here.
+    pub dir: PathBuf,
+    /// Coordinator replicas (ids 1..=n).
+    pub coordinators: usize,
+    /// Masters started at once.
+    pub masters: usize,
+    /// Extra arguments for every coordinator (e.g. `--tick-ms 5`).
+    pub coordinator_args: Vec<String>,
+    /// Extra arguments for every master.
+    pub master_args: Vec<String>,
+    /// `RAMCOORD_LOG` for the children.
+    pub log_filter: String,
+}
+
+impl LocalClusterConfig {
+    /// `coordinators` replicas and `masters` masters of `binary`, under `dir`.
+    pub fn new(binary: PathBuf, dir: PathBuf, coordinators: usize, masters: usize) -> Self {
+        LocalClusterConfig {
+            binary,
+            dir,
+            coordinators,
+            masters,
+            coordinator_args: Vec::new(),
+            master_args: Vec::new(),
+            log_filter: "info".into(),
+        }
+    }
+}
+
+/// One child process and how to start it again.
+pub struct Proc {
+    /// `coordinator-N` or `master-N`.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its stderr.
+    pub log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    starts: u32,
+    /// Replaced for good (its disk was lost).
+    retired: bool,
+}
+
+impl Proc {
+    /// Whether it was started and not killed.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Its process id, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Running processes (see the module docs).
+pub struct LocalCluster {
+    cfg: LocalClusterConfig,
+    /// Coordinator replicas; replica id = index + 1.
+    pub coordinators: Vec<Proc>,
+    /// Masters, in start order.
+    pub masters: Vec<Proc>,
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for p in self.coordinators.iter_mut().chain(self.masters.iter_mut()) {
+            p.kill();
+        }
+    }
+}
+
+/// A loopback address with a free port (free when asked: a child binds it
+/// a moment later).
+pub fn free_addr() -> Result<SocketAddr, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    l.local_addr().map_err(|e| e.to_string())
+}
+
+fn spawn(binary: &Path, filter: &str, p: &mut Proc) -> Result<(), String> {
+    spawn_with(binary, filter, p, &[])
+}
+
+fn spawn_with(binary: &Path, filter: &str, p: &mut Proc, extra: &[&str]) -> Result<(), String> {
+    p.starts += 1;
+    if p.starts > 1 {
+        p.log = p.log.with_extension(format!("{}.log", p.starts));
+    }
+    let file = std::fs::File::create(&p.log).map_err(|e| format!("{}: {e}", p.log.display()))?;
+    let child = Command::new(binary)
+        .args(&p.args)
+        .args(extra)
+        .env("RAMCOORD_LOG", filter)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", p.name))?;
+    p.child = Some(child);
+    Ok(())
+}
+
+impl LocalCluster {
+    /// Starts every process (returns without waiting for an election).
+    pub fn start(cfg: LocalClusterConfig) -> Result<LocalCluster, String> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+        let addrs: Vec<SocketAddr> = (0..cfg.coordinators)
+            .map(|_| free_addr())
+            .collect::<Result<_, _>>()?;
+        let peers: Vec<String> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect();
+        let peers = peers.join(",");
+        let mut c = LocalCluster {
+            cfg,
+            coordinators: Vec::new(),
+            masters: Vec::new(),
+        };
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = i + 1;
+            let mut args = vec![
+                "coordinator".to_string(),
+                "--id".into(),
+                id.to_string(),
+                "--listen".into(),
+                addr.to_string(),
+                "--peers".into(),
+                peers.clone(),
+                "--data-dir".into(),
+                c.cfg.dir.join(format!("c{id}")).display().to_string(),
+            ];
+            args.extend(c.cfg.coordinator_args.iter().cloned());
+            let mut p = Proc {
+                name: format!("coordinator-{id}"),
+                addr: *addr,
+                log: c.cfg.dir.join(format!("coordinator-{id}.log")),
+                args,
+                child: None,
+                starts: 0,
+                retired: false,
+            };
+            spawn(&c.cfg.binary, &c.cfg.log_filter, &mut p)?;
+            c.coordinators.push(p);
+        }
+        for _ in 0..c.cfg.masters {
+            c.start_master()?;
+        }
+        Ok(c)
+    }
+
+    /// The coordinators' addresses, comma-separated (for `--coordinators`).
+    pub fn coordinator_list(&self) -> String {
+        let v: Vec<String> = self
+            .coordinators
+            .iter()
+            .map(|p| p.addr.to_string())
+            .collect();
+        v.join(",")
+    }
+
+    /// The directory of everything.
+    pub fn dir(&self) -> &Path {
+        &self.cfg.dir
+    }
+
+    /// Starts one more master; returns its index in [`Self::masters`].
+    pub fn start_master(&mut self) -> Result<usize, String> {
+        let addr = free_addr()?;
+        let n = self.masters.len() + 1;
+        let mut args = vec![
+            "master".to_string(),
+            "--listen".into(),
+            addr.to_string(),
+            "--coordinators".into(),
+            self.coordinator_list(),
+        ];
+        args.extend(self.cfg.master_args.iter().cloned());
+        let mut p = Proc {
+            name: format!("master-{n}"),
+            addr,
+            log: self.cfg.dir.join(format!("master-{n}.log")),
+            args,
+            child: None,
+            starts: 0,
+            retired: false,
+        };
+        spawn(&self.cfg.binary, &self.cfg.log_filter, &mut p)?;
+        self.masters.push(p);
+        Ok(n - 1)
+    }
+
+    /// Fails naming every started process that has exited on its own.
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        let mut dead = Vec::new();
+        for p in self.coordinators.iter_mut().chain(self.masters.iter_mut()) {
+            if let Some(c) = p.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    dead.push(format!("{} ({status}, log {})", p.name, p.log.display()));
+                }
+            }
+        }
+        if dead.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("exited: {}", dead.join("; ")))
+        }
+    }
+
+    /// SIGKILLs coordinator replica `id`.
+    pub fn kill_coordinator(&mut self, id: u64) {
+        self.coordinators[id as usize - 1].kill();
+    }
+
+    /// Starts coordinator replica `id` again from its data directory.
+    pub fn restart_coordinator(&mut self, id: u64) -> Result<(), String> {
+        let p = &mut self.coordinators[id as usize - 1];
+        p.kill();
+        spawn(&self.cfg.binary, &self.cfg.log_filter, p)
+    }
+
+    /// Replaces replica `old`, whose disk is lost, by a new replica: kills
+    /// it, deletes its data directory, and starts a replica with a new id
+    /// at a new address, with `--join` and an empty directory. The caller
+    /// removes `old` from the group and adds the new one
+    /// ([`Ctl::add_replica`]); returns the new id.
+    pub fn replace_coordinator(&mut self, old: u64) -> Result<u64, String> {
+        self.coordinators[old as usize - 1].kill();
+        let _ = std::fs::remove_dir_all(self.cfg.dir.join(format!("c{old}")));
+        self.coordinators[old as usize - 1].retired = true;
+        let id = self.coordinators.len() as u64 + 1;
+        let addr = free_addr()?;
+        let mut peers: Vec<String> = self
+            .coordinators
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.retired)
+            .map(|(i, p)| format!("{}={}", i + 1, p.addr))
+            .collect();
+        peers.push(format!("{id}={addr}"));
+        let mut args = vec![
+            "coordinator".to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            addr.to_string(),
+            "--peers".into(),
+            peers.join(","),
+            "--data-dir".into(),
+            self.cfg.dir.join(format!("c{id}")).display().to_string(),
+            "--join".into(),
+        ];
+        args.extend(self.cfg.coordinator_args.iter().cloned());
+        let mut p = Proc {
+            name: format!("coordinator-{id}"),
+            addr,
+            log: self.cfg.dir.join(format!("coordinator-{id}.log")),
+            args,
+            child: None,
+            starts: 0,
+            retired: false,
+        };
+        spawn(&self.cfg.binary, &self.cfg.log_filter, &mut p)?;
+        self.coordinators.push(p);
+        Ok(id)
+    }
+
+    /// SIGKILLs the master at `index`.
+    pub fn kill_master(&mut self, index: usize) {
+        self.masters[index].kill();
+    }
+
+    /// The index of the master listening at `addr`.
+    pub fn master_at(&self, addr: &str) -> Option<usize> {
+        self.masters.iter().position(|p| p.addr.to_string() == addr)
+    }
+
+    /// A `ctl` client of this cluster (its replicas not retired).
+    pub fn ctl(&self, timeout: Duration) -> Ctl {
+        Ctl::new(CtlOptions {
+            coordinators: self
+                .coordinators
+                .iter()
+                .filter(|p| !p.retired)
+                .map(|p| p.addr)
+                .collect(),
+            cluster: 1,
+            json: false,
+            timeout,
+            wait: true,
+        })
+    }
+
+    /// Every answering replica's status.
+    pub fn statuses(&self) -> Vec<Status> {
+        let mut ctl = self.ctl(Duration::from_millis(500));
+        ctl.statuses()
+            .into_iter()
+            .filter_map(|(_, r)| r.ok())
+            .collect()
+    }
+
+    /// The active coordinator's status, if one answers.
+    pub fn active(&self) -> Option<Status> {
+        self.statuses().into_iter().find(|s| s.active)
+    }
+
+    /// Polls `f` until it says yes, or fails after `limit` naming `what`.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut f: impl FnMut(&LocalCluster) -> Option<T>,
+    ) -> Result<T, String> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(v) = f(self) {
+                return Ok(v);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(format!(
+            "timed out after {limit:?} waiting for {what} (logs in {})",
+            self.cfg.dir.display()
+        ))
+    }
+
+    /// Waits for an active coordinator with `masters` servers up and
+    /// nothing incomplete.
+    pub fn wait_ready(&self, masters: u64, limit: Duration) -> Result<Status, String> {
+        self.wait_for("an active coordinator and its masters", limit, |c| {
+            c.active()
+                .filter(|s| s.servers_up == masters && s.incomplete == 0)
+        })
+    }
+}

@@ -1,0 +1,390 @@
+//! End-to-end tests of a real cluster: coordinator and master processes on
+//! loopback (`ramcoord::local_cluster`), driven through the `ctl` client.
+//! Nothing here asserts a duration: waits have generous limits and only
+//! say "it did not happen".
+
+use std::time::Duration;
+
+use ramcoord::cluster::{ServerId, ServerStatus};
+use ramcoord::coordinator::Request;
+use ramcoord::ctl::CtlCommand;
+use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
+use ramcoord::node::client::OpResult;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn cluster(name: &str, masters: usize, extra: &[&str]) -> LocalCluster {
+    let dir = std::env::temp_dir().join(format!("ramcoord-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = LocalClusterConfig::new(env!("CARGO_BIN_EXE_ramcoord").into(), dir, 3, masters);
+    cfg.coordinator_args = ["--tick-ms", "5", "--master-timeout-ms", "400"]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+    cfg.master_args = vec!["--heartbeat-ms".into(), "40".into()];
+    LocalCluster::start(cfg).expect("cluster starts")
+}
+
+fn done(c: LocalCluster) {
+    let dir = c.dir().to_path_buf();
+    drop(c);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// kill -9 of the leader while a client streams operations: every
+/// operation acknowledged at its commit point is in the new leader's
+/// state; those incomplete at the kill are rolled forward; the cluster
+/// serves again.
+#[test]
+fn leader_kill_during_an_operation_stream() {
+    // Pushes are held 100 ms so that operations are caught between their
+    // commit point and their completion when the leader dies.
+    let mut c = cluster("leaderkill", 3, &["--push-delay-ms", "100"]);
+    let leader = c.wait_ready(3, LIMIT).unwrap();
+    let mut ctl = c.ctl(Duration::from_secs(5));
+    let mut acked = Vec::new();
+    for i in 0..8 {
+        let r = ctl
+            .operate(Request::CreateTable {
+                name: format!("t{i}"),
+                tablets: 3,
+            })
+            .unwrap();
+        assert!(matches!(r.result, OpResult::TableCreated(_)), "{r:?}");
+        acked.push((format!("t{i}"), r.seq, r.term));
+    }
+    c.kill_coordinator(leader.id);
+    // Keep streaming through the election: failures are allowed (no leader
+    // yet, or an answer lost with the leader), acknowledgements must hold.
+    let mut after_kill = 0;
+    for i in 8..200 {
+        if let Ok(r) = ctl.operate(Request::CreateTable {
+            name: format!("t{i}"),
+            tablets: 3,
+        }) {
+            if matches!(r.result, OpResult::TableCreated(_)) {
+                acked.push((format!("t{i}"), r.seq, r.term));
+                after_kill += 1;
+                if after_kill == 8 {
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(after_kill, 8, "the new leader did not serve operations");
+    let next = c.active().expect("a new leader");
+    assert_ne!(next.id, leader.id);
+    assert!(next.term > leader.term);
+    // Everything completes; the first eight committed in the old term and
+    // (most of them) were completed by the new leader: rolled forward.
+    c.wait_for("every operation to complete", LIMIT, |c| {
+        c.active().filter(|s| s.incomplete == 0)
+    })
+    .unwrap();
+    let view = ctl.view().unwrap();
+    for (name, seq, term) in &acked {
+        let t = view
+            .tables
+            .iter()
+            .find(|t| &t.name == name)
+            .unwrap_or_else(|| panic!("acknowledged table {name} (seq {seq}, term {term}) lost"));
+        assert_eq!(t.tablets.len(), 3);
+    }
+    let rolled = view
+        .recent
+        .iter()
+        .filter(|o| o.kind == "create-table")
+        .filter(|o| o.completed.is_some_and(|(_, t)| t > o.term))
+        .count();
+    assert!(
+        rolled >= 1,
+        "no operation committed by the old leader was rolled forward: {:#?}",
+        view.recent
+    );
+    c.check_alive().unwrap();
+    done(c);
+}
+
+/// kill -9 of a master: the coordinator commits a recovery plan, its
+/// tablets move to live masters, keys in the other tablets keep being
+/// served; a new master process enlists as a new server.
+#[test]
+fn master_kill_moves_its_tablets() {
+    let mut c = cluster("masterkill", 3, &[]);
+    c.wait_ready(3, LIMIT).unwrap();
+    let mut ctl = c.ctl(Duration::from_secs(5));
+    let created = ctl
+        .operate(Request::CreateTable {
+            name: "kv".into(),
+            tablets: 6,
+        })
+        .unwrap();
+    ctl.wait_complete(created.seq).unwrap();
+    let mut owner = Vec::new();
+    for k in 0..30 {
+        let a = ctl.put("kv", &format!("k{k}"), &format!("v{k}")).unwrap();
+        owner.push(a.server);
+    }
+    let victim: ServerId = owner[0];
+    let view = ctl.view().unwrap();
+    let addr = &view.servers.iter().find(|s| s.id == victim).unwrap().addr;
+    let idx = c.master_at(addr).unwrap();
+    c.kill_master(idx);
+    c.wait_for("the crashed master's removal", LIMIT, |c| {
+        let v = c.ctl(Duration::from_secs(1)).view().ok()?;
+        v.servers
+            .iter()
+            .any(|s| s.id == victim && s.status == ServerStatus::Removed)
+            .then_some(())
+    })
+    .unwrap();
+    let view = ctl.view().unwrap();
+    let kv = view.tables.iter().find(|t| t.name == "kv").unwrap();
+    assert!(
+        kv.tablets.iter().all(|t| t.owner != victim),
+        "a tablet still names the crashed master: {kv:?}"
+    );
+    let plan = view
+        .recent
+        .iter()
+        .find(|o| o.kind == "server-crashed")
+        .expect("a recovery plan was committed");
+    assert!(plan.completed.is_some(), "{plan:?}");
+    for (k, o) in owner.iter().enumerate() {
+        let a = ctl.get("kv", &format!("k{k}")).unwrap();
+        assert_ne!(a.server, victim);
+        if *o != victim {
+            assert_eq!(a.value.as_deref(), Some(format!("v{k}").as_bytes()), "k{k}");
+        }
+    }
+    // A new process enlists as a new server (the slot may be reused, with
+    // a new generation).
+    c.start_master().unwrap();
+    let v = c
+        .wait_for("the new master", LIMIT, |c| {
+            let v = c.ctl(Duration::from_secs(1)).view().ok()?;
+            (v.servers
+                .iter()
+                .filter(|s| s.status == ServerStatus::Up)
+                .count()
+                == 3)
+                .then_some(v)
+        })
+        .unwrap();
+    assert!(v
+        .servers
+        .iter()
+        .all(|s| s.id != victim || s.status == ServerStatus::Removed));
+    c.check_alive().unwrap();
+    done(c);
+}
+
+/// Random bytes, bad frames and malformed requests to every listening
+/// port: every process stays up, says why it closed the connection, and
+/// the cluster keeps serving.
+#[test]
+fn garbage_on_every_port_is_refused_and_the_cluster_serves() {
+    use ramcoord_net::frame::Frame;
+    use rand::{Rng, SeedableRng};
+    use std::io::Write;
+
+    let mut c = cluster("garbage", 2, &[]);
+    c.wait_ready(2, LIMIT).unwrap();
+    let mut ctl = c.ctl(Duration::from_secs(5));
+    ctl.operate(Request::CreateTable {
+        name: "before".into(),
+        tablets: 2,
+    })
+    .unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let addrs: Vec<_> = c
+        .coordinators
+        .iter()
+        .chain(c.masters.iter())
+        .map(|p| p.addr)
+        .collect();
+    let hello = |cluster| {
+        Frame::Hello {
+            peer: (1 << 62) | 99,
+            cluster,
+        }
+        .to_bytes()
+        .to_vec()
+    };
+    let mut huge = b"RCNF".to_vec();
+    huge.extend_from_slice(&[1, 1, 0, 0]);
+    huge.extend_from_slice(&u32::MAX.to_le_bytes());
+    huge.extend_from_slice(&[0; 4]);
+    let mut wrong_version = Frame::Message(bytes::Bytes::from_static(b"x"))
+        .to_bytes()
+        .to_vec();
+    wrong_version[4] = 9;
+    for addr in &addrs {
+        let random: Vec<u8> = (0..4096).map(|_| rng.random()).collect();
+        let tagged = |tag: u8, rng: &mut rand_chacha::ChaCha8Rng| {
+            let mut body = vec![tag];
+            body.extend((0..200).map(|_| rng.random::<u8>()));
+            let mut v = hello(1);
+            v.extend_from_slice(&Frame::Message(body.into()).to_bytes());
+            v
+        };
+        let mut write_garbage = hello(1);
+        write_garbage.extend_from_slice(
+            &Frame::Write {
+                id: 1,
+                region: 1,
+                offset: 0,
+                bytes: random[..512].to_vec().into(),
+            }
+            .to_bytes(),
+        );
+        let mut hello_then_random = hello(1);
+        hello_then_random.extend_from_slice(&random[..100]);
+        let attacks: Vec<Vec<u8>> = vec![
+            random.clone(),
+            huge.clone(),
+            wrong_version.clone(),
+            hello(42),
+            hello(1)[..10].to_vec(),
+            hello_then_random,
+            tagged(1, &mut rng),
+            tagged(2, &mut rng),
+            tagged(4, &mut rng),
+            tagged(200, &mut rng),
+            write_garbage,
+        ];
+        for a in attacks {
+            if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+                let _ = s.write_all(&a);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    c.check_alive().unwrap();
+    // Still serving: an operation, keys at the masters, every replica.
+    c.wait_ready(2, LIMIT).unwrap();
+    ctl.operate(Request::CreateTable {
+        name: "after".into(),
+        tablets: 2,
+    })
+    .unwrap();
+    ctl.put("after", "k", "v").unwrap();
+    assert_eq!(
+        ctl.get("after", "k").unwrap().value.as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(c.statuses().len(), 3, "every replica answers");
+    // And said why it hung up.
+    for p in c.coordinators.iter().chain(c.masters.iter()) {
+        let log = std::fs::read_to_string(&p.log).unwrap();
+        assert!(
+            log.contains("closing connection: bad input"),
+            "{} did not log a refused connection",
+            p.name
+        );
+    }
+    c.check_alive().unwrap();
+    done(c);
+}
+
+/// A replica restarted from its data directory catches up; a replica whose
+/// data directory was lost is replaced through membership changes (removed;
+/// a new replica, new id, empty directory, `--join`, added as a learner,
+/// caught up, promoted) and the new replica then carries the group's state:
+/// with another replica down it is part of every quorum, and after the
+/// leader is killed the new leader has everything acknowledged.
+#[test]
+fn restarted_and_replaced_replicas_rejoin() {
+    let mut c = cluster("rejoin", 2, &[]);
+    let leader = c.wait_ready(2, LIMIT).unwrap();
+    let mut ctl = c.ctl(Duration::from_secs(10));
+    let follower = (1..=3).find(|i| *i != leader.id).unwrap();
+    let other = (1..=3).find(|i| *i != leader.id && *i != follower).unwrap();
+    // Restart from the data directory, after missing some operations.
+    c.kill_coordinator(follower);
+    for i in 0..5 {
+        ctl.operate(Request::CreateTable {
+            name: format!("a{i}"),
+            tablets: 2,
+        })
+        .unwrap();
+    }
+    c.restart_coordinator(follower).unwrap();
+    c.wait_for("the restarted replica to catch up", LIMIT, |c| {
+        let rows = c.statuses();
+        let lead = rows.iter().find(|s| s.active)?;
+        let me = rows.iter().find(|s| s.id == follower)?;
+        (me.applied >= lead.commit && me.tables == 5).then_some(())
+    })
+    .unwrap();
+
+    // Its disk is lost: remove it, start a replacement, add it.
+    let new = c.replace_coordinator(follower).unwrap();
+    let mut ctl = c.ctl(Duration::from_secs(10));
+    println!("{}", ctl.run(CtlCommand::RemoveReplica(follower)).unwrap());
+    for i in 0..5 {
+        ctl.operate(Request::CreateTable {
+            name: format!("b{i}"),
+            tablets: 2,
+        })
+        .unwrap();
+    }
+    let addr = c.coordinators[new as usize - 1].addr.to_string();
+    println!(
+        "{}",
+        ctl.run(CtlCommand::AddReplica {
+            id: new,
+            addr: Some(addr)
+        })
+        .unwrap()
+    );
+    let st = c
+        .wait_for("the new replica to be a voter with the state", LIMIT, |c| {
+            let rows = c.statuses();
+            let me = rows.iter().find(|s| s.id == new)?.clone();
+            (me.voters.contains(&new) && me.tables == 10).then_some(me)
+        })
+        .unwrap();
+    assert_eq!(st.voters.len(), 3, "{st:?}");
+    assert!(!st.voters.contains(&follower), "{st:?}");
+
+    // The other old follower goes: the new replica is needed for a quorum.
+    c.kill_coordinator(other);
+    let r = ctl
+        .operate(Request::CreateTable {
+            name: "c0".into(),
+            tablets: 2,
+        })
+        .unwrap();
+    assert!(matches!(r.result, OpResult::TableCreated(_)));
+    // It comes back; then the leader is killed: the new leader (the
+    // restarted replica or the new one) has every table.
+    c.restart_coordinator(other).unwrap();
+    c.wait_for("every replica to apply c0", LIMIT, |c| {
+        let rows = c.statuses();
+        (rows.len() == 3 && rows.iter().all(|s| s.tables == 11)).then_some(())
+    })
+    .unwrap();
+    c.kill_coordinator(leader.id);
+    let next = c
+        .wait_for("a new leader", LIMIT, |c| {
+            c.active().filter(|s| s.id != leader.id)
+        })
+        .unwrap();
+    assert_eq!(next.tables, 11, "{next:?}");
+    let mut ctl = c.ctl(Duration::from_secs(10));
+    let names: Vec<String> = ctl
+        .view()
+        .unwrap()
+        .tables
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    for n in ["a0", "a4", "b0", "b4", "c0"] {
+        assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+    }
+    c.check_alive().unwrap();
+    done(c);
+}
