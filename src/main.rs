@@ -171,6 +171,10 @@ struct CoordinatorArgs {
     /// tablets then move to live masters).
     #[arg(long, default_value_t = 500)]
     master_timeout_ms: u64,
+    /// Compact the log (snapshot the cluster state, delete older segments)
+    /// after this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_entries: u64,
     /// Join an existing group as a new replica, with an empty data
     /// directory: it waits, without voting, until the leader adds it
     /// (`ctl add-replica ID --address ADDR`). This is how a replica whose
@@ -832,6 +836,7 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     cfg.coordinator.master_timeout_ticks = (args.master_timeout_ms / args.tick_ms.max(1)).max(2);
     cfg.push_delay = std::time::Duration::from_millis(args.push_delay_ms);
     cfg.join = args.join;
+    cfg.snapshot_entries = args.snapshot_entries.max(1);
     let mut node = match CoordinatorNode::open(cfg, transport) {
         Ok(n) => n,
         Err(e) => {

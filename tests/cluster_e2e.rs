@@ -297,7 +297,9 @@ fn garbage_on_every_port_is_refused_and_the_cluster_serves() {
 /// leader is killed the new leader has everything acknowledged.
 #[test]
 fn restarted_and_replaced_replicas_rejoin() {
-    let mut c = cluster("rejoin", 2, &[]);
+    // A short log between snapshots: the replacement is caught up by a
+    // snapshot, the restarted replica restores one.
+    let mut c = cluster("rejoin", 2, &["--snapshot-entries", "8"]);
     let leader = c.wait_ready(2, LIMIT).unwrap();
     let mut ctl = c.ctl(Duration::from_secs(10));
     let follower = (1..=3).find(|i| *i != leader.id).unwrap();
@@ -349,6 +351,11 @@ fn restarted_and_replaced_replicas_rejoin() {
         .unwrap();
     assert_eq!(st.voters.len(), 3, "{st:?}");
     assert!(!st.voters.contains(&follower), "{st:?}");
+    let log = std::fs::read_to_string(&c.coordinators[new as usize - 1].log).unwrap();
+    assert!(
+        log.contains("installed a snapshot from the leader"),
+        "the replacement was not caught up by a snapshot"
+    );
 
     // The other old follower goes: the new replica is needed for a quorum.
     c.kill_coordinator(other);

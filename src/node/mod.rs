@@ -25,8 +25,8 @@
 //! ([`CONFIG_REGION`]); a write that lands is the master's
 //! acknowledgement.
 //!
-//! Not here yet: log compaction (the log grows with the operations; a
-//! restart replays it).
+//! Every `snapshot_entries` applied entries the log is compacted: the
+//! cluster state becomes the snapshot, older segments are deleted.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -95,6 +95,9 @@ pub struct NodeConfig {
     /// The coordinator's timing (pushes, proposals, failure detection), in
     /// ticks.
     pub coordinator: CoordinatorConfig,
+    /// Compact the log after this many entries applied since the last
+    /// snapshot.
+    pub snapshot_entries: u64,
     /// Join an existing group instead of founding one: start with an empty
     /// log and no configuration (never campaigning), and wait for the
     /// leader to add this replica (as a learner, then a voter) and send it
@@ -122,6 +125,7 @@ impl NodeConfig {
             coordinator: CoordinatorConfig::default(),
             push_delay: Duration::ZERO,
             join: false,
+            snapshot_entries: 10_000,
         }
     }
 }
@@ -566,6 +570,12 @@ impl<T: Transport> CoordinatorNode<T> {
             if let Some(snap) = &rd.snapshot {
                 storage.apply_snapshot(snap.clone())?;
                 self.cluster = ClusterState::restore(&snap.data).map_err(NodeError::Config)?;
+                tracing::info!(
+                    index = snap.meta.index,
+                    term = snap.meta.term,
+                    bytes = snap.data.len(),
+                    "installed a snapshot from the leader"
+                );
             }
             storage.append(&rd.entries)?;
             if let Some(hs) = rd.hard_state {
@@ -594,6 +604,7 @@ impl<T: Transport> CoordinatorNode<T> {
             }
             self.raft.advance(rd);
         }
+        self.maybe_compact()?;
         let established = self.raft.role() == Role::Leader
             && self.raft.log().term(self.cluster.applied_index()).ok() == Some(self.raft.term())
             && self.cluster.applied_index() >= self.raft.log().committed;
@@ -620,6 +631,29 @@ impl<T: Transport> CoordinatorNode<T> {
         }
         let actions = self.coord.on_applied(&self.cluster);
         self.act(actions)
+    }
+
+    /// Compacts the log once `snapshot_entries` entries have been applied
+    /// since the last snapshot: the cluster state at the applied index
+    /// becomes the snapshot, the segments below it are deleted (a replica
+    /// that needs older entries is sent the snapshot).
+    fn maybe_compact(&mut self) -> Result<(), NodeError> {
+        let point = self.raft.snapshot_point();
+        let held = self.raft.log().storage().snapshot().meta.index;
+        if point.index < held + self.cfg.snapshot_entries
+            || point.index > self.raft.log().storage().last_index()
+            || point.index != self.cluster.applied_index()
+        {
+            return Ok(());
+        }
+        let data = self.cluster.snapshot();
+        let bytes = data.len();
+        let index = point.index;
+        self.raft
+            .storage_mut()
+            .compact(ramcoord_log::Snapshot { meta: point, data })?;
+        tracing::info!(index, bytes, "log compacted: snapshot of the cluster state");
+        Ok(())
     }
 
     /// Bookkeeping after applying the entry at `index`: the op log, the
