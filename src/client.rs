@@ -78,6 +78,8 @@ pub struct Conn {
     stream: TcpStream,
     dec: FrameDecoder,
     peer: PeerId,
+    /// Read buffer, reused.
+    buf: Vec<u8>,
 }
 
 impl Conn {
@@ -103,6 +105,7 @@ impl Conn {
             stream,
             dec: FrameDecoder::new(),
             peer: 0,
+            buf: vec![0u8; 16 << 10],
         };
         match c.read_frame(Instant::now() + timeout)? {
             Frame::Hello { peer, .. } => c.peer = peer,
@@ -128,7 +131,7 @@ impl Conn {
 
     fn read_frame(&mut self, deadline: Instant) -> Result<Frame, ClientError> {
         let addr = self.addr;
-        let mut buf = [0u8; 16 << 10];
+        let buf = &mut self.buf;
         loop {
             match self.dec.next_frame() {
                 Ok(Some(f)) => return Ok(f),
@@ -145,7 +148,7 @@ impl Conn {
                 return Err(ClientError::Timeout { addr });
             }
             let _ = self.stream.set_read_timeout(Some(left));
-            match self.stream.read(&mut buf) {
+            match self.stream.read(buf) {
                 Ok(0) => {
                     return Err(ClientError::Io {
                         addr,
@@ -189,6 +192,17 @@ impl Conn {
             addr,
             why: e.to_string(),
         })?;
+        self.recv(reply_tag, id, deadline)
+    }
+
+    /// Waits for a (further) reply tagged `reply_tag` to request `id`.
+    pub fn recv<R: DeserializeOwned>(
+        &mut self,
+        reply_tag: u8,
+        id: u64,
+        deadline: Instant,
+    ) -> Result<R, ClientError> {
+        let addr = self.addr;
         loop {
             let Frame::Message(p) = self.read_frame(deadline)? else {
                 continue;
@@ -310,7 +324,10 @@ impl CoordinatorClient {
                     return Ok(reply);
                 }
                 Err(e @ ClientError::Timeout { .. })
-                    if matches!(req, ClientRequest::Operate(_)) =>
+                    if matches!(
+                        req,
+                        ClientRequest::Operate(_) | ClientRequest::OperateUntilComplete(_)
+                    ) =>
                 {
                     return Err(e);
                 }
@@ -323,6 +340,41 @@ impl CoordinatorClient {
             }
         }
         Err(ClientError::NoLeader { last })
+    }
+}
+
+impl CoordinatorClient {
+    /// Runs an operation at the active coordinator and waits for both of
+    /// its answers: the commit point and the completion. Returns each with
+    /// the time it took from sending (the second is `None` if the operation
+    /// was refused or rejected, which has no completion).
+    #[allow(clippy::type_complexity)]
+    pub fn operate_until_complete(
+        &mut self,
+        req: crate::coordinator::Request,
+        deadline: Instant,
+    ) -> Result<(ClientReply, Duration, Option<(ClientReply, Duration)>), ClientError> {
+        let sent = Instant::now();
+        let first = self.ask_leader(&ClientRequest::OperateUntilComplete(req), deadline)?;
+        let at_commit = sent.elapsed();
+        let completes = matches!(
+            &first,
+            ClientReply::Committed { result, .. }
+                if !matches!(result, crate::node::client::OpResult::Rejected(_))
+        );
+        if !completes {
+            return Ok((first, at_commit, None));
+        }
+        let i = self.leader.expect("just answered");
+        let id = self.next_request;
+        let conn = self.conns[i].as_mut().expect("just answered");
+        match conn.recv::<ClientReply>(tag::CLIENT_REPLY, id, deadline) {
+            Ok(second) => Ok((first, at_commit, Some((second, sent.elapsed())))),
+            Err(e) => {
+                self.conns[i] = None;
+                Err(e)
+            }
+        }
     }
 }
 

@@ -103,10 +103,17 @@ impl Drop for LocalCluster {
 }
 
 /// A loopback address with a free port (free when asked: a child binds it
-/// a moment later).
+/// a moment later). Drawn below Linux's ephemeral range (32768 and up) so
+/// that the connections the cluster's processes open cannot take it in the
+/// meantime, as a port from `bind(0)` could.
 pub fn free_addr() -> Result<SocketAddr, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    l.local_addr().map_err(|e| e.to_string())
+    for _ in 0..1000 {
+        let port = rand::random_range(20_000..32_000u16);
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().map_err(|e| e.to_string());
+        }
+    }
+    Err("no free port between 20000 and 32000".into())
 }
 
 fn spawn(binary: &Path, filter: &str, p: &mut Proc) -> Result<(), String> {

@@ -1,10 +1,16 @@
-//! ramcoord benchmarks. For now one scenario, `core`: the CPU cost of the
-//! Raft core itself (propose to commit in an in-process 3-replica group,
-//! in-memory storage, messages handed over directly), next to a baseline
-//! measured in the same run (the same loop's hand-off work without Raft).
-//! The network, disk and etcd scenarios arrive with the issues that build
-//! those layers.
+//! ramcoord benchmarks. Every figure is reported as a distribution and
+//! next to a baseline measured in the same run: the Raft core's CPU cost
+//! (`core`), the durable log against the disk (`storage`), the hardware
+//! floor (`floor`), a real cluster's commit-point latency and throughput
+//! (`commit`), failover (`failover`), configuration push (`push`), etcd
+//! (`etcd`), and all of it in one run (`compare`).
 
+mod cluster;
+mod compare;
+mod dist;
+mod etcd;
+mod floor;
+mod push;
 mod storage;
 
 use std::collections::VecDeque;
@@ -36,6 +42,105 @@ enum Scenario {
         /// Payload bytes per proposal.
         #[arg(long, default_value_t = 64)]
         payload: usize,
+    },
+    /// The hardware floor: loopback TCP round trip (64 B, TCP_NODELAY) and
+    /// 4 KiB write + fdatasync on the data directory's file system.
+    Floor {
+        /// Where to measure the disk.
+        #[arg(long, default_value = "bench-data")]
+        dir: PathBuf,
+        /// Round trips.
+        #[arg(long, default_value_t = 20_000)]
+        rtt_ops: u64,
+        /// Synced writes.
+        #[arg(long, default_value_t = 2000)]
+        fsync_ops: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit-point latency, full operation latency and throughput of a
+    /// real 3-replica cluster with 3 masters on loopback (child processes
+    /// of the `ramcoord` binary beside this one), for one durability mode.
+    Commit {
+        /// fsync or memory.
+        #[arg(long, default_value = "fsync")]
+        durability: String,
+        /// Sequential operations for the latency figures.
+        #[arg(long, default_value_t = 3000)]
+        ops: u64,
+        /// Seconds per throughput point (1, 8, 64 clients).
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+        /// Where the cluster's data goes.
+        #[arg(long, default_value = "bench-data")]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// kill -9 the leader while a client runs operations: time to the first
+    /// operation committed by the next leader and to the end of its
+    /// roll-forward, over N trials.
+    Failover {
+        /// Trials.
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// Election timeout in ms (randomised up to twice this).
+        #[arg(long, default_value_t = 10)]
+        election_ms: u64,
+        /// Where the cluster's data goes.
+        #[arg(long, default_value = "bench-data")]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A configuration push to 1, 10 and 100 masters over the TCP
+    /// transport: time until every master's region holds the new version.
+    Push {
+        /// Rounds per fan-out.
+        #[arg(long, default_value_t = 200)]
+        rounds: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The same write workload against a 3-member etcd cluster on loopback
+    /// (installed and started by scripts/etcd-cluster.sh).
+    Etcd {
+        /// Sequential puts.
+        #[arg(long, default_value_t = 3000)]
+        ops: u64,
+        /// Seconds per throughput point (1, 8, 64 clients).
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+        /// Where etcd's data goes.
+        #[arg(long, default_value = "bench-data")]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything in one run: floor, ramcoord (fsync and memory), etcd,
+    /// failover, push. Writes bench/results/<time>.json, .md and PNG plots,
+    /// and prints the table (or, with --json, the JSON).
+    Compare {
+        /// Small sizes: finishes in under two minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Print the JSON report instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Where results go.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// Where clusters keep their data during the run.
+        #[arg(long, default_value = "bench-data")]
+        dir: PathBuf,
+        /// Failover election timeout (ms).
+        #[arg(long, default_value_t = 10)]
+        election_ms: u64,
     },
     /// The durable log against the disk floor, in one run: 4 KiB write +
     /// fdatasync (floor), DiskStorage append + sync (one appender), and
@@ -70,8 +175,224 @@ enum Backend {
     Uring,
 }
 
+fn progress(s: &str) {
+    eprintln!(
+        "[{}] {s}",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    );
+}
+
+fn emit<T: serde::Serialize>(json: bool, v: &T, table: impl FnOnce() -> String) {
+    if json {
+        println!("{}", serde_json::to_string(v).expect("serialisable"));
+    } else {
+        println!("{}", table());
+    }
+}
+
+fn fail(e: String) -> ! {
+    eprintln!("ramcoord-bench: {e}");
+    std::process::exit(1);
+}
+
 fn main() {
     match Cli::parse().scenario {
+        Scenario::Floor {
+            dir,
+            rtt_ops,
+            fsync_ops,
+            json,
+        } => {
+            let r = floor::floor(&dir, rtt_ops, fsync_ops).unwrap_or_else(|e| fail(e));
+            let _ = std::fs::remove_dir(&dir);
+            emit(json, &r, || {
+                format!(
+                    "µs p50 / p99 / p99.9 / max
+loopback RTT 64 B        {}
+4 KiB write + fdatasync  {}",
+                    r.rtt.row(),
+                    r.fsync.row()
+                )
+            });
+        }
+        Scenario::Commit {
+            durability,
+            ops,
+            seconds,
+            dir,
+            json,
+        } => {
+            if durability != "fsync" && durability != "memory" {
+                fail(format!("--durability {durability}: fsync or memory"));
+            }
+            let r = cluster::commit(&dir, &durability, ops, seconds, &[1, 8, 64], &progress)
+                .unwrap_or_else(|e| fail(e));
+            let _ = std::fs::remove_dir(&dir);
+            emit(json, &r, || {
+                let mut s = format!(
+                    "µs p50 / p99 / p99.9 / max ({durability})
+commit point (client)   {}
+commit point (leader)   {}
+full operation          {}
+no-op record            {}
+",
+                    r.commit.row(),
+                    r.commit_at_leader.row(),
+                    r.complete.row(),
+                    r.noop.row()
+                );
+                for t in &r.throughput {
+                    s += &format!(
+                        "{:>3} clients: {:.0} ops/s, commit point {}
+",
+                        t.clients,
+                        t.ops_per_s,
+                        t.commit.row()
+                    );
+                }
+                s + &format!("no-ops, 64 clients: {:.0}/s", r.noop_ops_per_s_64)
+            });
+        }
+        Scenario::Failover {
+            trials,
+            election_ms,
+            dir,
+            json,
+        } => {
+            let r =
+                cluster::failover(&dir, trials, election_ms, &progress).unwrap_or_else(|e| fail(e));
+            let _ = std::fs::remove_dir(&dir);
+            emit(json, &r, || {
+                format!(
+                    "µs p50 / p99 / p99.9 / max, {trials} trials, {election_ms} ms election timeout
+kill -> first commit    {}
+kill -> rolled forward  {}",
+                    r.first_commit.row(),
+                    r.rolled_forward.row()
+                )
+            });
+        }
+        Scenario::Push { rounds, json } => {
+            let mut v = Vec::new();
+            for m in [1, 10, 100] {
+                progress(&format!("push: {m} masters"));
+                v.push(push::push(m, rounds).unwrap_or_else(|e| fail(e)));
+            }
+            emit(json, &v, || {
+                v.iter()
+                    .map(|p| {
+                        format!(
+                            "{:>3} masters ({} B): landed {} µs, acked {} µs",
+                            p.masters,
+                            p.region_bytes,
+                            p.landed.row(),
+                            p.acked.row()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Scenario::Etcd {
+            ops,
+            seconds,
+            dir,
+            json,
+        } => {
+            let r =
+                etcd::run(&dir, ops, seconds, &[1, 8, 64], &progress).unwrap_or_else(|e| fail(e));
+            let _ = std::fs::remove_dir(&dir);
+            emit(json, &r, || {
+                let mut s = format!(
+                    "{}
+µs p50 / p99 / p99.9 / max
+put (1 client)          {}
+serializable read       {}
+",
+                    r.version,
+                    r.put.row(),
+                    r.client_floor.row()
+                );
+                for t in &r.throughput {
+                    s += &format!(
+                        "{:>3} clients: {:.0} puts/s
+",
+                        t.clients, t.ops_per_s
+                    );
+                }
+                s
+            });
+        }
+        Scenario::Compare {
+            quick,
+            json,
+            out,
+            dir,
+            election_ms,
+        } => {
+            let sizes = if quick {
+                compare::Sizes::quick()
+            } else {
+                compare::Sizes::full()
+            };
+            let started = std::time::SystemTime::now();
+            let when = humantime::format_rfc3339_seconds(started).to_string();
+            let mut r = compare::Report {
+                when: when.clone(),
+                quick,
+                ..Default::default()
+            };
+            let run = |r: &mut compare::Report| -> Result<(), String> {
+                progress("floor");
+                r.floor = floor::floor(&dir, sizes.rtt_ops, sizes.fsync_ops)?;
+                for d in ["fsync", "memory"] {
+                    let c = cluster::commit(
+                        &dir,
+                        d,
+                        sizes.latency_ops,
+                        sizes.seconds,
+                        &[1, 8, 64],
+                        &progress,
+                    )?;
+                    if d == "fsync" {
+                        r.ramcoord_fsync = c;
+                    } else {
+                        r.ramcoord_memory = c;
+                    }
+                }
+                r.etcd = etcd::run(
+                    &dir,
+                    sizes.latency_ops,
+                    sizes.seconds,
+                    &[1, 8, 64],
+                    &progress,
+                )?;
+                r.failover =
+                    cluster::failover(&dir, sizes.failover_trials, election_ms, &progress)?;
+                for m in [1, 10, 100] {
+                    progress(&format!("push: {m} masters"));
+                    r.push.push(push::push(m, sizes.push_rounds)?);
+                }
+                Ok(())
+            };
+            if let Err(e) = run(&mut r) {
+                fail(e);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            r.finish();
+            let stamp = when.replace(':', "-");
+            let written = compare::write_outputs(&r, &out, &stamp).unwrap_or_else(|e| fail(e));
+            progress(&format!(
+                "done in {:.0} s; wrote {}",
+                started.elapsed().map_or(0.0, |d| d.as_secs_f64()),
+                written
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            emit(json, &r, || r.markdown());
+        }
         Scenario::Core { ops, payload } => core(ops, payload),
         Scenario::Storage {
             dir,

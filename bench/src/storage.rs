@@ -87,7 +87,7 @@ fn prepared_file(path: &Path, block_bytes: usize, count: u64) -> std::fs::File {
     f
 }
 
-fn floor(dir: &Path, ops: u64) -> Histogram<u64> {
+pub(crate) fn floor(dir: &Path, ops: u64) -> Histogram<u64> {
     let path = dir.join("floor.dat");
     let f = prepared_file(&path, FLOOR_BYTES, ops);
     let mut h = Histogram::<u64>::new(3).unwrap();

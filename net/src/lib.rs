@@ -95,6 +95,16 @@ pub trait Transport: Send {
     fn register_region(&self, id: RegionId, region: Arc<dyn Region>);
     /// Where messages and write completions arrive.
     fn events(&self) -> &Receiver<Event>;
+    /// The next event, waiting up to `timeout` (zero: only what is there).
+    /// Transports that read in the caller's thread (TCP with inline I/O)
+    /// do their I/O here; the others take from [`Transport::events`].
+    fn next_event(&self, timeout: std::time::Duration) -> Option<Event> {
+        if timeout.is_zero() {
+            self.events().try_recv().ok()
+        } else {
+            self.events().recv_timeout(timeout).ok()
+        }
+    }
 }
 
 /// A node's registered regions, shared with its transport's I/O path.

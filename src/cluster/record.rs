@@ -177,6 +177,9 @@ pub enum Record {
         /// The operation.
         seq: Seq,
     },
+    /// Changes nothing: the log's own cost, for benchmarks
+    /// (`ClientRequest::Noop`).
+    Noop,
 }
 
 /// Why bytes are not a coordinator record.

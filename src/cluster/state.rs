@@ -96,6 +96,8 @@ pub enum Outcome {
     AlreadyComplete(Seq),
     /// Not a coordinator record (Raft's own no-op or configuration entry).
     NotARecord,
+    /// A no-op record: nothing changed.
+    Noop,
 }
 
 /// A committed entry that cannot be applied: the replica must stop.
@@ -221,6 +223,7 @@ impl ClusterState {
     fn apply_record(&mut self, index: u64, record: Record) -> Outcome {
         match record {
             Record::Complete { seq } => self.complete(seq),
+            Record::Noop => Outcome::Noop,
             Record::Commit(op) => match self.commit(&op) {
                 Err(r) => Outcome::Rejected(r),
                 Ok((effect, targets, table)) => {

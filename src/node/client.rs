@@ -44,6 +44,13 @@ pub enum ClientRequest {
     /// An operation (leader only; a follower answers
     /// [`ClientReply::NotLeader`]). Answered at the commit point.
     Operate(Request),
+    /// An operation, answered twice: at its commit point
+    /// ([`ClientReply::Committed`]) and at its completion
+    /// ([`ClientReply::Completed`]), on the same request id.
+    OperateUntilComplete(Request),
+    /// A no-op record through the log, answered when it commits: the
+    /// log's own cost (benchmarks).
+    Noop,
     /// Whether operation `seq` has completed.
     OpState {
         /// The operation (its commit record's index).
@@ -202,6 +209,14 @@ pub enum ClientReply {
         result: OpResult,
         /// From receiving the request to knowing its record committed.
         commit_us: u64,
+    },
+    /// The operation completed (second answer to
+    /// [`ClientRequest::OperateUntilComplete`]).
+    Completed {
+        /// Its sequence number.
+        seq: u64,
+        /// From receiving the request to applying the completion record.
+        complete_us: u64,
     },
     /// The request cannot be proposed (checked against the leader's state).
     Refused(String),

@@ -103,6 +103,9 @@ pub struct NodeConfig {
     /// leader to add this replica (as a learner, then a voter) and send it
     /// the log. For a replica whose data directory was lost.
     pub join: bool,
+    /// Spin on the event queue this long after activity before blocking
+    /// (zero: always block).
+    pub spin: Duration,
     /// Hold every push this long before sending it (a fault-injection knob
     /// for demos and tests: it widens the window between an operation's
     /// commit point and its completion).
@@ -124,6 +127,7 @@ impl NodeConfig {
             segment_bytes: ramcoord_log::disk::segment_log::SEGMENT_BYTES_DEFAULT,
             coordinator: CoordinatorConfig::default(),
             push_delay: Duration::ZERO,
+            spin: Duration::ZERO,
             join: false,
             snapshot_entries: 10_000,
         }
@@ -159,6 +163,8 @@ pub struct CoordinatorNode<T: Transport> {
     rejected_messages: u64,
     /// Clients waiting for the commit point of the entry at an index.
     waiters: BTreeMap<u64, Waiter>,
+    /// Clients waiting for an operation's completion, by its seq.
+    completion_waiters: BTreeMap<u64, Waiter>,
     /// When this replica proposed the entry at an index.
     proposed_at: BTreeMap<u64, Instant>,
     /// When each incomplete operation's commit record applied here.
@@ -168,6 +174,8 @@ pub struct CoordinatorNode<T: Transport> {
     commits_measured: u64,
     /// Recent operations, oldest first.
     recent: VecDeque<OpRecord>,
+    /// When the last event arrived (adaptive polling).
+    last_activity: Instant,
     /// One-sided writes in flight: write id -> (server, term, version).
     pushes_in_flight: HashMap<u64, (ServerId, u64, u64)>,
     /// Pushes held back by `push_delay`: (when due, action).
@@ -180,6 +188,8 @@ struct Waiter {
     request: u64,
     data: Bytes,
     received: Instant,
+    /// Answer again when the operation completes.
+    until_complete: bool,
 }
 
 impl<T: Transport> CoordinatorNode<T> {
@@ -236,11 +246,13 @@ impl<T: Transport> CoordinatorNode<T> {
             cfg,
             rejected_messages: 0,
             waiters: BTreeMap::new(),
+            completion_waiters: BTreeMap::new(),
             proposed_at: BTreeMap::new(),
             committed_at: BTreeMap::new(),
             commit_latencies_us: VecDeque::new(),
             commits_measured: 0,
             recent: VecDeque::new(),
+            last_activity: Instant::now(),
             pushes_in_flight: HashMap::new(),
             delayed_pushes: VecDeque::new(),
         })
@@ -294,11 +306,11 @@ impl<T: Transport> CoordinatorNode<T> {
             wake = wake.min(*due);
         }
         let timeout = wake.saturating_duration_since(Instant::now());
-        if let Ok(ev) = self.transport.events().recv_timeout(timeout) {
+        if let Some(ev) = self.next_event(timeout) {
             self.handle(ev);
             // Take whatever else has arrived before writing to disk: one
             // write for the lot.
-            while let Ok(ev) = self.transport.events().try_recv() {
+            while let Some(ev) = self.transport.next_event(Duration::ZERO) {
                 self.handle(ev);
             }
         }
@@ -324,6 +336,33 @@ impl<T: Transport> CoordinatorNode<T> {
             self.act(actions)?;
         }
         self.drive()
+    }
+
+    /// The next event, within `timeout`. Adaptive: right after activity
+    /// (an answer is likely on its way: an acknowledgement, the next
+    /// request) it spins on the queue for up to `spin` before blocking,
+    /// because being woken from a blocked wait costs a cross-core wake-up
+    /// (tens of µs on a small VM); once idle it blocks at once.
+    fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+        if !self.cfg.spin.is_zero() && self.last_activity.elapsed() < self.cfg.spin {
+            let until = (Instant::now() + self.cfg.spin).min(Instant::now() + timeout);
+            loop {
+                if let Some(ev) = self.transport.next_event(Duration::ZERO) {
+                    self.last_activity = Instant::now();
+                    return Some(ev);
+                }
+                if Instant::now() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        let left = timeout.saturating_sub(self.cfg.spin.min(timeout));
+        let ev = self.transport.next_event(left);
+        if ev.is_some() {
+            self.last_activity = Instant::now();
+        }
+        ev
     }
 
     fn handle(&mut self, ev: Event) {
@@ -419,7 +458,8 @@ impl<T: Transport> CoordinatorNode<T> {
     }
 
     fn recent_commit_percentiles(&self) -> (u64, u64) {
-        let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant digits");
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 100_000_000, 3)
+            .expect("valid bounds");
         for &us in &self.commit_latencies_us {
             h.saturating_record(us);
         }
@@ -467,6 +507,8 @@ impl<T: Transport> CoordinatorNode<T> {
             ClientRequest::View
             | ClientRequest::Heartbeat { .. }
             | ClientRequest::Operate(_)
+            | ClientRequest::OperateUntilComplete(_)
+            | ClientRequest::Noop
             | ClientRequest::ChangeReplicas(_)
                 if !self.coord.is_active() =>
             {
@@ -514,6 +556,7 @@ impl<T: Transport> CoordinatorNode<T> {
                                 request,
                                 data: cc.encode(),
                                 received: Instant::now(),
+                                until_complete: false,
                             },
                         );
                         return;
@@ -522,32 +565,46 @@ impl<T: Transport> CoordinatorNode<T> {
                     Err(e) => ClientReply::Refused(e.to_string()),
                 }
             }
-            ClientRequest::Operate(op) => {
-                let received = Instant::now();
-                match self.coord.prepare(&self.cluster, &op) {
+            ClientRequest::Noop => {
+                self.propose_for(from, request, Record::Noop, false);
+                return;
+            }
+            ClientRequest::Operate(ref op) | ClientRequest::OperateUntilComplete(ref op) => {
+                let until_complete = matches!(req, ClientRequest::OperateUntilComplete(_));
+                match self.coord.prepare(&self.cluster, op) {
                     Err(e) => ClientReply::Refused(e.to_string()),
                     Ok(record) => {
-                        let data = record.encode();
-                        match self.raft.propose(data.clone()) {
-                            Ok(index) => {
-                                self.proposed_at.insert(index, received);
-                                self.waiters.insert(
-                                    index,
-                                    Waiter {
-                                        from,
-                                        request,
-                                        data,
-                                        received,
-                                    },
-                                );
-                                return; // answered at the commit point
-                            }
-                            Err(ProposeError::NotLeader { .. }) => not_leader,
-                            Err(e) => ClientReply::Refused(e.to_string()),
-                        }
+                        self.propose_for(from, request, record, until_complete);
+                        return;
                     }
                 }
             }
+        };
+        self.reply(from, request, &reply);
+    }
+
+    /// Proposes `record` for a client, who is answered at its commit point
+    /// (and at its completion too, if `until_complete`).
+    fn propose_for(&mut self, from: PeerId, request: u64, record: Record, until_complete: bool) {
+        let received = Instant::now();
+        let data = record.encode();
+        let reply = match self.raft.propose(data.clone()) {
+            Ok(index) => {
+                self.proposed_at.insert(index, received);
+                self.waiters.insert(
+                    index,
+                    Waiter {
+                        from,
+                        request,
+                        data,
+                        received,
+                        until_complete,
+                    },
+                );
+                return;
+            }
+            Err(ProposeError::NotLeader { leader }) => ClientReply::NotLeader { leader },
+            Err(e) => ClientReply::Refused(e.to_string()),
         };
         self.reply(from, request, &reply);
     }
@@ -753,9 +810,17 @@ impl<T: Transport> CoordinatorNode<T> {
                         "operation complete"
                     );
                 }
+                if let Some(w) = self.completion_waiters.remove(seq) {
+                    let reply = ClientReply::Completed {
+                        seq: *seq,
+                        complete_us: now.duration_since(w.received).as_micros() as u64,
+                    };
+                    self.reply(w.from, w.request, &reply);
+                }
                 None
             }
             Outcome::NotARecord if kind == EntryKind::ConfChange => Some(OpResult::Changed),
+            Outcome::Noop => Some(OpResult::Changed),
             Outcome::AlreadyComplete(_) | Outcome::NotARecord => None,
         };
         let Some(w) = self.waiters.remove(&index) else {
@@ -773,6 +838,10 @@ impl<T: Transport> CoordinatorNode<T> {
             ),
         };
         self.reply(w.from, w.request, &reply);
+        let completes = matches!(outcome, Outcome::Committed(_));
+        if w.until_complete && completes && matches!(reply, ClientReply::Committed { .. }) {
+            self.completion_waiters.insert(index, w);
+        }
         // Waiters behind this index can no longer be answered by their entry.
         while let Some((&i, _)) = self.waiters.first_key_value() {
             if i > index {

@@ -117,10 +117,18 @@ fn decode_file(image: &[u8]) -> Result<Option<(u64, HardState)>, ()> {
 }
 
 /// The open hard-state file.
+///
+/// Every write goes to the slot that does *not* hold the newest durable
+/// state; a synced write then becomes the durable slot. So an unsynced
+/// write (a commit-index hint) can be lost or torn by a crash, but never
+/// takes the last durable term and vote with it: the other slot still
+/// holds them, and any newer valid slot carries the same term and vote.
 pub struct HardStateFile {
     file: File,
     path: PathBuf,
     seq: u64,
+    /// The slot (0 or 1) holding the newest state known durable.
+    durable_slot: u64,
 }
 
 impl HardStateFile {
@@ -148,11 +156,21 @@ impl HardStateFile {
                 })
             }
         };
+        // What was read may have been in the page cache only (an unsynced
+        // hint, then a process crash): make it durable before relying on
+        // which slot holds it.
+        file.sync_data().map_err(io)?;
+        let durable_slot = image
+            .chunks(SLOT_BYTES)
+            .take(2)
+            .position(|c| decode_slot(c).is_some_and(|(q, _)| q == seq) && seq > 0)
+            .map_or(1, |i| i as u64);
         Ok((
             HardStateFile {
                 file,
                 path: path.to_owned(),
                 seq,
+                durable_slot,
             },
             hs,
         ))
@@ -161,15 +179,31 @@ impl HardStateFile {
     /// Writes `hs` durably: it is the state any later open returns, unless
     /// a newer one is saved. Returns after `fdatasync`.
     pub fn save(&mut self, hs: HardState) -> Result<(), HardStateError> {
+        self.write(hs, true)
+    }
+
+    /// Writes `hs` without waiting for the disk: after a crash the file
+    /// holds this state, or an earlier one no older than the last durable
+    /// save (see the type's docs). For commit-index-only changes: the term
+    /// and vote must equal the last durable save's.
+    pub fn save_unsynced(&mut self, hs: HardState) -> Result<(), HardStateError> {
+        self.write(hs, false)
+    }
+
+    fn write(&mut self, hs: HardState, sync: bool) -> Result<(), HardStateError> {
         let seq = self.seq + 1;
         let slot = encode_slot(seq, hs);
-        let offset = (seq % 2) * SLOT_BYTES as u64;
+        let target = 1 - self.durable_slot;
+        let offset = target * SLOT_BYTES as u64;
         let io = |source| HardStateError::Io {
             path: self.path.clone(),
             source,
         };
         self.file.write_all_at(&slot, offset).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        if sync {
+            self.file.sync_data().map_err(io)?;
+            self.durable_slot = target;
+        }
         self.seq = seq;
         Ok(())
     }
@@ -181,6 +215,50 @@ mod tests {
 
     fn hs(term: u64, vote: Option<u64>, commit: u64) -> HardState {
         HardState { term, vote, commit }
+    }
+
+    #[test]
+    fn unsynced_hints_never_overwrite_the_last_durable_state() {
+        let dir = std::env::temp_dir().join(format!("ramcoord-hs-hint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hardstate");
+        let (mut f, _) = HardStateFile::open(&path).unwrap();
+        let durable_in_file = |want: HardState| {
+            let image = std::fs::read(&path).unwrap();
+            assert!(
+                image
+                    .chunks(SLOT_BYTES)
+                    .filter_map(decode_slot)
+                    .any(|(_, h)| h == want),
+                "the last durable state {want:?} is no longer in the file"
+            );
+        };
+        let mut last_durable = hs(1, Some(1), 0);
+        f.save(last_durable).unwrap();
+        for round in 0..4u64 {
+            for c in 1..=5 {
+                let h = HardState {
+                    commit: round * 10 + c,
+                    ..last_durable
+                };
+                f.save_unsynced(h).unwrap();
+                durable_in_file(last_durable);
+            }
+            last_durable = hs(round + 2, Some(round % 3 + 1), round * 10 + 5);
+            f.save(last_durable).unwrap();
+            durable_in_file(last_durable);
+        }
+        // Reopening returns the newest state written.
+        f.save_unsynced(HardState {
+            commit: 99,
+            ..last_durable
+        })
+        .unwrap();
+        drop(f);
+        let (_, got) = HardStateFile::open(&path).unwrap();
+        assert_eq!(got.commit, 99);
+        assert_eq!((got.term, got.vote), (last_durable.term, last_durable.vote));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

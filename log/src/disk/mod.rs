@@ -15,8 +15,11 @@
 //!
 //! A record is durable once the flush that carried it has finished (the
 //! `fdatasync` returned, or the io_uring `RWF_DSYNC` write completed):
-//! `DiskStorage::durable_index` says up to where. A hard state is durable
-//! when `set_hard_state` returns. Nothing is acknowledged before that (the
+//! `DiskStorage::durable_index` says up to where. A hard state's term and
+//! vote are durable when `set_hard_state` returns; a change of the commit
+//! index alone is written without waiting for the disk (it is a hint that
+//! may come back older after a crash, and `open` clamps it to the log: the
+//! leader re-establishes it), which spares an `fdatasync` per commit. Nothing is acknowledged before that (the
 //! Raft core sends votes and append acknowledgements only after `advance`).
 
 pub mod hard_state;

@@ -27,7 +27,8 @@
 //! and go out together in the next flush, started as soon as the one in
 //! flight is reaped. At most one flush is in flight, so durability is
 //! always a prefix. `Durability::Memory` counts the page cache as durable.
-//! `set_hard_state` is durable when it returns. Snapshots and compaction
+//! `set_hard_state` is durable when it returns if it changes the term or
+//! the vote; a commit-index-only change is written without `fdatasync`. Snapshots and compaction
 //! are durable when they return. `open` fdatasyncs what it recovered (it
 //! may have been in the page cache only, after a process crash) before
 //! reporting it durable.
@@ -1043,9 +1044,16 @@ impl Storage for DiskStorage {
     }
 
     fn set_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
-        self.hard_state_file
-            .save(hs)
-            .map_err(|e| StorageError::Io(e.to_string()))?;
+        let prev = self.mem.hard_state();
+        let commit_only = hs.term == prev.term && hs.vote == prev.vote;
+        if commit_only {
+            // The commit index is a hint (see the module docs): the page
+            // cache will do; the next term or vote change syncs it too.
+            self.hard_state_file.save_unsynced(hs)
+        } else {
+            self.hard_state_file.save(hs)
+        }
+        .map_err(|e| StorageError::Io(e.to_string()))?;
         self.mem.set_hard_state(hs)
     }
 

@@ -1,0 +1,375 @@
+//! Benchmarks of a real ramcoord cluster on loopback: 3 coordinator
+//! replicas and 3 masters, child processes of the `ramcoord` binary built
+//! next to this one (`ramcoord::local_cluster`).
+//!
+//! - `commit`: the **commit-point latency** of coordinator operations, as a
+//!   client sees it: from sending the request to receiving the leader's
+//!   answer, which it sends when the operation's commit record is
+//!   committed and applied (the leader's own measurement, from receiving
+//!   the request, is reported beside it); the **full operation latency**
+//!   (until the completion record applies, after the pushes to the
+//!   masters); and a no-op record through the log (the log's own cost).
+//!   Each client alternately creates and drops its own one-tablet table,
+//!   waiting for completion before the next operation on it (the
+//!   coordinator serialises operations on a table). Throughput is counted
+//!   in operations (creates and drops) per second, closed loop.
+//! - `failover`: kill -9 the leader while a client runs operations; the
+//!   time to the first operation committed by the next leader and to the
+//!   end of its roll-forward.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use ramcoord::client::CoordinatorClient;
+use ramcoord::coordinator::Request;
+use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
+use ramcoord::node::client::{ClientReply, ClientRequest, OpResult};
+use serde::Serialize;
+
+use crate::dist::{Dist, Recorder};
+
+/// Finds (or builds) the `ramcoord` binary beside this one.
+pub fn ramcoord_binary() -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = me.with_file_name("ramcoord");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let release = me.parent().is_some_and(|p| p.ends_with("release"));
+    eprintln!("building the ramcoord binary ({})", bin.display());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-p", "ramcoord", "--bin", "ramcoord"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let st = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
+    if !st.success() || !bin.exists() {
+        return Err(format!(
+            "no {} (build it: cargo build --release -p ramcoord)",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// Starts a 3-replica, 3-master cluster under `dir` with extra coordinator
+/// arguments, and waits until it is ready.
+pub fn start_cluster(dir: &Path, coordinator_args: &[String]) -> Result<LocalCluster, String> {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut cfg = LocalClusterConfig::new(ramcoord_binary()?, dir.to_path_buf(), 3, 3);
+    cfg.coordinator_args = coordinator_args.to_vec();
+    cfg.log_filter = "warn".into();
+    let c = LocalCluster::start(cfg)?;
+    c.wait_ready(3, Duration::from_secs(30))?;
+    Ok(c)
+}
+
+fn client(c: &LocalCluster) -> CoordinatorClient {
+    let addrs = c.coordinators.iter().map(|p| p.addr).collect();
+    let mut cl = CoordinatorClient::new(addrs, 1);
+    cl.attempt_timeout = Duration::from_secs(2);
+    cl
+}
+
+/// What one commit run measured.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct CommitReport {
+    /// `fsync` or `memory`.
+    pub durability: String,
+    /// Commit point, as the client sees it (1 client).
+    pub commit: Dist,
+    /// Commit point, as the leader measures it (same operations).
+    pub commit_at_leader: Dist,
+    /// Through completion (same operations).
+    pub complete: Dist,
+    /// A no-op record through the log (1 client).
+    pub noop: Dist,
+    /// Closed-loop throughput per client count.
+    pub throughput: Vec<Throughput>,
+    /// No-op records per second with 64 clients.
+    pub noop_ops_per_s_64: f64,
+}
+
+/// Throughput with `clients` closed-loop clients.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct Throughput {
+    /// Clients.
+    pub clients: usize,
+    /// Operations (creates and drops) completed per second.
+    pub ops_per_s: f64,
+    /// Their commit-point latency.
+    pub commit: Dist,
+}
+
+/// One create or drop through completion; returns (commit point as seen
+/// by the client, leader's commit µs, completion), or why not.
+fn one_op(cl: &mut CoordinatorClient, req: Request) -> Result<(Duration, u64, Duration), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    match cl.operate_until_complete(req, deadline) {
+        Ok((
+            ClientReply::Committed {
+                commit_us, result, ..
+            },
+            at_commit,
+            Some((ClientReply::Completed { .. }, at_complete)),
+        )) if !matches!(result, OpResult::Rejected(_)) => Ok((at_commit, commit_us, at_complete)),
+        Ok(other) => Err(format!("{other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The alternating create / drop stream of client `i`: the `k`th request.
+fn op_for(i: usize, k: u64) -> Request {
+    let name = format!("bench-{i}");
+    if k % 2 == 0 {
+        Request::CreateTable { name, tablets: 1 }
+    } else {
+        Request::DropTable { name }
+    }
+}
+
+fn noop(cl: &mut CoordinatorClient) -> Result<Duration, String> {
+    let t = Instant::now();
+    match cl.ask_leader(&ClientRequest::Noop, t + Duration::from_secs(10)) {
+        Ok(ClientReply::Committed { .. }) => Ok(t.elapsed()),
+        Ok(other) => Err(format!("{other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Runs `clients` closed-loop clients for `seconds`; `f` does one
+/// operation for client `i` (its `k`th) and records into the recorder.
+fn closed_loop<F>(c: &LocalCluster, clients: usize, seconds: f64, f: F) -> (f64, Recorder)
+where
+    F: Fn(&mut CoordinatorClient, usize, u64, &mut Recorder) -> bool + Send + Sync + 'static,
+{
+    let f = Arc::new(f);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(Mutex::new(Recorder::default()));
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let mut threads = Vec::new();
+    for i in 0..clients {
+        let mut cl = client(c);
+        let (f, stop, done, total, barrier) = (
+            f.clone(),
+            stop.clone(),
+            done.clone(),
+            total.clone(),
+            barrier.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            let mut rec = Recorder::default();
+            // Connect and find the leader before the clock starts.
+            let _ = cl.ask_leader(
+                &ClientRequest::Status,
+                Instant::now() + Duration::from_secs(5),
+            );
+            barrier.wait();
+            let mut k = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if f(&mut cl, i, k, &mut rec) {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                k += 1;
+            }
+            total.lock().unwrap().merge(&rec);
+        }));
+    }
+    barrier.wait();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let n = done.load(Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let rec = std::mem::take(&mut *total.lock().unwrap());
+    (n as f64 / elapsed, rec)
+}
+
+/// The `commit` scenario for one durability mode.
+pub fn commit(
+    dir: &Path,
+    durability: &str,
+    latency_ops: u64,
+    seconds: f64,
+    client_counts: &[usize],
+    progress: &dyn Fn(&str),
+) -> Result<CommitReport, String> {
+    let args = vec!["--durability".to_string(), durability.to_string()];
+    let c = start_cluster(&dir.join(format!("commit-{durability}")), &args)?;
+    let mut cl = client(&c);
+    // Warm up: connections, the leader's first proposals.
+    for k in 0..20 {
+        one_op(&mut cl, op_for(9999, k))?;
+        noop(&mut cl)?;
+    }
+    progress(&format!(
+        "ramcoord {durability}: 1 client, {latency_ops} operations"
+    ));
+    let (mut commit, mut leader, mut complete, mut noops) = (
+        Recorder::default(),
+        Recorder::default(),
+        Recorder::default(),
+        Recorder::default(),
+    );
+    for k in 0..latency_ops {
+        let (at_commit, commit_us, at_complete) = one_op(&mut cl, op_for(0, k))?;
+        commit.record(at_commit);
+        leader.record_us(commit_us);
+        complete.record(at_complete);
+    }
+    progress(&format!(
+        "ramcoord {durability}: 1 client, {latency_ops} no-ops"
+    ));
+    for _ in 0..latency_ops {
+        noops.record(noop(&mut cl)?);
+    }
+    drop(cl);
+    let mut throughput = Vec::new();
+    for &n in client_counts {
+        progress(&format!(
+            "ramcoord {durability}: {n} clients for {seconds:.1} s"
+        ));
+        let (ops, rec) = closed_loop(&c, n, seconds, |cl, i, k, rec| {
+            match one_op(cl, op_for(100 + i, k)) {
+                Ok((at_commit, _, _)) => {
+                    rec.record(at_commit);
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        throughput.push(Throughput {
+            clients: n,
+            ops_per_s: ops,
+            commit: rec.dist(),
+        });
+    }
+    progress(&format!("ramcoord {durability}: no-ops, 64 clients"));
+    let (noop_ops, _) = closed_loop(&c, 64, seconds, |cl, _, _, rec| match noop(cl) {
+        Ok(d) => {
+            rec.record(d);
+            true
+        }
+        Err(_) => false,
+    });
+    let dir = c.dir().to_path_buf();
+    drop(c);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(CommitReport {
+        durability: durability.into(),
+        commit: commit.dist(),
+        commit_at_leader: leader.dist(),
+        complete: complete.dist(),
+        noop: noops.dist(),
+        throughput,
+        noop_ops_per_s_64: noop_ops,
+    })
+}
+
+/// What the failover trials measured.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct FailoverReport {
+    /// Election timeout used (ms; randomised up to twice this).
+    pub election_ms: u64,
+    /// Trials run.
+    pub trials: usize,
+    /// Kill to the first operation committed by the next leader.
+    pub first_commit: Dist,
+    /// Kill to the next leader being active with nothing incomplete.
+    pub rolled_forward: Dist,
+}
+
+/// The `failover` scenario.
+pub fn failover(
+    dir: &Path,
+    trials: usize,
+    election_ms: u64,
+    progress: &dyn Fn(&str),
+) -> Result<FailoverReport, String> {
+    let tick_ms = (election_ms / 5).max(1);
+    let ticks = (election_ms / tick_ms).max(2);
+    let args: Vec<String> = [
+        "--tick-ms",
+        &tick_ms.to_string(),
+        "--election-ticks",
+        &ticks.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut c = start_cluster(&dir.join("failover"), &args)?;
+    let (mut first, mut rolled) = (Recorder::default(), Recorder::default());
+    for trial in 0..trials {
+        progress(&format!("failover: trial {}/{trials}", trial + 1));
+        let leader = c.wait_ready(3, Duration::from_secs(30))?;
+        // A client streams operations and reports each commit's term.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel::<(Instant, u64)>();
+        let mut cl = client(&c);
+        cl.attempt_timeout = Duration::from_millis(30);
+        let s2 = stop.clone();
+        let streamer = std::thread::spawn(move || {
+            let mut k = 0;
+            while !s2.load(Ordering::Relaxed) {
+                let req = ClientRequest::Operate(op_for(0, k));
+                if let Ok(ClientReply::Committed { term, .. }) =
+                    cl.ask_leader(&req, Instant::now() + Duration::from_millis(100))
+                {
+                    let _ = tx.send((Instant::now(), term));
+                    k += 1;
+                } else if k % 2 == 1 {
+                    // The drop may be refused while the create completes.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        c.kill_coordinator(leader.id);
+        let killed = Instant::now();
+        let deadline = killed + Duration::from_secs(10);
+        let mut first_at = None;
+        while first_at.is_none() && Instant::now() < deadline {
+            if let Ok((at, term)) = rx.recv_timeout(Duration::from_millis(100)) {
+                if term > leader.term {
+                    first_at = Some(at);
+                }
+            }
+        }
+        let first_at = first_at.ok_or("no operation committed after the kill")?;
+        let done_at = c.wait_for("the roll-forward", Duration::from_secs(10), |c| {
+            c.active()
+                .filter(|s| s.term > leader.term && s.incomplete == 0)
+                .map(|_| Instant::now())
+        })?;
+        stop.store(true, Ordering::Relaxed);
+        let _ = streamer.join();
+        first.record(first_at - killed);
+        rolled.record(done_at.max(first_at) - killed);
+        c.restart_coordinator(leader.id)?;
+        c.wait_for(
+            "the killed replica to catch up",
+            Duration::from_secs(30),
+            |c| {
+                let rows = c.statuses();
+                let lead = rows.iter().find(|s| s.active)?;
+                (rows.len() == 3 && rows.iter().all(|s| s.applied >= lead.commit)).then_some(())
+            },
+        )?;
+    }
+    let dir = c.dir().to_path_buf();
+    drop(c);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(FailoverReport {
+        election_ms,
+        trials,
+        first_commit: first.dist(),
+        rolled_forward: rolled.dist(),
+    })
+}

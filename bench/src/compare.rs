@@ -1,0 +1,444 @@
+//! `compare`: the floor, ramcoord (fsync and memory durability), etcd,
+//! failover and configuration push in one run, so every ratio compares
+//! figures measured minutes apart on the same machine. Writes
+//! `bench/results/<timestamp>.json` (the report, with the flat fields
+//! checks read), `<timestamp>.md` (the table) and two PNG plots: latency
+//! CDFs on a log axis, and throughput against clients.
+
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::cluster::{CommitReport, FailoverReport};
+use crate::dist::Dist;
+use crate::etcd::EtcdReport;
+use crate::floor::FloorReport;
+use crate::push::PushResult;
+
+/// Sizes of one run.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    /// Round trips for the RTT floor.
+    pub rtt_ops: u64,
+    /// Synced writes for the fsync floor.
+    pub fsync_ops: u64,
+    /// Sequential operations per latency measurement.
+    pub latency_ops: u64,
+    /// Seconds per throughput point.
+    pub seconds: f64,
+    /// Failover trials.
+    pub failover_trials: usize,
+    /// Push rounds per fan-out.
+    pub push_rounds: usize,
+}
+
+impl Sizes {
+    /// `--quick`: well under two minutes.
+    pub fn quick() -> Sizes {
+        Sizes {
+            rtt_ops: 5000,
+            fsync_ops: 500,
+            latency_ops: 500,
+            seconds: 1.5,
+            failover_trials: 5,
+            push_rounds: 50,
+        }
+    }
+
+    /// The default.
+    pub fn full() -> Sizes {
+        Sizes {
+            rtt_ops: 20_000,
+            fsync_ops: 2000,
+            latency_ops: 3000,
+            seconds: 4.0,
+            failover_trials: 20,
+            push_rounds: 200,
+        }
+    }
+}
+
+/// Everything one `compare` run measured.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct Report {
+    /// When (UTC, RFC 3339).
+    pub when: String,
+    /// Quick or full.
+    pub quick: bool,
+    /// The floor.
+    pub floor: FloorReport,
+    /// ramcoord, fsync durability.
+    pub ramcoord_fsync: CommitReport,
+    /// ramcoord, memory durability.
+    pub ramcoord_memory: CommitReport,
+    /// etcd.
+    pub etcd: EtcdReport,
+    /// Failover.
+    pub failover: FailoverReport,
+    /// Configuration push, M = 1, 10, 100.
+    pub push: Vec<PushResult>,
+    // Flat fields (names kept stable for checks).
+    /// Floor RTT p50 (µs).
+    pub floor_rtt_p50_us: f64,
+    /// Floor fsync p50 (µs).
+    pub floor_fsync_p50_us: f64,
+    /// Commit point, fsync, p50 (µs).
+    pub commit_fsync_p50_us: f64,
+    /// Commit point, fsync, p99 (µs).
+    pub commit_fsync_p99_us: f64,
+    /// Commit point, fsync, p99.9 (µs).
+    pub commit_fsync_p999_us: f64,
+    /// Commit point, memory, p50 (µs).
+    pub commit_memory_p50_us: f64,
+    /// Commit point, memory, p99 (µs).
+    pub commit_memory_p99_us: f64,
+    /// Commit point, memory, p99.9 (µs).
+    pub commit_memory_p999_us: f64,
+    /// etcd put p50 (µs).
+    pub etcd_put_p50_us: f64,
+    /// Operations/s, fsync, 64 clients.
+    pub fsync_ops_per_s_64: f64,
+    /// Operations/s, memory, 64 clients.
+    pub memory_ops_per_s_64: f64,
+    /// etcd puts/s, 64 clients.
+    pub etcd_ops_per_s_64: f64,
+    /// Failover to the first commit, p50 (ms).
+    pub failover_p50_ms: f64,
+    /// The goals, each as (name, measured ratio, limit, met).
+    pub goals: Vec<Goal>,
+}
+
+/// One goal of the benchmark issue, checked on this run.
+#[derive(Serialize, Clone, Debug)]
+pub struct Goal {
+    /// What.
+    pub name: String,
+    /// The measured figure (a ratio, or ms).
+    pub measured: f64,
+    /// The bound.
+    pub limit: f64,
+    /// `measured <= limit` (or `>=` for the "at least" goals).
+    pub met: bool,
+}
+
+fn at_64(t: &[crate::cluster::Throughput]) -> f64 {
+    t.iter()
+        .find(|x| x.clients == 64)
+        .map_or(0.0, |x| x.ops_per_s)
+}
+
+impl Report {
+    /// Fills the flat fields and the goals from the parts.
+    pub fn finish(&mut self) {
+        self.floor_rtt_p50_us = self.floor.rtt.p50_us;
+        self.floor_fsync_p50_us = self.floor.fsync.p50_us;
+        self.commit_fsync_p50_us = self.ramcoord_fsync.commit.p50_us;
+        self.commit_fsync_p99_us = self.ramcoord_fsync.commit.p99_us;
+        self.commit_fsync_p999_us = self.ramcoord_fsync.commit.p999_us;
+        self.commit_memory_p50_us = self.ramcoord_memory.commit.p50_us;
+        self.commit_memory_p99_us = self.ramcoord_memory.commit.p99_us;
+        self.commit_memory_p999_us = self.ramcoord_memory.commit.p999_us;
+        self.etcd_put_p50_us = self.etcd.put.p50_us;
+        self.fsync_ops_per_s_64 = at_64(&self.ramcoord_fsync.throughput);
+        self.memory_ops_per_s_64 = at_64(&self.ramcoord_memory.throughput);
+        self.etcd_ops_per_s_64 = at_64(&self.etcd.throughput);
+        self.failover_p50_ms = self.failover.first_commit.p50_us / 1000.0;
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
+        let push_1 = self.push.iter().find(|p| p.masters == 1);
+        let push_100 = self.push.iter().find(|p| p.masters == 100);
+        let at_most = |name: &str, measured: f64, limit: f64| Goal {
+            name: name.into(),
+            measured,
+            limit,
+            met: measured <= limit,
+        };
+        let at_least = |name: &str, measured: f64, limit: f64| Goal {
+            name: name.into(),
+            measured,
+            limit,
+            met: measured >= limit,
+        };
+        self.goals = vec![
+            at_most(
+                "fsync commit p50 / (floor fsync p50 + floor RTT p50)",
+                ratio(
+                    self.commit_fsync_p50_us,
+                    self.floor_fsync_p50_us + self.floor_rtt_p50_us,
+                ),
+                1.3,
+            ),
+            at_most(
+                "memory commit p50 / floor RTT p50",
+                ratio(self.commit_memory_p50_us, self.floor_rtt_p50_us),
+                2.0,
+            ),
+            at_most(
+                "memory commit p99.9 / memory commit p50",
+                ratio(self.commit_memory_p999_us, self.commit_memory_p50_us),
+                5.0,
+            ),
+            at_least(
+                "etcd put p50 / fsync commit p50",
+                ratio(self.etcd_put_p50_us, self.commit_fsync_p50_us),
+                5.0,
+            ),
+            at_least(
+                "fsync ops/s / etcd ops/s, 64 clients",
+                ratio(self.fsync_ops_per_s_64, self.etcd_ops_per_s_64),
+                10.0,
+            ),
+            at_most("failover p50 (ms)", self.failover_p50_ms, 50.0),
+            at_most(
+                "push to 100 masters p50 / push to 1 p50",
+                match (push_1, push_100) {
+                    (Some(a), Some(b)) => ratio(b.landed.p50_us, a.landed.p50_us),
+                    _ => f64::INFINITY,
+                },
+                3.0,
+            ),
+        ];
+    }
+
+    /// The markdown table.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        s += &format!(
+            "Run {} ({}), µs as p50 / p99 / p99.9 / max\n\n",
+            self.when,
+            if self.quick { "--quick" } else { "full" }
+        );
+        s += "| what | latency | ops/s at 1 / 8 / 64 clients |\n|---|---|---|\n";
+        let row = |name: &str, d: &Dist, t: &[crate::cluster::Throughput]| {
+            let tp: Vec<String> = t.iter().map(|x| format!("{:.0}", x.ops_per_s)).collect();
+            format!("| {name} | {} | {} |\n", d.row(), tp.join(" / "))
+        };
+        s += &row("floor: loopback RTT 64 B", &self.floor.rtt, &[]);
+        s += &row("floor: 4 KiB write + fdatasync", &self.floor.fsync, &[]);
+        for r in [&self.ramcoord_fsync, &self.ramcoord_memory] {
+            let d = &r.durability;
+            s += &row(
+                &format!("ramcoord {d}: commit point (client)"),
+                &r.commit,
+                &r.throughput,
+            );
+            s += &row(
+                &format!("ramcoord {d}: commit point (at the leader)"),
+                &r.commit_at_leader,
+                &[],
+            );
+            s += &row(
+                &format!("ramcoord {d}: full operation (pushes, completion)"),
+                &r.complete,
+                &[],
+            );
+            s += &format!(
+                "| ramcoord {d}: no-op record | {} | 64 clients: {:.0} |\n",
+                r.noop.row(),
+                r.noop_ops_per_s_64
+            );
+        }
+        s += &row(
+            &format!("etcd put ({})", self.etcd.version),
+            &self.etcd.put,
+            &self.etcd.throughput,
+        );
+        s += &row(
+            "etcd serializable read (client + gateway overhead)",
+            &self.etcd.client_floor,
+            &[],
+        );
+        s += &format!(
+            "| failover ({} ms election timeout, {} trials): kill → first commit | {} | |\n",
+            self.failover.election_ms,
+            self.failover.trials,
+            self.failover.first_commit.row()
+        );
+        s += &format!(
+            "| failover: kill → roll-forward done | {} | |\n",
+            self.failover.rolled_forward.row()
+        );
+        for p in &self.push {
+            s += &format!(
+                "| push to {} masters ({} B regions): all landed | {} | |\n",
+                p.masters,
+                p.region_bytes,
+                p.landed.row()
+            );
+        }
+        s += "\n| goal | measured | limit | met |\n|---|---|---|---|\n";
+        for g in &self.goals {
+            s += &format!(
+                "| {} | {:.2} | {} | {} |\n",
+                g.name,
+                g.measured,
+                g.limit,
+                if g.met { "yes" } else { "**no**" }
+            );
+        }
+        s
+    }
+}
+
+fn register_font() -> Result<(), String> {
+    let path = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .ok_or("no DejaVuSans.ttf for the plots' text (apt-get install fonts-dejavu-core)")?;
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| "the font does not load".to_string())
+}
+
+/// Latency CDFs on a log axis.
+pub fn plot_cdf(r: &Report, path: &Path) -> Result<(), String> {
+    let series: Vec<(&str, &Dist, RGBColor)> = vec![
+        ("floor RTT", &r.floor.rtt, RGBColor(150, 150, 150)),
+        ("floor fdatasync", &r.floor.fsync, RGBColor(90, 90, 90)),
+        ("ramcoord memory commit", &r.ramcoord_memory.commit, BLUE),
+        (
+            "ramcoord fsync commit",
+            &r.ramcoord_fsync.commit,
+            RGBColor(0, 140, 0),
+        ),
+        (
+            "ramcoord fsync full op",
+            &r.ramcoord_fsync.complete,
+            RGBColor(120, 200, 120),
+        ),
+        ("etcd put", &r.etcd.put, RED),
+    ];
+    let max = series.iter().map(|(_, d, _)| d.max_us).fold(10.0, f64::max) * 1.2;
+    let min = series
+        .iter()
+        .filter(|(_, d, _)| d.count > 0)
+        .map(|(_, d, _)| d.cdf.first().map_or(1.0, |p| p.1))
+        .fold(f64::MAX, f64::min)
+        .max(1.0)
+        * 0.8;
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("latency CDF (one run)", ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d((min..max).log_scale(), 0.0..1.0)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("microseconds (log)")
+        .y_desc("fraction of operations")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (name, d, color) in series {
+        chart
+            .draw_series(LineSeries::new(
+                d.cdf.iter().map(|(q, v)| (v.max(min), *q)),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Throughput against clients.
+pub fn plot_throughput(r: &Report, path: &Path) -> Result<(), String> {
+    let series: Vec<(&str, &[crate::cluster::Throughput], RGBColor)> = vec![
+        ("ramcoord memory", &r.ramcoord_memory.throughput, BLUE),
+        (
+            "ramcoord fsync",
+            &r.ramcoord_fsync.throughput,
+            RGBColor(0, 140, 0),
+        ),
+        ("etcd", &r.etcd.throughput, RED),
+    ];
+    let max = series
+        .iter()
+        .flat_map(|(_, t, _)| t.iter().map(|x| x.ops_per_s))
+        .fold(10.0, f64::max)
+        * 1.2;
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("throughput, closed loop (one run)", ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((1.0f64..80.0).log_scale(), 0.0..max)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent clients (log)")
+        .y_desc("operations / s")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (name, t, color) in series {
+        chart
+            .draw_series(LineSeries::new(
+                t.iter().map(|x| (x.clients as f64, x.ops_per_s)),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                t.iter()
+                    .map(|x| Circle::new((x.clients as f64, x.ops_per_s), 4, color.filled())),
+            )
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Writes the JSON, the markdown and the plots under `out`; returns the
+/// paths written.
+pub fn write_outputs(r: &Report, out: &Path, stamp: &str) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let json = out.join(format!("{stamp}.json"));
+    std::fs::write(
+        &json,
+        serde_json::to_string_pretty(r).expect("serialisable"),
+    )
+    .map_err(|e| e.to_string())?;
+    let md = out.join(format!("{stamp}.md"));
+    std::fs::write(&md, r.markdown()).map_err(|e| e.to_string())?;
+    let mut written = vec![json, md];
+    match register_font() {
+        Ok(()) => {
+            let cdf = out.join(format!("{stamp}-latency.png"));
+            plot_cdf(r, &cdf)?;
+            let tp = out.join(format!("{stamp}-throughput.png"));
+            plot_throughput(r, &tp)?;
+            written.push(cdf);
+            written.push(tp);
+        }
+        Err(e) => eprintln!("no plots: {e}"),
+    }
+    Ok(written)
+}

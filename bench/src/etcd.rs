@@ -1,0 +1,233 @@
+//! The `etcd` baseline: the same sequential and concurrent write workload
+//! against a 3-member etcd cluster on loopback (`scripts/etcd-cluster.sh`
+//! installs etcd from the distribution's packages and starts it).
+//!
+//! The client is etcd's v3 JSON gateway (`POST /v3/kv/put`) over one
+//! persistent HTTP/1.1 connection per client (`ureq`, blocking, keep-alive),
+//! sent to the leader (as our clients are). Why not gRPC: a gRPC client in
+//! Rust brings an async runtime and code generation into the benchmark;
+//! the gateway runs inside etcd and forwards to its own gRPC server, so it
+//! costs etcd some work per request. That cost, with the client's, is
+//! measured and reported: a serializable range read through the same
+//! gateway and connection skips consensus and the disk, so its latency is
+//! the client + gateway overhead included in every put.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde::Serialize;
+
+use crate::cluster::Throughput;
+use crate::dist::{Dist, Recorder};
+
+/// What the etcd run measured.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct EtcdReport {
+    /// `etcd --version`'s first line.
+    pub version: String,
+    /// Sequential put, 1 client.
+    pub put: Dist,
+    /// Serializable range read, 1 client: client + gateway overhead.
+    pub client_floor: Dist,
+    /// Closed-loop puts per client count.
+    pub throughput: Vec<Throughput>,
+}
+
+/// A running etcd cluster (stopped on drop).
+struct EtcdCluster {
+    script: PathBuf,
+    dir: PathBuf,
+    endpoints: Vec<String>,
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.script)
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn script() -> Result<PathBuf, String> {
+    // The repository's scripts/, found from the manifest or the cwd.
+    let candidates = [
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/etcd-cluster.sh"),
+        PathBuf::from("scripts/etcd-cluster.sh"),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .ok_or_else(|| "scripts/etcd-cluster.sh not found".to_string())
+}
+
+fn start(dir: &Path, port: u16) -> Result<EtcdCluster, String> {
+    let script = script()?;
+    let out = std::process::Command::new(&script)
+        .arg("start")
+        .arg(dir)
+        .arg(port.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} start failed", script.display()));
+    }
+    let endpoints = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    Ok(EtcdCluster {
+        script,
+        dir: dir.to_path_buf(),
+        endpoints,
+    })
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+fn post(agent: &ureq::Agent, url: &str, body: &str) -> Result<serde_json::Value, String> {
+    let mut r = agent
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body)
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = r.status();
+    let text = r
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("{url}: {status}: {text}"));
+    }
+    serde_json::from_str(&text).map_err(|e| format!("{url}: {e}: {text}"))
+}
+
+/// The endpoint of the current leader.
+fn leader(endpoints: &[String]) -> Result<String, String> {
+    let a = agent();
+    for e in endpoints {
+        let v = post(&a, &format!("{e}/v3/maintenance/status"), "{}")?;
+        if v["leader"].as_str().is_some() && v["leader"] == v["header"]["member_id"] {
+            return Ok(e.clone());
+        }
+    }
+    Err("no etcd member says it leads".into())
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn put(agent: &ureq::Agent, url: &str, key: &str, value: &str) -> Result<(), String> {
+    let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(key), b64(value));
+    post(agent, url, &body).map(|_| ())
+}
+
+/// Runs the etcd baseline.
+pub fn run(
+    dir: &Path,
+    ops: u64,
+    seconds: f64,
+    client_counts: &[usize],
+    progress: &dyn Fn(&str),
+) -> Result<EtcdReport, String> {
+    progress("etcd: starting 3 members");
+    let cluster = start(&dir.join("etcd"), 23790)?;
+    let version = std::process::Command::new("etcd")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_default();
+    let lead = leader(&cluster.endpoints)?;
+    let put_url = format!("{lead}/v3/kv/put");
+    let range_url = format!("{lead}/v3/kv/range");
+    let a = agent();
+    let value = "x".repeat(64);
+    for i in 0..50 {
+        put(&a, &put_url, &format!("warm-{i}"), &value)?;
+    }
+    progress(&format!("etcd: 1 client, {ops} puts"));
+    let mut puts = Recorder::default();
+    for i in 0..ops {
+        let t = Instant::now();
+        put(&a, &put_url, &format!("key-{}", i % 1000), &value)?;
+        puts.record(t.elapsed());
+    }
+    progress(&format!("etcd: 1 client, {ops} serializable reads"));
+    let mut reads = Recorder::default();
+    let range = format!(r#"{{"key":"{}","serializable":true}}"#, b64("key-1"));
+    for _ in 0..ops {
+        let t = Instant::now();
+        post(&a, &range_url, &range)?;
+        reads.record(t.elapsed());
+    }
+    let mut throughput = Vec::new();
+    for &n in client_counts {
+        progress(&format!("etcd: {n} clients for {seconds:.1} s"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let total = Arc::new(Mutex::new(Recorder::default()));
+        let barrier = Arc::new(Barrier::new(n + 1));
+        let mut threads = Vec::new();
+        for c in 0..n {
+            let (stop, done, total, barrier) =
+                (stop.clone(), done.clone(), total.clone(), barrier.clone());
+            let (url, value) = (put_url.clone(), value.clone());
+            threads.push(std::thread::spawn(move || {
+                let a = agent();
+                let _ = put(&a, &url, &format!("c{c}"), &value);
+                barrier.wait();
+                let mut rec = Recorder::default();
+                let mut k = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    if put(&a, &url, &format!("c{c}-{}", k % 100), &value).is_ok() {
+                        rec.record(t.elapsed());
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    k += 1;
+                }
+                total.lock().unwrap().merge(&rec);
+            }));
+        }
+        barrier.wait();
+        let start = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        let n_done = done.load(Ordering::Relaxed);
+        let elapsed = start.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            let _ = t.join();
+        }
+        let rec = std::mem::take(&mut *total.lock().unwrap());
+        throughput.push(Throughput {
+            clients: n,
+            ops_per_s: n_done as f64 / elapsed,
+            commit: rec.dist(),
+        });
+    }
+    drop(cluster);
+    Ok(EtcdReport {
+        version,
+        put: puts.dist(),
+        client_floor: reads.dist(),
+        throughput,
+    })
+}
