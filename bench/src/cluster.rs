@@ -316,17 +316,19 @@ pub fn failover(
         cl.attempt_timeout = Duration::from_millis(30);
         let s2 = stop.clone();
         let streamer = std::thread::spawn(move || {
-            let mut k = 0;
+            // Creates of new names: each can be retried blindly (an answer
+            // lost with the old leader leaves no name to collide with).
+            let mut k = 0u64;
             while !s2.load(Ordering::Relaxed) {
-                let req = ClientRequest::Operate(op_for(0, k));
+                k += 1;
+                let req = ClientRequest::Operate(Request::CreateTable {
+                    name: format!("failover-{trial}-{k}"),
+                    tablets: 1,
+                });
                 if let Ok(ClientReply::Committed { term, .. }) =
                     cl.ask_leader(&req, Instant::now() + Duration::from_millis(100))
                 {
                     let _ = tx.send((Instant::now(), term));
-                    k += 1;
-                } else if k % 2 == 1 {
-                    // The drop may be refused while the create completes.
-                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
         });
@@ -343,6 +345,10 @@ pub fn failover(
             }
         }
         let first_at = first_at.ok_or("no operation committed after the kill")?;
+        // New operations stop here; what remains incomplete is the old
+        // leader's operations being rolled forward (and at most one of
+        // the new leader's, about a millisecond from completion).
+        stop.store(true, Ordering::Relaxed);
         let done_at = c.wait_for("the roll-forward", Duration::from_secs(10), |c| {
             c.active()
                 .filter(|s| s.term > leader.term && s.incomplete == 0)

@@ -38,7 +38,7 @@ impl Recorder {
             Vec::new()
         } else {
             self.0
-                .iter_quantiles(4)
+                .iter_quantiles(10)
                 .map(|v| {
                     (
                         v.quantile_iterated_to(),
