@@ -24,4 +24,14 @@ target/release/ramcoord sim --list-bugs | while read -r bug workload _; do
   fi
   echo "$bug ($workload): $(grep -c FAILED "target/bug-$bug.txt") of 2000 seeds caught it; first: $(grep -m1 FAILED "target/bug-$bug.txt" | cut -c1-160)"
 done
+echo "== benchmark smoke run: compare --quick (every scenario runs; figures are reported, not checked)"
+scripts/etcd-cluster.sh install
+cargo build --release -p ramcoord-bench
+smoke=$(mktemp -d)
+target/release/ramcoord-bench compare --quick --json --out "$smoke/results" --dir "$smoke/data" > "$smoke/report.json"
+for field in floor_rtt_p50_us floor_fsync_p50_us commit_fsync_p50_us commit_fsync_p99_us \
+  commit_memory_p50_us commit_memory_p99_us etcd_put_p50_us fsync_ops_per_s_64 etcd_ops_per_s_64 failover_p50_ms; do
+  grep -q "\"$field\":" "$smoke/report.json" || { echo "compare --json lacks $field" >&2; exit 1; }
+done
+rm -rf "$smoke"
 echo "== all tests passed"
