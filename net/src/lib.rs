@@ -29,6 +29,8 @@
 
 pub mod frame;
 pub mod mem;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 pub mod tcp;
 
 use std::sync::Arc;

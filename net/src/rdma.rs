@@ -1,0 +1,648 @@
+//! RDMA verbs for the transport (feature `rdma`): reliable-connected queue
+//! pairs set up with `rdma_cm`, two-sided messages (SEND/RECV), one-sided
+//! writes (RDMA WRITE) into a peer's registered region, and revocation of a
+//! writer (its queue pair moved to the error state).
+//!
+//! This is the first layer of the RDMA transport: one connection, one
+//! outstanding receive, blocking calls. Completions are event-driven: a
+//! call polls its completion queue once, then arms it and sleeps on the
+//! completion channel (`rdma_get_send_comp` / `rdma_get_recv_comp`), so two
+//! processes on a 2-core machine do not starve each other (or soft-RoCE's
+//! kernel threads) by busy polling.
+//!
+//! # Who owns which bytes
+//!
+//! - A [`RegionMemory`] is heap memory with a fixed address for its whole
+//!   life; it is registered (remote write allowed) on every connection
+//!   that may write it, and the registration's address and rkey go to the
+//!   writer in the accept's private data. The NIC writes it with no CPU on
+//!   this side; the owner reads it with volatile copies and must check what
+//!   it read (the configuration region carries a checksum: a torn read is
+//!   never acted on).
+//! - Each connection owns a send buffer and a receive buffer, registered
+//!   locally; a message or a write is copied into the send buffer, which is
+//!   reused once its completion has been reaped (one operation in flight).
+//!
+//! # Fencing
+//!
+//! [`RdmaConn::revoke`] moves the connection's queue pair to the error
+//! state: every later (or queued) RDMA WRITE from that peer fails at the
+//! peer with a completion error and never reaches the memory. A master
+//! does this to the old leader's connection before accepting a newer
+//! leader's writes, as Mu does.
+
+use std::ffi::{CStr, CString};
+use std::net::SocketAddr;
+use std::ptr::null_mut;
+use std::sync::Arc;
+
+use rdma_sys::*;
+
+/// Largest message: the size of a connection's send and receive buffers.
+pub const MESSAGE_BYTES_MAX: usize = 64 << 10;
+/// Largest private data a caller may send on connect: `rdma_cm` carries
+/// 56 bytes on a connect request (RDMA_PS_TCP), padded with zeros, so one
+/// goes to a length prefix.
+pub const PRIVATE_DATA_BYTES_MAX: usize = 55;
+
+/// Private data as sent: a length byte, then the bytes.
+fn framed_private(bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(bytes.len() + 1);
+    v.push(bytes.len() as u8);
+    v.extend_from_slice(bytes);
+    v
+}
+
+/// The bytes of received private data (the padding dropped); empty if it
+/// does not check out.
+fn unframed_private(raw: &[u8]) -> Vec<u8> {
+    match raw.split_first() {
+        Some((&n, rest)) if (n as usize) <= rest.len() => rest[..n as usize].to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum RdmaError {
+    /// No RDMA device: the transport cannot run here.
+    #[error("no RDMA device (ibv_get_device_list found {found:?}); load a driver (e.g. rdma_rxe: `rdma link add rxe0 type rxe netdev eth0`) or use --transport tcp")]
+    NoDevice {
+        /// Devices found (empty).
+        found: Vec<String>,
+    },
+    /// A verbs or rdma_cm call failed.
+    #[error("{call}: {err}")]
+    Call {
+        /// The call.
+        call: &'static str,
+        /// errno.
+        err: std::io::Error,
+    },
+    /// A work request completed with an error.
+    #[error("{what} completed with status {status} ({name})")]
+    Completion {
+        /// The operation.
+        what: &'static str,
+        /// `ibv_wc_status`.
+        status: u32,
+        /// Its name.
+        name: String,
+    },
+    /// Too large for a buffer or for private data.
+    #[error("{what} of {len} bytes exceeds {max}")]
+    TooLarge {
+        /// What.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+fn call(name: &'static str, ret: i32) -> Result<(), RdmaError> {
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(RdmaError::Call {
+            call: name,
+            err: std::io::Error::last_os_error(),
+        })
+    }
+}
+
+/// The names of the RDMA devices present.
+pub fn devices() -> Vec<String> {
+    let mut n = 0i32;
+    // SAFETY: ibv_get_device_list returns a NULL-terminated array (or
+    // NULL) that we read `n` entries of and free with
+    // ibv_free_device_list; each name is a NUL-terminated string owned by
+    // the device, copied before the list is freed.
+    unsafe {
+        let list = ibv_get_device_list(&mut n);
+        if list.is_null() {
+            return Vec::new();
+        }
+        let names = (0..n as usize)
+            .map(|i| {
+                let d = *list.add(i);
+                CStr::from_ptr(ibv_get_device_name(d))
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        ibv_free_device_list(list);
+        names
+    }
+}
+
+/// Fails with the device list unless there is at least one device.
+pub fn require_device() -> Result<Vec<String>, RdmaError> {
+    let found = devices();
+    if found.is_empty() {
+        return Err(RdmaError::NoDevice { found });
+    }
+    Ok(found)
+}
+
+/// Memory peers may write one-sidedly (see the module docs).
+pub struct RegionMemory {
+    // A boxed slice never moves: the address registered stays valid.
+    bytes: Box<[u8]>,
+}
+
+// SAFETY: the memory is only written by the NIC (on behalf of a peer) and
+// read by `snapshot` with volatile copies; no Rust reference to its
+// contents escapes, so sharing the owner across threads is sound.
+unsafe impl Send for RegionMemory {}
+// SAFETY: as above.
+unsafe impl Sync for RegionMemory {}
+
+impl RegionMemory {
+    /// `len` zero bytes.
+    pub fn new(len: usize) -> Arc<RegionMemory> {
+        Arc::new(RegionMemory {
+            bytes: vec![0u8; len].into_boxed_slice(),
+        })
+    }
+
+    /// Its size.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    fn ptr(&self) -> *mut u8 {
+        self.bytes.as_ptr() as *mut u8
+    }
+
+    /// A copy of the contents as they are now (a write may be landing:
+    /// check what you read).
+    pub fn snapshot(&self) -> Vec<u8> {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        (0..self.bytes.len())
+            // SAFETY: in bounds; volatile because the NIC writes this memory
+            // behind the compiler's back.
+            .map(|i| unsafe { std::ptr::read_volatile(self.ptr().add(i)) })
+            .collect()
+    }
+}
+
+/// Where a peer may write: what the accepting side sends in its private
+/// data (address, rkey, length; little-endian).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteRegion {
+    /// Its address in the peer's memory.
+    pub addr: u64,
+    /// The key that allows writing it.
+    pub rkey: u32,
+    /// Its length.
+    pub len: u32,
+}
+
+impl RemoteRegion {
+    /// Encoded length.
+    pub const BYTES: usize = 16;
+
+    fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.addr.to_le_bytes());
+        b[8..12].copy_from_slice(&self.rkey.to_le_bytes());
+        b[12..].copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+
+    /// Decodes the first 16 bytes (`None` if shorter).
+    pub fn decode(b: &[u8]) -> Option<RemoteRegion> {
+        if b.len() < 16 {
+            return None;
+        }
+        Some(RemoteRegion {
+            addr: u64::from_le_bytes(b[..8].try_into().ok()?),
+            rkey: u32::from_le_bytes(b[8..12].try_into().ok()?),
+            len: u32::from_le_bytes(b[12..16].try_into().ok()?),
+        })
+    }
+}
+
+fn addrinfo(addr: SocketAddr, passive: bool) -> Result<*mut rdma_addrinfo, RdmaError> {
+    let host = CString::new(addr.ip().to_string()).expect("no NUL in an IP");
+    let port = CString::new(addr.port().to_string()).expect("no NUL in a port");
+    // SAFETY: hints is a zeroed POD struct with two fields set; on success
+    // `res` is a list we own and free with rdma_freeaddrinfo.
+    unsafe {
+        let mut hints = std::mem::zeroed::<rdma_addrinfo>();
+        if passive {
+            hints.ai_flags = RAI_PASSIVE as i32;
+        }
+        hints.ai_port_space = rdma_port_space::RDMA_PS_TCP as i32;
+        let mut res = null_mut();
+        call(
+            "rdma_getaddrinfo",
+            rdma_getaddrinfo(host.as_ptr(), port.as_ptr(), &hints, &mut res),
+        )?;
+        Ok(res)
+    }
+}
+
+fn qp_init_attr() -> ibv_qp_init_attr {
+    // SAFETY: a zeroed POD struct, then filled in.
+    let mut a = unsafe { std::mem::zeroed::<ibv_qp_init_attr>() };
+    a.cap.max_send_wr = 4;
+    a.cap.max_recv_wr = 4;
+    a.cap.max_send_sge = 1;
+    a.cap.max_recv_sge = 1;
+    a.sq_sig_all = 1;
+    a.qp_type = ibv_qp_type::IBV_QPT_RC;
+    a
+}
+
+/// A listening endpoint.
+pub struct RdmaListener {
+    id: *mut rdma_cm_id,
+}
+
+// SAFETY: the id is used by one thread at a time (accept takes &self but
+// rdma_get_request on a listening id is thread-safe in librdmacm).
+unsafe impl Send for RdmaListener {}
+
+impl Drop for RdmaListener {
+    fn drop(&mut self) {
+        // SAFETY: created by rdma_create_ep, destroyed once.
+        unsafe { rdma_destroy_ep(self.id) };
+    }
+}
+
+impl RdmaListener {
+    /// Listens on `addr` (an address of an RDMA-capable interface).
+    pub fn bind(addr: SocketAddr) -> Result<RdmaListener, RdmaError> {
+        require_device()?;
+        let res = addrinfo(addr, true)?;
+        let mut attr = qp_init_attr();
+        let mut id = null_mut();
+        // SAFETY: res comes from rdma_getaddrinfo and is freed after use;
+        // attr outlives the call.
+        let r = call("rdma_create_ep (listen)", unsafe {
+            rdma_create_ep(&mut id, res, null_mut(), &mut attr)
+        });
+        // SAFETY: freed once, after its last use (errno was read above).
+        unsafe { rdma_freeaddrinfo(res) };
+        r?;
+        let l = RdmaListener { id };
+        // SAFETY: id is a valid passive id.
+        call("rdma_listen", unsafe { rdma_listen(l.id, 16) })?;
+        Ok(l)
+    }
+
+    /// Waits for a connection request; accepts it, letting the peer write
+    /// `region` (its address and key go back in the private data), and
+    /// returns the connection with the peer's private data.
+    pub fn accept(&self, region: Option<&Arc<RegionMemory>>) -> Result<RdmaConn, RdmaError> {
+        let mut id = null_mut();
+        // SAFETY: self.id listens; on success `id` is a new connected id
+        // with its QP, owned by the RdmaConn built below.
+        call("rdma_get_request", unsafe {
+            rdma_get_request(self.id, &mut id)
+        })?;
+        // SAFETY: the request event is attached to the new id until the
+        // next call on it; its private data is copied out at once.
+        let peer_private = unframed_private(&unsafe { event_private_data(id) });
+        let mut conn = RdmaConn::new(id, peer_private)?;
+        let mut private = Vec::new();
+        if let Some(r) = region {
+            conn.expose(r)?;
+            let mr = conn.region_mrs.last().expect("just registered").1;
+            // SAFETY: mr is a valid registration.
+            let rkey = unsafe { (*mr).rkey };
+            private.extend_from_slice(
+                &RemoteRegion {
+                    addr: r.ptr() as u64,
+                    rkey,
+                    len: r.len() as u32,
+                }
+                .encode(),
+            );
+        }
+        conn.post_recv()?;
+        let private = framed_private(&private);
+        // SAFETY: private lives until rdma_accept returns.
+        let mut param = unsafe { std::mem::zeroed::<rdma_conn_param>() };
+        param.private_data = private.as_ptr().cast();
+        param.private_data_len = private.len() as u8;
+        param.responder_resources = 1;
+        param.initiator_depth = 1;
+        param.rnr_retry_count = 3;
+        // SAFETY: conn.id is the requested id.
+        call("rdma_accept", unsafe { rdma_accept(conn.id, &mut param) })?;
+        Ok(conn)
+    }
+}
+
+/// The private data of the event attached to `id`.
+///
+/// # Safety
+/// `id` must be valid, with an event attached (just after
+/// `rdma_get_request`, or after a synchronous `rdma_connect`).
+unsafe fn event_private_data(id: *mut rdma_cm_id) -> Vec<u8> {
+    let ev = (*id).event;
+    if ev.is_null() {
+        return Vec::new();
+    }
+    let conn = (*ev).param.conn;
+    if conn.private_data.is_null() {
+        return Vec::new();
+    }
+    std::slice::from_raw_parts(
+        conn.private_data as *const u8,
+        conn.private_data_len as usize,
+    )
+    .to_vec()
+}
+
+/// One reliable connection (see the module docs).
+pub struct RdmaConn {
+    id: *mut rdma_cm_id,
+    send_buf: Box<[u8]>,
+    recv_buf: Box<[u8]>,
+    send_mr: *mut ibv_mr,
+    recv_mr: *mut ibv_mr,
+    /// Regions this peer may write, with their registrations.
+    region_mrs: Vec<(Arc<RegionMemory>, *mut ibv_mr)>,
+    peer_private: Vec<u8>,
+}
+
+// SAFETY: a connection is used by one thread at a time (&mut self for
+// every operation); the raw pointers are owned by it.
+unsafe impl Send for RdmaConn {}
+
+impl Drop for RdmaConn {
+    fn drop(&mut self) {
+        // SAFETY: each registration is released once, before the id (and
+        // its PD use) goes; the memory itself outlives its registration
+        // (RegionMemory by the Arc held here, buffers by self).
+        unsafe {
+            rdma_disconnect(self.id);
+            for (_, mr) in self.region_mrs.drain(..) {
+                rdma_dereg_mr(mr);
+            }
+            if !self.send_mr.is_null() {
+                rdma_dereg_mr(self.send_mr);
+            }
+            if !self.recv_mr.is_null() {
+                rdma_dereg_mr(self.recv_mr);
+            }
+            rdma_destroy_ep(self.id);
+        }
+    }
+}
+
+impl RdmaConn {
+    fn new(id: *mut rdma_cm_id, peer_private: Vec<u8>) -> Result<RdmaConn, RdmaError> {
+        let mut c = RdmaConn {
+            id,
+            send_buf: vec![0u8; MESSAGE_BYTES_MAX].into_boxed_slice(),
+            recv_buf: vec![0u8; MESSAGE_BYTES_MAX].into_boxed_slice(),
+            send_mr: null_mut(),
+            recv_mr: null_mut(),
+            region_mrs: Vec::new(),
+            peer_private,
+        };
+        // SAFETY: the buffers are boxed (fixed addresses) and outlive their
+        // registrations (deregistered in Drop before the boxes are freed).
+        unsafe {
+            c.send_mr = rdma_reg_msgs(c.id, c.send_buf.as_mut_ptr().cast(), MESSAGE_BYTES_MAX);
+            c.recv_mr = rdma_reg_msgs(c.id, c.recv_buf.as_mut_ptr().cast(), MESSAGE_BYTES_MAX);
+        }
+        if c.send_mr.is_null() || c.recv_mr.is_null() {
+            return Err(RdmaError::Call {
+                call: "rdma_reg_msgs",
+                err: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(c)
+    }
+
+    /// Connects to `addr`, sending `private` (at most
+    /// [`PRIVATE_DATA_BYTES_MAX`] bytes); the peer's private data (its
+    /// region, if any) is then in [`RdmaConn::peer_private`].
+    pub fn connect(addr: SocketAddr, private: &[u8]) -> Result<RdmaConn, RdmaError> {
+        require_device()?;
+        if private.len() > PRIVATE_DATA_BYTES_MAX {
+            return Err(RdmaError::TooLarge {
+                what: "private data",
+                len: private.len(),
+                max: PRIVATE_DATA_BYTES_MAX,
+            });
+        }
+        let res = addrinfo(addr, false)?;
+        let mut attr = qp_init_attr();
+        let mut id = null_mut();
+        // SAFETY: as in RdmaListener::bind.
+        let r = call("rdma_create_ep (connect)", unsafe {
+            rdma_create_ep(&mut id, res, null_mut(), &mut attr)
+        });
+        // SAFETY: freed once, after its last use (errno was read above).
+        unsafe { rdma_freeaddrinfo(res) };
+        r?;
+        // A short transport timeout (4.096 µs × 2^14 ≈ 67 ms per try,
+        // rdma_cma.h's RDMA_OPTION_ID / RDMA_OPTION_ID_ACK_TIMEOUT): a
+        // revoked writer learns it within a few tries, not seconds.
+        let mut ack_timeout: u8 = 14;
+        // SAFETY: id is a valid active id not yet connected; the option
+        // value is a u8, as the header specifies.
+        call("rdma_set_option (ack timeout)", unsafe {
+            rdma_set_option(id, 0, 3, (&mut ack_timeout as *mut u8).cast(), 1)
+        })?;
+        let mut conn = RdmaConn::new(id, Vec::new())?;
+        conn.post_recv()?;
+        let private = framed_private(private);
+        // SAFETY: private outlives the call.
+        let mut param = unsafe { std::mem::zeroed::<rdma_conn_param>() };
+        param.private_data = private.as_ptr().cast();
+        param.private_data_len = private.len() as u8;
+        param.responder_resources = 1;
+        param.initiator_depth = 1;
+        // Bounded retries (7 would mean "forever" for RNR): a write to a
+        // peer that revoked us must fail, not hang.
+        param.retry_count = 3;
+        param.rnr_retry_count = 3;
+        // SAFETY: conn.id is a valid active id with its QP.
+        call("rdma_connect", unsafe { rdma_connect(conn.id, &mut param) })?;
+        // SAFETY: a synchronous rdma_connect leaves the ESTABLISHED event
+        // (with the accept's private data) attached to the id.
+        conn.peer_private = unframed_private(&unsafe { event_private_data(conn.id) });
+        Ok(conn)
+    }
+
+    /// The private data the peer sent when connecting or accepting.
+    pub fn peer_private(&self) -> &[u8] {
+        &self.peer_private
+    }
+
+    fn expose(&mut self, region: &Arc<RegionMemory>) -> Result<(), RdmaError> {
+        // SAFETY: the region memory is kept alive by the Arc stored next to
+        // its registration until the registration is released.
+        let mr = unsafe { rdma_reg_write(self.id, region.ptr().cast(), region.len()) };
+        if mr.is_null() {
+            return Err(RdmaError::Call {
+                call: "rdma_reg_write",
+                err: std::io::Error::last_os_error(),
+            });
+        }
+        self.region_mrs.push((region.clone(), mr));
+        Ok(())
+    }
+
+    fn post_recv(&mut self) -> Result<(), RdmaError> {
+        // SAFETY: recv_buf is registered by recv_mr and not touched until
+        // the completion is reaped in recv().
+        call("rdma_post_recv", unsafe {
+            rdma_post_recv(
+                self.id,
+                null_mut(),
+                self.recv_buf.as_mut_ptr().cast(),
+                MESSAGE_BYTES_MAX,
+                self.recv_mr,
+            )
+        })
+    }
+
+    fn wait_send(&mut self, what: &'static str) -> Result<(), RdmaError> {
+        // SAFETY: a zeroed POD filled in by the call.
+        let mut wc = unsafe { std::mem::zeroed::<ibv_wc>() };
+        // SAFETY: id is valid; polls, then blocks on the completion channel.
+        let n = unsafe { rdma_get_send_comp(self.id, &mut wc) };
+        if n < 0 {
+            return Err(RdmaError::Call {
+                call: "rdma_get_send_comp",
+                err: std::io::Error::last_os_error(),
+            });
+        }
+        check(&wc, what)
+    }
+
+    /// Sends a message (two-sided) and waits for its completion.
+    pub fn send(&mut self, bytes: &[u8]) -> Result<(), RdmaError> {
+        if bytes.len() > MESSAGE_BYTES_MAX {
+            return Err(RdmaError::TooLarge {
+                what: "message",
+                len: bytes.len(),
+                max: MESSAGE_BYTES_MAX,
+            });
+        }
+        self.send_buf[..bytes.len()].copy_from_slice(bytes);
+        // SAFETY: send_buf is registered and not reused before the
+        // completion is reaped below.
+        call("rdma_post_send", unsafe {
+            rdma_post_send(
+                self.id,
+                null_mut(),
+                self.send_buf.as_mut_ptr().cast(),
+                bytes.len(),
+                self.send_mr,
+                0,
+            )
+        })?;
+        self.wait_send("send")
+    }
+
+    /// Waits for the next message.
+    pub fn recv(&mut self) -> Result<Vec<u8>, RdmaError> {
+        // SAFETY: a zeroed POD filled in by the call.
+        let mut wc = unsafe { std::mem::zeroed::<ibv_wc>() };
+        // SAFETY: id is valid; polls, then blocks on the completion channel.
+        let n = unsafe { rdma_get_recv_comp(self.id, &mut wc) };
+        if n < 0 {
+            return Err(RdmaError::Call {
+                call: "rdma_get_recv_comp",
+                err: std::io::Error::last_os_error(),
+            });
+        }
+        check(&wc, "recv")?;
+        let len = (wc.byte_len as usize).min(MESSAGE_BYTES_MAX);
+        let msg = self.recv_buf[..len].to_vec();
+        self.post_recv()?;
+        Ok(msg)
+    }
+
+    /// Writes `bytes` at `offset` of the peer's region (one-sided) and
+    /// waits for the completion: `Ok` means the bytes are in the peer's
+    /// memory; an error (e.g. the peer revoked this connection) means they
+    /// never landed.
+    pub fn write(
+        &mut self,
+        region: RemoteRegion,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), RdmaError> {
+        if bytes.len() > MESSAGE_BYTES_MAX {
+            return Err(RdmaError::TooLarge {
+                what: "write",
+                len: bytes.len(),
+                max: MESSAGE_BYTES_MAX,
+            });
+        }
+        if offset + bytes.len() as u64 > region.len as u64 {
+            return Err(RdmaError::TooLarge {
+                what: "write past the region's end",
+                len: (offset as usize) + bytes.len(),
+                max: region.len as usize,
+            });
+        }
+        self.send_buf[..bytes.len()].copy_from_slice(bytes);
+        // SAFETY: send_buf is registered and not reused before the
+        // completion is reaped below; the remote address and key come from
+        // the peer, which checks them in hardware.
+        call("rdma_post_write", unsafe {
+            rdma_post_write(
+                self.id,
+                null_mut(),
+                self.send_buf.as_mut_ptr().cast(),
+                bytes.len(),
+                self.send_mr,
+                0,
+                region.addr + offset,
+                region.rkey,
+            )
+        })?;
+        self.wait_send("write")
+    }
+
+    /// Revokes the peer's access (see the module docs): the queue pair
+    /// goes to the error state; its later writes fail at the peer.
+    pub fn revoke(&mut self) -> Result<(), RdmaError> {
+        // SAFETY: a zeroed POD with the state set; id->qp is valid.
+        unsafe {
+            let mut attr = std::mem::zeroed::<ibv_qp_attr>();
+            attr.qp_state = ibv_qp_state::IBV_QPS_ERR;
+            call(
+                "ibv_modify_qp (to error)",
+                ibv_modify_qp(
+                    (*self.id).qp,
+                    &mut attr,
+                    ibv_qp_attr_mask::IBV_QP_STATE.0 as i32,
+                ),
+            )
+        }
+    }
+}
+
+fn check(wc: &ibv_wc, what: &'static str) -> Result<(), RdmaError> {
+    if wc.status == ibv_wc_status::IBV_WC_SUCCESS {
+        return Ok(());
+    }
+    // SAFETY: ibv_wc_status_str returns a static string for any status.
+    let name = unsafe { CStr::from_ptr(ibv_wc_status_str(wc.status)) }
+        .to_string_lossy()
+        .into_owned();
+    Err(RdmaError::Completion {
+        what,
+        status: wc.status,
+        name,
+    })
+}

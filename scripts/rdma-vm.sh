@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Runs ramcoord's RDMA tests on soft-RoCE inside a throw-away QEMU VM.
+#
+# The host needs no RDMA: the guest boots Debian's kernel package into a
+# small busybox initramfs holding the rxe modules, the verbs libraries and
+# the project's RDMA test binary (built here with --features rdma). Inside,
+# two rxe devices sit on a veth pair (10.0.0.1 and 10.0.0.2, traffic forced
+# across the wire), and the tests run against them.
+#
+#   scripts/rdma-vm.sh            install what is missing, build, boot, test
+#   TIMEOUT=300 scripts/rdma-vm.sh
+#   FILTER=revoked scripts/rdma-vm.sh     only the tests whose name contains it
+#
+# Exit status: the tests' (0 = all passed); 124 = the VM timed out; 125 = no
+# result line in the console log; 2 = the host lacks something it could not
+# install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TIMEOUT=${TIMEOUT:-300}
+WORK=$(mktemp -d /tmp/ramcoord-rdma-vm.XXXX)
+trap 'rm -rf "$WORK"' EXIT
+die() { echo "rdma-vm.sh: $*" >&2; exit 2; }
+
+# --- host packages ----------------------------------------------------------
+need_pkgs=()
+for p in libibverbs-dev librdmacm-dev clang libclang-dev pkg-config qemu-system-x86 \
+    linux-image-amd64 rdma-core ibverbs-providers busybox-static cpio kmod; do
+    dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    echo "rdma-vm.sh: installing ${need_pkgs[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || die "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" || die "cannot install ${need_pkgs[*]}"
+fi
+KV=${KV:-$(ls /lib/modules | sort -V | tail -n1)}
+KERNEL=/boot/vmlinuz-$KV
+[ -r "$KERNEL" ] || die "no $KERNEL"
+
+# --- the test binary ----------------------------------------------------------
+echo "rdma-vm.sh: building the RDMA tests (--features rdma)" >&2
+TEST_BIN=$(cargo test --release -p ramcoord-net --features rdma --test rdma --no-run \
+    --message-format=json 2>/dev/null |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
+[ -x "$TEST_BIN" ] || die "could not build the RDMA test binary"
+
+# --- initramfs ----------------------------------------------------------------
+R=$WORK/root
+mkdir -p "$R"/usr/{bin,lib/x86_64-linux-gnu/libibverbs,lib64} "$R"/{etc/libibverbs.d,proc,sys,dev,tmp}
+ln -s usr/bin "$R/bin"; ln -s usr/bin "$R/sbin"; ln -s usr/lib "$R/lib"; ln -s usr/lib64 "$R/lib64"
+cp -L "$(command -v busybox)" "$R/usr/bin/busybox"
+cp -L /usr/sbin/ip "$R/usr/bin/ip.full" 2>/dev/null || cp -L /sbin/ip "$R/usr/bin/ip.full"
+cp -L "$(command -v rdma)" "$R/usr/bin/rdma"
+cp -L "$TEST_BIN" "$R/usr/bin/rdma-tests"
+objs="$TEST_BIN $(command -v rdma) /usr/sbin/ip"
+for prov in /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so; do
+    cp -L "$prov" "$R/usr/lib/x86_64-linux-gnu/libibverbs/"
+    objs="$objs $prov"
+done
+cp /etc/libibverbs.d/rxe.driver "$R/etc/libibverbs.d/"
+# Shared libraries of everything above.
+{ ldd $objs 2>/dev/null || true; } | awk '/=> \//{print $3} /^\t\/lib64/{print $1}' | sort -u |
+    while read -r l; do
+        case "$l" in
+        */ld-linux-x86-64.so.2) cp -L "$l" "$R/usr/lib64/" ;;
+        *) cp -L "$l" "$R/usr/lib/x86_64-linux-gnu/" ;;
+        esac
+    done
+[ -e "$R/usr/lib64/ld-linux-x86-64.so.2" ] || cp -L /lib64/ld-linux-x86-64.so.2 "$R/usr/lib64/"
+for b in $(busybox --list); do [ -e "$R/usr/bin/$b" ] || ln -s busybox "$R/usr/bin/$b"; done
+# Kernel modules with their dependencies, in load order. crc32_generic: rxe
+# needs the "crc32" crypto driver for its ICRC; rdma_ucm is rdma_cm for
+# user space (/dev/infiniband/rdma_cm).
+declare -A SEEN
+moddeps() {
+    local m=${1//-/_} d f
+    [ -n "${SEEN[$m]:-}" ] && return 0
+    SEEN[$m]=1
+    for d in $(modinfo -k "$KV" -F depends "$m" | tr ',' ' '); do moddeps "$d"; done
+    f=$(modinfo -k "$KV" -F filename "$m")
+    case "$f" in /*) echo "$f" ;; esac
+}
+mkdir -p "$R/modules"
+for m in crc32_generic rdma_rxe rdma_ucm veth; do moddeps "$m"; done | while read -r f; do
+    case "$f" in
+    *.ko.xz) xz -dc "$f" >"$R/modules/$(basename "$f" .xz)" ;;
+    *) cp "$f" "$R/modules/" ;;
+    esac
+    basename "${f%.xz}" >>"$R/modules/order"
+done
+cat >"$R/init" <<'GUEST'
+#!/bin/sh
+export PATH=/usr/bin
+IP=/usr/bin/ip.full
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
+finish() { echo "RDMA_VM_RESULT rc=$1"; sync; poweroff -f; sleep 5; echo o > /proc/sysrq-trigger; }
+for m in $(cat /modules/order); do insmod /modules/$m || { echo "insmod $m failed"; finish 3; }; done
+$IP link set lo up
+$IP link add va type veth peer name vb || finish 4
+$IP link set va up; $IP link set vb up
+$IP addr add 10.0.0.1/32 dev va
+$IP addr add 10.0.0.2/32 dev vb
+for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo 0 > $f; done
+rdma link add rxe0 type rxe netdev va || finish 5
+rdma link add rxe1 type rxe netdev vb || finish 5
+# Make 10.0.0.1 <-> 10.0.0.2 cross the veth pair instead of lo (rxe drops
+# looped-back traffic): routes through the other end, both addresses out of
+# the local table into table 100, consulted only for packets from va/vb.
+$IP route add 10.0.0.2/32 dev va src 10.0.0.1
+$IP route add 10.0.0.1/32 dev vb src 10.0.0.2
+$IP route del local 10.0.0.1 table local
+$IP route del local 10.0.0.2 table local
+$IP route add local 10.0.0.1 dev va table 100
+$IP route add local 10.0.0.2 dev vb table 100
+$IP rule add pref 100 iif va lookup 100
+$IP rule add pref 101 iif vb lookup 100
+sleep 1
+rdma link show
+echo "=== ramcoord RDMA tests"
+# Registered memory is locked memory.
+ulimit -l unlimited
+FILTER=$(sed -n 's/.*rdmatests=\([^ ]*\).*/\1/p' /proc/cmdline)
+# A hung test (a peer that died mid-exchange) fails here, not at the VM's timeout.
+RAMCOORD_RDMA_SERVER=10.0.0.1 RUST_BACKTRACE=1 timeout 120 /usr/bin/rdma-tests --test-threads 1 --nocapture $FILTER
+rc=$?
+for d in rxe0 rxe1; do echo "$d: sent_pkts=$(cat /sys/class/infiniband/$d/ports/1/hw_counters/sent_pkts) rcvd_pkts=$(cat /sys/class/infiniband/$d/ports/1/hw_counters/rcvd_pkts)"; done
+finish $rc
+GUEST
+chmod +x "$R/init"
+(cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) >"$WORK/initrd.img"
+echo "rdma-vm.sh: initramfs $(du -h "$WORK/initrd.img" | cut -f1), kernel $KV" >&2
+
+# --- boot -----------------------------------------------------------------------
+# TCG: the host's /dev/kvm (nested, kvm_pvm) does not boot a stock kernel.
+LOG=$WORK/console.log
+set +e
+timeout --foreground -k 5 "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 1024 -smp 2 \
+    -kernel "$KERNEL" -initrd "$WORK/initrd.img" -nic none -no-reboot \
+    -display none -monitor none -serial stdio \
+    -append "console=ttyS0 panic=-1 loglevel=3 rdmatests=${FILTER:-}" </dev/null | tee "$LOG"
+QRC=${PIPESTATUS[0]}
+set -e
+RC=$(sed -n 's/.*RDMA_VM_RESULT rc=\([0-9]*\).*/\1/p' "$LOG" | tail -n1)
+if [ "$QRC" = 124 ]; then RC=124; elif [ -z "$RC" ]; then RC=125; fi
+echo "rdma-vm.sh: result rc=$RC" >&2
+exit "$RC"
