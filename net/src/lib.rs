@@ -31,6 +31,8 @@ pub mod frame;
 pub mod mem;
 #[cfg(feature = "rdma")]
 pub mod rdma;
+#[cfg(feature = "rdma")]
+pub mod rdma_transport;
 pub mod tcp;
 
 use std::sync::Arc;

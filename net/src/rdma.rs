@@ -38,8 +38,13 @@ use std::sync::Arc;
 
 use rdma_sys::*;
 
-/// Largest message: the size of a connection's send and receive buffers.
+/// Largest message: the size of a connection's send buffer and of each
+/// receive slot.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 10;
+/// Receives kept posted per connection: a SEND that finds none posted is
+/// refused (receiver not ready) and retried after a timer, which costs far
+/// more than the memory.
+pub const RECV_SLOTS: usize = 16;
 /// Largest private data a caller may send on connect: `rdma_cm` carries
 /// 56 bytes on a connect request (RDMA_PS_TCP), padded with zeros, so one
 /// goes to a length prefix.
@@ -254,7 +259,7 @@ fn qp_init_attr() -> ibv_qp_init_attr {
     // SAFETY: a zeroed POD struct, then filled in.
     let mut a = unsafe { std::mem::zeroed::<ibv_qp_init_attr>() };
     a.cap.max_send_wr = 4;
-    a.cap.max_recv_wr = 4;
+    a.cap.max_recv_wr = RECV_SLOTS as u32;
     a.cap.max_send_sge = 1;
     a.cap.max_recv_sge = 1;
     a.sq_sig_all = 1;
@@ -328,7 +333,7 @@ impl RdmaListener {
                 .encode(),
             );
         }
-        conn.post_recv()?;
+        conn.post_all_recvs()?;
         let private = framed_private(&private);
         // SAFETY: private lives until rdma_accept returns.
         let mut param = unsafe { std::mem::zeroed::<rdma_conn_param>() };
@@ -406,7 +411,7 @@ impl RdmaConn {
         let mut c = RdmaConn {
             id,
             send_buf: vec![0u8; MESSAGE_BYTES_MAX].into_boxed_slice(),
-            recv_buf: vec![0u8; MESSAGE_BYTES_MAX].into_boxed_slice(),
+            recv_buf: vec![0u8; MESSAGE_BYTES_MAX * RECV_SLOTS].into_boxed_slice(),
             send_mr: null_mut(),
             recv_mr: null_mut(),
             region_mrs: Vec::new(),
@@ -416,7 +421,11 @@ impl RdmaConn {
         // registrations (deregistered in Drop before the boxes are freed).
         unsafe {
             c.send_mr = rdma_reg_msgs(c.id, c.send_buf.as_mut_ptr().cast(), MESSAGE_BYTES_MAX);
-            c.recv_mr = rdma_reg_msgs(c.id, c.recv_buf.as_mut_ptr().cast(), MESSAGE_BYTES_MAX);
+            c.recv_mr = rdma_reg_msgs(
+                c.id,
+                c.recv_buf.as_mut_ptr().cast(),
+                MESSAGE_BYTES_MAX * RECV_SLOTS,
+            );
         }
         if c.send_mr.is_null() || c.recv_mr.is_null() {
             return Err(RdmaError::Call {
@@ -459,7 +468,7 @@ impl RdmaConn {
             rdma_set_option(id, 0, 3, (&mut ack_timeout as *mut u8).cast(), 1)
         })?;
         let mut conn = RdmaConn::new(id, Vec::new())?;
-        conn.post_recv()?;
+        conn.post_all_recvs()?;
         let private = framed_private(private);
         // SAFETY: private outlives the call.
         let mut param = unsafe { std::mem::zeroed::<rdma_conn_param>() };
@@ -498,14 +507,22 @@ impl RdmaConn {
         Ok(())
     }
 
-    fn post_recv(&mut self) -> Result<(), RdmaError> {
-        // SAFETY: recv_buf is registered by recv_mr and not touched until
-        // the completion is reaped in recv().
+    fn post_all_recvs(&mut self) -> Result<(), RdmaError> {
+        (0..RECV_SLOTS).try_for_each(|slot| self.post_recv(slot))
+    }
+
+    fn post_recv(&mut self, slot: usize) -> Result<(), RdmaError> {
+        // SAFETY: the slot lies in recv_buf, registered by recv_mr, and is
+        // not touched until its completion (wr_id = slot) is reaped in
+        // recv().
         call("rdma_post_recv", unsafe {
             rdma_post_recv(
                 self.id,
-                null_mut(),
-                self.recv_buf.as_mut_ptr().cast(),
+                slot as *mut std::ffi::c_void,
+                self.recv_buf
+                    .as_mut_ptr()
+                    .add(slot * MESSAGE_BYTES_MAX)
+                    .cast(),
                 MESSAGE_BYTES_MAX,
                 self.recv_mr,
             )
@@ -565,8 +582,17 @@ impl RdmaConn {
         }
         check(&wc, "recv")?;
         let len = (wc.byte_len as usize).min(MESSAGE_BYTES_MAX);
-        let msg = self.recv_buf[..len].to_vec();
-        self.post_recv()?;
+        let slot = wc.wr_id as usize;
+        if slot >= RECV_SLOTS {
+            return Err(RdmaError::TooLarge {
+                what: "receive slot",
+                len: slot,
+                max: RECV_SLOTS - 1,
+            });
+        }
+        let at = slot * MESSAGE_BYTES_MAX;
+        let msg = self.recv_buf[at..at + len].to_vec();
+        self.post_recv(slot)?;
         Ok(msg)
     }
 
@@ -616,17 +642,56 @@ impl RdmaConn {
     /// Revokes the peer's access (see the module docs): the queue pair
     /// goes to the error state; its later writes fail at the peer.
     pub fn revoke(&mut self) -> Result<(), RdmaError> {
-        // SAFETY: a zeroed POD with the state set; id->qp is valid.
+        self.revoker().revoke()
+    }
+
+    /// A handle that can revoke this connection from another thread
+    /// (while this one blocks in `recv`). Valid while the connection lives.
+    pub fn revoker(&self) -> Revoker {
+        // SAFETY: id is valid for the connection's life.
+        Revoker(unsafe { (*self.id).qp })
+    }
+
+    /// Exposes `region` to the peer (registered for remote writes) and
+    /// returns where it may write.
+    pub fn expose_region(&mut self, region: &Arc<RegionMemory>) -> Result<RemoteRegion, RdmaError> {
+        self.expose(region)?;
+        let mr = self.region_mrs.last().expect("just registered").1;
+        Ok(RemoteRegion {
+            addr: region.ptr() as u64,
+            // SAFETY: mr is a valid registration.
+            rkey: unsafe { (*mr).rkey },
+            len: region.len() as u32,
+        })
+    }
+}
+
+/// Moves a connection's queue pair to the error state (see
+/// [`RdmaConn::revoker`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Revoker(*mut ibv_qp);
+
+// SAFETY: ibv_modify_qp may be called from any thread; the QP outlives the
+// handle by the contract of RdmaConn::revoker.
+unsafe impl Send for Revoker {}
+// SAFETY: as above.
+unsafe impl Sync for Revoker {}
+
+impl Revoker {
+    /// Whether both name the same queue pair.
+    pub fn same(&self, other: &Revoker) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+
+    /// Revokes: the peer's later (and queued) writes fail.
+    pub fn revoke(&self) -> Result<(), RdmaError> {
+        // SAFETY: a zeroed POD with the state set; the QP is valid.
         unsafe {
             let mut attr = std::mem::zeroed::<ibv_qp_attr>();
             attr.qp_state = ibv_qp_state::IBV_QPS_ERR;
             call(
                 "ibv_modify_qp (to error)",
-                ibv_modify_qp(
-                    (*self.id).qp,
-                    &mut attr,
-                    ibv_qp_attr_mask::IBV_QP_STATE.0 as i32,
-                ),
+                ibv_modify_qp(self.0, &mut attr, ibv_qp_attr_mask::IBV_QP_STATE.0 as i32),
             )
         }
     }

@@ -171,3 +171,91 @@ fn a_revoked_writer_cannot_write_the_region() {
         &final_bytes[..16]
     );
 }
+
+mod transport_suite {
+    use super::*;
+    use bytes::Bytes;
+    use ramcoord_net::rdma_transport::{RdmaConfig, RdmaTransport};
+    use ramcoord_net::{Event, Transport, WriteStatus};
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    fn message(t: &RdmaTransport) -> (u64, Bytes) {
+        match t.events().recv_timeout(WAIT).expect("a message in time") {
+            Event::Message { from, payload } => (from, payload),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    fn write_done(t: &RdmaTransport, id: u64) -> WriteStatus {
+        let end = Instant::now() + WAIT;
+        while Instant::now() < end {
+            if let Ok(Event::WriteDone {
+                id: got, status, ..
+            }) = t.events().recv_timeout(WAIT)
+            {
+                if got == id {
+                    return status;
+                }
+            }
+        }
+        panic!("write {id} never completed");
+    }
+
+    /// The transport suite of `tests/transport.rs`, as RDMA does it: the
+    /// same messages and writes; regions are memory declared at start; the
+    /// fence is revocation rather than a callback.
+    #[test]
+    fn the_rdma_transport_passes_the_suite() {
+        let server = server_addr();
+        let (pa, pb) = (server.port(), NEXT_PORT.fetch_add(1, Ordering::Relaxed));
+        let at = |port: u16| SocketAddr::new(server.ip(), port);
+        let any = |port: u16| -> SocketAddr { format!("0.0.0.0:{port}").parse().unwrap() };
+        let mut ca = RdmaConfig::new(1, 9, any(pa));
+        ca.peers.insert(2, at(pb));
+        let mut cb = RdmaConfig::new(2, 9, any(pb));
+        cb.peers.insert(1, at(pa));
+        cb.regions.push((7, 64));
+        let a = RdmaTransport::start(ca).expect("a starts");
+        let b = RdmaTransport::start(cb).expect("b starts");
+        step("transports started");
+        // Messages arrive, in order, both ways.
+        for i in 0..200u32 {
+            a.send(2, Bytes::from(i.to_le_bytes().to_vec()));
+        }
+        for i in 0..200u32 {
+            let (from, p) = message(&b);
+            assert_eq!(from, 1);
+            assert_eq!(&p[..], &i.to_le_bytes());
+        }
+        b.send(1, Bytes::from_static(b"pong"));
+        assert_eq!(message(&a), (2, Bytes::from_static(b"pong")));
+        step("messages ok");
+        // One-sided writes land, in order.
+        let region = b.region(7).expect("declared");
+        let id = a.write(2, 7, 8, Bytes::from_static(b"config"));
+        assert_eq!(write_done(&a, id), WriteStatus::Landed);
+        assert_eq!(&region.snapshot()[8..14], b"config");
+        let mut last = 0;
+        for i in 0..50u8 {
+            last = a.write(2, 7, 0, Bytes::from(vec![i; 4]));
+        }
+        assert_eq!(write_done(&a, last), WriteStatus::Landed);
+        assert_eq!(&region.snapshot()[..4], &[49; 4]);
+        // Out of bounds and unknown regions are refused before posting.
+        let id = a.write(2, 7, 62, Bytes::from_static(b"toolong"));
+        assert_eq!(write_done(&a, id), WriteStatus::OutOfBounds);
+        let id = a.write(2, 99, 0, Bytes::from_static(b"x"));
+        assert_eq!(write_done(&a, id), WriteStatus::NoSuchRegion);
+        step("writes ok");
+        // The fence: b revokes a; a's next write is refused and never lands.
+        assert_eq!(b.revoke(1).expect("revoke"), 1);
+        let id = a.write(2, 7, 0, Bytes::from_static(b"late"));
+        match write_done(&a, id) {
+            WriteStatus::Refused(why) => assert!(why.contains("revoked"), "{why}"),
+            other => panic!("a revoked writer's write completed as {other:?}"),
+        }
+        assert_eq!(&region.snapshot()[..4], &[49; 4]);
+        step("revoked writer refused");
+    }
+}
