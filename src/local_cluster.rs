@@ -158,30 +158,7 @@ impl LocalCluster {
             masters: Vec::new(),
         };
         for (i, addr) in addrs.iter().enumerate() {
-            let id = i + 1;
-            let mut args = vec![
-                "coordinator".to_string(),
-                "--id".into(),
-                id.to_string(),
-                "--listen".into(),
-                addr.to_string(),
-                "--peers".into(),
-                peers.clone(),
-                "--data-dir".into(),
-                c.cfg.dir.join(format!("c{id}")).display().to_string(),
-            ];
-            args.extend(c.cfg.coordinator_args.iter().cloned());
-            let mut p = Proc {
-                name: format!("coordinator-{id}"),
-                addr: *addr,
-                log: c.cfg.dir.join(format!("coordinator-{id}.log")),
-                args,
-                child: None,
-                starts: 0,
-                retired: false,
-            };
-            spawn(&c.cfg.binary, &c.cfg.log_filter, &mut p)?;
-            c.coordinators.push(p);
+            c.spawn_coordinator(i as u64 + 1, *addr, &peers, &[])?;
         }
         for _ in 0..c.cfg.masters {
             c.start_master()?;
@@ -278,6 +255,19 @@ impl LocalCluster {
             .map(|(i, p)| format!("{}={}", i + 1, p.addr))
             .collect();
         peers.push(format!("{id}={addr}"));
+        self.spawn_coordinator(id, addr, &peers.join(","), &["--join"])?;
+        Ok(id)
+    }
+
+    /// Starts coordinator replica `id` at `addr` (its index in
+    /// [`Self::coordinators`] is `id - 1`).
+    fn spawn_coordinator(
+        &mut self,
+        id: u64,
+        addr: SocketAddr,
+        peers: &str,
+        extra: &[&str],
+    ) -> Result<(), String> {
         let mut args = vec![
             "coordinator".to_string(),
             "--id".into(),
@@ -285,11 +275,11 @@ impl LocalCluster {
             "--listen".into(),
             addr.to_string(),
             "--peers".into(),
-            peers.join(","),
+            peers.to_string(),
             "--data-dir".into(),
             self.cfg.dir.join(format!("c{id}")).display().to_string(),
-            "--join".into(),
         ];
+        args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(self.cfg.coordinator_args.iter().cloned());
         let mut p = Proc {
             name: format!("coordinator-{id}"),
@@ -302,7 +292,7 @@ impl LocalCluster {
         };
         spawn(&self.cfg.binary, &self.cfg.log_filter, &mut p)?;
         self.coordinators.push(p);
-        Ok(id)
+        Ok(())
     }
 
     /// SIGKILLs the master at `index`.

@@ -18,8 +18,8 @@
 //!   end of its roll-forward.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ramcoord::client::CoordinatorClient;
@@ -140,56 +140,23 @@ fn noop(cl: &mut CoordinatorClient) -> Result<Duration, String> {
     }
 }
 
-/// Runs `clients` closed-loop clients for `seconds`; `f` does one
-/// operation for client `i` (its `k`th) and records into the recorder.
+/// Runs `clients` closed-loop clients of the cluster for `seconds` (see
+/// [`crate::dist::closed_loop`]); each connects and finds the leader first.
 fn closed_loop<F>(c: &LocalCluster, clients: usize, seconds: f64, f: F) -> (f64, Recorder)
 where
     F: Fn(&mut CoordinatorClient, usize, u64, &mut Recorder) -> bool + Send + Sync + 'static,
 {
-    let f = Arc::new(f);
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let total = Arc::new(Mutex::new(Recorder::default()));
-    let barrier = Arc::new(Barrier::new(clients + 1));
-    let mut threads = Vec::new();
-    for i in 0..clients {
-        let mut cl = client(c);
-        let (f, stop, done, total, barrier) = (
-            f.clone(),
-            stop.clone(),
-            done.clone(),
-            total.clone(),
-            barrier.clone(),
+    let addrs: Vec<_> = c.coordinators.iter().map(|p| p.addr).collect();
+    let make = move |_| {
+        let mut cl = CoordinatorClient::new(addrs.clone(), 1);
+        cl.attempt_timeout = Duration::from_secs(2);
+        let _ = cl.ask_leader(
+            &ClientRequest::Status,
+            Instant::now() + Duration::from_secs(5),
         );
-        threads.push(std::thread::spawn(move || {
-            let mut rec = Recorder::default();
-            // Connect and find the leader before the clock starts.
-            let _ = cl.ask_leader(
-                &ClientRequest::Status,
-                Instant::now() + Duration::from_secs(5),
-            );
-            barrier.wait();
-            let mut k = 0;
-            while !stop.load(Ordering::Relaxed) {
-                if f(&mut cl, i, k, &mut rec) {
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                k += 1;
-            }
-            total.lock().unwrap().merge(&rec);
-        }));
-    }
-    barrier.wait();
-    let start = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(seconds));
-    let n = done.load(Ordering::Relaxed);
-    let elapsed = start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
-    }
-    let rec = std::mem::take(&mut *total.lock().unwrap());
-    (n as f64 / elapsed, rec)
+        cl
+    };
+    crate::dist::closed_loop(clients, seconds, make, f)
 }
 
 /// The `commit` scenario for one durability mode.

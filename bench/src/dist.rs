@@ -2,6 +2,10 @@
 //! nanoseconds into an hdrhistogram, summarised in microseconds (p50, p99,
 //! p99.9, max) and, for plots, as CDF points.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -84,4 +88,57 @@ impl Dist {
             self.p50_us, self.p99_us, self.p999_us, self.max_us
         )
     }
+}
+
+/// Runs `clients` closed-loop clients for `seconds` and returns the
+/// operations per second and their latencies. Client `i` is made by
+/// `make(i)` on its own thread, which then warms it up (connects) before
+/// the clock starts; `op(client, i, k, recorder)` does its `k`th operation
+/// and says whether it succeeded (it records its own latency).
+pub fn closed_loop<C, M, F>(clients: usize, seconds: f64, make: M, op: F) -> (f64, Recorder)
+where
+    M: Fn(usize) -> C + Send + Sync + 'static,
+    F: Fn(&mut C, usize, u64, &mut Recorder) -> bool + Send + Sync + 'static,
+{
+    let (make, op) = (Arc::new(make), Arc::new(op));
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(Mutex::new(Recorder::default()));
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let threads: Vec<_> = (0..clients)
+        .map(|i| {
+            let (make, op, stop, done, total, barrier) = (
+                make.clone(),
+                op.clone(),
+                stop.clone(),
+                done.clone(),
+                total.clone(),
+                barrier.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut c = make(i);
+                let mut rec = Recorder::default();
+                barrier.wait();
+                let mut k = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if op(&mut c, i, k, &mut rec) {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    k += 1;
+                }
+                total.lock().unwrap().merge(&rec);
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let n = done.load(Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let rec = std::mem::take(&mut *total.lock().unwrap());
+    (n as f64 / elapsed, rec)
 }

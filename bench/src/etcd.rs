@@ -13,8 +13,6 @@
 //! the client + gateway overhead included in every put.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -181,45 +179,28 @@ pub fn run(
     let mut throughput = Vec::new();
     for &n in client_counts {
         progress(&format!("etcd: {n} clients for {seconds:.1} s"));
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicU64::new(0));
-        let total = Arc::new(Mutex::new(Recorder::default()));
-        let barrier = Arc::new(Barrier::new(n + 1));
-        let mut threads = Vec::new();
-        for c in 0..n {
-            let (stop, done, total, barrier) =
-                (stop.clone(), done.clone(), total.clone(), barrier.clone());
-            let (url, value) = (put_url.clone(), value.clone());
-            threads.push(std::thread::spawn(move || {
-                let a = agent();
-                let _ = put(&a, &url, &format!("c{c}"), &value);
-                barrier.wait();
-                let mut rec = Recorder::default();
-                let mut k = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    if put(&a, &url, &format!("c{c}-{}", k % 100), &value).is_ok() {
-                        rec.record(t.elapsed());
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    k += 1;
+        let (url, v) = (put_url.clone(), value.clone());
+        let make = move |c: usize| {
+            let a = agent();
+            let _ = put(&a, &url, &format!("c{c}"), &v);
+            (a, url.clone(), v.clone())
+        };
+        let (ops_per_s, rec) = crate::dist::closed_loop(
+            n,
+            seconds,
+            make,
+            |(a, url, value): &mut (ureq::Agent, String, String), c, k, rec| {
+                let t = Instant::now();
+                let ok = put(a, url, &format!("c{c}-{}", k % 100), value).is_ok();
+                if ok {
+                    rec.record(t.elapsed());
                 }
-                total.lock().unwrap().merge(&rec);
-            }));
-        }
-        barrier.wait();
-        let start = Instant::now();
-        std::thread::sleep(Duration::from_secs_f64(seconds));
-        let n_done = done.load(Ordering::Relaxed);
-        let elapsed = start.elapsed().as_secs_f64();
-        stop.store(true, Ordering::Relaxed);
-        for t in threads {
-            let _ = t.join();
-        }
-        let rec = std::mem::take(&mut *total.lock().unwrap());
+                ok
+            },
+        );
         throughput.push(Throughput {
             clients: n,
-            ops_per_s: n_done as f64 / elapsed,
+            ops_per_s,
             commit: rec.dist(),
         });
     }
