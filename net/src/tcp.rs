@@ -580,39 +580,73 @@ fn read_loop(
                 return;
             }
         };
-        match frame {
-            Frame::Message(payload) => {
-                let _ = inner.events.send(Event::Message {
-                    from: peer,
-                    payload,
-                });
-            }
-            Frame::Write {
-                id,
-                region,
-                offset,
-                bytes,
-            } => {
-                let status = apply_write(&inner.regions, region, offset, &bytes);
-                let ack = Frame::WriteAck { id, status };
-                if let Some(w) = acks {
-                    if send_frame(w, &ack).is_err() {
-                        return;
-                    }
-                }
-            }
-            Frame::WriteAck { id, status } => {
-                let _ = inner.events.send(Event::WriteDone {
-                    to: peer,
-                    id,
-                    status,
-                });
-            }
-            Frame::Hello { .. } => {
-                reject(inner, &stream, addr, "a second hello");
+        let verdict = handle_frame(inner, frame, peer, acks, |ev| {
+            let _ = inner.events.send(ev);
+        });
+        match verdict {
+            Verdict::Keep => {}
+            Verdict::Close => return,
+            Verdict::Reject(why) => {
+                reject(inner, &stream, addr, why);
                 return;
             }
         }
+    }
+}
+
+/// What a received frame means for its connection.
+enum Verdict {
+    /// Go on reading.
+    Keep,
+    /// The connection failed (an acknowledgement could not be sent).
+    Close,
+    /// Bad input: close it and log why.
+    Reject(&'static str),
+}
+
+/// Handles one frame from `peer`, the same way on a reader thread and in
+/// the owner's poll: messages and write completions go to `deliver`,
+/// writes are applied and acknowledged on `acks` (a connection the peer
+/// opened; a write on one we opened is bad input, as is a second hello).
+fn handle_frame(
+    inner: &Inner,
+    frame: Frame,
+    peer: PeerId,
+    acks: Option<&Mutex<TcpStream>>,
+    deliver: impl FnOnce(Event),
+) -> Verdict {
+    match frame {
+        Frame::Message(payload) => {
+            deliver(Event::Message {
+                from: peer,
+                payload,
+            });
+            Verdict::Keep
+        }
+        Frame::Write {
+            id,
+            region,
+            offset,
+            bytes,
+        } => {
+            let Some(w) = acks else {
+                return Verdict::Reject("a write on our own connection");
+            };
+            let status = apply_write(&inner.regions, region, offset, &bytes);
+            if send_frame(w, &Frame::WriteAck { id, status }).is_err() {
+                return Verdict::Close;
+            }
+            Verdict::Keep
+        }
+        Frame::WriteAck { id, status } => {
+            deliver(Event::WriteDone {
+                to: peer,
+                id,
+                status,
+            });
+            Verdict::Keep
+        }
+        Frame::Hello { .. } => Verdict::Reject("a second hello"),
     }
 }
 
@@ -785,53 +819,18 @@ fn drain_frames(inner: &Inner, conn: &mut InlineConn) -> bool {
                 return false;
             }
         };
-        match frame {
-            Frame::Message(payload) => {
-                inline
-                    .ready
-                    .lock()
-                    .expect("lock poisoned")
-                    .push_back(Event::Message {
-                        from: conn.peer,
-                        payload,
-                    })
-            }
-            Frame::Write {
-                id,
-                region,
-                offset,
-                bytes,
-            } => {
-                let status = apply_write(&inner.regions, region, offset, &bytes);
-                let ack = Frame::WriteAck { id, status };
-                match &conn.kind {
-                    ConnKind::Inbound { writer } => {
-                        if send_frame(writer, &ack).is_err() {
-                            return false;
-                        }
-                    }
-                    ConnKind::Outbound { .. } => {
-                        reject(
-                            inner,
-                            &conn.stream,
-                            conn.addr,
-                            "a write on our own connection",
-                        );
-                        return false;
-                    }
-                }
-            }
-            Frame::WriteAck { id, status } => inline
-                .ready
-                .lock()
-                .expect("lock poisoned")
-                .push_back(Event::WriteDone {
-                    to: conn.peer,
-                    id,
-                    status,
-                }),
-            Frame::Hello { .. } => {
-                reject(inner, &conn.stream, conn.addr, "a second hello");
+        let acks = match &conn.kind {
+            ConnKind::Inbound { writer } => Some(&**writer),
+            ConnKind::Outbound { .. } => None,
+        };
+        let verdict = handle_frame(inner, frame, conn.peer, acks, |ev| {
+            inline.ready.lock().expect("lock poisoned").push_back(ev)
+        });
+        match verdict {
+            Verdict::Keep => {}
+            Verdict::Close => return false,
+            Verdict::Reject(why) => {
+                reject(inner, &conn.stream, conn.addr, why);
                 return false;
             }
         }
