@@ -33,6 +33,7 @@ pub mod mem;
 pub mod rdma;
 #[cfg(feature = "rdma")]
 pub mod rdma_transport;
+pub mod ring;
 pub mod tcp;
 
 use std::sync::Arc;

@@ -3,8 +3,9 @@
 //! writes (RDMA WRITE) into a peer's registered region, and revocation of a
 //! writer (its queue pair moved to the error state).
 //!
-//! This is the first layer of the RDMA transport: one connection, one
-//! outstanding receive, blocking calls. Completions are event-driven: a
+//! This is the first layer of the RDMA transport: one connection,
+//! [`RECV_SLOTS`] receives kept posted, blocking calls. Completions are
+//! event-driven: a
 //! call polls its completion queue once, then arms it and sleeps on the
 //! completion channel (`rdma_get_send_comp` / `rdma_get_recv_comp`), so two
 //! processes on a 2-core machine do not starve each other (or soft-RoCE's
@@ -19,9 +20,11 @@
 //!   this side; the owner reads it with volatile copies and must check what
 //!   it read (the configuration region carries a checksum: a torn read is
 //!   never acted on).
-//! - Each connection owns a send buffer and a receive buffer, registered
-//!   locally; a message or a write is copied into the send buffer, which is
-//!   reused once its completion has been reaped (one operation in flight).
+//! - Each connection owns a send buffer, receive slots and a staging
+//!   buffer, registered locally; a message is copied into the send buffer,
+//!   a one-sided write (or a batch of them, [`RdmaConn::write_runs`]) into
+//!   the staging buffer, each reused once its completions have been reaped
+//!   (one post in flight per connection).
 //!
 //! # Fencing
 //!
@@ -45,6 +48,9 @@ pub const MESSAGE_BYTES_MAX: usize = 64 << 10;
 /// refused (receiver not ready) and retried after a timer, which costs far
 /// more than the memory.
 pub const RECV_SLOTS: usize = 16;
+/// Work requests one [`RdmaConn::write_runs`] may post (runs plus the
+/// tail write), and the send queue's depth.
+pub const SEND_WRS_MAX: usize = 4;
 /// Largest private data a caller may send on connect: `rdma_cm` carries
 /// 56 bytes on a connect request (RDMA_PS_TCP), padded with zeros, so one
 /// goes to a length prefix.
@@ -186,6 +192,28 @@ impl RegionMemory {
         self.bytes.as_ptr() as *mut u8
     }
 
+    /// Copies `buf.len()` bytes from `offset` as they are now (a write may
+    /// be landing: check what you read). Panics if out of bounds.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) {
+        assert!(
+            offset + buf.len() <= self.bytes.len(),
+            "read past a region's end"
+        );
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: in bounds (checked above); volatile because the NIC
+            // writes this memory behind the compiler's back.
+            *b = unsafe { std::ptr::read_volatile(self.ptr().add(offset + i)) };
+        }
+    }
+
+    /// The little-endian u64 at `offset` (see [`RegionMemory::read_at`]).
+    pub fn read_u64(&self, offset: usize) -> u64 {
+        let mut b = [0u8; 8];
+        self.read_at(offset, &mut b);
+        u64::from_le_bytes(b)
+    }
+
     /// A copy of the contents as they are now (a write may be landing:
     /// check what you read).
     pub fn snapshot(&self) -> Vec<u8> {
@@ -258,7 +286,7 @@ fn addrinfo(addr: SocketAddr, passive: bool) -> Result<*mut rdma_addrinfo, RdmaE
 fn qp_init_attr() -> ibv_qp_init_attr {
     // SAFETY: a zeroed POD struct, then filled in.
     let mut a = unsafe { std::mem::zeroed::<ibv_qp_init_attr>() };
-    a.cap.max_send_wr = 4;
+    a.cap.max_send_wr = SEND_WRS_MAX as u32;
     a.cap.max_recv_wr = RECV_SLOTS as u32;
     a.cap.max_send_sge = 1;
     a.cap.max_recv_sge = 1;
@@ -369,8 +397,20 @@ unsafe fn event_private_data(id: *mut rdma_cm_id) -> Vec<u8> {
     .to_vec()
 }
 
+/// What a receive completed with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A two-sided message.
+    Message(Vec<u8>),
+    /// A one-sided write with an immediate value landed (the value).
+    Immediate(u32),
+}
+
 /// One reliable connection (see the module docs).
 pub struct RdmaConn {
+    /// A larger registered buffer for [`RdmaConn::write_runs`], made on
+    /// first use.
+    staging: Option<(Box<[u8]>, *mut ibv_mr)>,
     id: *mut rdma_cm_id,
     send_buf: Box<[u8]>,
     recv_buf: Box<[u8]>,
@@ -395,6 +435,9 @@ impl Drop for RdmaConn {
             for (_, mr) in self.region_mrs.drain(..) {
                 rdma_dereg_mr(mr);
             }
+            if let Some((_, mr)) = self.staging.take() {
+                rdma_dereg_mr(mr);
+            }
             if !self.send_mr.is_null() {
                 rdma_dereg_mr(self.send_mr);
             }
@@ -409,6 +452,7 @@ impl Drop for RdmaConn {
 impl RdmaConn {
     fn new(id: *mut rdma_cm_id, peer_private: Vec<u8>) -> Result<RdmaConn, RdmaError> {
         let mut c = RdmaConn {
+            staging: None,
             id,
             send_buf: vec![0u8; MESSAGE_BYTES_MAX].into_boxed_slice(),
             recv_buf: vec![0u8; MESSAGE_BYTES_MAX * RECV_SLOTS].into_boxed_slice(),
@@ -568,8 +612,21 @@ impl RdmaConn {
         self.wait_send("send")
     }
 
-    /// Waits for the next message.
+    /// Waits for the next message (an immediate is an error here: use
+    /// [`RdmaConn::recv_any`] on connections that receive them).
     pub fn recv(&mut self) -> Result<Vec<u8>, RdmaError> {
+        match self.recv_any()? {
+            Incoming::Message(m) => Ok(m),
+            Incoming::Immediate(_) => Err(RdmaError::Completion {
+                what: "recv",
+                status: 0,
+                name: "an unexpected write with immediate".into(),
+            }),
+        }
+    }
+
+    /// Waits for the next message or immediate.
+    pub fn recv_any(&mut self) -> Result<Incoming, RdmaError> {
         // SAFETY: a zeroed POD filled in by the call.
         let mut wc = unsafe { std::mem::zeroed::<ibv_wc>() };
         // SAFETY: id is valid; polls, then blocks on the completion channel.
@@ -580,8 +637,28 @@ impl RdmaConn {
                 err: std::io::Error::last_os_error(),
             });
         }
-        check(&wc, "recv")?;
-        let len = (wc.byte_len as usize).min(MESSAGE_BYTES_MAX);
+        self.reap_recv(&wc)
+    }
+
+    /// The next message or immediate if one has arrived, without waiting.
+    /// Do not mix with a blocking receive on another thread.
+    pub fn try_recv_any(&mut self) -> Result<Option<Incoming>, RdmaError> {
+        // SAFETY: a zeroed POD filled in by the call.
+        let mut wc = unsafe { std::mem::zeroed::<ibv_wc>() };
+        // SAFETY: the id's receive CQ is valid for the connection's life.
+        let n = unsafe { ibv_poll_cq((*self.id).recv_cq, 1, &mut wc) };
+        match n {
+            0 => Ok(None),
+            1 => self.reap_recv(&wc).map(Some),
+            _ => Err(RdmaError::Call {
+                call: "ibv_poll_cq",
+                err: std::io::Error::last_os_error(),
+            }),
+        }
+    }
+
+    fn reap_recv(&mut self, wc: &ibv_wc) -> Result<Incoming, RdmaError> {
+        check(wc, "recv")?;
         let slot = wc.wr_id as usize;
         if slot >= RECV_SLOTS {
             return Err(RdmaError::TooLarge {
@@ -590,10 +667,149 @@ impl RdmaConn {
                 max: RECV_SLOTS - 1,
             });
         }
+        if wc.opcode == ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM {
+            // SAFETY: with IBV_WC_RECV_RDMA_WITH_IMM the union holds the
+            // immediate (network byte order).
+            let imm = u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data });
+            self.post_recv(slot)?;
+            return Ok(Incoming::Immediate(imm));
+        }
+        let len = (wc.byte_len as usize).min(MESSAGE_BYTES_MAX);
         let at = slot * MESSAGE_BYTES_MAX;
         let msg = self.recv_buf[at..at + len].to_vec();
         self.post_recv(slot)?;
-        Ok(msg)
+        Ok(Incoming::Message(msg))
+    }
+
+    /// Writes each `(offset, bytes)` run into the peer's `region`
+    /// (one-sided, in order), then `tail` as 8 little-endian bytes at
+    /// `tail_offset` with the immediate `imm` (which completes a receive at
+    /// the peer), and waits for all of it. The queue pair's ordering means
+    /// the runs have landed when the peer sees the immediate. At most
+    /// [`SEND_WRS_MAX`]` - 1` runs.
+    pub fn write_runs(
+        &mut self,
+        region: RemoteRegion,
+        runs: &[(u64, &[u8])],
+        tail_offset: u64,
+        tail: u64,
+        imm: u32,
+    ) -> Result<(), RdmaError> {
+        self.post_writes(region, runs, Some((tail_offset, tail, imm)))
+    }
+
+    /// Posts `runs` as RDMA WRITEs, then (if given) the tail word with an
+    /// immediate, from the staging buffer, and reaps every completion.
+    fn post_writes(
+        &mut self,
+        region: RemoteRegion,
+        runs: &[(u64, &[u8])],
+        tail: Option<(u64, u64, u32)>,
+    ) -> Result<(), RdmaError> {
+        assert!(runs.len() < SEND_WRS_MAX, "too many runs for one post");
+        let total: usize = runs.iter().map(|r| r.1.len()).sum::<usize>() + 8;
+        let tail_run = tail.map(|(off, _, _)| (off, &[0u8; 8][..]));
+        for &(off, b) in runs.iter().chain(tail_run.iter()) {
+            if off + b.len() as u64 > region.len as u64 {
+                return Err(RdmaError::TooLarge {
+                    what: "write past the region's end",
+                    len: off as usize + b.len(),
+                    max: region.len as usize,
+                });
+            }
+        }
+        if self.staging.as_ref().is_none_or(|s| s.0.len() < total) {
+            let mut buf = vec![0u8; total.next_power_of_two()].into_boxed_slice();
+            // SAFETY: the buffer is boxed (fixed address) and kept with its
+            // registration, which is released before the buffer (here on
+            // replacement, or in Drop).
+            let mr = unsafe { rdma_reg_msgs(self.id, buf.as_mut_ptr().cast(), buf.len()) };
+            if mr.is_null() {
+                return Err(RdmaError::Call {
+                    call: "rdma_reg_msgs (staging)",
+                    err: std::io::Error::last_os_error(),
+                });
+            }
+            if let Some((_, old)) = self.staging.replace((buf, mr)) {
+                // SAFETY: no work request uses the old buffer (every post
+                // is waited for before returning).
+                unsafe { rdma_dereg_mr(old) };
+            }
+        }
+        let (buf, mr) = self.staging.as_mut().expect("made above");
+        // SAFETY: mr is the staging buffer's valid registration.
+        let lkey = unsafe { (**mr).lkey };
+        let mut sges = Vec::with_capacity(runs.len() + 1);
+        let mut at = 0usize;
+        for &(_, b) in runs {
+            buf[at..at + b.len()].copy_from_slice(b);
+            sges.push(ibv_sge {
+                addr: buf.as_ptr() as u64 + at as u64,
+                length: b.len() as u32,
+                lkey,
+            });
+            at += b.len();
+        }
+        if let Some((_, t, _)) = tail {
+            buf[at..at + 8].copy_from_slice(&t.to_le_bytes());
+            sges.push(ibv_sge {
+                addr: buf.as_ptr() as u64 + at as u64,
+                length: 8,
+                lkey,
+            });
+        }
+        let offsets: Vec<u64> = runs.iter().map(|r| r.0).chain(tail.map(|t| t.0)).collect();
+        // SAFETY: zeroed POD work requests, filled in below.
+        let mut wrs: Vec<ibv_send_wr> = (0..sges.len())
+            .map(|_| unsafe { std::mem::zeroed::<ibv_send_wr>() })
+            .collect();
+        let n = wrs.len();
+        for i in 0..n {
+            let last = i + 1 == n && tail.is_some();
+            wrs[i].wr_id = i as u64;
+            wrs[i].sg_list = &mut sges[i];
+            wrs[i].num_sge = 1;
+            wrs[i].opcode = if last {
+                ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM
+            } else {
+                ibv_wr_opcode::IBV_WR_RDMA_WRITE
+            };
+            wrs[i].send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+            wrs[i].wr.rdma = rdma_t {
+                remote_addr: region.addr + offsets[i],
+                rkey: region.rkey,
+            };
+            if let (true, Some((_, _, imm))) = (last, tail) {
+                wrs[i].imm_data_invalidated_rkey_union.imm_data = imm.to_be();
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        for i in 0..n - 1 {
+            let next: *mut ibv_send_wr = &mut wrs[i + 1];
+            wrs[i].next = next;
+        }
+        let mut bad = null_mut();
+        // SAFETY: the work requests, their scatter lists and the staging
+        // buffer (registered) live until every completion is reaped below;
+        // the remote address and key come from the peer, which checks them.
+        call("ibv_post_send", unsafe {
+            ibv_post_send((*self.id).qp, wrs.as_mut_ptr(), &mut bad)
+        })?;
+        // Every request is signalled (sq_sig_all): reap them all, keeping
+        // the first error.
+        let mut first = Ok(());
+        for _ in 0..n {
+            let r = self.wait_send("write");
+            if first.is_ok() {
+                first = r;
+            }
+            if matches!(first, Err(RdmaError::Call { .. })) {
+                break;
+            }
+        }
+        first
     }
 
     /// Writes `bytes` at `offset` of the peer's region (one-sided) and
@@ -606,37 +822,7 @@ impl RdmaConn {
         offset: u64,
         bytes: &[u8],
     ) -> Result<(), RdmaError> {
-        if bytes.len() > MESSAGE_BYTES_MAX {
-            return Err(RdmaError::TooLarge {
-                what: "write",
-                len: bytes.len(),
-                max: MESSAGE_BYTES_MAX,
-            });
-        }
-        if offset + bytes.len() as u64 > region.len as u64 {
-            return Err(RdmaError::TooLarge {
-                what: "write past the region's end",
-                len: (offset as usize) + bytes.len(),
-                max: region.len as usize,
-            });
-        }
-        self.send_buf[..bytes.len()].copy_from_slice(bytes);
-        // SAFETY: send_buf is registered and not reused before the
-        // completion is reaped below; the remote address and key come from
-        // the peer, which checks them in hardware.
-        call("rdma_post_write", unsafe {
-            rdma_post_write(
-                self.id,
-                null_mut(),
-                self.send_buf.as_mut_ptr().cast(),
-                bytes.len(),
-                self.send_mr,
-                0,
-                region.addr + offset,
-                region.rkey,
-            )
-        })?;
-        self.wait_send("write")
+        self.post_writes(region, &[(offset, bytes)], None)
     }
 
     /// Revokes the peer's access (see the module docs): the queue pair

@@ -6,13 +6,27 @@
 //! Each node listens (`rdma_cm`). Per configured peer, a sender thread
 //! connects (saying who it is and which cluster in the private data),
 //! learns the peer's regions from the advertisement the peer sends first,
-//! then takes frames off a bounded queue: messages are SENT, writes are
-//! checked against the advertised region (unknown region, out of bounds)
-//! and RDMA-WRITTEN; each write's completion becomes a
-//! [`Event::WriteDone`] (`Landed`: in the peer's memory; `Refused`: the
-//! peer revoked this writer). Per accepted connection, a receiver thread
-//! sends the advertisement, then delivers what arrives. Completions are
-//! awaited by sleeping on the completion channel after one poll.
+//! then takes frames off a bounded queue (the back-pressure: a full queue
+//! drops new frames, counted in [`RdmaTransport::dropped_frames`]).
+//!
+//! - **Messages** (Raft appends with their entries, votes, acks) are
+//!   written one-sidedly into the **message ring** the peer registered for
+//!   this connection ([`crate::ring`] has the protocol: framing, who owns
+//!   which bytes, credits). The sender batches what is queued into one
+//!   RDMA WRITE, then writes the ring's tail word with an immediate value
+//!   that wakes the receiver. No receive buffer is consumed per message,
+//!   and messages up to a quarter of the ring travel in one piece.
+//! - **Writes** into a peer's declared regions are checked against the
+//!   advertisement (unknown region, out of bounds) and RDMA-WRITTEN; each
+//!   completion becomes an [`Event::WriteDone`] (`Landed`: in the peer's
+//!   memory; `Refused`: the peer revoked this writer).
+//!
+//! Per accepted connection, a receiver thread sends the advertisement
+//! (its regions and the connection's ring), then, woken by each
+//! immediate, reads the new frames out of the ring, checks them, delivers
+//! them, and returns credit. Completions are awaited by polling once and
+//! then sleeping on the completion channel: no busy pollers on a small
+//! machine.
 //!
 //! # Regions are memory
 //!
@@ -26,9 +40,10 @@
 //! # Limits of this version
 //!
 //! Only configured peers can be sent to (no answering unknown clients on
-//! their connection); one operation in flight per peer (the sender thread
-//! waits for each completion); messages up to
-//! [`super::rdma::MESSAGE_BYTES_MAX`] minus a tag byte.
+//! their connection: clients use TCP); one post in flight per peer (the
+//! sender waits for each batch's completion, so batching is the
+//! pipelining); messages up to a quarter of [`RdmaConfig::ring_bytes`]
+//! (larger ones are dropped and logged).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,8 +54,25 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam::channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
-use crate::rdma::{RdmaConn, RdmaError, RdmaListener, RegionMemory, RemoteRegion, Revoker};
+use crate::rdma::{
+    Incoming, RdmaConn, RdmaError, RdmaListener, RegionMemory, RemoteRegion, Revoker, RECV_SLOTS,
+};
+use crate::ring::{self, PlaceError, RingReader, RingWriter, RING_HEADER_BYTES};
 use crate::{Event, PeerId, Region, RegionId, Transport, WriteStatus};
+
+/// The region id a connection's message ring is advertised under
+/// (reserved: a declared region may not use it).
+pub const RING_REGION: RegionId = u32::MAX;
+/// Default data bytes of a message ring (per accepted connection).
+pub const RING_BYTES_DEFAULT: usize = 16 << 20;
+/// A batch of queued messages is written once it reaches this many bytes.
+pub const BATCH_BYTES_MAX: usize = 256 << 10;
+/// Ring posts the sender may have unconsumed at the receiver: each one's
+/// immediate takes one of the receiver's posted receives until its thread
+/// reaps it, and a post that finds none is refused (receiver not ready).
+const POSTS_UNCONSUMED_MAX: u64 = RECV_SLOTS as u64 - 4;
+/// How long a sender waits for credit before giving the connection up.
+const CREDIT_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// How an [`RdmaTransport`] runs.
 #[derive(Clone, Debug)]
@@ -57,6 +89,9 @@ pub struct RdmaConfig {
     pub regions: Vec<(RegionId, usize)>,
     /// Frames queued per peer before new ones are dropped.
     pub queue_frames_max: usize,
+    /// Data bytes of the message ring each accepted connection gets (a
+    /// multiple of 8); a message may be up to a quarter of it.
+    pub ring_bytes: usize,
 }
 
 impl RdmaConfig {
@@ -69,11 +104,14 @@ impl RdmaConfig {
             peers: HashMap::new(),
             regions: Vec::new(),
             queue_frames_max: 4096,
+            ring_bytes: RING_BYTES_DEFAULT,
         }
     }
 }
 
-const TAG_MESSAGE: u8 = 0;
+/// Receiver → sender on the same connection: credit (head, immediates
+/// reaped), two-sided.
+const TAG_CREDIT: u8 = 2;
 const TAG_REGIONS: u8 = 1;
 
 enum Out {
@@ -89,7 +127,7 @@ enum Out {
 struct Inner {
     cfg: RdmaConfig,
     shutdown: AtomicBool,
-    events: Sender<Event>,
+    deliver: Box<dyn Fn(Event) + Send + Sync>,
     regions: HashMap<RegionId, Arc<RegionMemory>>,
     outbound: Mutex<HashMap<PeerId, Sender<Out>>>,
     /// Accepted connections by peer: how to revoke each.
@@ -108,8 +146,40 @@ impl RdmaTransport {
     /// Listens and connects to the configured peers. Fails with the list of
     /// devices found if there is no RDMA device.
     pub fn start(cfg: RdmaConfig) -> Result<RdmaTransport, RdmaError> {
-        let listener = RdmaListener::bind(cfg.listen)?;
         let (tx, rx) = unbounded();
+        RdmaTransport::start_with(
+            cfg,
+            Box::new(move |ev| {
+                let _ = tx.send(ev);
+            }),
+            rx,
+        )
+    }
+
+    /// As [`RdmaTransport::start`], delivering events through `deliver`
+    /// (e.g. into another transport's queue) instead of
+    /// [`Transport::events`], which then stays empty.
+    pub fn start_delivering(
+        cfg: RdmaConfig,
+        deliver: Box<dyn Fn(Event) + Send + Sync>,
+    ) -> Result<RdmaTransport, RdmaError> {
+        RdmaTransport::start_with(cfg, deliver, unbounded().1)
+    }
+
+    fn start_with(
+        cfg: RdmaConfig,
+        deliver: Box<dyn Fn(Event) + Send + Sync>,
+        rx: Receiver<Event>,
+    ) -> Result<RdmaTransport, RdmaError> {
+        assert!(
+            cfg.regions.iter().all(|r| r.0 != RING_REGION),
+            "region id {RING_REGION} is reserved for the message ring"
+        );
+        assert!(
+            cfg.ring_bytes >= 4096 && cfg.ring_bytes % 8 == 0,
+            "ring_bytes must be a multiple of 8, at least 4096"
+        );
+        let listener = RdmaListener::bind(cfg.listen)?;
         let regions = cfg
             .regions
             .iter()
@@ -118,7 +188,7 @@ impl RdmaTransport {
         let inner = Arc::new(Inner {
             cfg: cfg.clone(),
             shutdown: AtomicBool::new(false),
-            events: tx,
+            deliver,
             regions,
             outbound: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
@@ -156,6 +226,15 @@ impl RdmaTransport {
         drop(writers);
         tracing::info!(peer, connections = revokers.len(), "revoked a writer");
         Ok(revokers.len())
+    }
+
+    /// Whether messages and writes to `peer` go over this transport.
+    pub fn routes(&self, peer: PeerId) -> bool {
+        self.inner
+            .outbound
+            .lock()
+            .expect("lock poisoned")
+            .contains_key(&peer)
     }
 
     /// Frames dropped because a peer's queue was full.
@@ -244,12 +323,22 @@ impl Transport for RdmaTransport {
 
 /// The advertisement of our regions: tag, count, then (id, addr, rkey,
 /// len) each.
-fn advertise(conn: &mut RdmaConn, inner: &Inner) -> Result<(), RdmaError> {
-    let mut b = vec![TAG_REGIONS, inner.regions.len() as u8];
+fn advertise(
+    conn: &mut RdmaConn,
+    inner: &Inner,
+    ring: &Arc<RegionMemory>,
+) -> Result<(), RdmaError> {
+    let mut b = vec![TAG_REGIONS, inner.regions.len() as u8 + 1];
     let mut ids: Vec<_> = inner.regions.keys().copied().collect();
     ids.sort_unstable();
+    ids.push(RING_REGION);
     for id in ids {
-        let r = conn.expose_region(&inner.regions[&id])?;
+        let mem = if id == RING_REGION {
+            ring
+        } else {
+            &inner.regions[&id]
+        };
+        let r = conn.expose_region(mem)?;
         b.extend_from_slice(&id.to_le_bytes());
         b.extend_from_slice(&r.addr.to_le_bytes());
         b.extend_from_slice(&r.rkey.to_le_bytes());
@@ -302,7 +391,8 @@ fn accept_loop(inner: Arc<Inner>, listener: RdmaListener) {
             );
             continue;
         }
-        if let Err(e) = advertise(&mut conn, &inner) {
+        let ring = RegionMemory::new(RING_HEADER_BYTES + inner.cfg.ring_bytes);
+        if let Err(e) = advertise(&mut conn, &inner, &ring) {
             tracing::warn!(peer, error = %e, "could not advertise regions");
             continue;
         }
@@ -316,14 +406,14 @@ fn accept_loop(inner: Arc<Inner>, listener: RdmaListener) {
         let i = inner.clone();
         std::thread::Builder::new()
             .name("rdma-recv".into())
-            .spawn(move || receive_loop(i, peer, conn))
+            .spawn(move || receive_loop(i, peer, conn, ring))
             .expect("spawning a transport thread");
     }
 }
 
-fn receive_loop(inner: Arc<Inner>, peer: PeerId, conn: RdmaConn) {
+fn receive_loop(inner: Arc<Inner>, peer: PeerId, conn: RdmaConn, ring: Arc<RegionMemory>) {
     let revoker = conn.revoker();
-    receive(&inner, peer, conn, |conn| {
+    receive(&inner, peer, conn, &ring, |conn| {
         // Forget the revoker before the queue pair goes.
         let mut w = inner.writers.lock().expect("lock poisoned");
         if let Some(v) = w.get_mut(&peer) {
@@ -334,17 +424,55 @@ fn receive_loop(inner: Arc<Inner>, peer: PeerId, conn: RdmaConn) {
     });
 }
 
-fn receive(inner: &Inner, peer: PeerId, mut conn: RdmaConn, close: impl FnOnce(RdmaConn)) {
+/// The receiving side of a connection: woken by each post's immediate,
+/// reads the ring, delivers, returns credit.
+fn receive(
+    inner: &Inner,
+    peer: PeerId,
+    mut conn: RdmaConn,
+    ring: &RegionMemory,
+    close: impl FnOnce(RdmaConn),
+) {
+    let mut reader = RingReader::new(inner.cfg.ring_bytes);
+    let mut reaped = 0u64;
+    let mut credited_reaped = 0u64;
+    let mut got = Vec::new();
     loop {
-        match conn.recv() {
-            Ok(m) if m.first() == Some(&TAG_MESSAGE) => {
-                let _ = inner.events.send(Event::Message {
-                    from: peer,
-                    payload: Bytes::copy_from_slice(&m[1..]),
-                });
+        match conn.recv_any() {
+            Ok(Incoming::Immediate(_)) => {
+                reaped += 1;
+                let tail = ring.read_u64(0);
+                let r = reader.read(
+                    tail,
+                    |at, buf| ring.read_at(RING_HEADER_BYTES + at, buf),
+                    &mut got,
+                );
+                for payload in got.drain(..) {
+                    (inner.deliver)(Event::Message {
+                        from: peer,
+                        payload,
+                    });
+                }
+                if let Err(e) = r {
+                    tracing::warn!(peer, error = %e, "closing connection: bad input (message ring)");
+                    close(conn);
+                    return;
+                }
+                let head = reader.credit_due();
+                if head.is_some() || reaped - credited_reaped >= POSTS_UNCONSUMED_MAX / 4 {
+                    let mut b = vec![TAG_CREDIT];
+                    b.extend_from_slice(&reader.head().to_le_bytes());
+                    b.extend_from_slice(&reaped.to_le_bytes());
+                    if let Err(e) = conn.send(&b) {
+                        tracing::info!(peer, error = %e, "connection closed (returning credit)");
+                        close(conn);
+                        return;
+                    }
+                    credited_reaped = reaped;
+                }
             }
-            Ok(_) => {
-                tracing::warn!(peer, "closing connection: bad input (unknown tag)");
+            Ok(Incoming::Message(_)) => {
+                tracing::warn!(peer, "closing connection: bad input (a two-sided message where only ring posts are expected)");
                 close(conn);
                 return;
             }
@@ -356,6 +484,139 @@ fn receive(inner: &Inner, peer: PeerId, mut conn: RdmaConn, close: impl FnOnce(R
                 return;
             }
         }
+    }
+}
+
+/// The sender's side of one connection's ring: the writer's bookkeeping
+/// and the batch of frames not yet posted.
+struct RingSender {
+    remote: RemoteRegion,
+    writer: RingWriter,
+    /// Frames laid out as they go in the ring, starting at `start`.
+    batch: Vec<u8>,
+    start: u64,
+    /// A pad header goes here before the batch (the batch wrapped).
+    pad_at: Option<u64>,
+    posts: u64,
+    posts_reaped: u64,
+}
+
+impl RingSender {
+    fn new(remote: RemoteRegion) -> RingSender {
+        let cap = remote.len as usize - RING_HEADER_BYTES;
+        RingSender {
+            remote,
+            writer: RingWriter::new(cap),
+            batch: Vec::new(),
+            start: 0,
+            pad_at: None,
+            posts: 0,
+            posts_reaped: 0,
+        }
+    }
+
+    /// Takes in any credit that arrived (non-blocking).
+    fn absorb_credit(&mut self, conn: &mut RdmaConn) -> Result<(), String> {
+        while let Some(inc) = conn.try_recv_any().map_err(|e| e.to_string())? {
+            let Incoming::Message(m) = inc else {
+                return Err("an immediate on a sending connection".into());
+            };
+            if m.len() != 17 || m[0] != TAG_CREDIT {
+                return Err("malformed credit".into());
+            }
+            let head = u64::from_le_bytes(m[1..9].try_into().expect("8 bytes"));
+            let reaped = u64::from_le_bytes(m[9..17].try_into().expect("8 bytes"));
+            if reaped < self.posts_reaped || reaped > self.posts {
+                return Err(format!("credit for {reaped} posts of {}", self.posts));
+            }
+            self.posts_reaped = reaped;
+            self.writer.on_credit(head)?;
+        }
+        Ok(())
+    }
+
+    /// Waits (polling, sleeping between polls) until `ready` holds.
+    fn wait_credit(
+        &mut self,
+        conn: &mut RdmaConn,
+        inner: &Inner,
+        ready: impl Fn(&RingSender) -> bool,
+    ) -> Result<(), String> {
+        let end = std::time::Instant::now() + CREDIT_WAIT_MAX;
+        let mut nap = Duration::from_micros(20);
+        loop {
+            self.absorb_credit(conn)?;
+            if ready(self) {
+                return Ok(());
+            }
+            if inner.shutdown.load(Ordering::SeqCst) || std::time::Instant::now() > end {
+                return Err("no credit from the receiver".into());
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(1));
+        }
+    }
+
+    /// Adds a message to the batch, posting first if the ring wraps or is
+    /// full. Err: the connection is unusable.
+    fn push(&mut self, conn: &mut RdmaConn, inner: &Inner, payload: &[u8]) -> Result<bool, String> {
+        let before = self.writer.clone();
+        let p = match self.writer.place(payload.len()) {
+            Ok(p) => p,
+            Err(PlaceError::TooLarge { len, max }) => {
+                tracing::error!(len, max, "message larger than the ring allows; dropped");
+                return Ok(false);
+            }
+            Err(PlaceError::Full) => {
+                self.flush(conn, inner)?;
+                let need = payload.len();
+                self.wait_credit(conn, inner, |s| s.writer.clone().place(need).is_ok())?;
+                return self.push(conn, inner, payload);
+            }
+        };
+        if p.pad_at.is_some() && (!self.batch.is_empty() || self.pad_at.is_some()) {
+            // Post what precedes the wrap on its own, then start again.
+            self.writer = before;
+            self.flush(conn, inner)?;
+            return self.push(conn, inner, payload);
+        }
+        if self.batch.is_empty() {
+            self.start = p.offset as u64;
+            self.pad_at = p.pad_at.map(|a| a as u64);
+        }
+        let at = self.batch.len();
+        self.batch.resize(at + p.bytes, 0);
+        ring::encode_frame(payload, &mut self.batch[at..]);
+        if self.batch.len() >= BATCH_BYTES_MAX {
+            self.flush(conn, inner)?;
+        }
+        Ok(true)
+    }
+
+    /// Posts the batch: the frames, then the tail with an immediate.
+    fn flush(&mut self, conn: &mut RdmaConn, inner: &Inner) -> Result<(), String> {
+        if self.batch.is_empty() && self.pad_at.is_none() {
+            return Ok(());
+        }
+        self.wait_credit(conn, inner, |s| {
+            s.posts - s.posts_reaped < POSTS_UNCONSUMED_MAX
+        })?;
+        let pad = ring::pad_header();
+        let base = RING_HEADER_BYTES as u64;
+        let mut runs: Vec<(u64, &[u8])> = Vec::with_capacity(2);
+        if let Some(at) = self.pad_at {
+            runs.push((base + at, &pad));
+        }
+        if !self.batch.is_empty() {
+            runs.push((base + self.start, &self.batch));
+        }
+        let tail = self.writer.tail();
+        let r = conn.write_runs(self.remote, &runs, 0, tail, tail as u32);
+        self.batch.clear();
+        self.pad_at = None;
+        self.posts += 1;
+        r.map_err(|e| e.to_string())?;
+        self.absorb_credit(conn)
     }
 }
 
@@ -381,62 +642,98 @@ fn send_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, queue: Receiver<
                 continue;
             }
         };
+        let mut regions = regions;
+        let Some(remote_ring) = regions.remove(&RING_REGION) else {
+            tracing::warn!(peer, %addr, "closing connection: bad input (no message ring advertised)");
+            std::thread::sleep(backoff);
+            continue;
+        };
+        if (remote_ring.len as usize) < RING_HEADER_BYTES + 64
+            || (remote_ring.len as usize - RING_HEADER_BYTES) % 8 != 0
+        {
+            tracing::warn!(peer, %addr, len = remote_ring.len, "closing connection: bad input (message ring size)");
+            std::thread::sleep(backoff);
+            continue;
+        }
         backoff = Duration::from_millis(10);
         tracing::info!(peer, %addr, regions = regions.len(), "RDMA connected");
-        loop {
-            let out = match queue.recv_timeout(Duration::from_millis(50)) {
-                Ok(o) => o,
-                Err(RecvTimeoutError::Timeout) => {
-                    if inner.shutdown.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            match out {
-                Out::Message(p) => {
-                    let mut b = Vec::with_capacity(p.len() + 1);
-                    b.push(TAG_MESSAGE);
-                    b.extend_from_slice(&p);
-                    if let Err(e) = conn.send(&b) {
-                        tracing::info!(peer, error = %e, "send failed; reconnecting");
-                        break;
-                    }
-                }
-                Out::Write {
-                    id,
-                    region,
-                    offset,
-                    bytes,
-                } => {
-                    let status = match regions.get(&region) {
-                        None => WriteStatus::NoSuchRegion,
-                        Some(r) if offset + bytes.len() as u64 > r.len as u64 => {
-                            WriteStatus::OutOfBounds
+        let mut ring = RingSender::new(remote_ring);
+        if let Err(why) = serve_queue(&inner, peer, &mut conn, &regions, &mut ring, &queue) {
+            if why.is_empty() {
+                return; // shutting down
+            }
+            tracing::info!(peer, %addr, reason = why, "connection failed; reconnecting");
+        }
+        std::thread::sleep(backoff);
+    }
+}
+
+/// Takes frames off `queue` and sends them on `conn` until the connection
+/// fails (the reason) or the transport shuts down (empty reason).
+fn serve_queue(
+    inner: &Inner,
+    peer: PeerId,
+    conn: &mut RdmaConn,
+    regions: &HashMap<RegionId, RemoteRegion>,
+    ring: &mut RingSender,
+    queue: &Receiver<Out>,
+) -> Result<(), String> {
+    loop {
+        // Batch what is queued; post when the queue runs dry.
+        let out = match queue.try_recv() {
+            Ok(o) => o,
+            Err(_) => {
+                ring.flush(conn, inner)?;
+                match queue.recv_timeout(Duration::from_millis(50)) {
+                    Ok(o) => o,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if inner.shutdown.load(Ordering::SeqCst) {
+                            return Err(String::new());
                         }
-                        Some(r) => match conn.write(*r, offset, &bytes) {
-                            Ok(()) => WriteStatus::Landed,
-                            Err(RdmaError::Completion { name, .. }) => {
-                                WriteStatus::Refused(format!("revoked by the peer: {name}"))
-                            }
-                            Err(e) => WriteStatus::Refused(e.to_string()),
-                        },
-                    };
-                    let failed = matches!(status, WriteStatus::Refused(_));
-                    let _ = inner.events.send(Event::WriteDone {
-                        to: peer,
-                        id,
-                        status,
-                    });
-                    if failed {
-                        // The queue pair is in the error state: a new one
-                        // is needed (the peer decides whether to accept).
-                        break;
+                        ring.absorb_credit(conn)?;
+                        continue;
                     }
+                    Err(RecvTimeoutError::Disconnected) => return Err(String::new()),
+                }
+            }
+        };
+        match out {
+            Out::Message(p) => {
+                ring.push(conn, inner, &p)?;
+            }
+            Out::Write {
+                id,
+                region,
+                offset,
+                bytes,
+            } => {
+                // Writes stay in order with the messages before them.
+                ring.flush(conn, inner)?;
+                let status = match regions.get(&region) {
+                    None => WriteStatus::NoSuchRegion,
+                    Some(r) if offset + bytes.len() as u64 > r.len as u64 => {
+                        WriteStatus::OutOfBounds
+                    }
+                    Some(r) => match conn.write(*r, offset, &bytes) {
+                        Ok(()) => WriteStatus::Landed,
+                        Err(RdmaError::Completion { name, .. }) => {
+                            WriteStatus::Refused(format!("revoked by the peer: {name}"))
+                        }
+                        Err(e) => WriteStatus::Refused(e.to_string()),
+                    },
+                };
+                let failed = matches!(status, WriteStatus::Refused(_));
+                (inner.deliver)(Event::WriteDone {
+                    to: peer,
+                    id,
+                    status,
+                });
+                if failed {
+                    // The queue pair is in the error state: a new one
+                    // is needed (the peer decides whether to accept).
+                    return Err("a write failed".into());
                 }
             }
         }
-        std::thread::sleep(backoff);
     }
 }
