@@ -3,13 +3,18 @@
 #
 # The host needs no RDMA: the guest boots Debian's kernel package into a
 # small busybox initramfs holding the rxe modules, the verbs libraries and
-# the project's RDMA test binary (built here with --features rdma). Inside,
-# two rxe devices sit on a veth pair (10.0.0.1 and 10.0.0.2, traffic forced
-# across the wire), and the tests run against them.
+# the project's RDMA binaries (built here with --features rdma into
+# target/rdma, so the ordinary build is left alone). Inside, two rxe
+# devices sit on a veth pair (10.0.0.1 and 10.0.0.2, traffic forced across
+# the wire), and there it runs:
+#   1. the RDMA layer and transport tests (net/tests/rdma.rs),
+#   2. a cluster of 3 coordinators and 2 masters as processes with
+#      --transport rdma (tests/rdma_cluster.rs).
 #
 #   scripts/rdma-vm.sh            install what is missing, build, boot, test
-#   TIMEOUT=300 scripts/rdma-vm.sh
+#   TIMEOUT=400 scripts/rdma-vm.sh
 #   FILTER=revoked scripts/rdma-vm.sh     only the tests whose name contains it
+#   BENCH=1 scripts/rdma-vm.sh    run `ramcoord-bench rdma` instead of the tests
 #
 # Exit status: the tests' (0 = all passed); 124 = the VM timed out; 125 = no
 # result line in the console log; 2 = the host lacks something it could not
@@ -17,7 +22,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TIMEOUT=${TIMEOUT:-300}
+TIMEOUT=${TIMEOUT:-400}
+BENCH=${BENCH:-0}
 WORK=$(mktemp -d /tmp/ramcoord-rdma-vm.XXXX)
 trap 'rm -rf "$WORK"' EXIT
 die() { echo "rdma-vm.sh: $*" >&2; exit 2; }
@@ -38,12 +44,27 @@ KV=${KV:-$(ls /lib/modules | sort -V | tail -n1)}
 KERNEL=/boot/vmlinuz-$KV
 [ -r "$KERNEL" ] || die "no $KERNEL"
 
-# --- the test binary ----------------------------------------------------------
-echo "rdma-vm.sh: building the RDMA tests (--features rdma)" >&2
-TEST_BIN=$(cargo test --release -p ramcoord-net --features rdma --test rdma --no-run \
-    --message-format=json 2>/dev/null |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
-[ -x "$TEST_BIN" ] || die "could not build the RDMA test binary"
+# --- the binaries ---------------------------------------------------------------
+# A target directory of their own: the feature changes every crate above
+# ramcoord-net, and sharing target/ would rebuild the ordinary binaries.
+export CARGO_TARGET_DIR=${RDMA_TARGET_DIR:-$PWD/target/rdma}
+echo "rdma-vm.sh: building with --features rdma in $CARGO_TARGET_DIR" >&2
+test_exe() { # the executable of a test target from cargo's JSON messages
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1
+}
+# Build first with the errors shown, then ask cargo (no-op) where they are.
+cargo test --release -q -p ramcoord-net -p ramcoord --features ramcoord/rdma,ramcoord-net/rdma \
+    --test rdma --test rdma_cluster --no-run || die "could not build the RDMA tests"
+NET_TEST=$(cargo test --release -p ramcoord-net --features rdma --test rdma --no-run \
+    --message-format=json 2>/dev/null | test_exe)
+[ -x "$NET_TEST" ] || die "could not build the RDMA transport tests"
+CLUSTER_TEST=$(cargo test --release -p ramcoord --features rdma --test rdma_cluster --no-run \
+    --message-format=json 2>/dev/null | test_exe)
+[ -x "$CLUSTER_TEST" ] || die "could not build the RDMA cluster test"
+cargo build --release -q --features rdma --bin ramcoord -p ramcoord || die "could not build ramcoord"
+cargo build --release -q --features rdma --bin ramcoord-bench -p ramcoord-bench || die "could not build ramcoord-bench"
+RAMCOORD=$CARGO_TARGET_DIR/release/ramcoord
+BENCHBIN=$CARGO_TARGET_DIR/release/ramcoord-bench
 
 # --- initramfs ----------------------------------------------------------------
 R=$WORK/root
@@ -52,8 +73,11 @@ ln -s usr/bin "$R/bin"; ln -s usr/bin "$R/sbin"; ln -s usr/lib "$R/lib"; ln -s u
 cp -L "$(command -v busybox)" "$R/usr/bin/busybox"
 cp -L /usr/sbin/ip "$R/usr/bin/ip.full" 2>/dev/null || cp -L /sbin/ip "$R/usr/bin/ip.full"
 cp -L "$(command -v rdma)" "$R/usr/bin/rdma"
-cp -L "$TEST_BIN" "$R/usr/bin/rdma-tests"
-objs="$TEST_BIN $(command -v rdma) /usr/sbin/ip"
+cp -L "$NET_TEST" "$R/usr/bin/rdma-tests"
+cp -L "$CLUSTER_TEST" "$R/usr/bin/rdma-cluster-tests"
+cp -L "$RAMCOORD" "$R/usr/bin/ramcoord"
+cp -L "$BENCHBIN" "$R/usr/bin/ramcoord-bench"
+objs="$NET_TEST $CLUSTER_TEST $RAMCOORD $BENCHBIN $(command -v rdma) /usr/sbin/ip"
 for prov in /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so; do
     cp -L "$prov" "$R/usr/lib/x86_64-linux-gnu/libibverbs/"
     objs="$objs $prov"
@@ -121,9 +145,25 @@ echo "=== ramcoord RDMA tests"
 # Registered memory is locked memory.
 ulimit -l unlimited
 FILTER=$(sed -n 's/.*rdmatests=\([^ ]*\).*/\1/p' /proc/cmdline)
-# A hung test (a peer that died mid-exchange) fails here, not at the VM's timeout.
-RAMCOORD_RDMA_SERVER=10.0.0.1 RUST_BACKTRACE=1 timeout 120 /usr/bin/rdma-tests --test-threads 1 --nocapture $FILTER
-rc=$?
+BENCH=$(sed -n 's/.*rdmabench=\([^ ]*\).*/\1/p' /proc/cmdline)
+export RAMCOORD_LOG=$(sed -n 's/.*rdmalog=\([^ ]*\).*/\1/p' /proc/cmdline)
+export RUST_BACKTRACE=1 RAMCOORD_RDMA_SERVER=10.0.0.1 RAMCOORD_RDMA_HOSTS=10.0.0.1,10.0.0.2
+export RAMCOORD_BIN=/usr/bin/ramcoord TMPDIR=/tmp
+if [ "$BENCH" = 1 ]; then
+    echo "=== ramcoord-bench rdma"
+    timeout 600 /usr/bin/ramcoord-bench rdma --hosts 10.0.0.1,10.0.0.2 --ramcoord /usr/bin/ramcoord
+    rc=$?
+else
+    # A hung test (a peer that died mid-exchange) fails here, not at the
+    # VM's timeout.
+    timeout 120 /usr/bin/rdma-tests --test-threads 1 --nocapture $FILTER
+    rc=$?
+    if [ $rc = 0 ]; then
+        echo "=== ramcoord cluster over RDMA"
+        timeout 240 /usr/bin/rdma-cluster-tests --test-threads 1 --nocapture $FILTER
+        rc=$?
+    fi
+fi
 for d in rxe0 rxe1; do echo "$d: sent_pkts=$(cat /sys/class/infiniband/$d/ports/1/hw_counters/sent_pkts) rcvd_pkts=$(cat /sys/class/infiniband/$d/ports/1/hw_counters/rcvd_pkts)"; done
 finish $rc
 GUEST
@@ -135,10 +175,10 @@ echo "rdma-vm.sh: initramfs $(du -h "$WORK/initrd.img" | cut -f1), kernel $KV" >
 # TCG: the host's /dev/kvm (nested, kvm_pvm) does not boot a stock kernel.
 LOG=$WORK/console.log
 set +e
-timeout --foreground -k 5 "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 1024 -smp 2 \
+timeout --foreground -k 5 "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 2 \
     -kernel "$KERNEL" -initrd "$WORK/initrd.img" -nic none -no-reboot \
     -display none -monitor none -serial stdio \
-    -append "console=ttyS0 panic=-1 loglevel=3 rdmatests=${FILTER:-}" </dev/null | tee "$LOG"
+    -append "console=ttyS0 panic=-1 loglevel=3 rdmatests=${FILTER:-} rdmabench=$BENCH rdmalog=${RAMCOORD_LOG:-warn}" </dev/null | tee "$LOG"
 QRC=${PIPESTATUS[0]}
 set -e
 RC=$(sed -n 's/.*RDMA_VM_RESULT rc=\([0-9]*\).*/\1/p' "$LOG" | tail -n1)

@@ -20,3 +20,4 @@ pub mod master;
 pub mod node;
 pub mod sim;
 pub mod storage_crash;
+pub mod transport;

@@ -34,6 +34,11 @@ pub struct LocalClusterConfig {
     pub master_args: Vec<String>,
     /// `RAMCOORD_LOG` for the children.
     pub log_filter: String,
+    /// Empty: TCP on loopback. Otherwise `--transport rdma`: every process
+    /// listens on all addresses and is dialled at one of these (round
+    /// robin), each an address of an RDMA device (soft-RoCE in the VM:
+    /// two devices, so that every connection crosses a wire).
+    pub rdma_hosts: Vec<std::net::IpAddr>,
 }
 
 impl LocalClusterConfig {
@@ -47,6 +52,29 @@ impl LocalClusterConfig {
             coordinator_args: Vec::new(),
             master_args: Vec::new(),
             log_filter: "info".into(),
+            rdma_hosts: Vec::new(),
+        }
+    }
+
+    /// The address process number `n` is dialled at (port from a free
+    /// loopback port), and what it listens on.
+    fn place(&self, n: usize) -> Result<(SocketAddr, SocketAddr), String> {
+        let a = free_addr()?;
+        if self.rdma_hosts.is_empty() {
+            return Ok((a, a));
+        }
+        let host = self.rdma_hosts[n % self.rdma_hosts.len()];
+        Ok((
+            SocketAddr::new(host, a.port()),
+            SocketAddr::new([0, 0, 0, 0].into(), a.port()),
+        ))
+    }
+
+    fn transport_args(&self) -> Vec<String> {
+        if self.rdma_hosts.is_empty() {
+            Vec::new()
+        } else {
+            vec!["--transport".into(), "rdma".into()]
         }
     }
 }
@@ -143,9 +171,10 @@ impl LocalCluster {
     /// Starts every process (returns without waiting for an election).
     pub fn start(cfg: LocalClusterConfig) -> Result<LocalCluster, String> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
-        let addrs: Vec<SocketAddr> = (0..cfg.coordinators)
-            .map(|_| free_addr())
+        let placed: Vec<(SocketAddr, SocketAddr)> = (0..cfg.coordinators)
+            .map(|n| cfg.place(n))
             .collect::<Result<_, _>>()?;
+        let addrs: Vec<SocketAddr> = placed.iter().map(|p| p.0).collect();
         let peers: Vec<String> = addrs
             .iter()
             .enumerate()
@@ -157,8 +186,8 @@ impl LocalCluster {
             coordinators: Vec::new(),
             masters: Vec::new(),
         };
-        for (i, addr) in addrs.iter().enumerate() {
-            c.spawn_coordinator(i as u64 + 1, *addr, &peers, &[])?;
+        for (i, (addr, listen)) in placed.iter().enumerate() {
+            c.spawn_coordinator(i as u64 + 1, *addr, *listen, &peers, &[])?;
         }
         for _ in 0..c.cfg.masters {
             c.start_master()?;
@@ -183,15 +212,18 @@ impl LocalCluster {
 
     /// Starts one more master; returns its index in [`Self::masters`].
     pub fn start_master(&mut self) -> Result<usize, String> {
-        let addr = free_addr()?;
         let n = self.masters.len() + 1;
+        let (addr, listen) = self.cfg.place(n)?;
         let mut args = vec![
             "master".to_string(),
             "--listen".into(),
+            listen.to_string(),
+            "--advertise".into(),
             addr.to_string(),
             "--coordinators".into(),
             self.coordinator_list(),
         ];
+        args.extend(self.cfg.transport_args());
         args.extend(self.cfg.master_args.iter().cloned());
         let mut p = Proc {
             name: format!("master-{n}"),
@@ -246,7 +278,7 @@ impl LocalCluster {
         let _ = std::fs::remove_dir_all(self.cfg.dir.join(format!("c{old}")));
         self.coordinators[old as usize - 1].retired = true;
         let id = self.coordinators.len() as u64 + 1;
-        let addr = free_addr()?;
+        let (addr, listen) = self.cfg.place(id as usize - 1)?;
         let mut peers: Vec<String> = self
             .coordinators
             .iter()
@@ -255,16 +287,17 @@ impl LocalCluster {
             .map(|(i, p)| format!("{}={}", i + 1, p.addr))
             .collect();
         peers.push(format!("{id}={addr}"));
-        self.spawn_coordinator(id, addr, &peers.join(","), &["--join"])?;
+        self.spawn_coordinator(id, addr, listen, &peers.join(","), &["--join"])?;
         Ok(id)
     }
 
-    /// Starts coordinator replica `id` at `addr` (its index in
-    /// [`Self::coordinators`] is `id - 1`).
+    /// Starts coordinator replica `id`, dialled at `addr`, listening on
+    /// `listen` (its index in [`Self::coordinators`] is `id - 1`).
     fn spawn_coordinator(
         &mut self,
         id: u64,
         addr: SocketAddr,
+        listen: SocketAddr,
         peers: &str,
         extra: &[&str],
     ) -> Result<(), String> {
@@ -273,13 +306,14 @@ impl LocalCluster {
             "--id".into(),
             id.to_string(),
             "--listen".into(),
-            addr.to_string(),
+            listen.to_string(),
             "--peers".into(),
             peers.to_string(),
             "--data-dir".into(),
             self.cfg.dir.join(format!("c{id}")).display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(self.cfg.transport_args());
         args.extend(self.cfg.coordinator_args.iter().cloned());
         let mut p = Proc {
             name: format!("coordinator-{id}"),

@@ -193,6 +193,13 @@ struct CoordinatorArgs {
     /// window between a commit point and the operation's completion).
     #[arg(long, default_value_t = 0, hide = true)]
     push_delay_ms: u64,
+    /// Network for replication and configuration pushes: tcp, or rdma
+    /// (Raft appends written one-sidedly into each follower's ring,
+    /// configuration by RDMA WRITE into masters; the RDMA listener uses the
+    /// --listen address and port, clients stay on TCP there). Every replica
+    /// and master of a cluster uses the same.
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
+    transport: TransportArg,
 }
 
 #[derive(clap::Args)]
@@ -231,6 +238,11 @@ struct MasterArgs {
     /// it well under the coordinators' --master-timeout-ms).
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
+    /// Where coordinators write the configuration region: tcp, or rdma
+    /// (registered memory on the --listen port, written by RDMA WRITE; only
+    /// the newest leader may write). As the coordinators use.
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
+    transport: TransportArg,
 }
 
 #[derive(clap::Args)]
@@ -380,6 +392,26 @@ fn parse_peers(s: &str) -> Result<Peers, String> {
         return Err("at least one replica".into());
     }
     Ok(Peers(out))
+}
+
+/// --transport.
+#[derive(Clone, Copy, ValueEnum)]
+enum TransportArg {
+    /// Everything over TCP (any host).
+    Tcp,
+    /// Cluster traffic over RDMA (Raft appends and configuration pushes by
+    /// one-sided writes); clients stay on TCP. Needs an RDMA device and a
+    /// binary built with `--features rdma`.
+    Rdma,
+}
+
+impl From<TransportArg> for ramcoord::transport::TransportKind {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::Tcp => ramcoord::transport::TransportKind::Tcp,
+            TransportArg::Rdma => ramcoord::transport::TransportKind::Rdma,
+        }
+    }
 }
 
 /// --durability.
@@ -807,7 +839,7 @@ fn run_storage_crash(
 }
 
 fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
-    use ramcoord::node::{CoordinatorNode, NodeConfig};
+    use ramcoord::node::NodeConfig;
     use ramcoord_net::tcp::{TcpConfig, TcpTransport};
     init_logging();
     let ids: Vec<u64> = args.peers.0.iter().map(|(i, _)| *i).collect();
@@ -827,13 +859,6 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
             tcp.peers.insert(*id, *addr);
         }
     }
-    let transport = match TcpTransport::start(tcp) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("ramcoord coordinator: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let mut cfg = NodeConfig::new(args.id, ids, args.data_dir);
     cfg.durability = match args.durability {
         DurabilityArg::Fsync => ramcoord_log::disk::Durability::Fsync,
@@ -846,6 +871,47 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     cfg.join = args.join;
     cfg.spin = std::time::Duration::from_micros(args.spin_us);
     cfg.snapshot_entries = args.snapshot_entries.max(1);
+    match args.transport {
+        TransportArg::Tcp => match TcpTransport::start(tcp) {
+            Ok(t) => drive_coordinator(cfg, t),
+            Err(e) => {
+                eprintln!("ramcoord coordinator: {e}");
+                ExitCode::from(2)
+            }
+        },
+        #[cfg(feature = "rdma")]
+        TransportArg::Rdma => {
+            use ramcoord_net::hybrid::HybridTransport;
+            use ramcoord_net::rdma_transport::RdmaConfig;
+            if let Err(e) = ramcoord::transport::check_rdma() {
+                eprintln!("ramcoord coordinator: --transport rdma: {e}");
+                return ExitCode::from(2);
+            }
+            let mut r = RdmaConfig::new(args.id, args.cluster, args.listen);
+            r.peers = tcp.peers.clone();
+            match HybridTransport::start(tcp, r) {
+                Ok(t) => drive_coordinator(cfg, t),
+                Err(e) => {
+                    eprintln!("ramcoord coordinator: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        #[cfg(not(feature = "rdma"))]
+        TransportArg::Rdma => {
+            let e = ramcoord::transport::check_rdma().expect_err("built without rdma");
+            eprintln!("ramcoord coordinator: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs a coordinator replica on `transport` until it fails.
+fn drive_coordinator<T: ramcoord_net::Transport>(
+    cfg: ramcoord::node::NodeConfig,
+    transport: T,
+) -> ExitCode {
+    use ramcoord::node::CoordinatorNode;
     let mut node = match CoordinatorNode::open(cfg, transport) {
         Ok(n) => n,
         Err(e) => {
@@ -947,6 +1013,7 @@ fn run_master(args: MasterArgs) -> ExitCode {
         coordinators: args.coordinators,
         cluster: args.cluster,
         heartbeat: std::time::Duration::from_millis(args.heartbeat_ms.max(1)),
+        transport: args.transport.into(),
     };
     match run(cfg) {
         Ok(()) => ExitCode::SUCCESS,

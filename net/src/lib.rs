@@ -1,5 +1,7 @@
 //! ramcoord's transports: TCP for commodity hosts, an in-memory one for
-//! tests, RDMA (one-sided writes) later, all behind [`Transport`].
+//! tests, RDMA (feature `rdma`: messages and configuration by one-sided
+//! writes) and a hybrid of the two (RDMA inside the cluster, TCP for
+//! clients), all behind [`Transport`].
 //!
 //! Two kinds of traffic:
 //!
@@ -28,6 +30,8 @@
 #![deny(missing_docs)]
 
 pub mod frame;
+#[cfg(feature = "rdma")]
+pub mod hybrid;
 pub mod mem;
 #[cfg(feature = "rdma")]
 pub mod rdma;

@@ -48,6 +48,10 @@ pub const MESSAGE_BYTES_MAX: usize = 64 << 10;
 /// refused (receiver not ready) and retried after a timer, which costs far
 /// more than the memory.
 pub const RECV_SLOTS: usize = 16;
+/// How long [`RdmaConn::recv_or_closed`] polls before it sleeps: long
+/// enough to catch a reply already on its way, short enough not to take a
+/// core from the peer on a small machine.
+pub const RECV_SPIN: std::time::Duration = std::time::Duration::from_micros(20);
 /// Work requests one [`RdmaConn::write_runs`] may post (runs plus the
 /// tail write), and the send queue's depth.
 pub const SEND_WRS_MAX: usize = 4;
@@ -100,6 +104,9 @@ pub enum RdmaError {
         /// Its name.
         name: String,
     },
+    /// The peer closed the connection (or its host dropped it).
+    #[error("the peer closed the connection")]
+    PeerClosed,
     /// Too large for a buffer or for private data.
     #[error("{what} of {len} bytes exceeds {max}")]
     TooLarge {
@@ -336,16 +343,61 @@ impl RdmaListener {
     /// `region` (its address and key go back in the private data), and
     /// returns the connection with the peer's private data.
     pub fn accept(&self, region: Option<&Arc<RegionMemory>>) -> Result<RdmaConn, RdmaError> {
+        self.request()?.accept(region)
+    }
+
+    /// Waits for a connection request, to be accepted or refused.
+    pub fn request(&self) -> Result<ConnRequest, RdmaError> {
         let mut id = null_mut();
-        // SAFETY: self.id listens; on success `id` is a new connected id
-        // with its QP, owned by the RdmaConn built below.
+        // SAFETY: self.id listens; on success `id` is a new id with its QP,
+        // owned by the ConnRequest built below.
         call("rdma_get_request", unsafe {
             rdma_get_request(self.id, &mut id)
         })?;
         // SAFETY: the request event is attached to the new id until the
         // next call on it; its private data is copied out at once.
-        let peer_private = unframed_private(&unsafe { event_private_data(id) });
-        let mut conn = RdmaConn::new(id, peer_private)?;
+        let private = unframed_private(&unsafe { event_private_data(id) });
+        Ok(ConnRequest {
+            id: Some(id),
+            private,
+        })
+    }
+}
+
+/// A connection request not yet answered: [`ConnRequest::accept`] it, or
+/// drop it to refuse it (the peer's connect fails at once).
+pub struct ConnRequest {
+    id: Option<*mut rdma_cm_id>,
+    private: Vec<u8>,
+}
+
+// SAFETY: the id is owned by the request and used by one thread at a time.
+unsafe impl Send for ConnRequest {}
+
+impl Drop for ConnRequest {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            // SAFETY: a requested id not accepted: refused, then destroyed
+            // once.
+            unsafe {
+                rdma_reject(id, std::ptr::null(), 0);
+                rdma_destroy_ep(id);
+            }
+        }
+    }
+}
+
+impl ConnRequest {
+    /// The private data the peer sent.
+    pub fn private(&self) -> &[u8] {
+        &self.private
+    }
+
+    /// Accepts, letting the peer write `region` (its address and key go
+    /// back in the private data).
+    pub fn accept(mut self, region: Option<&Arc<RegionMemory>>) -> Result<RdmaConn, RdmaError> {
+        let id = self.id.take().expect("a request is answered once");
+        let mut conn = RdmaConn::new(id, std::mem::take(&mut self.private))?;
         let mut private = Vec::new();
         if let Some(r) = region {
             conn.expose(r)?;
@@ -638,6 +690,91 @@ impl RdmaConn {
             });
         }
         self.reap_recv(&wc)
+    }
+
+    /// Waits for the next message or immediate, or until the peer closes
+    /// the connection ([`RdmaError::PeerClosed`]): polls the completion
+    /// queue for up to [`RECV_SPIN`], then arms it and sleeps on both the
+    /// completion channel and the connection's `rdma_cm` event channel, so
+    /// a peer's disconnect (or death) wakes this thread, which then closes
+    /// its side (without that, the peer's disconnect would wait for an
+    /// answer that never comes).
+    pub fn recv_or_closed(&mut self) -> Result<Incoming, RdmaError> {
+        let spin_until = std::time::Instant::now() + RECV_SPIN;
+        loop {
+            if let Some(i) = self.try_recv_any()? {
+                return Ok(i);
+            }
+            if std::time::Instant::now() < spin_until {
+                std::hint::spin_loop();
+                continue;
+            }
+            // SAFETY: the receive CQ, its channel and the id's event
+            // channel are valid for the connection's life; poll(2) reads
+            // the two descriptors only; a CQ event taken here is acked.
+            unsafe {
+                let cq = (*self.id).recv_cq;
+                call("ibv_req_notify_cq", ibv_req_notify_cq(cq, 0))?;
+                if let Some(i) = self.try_recv_any()? {
+                    return Ok(i);
+                }
+                let mut fds = [
+                    libc::pollfd {
+                        fd: (*(*self.id).recv_cq_channel).fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: (*(*self.id).channel).fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                ];
+                if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+                    let err = std::io::Error::last_os_error();
+                    if err.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(RdmaError::Call { call: "poll", err });
+                }
+                if fds[0].revents != 0 {
+                    let mut ev_cq = null_mut();
+                    let mut ctx = null_mut();
+                    call(
+                        "ibv_get_cq_event",
+                        ibv_get_cq_event((*self.id).recv_cq_channel, &mut ev_cq, &mut ctx),
+                    )?;
+                    ibv_ack_cq_events(ev_cq, 1);
+                    continue;
+                }
+                if fds[1].revents != 0 {
+                    // The pending event (a disconnect) is left for
+                    // rdma_disconnect in Drop to consume.
+                    return Err(RdmaError::PeerClosed);
+                }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the next message or immediate (polling,
+    /// sleeping between polls): for a handshake, where a peer that went
+    /// away must not hang the caller.
+    pub fn recv_any_timeout(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Incoming>, RdmaError> {
+        let end = std::time::Instant::now() + timeout;
+        let mut nap = std::time::Duration::from_micros(20);
+        loop {
+            if let Some(i) = self.try_recv_any()? {
+                return Ok(Some(i));
+            }
+            if std::time::Instant::now() >= end {
+                return Ok(None);
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(std::time::Duration::from_millis(5));
+        }
     }
 
     /// The next message or immediate if one has arrived, without waiting.

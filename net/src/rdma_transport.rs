@@ -92,6 +92,11 @@ pub struct RdmaConfig {
     /// Data bytes of the message ring each accepted connection gets (a
     /// multiple of 8); a message may be up to a quarter of it.
     pub ring_bytes: usize,
+    /// Only one peer at a time may connect (and so write): the one named
+    /// by [`RdmaTransport::grant_writes`], nobody before. A master's
+    /// configuration region is kept this way: granting a newer leader
+    /// revokes the older one first.
+    pub exclusive_writer: bool,
 }
 
 impl RdmaConfig {
@@ -105,6 +110,7 @@ impl RdmaConfig {
             regions: Vec::new(),
             queue_frames_max: 4096,
             ring_bytes: RING_BYTES_DEFAULT,
+            exclusive_writer: false,
         }
     }
 }
@@ -121,6 +127,9 @@ enum Out {
         region: RegionId,
         offset: u64,
         bytes: Bytes,
+        /// Already retried on a fresh connection because the region was
+        /// not advertised.
+        retried: bool,
     },
 }
 
@@ -130,10 +139,13 @@ struct Inner {
     deliver: Box<dyn Fn(Event) + Send + Sync>,
     regions: HashMap<RegionId, Arc<RegionMemory>>,
     outbound: Mutex<HashMap<PeerId, Sender<Out>>>,
-    /// Accepted connections by peer: how to revoke each.
-    writers: Mutex<HashMap<PeerId, Vec<Revoker>>>,
+    /// Accepted connections by peer: how to revoke each, and whether the
+    /// declared regions were registered on it.
+    writers: Mutex<HashMap<PeerId, Vec<(Revoker, bool)>>>,
     next_write: AtomicU64,
     dropped_frames: AtomicU64,
+    /// With `exclusive_writer`: the peer allowed to connect.
+    granted: Mutex<Option<PeerId>>,
 }
 
 /// A node's RDMA endpoint (see the module docs).
@@ -194,6 +206,7 @@ impl RdmaTransport {
             writers: Mutex::new(HashMap::new()),
             next_write: AtomicU64::new(0),
             dropped_frames: AtomicU64::new(0),
+            granted: Mutex::new(None),
         });
         let i = inner.clone();
         std::thread::Builder::new()
@@ -220,12 +233,43 @@ impl RdmaTransport {
         // before its connection (and queue pair) is destroyed.
         let mut writers = self.inner.writers.lock().expect("lock poisoned");
         let revokers = writers.remove(&peer).unwrap_or_default();
-        for r in &revokers {
+        for (r, _) in &revokers {
             r.revoke()?;
         }
         drop(writers);
         tracing::info!(peer, connections = revokers.len(), "revoked a writer");
         Ok(revokers.len())
+    }
+
+    /// With [`RdmaConfig::exclusive_writer`]: from now on only `peer` may
+    /// connect; every connection of any other peer is revoked first (its
+    /// later writes fail at the writer and never reach memory), and their
+    /// reconnections are refused. Returns the connections revoked.
+    pub fn grant_writes(&self, peer: PeerId) -> Result<usize, RdmaError> {
+        // The grant changes under the writers' lock, which the accept loop
+        // holds while it admits a connection: no connection of another
+        // peer slips in between the revocation and the grant.
+        let mut writers = self.inner.writers.lock().expect("lock poisoned");
+        let mut n = 0;
+        for (p, revokers) in writers.iter_mut() {
+            // Every other peer's connections, and the granted peer's own
+            // connections that were accepted without the regions (so it
+            // reconnects and gets them).
+            let mut keep = Vec::new();
+            for (r, writable) in revokers.drain(..) {
+                if *p == peer && writable {
+                    keep.push((r, writable));
+                } else {
+                    r.revoke()?;
+                    n += 1;
+                }
+            }
+            *revokers = keep;
+        }
+        *self.inner.granted.lock().expect("lock poisoned") = Some(peer);
+        drop(writers);
+        tracing::info!(peer, revoked = n, "write access granted");
+        Ok(n)
     }
 
     /// Whether messages and writes to `peer` go over this transport.
@@ -287,6 +331,7 @@ impl Transport for RdmaTransport {
                 region,
                 offset,
                 bytes,
+                retried: false,
             },
         );
         id
@@ -322,14 +367,20 @@ impl Transport for RdmaTransport {
 }
 
 /// The advertisement of our regions: tag, count, then (id, addr, rkey,
-/// len) each.
+/// len) each. The declared regions are registered on the connection (and
+/// advertised) only if `writable`; the message ring always is.
 fn advertise(
     conn: &mut RdmaConn,
     inner: &Inner,
     ring: &Arc<RegionMemory>,
+    writable: bool,
 ) -> Result<(), RdmaError> {
-    let mut b = vec![TAG_REGIONS, inner.regions.len() as u8 + 1];
-    let mut ids: Vec<_> = inner.regions.keys().copied().collect();
+    let mut ids: Vec<_> = if writable {
+        inner.regions.keys().copied().collect()
+    } else {
+        Vec::new()
+    };
+    let mut b = vec![TAG_REGIONS, ids.len() as u8 + 1];
     ids.sort_unstable();
     ids.push(RING_REGION);
     for id in ids {
@@ -365,44 +416,64 @@ fn parse_advert(b: &[u8]) -> Option<HashMap<RegionId, RemoteRegion>> {
 
 fn accept_loop(inner: Arc<Inner>, listener: RdmaListener) {
     while !inner.shutdown.load(Ordering::SeqCst) {
-        let mut conn = match listener.accept(None) {
-            Ok(c) => c,
+        let req = match listener.request() {
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
-        let p = conn.peer_private();
+        let p = req.private();
         if p.len() != 16 {
             tracing::warn!(
                 len = p.len(),
-                "closing connection: bad input (private data)"
+                "refusing a connection: bad input (private data)"
             );
-            continue;
+            continue; // dropping the request refuses it
         }
         let cluster = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
         let peer = u64::from_le_bytes(p[8..].try_into().expect("8 bytes"));
+        tracing::debug!(peer, "connection request");
         if cluster != inner.cfg.cluster {
             tracing::warn!(
                 peer,
                 cluster,
-                "closing connection: bad input (another cluster)"
+                "refusing a connection: bad input (another cluster)"
             );
             continue;
         }
+        // The writers' lock is held from the grant check until the
+        // connection's revoker is recorded: a grant to another peer either
+        // comes first or finds this connection and revokes it.
+        let mut writers = inner.writers.lock().expect("lock poisoned");
+        let mut conn = match req.accept(None) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(peer, error = %e, "accept failed");
+                continue;
+            }
+        };
+        // Not granted (exclusive writer): the connection carries messages
+        // but no region is registered on it, so nothing can write one; a
+        // grant revokes it, and the peer reconnects to a fresh
+        // advertisement. (Refusing by rejecting the request stalled both
+        // sides' rdma_cm calls for seconds under soft-RoCE.)
+        let writable = !inner.cfg.exclusive_writer
+            || *inner.granted.lock().expect("lock poisoned") == Some(peer);
         let ring = RegionMemory::new(RING_HEADER_BYTES + inner.cfg.ring_bytes);
-        if let Err(e) = advertise(&mut conn, &inner, &ring) {
+        if let Err(e) = advertise(&mut conn, &inner, &ring, writable) {
             tracing::warn!(peer, error = %e, "could not advertise regions");
             continue;
         }
-        inner
-            .writers
-            .lock()
-            .expect("lock poisoned")
+        if !writable {
+            tracing::debug!(peer, "connection without write access (not granted)");
+        }
+        writers
             .entry(peer)
             .or_default()
-            .push(conn.revoker());
+            .push((conn.revoker(), writable));
+        drop(writers);
         let i = inner.clone();
         std::thread::Builder::new()
             .name("rdma-recv".into())
@@ -417,7 +488,7 @@ fn receive_loop(inner: Arc<Inner>, peer: PeerId, conn: RdmaConn, ring: Arc<Regio
         // Forget the revoker before the queue pair goes.
         let mut w = inner.writers.lock().expect("lock poisoned");
         if let Some(v) = w.get_mut(&peer) {
-            v.retain(|r| !r.same(&revoker));
+            v.retain(|(r, _)| !r.same(&revoker));
         }
         drop(w);
         drop(conn);
@@ -438,7 +509,7 @@ fn receive(
     let mut credited_reaped = 0u64;
     let mut got = Vec::new();
     loop {
-        match conn.recv_any() {
+        match conn.recv_or_closed() {
             Ok(Incoming::Immediate(_)) => {
                 reaped += 1;
                 let tail = ring.read_u64(0);
@@ -621,23 +692,33 @@ impl RingSender {
 }
 
 fn send_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, queue: Receiver<Out>) {
+    // A write put back to be tried again on the next connection.
+    let mut pending = None;
     let mut private = inner.cfg.cluster.to_le_bytes().to_vec();
     private.extend_from_slice(&inner.cfg.id.to_le_bytes());
     let mut backoff = Duration::from_millis(10);
     while !inner.shutdown.load(Ordering::SeqCst) {
+        tracing::debug!(peer, %addr, "connecting");
         let mut conn = match RdmaConn::connect(addr, &private) {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(peer, %addr, error = %e, "connect failed; retrying");
                 std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff = (backoff * 2).min(Duration::from_millis(250));
                 continue;
             }
         };
-        let regions = match conn.recv().ok().as_deref().and_then(parse_advert) {
+        // The advertisement comes first; a peer that went away during the
+        // handshake must not hang this thread.
+        let advert = match conn.recv_any_timeout(Duration::from_secs(2)) {
+            Ok(Some(Incoming::Message(m))) => parse_advert(&m),
+            _ => None,
+        };
+        let regions = match advert {
             Some(r) => r,
             None => {
                 tracing::warn!(peer, %addr, "closing connection: bad input (no region advertisement)");
+                close_aside(conn);
                 std::thread::sleep(backoff);
                 continue;
             }
@@ -645,6 +726,7 @@ fn send_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, queue: Receiver<
         let mut regions = regions;
         let Some(remote_ring) = regions.remove(&RING_REGION) else {
             tracing::warn!(peer, %addr, "closing connection: bad input (no message ring advertised)");
+            close_aside(conn);
             std::thread::sleep(backoff);
             continue;
         };
@@ -652,20 +734,39 @@ fn send_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, queue: Receiver<
             || (remote_ring.len as usize - RING_HEADER_BYTES) % 8 != 0
         {
             tracing::warn!(peer, %addr, len = remote_ring.len, "closing connection: bad input (message ring size)");
+            close_aside(conn);
             std::thread::sleep(backoff);
             continue;
         }
         backoff = Duration::from_millis(10);
         tracing::info!(peer, %addr, regions = regions.len(), "RDMA connected");
         let mut ring = RingSender::new(remote_ring);
-        if let Err(why) = serve_queue(&inner, peer, &mut conn, &regions, &mut ring, &queue) {
+        if let Err(why) = serve_queue(
+            &inner,
+            peer,
+            &mut conn,
+            &regions,
+            &mut ring,
+            &queue,
+            &mut pending,
+        ) {
             if why.is_empty() {
                 return; // shutting down
             }
             tracing::info!(peer, %addr, reason = why, "connection failed; reconnecting");
         }
+        close_aside(conn);
         std::thread::sleep(backoff);
     }
+}
+
+/// Closes a connection on a thread of its own: `rdma_disconnect` waits for
+/// the peer's answer, which a dead or revoking peer may be slow to give;
+/// the sender reconnects meanwhile.
+fn close_aside(conn: RdmaConn) {
+    let _ = std::thread::Builder::new()
+        .name("rdma-close".into())
+        .spawn(move || drop(conn));
 }
 
 /// Takes frames off `queue` and sends them on `conn` until the connection
@@ -677,10 +778,11 @@ fn serve_queue(
     regions: &HashMap<RegionId, RemoteRegion>,
     ring: &mut RingSender,
     queue: &Receiver<Out>,
+    pending: &mut Option<Out>,
 ) -> Result<(), String> {
     loop {
         // Batch what is queued; post when the queue runs dry.
-        let out = match queue.try_recv() {
+        let out = match pending.take().map_or_else(|| queue.try_recv(), Ok) {
             Ok(o) => o,
             Err(_) => {
                 ring.flush(conn, inner)?;
@@ -706,10 +808,24 @@ fn serve_queue(
                 region,
                 offset,
                 bytes,
+                retried,
             } => {
                 // Writes stay in order with the messages before them.
                 ring.flush(conn, inner)?;
                 let status = match regions.get(&region) {
+                    None if !retried => {
+                        // Perhaps not registered for us when we connected
+                        // (a master grants one writer at a time): try once
+                        // more on a fresh connection and advertisement.
+                        *pending = Some(Out::Write {
+                            id,
+                            region,
+                            offset,
+                            bytes,
+                            retried: true,
+                        });
+                        return Err("a region the peer did not advertise".into());
+                    }
                     None => WriteStatus::NoSuchRegion,
                     Some(r) if offset + bytes.len() as u64 > r.len as u64 => {
                         WriteStatus::OutOfBounds

@@ -249,6 +249,19 @@ impl TcpTransport {
         self.inner.dropped_frames.load(Ordering::Relaxed)
     }
 
+    /// A function that delivers events into this transport's queue (and
+    /// wakes an owner blocked in [`Transport::next_event`]): how another
+    /// transport shares this one's owner loop.
+    pub fn event_sink(&self) -> Box<dyn Fn(Event) + Send + Sync> {
+        let inner = self.inner.clone();
+        Box::new(move |ev| {
+            let _ = inner.events.send(ev);
+            if let Some(i) = &inner.inline {
+                let _ = i.waker.wake();
+            }
+        })
+    }
+
     /// Connections closed because the peer sent bad input.
     pub fn rejected_connections(&self) -> u64 {
         self.inner.rejected_conns.load(Ordering::Relaxed)

@@ -12,7 +12,17 @@ use ramcoord_net::rdma::{devices, RdmaConn, RdmaError, RdmaListener, RegionMemor
 
 static NEXT_PORT: AtomicU16 = AtomicU16::new(7471);
 
+/// The transport's logs on stderr (RAMCOORD_LOG, default warn).
+fn logs() {
+    let filter = std::env::var("RAMCOORD_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn step(what: &str) {
+    logs();
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let t = START.get_or_init(Instant::now).elapsed();
     eprintln!("[{:8.3}s] {what}", t.as_secs_f64());
@@ -200,6 +210,76 @@ mod transport_suite {
             }
         }
         panic!("write {id} never completed");
+    }
+
+    /// Fencing as a master does it on a term change: with an exclusive
+    /// writer, nobody writes before a grant; granting the newer leader
+    /// revokes the older one first, whose next write is refused by its NIC
+    /// and whose reconnections are refused, so the region keeps the newer
+    /// leader's bytes.
+    #[test]
+    fn granting_a_newer_leader_fences_the_older_one() {
+        logs();
+        let server = server_addr();
+        let ports = [
+            server.port(),
+            NEXT_PORT.fetch_add(1, Ordering::Relaxed),
+            NEXT_PORT.fetch_add(1, Ordering::Relaxed),
+        ];
+        let any = |port: u16| -> SocketAddr { format!("0.0.0.0:{port}").parse().unwrap() };
+        let master_addr = SocketAddr::new(server.ip(), ports[0]);
+        let mut cm = RdmaConfig::new(100, 9, any(ports[0]));
+        cm.regions.push((1, 64));
+        cm.ring_bytes = 4096;
+        cm.exclusive_writer = true;
+        let master = RdmaTransport::start(cm).expect("master starts");
+        let leader = |id: u64, port: u16| {
+            let mut c = RdmaConfig::new(id, 9, any(port));
+            c.peers.insert(100, master_addr);
+            RdmaTransport::start(c).expect("leader starts")
+        };
+        let (old, new) = (leader(1, ports[1]), leader(2, ports[2]));
+        let region = master.region(1).expect("declared");
+        // Nobody granted yet: the region is not even registered on the old
+        // leader's connection; its write is refused as to a region the
+        // master does not offer it.
+        let w0 = old.write(100, 1, 0, Bytes::from_static(b"term 1 early"));
+        assert_eq!(write_done(&old, w0), WriteStatus::NoSuchRegion);
+        assert!(
+            !region.snapshot().starts_with(b"term 1"),
+            "landed without a grant"
+        );
+        // Granted, the leader's next attempt (on a fresh connection) lands.
+        master.grant_writes(1).expect("grant the old leader");
+        let w1 = old.write(100, 1, 0, Bytes::from_static(b"term 1"));
+        assert_eq!(write_done(&old, w1), WriteStatus::Landed);
+        assert!(region.snapshot().starts_with(b"term 1"));
+        // A newer leader: the old one is revoked first, then the new one
+        // may connect and write.
+        let revoked = master.grant_writes(2).expect("grant the new leader");
+        assert_eq!(revoked, 1, "the old leader's connection was revoked");
+        let w2 = new.write(100, 1, 0, Bytes::from_static(b"term 2"));
+        assert_eq!(write_done(&new, w2), WriteStatus::Landed);
+        step("the newer leader wrote after the grant");
+        // The deposed leader writes late: refused at its NIC.
+        let late = old.write(100, 1, 0, Bytes::from_static(b"term 1 late"));
+        assert!(
+            matches!(write_done(&old, late), WriteStatus::Refused(_)),
+            "a revoked writer's write landed"
+        );
+        // And its reconnection is refused: a retry never lands either.
+        let retry = old.write(100, 1, 0, Bytes::from_static(b"term 1 retry"));
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            region.snapshot().starts_with(b"term 2"),
+            "{:?}",
+            &region.snapshot()[..12]
+        );
+        assert!(
+            old.events().try_iter().all(|e| !matches!(e, Event::WriteDone { id, status: WriteStatus::Landed, .. } if id == retry)),
+            "the deposed leader's retry landed"
+        );
+        step("the deposed leader's late write and retry were refused");
     }
 
     /// Messages travel as one-sided writes into the receiver's ring: with

@@ -1,7 +1,7 @@
 //! The master process (`ramcoord master`): a [`MasterAgent`] behind the
-//! TCP transport.
+//! TCP transport, its configuration region on TCP or RDMA.
 //!
-//! Three activities, each on its own thread:
+//! Three activities, each on its own thread (over TCP; RDMA below):
 //!
 //! - the transport's I/O threads apply coordinators' one-sided writes to
 //!   the configuration region ([`CONFIG_REGION`]). The region is the agent
@@ -16,6 +16,20 @@
 //!   nonce makes a retried enlistment recognisable), then heartbeats the
 //!   active coordinator. Told it was declared crashed, the process stops:
 //!   a restarted process enlists as a new server.
+//!
+//! # Over RDMA (`--transport rdma`)
+//!
+//! The region is registered memory the coordinator's NIC writes; no code
+//! runs when a write lands. A watcher thread, and the worker before each
+//! request, read the region's header without a lock and, when it changed,
+//! the whole region, and hand it to the agent, which acts only on a region
+//! that checks out (a torn read — a write landing mid-copy — fails the
+//! checksum and is read again later). Fencing is the queue pair: the
+//! master lets one coordinator at a time connect to it (the leader of the
+//! newest term its heartbeats were answered by); granting a newer leader
+//! first moves the older one's queue pair to the error state, so a deposed
+//! leader's later writes fail at its NIC and never reach this memory.
+//! Clients and the coordinators' answers stay on TCP.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -33,6 +47,7 @@ use crate::node::client::{
     decode, encode, ClientReply, ClientRequest, MasterReply, MasterRequest, OpResult,
 };
 use crate::node::{master_peer_id, tag, CONFIG_REGION};
+use crate::transport::TransportKind;
 
 /// How a master process runs.
 #[derive(Clone, Debug)]
@@ -48,6 +63,9 @@ pub struct MasterProcessConfig {
     pub cluster: u64,
     /// How often to heartbeat the active coordinator.
     pub heartbeat: Duration,
+    /// Where the configuration region lives (TCP: applied by the I/O
+    /// thread; RDMA: registered memory, see the module docs).
+    pub transport: TransportKind,
 }
 
 /// Why the master process stopped.
@@ -79,7 +97,15 @@ impl Region for ConfigRegionSlot {
             return Err("a configuration region is written whole, at offset 0".into());
         }
         let mut agent = self.agent.lock().expect("agent lock poisoned");
-        match agent.on_region_write(bytes) {
+        let outcome = agent.on_region_write(bytes);
+        log_outcome(&agent, outcome)
+    }
+}
+
+/// Logs what became of a region; `Err` with the reason if it was refused.
+fn log_outcome(agent: &MasterAgent, outcome: RegionOutcome) -> Result<(), String> {
+    {
+        match outcome {
             RegionOutcome::Applied { version } => {
                 let c = agent.config().expect("just applied");
                 tracing::info!(
@@ -108,6 +134,46 @@ impl Region for ConfigRegionSlot {
     }
 }
 
+/// Reads a configuration region in registered memory (RDMA) and hands it
+/// to the agent when its header changed (see the module docs).
+#[cfg(feature = "rdma")]
+struct RegionWatcher {
+    mem: Arc<ramcoord_net::rdma::RegionMemory>,
+    /// The header last acted on (or refused): not read again until it
+    /// changes.
+    seen: [u8; 32],
+    /// Copies that did not check out (a write was landing).
+    torn: u64,
+}
+
+#[cfg(feature = "rdma")]
+impl RegionWatcher {
+    fn sync(&mut self, agent: &Mutex<MasterAgent>) {
+        let mut header = [0u8; 32];
+        self.mem.read_at(0, &mut header);
+        if header == self.seen || header == [0u8; 32] {
+            return;
+        }
+        let body = u32::from_le_bytes(header[24..28].try_into().expect("4 bytes")) as usize;
+        let len = (32 + body).min(self.mem.len());
+        let mut bytes = vec![0u8; len];
+        self.mem.read_at(0, &mut bytes);
+        let mut agent = agent.lock().expect("agent lock poisoned");
+        match agent.on_region_write(&bytes) {
+            RegionOutcome::Invalid(e) => {
+                // Torn (a write is landing) or garbage: never acted on;
+                // read again at the next look.
+                self.torn += 1;
+                tracing::debug!(error = %e, torn = self.torn, "region did not check out; reading again");
+            }
+            outcome => {
+                self.seen = header;
+                let _ = log_outcome(&agent, outcome);
+            }
+        }
+    }
+}
+
 /// Runs a master until it is declared crashed (see the module docs).
 pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
     let nonce = rand::random::<u64>() | (1 << 63);
@@ -127,16 +193,56 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
         nonce,
         MasterBugs::default(),
     )));
-    transport.register_region(
-        CONFIG_REGION,
-        Arc::new(ConfigRegionSlot {
-            agent: agent.clone(),
-        }),
-    );
+    // Before each request the worker brings the region up to date (RDMA:
+    // the NIC may have written it since the watcher last looked).
+    #[cfg_attr(not(feature = "rdma"), allow(unused_mut))]
+    let mut sync: Box<dyn FnMut() + Send> = Box::new(|| {});
+    #[cfg(feature = "rdma")]
+    let mut rdma = None;
+    match cfg.transport {
+        TransportKind::Tcp => transport.register_region(
+            CONFIG_REGION,
+            Arc::new(ConfigRegionSlot {
+                agent: agent.clone(),
+            }),
+        ),
+        #[cfg(not(feature = "rdma"))]
+        TransportKind::Rdma => {
+            return Err(MasterExit::Start(
+                crate::transport::check_rdma().expect_err("built without rdma"),
+            ))
+        }
+        #[cfg(feature = "rdma")]
+        TransportKind::Rdma => {
+            use ramcoord_net::rdma_transport::{RdmaConfig, RdmaTransport};
+            let mut r = RdmaConfig::new(master_peer_id(nonce), cfg.cluster, cfg.listen);
+            r.regions = vec![(CONFIG_REGION, limits::REGION_BYTES_MAX)];
+            r.ring_bytes = 4096; // nothing is sent to a master over RDMA
+            r.exclusive_writer = true;
+            let t = RdmaTransport::start(r).map_err(|e| MasterExit::Start(e.to_string()))?;
+            let watcher = Arc::new(Mutex::new(RegionWatcher {
+                mem: t.region(CONFIG_REGION).expect("declared"),
+                seen: [0; 32],
+                torn: 0,
+            }));
+            let (w, a) = (watcher.clone(), agent.clone());
+            std::thread::Builder::new()
+                .name("region-watcher".into())
+                .spawn(move || loop {
+                    w.lock().expect("watcher lock poisoned").sync(&a);
+                    std::thread::sleep(Duration::from_micros(500));
+                })
+                .map_err(|e| MasterExit::Start(e.to_string()))?;
+            let a = agent.clone();
+            sync = Box::new(move || watcher.lock().expect("watcher lock poisoned").sync(&a));
+            tracing::info!(listen = %cfg.listen, "configuration region in RDMA memory");
+            rdma = Some(t);
+        }
+    }
     let worker_agent = agent.clone();
     std::thread::Builder::new()
         .name("master-worker".into())
-        .spawn(move || serve_clients(transport, worker_agent))
+        .spawn(move || serve_clients(transport, worker_agent, sync))
         .map_err(|e| MasterExit::Start(e.to_string()))?;
 
     let mut coord = CoordinatorClient::new(cfg.coordinators.clone(), cfg.cluster);
@@ -146,6 +252,8 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
     tracing::info!(%id, %advertise, "enlisted");
     coord.attempt_timeout = cfg.heartbeat.max(Duration::from_millis(20)) * 4;
     let mut next = Instant::now();
+    #[cfg(feature = "rdma")]
+    let mut granted_term = 0u64;
     loop {
         next += cfg.heartbeat;
         let now = Instant::now();
@@ -158,6 +266,31 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
         match coord.ask_leader(&ClientRequest::Heartbeat { from: id }, deadline) {
             Ok(ClientReply::HeartbeatAck { gone: true, .. }) => {
                 return Err(MasterExit::DeclaredCrashed(id));
+            }
+            #[cfg(feature = "rdma")]
+            Ok(ClientReply::HeartbeatAck {
+                leader: Some(leader),
+                term,
+                ..
+            }) => {
+                // A newer leader: it alone may write the region from now on
+                // (the older one is revoked first).
+                if let Some(t) = rdma.as_ref().filter(|_| term > granted_term) {
+                    match t.grant_writes(leader) {
+                        Ok(revoked) => {
+                            granted_term = term;
+                            tracing::info!(
+                                leader,
+                                term,
+                                revoked,
+                                "configuration writes granted to the leader"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::error!(leader, error = %e, "could not revoke the older leader")
+                        }
+                    }
+                }
             }
             Ok(ClientReply::HeartbeatAck { .. }) => {}
             Ok(other) => tracing::warn!(?other, "unexpected answer to a heartbeat"),
@@ -191,7 +324,11 @@ fn enlist(coord: &mut CoordinatorClient, advertise: SocketAddr, nonce: u64) -> S
 }
 
 /// The worker: clients' reads and writes.
-fn serve_clients(transport: TcpTransport, agent: Arc<Mutex<MasterAgent>>) {
+fn serve_clients(
+    transport: TcpTransport,
+    agent: Arc<Mutex<MasterAgent>>,
+    mut sync: Box<dyn FnMut() + Send>,
+) {
     let mut rejected = 0u64;
     while let Ok(ev) = transport.events().recv() {
         let Event::Message { from, payload } = ev else {
@@ -210,6 +347,7 @@ fn serve_clients(transport: TcpTransport, agent: Arc<Mutex<MasterAgent>>) {
                 continue;
             }
         };
+        sync();
         let reply = {
             let mut a = agent.lock().expect("agent lock poisoned");
             match env.body {

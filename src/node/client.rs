@@ -240,6 +240,9 @@ pub enum ClientReply {
         gone: bool,
         /// Who leads, as this replica believes.
         leader: Option<u64>,
+        /// The answering replica's term (a master grants configuration
+        /// write access to the leader of the newest term it hears of).
+        term: u64,
     },
 }
 

@@ -524,6 +524,7 @@ impl<T: Transport> CoordinatorNode<T> {
                 ClientReply::HeartbeatAck {
                     gone,
                     leader: Some(self.cfg.id),
+                    term: self.coord.term(),
                 }
             }
             ClientRequest::ChangeReplicas(change) => {
