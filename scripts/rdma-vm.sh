@@ -151,8 +151,9 @@ export RUST_BACKTRACE=1 RAMCOORD_RDMA_SERVER=10.0.0.1 RAMCOORD_RDMA_HOSTS=10.0.0
 export RAMCOORD_BIN=/usr/bin/ramcoord TMPDIR=/tmp
 if [ "$BENCH" = 1 ]; then
     echo "=== ramcoord-bench rdma"
-    timeout 600 /usr/bin/ramcoord-bench rdma --hosts 10.0.0.1,10.0.0.2 --ramcoord /usr/bin/ramcoord
+    timeout 600 /usr/bin/ramcoord-bench rdma --hosts 10.0.0.1,10.0.0.2 --ramcoord /usr/bin/ramcoord --json >/tmp/bench.out
     rc=$?
+    echo "BENCH_BEGIN"; cat /tmp/bench.out; echo "BENCH_END"
 else
     # A hung test (a peer that died mid-exchange) fails here, not at the
     # VM's timeout.
@@ -183,5 +184,11 @@ QRC=${PIPESTATUS[0]}
 set -e
 RC=$(sed -n 's/.*RDMA_VM_RESULT rc=\([0-9]*\).*/\1/p' "$LOG" | tail -n1)
 if [ "$QRC" = 124 ]; then RC=124; elif [ -z "$RC" ]; then RC=125; fi
+if [ "$BENCH" = 1 ] && [ "$RC" = 0 ]; then
+    OUT=bench/results/rdma-$(date -u +%Y-%m-%dT%H-%M-%SZ).md
+    { echo "# ramcoord-bench rdma ($(date -u +%FT%TZ), soft-RoCE in a QEMU TCG VM on $(nproc) host cores)"; echo
+      sed -n '/BENCH_BEGIN/,/BENCH_END/p' "$LOG" | sed '1d;$d' | tr -d '\r'; } >"$OUT"
+    echo "rdma-vm.sh: benchmark written to $OUT" >&2
+fi
 echo "rdma-vm.sh: result rc=$RC" >&2
 exit "$RC"

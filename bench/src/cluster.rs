@@ -106,7 +106,10 @@ pub struct Throughput {
 
 /// One create or drop through completion; returns (commit point as seen
 /// by the client, leader's commit µs, completion), or why not.
-fn one_op(cl: &mut CoordinatorClient, req: Request) -> Result<(Duration, u64, Duration), String> {
+pub fn one_op(
+    cl: &mut CoordinatorClient,
+    req: Request,
+) -> Result<(Duration, u64, Duration), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     match cl.operate_until_complete(req, deadline) {
         Ok((
@@ -122,7 +125,7 @@ fn one_op(cl: &mut CoordinatorClient, req: Request) -> Result<(Duration, u64, Du
 }
 
 /// The alternating create / drop stream of client `i`: the `k`th request.
-fn op_for(i: usize, k: u64) -> Request {
+pub fn op_for(i: usize, k: u64) -> Request {
     let name = format!("bench-{i}");
     if k % 2 == 0 {
         Request::CreateTable { name, tablets: 1 }
@@ -131,7 +134,7 @@ fn op_for(i: usize, k: u64) -> Request {
     }
 }
 
-fn noop(cl: &mut CoordinatorClient) -> Result<Duration, String> {
+pub fn noop(cl: &mut CoordinatorClient) -> Result<Duration, String> {
     let t = Instant::now();
     match cl.ask_leader(&ClientRequest::Noop, t + Duration::from_secs(10)) {
         Ok(ClientReply::Committed { .. }) => Ok(t.elapsed()),

@@ -11,6 +11,8 @@ mod dist;
 mod etcd;
 mod floor;
 mod push;
+#[cfg(feature = "rdma")]
+mod rdma;
 mod storage;
 
 use std::collections::VecDeque;
@@ -42,6 +44,28 @@ enum Scenario {
         /// Payload bytes per proposal.
         #[arg(long, default_value_t = 64)]
         payload: usize,
+    },
+    /// RDMA (inside the soft-RoCE VM: `BENCH=1 scripts/rdma-vm.sh`): a
+    /// one-sided write vs a two-sided send and echo of the same size, and
+    /// a cluster's commit point over --transport rdma vs tcp, in one run.
+    /// Needs a binary built with `--features rdma` and an RDMA device.
+    Rdma {
+        /// The RDMA devices' addresses, comma-separated (the VM's two).
+        #[arg(long, value_delimiter = ',', default_value = "10.0.0.1,10.0.0.2")]
+        hosts: Vec<std::net::IpAddr>,
+        /// The `ramcoord` binary (built with --features rdma); default:
+        /// beside this one.
+        #[arg(long)]
+        ramcoord: Option<PathBuf>,
+        /// Operations of each verb per size.
+        #[arg(long, default_value_t = 2000)]
+        verbs_ops: u64,
+        /// Cluster operations per transport.
+        #[arg(long, default_value_t = 300)]
+        commit_ops: u64,
+        /// Print JSON after the table.
+        #[arg(long)]
+        json: bool,
     },
     /// The hardware floor: loopback TCP round trip (64 B, TCP_NODELAY) and
     /// 4 KiB write + fdatasync on the data directory's file system.
@@ -394,6 +418,30 @@ serializable read       {}
             emit(json, &r, || r.markdown());
         }
         Scenario::Core { ops, payload } => core(ops, payload),
+        #[cfg(feature = "rdma")]
+        Scenario::Rdma {
+            hosts,
+            ramcoord,
+            verbs_ops,
+            commit_ops,
+            json,
+        } => {
+            let bin = ramcoord
+                .map(Ok)
+                .unwrap_or_else(rdma::default_binary)
+                .unwrap_or_else(|e| fail(e));
+            let progress = |m: &str| eprintln!("ramcoord-bench rdma: {m}");
+            let r = rdma::run(&hosts, &bin, verbs_ops, commit_ops, &progress)
+                .unwrap_or_else(|e| fail(e));
+            println!("{}", rdma::render(&r));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).expect("serialisable"));
+            }
+        }
+        #[cfg(not(feature = "rdma"))]
+        Scenario::Rdma { .. } => fail(
+            "rdma: this binary was built without RDMA support; run it in the soft-RoCE VM with `BENCH=1 scripts/rdma-vm.sh` (or build with --features rdma on an RDMA host)".into(),
+        ),
         Scenario::Storage {
             dir,
             ops,
