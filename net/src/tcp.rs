@@ -412,12 +412,22 @@ fn spawn(inner: &Arc<Inner>, name: &str, f: impl FnOnce() + Send + 'static) {
         .name(name.into())
         .spawn(f)
         .expect("spawning a transport thread");
-    inner.threads.lock().expect("lock poisoned").push(h);
+    let mut threads = inner.threads.lock().expect("lock poisoned");
+    // Finished threads' handles go (dropping one releases the thread), so a
+    // thread per connection does not pile up over a server's life.
+    threads.retain(|t| !t.is_finished());
+    threads.push(h);
 }
 
+/// Keeps a handle to close `s` at shutdown. Handles of connections that
+/// have since closed (the socket no longer has a peer) are dropped here,
+/// so a long-lived transport does not keep one descriptor per connection
+/// it ever had.
 fn track(inner: &Inner, s: &TcpStream) {
     if let Ok(c) = s.try_clone() {
-        inner.conns.lock().expect("lock poisoned").push(c);
+        let mut conns = inner.conns.lock().expect("lock poisoned");
+        conns.retain(|c| c.peer_addr().is_ok());
+        conns.push(c);
     }
 }
 

@@ -206,3 +206,61 @@ fn a_peer_without_an_address_is_answered_on_its_own_connection() {
         (1, Bytes::from_static(b"leader is 1"))
     );
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// Clients that connect, say hello, and go away must not cost the server a
+/// descriptor each: a coordinator serves clients for months, and a default
+/// limit of 1024 descriptors was reached in minutes before this was fixed.
+#[test]
+fn closed_connections_do_not_keep_descriptors() {
+    for inline in [false, true] {
+        let mut cfg = TcpConfig::new(1, 8, loopback());
+        cfg.inline_io = inline;
+        let server = TcpTransport::start(cfg).unwrap();
+        let addr = server.local_addr();
+        let hello = Frame::Hello {
+            peer: 77,
+            cluster: 8,
+        }
+        .to_bytes();
+        let connect_and_leave = || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&hello).unwrap();
+            let mut b = [0u8; 64];
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.read(&mut b); // the server's hello
+        };
+        // Drive the inline server's I/O while the clients come and go.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let poller = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = server.next_event(Duration::from_millis(5));
+                }
+                server
+            })
+        };
+        for _ in 0..50 {
+            connect_and_leave();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let before = open_fds();
+        for _ in 0..1500 {
+            connect_and_leave();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        connect_and_leave(); // the server prunes when a connection arrives
+        std::thread::sleep(Duration::from_millis(100));
+        let after = open_fds();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(poller.join().unwrap());
+        assert!(
+            after < before + 100,
+            "inline={inline}: {before} descriptors before 1500 short connections, {after} after"
+        );
+    }
+}
