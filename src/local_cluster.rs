@@ -135,9 +135,17 @@ impl Drop for LocalCluster {
 /// that the connections the cluster's processes open cannot take it in the
 /// meantime, as a port from `bind(0)` could.
 pub fn free_addr() -> Result<SocketAddr, String> {
+    // A port handed out is not handed out again by this process: the child
+    // it was for may not have bound it yet when the next one is drawn.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
         let port = rand::random_range(20_000..32_000u16);
+        if given.contains(&port) {
+            continue;
+        }
         if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            given.push(port);
             return l.local_addr().map_err(|e| e.to_string());
         }
     }

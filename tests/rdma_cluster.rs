@@ -46,8 +46,15 @@ impl Drop for LogsOnFailure {
         }
         for (name, path) in &self.0 {
             let l = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = l.lines().collect();
-            eprintln!("--- {name} (last 80 lines of {})", path.display());
+            // Clients' (ctl's) connections coming and going are noise here.
+            let lines: Vec<&str> = l
+                .lines()
+                .filter(|x| !x.contains("ramcoord_net::tcp: connection closed"))
+                .collect();
+            eprintln!(
+                "--- {name} (last 80 lines of {}, without clients' disconnects)",
+                path.display()
+            );
             for x in &lines[lines.len().saturating_sub(80)..] {
                 eprintln!("{x}");
             }

@@ -428,6 +428,70 @@ impl ConnRequest {
     }
 }
 
+/// Waits until `deadline` for the next event on `channel`; it must be
+/// `want` (anything else — rejected, unreachable, an address or route
+/// error — is an error naming it). Returns the event's private data.
+///
+/// # Safety
+/// `channel` must be a valid event channel.
+unsafe fn wait_cm_event(
+    channel: *mut rdma_event_channel,
+    want: rdma_cm_event_type::Type,
+    deadline: std::time::Instant,
+) -> Result<Vec<u8>, RdmaError> {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let mut fd = libc::pollfd {
+        fd: (*channel).fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let n = libc::poll(&mut fd, 1, left.as_millis().min(i32::MAX as u128) as i32);
+    if n < 0 {
+        return Err(RdmaError::Call {
+            call: "poll (rdma_cm)",
+            err: std::io::Error::last_os_error(),
+        });
+    }
+    if n == 0 {
+        return Err(RdmaError::Call {
+            call: "rdma_cm (waiting for the peer)",
+            err: std::io::Error::from(std::io::ErrorKind::TimedOut),
+        });
+    }
+    let mut ev = null_mut();
+    call("rdma_get_cm_event", rdma_get_cm_event(channel, &mut ev))?;
+    let kind = (*ev).event;
+    let conn = (*ev).param.conn;
+    let private = if conn.private_data.is_null() {
+        Vec::new()
+    } else {
+        std::slice::from_raw_parts(
+            conn.private_data as *const u8,
+            conn.private_data_len as usize,
+        )
+        .to_vec()
+    };
+    let status = (*ev).status;
+    rdma_ack_cm_event(ev);
+    if kind != want {
+        let name = CStr::from_ptr(rdma_event_str(kind))
+            .to_string_lossy()
+            .into_owned();
+        return Err(RdmaError::Completion {
+            what: "connect",
+            status: status.unsigned_abs(),
+            name,
+        });
+    }
+    Ok(private)
+}
+
+/// How long [`RdmaConn::connect`] waits for a peer. A peer that is up but
+/// not listening answers at once (rejected); this bounds a lost request:
+/// under soft-RoCE the first request to a new neighbour is sometimes lost
+/// (to address resolution, it seems) and retried by `rdma_cm` ~2 s later.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The private data of the event attached to `id`.
 ///
 /// # Safety
@@ -463,6 +527,11 @@ pub struct RdmaConn {
     /// A larger registered buffer for [`RdmaConn::write_runs`], made on
     /// first use.
     staging: Option<(Box<[u8]>, *mut ibv_mr)>,
+    /// The event channel of an actively opened connection (null for an
+    /// accepted one, whose id carries its own), destroyed after the id.
+    own_channel: *mut rdma_event_channel,
+    /// Connected (an active connection still being set up is not).
+    established: bool,
     id: *mut rdma_cm_id,
     send_buf: Box<[u8]>,
     recv_buf: Box<[u8]>,
@@ -483,7 +552,9 @@ impl Drop for RdmaConn {
         // its PD use) goes; the memory itself outlives its registration
         // (RegionMemory by the Arc held here, buffers by self).
         unsafe {
-            rdma_disconnect(self.id);
+            if self.established {
+                rdma_disconnect(self.id);
+            }
             for (_, mr) in self.region_mrs.drain(..) {
                 rdma_dereg_mr(mr);
             }
@@ -497,6 +568,9 @@ impl Drop for RdmaConn {
                 rdma_dereg_mr(self.recv_mr);
             }
             rdma_destroy_ep(self.id);
+            if !self.own_channel.is_null() {
+                rdma_destroy_event_channel(self.own_channel);
+            }
         }
     }
 }
@@ -505,6 +579,8 @@ impl RdmaConn {
     fn new(id: *mut rdma_cm_id, peer_private: Vec<u8>) -> Result<RdmaConn, RdmaError> {
         let mut c = RdmaConn {
             staging: None,
+            own_channel: null_mut(),
+            established: true,
             id,
             send_buf: vec![0u8; MESSAGE_BYTES_MAX].into_boxed_slice(),
             recv_buf: vec![0u8; MESSAGE_BYTES_MAX * RECV_SLOTS].into_boxed_slice(),
@@ -533,9 +609,24 @@ impl RdmaConn {
     }
 
     /// Connects to `addr`, sending `private` (at most
-    /// [`PRIVATE_DATA_BYTES_MAX`] bytes); the peer's private data (its
-    /// region, if any) is then in [`RdmaConn::peer_private`].
+    /// [`PRIVATE_DATA_BYTES_MAX`] bytes), giving up after
+    /// [`CONNECT_TIMEOUT`]; the peer's private data (its region, if any) is
+    /// then in [`RdmaConn::peer_private`].
     pub fn connect(addr: SocketAddr, private: &[u8]) -> Result<RdmaConn, RdmaError> {
+        RdmaConn::connect_timeout(addr, private, CONNECT_TIMEOUT)
+    }
+
+    /// As [`RdmaConn::connect`], giving up after `timeout`. Address and
+    /// route are resolved synchronously; the id then moves to an event
+    /// channel of its own and connects asynchronously, waited for with a
+    /// deadline: under soft-RoCE the synchronous `rdma_connect` waited
+    /// forever for an address nobody listens on (a peer not started yet,
+    /// or restarting).
+    pub fn connect_timeout(
+        addr: SocketAddr,
+        private: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<RdmaConn, RdmaError> {
         require_device()?;
         if private.len() > PRIVATE_DATA_BYTES_MAX {
             return Err(RdmaError::TooLarge {
@@ -544,44 +635,83 @@ impl RdmaConn {
                 max: PRIVATE_DATA_BYTES_MAX,
             });
         }
+        let deadline = std::time::Instant::now() + timeout;
         let res = addrinfo(addr, false)?;
         let mut attr = qp_init_attr();
         let mut id = null_mut();
-        // SAFETY: as in RdmaListener::bind.
+        // SAFETY: res comes from rdma_getaddrinfo and is freed after use;
+        // attr outlives the call. rdma_create_ep resolves the address and
+        // route synchronously (bounded by librdmacm's own timeouts) and
+        // creates the QP.
         let r = call("rdma_create_ep (connect)", unsafe {
             rdma_create_ep(&mut id, res, null_mut(), &mut attr)
         });
         // SAFETY: freed once, after its last use (errno was read above).
         unsafe { rdma_freeaddrinfo(res) };
         r?;
-        // A short transport timeout (4.096 µs × 2^14 ≈ 67 ms per try,
-        // rdma_cma.h's RDMA_OPTION_ID / RDMA_OPTION_ID_ACK_TIMEOUT): a
-        // revoked writer learns it within a few tries, not seconds.
-        let mut ack_timeout: u8 = 14;
-        // SAFETY: id is a valid active id not yet connected; the option
-        // value is a u8, as the header specifies.
-        call("rdma_set_option (ack timeout)", unsafe {
-            rdma_set_option(id, 0, 3, (&mut ack_timeout as *mut u8).cast(), 1)
-        })?;
-        let mut conn = RdmaConn::new(id, Vec::new())?;
-        conn.post_all_recvs()?;
-        let private = framed_private(private);
-        // SAFETY: private outlives the call.
-        let mut param = unsafe { std::mem::zeroed::<rdma_conn_param>() };
-        param.private_data = private.as_ptr().cast();
-        param.private_data_len = private.len() as u8;
-        param.responder_resources = 1;
-        param.initiator_depth = 1;
-        // Bounded retries (7 would mean "forever" for RNR): a write to a
-        // peer that revoked us must fail, not hang.
-        param.retry_count = 3;
-        param.rnr_retry_count = 3;
-        // SAFETY: conn.id is a valid active id with its QP.
-        call("rdma_connect", unsafe { rdma_connect(conn.id, &mut param) })?;
-        // SAFETY: a synchronous rdma_connect leaves the ESTABLISHED event
-        // (with the accept's private data) attached to the id.
-        conn.peer_private = unframed_private(&unsafe { event_private_data(conn.id) });
-        Ok(conn)
+        // SAFETY: the channel is created here and owned by the connection
+        // built below (destroyed in its Drop after the id) or destroyed on
+        // the error paths with the id.
+        unsafe {
+            // A short transport timeout (4.096 µs × 2^14 ≈ 67 ms per try,
+            // rdma_cma.h's RDMA_OPTION_ID / RDMA_OPTION_ID_ACK_TIMEOUT): a
+            // revoked writer learns it within a few tries, not seconds.
+            let mut ack_timeout: u8 = 14;
+            let r = call(
+                "rdma_set_option (ack timeout)",
+                rdma_set_option(id, 0, 3, (&mut ack_timeout as *mut u8).cast(), 1),
+            );
+            // The connect itself is asynchronous, on a channel of our own,
+            // so that it can be given up.
+            let channel = rdma_create_event_channel();
+            let r = r.and_then(|()| {
+                if channel.is_null() {
+                    Err(RdmaError::Call {
+                        call: "rdma_create_event_channel",
+                        err: std::io::Error::last_os_error(),
+                    })
+                } else {
+                    call("rdma_migrate_id", rdma_migrate_id(id, channel))
+                }
+            });
+            if let Err(e) = r {
+                rdma_destroy_ep(id);
+                if !channel.is_null() {
+                    rdma_destroy_event_channel(channel);
+                }
+                return Err(e);
+            }
+            // From here the connection owns the id and the channel.
+            let mut conn = match RdmaConn::new(id, Vec::new()) {
+                Ok(c) => c,
+                Err(e) => {
+                    // The failed connection's Drop destroyed the id.
+                    rdma_destroy_event_channel(channel);
+                    return Err(e);
+                }
+            };
+            conn.own_channel = channel;
+            conn.established = false;
+            conn.post_all_recvs()?;
+            let private = framed_private(private);
+            let mut param = std::mem::zeroed::<rdma_conn_param>();
+            param.private_data = private.as_ptr().cast();
+            param.private_data_len = private.len() as u8;
+            param.responder_resources = 1;
+            param.initiator_depth = 1;
+            // Bounded retries (7 would mean "forever" for RNR): a write to
+            // a peer that revoked us must fail, not hang.
+            param.retry_count = 3;
+            param.rnr_retry_count = 3;
+            call("rdma_connect", rdma_connect(conn.id, &mut param))?;
+            conn.peer_private = unframed_private(&wait_cm_event(
+                channel,
+                rdma_cm_event_type::RDMA_CM_EVENT_ESTABLISHED,
+                deadline,
+            )?);
+            conn.established = true;
+            Ok(conn)
+        }
     }
 
     /// The private data the peer sent when connecting or accepting.

@@ -455,7 +455,10 @@ fn a_reader_never_accepts_a_torn_region() {
         (valid, torn, last)
     });
     std::thread::sleep(Duration::from_millis(200));
-    let mut w = RdmaConn::connect(addr, b"writer").expect("connect");
+    let t = Instant::now();
+    let mut w =
+        RdmaConn::connect_timeout(addr, b"writer", Duration::from_secs(60)).expect("connect");
+    step(&format!("writer connected in {:?}", t.elapsed()));
     let remote = RemoteRegion::decode(w.peer_private()).expect("region");
     let mut v = 0u64;
     let end = Instant::now() + Duration::from_secs(3);
@@ -470,4 +473,24 @@ fn a_reader_never_accepts_a_torn_region() {
     ));
     assert!(valid > 0, "no valid read at all");
     assert_eq!(last, v, "the last write was never seen whole");
+}
+
+/// A peer that is not listening (not started yet, or restarting) is an
+/// error at once, not a hang: a sender connecting too early must retry.
+#[test]
+fn connecting_where_nobody_listens_fails_promptly() {
+    let addr = server_addr();
+    let t = Instant::now();
+    let r = RdmaConn::connect(addr, b"nobody home");
+    step(&format!(
+        "connect to {addr} with no listener: {:?} after {:?}",
+        r.as_ref().err(),
+        t.elapsed()
+    ));
+    assert!(r.is_err(), "connected to nobody");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
 }
