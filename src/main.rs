@@ -757,12 +757,14 @@ fn run_sim(args: SimArgs) -> ExitCode {
     if workload == sim::Workload::Coordinator {
         outln!(
             text,
-            "coordinator: {} operations completed ({} rolled forward by a later leader), {} pushes ({} landed, {} fenced off), {} master crashes",
+            "coordinator: {} operations completed ({} rolled forward by a later leader), {} pushes ({} landed, {} fenced off by term, {} refused as not granted after {} write grants), {} master crashes",
             sum(|s| s.coord_ops_completed),
             sum(|s| s.roll_forwards),
             sum(|s| s.pushes),
             sum(|s| s.pushes_applied),
             sum(|s| s.stale_pushes_refused),
+            sum(|s| s.ungranted_pushes_refused),
+            sum(|s| s.write_grants),
             sum(|s| s.master_crashes)
         );
     }

@@ -56,6 +56,11 @@ pub(super) struct CoordParams {
     crash_before_complete: f64,
     /// Chance that a push is held up in the network for 5–60 ms.
     push_spike: f64,
+    /// Masters fence as over RDMA: one writer at a time, granted to the
+    /// leader of the newest term a heartbeat reply came from; pushes from
+    /// anyone else are refused (the queue pair revoked), whatever their
+    /// term. Otherwise they fence by the term in the region (as over TCP).
+    grant_fencing: bool,
 }
 
 impl CoordParams {
@@ -84,6 +89,7 @@ impl CoordParams {
                 p.crash_before_complete = rng.random_range(0.0..0.15) * scale;
             }
         }
+        p.grant_fencing = rng.random_bool(0.5);
         p
     }
 }
@@ -98,6 +104,9 @@ pub(super) struct SimMaster {
     term_seen: u64,
     /// (term, version) of the last region it applied.
     last_applied: Option<(u64, u64)>,
+    /// With grant fencing: the replica allowed to write, and the term it
+    /// led when granted.
+    granted: Option<(u64, NodeId)>,
 }
 
 /// A client's request to a replica.
@@ -172,6 +181,8 @@ pub(super) enum CoordEv {
         inc: u64,
         dead: bool,
         hint: Option<NodeId>,
+        /// The answering replica's term, if it is the active coordinator.
+        leader_term: Option<u64>,
     },
     EnlistArrive {
         node: NodeId,
@@ -274,6 +285,7 @@ impl World {
                 agent,
                 term_seen: 0,
                 last_applied: None,
+                granted: None,
             });
             let d = self.rng.random_range(0..20_000);
             self.cev(d, CoordEv::MasterTick { slot, inc: 0 });
@@ -339,11 +351,21 @@ impl World {
                 inc,
                 dead,
                 hint,
+                leader_term,
             } => {
+                let grant_fencing = self.cw.p.grant_fencing;
                 let m = &mut self.cw.masters[slot];
                 if m.inc != inc || !m.up {
                     return Ok(());
                 }
+                if let (true, Some(term), Some(leader)) = (grant_fencing, leader_term, hint) {
+                    if m.granted.is_none_or(|(t, _)| term > t) {
+                        m.granted = Some((term, leader));
+                        self.stats.write_grants += 1;
+                        self.trace(|| format!("m{slot} grants write access to n{leader} (term {term})"));
+                    }
+                }
+                let m = &mut self.cw.masters[slot];
                 if let Some(MasterAction::Shutdown) = m.agent.on_heartbeat_reply(dead, hint) {
                     // Declared crashed: this process stops serving and a
                     // new one (a new server) takes the slot.
@@ -399,6 +421,7 @@ impl World {
         m.agent = agent;
         m.term_seen = 0;
         m.last_applied = None;
+        m.granted = None;
         let inc = m.inc;
         self.trace(|| format!("m{slot} RESTART as a new process"));
         self.cev(0, CoordEv::MasterTick { slot, inc });
@@ -597,6 +620,7 @@ impl World {
         // it is dead (a lagging replica may not know it yet).
         let dead = n.cluster.is_gone(from);
         let leader = n.coord.is_active();
+        let term = n.coord.term();
         self.trace(|| format!("n{node} heartbeat from {from} (m{slot}); active {leader}"));
         self.over_link(
             node,
@@ -606,15 +630,25 @@ impl World {
                 inc,
                 dead,
                 hint: if leader { Some(node) } else { hint },
+                leader_term: leader.then_some(term),
             },
         );
     }
 
     fn push_arrive(&mut self, slot: usize, from: NodeId, region: Bytes) -> Result<(), Violation> {
+        let grant_fencing = self.cw.p.grant_fencing;
         let m = &mut self.cw.masters[slot];
         if !m.up {
             return Ok(());
         }
+        if grant_fencing && m.granted.map(|g| g.1) != Some(from) {
+            // Not the granted writer: its queue pair was revoked (or the
+            // region never registered for it); nothing lands, no ack.
+            self.stats.ungranted_pushes_refused += 1;
+            self.trace(|| format!("m{slot} refuses a write from n{from}: not granted"));
+            return Ok(());
+        }
+        let m = &mut self.cw.masters[slot];
         let decoded = crate::cluster::ConfigRegion::decode(&region);
         let outcome = m.agent.on_region_write(&region);
         let (term, version) = match &decoded {

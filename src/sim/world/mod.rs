@@ -123,6 +123,11 @@ pub struct SimStats {
     pub pushes_applied: u64,
     /// Pushes a master refused for an older term.
     pub stale_pushes_refused: u64,
+    /// Pushes a master refused because their writer was not granted
+    /// access (grant fencing, as over RDMA).
+    pub ungranted_pushes_refused: u64,
+    /// Write access granted by masters to a newer leader.
+    pub write_grants: u64,
     /// Master processes crashed.
     pub master_crashes: u64,
 }
