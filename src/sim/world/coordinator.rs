@@ -362,7 +362,9 @@ impl World {
                     if m.granted.is_none_or(|(t, _)| term > t) {
                         m.granted = Some((term, leader));
                         self.stats.write_grants += 1;
-                        self.trace(|| format!("m{slot} grants write access to n{leader} (term {term})"));
+                        self.trace(|| {
+                            format!("m{slot} grants write access to n{leader} (term {term})")
+                        });
                     }
                 }
                 let m = &mut self.cw.masters[slot];
