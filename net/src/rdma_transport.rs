@@ -1,5 +1,6 @@
-//! [`Transport`] over RDMA (feature `rdma`): messages as SENDs, one-sided
-//! writes as RDMA WRITEs into the peer's registered memory.
+//! [`Transport`] over RDMA (feature `rdma`): messages and one-sided writes
+//! both as RDMA WRITEs into the peer's registered memory (messages into a
+//! ring, writes into declared regions).
 //!
 //! # Connections and threads
 //!
@@ -35,7 +36,21 @@
 //! ([`RdmaConfig::regions`]) and read with [`RdmaTransport::region`];
 //! [`Transport::register_region`] (a callback region, as TCP uses) is
 //! refused and logged. The fence is [`RdmaTransport::revoke`]: the owner
-//! moves a writer's queue pair to the error state.
+//! moves a writer's queue pair to the error state. With
+//! [`RdmaConfig::exclusive_writer`] (a master's configuration region) one
+//! peer at a time may write: [`RdmaTransport::grant_writes`] revokes every
+//! other writer first, and a peer not granted is accepted with no region
+//! registered on its connection; a sender whose write names a region the
+//! peer did not advertise reconnects once for a fresh advertisement
+//! before it reports `NoSuchRegion`.
+//!
+//! # Connecting and closing
+//!
+//! A connect gives up after [`crate::rdma::CONNECT_TIMEOUT`] (a peer not
+//! listening is refused at once) and the sender retries with a back-off
+//! up to 250 ms. A receiver wakes when its peer disconnects and closes its
+//! side; a sender closes a failed connection on a thread of its own
+//! (`rdma_disconnect` waits for the peer's answer).
 //!
 //! # Limits of this version
 //!
