@@ -48,9 +48,10 @@ pub const MESSAGE_BYTES_MAX: usize = 64 << 10;
 /// refused (receiver not ready) and retried after a timer, which costs far
 /// more than the memory.
 pub const RECV_SLOTS: usize = 16;
-/// How long [`RdmaConn::recv_or_closed`] polls before it sleeps: long
-/// enough to catch a reply already on its way, short enough not to take a
-/// core from the peer on a small machine.
+/// How long a receive ([`RdmaConn::recv_or_closed`]) or a send-side
+/// completion polls before it sleeps: long enough to catch a reply already
+/// on its way on real hardware, short enough not to take a core from the
+/// peer on a small machine.
 pub const RECV_SPIN: std::time::Duration = std::time::Duration::from_micros(20);
 /// Work requests one [`RdmaConn::write_runs`] may post (runs plus the
 /// tail write), and the send queue's depth.
@@ -755,9 +756,26 @@ impl RdmaConn {
         })
     }
 
+    /// Waits for the next send-side completion: polls for up to
+    /// [`RECV_SPIN`] (on real hardware a write's acknowledgement is that
+    /// close), then sleeps on the completion channel.
     fn wait_send(&mut self, what: &'static str) -> Result<(), RdmaError> {
-        // SAFETY: a zeroed POD filled in by the call.
+        // SAFETY: a zeroed POD filled in by the calls below.
         let mut wc = unsafe { std::mem::zeroed::<ibv_wc>() };
+        let spin_until = std::time::Instant::now() + RECV_SPIN;
+        while std::time::Instant::now() < spin_until {
+            // SAFETY: the id's send CQ is valid for the connection's life.
+            match unsafe { ibv_poll_cq((*self.id).send_cq, 1, &mut wc) } {
+                0 => std::hint::spin_loop(),
+                1 => return check(&wc, what),
+                _ => {
+                    return Err(RdmaError::Call {
+                        call: "ibv_poll_cq (send)",
+                        err: std::io::Error::last_os_error(),
+                    })
+                }
+            }
+        }
         // SAFETY: id is valid; polls, then blocks on the completion channel.
         let n = unsafe { rdma_get_send_comp(self.id, &mut wc) };
         if n < 0 {
