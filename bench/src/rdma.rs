@@ -21,9 +21,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ramcoord::client::CoordinatorClient;
 use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
 use ramcoord_net::rdma::{RdmaConn, RdmaListener, RegionMemory, RemoteRegion};
+use ramcoord_net::rdma_transport::{RdmaConfig, RdmaTransport};
+use ramcoord_net::tcp::{TcpConfig, TcpTransport};
+use ramcoord_net::{Event, Transport};
 use serde::Serialize;
 
 use crate::cluster::{noop, one_op, op_for};
@@ -46,6 +50,21 @@ pub struct VerbsRow {
     pub write_over_echo: f64,
 }
 
+/// A message's round trip through each transport (64 B, echoed by the
+/// peer's event loop): where the transport's own threads show.
+#[derive(Serialize, Clone, Debug)]
+pub struct TransportRow {
+    /// `RdmaTransport` (ring writes, sender and receiver threads).
+    pub rdma: Dist,
+    /// `TcpTransport` with inline I/O (the replica's setting), loopback.
+    pub tcp: Dist,
+    /// rdma p50 / verbs echo p50 (64 B): the cost of the transport's
+    /// threads and ring over the bare verbs round trip.
+    pub rdma_over_verbs_echo: f64,
+    /// rdma p50 / tcp p50.
+    pub rdma_over_tcp: f64,
+}
+
 /// One transport's commit figures.
 #[derive(Serialize, Clone, Debug)]
 pub struct CommitRow {
@@ -64,6 +83,8 @@ pub struct CommitRow {
 pub struct RdmaReport {
     /// Per message size.
     pub verbs: Vec<VerbsRow>,
+    /// A message round trip through the transports.
+    pub transport: TransportRow,
     /// TCP, then RDMA.
     pub commit: Vec<CommitRow>,
     /// RDMA / TCP, client-side commit p50.
@@ -92,6 +113,8 @@ pub fn run(
             verbs_ops,
         )?);
     }
+    progress(&format!("transports: {verbs_ops} round trips of 64 B each"));
+    let transport = transport_row(host, verbs_ops, verbs[0].echo.p50_us)?;
     let mut commit = Vec::new();
     for transport in ["tcp", "rdma"] {
         progress(&format!(
@@ -105,7 +128,82 @@ pub fn run(
         leader_commit_rdma_over_tcp: r(|c| c.commit_at_leader.p50_us),
         noop_rdma_over_tcp: r(|c| c.noop.p50_us),
         verbs,
+        transport,
         commit,
+    })
+}
+
+/// Round trips of 64 B messages between two transports in this process,
+/// the far one echoing from its event loop.
+fn round_trips<T: Transport + 'static>(a: T, b: T, ops: u64) -> Result<Dist, String> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let echo = std::thread::spawn(move || {
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(Event::Message { from, payload }) = b.next_event(Duration::from_millis(20))
+            {
+                b.send(from, payload);
+            }
+        }
+    });
+    let peer = 2;
+    let payload = Bytes::from(vec![7u8; 64]);
+    let mut rec = Recorder::default();
+    let mut failed = None;
+    for k in 0..ops + ops / 10 {
+        let t = Instant::now();
+        a.send(peer, payload.clone());
+        let deadline = t + Duration::from_secs(10);
+        let got = loop {
+            match a.next_event(deadline.saturating_duration_since(Instant::now())) {
+                Some(Event::Message { .. }) => break true,
+                Some(_) => continue,
+                None => break false,
+            }
+        };
+        if !got {
+            failed = Some(format!("round trip {k} lost"));
+            break;
+        }
+        if k >= ops / 10 {
+            rec.record(t.elapsed());
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = echo.join();
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(rec.dist()),
+    }
+}
+
+fn transport_row(host: IpAddr, ops: u64, verbs_echo_p50: f64) -> Result<TransportRow, String> {
+    let any = |port: u16| SocketAddr::new([0, 0, 0, 0].into(), port);
+    let (pa, pb) = (7620u16, 7621u16);
+    let mut ca = RdmaConfig::new(1, 5, any(pa));
+    ca.peers.insert(2, SocketAddr::new(host, pb));
+    let mut cb = RdmaConfig::new(2, 5, any(pb));
+    cb.peers.insert(1, SocketAddr::new(host, pa));
+    let a = RdmaTransport::start(ca).map_err(|e| e.to_string())?;
+    let b = RdmaTransport::start(cb).map_err(|e| e.to_string())?;
+    // Let both directions connect before the clock starts.
+    a.send(2, Bytes::from_static(b"warm"));
+    let _ = b.next_event(Duration::from_secs(20));
+    let rdma = round_trips(a, b, ops)?;
+    let lo = |port: u16| SocketAddr::new([127, 0, 0, 1].into(), port);
+    let mut ta = TcpConfig::new(1, 5, lo(0));
+    ta.inline_io = true;
+    let mut tb = TcpConfig::new(2, 5, lo(0));
+    tb.inline_io = true;
+    let b = TcpTransport::start(tb).map_err(|e| e.to_string())?;
+    ta.peers.insert(2, b.local_addr());
+    let a = TcpTransport::start(ta).map_err(|e| e.to_string())?;
+    let tcp = round_trips(a, b, ops)?;
+    Ok(TransportRow {
+        rdma_over_verbs_echo: rdma.p50_us / verbs_echo_p50.max(1.0),
+        rdma_over_tcp: rdma.p50_us / tcp.p50_us.max(1.0),
+        rdma,
+        tcp,
     })
 }
 
@@ -240,6 +338,13 @@ pub fn render(r: &RdmaReport) -> String {
             v.write_over_echo
         );
     }
+    s += &format!(
+        "\n| 64 B round trip through the transport | p50/p99/p99.9/max µs |\n|---|---|\n| RdmaTransport (ring, sender and receiver threads) | {} |\n| TcpTransport, inline I/O, loopback | {} |\n\nRdmaTransport / verbs echo p50 {:.2}×; RdmaTransport / TcpTransport p50 {:.2}×\n",
+        r.transport.rdma.row(),
+        r.transport.tcp.row(),
+        r.transport.rdma_over_verbs_echo,
+        r.transport.rdma_over_tcp
+    );
     s += "\n| commit, transport | client commit point p50/p99/p99.9/max µs | at the leader | no-op record |\n|---|---|---|---|\n";
     for c in &r.commit {
         s += &format!(
