@@ -86,6 +86,8 @@ pub const BATCH_BYTES_MAX: usize = 256 << 10;
 /// immediate takes one of the receiver's posted receives until its thread
 /// reaps it, and a post that finds none is refused (receiver not ready).
 const POSTS_UNCONSUMED_MAX: u64 = RECV_SLOTS as u64 - 4;
+/// How often a sender that cannot connect says so at warn level.
+const UNREACHABLE_WARN_EVERY: Duration = Duration::from_secs(10);
 /// How long a sender waits for credit before giving the connection up.
 const CREDIT_WAIT_MAX: Duration = Duration::from_secs(5);
 
@@ -712,11 +714,27 @@ fn send_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, queue: Receiver<
     let mut private = inner.cfg.cluster.to_le_bytes().to_vec();
     private.extend_from_slice(&inner.cfg.id.to_le_bytes());
     let mut backoff = Duration::from_millis(10);
+    // Unreachable since, and when we last said so at warn level.
+    let mut down: Option<(std::time::Instant, std::time::Instant)> = None;
     while !inner.shutdown.load(Ordering::SeqCst) {
         tracing::debug!(peer, %addr, "connecting");
         let mut conn = match RdmaConn::connect(addr, &private) {
-            Ok(c) => c,
+            Ok(c) => {
+                if let Some((since, _)) = down.take() {
+                    tracing::info!(peer, %addr, after = ?since.elapsed(), "reachable over RDMA again");
+                }
+                c
+            }
             Err(e) => {
+                let now = std::time::Instant::now();
+                let (since, said) = *down.get_or_insert((now, now));
+                if now.duration_since(said) >= UNREACHABLE_WARN_EVERY {
+                    // A peer down for long, or one not running with
+                    // `--transport rdma` (nothing listens for rdma_cm there).
+                    tracing::warn!(peer, %addr, error = %e, down_for = ?now.duration_since(since),
+                        "peer unreachable over RDMA: is it running, with --transport rdma?");
+                    down = Some((since, now));
+                }
                 tracing::debug!(peer, %addr, error = %e, "connect failed; retrying");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_millis(250));
