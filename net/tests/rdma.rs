@@ -475,22 +475,23 @@ fn a_reader_never_accepts_a_torn_region() {
     assert_eq!(last, v, "the last write was never seen whole");
 }
 
-/// A peer that is not listening (not started yet, or restarting) is an
-/// error at once, not a hang: a sender connecting too early must retry.
+/// A peer that is not listening (not started yet, or restarting) is
+/// refused, not a hang: a sender connecting too early learns it and
+/// retries. (The synchronous connect this replaced never returned; a hang
+/// here fails at the VM runner's guard.)
 #[test]
-fn connecting_where_nobody_listens_fails_promptly() {
+fn connecting_where_nobody_listens_is_refused() {
     let addr = server_addr();
-    let t = Instant::now();
     let r = RdmaConn::connect(addr, b"nobody home");
     step(&format!(
-        "connect to {addr} with no listener: {:?} after {:?}",
-        r.as_ref().err(),
-        t.elapsed()
+        "connect to {addr} with no listener: {:?}",
+        r.as_ref().err()
     ));
-    assert!(r.is_err(), "connected to nobody");
-    assert!(
-        t.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        t.elapsed()
-    );
+    match r {
+        Err(RdmaError::Completion { name, .. }) => {
+            assert!(name.contains("REJECTED"), "refused how? {name}")
+        }
+        Err(e) => panic!("not a refusal: {e}"),
+        Ok(_) => panic!("connected to nobody"),
+    }
 }
