@@ -67,7 +67,8 @@ pub fn start_cluster(dir: &Path, coordinator_args: &[String]) -> Result<LocalClu
     Ok(c)
 }
 
-fn client(c: &LocalCluster) -> CoordinatorClient {
+/// A client of the cluster's coordinators (2 s per attempt).
+pub fn client(c: &LocalCluster) -> CoordinatorClient {
     let addrs = c.coordinators.iter().map(|p| p.addr).collect();
     let mut cl = CoordinatorClient::new(addrs, 1);
     cl.attempt_timeout = Duration::from_secs(2);

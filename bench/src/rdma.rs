@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ramcoord::client::CoordinatorClient;
 use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
 use ramcoord_net::rdma::{RdmaConn, RdmaListener, RegionMemory, RemoteRegion};
 use ramcoord_net::rdma_transport::{RdmaConfig, RdmaTransport};
@@ -287,7 +286,9 @@ fn commit_row(
     cfg.master_args = vec!["--heartbeat-ms".into(), "100".into()];
     let c = LocalCluster::start(cfg)?;
     c.wait_ready(2, Duration::from_secs(90))?;
-    let mut cl = client(&c);
+    let mut cl = crate::cluster::client(&c);
+    // The emulated CPU: give an attempt longer than on a real host.
+    cl.attempt_timeout = Duration::from_secs(5);
     for k in 0..20 {
         one_op(&mut cl, op_for(9999, k))?;
     }
@@ -311,13 +312,6 @@ fn commit_row(
         commit_at_leader: leader.dist(),
         noop: noops.dist(),
     })
-}
-
-fn client(c: &LocalCluster) -> CoordinatorClient {
-    let addrs = c.coordinators.iter().map(|p| p.addr).collect();
-    let mut cl = CoordinatorClient::new(addrs, 1);
-    cl.attempt_timeout = Duration::from_secs(5);
-    cl
 }
 
 /// The report as a markdown table.
