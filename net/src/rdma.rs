@@ -291,6 +291,22 @@ fn addrinfo(addr: SocketAddr, passive: bool) -> Result<*mut rdma_addrinfo, RdmaE
     }
 }
 
+/// A synchronous `rdma_cm` endpoint for `addr` with its queue pair:
+/// listening (`passive`) or with address and route resolved to connect.
+fn create_ep(addr: SocketAddr, passive: bool) -> Result<*mut rdma_cm_id, RdmaError> {
+    let res = addrinfo(addr, passive)?;
+    let mut attr = qp_init_attr();
+    let mut id = null_mut();
+    // SAFETY: res comes from rdma_getaddrinfo and is freed after use; attr
+    // outlives the call; on success `id` is owned by the caller.
+    let r = call("rdma_create_ep", unsafe {
+        rdma_create_ep(&mut id, res, null_mut(), &mut attr)
+    });
+    // SAFETY: freed once, after its last use (errno was read above).
+    unsafe { rdma_freeaddrinfo(res) };
+    r.map(|()| id)
+}
+
 fn qp_init_attr() -> ibv_qp_init_attr {
     // SAFETY: a zeroed POD struct, then filled in.
     let mut a = unsafe { std::mem::zeroed::<ibv_qp_init_attr>() };
@@ -323,18 +339,9 @@ impl RdmaListener {
     /// Listens on `addr` (an address of an RDMA-capable interface).
     pub fn bind(addr: SocketAddr) -> Result<RdmaListener, RdmaError> {
         require_device()?;
-        let res = addrinfo(addr, true)?;
-        let mut attr = qp_init_attr();
-        let mut id = null_mut();
-        // SAFETY: res comes from rdma_getaddrinfo and is freed after use;
-        // attr outlives the call.
-        let r = call("rdma_create_ep (listen)", unsafe {
-            rdma_create_ep(&mut id, res, null_mut(), &mut attr)
-        });
-        // SAFETY: freed once, after its last use (errno was read above).
-        unsafe { rdma_freeaddrinfo(res) };
-        r?;
-        let l = RdmaListener { id };
+        let l = RdmaListener {
+            id: create_ep(addr, true)?,
+        };
         // SAFETY: id is a valid passive id.
         call("rdma_listen", unsafe { rdma_listen(l.id, 16) })?;
         Ok(l)
@@ -637,19 +644,9 @@ impl RdmaConn {
             });
         }
         let deadline = std::time::Instant::now() + timeout;
-        let res = addrinfo(addr, false)?;
-        let mut attr = qp_init_attr();
-        let mut id = null_mut();
-        // SAFETY: res comes from rdma_getaddrinfo and is freed after use;
-        // attr outlives the call. rdma_create_ep resolves the address and
-        // route synchronously (bounded by librdmacm's own timeouts) and
-        // creates the QP.
-        let r = call("rdma_create_ep (connect)", unsafe {
-            rdma_create_ep(&mut id, res, null_mut(), &mut attr)
-        });
-        // SAFETY: freed once, after its last use (errno was read above).
-        unsafe { rdma_freeaddrinfo(res) };
-        r?;
+        // Address and route resolved synchronously (bounded by librdmacm's
+        // own timeouts), the QP created.
+        let id = create_ep(addr, false)?;
         // SAFETY: the channel is created here and owned by the connection
         // built below (destroyed in its Drop after the id) or destroyed on
         // the error paths with the id.
