@@ -295,9 +295,12 @@ impl Ctl {
     /// Sends a key request to its owner, re-reading the map while masters
     /// refuse, until the deadline.
     fn keyed(&mut self, table: &str, key: &str, put: Option<&str>) -> Result<KeyAnswer, String> {
+        // A name no table can have is refused here, naming the limit.
+        crate::cluster::limits::check_table_name(table).map_err(|e| e.to_string())?;
         let deadline = self.deadline();
         let mut retries = 0;
         let mut last;
+        let mut fresh_view = false;
         loop {
             match self.locate(table, key.as_bytes()) {
                 Ok((tid, server, addr)) => {
@@ -339,13 +342,21 @@ impl Ctl {
                     }
                     retries += 1;
                 }
-                Err(e) => last = e,
+                Err(e) => {
+                    // The active coordinator's own map, read after the
+                    // request began, has no such table: that is the answer
+                    // (waiting would not create it).
+                    if fresh_view && e.starts_with("no table named") {
+                        return Err(e);
+                    }
+                    last = e;
+                }
             }
             if Instant::now() >= deadline {
                 return Err(last);
             }
             std::thread::sleep(Duration::from_millis(20));
-            let _ = self.view();
+            fresh_view = self.view().is_ok();
         }
     }
 

@@ -77,7 +77,7 @@ enum Command {
     /// the shortest failing prefix and the operations that could not be
     /// placed. Unreadable event lines are an error naming the line (exit 2).
     ///
-    /// Example: ramcoord lincheck --format jepsen ../shared/jepsen/etcd_000.log
+    /// Example: ramcoord lincheck --format jepsen tests/data/jepsen/etcd_000.log
     Lincheck {
         /// History format.
         #[arg(long, value_enum, default_value_t = HistoryFormat::Jepsen)]
@@ -757,7 +757,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
     if workload == sim::Workload::Coordinator {
         outln!(
             text,
-            "coordinator: {} operations completed ({} rolled forward by a later leader), {} pushes ({} landed, {} fenced off by term, {} refused as not granted after {} write grants), {} master crashes",
+            "coordinator: {} operations completed ({} rolled forward by a later leader), {} pushes ({} landed, {} fenced off by term, {} refused as not granted after {} write grants), {} master crashes, {} invalid records injected ({} applied as rejections across replicas)",
             sum(|s| s.coord_ops_completed),
             sum(|s| s.roll_forwards),
             sum(|s| s.pushes),
@@ -765,7 +765,9 @@ fn run_sim(args: SimArgs) -> ExitCode {
             sum(|s| s.stale_pushes_refused),
             sum(|s| s.ungranted_pushes_refused),
             sum(|s| s.write_grants),
-            sum(|s| s.master_crashes)
+            sum(|s| s.master_crashes),
+            sum(|s| s.invalid_injected),
+            sum(|s| s.invalid_applied)
         );
     }
     outln!(

@@ -1,5 +1,6 @@
 //! The linearizability checker against 60 histories Jepsen recorded against
-//! etcd, with their published verdicts (`../shared/jepsen/answers.txt`).
+//! etcd, with their published verdicts (`tests/data/jepsen/`, origin and licence
+//! in its README).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,7 +10,7 @@ use ramcoord::lincheck::{self, jepsen, register::Register, Verdict};
 fn jepsen_dir() -> PathBuf {
     let dir = std::env::var_os("RAMCOORD_JEPSEN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/jepsen"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/jepsen"));
     assert!(
         dir.join("answers.txt").exists(),
         "the known-answer histories are missing at {} (set RAMCOORD_JEPSEN_DIR)",

@@ -112,7 +112,7 @@ pub fn push(m: usize, rounds: usize) -> Result<PushResult, String> {
         // master's region, write it.
         let start = Instant::now();
         for (i, r) in contents.iter().enumerate() {
-            let bytes = r.encode();
+            let bytes = r.encode().expect("the benchmark's regions fit");
             region_bytes = bytes.len();
             coord.write(1000 + i as u64, 1, 0, bytes);
         }

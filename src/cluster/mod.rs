@@ -39,32 +39,14 @@
 //!   applies (else `StalePlan`, and the leader plans again); a server is
 //!   removed only after its crash operation completed.
 
+pub mod limits;
 pub mod record;
 pub mod region;
 pub mod state;
 pub mod types;
 
+pub use limits::LimitError;
 pub use record::{Op, Reassignment, Record, RecordError, Seq, TabletSpec};
 pub use region::{ConfigRegion, RegionError};
-pub use state::{ApplyError, ClusterState, Effect, Outcome, Pending, Rejection};
+pub use state::{ClusterState, Effect, Outcome, Pending, Rejection};
 pub use types::*;
-
-/// Limits of the cluster state, in one place.
-pub mod limits {
-    /// Largest encoded record.
-    pub const RECORD_BYTES_MAX: usize = 1 << 20;
-    /// Longest table name.
-    pub const NAME_BYTES_MAX: usize = 256;
-    /// Longest server address.
-    pub const ADDR_BYTES_MAX: usize = 256;
-    /// Most tablets in one table.
-    pub const TABLETS_PER_TABLE_MAX: usize = 4096;
-    /// Most servers in the list (slots, including removed ones).
-    pub const SERVERS_MAX: usize = 65_536;
-    /// Largest configuration region (header + body).
-    pub const REGION_BYTES_MAX: usize = 4 << 20;
-    /// Largest snapshot of the cluster state.
-    pub const SNAPSHOT_BYTES_MAX: usize = 64 << 20;
-
-    const _: () = assert!(RECORD_BYTES_MAX <= REGION_BYTES_MAX);
-}

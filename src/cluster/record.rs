@@ -11,8 +11,16 @@
 //! The Raft entry around it is checksummed on disk and on the wire; this
 //! layer adds the version byte so a later format can be told apart, and
 //! decodes defensively: a short, unknown, oversized or trailing-garbage
-//! record is a [`RecordError`], never a panic. A replica that meets one in
-//! its committed log stops with an error naming the index.
+//! record is a [`RecordError`], never a panic.
+//!
+//! Decoding checks the structure only; [`Record::check`] checks the rules
+//! (names, addresses, counts: [`super::limits`]). Both failures are
+//! *applied*, not fatal: a committed entry that does not decode, or breaks
+//! a rule, changes nothing and is recorded as rejected, the same way on
+//! every replica (see [`super::ClusterState::apply`]). Leaders never
+//! propose such records (requests are validated first); they reach a log
+//! only through an older version, a bug, or a forged proposal, and the
+//! simulator injects them to keep it that way.
 //!
 //! # Kinds
 //!
@@ -26,7 +34,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::limits::*;
+use super::limits::{self, LimitError, RECORD_BYTES_MAX};
 use super::types::{ServerId, TableId};
 
 /// The first byte of every coordinator record.
@@ -195,7 +203,7 @@ pub enum RecordError {
     #[error("unknown record format version {0}")]
     UnknownVersion(u8),
     /// Larger than [`RECORD_BYTES_MAX`].
-    #[error("record of {0} bytes exceeds the limit")]
+    #[error("record of {0} bytes exceeds the limit of {RECORD_BYTES_MAX} bytes")]
     TooLarge(usize),
     /// The body does not decode.
     #[error("malformed record: {0}")]
@@ -203,22 +211,25 @@ pub enum RecordError {
     /// Decoded, but bytes are left over.
     #[error("{0} trailing bytes after the record")]
     Trailing(usize),
-    /// Decoded, but breaks a limit (a name too long, too many tablets).
-    #[error("record breaks a limit: {0}")]
-    Limit(String),
 }
 
 impl Record {
-    /// The record as log-entry bytes.
-    pub fn encode(&self) -> Bytes {
+    /// The record as log-entry bytes, or [`RecordError::TooLarge`] past
+    /// [`RECORD_BYTES_MAX`]. The rules of [`Record::check`] are not
+    /// enforced here (the simulator writes records that break them).
+    pub fn encode(&self) -> Result<Bytes, RecordError> {
         let mut out = vec![RECORD_MAGIC, RECORD_FORMAT_VERSION];
-        let body = postcard::to_stdvec(self).expect("records always serialise");
+        let body = postcard::to_stdvec(self)
+            .map_err(|e| RecordError::Malformed(format!("cannot encode: {e}")))?;
         out.extend_from_slice(&body);
-        assert!(out.len() <= RECORD_BYTES_MAX, "record over the limit");
-        Bytes::from(out)
+        if out.len() > RECORD_BYTES_MAX {
+            return Err(RecordError::TooLarge(out.len()));
+        }
+        Ok(Bytes::from(out))
     }
 
-    /// Decodes and checks a record (see the module docs).
+    /// Decodes a record's structure (see the module docs); the rules are
+    /// [`Record::check`]'s.
     pub fn decode(buf: &[u8]) -> Result<Record, RecordError> {
         if buf.len() < 2 {
             return Err(RecordError::Short(buf.len()));
@@ -237,34 +248,27 @@ impl Record {
         if !rest.is_empty() {
             return Err(RecordError::Trailing(rest.len()));
         }
-        rec.check_limits()?;
         Ok(rec)
     }
 
-    fn check_limits(&self) -> Result<(), RecordError> {
-        let name_ok = |n: &str| n.len() <= NAME_BYTES_MAX && !n.is_empty();
-        let bad = |what: String| Err(RecordError::Limit(what));
+    /// Checks the record against the limits a leader validates requests
+    /// with ([`super::limits`]).
+    pub fn check(&self) -> Result<(), LimitError> {
         match self {
-            Record::Commit(Op::EnlistServer { addr, .. }) if addr.len() > ADDR_BYTES_MAX => {
-                bad(format!("address of {} bytes", addr.len()))
-            }
+            Record::Commit(Op::EnlistServer { addr, .. }) => limits::check_addr(addr),
             Record::Commit(Op::CreateTable { name, tablets }) => {
-                if !name_ok(name) {
-                    return bad(format!("table name of {} bytes", name.len()));
-                }
-                if tablets.is_empty() || tablets.len() > TABLETS_PER_TABLE_MAX {
-                    return bad(format!("{} tablets", tablets.len()));
-                }
-                Ok(())
+                limits::check_table_name(name)?;
+                limits::check_tablet_count(tablets.len())
             }
             Record::Commit(Op::DropTable { name })
             | Record::Commit(Op::SplitTablet { table: name, .. })
-            | Record::Commit(Op::MigrateTablet { table: name, .. })
-                if !name_ok(name) =>
-            {
-                bad(format!("table name of {} bytes", name.len()))
+            | Record::Commit(Op::MigrateTablet { table: name, .. }) => {
+                limits::check_table_name(name)
             }
-            _ => Ok(()),
+            Record::Commit(Op::ServerCrashed { .. })
+            | Record::Commit(Op::ServerRemoved { .. })
+            | Record::Complete { .. }
+            | Record::Noop => Ok(()),
         }
     }
 }
@@ -310,13 +314,13 @@ mod tests {
     #[test]
     fn records_round_trip() {
         for r in samples() {
-            assert_eq!(Record::decode(&r.encode()), Ok(r));
+            assert_eq!(Record::decode(&r.encode().unwrap()), Ok(r));
         }
     }
 
     #[test]
     fn bad_records_are_errors_not_panics() {
-        let good = samples()[1].encode();
+        let good = samples()[1].encode().unwrap();
         assert_eq!(Record::decode(&[]), Err(RecordError::Short(0)));
         assert_eq!(Record::decode(&[7, 1, 0]), Err(RecordError::BadMagic(7)));
         assert_eq!(
@@ -338,11 +342,24 @@ mod tests {
                 let _ = Record::decode(&b);
             }
         }
+        // A record that breaks a rule decodes (it is applied as a
+        // rejection) and its check names the rule.
         let empty_name = Record::Commit(Op::DropTable {
             name: String::new(),
         });
-        let mut raw = vec![RECORD_MAGIC, RECORD_FORMAT_VERSION];
-        raw.extend(postcard::to_stdvec(&empty_name).unwrap());
-        assert!(matches!(Record::decode(&raw), Err(RecordError::Limit(_))));
+        let raw = empty_name.encode().unwrap();
+        assert_eq!(Record::decode(&raw).as_ref(), Ok(&empty_name));
+        assert_eq!(empty_name.check(), Err(LimitError::EmptyName));
+        for r in samples() {
+            assert_eq!(r.check(), Ok(()), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_record_is_an_error_not_a_panic() {
+        let huge = Record::Commit(Op::DropTable {
+            name: "x".repeat(2 << 20),
+        });
+        assert!(matches!(huge.encode(), Err(RecordError::TooLarge(_))));
     }
 }

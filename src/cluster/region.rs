@@ -114,7 +114,7 @@ pub enum RegionError {
     #[error("unknown region format {0}")]
     UnknownVersion(u8),
     /// Larger than the limit.
-    #[error("region body of {0} bytes exceeds the limit")]
+    #[error("region body of {0} bytes exceeds the limit of {REGION_BYTES_MAX} bytes")]
     TooLarge(usize),
     /// The checksum does not match: a torn or corrupted write.
     #[error("region checksum mismatch (torn or corrupt write)")]
@@ -125,19 +125,20 @@ pub enum RegionError {
 }
 
 impl ConfigRegion {
-    /// The bytes a coordinator writes.
-    pub fn encode(&self) -> Bytes {
+    /// The bytes a coordinator writes, or [`RegionError::TooLarge`] when
+    /// the configuration does not fit in [`REGION_BYTES_MAX`] (a server
+    /// list of tens of thousands of long addresses can reach it).
+    pub fn encode(&self) -> Result<Bytes, RegionError> {
         let body = postcard::to_stdvec(&ConfigRegionBody {
             server_list_version: self.server_list_version,
             owner: self.owner,
             servers: self.servers.clone(),
             tablets: self.tablets.clone(),
         })
-        .expect("regions always serialise");
-        assert!(
-            HEADER_BYTES + body.len() <= REGION_BYTES_MAX,
-            "region over the limit"
-        );
+        .map_err(|e| RegionError::Malformed(format!("cannot encode: {e}")))?;
+        if HEADER_BYTES + body.len() > REGION_BYTES_MAX {
+            return Err(RegionError::TooLarge(body.len()));
+        }
         let mut h = RegionHeader {
             magic: U32::new(REGION_MAGIC),
             format: REGION_FORMAT_VERSION,
@@ -152,7 +153,7 @@ impl ConfigRegion {
         let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
         out.extend_from_slice(h.as_bytes());
         out.extend_from_slice(&body);
-        Bytes::from(out)
+        Ok(Bytes::from(out))
     }
 
     /// Reads a region, checking everything (see the module docs).
@@ -233,12 +234,12 @@ mod tests {
     #[test]
     fn regions_round_trip() {
         let r = sample();
-        assert_eq!(ConfigRegion::decode(&r.encode()), Ok(r));
+        assert_eq!(ConfigRegion::decode(&r.encode().unwrap()), Ok(r));
     }
 
     #[test]
     fn every_torn_or_flipped_region_is_an_error() {
-        let good = sample().encode();
+        let good = sample().encode().unwrap();
         for cut in 0..good.len() {
             assert!(ConfigRegion::decode(&good[..cut]).is_err(), "cut at {cut}");
         }
@@ -251,7 +252,7 @@ mod tests {
         let mut newer = sample();
         newer.version = 43;
         newer.tablets.clear();
-        let newer = newer.encode();
+        let newer = newer.encode().unwrap();
         let mut torn = good.to_vec();
         torn[..20].copy_from_slice(&newer[..20]);
         assert!(ConfigRegion::decode(&torn).is_err());

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::limits::LimitError;
 use super::limits::*;
 use super::record::{Op, Reassignment, Record, RecordError, Seq, TabletSpec};
 use super::region::{ConfigRegion, RegionServer, RegionTablet};
@@ -69,6 +70,11 @@ pub enum Rejection {
     /// A limit would be exceeded.
     #[error("limit reached: {0}")]
     Limit(String),
+    /// The record breaks a rule every request is validated against (a
+    /// leader never proposes one; it came from an older version, a bug or
+    /// a forged proposal).
+    #[error("invalid record: {0}")]
+    Invalid(LimitError),
 }
 
 /// What applying a commit record did.
@@ -98,16 +104,9 @@ pub enum Outcome {
     NotARecord,
     /// A no-op record: nothing changed.
     Noop,
-}
-
-/// A committed entry that cannot be applied: the replica must stop.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("log entry {index}: {source}")]
-pub struct ApplyError {
-    /// The entry's index.
-    pub index: u64,
-    /// What is wrong with it.
-    pub source: RecordError,
+    /// The entry is not a well-formed coordinator record: nothing changed.
+    /// (Leaders never write one; applying it must not stop a replica.)
+    Malformed(RecordError),
 }
 
 /// The coordinator's state (see the module docs).
@@ -204,8 +203,15 @@ impl ClusterState {
     }
 
     /// Applies the entry at `index` with payload `data` (empty for Raft's
-    /// own entries). Entries must come in order, each exactly once.
-    pub fn apply(&mut self, index: u64, data: &[u8]) -> Result<Outcome, ApplyError> {
+    /// own entries). Entries must come in order, each exactly once (the
+    /// driver's contract, asserted).
+    ///
+    /// Total: whatever `data` holds, the outcome is decided by `data` and
+    /// the state alone, so every replica reaches the same one, and nothing
+    /// here can stop a replica. Bytes that are not a record are
+    /// [`Outcome::Malformed`]; a record that breaks a limit is
+    /// [`Rejection::Invalid`]; either changes nothing but the applied index.
+    pub fn apply(&mut self, index: u64, data: &[u8]) -> Outcome {
         assert!(
             index > self.applied_index,
             "entry {index} applied after {}",
@@ -213,10 +219,15 @@ impl ClusterState {
         );
         self.applied_index = index;
         if data.is_empty() {
-            return Ok(Outcome::NotARecord);
+            return Outcome::NotARecord;
         }
-        let record = Record::decode(data).map_err(|source| ApplyError { index, source })?;
-        Ok(self.apply_record(index, record))
+        match Record::decode(data) {
+            Err(e) => Outcome::Malformed(e),
+            Ok(record) => match record.check() {
+                Err(e) => Outcome::Rejected(Rejection::Invalid(e)),
+                Ok(()) => self.apply_record(index, record),
+            },
+        }
     }
 
     /// Applies a decoded record at `index` (see [`ClusterState::apply`]).
@@ -320,6 +331,9 @@ impl ClusterState {
             Op::CreateTable { name, tablets } => {
                 if self.table(name).is_some() {
                     return Err(Rejection::NameTaken(name.clone()));
+                }
+                if self.tables.len() >= TABLES_MAX {
+                    return Err(Rejection::Limit(format!("{TABLES_MAX} tables")));
                 }
                 if !covers_hash_space(tablets.iter().map(|t| (t.start_hash, t.end_hash))) {
                     return Err(Rejection::BadTablets);

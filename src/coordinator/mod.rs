@@ -31,8 +31,10 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use crate::cluster::limits::{self, LimitError};
 use crate::cluster::{
-    even_ranges, ClusterState, Op, Record, Rejection, Seq, ServerId, ServerStatus, TabletSpec,
+    even_ranges, ClusterState, Op, Record, RecordError, Rejection, Seq, ServerId, ServerStatus,
+    TabletSpec,
 };
 
 /// Timing knobs, in ticks of the driver's clock.
@@ -135,14 +137,30 @@ pub enum RequestError {
     /// No up master to own tablets.
     #[error("no master is up")]
     NoMasters,
-    /// Zero tablets, or more than the limit.
-    #[error("a table needs 1 to {max} tablets, not {n}")]
-    TabletCount {
-        /// Asked.
-        n: u32,
-        /// Allowed.
-        max: usize,
-    },
+    /// The request breaks a limit (names the limit).
+    #[error(transparent)]
+    Invalid(#[from] LimitError),
+    /// The operation's record would not fit in a log entry.
+    #[error("the operation's record cannot be written: {0}")]
+    Record(#[from] RecordError),
+}
+
+impl Request {
+    /// Checks the request against the limits ([`crate::cluster::limits`])
+    /// without looking at any state: what every replica would refuse to
+    /// apply is refused here, before it is proposed.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        match self {
+            Request::Enlist { addr, .. } => limits::check_addr(addr),
+            Request::CreateTable { name, tablets } => {
+                limits::check_table_name(name)?;
+                limits::check_tablet_count(*tablets as usize)
+            }
+            Request::DropTable { name }
+            | Request::SplitTablet { table: name, .. }
+            | Request::MigrateTablet { table: name, .. } => limits::check_table_name(name),
+        }
+    }
 }
 
 /// The leader's volatile coordinator state (see the module docs).
@@ -260,6 +278,7 @@ impl Coordinator {
     /// the applied state (the record's own precondition is checked again
     /// when it applies).
     pub fn prepare(&self, state: &ClusterState, req: &Request) -> Result<Record, RequestError> {
+        req.validate()?;
         let op = match req {
             Request::Enlist {
                 addr,
@@ -271,12 +290,12 @@ impl Coordinator {
                 nonce: *nonce,
             },
             Request::CreateTable { name, tablets } => {
-                let max = crate::cluster::limits::TABLETS_PER_TABLE_MAX;
-                if *tablets == 0 || *tablets as usize > max {
-                    return Err(RequestError::TabletCount { n: *tablets, max });
-                }
                 if state.table(name).is_some() {
                     return Err(Rejection::NameTaken(name.clone()).into());
+                }
+                if state.tables().count() >= limits::TABLES_MAX {
+                    let what = format!("{} tables", limits::TABLES_MAX);
+                    return Err(Rejection::Limit(what).into());
                 }
                 let owners = state
                     .choose_owners(*tablets)
@@ -374,11 +393,21 @@ impl Coordinator {
                         continue;
                     };
                     self.pushed.insert(t, (version, self.now));
+                    let region = match state.region_for(t, self.term).encode() {
+                        Ok(region) => region,
+                        Err(e) => {
+                            // Retried at the push interval: the operation
+                            // stays incomplete (visible in `ctl ops`) until
+                            // the configuration shrinks.
+                            tracing::error!(server = %t, seq, error = %e, "cannot encode the configuration region; push skipped");
+                            continue;
+                        }
+                    };
                     out.push(Action::Push {
                         to: t,
                         addr: server.addr.clone(),
                         version,
-                        region: state.region_for(t, self.term).encode(),
+                        region,
                     });
                 }
             }

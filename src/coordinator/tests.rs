@@ -63,10 +63,7 @@ impl Harness {
 
     fn commit(&mut self, rec: &Record) -> Outcome {
         self.index += 1;
-        let out = self
-            .state
-            .apply(self.index, &rec.encode())
-            .expect("valid record");
+        let out = self.state.apply(self.index, &rec.encode().unwrap());
         self.state.check().expect("state invariants");
         out
     }
@@ -418,13 +415,13 @@ fn preconditions_are_checked_when_records_apply() {
 fn masters_refuse_stale_terms_and_older_versions() {
     let mut h = Harness::with_masters(1);
     let id = h.ids()[0];
-    let old = h.state.region_for(id, 2).encode();
+    let old = h.state.region_for(id, 2).encode().unwrap();
     h.commit(&Record::Commit(Op::EnlistServer {
         addr: "x:1".into(),
         services: services::MASTER,
         nonce: 9,
     }));
-    let new = h.state.region_for(id, 3).encode();
+    let new = h.state.region_for(id, 3).encode().unwrap();
     let m = h.masters.get_mut(&id).unwrap();
     assert!(matches!(
         m.on_region_write(&new),
@@ -437,7 +434,7 @@ fn masters_refuse_stale_terms_and_older_versions() {
     // An older version that gets past the fence (only a writer bug could
     // send one) lands, but the master does not act on it.
     let acted = m.config().unwrap().clone();
-    let older_same_term = ClusterState::default().region_for(id, 3).encode();
+    let older_same_term = ClusterState::default().region_for(id, 3).encode().unwrap();
     assert!(matches!(
         m.on_region_write(&older_same_term),
         RegionOutcome::Regressed { .. }
@@ -448,7 +445,7 @@ fn masters_refuse_stale_terms_and_older_versions() {
     );
     assert!(m.get(1, b"k").is_err());
     assert!(matches!(
-        m.on_region_write(&acted.encode()),
+        m.on_region_write(&acted.encode().unwrap()),
         RegionOutcome::Applied { .. }
     ));
     // The planted bug: without the fence, the deposed coordinator's late

@@ -1,6 +1,7 @@
 //! Reader for Jepsen register histories (the `jepsen.util` log lines).
 //!
-//! One event per line, tab-separated after the `jepsen.util - ` marker:
+//! One event per line after the `jepsen.util - ` marker, fields separated by
+//! any whitespace (Jepsen writes tabs; other tools write spaces):
 //! `<process> <type> <f> <value>` with type `:invoke | :ok | :fail | :info`,
 //! f `:read | :write | :cas`, value `nil`, an integer, `[from to]` or
 //! `:timed-out`. Lines without the marker are other log output and are
@@ -109,6 +110,23 @@ fn parse_val(s: &str) -> Option<Val> {
     s.parse().ok().map(Val::Int)
 }
 
+/// Splits an event into process, type, f and value, separated by any run of
+/// whitespace (tabs in Jepsen's own logs, spaces in others'). The value is
+/// the rest of the line, because a cas value (`[1 2]`) holds a space.
+fn split_fields(event: &str) -> Vec<&str> {
+    let mut fields = Vec::with_capacity(4);
+    let mut rest = event.trim();
+    while fields.len() < 3 && !rest.is_empty() {
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        fields.push(&rest[..end]);
+        rest = rest[end..].trim_start();
+    }
+    if !rest.is_empty() {
+        fields.push(rest);
+    }
+    fields
+}
+
 /// Parses a Jepsen register history.
 pub fn parse(text: &str) -> Result<JepsenHistory, ParseError> {
     let lines: Vec<String> = text.lines().map(str::to_owned).collect();
@@ -124,10 +142,10 @@ pub fn parse(text: &str) -> Result<JepsenHistory, ParseError> {
             text: raw.clone(),
             reason,
         };
-        let fields: Vec<&str> = raw[at + EVENT_MARKER.len()..].split('\t').collect();
+        let fields = split_fields(&raw[at + EVENT_MARKER.len()..]);
         if fields.len() != 4 {
             return Err(err(format!(
-                "expected 4 tab-separated fields (process, type, f, value), found {}",
+                "expected 4 whitespace-separated fields (process, type, f, value), found {}",
                 fields.len()
             )));
         }
@@ -225,6 +243,28 @@ mod tests {
         assert_eq!(h[0].ret, Some(3));
         assert_eq!(h[1].ret, None);
         assert_eq!(h[2].output, Some(RegisterOutput::Read(Some(1))));
+    }
+
+    #[test]
+    fn fields_may_be_separated_by_any_whitespace() {
+        let tabs = format!(
+            "{P}0\t:invoke\t:write\t1\n{P}0\t:ok\t:write\t1\n{P}1\t:invoke\t:cas\t[1 2]\n{P}1\t:ok\t:cas\t[1 2]\n"
+        );
+        let spaces = format!(
+            "{P}0 :invoke :write 1\n{P}0   :ok\t :write  1 \n{P}1 :invoke :cas [1 2]\n{P}1 :ok :cas [1  2]\n"
+        );
+        let a = parse(&tabs).unwrap().history;
+        let b = parse(&spaces).unwrap().history;
+        assert_eq!(a.len(), 2);
+        assert_eq!(
+            a.iter()
+                .map(|o| (o.input.clone(), o.output.clone()))
+                .collect::<Vec<_>>(),
+            b.iter()
+                .map(|o| (o.input.clone(), o.output.clone()))
+                .collect::<Vec<_>>()
+        );
+        assert!(parse(&format!("{P}0 :invoke :write\n")).is_err());
     }
 
     #[test]

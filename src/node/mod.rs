@@ -41,7 +41,7 @@ use ramcoord_log::{
 };
 use ramcoord_net::{Event, PeerId, RegionId, Transport, WriteStatus};
 
-use crate::cluster::{ApplyError, ClusterState, Effect, Outcome, Record, ServerId};
+use crate::cluster::{ClusterState, Effect, Outcome, Record, ServerId};
 use crate::coordinator::{Action, Coordinator, CoordinatorBugs, CoordinatorConfig};
 use client::{ClientReply, ClientRequest, OpRecord, OpResult};
 
@@ -143,9 +143,6 @@ pub enum NodeError {
     /// The disk failed: fatal.
     #[error("the log failed: {0}")]
     Storage(#[from] StorageError),
-    /// A committed entry is not a valid record: fatal, never skipped.
-    #[error("cannot apply: {0}")]
-    Apply(#[from] ApplyError),
     /// The configuration is unusable.
     #[error("bad configuration: {0}")]
     Config(String),
@@ -284,7 +281,10 @@ impl<T: Transport> CoordinatorNode<T> {
 
     /// Proposes a record (this replica must lead); returns its index.
     pub fn propose(&mut self, record: &Record) -> Result<u64, NodeError> {
-        let r = self.raft.propose(record.encode());
+        let data = record
+            .encode()
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let r = self.raft.propose(data);
         self.drive()?;
         r.map_err(|e: ProposeError| NodeError::Config(e.to_string()))
     }
@@ -588,7 +588,14 @@ impl<T: Transport> CoordinatorNode<T> {
     /// (and at its completion too, if `until_complete`).
     fn propose_for(&mut self, from: PeerId, request: u64, record: Record, until_complete: bool) {
         let received = Instant::now();
-        let data = record.encode();
+        let data = match record.encode() {
+            Ok(data) => data,
+            Err(e) => {
+                let reply = ClientReply::Refused(format!("cannot propose: {e}"));
+                self.reply(from, request, &reply);
+                return;
+            }
+        };
         let reply = match self.raft.propose(data.clone()) {
             Ok(index) => {
                 self.proposed_at.insert(index, received);
@@ -654,7 +661,7 @@ impl<T: Transport> CoordinatorNode<T> {
                 } else {
                     &[]
                 };
-                let outcome = self.cluster.apply(e.index, data)?;
+                let outcome = self.cluster.apply(e.index, data);
                 if e.kind == EntryKind::ConfChange {
                     tracing::info!(index = e.index, conf = ?self.raft.conf(), "membership change applied");
                 }
@@ -731,9 +738,10 @@ impl<T: Transport> CoordinatorNode<T> {
         let commit_us = proposed.map(|t| now.duration_since(t).as_micros() as u64);
         let result = match outcome {
             Outcome::Committed(_) | Outcome::Rejected(_) => {
-                let op = match Record::decode(data) {
-                    Ok(Record::Commit(op)) => op,
-                    _ => unreachable!("a commit outcome comes from a commit record"),
+                let Ok(Record::Commit(op)) = Record::decode(data) else {
+                    // Only a commit record has a commit outcome.
+                    tracing::error!(index, "a commit outcome without a commit record");
+                    return;
                 };
                 let rejected = match outcome {
                     Outcome::Rejected(r) => Some(r.to_string()),
@@ -820,6 +828,10 @@ impl<T: Transport> CoordinatorNode<T> {
                 }
                 None
             }
+            Outcome::Malformed(e) => {
+                tracing::warn!(index, term, error = %e, "a committed entry is not a coordinator record: applied as a rejection (nothing changed)");
+                Some(OpResult::Rejected(format!("malformed record: {e}")))
+            }
             Outcome::NotARecord if kind == EntryKind::ConfChange => Some(OpResult::Changed),
             Outcome::Noop => Some(OpResult::Changed),
             Outcome::AlreadyComplete(_) | Outcome::NotARecord => None,
@@ -862,7 +874,14 @@ impl<T: Transport> CoordinatorNode<T> {
         for a in actions {
             match a {
                 Action::Propose(rec) => {
-                    if let Ok(index) = self.raft.propose(rec.encode()) {
+                    let data = match rec.encode() {
+                        Ok(data) => data,
+                        Err(e) => {
+                            tracing::error!(error = %e, record = ?rec, "cannot encode the coordinator's own record; not proposed");
+                            continue;
+                        }
+                    };
+                    if let Ok(index) = self.raft.propose(data) {
                         self.proposed_at.insert(index, Instant::now());
                         proposed = true;
                     }

@@ -6,9 +6,17 @@
 //! interesting points of an operation (right after proposing its commit
 //! record, right after the commit point, between two pushes, just before
 //! the completion record), masters crash (a restarted master is a new
-//! process and enlists again) and lose links to some coordinators, and a
+//! process and enlists again) and lose links to some coordinators, a
 //! deposed leader cut off from its peers keeps pushing to the masters it
-//! still reaches.
+//! still reaches, and invalid records (names over the limit or with
+//! control characters, tablet counts out of range, bytes that are not a
+//! record at all) are proposed straight into the leader's log, as a bug or
+//! a forged proposal would: every replica must apply each as a rejection
+//! that changes nothing, and keep running.
+//!
+//! Checked on every applied entry: an injected record is applied as
+//! [`Outcome::Malformed`] or [`Rejection::Invalid`], and nothing else is
+//! (a leader must never propose what the edge validates away).
 //!
 //! Checked continuously: the cluster state's own invariants after every
 //! applied record on every replica; a master never applies a configuration
@@ -25,7 +33,7 @@ use bytes::Bytes;
 use rand::Rng;
 
 use super::*;
-use crate::cluster::{services, ApplyError, Effect, Outcome, Record, Rejection, ServerId};
+use crate::cluster::{services, Effect, Outcome, Record, Rejection, ServerId};
 use crate::coordinator::{Action, CoordinatorConfig, Request};
 use crate::master::{MasterAction, MasterAgent, MasterConfig, RegionOutcome};
 
@@ -56,6 +64,8 @@ pub(super) struct CoordParams {
     crash_before_complete: f64,
     /// Chance that a push is held up in the network for 5–60 ms.
     push_spike: f64,
+    /// Propose an invalid record into the leader's log this often.
+    invalid_every_us: Option<(u64, u64)>,
     /// Masters fence as over RDMA: one writer at a time, granted to the
     /// leader of the newest term a heartbeat reply came from; pushes from
     /// anyone else are refused (the queue pair revoked), whatever their
@@ -90,6 +100,11 @@ impl CoordParams {
             }
         }
         p.grant_fencing = rng.random_bool(0.5);
+        // Drawn last, so the draws above (and the seeds that replay them)
+        // are what they were before this fault existed.
+        if level != FaultLevel::None && rng.random_bool(0.5) {
+            p.invalid_every_us = Some((20_000, 200_000));
+        }
         p
     }
 }
@@ -199,6 +214,8 @@ pub(super) enum CoordEv {
     MasterCrash,
     MasterRestart(usize),
     MasterNemesis,
+    /// Propose an invalid record at whichever replica leads.
+    InjectInvalid,
 }
 
 struct CHist {
@@ -234,6 +251,8 @@ pub(super) struct CoordWorld {
     /// When the last push on each (writer, incarnation, master) connection
     /// lands: later ones land after it.
     push_fifo: HashMap<(NodeId, u64, usize), u64>,
+    /// The payloads of the invalid records injected.
+    injected: HashSet<Bytes>,
 }
 
 fn master_addr(slot: usize) -> String {
@@ -303,6 +322,10 @@ impl World {
             if self.cw.p.master_partitions {
                 let d = self.rng.random_range(50_000..300_000);
                 self.cev(d, CoordEv::MasterNemesis);
+            }
+            if let Some((lo, hi)) = self.cw.p.invalid_every_us {
+                let d = self.rng.random_range(lo..hi);
+                self.cev(d, CoordEv::InjectInvalid);
             }
         }
     }
@@ -401,11 +424,47 @@ impl World {
             CoordEv::MasterCrash => self.master_crash(),
             CoordEv::MasterRestart(slot) => self.master_restart(slot),
             CoordEv::MasterNemesis => self.master_nemesis(),
+            CoordEv::InjectInvalid => return self.inject_invalid(),
         }
         Ok(())
     }
 
     // ----- masters --------------------------------------------------------
+
+    /// Proposes an invalid record at the leader (if any), bypassing the
+    /// edge's validation, and schedules the next one until the heal.
+    fn inject_invalid(&mut self) -> Result<(), Violation> {
+        if self.healed {
+            return Ok(());
+        }
+        if let Some((lo, hi)) = self.cw.p.invalid_every_us {
+            let d = self.rng.random_range(lo..hi);
+            self.cev(d, CoordEv::InjectInvalid);
+        }
+        let leader = self.nodes.iter().find_map(|(&id, n)| {
+            n.raft
+                .as_ref()
+                .is_some_and(|r| r.role() == Role::Leader)
+                .then_some(id)
+        });
+        let Some(id) = leader else {
+            return Ok(());
+        };
+        let bytes = invalid_record(&mut self.rng);
+        self.cw.injected.insert(bytes.clone());
+        let n = self.nodes.get_mut(&id).unwrap();
+        let r = n.raft.as_mut().map(|raft| raft.propose(bytes.clone()));
+        if matches!(r, Some(Ok(_))) {
+            self.stats.invalid_injected += 1;
+        }
+        self.trace(|| {
+            format!(
+                "n{id} is handed an invalid record of {} bytes: {r:?}",
+                bytes.len()
+            )
+        });
+        self.after_input(id)
+    }
 
     fn master_down(&mut self, slot: usize) {
         let m = &mut self.cw.masters[slot];
@@ -573,19 +632,17 @@ impl World {
             nonce,
         };
         let reply_hint = raft.leader_id();
-        let proposed = match n.coord.prepare(&n.cluster, &req) {
-            Ok(rec) => {
-                let bytes = rec.encode();
-                match raft.propose(bytes.clone()) {
-                    Ok(index) => {
-                        n.pending_records
-                            .insert(index, (Waiter::Master { slot, inc }, bytes));
-                        true
-                    }
-                    Err(_) => false,
+        let bytes = n.coord.prepare(&n.cluster, &req).map(|rec| rec.encode());
+        let proposed = match bytes {
+            Ok(Ok(bytes)) => match raft.propose(bytes.clone()) {
+                Ok(index) => {
+                    n.pending_records
+                        .insert(index, (Waiter::Master { slot, inc }, bytes));
+                    true
                 }
-            }
-            Err(_) => false,
+                Err(_) => false,
+            },
+            Ok(Err(_)) | Err(_) => false,
         };
         if !proposed {
             self.reply_master_enlist(node, slot, inc, None, reply_hint);
@@ -808,8 +865,8 @@ impl World {
                         break;
                     }
                     let n = self.nodes.get_mut(&id).unwrap();
-                    if let Some(raft) = n.raft.as_mut() {
-                        let r = raft.propose(rec.encode());
+                    if let (Some(raft), Ok(bytes)) = (n.raft.as_mut(), rec.encode()) {
+                        let r = raft.propose(bytes);
                         proposed |= r.is_ok();
                         self.trace(|| format!("n{id} proposes {rec:?}: {r:?}"));
                     }
@@ -847,12 +904,30 @@ impl World {
                 }
             }
             let node = self.nodes.get_mut(&id).unwrap();
-            let outcome =
-                node.cluster
-                    .apply(e.index, data)
-                    .map_err(|ApplyError { index, source }| {
-                        Violation::new("bad record", format!("node {id}: entry {index}: {source}"))
-                    })?;
+            let outcome = node.cluster.apply(e.index, data);
+            let invalid = matches!(
+                outcome,
+                Outcome::Malformed(_) | Outcome::Rejected(Rejection::Invalid(_))
+            );
+            let injected = e.kind == EntryKind::Normal && self.cw.injected.contains(&e.data);
+            if invalid != injected {
+                return Err(Violation::new(
+                    "invalid record",
+                    format!(
+                        "node {id} entry {}: applied as {outcome:?}, but it was {}",
+                        e.index,
+                        if injected {
+                            "injected as invalid"
+                        } else {
+                            "proposed through the edge's validation"
+                        }
+                    ),
+                ));
+            }
+            if invalid {
+                self.stats.invalid_applied += 1;
+            }
+            let node = self.nodes.get_mut(&id).unwrap();
             if let Err(why) = node.cluster.check() {
                 return Err(Violation::new(
                     "cluster state invariant",
@@ -1042,7 +1117,11 @@ impl World {
                 if raft.role() != Role::Leader {
                     true
                 } else {
-                    match node.coord.prepare(&node.cluster, &r) {
+                    let prepared = node
+                        .coord
+                        .prepare(&node.cluster, &r)
+                        .and_then(|rec| Ok(rec.encode()?));
+                    match prepared {
                         // Refused before proposing: no effect.
                         Err(e) => {
                             if self.opts.trace {
@@ -1051,33 +1130,29 @@ impl World {
                             }
                             true
                         }
-                        Ok(rec) => {
-                            let bytes = rec.encode();
-                            match raft.propose(bytes.clone()) {
-                                Ok(index) => {
-                                    node.pending_records
-                                        .insert(index, (Waiter::Client { client, op_id }, bytes));
-                                    let inc = node.incarnation;
-                                    if !self.healed
-                                        && self.rng.random_bool(self.cw.p.crash_after_propose)
-                                    {
-                                        self.trace(|| {
-                                            format!("n{id} crashes right after proposing {index}")
-                                        });
-                                        self.at(0, Ev::CrashNode(id, inc));
-                                    }
-                                    false
+                        Ok(bytes) => match raft.propose(bytes.clone()) {
+                            Ok(index) => {
+                                node.pending_records
+                                    .insert(index, (Waiter::Client { client, op_id }, bytes));
+                                let inc = node.incarnation;
+                                if !self.healed
+                                    && self.rng.random_bool(self.cw.p.crash_after_propose)
+                                {
+                                    self.trace(|| {
+                                        format!("n{id} crashes right after proposing {index}")
+                                    });
+                                    self.at(0, Ev::CrashNode(id, inc));
                                 }
-                                Err(e) => {
-                                    if self.opts.trace {
-                                        let line =
-                                            format!("{:>9} n{id} cannot propose: {e}", self.now);
-                                        self.trace.push(line);
-                                    }
-                                    true
-                                }
+                                false
                             }
-                        }
+                            Err(e) => {
+                                if self.opts.trace {
+                                    let line = format!("{:>9} n{id} cannot propose: {e}", self.now);
+                                    self.trace.push(line);
+                                }
+                                true
+                            }
+                        },
                     }
                 }
             }
@@ -1274,4 +1349,87 @@ impl World {
         }
         Ok(())
     }
+}
+
+/// An invalid coordinator record: one that breaks a limit (the edge
+/// refuses such requests) or bytes that are not a record at all.
+fn invalid_record(rng: &mut ChaCha8Rng) -> Bytes {
+    use crate::cluster::limits::{NAME_BYTES_MAX, TABLETS_PER_TABLE_MAX};
+    use crate::cluster::{Op, TabletSpec};
+    let bad_name = |rng: &mut ChaCha8Rng| match rng.random_range(0..4) {
+        0 => String::new(),
+        1 => "n".repeat(NAME_BYTES_MAX + 1),
+        2 => "t0\n".to_string(),
+        _ => format!("t{}\u{7f}", rng.random_range(0..4)),
+    };
+    let owner = ServerId {
+        index: 1,
+        generation: 1,
+    };
+    let record = match rng.random_range(0..8) {
+        0 => Record::Commit(Op::CreateTable {
+            name: bad_name(rng),
+            tablets: vec![TabletSpec {
+                start_hash: 0,
+                end_hash: u64::MAX,
+                owner,
+            }],
+        }),
+        1 => Record::Commit(Op::CreateTable {
+            // A valid name the clients use, with a tablet count out of range.
+            name: TABLE_NAMES[rng.random_range(0..TABLE_NAMES.len())].to_string(),
+            tablets: if rng.random_bool(0.5) {
+                Vec::new()
+            } else {
+                (0..=TABLETS_PER_TABLE_MAX as u64)
+                    .map(|i| TabletSpec {
+                        start_hash: i,
+                        end_hash: i,
+                        owner,
+                    })
+                    .collect()
+            },
+        }),
+        2 => Record::Commit(Op::DropTable {
+            name: bad_name(rng),
+        }),
+        3 => Record::Commit(Op::SplitTablet {
+            table: bad_name(rng),
+            split_hash: rng.random(),
+        }),
+        4 => Record::Commit(Op::MigrateTablet {
+            table: bad_name(rng),
+            hash: rng.random(),
+            to: owner,
+        }),
+        5 => Record::Commit(Op::EnlistServer {
+            addr: if rng.random_bool(0.5) {
+                String::new()
+            } else {
+                "m0 with spaces".into()
+            },
+            services: services::MASTER,
+            nonce: rng.random(),
+        }),
+        _ => {
+            // Not a record: garbage after a real header, an unknown
+            // version, or a valid record with trailing bytes.
+            let mut b = Record::Complete { seq: rng.random() }
+                .encode()
+                .expect("small record")
+                .to_vec();
+            match rng.random_range(0..3) {
+                0 => b.truncate(2),
+                1 => b[1] = b[1].wrapping_add(1),
+                _ => b.push(rng.random()),
+            }
+            if b.len() == 2 {
+                b.extend_from_slice(&[0xff; 3]);
+            }
+            return Bytes::from(b);
+        }
+    };
+    record
+        .encode()
+        .expect("invalid records still fit in a log entry")
 }

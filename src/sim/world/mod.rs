@@ -130,6 +130,11 @@ pub struct SimStats {
     pub write_grants: u64,
     /// Master processes crashed.
     pub master_crashes: u64,
+    /// Invalid records (breaking a limit, or not records at all) proposed
+    /// past the edge's validation, as a bug or forged proposal would.
+    pub invalid_injected: u64,
+    /// ... applied as deterministic rejections (counted per replica).
+    pub invalid_applied: u64,
 }
 
 /// The outcome of one run.
