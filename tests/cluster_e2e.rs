@@ -395,3 +395,88 @@ fn restarted_and_replaced_replicas_rejoin() {
     c.check_alive().unwrap();
     done(c);
 }
+
+/// Forged Raft messages on a replica's port (the transport does not
+/// authenticate peers yet): a term at the ceiling from a connection that
+/// claims to be a replica, a term far ahead, a newer term from an id no
+/// configuration holds. Each is refused and logged; the leader keeps its
+/// term, and after every replica restarts the group still elects and
+/// serves. (Before: one message with term u64::MAX left the group without
+/// a leader for good.)
+#[test]
+fn forged_raft_messages_do_not_wedge_the_group() {
+    use ramcoord::node::raft_payload;
+    use ramcoord_log::{Message, MessageBody};
+    use ramcoord_net::frame::Frame;
+    use std::io::Write;
+
+    let mut c = cluster("forged", 2, &[]);
+    let before = c.wait_ready(2, LIMIT).unwrap();
+    let replicas: Vec<(u64, std::net::SocketAddr)> = c
+        .coordinators
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i as u64 + 1, p.addr))
+        .collect();
+    for &(to, addr) in &replicas {
+        let member = if to == 1 { 2 } else { 1 };
+        for (from, term) in [
+            (member, u64::MAX),
+            (member, u64::MAX - 1),
+            (member, before.term + (1 << 33)),
+            (99, before.term + 1000),
+        ] {
+            let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+                continue;
+            };
+            let mut bytes = Frame::Hello {
+                peer: from,
+                cluster: 1,
+            }
+            .to_bytes()
+            .to_vec();
+            for body in [
+                MessageBody::Heartbeat {
+                    commit: 0,
+                    seq: 0,
+                    sent_tick: 0,
+                },
+                MessageBody::Vote {
+                    last_index: u64::MAX - 1,
+                    last_term: term,
+                    transfer: true,
+                },
+            ] {
+                let m = Message {
+                    from,
+                    to,
+                    term,
+                    body,
+                };
+                bytes.extend_from_slice(&Frame::Message(raft_payload(&m)).to_bytes());
+            }
+            let _ = s.write_all(&bytes);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    c.check_alive().unwrap();
+    let after = c.wait_ready(2, LIMIT).unwrap();
+    assert_eq!((after.id, after.term), (before.id, before.term));
+    for s in c.statuses() {
+        assert!(s.term < 1 << 32, "replica {} took term {}", s.id, s.term);
+    }
+    // Every replica restarts from its disk; the group elects and serves.
+    for (id, _) in &replicas {
+        c.kill_coordinator(*id);
+        c.restart_coordinator(*id).unwrap();
+    }
+    c.wait_ready(2, LIMIT).unwrap();
+    let mut ctl = c.ctl(Duration::from_secs(5));
+    ctl.operate(Request::CreateTable {
+        name: "after-forgery".into(),
+        tablets: 2,
+    })
+    .unwrap();
+    done(c);
+}

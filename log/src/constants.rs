@@ -27,6 +27,15 @@ pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
 /// Bound on read-index requests a leader holds while confirming leadership.
 pub const PENDING_READS_MAX: usize = 4096;
 
+/// Largest step up in term one message may bring. Terms rise by one per
+/// election (pre-vote keeps a cut-off node's term still), so no honest
+/// message comes near this; a message beyond it is refused, so that no
+/// handful of messages can push the term to where it cannot grow.
+pub const TERM_JUMP_MAX: u64 = 1 << 32;
+/// Highest term a message may carry: above it, a term could not be
+/// incremented at every election for as long as the group will live.
+pub const TERM_MAX: u64 = u64::MAX - (1 << 32);
+
 const _: () = assert!(HEARTBEAT_INTERVAL_TICKS_DEFAULT < ELECTION_TIMEOUT_TICKS_DEFAULT);
 const _: () = assert!(INFLIGHT_APPENDS_MAX_DEFAULT <= INFLIGHT_APPENDS_MAX);
 const _: () = assert!((ENTRY_BYTES_MAX as u64) <= UNCOMMITTED_BYTES_MAX_DEFAULT);

@@ -52,7 +52,7 @@ pub mod wire;
 
 pub use config::{Config, InjectedBugs, ReadMode};
 pub use message::{Message, MessageBody};
-pub use raft::{ProposeError, RawNode, Role};
+pub use raft::{ProposeError, RawNode, Refusal, Role};
 pub use ready::Ready;
 pub use storage::{MemStorage, Storage, StorageError};
 pub use types::*;

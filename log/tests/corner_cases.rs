@@ -568,3 +568,85 @@ fn proposals_are_refused_with_a_reason() {
     c.tick_all(2);
     assert!(c.node_mut(1).propose(chunk).is_ok());
 }
+
+/// A forged or damaged message cannot wedge the group: a term at the
+/// ceiling, a term that jumps far ahead, a sender that is not a member, or a
+/// message addressed elsewhere is refused (counted) and changes nothing; the
+/// leader keeps leading and the group keeps committing.
+#[test]
+fn messages_out_of_bounds_are_refused_and_change_nothing() {
+    let mut c = Cluster::new(3, plain);
+    c.elect(1);
+    c.stabilize();
+    let term = c.node(1).term();
+    let append = |from: NodeId, to: NodeId, term: Term| Message {
+        from,
+        to,
+        term,
+        body: MessageBody::Heartbeat {
+            commit: 0,
+            seq: 1,
+            sent_tick: 0,
+        },
+    };
+    let vote = |from: NodeId, to: NodeId, term: Term| Message {
+        from,
+        to,
+        term,
+        body: MessageBody::Vote {
+            last_index: u64::MAX - 1,
+            last_term: term,
+            transfer: true,
+        },
+    };
+    let forged = [
+        // A member claiming the largest term (it could never be exceeded).
+        (append(2, 1, u64::MAX), "ceiling"),
+        (vote(2, 1, u64::MAX), "ceiling"),
+        // A member's term far ahead of ours.
+        (append(3, 1, term + (1 << 33)), "jump"),
+        // A non-member with a newer term: deposing would be its whole aim.
+        (append(99, 1, term + 1000), "member"),
+        (vote(99, 2, term + 1), "member"),
+        // Addressed to someone else.
+        (append(2, 7, term + 1), "addressed"),
+    ];
+    for (i, (m, what)) in forged.into_iter().enumerate() {
+        let to = m.to;
+        let node = if to == 7 { 1 } else { to };
+        let mut m = m;
+        m.to = to; // as sent
+        c.node_mut(node).step(m);
+        c.process_all();
+        let (refused, last) = c.node(node).refusals();
+        assert!(refused >= 1, "{what}: not refused");
+        assert!(last.is_some(), "{what}");
+        assert_eq!(
+            c.node(1).role(),
+            Role::Leader,
+            "forged message {i} ({what})"
+        );
+        assert_eq!(c.node(1).term(), term, "forged message {i} ({what})");
+        assert_eq!(c.node(2).term(), term, "forged message {i} ({what})");
+    }
+    // Still committing in the same term.
+    let idx = c.propose(1, "after");
+    c.stabilize();
+    assert!(c.node(1).log().committed >= idx);
+    assert_eq!(c.node(1).term(), term);
+}
+
+/// A member's message one term ahead is still taken (the normal way terms
+/// grow): the refusals above do not stop elections.
+#[test]
+fn a_members_newer_term_is_still_taken() {
+    let mut c = Cluster::new(3, plain);
+    c.elect(1);
+    c.stabilize();
+    let term = c.node(1).term();
+    c.elect(2);
+    c.stabilize();
+    assert_eq!(c.leader(), Some(2));
+    assert!(c.node(1).term() > term);
+    assert_eq!(c.node(1).refusals().0, 0);
+}

@@ -177,6 +177,9 @@ pub struct CoordinatorNode<T: Transport> {
     pushes_in_flight: HashMap<u64, (ServerId, u64, u64)>,
     /// Pushes held back by `push_delay`: (when due, action).
     delayed_pushes: VecDeque<(Instant, Action)>,
+    /// Raft refusals counted into `rejected_messages` and logged so far,
+    /// and when last logged.
+    refusals_logged: (u64, Option<Instant>),
 }
 
 /// A client waiting for an entry's commit point.
@@ -252,6 +255,7 @@ impl<T: Transport> CoordinatorNode<T> {
             last_activity: Instant::now(),
             pushes_in_flight: HashMap::new(),
             delayed_pushes: VecDeque::new(),
+            refusals_logged: (0, None),
         })
     }
 
@@ -384,7 +388,10 @@ impl<T: Transport> CoordinatorNode<T> {
                     return;
                 }
                 match decode_message(payload.slice(1..)) {
-                    Ok(m) if m.from == from && m.to == self.cfg.id => self.raft.step(m),
+                    Ok(m) if m.from == from && m.to == self.cfg.id => {
+                        self.raft.step(m);
+                        self.log_refusals();
+                    }
                     Ok(m) => {
                         self.rejected_messages += 1;
                         tracing::warn!(from, claimed = m.from, to = m.to, "misaddressed message");
@@ -414,6 +421,33 @@ impl<T: Transport> CoordinatorNode<T> {
                 }
             }
         }
+    }
+
+    /// Logs the Raft core's refusals (a message from a non-member, a term
+    /// out of bounds), at most once a second, with how many since.
+    fn log_refusals(&mut self) {
+        let (count, last) = self.raft.refusals();
+        if count == self.refusals_logged.0 {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .refusals_logged
+            .1
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        if let Some((from, why)) = last {
+            tracing::warn!(
+                from,
+                reason = %why,
+                refused = count - self.refusals_logged.0,
+                "Raft messages refused (changed nothing)"
+            );
+        }
+        self.rejected_messages += count - self.refusals_logged.0;
+        self.refusals_logged = (count, Some(now));
     }
 
     /// This replica's view (see [`client::Status`]).

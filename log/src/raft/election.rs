@@ -50,7 +50,8 @@ impl<S: Storage> RawNode<S> {
 
     pub(super) fn become_candidate(&mut self) {
         assert_ne!(self.role, Role::Leader, "a leader does not campaign");
-        self.reset(self.term + 1);
+        // `campaign` checked the term can grow.
+        self.reset(self.term.saturating_add(1));
         self.vote = Some(self.id);
         self.role = Role::Candidate;
     }
@@ -84,6 +85,12 @@ impl<S: Storage> RawNode<S> {
 
     pub(super) fn campaign(&mut self, pre_vote: bool, transfer: bool) {
         if !self.promotable() {
+            return;
+        }
+        if self.term >= crate::constants::TERM_MAX {
+            // Unreachable through `step` (it refuses such terms); a
+            // corrupted hard state could still say so. Never wrap.
+            self.note_refusal(self.id, Refusal::TermCeiling(self.term));
             return;
         }
         let (term, body) = if pre_vote {

@@ -134,6 +134,34 @@ pub struct RawNode<S: Storage> {
     prev_hard_state: HardState,
     ready_number: u64,
     advanced_number: u64,
+    /// Messages refused by [`RawNode::step`], and the latest reason.
+    refused: u64,
+    last_refusal: Option<(NodeId, Refusal)>,
+}
+
+/// Why [`RawNode::step`] refused a message (it changed nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Addressed to another node.
+    #[error("addressed to node {0}")]
+    Misaddressed(NodeId),
+    /// Its term is above [`crate::constants::TERM_MAX`].
+    #[error("term {0} is above the ceiling")]
+    TermCeiling(Term),
+    /// Its term is more than [`crate::constants::TERM_JUMP_MAX`] above
+    /// ours.
+    #[error("term {theirs} jumps more than 2^32 past ours ({ours})")]
+    TermJump {
+        /// The message's term.
+        theirs: Term,
+        /// This node's.
+        ours: Term,
+    },
+    /// The sender is not in this node's configuration, and the message is
+    /// not one a leader of no newer term than ours sends (a replica that
+    /// lags behind a membership change hears its new leader through those).
+    #[error("the sender is not a member of the configuration")]
+    NotAMember,
 }
 
 impl<S: Storage> RawNode<S> {
@@ -188,6 +216,8 @@ impl<S: Storage> RawNode<S> {
             incoming_snapshot: None,
             restart_lease_ticks: 0,
             prev_hard_state: hs,
+            refused: 0,
+            last_refusal: None,
             ready_number: 0,
             advanced_number: 0,
         };
@@ -312,11 +342,10 @@ impl<S: Storage> RawNode<S> {
     /// Feeds a message from a peer (or one of this node's own deferred
     /// messages). Messages for another node are a driver bug.
     pub fn step(&mut self, m: Message) {
-        assert_eq!(
-            m.to, self.id,
-            "message for {} delivered to {}",
-            m.to, self.id
-        );
+        if let Err(why) = self.admit(&m) {
+            self.note_refusal(m.from, why);
+            return;
+        }
         if m.term > self.term {
             if let MessageBody::PreVote { .. } | MessageBody::Vote { .. } = m.body {
                 let transfer = matches!(m.body, MessageBody::Vote { transfer: true, .. });
@@ -379,6 +408,51 @@ impl<S: Storage> RawNode<S> {
                 Role::Follower => self.step_follower(m),
             },
         }
+    }
+
+    /// Whether `step` takes `m` at all. Whatever a peer sends, a refused
+    /// message changes nothing: terms never reach a value that cannot
+    /// grow, and a non-member cannot depose anyone.
+    fn admit(&self, m: &Message) -> Result<(), Refusal> {
+        use crate::constants::{TERM_JUMP_MAX, TERM_MAX};
+        if m.to != self.id {
+            return Err(Refusal::Misaddressed(m.to));
+        }
+        if m.term > TERM_MAX {
+            return Err(Refusal::TermCeiling(m.term));
+        }
+        if m.term > self.term.saturating_add(TERM_JUMP_MAX) {
+            return Err(Refusal::TermJump {
+                theirs: m.term,
+                ours: self.term,
+            });
+        }
+        // A replica that joined with no configuration yet hears only from
+        // the leader that added it.
+        let joining = self.conf.voters.is_empty() && self.conf.learners.is_empty();
+        if !joining && !self.conf.members().any(|id| id == m.from) {
+            let from_leader = matches!(
+                m.body,
+                MessageBody::Append { .. }
+                    | MessageBody::Heartbeat { .. }
+                    | MessageBody::Snapshot { .. }
+            );
+            if !(from_leader && m.term <= self.term) {
+                return Err(Refusal::NotAMember);
+            }
+        }
+        Ok(())
+    }
+
+    fn note_refusal(&mut self, from: NodeId, why: Refusal) {
+        self.refused += 1;
+        self.last_refusal = Some((from, why));
+    }
+
+    /// How many messages `step` refused, and the latest (sender, reason):
+    /// the driver logs them.
+    pub fn refusals(&self) -> (u64, Option<(NodeId, Refusal)>) {
+        (self.refused, self.last_refusal)
     }
 
     fn step_follower(&mut self, m: Message) {

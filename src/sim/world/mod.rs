@@ -130,6 +130,8 @@ pub struct SimStats {
     pub write_grants: u64,
     /// Master processes crashed.
     pub master_crashes: u64,
+    /// Forged Raft messages stepped into replicas (each must be refused).
+    pub forged: u64,
     /// Invalid records (breaking a limit, or not records at all) proposed
     /// past the edge's validation, as a bug or forged proposal would.
     pub invalid_injected: u64,
@@ -190,6 +192,9 @@ struct Params {
     pre_vote_check_quorum: bool,
     fault_phase_us: u64,
     liveness_us: u64,
+    /// Step forged messages into replicas: from a non-member with a newer
+    /// term, from a member with a term at the ceiling or far ahead.
+    forge: bool,
 }
 
 const TICK_US: u64 = 1_000;
@@ -235,6 +240,7 @@ impl Params {
             pre_vote_check_quorum: rng.random_bool(0.7),
             fault_phase_us: 1_500_000,
             liveness_us: 3_000_000,
+            forge: false,
         };
         let heavy = level == FaultLevel::Heavy;
         if level != FaultLevel::None {
@@ -278,6 +284,9 @@ impl Params {
                 drift_margin_ticks: margin.min(ELECTION_TICKS - 1),
             };
         }
+        // Drawn last: earlier draws (and the seeds replaying them) keep
+        // their values.
+        p.forge = level != FaultLevel::None && rng.random_bool(0.5);
         p
     }
 }
@@ -329,6 +338,8 @@ enum Ev {
     RestoreMembership,
     /// The coordinator workload's own events.
     Coord(coordinator::CoordEv),
+    /// Step a forged Raft message into a replica.
+    Forge,
 }
 
 struct Queued {
@@ -635,6 +646,10 @@ impl World {
                 let d = self.rng.random_range(100_000..400_000);
                 self.at(d, Ev::Admin);
             }
+            if self.p.forge {
+                let d = self.rng.random_range(10_000..100_000);
+                self.at(d, Ev::Forge);
+            }
         }
         self.at(self.heal_at, Ev::Heal);
         let end = self.heal_at + self.p.liveness_us;
@@ -741,6 +756,7 @@ impl World {
                 self.nemesis();
                 Ok(())
             }
+            Ev::Forge => self.forge(),
             Ev::Crash => {
                 self.crash_some();
                 Ok(())

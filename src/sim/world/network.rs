@@ -4,6 +4,7 @@
 use rand::Rng;
 
 use super::*;
+use ramcoord_log::MessageBody;
 
 impl World {
     pub(super) fn send(&mut self, m: Message) {
@@ -76,6 +77,88 @@ impl World {
         self.trace(|| format!("nemesis {desc}"));
         let d = self.rng.random_range(50_000..400_000);
         self.at(d, Ev::Nemesis);
+    }
+
+    /// Steps a forged message into a live replica, bypassing the network,
+    /// as an attacker on a replica's port would (the transport does not
+    /// authenticate yet): from a replica id no configuration holds with a
+    /// newer term, or from a member with a term at the ceiling or far
+    /// ahead. Each must be refused by the Raft core and change nothing:
+    /// checked here, and by every safety and liveness check of the run.
+    pub(super) fn forge(&mut self) -> Result<(), Violation> {
+        if self.healed {
+            return Ok(());
+        }
+        let d = self.rng.random_range(10_000..100_000);
+        self.at(d, Ev::Forge);
+        let ids: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.raft.is_some())
+            .map(|n| n.id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let to = ids[self.rng.random_range(0..ids.len())];
+        let raft = self
+            .nodes
+            .get_mut(&to)
+            .and_then(|n| n.raft.as_mut())
+            .unwrap();
+        let ours = raft.term();
+        let members: Vec<NodeId> = raft.conf().members().collect();
+        if members.is_empty() {
+            return Ok(()); // a joining replica hears anyone until configured
+        }
+        let member = members[self.rng.random_range(0..members.len())];
+        let (from, term) = match self.rng.random_range(0..3) {
+            0 => (
+                1_000_000 + self.rng.random_range(0..10),
+                ours + self.rng.random_range(1..1000),
+            ),
+            1 => (member, u64::MAX - self.rng.random_range(0..3)),
+            _ => (member, ours + (1 << 32) + self.rng.random_range(1..1000)),
+        };
+        let body = match self.rng.random_range(0..4) {
+            0 => MessageBody::Heartbeat {
+                commit: 0,
+                seq: 0,
+                sent_tick: 0,
+            },
+            1 => MessageBody::Vote {
+                last_index: u64::MAX - 1,
+                last_term: term,
+                transfer: true,
+            },
+            2 => MessageBody::PreVote {
+                last_index: u64::MAX - 1,
+                last_term: term,
+            },
+            _ => MessageBody::TimeoutNow,
+        };
+        let before = raft.refusals().0;
+        let m = Message {
+            from,
+            to,
+            term,
+            body,
+        };
+        self.trace(|| format!("forge {from}->{to} t{term} {}", m.body.name()));
+        let raft = self
+            .nodes
+            .get_mut(&to)
+            .and_then(|n| n.raft.as_mut())
+            .unwrap();
+        raft.step(m);
+        self.stats.forged += 1;
+        if raft.refusals().0 != before + 1 || raft.term() != ours {
+            return Err(Violation::new(
+                "forged message taken",
+                format!("node {to} (term {ours}) took a forged message from {from} at term {term}"),
+            ));
+        }
+        self.after_input(to)
     }
 
     pub(super) fn heal(&mut self) {
