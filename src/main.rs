@@ -449,9 +449,15 @@ struct SimArgs {
     /// Plant a known bug to see the checkers catch it (see --list-bugs).
     #[arg(long)]
     inject_bug: Option<String>,
-    /// List the bugs --inject-bug knows and exit.
+    /// List the bugs --inject-bug knows (with the invariants that catch
+    /// each) and exit.
     #[arg(long)]
     list_bugs: bool,
+    /// With --inject-bug: exit 0 if some seed caught the bug through one
+    /// of its own invariants, 1 if none did (the sweep found nothing, or
+    /// only other failures).
+    #[arg(long, requires = "inject_bug")]
+    expect_caught: bool,
     /// Worker threads (default: available cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -588,8 +594,14 @@ fn run_lincheck(format: HistoryFormat, file: &PathBuf) -> ExitCode {
 fn run_sim(args: SimArgs) -> ExitCode {
     use ramcoord::sim::{self, FaultLevel, SimOptions};
     if args.list_bugs {
-        for (name, workload, what) in sim::BUGS {
-            println!("{name:<22} {workload:<12} {what}");
+        for b in sim::BUGS {
+            println!(
+                "{:<22} {:<12} {} [caught by: {}]",
+                b.name,
+                b.workload,
+                b.what,
+                b.invariants.join(", ")
+            );
         }
         return ExitCode::SUCCESS;
     }
@@ -599,10 +611,15 @@ fn run_sim(args: SimArgs) -> ExitCode {
     };
     let workload_name = args.workload.to_possible_value().expect("value");
     let workload_name = workload_name.get_name();
-    if let Some((name, needs, _)) = args
+    let planted = args
         .inject_bug
         .as_deref()
-        .and_then(|b| sim::BUGS.iter().find(|(n, _, _)| *n == b))
+        .and_then(|b| sim::BUGS.iter().find(|p| p.name == b));
+    if let Some(sim::PlantedBug {
+        name,
+        workload: needs,
+        ..
+    }) = planted
     {
         if *needs != workload_name {
             eprintln!(
@@ -616,7 +633,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         Some(name) => match sim::bug_by_name(name) {
             Some(b) => b,
             None => {
-                let known: Vec<&str> = sim::BUGS.iter().map(|(n, _, _)| *n).collect();
+                let known: Vec<&str> = sim::BUGS.iter().map(|p| p.name).collect();
                 eprintln!(
                     "ramcoord sim: unknown bug {name:?}; known: {}",
                     known.join(", ")
@@ -783,7 +800,45 @@ fn run_sim(args: SimArgs) -> ExitCode {
         results.len() - failed.len(),
         failed.len()
     );
-    emit(&text);
+    if let Some(bug) = planted {
+        let caught = failed
+            .iter()
+            .filter(|r| {
+                r.violation
+                    .as_ref()
+                    .is_some_and(|v| bug.invariants.contains(&v.invariant))
+            })
+            .count();
+        let mut other: std::collections::BTreeMap<&str, usize> = Default::default();
+        for r in &failed {
+            let v = r.violation.as_ref().expect("filtered");
+            if !bug.invariants.contains(&v.invariant) {
+                *other.entry(v.invariant).or_default() += 1;
+            }
+        }
+        let other: Vec<String> = other.iter().map(|(k, n)| format!("{k} ({n})")).collect();
+        outln!(
+            text,
+            "planted bug {}: caught by {caught} seeds through its invariants ({}); other failures: {}",
+            bug.name,
+            bug.invariants.join(", "),
+            if other.is_empty() {
+                "none".to_string()
+            } else {
+                other.join(", ")
+            }
+        );
+        emit(&text);
+        if args.expect_caught {
+            return if caught > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            };
+        }
+    } else {
+        emit(&text);
+    }
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -128,4 +128,31 @@ fn the_coordinator_workload_sweeps_replays_and_names_its_bugs() {
     ]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("atomicity"), "{out}");
+    // Counted as caught only through its own invariant.
+    let caught = |faults: &str| {
+        ramcoord(&[
+            "sim",
+            "--workload",
+            "coordinator",
+            "--inject-bug",
+            "no-roll-forward",
+            "--seeds",
+            "4",
+            "--faults",
+            faults,
+            "--expect-caught",
+        ])
+    };
+    let (code, out, _) = caught("standard");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "planted bug no-roll-forward: caught by 4 seeds through its invariants (atomicity)"
+        ),
+        "{out}"
+    );
+    // Without faults no leader changes, so nothing can catch it.
+    let (code, out, _) = caught("none");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("caught by 0 seeds"), "{out}");
 }

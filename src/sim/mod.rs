@@ -17,39 +17,59 @@ use crate::coordinator::CoordinatorBugs;
 use crate::master::MasterBugs;
 use ramcoord_log::InjectedBugs;
 
-/// The bugs `--inject-bug` can plant, with what each does and the
-/// workload that exposes it.
-pub const BUGS: &[(&str, &str, &str)] = &[
-    (
-        "commit-previous-term",
-        "raft",
-        "a leader commits an entry of an earlier term by counting replicas (Raft figure 8)",
-    ),
-    (
-        "forget-vote",
-        "raft",
-        "a vote is granted before it is durable and is never persisted",
-    ),
-    (
-        "ack-before-persist",
-        "raft",
-        "a follower acknowledges an append before persisting it",
-    ),
-    (
-        "complete-before-push",
-        "coordinator",
-        "the completion record is written before the masters acknowledged the pushes",
-    ),
-    (
-        "no-roll-forward",
-        "coordinator",
-        "a new leader does not finish the operations committed before its term",
-    ),
-    (
-        "accept-stale-term",
-        "coordinator",
-        "a master applies a configuration pushed from an older term",
-    ),
+/// A bug `--inject-bug` can plant.
+#[derive(Clone, Copy, Debug)]
+pub struct PlantedBug {
+    /// Its name on the command line.
+    pub name: &'static str,
+    /// The workload that exposes it.
+    pub workload: &'static str,
+    /// What it does.
+    pub what: &'static str,
+    /// The invariants it breaks: a seed catches it only by reporting one
+    /// of these (a seed failing for another reason says the checker saw
+    /// a consequence, or that something else is wrong).
+    pub invariants: &'static [&'static str],
+}
+
+/// The bugs `--inject-bug` can plant.
+pub const BUGS: &[PlantedBug] = &[
+    PlantedBug {
+        name: "commit-previous-term",
+        workload: "raft",
+        what: "a leader commits an entry of an earlier term by counting replicas (Raft figure 8)",
+        invariants: &["leader completeness", "state machine safety"],
+    },
+    PlantedBug {
+        name: "forget-vote",
+        workload: "raft",
+        what: "a vote is granted before it is durable and is never persisted",
+        invariants: &["election safety"],
+    },
+    PlantedBug {
+        name: "ack-before-persist",
+        workload: "raft",
+        what: "a follower acknowledges an append before persisting it",
+        invariants: &["leader completeness", "state machine safety"],
+    },
+    PlantedBug {
+        name: "complete-before-push",
+        workload: "coordinator",
+        what: "the completion record is written before the masters acknowledged the pushes",
+        invariants: &["completion before push"],
+    },
+    PlantedBug {
+        name: "no-roll-forward",
+        workload: "coordinator",
+        what: "a new leader does not finish the operations committed before its term",
+        invariants: &["atomicity"],
+    },
+    PlantedBug {
+        name: "accept-stale-term",
+        workload: "coordinator",
+        what: "a master applies a configuration pushed from an older term",
+        invariants: &["stale push won"],
+    },
 ];
 
 /// Every planted bug a run may carry.
