@@ -147,3 +147,40 @@ fn the_coordinator_survives_kill_9_of_its_leader() {
     drop(replicas);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two coordinator processes on one data directory: the second exits at
+/// once with an error naming the first (before, both ran on one log).
+#[test]
+fn a_second_process_on_a_data_directory_is_refused() {
+    let dir = std::env::temp_dir().join(format!("ramcoord-lock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (tx, _rx) = mpsc::channel();
+    let (p1, p2) = (free_port(), free_port());
+    let peers = format!("1=127.0.0.1:{p1},2=127.0.0.1:{p2}");
+    let first = start(1, &peers, p1, &dir, &tx);
+    // Wait for the first to hold the directory.
+    let lock = dir.join("c1").join("LOCK");
+    let end = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&lock).map_or(true, |s| s.trim().is_empty()) {
+        assert!(
+            Instant::now() < end,
+            "the first replica never locked its directory"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
+        .args(["coordinator", "--id", "1", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(["--peers", &peers, "--data-dir"])
+        .arg(dir.join("c1"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second process ran: {err}");
+    assert!(
+        err.contains(&format!("in use by process {}", first.child.id())),
+        "{err}"
+    );
+    drop(first);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -493,3 +493,187 @@ fn a_leftover_spare_segment_is_ignored_and_rollover_uses_a_fresh_one() {
         assert_eq!(all(&d), ents);
     }
 }
+
+/// A flipped byte in the newest record is a torn tail only if the replica
+/// never made that record durable; once a hard-state write recorded it
+/// (the acknowledged watermark), the same damage is corruption: open
+/// refuses, naming the entry and how to recover. (Before, it was truncated
+/// with a warning and the replica ran forever behind its leader's idea of
+/// it.)
+#[test]
+fn damage_to_an_acknowledged_newest_record_is_refused() {
+    for b in BACKENDS {
+        damage_to_an_acknowledged_newest_record_is_refused_on(b);
+    }
+}
+
+fn damage_to_an_acknowledged_newest_record_is_refused_on(b: BackendChoice) {
+    let dir = TempDir::new("acked");
+    let (mut d, _) = open(b, &dir.0);
+    d.append(&(1..=10).map(|i| ent(i, 1, 50)).collect::<Vec<_>>())
+        .unwrap();
+    d.sync().unwrap();
+    // A commit-index update records the watermark (10 is durable).
+    d.set_hard_state(HardState {
+        term: 1,
+        vote: Some(1),
+        commit: 8,
+    })
+    .unwrap();
+    drop(d);
+    let seg = segment_files(&dir).pop().unwrap();
+    let mut img = std::fs::read(&seg).unwrap();
+    img[9 * 82 + 40] ^= 0x01; // inside record 10's payload: the newest
+    std::fs::write(&seg, &img).unwrap();
+    match DiskStorage::open_with(&dir.0, SEGMENT, b) {
+        Err(
+            e @ OpenError::Lost {
+                index: 10,
+                acked: 10,
+                ..
+            },
+        ) => {
+            let text = e.to_string();
+            assert!(text.contains("new id"), "{text}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened a log that lost an acknowledged entry"),
+    }
+}
+
+/// Segments deleted under a hard state that says the log held entries:
+/// refused (before, the replica started as an empty voter).
+#[test]
+fn missing_segments_under_a_kept_hard_state_are_refused() {
+    let dir = TempDir::new("missing");
+    let (mut d, _) = open(BackendChoice::Std, &dir.0);
+    d.append(&(1..=200).map(|i| ent(i, 1, 50)).collect::<Vec<_>>())
+        .unwrap();
+    d.sync().unwrap();
+    d.set_hard_state(HardState {
+        term: 1,
+        vote: Some(1),
+        commit: 150,
+    })
+    .unwrap();
+    drop(d);
+    let segs = segment_files(&dir);
+    assert!(segs.len() > 1);
+    for s in &segs {
+        std::fs::remove_file(s).unwrap();
+    }
+    match DiskStorage::open_with(&dir.0, SEGMENT, BackendChoice::Std) {
+        Err(OpenError::Lost {
+            index: 1,
+            acked: 200,
+            ..
+        }) => {}
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened an emptied log as if nothing happened"),
+    }
+}
+
+/// A legitimate cut below the watermark (a conflicting suffix replaced by
+/// a new leader's entries) lowers it first: the shorter log reopens.
+#[test]
+fn a_conflict_truncation_lowers_the_watermark_before_cutting() {
+    for b in BACKENDS {
+        let dir = TempDir::new("cut");
+        let (mut d, _) = open(b, &dir.0);
+        d.append(&(1..=10).map(|i| ent(i, 1, 50)).collect::<Vec<_>>())
+            .unwrap();
+        d.sync().unwrap();
+        let hs = HardState {
+            term: 2,
+            vote: Some(2),
+            commit: 4,
+        };
+        d.set_hard_state(hs).unwrap();
+        // A new leader's entry 6 of term 2 replaces 6..=10; a crash follows
+        // before anything else is written.
+        d.append(&[ent(6, 2, 10)]).unwrap();
+        d.sync().unwrap();
+        drop(d);
+        let (d, recovery) = open(b, &dir.0);
+        assert_eq!(recovery.torn_tail, None);
+        assert_eq!(d.last_index(), 6);
+        // And after the cut, a crash mid-cut (the later segments gone, the
+        // zeroing done) also reopens: nothing below the lowered watermark
+        // is missing.
+        drop(d);
+    }
+}
+
+/// A torn tail beyond the watermark is still truncated as before.
+#[test]
+fn a_torn_tail_beyond_the_watermark_is_still_truncated() {
+    let dir = TempDir::new("beyond");
+    let (mut d, _) = open(BackendChoice::Std, &dir.0);
+    d.append(&(1..=5).map(|i| ent(i, 1, 50)).collect::<Vec<_>>())
+        .unwrap();
+    d.sync().unwrap();
+    d.set_hard_state(HardState {
+        term: 1,
+        vote: Some(1),
+        commit: 5,
+    })
+    .unwrap();
+    d.append(&(6..=10).map(|i| ent(i, 1, 50)).collect::<Vec<_>>())
+        .unwrap();
+    d.sync().unwrap(); // durable, but no hard-state write recorded it
+    drop(d);
+    let seg = segment_files(&dir).pop().unwrap();
+    let mut img = std::fs::read(&seg).unwrap();
+    img[9 * 82 + 40] ^= 0x01;
+    std::fs::write(&seg, &img).unwrap();
+    let (d, recovery) = open(BackendChoice::Std, &dir.0);
+    assert!(recovery.torn_tail.is_some());
+    assert_eq!(d.last_index(), 9);
+}
+
+/// Two opens of one directory: the second is refused, naming the holder;
+/// once the first is closed, the directory opens again.
+#[test]
+fn a_second_open_of_a_directory_is_refused_naming_the_holder() {
+    let dir = TempDir::new("lock");
+    let (d, _) = open(BackendChoice::Std, &dir.0);
+    match DiskStorage::open_with(&dir.0, SEGMENT, BackendChoice::Std) {
+        Err(e @ OpenError::Locked { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("process {}", std::process::id())),
+                "{text}"
+            );
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("two opens of one directory"),
+    }
+    drop(d);
+    let _ = open(BackendChoice::Std, &dir.0);
+}
+
+/// A bootstrap cut short (here: its founding entries written, its hard
+/// state never) leaves a directory recognisably unfinished; bootstrapping
+/// it again starts afresh, and a finished one is never overwritten.
+#[test]
+fn an_unfinished_bootstrap_is_redone_and_a_finished_one_kept() {
+    let dir = TempDir::new("boot");
+    let conf = ConfState::with_voters([1, 2, 3]);
+    {
+        // What a crash (or ENOSPC) between the entries and the hard state
+        // leaves: a log with records, a hard-state file never written.
+        let (mut d, _) = open(BackendChoice::Std, &dir.0);
+        d.append(&[ent(1, 1, 10)]).unwrap();
+        d.sync().unwrap();
+    }
+    assert!(!DiskStorage::holds_state(&dir.0).unwrap());
+    let d = DiskStorage::bootstrap(&dir.0, &conf, SEGMENT).unwrap();
+    let boot = MemStorage::bootstrap(&conf);
+    assert_eq!(all(&d), boot.all_entries().to_vec());
+    drop(d);
+    assert!(DiskStorage::holds_state(&dir.0).unwrap());
+    assert!(matches!(
+        DiskStorage::bootstrap(&dir.0, &conf, SEGMENT),
+        Err(OpenError::NotEmpty(_))
+    ));
+}

@@ -202,7 +202,8 @@ impl<T: Transport> CoordinatorNode<T> {
                 cfg.id, cfg.replicas
             )));
         }
-        let fresh = !cfg.data_dir.join("hardstate").exists();
+        // New, or a bootstrap that never finished (it is redone).
+        let fresh = !DiskStorage::holds_state(&cfg.data_dir)?;
         if cfg.join && !fresh {
             return Err(NodeError::Config(format!(
                 "--join needs an empty data directory; {} holds a log (start without --join)",

@@ -3,8 +3,20 @@
 //! ```text
 //! hardstate = slot 0 (64 bytes) | slot 1 (64 bytes)
 //! slot      = magic u32 "RCHS" | version u8 | 3 reserved | seq u64 | term u64
-//!             | vote u64 (0 = none) | commit u64 | crc32c u32 | 20 reserved
+//!             | vote u64 (0 = none) | commit u64 | crc32c u32 | acked u64
+//!             | 12 reserved
 //! ```
+//!
+//! `acked` is the **acknowledged watermark**: the log's durable index when
+//! the slot was written (0: not recorded, as in files written before it
+//! existed). Every entry up to it was durable, so this replica may have
+//! acknowledged it, and a leader may have counted it toward a commit. On
+//! open, damage to an entry at or below it is corruption, never a torn
+//! tail (see `DiskStorage::open`). It only lags the truth (a slot is
+//! written at each term, vote or commit change), so it never makes an
+//! honest torn tail look like corruption; when the log is legitimately cut
+//! below it (a conflicting suffix, a snapshot that replaces the log), the
+//! watermark is lowered durably first.
 //!
 //! Why two slots and not temp file + rename: an update is one 64-byte
 //! `pwrite` and one `fdatasync` of a file that never changes size, so no
@@ -40,7 +52,8 @@ struct Slot {
     vote: U64,
     commit: U64,
     crc: U32,
-    reserved2: [u8; 20],
+    acked: U64,
+    reserved2: [u8; 12],
 }
 
 const _: () = assert!(std::mem::size_of::<Slot>() == SLOT_BYTES);
@@ -70,7 +83,7 @@ fn slot_crc(s: &Slot) -> u32 {
     crc32c::crc32c(c.as_bytes())
 }
 
-fn encode_slot(seq: u64, hs: HardState) -> [u8; SLOT_BYTES] {
+fn encode_slot(seq: u64, hs: HardState, acked: u64) -> [u8; SLOT_BYTES] {
     let mut s = Slot {
         magic: U32::new(SLOT_MAGIC),
         version: SLOT_VERSION,
@@ -80,7 +93,8 @@ fn encode_slot(seq: u64, hs: HardState) -> [u8; SLOT_BYTES] {
         vote: U64::new(hs.vote.unwrap_or(0)),
         commit: U64::new(hs.commit),
         crc: U32::new(0),
-        reserved2: [0; 20],
+        acked: U64::new(acked),
+        reserved2: [0; 12],
     };
     s.crc = U32::new(slot_crc(&s));
     let mut out = [0u8; SLOT_BYTES];
@@ -88,7 +102,11 @@ fn encode_slot(seq: u64, hs: HardState) -> [u8; SLOT_BYTES] {
     out
 }
 
-fn decode_slot(b: &[u8]) -> Option<(u64, HardState)> {
+/// A decoded slot: its sequence number, the state, the acknowledged
+/// watermark.
+type SlotContents = (u64, HardState, u64);
+
+fn decode_slot(b: &[u8]) -> Option<SlotContents> {
     let s = Slot::read_from_bytes(b).ok()?;
     if s.magic.get() != SLOT_MAGIC || s.version != SLOT_VERSION || slot_crc(&s) != s.crc.get() {
         return None;
@@ -99,18 +117,18 @@ fn decode_slot(b: &[u8]) -> Option<(u64, HardState)> {
         vote: (vote != 0).then_some(vote),
         commit: s.commit.get(),
     };
-    Some((s.seq.get(), hs))
+    Some((s.seq.get(), hs, s.acked.get()))
 }
 
 /// Picks the newest valid slot of a whole file image. `Ok(None)` for a
 /// file never written (all zeros or empty); `Err(())` if it was written
 /// but no slot checks out.
-fn decode_file(image: &[u8]) -> Result<Option<(u64, HardState)>, ()> {
+fn decode_file(image: &[u8]) -> Result<Option<SlotContents>, ()> {
     if image.iter().all(|&b| b == 0) {
         return Ok(None);
     }
     let slots = image.chunks(SLOT_BYTES).take(2).filter_map(decode_slot);
-    match slots.max_by_key(|(seq, _)| *seq) {
+    match slots.max_by_key(|(seq, _, _)| *seq) {
         Some(best) => Ok(Some(best)),
         None => Err(()),
     }
@@ -129,11 +147,34 @@ pub struct HardStateFile {
     seq: u64,
     /// The slot (0 or 1) holding the newest state known durable.
     durable_slot: u64,
+    /// The acknowledged watermark last written (see the module docs).
+    acked: u64,
+    /// The acknowledged watermark as of the last *synced* write: the one a
+    /// crash cannot take back.
+    acked_durable: u64,
+}
+
+/// What the hard-state file held when opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenedHardState {
+    /// The state (default if never written).
+    pub state: HardState,
+    /// The acknowledged watermark (0 if never recorded).
+    pub acked: u64,
+    /// Whether any slot was ever written: a directory whose hard state was
+    /// never written holds no founding member's log yet.
+    pub written: bool,
 }
 
 impl HardStateFile {
     /// Opens (creating if missing) the file at `path` and reads the state.
     pub fn open(path: &Path) -> Result<(HardStateFile, HardState), HardStateError> {
+        Self::open_full(path).map(|(f, o)| (f, o.state))
+    }
+
+    /// [`HardStateFile::open`], with the watermark and whether the file
+    /// was ever written.
+    pub fn open_full(path: &Path) -> Result<(HardStateFile, OpenedHardState), HardStateError> {
         let io = |source| HardStateError::Io {
             path: path.to_owned(),
             source,
@@ -148,7 +189,7 @@ impl HardStateFile {
         let mut image = vec![0u8; 2 * SLOT_BYTES];
         let n = file.read_at(&mut image, 0).map_err(io)?;
         image.truncate(n);
-        let (seq, hs) = match decode_file(&image) {
+        let (seq, hs, acked) = match decode_file(&image) {
             Ok(found) => found.unwrap_or_default(),
             Err(()) => {
                 return Err(HardStateError::Corrupt {
@@ -163,7 +204,7 @@ impl HardStateFile {
         let durable_slot = image
             .chunks(SLOT_BYTES)
             .take(2)
-            .position(|c| decode_slot(c).is_some_and(|(q, _)| q == seq) && seq > 0)
+            .position(|c| decode_slot(c).is_some_and(|(q, _, _)| q == seq) && seq > 0)
             .map_or(1, |i| i as u64);
         Ok((
             HardStateFile {
@@ -171,9 +212,33 @@ impl HardStateFile {
                 path: path.to_owned(),
                 seq,
                 durable_slot,
+                acked,
+                acked_durable: acked,
             },
-            hs,
+            OpenedHardState {
+                state: hs,
+                acked,
+                written: seq > 0,
+            },
         ))
+    }
+
+    /// Sets the acknowledged watermark written with the next save.
+    /// Raising it waits for the next save; lowering it (the log is about
+    /// to be cut below it) is written and synced now, with `hs`, so that a
+    /// crash after the cut cannot find entries missing below it.
+    pub fn set_acked(&mut self, acked: u64, hs: HardState) -> Result<(), HardStateError> {
+        if acked < self.acked_durable || acked < self.acked {
+            self.acked = acked;
+            return self.write(hs, true);
+        }
+        self.acked = acked;
+        Ok(())
+    }
+
+    /// The watermark last written.
+    pub fn acked(&self) -> u64 {
+        self.acked
     }
 
     /// Writes `hs` durably: it is the state any later open returns, unless
@@ -192,7 +257,7 @@ impl HardStateFile {
 
     fn write(&mut self, hs: HardState, sync: bool) -> Result<(), HardStateError> {
         let seq = self.seq + 1;
-        let slot = encode_slot(seq, hs);
+        let slot = encode_slot(seq, hs, self.acked);
         let target = 1 - self.durable_slot;
         let offset = target * SLOT_BYTES as u64;
         let io = |source| HardStateError::Io {
@@ -203,6 +268,7 @@ impl HardStateFile {
         if sync {
             self.file.sync_data().map_err(io)?;
             self.durable_slot = target;
+            self.acked_durable = self.acked;
         }
         self.seq = seq;
         Ok(())
@@ -229,7 +295,7 @@ mod tests {
                 image
                     .chunks(SLOT_BYTES)
                     .filter_map(decode_slot)
-                    .any(|(_, h)| h == want),
+                    .any(|(_, h, _)| h == want),
                 "the last durable state {want:?} is no longer in the file"
             );
         };
@@ -290,13 +356,13 @@ mod tests {
         // Slots after saving `older` (seq 1, slot 1) and `old` (seq 2, slot 0);
         // the next save (seq 3) goes to slot 1, over `older`.
         let mut image = [0u8; 2 * SLOT_BYTES];
-        image[SLOT_BYTES..].copy_from_slice(&encode_slot(1, older));
-        image[..SLOT_BYTES].copy_from_slice(&encode_slot(2, old));
-        let new_slot = encode_slot(3, new);
+        image[SLOT_BYTES..].copy_from_slice(&encode_slot(1, older, 0));
+        image[..SLOT_BYTES].copy_from_slice(&encode_slot(2, old, 0));
+        let new_slot = encode_slot(3, new, 0);
         for cut in 0..=SLOT_BYTES {
             let mut torn = image;
             torn[SLOT_BYTES..SLOT_BYTES + cut].copy_from_slice(&new_slot[..cut]);
-            let (_, got) = decode_file(&torn).unwrap().unwrap();
+            let (_, got, _) = decode_file(&torn).unwrap().unwrap();
             assert!(got == old || got == new, "cut at {cut}: {got:?} is neither");
             if cut == SLOT_BYTES {
                 assert_eq!(got, new);

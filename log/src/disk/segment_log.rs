@@ -97,6 +97,35 @@ pub enum OpenError {
         /// What is wrong.
         reason: String,
     },
+    /// An entry this replica had made durable (and may have acknowledged)
+    /// is damaged or missing: it must not serve again under its id.
+    #[error(
+        "{path}: entry {index} is damaged or missing at byte {offset} ({reason}), but this replica \
+         had made entries up to {acked} durable and may have acknowledged them; refusing to start \
+         with acknowledged entries lost. Recover by removing this replica from the group \
+         (ctl remove-replica) and adding a new one under a new id with an empty data directory \
+         (coordinator --join, ctl add-replica); keep this directory for inspection"
+    )]
+    Lost {
+        /// The file or directory.
+        path: PathBuf,
+        /// Where.
+        offset: u64,
+        /// The first entry lost.
+        index: Index,
+        /// The acknowledged watermark.
+        acked: Index,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Another process holds the directory.
+    #[error("{dir}: in use by {holder} (its LOCK is held); two replicas must never share a data directory")]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+        /// Who holds it, as its LOCK file says.
+        holder: String,
+    },
     /// The hard-state file is unreadable.
     #[error(transparent)]
     HardState(#[from] HardStateError),
@@ -209,6 +238,9 @@ struct Segment {
 
 /// The durable Raft log (see the module docs).
 pub struct DiskStorage {
+    /// `LOCK`, held exclusively (flock) while the log is open: a second
+    /// process on the same directory is refused.
+    _lock: File,
     dir: PathBuf,
     segment_bytes: u64,
     mem: MemStorage,
@@ -216,6 +248,8 @@ pub struct DiskStorage {
     segments: Vec<Segment>,
     backend: Backend,
     /// Set in `Durability::Memory`: where new segments are announced.
+    /// (The acknowledged watermark is raised only in `Durability::Fsync`:
+    /// memory mode's loss window is documented, not corruption.)
     flusher: Option<crossbeam::channel::Sender<(PathBuf, File)>>,
     /// Every entry up to here is durable (per the durability mode).
     durable_index: Index,
@@ -229,6 +263,41 @@ pub struct DiskStorage {
     /// `fdatasync` the state of the page cache is unknown; the node must
     /// stop, not retry).
     failed: Option<String>,
+}
+
+/// Takes the directory's exclusive lock (`LOCK`, flock: released by the
+/// kernel when the process dies, so a killed replica never leaves a stale
+/// lock), and writes this process's id into it for the next one to name.
+fn lock_dir(dir: &Path) -> Result<File, OpenError> {
+    use rustix::fs::{flock, FlockOperation};
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(OpenError::Locked {
+                dir: dir.to_owned(),
+                holder: if holder.is_empty() {
+                    "another process".into()
+                } else {
+                    format!("process {holder}")
+                },
+            });
+        }
+        Err(e) => return Err(io_err(&path)(e.into())),
+    }
+    file.set_len(0).map_err(io_err(&path))?;
+    file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)
+        .map_err(io_err(&path))?;
+    Ok(file)
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> OpenError + '_ {
@@ -401,13 +470,34 @@ impl DiskStorage {
     /// Creates a new log in `dir` for a founding member (the founding
     /// configuration as log entries, as [`MemStorage::bootstrap`]). Refuses a
     /// directory that already holds a log.
+    ///
+    /// Atomic: the hard state is written (and synced) last, after the
+    /// founding entries are durable, so a directory is either a complete
+    /// founding member (its hard state written) or recognisably unfinished
+    /// (never written: a crash or a full disk part way), and an unfinished
+    /// one is cleared and started afresh.
     pub fn bootstrap(
         dir: &Path,
         conf: &ConfState,
         segment_bytes: u64,
     ) -> Result<DiskStorage, OpenError> {
-        if dir.join("hardstate").exists() || dir.join("log").exists() {
+        if DiskStorage::holds_state(dir)? {
             return Err(OpenError::NotEmpty(dir.to_owned()));
+        }
+        // An unfinished bootstrap's leftovers (its lock is taken by the
+        // open below; nobody else may be here either).
+        for leftover in ["log", "snapshot", "hardstate"] {
+            let p = dir.join(leftover);
+            let r = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            match r {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&p)(e)),
+            }
         }
         let (mut disk, _) = DiskStorage::open(dir, segment_bytes)?;
         let boot = MemStorage::bootstrap(conf);
@@ -418,8 +508,27 @@ impl DiskStorage {
         };
         disk.append(&ents).map_err(fail)?;
         disk.sync().map_err(fail)?;
-        disk.set_hard_state(boot.hard_state()).map_err(fail)?;
+        // The commit point of bootstrapping: a synced hard-state write.
+        let hs = boot.hard_state();
+        disk.hard_state_file
+            .set_acked(disk.durable_index, hs)
+            .map_err(OpenError::HardState)?;
+        disk.hard_state_file.save(hs)?;
+        disk.mem.set_hard_state(hs).map_err(fail)?;
         Ok(disk)
+    }
+
+    /// Whether `dir` holds a replica's state: its hard state was ever
+    /// written (a founding member whose bootstrap finished, or a joined
+    /// replica that heard from a leader). A directory without one is new,
+    /// or an unfinished bootstrap.
+    pub fn holds_state(dir: &Path) -> Result<bool, OpenError> {
+        let path = dir.join("hardstate");
+        if !path.exists() {
+            return Ok(false);
+        }
+        let image = fs::read(&path).map_err(io_err(&path))?;
+        Ok(image.iter().any(|&b| b != 0))
     }
 
     /// Opens (creating if missing) the log in `dir`, recovering from any
@@ -448,10 +557,13 @@ impl DiskStorage {
                 }
             },
         };
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock = lock_dir(dir)?;
         let log_dir = dir.join("log");
         fs::create_dir_all(&log_dir).map_err(io_err(&log_dir))?;
         sync_dir(dir).map_err(io_err(dir))?;
-        let (hard_state_file, hard_state) = HardStateFile::open(&dir.join("hardstate"))?;
+        let (hard_state_file, opened) = HardStateFile::open_full(&dir.join("hardstate"))?;
+        let hard_state = opened.state;
         let snap_path = dir.join("snapshot");
         let snapshot = match fs::read(&snap_path) {
             Ok(buf) => decode_snapshot(&buf).map_err(|reason| OpenError::Corrupt {
@@ -507,8 +619,37 @@ impl DiskStorage {
                     ));
                 }
             }
+            // Only the recorded watermark: the commit index may be written
+            // (unsynced) ahead of the log's own sync.
+            let acked = opened.acked;
             match scan.tail {
                 Tail::Clean => {}
+                Tail::Torn { reason }
+                    if is_last
+                        && scan
+                            .records
+                            .last()
+                            .map(|r| r.entry.index)
+                            .or(prev.map(|(i, _)| i))
+                            .unwrap_or(first.saturating_sub(1))
+                            < acked =>
+                {
+                    // The damaged record is one this replica had made
+                    // durable and may have acknowledged: not a torn write.
+                    let index = scan
+                        .records
+                        .last()
+                        .map(|r| r.entry.index)
+                        .or(prev.map(|(i, _)| i))
+                        .map_or(first, |i| i + 1);
+                    return Err(OpenError::Lost {
+                        path: path.clone(),
+                        offset: scan.end as u64,
+                        index,
+                        acked,
+                        reason,
+                    });
+                }
                 Tail::Torn { reason } if is_last => {
                     // Zero what the torn write left so the next append
                     // starts on clean ground.
@@ -579,6 +720,7 @@ impl DiskStorage {
             .filter(|e| e.index > snap_index)
             .collect();
         let mut disk = DiskStorage {
+            _lock: lock,
             dir: dir.to_owned(),
             segment_bytes,
             mem: MemStorage::default(),
@@ -613,6 +755,21 @@ impl DiskStorage {
         }
         let mut hs = hard_state;
         let last = kept.last().map_or(snap_index, |e| e.index);
+        let acked = opened.acked;
+        if last < acked {
+            // Segments deleted, or a log cut short, under a hard state
+            // that says this replica held more.
+            return Err(OpenError::Lost {
+                path: log_dir,
+                offset: 0,
+                index: last + 1,
+                acked,
+                reason: format!(
+                    "the log (with its snapshot) ends at {last}; entries {} to {acked} are missing",
+                    last + 1
+                ),
+            });
+        }
         // The commit index is an optimisation; never ahead of the log.
         hs.commit = hs.commit.clamp(snap_index, last.max(snap_index));
         // What was read back may sit only in the page cache (a process
@@ -823,6 +980,17 @@ impl DiskStorage {
         &self.dir
     }
 
+    /// Lowers the acknowledged watermark to `to` (durably, before the log
+    /// is cut there: see `hard_state`).
+    fn lower_acked(&mut self, to: Index) -> Result<(), StorageError> {
+        if to < self.hard_state_file.acked() {
+            self.hard_state_file
+                .set_acked(to, self.mem.hard_state())
+                .map_err(|e| StorageError::Io(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// Deletes segments from position `k` on, newest first.
     fn drop_segments_from(&mut self, k: usize) -> Result<(), StorageError> {
         while self.segments.len() > k {
@@ -860,6 +1028,7 @@ impl DiskStorage {
 
     /// Removes the records at and after `from` from the files.
     fn truncate_files(&mut self, from: Index) -> Result<(), StorageError> {
+        self.lower_acked(from.saturating_sub(1))?;
         self.write_out_pending()?;
         self.durable_index = self.durable_index.min(from.saturating_sub(1));
         let Some(k) = self.segments.iter().rposition(|s| s.first_index <= from) else {
@@ -1044,6 +1213,11 @@ impl Storage for DiskStorage {
     }
 
     fn set_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        if self.flusher.is_none() && self.durable_index > self.hard_state_file.acked() {
+            self.hard_state_file
+                .set_acked(self.durable_index, self.mem.hard_state())
+                .map_err(|e| StorageError::Io(e.to_string()))?;
+        }
         let prev = self.mem.hard_state();
         let commit_only = hs.term == prev.term && hs.vote == prev.vote;
         if commit_only {
@@ -1064,6 +1238,7 @@ impl Storage for DiskStorage {
                 held: self.mem.first_index() - 1,
             });
         }
+        self.lower_acked(snapshot.meta.index)?;
         self.write_out_pending()?;
         self.write_snapshot_file(&snapshot)?;
         // The whole log is replaced: later appends start a new segment.
