@@ -10,6 +10,10 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== fuzz: lint the fuzz crate, then every decoder target for a bounded time (scripts/fuzz.sh)"
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+cargo clippy --manifest-path fuzz/Cargo.toml --locked --all-targets -- -D warnings
+scripts/fuzz.sh
 echo "== simulator: CI-sized seed sweeps (release build)"
 cargo build --release --bin ramcoord
 target/release/ramcoord sim --workload raft --seeds "${SIM_SEEDS:-2000}" --faults standard

@@ -19,7 +19,9 @@
 //! what the Raft core takes for granted of a message, so no peer can make
 //! it trip an assertion: entries of an append are consecutive from
 //! `prev_index + 1`, a snapshot chunk lies within the snapshot, node ids
-//! are non-zero, counts stay within limits.
+//! are non-zero, counts stay within limits, and every index and term is at
+//! most [`WIRE_INDEX_TERM_MAX`] (so the core's `index + 1` and `term + 1`
+//! cannot overflow).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -33,6 +35,10 @@ pub const WIRE_VERSION: u8 = 1;
 pub const WIRE_ENTRIES_MAX: usize = 1 << 16;
 /// Most members (voters plus learners) in a configuration on the wire.
 pub const WIRE_MEMBERS_MAX: usize = 1024;
+/// Largest log index or term on the wire: half the `u64` range, far past
+/// any real log, and leaving the core room for `index + 1`, `term + 1` and
+/// `prev_index + count` without overflow.
+pub const WIRE_INDEX_TERM_MAX: u64 = u64::MAX >> 1;
 
 /// Why bytes are not a Raft message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -218,6 +224,14 @@ impl Reader {
         self.need(8, what)?;
         Ok(self.0.get_u64_le())
     }
+    /// A log index or term (at most [`WIRE_INDEX_TERM_MAX`]).
+    fn index(&mut self, what: &'static str) -> Result<u64, WireError> {
+        let v = self.u64(what)?;
+        if v > WIRE_INDEX_TERM_MAX {
+            return Err(WireError::Invalid(format!("{what} {v} is out of range")));
+        }
+        Ok(v)
+    }
     fn bool(&mut self, what: &'static str) -> Result<bool, WireError> {
         match self.u8(what)? {
             0 => Ok(false),
@@ -253,42 +267,42 @@ pub fn decode_message(buf: Bytes) -> Result<Message, WireError> {
     let kind = r.u8("kind")?;
     let from = r.u64("from")?;
     let to = r.u64("to")?;
-    let term = r.u64("term")?;
+    let term = r.index("term")?;
     let msg_term = term;
     if from == 0 || to == 0 {
         return Err(invalid("node id 0"));
     }
     let body = match kind {
         0 => MessageBody::PreVote {
-            last_index: r.u64("last_index")?,
-            last_term: r.u64("last_term")?,
+            last_index: r.index("last_index")?,
+            last_term: r.index("last_term")?,
         },
         1 => MessageBody::PreVoteResp {
             reject: r.bool("reject")?,
         },
         2 => MessageBody::Vote {
-            last_index: r.u64("last_index")?,
-            last_term: r.u64("last_term")?,
+            last_index: r.index("last_index")?,
+            last_term: r.index("last_term")?,
             transfer: r.bool("transfer")?,
         },
         3 => MessageBody::VoteResp {
             reject: r.bool("reject")?,
         },
         4 => {
-            let prev_index = r.u64("prev_index")?;
-            let prev_term = r.u64("prev_term")?;
+            let prev_index = r.index("prev_index")?;
+            let prev_term = r.index("prev_term")?;
             if prev_term > msg_term {
                 return Err(invalid("append after an entry from a later term"));
             }
-            let commit = r.u64("commit")?;
+            let commit = r.index("commit")?;
             let n = r.u32("entry count")? as usize;
             if n > WIRE_ENTRIES_MAX {
                 return Err(invalid(format!("{n} entries in one append")));
             }
             let mut entries = Vec::with_capacity(n.min(1024));
             for i in 0..n as u64 {
-                let term = r.u64("entry term")?;
-                let index = r.u64("entry index")?;
+                let term = r.index("entry term")?;
+                let index = r.index("entry index")?;
                 let kind = match r.u8("entry kind")? {
                     0 => EntryKind::Normal,
                     1 => EntryKind::ConfChange,
@@ -329,12 +343,12 @@ pub fn decode_message(buf: Bytes) -> Result<Message, WireError> {
         }
         5 => MessageBody::AppendResp {
             reject: r.bool("reject")?,
-            index: r.u64("index")?,
-            hint_index: r.u64("hint_index")?,
-            hint_term: r.u64("hint_term")?,
+            index: r.index("index")?,
+            hint_index: r.index("hint_index")?,
+            hint_term: r.index("hint_term")?,
         },
         6 => MessageBody::Heartbeat {
-            commit: r.u64("commit")?,
+            commit: r.index("commit")?,
             seq: r.u64("seq")?,
             sent_tick: r.u64("sent_tick")?,
         },
@@ -343,8 +357,8 @@ pub fn decode_message(buf: Bytes) -> Result<Message, WireError> {
             sent_tick: r.u64("sent_tick")?,
         },
         8 => {
-            let index = r.u64("snapshot index")?;
-            let sterm = r.u64("snapshot term")?;
+            let index = r.index("snapshot index")?;
+            let sterm = r.index("snapshot term")?;
             let voters = r.ids("voters")?;
             let learners = r.ids("learners")?;
             let total_len = r.u64("total_len")?;
@@ -378,7 +392,7 @@ pub fn decode_message(buf: Bytes) -> Result<Message, WireError> {
             }
         }
         9 => MessageBody::SnapshotResp {
-            index: r.u64("index")?,
+            index: r.index("index")?,
             next_offset: r.u64("next_offset")?,
             reject: r.bool("reject")?,
         },
@@ -386,7 +400,7 @@ pub fn decode_message(buf: Bytes) -> Result<Message, WireError> {
         11 => MessageBody::ReadIndex { ctx: r.u64("ctx")? },
         12 => MessageBody::ReadIndexResp {
             ctx: r.u64("ctx")?,
-            index: r.u64("index")?,
+            index: r.index("index")?,
         },
         k => return Err(WireError::UnknownKind(k)),
     };
@@ -399,4 +413,73 @@ pub fn decode_message(buf: Bytes) -> Result<Message, WireError> {
         term,
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (fuzz/fuzz_targets/raft_step.rs): a snapshot chunk
+    /// for index u64::MAX decoded, and installing it overflowed the core's
+    /// `index + 1` (raft_log.rs, `RaftLog::restore`). No index or term
+    /// past half the range gets through now.
+    #[test]
+    fn indexes_and_terms_past_the_limit_are_refused() {
+        let snapshot = |index: u64, term: u64| Message {
+            from: 2,
+            to: 1,
+            term,
+            body: MessageBody::Snapshot {
+                meta: SnapshotMeta {
+                    index,
+                    term,
+                    conf: ConfState::with_voters([1, 2, 3]),
+                },
+                total_len: 1,
+                offset: 0,
+                data: Bytes::from_static(b"x"),
+            },
+        };
+        let ok = snapshot(WIRE_INDEX_TERM_MAX, WIRE_INDEX_TERM_MAX);
+        assert_eq!(decode_message(message_to_bytes(&ok)), Ok(ok));
+        for (index, term) in [(u64::MAX, 2), (WIRE_INDEX_TERM_MAX + 1, 2), (5, u64::MAX)] {
+            let m = snapshot(index, term);
+            assert!(
+                matches!(
+                    decode_message(message_to_bytes(&m)),
+                    Err(WireError::Invalid(_))
+                ),
+                "snapshot {index}@{term}"
+            );
+        }
+        let append = Message {
+            from: 2,
+            to: 1,
+            term: 3,
+            body: MessageBody::Append {
+                prev_index: u64::MAX - 1,
+                prev_term: 3,
+                entries: vec![Entry {
+                    term: 3,
+                    index: u64::MAX,
+                    kind: EntryKind::Normal,
+                    data: Bytes::new(),
+                }],
+                commit: 0,
+            },
+        };
+        assert!(decode_message(message_to_bytes(&append)).is_err());
+        let resp = Message {
+            from: 2,
+            to: 1,
+            term: 3,
+            body: MessageBody::AppendResp {
+                reject: false,
+                index: u64::MAX,
+                hint_index: 0,
+                hint_term: 0,
+            },
+        };
+        assert!(decode_message(message_to_bytes(&resp)).is_err());
+    }
 }

@@ -3,8 +3,15 @@
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use ramcoord_log::wire::{decode_message, encode_message, message_to_bytes, WireError};
+use ramcoord_log::wire::{
+    decode_message, encode_message, message_to_bytes, WireError, WIRE_INDEX_TERM_MAX,
+};
 use ramcoord_log::{ConfState, Entry, EntryKind, Message, MessageBody, SnapshotMeta};
+
+/// A log index or term as the wire carries them.
+fn idx() -> impl Strategy<Value = u64> {
+    0..=WIRE_INDEX_TERM_MAX
+}
 
 fn body(term: u64) -> impl Strategy<Value = MessageBody> {
     let entries = (
@@ -43,28 +50,28 @@ fn body(term: u64) -> impl Strategy<Value = MessageBody> {
             }
         });
     prop_oneof![
-        (any::<u64>(), any::<u64>()).prop_map(|(last_index, last_term)| MessageBody::PreVote {
+        (idx(), idx()).prop_map(|(last_index, last_term)| MessageBody::PreVote {
             last_index,
             last_term
         }),
         any::<bool>().prop_map(|reject| MessageBody::VoteResp { reject }),
-        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
-            |(last_index, last_term, transfer)| MessageBody::Vote {
+        (idx(), idx(), any::<bool>()).prop_map(|(last_index, last_term, transfer)| {
+            MessageBody::Vote {
                 last_index,
                 last_term,
-                transfer
+                transfer,
             }
-        ),
+        }),
         entries,
-        (any::<bool>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(reject, index, hint_index, hint_term)| MessageBody::AppendResp {
+        (any::<bool>(), idx(), idx(), idx()).prop_map(|(reject, index, hint_index, hint_term)| {
+            MessageBody::AppendResp {
                 reject,
                 index,
                 hint_index,
-                hint_term
+                hint_term,
             }
-        ),
-        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(commit, seq, sent_tick)| {
+        }),
+        (idx(), any::<u64>(), any::<u64>()).prop_map(|(commit, seq, sent_tick)| {
             MessageBody::Heartbeat {
                 commit,
                 seq,
@@ -84,7 +91,7 @@ fn body(term: u64) -> impl Strategy<Value = MessageBody> {
                 data: Bytes::from(data),
             }
         }),
-        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(index, next_offset, reject)| {
+        (idx(), any::<u64>(), any::<bool>()).prop_map(|(index, next_offset, reject)| {
             MessageBody::SnapshotResp {
                 index,
                 next_offset,
@@ -92,8 +99,7 @@ fn body(term: u64) -> impl Strategy<Value = MessageBody> {
             }
         }),
         Just(MessageBody::TimeoutNow),
-        (any::<u64>(), any::<u64>())
-            .prop_map(|(ctx, index)| MessageBody::ReadIndexResp { ctx, index }),
+        (any::<u64>(), idx()).prop_map(|(ctx, index)| MessageBody::ReadIndexResp { ctx, index }),
     ]
 }
 

@@ -608,7 +608,16 @@ impl ClusterState {
             }
         }
         let mut names = BTreeSet::new();
-        for t in self.tables.values() {
+        for (id, t) in &self.tables {
+            if t.id != *id {
+                return Err(format!("table {} under id {id}", t.id));
+            }
+            if t.id > self.next_table_id {
+                return Err(format!(
+                    "table {} past the last table id given, {}",
+                    t.id, self.next_table_id
+                ));
+            }
             if !names.insert(&t.name) {
                 return Err(format!("two tables named {:?}", t.name));
             }
@@ -659,7 +668,35 @@ impl ClusterState {
             return Err(format!("{} trailing bytes after the snapshot", rest.len()));
         }
         s.check()?;
+        s.check_counters()?;
         Ok(s)
+    }
+
+    /// Whether every counter that applying records increments has room to
+    /// (at most half its range). A state applied from empty never gets
+    /// near; a snapshot that claims more would make the next record
+    /// overflow one.
+    fn check_counters(&self) -> Result<(), String> {
+        const U64_HALF: u64 = u64::MAX >> 1;
+        const U32_HALF: u32 = u32::MAX >> 1;
+        for (what, v) in [
+            ("configuration version", self.version),
+            ("server list version", self.server_list_version),
+            ("last table id", self.next_table_id),
+            ("applied index", self.applied_index),
+        ] {
+            if v > U64_HALF {
+                return Err(format!("{what} {v} is out of range"));
+            }
+        }
+        if let Some(s) = self
+            .servers
+            .values()
+            .find(|s| s.id.index > U32_HALF || s.id.generation > U32_HALF)
+        {
+            return Err(format!("server id {} is out of range", s.id));
+        }
+        Ok(())
     }
 }
 
@@ -673,4 +710,78 @@ fn covers_hash_space(ranges: impl Iterator<Item = (u64, u64)>) -> bool {
         next = end.checked_add(1);
     }
     next.is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ClusterState {
+        let mut s = ClusterState::default();
+        let enlist = Record::Commit(Op::EnlistServer {
+            addr: "m1:7000".into(),
+            services: services::MASTER,
+            nonce: 1,
+        });
+        s.apply(1, &enlist.encode().unwrap());
+        let owner = s.up_masters()[0];
+        let create = Record::Commit(Op::CreateTable {
+            name: "t".into(),
+            tablets: vec![TabletSpec {
+                start_hash: 0,
+                end_hash: u64::MAX,
+                owner,
+            }],
+        });
+        assert!(matches!(
+            s.apply(2, &create.encode().unwrap()),
+            Outcome::Committed(_)
+        ));
+        s
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/cluster_snapshot.rs): restore
+    /// accepted a table filed under another id than its own, and a split
+    /// of it while busy panicked on `self.tables[&id]`; and it accepted a
+    /// configuration version of u64::MAX, which the next commit overflowed.
+    #[test]
+    fn restore_refuses_states_apply_cannot_go_on_from() {
+        let good = state();
+        assert_eq!(ClusterState::restore(&good.snapshot()), Ok(good.clone()));
+
+        let mut misfiled = good.clone();
+        let t = misfiled.tables.remove(&1).unwrap();
+        misfiled.tables.insert(7, t);
+        misfiled.next_table_id = 7;
+        let err = ClusterState::restore(&misfiled.snapshot()).unwrap_err();
+        assert!(err.contains("under id 7"), "{err}");
+
+        let mut ahead = good.clone();
+        ahead.next_table_id = 0;
+        assert!(ClusterState::restore(&ahead.snapshot()).is_err());
+
+        for bump in [
+            |s: &mut ClusterState| s.version = u64::MAX,
+            |s: &mut ClusterState| s.server_list_version = u64::MAX,
+            |s: &mut ClusterState| s.next_table_id = u64::MAX,
+            |s: &mut ClusterState| s.applied_index = u64::MAX,
+        ] {
+            let mut s = good.clone();
+            bump(&mut s);
+            let err = ClusterState::restore(&s.snapshot()).unwrap_err();
+            assert!(err.contains("out of range"), "{err}");
+        }
+        // A server id whose generation cannot grow (this one owns nothing).
+        let mut s = ClusterState::default();
+        let enlist = Record::Commit(Op::EnlistServer {
+            addr: "m9:7000".into(),
+            services: services::BACKUP,
+            nonce: 9,
+        });
+        s.apply(1, &enlist.encode().unwrap());
+        s.apply(2, &Record::Complete { seq: 1 }.encode().unwrap());
+        s.servers.get_mut(&1).unwrap().id.generation = u32::MAX;
+        let err = ClusterState::restore(&s.snapshot()).unwrap_err();
+        assert!(err.contains("out of range"), "{err}");
+    }
 }

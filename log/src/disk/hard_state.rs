@@ -75,6 +75,14 @@ pub enum HardStateError {
         /// The file.
         path: PathBuf,
     },
+    /// The newest slot's sequence number is `u64::MAX`: no later write
+    /// could be told apart from it (no real file gets there; a damaged one
+    /// whose checksum still holds might).
+    #[error("{path}: hard-state sequence number exhausted; refusing to write over it")]
+    SeqExhausted {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 fn slot_crc(s: &Slot) -> u32 {
@@ -197,6 +205,11 @@ impl HardStateFile {
                 })
             }
         };
+        if seq == u64::MAX {
+            return Err(HardStateError::SeqExhausted {
+                path: path.to_owned(),
+            });
+        }
         // What was read may have been in the page cache only (an unsynced
         // hint, then a process crash): make it durable before relying on
         // which slot holds it.
@@ -256,7 +269,14 @@ impl HardStateFile {
     }
 
     fn write(&mut self, hs: HardState, sync: bool) -> Result<(), HardStateError> {
-        let seq = self.seq + 1;
+        // u64::MAX is never written: open refuses it.
+        let seq = self
+            .seq
+            .checked_add(1)
+            .filter(|&s| s < u64::MAX)
+            .ok_or_else(|| HardStateError::SeqExhausted {
+                path: self.path.clone(),
+            })?;
         let slot = encode_slot(seq, hs, self.acked);
         let target = 1 - self.durable_slot;
         let offset = target * SLOT_BYTES as u64;
@@ -372,5 +392,43 @@ mod tests {
                 assert_eq!(got, old, "cut at {cut}");
             }
         }
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/hard_state.rs): a slot whose
+    /// checksum holds but whose seq is u64::MAX opened, and the next save
+    /// overflowed `seq + 1` (a panic with overflow checks; without them
+    /// the save wrapped to seq 0 and a reopen returned the older state,
+    /// forgetting the vote). Such a file is refused at open now.
+    #[test]
+    fn an_exhausted_sequence_number_is_refused_not_overflowed() {
+        let dir = std::env::temp_dir().join(format!("ramcoord-hs-max-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hardstate");
+        let mut image = [0u8; 2 * SLOT_BYTES];
+        image[..SLOT_BYTES].copy_from_slice(&encode_slot(u64::MAX, hs(4, Some(2), 9), 0));
+        image[SLOT_BYTES..].copy_from_slice(&encode_slot(u64::MAX - 1, hs(4, Some(2), 8), 0));
+        std::fs::write(&path, image).unwrap();
+        assert!(matches!(
+            HardStateFile::open(&path),
+            Err(HardStateError::SeqExhausted { .. })
+        ));
+        // Two below opens and takes one more save, which reopens; the
+        // save after it is refused and the file keeps the last state.
+        image[..SLOT_BYTES].copy_from_slice(&encode_slot(u64::MAX - 2, hs(4, Some(2), 9), 0));
+        image[SLOT_BYTES..].fill(0);
+        std::fs::write(&path, image).unwrap();
+        let (mut f, got) = HardStateFile::open(&path).unwrap();
+        assert_eq!(got, hs(4, Some(2), 9));
+        f.save(hs(5, Some(3), 9)).unwrap();
+        drop(f);
+        let (mut f, got) = HardStateFile::open(&path).unwrap();
+        assert_eq!(got, hs(5, Some(3), 9));
+        assert!(matches!(
+            f.save(hs(6, None, 9)),
+            Err(HardStateError::SeqExhausted { .. })
+        ));
+        drop(f);
+        assert_eq!(HardStateFile::open(&path).unwrap().1, hs(5, Some(3), 9));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -210,8 +210,12 @@ pub fn scan(buf: &[u8], mut prev: Option<(Index, Term)>) -> Scan {
             return stop(records, p, tail);
         }
         let (index, term) = (header.index.get(), header.term.get());
+        if index == 0 {
+            let reason = "a record for index 0, which is not an entry".to_string();
+            return stop(records, p, Tail::Corrupt { reason });
+        }
         if let Some((pi, pt)) = prev {
-            if index != pi + 1 || term < pt {
+            if pi.checked_add(1) != Some(index) || term < pt {
                 let reason = format!("record {index}@{term} does not follow {pi}@{pt}");
                 return stop(records, p, Tail::Corrupt { reason });
             }
@@ -342,5 +346,36 @@ mod tests {
         let (mut buf, ends) = image(3, 16, 64);
         buf[ends[0]..ends[0] + RECORD_HEADER_BYTES].fill(0);
         assert!(matches!(scan(&buf, None).tail, Tail::Corrupt { .. }));
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/log_segment.rs): a record for
+    /// index 0 (which `encode` refuses to write) was taken for an entry,
+    /// and a record after one for index u64::MAX overflowed `pi + 1`.
+    #[test]
+    fn index_zero_and_an_index_after_u64_max_are_corruption() {
+        let raw = |index: Index, term: Term| {
+            let mut h = RecordHeader {
+                magic: U32::new(RECORD_MAGIC),
+                version: RECORD_VERSION,
+                kind: 0,
+                reserved: [0; 2],
+                payload_len: U32::new(0),
+                crc: U32::new(0),
+                term: U64::new(term),
+                index: U64::new(index),
+            };
+            h.crc = U32::new(checksum(&h, &[]));
+            h.as_bytes().to_vec()
+        };
+        let s = scan(&raw(0, 1), None);
+        assert!(matches!(s.tail, Tail::Corrupt { .. }), "{:?}", s.tail);
+        assert!(s.records.is_empty());
+        let mut buf = raw(u64::MAX, 1);
+        buf.extend(raw(1, 1));
+        let s = scan(&buf, None);
+        assert_eq!(s.records.len(), 1);
+        assert!(matches!(s.tail, Tail::Corrupt { .. }), "{:?}", s.tail);
+        let s = scan(&raw(1, 1), Some((u64::MAX, 1)));
+        assert!(matches!(s.tail, Tail::Corrupt { .. }), "{:?}", s.tail);
     }
 }

@@ -447,7 +447,7 @@ fn decode_snapshot(buf: &[u8]) -> Result<Snapshot, String> {
     }
     let (nv, nl) = (h.voters.get() as usize, h.learners.get() as usize);
     let ids_len = (nv + nl) * 8;
-    if body.len() as u64 != ids_len as u64 + h.data_len.get() {
+    if Some(body.len() as u64) != (ids_len as u64).checked_add(h.data_len.get()) {
         return Err("length mismatch".into());
     }
     let id = |i: usize| u64::from_le_bytes(body[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
@@ -734,7 +734,10 @@ impl DiskStorage {
             failed: None,
             spare: None,
         };
-        if !continues && !kept.is_empty() {
+        // Also when every record is at or below the snapshot: the old
+        // segments must go, or the next append lands after their last
+        // record and the next open finds a gap.
+        if !continues && !disk.segments.is_empty() {
             recovery.dropped_after_snapshot = kept.len() as u64;
             disk.drop_segments_from(0).map_err(|e| OpenError::Io {
                 path: dir.to_owned(),
@@ -1292,5 +1295,80 @@ impl Storage for DiskStorage {
         // (`flush_start`).
         self.write_out_pending()?; // waits for a flush in flight first
         self.sync_dirty_segments()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (fuzz/fuzz_targets/disk_open.rs): a snapshot file
+    /// whose checksum holds but whose data length is near u64::MAX made
+    /// the length check overflow (a panic with overflow checks; without
+    /// them the sum wrapped to the body's length and reading the member
+    /// ids sliced past the end: a panic in any build).
+    #[test]
+    fn a_snapshot_file_with_an_absurd_data_length_is_an_error() {
+        let snap = Snapshot {
+            meta: SnapshotMeta {
+                index: 7,
+                term: 2,
+                conf: ConfState::with_voters([1]),
+            },
+            data: Bytes::new(),
+        };
+        let good = encode_snapshot(&snap);
+        assert_eq!(decode_snapshot(&good), Ok(snap));
+        // One voter (8 bytes of ids) and a data length of 2^64 - 8: the
+        // sum wraps to 0, the length of a body cut after the header.
+        let mut bad = good[..std::mem::size_of::<SnapshotHeader>()].to_vec();
+        bad[32..40].copy_from_slice(&(u64::MAX - 7).to_le_bytes());
+        bad[40..44].fill(0);
+        let crc = crc32c::crc32c(&bad);
+        bad[40..44].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_snapshot(&bad), Err("length mismatch".to_string()));
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/disk_open.rs): a crash inside
+    /// `apply_snapshot`, after the snapshot file is written and before the
+    /// old segments are deleted, with an old log that ends below the
+    /// snapshot. `open` accepted it but left the old segment; the next
+    /// append went after its last record, and the open after that refused
+    /// the directory ("record 41@3 does not follow 3@1").
+    #[test]
+    fn a_crash_while_installing_a_snapshot_over_a_shorter_log_recovers() {
+        let dir = std::env::temp_dir().join(format!("ramcoord-snap-crash-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let conf = ConfState::with_voters([1, 2, 3]);
+        drop(DiskStorage::bootstrap(&dir, &conf, 1 << 16).unwrap());
+        // The snapshot file of an install at 40, written before the crash.
+        let snap = Snapshot {
+            meta: SnapshotMeta {
+                index: 40,
+                term: 3,
+                conf,
+            },
+            data: Bytes::from_static(b"state"),
+        };
+        fs::write(dir.join("snapshot"), encode_snapshot(&snap)).unwrap();
+
+        let open = || DiskStorage::open_with(&dir, 1 << 16, BackendChoice::Std);
+        let (mut s, _) = open().unwrap();
+        assert_eq!((s.first_index(), s.last_index()), (41, 40));
+        let e = Entry {
+            term: 3,
+            index: 41,
+            kind: EntryKind::Normal,
+            data: Bytes::from_static(b"after"),
+        };
+        s.append(std::slice::from_ref(&e)).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let (s, recovery) = open().unwrap();
+        assert_eq!(recovery, Recovery::default());
+        assert_eq!(s.entries(41, 42, u64::MAX), Ok(vec![e]));
+        assert_eq!(s.snapshot(), snap);
+        drop(s);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
