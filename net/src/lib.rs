@@ -29,6 +29,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod frame;
 #[cfg(feature = "rdma")]
 pub mod hybrid;

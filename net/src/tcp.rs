@@ -36,6 +36,14 @@
 //! hello) is disconnected and the reason logged; everything else goes on.
 //! The queue per peer is bounded: frames for a peer that cannot keep up
 //! (or is away) beyond it are dropped and counted.
+//!
+//! **Bounds on inbound connections** ([`crate::admission`]): every accepted
+//! connection is admitted against caps on client connections (in all and
+//! per source address, derived from the descriptor limit), must finish its
+//! hello within a deadline, is closed when a client's bytes of incomplete
+//! frames would pass the bound over all clients, and, as a client, when
+//! idle too long. A connection closed for bad input or a bound has every
+//! handle dropped at once, so the kernel resets a peer still sending.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -48,6 +56,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use crossbeam::channel::{unbounded, Receiver, Sender};
 
+use crate::admission::{Admission, Limits, Ticket};
 use crate::frame::{Frame, FrameDecoder, FrameError};
 use crate::{apply_write, Event, PeerId, Region, RegionId, RegionMap, Transport};
 
@@ -70,6 +79,8 @@ pub struct TcpConfig {
     pub queue_frames_max: usize,
     /// Read connections in the owner's thread (see the module docs).
     pub inline_io: bool,
+    /// Bounds on what inbound connections may hold ([`crate::admission`]).
+    pub limits: Limits,
 }
 
 impl TcpConfig {
@@ -84,6 +95,7 @@ impl TcpConfig {
             backoff_max: Duration::from_secs(1),
             queue_frames_max: 4096,
             inline_io: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -109,8 +121,9 @@ struct Inner {
     /// The newest connection each peer opened to us, for answering peers
     /// whose address we do not know (clients).
     inbound: Mutex<HashMap<PeerId, Arc<Mutex<TcpStream>>>>,
-    /// Every open connection, to close them at shutdown.
-    conns: Mutex<Vec<TcpStream>>,
+    /// Every open connection, to close them at shutdown, by the remote
+    /// address it had when opened (one connection per address and port).
+    conns: Mutex<Vec<(Option<SocketAddr>, TcpStream)>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next_write: AtomicU64,
     dropped_frames: AtomicU64,
@@ -118,6 +131,8 @@ struct Inner {
     rejected_conns: AtomicU64,
     /// Inline I/O state, if on.
     inline: Option<Inline>,
+    /// Bounds on inbound connections.
+    admission: Arc<Admission>,
 }
 
 /// The owner-polled side of inline I/O.
@@ -131,6 +146,8 @@ struct Inline {
     conns: Mutex<HashMap<mio::Token, InlineConn>>,
     next_token: std::sync::atomic::AtomicUsize,
     ready: Mutex<std::collections::VecDeque<Event>>,
+    /// When idle client connections were last looked for.
+    idle_sweep: Mutex<std::time::Instant>,
 }
 
 const WAKE: mio::Token = mio::Token(0);
@@ -142,6 +159,10 @@ struct InlineConn {
     peer: PeerId,
     addr: SocketAddr,
     kind: ConnKind,
+    /// Inbound: its place in the admission bounds.
+    ticket: Option<Ticket>,
+    /// When bytes last arrived (client idle timeout).
+    last_read: std::time::Instant,
 }
 
 enum ConnKind {
@@ -205,11 +226,23 @@ impl TcpTransport {
                 conns: Mutex::new(HashMap::new()),
                 next_token: std::sync::atomic::AtomicUsize::new(1),
                 ready: Mutex::new(std::collections::VecDeque::new()),
+                idle_sweep: Mutex::new(std::time::Instant::now()),
             })
         } else {
             None
         };
+        let admission = Admission::new(cfg.limits);
+        let l = admission.limits();
+        tracing::info!(
+            client_conns_max = l.client_conns_max,
+            client_conns_per_ip_max = l.client_conns_per_ip_max,
+            client_buffered_bytes_max = l.client_buffered_bytes_max,
+            handshake_timeout_ms = l.handshake_timeout.as_millis() as u64,
+            client_idle_timeout_s = l.client_idle_timeout.as_secs(),
+            "connection bounds"
+        );
         let inner = Arc::new(Inner {
+            admission,
             inline,
             id: cfg.id,
             cluster: cfg.cluster,
@@ -390,7 +423,7 @@ impl Transport for TcpTransport {
 impl Drop for TcpTransport {
     fn drop(&mut self) {
         self.inner.shutdown.store(true, Ordering::SeqCst);
-        for c in self.inner.conns.lock().expect("lock poisoned").drain(..) {
+        for (_, c) in self.inner.conns.lock().expect("lock poisoned").drain(..) {
             let _ = c.shutdown(Shutdown::Both);
         }
         self.inner.outbound.lock().expect("lock poisoned").clear();
@@ -426,26 +459,60 @@ fn spawn(inner: &Arc<Inner>, name: &str, f: impl FnOnce() + Send + 'static) {
 fn track(inner: &Inner, s: &TcpStream) {
     if let Ok(c) = s.try_clone() {
         let mut conns = inner.conns.lock().expect("lock poisoned");
-        conns.retain(|c| c.peer_addr().is_ok());
-        conns.push(c);
+        conns.retain(|(_, c)| c.peer_addr().is_ok());
+        conns.push((s.peer_addr().ok(), c));
     }
+}
+
+/// Drops the shutdown handle of the connection to `addr`, so that closing
+/// the connection's own handles closes its socket now: the kernel then
+/// resets a peer still sending (a shut-down socket whose descriptor lives
+/// on keeps accepting bytes into its buffer, and its descriptor).
+fn untrack(inner: &Inner, addr: SocketAddr) {
+    inner
+        .conns
+        .lock()
+        .expect("lock poisoned")
+        .retain(|(a, _)| *a != Some(addr));
+}
+
+/// Closes a connection that passed a bound (logged at most once a second).
+fn close_for_bound(inner: &Inner, stream: &TcpStream, addr: SocketAddr, why: &str) {
+    inner.admission.note_refusal(addr, why);
+    let _ = stream.shutdown(Shutdown::Both);
+    untrack(inner, addr);
 }
 
 fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     while !inner.shutdown.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, addr)) => {
+                let ticket = match inner.admission.admit(addr.ip()) {
+                    Ok(t) => t,
+                    Err(why) => {
+                        // Closed before any read: it costs a descriptor
+                        // for a moment only.
+                        inner.admission.note_refusal(addr, why);
+                        drop(stream);
+                        continue;
+                    }
+                };
                 let _ = stream.set_nonblocking(false);
                 let _ = stream.set_nodelay(true);
                 track(&inner, &stream);
                 let i = inner.clone();
-                spawn(&inner, "net-conn", move || serve_inbound(i, stream, addr));
+                spawn(&inner, "net-conn", move || {
+                    serve_inbound(i, stream, addr, ticket)
+                });
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                // Out of descriptors (EMFILE) or memory: the connection
+                // waits in the backlog; peers and connected clients go on.
+                let why = format!("accept failed: {e}");
+                inner.admission.note_refusal(inner.cfg.listen, &why);
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -458,6 +525,9 @@ enum ReadError {
     BadInput(FrameError),
     /// The connection ended or failed.
     Io(String),
+    /// The connection passed a bound (admission): closed, logged at most
+    /// once a second.
+    Bound(&'static str),
 }
 
 impl std::fmt::Display for ReadError {
@@ -465,43 +535,82 @@ impl std::fmt::Display for ReadError {
         match self {
             ReadError::BadInput(e) => write!(f, "{e}"),
             ReadError::Io(e) => write!(f, "{e}"),
+            ReadError::Bound(e) => write!(f, "{e}"),
         }
     }
 }
 
 /// Reads until a frame is complete (or the stream fails).
-fn read_frame(stream: &mut TcpStream, dec: &mut FrameDecoder) -> Result<Frame, ReadError> {
+/// Reads until a frame is complete (or the stream fails). With a
+/// `ticket`, the bytes buffered count against the admission bound; with a
+/// `deadline`, the whole frame must arrive by then (however slowly the
+/// peer trickles bytes).
+fn read_frame(
+    stream: &mut TcpStream,
+    dec: &mut FrameDecoder,
+    ticket: Option<&mut Ticket>,
+    deadline: Option<std::time::Instant>,
+) -> Result<Frame, ReadError> {
     thread_local! {
         // One read buffer per reader thread, not zeroed per frame.
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 << 10]);
     }
-    BUF.with_borrow_mut(|buf| read_frame_with(stream, dec, buf))
+    BUF.with_borrow_mut(|buf| read_frame_with(stream, dec, buf, ticket, deadline))
 }
 
 fn read_frame_with(
     stream: &mut TcpStream,
     dec: &mut FrameDecoder,
     buf: &mut [u8],
+    mut ticket: Option<&mut Ticket>,
+    deadline: Option<std::time::Instant>,
 ) -> Result<Frame, ReadError> {
     loop {
         match dec.next_frame() {
-            Ok(Some(f)) => return Ok(f),
+            Ok(Some(f)) => {
+                if let Some(t) = ticket.as_deref_mut() {
+                    let _ = t.account(dec.buffered());
+                }
+                return Ok(f);
+            }
             Ok(None) => {}
             Err(e) => return Err(ReadError::BadInput(e)),
         }
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(ReadError::Bound("the handshake took too long"));
+            }
+            let _ = stream.set_read_timeout(Some(left));
+        }
         match stream.read(buf) {
             Ok(0) => return Err(ReadError::Io("closed by the peer".into())),
-            Ok(n) => dec.push(&buf[..n]),
+            Ok(n) => {
+                dec.push(&buf[..n]);
+                if let Some(t) = ticket.as_deref_mut() {
+                    t.account(dec.buffered()).map_err(ReadError::Bound)?;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) && deadline.is_none()
+                    && ticket.as_deref().is_some_and(|t| t.is_client()) =>
+            {
+                return Err(ReadError::Bound("a client connection was idle too long"))
+            }
             Err(e) => return Err(ReadError::Io(e.to_string())),
         }
     }
 }
 
-fn serve_inbound(inner: Arc<Inner>, mut stream: TcpStream, addr: SocketAddr) {
+fn serve_inbound(inner: Arc<Inner>, mut stream: TcpStream, addr: SocketAddr, mut ticket: Ticket) {
     let mut dec = FrameDecoder::new();
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let peer = match read_frame(&mut stream, &mut dec) {
+    let limits = inner.admission.limits();
+    let deadline = std::time::Instant::now() + limits.handshake_timeout;
+    let peer = match read_frame(&mut stream, &mut dec, Some(&mut ticket), Some(deadline)) {
         Ok(Frame::Hello { peer, cluster }) if cluster == inner.cluster => peer,
         Ok(Frame::Hello { cluster, .. }) => {
             reject(
@@ -521,12 +630,26 @@ fn serve_inbound(inner: Arc<Inner>, mut stream: TcpStream, addr: SocketAddr) {
             );
             return;
         }
+        Err(ReadError::Bound(why)) => {
+            close_for_bound(&inner, &stream, addr, why);
+            return;
+        }
         Err(why) => {
             reject(&inner, &stream, addr, &why.to_string());
             return;
         }
     };
-    let _ = stream.set_read_timeout(None);
+    let configured_peer = inner
+        .outbound
+        .lock()
+        .expect("lock poisoned")
+        .contains_key(&peer);
+    if configured_peer {
+        ticket.promote_to_peer();
+        let _ = stream.set_read_timeout(None);
+    } else {
+        let _ = stream.set_read_timeout(Some(limits.client_idle_timeout));
+    }
     let hello = Frame::Hello {
         peer: inner.id,
         cluster: inner.cluster,
@@ -554,10 +677,19 @@ fn serve_inbound(inner: Arc<Inner>, mut stream: TcpStream, addr: SocketAddr) {
             peer,
             addr,
             ConnKind::Inbound { writer },
+            Some(ticket),
         );
         return;
     }
-    read_loop(&inner, stream, dec, peer, addr, Some(&writer));
+    read_loop(
+        &inner,
+        stream,
+        dec,
+        peer,
+        addr,
+        Some(&writer),
+        Some(&mut ticket),
+    );
     let mut inbound = inner.inbound.lock().expect("lock poisoned");
     if inbound.get(&peer).is_some_and(|w| Arc::ptr_eq(w, &writer)) {
         inbound.remove(&peer);
@@ -570,6 +702,7 @@ fn reject(inner: &Inner, stream: &TcpStream, addr: SocketAddr, why: &str) {
         tracing::warn!(%addr, reason = why, "closing connection: bad input");
     }
     let _ = stream.shutdown(Shutdown::Both);
+    untrack(inner, addr);
 }
 
 fn send_frame(writer: &Mutex<TcpStream>, frame: &Frame) -> std::io::Result<()> {
@@ -587,10 +720,15 @@ fn read_loop(
     peer: PeerId,
     addr: SocketAddr,
     acks: Option<&Mutex<TcpStream>>,
+    mut ticket: Option<&mut Ticket>,
 ) {
     loop {
-        let frame = match read_frame(&mut stream, &mut dec) {
+        let frame = match read_frame(&mut stream, &mut dec, ticket.as_deref_mut(), None) {
             Ok(f) => f,
+            Err(ReadError::Bound(why)) => {
+                close_for_bound(inner, &stream, addr, why);
+                return;
+            }
             Err(ReadError::BadInput(e)) => {
                 reject(inner, &stream, addr, &e.to_string());
                 return;
@@ -600,6 +738,7 @@ fn read_loop(
                     tracing::info!(peer, %addr, reason = why, "connection closed");
                 }
                 let _ = stream.shutdown(Shutdown::Both);
+                untrack(inner, addr);
                 return;
             }
         };
@@ -703,7 +842,7 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
         // The peer answers with its own hello, then with write acks.
         let mut dec = FrameDecoder::new();
         let _ = reader.set_read_timeout(Some(Duration::from_secs(5)));
-        match read_frame(&mut reader, &mut dec) {
+        match read_frame(&mut reader, &mut dec, None, None) {
             Ok(Frame::Hello { peer: p, cluster }) if p == peer && cluster == inner.cluster => {}
             Ok(other) => {
                 reject(
@@ -760,6 +899,7 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
                     out: out.clone(),
                     generation,
                 },
+                None,
             );
             // The owner reads it now; wait until it is gone.
             while !inner.shutdown.load(Ordering::SeqCst) {
@@ -770,7 +910,7 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
                 }
             }
         } else {
-            read_loop(&inner, reader, dec, peer, addr, None);
+            read_loop(&inner, reader, dec, peer, addr, None, None);
         }
         {
             let mut slot = out.slot.lock().expect("lock poisoned");
@@ -793,6 +933,7 @@ fn adopt(
     peer: PeerId,
     addr: SocketAddr,
     kind: ConnKind,
+    ticket: Option<Ticket>,
 ) {
     use std::os::fd::AsRawFd;
     let inline = inner.inline.as_ref().expect("inline I/O");
@@ -807,6 +948,8 @@ fn adopt(
         peer,
         addr,
         kind,
+        ticket,
+        last_read: std::time::Instant::now(),
     };
     let mut conns = inline.conns.lock().expect("lock poisoned");
     // Frames that came with the hello (a client sends both at once).
@@ -868,6 +1011,7 @@ fn close(inner: &Inner, conn: InlineConn) {
         let _ = inline.registry.deregister(&mut mio::unix::SourceFd(&fd));
     }
     let _ = conn.stream.shutdown(Shutdown::Both);
+    untrack(inner, conn.addr);
     match conn.kind {
         ConnKind::Inbound { writer } => {
             let mut inbound = inner.inbound.lock().expect("lock poisoned");
@@ -925,9 +1069,18 @@ impl TcpTransport {
                     }
                     Ok(n) => {
                         conn.dec.push(&buf[..n]);
+                        conn.last_read = std::time::Instant::now();
                         if !drain_frames(&self.inner, conn) {
                             keep = false;
                             break;
+                        }
+                        if let Some(t) = conn.ticket.as_mut() {
+                            if let Err(why) = t.account(conn.dec.buffered()) {
+                                // Logged here; closed (and untracked) below.
+                                self.inner.admission.note_refusal(conn.addr, why);
+                                keep = false;
+                                break;
+                            }
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -944,6 +1097,38 @@ impl TcpTransport {
                 drop(conns);
                 close(&self.inner, conn);
             }
+        }
+        self.close_idle_clients(inline);
+    }
+
+    /// Inline I/O: closes client connections idle past the bound (checked
+    /// at most once a second).
+    fn close_idle_clients(&self, inline: &Inline) {
+        let now = std::time::Instant::now();
+        {
+            let mut last = inline.idle_sweep.lock().expect("lock poisoned");
+            if now.duration_since(*last) < Duration::from_secs(1) {
+                return;
+            }
+            *last = now;
+        }
+        let idle = self.inner.admission.limits().client_idle_timeout;
+        let mut conns = inline.conns.lock().expect("lock poisoned");
+        let stale: Vec<mio::Token> = conns
+            .iter()
+            .filter(|(_, c)| {
+                c.ticket.as_ref().is_some_and(|t| t.is_client())
+                    && now.duration_since(c.last_read) >= idle
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        let closing: Vec<InlineConn> = stale.iter().filter_map(|t| conns.remove(t)).collect();
+        drop(conns);
+        for conn in closing {
+            self.inner
+                .admission
+                .note_refusal(conn.addr, "a client connection was idle too long");
+            close(&self.inner, conn);
         }
     }
 }
