@@ -8,8 +8,12 @@
 //! clients are bounded:
 //!
 //! - in number, in all ([`Limits::client_conns_max`]) and per source
-//!   address ([`Limits::client_conns_per_ip_max`]); past either, a new
-//!   connection is closed at once, before any read;
+//!   address ([`Limits::client_conns_per_ip_max`], not applied to the
+//!   addresses of configured peers: on one host every replica shares
+//!   one); past either, a new connection is closed at once, before any
+//!   read. [`PEER_HEADROOM`] connections beyond the cap are admitted while
+//!   their hello is pending, so a peer reconnecting during a flood is heard;
+//!   one that turns out to be a client is closed;
 //! - in the bytes they may make the node buffer for frames not yet
 //!   complete, summed over every client connection
 //!   ([`Limits::client_buffered_bytes_max`]); the connection whose read
@@ -37,6 +41,10 @@ const DESCRIPTORS_PER_CONN: u64 = 4;
 /// Descriptors kept for everything else (log files, peers' connections,
 /// the listener, io_uring).
 const DESCRIPTORS_RESERVED: u64 = 256;
+/// Connections admitted beyond the client cap while their hello is
+/// pending, so that a peer reconnecting during a flood of clients is still
+/// heard: a connection that turns out to be a client is then closed.
+pub const PEER_HEADROOM: usize = 32;
 
 /// The bounds (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,15 +147,19 @@ impl Admission {
         self.buffered.load(Ordering::Relaxed)
     }
 
-    /// Admits a new connection from `ip` as a client, or says which bound
-    /// it would pass.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, &'static str> {
+    /// Admits a new connection from `ip`, counted as a client until its
+    /// hello, or says which bound it would pass. `peer_address`: `ip` is a
+    /// configured peer's address, so the per-address cap does not apply
+    /// (on one host, every replica shares it); [`PEER_HEADROOM`] slots
+    /// beyond the client cap are kept for connections whose hello is
+    /// pending.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, peer_address: bool) -> Result<Ticket, &'static str> {
         let mut c = self.counts.lock().expect("lock poisoned");
-        if c.clients >= self.limits.client_conns_max {
+        if c.clients >= self.limits.client_conns_max + PEER_HEADROOM {
             return Err("client connections at their limit");
         }
         let here = c.per_ip.entry(ip).or_default();
-        if *here >= self.limits.client_conns_per_ip_max {
+        if !peer_address && *here >= self.limits.client_conns_per_ip_max {
             return Err("client connections from this address at their limit");
         }
         *here += 1;
@@ -196,6 +208,15 @@ impl Ticket {
     /// Whether it counts as a client.
     pub fn is_client(&self) -> bool {
         self.client
+    }
+
+    /// After its hello named a client: whether clients (this one
+    /// included) are within their cap; a client admitted into the peers'
+    /// headroom must then be closed.
+    pub fn client_within_cap(&self) -> bool {
+        !self.client
+            || self.adm.counts.lock().expect("lock poisoned").clients
+                <= self.adm.limits.client_conns_max
     }
 
     /// The connection's decoder holds `now` bytes of incomplete frames.
@@ -259,32 +280,43 @@ mod tests {
         let a = Admission::new(limits(3, 2, 1000));
         let ip1: IpAddr = "10.0.0.1".parse().unwrap();
         let ip2: IpAddr = "10.0.0.2".parse().unwrap();
-        let t1 = a.admit(ip1).unwrap();
-        let _t2 = a.admit(ip1).unwrap();
-        assert!(a.admit(ip1).is_err(), "per address");
-        let mut t3 = a.admit(ip2).unwrap();
-        assert!(a.admit(ip2).is_err(), "in all");
+        let t1 = a.admit(ip1, false).unwrap();
+        let _t2 = a.admit(ip1, false).unwrap();
+        assert!(a.admit(ip1, false).is_err(), "per address");
+        let mut t3 = a.admit(ip2, false).unwrap();
+        assert!(t3.client_within_cap());
+        // Beyond the cap, within the peers' headroom: admitted, but a
+        // client must then go.
+        let extra = a.admit(ip2, false).unwrap();
+        assert!(!extra.client_within_cap());
+        drop(extra);
         t3.promote_to_peer();
         assert_eq!(a.clients(), 2);
-        let _t4 = a.admit(ip2).unwrap();
+        let _t4 = a.admit(ip2, false).unwrap();
         drop(t1);
-        let _t5 = a.admit(ip1).unwrap();
+        let _t5 = a.admit(ip1, false).unwrap();
         assert_eq!(a.clients(), 3);
+        // A peer's address is not held to the per-address cap.
+        let held: Vec<Ticket> = (0..PEER_HEADROOM)
+            .map(|_| a.admit(ip1, true).unwrap())
+            .collect();
+        assert!(a.admit(ip1, true).is_err(), "in all, headroom included");
+        drop(held);
     }
 
     #[test]
     fn buffered_bytes_are_bounded_over_all_clients() {
         let a = Admission::new(limits(10, 10, 1000));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let mut t1 = a.admit(ip).unwrap();
-        let mut t2 = a.admit(ip).unwrap();
+        let mut t1 = a.admit(ip, false).unwrap();
+        let mut t2 = a.admit(ip, false).unwrap();
         t1.account(600).unwrap();
         assert!(t2.account(500).is_err());
         drop(t2);
         assert_eq!(a.buffered(), 600);
         t1.account(0).unwrap();
         assert_eq!(a.buffered(), 0);
-        let mut t3 = a.admit(ip).unwrap();
+        let mut t3 = a.admit(ip, false).unwrap();
         t3.promote_to_peer();
         t3.account(1 << 30).unwrap(); // peers are not bounded here
         assert_eq!(a.buffered(), 0);

@@ -487,7 +487,8 @@ fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     while !inner.shutdown.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, addr)) => {
-                let ticket = match inner.admission.admit(addr.ip()) {
+                let peer_address = inner.cfg.peers.values().any(|p| p.ip() == addr.ip());
+                let ticket = match inner.admission.admit(addr.ip(), peer_address) {
                     Ok(t) => t,
                     Err(why) => {
                         // Closed before any read: it costs a descriptor
@@ -647,6 +648,9 @@ fn serve_inbound(inner: Arc<Inner>, mut stream: TcpStream, addr: SocketAddr, mut
     if configured_peer {
         ticket.promote_to_peer();
         let _ = stream.set_read_timeout(None);
+    } else if !ticket.client_within_cap() {
+        close_for_bound(&inner, &stream, addr, "client connections at their limit");
+        return;
     } else {
         let _ = stream.set_read_timeout(Some(limits.client_idle_timeout));
     }
