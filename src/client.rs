@@ -10,11 +10,19 @@
 //! replica id) can be followed.
 //!
 //! [`CoordinatorClient::ask_leader`] finds the active coordinator: it asks
-//! the replica believed to lead, follows `NotLeader` hints, and tries the
-//! next address when a replica is down or has no hint, until its deadline.
-//! An operation is sent at most once per attempt; if a reply does not come
-//! back in time the client says so rather than guess (the operation may or
-//! may not have passed its commit point: `ctl ops` tells).
+//! the replica believed to lead, follows `NotLeader` hints (the leader's
+//! id and, when the follower knows it, its address, which joins the
+//! client's list), and tries the next address when a replica is down or
+//! has no hint, until its deadline.
+//!
+//! Operations are exactly-once ([`crate::node::client`]): each carries the
+//! client's random id and a sequence number ([`CoordinatorClient::next_rpc`]),
+//! and [`CoordinatorClient::operate`] sends it again, same id, whenever an
+//! attempt ends without an answer (a timeout, a lost connection, a
+//! proposal lost in a change of leader), until its deadline. The
+//! coordinator applies it at most once and answers a retry with the
+//! original outcome. Only if the deadline passes after the operation was
+//! sent is its outcome unknown ([`ClientError::NoAnswer`]).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -27,7 +35,8 @@ use ramcoord_net::PeerId;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::node::client::{decode, encode, ClientReply, ClientRequest};
+use crate::coordinator::Request;
+use crate::node::client::{decode, encode, ClientOp, ClientReply, ClientRequest, RpcId};
 use crate::node::tag;
 
 /// Why a call failed.
@@ -55,9 +64,20 @@ pub enum ClientError {
         /// What is wrong.
         why: String,
     },
-    /// No replica acted as the active coordinator before the deadline.
+    /// No replica acted as the active coordinator before the deadline
+    /// (the request was never sent, or had no effect where it was).
     #[error("no active coordinator found before the deadline (last: {last})")]
     NoLeader {
+        /// The last thing that went wrong.
+        last: String,
+    },
+    /// The request was sent (perhaps more than once, with the same
+    /// exactly-once id) and no answer came before the deadline: it may or
+    /// may not have been applied.
+    #[error(
+        "no answer before the deadline (last: {last}): the request was sent, so it may or may not have been applied"
+    )]
+    NoAnswer {
         /// The last thing that went wrong.
         last: String,
     },
@@ -233,6 +253,14 @@ pub struct CoordinatorClient {
     next_request: u64,
     /// How long one attempt (connect, or wait for an answer) may take.
     pub attempt_timeout: Duration,
+    /// This client's id for exactly-once operations (random).
+    client_id: u64,
+    /// The sequence number of its last operation.
+    last_seq: u64,
+    /// The highest committed index seen in an answer.
+    observed: u64,
+    /// Whether a replica was asked for its commit index already.
+    asked_commit: bool,
 }
 
 impl CoordinatorClient {
@@ -248,12 +276,61 @@ impl CoordinatorClient {
             next: 0,
             next_request: 0,
             attempt_timeout: Duration::from_secs(1),
+            client_id: rand::random(),
+            last_seq: 0,
+            observed: 0,
+            asked_commit: false,
         }
     }
 
-    /// The replicas' addresses.
+    /// The replicas' addresses: those given, then those learnt.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The index of `addr` in the address list, which it joins if new.
+    pub fn learn_addr(&mut self, addr: SocketAddr) -> usize {
+        if let Some(i) = self.addrs.iter().position(|a| *a == addr) {
+            return i;
+        }
+        self.addrs.push(addr);
+        self.conns.push(None);
+        self.addrs.len() - 1
+    }
+
+    /// This client's id for exactly-once operations.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// The id for a new operation: the next sequence number, and the
+    /// highest committed index this client has seen (before its first
+    /// operation it asks a replica, within `deadline`, for its commit
+    /// index). Every attempt of the operation must carry the same id.
+    pub fn next_rpc(&mut self, deadline: Instant) -> RpcId {
+        if !self.asked_commit {
+            self.asked_commit = true;
+            let until = deadline.min(Instant::now() + self.attempt_timeout);
+            let _ = self.ask_leader(&ClientRequest::Status, until);
+        }
+        self.last_seq += 1;
+        RpcId {
+            client: self.client_id,
+            seq: self.last_seq,
+            after: self.observed,
+        }
+    }
+
+    /// Notes the committed index an answer shows.
+    fn observe(&mut self, reply: &ClientReply) {
+        let seen = match reply {
+            ClientReply::Status(s) => s.commit,
+            ClientReply::View(v) => v.applied,
+            ClientReply::Committed { seq, .. } => *seq,
+            ClientReply::OpState { applied, .. } => *applied,
+            _ => 0,
+        };
+        self.observed = self.observed.max(seen);
     }
 
     /// The address of replica `id`, once a hello told it.
@@ -272,74 +349,138 @@ impl CoordinatorClient {
 
     /// Asks the replica at index `i` of the address list.
     pub fn ask(&mut self, i: usize, req: &ClientRequest) -> Result<ClientReply, ClientError> {
+        self.ask_once(i, req).0
+    }
+
+    /// Asks the replica at index `i`; also says whether the request was
+    /// (or may have been) sent.
+    fn ask_once(
+        &mut self,
+        i: usize,
+        req: &ClientRequest,
+    ) -> (Result<ClientReply, ClientError>, bool) {
         self.next_request += 1;
         let id = self.next_request;
         let deadline = Instant::now() + self.attempt_timeout;
-        let r = self
-            .conn(i)
-            .and_then(|c| c.call(tag::CLIENT, tag::CLIENT_REPLY, id, req, deadline));
-        if r.is_err() {
+        let conn = match self.conn(i) {
+            Ok(c) => c,
+            Err(e) => {
+                self.conns[i] = None;
+                return (Err(e), false);
+            }
+        };
+        let r = conn.call(tag::CLIENT, tag::CLIENT_REPLY, id, req, deadline);
+        match &r {
+            Ok(reply) => self.observe(reply),
             // A connection with a late reply on it, or a dead one: start over.
-            self.conns[i] = None;
+            Err(_) => self.conns[i] = None,
         }
-        r
+        (r, true)
     }
 
-    /// Asks the active coordinator, finding it (see the module docs).
-    /// Returns the first answer that is not `NotLeader`. A timeout after
-    /// the request went out is returned as is (not retried): an operation
-    /// may have been proposed.
+    /// Follows a `NotLeader` answer from replica `i`: to the leader's
+    /// index if its id or address is known (a new address joins the
+    /// list), else on to the next replica.
+    fn follow(&mut self, i: usize, leader: Option<u64>, addr: Option<&str>) {
+        let known = leader.and_then(|l| self.ids.get(&l).copied());
+        let hinted = known.or_else(|| {
+            let a = crate::addr::resolve(addr?).ok()?;
+            Some(self.learn_addr(a))
+        });
+        match hinted {
+            Some(h) if h != i => self.leader = Some(h),
+            _ => {
+                // No usable hint: an election may be running, or the
+                // leader is not yet active.
+                self.leader = None;
+                self.next = i + 1;
+                if leader.is_none() || hinted == Some(i) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    /// Asks the active coordinator, finding it (see the module docs), until
+    /// `deadline`. Returns the first answer that is neither `NotLeader` nor
+    /// `Retry`. A request that went out and got no answer is sent again
+    /// to the next leader (operations carry their exactly-once id, so this
+    /// is safe; other requests change nothing), except a membership
+    /// change: its outcome is then unknown ([`ClientError::NoAnswer`]).
     pub fn ask_leader(
         &mut self,
         req: &ClientRequest,
         deadline: Instant,
     ) -> Result<ClientReply, ClientError> {
+        let resend = !matches!(req, ClientRequest::ChangeReplicas(_));
         let mut last = String::from("no replica tried");
+        let mut sent = false;
         while Instant::now() < deadline {
             let i = self.leader.unwrap_or(self.next % self.addrs.len());
-            match self.ask(i, req) {
-                Ok(ClientReply::NotLeader { leader }) => {
-                    let hinted = leader.and_then(|l| self.ids.get(&l).copied());
+            let (r, went_out) = self.ask_once(i, req);
+            match r {
+                Ok(ClientReply::NotLeader { leader, addr }) => {
                     last = format!(
-                        "{} is not the active coordinator (leader {leader:?})",
+                        "{} is not the active coordinator (leader {leader:?} at {addr:?})",
                         self.addrs[i]
                     );
-                    match hinted {
-                        Some(h) if h != i => self.leader = Some(h),
-                        _ => {
-                            // No usable hint: an election may be running.
-                            self.leader = None;
-                            self.next = i + 1;
-                            if leader.is_none() || hinted == Some(i) {
-                                std::thread::sleep(Duration::from_millis(10));
-                            } else {
-                                // A leader whose address we have not seen:
-                                // its hello will tell us when we reach it.
-                            }
-                        }
-                    }
+                    self.follow(i, leader, addr.as_deref());
+                }
+                Ok(ClientReply::Retry(why)) => {
+                    // No effect there: send it again (to whoever leads).
+                    last = format!("{}: {why}", self.addrs[i]);
+                    std::thread::sleep(Duration::from_millis(5));
                 }
                 Ok(reply) => {
-                    self.leader = Some(i);
+                    if !matches!(reply, ClientReply::Status(_)) {
+                        self.leader = Some(i);
+                    }
                     return Ok(reply);
                 }
-                Err(e @ ClientError::Timeout { .. })
-                    if matches!(
-                        req,
-                        ClientRequest::Operate(_) | ClientRequest::OperateUntilComplete(_)
-                    ) =>
-                {
-                    return Err(e);
-                }
                 Err(e) => {
+                    sent |= went_out;
                     last = e.to_string();
+                    if went_out && !resend {
+                        return Err(ClientError::NoAnswer { last });
+                    }
                     self.leader = None;
                     self.next = i + 1;
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
         }
-        Err(ClientError::NoLeader { last })
+        let operation = matches!(
+            req,
+            ClientRequest::Operate(_)
+                | ClientRequest::OperateUntilComplete(_)
+                | ClientRequest::ChangeReplicas(_)
+        );
+        if sent && operation {
+            Err(ClientError::NoAnswer { last })
+        } else {
+            Err(ClientError::NoLeader { last })
+        }
+    }
+
+    /// Runs operation `op` with id `rpc` ([`CoordinatorClient::next_rpc`])
+    /// at the active coordinator, sending it again (same id) until an
+    /// answer comes or `deadline` passes; returns the answer at its commit
+    /// point (`Committed`: for a retry of an operation applied already,
+    /// the original seq and result), or `Refused` / `Unknown`.
+    pub fn operate(
+        &mut self,
+        rpc: RpcId,
+        op: Request,
+        until_complete: bool,
+        deadline: Instant,
+    ) -> Result<ClientReply, ClientError> {
+        let cop = ClientOp { rpc, op };
+        let req = if until_complete {
+            ClientRequest::OperateUntilComplete(cop)
+        } else {
+            ClientRequest::Operate(cop)
+        };
+        self.ask_leader(&req, deadline)
     }
 }
 
@@ -354,25 +495,34 @@ impl CoordinatorClient {
         req: crate::coordinator::Request,
         deadline: Instant,
     ) -> Result<(ClientReply, Duration, Option<(ClientReply, Duration)>), ClientError> {
+        let rpc = self.next_rpc(deadline);
         let sent = Instant::now();
-        let first = self.ask_leader(&ClientRequest::OperateUntilComplete(req), deadline)?;
-        let at_commit = sent.elapsed();
-        let completes = matches!(
-            &first,
-            ClientReply::Committed { result, .. }
-                if !matches!(result, crate::node::client::OpResult::Rejected(_))
-        );
-        if !completes {
-            return Ok((first, at_commit, None));
-        }
-        let i = self.leader.expect("just answered");
-        let id = self.next_request;
-        let conn = self.conns[i].as_mut().expect("just answered");
-        match conn.recv::<ClientReply>(tag::CLIENT_REPLY, id, deadline) {
-            Ok(second) => Ok((first, at_commit, Some((second, sent.elapsed())))),
-            Err(e) => {
-                self.conns[i] = None;
-                Err(e)
+        let mut at_commit = None;
+        loop {
+            let first = self.operate(rpc, req.clone(), true, deadline)?;
+            let at = *at_commit.get_or_insert(sent.elapsed());
+            let completes = matches!(
+                &first,
+                ClientReply::Committed { result, .. }
+                    if !matches!(result, crate::node::client::OpResult::Rejected(_))
+            );
+            if !completes {
+                return Ok((first, at, None));
+            }
+            let i = self.leader.expect("just answered");
+            let id = self.next_request;
+            let conn = self.conns[i].as_mut().expect("just answered");
+            match conn.recv::<ClientReply>(tag::CLIENT_REPLY, id, deadline) {
+                Ok(second) => return Ok((first, at, Some((second, sent.elapsed())))),
+                Err(e) => {
+                    // Ask again, same id: answered with the original
+                    // outcome, then the completion.
+                    self.conns[i] = None;
+                    self.leader = None;
+                    if Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                }
             }
         }
     }

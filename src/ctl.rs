@@ -5,6 +5,12 @@
 //! and [`Ctl::run`], which runs one command and renders its answer as a
 //! table or as JSON.
 //!
+//! Any one replica's address is enough: `status` asks every replica the
+//! answers name, operations follow followers' `NotLeader` answers to the
+//! leader's address. Operations are exactly-once: a retry at a new leader
+//! carries the same client id and sequence number
+//! ([`CoordinatorClient::operate`]).
+//!
 //! `put` and `get` go to the master that owns the key's tablet, found in
 //! the active coordinator's tablet map: the data path proves the
 //! configuration is live. A master that does not own the tablet (any more,
@@ -20,7 +26,8 @@ use crate::client::{ClientError, CoordinatorClient, MasterClient};
 use crate::cluster::{key_hash, ServerId, ServerStatus, TableId};
 use crate::coordinator::Request;
 use crate::node::client::{
-    ClientReply, ClientRequest, MasterReply, MasterRequest, OpResult, ReplicaChange, Status, View,
+    ClientReply, ClientRequest, MasterReply, MasterRequest, OpResult, ReplicaChange, RpcId, Status,
+    View,
 };
 
 /// How `ctl` runs.
@@ -135,21 +142,34 @@ impl Ctl {
         Instant::now() + self.opts.timeout
     }
 
-    /// Every replica's status (or why it did not answer).
+    /// The client of the coordinator group (its id, address list, ...).
+    pub fn coordinator_client(&mut self) -> &mut CoordinatorClient {
+        &mut self.coord
+    }
+
+    /// Every replica's status (or why it did not answer): the replicas
+    /// given, and every replica their answers name an address for.
     pub fn statuses(&mut self) -> Vec<(SocketAddr, Result<Status, String>)> {
-        let addrs = self.coord.addrs().to_vec();
-        addrs
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| {
-                let r = match self.coord.ask(i, &ClientRequest::Status) {
-                    Ok(ClientReply::Status(s)) => Ok(s),
-                    Ok(other) => Err(format!("unexpected answer {other:?}")),
-                    Err(e) => Err(e.to_string()),
-                };
-                (*addr, r)
-            })
-            .collect()
+        let mut rows = Vec::new();
+        let mut i = 0;
+        while i < self.coord.addrs().len() {
+            let addr = self.coord.addrs()[i];
+            let r = match self.coord.ask(i, &ClientRequest::Status) {
+                Ok(ClientReply::Status(s)) => {
+                    for (_, a) in &s.addresses {
+                        if let Ok(a) = crate::addr::resolve(a) {
+                            self.coord.learn_addr(a);
+                        }
+                    }
+                    Ok(s)
+                }
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            };
+            rows.push((addr, r));
+            i += 1;
+        }
+        rows
     }
 
     /// The active coordinator's cluster state.
@@ -164,13 +184,25 @@ impl Ctl {
         }
     }
 
-    /// Runs an operation; returns at its commit point.
+    /// Runs an operation; returns at its commit point. It is retried at
+    /// the next leader, with the same id, until the timeout (see the
+    /// module docs).
     pub fn operate(&mut self, req: Request) -> Result<Committed, String> {
+        let deadline = self.deadline();
+        let rpc = self.coord.next_rpc(deadline);
+        self.operate_as(rpc, req, deadline)
+    }
+
+    /// Runs an operation under a given exactly-once id (a retry of an
+    /// operation already sent must use its id).
+    pub fn operate_as(
+        &mut self,
+        rpc: RpcId,
+        req: Request,
+        deadline: Instant,
+    ) -> Result<Committed, String> {
         let sent = Instant::now();
-        match self
-            .coord
-            .ask_leader(&ClientRequest::Operate(req), self.deadline())
-        {
+        match self.coord.operate(rpc, req, false, deadline) {
             Ok(ClientReply::Committed {
                 seq,
                 term,
@@ -184,9 +216,12 @@ impl Ctl {
                 client_us: sent.elapsed().as_micros() as u64,
             }),
             Ok(ClientReply::Refused(why)) => Err(format!("refused: {why}")),
+            Ok(ClientReply::Unknown(why)) => Err(format!(
+                "outcome unknown: {why}; the operation may or may not have been applied (see `ctl ops`)"
+            )),
             Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(e @ ClientError::Timeout { .. }) => Err(format!(
-                "{e}: the operation may or may not have passed its commit point (see `ctl ops`)"
+            Err(e @ ClientError::NoAnswer { .. }) => Err(format!(
+                "gave up at the timeout: {e} (see `ctl ops`; running ctl again is a new operation)"
             )),
             Err(e) => Err(e.to_string()),
         }
@@ -201,6 +236,9 @@ impl Ctl {
             Ok(ClientReply::Committed { seq, .. }) => Ok(seq),
             Ok(ClientReply::Refused(why)) => Err(format!("refused: {why}")),
             Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e @ ClientError::NoAnswer { .. }) => {
+                Err(format!("{e} (`ctl status` shows the configuration)"))
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -315,10 +353,9 @@ impl Ctl {
                             key: Bytes::copy_from_slice(key.as_bytes()),
                         },
                     };
-                    let sock: Result<SocketAddr, _> = addr.parse();
-                    let r = match sock {
+                    let r = match crate::addr::resolve(&addr) {
                         Ok(s) => self.masters.ask(s, &req).map_err(|e| e.to_string()),
-                        Err(e) => Err(format!("server {server} address {addr:?}: {e}")),
+                        Err(e) => Err(format!("server {server}: {e}")),
                     };
                     match r {
                         Ok(MasterReply::Value(value)) => {

@@ -9,6 +9,7 @@
 
 #![deny(missing_docs)]
 
+pub mod addr;
 pub mod client;
 pub mod cluster;
 pub mod coordinator;

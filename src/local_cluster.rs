@@ -39,6 +39,9 @@ pub struct LocalClusterConfig {
     /// robin), each an address of an RDMA device (soft-RoCE in the VM:
     /// two devices, so that every connection crosses a wire).
     pub rdma_hosts: Vec<std::net::IpAddr>,
+    /// Give every loopback address on the command lines as
+    /// `localhost:PORT` (host names are resolved by each process).
+    pub host_names: bool,
 }
 
 impl LocalClusterConfig {
@@ -53,6 +56,16 @@ impl LocalClusterConfig {
             master_args: Vec::new(),
             log_filter: "info".into(),
             rdma_hosts: Vec::new(),
+            host_names: false,
+        }
+    }
+
+    /// `a` as written on a command line (see [`Self::host_names`]).
+    pub fn written(&self, a: SocketAddr) -> String {
+        if self.host_names && a.ip() == std::net::Ipv4Addr::LOCALHOST {
+            format!("localhost:{}", a.port())
+        } else {
+            a.to_string()
         }
     }
 
@@ -186,7 +199,7 @@ impl LocalCluster {
         let peers: Vec<String> = addrs
             .iter()
             .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
+            .map(|(i, a)| format!("{}={}", i + 1, cfg.written(*a)))
             .collect();
         let peers = peers.join(",");
         let mut c = LocalCluster {
@@ -208,7 +221,7 @@ impl LocalCluster {
         let v: Vec<String> = self
             .coordinators
             .iter()
-            .map(|p| p.addr.to_string())
+            .map(|p| self.cfg.written(p.addr))
             .collect();
         v.join(",")
     }
@@ -225,9 +238,9 @@ impl LocalCluster {
         let mut args = vec![
             "master".to_string(),
             "--listen".into(),
-            listen.to_string(),
+            self.cfg.written(listen),
             "--advertise".into(),
-            addr.to_string(),
+            self.cfg.written(addr),
             "--coordinators".into(),
             self.coordinator_list(),
         ];
@@ -292,9 +305,9 @@ impl LocalCluster {
             .iter()
             .enumerate()
             .filter(|(_, p)| !p.retired)
-            .map(|(i, p)| format!("{}={}", i + 1, p.addr))
+            .map(|(i, p)| format!("{}={}", i + 1, self.cfg.written(p.addr)))
             .collect();
-        peers.push(format!("{id}={addr}"));
+        peers.push(format!("{id}={}", self.cfg.written(addr)));
         self.spawn_coordinator(id, addr, listen, &peers.join(","), &["--join"])?;
         Ok(id)
     }
@@ -314,7 +327,7 @@ impl LocalCluster {
             "--id".into(),
             id.to_string(),
             "--listen".into(),
-            listen.to_string(),
+            self.cfg.written(listen),
             "--peers".into(),
             peers.to_string(),
             "--data-dir".into(),

@@ -56,9 +56,12 @@ enum Command {
     Master(MasterArgs),
     /// Ask a running cluster: status, servers, tables, operations, keys.
     ///
-    /// Any replica's address works: followers point to the leader.
-    /// Operations return at their commit point, then wait for completion
-    /// (unless --no-wait). `put`/`get` go to the master that owns the key.
+    /// Any replica's address works (HOST:PORT, host names resolved):
+    /// followers name the leader and its address. Operations return at
+    /// their commit point, then wait for completion (unless --no-wait);
+    /// each is applied at most once, even when ctl retries it at a new
+    /// leader (see --timeout). `put`/`get` go to the master that owns the
+    /// key. With --json, errors are {"error": "..."} on stdout.
     ///
     /// Examples:
     ///   ramcoord ctl --coordinators 127.0.0.1:7101,127.0.0.1:7102 status
@@ -67,6 +70,7 @@ enum Command {
     ///   ramcoord ctl --coordinators 127.0.0.1:7101 get users alice
     ///   ramcoord ctl --coordinators 127.0.0.1:7101 migrate-tablet users 0x0 2.1
     ///   ramcoord ctl --coordinators 127.0.0.1:7101 --json ops
+    ///   ramcoord ctl --coordinators localhost:7102 remove-replica 3
     #[command(verbatim_doc_comment)]
     Ctl(CtlArgs),
     /// Check a recorded client history for linearizability.
@@ -144,10 +148,13 @@ struct CoordinatorArgs {
     /// This replica's id (one of --peers).
     #[arg(long)]
     id: u64,
-    /// Address to listen on for peers and clients.
-    #[arg(long)]
+    /// Address to listen on for peers and clients (HOST:PORT; a host name
+    /// is resolved at start).
+    #[arg(long, value_parser = parse_addr)]
     listen: std::net::SocketAddr,
     /// Every replica as ID=HOST:PORT, comma-separated (this one included).
+    /// Host names are resolved at start; followers tell clients the
+    /// leader's address as written here.
     #[arg(long, value_parser = parse_peers)]
     peers: Peers,
     /// Directory of this replica's log (created if missing).
@@ -222,14 +229,17 @@ struct DemoArgs {
 
 #[derive(clap::Args)]
 struct MasterArgs {
-    /// Address to listen on for coordinators' one-sided writes and clients.
-    #[arg(long)]
+    /// Address to listen on for coordinators' one-sided writes and clients
+    /// (HOST:PORT; a host name is resolved at start).
+    #[arg(long, value_parser = parse_addr)]
     listen: std::net::SocketAddr,
     /// The address to enlist with (what others dial); default: --listen.
-    #[arg(long)]
+    /// A host name is resolved at start and its IP address enlisted.
+    #[arg(long, value_parser = parse_addr)]
     advertise: Option<std::net::SocketAddr>,
-    /// Coordinator replicas' addresses, comma-separated (any subset).
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Coordinator replicas' addresses (HOST:PORT), comma-separated (any
+    /// subset: followers name the leader).
+    #[arg(long, value_delimiter = ',', required = true, value_parser = parse_addr)]
     coordinators: Vec<std::net::SocketAddr>,
     /// Cluster id (as given to the coordinators).
     #[arg(long, default_value_t = 1)]
@@ -247,18 +257,30 @@ struct MasterArgs {
 
 #[derive(clap::Args)]
 struct CtlArgs {
-    /// Coordinator replicas' addresses, comma-separated.
+    /// Coordinator replicas' addresses (HOST:PORT, host names resolved),
+    /// comma-separated: any subset of the group, one replica is enough
+    /// (followers name the leader and its address).
     #[arg(long, value_delimiter = ',', required = true)]
-    coordinators: Vec<std::net::SocketAddr>,
+    coordinators: Vec<String>,
     /// Cluster id (as given to the coordinators).
     #[arg(long, default_value_t = 1)]
     cluster: u64,
-    /// Print JSON instead of a table.
+    /// Print JSON instead of a table. Errors too: a single object
+    /// {"error": "..."} on stdout (nothing on stderr), with a non-zero
+    /// exit status (1; 2 for a bad command line).
     #[arg(long)]
     json: bool,
-    /// Seconds a command may take in all (finding the leader, waiting for
-    /// completion, retrying a stale owner).
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds a command may take in all (finding the leader, retrying,
+    /// waiting for completion, retrying a stale owner).
+    ///
+    /// An operation whose leader vanishes (no answer, connection lost, a
+    /// change of leader) is sent again, until this timeout, to the next
+    /// leader with the same client id and sequence number: the
+    /// coordinator applies it at most once and answers a retry with the
+    /// original outcome, so retrying is safe. Only if ctl gives up at the
+    /// timeout may the operation have been applied or not (`ctl ops`
+    /// tells); running ctl again is a new operation.
+    #[arg(long, default_value_t = 5.0, verbatim_doc_comment)]
     timeout: f64,
     /// Return at an operation's commit point; do not wait for completion.
     #[arg(long)]
@@ -332,10 +354,10 @@ enum CtlCommand {
     AddReplica {
         /// The new replica's id.
         id: u64,
-        /// Where it listens (needed unless every replica was started with it
-        /// in --peers).
+        /// Where it listens, HOST:PORT (needed unless every replica was
+        /// started with it in --peers). A host name is resolved by ctl.
         #[arg(long)]
-        address: Option<std::net::SocketAddr>,
+        address: Option<String>,
     },
     /// Write a key at the master owning its tablet.
     Put {
@@ -364,9 +386,14 @@ fn parse_hash(s: &str) -> Result<u64, String> {
     r.map_err(|_| format!("{s:?}: a hash is a 64-bit number, decimal or 0x-hex"))
 }
 
-/// The replica list of --peers.
+/// The replica list of --peers: (id, resolved address, as written).
 #[derive(Clone, Debug)]
-struct Peers(Vec<(u64, std::net::SocketAddr)>);
+struct Peers(Vec<(u64, std::net::SocketAddr, String)>);
+
+/// HOST:PORT, host names resolved ([`ramcoord::addr::resolve`]).
+fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    ramcoord::addr::resolve(s)
+}
 
 fn parse_peers(s: &str) -> Result<Peers, String> {
     let mut out = Vec::new();
@@ -380,13 +407,11 @@ fn parse_peers(s: &str) -> Result<Peers, String> {
         if id == 0 || id >= 1 << 62 {
             return Err(format!("replica id {id}: use 1 to 2^62-1 (0 is reserved, larger ids name clients and masters)"));
         }
-        let addr = addr
-            .parse()
-            .map_err(|e| format!("{addr:?}: not HOST:PORT ({e})"))?;
-        if out.iter().any(|(i, _)| *i == id) {
+        let resolved = ramcoord::addr::resolve(addr).map_err(|e| format!("replica {id}: {e}"))?;
+        if out.iter().any(|(i, _, _)| *i == id) {
             return Err(format!("replica {id} listed twice"));
         }
-        out.push((id, addr));
+        out.push((id, resolved, addr.to_string()));
     }
     if out.is_empty() {
         return Err("at least one replica".into());
@@ -499,7 +524,23 @@ enum HistoryFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let args: Vec<String> = std::env::args().collect();
+            let ctl_json = args.iter().any(|a| a == "ctl") && args.iter().any(|a| a == "--json");
+            let shown = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            if ctl_json && !shown {
+                // `ctl --json`: every error is one JSON object on stdout.
+                let msg = e.to_string();
+                let msg = msg.trim().trim_start_matches("error: ");
+                println!("{}", serde_json::json!({ "error": msg }));
+                return ExitCode::from(2);
+            }
+            e.exit();
+        }
+    };
     match cli.command {
         Command::Lincheck { format, file } => run_lincheck(format, &file),
         Command::Sim(args) => run_sim(args),
@@ -775,7 +816,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
     if workload == sim::Workload::Coordinator {
         outln!(
             text,
-            "coordinator: {} operations completed ({} rolled forward by a later leader), {} pushes ({} landed, {} fenced off by term, {} refused as not granted after {} write grants), {} master crashes, {} invalid records injected ({} applied as rejections across replicas)",
+            "coordinator: {} operations completed ({} rolled forward by a later leader), {} pushes ({} landed, {} fenced off by term, {} refused as not granted after {} write grants), {} master crashes, {} invalid records injected ({} applied as rejections across replicas); exactly once: {} client retries, {} answered as applied already, {} duplicate records applied as nothing, {} outcomes unknown",
             sum(|s| s.coord_ops_completed),
             sum(|s| s.roll_forwards),
             sum(|s| s.pushes),
@@ -785,7 +826,11 @@ fn run_sim(args: SimArgs) -> ExitCode {
             sum(|s| s.write_grants),
             sum(|s| s.master_crashes),
             sum(|s| s.invalid_injected),
-            sum(|s| s.invalid_applied)
+            sum(|s| s.invalid_applied),
+            sum(|s| s.op_retries),
+            sum(|s| s.retries_answered_applied),
+            sum(|s| s.duplicate_records),
+            sum(|s| s.unknown_outcomes)
         );
     }
     outln!(
@@ -902,7 +947,7 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     use ramcoord::node::NodeConfig;
     use ramcoord_net::tcp::{TcpConfig, TcpTransport};
     init_logging();
-    let ids: Vec<u64> = args.peers.0.iter().map(|(i, _)| *i).collect();
+    let ids: Vec<u64> = args.peers.0.iter().map(|(i, _, _)| *i).collect();
     if !ids.contains(&args.id) {
         eprintln!(
             "ramcoord coordinator: --id {} is not in --peers ({ids:?})",
@@ -914,12 +959,18 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     // The replica's thread reads its connections itself: one wake-up per
     // message instead of two (reader thread, then replica).
     tcp.inline_io = true;
-    for (id, addr) in &args.peers.0 {
+    for (id, addr, _) in &args.peers.0 {
         if *id != args.id {
             tcp.peers.insert(*id, *addr);
         }
     }
     let mut cfg = NodeConfig::new(args.id, ids, args.data_dir);
+    cfg.peer_addrs = args
+        .peers
+        .0
+        .iter()
+        .map(|(id, _, written)| (*id, written.clone()))
+        .collect();
     cfg.durability = match args.durability {
         DurabilityArg::Fsync => ramcoord_log::disk::Durability::Fsync,
         DurabilityArg::Memory => ramcoord_log::disk::Durability::Memory,
@@ -989,8 +1040,32 @@ fn drive_coordinator<T: ramcoord_net::Transport>(
 }
 
 fn run_ctl(args: CtlArgs) -> ExitCode {
+    let json = args.json;
+    match ctl_command(args) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) if json => {
+            println!("{}", serde_json::json!({ "error": e }));
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("ramcoord ctl: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs one `ctl` command: what to print, or the error.
+fn ctl_command(args: CtlArgs) -> Result<String, String> {
     use ramcoord::coordinator::Request;
     use ramcoord::ctl::{Ctl, CtlCommand as C, CtlOptions};
+    let coordinators = args
+        .coordinators
+        .iter()
+        .map(|a| ramcoord::addr::resolve(a).map_err(|e| format!("--coordinators: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
     let cmd = match args.command {
         CtlCommand::Status => C::Status,
         CtlCommand::Servers => C::Servers,
@@ -1017,27 +1092,25 @@ fn run_ctl(args: CtlArgs) -> ExitCode {
         CtlCommand::RemoveReplica { id } => C::RemoveReplica(id),
         CtlCommand::AddReplica { id, address } => C::AddReplica {
             id,
-            addr: address.map(|a| a.to_string()),
+            addr: match address {
+                Some(a) => Some(
+                    ramcoord::addr::resolve(&a)
+                        .map_err(|e| format!("--address: {e}"))?
+                        .to_string(),
+                ),
+                None => None,
+            },
         },
         CtlCommand::Get { table, key } => C::Get { table, key },
     };
     let mut ctl = Ctl::new(CtlOptions {
-        coordinators: args.coordinators,
+        coordinators,
         cluster: args.cluster,
         json: args.json,
         timeout: std::time::Duration::from_secs_f64(args.timeout.max(0.01)),
         wait: !args.no_wait,
     });
-    match ctl.run(cmd) {
-        Ok(out) => {
-            println!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("ramcoord ctl: {e}");
-            ExitCode::from(1)
-        }
-    }
+    ctl.run(cmd)
 }
 
 fn run_demo(args: DemoArgs) -> ExitCode {

@@ -14,7 +14,7 @@ use ramcoord::client::CoordinatorClient;
 use ramcoord::cluster::limits::NAME_BYTES_MAX;
 use ramcoord::coordinator::Request;
 use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
-use ramcoord::node::client::{ClientReply, ClientRequest};
+use ramcoord::node::client::{ClientOp, ClientReply, ClientRequest, RpcId};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -159,7 +159,17 @@ fn a_raw_request_with_a_huge_name_is_refused_not_a_panic() {
         },
     ] {
         let reply = client
-            .ask(i, &ClientRequest::Operate(req.clone()))
+            .ask(
+                i,
+                &ClientRequest::Operate(ClientOp {
+                    rpc: RpcId {
+                        client: 1,
+                        seq: 1,
+                        after: 0,
+                    },
+                    op: req.clone(),
+                }),
+            )
             .expect("the leader answers");
         match reply {
             ClientReply::Refused(why) => {

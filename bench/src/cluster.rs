@@ -292,12 +292,14 @@ pub fn failover(
             let mut k = 0u64;
             while !s2.load(Ordering::Relaxed) {
                 k += 1;
-                let req = ClientRequest::Operate(Request::CreateTable {
+                let deadline = Instant::now() + Duration::from_millis(100);
+                let rpc = cl.next_rpc(deadline);
+                let req = Request::CreateTable {
                     name: format!("failover-{trial}-{k}"),
                     tablets: 1,
-                });
+                };
                 if let Ok(ClientReply::Committed { term, .. }) =
-                    cl.ask_leader(&req, Instant::now() + Duration::from_millis(100))
+                    cl.operate(rpc, req, false, deadline)
                 {
                     let _ = tx.send((Instant::now(), term));
                 }

@@ -27,6 +27,14 @@ pub const SERVERS_MAX: usize = 65_536;
 pub const REGION_BYTES_MAX: usize = 4 << 20;
 /// Largest snapshot of the cluster state.
 pub const SNAPSHOT_BYTES_MAX: usize = 64 << 20;
+/// Most clients whose last operation the cluster state remembers for
+/// exactly-once answers (see [`super::state::ClusterState::rpc_status`]).
+/// Past it the least recently used client (the one whose last operation
+/// applied at the lowest log index) is evicted, the same on every
+/// replica; a retry from an evicted client is answered "unknown: may have
+/// been applied", never applied again. Each entry is at most ~300 bytes
+/// (a rejection naming a table), so the table stays under 3 MB.
+pub const SESSIONS_MAX: usize = 10_000;
 
 const _: () = assert!(RECORD_BYTES_MAX <= REGION_BYTES_MAX);
 // A create of the most tablets, each at most 30 bytes encoded, with the

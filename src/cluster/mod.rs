@@ -46,7 +46,9 @@ pub mod state;
 pub mod types;
 
 pub use limits::LimitError;
-pub use record::{Op, Reassignment, Record, RecordError, Seq, TabletSpec};
+pub use record::{Op, Reassignment, Record, RecordError, RpcId, Seq, TabletSpec};
 pub use region::{ConfigRegion, RegionError};
-pub use state::{ClusterState, Effect, Outcome, Pending, Rejection};
+pub use state::{
+    ClusterState, Effect, Outcome, Pending, Rejection, RpcStatus, Session, Sessions, UnknownReason,
+};
 pub use types::*;

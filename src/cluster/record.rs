@@ -8,6 +8,12 @@
 //! bytes 2..   the record, postcard-encoded (serde; varints, no padding)
 //! ```
 //!
+//! Version 2 added [`Record::ClientCommit`] (a client's operation with its
+//! exactly-once identity, [`RpcId`]) as a new last variant; everything else
+//! encodes as in version 1. Version 1 records (written by older builds)
+//! still decode; a version-1 header in front of a `ClientCommit` is
+//! malformed.
+//!
 //! The Raft entry around it is checksummed on disk and on the wire; this
 //! layer adds the version byte so a later format can be told apart, and
 //! decodes defensively: a short, unknown, oversized or trailing-garbage
@@ -39,8 +45,11 @@ use super::types::{ServerId, TableId};
 
 /// The first byte of every coordinator record.
 pub const RECORD_MAGIC: u8 = 0xC0;
-/// The format version written (and the only one read).
-pub const RECORD_FORMAT_VERSION: u8 = 1;
+/// The format version written. Version 1 (before [`Record::ClientCommit`])
+/// is read too.
+pub const RECORD_FORMAT_VERSION: u8 = 2;
+/// The oldest format version read.
+pub const RECORD_FORMAT_VERSION_MIN: u8 = 1;
 
 /// An operation's sequence number: the log index of its commit record.
 pub type Seq = u64;
@@ -174,6 +183,41 @@ impl Op {
     }
 }
 
+/// A client operation's exactly-once identity (RIFL: Lee et al.,
+/// "Implementing linearizability at large scale and low latency", SOSP
+/// 2015): a client id chosen at random by the client process, and its
+/// sequence number for the operation (1, 2, ...; a retry reuses it). It
+/// goes into the commit record, so every replica, and every later leader,
+/// knows whether the operation was applied and what it did (see
+/// [`super::state::ClusterState::rpc_status`]).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RpcId {
+    /// The client (random per process).
+    pub client: u64,
+    /// The operation's number at that client (increasing; one operation
+    /// at a time per client).
+    pub seq: u64,
+    /// A committed log index the client had seen before it first sent
+    /// this operation (0 if none): any commit record of the operation is
+    /// at a later index. It is what tells a retry from a client whose
+    /// entry was evicted (see [`super::limits::SESSIONS_MAX`]).
+    pub after: u64,
+}
+
+impl RpcId {
+    /// What identifies the operation: (client, seq). (`after` is the
+    /// client's note, not part of the identity.)
+    pub fn key(&self) -> (u64, u64) {
+        (self.client, self.seq)
+    }
+}
+
+impl std::fmt::Display for RpcId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}#{}", self.client, self.seq)
+    }
+}
+
 /// A coordinator log record.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -188,6 +232,16 @@ pub enum Record {
     /// Changes nothing: the log's own cost, for benchmarks
     /// (`ClientRequest::Noop`).
     Noop,
+    /// A client's operation: its commit point, like [`Record::Commit`],
+    /// applied at most once per `rpc` (a second record with the same id
+    /// changes nothing and answers with the first one's outcome). Format
+    /// version 2.
+    ClientCommit {
+        /// Who asked, and which of its operations this is.
+        rpc: RpcId,
+        /// The operation.
+        op: Op,
+    },
 }
 
 /// Why bytes are not a coordinator record.
@@ -240,7 +294,7 @@ impl Record {
         if buf[0] != RECORD_MAGIC {
             return Err(RecordError::BadMagic(buf[0]));
         }
-        if buf[1] != RECORD_FORMAT_VERSION {
+        if !(RECORD_FORMAT_VERSION_MIN..=RECORD_FORMAT_VERSION).contains(&buf[1]) {
             return Err(RecordError::UnknownVersion(buf[1]));
         }
         let (rec, rest): (Record, &[u8]) = postcard::take_from_bytes(&buf[2..])
@@ -248,27 +302,46 @@ impl Record {
         if !rest.is_empty() {
             return Err(RecordError::Trailing(rest.len()));
         }
+        if buf[1] == 1 && matches!(rec, Record::ClientCommit { .. }) {
+            return Err(RecordError::Malformed(
+                "a version-1 record cannot hold a client commit".into(),
+            ));
+        }
         Ok(rec)
+    }
+
+    /// The operation of a commit record (with or without a client id).
+    pub fn op(&self) -> Option<&Op> {
+        match self {
+            Record::Commit(op) | Record::ClientCommit { op, .. } => Some(op),
+            Record::Complete { .. } | Record::Noop => None,
+        }
+    }
+
+    /// The client operation's id, for a [`Record::ClientCommit`].
+    pub fn rpc(&self) -> Option<RpcId> {
+        match self {
+            Record::ClientCommit { rpc, .. } => Some(*rpc),
+            _ => None,
+        }
     }
 
     /// Checks the record against the limits a leader validates requests
     /// with ([`super::limits`]).
     pub fn check(&self) -> Result<(), LimitError> {
-        match self {
-            Record::Commit(Op::EnlistServer { addr, .. }) => limits::check_addr(addr),
-            Record::Commit(Op::CreateTable { name, tablets }) => {
+        let Some(op) = self.op() else {
+            return Ok(());
+        };
+        match op {
+            Op::EnlistServer { addr, .. } => limits::check_addr(addr),
+            Op::CreateTable { name, tablets } => {
                 limits::check_table_name(name)?;
                 limits::check_tablet_count(tablets.len())
             }
-            Record::Commit(Op::DropTable { name })
-            | Record::Commit(Op::SplitTablet { table: name, .. })
-            | Record::Commit(Op::MigrateTablet { table: name, .. }) => {
-                limits::check_table_name(name)
-            }
-            Record::Commit(Op::ServerCrashed { .. })
-            | Record::Commit(Op::ServerRemoved { .. })
-            | Record::Complete { .. }
-            | Record::Noop => Ok(()),
+            Op::DropTable { name }
+            | Op::SplitTablet { table: name, .. }
+            | Op::MigrateTablet { table: name, .. } => limits::check_table_name(name),
+            Op::ServerCrashed { .. } | Op::ServerRemoved { .. } => Ok(()),
         }
     }
 }
@@ -308,7 +381,40 @@ mod tests {
                 }],
             }),
             Record::Complete { seq: 17 },
+            Record::ClientCommit {
+                rpc: RpcId {
+                    client: u64::MAX,
+                    seq: 3,
+                    after: 40,
+                },
+                op: Op::DropTable {
+                    name: "users".into(),
+                },
+            },
         ]
+    }
+
+    #[test]
+    fn version_1_records_still_decode_and_cannot_hold_a_client_commit() {
+        // A version-1 encoding is the same bytes under header version 1.
+        for r in samples() {
+            let mut b = r.encode().unwrap().to_vec();
+            assert_eq!(b[1], RECORD_FORMAT_VERSION);
+            b[1] = 1;
+            match r {
+                Record::ClientCommit { .. } => {
+                    assert!(matches!(Record::decode(&b), Err(RecordError::Malformed(_))))
+                }
+                _ => assert_eq!(Record::decode(&b), Ok(r)),
+            }
+        }
+        // A record written by the version-1 build (bytes fixed here).
+        let v1 = [RECORD_MAGIC, 1, 2];
+        assert_eq!(Record::decode(&v1), Ok(Record::Noop));
+        assert_eq!(
+            Record::decode(&[RECORD_MAGIC, 0, 3]),
+            Err(RecordError::UnknownVersion(0))
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::limits::LimitError;
 use super::limits::*;
-use super::record::{Op, Reassignment, Record, RecordError, Seq, TabletSpec};
+use super::record::{Op, Reassignment, Record, RecordError, RpcId, Seq, TabletSpec};
 use super::region::{ConfigRegion, RegionServer, RegionTablet};
 use super::types::*;
 
@@ -78,7 +78,7 @@ pub enum Rejection {
 }
 
 /// What applying a commit record did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     /// A server enlisted with this id.
     Enlisted(ServerId),
@@ -107,6 +107,254 @@ pub enum Outcome {
     /// The entry is not a well-formed coordinator record: nothing changed.
     /// (Leaders never write one; applying it must not stop a replica.)
     Malformed(RecordError),
+    /// A client's operation that was applied already (a second commit
+    /// record with the same [`RpcId`]: a retry proposed by a leader that
+    /// had not applied the first yet): nothing changed; the first one's
+    /// outcome.
+    Duplicate {
+        /// The operation.
+        rpc: RpcId,
+        /// Where it was applied (its seq).
+        index: Seq,
+        /// What it did there.
+        result: Result<Effect, Rejection>,
+    },
+    /// A client's operation whose outcome the state no longer knows (see
+    /// [`UnknownReason`]): nothing changed; it may or may not have been
+    /// applied earlier.
+    Unknown {
+        /// The operation.
+        rpc: RpcId,
+        /// Why the state cannot tell.
+        reason: UnknownReason,
+    },
+}
+
+/// What a client's operation did, kept for its retries.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// The client's last operation applied.
+    pub seq: u64,
+    /// Where its commit record applied (the operation's seq); also the
+    /// session's age for eviction.
+    pub index: Seq,
+    /// What it did: the effect, or why its precondition failed.
+    pub result: Result<Effect, Rejection>,
+}
+
+/// Where a client's operation stands, as far as the applied state knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RpcStatus<'a> {
+    /// Not applied: it may be proposed (and the first commit record of it
+    /// to apply will take effect).
+    New,
+    /// Applied: answer with this outcome, do not propose again.
+    Applied(&'a Session),
+    /// The state cannot tell: answer "unknown", do not propose.
+    Unknown(UnknownReason),
+}
+
+/// Why the state cannot tell whether a client's operation was applied.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownReason {
+    /// The client has had a later operation applied (`last`): only the
+    /// last one's outcome is kept.
+    Superseded {
+        /// The client's last applied seq.
+        last: u64,
+    },
+    /// The client is not in the table, and the table has evicted clients
+    /// whose last operation applied after what this client had seen
+    /// (`after`): its operation may have applied and been evicted.
+    Evicted {
+        /// The highest index an evicted client's operation applied at.
+        horizon: Seq,
+    },
+}
+
+impl std::fmt::Display for UnknownReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnknownReason::Superseded { last } => write!(
+                f,
+                "the client's operation {last} was applied after it; only the last outcome is kept"
+            ),
+            UnknownReason::Evicted { horizon } => write!(
+                f,
+                "the client is not among the clients the coordinator remembers (at most {SESSIONS_MAX} by default; it evicted clients up to index {horizon}): an earlier attempt may have applied and been forgotten"
+            ),
+        }
+    }
+}
+
+/// The exactly-once table: per client, its last applied operation and
+/// what it did, for at most `limit` clients; past it the client whose
+/// last operation applied at the lowest index is evicted. Deterministic:
+/// it changes only when a client's commit record applies.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(from = "SessionsWire", into = "SessionsWire")]
+pub struct Sessions {
+    limit: usize,
+    clients: BTreeMap<u64, Session>,
+    /// Session index -> client (the eviction order; rebuilt on restore).
+    by_index: BTreeMap<Seq, u64>,
+    /// The highest index among evicted sessions (0: none evicted).
+    horizon: Seq,
+    /// Sessions evicted so far.
+    evictions: u64,
+}
+
+/// How [`Sessions`] are encoded: the eviction order is derived.
+#[derive(Serialize, Deserialize, Clone)]
+struct SessionsWire {
+    limit: u64,
+    horizon: Seq,
+    evictions: u64,
+    clients: Vec<(u64, Session)>,
+}
+
+impl From<SessionsWire> for Sessions {
+    fn from(w: SessionsWire) -> Sessions {
+        let clients: BTreeMap<u64, Session> = w.clients.into_iter().collect();
+        let by_index = clients.iter().map(|(c, s)| (s.index, *c)).collect();
+        Sessions {
+            limit: usize::try_from(w.limit).unwrap_or(usize::MAX),
+            clients,
+            by_index,
+            horizon: w.horizon,
+            evictions: w.evictions,
+        }
+    }
+}
+
+impl From<Sessions> for SessionsWire {
+    fn from(s: Sessions) -> SessionsWire {
+        SessionsWire {
+            limit: s.limit as u64,
+            horizon: s.horizon,
+            evictions: s.evictions,
+            clients: s.clients.into_iter().collect(),
+        }
+    }
+}
+
+impl Default for Sessions {
+    fn default() -> Sessions {
+        Sessions::with_limit(SESSIONS_MAX)
+    }
+}
+
+impl Sessions {
+    /// An empty table keeping at most `limit` clients (at least one).
+    pub fn with_limit(limit: usize) -> Sessions {
+        Sessions {
+            limit: limit.max(1),
+            clients: BTreeMap::new(),
+            by_index: BTreeMap::new(),
+            horizon: 0,
+            evictions: 0,
+        }
+    }
+
+    /// Where `rpc` stands (see [`RpcStatus`]).
+    pub fn status(&self, rpc: &RpcId) -> RpcStatus<'_> {
+        match self.clients.get(&rpc.client) {
+            Some(s) if s.seq == rpc.seq => RpcStatus::Applied(s),
+            Some(s) if s.seq > rpc.seq => {
+                RpcStatus::Unknown(UnknownReason::Superseded { last: s.seq })
+            }
+            Some(_) => RpcStatus::New,
+            // Any earlier application of this operation is at an index
+            // above `after`; every session that applied above the horizon
+            // is still here. So below it, it may have been evicted.
+            None if rpc.after < self.horizon => RpcStatus::Unknown(UnknownReason::Evicted {
+                horizon: self.horizon,
+            }),
+            None => RpcStatus::New,
+        }
+    }
+
+    /// Records that `rpc` applied at `index` with `result` (evicting the
+    /// least recently used client if the table is full).
+    fn record(&mut self, rpc: RpcId, index: Seq, result: Result<Effect, Rejection>) {
+        if let Some(old) = self.clients.get(&rpc.client) {
+            self.by_index.remove(&old.index);
+        }
+        self.clients.insert(
+            rpc.client,
+            Session {
+                seq: rpc.seq,
+                index,
+                result,
+            },
+        );
+        self.by_index.insert(index, rpc.client);
+        while self.clients.len() > self.limit {
+            let (i, c) = self.by_index.pop_first().expect("as many as clients");
+            self.clients.remove(&c);
+            self.horizon = self.horizon.max(i);
+            self.evictions += 1;
+        }
+    }
+
+    /// The client's session, if kept.
+    pub fn get(&self, client: u64) -> Option<&Session> {
+        self.clients.get(&client)
+    }
+
+    /// Clients kept.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether no client is kept.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// Most clients kept.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Clients evicted so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// The highest index an evicted client's last operation applied at.
+    pub fn horizon(&self) -> Seq {
+        self.horizon
+    }
+
+    fn check(&self, applied: u64) -> Result<(), String> {
+        if self.clients.len() > self.limit {
+            return Err(format!(
+                "{} client sessions over the limit of {}",
+                self.clients.len(),
+                self.limit
+            ));
+        }
+        if self.by_index.len() != self.clients.len()
+            || self
+                .by_index
+                .iter()
+                .any(|(i, c)| self.clients.get(c).map(|s| s.index) != Some(*i))
+        {
+            return Err("two client sessions at one index".into());
+        }
+        if let Some((i, c)) = self.by_index.last_key_value() {
+            if *i > applied {
+                return Err(format!(
+                    "client {c:016x}'s session at index {i}, beyond the applied {applied}"
+                ));
+            }
+        }
+        if self.horizon > applied {
+            return Err(format!("eviction horizon {} from the future", self.horizon));
+        }
+        Ok(())
+    }
 }
 
 /// The coordinator's state (see the module docs).
@@ -123,12 +371,53 @@ pub struct ClusterState {
     incomplete: BTreeMap<Seq, Pending>,
     /// The index of the last entry applied.
     applied_index: u64,
+    /// Clients' last operations (exactly-once answers). Snapshot version 2.
+    sessions: Sessions,
+}
+
+/// The state as snapshot format version 1 wrote it (no sessions).
+#[derive(Deserialize)]
+struct ClusterStateV1 {
+    servers: BTreeMap<u32, Server>,
+    server_list_version: u64,
+    tables: BTreeMap<TableId, Table>,
+    next_table_id: TableId,
+    version: u64,
+    incomplete: BTreeMap<Seq, Pending>,
+    applied_index: u64,
 }
 
 const SNAPSHOT_MAGIC: u8 = 0xC5;
-const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+/// Version 2 added the client sessions; version 1 snapshots still load
+/// (with an empty table: operations applied before it are not known to
+/// retries).
+const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 
 impl ClusterState {
+    /// An empty state whose exactly-once table keeps at most `limit`
+    /// clients (the default is [`SESSIONS_MAX`]; the simulator uses small
+    /// tables to exercise eviction). Every replica must use the same.
+    pub fn with_session_limit(limit: usize) -> ClusterState {
+        ClusterState {
+            sessions: Sessions::with_limit(limit),
+            ..ClusterState::default()
+        }
+    }
+
+    /// The exactly-once table.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// Where a client's operation stands in the applied state: applied
+    /// (answer its outcome), unknown (answer so), or new (it may be
+    /// proposed). A leader asks before proposing; applying a
+    /// [`Record::ClientCommit`] asks again, so a second record of one
+    /// operation never takes effect.
+    pub fn rpc_status(&self, rpc: &RpcId) -> RpcStatus<'_> {
+        self.sessions.status(rpc)
+    }
+
     /// The index of the last entry applied.
     pub fn applied_index(&self) -> u64 {
         self.applied_index
@@ -235,22 +524,46 @@ impl ClusterState {
         match record {
             Record::Complete { seq } => self.complete(seq),
             Record::Noop => Outcome::Noop,
-            Record::Commit(op) => match self.commit(&op) {
+            Record::Commit(op) => match self.apply_op(index, op) {
+                Ok(effect) => Outcome::Committed(effect),
                 Err(r) => Outcome::Rejected(r),
-                Ok((effect, targets, table)) => {
-                    self.version += 1;
-                    self.incomplete.insert(
-                        index,
-                        Pending {
-                            op,
-                            version: self.version,
-                            targets,
-                            table,
-                        },
-                    );
-                    Outcome::Committed(effect)
+            },
+            Record::ClientCommit { rpc, op } => match self.sessions.status(&rpc) {
+                RpcStatus::Applied(s) => Outcome::Duplicate {
+                    rpc,
+                    index: s.index,
+                    result: s.result.clone(),
+                },
+                RpcStatus::Unknown(reason) => Outcome::Unknown { rpc, reason },
+                RpcStatus::New => {
+                    let result = self.apply_op(index, op);
+                    self.sessions.record(rpc, index, result.clone());
+                    match result {
+                        Ok(effect) => Outcome::Committed(effect),
+                        Err(r) => Outcome::Rejected(r),
+                    }
                 }
             },
+        }
+    }
+
+    /// Applies an operation's commit record at `index`.
+    fn apply_op(&mut self, index: u64, op: Op) -> Result<Effect, Rejection> {
+        match self.commit(&op) {
+            Err(r) => Err(r),
+            Ok((effect, targets, table)) => {
+                self.version += 1;
+                self.incomplete.insert(
+                    index,
+                    Pending {
+                        op,
+                        version: self.version,
+                        targets,
+                        table,
+                    },
+                );
+                Ok(effect)
+            }
         }
     }
 
@@ -644,7 +957,7 @@ impl ClusterState {
                 return Err(format!("operation {seq} from the future"));
             }
         }
-        Ok(())
+        self.sessions.check(self.applied_index)
     }
 
     /// The state as snapshot bytes (versioned).
@@ -659,11 +972,30 @@ impl ClusterState {
         if buf.len() < 2 || buf.len() > SNAPSHOT_BYTES_MAX {
             return Err(format!("snapshot of {} bytes", buf.len()));
         }
-        if buf[0] != SNAPSHOT_MAGIC || buf[1] != SNAPSHOT_FORMAT_VERSION {
-            return Err(format!("snapshot header {:#04x} {}", buf[0], buf[1]));
+        if buf[0] != SNAPSHOT_MAGIC || !(1..=SNAPSHOT_FORMAT_VERSION).contains(&buf[1]) {
+            return Err(format!(
+                "snapshot header {:#04x} {} (this build reads {SNAPSHOT_MAGIC:#04x} versions 1 to {SNAPSHOT_FORMAT_VERSION})",
+                buf[0], buf[1]
+            ));
         }
-        let (s, rest): (ClusterState, &[u8]) =
-            postcard::take_from_bytes(&buf[2..]).map_err(|e| format!("snapshot: {e}"))?;
+        let (s, rest) = if buf[1] == 1 {
+            let (v1, rest): (ClusterStateV1, &[u8]) =
+                postcard::take_from_bytes(&buf[2..]).map_err(|e| format!("snapshot: {e}"))?;
+            let s = ClusterState {
+                servers: v1.servers,
+                server_list_version: v1.server_list_version,
+                tables: v1.tables,
+                next_table_id: v1.next_table_id,
+                version: v1.version,
+                incomplete: v1.incomplete,
+                applied_index: v1.applied_index,
+                sessions: Sessions::default(),
+            };
+            (s, rest)
+        } else {
+            postcard::take_from_bytes::<ClusterState>(&buf[2..])
+                .map_err(|e| format!("snapshot: {e}"))?
+        };
         if !rest.is_empty() {
             return Err(format!("{} trailing bytes after the snapshot", rest.len()));
         }
@@ -783,5 +1115,215 @@ mod tests {
         s.servers.get_mut(&1).unwrap().id.generation = u32::MAX;
         let err = ClusterState::restore(&s.snapshot()).unwrap_err();
         assert!(err.contains("out of range"), "{err}");
+    }
+
+    fn rpc(client: u64, seq: u64, after: u64) -> RpcId {
+        RpcId { client, seq, after }
+    }
+
+    fn enlist(s: &mut ClusterState, index: u64) -> ServerId {
+        let r = Record::Commit(Op::EnlistServer {
+            addr: format!("m{index}:1"),
+            services: services::MASTER,
+            nonce: index,
+        });
+        match s.apply(index, &r.encode().unwrap()) {
+            Outcome::Committed(Effect::Enlisted(id)) => id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn create(rpc: RpcId, name: &str, owner: ServerId) -> Bytes {
+        Record::ClientCommit {
+            rpc,
+            op: Op::CreateTable {
+                name: name.into(),
+                tablets: vec![TabletSpec {
+                    start_hash: 0,
+                    end_hash: u64::MAX,
+                    owner,
+                }],
+            },
+        }
+        .encode()
+        .unwrap()
+    }
+
+    /// A second commit record of one operation (a retry proposed by a
+    /// leader that had not applied the first) changes nothing and answers
+    /// with the first one's index and result; so does asking before
+    /// proposing.
+    #[test]
+    fn a_retry_gets_the_original_outcome_and_changes_nothing() {
+        let mut s = ClusterState::default();
+        let m = enlist(&mut s, 1);
+        let r = rpc(7, 1, 1);
+        assert_eq!(s.rpc_status(&r), RpcStatus::New);
+        let first = s.apply(2, &create(r, "t", m));
+        let Outcome::Committed(Effect::TableCreated(t)) = first else {
+            panic!("{first:?}")
+        };
+        let applied = RpcStatus::Applied(&Session {
+            seq: 1,
+            index: 2,
+            result: Ok(Effect::TableCreated(t)),
+        });
+        assert_eq!(s.rpc_status(&r), applied);
+        // The retry's `after` may differ (it is the client's, per attempt
+        // or not): the id is (client, seq).
+        assert_eq!(s.rpc_status(&rpc(7, 1, 2)), applied);
+        let before = s.clone();
+        let again = s.apply(3, &create(r, "t", m));
+        assert_eq!(
+            again,
+            Outcome::Duplicate {
+                rpc: r,
+                index: 2,
+                result: Ok(Effect::TableCreated(t)),
+            }
+        );
+        assert_eq!(s.tables().count(), 1);
+        assert_eq!(s.version(), before.version());
+        assert_eq!(s.sessions(), before.sessions());
+        s.check().unwrap();
+    }
+
+    /// A rejection is an outcome too: the retry of a create that found
+    /// the name taken is told so again, not applied.
+    #[test]
+    fn a_rejected_operation_is_remembered_as_rejected() {
+        let mut s = ClusterState::default();
+        let m = enlist(&mut s, 1);
+        s.apply(2, &create(rpc(1, 1, 0), "t", m));
+        let r = rpc(2, 1, 0);
+        let taken = s.apply(3, &create(r, "t", m));
+        assert_eq!(taken, Outcome::Rejected(Rejection::NameTaken("t".into())));
+        match s.rpc_status(&r) {
+            RpcStatus::Applied(x) => {
+                assert_eq!(
+                    (x.index, &x.result),
+                    (3, &Err(Rejection::NameTaken("t".into())))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // The client's next operation replaces it; the older one is then
+        // unknown, never applied again.
+        s.apply(4, &Record::Complete { seq: 2 }.encode().unwrap());
+        let dropped = Record::ClientCommit {
+            rpc: rpc(2, 2, 3),
+            op: Op::DropTable { name: "t".into() },
+        };
+        assert_eq!(
+            s.apply(5, &dropped.encode().unwrap()),
+            Outcome::Committed(Effect::Changed)
+        );
+        assert_eq!(
+            s.apply(6, &create(r, "t", m)),
+            Outcome::Unknown {
+                rpc: r,
+                reason: UnknownReason::Superseded { last: 2 },
+            }
+        );
+        assert!(s.table("t").is_none());
+    }
+
+    /// Past the bound the least recently used client (lowest index of its
+    /// last operation) is evicted, the same way on every replica; its
+    /// retry is answered "unknown" and applied as nothing, while a new
+    /// client (one that saw an index past the horizon) is served.
+    #[test]
+    fn the_table_is_bounded_and_evicts_deterministically() {
+        let mut s = ClusterState::with_session_limit(3);
+        let m = enlist(&mut s, 1);
+        let mut replica = s.clone();
+        for (i, client) in [10u64, 11, 12, 13].iter().enumerate() {
+            let index = 2 + i as u64;
+            let b = create(rpc(*client, 1, 1), &format!("t{client}"), m);
+            let o = s.apply(index, &b);
+            assert!(matches!(o, Outcome::Committed(_)), "{o:?}");
+            replica.apply(index, &b);
+        }
+        assert_eq!(s, replica, "every replica evicts the same client");
+        assert_eq!(s.sessions().len(), 3);
+        assert_eq!(s.sessions().evictions(), 1);
+        assert_eq!(s.sessions().horizon(), 2);
+        assert!(
+            s.sessions().get(10).is_none(),
+            "client 10 was used least recently"
+        );
+        // Client 10's retry (it had seen index 1 before sending): unknown.
+        let retry = rpc(10, 1, 1);
+        assert_eq!(
+            s.rpc_status(&retry),
+            RpcStatus::Unknown(UnknownReason::Evicted { horizon: 2 })
+        );
+        let o = s.apply(6, &create(retry, "t10", m));
+        assert!(matches!(o, Outcome::Unknown { .. }), "{o:?}");
+        assert_eq!(s.tables().count(), 4, "not applied twice");
+        // A new client that saw index 5 is served; a client still in the
+        // table is served whatever it saw.
+        assert_eq!(s.rpc_status(&rpc(20, 1, 5)), RpcStatus::New);
+        assert_eq!(s.rpc_status(&rpc(11, 2, 0)), RpcStatus::New);
+        // Using a client refreshes it: 11 goes to the back, 12 is next out.
+        s.apply(7, &create(rpc(11, 2, 0), "u11", m));
+        s.apply(8, &create(rpc(20, 1, 5), "u20", m));
+        assert!(s.sessions().get(12).is_none());
+        assert!(s.sessions().get(11).is_some());
+        assert_eq!(s.sessions().horizon(), 4);
+        s.check().unwrap();
+        // The table, its order and its horizon survive a snapshot.
+        let back = ClusterState::restore(&s.snapshot()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.sessions().limit(), 3);
+    }
+
+    /// A snapshot written by format version 1 (no sessions) still loads,
+    /// with an empty table of the default size; a later version is a clear
+    /// error.
+    #[test]
+    fn version_1_snapshots_load() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            servers: &'a BTreeMap<u32, Server>,
+            server_list_version: u64,
+            tables: &'a BTreeMap<TableId, Table>,
+            next_table_id: TableId,
+            version: u64,
+            incomplete: &'a BTreeMap<Seq, Pending>,
+            applied_index: u64,
+        }
+        let mut s = ClusterState::default();
+        let m = enlist(&mut s, 1);
+        s.apply(
+            2,
+            &Record::Commit(Op::CreateTable {
+                name: "t".into(),
+                tablets: vec![TabletSpec {
+                    start_hash: 0,
+                    end_hash: u64::MAX,
+                    owner: m,
+                }],
+            })
+            .encode()
+            .unwrap(),
+        );
+        let v1 = V1 {
+            servers: &s.servers,
+            server_list_version: s.server_list_version,
+            tables: &s.tables,
+            next_table_id: s.next_table_id,
+            version: s.version,
+            incomplete: &s.incomplete,
+            applied_index: s.applied_index,
+        };
+        let mut bytes = vec![SNAPSHOT_MAGIC, 1];
+        bytes.extend(postcard::to_stdvec(&v1).unwrap());
+        let back = ClusterState::restore(&bytes).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.sessions().limit(), SESSIONS_MAX);
+        bytes[1] = SNAPSHOT_FORMAT_VERSION + 1;
+        let e = ClusterState::restore(&bytes).unwrap_err();
+        assert!(e.contains("versions 1 to 2"), "{e}");
     }
 }

@@ -33,8 +33,8 @@ use bytes::Bytes;
 
 use crate::cluster::limits::{self, LimitError};
 use crate::cluster::{
-    even_ranges, ClusterState, Op, Record, RecordError, Rejection, Seq, ServerId, ServerStatus,
-    TabletSpec,
+    even_ranges, ClusterState, Op, Record, RecordError, Rejection, RpcId, Seq, ServerId,
+    ServerStatus, TabletSpec,
 };
 
 /// Timing knobs, in ticks of the driver's clock.
@@ -66,6 +66,10 @@ pub struct CoordinatorBugs {
     pub complete_before_push: bool,
     /// A new leader leaves alone the operations committed before its term.
     pub no_roll_forward: bool,
+    /// Clients' exactly-once ids are ignored: a leader proposes a retry
+    /// without asking the state, and replicas apply a client's commit
+    /// record as a plain one (the simulator plants this in its driver).
+    pub forget_clients: bool,
 }
 
 /// What the driver must do.
@@ -173,6 +177,8 @@ pub struct Coordinator {
     active: bool,
     /// Operations with a smaller seq were committed before this term.
     term_first_seq: Seq,
+    /// The term `term_first_seq` is for.
+    term_first_seq_term: Option<u64>,
     /// Highest configuration version each master acknowledged this term.
     acked: BTreeMap<ServerId, u64>,
     /// Last push to each master: (version, when).
@@ -203,6 +209,7 @@ impl Coordinator {
             term: 0,
             active: false,
             term_first_seq: 0,
+            term_first_seq_term: None,
             acked: BTreeMap::new(),
             pushed: BTreeMap::new(),
             proposed: BTreeMap::new(),
@@ -225,6 +232,13 @@ impl Coordinator {
     /// (leader, with an entry of `term` applied). Becoming active forgets
     /// everything volatile: a new leader redoes every incomplete operation.
     pub fn set_leadership(&mut self, established: bool, term: u64, state: &ClusterState) {
+        if established && self.term_first_seq_term != Some(term) {
+            // The first activation in a term (a leader can fall behind
+            // its commit index and become active again in the same term:
+            // what it committed earlier in the term is still its own).
+            self.term_first_seq = state.applied_index() + 1;
+            self.term_first_seq_term = Some(term);
+        }
         if established && (!self.active || term != self.term) {
             self.acked.clear();
             self.pushed.clear();
@@ -234,7 +248,6 @@ impl Coordinator {
                 .into_iter()
                 .map(|m| (m, self.now))
                 .collect();
-            self.term_first_seq = state.applied_index() + 1;
         }
         self.active = established;
         self.term = term;
@@ -325,6 +338,22 @@ impl Coordinator {
             },
         };
         Ok(Record::Commit(op))
+    }
+
+    /// [`Coordinator::prepare`] for a client's operation with its
+    /// exactly-once id: the record is a [`Record::ClientCommit`]. (The
+    /// caller asks [`ClusterState::rpc_status`] first: an operation
+    /// already applied is answered, not prepared again.)
+    pub fn prepare_client(
+        &self,
+        state: &ClusterState,
+        req: &Request,
+        rpc: RpcId,
+    ) -> Result<Record, RequestError> {
+        match self.prepare(state, req)? {
+            Record::Commit(op) => Ok(Record::ClientCommit { rpc, op }),
+            other => Ok(other),
+        }
     }
 
     fn due(&self, sent_at: Option<u64>, retry: u64) -> bool {

@@ -302,21 +302,30 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
     }
 }
 
-/// Asks the active coordinator to enlist this process until it answers.
+/// Asks the active coordinator to enlist this process until it answers:
+/// one operation (one exactly-once id) sent again until answered; the
+/// nonce makes even a new id's retry recognisable.
 fn enlist(coord: &mut CoordinatorClient, advertise: SocketAddr, nonce: u64) -> ServerId {
-    let req = ClientRequest::Operate(Request::Enlist {
+    let req = Request::Enlist {
         addr: advertise.to_string(),
         services: services::MASTER,
         nonce,
-    });
+    };
+    let mut rpc = coord.next_rpc(Instant::now() + Duration::from_secs(2));
     loop {
         let deadline = Instant::now() + Duration::from_secs(2);
-        match coord.ask_leader(&req, deadline) {
+        match coord.operate(rpc, req.clone(), false, deadline) {
             Ok(ClientReply::Committed {
                 result: OpResult::Enlisted(id),
                 ..
             }) => return id,
-            Ok(other) => tracing::warn!(?other, "enlistment not done; retrying"),
+            Ok(other) => {
+                // Answered (refused, rejected, unknown): that operation is
+                // over; the next attempt is a new one.
+                tracing::warn!(?other, "enlistment not done; retrying");
+                rpc = coord.next_rpc(deadline);
+            }
+            // Perhaps not delivered: the same operation again.
             Err(e) => tracing::warn!(error = %e, "enlistment not answered; retrying"),
         }
         std::thread::sleep(Duration::from_millis(100));

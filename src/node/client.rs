@@ -16,12 +16,45 @@
 //! got (its sequence number) and how long the leader took from receiving
 //! the request to knowing it committed. Completion is asked for separately
 //! ([`ClientRequest::OpState`]).
+//!
+//! # Exactly once
+//!
+//! Every operation carries an [`RpcId`]: the client's random id, its
+//! sequence number for the operation, and a committed index it had seen
+//! before sending it. The id goes into the commit record, and the cluster
+//! state keeps, per client, its last applied operation and the outcome
+//! ([`crate::cluster::Sessions`], at most
+//! [`crate::cluster::limits::SESSIONS_MAX`] clients). So a client whose
+//! leader vanished (no answer, connection lost, a change of leader) sends
+//! the same operation, same id, to the next leader: if it was applied, the
+//! answer is the original outcome (its seq and result) and nothing is
+//! proposed; if this leader proposed it and it has not committed yet, the
+//! retry waits for that proposal; if the state cannot tell (the client was
+//! evicted, or has had a later operation applied), the answer is
+//! [`ClientReply::Unknown`]; otherwise it is proposed, and should an
+//! earlier copy commit first, the later one applies as a duplicate that
+//! changes nothing.
+//!
+//! Followers answer [`ClientReply::NotLeader`] with the leader's id and,
+//! when they know it (from `--peers`, or an `add-replica --address`), its
+//! address: a client given any one replica finds the leader.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{Server, ServerId, Table, TableId};
+use crate::cluster::{Effect, Rejection, Server, ServerId, Table, TableId};
 use crate::coordinator::Request;
+
+pub use crate::cluster::RpcId;
+
+/// An operation with its exactly-once id (see the module docs).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ClientOp {
+    /// Who asks, and which of its operations this is (a retry reuses it).
+    pub rpc: RpcId,
+    /// The operation.
+    pub op: Request,
+}
 
 /// A request or reply with the client's request id.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -42,12 +75,13 @@ pub enum ClientRequest {
     /// follower's state may lag).
     View,
     /// An operation (leader only; a follower answers
-    /// [`ClientReply::NotLeader`]). Answered at the commit point.
-    Operate(Request),
+    /// [`ClientReply::NotLeader`]). Answered at the commit point, at most
+    /// once per [`RpcId`] (see the module docs).
+    Operate(ClientOp),
     /// An operation, answered twice: at its commit point
     /// ([`ClientReply::Committed`]) and at its completion
     /// ([`ClientReply::Completed`]), on the same request id.
-    OperateUntilComplete(Request),
+    OperateUntilComplete(ClientOp),
     /// A no-op record through the log, answered when it commits: the
     /// log's own cost (benchmarks).
     Noop,
@@ -121,6 +155,9 @@ pub struct Status {
     pub voters: Vec<u64>,
     /// Learners (receive the log, do not vote).
     pub learners: Vec<u64>,
+    /// The replicas' client addresses this replica knows (its own
+    /// included), as configured (`--peers`, `add-replica --address`).
+    pub addresses: Vec<(u64, String)>,
     /// Commit points this replica proposed and saw commit, since it
     /// started.
     pub commits_measured: u64,
@@ -192,6 +229,20 @@ pub enum OpResult {
     Rejected(String),
 }
 
+impl OpResult {
+    /// The answer for what an operation's commit record did.
+    pub fn of(result: &Result<Effect, Rejection>) -> OpResult {
+        match result {
+            // A retried enlistment of a server that is up: the server.
+            Err(Rejection::AlreadyEnlisted(s)) => OpResult::Enlisted(*s),
+            Err(r) => OpResult::Rejected(r.to_string()),
+            Ok(Effect::Enlisted(s)) => OpResult::Enlisted(*s),
+            Ok(Effect::TableCreated(t)) => OpResult::TableCreated(*t),
+            Ok(Effect::Changed) => OpResult::Changed,
+        }
+    }
+}
+
 /// What a coordinator replica answers.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ClientReply {
@@ -200,10 +251,13 @@ pub enum ClientReply {
     /// The answer to [`ClientRequest::View`].
     View(View),
     /// The operation's commit record is committed (and applied here).
+    /// For a retry of an operation applied already: its original seq and
+    /// result.
     Committed {
         /// Its sequence number.
         seq: u64,
-        /// The leader's term.
+        /// The term its commit record was written in (the leader's term,
+        /// if the log no longer holds it).
         term: u64,
         /// What it did.
         result: OpResult,
@@ -218,12 +272,23 @@ pub enum ClientReply {
         /// From receiving the request to applying the completion record.
         complete_us: u64,
     },
-    /// The request cannot be proposed (checked against the leader's state).
+    /// The request cannot be proposed (checked against the leader's state):
+    /// it had no effect, and the same request would be refused again.
     Refused(String),
-    /// Not the active coordinator: ask `leader` (if known).
+    /// This attempt had no effect (the proposal was lost in a change of
+    /// leader, or the leader is busy): send the same request again.
+    Retry(String),
+    /// The operation's outcome is unknown: it may or may not have been
+    /// applied (its client was evicted from the exactly-once table, or has
+    /// had a later operation applied). Nothing was proposed.
+    Unknown(String),
+    /// Not the active coordinator: ask `leader` (if known), at `addr` (if
+    /// this replica knows it).
     NotLeader {
         /// Who this replica believes leads.
         leader: Option<u64>,
+        /// The leader's client address (`HOST:PORT`), if known here.
+        addr: Option<String>,
     },
     /// The answer to [`ClientRequest::OpState`].
     OpState {

@@ -19,8 +19,10 @@
 //! Besides Raft, the replica serves the client protocol ([`client`]):
 //! status and views from any replica; operations, completion queries and
 //! masters' heartbeats at the active coordinator (others answer
-//! `NotLeader` with a hint). An operation is answered when its commit
-//! record applies (its commit point). The active coordinator's pushes go
+//! `NotLeader` with the leader's id and address). An operation is answered
+//! when its commit record applies (its commit point), at most once per
+//! client id and sequence number (see [`client`]: a retry is answered with
+//! the original outcome). The active coordinator's pushes go
 //! to masters as one-sided writes into their configuration region
 //! ([`CONFIG_REGION`]); a write that lands is the master's
 //! acknowledgement.
@@ -41,7 +43,7 @@ use ramcoord_log::{
 };
 use ramcoord_net::{Event, PeerId, RegionId, Transport, WriteStatus};
 
-use crate::cluster::{ClusterState, Effect, Outcome, Record, ServerId};
+use crate::cluster::{ClusterState, Effect, Outcome, Record, RpcId, RpcStatus, ServerId};
 use crate::coordinator::{Action, Coordinator, CoordinatorBugs, CoordinatorConfig};
 use client::{ClientReply, ClientRequest, OpRecord, OpResult};
 
@@ -110,6 +112,11 @@ pub struct NodeConfig {
     /// for demos and tests: it widens the window between an operation's
     /// commit point and its completion).
     pub push_delay: Duration,
+    /// The replicas' client addresses (`HOST:PORT`, as configured; this
+    /// one's included): followers name the leader's in `NotLeader`, and
+    /// the leader checks `add-voter` against them. A replica added with an
+    /// address is added here by the leader that adds it.
+    pub peer_addrs: BTreeMap<NodeId, String>,
 }
 
 impl NodeConfig {
@@ -130,6 +137,7 @@ impl NodeConfig {
             spin: Duration::ZERO,
             join: false,
             snapshot_entries: 10_000,
+            peer_addrs: BTreeMap::new(),
         }
     }
 }
@@ -160,6 +168,10 @@ pub struct CoordinatorNode<T: Transport> {
     rejected_messages: u64,
     /// Clients waiting for the commit point of the entry at an index.
     waiters: BTreeMap<u64, Waiter>,
+    /// Client operations this replica proposed and has not seen apply:
+    /// where (a retry waits for that proposal instead of proposing again).
+    /// By (client, seq).
+    rpc_inflight: HashMap<(u64, u64), u64>,
     /// Clients waiting for an operation's completion, by its seq.
     completion_waiters: BTreeMap<u64, Waiter>,
     /// When this replica proposed the entry at an index.
@@ -190,6 +202,8 @@ struct Waiter {
     received: Instant,
     /// Answer again when the operation completes.
     until_complete: bool,
+    /// The client operation proposed, if it is one.
+    rpc: Option<RpcId>,
 }
 
 impl<T: Transport> CoordinatorNode<T> {
@@ -247,6 +261,7 @@ impl<T: Transport> CoordinatorNode<T> {
             cfg,
             rejected_messages: 0,
             waiters: BTreeMap::new(),
+            rpc_inflight: HashMap::new(),
             completion_waiters: BTreeMap::new(),
             proposed_at: BTreeMap::new(),
             committed_at: BTreeMap::new(),
@@ -486,6 +501,12 @@ impl<T: Transport> CoordinatorNode<T> {
             match_index,
             voters: self.raft.conf().voters.iter().copied().collect(),
             learners: self.raft.conf().learners.iter().copied().collect(),
+            addresses: self
+                .cfg
+                .peer_addrs
+                .iter()
+                .map(|(id, a)| (*id, a.clone()))
+                .collect(),
             commits_measured: self.commits_measured,
             commit_p50_us: p50,
             commit_p99_us: p99,
@@ -528,10 +549,102 @@ impl<T: Transport> CoordinatorNode<T> {
             .send(to, client::encode(tag::CLIENT_REPLY, request, reply));
     }
 
-    fn answer(&mut self, from: PeerId, request: u64, req: ClientRequest) {
-        let not_leader = ClientReply::NotLeader {
-            leader: self.raft.leader_id(),
+    /// `NotLeader`, with the leader's id and address as far as known.
+    fn not_leader(&self, leader: Option<NodeId>) -> ClientReply {
+        ClientReply::NotLeader {
+            leader,
+            addr: leader.and_then(|l| self.cfg.peer_addrs.get(&l).cloned()),
+        }
+    }
+
+    /// Why a membership change cannot be proposed, checked against the
+    /// leader's configuration (the Raft core checks the rest).
+    fn check_replica_change(&self, change: &client::ReplicaChange) -> Result<(), String> {
+        let conf = self.raft.conf();
+        let members = || {
+            format!(
+                "the configuration has voters {:?} and learners {:?}",
+                conf.voters, conf.learners
+            )
         };
+        match change {
+            client::ReplicaChange::Remove(id)
+                if !conf.voters.contains(id) && !conf.learners.contains(id) =>
+            {
+                Err(format!("replica {id} is not in the group: {}", members()))
+            }
+            client::ReplicaChange::AddVoter(id) if conf.voters.contains(id) => {
+                Err(format!("replica {id} is a voter already: {}", members()))
+            }
+            client::ReplicaChange::AddVoter(id)
+                if !conf.learners.contains(id) && !self.cfg.peer_addrs.contains_key(id) =>
+            {
+                Err(format!(
+                    "replica {id} is neither a learner nor a replica whose address is known ({}): add it with `ctl add-replica {id} --address HOST:PORT`",
+                    members()
+                ))
+            }
+            client::ReplicaChange::AddLearner { id, .. } if conf.voters.contains(id) => {
+                Err(format!("replica {id} is a voter already: {}", members()))
+            }
+            client::ReplicaChange::AddLearner { id, addr: None }
+                if !conf.learners.contains(id) && !self.cfg.peer_addrs.contains_key(id) =>
+            {
+                Err(format!(
+                    "no address is known for replica {id} (it is not in this leader's --peers): give it with `ctl add-replica {id} --address HOST:PORT`"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The answer to a client operation already applied: its original
+    /// seq and result (and, for `until_complete`, its completion, now or
+    /// when it comes).
+    fn answer_applied(
+        &mut self,
+        from: PeerId,
+        request: u64,
+        seq: u64,
+        result: &Result<Effect, crate::cluster::Rejection>,
+        until_complete: bool,
+        received: Instant,
+    ) {
+        let term = self.raft.log().term(seq).unwrap_or(self.raft.term());
+        let reply = ClientReply::Committed {
+            seq,
+            term,
+            result: OpResult::of(result),
+            commit_us: received.elapsed().as_micros() as u64,
+        };
+        self.reply(from, request, &reply);
+        let completes = result.is_ok();
+        if !(until_complete && completes) {
+            return;
+        }
+        if self.cluster.incomplete().contains_key(&seq) {
+            self.completion_waiters.insert(
+                seq,
+                Waiter {
+                    from,
+                    request,
+                    data: Bytes::new(),
+                    received,
+                    until_complete: true,
+                    rpc: None,
+                },
+            );
+        } else {
+            let reply = ClientReply::Completed {
+                seq,
+                complete_us: received.elapsed().as_micros() as u64,
+            };
+            self.reply(from, request, &reply);
+        }
+    }
+
+    fn answer(&mut self, from: PeerId, request: u64, req: ClientRequest) {
+        let not_leader = self.not_leader(self.raft.leader_id());
         let reply = match req {
             ClientRequest::Status => ClientReply::Status(self.status_report()),
             ClientRequest::OpState { seq } => ClientReply::OpState {
@@ -563,17 +676,29 @@ impl<T: Transport> CoordinatorNode<T> {
                 }
             }
             ClientRequest::ChangeReplicas(change) => {
+                if let Err(why) = self.check_replica_change(&change) {
+                    tracing::info!(?change, why, "membership change refused");
+                    self.reply(from, request, &ClientReply::Refused(why));
+                    return;
+                }
                 let cc = match change {
                     client::ReplicaChange::Remove(id) => ConfChange::Remove(id),
                     client::ReplicaChange::AddLearner { id, addr } => {
-                        match addr.as_deref().map(str::parse::<std::net::SocketAddr>) {
-                            Some(Ok(a)) => self.transport.add_peer(id, a),
-                            Some(Err(e)) => {
-                                self.reply(
-                                    from,
-                                    request,
-                                    &ClientReply::Refused(format!("replica address: {e}")),
+                        // ctl resolves host names before sending: the
+                        // replica's thread does no DNS lookups.
+                        match addr
+                            .as_deref()
+                            .map(|a| (a, a.parse::<std::net::SocketAddr>()))
+                        {
+                            Some((_, Ok(a))) => {
+                                self.transport.add_peer(id, a);
+                                self.cfg.peer_addrs.insert(id, a.to_string());
+                            }
+                            Some((a, Err(e))) => {
+                                let why = format!(
+                                    "replica {id}'s address {a:?} is not IP:PORT ({e}); resolve host names before sending"
                                 );
+                                self.reply(from, request, &ClientReply::Refused(why));
                                 return;
                             }
                             None => {}
@@ -585,7 +710,7 @@ impl<T: Transport> CoordinatorNode<T> {
                 match self.raft.propose_conf_change(cc) {
                     Ok(index) => {
                         tracing::info!(?cc, index, "membership change proposed");
-                        self.waiters.insert(
+                        self.add_waiter(
                             index,
                             Waiter {
                                 from,
@@ -593,25 +718,54 @@ impl<T: Transport> CoordinatorNode<T> {
                                 data: cc.encode(),
                                 received: Instant::now(),
                                 until_complete: false,
+                                rpc: None,
                             },
                         );
                         return;
                     }
-                    Err(ProposeError::NotLeader { .. }) => not_leader,
-                    Err(e) => ClientReply::Refused(e.to_string()),
+                    Err(e) => self.propose_error(e),
                 }
             }
             ClientRequest::Noop => {
-                self.propose_for(from, request, Record::Noop, false);
+                self.propose_for(from, request, Record::Noop, false, None);
                 return;
             }
-            ClientRequest::Operate(ref op) | ClientRequest::OperateUntilComplete(ref op) => {
+            ClientRequest::Operate(ref cop) | ClientRequest::OperateUntilComplete(ref cop) => {
                 let until_complete = matches!(req, ClientRequest::OperateUntilComplete(_));
-                match self.coord.prepare(&self.cluster, op) {
-                    Err(e) => ClientReply::Refused(e.to_string()),
-                    Ok(record) => {
-                        self.propose_for(from, request, record, until_complete);
+                let rpc = cop.rpc;
+                match self.cluster.rpc_status(&rpc) {
+                    RpcStatus::Applied(s) => {
+                        let (seq, result) = (s.index, s.result.clone());
+                        tracing::info!(%rpc, seq, "a retried operation was applied already: answered with its outcome");
+                        let received = Instant::now();
+                        self.answer_applied(from, request, seq, &result, until_complete, received);
                         return;
+                    }
+                    RpcStatus::Unknown(why) => {
+                        tracing::info!(%rpc, %why, "a retried operation's outcome is unknown");
+                        ClientReply::Unknown(format!("operation {rpc}: {why}"))
+                    }
+                    RpcStatus::New => {
+                        // Proposed here and not applied yet: the retry
+                        // waits for that proposal.
+                        let pending = self.rpc_inflight.get(&rpc.key()).copied();
+                        if let Some(w) = pending
+                            .and_then(|i| self.waiters.get_mut(&i))
+                            .filter(|w| w.rpc.map(|r| r.key()) == Some(rpc.key()))
+                        {
+                            tracing::info!(%rpc, index = ?pending, "a retried operation waits for its proposal");
+                            w.from = from;
+                            w.request = request;
+                            w.until_complete |= until_complete;
+                            return;
+                        }
+                        match self.coord.prepare_client(&self.cluster, &cop.op, rpc) {
+                            Err(e) => ClientReply::Refused(e.to_string()),
+                            Ok(record) => {
+                                self.propose_for(from, request, record, until_complete, Some(rpc));
+                                return;
+                            }
+                        }
                     }
                 }
             }
@@ -619,9 +773,52 @@ impl<T: Transport> CoordinatorNode<T> {
         self.reply(from, request, &reply);
     }
 
+    /// What a refused proposal tells the client.
+    fn propose_error(&self, e: ProposeError) -> ClientReply {
+        match e {
+            ProposeError::NotLeader { leader } => self.not_leader(leader),
+            ProposeError::TransferInProgress
+            | ProposeError::Backpressure
+            | ProposeError::ConfChangePending => ClientReply::Retry(e.to_string()),
+            e => ClientReply::Refused(e.to_string()),
+        }
+    }
+
+    /// Registers a client waiting for the entry at `index`; one still
+    /// registered there (its proposal was lost) is told to retry.
+    fn add_waiter(&mut self, index: u64, w: Waiter) {
+        if let Some(rpc) = w.rpc {
+            self.rpc_inflight.insert(rpc.key(), index);
+        }
+        if let Some(old) = self.waiters.insert(index, w) {
+            self.lost_waiter(old);
+        }
+    }
+
+    /// Tells a waiter whose proposal was lost to retry.
+    fn lost_waiter(&mut self, w: Waiter) {
+        if let Some(rpc) = w.rpc {
+            self.rpc_inflight.remove(&rpc.key());
+        }
+        self.reply(
+            w.from,
+            w.request,
+            &ClientReply::Retry(
+                "the proposal was lost in a change of leader: not committed; send it again".into(),
+            ),
+        );
+    }
+
     /// Proposes `record` for a client, who is answered at its commit point
     /// (and at its completion too, if `until_complete`).
-    fn propose_for(&mut self, from: PeerId, request: u64, record: Record, until_complete: bool) {
+    fn propose_for(
+        &mut self,
+        from: PeerId,
+        request: u64,
+        record: Record,
+        until_complete: bool,
+        rpc: Option<RpcId>,
+    ) {
         let received = Instant::now();
         let data = match record.encode() {
             Ok(data) => data,
@@ -634,7 +831,7 @@ impl<T: Transport> CoordinatorNode<T> {
         let reply = match self.raft.propose(data.clone()) {
             Ok(index) => {
                 self.proposed_at.insert(index, received);
-                self.waiters.insert(
+                self.add_waiter(
                     index,
                     Waiter {
                         from,
@@ -642,12 +839,12 @@ impl<T: Transport> CoordinatorNode<T> {
                         data,
                         received,
                         until_complete,
+                        rpc,
                     },
                 );
                 return;
             }
-            Err(ProposeError::NotLeader { leader }) => ClientReply::NotLeader { leader },
-            Err(e) => ClientReply::Refused(e.to_string()),
+            Err(e) => self.propose_error(e),
         };
         self.reply(from, request, &reply);
     }
@@ -771,9 +968,11 @@ impl<T: Transport> CoordinatorNode<T> {
             self.proposed_at.pop_first();
         }
         let commit_us = proposed.map(|t| now.duration_since(t).as_micros() as u64);
-        let result = match outcome {
+        // What the client waiting for this entry is told: (seq, term,
+        // result) of the operation, or that its outcome is unknown.
+        let result: Option<Result<(u64, u64, OpResult), String>> = match outcome {
             Outcome::Committed(_) | Outcome::Rejected(_) => {
-                let Ok(Record::Commit(op)) = Record::decode(data) else {
+                let Some(op) = Record::decode(data).ok().and_then(|r| r.op().cloned()) else {
                     // Only a commit record has a commit outcome.
                     tracing::error!(index, "a commit outcome without a commit record");
                     return;
@@ -819,19 +1018,29 @@ impl<T: Transport> CoordinatorNode<T> {
                     commit_us,
                     complete_after_us: None,
                 });
-                Some(match (outcome, rejected) {
-                    (_, Some(why)) => match outcome {
-                        Outcome::Rejected(crate::cluster::Rejection::AlreadyEnlisted(s)) => {
-                            OpResult::Enlisted(*s)
-                        }
-                        _ => OpResult::Rejected(why),
-                    },
-                    (Outcome::Committed(Effect::Enlisted(s)), None) => OpResult::Enlisted(*s),
-                    (Outcome::Committed(Effect::TableCreated(t)), None) => {
-                        OpResult::TableCreated(*t)
-                    }
-                    _ => OpResult::Changed,
-                })
+                let r = match outcome {
+                    Outcome::Committed(e) => Ok(e.clone()),
+                    Outcome::Rejected(r) => Err(r.clone()),
+                    _ => Ok(Effect::Changed),
+                };
+                Some(Ok((index, term, OpResult::of(&r))))
+            }
+            Outcome::Duplicate {
+                rpc,
+                index: seq,
+                result,
+            } => {
+                if active {
+                    tracing::info!(%rpc, index, seq, "a second commit record of an operation applied as a duplicate (nothing changed)");
+                }
+                let t = self.raft.log().term(*seq).unwrap_or(term);
+                Some(Ok((*seq, t, OpResult::of(result))))
+            }
+            Outcome::Unknown { rpc, reason } => {
+                if active {
+                    tracing::info!(%rpc, index, %reason, "a client operation with an unknown outcome applied as nothing");
+                }
+                Some(Err(format!("operation {rpc}: {reason}")))
             }
             Outcome::Completed(seq) => {
                 let after = self
@@ -865,42 +1074,65 @@ impl<T: Transport> CoordinatorNode<T> {
             }
             Outcome::Malformed(e) => {
                 tracing::warn!(index, term, error = %e, "a committed entry is not a coordinator record: applied as a rejection (nothing changed)");
-                Some(OpResult::Rejected(format!("malformed record: {e}")))
+                Some(Ok((
+                    index,
+                    term,
+                    OpResult::Rejected(format!("malformed record: {e}")),
+                )))
             }
-            Outcome::NotARecord if kind == EntryKind::ConfChange => Some(OpResult::Changed),
-            Outcome::Noop => Some(OpResult::Changed),
+            Outcome::NotARecord if kind == EntryKind::ConfChange => {
+                Some(Ok((index, term, OpResult::Changed)))
+            }
+            Outcome::Noop => Some(Ok((index, term, OpResult::Changed))),
             Outcome::AlreadyComplete(_) | Outcome::NotARecord => None,
         };
-        let Some(w) = self.waiters.remove(&index) else {
-            return;
-        };
-        let reply = match result {
-            Some(result) if w.data == *data => ClientReply::Committed {
-                seq: index,
-                term,
-                result,
-                commit_us: now.duration_since(w.received).as_micros() as u64,
-            },
-            _ => ClientReply::Refused(
-                "the proposal was lost in a change of leader; not committed, retry".into(),
-            ),
-        };
-        self.reply(w.from, w.request, &reply);
-        let completes = matches!(outcome, Outcome::Committed(_));
-        if w.until_complete && completes && matches!(reply, ClientReply::Committed { .. }) {
-            self.completion_waiters.insert(index, w);
-        }
-        // Waiters behind this index can no longer be answered by their entry.
+        // Waiters before this index can no longer be answered by their entry.
         while let Some((&i, _)) = self.waiters.first_key_value() {
-            if i > index {
+            if i >= index {
                 break;
             }
             let (_, w) = self.waiters.pop_first().expect("just looked");
-            self.reply(
-                w.from,
-                w.request,
-                &ClientReply::Refused("the proposal was lost; not committed, retry".into()),
-            );
+            self.lost_waiter(w);
+        }
+        let Some(w) = self.waiters.remove(&index) else {
+            return;
+        };
+        if let Some(rpc) = w.rpc {
+            self.rpc_inflight.remove(&rpc.key());
+        }
+        let received = w.received;
+        match result {
+            Some(Ok((seq, t, result))) if w.data == *data => {
+                let completes = match outcome {
+                    Outcome::Committed(_) => true,
+                    Outcome::Duplicate { result, .. } => result.is_ok(),
+                    _ => false,
+                };
+                if seq != index {
+                    // A duplicate: answered as the original (and its
+                    // completion, now or when it comes).
+                    let r = match outcome {
+                        Outcome::Duplicate { result, .. } => result.clone(),
+                        _ => Ok(Effect::Changed),
+                    };
+                    self.answer_applied(w.from, w.request, seq, &r, w.until_complete, received);
+                    return;
+                }
+                let reply = ClientReply::Committed {
+                    seq,
+                    term: t,
+                    result,
+                    commit_us: now.duration_since(received).as_micros() as u64,
+                };
+                self.reply(w.from, w.request, &reply);
+                if w.until_complete && completes {
+                    self.completion_waiters.insert(index, w);
+                }
+            }
+            Some(Err(why)) if w.data == *data => {
+                self.reply(w.from, w.request, &ClientReply::Unknown(why));
+            }
+            _ => self.lost_waiter(w),
         }
     }
 

@@ -65,6 +65,12 @@ pub const BUGS: &[PlantedBug] = &[
         invariants: &["atomicity"],
     },
     PlantedBug {
+        name: "forget-clients",
+        workload: "coordinator",
+        what: "clients' ids are ignored: a retried operation is proposed and applied again",
+        invariants: &["exactly once"],
+    },
+    PlantedBug {
         name: "accept-stale-term",
         workload: "coordinator",
         what: "a master applies a configuration pushed from an older term",
@@ -92,6 +98,7 @@ pub fn bug_by_name(name: &str) -> Option<PlantedBugs> {
         "ack-before-persist" => b.raft.ack_before_persist = true,
         "complete-before-push" => b.coordinator.complete_before_push = true,
         "no-roll-forward" => b.coordinator.no_roll_forward = true,
+        "forget-clients" => b.coordinator.forget_clients = true,
         "accept-stale-term" => b.master.accept_stale_term = true,
         _ => return None,
     }

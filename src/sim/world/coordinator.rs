@@ -18,6 +18,16 @@
 //! [`Outcome::Malformed`] or [`Rejection::Invalid`], and nothing else is
 //! (a leader must never propose what the edge validates away).
 //!
+//! Clients' operations are exactly-once: each carries the client's id and
+//! a sequence number ([`RpcId`]); a client whose attempt timed out sends
+//! the same operation, same id, to another replica (to the leader it is
+//! told of), until it is answered or the clients stop. Some seeds keep a
+//! tiny exactly-once table (1 to 3 clients), so clients are evicted and
+//! answered "unknown". Checked ("exactly once"): each (client, seq) takes
+//! effect (applies as committed or rejected) at one log index at most;
+//! a second commit record of it applies as a duplicate naming that index;
+//! and every answer a client gets for it names that index.
+//!
 //! Checked continuously: the cluster state's own invariants after every
 //! applied record on every replica; a master never applies a configuration
 //! from a term older than one it has seen, nor an older version after a
@@ -33,7 +43,9 @@ use bytes::Bytes;
 use rand::Rng;
 
 use super::*;
-use crate::cluster::{services, Effect, Outcome, Record, Rejection, ServerId};
+use crate::cluster::{
+    services, Effect, Outcome, Record, Rejection, RpcId, RpcStatus, ServerId, UnknownReason,
+};
 use crate::coordinator::{Action, CoordinatorConfig, Request};
 use crate::master::{MasterAction, MasterAgent, MasterConfig, RegionOutcome};
 
@@ -71,6 +83,9 @@ pub(super) struct CoordParams {
     /// anyone else are refused (the queue pair revoked), whatever their
     /// term. Otherwise they fence by the term in the region (as over TCP).
     grant_fencing: bool,
+    /// Clients the replicas' exactly-once tables keep (tiny in some seeds,
+    /// so that clients are evicted).
+    session_limit: usize,
 }
 
 impl CoordParams {
@@ -105,6 +120,11 @@ impl CoordParams {
         if level != FaultLevel::None && rng.random_bool(0.5) {
             p.invalid_every_us = Some((20_000, 200_000));
         }
+        p.session_limit = if rng.random_bool(0.3) {
+            rng.random_range(1..=3)
+        } else {
+            crate::cluster::limits::SESSIONS_MAX
+        };
         p
     }
 }
@@ -127,7 +147,7 @@ pub(super) struct SimMaster {
 /// A client's request to a replica.
 #[derive(Clone, Debug)]
 pub(super) enum CReq {
-    Op(Request),
+    Op(RpcId, Request),
     Lookup(String),
 }
 
@@ -135,19 +155,33 @@ pub(super) enum CReq {
 #[derive(Clone, Debug)]
 pub(super) enum CReply {
     /// The commit record applied at `index` (its precondition passed or
-    /// not: either way it is ordered there).
+    /// not: either way it is ordered there). For a retry of an operation
+    /// applied already: the original index and outcome.
     Applied { index: u64, outcome: String },
     /// Served from the state at `index`.
     Lookup { index: u64, found: bool },
-    /// Certainly no effect.
+    /// This attempt had no effect (not the leader, or a leader not yet
+    /// established refused it; an earlier attempt may still apply).
     Failed(Option<NodeId>),
+    /// The established leader refused it before proposing: the operation
+    /// has not applied and will not (its state is definitive).
+    Refused,
+    /// The operation's outcome is unknown: nothing was proposed.
+    Unknown(UnknownReason),
 }
 
 /// Who waits for a proposed record.
 #[derive(Clone, Debug)]
 pub(super) enum Waiter {
-    Client { client: usize, op_id: u64 },
-    Master { slot: usize, inc: u64 },
+    Client {
+        client: usize,
+        op_id: u64,
+        rpc: RpcId,
+    },
+    Master {
+        slot: usize,
+        inc: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -163,10 +197,19 @@ pub(super) enum CoordEv {
         client: usize,
         op_id: u64,
         reply: CReply,
+        /// The answering replica's commit index.
+        seen: u64,
     },
     Timeout {
         client: usize,
         op_id: u64,
+        attempt: u32,
+    },
+    /// Client `client` sends its operation `op_id` again, to `node`.
+    Resend {
+        client: usize,
+        op_id: u64,
+        node: NodeId,
     },
     /// A coordinator's write lands in the region of whatever process is at
     /// the slot's address now.
@@ -225,10 +268,30 @@ struct CHist {
     what: String,
 }
 
+/// A client's operation or lookup in flight.
+struct CInFlight {
+    op_id: u64,
+    /// Its history entry.
+    idx: usize,
+    req: CReq,
+    /// Attempts so far (the first is 1).
+    attempt: u32,
+    /// The replica the last attempt went to.
+    node: NodeId,
+    /// An attempt went unanswered: it may have been proposed, so a
+    /// `Failed` answer to a later one does not settle the operation.
+    maybe_proposed: bool,
+}
+
 #[derive(Default)]
 struct CClient {
-    in_flight: Option<(u64, usize)>,
+    in_flight: Option<CInFlight>,
     leader_hint: Option<NodeId>,
+    /// Its exactly-once id, and its last operation's sequence number.
+    id: u64,
+    seq: u64,
+    /// The highest commit index an answer came with.
+    observed: u64,
 }
 
 /// The coordinator workload's part of the world.
@@ -253,6 +316,11 @@ pub(super) struct CoordWorld {
     push_fifo: HashMap<(NodeId, u64, usize), u64>,
     /// The payloads of the invalid records injected.
     injected: HashSet<Bytes>,
+    /// Where each client operation took effect, and what it did.
+    /// By (client, seq).
+    rpc_effect: HashMap<(u64, u64), (u64, String)>,
+    /// Log indexes counted as duplicate records.
+    duplicates_seen: HashSet<u64>,
 }
 
 fn master_addr(slot: usize) -> String {
@@ -266,6 +334,23 @@ impl World {
 
     pub(super) fn new_coordinator(&self) -> Coordinator {
         Coordinator::new(COORD_CONFIG, self.opts.bugs.coordinator)
+    }
+
+    /// An empty cluster state, with this seed's exactly-once table size.
+    pub(super) fn fresh_cluster(&self) -> ClusterState {
+        if self.is_coordinator() {
+            ClusterState::with_session_limit(self.cw.p.session_limit)
+        } else {
+            ClusterState::default()
+        }
+    }
+
+    /// A replica's commit index (0 if it is down).
+    fn commit_of(&self, id: NodeId) -> u64 {
+        self.nodes
+            .get(&id)
+            .and_then(|n| n.raft.as_ref())
+            .map_or(0, |r| r.log().committed)
     }
 
     fn new_master_agent(&mut self, slot: usize) -> MasterAgent {
@@ -295,6 +380,10 @@ impl World {
     pub(super) fn coordinator_start(&mut self) {
         let p = CoordParams::draw(self.opts.faults, &mut self.rng);
         self.cw.p = p;
+        let fresh = self.fresh_cluster();
+        for n in self.nodes.values_mut() {
+            n.cluster = fresh.clone();
+        }
         self.cw.clients_stop_at = self.heal_at + self.p.liveness_us / 2;
         for slot in 0..self.cw.p.masters {
             let agent = self.new_master_agent(slot);
@@ -310,7 +399,10 @@ impl World {
             self.cev(d, CoordEv::MasterTick { slot, inc: 0 });
         }
         for c in 0..CLIENTS {
-            self.cw.clients.push(CClient::default());
+            self.cw.clients.push(CClient {
+                id: 1000 + c as u64,
+                ..CClient::default()
+            });
             let d = self.rng.random_range(20_000..60_000);
             self.cev(d, CoordEv::ClientNext(c));
         }
@@ -343,8 +435,26 @@ impl World {
                 client,
                 op_id,
                 reply,
-            } => self.coord_response(client, op_id, reply),
-            CoordEv::Timeout { client, op_id } => self.coord_timeout(client, op_id),
+                seen,
+            } => return self.coord_response(client, op_id, reply, seen),
+            CoordEv::Timeout {
+                client,
+                op_id,
+                attempt,
+            } => self.coord_timeout(client, op_id, attempt),
+            CoordEv::Resend {
+                client,
+                op_id,
+                node,
+            } => {
+                if self.cw.clients[client]
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|f| f.op_id == op_id)
+                {
+                    self.send_attempt(client, node);
+                }
+            }
             CoordEv::PushArrive { slot, from, region } => {
                 return self.push_arrive(slot, from, region)
             }
@@ -903,8 +1013,21 @@ impl World {
                     }
                 }
             }
+            // Planted bug: replicas apply a client's commit record as a
+            // plain one (the exactly-once table never hears of it).
+            let stripped;
+            let data: &[u8] = match Record::decode(data) {
+                Ok(Record::ClientCommit { op, .. })
+                    if self.opts.bugs.coordinator.forget_clients =>
+                {
+                    stripped = Record::Commit(op).encode().expect("it fit with its id");
+                    &stripped
+                }
+                _ => data,
+            };
             let node = self.nodes.get_mut(&id).unwrap();
             let outcome = node.cluster.apply(e.index, data);
+            self.check_exactly_once(e, &outcome)?;
             let invalid = matches!(
                 outcome,
                 Outcome::Malformed(_) | Outcome::Rejected(Rejection::Invalid(_))
@@ -960,12 +1083,20 @@ impl World {
                 _ => {}
             }
             match waiter {
-                Some(Waiter::Client { client, op_id }) => {
-                    let reply = CReply::Applied {
-                        index: e.index,
-                        outcome: format!("{outcome:?}"),
+                Some(Waiter::Client { client, op_id, .. }) => {
+                    let reply = match &outcome {
+                        Outcome::Duplicate { index, result, .. } => CReply::Applied {
+                            index: *index,
+                            outcome: outcome_text(result),
+                        },
+                        Outcome::Unknown { reason, .. } => CReply::Unknown(*reason),
+                        _ => CReply::Applied {
+                            index: e.index,
+                            outcome: format!("{outcome:?}"),
+                        },
                     };
-                    self.coord_reply(client, op_id, reply);
+                    let seen = self.commit_of(id);
+                    self.coord_reply(client, op_id, reply, seen);
                 }
                 Some(Waiter::Master { slot, inc }) => {
                     let sid = match outcome {
@@ -976,6 +1107,56 @@ impl World {
                     self.reply_master_enlist(id, slot, inc, sid, Some(id));
                 }
                 None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Exactly once: a client operation (the [`RpcId`] in its commit
+    /// record, read from the entry itself) takes effect at one index at
+    /// most, and a duplicate names that index. Counted once per index.
+    fn check_exactly_once(
+        &mut self,
+        e: &ramcoord_log::Entry,
+        outcome: &Outcome,
+    ) -> Result<(), Violation> {
+        if e.kind != EntryKind::Normal {
+            return Ok(());
+        }
+        let Some(rpc) = Record::decode(&e.data).ok().and_then(|r| r.rpc()) else {
+            return Ok(());
+        };
+        let took = match outcome {
+            Outcome::Committed(_) | Outcome::Rejected(_) => Some(e.index),
+            Outcome::Duplicate { index, .. } => {
+                if self.cw.duplicates_seen.insert(e.index) {
+                    self.stats.duplicate_records += 1;
+                }
+                let first = self.cw.rpc_effect.get(&rpc.key()).map(|(i, _)| *i);
+                if first != Some(*index) {
+                    return Err(Violation::new(
+                        "exactly once",
+                        format!(
+                            "entry {} of operation {rpc} applied as a duplicate of index {index}; it took effect at {first:?}",
+                            e.index
+                        ),
+                    ));
+                }
+                None
+            }
+            _ => None,
+        };
+        if let Some(index) = took {
+            let text = format!("{outcome:?}");
+            let first = self.cw.rpc_effect.entry(rpc.key()).or_insert((index, text));
+            if first.0 != index {
+                return Err(Violation::new(
+                    "exactly once",
+                    format!(
+                        "operation {rpc} took effect at index {} ({}) and again at index {index} ({outcome:?})",
+                        first.0, first.1
+                    ),
+                ));
             }
         }
         Ok(())
@@ -1016,6 +1197,7 @@ impl World {
             let node = self.nodes.get_mut(&id).unwrap();
             if let Some((client, name)) = node.pending_lookups.remove(&ctx) {
                 let found = node.cluster.table(&name).is_some();
+                let seen = self.commit_of(id);
                 self.coord_reply(
                     client,
                     ctx,
@@ -1023,6 +1205,7 @@ impl World {
                         index: applied,
                         found,
                     },
+                    seen,
                 );
             }
         }
@@ -1045,28 +1228,41 @@ impl World {
             .filter(|m| m.up)
             .filter_map(|m| m.agent.id())
             .collect();
-        let req = if roll < 30 {
-            CReq::Lookup(name)
+        let op = if roll < 30 {
+            None
         } else if roll < 55 {
-            CReq::Op(Request::CreateTable {
-                name,
+            Some(Request::CreateTable {
+                name: name.clone(),
                 tablets: self.rng.random_range(1..=4),
             })
         } else if roll < 65 {
-            CReq::Op(Request::DropTable { name })
+            Some(Request::DropTable { name: name.clone() })
         } else if roll < 80 {
-            CReq::Op(Request::SplitTablet {
-                table: name,
+            Some(Request::SplitTablet {
+                table: name.clone(),
                 split_hash: self.rng.random(),
             })
         } else if !enlisted.is_empty() {
-            CReq::Op(Request::MigrateTablet {
-                table: name,
+            Some(Request::MigrateTablet {
+                table: name.clone(),
                 hash: self.rng.random(),
                 to: enlisted[self.rng.random_range(0..enlisted.len())],
             })
         } else {
-            CReq::Lookup(name)
+            None
+        };
+        let req = match op {
+            Some(op) => {
+                let cl = &mut self.cw.clients[c];
+                cl.seq += 1;
+                let rpc = RpcId {
+                    client: cl.id,
+                    seq: cl.seq,
+                    after: cl.observed,
+                };
+                CReq::Op(rpc, op)
+            }
+            None => CReq::Lookup(name),
         };
         let hint = self.cw.clients[c].leader_hint;
         let node = self.pick_node(hint);
@@ -1078,8 +1274,29 @@ impl World {
             index: None,
             what: format!("{req:?}"),
         });
-        self.cw.clients[c].in_flight = Some((op_id, idx));
-        self.trace(|| format!("cclient {c} op {op_id} {req:?} -> n{node}"));
+        self.cw.clients[c].in_flight = Some(CInFlight {
+            op_id,
+            idx,
+            req,
+            attempt: 0,
+            node,
+            maybe_proposed: false,
+        });
+        self.send_attempt(c, node);
+    }
+
+    /// Sends the next attempt of client `c`'s request (same id) to `node`.
+    fn send_attempt(&mut self, c: usize, node: NodeId) {
+        let Some(f) = self.cw.clients[c].in_flight.as_mut() else {
+            return;
+        };
+        f.attempt += 1;
+        f.node = node;
+        let (op_id, attempt, req) = (f.op_id, f.attempt, f.req.clone());
+        if attempt > 1 {
+            self.stats.op_retries += 1;
+        }
+        self.trace(|| format!("cclient {c} op {op_id} attempt {attempt} {req:?} -> n{node}"));
         let d = self.net_delay();
         self.cev(
             d,
@@ -1090,7 +1307,14 @@ impl World {
                 req,
             },
         );
-        self.cev(CLIENT_TIMEOUT_US, CoordEv::Timeout { client: c, op_id });
+        self.cev(
+            CLIENT_TIMEOUT_US,
+            CoordEv::Timeout {
+                client: c,
+                op_id,
+                attempt,
+            },
+        );
     }
 
     fn coord_request(
@@ -1100,70 +1324,111 @@ impl World {
         op_id: u64,
         req: CReq,
     ) -> Result<(), Violation> {
+        let forget_clients = self.opts.bugs.coordinator.forget_clients;
         let node = self.nodes.get_mut(&id).unwrap();
         let Some(raft) = node.raft.as_mut() else {
             return Ok(());
         };
         let hint = raft.leader_id();
-        let failed = match req {
+        let seen = raft.log().committed;
+        let reply = match req {
             CReq::Lookup(name) => match raft.read_index(op_id) {
                 Ok(()) => {
                     node.pending_lookups.insert(op_id, (client, name));
-                    false
+                    None
                 }
-                Err(_) => true,
+                Err(_) => Some(CReply::Failed(hint)),
             },
-            CReq::Op(r) => {
-                if raft.role() != Role::Leader {
-                    true
+            CReq::Op(_, _) if raft.role() != Role::Leader => Some(CReply::Failed(hint)),
+            CReq::Op(rpc, r) => {
+                // As the coordinator process: an operation applied already
+                // is answered, one whose outcome the state cannot tell is
+                // answered so, one this leader proposed already waits for
+                // that proposal; only a new one is proposed.
+                let status = if forget_clients {
+                    RpcStatus::New
                 } else {
-                    let prepared = node
-                        .coord
-                        .prepare(&node.cluster, &r)
-                        .and_then(|rec| Ok(rec.encode()?));
-                    match prepared {
-                        // Refused before proposing: no effect.
-                        Err(e) => {
-                            if self.opts.trace {
-                                let line = format!("{:>9} n{id} refuses {r:?}: {e}", self.now);
-                                self.trace.push(line);
-                            }
-                            true
+                    node.cluster.rpc_status(&rpc)
+                };
+                let in_flight = !forget_clients
+                    && node.pending_records.values().any(
+                        |(w, _)| matches!(w, Waiter::Client { rpc: waiting, .. } if waiting.key() == rpc.key()),
+                    );
+                match status {
+                    RpcStatus::Applied(s) => {
+                        self.stats.retries_answered_applied += 1;
+                        Some(CReply::Applied {
+                            index: s.index,
+                            outcome: outcome_text(&s.result),
+                        })
+                    }
+                    RpcStatus::Unknown(reason) => Some(CReply::Unknown(reason)),
+                    RpcStatus::New if in_flight => {
+                        if self.opts.trace {
+                            let line =
+                                format!("{:>9} n{id} {rpc} waits for its proposal", self.now);
+                            self.trace.push(line);
                         }
-                        Ok(bytes) => match raft.propose(bytes.clone()) {
-                            Ok(index) => {
-                                node.pending_records
-                                    .insert(index, (Waiter::Client { client, op_id }, bytes));
-                                let inc = node.incarnation;
-                                if !self.healed
-                                    && self.rng.random_bool(self.cw.p.crash_after_propose)
-                                {
-                                    self.trace(|| {
-                                        format!("n{id} crashes right after proposing {index}")
-                                    });
-                                    self.at(0, Ev::CrashNode(id, inc));
-                                }
-                                false
-                            }
+                        None
+                    }
+                    RpcStatus::New => {
+                        let established = node.coord.is_active();
+                        let prepared = node
+                            .coord
+                            .prepare_client(&node.cluster, &r, rpc)
+                            .and_then(|rec| Ok(rec.encode()?));
+                        match prepared {
+                            // Refused before proposing: no effect (and, at
+                            // an established leader, none to come).
                             Err(e) => {
                                 if self.opts.trace {
-                                    let line = format!("{:>9} n{id} cannot propose: {e}", self.now);
+                                    let line = format!("{:>9} n{id} refuses {r:?}: {e}", self.now);
                                     self.trace.push(line);
                                 }
-                                true
+                                Some(if established {
+                                    CReply::Refused
+                                } else {
+                                    CReply::Failed(hint)
+                                })
                             }
-                        },
+                            Ok(bytes) => match raft.propose(bytes.clone()) {
+                                Ok(index) => {
+                                    node.pending_records.insert(
+                                        index,
+                                        (Waiter::Client { client, op_id, rpc }, bytes),
+                                    );
+                                    let inc = node.incarnation;
+                                    if !self.healed
+                                        && self.rng.random_bool(self.cw.p.crash_after_propose)
+                                    {
+                                        self.trace(|| {
+                                            format!("n{id} crashes right after proposing {index}")
+                                        });
+                                        self.at(0, Ev::CrashNode(id, inc));
+                                    }
+                                    None
+                                }
+                                Err(e) => {
+                                    if self.opts.trace {
+                                        let line =
+                                            format!("{:>9} n{id} cannot propose: {e}", self.now);
+                                        self.trace.push(line);
+                                    }
+                                    Some(CReply::Failed(hint))
+                                }
+                            },
+                        }
                     }
                 }
             }
         };
-        if failed {
-            self.coord_reply(client, op_id, CReply::Failed(hint));
+        if let Some(reply) = reply {
+            self.coord_reply(client, op_id, reply, seen);
         }
         self.after_input(id)
     }
 
-    fn coord_reply(&mut self, client: usize, op_id: u64, reply: CReply) {
+    fn coord_reply(&mut self, client: usize, op_id: u64, reply: CReply, seen: u64) {
         let d = self.net_delay();
         self.cev(
             d,
@@ -1171,16 +1436,56 @@ impl World {
                 client,
                 op_id,
                 reply,
+                seen,
             },
         );
     }
 
-    fn coord_response(&mut self, c: usize, op_id: u64, reply: CReply) {
-        let Some((current, idx)) = self.cw.clients[c].in_flight else {
-            return;
+    fn coord_response(
+        &mut self,
+        c: usize,
+        op_id: u64,
+        reply: CReply,
+        seen: u64,
+    ) -> Result<(), Violation> {
+        let cl = &mut self.cw.clients[c];
+        cl.observed = cl.observed.max(seen);
+        let Some(f) = cl.in_flight.as_ref() else {
+            return Ok(());
         };
-        if current != op_id {
-            return;
+        if f.op_id != op_id {
+            return Ok(());
+        }
+        let (idx, maybe_proposed, last_node) = (f.idx, f.maybe_proposed, f.node);
+        let rpc = match &f.req {
+            CReq::Op(rpc, _) => Some(*rpc),
+            CReq::Lookup(_) => None,
+        };
+        self.trace(|| format!("cclient {c} op {op_id} <- {reply:?}"));
+        if let (CReply::Failed(hint), Some(_), true) = (&reply, rpc, maybe_proposed) {
+            // An earlier attempt may still apply: send it again (same id)
+            // until a definitive answer, while the clients run.
+            let hint = *hint;
+            self.cw.clients[c].leader_hint = hint;
+            if self.now >= self.cw.clients_stop_at {
+                return self.give_up(c);
+            }
+            let node = match hint {
+                Some(h) if h != last_node => h,
+                _ => self.pick_other_node(last_node),
+            };
+            // As the real client: a moment's pause while a leader is
+            // being elected.
+            let d = self.rng.random_range(1_000..10_000);
+            self.cev(
+                d,
+                CoordEv::Resend {
+                    client: c,
+                    op_id,
+                    node,
+                },
+            );
+            return Ok(());
         }
         self.cw.clients[c].in_flight = None;
         self.cw.clock += 1;
@@ -1194,6 +1499,18 @@ impl World {
                 if self.healed {
                     self.live_commit_after_heal = true;
                 }
+                if let Some(rpc) = rpc {
+                    // Every answer names where the operation took effect.
+                    let took = self.cw.rpc_effect.get(&rpc.key());
+                    if took.map(|(i, _)| *i) != Some(*index) {
+                        return Err(Violation::new(
+                            "exactly once",
+                            format!(
+                                "client {c} was told operation {rpc} applied at index {index} ({outcome}); it took effect at {took:?}"
+                            ),
+                        ));
+                    }
+                }
             }
             CReply::Lookup { index, found } => {
                 self.stats.reads += 1;
@@ -1205,24 +1522,59 @@ impl World {
             CReply::Failed(hint) => {
                 self.cw.clients[c].leader_hint = *hint;
             }
+            CReply::Refused => {}
+            CReply::Unknown(reason) => {
+                let why = reason.to_string();
+                self.trace(|| format!("cclient {c} op {op_id}: outcome unknown: {why}"));
+                self.stats.unknown_outcomes += 1;
+                self.stats.ops_unknown += 1;
+                self.cw.clients[c].leader_hint = None;
+            }
         }
-        self.trace(|| format!("cclient {c} op {op_id} <- {reply:?}"));
         let d = self.rng.random_range(0..5_000);
         self.cev(d, CoordEv::ClientNext(c));
+        Ok(())
     }
 
-    fn coord_timeout(&mut self, c: usize, op_id: u64) {
-        let Some((current, _)) = self.cw.clients[c].in_flight else {
-            return;
-        };
-        if current != op_id {
-            return;
-        }
+    /// Client `c` stops trying its request: its outcome stays unknown.
+    fn give_up(&mut self, c: usize) -> Result<(), Violation> {
         self.cw.clients[c].in_flight = None;
         self.cw.clients[c].leader_hint = None;
         self.stats.ops_unknown += 1;
-        self.trace(|| format!("cclient {c} op {op_id} timed out"));
+        self.trace(|| format!("cclient {c} gives up"));
         self.cev(0, CoordEv::ClientNext(c));
+        Ok(())
+    }
+
+    /// A replica other than `not` (any, if it is the only one).
+    fn pick_other_node(&mut self, not: NodeId) -> NodeId {
+        let ids: Vec<NodeId> = self.node_ids().into_iter().filter(|n| *n != not).collect();
+        if ids.is_empty() {
+            return not;
+        }
+        ids[self.rng.random_range(0..ids.len())]
+    }
+
+    fn coord_timeout(&mut self, c: usize, op_id: u64, attempt: u32) {
+        let Some(f) = self.cw.clients[c].in_flight.as_mut() else {
+            return;
+        };
+        if f.op_id != op_id || f.attempt != attempt {
+            return;
+        }
+        self.trace(|| format!("cclient {c} op {op_id} attempt {attempt} timed out"));
+        let f = self.cw.clients[c].in_flight.as_mut().expect("just looked");
+        let last = f.node;
+        if matches!(f.req, CReq::Lookup(_)) || self.now >= self.cw.clients_stop_at {
+            let _ = self.give_up(c);
+            return;
+        }
+        // The leader may have vanished with the operation proposed, or
+        // committed, or not: the same operation, same id, elsewhere.
+        f.maybe_proposed = true;
+        self.cw.clients[c].leader_hint = None;
+        let node = self.pick_other_node(last);
+        self.send_attempt(c, node);
     }
 
     // ----- end of run -----------------------------------------------------
@@ -1348,6 +1700,15 @@ impl World {
             }
         }
         Ok(())
+    }
+}
+
+/// How an operation's result reads in the history: as the reply to its
+/// first application said it.
+fn outcome_text(result: &Result<Effect, Rejection>) -> String {
+    match result {
+        Ok(e) => format!("{:?}", Outcome::Committed(e.clone())),
+        Err(r) => format!("{:?}", Outcome::Rejected(r.clone())),
     }
 }
 

@@ -96,6 +96,7 @@ impl World {
             !conf.voters.contains(&id) && !conf.learners.contains(&id)
         });
         let wipe = removed && self.p.admin && self.rng.random_bool(0.5);
+        let fresh_cluster = self.fresh_cluster();
         let node = self.nodes.get_mut(&id).unwrap();
         let Some(raft) = node.raft.take() else { return };
         let mut storage = raft.into_storage();
@@ -127,7 +128,7 @@ impl World {
         node.incarnation += 1;
         node.down_storage = (!wipe).then_some(storage);
         node.kv = Kv::default();
-        node.cluster = ClusterState::default();
+        node.cluster = fresh_cluster;
         node.pending_records.clear();
         node.pending_lookups.clear();
         node.applied = 0;
@@ -157,13 +158,14 @@ impl World {
     pub(super) fn restart(&mut self, id: NodeId) -> Result<(), Violation> {
         let seed = self.rng.random();
         let cfg = self.raft_config(id, seed);
+        let fresh = self.fresh_cluster();
         let node = self.nodes.get_mut(&id).unwrap();
         let Some(storage) = node.down_storage.take() else {
             return Ok(());
         };
         let snap = storage.snapshot();
         let (kv, cluster) = if self.opts.workload == Workload::Coordinator {
-            (Some(Kv::default()), restore_cluster(&snap.data))
+            (Some(Kv::default()), restore_cluster(&snap.data, fresh))
         } else {
             (Kv::restore(&snap.data), Some(ClusterState::default()))
         };

@@ -137,6 +137,16 @@ pub struct SimStats {
     pub invalid_injected: u64,
     /// ... applied as deterministic rejections (counted per replica).
     pub invalid_applied: u64,
+    /// Client operations sent again (same client id and seq) after an
+    /// attempt got no answer.
+    pub op_retries: u64,
+    /// Retries answered from the exactly-once table (applied already).
+    pub retries_answered_applied: u64,
+    /// Second commit records of one operation, applied as duplicates.
+    pub duplicate_records: u64,
+    /// Operations answered "outcome unknown" (client evicted or
+    /// superseded).
+    pub unknown_outcomes: u64,
 }
 
 /// The outcome of one run.
@@ -896,9 +906,10 @@ impl World {
             }
             if let Some(snap) = &rd.snapshot {
                 let coordinator = self.is_coordinator();
+                let fresh = self.fresh_cluster();
                 let node = self.nodes.get_mut(&id).unwrap();
                 let restored = if coordinator {
-                    restore_cluster(&snap.data).map(|c| node.cluster = c)
+                    restore_cluster(&snap.data, fresh).map(|c| node.cluster = c)
                 } else {
                     Kv::restore(&snap.data).map(|kv| node.kv = kv)
                 };
@@ -1034,10 +1045,10 @@ impl World {
     }
 }
 
-/// The cluster state in a snapshot (none yet: empty data).
-fn restore_cluster(data: &[u8]) -> Option<ClusterState> {
+/// The cluster state in a snapshot (none yet, empty data: `fresh`).
+fn restore_cluster(data: &[u8], fresh: ClusterState) -> Option<ClusterState> {
     if data.is_empty() {
-        return Some(ClusterState::default());
+        return Some(fresh);
     }
     ClusterState::restore(data).ok()
 }

@@ -1,0 +1,347 @@
+//! End-to-end tests of the client side on real processes (loopback): `ctl`
+//! given a single follower finds the leader and every replica; host names
+//! in addresses; membership commands naming replicas that do not exist;
+//! `--json` errors; an operation whose leader is paused (SIGSTOP) after it
+//! was sent is retried at the next leader and applied exactly once.
+//! Nothing here asserts a duration.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ramcoord::client::CoordinatorClient;
+use ramcoord::coordinator::Request;
+use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
+use ramcoord::node::client::{ClientReply, ClientRequest, OpResult, ReplicaChange};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn cluster(name: &str, masters: usize, host_names: bool) -> LocalCluster {
+    let dir = std::env::temp_dir().join(format!("ramcoord-client-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = LocalClusterConfig::new(env!("CARGO_BIN_EXE_ramcoord").into(), dir, 3, masters);
+    cfg.coordinator_args = ["--tick-ms", "5", "--master-timeout-ms", "2000"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    cfg.master_args = vec!["--heartbeat-ms".into(), "40".into()];
+    cfg.host_names = host_names;
+    LocalCluster::start(cfg).expect("cluster starts")
+}
+
+fn done(c: LocalCluster) {
+    let dir = c.dir().to_path_buf();
+    drop(c);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Runs the `ramcoord` binary: (exit code, stdout, stderr).
+fn ramcoord(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A follower's address, as `ip:port`.
+fn follower(c: &LocalCluster, leader: u64) -> String {
+    let f = (1..=3).find(|i| *i != leader).unwrap();
+    c.coordinators[f as usize - 1].addr.to_string()
+}
+
+/// How many create-table operations of `name` the active coordinator's
+/// operation log holds.
+fn creates_of(c: &LocalCluster, name: &str) -> usize {
+    let view = c.ctl(Duration::from_secs(10)).view().unwrap();
+    let prefix = format!("create-table {name:?}:");
+    view.recent
+        .iter()
+        .filter(|o| o.kind == "create-table" && o.summary.starts_with(&prefix))
+        .count()
+}
+
+/// `ctl --coordinators <one follower>`: `status` shows every replica (the
+/// follower names the others' addresses), `create-table` reaches the
+/// leader through the follower's answer (before: it spun until its
+/// timeout, "leader Some(n)", knowing no address for it).
+#[test]
+fn a_follower_address_is_enough() {
+    let mut c = cluster("follower", 2, false);
+    let leader = c.wait_ready(2, LIMIT).unwrap();
+    let f = follower(&c, leader.id);
+    let (code, out, err) = ramcoord(&["ctl", "--coordinators", &f, "status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for p in &c.coordinators {
+        assert!(
+            out.contains(&p.addr.to_string()),
+            "status via {f} lacks {}:\n{out}",
+            p.addr
+        );
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.contains(" leader ") && l.contains("yes")),
+        "no active leader row:\n{out}"
+    );
+    let (code, out, err) = ramcoord(&[
+        "ctl",
+        "--coordinators",
+        &f,
+        "--timeout",
+        "20",
+        "create-table",
+        "via-follower",
+        "--tablets",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("committed: seq "), "{out}");
+    let (code, out, err) = ramcoord(&["ctl", "--coordinators", &f, "--json", "tables"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"via-follower\""), "{out}");
+    assert_eq!(creates_of(&c, "via-follower"), 1);
+    c.check_alive().unwrap();
+    done(c);
+}
+
+/// Replicas started with `--listen localhost:P --peers 1=localhost:P,...`
+/// and masters with `--coordinators localhost:...` form a cluster; `ctl
+/// --coordinators localhost:P` runs status and operations; a name that
+/// does not resolve is an error naming it.
+#[test]
+fn host_names_are_resolved() {
+    let c = cluster("names", 2, true);
+    let leader = c.wait_ready(2, LIMIT).unwrap();
+    let port = c.coordinators[0].addr.port();
+    let local = format!("localhost:{port}");
+    let (code, out, err) = ramcoord(&["ctl", "--coordinators", &local, "status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("leader"), "{out}");
+    let (code, out, err) = ramcoord(&[
+        "ctl",
+        "--coordinators",
+        &local,
+        "--timeout",
+        "20",
+        "create-table",
+        "by-name",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("committed: seq "), "{out}");
+    // A follower names the leader by the address in its --peers: a name.
+    let st = c.statuses();
+    let any = st.iter().find(|s| s.id != leader.id).unwrap();
+    assert!(
+        any.addresses
+            .iter()
+            .all(|(_, a)| a.starts_with("localhost:")),
+        "{any:?}"
+    );
+    for bad in ["no-such-host.invalid:7101", "localhost"] {
+        let (code, out, err) = ramcoord(&["ctl", "--coordinators", bad, "status"]);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(err.contains(bad), "{err}");
+    }
+    let (code, _, err) = ramcoord(&[
+        "coordinator",
+        "--id",
+        "1",
+        "--listen",
+        "no-such-host.invalid:7101",
+        "--peers",
+        "1=no-such-host.invalid:7101",
+        "--data-dir",
+        "/nonexistent",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no-such-host.invalid"), "{err}");
+    done(c);
+}
+
+/// `ctl remove-replica 99` (no such replica) fails naming 99 and the
+/// members, instead of reporting success; so do adding 99 as a voter (it
+/// is no learner and has no known address) and `add-replica 99` without
+/// an address. With `--json` every error is one JSON object on stdout.
+#[test]
+fn unknown_replicas_are_refused_and_json_errors_are_json() {
+    let c = cluster("unknown", 1, false);
+    let leader = c.wait_ready(1, LIMIT).unwrap();
+    let list = c.coordinator_list();
+    let (code, out, err) = ramcoord(&["ctl", "--coordinators", &list, "remove-replica", "99"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("replica 99 is not in the group") && err.contains("voters {1, 2, 3}"),
+        "{err}"
+    );
+    let (code, out, err) = ramcoord(&["ctl", "--coordinators", &list, "add-replica", "99"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("replica 99") && err.contains("--address"),
+        "{err}"
+    );
+    let mut raw = CoordinatorClient::new(c.coordinators.iter().map(|p| p.addr).collect(), 1);
+    match raw.ask_leader(
+        &ClientRequest::ChangeReplicas(ReplicaChange::AddVoter(99)),
+        Instant::now() + LIMIT,
+    ) {
+        Ok(ClientReply::Refused(why)) => {
+            assert!(why.contains("replica 99 is neither a learner"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let after = c.active().unwrap();
+    assert_eq!(after.voters, vec![1, 2, 3]);
+    assert!(after.learners.is_empty());
+    let _ = leader;
+
+    // --json: the same errors, as {"error": ...} on stdout, nothing on
+    // stderr, a non-zero status.
+    let json_error = |args: &[&str], code: i32, needle: &str| {
+        let (c, out, err) = ramcoord(args);
+        assert_eq!(c, code, "{args:?}: {out}{err}");
+        assert!(err.is_empty(), "{args:?}: stderr {err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"));
+        let obj = v.as_object().expect("an object");
+        assert_eq!(obj.len(), 1, "{v}");
+        let msg = obj["error"].as_str().expect("a string");
+        assert!(msg.contains(needle), "{args:?}: {msg}");
+        assert_eq!(out.trim().lines().count(), 1, "{out}");
+    };
+    json_error(
+        &[
+            "ctl",
+            "--json",
+            "--coordinators",
+            &list,
+            "remove-replica",
+            "99",
+        ],
+        1,
+        "replica 99",
+    );
+    json_error(
+        &[
+            "ctl",
+            "--json",
+            "--coordinators",
+            &list,
+            "get",
+            "no-such-table",
+            "k",
+        ],
+        1,
+        "no-such-table",
+    );
+    json_error(
+        &[
+            "ctl",
+            "--json",
+            "--coordinators",
+            "no-such-host.invalid:1",
+            "status",
+        ],
+        1,
+        "no-such-host.invalid",
+    );
+    json_error(
+        &["ctl", "--json", "--coordinators", &list, "frobnicate"],
+        2,
+        "frobnicate",
+    );
+    done(c);
+}
+
+/// Sends SIGSTOP to a process; SIGCONT when dropped.
+struct Paused(u32);
+
+impl Paused {
+    fn new(pid: u32) -> Paused {
+        signal("-STOP", pid);
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal("-CONT", self.0);
+    }
+}
+
+fn signal(sig: &str, pid: u32) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// An operation sent to a leader that is then paused (SIGSTOP: its
+/// connections stay open, nothing answers) is sent again, with the same
+/// client id and sequence number, to the next leader, and applied once;
+/// when the old leader resumes and reads the request, nothing is applied
+/// twice. Then an operation that was applied, sent again with its id to
+/// yet another leader, is answered with its original seq and result.
+#[test]
+fn an_operation_at_a_paused_leader_is_applied_exactly_once() {
+    let c = cluster("paused", 2, false);
+    let first = c.wait_ready(2, LIMIT).unwrap();
+    let mut ctl = c.ctl(LIMIT);
+    // The client learns who leads and holds a connection to it.
+    ctl.view().unwrap();
+    let paused = Paused::new(c.coordinators[first.id as usize - 1].pid().unwrap());
+    let r = ctl
+        .operate(Request::CreateTable {
+            name: "paused".into(),
+            tablets: 2,
+        })
+        .expect("retried at the next leader");
+    assert!(matches!(r.result, OpResult::TableCreated(_)), "{r:?}");
+    let second = c
+        .wait_for("a new leader", LIMIT, |c| {
+            c.active().filter(|s| s.id != first.id)
+        })
+        .unwrap();
+    assert!(r.term > first.term && second.term > first.term, "{r:?}");
+    drop(paused);
+    c.wait_for("every replica to apply it", LIMIT, |c| {
+        let rows = c.statuses();
+        let lead = rows.iter().find(|s| s.active)?;
+        (rows.len() == 3
+            && rows
+                .iter()
+                .all(|s| s.applied >= lead.commit && s.tables == 1))
+        .then_some(())
+    })
+    .unwrap();
+    assert_eq!(creates_of(&c, "paused"), 1);
+
+    // The same operation (same id) again, at another leader: the
+    // original answer, nothing proposed.
+    let deadline = Instant::now() + LIMIT;
+    let rpc = ctl.coordinator_client().next_rpc(deadline);
+    let req = Request::CreateTable {
+        name: "again".into(),
+        tablets: 1,
+    };
+    let applied = ctl.operate_as(rpc, req.clone(), deadline).unwrap();
+    let leader = c.active().unwrap();
+    let paused = Paused::new(c.coordinators[leader.id as usize - 1].pid().unwrap());
+    let retried = ctl.operate_as(rpc, req, Instant::now() + LIMIT).unwrap();
+    assert_eq!(
+        (retried.seq, &retried.result),
+        (applied.seq, &applied.result),
+        "a retry is answered with the original outcome"
+    );
+    let third = c.active().unwrap();
+    assert_ne!(third.id, leader.id);
+    drop(paused);
+    assert_eq!(creates_of(&c, "again"), 1);
+    let view = c.ctl(Duration::from_secs(10)).view().unwrap();
+    assert_eq!(view.tables.len(), 2, "{:?}", view.tables);
+    done(c);
+}
