@@ -30,8 +30,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(r) = Record::decode(data) {
         let _ = r.check();
         let _ = (r.clone(), format!("{r:?}"));
-        if let Record::Commit(op) = &r {
-            let _ = (op.kind(), op.summary());
+        if let Some(op) = r.op() {
+            let _ = (op.kind(), op.summary(), r.rpc());
         }
         if let Ok(again) = r.encode() {
             assert_eq!(Record::decode(&again), Ok(r), "re-encoded record");

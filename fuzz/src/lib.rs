@@ -185,7 +185,7 @@ mod tests {
 /// targets that need a realistic state to work on.
 pub mod seeds {
     use ramcoord::cluster::{
-        even_ranges, services, ClusterState, Op, Record, ServerId, TabletSpec,
+        even_ranges, services, ClusterState, Op, Record, RpcId, ServerId, TabletSpec,
     };
 
     /// A record applied to `s` at its next index, returned for the history.
@@ -215,7 +215,9 @@ pub mod seeds {
     /// A history of every kind of record, each valid when applied in
     /// order from an empty state: enlistments, creates, a split, a
     /// migration, a crash with its recovery plan, completions, a removal,
-    /// a slot reused, a drop, a no-op. It leaves one operation incomplete.
+    /// a slot reused, a client's drop (with its exactly-once id) and that
+    /// record again (a retry: applied as a duplicate), a no-op. It leaves
+    /// one operation incomplete.
     pub fn cluster_history() -> Vec<Record> {
         let mut s = ClusterState::default();
         let mut out = Vec::new();
@@ -270,9 +272,17 @@ pub mod seeds {
         push(&mut s, &mut out, r);
         let seq = s.applied_index();
         push(&mut s, &mut out, Record::Complete { seq });
-        let r = Record::Commit(Op::DropTable {
-            name: "orders".into(),
-        });
+        let r = Record::ClientCommit {
+            rpc: RpcId {
+                client: 0x00c1_1e47,
+                seq: 1,
+                after: s.applied_index(),
+            },
+            op: Op::DropTable {
+                name: "orders".into(),
+            },
+        };
+        push(&mut s, &mut out, r.clone());
         push(&mut s, &mut out, r);
         push(&mut s, &mut out, Record::Noop);
         let r = create(&s, "events", 3);
@@ -323,6 +333,16 @@ pub mod seeds {
         }));
         if s.choose_owners(2).is_some() {
             out.push(create(s, "probe", 2));
+            if let Record::Commit(op) = create(s, "probe-client", 1) {
+                out.push(Record::ClientCommit {
+                    rpc: RpcId {
+                        client: 0x00c1_1e47,
+                        seq: 2,
+                        after: s.applied_index(),
+                    },
+                    op,
+                });
+            }
         }
         for t in s.tables().take(4) {
             out.push(Record::Commit(Op::DropTable {

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use ramcoord::cluster::{
-    ClusterState, ConfigRegion, Op, Record, Server, ServerId, ServerStatus, Table,
+    ClusterState, ConfigRegion, Op, Record, RpcId, Server, ServerId, ServerStatus, Table,
 };
 use ramcoord::coordinator::Request;
 use ramcoord::node::client::{
-    encode, ClientReply, ClientRequest, MasterReply, MasterRequest, OpRecord, OpResult,
+    encode, ClientOp, ClientReply, ClientRequest, MasterReply, MasterRequest, OpRecord, OpResult,
     ReplicaChange, Status, View,
 };
 use ramcoord::node::tag;
@@ -315,37 +315,57 @@ fn client(c: &mut Corpus) {
         services: 3,
         nonce: 42,
     };
+    let op = |seq: u64, op: Request| ClientOp {
+        rpc: RpcId {
+            client: 0x005e_edc1_1e47,
+            seq,
+            after: 30,
+        },
+        op,
+    };
     let requests = [
         ("status", ClientRequest::Status),
         ("view", ClientRequest::View),
-        ("operate", ClientRequest::Operate(enlist)),
+        ("operate", ClientRequest::Operate(op(1, enlist))),
         (
             "operate-until-complete",
-            ClientRequest::OperateUntilComplete(Request::CreateTable {
-                name: "users".into(),
-                tablets: 4,
-            }),
+            ClientRequest::OperateUntilComplete(op(
+                2,
+                Request::CreateTable {
+                    name: "users".into(),
+                    tablets: 4,
+                },
+            )),
         ),
         (
             "operate-split",
-            ClientRequest::Operate(Request::SplitTablet {
-                table: "users".into(),
-                split_hash: 1 << 40,
-            }),
+            ClientRequest::Operate(op(
+                3,
+                Request::SplitTablet {
+                    table: "users".into(),
+                    split_hash: 1 << 40,
+                },
+            )),
         ),
         (
             "operate-migrate",
-            ClientRequest::Operate(Request::MigrateTablet {
-                table: "users".into(),
-                hash: 7,
-                to: sid(2, 1),
-            }),
+            ClientRequest::Operate(op(
+                4,
+                Request::MigrateTablet {
+                    table: "users".into(),
+                    hash: 7,
+                    to: sid(2, 1),
+                },
+            )),
         ),
         (
             "operate-drop",
-            ClientRequest::Operate(Request::DropTable {
-                name: "users".into(),
-            }),
+            ClientRequest::Operate(op(
+                u64::MAX,
+                Request::DropTable {
+                    name: "users".into(),
+                },
+            )),
         ),
         ("noop", ClientRequest::Noop),
         ("op-state", ClientRequest::OpState { seq: 17 }),
@@ -386,6 +406,11 @@ fn client(c: &mut Corpus) {
         match_index: vec![(2, 30), (3, 29)],
         voters: vec![1, 2, 3],
         learners: vec![4],
+        addresses: vec![
+            (1, "127.0.0.1:7101".into()),
+            (2, "coord-2.example:7102".into()),
+            (4, "[::1]:7104".into()),
+        ],
         commits_measured: 100,
         commit_p50_us: 250,
         commit_p99_us: 900,
@@ -442,7 +467,28 @@ fn client(c: &mut Corpus) {
             },
         ),
         ("refused", ClientReply::Refused("no master is up".into())),
-        ("not-leader", ClientReply::NotLeader { leader: Some(2) }),
+        (
+            "retry",
+            ClientReply::Retry("the proposal was lost in a change of leader".into()),
+        ),
+        (
+            "unknown",
+            ClientReply::Unknown("the client's operation 3 was applied after it".into()),
+        ),
+        (
+            "not-leader",
+            ClientReply::NotLeader {
+                leader: Some(2),
+                addr: Some("127.0.0.1:7102".into()),
+            },
+        ),
+        (
+            "not-leader-unknown",
+            ClientReply::NotLeader {
+                leader: None,
+                addr: None,
+            },
+        ),
         (
             "op-state",
             ClientReply::OpState {
@@ -517,11 +563,16 @@ fn cluster(c: &mut Corpus) {
     for r in &history {
         let name = match r {
             Record::Commit(op) => op.kind().to_string(),
+            Record::ClientCommit { op, .. } => format!("client-{}", op.kind()),
             Record::Complete { .. } => "complete".into(),
             Record::Noop => "noop".into(),
         };
         add(c, "record", name, r.encode().expect("encodes"));
     }
+    // As the version-1 build wrote it (the same bytes under header 1).
+    let mut v1 = history[3].encode().expect("encodes").to_vec();
+    v1[1] = 1;
+    add(c, "record", "format-1-create-table", v1);
     let bad = Record::Commit(Op::DropTable { name: "".into() });
     add(
         c,
