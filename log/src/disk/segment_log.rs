@@ -622,30 +622,22 @@ impl DiskStorage {
             // Only the recorded watermark: the commit index may be written
             // (unsynced) ahead of the log's own sync.
             let acked = opened.acked;
+            // The first entry a damaged tail would cost.
+            let damaged = scan
+                .records
+                .last()
+                .map(|r| r.entry.index)
+                .or(prev.map(|(i, _)| i))
+                .map_or(first, |i| i.saturating_add(1));
             match scan.tail {
                 Tail::Clean => {}
-                Tail::Torn { reason }
-                    if is_last
-                        && scan
-                            .records
-                            .last()
-                            .map(|r| r.entry.index)
-                            .or(prev.map(|(i, _)| i))
-                            .unwrap_or(first.saturating_sub(1))
-                            < acked =>
-                {
+                Tail::Torn { reason } if is_last && acked > 0 && damaged <= acked => {
                     // The damaged record is one this replica had made
                     // durable and may have acknowledged: not a torn write.
-                    let index = scan
-                        .records
-                        .last()
-                        .map(|r| r.entry.index)
-                        .or(prev.map(|(i, _)| i))
-                        .map_or(first, |i| i + 1);
                     return Err(OpenError::Lost {
                         path: path.clone(),
                         offset: scan.end as u64,
-                        index,
+                        index: damaged,
                         acked,
                         reason,
                     });
