@@ -803,9 +803,10 @@ fn run_sim(args: SimArgs) -> ExitCode {
     let sum = |f: fn(&sim::SimStats) -> u64| -> u64 { results.iter().map(|r| f(&r.stats)).sum() };
     outln!(
         text,
-        "coverage: {} leaders, {} torn writes, {} snapshots installed, {} membership changes ({} replicas replaced after losing their disk), {} transfers, {} reads, {} forged messages refused",
+        "coverage: {} leaders, {} torn writes, {} restarts that lost acknowledged entries, {} snapshots installed, {} membership changes ({} replicas replaced after losing their disk), {} transfers, {} reads, {} forged messages refused",
         sum(|s| s.leaders),
         sum(|s| s.torn_writes),
+        sum(|s| s.tails_lost),
         sum(|s| s.snapshots_installed),
         sum(|s| s.conf_changes),
         sum(|s| s.wipes),

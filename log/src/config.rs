@@ -40,6 +40,9 @@ pub struct InjectedBugs {
     pub forget_vote: bool,
     /// A follower acknowledges an append before persisting it.
     pub ack_before_persist: bool,
+    /// A leader keeps its match index for a follower that says it lost
+    /// entries it acknowledged (the follower then lags for ever).
+    pub keep_lost_match: bool,
 }
 
 /// A node's configuration.

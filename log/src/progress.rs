@@ -154,7 +154,7 @@ impl Progress {
         true
     }
 
-    fn become_probe_keep_next(&mut self) {
+    pub(crate) fn become_probe_keep_next(&mut self) {
         self.state = ProgressState::Probe;
         self.probe_sent = false;
         self.inflights.clear();

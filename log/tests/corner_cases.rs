@@ -650,3 +650,79 @@ fn a_members_newer_term_is_still_taken() {
     assert!(c.node(1).term() > term);
     assert_eq!(c.node(1).refusals().0, 0);
 }
+
+/// A follower restarts holding less than it acknowledged: its durable tail
+/// was damaged past its acknowledged watermark and cut on open (or it keeps
+/// no disk). Returns the cluster, the follower's last index after the loss
+/// and the leader's match index for it before.
+fn follower_loses_its_acknowledged_tail(bugs: InjectedBugs) -> (Cluster, Index, Index) {
+    let mut c = Cluster::new(3, |cfg| cfg.bugs = bugs);
+    c.elect(1);
+    for i in 0..6 {
+        c.propose(1, &format!("w{i}"));
+        c.stabilize();
+    }
+    c.tick_all(2);
+    let matched = c.node(1).progress(3).unwrap().match_index;
+    assert_eq!(matched, c.node(3).log().last_index());
+    c.crash(3);
+    let storage = c.down.get_mut(&3).unwrap();
+    let holds = matched - 3;
+    storage.truncate_suffix(holds + 1).unwrap();
+    let mut hs = storage.hard_state();
+    hs.commit = hs.commit.min(holds);
+    storage.set_hard_state(hs).unwrap();
+    c.restart(3);
+    (c, holds, matched)
+}
+
+#[test]
+fn an_idle_leader_catches_up_a_follower_that_lost_acknowledged_entries() {
+    let (mut c, holds, matched) = follower_loses_its_acknowledged_tail(InjectedBugs::default());
+    assert_eq!(c.node(3).log().last_index(), holds);
+    // No proposals: heartbeats alone must reveal the loss (the follower is
+    // told a commit index past its log and says so).
+    for _ in 0..3 {
+        c.tick_all(c.cfg.heartbeat_interval_ticks);
+        c.stabilize();
+    }
+    let leader_last = c.node(1).log().last_index();
+    assert_eq!(leader_last, matched);
+    assert_eq!(c.node(3).log().last_index(), leader_last, "caught up");
+    assert_eq!(c.node(3).log().committed, c.node(1).log().committed);
+    assert_eq!(c.node(1).progress(3).unwrap().match_index, leader_last);
+    assert_eq!(c.node(1).lost_matches().0, 1, "found once");
+    assert_eq!(c.applied_data(3), c.applied_data(1));
+}
+
+#[test]
+fn a_busy_leader_catches_up_a_follower_that_lost_acknowledged_entries() {
+    let (mut c, holds, matched) = follower_loses_its_acknowledged_tail(InjectedBugs::default());
+    let i = c.propose(1, "after the loss");
+    c.stabilize();
+    assert!(i > matched && holds < matched);
+    assert_eq!(c.node(3).log().last_index(), i, "caught up");
+    assert_eq!(c.node(1).progress(3).unwrap().match_index, i);
+    // Node 3 counts again: with 2 down, 1 and 3 commit on their own.
+    c.crash(2);
+    let j = c.propose(1, "without 2");
+    c.stabilize();
+    assert_eq!(c.node(1).log().committed, j);
+}
+
+#[test]
+fn keeping_the_match_index_of_a_follower_that_lost_entries_leaves_it_behind() {
+    // The planted bug shows what the two tests above guard against.
+    let bugs = InjectedBugs {
+        keep_lost_match: true,
+        ..InjectedBugs::default()
+    };
+    let (mut c, holds, matched) = follower_loses_its_acknowledged_tail(bugs);
+    c.propose(1, "after the loss");
+    for _ in 0..5 {
+        c.tick_all(c.cfg.heartbeat_interval_ticks);
+        c.stabilize();
+    }
+    assert_eq!(c.node(3).log().last_index(), holds, "left behind");
+    assert!(c.node(1).progress(3).unwrap().match_index >= matched);
+}

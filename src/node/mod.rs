@@ -192,6 +192,8 @@ pub struct CoordinatorNode<T: Transport> {
     /// Raft refusals counted into `rejected_messages` and logged so far,
     /// and when last logged.
     refusals_logged: (u64, Option<Instant>),
+    /// How many lost-match findings were logged, and when last.
+    lost_matches_logged: (u64, Option<Instant>),
 }
 
 /// A client waiting for an entry's commit point.
@@ -272,6 +274,7 @@ impl<T: Transport> CoordinatorNode<T> {
             pushes_in_flight: HashMap::new(),
             delayed_pushes: VecDeque::new(),
             refusals_logged: (0, None),
+            lost_matches_logged: (0, None),
         })
     }
 
@@ -442,6 +445,24 @@ impl<T: Transport> CoordinatorNode<T> {
     /// Logs the Raft core's refusals (a message from a non-member, a term
     /// out of bounds), at most once a second, with how many since.
     fn log_refusals(&mut self) {
+        let (lost, latest) = self.raft.lost_matches();
+        let now = Instant::now();
+        let quiet = |at: Option<Instant>| {
+            at.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        };
+        if lost != self.lost_matches_logged.0 && !quiet(self.lost_matches_logged.1) {
+            if let Some((follower, matched, holds)) = latest {
+                tracing::warn!(
+                    follower,
+                    acknowledged = matched,
+                    holds,
+                    findings = lost - self.lost_matches_logged.0,
+                    "follower holds less than it acknowledged (its log lost entries); \
+                     replicating to it again from what it holds"
+                );
+            }
+            self.lost_matches_logged = (lost, Some(now));
+        }
         let (count, last) = self.raft.refusals();
         if count == self.refusals_logged.0 {
             return;

@@ -53,6 +53,12 @@ pub const BUGS: &[PlantedBug] = &[
         invariants: &["leader completeness", "state machine safety"],
     },
     PlantedBug {
+        name: "keep-lost-match",
+        workload: "raft",
+        what: "a leader keeps its match index for a follower that lost entries it acknowledged",
+        invariants: &["catch up"],
+    },
+    PlantedBug {
         name: "complete-before-push",
         workload: "coordinator",
         what: "the completion record is written before the masters acknowledged the pushes",
@@ -96,6 +102,7 @@ pub fn bug_by_name(name: &str) -> Option<PlantedBugs> {
         "commit-previous-term" => b.raft.commit_previous_term = true,
         "forget-vote" => b.raft.forget_vote = true,
         "ack-before-persist" => b.raft.ack_before_persist = true,
+        "keep-lost-match" => b.raft.keep_lost_match = true,
         "complete-before-push" => b.coordinator.complete_before_push = true,
         "no-roll-forward" => b.coordinator.no_roll_forward = true,
         "forget-clients" => b.coordinator.forget_clients = true,

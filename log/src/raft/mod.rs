@@ -137,6 +137,11 @@ pub struct RawNode<S: Storage> {
     /// Messages refused by [`RawNode::step`], and the latest reason.
     refused: u64,
     last_refusal: Option<(NodeId, Refusal)>,
+    /// Followers found to have lost entries they acknowledged (leader only;
+    /// see `handle_append_resp`), and the latest: (follower, the match
+    /// index we had, what it holds).
+    lost_matches: u64,
+    last_lost_match: Option<(NodeId, Index, Index)>,
 }
 
 /// Why [`RawNode::step`] refused a message (it changed nothing).
@@ -218,6 +223,8 @@ impl<S: Storage> RawNode<S> {
             prev_hard_state: hs,
             refused: 0,
             last_refusal: None,
+            lost_matches: 0,
+            last_lost_match: None,
             ready_number: 0,
             advanced_number: 0,
         };
@@ -437,11 +444,23 @@ impl<S: Storage> RawNode<S> {
                     | MessageBody::Heartbeat { .. }
                     | MessageBody::Snapshot { .. }
             );
-            if !(from_leader && m.term <= self.term) {
+            // A leader we do not know of yet is normal for a replica whose
+            // configuration lags (it missed the change that added that
+            // leader, or it replays its log after a restart): it must hear
+            // that leader, or it stays behind for ever. So a non-member's
+            // leader messages are taken at our term, and at a newer one
+            // only while we hear from no leader of our own: a stranger can
+            // never depose a leader that is in contact.
+            if !(from_leader && (m.term <= self.term || !self.hears_leader())) {
                 return Err(Refusal::NotAMember);
             }
         }
         Ok(())
+    }
+
+    fn note_lost_match(&mut self, from: NodeId, matched: Index, holds: Index) {
+        self.lost_matches += 1;
+        self.last_lost_match = Some((from, matched, holds));
     }
 
     fn note_refusal(&mut self, from: NodeId, why: Refusal) {
@@ -449,10 +468,24 @@ impl<S: Storage> RawNode<S> {
         self.last_refusal = Some((from, why));
     }
 
+    /// Whether this node leads, or heard from its leader within an
+    /// election timeout.
+    pub fn hears_leader(&self) -> bool {
+        self.role == Role::Leader
+            || (self.leader_id.is_some() && self.election_elapsed < self.cfg.election_timeout_ticks)
+    }
+
     /// How many messages `step` refused, and the latest (sender, reason):
     /// the driver logs them.
     pub fn refusals(&self) -> (u64, Option<(NodeId, Refusal)>) {
         (self.refused, self.last_refusal)
+    }
+
+    /// How many times, as leader, this node found a follower holding less
+    /// than it had acknowledged (and so probed it again from what it
+    /// holds), and the latest: (follower, match index we had, its hint).
+    pub fn lost_matches(&self) -> (u64, Option<(NodeId, Index, Index)>) {
+        (self.lost_matches, self.last_lost_match)
     }
 
     fn step_follower(&mut self, m: Message) {
@@ -475,7 +508,23 @@ impl<S: Storage> RawNode<S> {
                 self.election_elapsed = 0;
                 self.leader_id = Some(m.from);
                 // The leader sends min(its commit, our match): safe to take.
-                self.log.commit_to(commit.min(self.log.last_index()));
+                let last = self.log.last_index();
+                self.log.commit_to(commit.min(last));
+                if commit > last {
+                    // The leader believes we hold entries we do not: we lost
+                    // them (see `handle_append_resp`). Say so the way a
+                    // failed append does, or an idle leader never learns.
+                    self.send(
+                        m.from,
+                        self.term,
+                        MessageBody::AppendResp {
+                            reject: true,
+                            index: commit,
+                            hint_index: last,
+                            hint_term: 0,
+                        },
+                    );
+                }
                 self.send(
                     m.from,
                     self.term,

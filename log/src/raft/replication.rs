@@ -166,6 +166,29 @@ impl<S: Storage> RawNode<S> {
             let Some(pr) = self.progress.get_mut(&from) else {
                 return;
             };
+            if index <= pr.match_index
+                && hint_index < pr.match_index
+                && !matches!(pr.state, ProgressState::Snapshot { .. })
+                && !self.cfg.bugs.keep_lost_match
+            {
+                // The follower denies holding entries it acknowledged: its
+                // log lost them (damage past its acknowledged watermark, or
+                // a replica without a disk restarted). Every later rejection
+                // would sit at or below the match index and look stale, so
+                // the follower would lag for ever. Forget what we knew and
+                // probe from its hint. Lowering a match index never commits
+                // anything, and the commit index never goes back. (A truly
+                // stale rejection, reordered behind newer acknowledgements,
+                // lands here too: it costs one probe round.)
+                let matched = pr.match_index;
+                pr.match_index = 0;
+                pr.next_index = (probe + 1).min(last + 1).max(1);
+                pr.become_probe_keep_next();
+                pr.sent_commit = 0;
+                self.note_lost_match(from, matched, hint_index);
+                self.maybe_send_append(from, true);
+                return;
+            }
             if pr.maybe_decr_to(index, probe + 1) {
                 self.maybe_send_append(from, true);
             }

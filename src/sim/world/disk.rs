@@ -99,6 +99,9 @@ impl World {
         let fresh_cluster = self.fresh_cluster();
         let node = self.nodes.get_mut(&id).unwrap();
         let Some(raft) = node.raft.take() else { return };
+        // A leader's own lost tail tells nothing: its successor starts
+        // with no match indexes. A follower's is the case to check.
+        let follower = raft.role() != Role::Leader;
         let mut storage = raft.into_storage();
         // The write in flight may have partly reached the disk: some whole
         // readies, then a prefix of one ready's entries (never its hard
@@ -125,6 +128,11 @@ impl World {
         }
         node.disk_queue.clear();
         node.disk_inflight = 0;
+        let lose = self.lose_tail_next_crash || self.rng.random_bool(self.p.lose_tail);
+        if !wipe && follower && lose {
+            self.lose_tail(id, &mut storage);
+        }
+        let node = self.nodes.get_mut(&id).unwrap();
         node.incarnation += 1;
         node.down_storage = (!wipe).then_some(storage);
         node.kv = Kv::default();
@@ -153,6 +161,135 @@ impl World {
             self.at(down, Ev::Restart(new));
             self.trace(|| format!("n{id} lost its disk: retired; n{new} replaces it, empty"));
         }
+    }
+
+    /// Cuts the tail of a crashed replica's durable log, as damage past
+    /// its acknowledged watermark would be cut on open (never below its
+    /// durable commit index, which the watermark covers). Only entries that
+    /// every other replica holds durably (same index and term) may go, so
+    /// no committed entry is lost and the election rule still protects
+    /// them; what is lost had been acknowledged, and the leader's match
+    /// index for this replica is now above what it holds.
+    fn lose_tail(&mut self, id: NodeId, storage: &mut MemStorage) {
+        let keep = self.losable_from(id, storage) - 1;
+        let last = storage.last_index();
+        if keep == last {
+            return;
+        }
+        let cut = self.rng.random_range(keep..last);
+        storage
+            .truncate_suffix(cut + 1)
+            .expect("cutting within the log");
+        self.stats.tails_lost += 1;
+        self.trace(|| format!("n{id} loses its acknowledged log tail {}..={last}", cut + 1));
+    }
+
+    /// After the heal, with the group settled: one follower restarts having
+    /// lost acknowledged entries, under a leader that believes it holds
+    /// them (during the faults leaders change too often for a stale match
+    /// index to outlive the fault). It must be caught up before the end.
+    pub(super) fn amnesia(&mut self, tries_left: u32) {
+        let Some(leader) = self.some_leader() else {
+            return self.amnesia_later(tries_left);
+        };
+        // A follower with a tail to lose: acknowledged entries past its
+        // durable commit index that every other replica holds.
+        let followers: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.id != leader)
+            .filter(|n| {
+                n.raft.as_ref().is_some_and(|r| {
+                    let s = r.log().storage();
+                    self.losable_from(n.id, s) < s.last_index()
+                })
+            })
+            .map(|n| n.id)
+            .collect();
+        if followers.is_empty() {
+            return self.amnesia_later(tries_left);
+        }
+        let victim = followers[self.rng.random_range(0..followers.len())];
+        let target = self.nodes[&leader]
+            .raft
+            .as_ref()
+            .expect("leads")
+            .log()
+            .committed;
+        self.lose_tail_next_crash = true;
+        self.crash(victim);
+        self.lose_tail_next_crash = false;
+        let down = self.rng.random_range(1_000..20_000);
+        self.at(down, Ev::Restart(victim));
+        // Caught up within a few heartbeats, not at the next compaction
+        // (which would hide a stale match index behind a snapshot).
+        self.at(
+            down + AMNESIA_CATCH_UP_TICKS * TICK_US,
+            Ev::CheckCaughtUp { id: victim, target },
+        );
+    }
+
+    pub(super) fn check_amnesia_caught_up(&self, id: NodeId, target: u64) -> Result<(), Violation> {
+        let Some(raft) = self.nodes.get(&id).and_then(|n| n.raft.as_ref()) else {
+            return Ok(());
+        };
+        let committed = raft.log().committed;
+        if committed >= target {
+            return Ok(());
+        }
+        let matched = self
+            .some_leader()
+            .and_then(|l| self.nodes[&l].raft.as_ref())
+            .and_then(|r| r.progress(id).map(|p| p.match_index));
+        Err(Violation::new(
+            "catch up",
+            format!(
+                "node {id} restarted without acknowledged entries and, {AMNESIA_CATCH_UP_TICKS} \
+                 ticks later, has committed {committed} (its log ends at {}), below the {target} \
+                 committed when it went down; the leader's match index for it is {matched:?}",
+                raft.log().last_index()
+            ),
+        ))
+    }
+
+    fn amnesia_later(&mut self, tries_left: u32) {
+        if tries_left > 0 {
+            let d = self.rng.random_range(500..3_000);
+            self.at(d, Ev::Amnesia(tries_left - 1));
+        }
+    }
+
+    /// The first index of `id`'s durable log that it could lose (see
+    /// `lose_tail`); its last index + 1 if none.
+    fn losable_from(&self, id: NodeId, storage: &MemStorage) -> u64 {
+        let others: Vec<&MemStorage> = self
+            .nodes
+            .values()
+            .filter(|n| n.id != id)
+            .filter_map(|n| {
+                n.raft
+                    .as_ref()
+                    .map(|r| r.log().storage())
+                    .or(n.down_storage.as_ref())
+            })
+            .collect();
+        // Never below its own durable commit index: the real log writes
+        // its acknowledged watermark with every hard-state change, and a
+        // replica refuses to start when damage reaches below it.
+        let floor = storage
+            .snapshot()
+            .meta
+            .index
+            .max(storage.hard_state().commit);
+        let mut keep = storage.last_index();
+        while keep > floor {
+            let Ok(term) = storage.term(keep) else { break };
+            if !others.iter().all(|o| o.term(keep) == Ok(term)) {
+                break;
+            }
+            keep -= 1;
+        }
+        keep + 1
     }
 
     pub(super) fn restart(&mut self, id: NodeId) -> Result<(), Violation> {

@@ -100,6 +100,8 @@ pub struct SimStats {
     pub crashes: u64,
     /// Crashes that left a torn write behind.
     pub torn_writes: u64,
+    /// Restarts that lost acknowledged entries of the log tail.
+    pub tails_lost: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
     /// Removed replicas whose disk was lost, replaced by a new replica
@@ -205,9 +207,19 @@ struct Params {
     /// Step forged messages into replicas: from a non-member with a newer
     /// term, from a member with a term at the ceiling or far ahead.
     forge: bool,
+    /// Chance that a crashed replica comes back without part of the log
+    /// tail it acknowledged (disk damage past its acknowledged watermark,
+    /// cut on open as a torn tail). Only entries every other replica holds
+    /// durably are lost, so no committed entry can go; the leader must
+    /// notice and replicate them again.
+    lose_tail: f64,
 }
 
 const TICK_US: u64 = 1_000;
+/// A follower that restarted without acknowledged entries is caught up
+/// within this many ticks of its restart (a few heartbeats and round trips,
+/// with room for an election).
+const AMNESIA_CATCH_UP_TICKS: u64 = 100;
 const ELECTION_TICKS: u64 = 10;
 const HEARTBEAT_TICKS: u64 = 2;
 const CLIENTS: usize = 3;
@@ -251,6 +263,7 @@ impl Params {
             fault_phase_us: 1_500_000,
             liveness_us: 3_000_000,
             forge: false,
+            lose_tail: 0.0,
         };
         let heavy = level == FaultLevel::Heavy;
         if level != FaultLevel::None {
@@ -297,6 +310,9 @@ impl Params {
         // Drawn last: earlier draws (and the seeds replaying them) keep
         // their values.
         p.forge = level != FaultLevel::None && rng.random_bool(0.5);
+        if p.crashes && rng.random_bool(0.5) {
+            p.lose_tail = rng.random_range(0.3..1.0);
+        }
         p
     }
 }
@@ -350,6 +366,16 @@ enum Ev {
     Coord(coordinator::CoordEv),
     /// Step a forged Raft message into a replica.
     Forge,
+    /// A follower restarts without part of its acknowledged tail (tries
+    /// left to find one with a tail to lose).
+    Amnesia(u32),
+    /// Note the commit index every member must reach by the end.
+    MarkCommit,
+    /// A follower that lost acknowledged entries has caught up.
+    CheckCaughtUp {
+        id: NodeId,
+        target: u64,
+    },
 }
 
 struct Queued {
@@ -443,6 +469,11 @@ struct World {
     trace: Vec<String>,
     stats: SimStats,
     live_commit_after_heal: bool,
+    /// The highest commit index any replica knew well before the end (at
+    /// three quarters of the liveness phase): every member must reach it.
+    commit_to_reach: u64,
+    /// The next crash loses the tail (the heal's final fault).
+    lose_tail_next_crash: bool,
     /// op id -> (history clock at its first apply anywhere, took effect).
     first_applied: HashMap<u64, (u64, bool)>,
     /// The coordinator workload's masters, clients and history.
@@ -503,6 +534,8 @@ fn run_unguarded(opts: SimOptions) -> SimOutcome {
         trace: Vec::new(),
         stats: SimStats::default(),
         live_commit_after_heal: false,
+        commit_to_reach: 0,
+        lose_tail_next_crash: false,
         first_applied: HashMap::new(),
         cw: Default::default(),
         opts,
@@ -662,6 +695,10 @@ impl World {
             }
         }
         self.at(self.heal_at, Ev::Heal);
+        if self.p.lose_tail > 0.0 {
+            self.at(self.heal_at + self.p.liveness_us / 4, Ev::Amnesia(200));
+        }
+        self.at(self.heal_at + self.p.liveness_us * 3 / 4, Ev::MarkCommit);
         let end = self.heal_at + self.p.liveness_us;
 
         while let Some(Reverse(q)) = self.queue.pop() {
@@ -682,6 +719,7 @@ impl World {
             self.handle(q.ev)?;
         }
         self.now = end;
+        self.check_caught_up()?;
         if !self.live_commit_after_heal {
             return Err(Violation::new(
                 "liveness",
@@ -767,6 +805,20 @@ impl World {
                 Ok(())
             }
             Ev::Forge => self.forge(),
+            Ev::MarkCommit => {
+                self.commit_to_reach = self
+                    .nodes
+                    .values()
+                    .filter_map(|n| n.raft.as_ref().map(|r| r.log().committed))
+                    .max()
+                    .unwrap_or(0);
+                Ok(())
+            }
+            Ev::CheckCaughtUp { id, target } => self.check_amnesia_caught_up(id, target),
+            Ev::Amnesia(tries_left) => {
+                self.amnesia(tries_left);
+                Ok(())
+            }
             Ev::Crash => {
                 self.crash_some();
                 Ok(())
@@ -953,6 +1005,41 @@ impl World {
             }
         }
         self.maybe_compact(id);
+        Ok(())
+    }
+
+    /// Once faults stop, every member of the group learns every entry
+    /// committed well before the end: none is left behind for ever (as a
+    /// follower whose leader believes it holds entries it lost would be).
+    fn check_caught_up(&self) -> Result<(), Violation> {
+        let Some(leader) = self.some_leader() else {
+            return Ok(()); // liveness reports a group without a leader
+        };
+        let conf = self.nodes[&leader].raft.as_ref().expect("up").conf();
+        for id in conf.members() {
+            let Some(raft) = self.nodes.get(&id).and_then(|n| n.raft.as_ref()) else {
+                continue;
+            };
+            let committed = raft.log().committed;
+            if committed < self.commit_to_reach {
+                let pr = self.nodes[&leader]
+                    .raft
+                    .as_ref()
+                    .and_then(|r| r.progress(id).map(|p| p.match_index));
+                return Err(Violation::new(
+                    "catch up",
+                    format!(
+                        "{}us after faults stopped, node {id} has committed {committed} \
+                         (its log ends at {}), below the {} committed {}us earlier; \
+                         leader {leader} has match index {pr:?} for it",
+                        self.p.liveness_us,
+                        raft.log().last_index(),
+                        self.commit_to_reach,
+                        self.p.liveness_us / 4
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -120,7 +120,15 @@ impl World {
             1 => (member, u64::MAX - self.rng.random_range(0..3)),
             _ => (member, ours + (1 << 32) + self.rng.random_range(1..1000)),
         };
-        let body = match self.rng.random_range(0..4) {
+        // A non-member's leader messages reach a replica that hears no
+        // leader of its own (its configuration may lag); forged ones are
+        // refused only while it is in contact with its leader.
+        let stranger = from >= 1_000_000;
+        let kind = match self.rng.random_range(0..4) {
+            0 if stranger && !raft.hears_leader() => 1,
+            k => k,
+        };
+        let body = match kind {
             0 => MessageBody::Heartbeat {
                 commit: 0,
                 seq: 0,
