@@ -33,6 +33,7 @@ pub mod admission;
 pub mod frame;
 #[cfg(feature = "rdma")]
 pub mod hybrid;
+pub mod link;
 pub mod mem;
 #[cfg(feature = "rdma")]
 pub mod rdma;
@@ -40,6 +41,7 @@ pub mod rdma;
 pub mod rdma_transport;
 pub mod ring;
 pub mod tcp;
+pub mod tls;
 
 use std::sync::Arc;
 

@@ -46,7 +46,6 @@
 //! handle dropped at once, so the kernel resets a peer still sending.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -58,6 +57,8 @@ use crossbeam::channel::{unbounded, Receiver, Sender};
 
 use crate::admission::{Admission, Limits, Ticket};
 use crate::frame::{Frame, FrameDecoder, FrameError};
+use crate::link::Link;
+use crate::tls::{Identity, Tls};
 use crate::{apply_write, Event, PeerId, Region, RegionId, RegionMap, Transport};
 
 /// How a [`TcpTransport`] runs.
@@ -81,6 +82,9 @@ pub struct TcpConfig {
     pub inline_io: bool,
     /// Bounds on what inbound connections may hold ([`crate::admission`]).
     pub limits: Limits,
+    /// Mutual TLS on every connection, and the ids it binds
+    /// ([`crate::tls`]); `None`: plain TCP, ids taken on trust.
+    pub tls: Option<Tls>,
 }
 
 impl TcpConfig {
@@ -96,6 +100,7 @@ impl TcpConfig {
             queue_frames_max: 4096,
             inline_io: false,
             limits: Limits::default(),
+            tls: None,
         }
     }
 }
@@ -120,7 +125,7 @@ struct Inner {
     outbound: Mutex<HashMap<PeerId, Arc<Outbound>>>,
     /// The newest connection each peer opened to us, for answering peers
     /// whose address we do not know (clients).
-    inbound: Mutex<HashMap<PeerId, Arc<Mutex<TcpStream>>>>,
+    inbound: Mutex<HashMap<PeerId, Arc<Link>>>,
     /// Every open connection, to close them at shutdown, by the remote
     /// address it had when opened (one connection per address and port).
     conns: Mutex<Vec<(Option<SocketAddr>, TcpStream)>>,
@@ -154,7 +159,7 @@ const WAKE: mio::Token = mio::Token(0);
 
 /// A connection read by the owner.
 struct InlineConn {
-    stream: TcpStream,
+    stream: Arc<Link>,
     dec: FrameDecoder,
     peer: PeerId,
     addr: SocketAddr,
@@ -167,7 +172,7 @@ struct InlineConn {
 
 enum ConnKind {
     /// Opened by the peer: write acks go back on `writer`.
-    Inbound { writer: Arc<Mutex<TcpStream>> },
+    Inbound { writer: Arc<Link> },
     /// Ours: carries the peer's write acks.
     Outbound { out: Arc<Outbound>, generation: u64 },
 }
@@ -179,7 +184,7 @@ struct Outbound {
 
 /// The live connection (if any) and the frames waiting for one.
 struct Slot {
-    stream: Option<TcpStream>,
+    stream: Option<Arc<Link>>,
     /// Bumped per connection: a reader that ends clears only its own.
     generation: u64,
     queue: std::collections::VecDeque<Frame>,
@@ -327,10 +332,9 @@ impl TcpTransport {
         if let Some(stream) = slot.stream.as_ref() {
             let mut b = BytesMut::new();
             frame.encode(&mut b);
-            let mut w: &TcpStream = stream;
-            if let Err(e) = w.write_all(&b) {
+            if let Err(e) = stream.write_all(&b) {
                 tracing::info!(peer = to, error = %e, "send failed; reconnecting");
-                let _ = stream.shutdown(Shutdown::Both);
+                stream.shutdown();
                 slot.stream = None;
             }
             return;
@@ -547,7 +551,7 @@ impl std::fmt::Display for ReadError {
 /// `deadline`, the whole frame must arrive by then (however slowly the
 /// peer trickles bytes).
 fn read_frame(
-    stream: &mut TcpStream,
+    stream: &Link,
     dec: &mut FrameDecoder,
     ticket: Option<&mut Ticket>,
     deadline: Option<std::time::Instant>,
@@ -560,7 +564,7 @@ fn read_frame(
 }
 
 fn read_frame_with(
-    stream: &mut TcpStream,
+    stream: &Link,
     dec: &mut FrameDecoder,
     buf: &mut [u8],
     mut ticket: Option<&mut Ticket>,
@@ -582,7 +586,7 @@ fn read_frame_with(
             if left.is_zero() {
                 return Err(ReadError::Bound("the handshake took too long"));
             }
-            let _ = stream.set_read_timeout(Some(left));
+            let _ = stream.socket().set_read_timeout(Some(left));
         }
         match stream.read(buf) {
             Ok(0) => return Err(ReadError::Io("closed by the peer".into())),
@@ -607,16 +611,27 @@ fn read_frame_with(
     }
 }
 
-fn serve_inbound(inner: Arc<Inner>, mut stream: TcpStream, addr: SocketAddr, mut ticket: Ticket) {
+fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, mut ticket: Ticket) {
     let mut dec = FrameDecoder::new();
     let limits = inner.admission.limits();
     let deadline = std::time::Instant::now() + limits.handshake_timeout;
-    let peer = match read_frame(&mut stream, &mut dec, Some(&mut ticket), Some(deadline)) {
+    let stream = match &inner.cfg.tls {
+        None => Link::plain(stream),
+        Some(tls) => match Link::accept_tls(stream, tls, deadline) {
+            Ok(l) => l,
+            Err(e) => {
+                refuse_credential(&inner, addr, &e.to_string());
+                return;
+            }
+        },
+    };
+    let stream = Arc::new(stream);
+    let peer = match read_frame(&stream, &mut dec, Some(&mut ticket), Some(deadline)) {
         Ok(Frame::Hello { peer, cluster }) if cluster == inner.cluster => peer,
         Ok(Frame::Hello { cluster, .. }) => {
             reject(
                 &inner,
-                &stream,
+                stream.socket(),
                 addr,
                 &format!("hello from cluster {cluster}"),
             );
@@ -625,21 +640,33 @@ fn serve_inbound(inner: Arc<Inner>, mut stream: TcpStream, addr: SocketAddr, mut
         Ok(other) => {
             reject(
                 &inner,
-                &stream,
+                stream.socket(),
                 addr,
                 &format!("expected hello, got {other:?}"),
             );
             return;
         }
         Err(ReadError::Bound(why)) => {
-            close_for_bound(&inner, &stream, addr, why);
+            close_for_bound(&inner, stream.socket(), addr, why);
             return;
         }
         Err(why) => {
-            reject(&inner, &stream, addr, &why.to_string());
+            reject(&inner, stream.socket(), addr, &why.to_string());
             return;
         }
     };
+    if let Some(identity) = stream.identity() {
+        if !identity.admits(peer) {
+            stream.shutdown();
+            untrack(&inner, addr);
+            refuse_credential(
+                &inner,
+                addr,
+                &format!("a {identity} certificate may not claim id {peer}"),
+            );
+            return;
+        }
+    }
     let configured_peer = inner
         .outbound
         .lock()
@@ -647,21 +674,25 @@ fn serve_inbound(inner: Arc<Inner>, mut stream: TcpStream, addr: SocketAddr, mut
         .contains_key(&peer);
     if configured_peer {
         ticket.promote_to_peer();
-        let _ = stream.set_read_timeout(None);
+        let _ = stream.socket().set_read_timeout(None);
     } else if !ticket.client_within_cap() {
-        close_for_bound(&inner, &stream, addr, "client connections at their limit");
+        close_for_bound(
+            &inner,
+            stream.socket(),
+            addr,
+            "client connections at their limit",
+        );
         return;
     } else {
-        let _ = stream.set_read_timeout(Some(limits.client_idle_timeout));
+        let _ = stream
+            .socket()
+            .set_read_timeout(Some(limits.client_idle_timeout));
     }
     let hello = Frame::Hello {
         peer: inner.id,
         cluster: inner.cluster,
     };
-    let Ok(writer) = stream.try_clone() else {
-        return;
-    };
-    let writer = Arc::new(Mutex::new(writer));
+    let writer = stream.clone();
     if send_frame(&writer, &hello).is_err() {
         return;
     }
@@ -700,6 +731,17 @@ fn serve_inbound(inner: Arc<Inner>, mut stream: TcpStream, addr: SocketAddr, mut
     }
 }
 
+/// Closes a connection whose credential failed (no certificate, another
+/// CA, expired, an identity that may not claim its id): counted, logged
+/// at most once a second (a scanner must not flood the log).
+fn refuse_credential(inner: &Inner, addr: SocketAddr, why: &str) {
+    if !inner.shutdown.load(Ordering::SeqCst) {
+        inner.rejected_conns.fetch_add(1, Ordering::Relaxed);
+        inner.admission.note_refusal(addr, why);
+    }
+    untrack(inner, addr);
+}
+
 fn reject(inner: &Inner, stream: &TcpStream, addr: SocketAddr, why: &str) {
     if !inner.shutdown.load(Ordering::SeqCst) {
         inner.rejected_conns.fetch_add(1, Ordering::Relaxed);
@@ -709,51 +751,51 @@ fn reject(inner: &Inner, stream: &TcpStream, addr: SocketAddr, why: &str) {
     untrack(inner, addr);
 }
 
-fn send_frame(writer: &Mutex<TcpStream>, frame: &Frame) -> std::io::Result<()> {
+fn send_frame(writer: &Link, frame: &Frame) -> std::io::Result<()> {
     let mut b = BytesMut::new();
     frame.encode(&mut b);
-    writer.lock().expect("lock poisoned").write_all(&b)
+    writer.write_all(&b)
 }
 
 /// Takes frames off a connection until it ends. `acks` is where write
 /// acknowledgements go (the same connection).
 fn read_loop(
     inner: &Inner,
-    mut stream: TcpStream,
+    stream: Arc<Link>,
     mut dec: FrameDecoder,
     peer: PeerId,
     addr: SocketAddr,
-    acks: Option<&Mutex<TcpStream>>,
+    acks: Option<&Link>,
     mut ticket: Option<&mut Ticket>,
 ) {
     loop {
-        let frame = match read_frame(&mut stream, &mut dec, ticket.as_deref_mut(), None) {
+        let frame = match read_frame(&stream, &mut dec, ticket.as_deref_mut(), None) {
             Ok(f) => f,
             Err(ReadError::Bound(why)) => {
-                close_for_bound(inner, &stream, addr, why);
+                close_for_bound(inner, stream.socket(), addr, why);
                 return;
             }
             Err(ReadError::BadInput(e)) => {
-                reject(inner, &stream, addr, &e.to_string());
+                reject(inner, stream.socket(), addr, &e.to_string());
                 return;
             }
             Err(ReadError::Io(why)) => {
                 if !inner.shutdown.load(Ordering::SeqCst) {
                     tracing::info!(peer, %addr, reason = why, "connection closed");
                 }
-                let _ = stream.shutdown(Shutdown::Both);
+                stream.shutdown();
                 untrack(inner, addr);
                 return;
             }
         };
-        let verdict = handle_frame(inner, frame, peer, acks, |ev| {
+        let verdict = handle_frame(inner, frame, peer, stream.identity(), acks, |ev| {
             let _ = inner.events.send(ev);
         });
         match verdict {
             Verdict::Keep => {}
             Verdict::Close => return,
             Verdict::Reject(why) => {
-                reject(inner, &stream, addr, why);
+                reject(inner, stream.socket(), addr, why);
                 return;
             }
         }
@@ -778,7 +820,8 @@ fn handle_frame(
     inner: &Inner,
     frame: Frame,
     peer: PeerId,
-    acks: Option<&Mutex<TcpStream>>,
+    identity: Option<Identity>,
+    acks: Option<&Link>,
     deliver: impl FnOnce(Event),
 ) -> Verdict {
     match frame {
@@ -798,6 +841,10 @@ fn handle_frame(
             let Some(w) = acks else {
                 return Verdict::Reject("a write on our own connection");
             };
+            // Only a coordinator replica writes configuration into us.
+            if identity.is_some_and(|i| !matches!(i, Identity::Replica(_))) {
+                return Verdict::Reject("a one-sided write from a peer that is not a replica");
+            }
             let status = apply_write(&inner.regions, region, offset, &bytes);
             if send_frame(w, &Frame::WriteAck { id, status }).is_err() {
                 return Verdict::Close;
@@ -819,7 +866,7 @@ fn handle_frame(
 fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outbound>) {
     let mut backoff = inner.cfg.backoff_min;
     while !inner.shutdown.load(Ordering::SeqCst) {
-        let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        let sock = match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(peer, %addr, error = %e, "connect failed; retrying");
@@ -828,30 +875,55 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        let _ = sock.set_nodelay(true);
         // A peer that stops reading must not block senders for long.
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-        track(&inner, &stream);
+        let _ = sock.set_write_timeout(Some(Duration::from_secs(1)));
+        track(&inner, &sock);
+        let stream = match &inner.cfg.tls {
+            None => Link::plain(sock),
+            Some(tls) => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                match Link::connect_tls(sock, tls, deadline) {
+                    Ok(l) if l.identity().is_some_and(|i| i.admits(peer)) => l,
+                    Ok(l) => {
+                        l.shutdown();
+                        let who = l.identity().map_or("no".to_string(), |i| i.to_string());
+                        refuse_credential(
+                            &inner,
+                            addr,
+                            &format!("peer {peer} presented a {who} certificate"),
+                        );
+                        sleep_unless_shutdown(&inner, backoff.max(Duration::from_secs(1)));
+                        continue;
+                    }
+                    Err(e) => {
+                        refuse_credential(&inner, addr, &format!("peer {peer}: {e}"));
+                        sleep_unless_shutdown(&inner, backoff.max(Duration::from_secs(1)));
+                        continue;
+                    }
+                }
+            }
+        };
+        let stream = Arc::new(stream);
         let hello = Frame::Hello {
             peer: inner.id,
             cluster: inner.cluster,
         };
-        let Ok(mut reader) = stream.try_clone() else {
-            continue;
-        };
-        if (&stream).write_all(&hello.to_bytes()).is_err() {
+        if stream.write_all(&hello.to_bytes()).is_err() {
             sleep_unless_shutdown(&inner, backoff);
             continue;
         }
         // The peer answers with its own hello, then with write acks.
         let mut dec = FrameDecoder::new();
-        let _ = reader.set_read_timeout(Some(Duration::from_secs(5)));
-        match read_frame(&mut reader, &mut dec, None, None) {
+        let _ = stream
+            .socket()
+            .set_read_timeout(Some(Duration::from_secs(5)));
+        match read_frame(&stream, &mut dec, None, None) {
             Ok(Frame::Hello { peer: p, cluster }) if p == peer && cluster == inner.cluster => {}
             Ok(other) => {
                 reject(
                     &inner,
-                    &stream,
+                    stream.socket(),
                     addr,
                     &format!("bad hello answer {other:?}"),
                 );
@@ -860,12 +932,13 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
             }
             Err(why) => {
                 tracing::debug!(peer, %addr, reason = %why, "no hello answer");
-                let _ = stream.shutdown(Shutdown::Both);
+                stream.shutdown();
                 sleep_unless_shutdown(&inner, backoff);
                 continue;
             }
         }
-        let _ = reader.set_read_timeout(None);
+        let _ = stream.socket().set_read_timeout(None);
+        let reader = stream.clone();
         // Hand the connection over: what was queued first, in order.
         let generation = {
             let mut slot = out.slot.lock().expect("lock poisoned");
@@ -873,14 +946,14 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
             while let Some(f) = slot.queue.pop_front() {
                 let mut b = BytesMut::new();
                 f.encode(&mut b);
-                if (&stream).write_all(&b).is_err() {
+                if stream.write_all(&b).is_err() {
                     ok = false;
                     break;
                 }
             }
             if !ok {
                 drop(slot);
-                let _ = stream.shutdown(Shutdown::Both);
+                stream.shutdown();
                 sleep_unless_shutdown(&inner, backoff);
                 continue;
             }
@@ -920,7 +993,7 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
             let mut slot = out.slot.lock().expect("lock poisoned");
             if slot.generation == generation {
                 if let Some(s) = slot.stream.take() {
-                    let _ = s.shutdown(Shutdown::Both);
+                    s.shutdown();
                 }
             }
         }
@@ -932,7 +1005,7 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
 /// buffered by the handshake are delivered first.
 fn adopt(
     inner: &Arc<Inner>,
-    stream: TcpStream,
+    stream: Arc<Link>,
     dec: FrameDecoder,
     peer: PeerId,
     addr: SocketAddr,
@@ -941,8 +1014,8 @@ fn adopt(
 ) {
     use std::os::fd::AsRawFd;
     let inline = inner.inline.as_ref().expect("inline I/O");
-    if stream.set_nonblocking(true).is_err() {
-        let _ = stream.shutdown(Shutdown::Both);
+    if stream.socket().set_nonblocking(true).is_err() {
+        stream.shutdown();
         return;
     }
     let token = mio::Token(inline.next_token.fetch_add(1, Ordering::Relaxed));
@@ -961,7 +1034,7 @@ fn adopt(
         close(inner, conn);
         return;
     }
-    let fd = conn.stream.as_raw_fd();
+    let fd = conn.stream.socket().as_raw_fd();
     if let Err(e) = inline.registry.register(
         &mut mio::unix::SourceFd(&fd),
         token,
@@ -985,7 +1058,7 @@ fn drain_frames(inner: &Inner, conn: &mut InlineConn) -> bool {
             Ok(Some(f)) => f,
             Ok(None) => return true,
             Err(e) => {
-                reject(inner, &conn.stream, conn.addr, &e.to_string());
+                reject(inner, conn.stream.socket(), conn.addr, &e.to_string());
                 return false;
             }
         };
@@ -993,14 +1066,15 @@ fn drain_frames(inner: &Inner, conn: &mut InlineConn) -> bool {
             ConnKind::Inbound { writer } => Some(&**writer),
             ConnKind::Outbound { .. } => None,
         };
-        let verdict = handle_frame(inner, frame, conn.peer, acks, |ev| {
+        let identity = conn.stream.identity();
+        let verdict = handle_frame(inner, frame, conn.peer, identity, acks, |ev| {
             inline.ready.lock().expect("lock poisoned").push_back(ev)
         });
         match verdict {
             Verdict::Keep => {}
             Verdict::Close => return false,
             Verdict::Reject(why) => {
-                reject(inner, &conn.stream, conn.addr, why);
+                reject(inner, conn.stream.socket(), conn.addr, why);
                 return false;
             }
         }
@@ -1011,10 +1085,10 @@ fn drain_frames(inner: &Inner, conn: &mut InlineConn) -> bool {
 fn close(inner: &Inner, conn: InlineConn) {
     use std::os::fd::AsRawFd;
     if let Some(inline) = inner.inline.as_ref() {
-        let fd = conn.stream.as_raw_fd();
+        let fd = conn.stream.socket().as_raw_fd();
         let _ = inline.registry.deregister(&mut mio::unix::SourceFd(&fd));
     }
-    let _ = conn.stream.shutdown(Shutdown::Both);
+    conn.stream.shutdown();
     untrack(inner, conn.addr);
     match conn.kind {
         ConnKind::Inbound { writer } => {
@@ -1030,7 +1104,7 @@ fn close(inner: &Inner, conn: InlineConn) {
             let mut slot = out.slot.lock().expect("lock poisoned");
             if slot.generation == generation {
                 if let Some(s) = slot.stream.take() {
-                    let _ = s.shutdown(Shutdown::Both);
+                    s.shutdown();
                 }
             }
         }
@@ -1063,7 +1137,7 @@ impl TcpTransport {
             };
             let mut keep = true;
             loop {
-                match (&conn.stream).read(buf) {
+                match conn.stream.read(buf) {
                     Ok(0) => {
                         if !self.inner.shutdown.load(Ordering::SeqCst) {
                             tracing::info!(peer = conn.peer, addr = %conn.addr, "connection closed");
