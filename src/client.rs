@@ -25,12 +25,13 @@
 //! sent is its outcome unknown ([`ClientError::NoAnswer`]).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ramcoord_net::frame::{Frame, FrameDecoder};
+use ramcoord_net::link::{Link, LinkError};
+use ramcoord_net::tls::{Identity, Tls, ADMIN_BIT, CLIENT_BIT};
 use ramcoord_net::PeerId;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -84,18 +85,50 @@ pub enum ClientError {
 }
 
 /// A client id nobody else uses: bit 62 set (coordinator replicas use
-/// small ids, masters bit 63), then the process id and the clock.
-pub fn client_peer_id() -> PeerId {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    (1u64 << 62) | ((u64::from(std::process::id()) << 30) ^ nanos) & ((1 << 62) - 1)
+/// small ids, masters bit 63), bit 61 for an admin (with TLS the transport
+/// checks both against the client's certificate), then random bits.
+pub fn client_peer_id(admin: bool) -> PeerId {
+    let low: u64 = rand::random::<u64>() & (ADMIN_BIT - 1);
+    CLIENT_BIT | if admin { ADMIN_BIT } else { 0 } | low
+}
+
+/// How a client connects: its TLS credential (`None`: plain TCP, for a
+/// cluster run with `--insecure`) and the role it asks for.
+#[derive(Clone, Debug)]
+pub struct ClientSecurity {
+    /// The credential presented to every server.
+    pub tls: Option<Tls>,
+    /// Act as an admin (else a reader). With TLS, the credential decides.
+    pub admin: bool,
+}
+
+impl ClientSecurity {
+    /// Plain TCP, as an admin (a cluster run with `--insecure`).
+    pub fn insecure() -> ClientSecurity {
+        ClientSecurity {
+            tls: None,
+            admin: true,
+        }
+    }
+
+    /// Over TLS with `tls`, in the role its certificate names.
+    pub fn with(tls: Tls) -> ClientSecurity {
+        let admin = tls.identity() == Identity::Admin;
+        ClientSecurity {
+            tls: Some(tls),
+            admin,
+        }
+    }
+
+    fn peer_id(&self) -> PeerId {
+        client_peer_id(self.admin)
+    }
 }
 
 /// One connection speaking the frame protocol as a client.
 pub struct Conn {
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: Link,
     dec: FrameDecoder,
     peer: PeerId,
     /// Read buffer, reused.
@@ -110,13 +143,21 @@ impl Conn {
         cluster: u64,
         me: PeerId,
         timeout: Duration,
+        tls: Option<&Tls>,
     ) -> Result<Conn, ClientError> {
         let io = |e: std::io::Error| ClientError::Io {
             addr,
             why: e.to_string(),
         };
-        let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-        let _ = stream.set_nodelay(true);
+        let stream = Link::connect(addr, tls, timeout).map_err(|e| match e {
+            LinkError::Io(e) => io(e),
+            other => ClientError::Io {
+                addr,
+                why: format!(
+                    "{other} (is the cluster run with these credentials, or with --insecure?)"
+                ),
+            },
+        })?;
         stream
             .write_all(&Frame::Hello { peer: me, cluster }.to_bytes())
             .map_err(io)?;
@@ -167,12 +208,14 @@ impl Conn {
             if left.is_zero() {
                 return Err(ClientError::Timeout { addr });
             }
-            let _ = self.stream.set_read_timeout(Some(left));
+            let _ = self.stream.socket().set_read_timeout(Some(left));
             match self.stream.read(buf) {
                 Ok(0) => {
                     return Err(ClientError::Io {
                         addr,
-                        why: "connection closed (wrong --cluster, or the process stopped)".into(),
+                        why: "connection closed (wrong --cluster, a credential the server \
+                              refused, or the process stopped)"
+                            .into(),
                     })
                 }
                 Ok(n) => self.dec.push(&buf[..n]),
@@ -243,6 +286,7 @@ pub struct CoordinatorClient {
     addrs: Vec<SocketAddr>,
     cluster: u64,
     me: PeerId,
+    security: ClientSecurity,
     conns: Vec<Option<Conn>>,
     /// Replica id -> index in `addrs`, learnt from hellos.
     ids: BTreeMap<u64, usize>,
@@ -265,12 +309,17 @@ pub struct CoordinatorClient {
 
 impl CoordinatorClient {
     /// A client of the replicas at `addrs` (any subset of the group).
-    pub fn new(addrs: Vec<SocketAddr>, cluster: u64) -> CoordinatorClient {
+    pub fn new(
+        addrs: Vec<SocketAddr>,
+        cluster: u64,
+        security: ClientSecurity,
+    ) -> CoordinatorClient {
         CoordinatorClient {
             conns: addrs.iter().map(|_| None).collect(),
             addrs,
             cluster,
-            me: client_peer_id(),
+            me: security.peer_id(),
+            security,
             ids: BTreeMap::new(),
             leader: None,
             next: 0,
@@ -280,6 +329,15 @@ impl CoordinatorClient {
             last_seq: 0,
             observed: 0,
             asked_commit: false,
+        }
+    }
+
+    /// Speaks as transport id `me` from now on (a master enlists and
+    /// heartbeats under its own id); drops open connections.
+    pub fn set_peer_id(&mut self, me: PeerId) {
+        self.me = me;
+        for c in &mut self.conns {
+            *c = None;
         }
     }
 
@@ -340,7 +398,13 @@ impl CoordinatorClient {
 
     fn conn(&mut self, i: usize) -> Result<&mut Conn, ClientError> {
         if self.conns[i].is_none() {
-            let c = Conn::connect(self.addrs[i], self.cluster, self.me, self.attempt_timeout)?;
+            let c = Conn::connect(
+                self.addrs[i],
+                self.cluster,
+                self.me,
+                self.attempt_timeout,
+                self.security.tls.as_ref(),
+            )?;
             self.ids.insert(c.peer(), i);
             self.conns[i] = Some(c);
         }
@@ -532,6 +596,7 @@ impl CoordinatorClient {
 pub struct MasterClient {
     cluster: u64,
     me: PeerId,
+    security: ClientSecurity,
     conns: BTreeMap<SocketAddr, Conn>,
     next_request: u64,
     /// How long one request may take.
@@ -540,10 +605,11 @@ pub struct MasterClient {
 
 impl MasterClient {
     /// A client of the masters of cluster `cluster`.
-    pub fn new(cluster: u64) -> MasterClient {
+    pub fn new(cluster: u64, security: ClientSecurity) -> MasterClient {
         MasterClient {
             cluster,
-            me: client_peer_id(),
+            me: security.peer_id(),
+            security,
             conns: BTreeMap::new(),
             next_request: 0,
             attempt_timeout: Duration::from_secs(1),
@@ -559,7 +625,13 @@ impl MasterClient {
         self.next_request += 1;
         let id = self.next_request;
         if !self.conns.contains_key(&addr) {
-            let c = Conn::connect(addr, self.cluster, self.me, self.attempt_timeout)?;
+            let c = Conn::connect(
+                addr,
+                self.cluster,
+                self.me,
+                self.attempt_timeout,
+                self.security.tls.as_ref(),
+            )?;
             self.conns.insert(addr, c);
         }
         let deadline = Instant::now() + self.attempt_timeout;

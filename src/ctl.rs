@@ -43,6 +43,8 @@ pub struct CtlOptions {
     pub timeout: Duration,
     /// After an operation's commit point, wait for its completion.
     pub wait: bool,
+    /// TLS credential and role.
+    pub security: crate::client::ClientSecurity,
 }
 
 /// A `ctl` command.
@@ -126,9 +128,13 @@ pub struct Ctl {
 impl Ctl {
     /// A client; connects lazily.
     pub fn new(opts: CtlOptions) -> Ctl {
-        let mut coord = CoordinatorClient::new(opts.coordinators.clone(), opts.cluster);
+        let mut coord = CoordinatorClient::new(
+            opts.coordinators.clone(),
+            opts.cluster,
+            opts.security.clone(),
+        );
         coord.attempt_timeout = opts.timeout.min(Duration::from_secs(2));
-        let mut masters = MasterClient::new(opts.cluster);
+        let mut masters = MasterClient::new(opts.cluster, opts.security.clone());
         masters.attempt_timeout = opts.timeout.min(Duration::from_secs(2));
         Ctl {
             opts,
@@ -375,6 +381,7 @@ impl Ctl {
                             })
                         }
                         Ok(MasterReply::NotOwner(why)) => last = why,
+                        Ok(MasterReply::Refused(why)) => return Err(why),
                         Err(e) => last = e,
                     }
                     retries += 1;
@@ -579,6 +586,12 @@ fn render_status(rows: &[(SocketAddr, Result<Status, String>)]) -> String {
                     st.incomplete,
                     lat
                 );
+                if st.insecure {
+                    out += &format!(
+                        "{:<22}     INSECURE: runs without TLS; anyone who reaches it can act as any replica, master or admin\n",
+                        ""
+                    );
+                }
                 if !st.match_index.is_empty() {
                     let m: Vec<String> = st
                         .match_index

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ramcoord_net::tls::{self, CredentialFiles, Identity, Tls};
+
+use crate::client::ClientSecurity;
 use crate::ctl::{Ctl, CtlOptions};
 use crate::node::client::Status;
 
@@ -42,9 +45,26 @@ pub struct LocalClusterConfig {
     /// Give every loopback address on the command lines as
     /// `localhost:PORT` (host names are resolved by each process).
     pub host_names: bool,
+    /// Mutual TLS on every connection: credentials are made under `dir`
+    /// (`tls/`) and every process gets `--tls-dir`. Off: `--insecure`.
+    pub tls: bool,
 }
 
 impl LocalClusterConfig {
+    /// Where the credentials are (with `tls`).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// `--tls-dir DIR`, or `--insecure`.
+    fn security_args(&self) -> Vec<String> {
+        if self.tls {
+            vec!["--tls-dir".into(), self.tls_dir().display().to_string()]
+        } else {
+            vec!["--insecure".into()]
+        }
+    }
+
     /// `coordinators` replicas and `masters` masters of `binary`, under `dir`.
     pub fn new(binary: PathBuf, dir: PathBuf, coordinators: usize, masters: usize) -> Self {
         LocalClusterConfig {
@@ -57,6 +77,7 @@ impl LocalClusterConfig {
             log_filter: "info".into(),
             rdma_hosts: Vec::new(),
             host_names: false,
+            tls: true,
         }
     }
 
@@ -192,6 +213,13 @@ impl LocalCluster {
     /// Starts every process (returns without waiting for an election).
     pub fn start(cfg: LocalClusterConfig) -> Result<LocalCluster, String> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+        if cfg.tls {
+            let ids = (1..=cfg.coordinators as u64).map(Identity::Replica);
+            let all: Vec<Identity> = ids
+                .chain([Identity::Master, Identity::Admin, Identity::Reader])
+                .collect();
+            tls::issue(&cfg.tls_dir(), &all, 30, false).map_err(|e| e.to_string())?;
+        }
         let placed: Vec<(SocketAddr, SocketAddr)> = (0..cfg.coordinators)
             .map(|n| cfg.place(n))
             .collect::<Result<_, _>>()?;
@@ -245,6 +273,7 @@ impl LocalCluster {
             self.coordinator_list(),
         ];
         args.extend(self.cfg.transport_args());
+        args.extend(self.cfg.security_args());
         args.extend(self.cfg.master_args.iter().cloned());
         let mut p = Proc {
             name: format!("master-{n}"),
@@ -308,6 +337,10 @@ impl LocalCluster {
             .map(|(i, p)| format!("{}={}", i + 1, self.cfg.written(p.addr)))
             .collect();
         peers.push(format!("{id}={}", self.cfg.written(addr)));
+        if self.cfg.tls {
+            tls::issue(&self.cfg.tls_dir(), &[Identity::Replica(id)], 30, false)
+                .map_err(|e| e.to_string())?;
+        }
         self.spawn_coordinator(id, addr, listen, &peers.join(","), &["--join"])?;
         Ok(id)
     }
@@ -335,6 +368,7 @@ impl LocalCluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(self.cfg.transport_args());
+        args.extend(self.cfg.security_args());
         args.extend(self.cfg.coordinator_args.iter().cloned());
         let mut p = Proc {
             name: format!("coordinator-{id}"),
@@ -373,7 +407,33 @@ impl LocalCluster {
             json: false,
             timeout,
             wait: true,
+            security: self.security(),
         })
+    }
+
+    /// How a client of this cluster connects: the admin credential, or
+    /// plain TCP.
+    pub fn security(&self) -> ClientSecurity {
+        self.security_as(Identity::Admin)
+    }
+
+    /// How a client in `role` (admin or reader) connects.
+    pub fn security_as(&self, role: Identity) -> ClientSecurity {
+        if !self.cfg.tls {
+            return ClientSecurity {
+                tls: None,
+                admin: role == Identity::Admin,
+            };
+        }
+        let files = CredentialFiles::in_dir(&self.cfg.tls_dir(), role);
+        let tls = Tls::load(&files).expect("the cluster's own credentials load");
+        ClientSecurity::with(tls)
+    }
+
+    /// The command-line flags a `ramcoord ctl` (or any client) of this
+    /// cluster needs: `--tls-dir DIR` or `--insecure`.
+    pub fn client_args(&self) -> Vec<String> {
+        self.cfg.security_args()
     }
 
     /// Every answering replica's status.

@@ -89,6 +89,42 @@ enum Command {
         /// The history file.
         file: PathBuf,
     },
+    /// Create a cluster CA and the credentials a cluster needs, for mutual
+    /// TLS on every connection.
+    ///
+    /// Writes into DIR: ca.pem and ca.key (the CA; keep ca.key off the
+    /// nodes in a real deployment), and a NAME.pem + NAME.key pair for each
+    /// coordinator replica (replica-1, replica-2, ...), for the masters
+    /// (master, shared by all of them), and for two clients: admin (may
+    /// change the cluster) and reader (may only look). Each certificate
+    /// names its identity in a URI (ramcoord://replica/3, ramcoord://master,
+    /// ramcoord://client/admin, ramcoord://client/reader); a peer's identity
+    /// is read from it, never from what the peer claims. Keys are written
+    /// 0600.
+    ///
+    /// Run again on the same DIR, it keeps the CA and the credentials there
+    /// and adds the missing ones (e.g. --replicas 4 after adding a replica);
+    /// --reissue replaces every credential it names under the same CA: how
+    /// credentials are rotated before they expire.
+    ///
+    /// Examples:
+    ///   ramcoord certs /etc/ramcoord/tls --replicas 3
+    ///   ramcoord certs /etc/ramcoord/tls --replicas 1,2,3,4 --days 90 --reissue
+    #[command(verbatim_doc_comment)]
+    Certs {
+        /// Directory to write into (created if missing).
+        dir: PathBuf,
+        /// Replica ids to issue credentials for: a count N (ids 1..=N) or a
+        /// comma-separated list of ids.
+        #[arg(long, default_value = "3")]
+        replicas: String,
+        /// Days the new credentials are valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Replace the credentials already in DIR (same CA).
+        #[arg(long)]
+        reissue: bool,
+    },
     /// Run the deterministic simulator over a range of seeds.
     ///
     /// Each seed runs a whole Raft group (plus clients) over a simulated
@@ -207,6 +243,103 @@ struct CoordinatorArgs {
     /// and master of a cluster uses the same.
     #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
     transport: TransportArg,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// Mutual TLS: where the credential is, or `--insecure`.
+#[derive(clap::Args, Clone, Debug)]
+struct TlsArgs {
+    /// Directory of credentials made by `ramcoord certs DIR`: the process
+    /// presents the one for its role and id (replica-ID.pem/.key, master,
+    /// admin or reader) and trusts ca.pem. Every connection is mutual TLS
+    /// 1.3, and every peer's id and role is read from its certificate.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// The CA certificate to trust (default: DIR/ca.pem).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// This process's certificate (default: DIR/<role>.pem).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// This process's private key, mode 0600 (default: DIR/<role>.key).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Run without TLS: plain TCP, ids and roles taken on trust (anyone
+    /// who reaches a port can act as any replica, master or admin). For a
+    /// laboratory only; the log and `ctl status` say so.
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl TlsArgs {
+    /// The credential for `want`, or `None` with --insecure. Errors say
+    /// what to do.
+    fn load(
+        &self,
+        want: ramcoord_net::tls::Identity,
+    ) -> Result<Option<ramcoord_net::tls::Tls>, String> {
+        use ramcoord_net::tls::{CredentialFiles, Tls};
+        let explicit = self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_key.is_some();
+        if self.insecure {
+            if self.tls_dir.is_some() || explicit {
+                return Err("--insecure and TLS credentials together: choose one".into());
+            }
+            return Ok(None);
+        }
+        let base = match &self.tls_dir {
+            Some(dir) => Some(CredentialFiles::in_dir(dir, want)),
+            None if explicit => None,
+            None => {
+                return Err(format!(
+                    "no credentials: give --tls-dir DIR (made by `ramcoord certs DIR`; the {want} \
+                     credential is used), or --tls-ca, --tls-cert and --tls-key, or --insecure \
+                     to run without TLS"
+                ))
+            }
+        };
+        let pick = |given: &Option<PathBuf>, from_dir: Option<PathBuf>, flag: &str| {
+            given
+                .clone()
+                .or(from_dir)
+                .ok_or_else(|| format!("{flag} is needed without --tls-dir"))
+        };
+        let files = CredentialFiles {
+            ca: pick(
+                &self.tls_ca,
+                base.as_ref().map(|b| b.ca.clone()),
+                "--tls-ca",
+            )?,
+            cert: pick(
+                &self.tls_cert,
+                base.as_ref().map(|b| b.cert.clone()),
+                "--tls-cert",
+            )?,
+            key: pick(
+                &self.tls_key,
+                base.as_ref().map(|b| b.key.clone()),
+                "--tls-key",
+            )?,
+        };
+        let tls = Tls::load(&files).map_err(|e| e.to_string())?;
+        let has = tls.identity();
+        let fits = match want {
+            ramcoord_net::tls::Identity::Admin | ramcoord_net::tls::Identity::Reader => {
+                matches!(
+                    has,
+                    ramcoord_net::tls::Identity::Admin | ramcoord_net::tls::Identity::Reader
+                )
+            }
+            _ => has == want,
+        };
+        if !fits {
+            return Err(format!(
+                "{} is a {has} certificate; this process needs a {want} one",
+                files.cert.display()
+            ));
+        }
+        Ok(Some(tls))
+    }
 }
 
 #[derive(clap::Args)]
@@ -253,6 +386,8 @@ struct MasterArgs {
     /// the newest leader may write). As the coordinators use.
     #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
     transport: TransportArg,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(clap::Args)]
@@ -285,8 +420,24 @@ struct CtlArgs {
     /// Return at an operation's commit point; do not wait for completion.
     #[arg(long)]
     no_wait: bool,
+    /// The client role to act in: admin (may change the cluster) or
+    /// reader (status, servers, tables, ops, get). With --tls-dir, the
+    /// credential of that name is used.
+    #[arg(long = "as", value_enum, default_value_t = RoleArg::Admin)]
+    role: RoleArg,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     command: CtlCommand,
+}
+
+/// A client role.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RoleArg {
+    /// May change tables, tablets and membership.
+    Admin,
+    /// May only look.
+    Reader,
 }
 
 #[derive(Subcommand)]
@@ -543,6 +694,12 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Lincheck { format, file } => run_lincheck(format, &file),
+        Command::Certs {
+            dir,
+            replicas,
+            days,
+            reissue,
+        } => run_certs(&dir, &replicas, days, reissue),
         Command::Sim(args) => run_sim(args),
         Command::Coordinator(args) => run_coordinator(args),
         Command::Ctl(args) => run_ctl(args),
@@ -570,6 +727,82 @@ macro_rules! outln {
 fn emit(out: &str) {
     use std::io::Write as _;
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
+}
+
+fn run_certs(dir: &std::path::Path, replicas: &str, days: u32, reissue: bool) -> ExitCode {
+    use ramcoord_net::tls::{self, Identity};
+    let ids: Result<Vec<u64>, String> = match replicas.trim().parse::<u64>() {
+        Ok(n) if !replicas.contains(',') => {
+            if (1..=1000).contains(&n) {
+                Ok((1..=n).collect())
+            } else {
+                Err(format!(
+                    "--replicas {n}: give 1 to 1000 replicas, or a list of ids"
+                ))
+            }
+        }
+        _ => replicas
+            .split(',')
+            .map(|p| {
+                let p = p.trim();
+                match p.parse::<u64>() {
+                    Ok(id) if id != 0 && id < (1 << 61) => Ok(id),
+                    _ => Err(format!(
+                        "--replicas: {p:?} is not a replica id (1 to 2^61-1)"
+                    )),
+                }
+            })
+            .collect(),
+    };
+    let ids = match ids {
+        Ok(ids) => ids,
+        Err(e) => {
+            eprintln!("ramcoord certs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if days == 0 {
+        eprintln!("ramcoord certs: --days must be at least 1");
+        return ExitCode::from(2);
+    }
+    let mut identities: Vec<Identity> = ids.into_iter().map(Identity::Replica).collect();
+    identities.extend([Identity::Master, Identity::Admin, Identity::Reader]);
+    match tls::issue(dir, &identities, days, reissue) {
+        Ok(done) => {
+            let mut out = String::new();
+            if done.new_ca {
+                outln!(
+                    out,
+                    "created a CA: {}/ca.pem (keep ca.key safe, off the nodes)",
+                    dir.display()
+                );
+            } else {
+                outln!(out, "using the CA in {}", dir.display());
+            }
+            for id in &done.written {
+                outln!(
+                    out,
+                    "issued {id}: {}/{}.pem, .key (valid {days} days)",
+                    dir.display(),
+                    id.file_stem()
+                );
+            }
+            for id in &done.kept {
+                outln!(
+                    out,
+                    "kept {id}: {}/{}.pem (--reissue replaces it)",
+                    dir.display(),
+                    id.file_stem()
+                );
+            }
+            emit(&out);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ramcoord certs: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run_lincheck(format: HistoryFormat, file: &PathBuf) -> ExitCode {
@@ -956,7 +1189,21 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let tls = match args.tls.load(ramcoord_net::tls::Identity::Replica(args.id)) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ramcoord coordinator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if tls.is_none() {
+        tracing::warn!(
+            "running WITHOUT TLS (--insecure): anyone who reaches this port can act as a replica, \
+             a master or an admin"
+        );
+    }
     let mut tcp = TcpConfig::new(args.id, args.cluster, args.listen);
+    tcp.tls = tls.clone();
     // The replica's thread reads its connections itself: one wake-up per
     // message instead of two (reader thread, then replica).
     tcp.inline_io = true;
@@ -966,6 +1213,7 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
         }
     }
     let mut cfg = NodeConfig::new(args.id, ids, args.data_dir);
+    cfg.tls = tls.is_some();
     cfg.peer_addrs = args
         .peers
         .0
@@ -1104,12 +1352,24 @@ fn ctl_command(args: CtlArgs) -> Result<String, String> {
         },
         CtlCommand::Get { table, key } => C::Get { table, key },
     };
+    let want = match args.role {
+        RoleArg::Admin => ramcoord_net::tls::Identity::Admin,
+        RoleArg::Reader => ramcoord_net::tls::Identity::Reader,
+    };
+    let security = match args.tls.load(want)? {
+        Some(tls) => ramcoord::client::ClientSecurity::with(tls),
+        None => ramcoord::client::ClientSecurity {
+            tls: None,
+            admin: matches!(args.role, RoleArg::Admin),
+        },
+    };
     let mut ctl = Ctl::new(CtlOptions {
         coordinators,
         cluster: args.cluster,
         json: args.json,
         timeout: std::time::Duration::from_secs_f64(args.timeout.max(0.01)),
         wait: !args.no_wait,
+        security,
     });
     ctl.run(cmd)
 }
@@ -1148,7 +1408,17 @@ fn run_master(args: MasterArgs) -> ExitCode {
         cluster: args.cluster,
         heartbeat: std::time::Duration::from_millis(args.heartbeat_ms.max(1)),
         transport: args.transport.into(),
+        tls: match args.tls.load(ramcoord_net::tls::Identity::Master) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("ramcoord master: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
+    if cfg.tls.is_none() {
+        tracing::warn!("running WITHOUT TLS (--insecure): anyone who reaches this port can write its configuration");
+    }
     match run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ MasterExit::DeclaredCrashed(_)) => {

@@ -34,12 +34,15 @@ fn done(c: LocalCluster) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Runs the `ramcoord` binary: (exit code, stdout, stderr).
-fn ramcoord(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
-        .args(args)
-        .output()
-        .unwrap();
+/// Runs the `ramcoord` binary: (exit code, stdout, stderr). `tls` (the
+/// cluster's client flags) goes right after a `ctl`.
+fn run(args: &[&str], tls: &[String]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ramcoord"));
+    match args.split_first() {
+        Some((&"ctl", rest)) => cmd.arg("ctl").args(tls).args(rest),
+        _ => cmd.args(args),
+    };
+    let out = cmd.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -71,6 +74,8 @@ fn creates_of(c: &LocalCluster, name: &str) -> usize {
 #[test]
 fn a_follower_address_is_enough() {
     let mut c = cluster("follower", 2, false);
+    let tls = c.client_args();
+    let ramcoord = |args: &[&str]| run(args, &tls);
     let leader = c.wait_ready(2, LIMIT).unwrap();
     let f = follower(&c, leader.id);
     let (code, out, err) = ramcoord(&["ctl", "--coordinators", &f, "status"]);
@@ -115,6 +120,8 @@ fn a_follower_address_is_enough() {
 #[test]
 fn host_names_are_resolved() {
     let c = cluster("names", 2, true);
+    let tls = c.client_args();
+    let ramcoord = |args: &[&str]| run(args, &tls);
     let leader = c.wait_ready(2, LIMIT).unwrap();
     let port = c.coordinators[0].addr.port();
     let local = format!("localhost:{port}");
@@ -169,6 +176,8 @@ fn host_names_are_resolved() {
 #[test]
 fn unknown_replicas_are_refused_and_json_errors_are_json() {
     let c = cluster("unknown", 1, false);
+    let tls = c.client_args();
+    let ramcoord = |args: &[&str]| run(args, &tls);
     let leader = c.wait_ready(1, LIMIT).unwrap();
     let list = c.coordinator_list();
     let (code, out, err) = ramcoord(&["ctl", "--coordinators", &list, "remove-replica", "99"]);
@@ -183,7 +192,11 @@ fn unknown_replicas_are_refused_and_json_errors_are_json() {
         err.contains("replica 99") && err.contains("--address"),
         "{err}"
     );
-    let mut raw = CoordinatorClient::new(c.coordinators.iter().map(|p| p.addr).collect(), 1);
+    let mut raw = CoordinatorClient::new(
+        c.coordinators.iter().map(|p| p.addr).collect(),
+        1,
+        c.security(),
+    );
     match raw.ask_leader(
         &ClientRequest::ChangeReplicas(ReplicaChange::AddVoter(99)),
         Instant::now() + LIMIT,

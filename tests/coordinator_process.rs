@@ -28,7 +28,23 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts replica `id`; its stderr lines go to `lines` tagged with its id.
+/// Makes the cluster's credentials under `dir/tls` with `ramcoord certs`.
+fn certs(dir: &std::path::Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
+        .arg("certs")
+        .arg(dir.join("tls"))
+        .args(["--replicas", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts replica `id` with the credentials in `dir/tls`; its stderr lines
+/// go to `lines` tagged with its id.
 fn start(
     id: u64,
     peers: &str,
@@ -41,7 +57,8 @@ fn start(
         .arg(format!("127.0.0.1:{port}"))
         .args(["--peers", peers, "--data-dir"])
         .arg(dir.join(format!("c{id}")))
-        .args(["--tick-ms", "5"])
+        .args(["--tick-ms", "5", "--tls-dir"])
+        .arg(dir.join("tls"))
         .env("RAMCOORD_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -83,6 +100,8 @@ fn wait_active(lines: &mpsc::Receiver<(u64, String)>, after_term: u64) -> (u64, 
 #[test]
 fn the_coordinator_survives_kill_9_of_its_leader() {
     let dir = std::env::temp_dir().join(format!("ramcoord-proc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    certs(&dir);
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let peers = (1..=3)
         .map(|i| format!("{i}=127.0.0.1:{}", ports[i as usize - 1]))
@@ -100,7 +119,9 @@ fn the_coordinator_survives_kill_9_of_its_leader() {
         .collect::<Vec<_>>()
         .join(",");
     let out = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
-        .args(["ctl", "--coordinators", &addrs, "--json", "status"])
+        .args(["ctl", "--tls-dir"])
+        .arg(dir.join("tls"))
+        .args(["--coordinators", &addrs, "--json", "status"])
         .output()
         .unwrap();
     assert!(
@@ -137,7 +158,9 @@ fn the_coordinator_survives_kill_9_of_its_leader() {
     assert_ne!(third, second, "a live replica leads");
     // A dead address is reported, not fatal.
     let out = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
-        .args(["ctl", "--coordinators", &addrs, "status"])
+        .args(["ctl", "--tls-dir"])
+        .arg(dir.join("tls"))
+        .args(["--coordinators", &addrs, "status"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -154,6 +177,7 @@ fn the_coordinator_survives_kill_9_of_its_leader() {
 fn a_second_process_on_a_data_directory_is_refused() {
     let dir = std::env::temp_dir().join(format!("ramcoord-lock-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    certs(&dir);
     let (tx, _rx) = mpsc::channel();
     let (p1, p2) = (free_port(), free_port());
     let peers = format!("1=127.0.0.1:{p1},2=127.0.0.1:{p2}");
@@ -173,6 +197,8 @@ fn a_second_process_on_a_data_directory_is_refused() {
         .arg(format!("127.0.0.1:{}", free_port()))
         .args(["--peers", &peers, "--data-dir"])
         .arg(dir.join("c1"))
+        .arg("--tls-dir")
+        .arg(dir.join("tls"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -32,6 +32,7 @@ fn ctl(c: &LocalCluster, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
         .args(["ctl", "--timeout", "10", "--coordinators"])
         .arg(c.coordinator_list())
+        .args(c.client_args())
         .args(args)
         .output()
         .expect("ctl runs");
@@ -135,7 +136,16 @@ fn a_raw_request_with_a_huge_name_is_refused_not_a_panic() {
     let mut c = cluster("raw");
     let leader = c.wait_ready(2, LIMIT).unwrap();
     let addrs = c.ctl(Duration::from_secs(5)).statuses();
-    let mut client = CoordinatorClient::new(addrs.iter().map(|(a, _)| *a).collect(), 1);
+    let addr_list: Vec<_> = addrs.iter().map(|(a, _)| *a).collect();
+    let mut client = CoordinatorClient::new(addr_list.clone(), 1, c.security());
+    // Enlisting is a master's request, made under its own id.
+    let nonce = 7 | (1 << 63);
+    let mut master = CoordinatorClient::new(
+        addr_list,
+        1,
+        c.security_as(ramcoord_net::tls::Identity::Master),
+    );
+    master.set_peer_id(ramcoord::node::master_peer_id(nonce));
     let i = addrs
         .iter()
         .position(|(_, s)| s.as_ref().is_ok_and(|s| s.id == leader.id))
@@ -151,14 +161,19 @@ fn a_raw_request_with_a_huge_name_is_refused_not_a_panic() {
         Request::Enlist {
             addr: "a".repeat(2 << 20),
             services: 1,
-            nonce: 7,
+            nonce,
         },
         Request::CreateTable {
             name: "ok".into(),
             tablets: u32::MAX,
         },
     ] {
-        let reply = client
+        let asker = if matches!(req, Request::Enlist { .. }) {
+            &mut master
+        } else {
+            &mut client
+        };
+        let reply = asker
             .ask(
                 i,
                 &ClientRequest::Operate(ClientOp {

@@ -41,6 +41,9 @@ fn cluster(name: &str) -> LocalCluster {
     let mut cfg = LocalClusterConfig::new(wrapper, dir, 3, 1);
     cfg.coordinator_args = vec!["--tick-ms".into(), "5".into()];
     cfg.master_args = vec!["--heartbeat-ms".into(), "40".into()];
+    // The bounds are the same with TLS; plain TCP lets the flood say hello
+    // without 400 handshakes (tests/security.rs covers TLS refusals).
+    cfg.tls = false;
     LocalCluster::start(cfg).expect("cluster starts")
 }
 
@@ -81,7 +84,7 @@ fn a_flood_of_idle_connections_is_refused_and_the_replica_keeps_serving() {
     assert_eq!(nofile_of(pid), 1024);
     let addr = c.coordinators[i].addr;
     // A client connected before the flood.
-    let mut client = CoordinatorClient::new(vec![addr], 1);
+    let mut client = CoordinatorClient::new(vec![addr], 1, c.security());
     let before = status(&mut client).unwrap();
     // 500 connections; 400 of them say hello as clients and go idle.
     let hello = |n: u64| {
@@ -126,7 +129,7 @@ fn a_flood_of_idle_connections_is_refused_and_the_replica_keeps_serving() {
     // Once the flood ends, new clients are served again.
     drop(held);
     c.wait_for("a new client to be served after the flood", LIMIT, |_| {
-        let mut fresh = CoordinatorClient::new(vec![addr], 1);
+        let mut fresh = CoordinatorClient::new(vec![addr], 1, c.security());
         status(&mut fresh).ok()
     })
     .unwrap();
@@ -174,7 +177,7 @@ fn stalled_near_maximum_frames_stay_within_the_buffer_bound() {
         "grew {grown_mib} MiB, past the {bound_mib} MiB bound"
     );
     // And it still serves.
-    let mut client = CoordinatorClient::new(vec![addr], 1);
+    let mut client = CoordinatorClient::new(vec![addr], 1, c.security());
     status(&mut client).expect("served after the stalled frames");
     drop(held);
     let dir = c.dir().to_path_buf();

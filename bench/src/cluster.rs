@@ -58,8 +58,18 @@ pub fn ramcoord_binary() -> Result<PathBuf, String> {
 /// Starts a 3-replica, 3-master cluster under `dir` with extra coordinator
 /// arguments, and waits until it is ready.
 pub fn start_cluster(dir: &Path, coordinator_args: &[String]) -> Result<LocalCluster, String> {
+    start_cluster_tls(dir, coordinator_args, true)
+}
+
+/// [`start_cluster`], with mutual TLS or `--insecure`.
+pub fn start_cluster_tls(
+    dir: &Path,
+    coordinator_args: &[String],
+    tls: bool,
+) -> Result<LocalCluster, String> {
     let _ = std::fs::remove_dir_all(dir);
     let mut cfg = LocalClusterConfig::new(ramcoord_binary()?, dir.to_path_buf(), 3, 3);
+    cfg.tls = tls;
     cfg.coordinator_args = coordinator_args.to_vec();
     cfg.log_filter = "warn".into();
     let c = LocalCluster::start(cfg)?;
@@ -70,7 +80,7 @@ pub fn start_cluster(dir: &Path, coordinator_args: &[String]) -> Result<LocalClu
 /// A client of the cluster's coordinators (2 s per attempt).
 pub fn client(c: &LocalCluster) -> CoordinatorClient {
     let addrs = c.coordinators.iter().map(|p| p.addr).collect();
-    let mut cl = CoordinatorClient::new(addrs, 1);
+    let mut cl = CoordinatorClient::new(addrs, 1, c.security());
     cl.attempt_timeout = Duration::from_secs(2);
     cl
 }
@@ -80,6 +90,8 @@ pub fn client(c: &LocalCluster) -> CoordinatorClient {
 pub struct CommitReport {
     /// `fsync` or `memory`.
     pub durability: String,
+    /// Mutual TLS on every connection (else `--insecure`).
+    pub tls: bool,
     /// Commit point, as the client sees it (1 client).
     pub commit: Dist,
     /// Commit point, as the leader measures it (same operations).
@@ -151,8 +163,9 @@ where
     F: Fn(&mut CoordinatorClient, usize, u64, &mut Recorder) -> bool + Send + Sync + 'static,
 {
     let addrs: Vec<_> = c.coordinators.iter().map(|p| p.addr).collect();
+    let security = c.security();
     let make = move |_| {
-        let mut cl = CoordinatorClient::new(addrs.clone(), 1);
+        let mut cl = CoordinatorClient::new(addrs.clone(), 1, security.clone());
         cl.attempt_timeout = Duration::from_secs(2);
         let _ = cl.ask_leader(
             &ClientRequest::Status,
@@ -167,13 +180,19 @@ where
 pub fn commit(
     dir: &Path,
     durability: &str,
+    tls: bool,
     latency_ops: u64,
     seconds: f64,
     client_counts: &[usize],
     progress: &dyn Fn(&str),
 ) -> Result<CommitReport, String> {
     let args = vec!["--durability".to_string(), durability.to_string()];
-    let c = start_cluster(&dir.join(format!("commit-{durability}")), &args)?;
+    let name = if tls {
+        format!("commit-{durability}")
+    } else {
+        format!("commit-{durability}-insecure")
+    };
+    let c = start_cluster_tls(&dir.join(name), &args, tls)?;
     let mut cl = client(&c);
     // Warm up: connections, the leader's first proposals.
     for k in 0..20 {
@@ -235,6 +254,7 @@ pub fn commit(
     let _ = std::fs::remove_dir_all(dir);
     Ok(CommitReport {
         durability: durability.into(),
+        tls,
         commit: commit.dist(),
         commit_at_leader: leader.dist(),
         complete: complete.dist(),

@@ -72,6 +72,8 @@ pub struct Report {
     pub ramcoord_fsync: CommitReport,
     /// ramcoord, memory durability.
     pub ramcoord_memory: CommitReport,
+    /// ramcoord, fsync durability, without TLS (`--insecure`).
+    pub ramcoord_fsync_insecure: CommitReport,
     /// etcd.
     pub etcd: EtcdReport,
     /// Failover.
@@ -95,6 +97,14 @@ pub struct Report {
     pub commit_memory_p99_us: f64,
     /// Commit point, memory, p99.9 (µs).
     pub commit_memory_p999_us: f64,
+    /// Commit point, fsync, without TLS, p50 (µs).
+    pub commit_fsync_insecure_p50_us: f64,
+    /// Commit point, fsync, without TLS, p99 (µs).
+    pub commit_fsync_insecure_p99_us: f64,
+    /// Operations/s, fsync, without TLS, 64 clients.
+    pub fsync_insecure_ops_per_s_64: f64,
+    /// TLS commit p50 / insecure commit p50 (fsync).
+    pub tls_commit_p50_ratio: f64,
     /// etcd put p50 (µs).
     pub etcd_put_p50_us: f64,
     /// Operations/s, fsync, 64 clients.
@@ -139,6 +149,14 @@ impl Report {
         self.commit_memory_p50_us = self.ramcoord_memory.commit.p50_us;
         self.commit_memory_p99_us = self.ramcoord_memory.commit.p99_us;
         self.commit_memory_p999_us = self.ramcoord_memory.commit.p999_us;
+        self.commit_fsync_insecure_p50_us = self.ramcoord_fsync_insecure.commit.p50_us;
+        self.commit_fsync_insecure_p99_us = self.ramcoord_fsync_insecure.commit.p99_us;
+        self.fsync_insecure_ops_per_s_64 = at_64(&self.ramcoord_fsync_insecure.throughput);
+        self.tls_commit_p50_ratio = if self.commit_fsync_insecure_p50_us > 0.0 {
+            self.commit_fsync_p50_us / self.commit_fsync_insecure_p50_us
+        } else {
+            f64::INFINITY
+        };
         self.etcd_put_p50_us = self.etcd.put.p50_us;
         self.fsync_ops_per_s_64 = at_64(&self.ramcoord_fsync.throughput);
         self.memory_ops_per_s_64 = at_64(&self.ramcoord_memory.throughput);
@@ -188,6 +206,11 @@ impl Report {
                 ratio(self.fsync_ops_per_s_64, self.etcd_ops_per_s_64),
                 10.0,
             ),
+            at_most(
+                "TLS fsync commit p50 / --insecure fsync commit p50",
+                self.tls_commit_p50_ratio,
+                1.10,
+            ),
             at_most("failover p50 (ms)", self.failover_p50_ms, 50.0),
             at_most(
                 "push to 100 masters p50 / push to 1 p50",
@@ -215,8 +238,16 @@ impl Report {
         };
         s += &row("floor: loopback RTT 64 B", &self.floor.rtt, &[]);
         s += &row("floor: 4 KiB write + fdatasync", &self.floor.fsync, &[]);
-        for r in [&self.ramcoord_fsync, &self.ramcoord_memory] {
-            let d = &r.durability;
+        for r in [
+            &self.ramcoord_fsync,
+            &self.ramcoord_memory,
+            &self.ramcoord_fsync_insecure,
+        ] {
+            let d = if r.tls {
+                format!("{} (TLS)", r.durability)
+            } else {
+                format!("{} --insecure", r.durability)
+            };
             s += &row(
                 &format!("ramcoord {d}: commit point (client)"),
                 &r.commit,

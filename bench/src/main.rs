@@ -102,6 +102,9 @@ enum Scenario {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Run the cluster without TLS (default: mutual TLS, as deployed).
+        #[arg(long)]
+        insecure: bool,
     },
     /// kill -9 the leader while a client runs operations: time to the first
     /// operation committed by the next leader and to the end of its
@@ -245,11 +248,12 @@ loopback RTT 64 B        {}
             seconds,
             dir,
             json,
+            insecure,
         } => {
             if durability != "fsync" && durability != "memory" {
                 fail(format!("--durability {durability}: fsync or memory"));
             }
-            let r = cluster::commit(&dir, &durability, ops, seconds, &[1, 8, 64], &progress)
+            let r = cluster::commit(&dir, &durability, !insecure, ops, seconds, &[1, 8, 64], &progress)
                 .unwrap_or_else(|e| fail(e));
             let _ = std::fs::remove_dir(&dir);
             emit(json, &r, || {
@@ -369,19 +373,21 @@ serializable read       {}
             let run = |r: &mut compare::Report| -> Result<(), String> {
                 progress("floor");
                 r.floor = floor::floor(&dir, sizes.rtt_ops, sizes.fsync_ops)?;
-                for d in ["fsync", "memory"] {
+                // TLS as deployed, and the same without it (its cost).
+                for (d, tls) in [("fsync", true), ("memory", true), ("fsync", false)] {
                     let c = cluster::commit(
                         &dir,
                         d,
+                        tls,
                         sizes.latency_ops,
                         sizes.seconds,
                         &[1, 8, 64],
                         &progress,
                     )?;
-                    if d == "fsync" {
-                        r.ramcoord_fsync = c;
-                    } else {
-                        r.ramcoord_memory = c;
+                    match (d, tls) {
+                        ("fsync", true) => r.ramcoord_fsync = c,
+                        ("memory", _) => r.ramcoord_memory = c,
+                        _ => r.ramcoord_fsync_insecure = c,
                     }
                 }
                 r.etcd = etcd::run(

@@ -66,6 +66,8 @@ pub struct MasterProcessConfig {
     /// Where the configuration region lives (TCP: applied by the I/O
     /// thread; RDMA: registered memory, see the module docs).
     pub transport: TransportKind,
+    /// The master credential (`None`: plain TCP, `--insecure`).
+    pub tls: Option<ramcoord_net::tls::Tls>,
 }
 
 /// Why the master process stopped.
@@ -179,6 +181,7 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
     let nonce = rand::random::<u64>() | (1 << 63);
     let mut tcp = TcpConfig::new(master_peer_id(nonce), cfg.cluster, cfg.listen);
     tcp.backoff_max = Duration::from_millis(200);
+    tcp.tls = cfg.tls.clone();
     let transport = TcpTransport::start(tcp).map_err(|e| MasterExit::Start(e.to_string()))?;
     let advertise = cfg.advertise.unwrap_or(transport.local_addr());
     if advertise.ip().is_unspecified() {
@@ -245,7 +248,16 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
         .spawn(move || serve_clients(transport, worker_agent, sync))
         .map_err(|e| MasterExit::Start(e.to_string()))?;
 
-    let mut coord = CoordinatorClient::new(cfg.coordinators.clone(), cfg.cluster);
+    let mut coord = CoordinatorClient::new(
+        cfg.coordinators.clone(),
+        cfg.cluster,
+        crate::client::ClientSecurity {
+            tls: cfg.tls.clone(),
+            admin: false,
+        },
+    );
+    // Enlisted and heard as a master: the id its credential admits.
+    coord.set_peer_id(master_peer_id(nonce));
     coord.attempt_timeout = Duration::from_millis(500);
     let id = enlist(&mut coord, advertise, nonce);
     agent.lock().expect("agent lock poisoned").enlisted(id);
@@ -356,6 +368,20 @@ fn serve_clients(
                 continue;
             }
         };
+        // Readers get; admins also put (with TLS the class is proven by
+        // the certificate).
+        if matches!(env.body, MasterRequest::Put { .. })
+            && !matches!(
+                ramcoord_net::tls::PeerClass::of(from),
+                ramcoord_net::tls::PeerClass::Admin
+            )
+        {
+            rejected += 1;
+            tracing::warn!(from, rejected, "put refused: it needs the admin role");
+            let reply = MasterReply::Refused("refused: a put needs the admin role".into());
+            transport.send(from, encode(tag::MASTER_REPLY, env.id, &reply));
+            continue;
+        }
         sync();
         let reply = {
             let mut a = agent.lock().expect("agent lock poisoned");

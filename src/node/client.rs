@@ -166,6 +166,9 @@ pub struct Status {
     pub commit_p50_us: u64,
     /// 99th percentile of the same, in microseconds.
     pub commit_p99_us: u64,
+    /// Whether this replica runs without TLS (`--insecure`): ids and
+    /// roles are then taken on trust.
+    pub insecure: bool,
 }
 
 /// How many recent commit-point latencies `ctl status` summarises.
@@ -341,6 +344,8 @@ pub enum MasterReply {
     Stored,
     /// This master does not own the key's tablet (now): look it up again.
     NotOwner(String),
+    /// The client's role may not do this (a reader putting).
+    Refused(String),
 }
 
 /// Largest client message accepted (a view of a big cluster is large).

@@ -41,7 +41,18 @@ use ramcoord_log::{
     ConfChange, ConfState, Config, EntryKind, Message, NodeId, ProposeError, RawNode, Role,
     Storage, StorageError,
 };
+use ramcoord_net::tls::PeerClass;
 use ramcoord_net::{Event, PeerId, RegionId, Transport, WriteStatus};
+
+/// A client class in words, for refusals.
+fn describe(class: PeerClass) -> &'static str {
+    match class {
+        PeerClass::Replica(_) => "you are a replica",
+        PeerClass::Master => "you are a master",
+        PeerClass::Admin => "you are an admin",
+        PeerClass::Reader => "you are a reader",
+    }
+}
 
 use crate::cluster::{ClusterState, Effect, Outcome, Record, RpcId, RpcStatus, ServerId};
 use crate::coordinator::{Action, Coordinator, CoordinatorBugs, CoordinatorConfig};
@@ -80,6 +91,8 @@ pub mod client;
 pub struct NodeConfig {
     /// This replica's id.
     pub id: NodeId,
+    /// Whether its connections are mutual TLS (else `--insecure`).
+    pub tls: bool,
     /// Every founding replica's id (this one included).
     pub replicas: Vec<NodeId>,
     /// Where its log lives.
@@ -125,6 +138,7 @@ impl NodeConfig {
     pub fn new(id: NodeId, replicas: Vec<NodeId>, data_dir: PathBuf) -> NodeConfig {
         NodeConfig {
             id,
+            tls: false,
             replicas,
             data_dir,
             durability: Durability::Fsync,
@@ -192,6 +206,9 @@ pub struct CoordinatorNode<T: Transport> {
     /// Raft refusals counted into `rejected_messages` and logged so far,
     /// and when last logged.
     refusals_logged: (u64, Option<Instant>),
+    /// Requests refused for a missing role, and when one was last logged.
+    refused_by_role: u64,
+    role_refusal_logged: Option<Instant>,
     /// How many lost-match findings were logged, and when last.
     lost_matches_logged: (u64, Option<Instant>),
 }
@@ -274,6 +291,8 @@ impl<T: Transport> CoordinatorNode<T> {
             pushes_in_flight: HashMap::new(),
             delayed_pushes: VecDeque::new(),
             refusals_logged: (0, None),
+            refused_by_role: 0,
+            role_refusal_logged: None,
             lost_matches_logged: (0, None),
         })
     }
@@ -393,7 +412,15 @@ impl<T: Transport> CoordinatorNode<T> {
             Event::Message { from, payload } => {
                 if payload.first() == Some(&tag::CLIENT) {
                     match client::decode::<ClientRequest>(&payload[1..]) {
-                        Ok(env) => self.answer(from, env.id, env.body),
+                        Ok(env) => {
+                            if let Err(why) = self.authorize(from, &env.body) {
+                                self.refused_by_role += 1;
+                                self.log_role_refusal(from, &why);
+                                self.reply(from, env.id, &ClientReply::Refused(why));
+                                return;
+                            }
+                            self.answer(from, env.id, env.body)
+                        }
                         Err(e) => {
                             self.rejected_messages += 1;
                             tracing::warn!(from, error = %e, "malformed client request dropped");
@@ -404,6 +431,13 @@ impl<T: Transport> CoordinatorNode<T> {
                 if payload.first() != Some(&tag::RAFT) {
                     self.rejected_messages += 1;
                     tracing::warn!(from, "message with an unknown tag dropped");
+                    return;
+                }
+                if !matches!(PeerClass::of(from), PeerClass::Replica(_)) {
+                    // Only a replica speaks Raft (with TLS, `from` is
+                    // proven by its certificate).
+                    self.refused_by_role += 1;
+                    self.log_role_refusal(from, "a Raft message from a client or a master");
                     return;
                 }
                 match decode_message(payload.slice(1..)) {
@@ -487,6 +521,67 @@ impl<T: Transport> CoordinatorNode<T> {
         self.refusals_logged = (count, Some(now));
     }
 
+    /// Whether `from` (its class proven by its certificate under TLS) may
+    /// make `req`: readers look, admins also change the cluster, masters
+    /// enlist and heartbeat for themselves. The error names the role that
+    /// is missing.
+    fn authorize(&self, from: PeerId, req: &ClientRequest) -> Result<(), String> {
+        let class = PeerClass::of(from);
+        let admin = matches!(class, PeerClass::Admin);
+        let master = matches!(class, PeerClass::Master);
+        let need = |role: &str| {
+            Err(format!(
+                "refused: this needs the {role} role ({})",
+                describe(class)
+            ))
+        };
+        match req {
+            ClientRequest::Status | ClientRequest::View | ClientRequest::OpState { .. } => Ok(()),
+            ClientRequest::Noop | ClientRequest::ChangeReplicas(_) if admin => Ok(()),
+            ClientRequest::Noop | ClientRequest::ChangeReplicas(_) => need("admin"),
+            ClientRequest::Operate(op) | ClientRequest::OperateUntilComplete(op) => match &op.op {
+                crate::coordinator::Request::Enlist { nonce, .. } if master => {
+                    if master_peer_id(*nonce) == from {
+                        Ok(())
+                    } else {
+                        Err("refused: a master enlists under its own connection's id".into())
+                    }
+                }
+                crate::coordinator::Request::Enlist { .. } => need("master"),
+                _ if admin => Ok(()),
+                _ => need("admin"),
+            },
+            ClientRequest::Heartbeat { from: server } if master => {
+                // Only the process that enlisted the server keeps it up.
+                match self.cluster.server(*server) {
+                    Some(s) if master_peer_id(s.nonce) != from => Err(format!(
+                        "refused: server {server} was enlisted by another master process"
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            ClientRequest::Heartbeat { .. } => need("master"),
+        }
+    }
+
+    /// Logs a refusal for a missing role, at most once a second.
+    fn log_role_refusal(&mut self, from: PeerId, why: &str) {
+        let now = Instant::now();
+        if self
+            .role_refusal_logged
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.role_refusal_logged = Some(now);
+        tracing::warn!(
+            from,
+            refused = self.refused_by_role,
+            reason = why,
+            "request refused by role"
+        );
+    }
+
     /// This replica's view (see [`client::Status`]).
     pub fn status_report(&self) -> client::Status {
         let (role, term, commit) = self.status();
@@ -531,6 +626,7 @@ impl<T: Transport> CoordinatorNode<T> {
             commits_measured: self.commits_measured,
             commit_p50_us: p50,
             commit_p99_us: p99,
+            insecure: !self.cfg.tls,
         }
     }
 
