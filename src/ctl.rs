@@ -381,7 +381,7 @@ impl Ctl {
                             })
                         }
                         Ok(MasterReply::NotOwner(why)) => last = why,
-                        Ok(MasterReply::Refused(why)) => return Err(why),
+                        Ok(MasterReply::Refused(why)) => return Err(format!("refused: {why}")),
                         Err(e) => last = e,
                     }
                     retries += 1;

@@ -190,7 +190,7 @@ impl Admission {
             reason = why,
             refused_since_last_log = since,
             refused_total = n,
-            "connection refused or closed: a bound was reached (still serving peers and connected clients)"
+            "connection refused or closed (a bound, or a credential; still serving peers and connected clients)"
         );
     }
 }

@@ -378,7 +378,7 @@ fn serve_clients(
         {
             rejected += 1;
             tracing::warn!(from, rejected, "put refused: it needs the admin role");
-            let reply = MasterReply::Refused("refused: a put needs the admin role".into());
+            let reply = MasterReply::Refused("a put needs the admin role".into());
             transport.send(from, encode(tag::MASTER_REPLY, env.id, &reply));
             continue;
         }

@@ -529,12 +529,7 @@ impl<T: Transport> CoordinatorNode<T> {
         let class = PeerClass::of(from);
         let admin = matches!(class, PeerClass::Admin);
         let master = matches!(class, PeerClass::Master);
-        let need = |role: &str| {
-            Err(format!(
-                "refused: this needs the {role} role ({})",
-                describe(class)
-            ))
-        };
+        let need = |role: &str| Err(format!("this needs the {role} role ({})", describe(class)));
         match req {
             ClientRequest::Status | ClientRequest::View | ClientRequest::OpState { .. } => Ok(()),
             ClientRequest::Noop | ClientRequest::ChangeReplicas(_) if admin => Ok(()),
@@ -544,7 +539,7 @@ impl<T: Transport> CoordinatorNode<T> {
                     if master_peer_id(*nonce) == from {
                         Ok(())
                     } else {
-                        Err("refused: a master enlists under its own connection's id".into())
+                        Err("a master enlists under its own connection's id".into())
                     }
                 }
                 crate::coordinator::Request::Enlist { .. } => need("master"),
@@ -555,7 +550,7 @@ impl<T: Transport> CoordinatorNode<T> {
                 // Only the process that enlisted the server keeps it up.
                 match self.cluster.server(*server) {
                     Some(s) if master_peer_id(s.nonce) != from => Err(format!(
-                        "refused: server {server} was enlisted by another master process"
+                        "server {server} was enlisted by another master process"
                     )),
                     _ => Ok(()),
                 }

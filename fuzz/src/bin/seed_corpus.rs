@@ -414,6 +414,7 @@ fn client(c: &mut Corpus) {
         commits_measured: 100,
         commit_p50_us: 250,
         commit_p99_us: 900,
+        insecure: true,
     };
     let view = View {
         id: 1,
@@ -547,6 +548,10 @@ fn client(c: &mut Corpus) {
         ("no-value", MasterReply::Value(None)),
         ("stored", MasterReply::Stored),
         ("not-owner", MasterReply::NotOwner("server 2.1".into())),
+        (
+            "refused",
+            MasterReply::Refused("a put needs the admin role".into()),
+        ),
     ];
     for (i, (name, r)) in master_replies.iter().enumerate() {
         add(
