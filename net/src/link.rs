@@ -23,11 +23,23 @@ pub struct Link {
     /// The TLS session (`None`: plain). Also the write lock.
     session: Mutex<Option<rustls::Connection>>,
     /// Ciphertext read from the socket and not yet fed to the session
-    /// (reader only), with how much of it was fed.
-    pending: Mutex<(Vec<u8>, usize)>,
+    /// (reader only).
+    pending: Mutex<Pending>,
     /// The peer's identity from its certificate (TLS only).
     identity: Option<Identity>,
 }
+
+/// The reader's ciphertext buffer: `buf[fed..filled]` is still to be fed
+/// to the session. Allocated (and zeroed) once, on the first read.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    fed: usize,
+    filled: usize,
+}
+
+/// Bytes read from the socket at once.
+const READ_BYTES: usize = 64 << 10;
 
 /// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +64,7 @@ impl Link {
         Link {
             sock,
             session: Mutex::new(None),
-            pending: Mutex::new((Vec::new(), 0)),
+            pending: Mutex::new(Pending::default()),
             identity: None,
         }
     }
@@ -120,7 +132,7 @@ impl Link {
         Ok(Link {
             sock,
             session: Mutex::new(Some(conn)),
-            pending: Mutex::new((Vec::new(), 0)),
+            pending: Mutex::new(Pending::default()),
             identity: Some(identity),
         })
     }
@@ -183,10 +195,10 @@ impl Link {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
-                let (raw, fed) = &mut *pending;
-                if *fed < raw.len() {
-                    let n = conn.read_tls(&mut &raw[*fed..])?;
-                    *fed += n;
+                let p = &mut *pending;
+                if p.fed < p.filled {
+                    let n = conn.read_tls(&mut &p.buf[p.fed..p.filled])?;
+                    p.fed += n;
                     if let Err(e) = conn.process_new_packets() {
                         let _ = flush(conn, &self.sock);
                         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
@@ -196,19 +208,16 @@ impl Link {
                     continue;
                 }
             }
-            let (raw, fed) = &mut *pending;
-            raw.resize(64 << 10, 0);
-            *fed = 0;
-            match (&self.sock).read(raw) {
-                Ok(0) => {
-                    raw.clear();
-                    return Ok(0);
-                }
-                Ok(n) => raw.truncate(n),
-                Err(e) => {
-                    raw.clear();
-                    return Err(e);
-                }
+            let p = &mut *pending;
+            if p.buf.len() < READ_BYTES {
+                p.buf.resize(READ_BYTES, 0);
+            }
+            p.fed = 0;
+            p.filled = 0;
+            match (&self.sock).read(&mut p.buf) {
+                Ok(0) => return Ok(0),
+                Ok(n) => p.filled = n,
+                Err(e) => return Err(e),
             }
         }
     }
