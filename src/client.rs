@@ -125,6 +125,16 @@ impl ClientSecurity {
     }
 }
 
+/// What a client connects to (with TLS, checked against the server's
+/// certificate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    /// A coordinator replica.
+    Replica,
+    /// A master.
+    Master,
+}
+
 /// One connection speaking the frame protocol as a client.
 pub struct Conn {
     addr: SocketAddr,
@@ -144,6 +154,7 @@ impl Conn {
         me: PeerId,
         timeout: Duration,
         tls: Option<&Tls>,
+        server: ServerKind,
     ) -> Result<Conn, ClientError> {
         let io = |e: std::io::Error| ClientError::Io {
             addr,
@@ -175,6 +186,28 @@ impl Conn {
                     addr,
                     why: format!("expected hello, got {other:?}"),
                 })
+            }
+        }
+        // With TLS, the server is who it says, and what we meant to reach.
+        if let Some(identity) = c.stream.identity() {
+            let fits = identity.admits(c.peer)
+                && match server {
+                    ServerKind::Replica => matches!(identity, Identity::Replica(_)),
+                    ServerKind::Master => identity == Identity::Master,
+                };
+            if !fits {
+                return Err(ClientError::BadReply {
+                    addr,
+                    why: format!(
+                        "the server presented a {identity} certificate and claims id {}; \
+                         expected a {}",
+                        c.peer,
+                        match server {
+                            ServerKind::Replica => "coordinator replica",
+                            ServerKind::Master => "master",
+                        }
+                    ),
+                });
             }
         }
         Ok(c)
@@ -404,6 +437,7 @@ impl CoordinatorClient {
                 self.me,
                 self.attempt_timeout,
                 self.security.tls.as_ref(),
+                ServerKind::Replica,
             )?;
             self.ids.insert(c.peer(), i);
             self.conns[i] = Some(c);
@@ -631,6 +665,7 @@ impl MasterClient {
                 self.me,
                 self.attempt_timeout,
                 self.security.tls.as_ref(),
+                ServerKind::Master,
             )?;
             self.conns.insert(addr, c);
         }

@@ -1247,6 +1247,12 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
                 eprintln!("ramcoord coordinator: --transport rdma: {e}");
                 return ExitCode::from(2);
             }
+            if tls.is_some() {
+                tracing::warn!(
+                    "--transport rdma: TLS covers the TCP connections only; RDMA connections are \
+                     not authenticated yet (run on a trusted RDMA fabric)"
+                );
+            }
             let mut r = RdmaConfig::new(args.id, args.cluster, args.listen);
             r.peers = tcp.peers.clone();
             match HybridTransport::start(tcp, r) {

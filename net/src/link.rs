@@ -1,14 +1,21 @@
 //! One connection's byte stream: a TCP socket, and its TLS session when the
 //! transport is secured ([`crate::tls`]).
 //!
-//! A connection is written by any thread that sends (one lock, one write,
-//! as before TLS) and read by one reader (a thread, or the owner's poll).
-//! With TLS both directions share one rustls session, so the reader never
-//! holds the session's lock across a socket read: it reads ciphertext into
-//! its own buffer unlocked, then locks only to feed the session and take
-//! the plaintext out. A writer locks to encrypt and put the records on the
-//! socket. Plain connections take the same lock around writes, so frames
-//! from two senders never interleave.
+//! A connection is written by any thread that sends and read by one reader
+//! (a thread, or the owner's poll). With TLS both directions share one
+//! rustls session, whose lock is only ever held to feed it, encrypt or
+//! take plaintext out, never across a socket read or write: the reader
+//! reads ciphertext into its own buffer unlocked, and a writer encrypts
+//! under the session lock, then writes the records to the socket holding
+//! only the write lock. The write lock keeps records in the order they
+//! were sealed (their sequence numbers), and frames from two senders from
+//! interleaving; a reader never waits behind a stalled write. Anything the
+//! session queues while reading (an alert, a key update's answer) leaves
+//! with the next write.
+//!
+//! The handshake has a deadline for the whole exchange: every socket read
+//! and write in it is bounded by the time left, so a peer that trickles
+//! bytes cannot hold the connection longer.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -20,8 +27,10 @@ use crate::tls::{peer_identity, Identity, Tls, TlsError};
 /// A connection (see the module docs).
 pub struct Link {
     sock: TcpStream,
-    /// The TLS session (`None`: plain). Also the write lock.
+    /// The TLS session (`None`: plain).
     session: Mutex<Option<rustls::Connection>>,
+    /// Held while writing to the socket (see the module docs).
+    write_lock: Mutex<()>,
     /// Ciphertext read from the socket and not yet fed to the session
     /// (reader only).
     pending: Mutex<Pending>,
@@ -38,8 +47,9 @@ struct Pending {
     filled: usize,
 }
 
-/// Bytes read from the socket at once.
-const READ_BYTES: usize = 64 << 10;
+/// Bytes read from the socket at once: a whole TLS record (16 KiB of
+/// plaintext and its overhead), so a connection's buffer stays small.
+const READ_BYTES: usize = 17 << 10;
 
 /// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +74,7 @@ impl Link {
         Link {
             sock,
             session: Mutex::new(None),
+            write_lock: Mutex::new(()),
             pending: Mutex::new(Pending::default()),
             identity: None,
         }
@@ -103,35 +114,60 @@ impl Link {
         mut conn: rustls::Connection,
         deadline: Instant,
     ) -> Result<Link, LinkError> {
-        let before = sock.read_timeout().ok().flatten();
-        while conn.is_handshaking() {
+        let before = (
+            sock.read_timeout().ok().flatten(),
+            sock.write_timeout().ok().flatten(),
+        );
+        let timed_out = || {
+            LinkError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the TLS handshake took too long",
+            ))
+        };
+        while conn.is_handshaking() || conn.wants_write() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(LinkError::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the TLS handshake took too long",
-                )));
+                return Err(timed_out());
+            }
+            if conn.wants_write() {
+                sock.set_write_timeout(Some(left))?;
+                conn.write_tls(&mut &sock).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => timed_out(),
+                    _ => LinkError::Io(e),
+                })?;
+                continue;
             }
             sock.set_read_timeout(Some(left))?;
-            if let Err(e) = conn.complete_io(&mut &sock) {
-                // Tell the peer why, if rustls has an alert queued.
+            let n = match conn.read_tls(&mut &sock) {
+                Ok(0) => {
+                    return Err(LinkError::Handshake("the peer closed the connection".into()))
+                }
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(timed_out())
+                }
+                Err(e) => return Err(LinkError::Io(e)),
+            };
+            debug_assert!(n > 0);
+            if let Err(e) = conn.process_new_packets() {
+                // Tell the peer why, best effort, within the deadline.
+                let _ = sock.set_write_timeout(Some(Duration::from_millis(100)));
                 let _ = conn.write_tls(&mut &sock);
-                return Err(match e.kind() {
-                    std::io::ErrorKind::InvalidData => LinkError::Handshake(e.to_string()),
-                    _ => LinkError::Io(e),
-                });
+                return Err(LinkError::Handshake(e.to_string()));
             }
         }
-        // Whatever the peer's last flight left to send (a client's
-        // Finished) goes now.
-        while conn.wants_write() {
-            conn.write_tls(&mut &sock)?;
-        }
-        sock.set_read_timeout(before)?;
+        sock.set_read_timeout(before.0)?;
+        sock.set_write_timeout(before.1)?;
         let identity = peer_identity(&conn).map_err(|e| LinkError::Identity(e.to_string()))?;
         Ok(Link {
             sock,
             session: Mutex::new(Some(conn)),
+            write_lock: Mutex::new(()),
             pending: Mutex::new(Pending::default()),
             identity: Some(identity),
         })
@@ -161,21 +197,31 @@ impl Link {
     /// Writes all of `bytes` (one frame, or several): frames from
     /// concurrent writers never interleave.
     pub fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
-        let mut session = self.session.lock().expect("lock poisoned");
-        match session.as_mut() {
-            None => (&self.sock).write_all(bytes),
-            Some(conn) => {
-                // The session buffers a bounded amount of ciphertext: put
-                // it on the socket as we go.
-                let mut rest = bytes;
-                while !rest.is_empty() {
-                    let n = conn.writer().write(rest)?;
-                    rest = &rest[n..];
-                    flush(conn, &self.sock)?;
+        let _order = self.write_lock.lock().expect("lock poisoned");
+        let sealed = {
+            let mut session = self.session.lock().expect("lock poisoned");
+            match session.as_mut() {
+                None => None,
+                Some(conn) => {
+                    // The session holds a bounded amount of ciphertext:
+                    // take it out as we go.
+                    let mut out = Vec::with_capacity(bytes.len() + 64);
+                    let mut rest = bytes;
+                    loop {
+                        while conn.wants_write() {
+                            conn.write_tls(&mut out)?;
+                        }
+                        if rest.is_empty() {
+                            break;
+                        }
+                        let n = conn.writer().write(rest)?;
+                        rest = &rest[n..];
+                    }
+                    Some(out)
                 }
-                Ok(())
             }
-        }
+        };
+        (&self.sock).write_all(sealed.as_deref().unwrap_or(bytes))
     }
 
     /// Reads plaintext into `buf`: `Ok(0)` when the peer closed, the
@@ -200,11 +246,12 @@ impl Link {
                     let n = conn.read_tls(&mut &p.buf[p.fed..p.filled])?;
                     p.fed += n;
                     if let Err(e) = conn.process_new_packets() {
-                        let _ = flush(conn, &self.sock);
+                        // The connection ends; the alert is not worth a
+                        // wait for the write lock.
                         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
                     }
-                    // A key update or an alert may need an answer.
-                    flush(conn, &self.sock)?;
+                    // What the session queued in answer (a key update)
+                    // leaves with the next write.
                     continue;
                 }
             }
@@ -223,9 +270,3 @@ impl Link {
     }
 }
 
-fn flush(conn: &mut rustls::Connection, sock: &TcpStream) -> std::io::Result<()> {
-    while conn.wants_write() {
-        conn.write_tls(&mut &*sock)?;
-    }
-    Ok(())
-}

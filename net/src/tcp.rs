@@ -504,6 +504,9 @@ fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 };
                 let _ = stream.set_nonblocking(false);
                 let _ = stream.set_nodelay(true);
+                // A client that stops reading must not block whoever
+                // answers it for long (the connection is then dropped).
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
                 track(&inner, &stream);
                 let i = inner.clone();
                 spawn(&inner, "net-conn", move || {
@@ -667,11 +670,17 @@ fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, mut tic
             return;
         }
     }
+    // A configured peer is exempt from the client bounds; with TLS only a
+    // replica's credential earns that (a master's is shared by all
+    // masters, and any of them could claim another's id).
     let configured_peer = inner
         .outbound
         .lock()
         .expect("lock poisoned")
-        .contains_key(&peer);
+        .contains_key(&peer)
+        && stream
+            .identity()
+            .is_none_or(|i| matches!(i, Identity::Replica(_)));
     if configured_peer {
         ticket.promote_to_peer();
         let _ = stream.socket().set_read_timeout(None);
@@ -852,6 +861,11 @@ fn handle_frame(
             Verdict::Keep
         }
         Frame::WriteAck { id, status } => {
+            // Acknowledgements come back on the connection we wrote on;
+            // one on a connection the peer opened is forged.
+            if acks.is_some() {
+                return Verdict::Reject("a write acknowledgement on a connection the peer opened");
+            }
             deliver(Event::WriteDone {
                 to: peer,
                 id,
@@ -1028,6 +1042,24 @@ fn adopt(
         ticket,
         last_read: std::time::Instant::now(),
     };
+    // What arrived with the hello and sits in the session's buffers
+    // (invisible to an edge-triggered poll): read it all now.
+    let mut buf = vec![0u8; 17 << 10];
+    loop {
+        match conn.stream.read(&mut buf) {
+            Ok(0) => {
+                close(inner, conn);
+                return;
+            }
+            Ok(n) => conn.dec.push(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                close(inner, conn);
+                return;
+            }
+        }
+    }
     let mut conns = inline.conns.lock().expect("lock poisoned");
     // Frames that came with the hello (a client sends both at once).
     if !drain_frames(inner, &mut conn) {

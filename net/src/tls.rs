@@ -468,10 +468,15 @@ pub fn issue_valid(
         let uri = rcgen::Ia5String::try_from(identity.uri()).map_err(gen)?;
         let dns = rcgen::Ia5String::try_from(SERVER_NAME).map_err(gen)?;
         params.subject_alt_names = vec![SanType::URI(uri), SanType::DnsName(dns)];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        // Replicas and masters also serve; a client credential can only
+        // be presented as a client (it cannot pose as a server).
+        params.extended_key_usages = match identity {
+            Identity::Replica(_) | Identity::Master => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            Identity::Admin | Identity::Reader => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        };
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.not_before = not_before;
         params.not_after = not_after;

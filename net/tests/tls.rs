@@ -284,3 +284,72 @@ fn only_a_replica_writes_configuration() {
     assert_eq!(wait_write(&replica, &target, id), Some(WriteStatus::Landed));
     assert_eq!(&region.snapshot()[..4], b"good");
 }
+
+/// A peer that trickles its handshake is cut off at the handshake deadline
+/// however slowly it sends (each byte used to restart the wait).
+#[test]
+fn a_trickled_handshake_ends_at_its_deadline() {
+    use std::io::{Read, Write};
+    let d = dirs("trickle");
+    let mut cfg = TcpConfig::new(2, 5, loopback());
+    cfg.tls = Some(cred(&d.good, Identity::Replica(2)));
+    cfg.limits.handshake_timeout = Duration::from_secs(1);
+    let server = TcpTransport::start(cfg).unwrap();
+    let mut raw = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    // A handshake record header announcing 16 KiB, then a byte at a time.
+    raw.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00]).unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(20) {
+        let mut b = [0u8; 64];
+        match raw.read(&mut b) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        if raw.write_all(&[0x01]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(closed, "a trickling handshake was kept open for 20 s");
+}
+
+/// A write acknowledgement sent on a connection the peer opened is forged
+/// (ours come back on the connection we wrote on): the connection is
+/// closed and nothing is delivered.
+#[test]
+fn a_forged_write_acknowledgement_is_refused() {
+    let d = dirs("ack");
+    let target = node(1, cred(&d.good, Identity::Replica(1)), false);
+    let before = target.rejected_connections();
+    // A transport sends acks only for writes it received: forge one with
+    // a bare TLS connection.
+    let tls = cred(&d.good, Identity::Reader);
+    let link = ramcoord_net::link::Link::connect(target.local_addr(), Some(&tls), WAIT).unwrap();
+    link.write_all(&Frame::Hello { peer: CLIENT_BIT | 9, cluster: 5 }.to_bytes()).unwrap();
+    link.write_all(
+        &Frame::WriteAck {
+            id: 1,
+            status: WriteStatus::Landed,
+        }
+        .to_bytes(),
+    )
+    .unwrap();
+    wait_rejected(&target, before);
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        if let Some(Event::WriteDone { .. }) = target.next_event(Duration::from_millis(50)) {
+            panic!("a forged acknowledgement was delivered");
+        }
+    }
+}

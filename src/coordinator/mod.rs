@@ -273,8 +273,12 @@ impl Coordinator {
 
     /// A master's heartbeat.
     pub fn on_heartbeat(&mut self, from: ServerId) {
+        // Only a server the leader tracks is heard (a heartbeat naming any
+        // other id must not grow the table).
         if self.active {
-            self.heard.insert(from, self.now);
+            if let Some(at) = self.heard.get_mut(&from) {
+                *at = self.now;
+            }
         }
     }
 

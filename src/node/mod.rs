@@ -200,7 +200,7 @@ pub struct CoordinatorNode<T: Transport> {
     /// When the last event arrived (adaptive polling).
     last_activity: Instant,
     /// One-sided writes in flight: write id -> (server, term, version).
-    pushes_in_flight: HashMap<u64, (ServerId, u64, u64)>,
+    pushes_in_flight: HashMap<u64, (ServerId, u64, u64, PeerId)>,
     /// Pushes held back by `push_delay`: (when due, action).
     delayed_pushes: VecDeque<(Instant, Action)>,
     /// Raft refusals counted into `rejected_messages` and logged so far,
@@ -456,7 +456,11 @@ impl<T: Transport> CoordinatorNode<T> {
                 }
             }
             Event::WriteDone { to, id, status } => {
-                let Some((server, term, version)) = self.pushes_in_flight.remove(&id) else {
+                // Only the master the push went to can complete it.
+                if self.pushes_in_flight.get(&id).is_none_or(|p| p.3 != to) {
+                    return;
+                }
+                let Some((server, term, version, _)) = self.pushes_in_flight.remove(&id) else {
                     return;
                 };
                 match status {
@@ -547,12 +551,15 @@ impl<T: Transport> CoordinatorNode<T> {
                 _ => need("admin"),
             },
             ClientRequest::Heartbeat { from: server } if master => {
-                // Only the process that enlisted the server keeps it up.
+                // Only the process that enlisted the server keeps it up;
+                // a server never enlisted has nothing to keep up (and
+                // must not grow the leader's tables).
                 match self.cluster.server(*server) {
                     Some(s) if master_peer_id(s.nonce) != from => Err(format!(
                         "server {server} was enlisted by another master process"
                     )),
-                    _ => Ok(()),
+                    Some(_) => Ok(()),
+                    None => Err(format!("server {server} is not in the server list")),
                 }
             }
             ClientRequest::Heartbeat { .. } => need("master"),
@@ -774,7 +781,18 @@ impl<T: Transport> CoordinatorNode<T> {
             {
                 not_leader
             }
-            ClientRequest::View => ClientReply::View(self.view()),
+            ClientRequest::View => {
+                let mut view = self.view();
+                // A master's nonce is its transport id: whoever holds the
+                // shared master credential could claim it. Only replicas
+                // see them.
+                if !matches!(PeerClass::of(from), PeerClass::Replica(_)) {
+                    for s in &mut view.servers {
+                        s.nonce = 0;
+                    }
+                }
+                ClientReply::View(view)
+            }
             ClientRequest::Heartbeat { from: server } => {
                 self.coord.on_heartbeat(server);
                 let gone = self.cluster.is_gone(server);
@@ -1306,7 +1324,7 @@ impl<T: Transport> CoordinatorNode<T> {
         self.transport.add_peer(peer, sock);
         let id = self.transport.write(peer, CONFIG_REGION, 0, region);
         self.pushes_in_flight
-            .insert(id, (to, self.coord.term(), version));
+            .insert(id, (to, self.coord.term(), version, peer));
         tracing::debug!(%to, version, "push sent");
     }
 }
