@@ -145,7 +145,7 @@ fn a_raw_request_with_a_huge_name_is_refused_not_a_panic() {
         1,
         c.security_as(ramcoord_net::tls::Identity::Master),
     );
-    master.set_peer_id(ramcoord::node::master_peer_id(nonce));
+    master.set_peer_id(ramcoord::node::master_client_id(nonce));
     let i = addrs
         .iter()
         .position(|(_, s)| s.as_ref().is_ok_and(|s| s.id == leader.id))

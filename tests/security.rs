@@ -9,7 +9,7 @@ use bytes::Bytes;
 use ramcoord::client::{ClientSecurity, CoordinatorClient};
 use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
 use ramcoord::node::client::{ClientReply, ClientRequest};
-use ramcoord::node::{master_peer_id, raft_payload};
+use ramcoord::node::{master_client_id, raft_payload};
 use ramcoord_log::{Message, MessageBody};
 use ramcoord_net::tcp::{TcpConfig, TcpTransport};
 use ramcoord_net::tls::{self, CredentialFiles, Identity, Tls};
@@ -148,7 +148,7 @@ fn forged_and_unfit_peers_are_refused_and_the_cluster_is_unaffected() {
         1,
         ClientSecurity::with(load(Identity::Master)),
     );
-    impostor.set_peer_id(master_peer_id(12345));
+    impostor.set_peer_id(master_client_id(12345));
     match impostor.ask_leader(
         &ClientRequest::Heartbeat { from: victim },
         Instant::now() + LIMIT,

@@ -140,7 +140,9 @@ impl Link {
             sock.set_read_timeout(Some(left))?;
             let n = match conn.read_tls(&mut &sock) {
                 Ok(0) => {
-                    return Err(LinkError::Handshake("the peer closed the connection".into()))
+                    return Err(LinkError::Handshake(
+                        "the peer closed the connection".into(),
+                    ))
                 }
                 Ok(n) => n,
                 Err(e)
@@ -269,4 +271,3 @@ impl Link {
         }
     }
 }
-

@@ -296,7 +296,8 @@ fn a_trickled_handshake_ends_at_its_deadline() {
     cfg.limits.handshake_timeout = Duration::from_secs(1);
     let server = TcpTransport::start(cfg).unwrap();
     let mut raw = std::net::TcpStream::connect(server.local_addr()).unwrap();
-    raw.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    raw.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
     // A handshake record header announcing 16 KiB, then a byte at a time.
     raw.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00]).unwrap();
     let started = Instant::now();
@@ -309,7 +310,9 @@ fn a_trickled_handshake_ends_at_its_deadline() {
                 break;
             }
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => {
                 closed = true;
                 break;
@@ -336,7 +339,14 @@ fn a_forged_write_acknowledgement_is_refused() {
     // a bare TLS connection.
     let tls = cred(&d.good, Identity::Reader);
     let link = ramcoord_net::link::Link::connect(target.local_addr(), Some(&tls), WAIT).unwrap();
-    link.write_all(&Frame::Hello { peer: CLIENT_BIT | 9, cluster: 5 }.to_bytes()).unwrap();
+    link.write_all(
+        &Frame::Hello {
+            peer: CLIENT_BIT | 9,
+            cluster: 5,
+        }
+        .to_bytes(),
+    )
+    .unwrap();
     link.write_all(
         &Frame::WriteAck {
             id: 1,

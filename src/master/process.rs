@@ -46,7 +46,7 @@ use crate::coordinator::Request;
 use crate::node::client::{
     decode, encode, ClientReply, ClientRequest, MasterReply, MasterRequest, OpResult,
 };
-use crate::node::{master_peer_id, tag, CONFIG_REGION};
+use crate::node::{master_client_id, master_peer_id, tag, CONFIG_REGION};
 use crate::transport::TransportKind;
 
 /// How a master process runs.
@@ -256,8 +256,10 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
             admin: false,
         },
     );
-    // Enlisted and heard as a master: the id its credential admits.
-    coord.set_peer_id(master_peer_id(nonce));
+    // Enlisted and heard as a master (the class its credential admits),
+    // under an id of its own: answers to it must not go to the transport,
+    // where the coordinator pushes.
+    coord.set_peer_id(master_client_id(nonce));
     coord.attempt_timeout = Duration::from_millis(500);
     let id = enlist(&mut coord, advertise, nonce);
     agent.lock().expect("agent lock poisoned").enlisted(id);

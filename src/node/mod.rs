@@ -81,6 +81,14 @@ pub fn master_peer_id(nonce: u64) -> PeerId {
     nonce | (1 << 63)
 }
 
+/// The id a master process's client of the coordinators (enlist,
+/// heartbeats) speaks under: a master id (bit 63), distinct from its
+/// transport id, whose messages go to the master's own transport (the
+/// coordinator pushes there; answers to the client must not).
+pub fn master_client_id(nonce: u64) -> PeerId {
+    master_peer_id(nonce) ^ (1 << 62)
+}
+
 /// How many applied operations a replica remembers for `ctl ops`.
 pub const RECENT_OPS: usize = 256;
 
@@ -540,7 +548,7 @@ impl<T: Transport> CoordinatorNode<T> {
             ClientRequest::Noop | ClientRequest::ChangeReplicas(_) => need("admin"),
             ClientRequest::Operate(op) | ClientRequest::OperateUntilComplete(op) => match &op.op {
                 crate::coordinator::Request::Enlist { nonce, .. } if master => {
-                    if master_peer_id(*nonce) == from {
+                    if master_client_id(*nonce) == from {
                         Ok(())
                     } else {
                         Err("a master enlists under its own connection's id".into())
@@ -555,7 +563,7 @@ impl<T: Transport> CoordinatorNode<T> {
                 // a server never enlisted has nothing to keep up (and
                 // must not grow the leader's tables).
                 match self.cluster.server(*server) {
-                    Some(s) if master_peer_id(s.nonce) != from => Err(format!(
+                    Some(s) if master_client_id(s.nonce) != from => Err(format!(
                         "server {server} was enlisted by another master process"
                     )),
                     Some(_) => Ok(()),
