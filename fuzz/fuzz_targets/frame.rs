@@ -1,5 +1,5 @@
 //! `ramcoord_net::frame::FrameDecoder`: the stream frame format every
-//! stream transport reads from its peers (header, checksum, the four body
+//! stream transport reads from its peers (header, checksum, the six body
 //! kinds). The input is a byte stream as read from a socket.
 //!
 //! Checks: no panic; every frame decoded re-encodes to a frame that

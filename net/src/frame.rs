@@ -21,6 +21,9 @@
 //! Write      write id u64, region u32, offset u64, then the bytes
 //! WriteAck   write id u64, status u8 (0 landed, 1 refused, 2 no such
 //!            region, 3 out of bounds), then a UTF-8 reason
+//! PassRequest  sender peer id u64, cluster id u64 (instead of a hello:
+//!            the connection exists to fetch an RDMA pass)
+//! Pass       the pass (crate::rdma_pass: expiry u64, MAC 16 bytes)
 //! ```
 //!
 //! A reader that meets a bad magic, an unknown version or kind, a length
@@ -85,6 +88,17 @@ pub enum Frame {
         /// Landed, or why not.
         status: WriteStatus,
     },
+    /// The first frame on a connection opened only to fetch a pass for
+    /// RDMA ([`crate::rdma_pass`]); answered with [`Frame::Pass`], then
+    /// the connection is closed.
+    PassRequest {
+        /// The sender's peer id.
+        peer: u64,
+        /// The cluster it belongs to.
+        cluster: u64,
+    },
+    /// A pass for the requester's RDMA connections to us.
+    Pass(crate::rdma_pass::Pass),
 }
 
 /// What became of a one-sided write.
@@ -132,6 +146,8 @@ const KIND_HELLO: u8 = 1;
 const KIND_MESSAGE: u8 = 2;
 const KIND_WRITE: u8 = 3;
 const KIND_WRITE_ACK: u8 = 4;
+const KIND_PASS_REQUEST: u8 = 5;
+const KIND_PASS: u8 = 6;
 
 fn checksum(header: &FrameHeader, body: &[u8]) -> u32 {
     let mut h = *header;
@@ -176,6 +192,13 @@ impl Frame {
                 b.put_slice(reason.as_bytes());
                 (KIND_WRITE_ACK, b)
             }
+            Frame::PassRequest { peer, cluster } => {
+                let mut b = BytesMut::with_capacity(16);
+                b.put_u64_le(*peer);
+                b.put_u64_le(*cluster);
+                (KIND_PASS_REQUEST, b)
+            }
+            Frame::Pass(p) => (KIND_PASS, BytesMut::from(&p.encode()[..])),
         };
         assert!(
             body.len() <= FRAME_BODY_BYTES_MAX,
@@ -193,6 +216,19 @@ impl Frame {
         out.reserve(FRAME_HEADER_BYTES + body.len());
         out.put_slice(h.as_bytes());
         out.put(&mut body);
+    }
+
+    /// What kind of frame this is, for logs (a frame's `Debug` may be as
+    /// long as its payload).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "hello",
+            Frame::Message(_) => "message",
+            Frame::Write { .. } => "write",
+            Frame::WriteAck { .. } => "write-ack",
+            Frame::PassRequest { .. } => "pass request",
+            Frame::Pass(_) => "pass",
+        }
     }
 
     /// The encoded frame.
@@ -250,6 +286,18 @@ impl Frame {
                 };
                 Ok(Frame::WriteAck { id, status })
             }
+            KIND_PASS_REQUEST => {
+                if body.len() != 16 {
+                    return Err(malformed("pass request", "not 16 bytes"));
+                }
+                Ok(Frame::PassRequest {
+                    peer: body.get_u64_le(),
+                    cluster: body.get_u64_le(),
+                })
+            }
+            KIND_PASS => crate::rdma_pass::Pass::decode(&body)
+                .map(Frame::Pass)
+                .map_err(|e| malformed("pass", &e.to_string())),
             k => Err(FrameError::UnknownKind(k)),
         }
     }
@@ -292,7 +340,7 @@ impl FrameDecoder {
         if h.version != PROTOCOL_VERSION {
             return Err(FrameError::UnknownVersion(h.version));
         }
-        if !(KIND_HELLO..=KIND_WRITE_ACK).contains(&h.kind) {
+        if !(KIND_HELLO..=KIND_PASS).contains(&h.kind) {
             return Err(FrameError::UnknownKind(h.kind));
         }
         let len = h.body_len.get();
@@ -338,6 +386,14 @@ mod tests {
                 id: 10,
                 status: WriteStatus::Landed,
             },
+            Frame::PassRequest {
+                peer: 2,
+                cluster: 77,
+            },
+            Frame::Pass(crate::rdma_pass::Pass {
+                expires_unix_s: 1_800_000_000,
+                mac: [7; 16],
+            }),
         ]
     }
 

@@ -12,6 +12,12 @@
 //! replicas added later) goes over RDMA; anything else (a client, known
 //! only by the TCP connection it opened) over TCP. Both sides deliver into
 //! one queue, the TCP transport's, so the owner's loop is unchanged.
+//!
+//! Admission: the two sides share one pass book ([`crate::rdma_pass`]):
+//! the TCP side issues passes to replicas that authenticated to it, the
+//! RDMA side admits only connection requests that carry one, and fetches
+//! its own passes over TCP with the TCP side's credentials. Always on: a
+//! hybrid transport never admits an RDMA connection without a pass.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +26,8 @@ use bytes::Bytes;
 use crossbeam::channel::Receiver;
 
 use crate::rdma::RdmaError;
-use crate::rdma_transport::{RdmaConfig, RdmaTransport};
+use crate::rdma_pass::PassBook;
+use crate::rdma_transport::{PassFetch, RdmaConfig, RdmaTransport};
 use crate::tcp::{ListenError, TcpConfig, TcpTransport};
 use crate::{Event, PeerId, Region, RegionId, Transport};
 
@@ -47,7 +54,15 @@ pub struct HybridTransport {
 
 impl HybridTransport {
     /// Starts both sides; `rdma.peers` are the peers reached over RDMA.
-    pub fn start(tcp: TcpConfig, rdma: RdmaConfig) -> Result<HybridTransport, HybridError> {
+    /// The pass book and how passes are fetched are set here (any given in
+    /// the configurations is replaced).
+    pub fn start(mut tcp: TcpConfig, mut rdma: RdmaConfig) -> Result<HybridTransport, HybridError> {
+        let book = Arc::new(PassBook::new(rdma.cluster, rdma.id));
+        tcp.passes = Some(book.clone());
+        rdma.passes = Some(book);
+        rdma.pass_fetch = Some(PassFetch {
+            tls: tcp.tls.clone(),
+        });
         let tcp = TcpTransport::start(tcp)?;
         let sink = tcp.event_sink();
         let rdma = RdmaTransport::start_delivering(

@@ -37,6 +37,7 @@ pub mod link;
 pub mod mem;
 #[cfg(feature = "rdma")]
 pub mod rdma;
+pub mod rdma_pass;
 #[cfg(feature = "rdma")]
 pub mod rdma_transport;
 pub mod ring;

@@ -29,8 +29,9 @@ pub struct Link {
     sock: TcpStream,
     /// The TLS session (`None`: plain).
     session: Mutex<Option<rustls::Connection>>,
-    /// Held while writing to the socket (see the module docs).
-    write_lock: Mutex<()>,
+    /// Held while writing to the socket (see the module docs); holds the
+    /// buffer records are sealed into, reused from write to write.
+    write_lock: Mutex<Vec<u8>>,
     /// Ciphertext read from the socket and not yet fed to the session
     /// (reader only).
     pending: Mutex<Pending>,
@@ -50,6 +51,8 @@ struct Pending {
 /// Bytes read from the socket at once: a whole TLS record (16 KiB of
 /// plaintext and its overhead), so a connection's buffer stays small.
 const READ_BYTES: usize = 17 << 10;
+/// A connection keeps its sealing buffer up to this size between writes.
+const WRITE_BUFFER_KEPT_BYTES: usize = 64 << 10;
 
 /// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +77,7 @@ impl Link {
         Link {
             sock,
             session: Mutex::new(None),
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(Vec::new()),
             pending: Mutex::new(Pending::default()),
             identity: None,
         }
@@ -169,7 +172,7 @@ impl Link {
         Ok(Link {
             sock,
             session: Mutex::new(Some(conn)),
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(Vec::new()),
             pending: Mutex::new(Pending::default()),
             identity: Some(identity),
         })
@@ -199,31 +202,34 @@ impl Link {
     /// Writes all of `bytes` (one frame, or several): frames from
     /// concurrent writers never interleave.
     pub fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
-        let _order = self.write_lock.lock().expect("lock poisoned");
-        let sealed = {
+        let mut out = self.write_lock.lock().expect("lock poisoned");
+        {
             let mut session = self.session.lock().expect("lock poisoned");
-            match session.as_mut() {
-                None => None,
-                Some(conn) => {
-                    // The session holds a bounded amount of ciphertext:
-                    // take it out as we go.
-                    let mut out = Vec::with_capacity(bytes.len() + 64);
-                    let mut rest = bytes;
-                    loop {
-                        while conn.wants_write() {
-                            conn.write_tls(&mut out)?;
-                        }
-                        if rest.is_empty() {
-                            break;
-                        }
-                        let n = conn.writer().write(rest)?;
-                        rest = &rest[n..];
-                    }
-                    Some(out)
+            let Some(conn) = session.as_mut() else {
+                drop(session);
+                return (&self.sock).write_all(bytes);
+            };
+            // The session holds a bounded amount of ciphertext: take it
+            // out as we go.
+            out.clear();
+            let mut rest = bytes;
+            loop {
+                while conn.wants_write() {
+                    conn.write_tls(&mut *out)?;
                 }
+                if rest.is_empty() {
+                    break;
+                }
+                let n = conn.writer().write(rest)?;
+                rest = &rest[n..];
             }
-        };
-        (&self.sock).write_all(sealed.as_deref().unwrap_or(bytes))
+        }
+        let r = (&self.sock).write_all(&out);
+        if out.capacity() > WRITE_BUFFER_KEPT_BYTES {
+            // A large frame's buffer is not kept for the connection's life.
+            *out = Vec::new();
+        }
+        r
     }
 
     /// Reads plaintext into `buf`: `Ok(0)` when the peer closed, the

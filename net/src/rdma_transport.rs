@@ -44,6 +44,19 @@
 //! peer did not advertise reconnects once for a fresh advertisement
 //! before it reports `NoSuchRegion`.
 //!
+//! # Admission
+//!
+//! A connection request says who it is from and which cluster, and, when
+//! the listener has a [`RdmaConfig::passes`] book, must carry a pass that
+//! the listener issued over an authenticated TCP connection
+//! ([`crate::rdma_pass`]). The listener checks it before it accepts the
+//! request: a request without a valid pass gets no queue pair state, no
+//! ring, no registered memory and no region key; it is refused, counted
+//! ([`RdmaTransport::refused_requests`]) and logged at most once a second.
+//! With [`RdmaConfig::pass_fetch`] the sender fetches a pass over TCP
+//! before it connects, again when it is half its lifetime old, and after
+//! any failed connect (the listener may have restarted with a new key).
+//!
 //! # Connecting and closing
 //!
 //! A connect gives up after [`crate::rdma::CONNECT_TIMEOUT`] (a peer not
@@ -72,7 +85,9 @@ use crossbeam::channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender,
 use crate::rdma::{
     Incoming, RdmaConn, RdmaError, RdmaListener, RegionMemory, RemoteRegion, Revoker, RECV_SLOTS,
 };
+use crate::rdma_pass::{Pass, PassBook, RequestPrivate, PASS_TTL};
 use crate::ring::{self, PlaceError, RingReader, RingWriter, RING_HEADER_BYTES};
+use crate::tls::Tls;
 use crate::{Event, PeerId, Region, RegionId, Transport, WriteStatus};
 
 /// The region id a connection's message ring is advertised under
@@ -114,7 +129,29 @@ pub struct RdmaConfig {
     /// configuration region is kept this way: granting a newer leader
     /// revokes the older one first.
     pub exclusive_writer: bool,
+    /// The book whose passes admit connection requests (shared with this
+    /// node's TCP side, which issues them); `None` admits any request of
+    /// the cluster (only for the transport's own tests and benchmarks on
+    /// a fabric nobody else reaches).
+    pub passes: Option<Arc<PassBook>>,
+    /// How this node fetches passes for its own connections; `None`: its
+    /// requests carry none.
+    pub pass_fetch: Option<PassFetch>,
 }
+
+/// Passes are fetched over TCP from the address the peer listens on for
+/// RDMA (the same address and port), with these credentials.
+#[derive(Clone, Debug)]
+pub struct PassFetch {
+    /// Mutual TLS, and the peer's certificate must admit its id; `None`:
+    /// plain TCP (an insecure cluster).
+    pub tls: Option<Tls>,
+}
+
+/// How long fetching a pass may take.
+const PASS_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// A refused connection request is logged at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
 impl RdmaConfig {
     /// Defaults for node `id` listening on `listen`.
@@ -128,6 +165,8 @@ impl RdmaConfig {
             queue_frames_max: 4096,
             ring_bytes: RING_BYTES_DEFAULT,
             exclusive_writer: false,
+            passes: None,
+            pass_fetch: None,
         }
     }
 }
@@ -161,6 +200,9 @@ struct Inner {
     writers: Mutex<HashMap<PeerId, Vec<(Revoker, bool)>>>,
     next_write: AtomicU64,
     dropped_frames: AtomicU64,
+    /// Connection requests refused (malformed, another cluster, no valid
+    /// pass).
+    refused_requests: AtomicU64,
     /// With `exclusive_writer`: the peer allowed to connect.
     granted: Mutex<Option<PeerId>>,
 }
@@ -223,6 +265,7 @@ impl RdmaTransport {
             writers: Mutex::new(HashMap::new()),
             next_write: AtomicU64::new(0),
             dropped_frames: AtomicU64::new(0),
+            refused_requests: AtomicU64::new(0),
             granted: Mutex::new(None),
         });
         let i = inner.clone();
@@ -301,6 +344,12 @@ impl RdmaTransport {
     /// Frames dropped because a peer's queue was full.
     pub fn dropped_frames(&self) -> u64 {
         self.inner.dropped_frames.load(Ordering::Relaxed)
+    }
+
+    /// Connection requests refused before anything was registered for
+    /// them: malformed, from another cluster, or without a valid pass.
+    pub fn refused_requests(&self) -> u64 {
+        self.inner.refused_requests.load(Ordering::Relaxed)
     }
 
     fn enqueue(&self, to: PeerId, out: Out) -> bool {
@@ -432,6 +481,8 @@ fn parse_advert(b: &[u8]) -> Option<HashMap<RegionId, RemoteRegion>> {
 }
 
 fn accept_loop(inner: Arc<Inner>, listener: RdmaListener) {
+    let mut last_refusal_logged: Option<std::time::Instant> = None;
+    let mut refused_unlogged = 0u64;
     while !inner.shutdown.load(Ordering::SeqCst) {
         let req = match listener.request() {
             Ok(r) => r,
@@ -441,25 +492,41 @@ fn accept_loop(inner: Arc<Inner>, listener: RdmaListener) {
                 continue;
             }
         };
-        let p = req.private();
-        if p.len() != 16 {
-            tracing::warn!(
-                len = p.len(),
-                "refusing a connection: bad input (private data)"
-            );
-            continue; // dropping the request refuses it
-        }
-        let cluster = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
-        let peer = u64::from_le_bytes(p[8..].try_into().expect("8 bytes"));
-        tracing::debug!(peer, "connection request");
-        if cluster != inner.cfg.cluster {
-            tracing::warn!(
-                peer,
-                cluster,
-                "refusing a connection: bad input (another cluster)"
-            );
-            continue;
-        }
+        // Everything is checked before the request is accepted: a refused
+        // request never gets memory registered or a region key.
+        let verdict = RequestPrivate::decode(req.private())
+            .map_err(|e| (None, e.to_string()))
+            .and_then(|r| {
+                if r.cluster != inner.cfg.cluster {
+                    return Err((Some(r.peer), format!("from cluster {}", r.cluster)));
+                }
+                if let Some(book) = &inner.cfg.passes {
+                    book.check(r.peer, r.pass.as_ref())
+                        .map_err(|e| (Some(r.peer), e.to_string()))?;
+                }
+                Ok(r.peer)
+            });
+        let peer = match verdict {
+            Ok(p) => p,
+            Err((peer, why)) => {
+                // Dropping the request refuses it. Logged at most once a
+                // second: a scanner must not flood the log.
+                inner.refused_requests.fetch_add(1, Ordering::Relaxed);
+                refused_unlogged += 1;
+                if last_refusal_logged.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                    tracing::warn!(
+                        peer,
+                        reason = why,
+                        refused = refused_unlogged,
+                        "refusing an RDMA connection request"
+                    );
+                    last_refusal_logged = Some(std::time::Instant::now());
+                    refused_unlogged = 0;
+                }
+                continue;
+            }
+        };
+        tracing::debug!(peer, "connection request admitted");
         // The writers' lock is held from the grant check until the
         // connection's revoker is recorded: a grant to another peer either
         // comes first or finds this connection and revokes it.
@@ -711,14 +778,27 @@ impl RingSender {
 fn send_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, queue: Receiver<Out>) {
     // A write put back to be tried again on the next connection.
     let mut pending = None;
-    let mut private = inner.cfg.cluster.to_le_bytes().to_vec();
-    private.extend_from_slice(&inner.cfg.id.to_le_bytes());
+    // The pass for this peer and when it was fetched.
+    let mut pass: Option<(Pass, std::time::Instant)> = None;
     let mut backoff = Duration::from_millis(10);
     // Unreachable since, and when we last said so at warn level.
     let mut down: Option<(std::time::Instant, std::time::Instant)> = None;
     while !inner.shutdown.load(Ordering::SeqCst) {
-        tracing::debug!(peer, %addr, "connecting");
-        let mut conn = match RdmaConn::connect(addr, &private) {
+        let attempt = fresh_pass(&inner, peer, addr, &mut pass).and_then(|()| {
+            let private = RequestPrivate {
+                cluster: inner.cfg.cluster,
+                peer: inner.cfg.id,
+                pass: pass.map(|p| p.0),
+            };
+            tracing::debug!(peer, %addr, "connecting");
+            RdmaConn::connect(addr, &private.encode()).map_err(|e| {
+                // Refused, perhaps by a listener that restarted with a new
+                // key: the next attempt fetches a new pass.
+                pass = None;
+                e.to_string()
+            })
+        });
+        let mut conn = match attempt {
             Ok(c) => {
                 if let Some((since, _)) = down.take() {
                     tracing::info!(peer, %addr, after = ?since.elapsed(), "reachable over RDMA again");
@@ -791,6 +871,34 @@ fn send_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, queue: Receiver<
         close_aside(conn);
         std::thread::sleep(backoff);
     }
+}
+
+/// With [`RdmaConfig::pass_fetch`], makes sure `pass` holds a pass for
+/// `peer` that is less than half its lifetime old, fetching one over TCP.
+fn fresh_pass(
+    inner: &Inner,
+    peer: PeerId,
+    addr: SocketAddr,
+    pass: &mut Option<(Pass, std::time::Instant)>,
+) -> Result<(), String> {
+    let Some(fetch) = &inner.cfg.pass_fetch else {
+        return Ok(());
+    };
+    if pass.is_some_and(|(_, at)| at.elapsed() < PASS_TTL / 2) {
+        return Ok(());
+    }
+    let p = crate::tcp::fetch_pass(
+        addr,
+        inner.cfg.id,
+        inner.cfg.cluster,
+        fetch.tls.as_ref(),
+        peer,
+        PASS_FETCH_TIMEOUT,
+    )
+    .map_err(|e| format!("fetching an RDMA pass over TCP: {e}"))?;
+    tracing::debug!(peer, %addr, "RDMA pass fetched");
+    *pass = Some((p, std::time::Instant::now()));
+    Ok(())
 }
 
 /// Closes a connection on a thread of its own: `rdma_disconnect` waits for

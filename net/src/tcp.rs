@@ -58,7 +58,8 @@ use crossbeam::channel::{unbounded, Receiver, Sender};
 use crate::admission::{Admission, Limits, Ticket};
 use crate::frame::{Frame, FrameDecoder, FrameError};
 use crate::link::Link;
-use crate::tls::{Identity, Tls};
+use crate::rdma_pass::{Pass, PassBook};
+use crate::tls::{Identity, PeerClass, Tls};
 use crate::{apply_write, Event, PeerId, Region, RegionId, RegionMap, Transport};
 
 /// How a [`TcpTransport`] runs.
@@ -85,6 +86,11 @@ pub struct TcpConfig {
     /// Mutual TLS on every connection, and the ids it binds
     /// ([`crate::tls`]); `None`: plain TCP, ids taken on trust.
     pub tls: Option<Tls>,
+    /// Where this node listens for RDMA too: the book whose passes admit
+    /// RDMA connections, issued here to replicas that ask over an
+    /// authenticated connection ([`crate::rdma_pass`]). `None`: pass
+    /// requests are refused.
+    pub passes: Option<Arc<PassBook>>,
 }
 
 impl TcpConfig {
@@ -101,6 +107,7 @@ impl TcpConfig {
             inline_io: false,
             limits: Limits::default(),
             tls: None,
+            passes: None,
         }
     }
 }
@@ -629,9 +636,11 @@ fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, mut tic
         },
     };
     let stream = Arc::new(stream);
-    let peer = match read_frame(&stream, &mut dec, Some(&mut ticket), Some(deadline)) {
-        Ok(Frame::Hello { peer, cluster }) if cluster == inner.cluster => peer,
-        Ok(Frame::Hello { cluster, .. }) => {
+    let (peer, wants_pass) = match read_frame(&stream, &mut dec, Some(&mut ticket), Some(deadline))
+    {
+        Ok(Frame::Hello { peer, cluster }) if cluster == inner.cluster => (peer, false),
+        Ok(Frame::PassRequest { peer, cluster }) if cluster == inner.cluster => (peer, true),
+        Ok(Frame::Hello { cluster, .. } | Frame::PassRequest { cluster, .. }) => {
             reject(
                 &inner,
                 stream.socket(),
@@ -645,7 +654,7 @@ fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, mut tic
                 &inner,
                 stream.socket(),
                 addr,
-                &format!("expected hello, got {other:?}"),
+                &format!("expected hello, got {}", other.kind_name()),
             );
             return;
         }
@@ -669,6 +678,10 @@ fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, mut tic
             );
             return;
         }
+    }
+    if wants_pass {
+        issue_pass(&inner, &stream, addr, peer);
+        return;
     }
     // A configured peer is exempt from the client bounds; with TLS only a
     // replica's credential earns that (a master's is shared by all
@@ -737,6 +750,84 @@ fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, mut tic
     let mut inbound = inner.inbound.lock().expect("lock poisoned");
     if inbound.get(&peer).is_some_and(|w| Arc::ptr_eq(w, &writer)) {
         inbound.remove(&peer);
+    }
+}
+
+/// Answers a pass request ([`crate::rdma_pass`]) on a connection whose
+/// credential admits `peer`, then closes it. Only a replica gets one:
+/// replicas are the only peers that open RDMA connections.
+fn issue_pass(inner: &Inner, stream: &Link, addr: SocketAddr, peer: PeerId) {
+    let Some(book) = &inner.cfg.passes else {
+        reject(
+            inner,
+            stream.socket(),
+            addr,
+            "a pass request, but nothing here listens for RDMA",
+        );
+        return;
+    };
+    let replica = match stream.identity() {
+        Some(i) => matches!(i, Identity::Replica(_)),
+        None => matches!(PeerClass::of(peer), PeerClass::Replica(_)),
+    };
+    if !replica {
+        stream.shutdown();
+        refuse_credential(
+            inner,
+            addr,
+            &format!("an RDMA pass asked for by {peer}, which is not a replica"),
+        );
+        return;
+    }
+    let pass = book.issue(peer);
+    match send_frame(stream, &Frame::Pass(pass)) {
+        Ok(()) => tracing::debug!(peer, %addr, "RDMA pass issued"),
+        Err(e) => tracing::debug!(peer, %addr, error = %e, "could not send an RDMA pass"),
+    }
+    stream.shutdown();
+    untrack(inner, addr);
+}
+
+/// Fetches a pass for RDMA connections to `issuer` at `addr` (the address
+/// it listens on for both TCP and RDMA), as `id` of `cluster`, over a
+/// connection of its own: mutual TLS with `tls` (and the issuer's
+/// certificate must admit `issuer`), plain TCP without.
+pub fn fetch_pass(
+    addr: SocketAddr,
+    id: PeerId,
+    cluster: u64,
+    tls: Option<&Tls>,
+    issuer: PeerId,
+    timeout: Duration,
+) -> Result<Pass, String> {
+    let deadline = std::time::Instant::now() + timeout;
+    let sock = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    let _ = sock.set_nodelay(true);
+    let _ = sock.set_write_timeout(Some(timeout));
+    let link = match tls {
+        None => Link::plain(sock),
+        Some(t) => {
+            let l = Link::connect_tls(sock, t, deadline).map_err(|e| e.to_string())?;
+            if !l.identity().is_some_and(|i| i.admits(issuer)) {
+                l.shutdown();
+                let who = l.identity().map_or("no".to_string(), |i| i.to_string());
+                return Err(format!(
+                    "{addr} presented a {who} certificate, not one of peer {issuer}"
+                ));
+            }
+            l
+        }
+    };
+    let frame = Frame::PassRequest { peer: id, cluster };
+    link.write_all(&frame.to_bytes())
+        .map_err(|e| format!("sending the request: {e}"))?;
+    let mut dec = FrameDecoder::new();
+    let got = read_frame(&link, &mut dec, None, Some(deadline));
+    link.shutdown();
+    match got {
+        Ok(Frame::Pass(p)) => Ok(p),
+        Ok(other) => Err(format!("expected a pass, got {}", other.kind_name())),
+        Err(e) => Err(format!("no pass: {e}")),
     }
 }
 
@@ -874,6 +965,9 @@ fn handle_frame(
             Verdict::Keep
         }
         Frame::Hello { .. } => Verdict::Reject("a second hello"),
+        Frame::PassRequest { .. } | Frame::Pass(_) => {
+            Verdict::Reject("a pass frame on an established connection")
+        }
     }
 }
 
@@ -939,7 +1033,7 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
                     &inner,
                     stream.socket(),
                     addr,
-                    &format!("bad hello answer {other:?}"),
+                    &format!("bad hello answer: {}", other.kind_name()),
                 );
                 sleep_unless_shutdown(&inner, backoff);
                 continue;

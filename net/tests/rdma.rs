@@ -212,6 +212,127 @@ mod transport_suite {
         panic!("write {id} never completed");
     }
 
+    /// Admission (`ramcoord_net::rdma_pass`): a hybrid node admits an RDMA
+    /// connection only with a pass it issued over mutual TLS. A replica
+    /// with a credential fetches one and talks; requests with no pass, a
+    /// forged one, someone else's, another node's or another cluster's are
+    /// refused before anything is registered for them (counted), and the
+    /// node keeps serving.
+    #[test]
+    fn rdma_connections_are_admitted_only_with_a_pass_fetched_over_tls() {
+        use ramcoord_net::hybrid::HybridTransport;
+        use ramcoord_net::rdma_pass::{Pass, PassBook, RequestPrivate};
+        use ramcoord_net::tcp::{fetch_pass, TcpConfig};
+        use ramcoord_net::tls::{self, CredentialFiles, Identity, Tls};
+        logs();
+        let dir = std::env::temp_dir().join(format!("ramcoord-rdma-pass-{}", std::process::id()));
+        let ids = [
+            Identity::Replica(1),
+            Identity::Replica(2),
+            Identity::Replica(3),
+            Identity::Master,
+        ];
+        tls::issue(&dir, &ids, 1, true).expect("credentials");
+        let cred = |i: Identity| Tls::load(&CredentialFiles::in_dir(&dir, i)).expect("loads");
+        let server = server_addr();
+        let (pa, pb) = (server.port(), NEXT_PORT.fetch_add(1, Ordering::Relaxed));
+        let at = |port: u16| SocketAddr::new(server.ip(), port);
+        let any = |port: u16| -> SocketAddr { format!("0.0.0.0:{port}").parse().unwrap() };
+
+        let mut tb = TcpConfig::new(2, 9, any(pb));
+        tb.tls = Some(cred(Identity::Replica(2)));
+        let mut rb = RdmaConfig::new(2, 9, any(pb));
+        rb.regions.push((7, 64));
+        let b = HybridTransport::start(tb, rb).expect("b starts");
+        let mut ta = TcpConfig::new(1, 9, any(pa));
+        ta.tls = Some(cred(Identity::Replica(1)));
+        let mut ra = RdmaConfig::new(1, 9, any(pa));
+        ra.peers.insert(2, at(pb));
+        let a = HybridTransport::start(ta, ra).expect("a starts");
+
+        let next_message = |t: &HybridTransport| -> (u64, Bytes) {
+            let end = Instant::now() + WAIT;
+            while Instant::now() < end {
+                if let Some(Event::Message { from, payload }) =
+                    t.next_event(Duration::from_millis(100))
+                {
+                    return (from, payload);
+                }
+            }
+            panic!("no message in time");
+        };
+        a.send(2, Bytes::from_static(b"over a pass"));
+        assert_eq!(next_message(&b), (1, Bytes::from_static(b"over a pass")));
+        let id = a.write(2, 7, 0, Bytes::from_static(b"landed"));
+        let end = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < end, "write {id} never completed");
+            if let Some(Event::WriteDone {
+                id: got, status, ..
+            }) = a.next_event(Duration::from_millis(100))
+            {
+                if got == id {
+                    assert_eq!(status, WriteStatus::Landed);
+                    break;
+                }
+            }
+        }
+        assert_eq!(b.rdma().refused_requests(), 0);
+        step("a replica with a pass fetched over TLS sends and writes over RDMA");
+
+        let replica3 = cred(Identity::Replica(3));
+        let legit = fetch_pass(at(pb), 3, 9, Some(&replica3), 2, Duration::from_secs(5))
+            .expect("replica 3 gets a pass");
+        let forged = Pass {
+            expires_unix_s: legit.expires_unix_s,
+            mac: [0x5a; 16],
+        };
+        let elsewhere = PassBook::new(9, 2).issue(3);
+        let request = |cluster: u64, peer: u64, pass: Option<Pass>| RequestPrivate {
+            cluster,
+            peer,
+            pass,
+        };
+        let cases = [
+            ("no pass", request(9, 3, None)),
+            ("a forged pass", request(9, 3, Some(forged))),
+            (
+                "replica 3's pass claiming replica 1",
+                request(9, 1, Some(legit)),
+            ),
+            ("another cluster", request(8, 3, Some(legit))),
+            (
+                "a pass from another process",
+                request(9, 3, Some(elsewhere)),
+            ),
+        ];
+        for (what, private) in cases {
+            let r = RdmaConn::connect_timeout(at(pb), &private.encode(), Duration::from_secs(5));
+            step(&format!("{what}: {:?}", r.as_ref().err()));
+            assert!(r.is_err(), "{what}: admitted");
+        }
+        assert_eq!(b.rdma().refused_requests(), cases.len() as u64);
+        // A master's credential gets no pass (masters open no RDMA
+        // connections); replica 3's genuine pass is admitted.
+        assert!(fetch_pass(
+            at(pb),
+            ramcoord_net::tls::MASTER_BIT | 5,
+            9,
+            Some(&cred(Identity::Master)),
+            2,
+            Duration::from_secs(5)
+        )
+        .is_err());
+        let ok = RdmaConn::connect(at(pb), &request(9, 3, Some(legit)).encode());
+        assert!(ok.is_ok(), "a genuine pass was refused: {:?}", ok.err());
+        drop(ok);
+
+        a.send(2, Bytes::from_static(b"still served"));
+        assert_eq!(next_message(&b), (1, Bytes::from_static(b"still served")));
+        step("forged requests refused before registration; the node kept serving");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Fencing as a master does it on a term change: with an exclusive
     /// writer, nobody writes before a grant; granting the newer leader
     /// revokes the older one first, whose next write is refused by its NIC

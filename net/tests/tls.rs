@@ -363,3 +363,94 @@ fn a_forged_write_acknowledgement_is_refused() {
         }
     }
 }
+
+/// RDMA passes ([`ramcoord_net::rdma_pass`]) are issued over TCP only to a
+/// replica whose certificate admits the id it asks for, and only by a node
+/// that has a pass book; what one issues checks out in its book and
+/// nowhere else. (The RDMA side's refusals are tested on a device, in the
+/// VM: `net/tests/rdma.rs`.)
+#[test]
+fn rdma_passes_go_only_to_authenticated_replicas() {
+    use ramcoord_net::rdma_pass::PassBook;
+    use ramcoord_net::tcp::fetch_pass;
+    let d = dirs("passes");
+    let book = Arc::new(PassBook::new(5, 2));
+    let mut cfg = TcpConfig::new(2, 5, loopback());
+    cfg.tls = Some(cred(&d.good, Identity::Replica(2)));
+    cfg.passes = Some(book.clone());
+    let issuer = TcpTransport::start(cfg).unwrap();
+    let at = issuer.local_addr();
+    let t = Duration::from_secs(5);
+
+    let r1 = cred(&d.good, Identity::Replica(1));
+    let pass = fetch_pass(at, 1, 5, Some(&r1), 2, t).expect("a replica gets a pass");
+    assert_eq!(book.check(1, Some(&pass)), Ok(()));
+    assert!(
+        book.check(3, Some(&pass)).is_err(),
+        "the pass names its holder"
+    );
+    assert!(
+        PassBook::new(5, 2).check(1, Some(&pass)).is_err(),
+        "only the issuing process's book accepts it"
+    );
+    assert_eq!(book.issued(), 1);
+
+    // Refused: replica 1's certificate claiming replica 3; a master's and a
+    // reader's credential; another CA's replica; no TLS at all.
+    let refusals: Vec<(&str, Result<_, String>)> = vec![
+        ("another id", fetch_pass(at, 3, 5, Some(&r1), 2, t)),
+        (
+            "a master",
+            fetch_pass(
+                at,
+                MASTER_BIT | 9,
+                5,
+                Some(&cred(&d.good, Identity::Master)),
+                2,
+                t,
+            ),
+        ),
+        (
+            "a reader",
+            fetch_pass(
+                at,
+                CLIENT_BIT | 9,
+                5,
+                Some(&cred(&d.good, Identity::Reader)),
+                2,
+                t,
+            ),
+        ),
+        (
+            "another CA",
+            fetch_pass(
+                at,
+                1,
+                5,
+                Some(&cred(&d.other_ca, Identity::Replica(1))),
+                2,
+                t,
+            ),
+        ),
+        ("plain TCP", fetch_pass(at, 1, 5, None, 2, t)),
+        (
+            "expecting another issuer",
+            fetch_pass(at, 1, 5, Some(&r1), 7, t),
+        ),
+    ];
+    for (what, r) in refusals {
+        assert!(r.is_err(), "{what}: a pass was issued");
+    }
+    assert_eq!(book.issued(), 1, "nothing more was issued");
+
+    // A node without a book refuses pass requests.
+    let plain = node(4, cred(&d.good, Identity::Replica(2)), false);
+    assert!(fetch_pass(plain.local_addr(), 1, 5, Some(&r1), 2, t).is_err());
+
+    // The issuer kept serving: replica 1 still talks to it.
+    let a = node(1, r1, false);
+    a.add_peer(2, at);
+    a.send(2, Bytes::from_static(b"still here"));
+    let (from, p) = next_message(&issuer, WAIT).expect("the issuer still serves");
+    assert_eq!((from, &p[..]), (1, &b"still here"[..]));
+}

@@ -182,6 +182,15 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
     let mut tcp = TcpConfig::new(master_peer_id(nonce), cfg.cluster, cfg.listen);
     tcp.backoff_max = Duration::from_millis(200);
     tcp.tls = cfg.tls.clone();
+    // Over RDMA, the coordinators' connections are admitted only with a
+    // pass the TCP side issued them after checking their certificates.
+    let passes = matches!(cfg.transport, TransportKind::Rdma).then(|| {
+        Arc::new(ramcoord_net::rdma_pass::PassBook::new(
+            cfg.cluster,
+            master_peer_id(nonce),
+        ))
+    });
+    tcp.passes = passes.clone();
     let transport = TcpTransport::start(tcp).map_err(|e| MasterExit::Start(e.to_string()))?;
     let advertise = cfg.advertise.unwrap_or(transport.local_addr());
     if advertise.ip().is_unspecified() {
@@ -222,6 +231,7 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
             r.regions = vec![(CONFIG_REGION, limits::REGION_BYTES_MAX)];
             r.ring_bytes = 4096; // nothing is sent to a master over RDMA
             r.exclusive_writer = true;
+            r.passes = passes;
             let t = RdmaTransport::start(r).map_err(|e| MasterExit::Start(e.to_string()))?;
             let watcher = Arc::new(Mutex::new(RegionWatcher {
                 mem: t.region(CONFIG_REGION).expect("declared"),

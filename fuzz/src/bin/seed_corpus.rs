@@ -299,6 +299,20 @@ fn frames(c: &mut Corpus) {
                 status: WriteStatus::OutOfBounds,
             },
         ),
+        (
+            "pass-request",
+            Frame::PassRequest {
+                peer: 3,
+                cluster: 1,
+            },
+        ),
+        (
+            "pass",
+            Frame::Pass(ramcoord_net::rdma_pass::Pass {
+                expires_unix_s: 1_900_000_000,
+                mac: [0xa5; 16],
+            }),
+        ),
     ];
     let mut stream = BytesMut::new();
     for (name, f) in &samples {
@@ -977,8 +991,39 @@ fn raft_step(c: &mut Corpus) {
     add(c, "raft_step", "leader-acks", leader);
 }
 
+/// RDMA connection requests' private data: with and without a pass.
+fn rdma_pass(c: &mut Corpus) {
+    use ramcoord_net::rdma_pass::{Pass, RequestPrivate};
+    let pass = Pass {
+        expires_unix_s: 1_900_000_000,
+        mac: [0xa5; 16],
+    };
+    for (name, r) in [
+        (
+            "no-pass",
+            RequestPrivate {
+                cluster: 1,
+                peer: 3,
+                pass: None,
+            },
+        ),
+        (
+            "with-pass",
+            RequestPrivate {
+                cluster: 1,
+                peer: 3,
+                pass: Some(pass),
+            },
+        ),
+    ] {
+        add(c, "rdma_pass", name, r.encode());
+    }
+    add(c, "rdma_pass", "pass-alone", pass.encode());
+}
+
 fn main() {
     let mut c = Corpus::new();
+    rdma_pass(&mut c);
     frames(&mut c);
     for (name, m) in raft_messages() {
         add(&mut c, "raft_wire", name, message_to_bytes(&m));
