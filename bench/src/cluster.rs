@@ -13,6 +13,12 @@
 //!   waiting for completion before the next operation on it (the
 //!   coordinator serialises operations on a table). Throughput is counted
 //!   in operations (creates and drops) per second, closed loop.
+//! - `tls-cost`: what mutual TLS costs the commit point. Two clusters run
+//!   side by side, one with TLS and one `--insecure`, and a client's
+//!   operations alternate between them, one on each in turn: both see the
+//!   same disk and the same machine at the same moments, so the disk's
+//!   slow periods (which move an fsync commit's p50 by more than 10 % from
+//!   one run to the next here) fall on both alike.
 //! - `failover`: kill -9 the leader while a client runs operations; the
 //!   time to the first operation committed by the next leader and to the
 //!   end of its roll-forward.
@@ -261,6 +267,80 @@ pub fn commit(
         noop: noops.dist(),
         throughput,
         noop_ops_per_s_64: noop_ops,
+    })
+}
+
+/// What TLS costs the commit point, measured on interleaved operations
+/// (see the module docs).
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct TlsCostReport {
+    /// `fsync` or `memory`.
+    pub durability: String,
+    /// Operations on each cluster.
+    pub ops: u64,
+    /// Commit point with TLS (client-observed).
+    pub tls: Dist,
+    /// Commit point without (`--insecure`).
+    pub insecure: Dist,
+    /// TLS p50 / insecure p50.
+    pub p50_ratio: f64,
+    /// TLS p50 − insecure p50 (µs).
+    pub p50_added_us: f64,
+    /// TLS p99 / insecure p99.
+    pub p99_ratio: f64,
+}
+
+/// The `tls-cost` scenario for one durability mode.
+pub fn tls_cost(
+    dir: &Path,
+    durability: &str,
+    ops: u64,
+    progress: &dyn Fn(&str),
+) -> Result<TlsCostReport, String> {
+    let args = vec!["--durability".to_string(), durability.to_string()];
+    progress(&format!(
+        "TLS cost ({durability}): a TLS and an --insecure cluster side by side"
+    ));
+    let secure = start_cluster_tls(&dir.join(format!("tls-cost-{durability}")), &args, true)?;
+    let plain = start_cluster_tls(
+        &dir.join(format!("tls-cost-{durability}-insecure")),
+        &args,
+        false,
+    )?;
+    let mut clients = [client(&secure), client(&plain)];
+    for k in 0..20 {
+        for cl in clients.iter_mut() {
+            one_op(cl, op_for(9999, k))?;
+        }
+    }
+    progress(&format!(
+        "TLS cost ({durability}): {ops} operations on each, interleaved"
+    ));
+    let mut rec = [Recorder::default(), Recorder::default()];
+    for k in 0..ops {
+        // Alternate which goes first, so neither always follows the other.
+        let order = if k % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (at_commit, _, _) = one_op(&mut clients[i], op_for(0, k))?;
+            rec[i].record(at_commit);
+        }
+    }
+    drop(clients);
+    for c in [secure, plain] {
+        let d = c.dir().to_path_buf();
+        drop(c);
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let [tls, insecure] = rec.map(|r| r.dist());
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
+    Ok(TlsCostReport {
+        durability: durability.into(),
+        ops,
+        p50_ratio: ratio(tls.p50_us, insecure.p50_us),
+        p50_added_us: tls.p50_us - insecure.p50_us,
+        p99_ratio: ratio(tls.p99_us, insecure.p99_us),
+        tls,
+        insecure,
     })
 }
 

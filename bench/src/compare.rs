@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::cluster::{CommitReport, FailoverReport};
+use crate::cluster::{CommitReport, FailoverReport, TlsCostReport};
 use crate::dist::Dist;
 use crate::etcd::EtcdReport;
 use crate::floor::FloorReport;
@@ -74,6 +74,9 @@ pub struct Report {
     pub ramcoord_memory: CommitReport,
     /// ramcoord, fsync durability, without TLS (`--insecure`).
     pub ramcoord_fsync_insecure: CommitReport,
+    /// TLS against `--insecure` on interleaved operations, fsync and
+    /// memory.
+    pub tls_cost: Vec<TlsCostReport>,
     /// etcd.
     pub etcd: EtcdReport,
     /// Failover.
@@ -103,8 +106,12 @@ pub struct Report {
     pub commit_fsync_insecure_p99_us: f64,
     /// Operations/s, fsync, without TLS, 64 clients.
     pub fsync_insecure_ops_per_s_64: f64,
-    /// TLS commit p50 / insecure commit p50 (fsync).
+    /// TLS commit p50 / insecure commit p50, fsync, on interleaved
+    /// operations (`tls_cost`).
     pub tls_commit_p50_ratio: f64,
+    /// What TLS adds to the commit p50, memory durability (µs), on
+    /// interleaved operations: the network's share without the disk.
+    pub tls_commit_added_p50_us_memory: f64,
     /// etcd put p50 (µs).
     pub etcd_put_p50_us: f64,
     /// Operations/s, fsync, 64 clients.
@@ -152,11 +159,9 @@ impl Report {
         self.commit_fsync_insecure_p50_us = self.ramcoord_fsync_insecure.commit.p50_us;
         self.commit_fsync_insecure_p99_us = self.ramcoord_fsync_insecure.commit.p99_us;
         self.fsync_insecure_ops_per_s_64 = at_64(&self.ramcoord_fsync_insecure.throughput);
-        self.tls_commit_p50_ratio = if self.commit_fsync_insecure_p50_us > 0.0 {
-            self.commit_fsync_p50_us / self.commit_fsync_insecure_p50_us
-        } else {
-            f64::INFINITY
-        };
+        let cost = |d: &str| self.tls_cost.iter().find(|c| c.durability == d);
+        self.tls_commit_p50_ratio = cost("fsync").map_or(f64::INFINITY, |c| c.p50_ratio);
+        self.tls_commit_added_p50_us_memory = cost("memory").map_or(f64::NAN, |c| c.p50_added_us);
         self.etcd_put_p50_us = self.etcd.put.p50_us;
         self.fsync_ops_per_s_64 = at_64(&self.ramcoord_fsync.throughput);
         self.memory_ops_per_s_64 = at_64(&self.ramcoord_memory.throughput);
@@ -207,7 +212,7 @@ impl Report {
                 10.0,
             ),
             at_most(
-                "TLS fsync commit p50 / --insecure fsync commit p50",
+                "TLS fsync commit p50 / --insecure fsync commit p50 (interleaved)",
                 self.tls_commit_p50_ratio,
                 1.10,
             ),
@@ -237,6 +242,11 @@ impl Report {
             format!("| {name} | {} | {} |\n", d.row(), tp.join(" / "))
         };
         s += &row("floor: loopback RTT 64 B", &self.floor.rtt, &[]);
+        s += &row(
+            "floor: loopback RTT 64 B, mutual TLS (the transport's Link)",
+            &self.floor.rtt_tls,
+            &[],
+        );
         s += &row("floor: 4 KiB write + fdatasync", &self.floor.fsync, &[]);
         for r in [
             &self.ramcoord_fsync,
@@ -267,6 +277,16 @@ impl Report {
                 "| ramcoord {d}: no-op record | {} | 64 clients: {:.0} |\n",
                 r.noop.row(),
                 r.noop_ops_per_s_64
+            );
+        }
+        for c in &self.tls_cost {
+            s += &format!(
+                "| TLS cost, {} (interleaved with --insecure): commit point | TLS {}; insecure {} | p50 {:+.0} µs (x{:.3}) |\n",
+                c.durability,
+                c.tls.row(),
+                c.insecure.row(),
+                c.p50_added_us,
+                c.p50_ratio
             );
         }
         s += &row(

@@ -2,7 +2,11 @@
 //! it: a loopback TCP round trip of 64 bytes (`TCP_NODELAY`, an echo
 //! thread in this process: the kernel picks the cores, as it does for the
 //! cluster's processes) and a 4 KiB `write` + `fdatasync` on the data
-//! directory's file system (`storage::floor`).
+//! directory's file system (`storage::floor`). Beside the TCP round trip,
+//! the same over mutual TLS through the transport's own connection type
+//! (`ramcoord_net::link::Link`): what TLS costs one hop, which the commit
+//! point pays on each of its four (client → leader → followers → leader →
+//! client).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,6 +22,8 @@ use crate::dist::{Dist, Recorder};
 pub struct FloorReport {
     /// Loopback round trip, 64 B.
     pub rtt: Dist,
+    /// The same over mutual TLS (`Link`, as the transport uses it).
+    pub rtt_tls: Dist,
     /// 4 KiB write + fdatasync.
     pub fsync: Dist,
 }
@@ -53,6 +59,65 @@ pub fn rtt(ops: u64) -> Result<Dist, String> {
     Ok(rec.dist())
 }
 
+/// Round trips of 64 bytes over loopback TCP with mutual TLS, through
+/// the transport's `Link` (credentials issued for the run into `dir`).
+pub fn rtt_tls(dir: &Path, ops: u64) -> Result<Dist, String> {
+    use ramcoord_net::link::Link;
+    use ramcoord_net::tls::{self, CredentialFiles, Identity, Tls};
+    let creds = dir.join("floor-tls");
+    let ids = [Identity::Replica(1), Identity::Replica(2)];
+    tls::issue(&creds, &ids, 1, true).map_err(|e| e.to_string())?;
+    let load = |i| Tls::load(&CredentialFiles::in_dir(&creds, i)).map_err(|e| e.to_string());
+    let (server, client) = (load(ids[0])?, load(ids[1])?);
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let deadline = || Instant::now() + std::time::Duration::from_secs(5);
+    let echo = std::thread::spawn(move || {
+        let (s, _) = l.accept().expect("accept");
+        let _ = s.set_nodelay(true);
+        let Ok(link) = Link::accept_tls(s, &server, deadline()) else {
+            return;
+        };
+        let mut b = [0u8; 64];
+        'echo: loop {
+            let mut got = 0;
+            while got < b.len() {
+                match link.read(&mut b[got..]) {
+                    Ok(0) | Err(_) => break 'echo,
+                    Ok(n) => got += n,
+                }
+            }
+            if link.write_all(&b).is_err() {
+                break;
+            }
+        }
+    });
+    let s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let link = Link::connect_tls(s, &client, deadline()).map_err(|e| e.to_string())?;
+    let mut rec = Recorder::default();
+    let mut b = [7u8; 64];
+    for i in 0..ops + 100 {
+        let t = Instant::now();
+        link.write_all(&b).map_err(|e| e.to_string())?;
+        let mut got = 0;
+        while got < b.len() {
+            match link.read(&mut b[got..]) {
+                Ok(0) => return Err("the echo closed".into()),
+                Ok(n) => got += n,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        if i >= 100 {
+            rec.record(t.elapsed());
+        }
+    }
+    link.shutdown();
+    let _ = echo.join();
+    let _ = std::fs::remove_dir_all(&creds);
+    Ok(rec.dist())
+}
+
 /// Both floors.
 pub fn floor(dir: &Path, rtt_ops: u64, fsync_ops: u64) -> Result<FloorReport, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -61,6 +126,7 @@ pub fn floor(dir: &Path, rtt_ops: u64, fsync_ops: u64) -> Result<FloorReport, St
     fsync.0.add(&h).map_err(|e| e.to_string())?;
     Ok(FloorReport {
         rtt: rtt(rtt_ops)?,
+        rtt_tls: rtt_tls(dir, rtt_ops)?,
         fsync: fsync.dist(),
     })
 }

@@ -106,6 +106,21 @@ enum Scenario {
         #[arg(long)]
         insecure: bool,
     },
+    /// What mutual TLS costs the commit point: a TLS cluster and an
+    /// --insecure one side by side, one client alternating operations
+    /// between them (both see the same disk at the same moments), for
+    /// fsync and memory durability; p50/p99 of each and their ratio.
+    TlsCost {
+        /// Operations on each cluster per durability mode.
+        #[arg(long, default_value_t = 3000)]
+        ops: u64,
+        /// Where the clusters' data goes.
+        #[arg(long, default_value = "bench-data")]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// kill -9 the leader while a client runs operations: time to the first
     /// operation committed by the next leader and to the end of its
     /// roll-forward, over N trials.
@@ -236,8 +251,10 @@ fn main() {
                 format!(
                     "µs p50 / p99 / p99.9 / max
 loopback RTT 64 B        {}
+  the same, mutual TLS   {}
 4 KiB write + fdatasync  {}",
                     r.rtt.row(),
+                    r.rtt_tls.row(),
                     r.fsync.row()
                 )
             });
@@ -279,6 +296,34 @@ no-op record            {}
                     );
                 }
                 s + &format!("no-ops, 64 clients: {:.0}/s", r.noop_ops_per_s_64)
+            });
+        }
+        Scenario::TlsCost { ops, dir, json } => {
+            let mut reports = Vec::new();
+            for d in ["fsync", "memory"] {
+                reports.push(cluster::tls_cost(&dir, d, ops, &progress).unwrap_or_else(|e| fail(e)));
+            }
+            let _ = std::fs::remove_dir(&dir);
+            emit(json, &reports, || {
+                let mut s = String::from("commit point (client), µs p50 / p99 / p99.9 / max
+");
+                for r in &reports {
+                    s += &format!(
+                        "{:<7} TLS        {}
+{:<7} --insecure {}
+{:<7} TLS costs {:+.0} µs at p50 (x{:.3}), x{:.3} at p99
+",
+                        r.durability,
+                        r.tls.row(),
+                        r.durability,
+                        r.insecure.row(),
+                        r.durability,
+                        r.p50_added_us,
+                        r.p50_ratio,
+                        r.p99_ratio
+                    );
+                }
+                s
             });
         }
         Scenario::Failover {
@@ -389,6 +434,9 @@ serializable read       {}
                         ("memory", _) => r.ramcoord_memory = c,
                         _ => r.ramcoord_fsync_insecure = c,
                     }
+                }
+                for d in ["fsync", "memory"] {
+                    r.tls_cost.push(cluster::tls_cost(&dir, d, sizes.latency_ops, &progress)?);
                 }
                 r.etcd = etcd::run(
                     &dir,
