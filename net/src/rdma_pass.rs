@@ -22,9 +22,9 @@
 //!    and a MAC, then closes the connection.
 //! 3. The sender puts the pass in its connection request's private data
 //!    ([`RequestPrivate`]); the listener recomputes the MAC with its key and
-//!    checks the expiry **before** it accepts the request, so nothing is
-//!    registered, no ring allocated, no region key advertised for a request
-//!    that fails. A refused request is counted and logged (at most once a
+//!    checks the expiry **before** it accepts the request, so no memory is
+//!    registered, no ring allocated, no region key advertised and no
+//!    thread started for a request that fails. A refused request is counted and logged (at most once a
 //!    second).
 //!
 //! The MAC is HMAC-SHA256 (through `ring`, which rustls already uses)
@@ -43,6 +43,10 @@
 //! connection request private   cluster u64, sender id u64, then a pass
 //! data (16 or 40 bytes)        (24 bytes) or nothing
 //! ```
+//!
+//! Without TLS (`--insecure`) the request travels over plain TCP and a
+//! pass goes to whoever claims a replica's id, as every other right does
+//! in an insecure cluster.
 //!
 //! # What a pass does not do
 //!

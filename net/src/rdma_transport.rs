@@ -50,9 +50,14 @@
 //! the listener has a [`RdmaConfig::passes`] book, must carry a pass that
 //! the listener issued over an authenticated TCP connection
 //! ([`crate::rdma_pass`]). The listener checks it before it accepts the
-//! request: a request without a valid pass gets no queue pair state, no
-//! ring, no registered memory and no region key; it is refused, counted
+//! request: a request without a valid pass gets no registered memory, no
+//! ring, no region key and no thread (the queue pair `rdma_cm` made for
+//! the request is destroyed with it); it is refused, counted
 //! ([`RdmaTransport::refused_requests`]) and logged at most once a second.
+//! Admitted connections are bounded too: two live ones per peer (its
+//! newest revokes its oldest) and 16 in all (past it, refused). Without
+//! TLS (`--insecure`) a pass goes to whoever claims a replica's id, as
+//! everything else does then.
 //! With [`RdmaConfig::pass_fetch`] the sender fetches a pass over TCP
 //! before it connects, again when it is half its lifetime old, and after
 //! any failed connect (the listener may have restarted with a new key).
@@ -87,6 +92,7 @@ use crate::rdma::{
 };
 use crate::rdma_pass::{Pass, PassBook, RequestPrivate, PASS_TTL};
 use crate::ring::{self, PlaceError, RingReader, RingWriter, RING_HEADER_BYTES};
+use crate::tcp::PassFetchError;
 use crate::tls::Tls;
 use crate::{Event, PeerId, Region, RegionId, Transport, WriteStatus};
 
@@ -150,6 +156,15 @@ pub struct PassFetch {
 
 /// How long fetching a pass may take.
 const PASS_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a peer answered a pass request with no pass, the sender asks
+/// again no sooner than this.
+const PASS_REFUSED_RETRY: Duration = Duration::from_secs(2);
+/// Live connections one peer may hold open to us; its next one revokes
+/// its oldest.
+const CONNECTIONS_PER_PEER_MAX: usize = 2;
+/// Live accepted connections in all (each pins a message ring of
+/// [`RdmaConfig::ring_bytes`] and a thread); past it, requests are refused.
+const CONNECTIONS_MAX: usize = 16;
 /// A refused connection request is logged at most this often.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -480,9 +495,36 @@ fn parse_advert(b: &[u8]) -> Option<HashMap<RegionId, RemoteRegion>> {
     Some(out)
 }
 
+/// Refused connection requests: counted, logged at most once a second (a
+/// scanner must not flood the log).
+#[derive(Default)]
+struct Refusals {
+    last_logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    fn note(&mut self, inner: &Inner, peer: Option<PeerId>, why: &str) {
+        inner.refused_requests.fetch_add(1, Ordering::Relaxed);
+        self.unlogged += 1;
+        if self
+            .last_logged
+            .is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY)
+        {
+            tracing::warn!(
+                peer,
+                reason = why,
+                refused = self.unlogged,
+                "refusing an RDMA connection request"
+            );
+            self.last_logged = Some(std::time::Instant::now());
+            self.unlogged = 0;
+        }
+    }
+}
+
 fn accept_loop(inner: Arc<Inner>, listener: RdmaListener) {
-    let mut last_refusal_logged: Option<std::time::Instant> = None;
-    let mut refused_unlogged = 0u64;
+    let mut refusals = Refusals::default();
     while !inner.shutdown.load(Ordering::SeqCst) {
         let req = match listener.request() {
             Ok(r) => r,
@@ -509,20 +551,8 @@ fn accept_loop(inner: Arc<Inner>, listener: RdmaListener) {
         let peer = match verdict {
             Ok(p) => p,
             Err((peer, why)) => {
-                // Dropping the request refuses it. Logged at most once a
-                // second: a scanner must not flood the log.
-                inner.refused_requests.fetch_add(1, Ordering::Relaxed);
-                refused_unlogged += 1;
-                if last_refusal_logged.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
-                    tracing::warn!(
-                        peer,
-                        reason = why,
-                        refused = refused_unlogged,
-                        "refusing an RDMA connection request"
-                    );
-                    last_refusal_logged = Some(std::time::Instant::now());
-                    refused_unlogged = 0;
-                }
+                // Dropping the request refuses it.
+                refusals.note(&inner, peer, &why);
                 continue;
             }
         };
@@ -531,6 +561,30 @@ fn accept_loop(inner: Arc<Inner>, listener: RdmaListener) {
         // connection's revoker is recorded: a grant to another peer either
         // comes first or finds this connection and revokes it.
         let mut writers = inner.writers.lock().expect("lock poisoned");
+        // Bounds on what admitted peers hold (each connection pins a ring
+        // and a thread): a peer's newest connection revokes its oldest
+        // past the per-peer bound (a reconnecting sender is never locked
+        // out by its own dying connection), and past the total bound new
+        // requests are refused.
+        if let Some(v) = writers.get_mut(&peer) {
+            while v.len() >= CONNECTIONS_PER_PEER_MAX {
+                let (oldest, _) = v.remove(0);
+                let _ = oldest.revoke();
+                tracing::info!(
+                    peer,
+                    "revoked a peer's oldest RDMA connection (it opened more than {CONNECTIONS_PER_PEER_MAX})"
+                );
+            }
+        }
+        if writers.values().map(Vec::len).sum::<usize>() >= CONNECTIONS_MAX {
+            drop(writers);
+            refusals.note(
+                &inner,
+                Some(peer),
+                &format!("RDMA connections at their limit ({CONNECTIONS_MAX})"),
+            );
+            continue;
+        }
         let mut conn = match req.accept(None) {
             Ok(c) => c,
             Err(e) => {
@@ -559,10 +613,18 @@ fn accept_loop(inner: Arc<Inner>, listener: RdmaListener) {
             .push((conn.revoker(), writable));
         drop(writers);
         let i = inner.clone();
-        std::thread::Builder::new()
+        let revoker = conn.revoker();
+        if let Err(e) = std::thread::Builder::new()
             .name("rdma-recv".into())
             .spawn(move || receive_loop(i, peer, conn, ring))
-            .expect("spawning a transport thread");
+        {
+            // The connection went with the closure; forget its revoker.
+            tracing::error!(peer, error = %e, "no thread for an RDMA connection; closed");
+            let mut w = inner.writers.lock().expect("lock poisoned");
+            if let Some(v) = w.get_mut(&peer) {
+                v.retain(|(r, _)| !r.same(&revoker));
+            }
+        }
     }
 }
 
@@ -792,10 +854,13 @@ fn send_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, queue: Receiver<
             };
             tracing::debug!(peer, %addr, "connecting");
             RdmaConn::connect(addr, &private.encode()).map_err(|e| {
-                // Refused, perhaps by a listener that restarted with a new
-                // key: the next attempt fetches a new pass.
-                pass = None;
-                e.to_string()
+                // Rejected: nobody listens, or the listener refused the
+                // pass (it may have restarted with a new key): the next
+                // attempt fetches a new one. A timeout keeps it.
+                if matches!(&e, RdmaError::Completion { name, .. } if name.contains("REJECTED")) {
+                    pass = None;
+                }
+                Attempt::Failed(e.to_string())
             })
         });
         let mut conn = match attempt {
@@ -805,7 +870,11 @@ fn send_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, queue: Receiver<
                 }
                 c
             }
-            Err(e) => {
+            Err(a) => {
+                let (e, floor) = match a {
+                    Attempt::Failed(e) => (e, Duration::ZERO),
+                    Attempt::NoPass(e) => (e, PASS_REFUSED_RETRY),
+                };
                 let now = std::time::Instant::now();
                 let (since, said) = *down.get_or_insert((now, now));
                 if now.duration_since(said) >= UNREACHABLE_WARN_EVERY {
@@ -816,7 +885,7 @@ fn send_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, queue: Receiver<
                     down = Some((since, now));
                 }
                 tracing::debug!(peer, %addr, error = %e, "connect failed; retrying");
-                std::thread::sleep(backoff);
+                std::thread::sleep(backoff.max(floor));
                 backoff = (backoff * 2).min(Duration::from_millis(250));
                 continue;
             }
@@ -880,7 +949,7 @@ fn fresh_pass(
     peer: PeerId,
     addr: SocketAddr,
     pass: &mut Option<(Pass, std::time::Instant)>,
-) -> Result<(), String> {
+) -> Result<(), Attempt> {
     let Some(fetch) = &inner.cfg.pass_fetch else {
         return Ok(());
     };
@@ -895,10 +964,24 @@ fn fresh_pass(
         peer,
         PASS_FETCH_TIMEOUT,
     )
-    .map_err(|e| format!("fetching an RDMA pass over TCP: {e}"))?;
+    .map_err(|e| match e {
+        PassFetchError::Unreachable(why) => Attempt::Failed(format!("fetching an RDMA pass: {why}")),
+        PassFetchError::Refused(why) => Attempt::NoPass(format!("fetching an RDMA pass: {why}")),
+    })?;
     tracing::debug!(peer, %addr, "RDMA pass fetched");
     *pass = Some((p, std::time::Instant::now()));
     Ok(())
+}
+
+/// Why a connection attempt failed.
+enum Attempt {
+    /// The peer (or the path to it) failed: retry with the usual back-off.
+    Failed(String),
+    /// The peer answered over TCP but gave no pass (a credential it
+    /// refused, or it does not listen for RDMA): retry no sooner than
+    /// [`PASS_REFUSED_RETRY`], so a misconfigured peer is not asked for a
+    /// TLS handshake four times a second.
+    NoPass(String),
 }
 
 /// Closes a connection on a thread of its own: `rdma_disconnect` waits for

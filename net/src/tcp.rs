@@ -640,12 +640,21 @@ fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, mut tic
     {
         Ok(Frame::Hello { peer, cluster }) if cluster == inner.cluster => (peer, false),
         Ok(Frame::PassRequest { peer, cluster }) if cluster == inner.cluster => (peer, true),
-        Ok(Frame::Hello { cluster, .. } | Frame::PassRequest { cluster, .. }) => {
+        Ok(Frame::Hello { cluster, .. }) => {
             reject(
                 &inner,
                 stream.socket(),
                 addr,
                 &format!("hello from cluster {cluster}"),
+            );
+            return;
+        }
+        Ok(Frame::PassRequest { cluster, .. }) => {
+            reject(
+                &inner,
+                stream.socket(),
+                addr,
+                &format!("pass request from cluster {cluster}"),
             );
             return;
         }
@@ -758,11 +767,12 @@ fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, mut tic
 /// replicas are the only peers that open RDMA connections.
 fn issue_pass(inner: &Inner, stream: &Link, addr: SocketAddr, peer: PeerId) {
     let Some(book) = &inner.cfg.passes else {
-        reject(
+        // Logged at most once a second: anyone may ask.
+        stream.shutdown();
+        refuse_credential(
             inner,
-            stream.socket(),
             addr,
-            "a pass request, but nothing here listens for RDMA",
+            "an RDMA pass asked for, but nothing here listens for RDMA (is this node running with --transport rdma?)",
         );
         return;
     };
@@ -799,36 +809,50 @@ pub fn fetch_pass(
     tls: Option<&Tls>,
     issuer: PeerId,
     timeout: Duration,
-) -> Result<Pass, String> {
+) -> Result<Pass, PassFetchError> {
+    use PassFetchError::{Refused, Unreachable};
     let deadline = std::time::Instant::now() + timeout;
-    let sock = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    let sock = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| Unreachable(format!("connect: {e}")))?;
     let _ = sock.set_nodelay(true);
     let _ = sock.set_write_timeout(Some(timeout));
     let link = match tls {
         None => Link::plain(sock),
         Some(t) => {
-            let l = Link::connect_tls(sock, t, deadline).map_err(|e| e.to_string())?;
+            let l = Link::connect_tls(sock, t, deadline).map_err(|e| Refused(e.to_string()))?;
             if !l.identity().is_some_and(|i| i.admits(issuer)) {
                 l.shutdown();
                 let who = l.identity().map_or("no".to_string(), |i| i.to_string());
-                return Err(format!(
+                return Err(Refused(format!(
                     "{addr} presented a {who} certificate, not one of peer {issuer}"
-                ));
+                )));
             }
             l
         }
     };
     let frame = Frame::PassRequest { peer: id, cluster };
     link.write_all(&frame.to_bytes())
-        .map_err(|e| format!("sending the request: {e}"))?;
+        .map_err(|e| Refused(format!("sending the request: {e}")))?;
     let mut dec = FrameDecoder::new();
     let got = read_frame(&link, &mut dec, None, Some(deadline));
     link.shutdown();
     match got {
         Ok(Frame::Pass(p)) => Ok(p),
-        Ok(other) => Err(format!("expected a pass, got {}", other.kind_name())),
-        Err(e) => Err(format!("no pass: {e}")),
+        Ok(other) => Err(Refused(format!("expected a pass, got {}", other.kind_name()))),
+        Err(e) => Err(Refused(format!("no pass: {e}"))),
     }
+}
+
+/// Why [`fetch_pass`] got no pass.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PassFetchError {
+    /// Nothing answered at the address (the peer is down or restarting).
+    #[error("{0}")]
+    Unreachable(String),
+    /// Something answered and gave no pass: a credential refused, a node
+    /// that does not listen for RDMA, a timeout mid-exchange.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Closes a connection whose credential failed (no certificate, another
