@@ -367,6 +367,17 @@ impl RdmaTransport {
         self.inner.refused_requests.load(Ordering::Relaxed)
     }
 
+    /// Accepted connections open now.
+    pub fn live_connections(&self) -> usize {
+        self.inner
+            .writers
+            .lock()
+            .expect("lock poisoned")
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
     fn enqueue(&self, to: PeerId, out: Out) -> bool {
         let q = self
             .inner
@@ -965,7 +976,9 @@ fn fresh_pass(
         PASS_FETCH_TIMEOUT,
     )
     .map_err(|e| match e {
-        PassFetchError::Unreachable(why) => Attempt::Failed(format!("fetching an RDMA pass: {why}")),
+        PassFetchError::Unreachable(why) => {
+            Attempt::Failed(format!("fetching an RDMA pass: {why}"))
+        }
         PassFetchError::Refused(why) => Attempt::NoPass(format!("fetching an RDMA pass: {why}")),
     })?;
     tracing::debug!(peer, %addr, "RDMA pass fetched");

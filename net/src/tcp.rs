@@ -838,7 +838,10 @@ pub fn fetch_pass(
     link.shutdown();
     match got {
         Ok(Frame::Pass(p)) => Ok(p),
-        Ok(other) => Err(Refused(format!("expected a pass, got {}", other.kind_name()))),
+        Ok(other) => Err(Refused(format!(
+            "expected a pass, got {}",
+            other.kind_name()
+        ))),
         Err(e) => Err(Refused(format!("no pass: {e}"))),
     }
 }

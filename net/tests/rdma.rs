@@ -323,9 +323,20 @@ mod transport_suite {
             Duration::from_secs(5)
         )
         .is_err());
-        let ok = RdmaConn::connect(at(pb), &request(9, 3, Some(legit)).encode());
-        assert!(ok.is_ok(), "a genuine pass was refused: {:?}", ok.err());
-        drop(ok);
+        // A genuine pass is admitted; a peer keeps at most two connections
+        // (its third revokes its first).
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let ok = RdmaConn::connect(at(pb), &request(9, 3, Some(legit)).encode());
+            assert!(ok.is_ok(), "a genuine pass was refused: {:?}", ok.err());
+            held.push(ok);
+        }
+        assert_eq!(
+            b.rdma().live_connections(),
+            3,
+            "a's connection and two of replica 3's"
+        );
+        drop(held);
 
         a.send(2, Bytes::from_static(b"still served"));
         assert_eq!(next_message(&b), (1, Bytes::from_static(b"still served")));
