@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod addr;
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod coordinator;

@@ -76,12 +76,17 @@ enum Command {
     /// Check a recorded client history for linearizability.
     ///
     /// Reads a Jepsen register history (read / write / cas; `:info` outcomes
-    /// count as "may have happened any time after the invocation, or never")
+    /// count as "may have happened any time after the invocation, or never"),
+    /// or with `--format tables` a chaos history of table operations (JSON
+    /// lines; each table name checked as a register of "exists")
     /// and prints `linearizable` (exit 0) or `not linearizable` (exit 1) with
     /// the shortest failing prefix and the operations that could not be
     /// placed. Unreadable event lines are an error naming the line (exit 2).
     ///
-    /// Example: ramcoord lincheck --format jepsen tests/data/jepsen/etcd_000.log
+    /// Examples:
+    ///   ramcoord lincheck --format jepsen tests/data/jepsen/etcd_000.log
+    ///   ramcoord lincheck --format tables tests/data/chaos/stale-read.jsonl
+    #[command(verbatim_doc_comment)]
     Lincheck {
         /// History format.
         #[arg(long, value_enum, default_value_t = HistoryFormat::Jepsen)]
@@ -672,6 +677,9 @@ enum Faults {
 enum HistoryFormat {
     /// Jepsen's `jepsen.util` log lines for a single register.
     Jepsen,
+    /// A chaos history (JSON lines: process, type, f, key, value, time):
+    /// create / drop / read of tables, checked per name.
+    Tables,
 }
 
 fn main() -> ExitCode {
@@ -806,7 +814,9 @@ fn run_certs(dir: &std::path::Path, replicas: &str, days: u32, reissue: bool) ->
 }
 
 fn run_lincheck(format: HistoryFormat, file: &PathBuf) -> ExitCode {
-    let HistoryFormat::Jepsen = format;
+    if let HistoryFormat::Tables = format {
+        return run_lincheck_tables(file);
+    }
     let mut out = String::new();
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
@@ -862,6 +872,80 @@ fn run_lincheck(format: HistoryFormat, file: &PathBuf) -> ExitCode {
             );
             ExitCode::from(3)
         }
+    }
+}
+
+/// `lincheck --format tables`: every table name of a chaos history.
+fn run_lincheck_tables(file: &PathBuf) -> ExitCode {
+    use ramcoord::chaos::{history, tables};
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ramcoord lincheck: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let ops = match history::read(text.as_bytes()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("ramcoord lincheck: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let line = |n: usize| lines.get(n - 1).map_or("", |l| l.trim());
+    let mut out = String::new();
+    let (mut bad, mut unknown) = (0, 0);
+    let verdicts = tables::check_tables(&ops);
+    for v in &verdicts {
+        match &v.verdict {
+            Verdict::Linearizable => outln!(
+                out,
+                "{}: linearizable ({} operation{})",
+                v.name,
+                v.ops,
+                if v.ops == 1 { "" } else { "s" }
+            ),
+            Verdict::Unknown => {
+                unknown += 1;
+                outln!(out, "{}: unknown (search budget exhausted)", v.name);
+            }
+            Verdict::NotLinearizable(f) => {
+                bad += 1;
+                outln!(
+                    out,
+                    "{}: NOT linearizable: placed {} of {} operations; could not place:",
+                    v.name,
+                    f.placed_max,
+                    v.ops
+                );
+                for &at in &v.evidence {
+                    outln!(out, "  {at}: {}", line(at));
+                    if let Some((_, done)) = ops
+                        .iter()
+                        .find(|o| o.invoke.1 == at)
+                        .and_then(|o| o.complete.as_ref())
+                    {
+                        outln!(out, "  {done}: {}", line(*done));
+                    }
+                }
+            }
+        }
+    }
+    if bad > 0 {
+        outln!(out, "not linearizable ({bad} of {} names)", verdicts.len());
+    } else if unknown > 0 {
+        outln!(out, "unknown ({unknown} of {} names)", verdicts.len());
+    } else {
+        outln!(out, "linearizable ({} names)", verdicts.len());
+    }
+    emit(&out);
+    if bad > 0 {
+        ExitCode::from(1)
+    } else if unknown > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

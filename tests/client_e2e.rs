@@ -358,3 +358,79 @@ fn an_operation_at_a_paused_leader_is_applied_exactly_once() {
     assert_eq!(view.tables.len(), 2, "{:?}", view.tables);
     done(c);
 }
+
+/// `Lookup`: a linearizable read of whether a table exists, answered by
+/// the leader after its read index (a reader may ask; a follower sends
+/// the client to the leader; a bad name is refused).
+#[test]
+fn lookups_read_table_existence_at_the_leader() {
+    let c = cluster("lookup", 1, false);
+    let leader = c.wait_ready(1, LIMIT).unwrap();
+    let mut ctl = c.ctl(LIMIT);
+    let addrs = c.coordinators.iter().map(|p| p.addr).collect();
+    let mut reader =
+        CoordinatorClient::new(addrs, 1, c.security_as(ramcoord_net::tls::Identity::Reader));
+    let lookup = |cl: &mut CoordinatorClient, table: &str| {
+        cl.ask_leader(
+            &ClientRequest::Lookup {
+                table: table.into(),
+            },
+            Instant::now() + LIMIT,
+        )
+        .expect("an answer")
+    };
+    assert!(
+        matches!(
+            lookup(&mut reader, "users"),
+            ClientReply::Lookup { exists: false, .. }
+        ),
+        "no table yet"
+    );
+    let created = ctl
+        .operate(Request::CreateTable {
+            name: "users".into(),
+            tablets: 1,
+        })
+        .expect("created");
+    match lookup(&mut reader, "users") {
+        ClientReply::Lookup { exists, index } => {
+            assert!(exists, "the create is seen");
+            assert!(
+                index >= created.seq,
+                "read at {index}, created at {}",
+                created.seq
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    ctl.operate(Request::DropTable {
+        name: "users".into(),
+    })
+    .expect("dropped");
+    assert!(matches!(
+        lookup(&mut reader, "users"),
+        ClientReply::Lookup { exists: false, .. }
+    ));
+    assert!(
+        matches!(lookup(&mut reader, ""), ClientReply::Refused(_)),
+        "an empty name is refused"
+    );
+    // A follower does not answer from its own state.
+    let f = (1..=3).find(|i| *i != leader.id).unwrap() as usize;
+    let mut direct = CoordinatorClient::new(
+        vec![c.coordinators[f - 1].addr],
+        1,
+        c.security_as(ramcoord_net::tls::Identity::Reader),
+    );
+    let r = direct.ask(
+        0,
+        &ClientRequest::Lookup {
+            table: "users".into(),
+        },
+    );
+    assert!(
+        matches!(r, Ok(ClientReply::NotLeader { leader: Some(l), .. }) if l == leader.id),
+        "{r:?}"
+    );
+    done(c);
+}

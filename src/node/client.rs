@@ -98,6 +98,13 @@ pub enum ClientRequest {
         /// The server.
         from: ServerId,
     },
+    /// Whether a table exists, read linearizably (leader only): answered
+    /// once the leader has confirmed it still leads and applied the log up
+    /// to the commit index of that moment (Raft's read index).
+    Lookup {
+        /// The table's name.
+        table: String,
+    },
 }
 
 /// A single-replica membership change (one at a time; the leader refuses
@@ -311,6 +318,13 @@ pub enum ClientReply {
         /// The answering replica's term (a master grants configuration
         /// write access to the leader of the newest term it hears of).
         term: u64,
+    },
+    /// The answer to [`ClientRequest::Lookup`].
+    Lookup {
+        /// The table exists.
+        exists: bool,
+        /// The applied index the answer was read at.
+        index: u64,
     },
 }
 

@@ -219,7 +219,28 @@ pub struct CoordinatorNode<T: Transport> {
     role_refusal_logged: Option<Instant>,
     /// How many lost-match findings were logged, and when last.
     lost_matches_logged: (u64, Option<Instant>),
+    /// Linearizable lookups waiting for their read index, by its tag.
+    lookups: HashMap<u64, Lookup>,
+    /// Read indexes confirmed by the Raft core, waiting for the apply:
+    /// (index, tag).
+    reads_confirmed: Vec<(u64, u64)>,
+    /// The tag of the last read index asked for.
+    last_read_tag: u64,
 }
+
+/// A client waiting for a linearizable lookup ([`ClientRequest::Lookup`]).
+struct Lookup {
+    from: PeerId,
+    request: u64,
+    table: String,
+    /// The term it was asked in: the Raft core forgets pending reads when
+    /// the term moves, so a lookup of an older term is never confirmed.
+    term: u64,
+}
+
+/// Lookups one replica keeps waiting for their read index; past it a
+/// lookup is answered `Retry` (the Raft core has its own bound too).
+const LOOKUPS_WAITING_MAX: usize = 4096;
 
 /// A client waiting for an entry's commit point.
 struct Waiter {
@@ -301,6 +322,9 @@ impl<T: Transport> CoordinatorNode<T> {
             refusals_logged: (0, None),
             refused_by_role: 0,
             role_refusal_logged: None,
+            lookups: HashMap::new(),
+            reads_confirmed: Vec::new(),
+            last_read_tag: 0,
             lost_matches_logged: (0, None),
         })
     }
@@ -543,7 +567,10 @@ impl<T: Transport> CoordinatorNode<T> {
         let master = matches!(class, PeerClass::Master);
         let need = |role: &str| Err(format!("this needs the {role} role ({})", describe(class)));
         match req {
-            ClientRequest::Status | ClientRequest::View | ClientRequest::OpState { .. } => Ok(()),
+            ClientRequest::Status
+            | ClientRequest::View
+            | ClientRequest::Lookup { .. }
+            | ClientRequest::OpState { .. } => Ok(()),
             ClientRequest::Noop | ClientRequest::ChangeReplicas(_) if admin => Ok(()),
             ClientRequest::Noop | ClientRequest::ChangeReplicas(_) => need("admin"),
             ClientRequest::Operate(op) | ClientRequest::OperateUntilComplete(op) => match &op.op {
@@ -780,6 +807,7 @@ impl<T: Transport> CoordinatorNode<T> {
                 applied: self.cluster.applied_index(),
             },
             ClientRequest::View
+            | ClientRequest::Lookup { .. }
             | ClientRequest::Heartbeat { .. }
             | ClientRequest::Operate(_)
             | ClientRequest::OperateUntilComplete(_)
@@ -800,6 +828,37 @@ impl<T: Transport> CoordinatorNode<T> {
                     }
                 }
                 ClientReply::View(view)
+            }
+            ClientRequest::Lookup { table } => {
+                if let Err(e) = crate::cluster::limits::check_table_name(&table) {
+                    ClientReply::Refused(e.to_string())
+                } else if self.lookups.len() >= LOOKUPS_WAITING_MAX {
+                    ClientReply::Retry(format!(
+                        "{LOOKUPS_WAITING_MAX} lookups are waiting here; try again"
+                    ))
+                } else {
+                    // Answered once the leader has confirmed it still leads
+                    // (a heartbeat round) and applied up to the commit index
+                    // of that moment: never from a deposed leader's state.
+                    self.last_read_tag += 1;
+                    let tag = self.last_read_tag;
+                    match self.raft.read_index(tag) {
+                        Ok(()) => {
+                            let term = self.raft.term();
+                            self.lookups.insert(
+                                tag,
+                                Lookup {
+                                    from,
+                                    request,
+                                    table,
+                                    term,
+                                },
+                            );
+                            return;
+                        }
+                        Err(e) => ClientReply::Retry(format!("no read index: {e}")),
+                    }
+                }
             }
             ClientRequest::Heartbeat { from: server } => {
                 self.coord.on_heartbeat(server);
@@ -994,6 +1053,27 @@ impl<T: Transport> CoordinatorNode<T> {
         self.transport.send(m.to, b.freeze());
     }
 
+    /// Answers the lookups whose read index this replica has applied.
+    fn answer_lookups(&mut self) {
+        let applied = self.cluster.applied_index();
+        let mut i = 0;
+        while i < self.reads_confirmed.len() {
+            let (index, tag) = self.reads_confirmed[i];
+            if index > applied {
+                i += 1;
+                continue;
+            }
+            self.reads_confirmed.swap_remove(i);
+            if let Some(l) = self.lookups.remove(&tag) {
+                let reply = ClientReply::Lookup {
+                    exists: self.cluster.table(&l.table).is_some(),
+                    index: applied,
+                };
+                self.reply(l.from, l.request, &reply);
+            }
+        }
+    }
+
     /// The ready loop (see the module docs).
     fn drive(&mut self) -> Result<(), NodeError> {
         while self.raft.has_ready() {
@@ -1037,8 +1117,11 @@ impl<T: Transport> CoordinatorNode<T> {
                 }
                 self.applied(e.index, e.term, &e.data, &outcome, e.kind);
             }
+            self.reads_confirmed
+                .extend(rd.read_states.iter().map(|r| (r.index, r.ctx)));
             self.raft.advance(rd);
         }
+        self.answer_lookups();
         self.maybe_compact()?;
         let established = self.raft.role() == Role::Leader
             && self.raft.log().term(self.cluster.applied_index()).ok() == Some(self.raft.term())
@@ -1063,6 +1146,30 @@ impl<T: Transport> CoordinatorNode<T> {
                 term = self.raft.term(),
                 "coordinator inactive"
             );
+        }
+        let term = self.raft.term();
+        if self
+            .lookups
+            .values()
+            .any(|l| !established || l.term != term)
+        {
+            // A deposed leader's reads, or reads of an earlier term, are
+            // never confirmed: tell their clients where to go now.
+            let not_leader = self.not_leader(self.raft.leader_id());
+            let stale: Vec<u64> = self
+                .lookups
+                .iter()
+                .filter(|(_, l)| !established || l.term != term)
+                .map(|(tag, _)| *tag)
+                .collect();
+            for tag in stale {
+                if let Some(l) = self.lookups.remove(&tag) {
+                    self.reply(l.from, l.request, &not_leader);
+                }
+            }
+            if self.lookups.is_empty() {
+                self.reads_confirmed.clear();
+            }
         }
         let actions = self.coord.on_applied(&self.cluster);
         self.act(actions)

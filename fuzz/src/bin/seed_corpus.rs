@@ -395,6 +395,12 @@ fn client(c: &mut Corpus) {
             ClientRequest::ChangeReplicas(ReplicaChange::AddVoter(4)),
         ),
         ("heartbeat", ClientRequest::Heartbeat { from: sid(1, 1) }),
+        (
+            "lookup",
+            ClientRequest::Lookup {
+                table: "users".into(),
+            },
+        ),
     ];
     for (i, (name, r)) in requests.iter().enumerate() {
         add(
@@ -518,6 +524,13 @@ fn client(c: &mut Corpus) {
                 gone: false,
                 leader: Some(1),
                 term: 2,
+            },
+        ),
+        (
+            "lookup",
+            ClientReply::Lookup {
+                exists: true,
+                index: 42,
             },
         ),
     ];
@@ -991,6 +1004,22 @@ fn raft_step(c: &mut Corpus) {
     add(c, "raft_step", "leader-acks", leader);
 }
 
+/// Chaos histories: the hand-written ones of the test data.
+fn chaos_history(c: &mut Corpus) {
+    add(
+        c,
+        "chaos_history",
+        "concurrent",
+        include_str!("../../../tests/data/chaos/concurrent.jsonl"),
+    );
+    add(
+        c,
+        "chaos_history",
+        "stale-read",
+        include_str!("../../../tests/data/chaos/stale-read.jsonl"),
+    );
+}
+
 /// RDMA connection requests' private data: with and without a pass.
 fn rdma_pass(c: &mut Corpus) {
     use ramcoord_net::rdma_pass::{Pass, RequestPrivate};
@@ -1023,6 +1052,7 @@ fn rdma_pass(c: &mut Corpus) {
 
 fn main() {
     let mut c = Corpus::new();
+    chaos_history(&mut c);
     rdma_pass(&mut c);
     frames(&mut c);
     for (name, m) in raft_messages() {
