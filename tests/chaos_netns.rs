@@ -1,0 +1,95 @@
+//! The chaos network (`ramcoord::chaos::netns`) on this machine: needs root
+//! (CI runs as root; elsewhere the test says it was skipped). A coordinator
+//! runs in a namespace and is reached from the root namespace over the
+//! bridge; cutting it off from the root's address makes it unreachable,
+//! healing makes it reachable again; dropping the network leaves nothing,
+//! and a set left by a killed run is removed by the next one.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ramcoord::chaos::netns::{self, Net, PREFIX, ROOT_ADDR};
+use ramcoord::client::{ClientSecurity, CoordinatorClient};
+use ramcoord::node::client::{ClientReply, ClientRequest};
+
+fn leftovers() -> Vec<String> {
+    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&ns.stdout).to_string() + &String::from_utf8_lossy(&links.stdout);
+    text.lines()
+        .filter(|l| l.contains(PREFIX))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+fn status(addr: SocketAddr, within: Duration) -> bool {
+    let mut c = CoordinatorClient::new(vec![addr], 1, ClientSecurity::insecure());
+    c.attempt_timeout = Duration::from_millis(300);
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if let Ok(ClientReply::Status(_)) = c.ask(0, &ClientRequest::Status) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn namespaces_carry_a_cluster_cut_off_and_healed_then_vanish() {
+    if !netns::is_root() {
+        eprintln!("skipped: the chaos network needs root");
+        return;
+    }
+    // One at a time: the names are fixed.
+    let net = Net::create(2).expect("the network is built");
+    let dir = std::env::temp_dir().join(format!("ramcoord-netns-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr = SocketAddr::new(Net::addr(1).into(), 7000);
+    let mut child = Command::new("ip")
+        .args(Net::exec_prefix(1).iter().skip(1))
+        .arg(env!("CARGO_BIN_EXE_ramcoord"))
+        .args(["coordinator", "--id", "1", "--listen", &addr.to_string()])
+        .args(["--peers", &format!("1={addr}"), "--insecure", "--data-dir"])
+        .arg(dir.join("c1"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("c1.log")).unwrap())
+        .spawn()
+        .expect("starts in the namespace");
+    assert!(
+        status(addr, Duration::from_secs(20)),
+        "reached over the bridge (log: {})",
+        dir.join("c1.log").display()
+    );
+    net.cut(1, &[ROOT_ADDR]).expect("cut");
+    assert!(
+        !status(addr, Duration::from_secs(2)),
+        "cut off from the root namespace"
+    );
+    net.heal().expect("healed");
+    assert!(
+        status(addr, Duration::from_secs(20)),
+        "reachable after the heal"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(net);
+    assert_eq!(leftovers(), Vec::<String>::new(), "nothing is left");
+
+    // A run killed before its cleanup: the next start removes its set.
+    std::mem::forget(Net::create(3).expect("built"));
+    assert!(!leftovers().is_empty());
+    let removed = Net::clean_stale().expect("cleaned");
+    assert!(
+        removed >= 4,
+        "3 namespaces and the bridge, removed {removed}"
+    );
+    assert_eq!(leftovers(), Vec::<String>::new(), "nothing is left");
+    let _ = std::fs::remove_dir_all(&dir);
+}
