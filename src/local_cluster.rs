@@ -48,7 +48,15 @@ pub struct LocalClusterConfig {
     /// Mutual TLS on every connection: credentials are made under `dir`
     /// (`tls/`) and every process gets `--tls-dir`. Off: `--insecure`.
     pub tls: bool,
+    /// Every process in its own network namespace of the chaos network
+    /// ([`crate::chaos::netns`], which the caller builds with a node per
+    /// process): coordinator `i` at node `i`, master `j` at node
+    /// `coordinators + j`, each on port [`NAMESPACE_PORT`].
+    pub namespaces: bool,
 }
+
+/// The port every process listens on inside its namespace.
+pub const NAMESPACE_PORT: u16 = 7000;
 
 impl LocalClusterConfig {
     /// Where the credentials are (with `tls`).
@@ -78,6 +86,7 @@ impl LocalClusterConfig {
             rdma_hosts: Vec::new(),
             host_names: false,
             tls: true,
+            namespaces: false,
         }
     }
 
@@ -93,6 +102,10 @@ impl LocalClusterConfig {
     /// The address process number `n` is dialled at (port from a free
     /// loopback port), and what it listens on.
     fn place(&self, n: usize) -> Result<(SocketAddr, SocketAddr), String> {
+        if self.namespaces {
+            let a = SocketAddr::new(crate::chaos::netns::Net::addr(n + 1).into(), NAMESPACE_PORT);
+            return Ok((a, a));
+        }
         let a = free_addr()?;
         if self.rdma_hosts.is_empty() {
             return Ok((a, a));
@@ -126,6 +139,8 @@ pub struct Proc {
     starts: u32,
     /// Replaced for good (its disk was lost).
     retired: bool,
+    /// The network namespace it runs in (chaos), if any.
+    ns: Option<String>,
 }
 
 impl Proc {
@@ -196,7 +211,15 @@ fn spawn_with(binary: &Path, filter: &str, p: &mut Proc, extra: &[&str]) -> Resu
         p.log = p.log.with_extension(format!("{}.log", p.starts));
     }
     let file = std::fs::File::create(&p.log).map_err(|e| format!("{}: {e}", p.log.display()))?;
-    let child = Command::new(binary)
+    let mut cmd = match &p.ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    let child = cmd
         .args(&p.args)
         .args(extra)
         .env("RAMCOORD_LOG", filter)
@@ -262,7 +285,13 @@ impl LocalCluster {
     /// Starts one more master; returns its index in [`Self::masters`].
     pub fn start_master(&mut self) -> Result<usize, String> {
         let n = self.masters.len() + 1;
-        let (addr, listen) = self.cfg.place(n)?;
+        // In namespaces, masters follow the coordinators' nodes.
+        let node = self.cfg.coordinators + n;
+        let (addr, listen) = if self.cfg.namespaces {
+            self.cfg.place(node - 1)?
+        } else {
+            self.cfg.place(n)?
+        };
         let mut args = vec![
             "master".to_string(),
             "--listen".into(),
@@ -283,6 +312,10 @@ impl LocalCluster {
             child: None,
             starts: 0,
             retired: false,
+            ns: self
+                .cfg
+                .namespaces
+                .then(|| crate::chaos::netns::Net::namespace(node)),
         };
         spawn(&self.cfg.binary, &self.cfg.log_filter, &mut p)?;
         self.masters.push(p);
@@ -378,6 +411,10 @@ impl LocalCluster {
             child: None,
             starts: 0,
             retired: false,
+            ns: self
+                .cfg
+                .namespaces
+                .then(|| crate::chaos::netns::Net::namespace(id as usize)),
         };
         spawn(&self.cfg.binary, &self.cfg.log_filter, &mut p)?;
         self.coordinators.push(p);

@@ -40,13 +40,16 @@ fn status(addr: SocketAddr, within: Duration) -> bool {
     false
 }
 
+/// The namespaces' names are fixed: one test at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn namespaces_carry_a_cluster_cut_off_and_healed_then_vanish() {
     if !netns::is_root() {
         eprintln!("skipped: the chaos network needs root");
         return;
     }
-    // One at a time: the names are fixed.
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let net = Net::create(2).expect("the network is built");
     let dir = std::env::temp_dir().join(format!("ramcoord-netns-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -90,6 +93,47 @@ fn namespaces_carry_a_cluster_cut_off_and_healed_then_vanish() {
         removed >= 4,
         "3 namespaces and the bridge, removed {removed}"
     );
+    assert_eq!(leftovers(), Vec::<String>::new(), "nothing is left");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `ramcoord chaos`, short: every fault family at least scheduled, the
+/// history written in the documented shape, every table name checked
+/// linearizable, the last line as documented, nothing left behind.
+#[test]
+fn a_short_chaos_run_checks_its_history() {
+    if !netns::is_root() {
+        eprintln!("skipped: chaos needs root");
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ramcoord-chaos-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let history = dir.join("history.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
+        .args(["chaos", "--duration", "12", "--seed", "5", "--clients", "3"])
+        .args(["--nemesis", "partition,isolate,kill,pause", "--history"])
+        .arg(&history)
+        .arg("--dir")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let last = stdout.trim_end().lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("chaos: ")
+            && last.contains(" ops (ok ")
+            && last.contains(", linearizable"),
+        "{last}"
+    );
+    assert!(stderr.contains("fault: "), "a fault was injected: {stderr}");
+    let text = std::fs::read_to_string(&history).unwrap();
+    let ops = ramcoord::chaos::history::read(text.as_bytes()).expect("the history reads back");
+    assert!(ops.len() > 100, "{} operations", ops.len());
+    assert!(text.lines().next().unwrap().starts_with(r#"{"process":"#));
     assert_eq!(leftovers(), Vec::<String>::new(), "nothing is left");
     let _ = std::fs::remove_dir_all(&dir);
 }

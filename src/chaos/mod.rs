@@ -1,6 +1,7 @@
-//! Chaos on real processes (issue 16, in progress): the pieces that do not
-//! need a cluster yet.
+//! Chaos on real processes (`ramcoord chaos`; issue 16, a first version).
 //!
+//! - [`run`]: the run itself: the cluster in namespaces, the nemesis, the
+//!   clients, the check (its module docs say what is still to come);
 //! - [`history`]: the history format every client operation of a chaos
 //!   run is recorded in (JSON lines, the shape Jepsen's checkers read), its
 //!   writer, and a reader that pairs invocations with completions;
@@ -12,14 +13,11 @@
 //!   through [`crate::lincheck`]. `ramcoord lincheck --format tables FILE`
 //!   runs it on a file.
 //!
-//! Still to come: the runner (the cluster started in the namespaces), the nemesis, the
-//! workload, and the other checks (no acknowledged operation lost, the
-//! masters' tablets, no key served twice). Reads of a table's existence
-//! must then be linearizable at the coordinator: `View` is answered from
-//! the leader's applied state without confirming it still leads (no read
-//! index), so a deposed leader could answer a stale read; the runner's
-//! reads need the Raft core's read index first.
+//! The runner's reads are `Lookup`s, answered through the Raft core's read
+//! index: `View` is answered from the leader's applied state without
+//! confirming it still leads, so a deposed leader could answer it stale.
 
 pub mod history;
 pub mod netns;
+pub mod run;
 pub mod tables;
