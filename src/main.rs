@@ -257,6 +257,10 @@ struct CoordinatorArgs {
     /// window between a commit point and the operation's completion).
     #[arg(long, default_value_t = 0, hide = true)]
     push_delay_ms: u64,
+    /// A planted bug, for testing the chaos checker only:
+    /// `ack-before-commit` answers operations before their commit point.
+    #[arg(long, hide = true)]
+    inject_bug: Option<String>,
     /// Network for replication and configuration pushes: tcp, or rdma
     /// (Raft appends written one-sidedly into each follower's ring,
     /// configuration by RDMA WRITE into masters; the RDMA listener uses the
@@ -447,6 +451,15 @@ struct MasterArgs {
     /// the newest leader may write). As the coordinators use.
     #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
     transport: TransportArg,
+    /// Record what this master may serve and what it serves, when (JSON
+    /// lines with CLOCK_MONOTONIC times; one line per request, so it grows
+    /// without bound: for tests such as `ramcoord chaos`, not production).
+    #[arg(long, value_name = "FILE")]
+    serve_log: Option<std::path::PathBuf>,
+    /// A planted bug, for testing the chaos checker only: `ignore-lease`
+    /// serves without a lease.
+    #[arg(long, hide = true)]
+    inject_bug: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -1437,6 +1450,17 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     cfg.election_ticks = args.election_ticks.max(2);
     cfg.coordinator.master_timeout_ticks = (args.master_timeout_ms / args.tick_ms.max(1)).max(2);
     cfg.push_delay = std::time::Duration::from_millis(args.push_delay_ms);
+    match args.inject_bug.as_deref() {
+        None => {}
+        Some("ack-before-commit") => {
+            cfg.bugs.ack_before_commit = true;
+            tracing::warn!("PLANTED BUG: operations answered before their commit point (a test of the chaos checker)");
+        }
+        Some(other) => {
+            eprintln!("ramcoord coordinator: no planted bug named {other:?} (ack-before-commit)");
+            return ExitCode::from(2);
+        }
+    }
     cfg.join = args.join;
     cfg.spin = std::time::Duration::from_micros(args.spin_us);
     cfg.snapshot_entries = args.snapshot_entries.max(1);
@@ -1628,6 +1652,18 @@ fn run_master(args: MasterArgs) -> ExitCode {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("ramcoord master: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        serve_log: args.serve_log,
+        bugs: match args.inject_bug.as_deref() {
+            None => Default::default(),
+            Some("ignore-lease") => ramcoord::master::MasterBugs {
+                ignore_lease: true,
+                ..Default::default()
+            },
+            Some(other) => {
+                eprintln!("ramcoord master: no planted bug named {other:?} (ignore-lease)");
                 return ExitCode::from(2);
             }
         },

@@ -443,7 +443,8 @@ fn masters_refuse_stale_terms_and_older_versions() {
         m.config().is_none(),
         "refuses to serve from a regressed region"
     );
-    assert!(m.get(1, b"k").is_err());
+    m.lease_granted(0, 1_000);
+    assert!(m.get(1, b"k", 1).is_err());
     assert!(matches!(
         m.on_region_write(&acted.encode().unwrap()),
         RegionOutcome::Applied { .. }
@@ -452,6 +453,7 @@ fn masters_refuse_stale_terms_and_older_versions() {
     // write lands over the newer one.
     let mut buggy = agent(MasterBugs {
         accept_stale_term: true,
+        ..MasterBugs::default()
     });
     buggy.enlisted(id);
     buggy.on_region_write(&new);
@@ -460,6 +462,60 @@ fn masters_refuse_stale_terms_and_older_versions() {
         RegionOutcome::Regressed { .. }
     ));
     assert_eq!(buggy.region().unwrap().term, 2);
+}
+
+/// A master serves only under a lease counted from the heartbeat's send;
+/// a late acknowledgement of an older heartbeat never shortens it; the
+/// planted bug serves without one.
+#[test]
+fn masters_serve_only_under_a_lease() {
+    let mut h = Harness::with_masters(1);
+    h.create_table("t", 1);
+    let id = h.ids()[0];
+    let table = h.state.table("t").unwrap().id;
+    let m = h.masters.get_mut(&id).unwrap();
+    assert!(matches!(
+        m.get(table, b"k", 5),
+        Err(crate::master::MasterError::NoLease { expired: 0, .. })
+    ));
+    m.lease_granted(100, 50);
+    assert_eq!(m.put(table, b"k", Bytes::from_static(b"v"), 120), Ok(()));
+    assert_eq!(m.get(table, b"k", 149), Ok(Some(Bytes::from_static(b"v"))));
+    m.lease_granted(90, 50); // an older heartbeat's late answer
+    assert_eq!(m.lease_until(), 150);
+    assert!(matches!(
+        m.get(table, b"k", 150),
+        Err(crate::master::MasterError::NoLease { expired: 150, .. })
+    ));
+    m.lease_granted(160, 50);
+    assert!(m.get(table, b"k", 170).is_ok());
+    // Ownership is still checked under a lease.
+    assert!(matches!(
+        m.get(table + 1, b"k", 170),
+        Err(crate::master::MasterError::NotOwner { .. })
+    ));
+
+    let mut buggy = agent(MasterBugs {
+        ignore_lease: true,
+        ..MasterBugs::default()
+    });
+    buggy.enlisted(id);
+    buggy.on_region_write(&h.state.region_for(id, 2).encode().unwrap());
+    assert_eq!(buggy.get(table, b"k", 1_000_000), Ok(None));
+}
+
+/// The lease a coordinator grants is shorter than its master timeout by a
+/// tick and a tenth.
+#[test]
+fn the_lease_is_shorter_than_the_master_timeout() {
+    let tick = std::time::Duration::from_millis(10);
+    let lease = crate::master::lease_for_timeout(50, tick);
+    assert_eq!(lease, std::time::Duration::from_millis(441));
+    assert!(lease < tick * 49);
+    assert_eq!(
+        crate::master::lease_for_timeout(1, tick),
+        std::time::Duration::ZERO
+    );
 }
 
 /// Snapshots restore to the same state and bad ones are refused.

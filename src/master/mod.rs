@@ -11,7 +11,33 @@
 //! write the master's worker never sees; here the receiving side applies
 //! the rule below); clients' reads and writes go through
 //! [`MasterAgent::get`] / [`MasterAgent::put`], which refuse a key whose
-//! tablet this master does not own (the client looks the owner up again).
+//! tablet this master does not own (the client looks the owner up again)
+//! or when its lease has run out.
+//!
+//! # The lease: a cut-off master stops serving before its tablets move
+//!
+//! A master that cannot reach the coordinators is declared crashed after
+//! the coordinators' master timeout, and its tablets go to other masters.
+//! It may still be running and still reachable by clients. So it serves
+//! only under a **lease**: a heartbeat *sent* at time `s` and acknowledged
+//! by the active coordinator lets it serve until `s + lease`
+//! ([`MasterAgent::lease_granted`]); past that, every request is refused
+//! until another heartbeat is acknowledged.
+//!
+//! Why no tablet is then served by two masters at once: the coordinator
+//! acknowledges a heartbeat only after a quorum round that began after the
+//! heartbeat arrived (Raft's read index), so the acknowledging leader still
+//! led at some moment after `s`. A leader of a later term was therefore
+//! elected after `s`, and every leader counts a master's silence from when
+//! it took office or last heard it (both after `s`). The crash that hands
+//! the tablets on is declared no sooner than `s + master timeout` (less one
+//! tick), and the lease the coordinator grants is shorter
+//! ([`lease_for_timeout`]).
+//!
+//! **Clock assumption:** the master's clock and the coordinators' tick
+//! clocks advance at the same rate to within the margin the lease leaves
+//! (a tenth of the timeout; a host's clocks drift by parts per million).
+//! Nothing assumes they agree on the time of day.
 //!
 //! # Which writes land, and what the master acts on
 //!
@@ -36,6 +62,7 @@
 use std::collections::BTreeMap;
 
 pub mod process;
+pub mod serve_log;
 
 use bytes::Bytes;
 
@@ -86,6 +113,24 @@ pub enum MasterError {
         /// The key's hash.
         hash: u64,
     },
+    /// Its lease ran out (or was never granted): it has not heard from the
+    /// active coordinator lately and must not serve.
+    #[error("server {me:?} holds no lease (it expired at {expired}): not serving")]
+    NoLease {
+        /// This master, if enlisted.
+        me: Option<ServerId>,
+        /// When the last lease ended (the master's clock).
+        expired: u64,
+    },
+}
+
+/// The lease a coordinator grants for a master timeout of `timeout`,
+/// counted in ticks of `tick` (see the module docs): one tick less than the
+/// timeout (a tick can fire early by up to one tick), less a tenth for the
+/// clocks' drift and the time between the master's clock reading and its
+/// send.
+pub fn lease_for_timeout(timeout_ticks: u64, tick: std::time::Duration) -> std::time::Duration {
+    (tick * timeout_ticks.saturating_sub(1) as u32) * 9 / 10
 }
 
 /// Timing of the master's own messages, in its driver's ticks.
@@ -138,6 +183,9 @@ pub enum MasterAction {
 pub struct MasterBugs {
     /// No fence: a write from a term older than one already seen lands.
     pub accept_stale_term: bool,
+    /// Serve whether or not the lease holds: a master cut off from the
+    /// coordinators keeps serving tablets they have handed to another.
+    pub ignore_lease: bool,
 }
 
 /// One master (see the module docs).
@@ -163,6 +211,9 @@ pub struct MasterAgent {
     /// The fence: the newest term a write landed from.
     term_seen: u64,
     data: BTreeMap<(TableId, Bytes), Bytes>,
+    /// Serving is allowed before this time (the driver's clock; 0: never
+    /// granted).
+    lease_until: u64,
 }
 
 impl MasterAgent {
@@ -248,6 +299,20 @@ impl MasterAgent {
         gone.then_some(MasterAction::Shutdown)
     }
 
+    /// The active coordinator acknowledged a heartbeat this master sent at
+    /// `sent_at` and granted a lease of `lease` (both in the driver's
+    /// clock): it may serve until `sent_at + lease`. A lease never
+    /// shortens (an acknowledgement of an older heartbeat arriving late
+    /// changes nothing).
+    pub fn lease_granted(&mut self, sent_at: u64, lease: u64) {
+        self.lease_until = self.lease_until.max(sent_at.saturating_add(lease));
+    }
+
+    /// Until when it may serve (the driver's clock; 0: no lease yet).
+    pub fn lease_until(&self) -> u64 {
+        self.lease_until
+    }
+
     /// Its id, once enlisted.
     pub fn id(&self) -> Option<ServerId> {
         self.id
@@ -315,8 +380,14 @@ impl MasterAgent {
         RegionOutcome::Applied { version }
     }
 
-    fn check_owner(&self, table: TableId, key: &[u8]) -> Result<(), MasterError> {
+    fn check_owner(&self, table: TableId, key: &[u8], now: u64) -> Result<(), MasterError> {
         let hash = key_hash(key);
+        if now >= self.lease_until && !self.bugs.ignore_lease {
+            return Err(MasterError::NoLease {
+                me: self.id,
+                expired: self.lease_until,
+            });
+        }
         let owns = !self.declared_dead()
             && self.config().is_some_and(|c| {
                 c.tablets
@@ -334,18 +405,26 @@ impl MasterAgent {
         }
     }
 
-    /// Reads `key` of `table`, if this master owns its tablet.
-    pub fn get(&self, table: TableId, key: &[u8]) -> Result<Option<Bytes>, MasterError> {
-        self.check_owner(table, key)?;
+    /// Reads `key` of `table` at time `now` (the driver's clock), if this
+    /// master owns its tablet and holds a lease.
+    pub fn get(&self, table: TableId, key: &[u8], now: u64) -> Result<Option<Bytes>, MasterError> {
+        self.check_owner(table, key, now)?;
         Ok(self
             .data
             .get(&(table, Bytes::copy_from_slice(key)))
             .cloned())
     }
 
-    /// Writes `key` of `table`, if this master owns its tablet.
-    pub fn put(&mut self, table: TableId, key: &[u8], value: Bytes) -> Result<(), MasterError> {
-        self.check_owner(table, key)?;
+    /// Writes `key` of `table` at time `now` (the driver's clock), if this
+    /// master owns its tablet and holds a lease.
+    pub fn put(
+        &mut self,
+        table: TableId,
+        key: &[u8],
+        value: Bytes,
+        now: u64,
+    ) -> Result<(), MasterError> {
+        self.check_owner(table, key, now)?;
         self.data
             .insert((table, Bytes::copy_from_slice(key)), value);
         Ok(())

@@ -11,11 +11,17 @@
 //!   receiving thread plays the NIC). A refused write is answered with the
 //!   reason, which the coordinator logs;
 //! - the worker serves clients' `get` / `put` ([`MasterRequest`]),
-//!   refusing keys whose tablet this master does not own;
+//!   refusing keys whose tablet this master does not own, and everything
+//!   once its lease has run out (see [`super`]: a master cut off from the
+//!   coordinators stops serving before they hand its tablets on);
 //! - the main thread talks to the coordinator group: enlists (a random
 //!   nonce makes a retried enlistment recognisable), then heartbeats the
-//!   active coordinator. Told it was declared crashed, the process stops:
-//!   a restarted process enlists as a new server.
+//!   active coordinator; each acknowledged heartbeat extends the lease
+//!   from the moment it was sent. Told it was declared crashed, the
+//!   process stops: a restarted process enlists as a new server.
+//!
+//! Times are `CLOCK_MONOTONIC` nanoseconds ([`monotonic_ns`]), also
+//! what the serve log ([`super::serve_log`], `--serve-log`) records.
 //!
 //! # Over RDMA (`--transport rdma`)
 //!
@@ -39,6 +45,7 @@ use bytes::Bytes;
 use ramcoord_net::tcp::{TcpConfig, TcpTransport};
 use ramcoord_net::{Event, Region, Transport};
 
+use super::serve_log::{monotonic_ns, ServeLog, ServeWhat};
 use super::{MasterAgent, MasterBugs, MasterConfig, RegionOutcome};
 use crate::client::CoordinatorClient;
 use crate::cluster::{limits, services, ServerId};
@@ -68,6 +75,10 @@ pub struct MasterProcessConfig {
     pub transport: TransportKind,
     /// The master credential (`None`: plain TCP, `--insecure`).
     pub tls: Option<ramcoord_net::tls::Tls>,
+    /// Where to record what it serves when (see [`super::serve_log`]).
+    pub serve_log: Option<std::path::PathBuf>,
+    /// Planted bugs (only `ramcoord chaos` sets them).
+    pub bugs: MasterBugs,
 }
 
 /// Why the master process stopped.
@@ -87,6 +98,7 @@ pub enum MasterExit {
 /// The configuration region: the agent, fenced, applied on the I/O path.
 struct ConfigRegionSlot {
     agent: Arc<Mutex<MasterAgent>>,
+    serve_log: Option<Arc<ServeLog>>,
 }
 
 impl Region for ConfigRegionSlot {
@@ -100,16 +112,29 @@ impl Region for ConfigRegionSlot {
         }
         let mut agent = self.agent.lock().expect("agent lock poisoned");
         let outcome = agent.on_region_write(bytes);
-        log_outcome(&agent, outcome)
+        log_outcome(&agent, outcome, self.serve_log.as_deref())
     }
 }
 
-/// Logs what became of a region; `Err` with the reason if it was refused.
-fn log_outcome(agent: &MasterAgent, outcome: RegionOutcome) -> Result<(), String> {
+/// Logs what became of a region (and, in the serve log, the tablets it
+/// now owns); `Err` with the reason if it was refused.
+fn log_outcome(
+    agent: &MasterAgent,
+    outcome: RegionOutcome,
+    serve_log: Option<&ServeLog>,
+) -> Result<(), String> {
     {
         match outcome {
             RegionOutcome::Applied { version } => {
                 let c = agent.config().expect("just applied");
+                if let (Some(log), Some(id)) = (serve_log, agent.id()) {
+                    let tablets = c
+                        .tablets
+                        .iter()
+                        .map(|t| (t.table, t.start_hash, t.end_hash))
+                        .collect();
+                    log.record(monotonic_ns(), id, ServeWhat::Tablets { version, tablets });
+                }
                 tracing::info!(
                     version,
                     term = c.term,
@@ -119,6 +144,10 @@ fn log_outcome(agent: &MasterAgent, outcome: RegionOutcome) -> Result<(), String
                 Ok(())
             }
             RegionOutcome::Regressed { version, acted } => {
+                if let (Some(log), Some(id)) = (serve_log, agent.id()) {
+                    let tablets = Vec::new(); // it stops serving
+                    log.record(monotonic_ns(), id, ServeWhat::Tablets { version, tablets });
+                }
                 tracing::warn!(
                     version,
                     acted,
@@ -150,7 +179,7 @@ struct RegionWatcher {
 
 #[cfg(feature = "rdma")]
 impl RegionWatcher {
-    fn sync(&mut self, agent: &Mutex<MasterAgent>) {
+    fn sync(&mut self, agent: &Mutex<MasterAgent>, serve_log: Option<&ServeLog>) {
         let mut header = [0u8; 32];
         self.mem.read_at(0, &mut header);
         if header == self.seen || header == [0u8; 32] {
@@ -170,7 +199,7 @@ impl RegionWatcher {
             }
             outcome => {
                 self.seen = header;
-                let _ = log_outcome(&agent, outcome);
+                let _ = log_outcome(&agent, outcome, serve_log);
             }
         }
     }
@@ -203,8 +232,17 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
         advertise.to_string(),
         services::MASTER,
         nonce,
-        MasterBugs::default(),
+        cfg.bugs,
     )));
+    let serve_log = match &cfg.serve_log {
+        Some(path) => Some(Arc::new(ServeLog::create(path).map_err(|e| {
+            MasterExit::Start(format!("serve log {}: {e}", path.display()))
+        })?)),
+        None => None,
+    };
+    if cfg.bugs.ignore_lease {
+        tracing::warn!("PLANTED BUG: serving without a lease (a test of the chaos checker)");
+    }
     // Before each request the worker brings the region up to date (RDMA:
     // the NIC may have written it since the watcher last looked).
     #[cfg_attr(not(feature = "rdma"), allow(unused_mut))]
@@ -216,6 +254,7 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
             CONFIG_REGION,
             Arc::new(ConfigRegionSlot {
                 agent: agent.clone(),
+                serve_log: serve_log.clone(),
             }),
         ),
         #[cfg(not(feature = "rdma"))]
@@ -238,24 +277,32 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
                 seen: [0; 32],
                 torn: 0,
             }));
-            let (w, a) = (watcher.clone(), agent.clone());
+            let (w, a, l) = (watcher.clone(), agent.clone(), serve_log.clone());
             std::thread::Builder::new()
                 .name("region-watcher".into())
                 .spawn(move || loop {
-                    w.lock().expect("watcher lock poisoned").sync(&a);
+                    w.lock()
+                        .expect("watcher lock poisoned")
+                        .sync(&a, l.as_deref());
                     std::thread::sleep(Duration::from_micros(500));
                 })
                 .map_err(|e| MasterExit::Start(e.to_string()))?;
-            let a = agent.clone();
-            sync = Box::new(move || watcher.lock().expect("watcher lock poisoned").sync(&a));
+            let (a, l) = (agent.clone(), serve_log.clone());
+            sync = Box::new(move || {
+                watcher
+                    .lock()
+                    .expect("watcher lock poisoned")
+                    .sync(&a, l.as_deref())
+            });
             tracing::info!(listen = %cfg.listen, "configuration region in RDMA memory");
             rdma = Some(t);
         }
     }
     let worker_agent = agent.clone();
+    let worker_log = serve_log.clone();
     std::thread::Builder::new()
         .name("master-worker".into())
-        .spawn(move || serve_clients(transport, worker_agent, sync))
+        .spawn(move || serve_clients(transport, worker_agent, sync, worker_log))
         .map_err(|e| MasterExit::Start(e.to_string()))?;
 
     let mut coord = CoordinatorClient::new(
@@ -287,7 +334,31 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
             next = now;
         }
         let deadline = Instant::now() + cfg.heartbeat * 4;
-        match coord.ask_leader(&ClientRequest::Heartbeat { from: id }, deadline) {
+        // The lease counts from before the heartbeat leaves.
+        let sent = monotonic_ns();
+        let answer = coord.ask_leader(&ClientRequest::Heartbeat { from: id }, deadline);
+        if let Ok(ClientReply::HeartbeatAck {
+            gone: false,
+            lease_us,
+            ..
+        }) = &answer
+        {
+            let mut a = agent.lock().expect("agent lock poisoned");
+            let had = a.lease_until();
+            a.lease_granted(sent, lease_us.saturating_mul(1000));
+            let until = a.lease_until();
+            drop(a);
+            if had != 0 && had <= sent {
+                tracing::info!(
+                    lapsed_ms = (sent - had) / 1_000_000,
+                    "lease regained: serving again"
+                );
+            }
+            if let Some(log) = &serve_log {
+                log.record(sent, id, ServeWhat::Lease { until });
+            }
+        }
+        match answer {
             Ok(ClientReply::HeartbeatAck { gone: true, .. }) => {
                 return Err(MasterExit::DeclaredCrashed(id));
             }
@@ -361,8 +432,11 @@ fn serve_clients(
     transport: TcpTransport,
     agent: Arc<Mutex<MasterAgent>>,
     mut sync: Box<dyn FnMut() + Send>,
+    serve_log: Option<Arc<ServeLog>>,
 ) {
     let mut rejected = 0u64;
+    // Lease refusals are logged once per lapse, not per request.
+    let mut lease_lapse_logged = 0u64;
     while let Ok(ev) = transport.events().recv() {
         let Event::Message { from, payload } = ev else {
             continue;
@@ -397,16 +471,40 @@ fn serve_clients(
         sync();
         let reply = {
             let mut a = agent.lock().expect("agent lock poisoned");
-            match env.body {
-                MasterRequest::Get { table, key } => match a.get(table, &key) {
-                    Ok(v) => MasterReply::Value(v),
-                    Err(e) => MasterReply::NotOwner(e.to_string()),
-                },
-                MasterRequest::Put { table, key, value } => {
-                    match a.put(table, &key, Bytes::copy_from_slice(&value)) {
-                        Ok(()) => MasterReply::Stored,
-                        Err(e) => MasterReply::NotOwner(e.to_string()),
+            let now = monotonic_ns();
+            let (f, table, hash, result) = match env.body {
+                MasterRequest::Get { table, key } => (
+                    "get",
+                    table,
+                    crate::cluster::key_hash(&key),
+                    a.get(table, &key, now).map(MasterReply::Value),
+                ),
+                MasterRequest::Put { table, key, value } => (
+                    "put",
+                    table,
+                    crate::cluster::key_hash(&key),
+                    a.put(table, &key, Bytes::copy_from_slice(&value), now)
+                        .map(|()| MasterReply::Stored),
+                ),
+            };
+            match result {
+                Ok(reply) => {
+                    if let (Some(log), Some(id)) = (&serve_log, a.id()) {
+                        let f = f.to_string();
+                        log.record(now, id, ServeWhat::Served { f, table, hash });
                     }
+                    reply
+                }
+                Err(e) => {
+                    if let super::MasterError::NoLease { expired, .. } = e {
+                        if expired != lease_lapse_logged {
+                            lease_lapse_logged = expired;
+                            tracing::warn!(
+                                "lease expired (no heartbeat acknowledged in time): refusing requests until the coordinator answers"
+                            );
+                        }
+                    }
+                    MasterReply::NotOwner(e.to_string())
                 }
             }
         };

@@ -318,6 +318,10 @@ pub enum ClientReply {
         /// The answering replica's term (a master grants configuration
         /// write access to the leader of the newest term it hears of).
         term: u64,
+        /// The lease granted, in microseconds, counted from when the
+        /// master sent the heartbeat (0 when `gone`): it may serve until
+        /// then (see `master` on why this is safe).
+        lease_us: u64,
     },
     /// The answer to [`ClientRequest::Lookup`].
     Lookup {

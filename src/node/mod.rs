@@ -138,6 +138,19 @@ pub struct NodeConfig {
     /// the leader checks `add-voter` against them. A replica added with an
     /// address is added here by the leader that adds it.
     pub peer_addrs: BTreeMap<NodeId, String>,
+    /// Planted bugs (only chaos tests set them).
+    pub bugs: NodeBugs,
+}
+
+/// Bugs planted in the replica's driver so that `ramcoord chaos` can show
+/// it catches them. Never set in production (a hidden flag).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeBugs {
+    /// Answer a client's operation as committed as soon as it is proposed,
+    /// before its commit point: a leader cut off from its quorum
+    /// acknowledges operations that are then lost.
+    pub ack_before_commit: bool,
 }
 
 impl NodeConfig {
@@ -160,6 +173,7 @@ impl NodeConfig {
             join: false,
             snapshot_entries: 10_000,
             peer_addrs: BTreeMap::new(),
+            bugs: NodeBugs::default(),
         }
     }
 }
@@ -226,16 +240,28 @@ pub struct CoordinatorNode<T: Transport> {
     reads_confirmed: Vec<(u64, u64)>,
     /// The tag of the last read index asked for.
     last_read_tag: u64,
+    /// The lease granted to masters with each heartbeat acknowledgement.
+    lease: Duration,
 }
 
-/// A client waiting for a linearizable lookup ([`ClientRequest::Lookup`]).
+/// A client waiting for a read index: a linearizable lookup
+/// ([`ClientRequest::Lookup`]) or a master's heartbeat, acknowledged (and
+/// its lease granted) only once the leader has confirmed it still leads.
 struct Lookup {
     from: PeerId,
     request: u64,
-    table: String,
+    what: Awaiting,
     /// The term it was asked in: the Raft core forgets pending reads when
     /// the term moves, so a lookup of an older term is never confirmed.
     term: u64,
+}
+
+/// What a read index is waited for.
+enum Awaiting {
+    /// Whether this table exists.
+    Table(String),
+    /// The acknowledgement of this server's heartbeat.
+    Heartbeat(ServerId),
 }
 
 /// Lookups one replica keeps waiting for their read index; past it a
@@ -306,6 +332,7 @@ impl<T: Transport> CoordinatorNode<T> {
             transport,
             cluster,
             coord: Coordinator::new(cfg.coordinator, CoordinatorBugs::default()),
+            lease: crate::master::lease_for_timeout(cfg.coordinator.master_timeout_ticks, cfg.tick),
             cfg,
             rejected_messages: 0,
             waiters: BTreeMap::new(),
@@ -832,44 +859,29 @@ impl<T: Transport> CoordinatorNode<T> {
             ClientRequest::Lookup { table } => {
                 if let Err(e) = crate::cluster::limits::check_table_name(&table) {
                     ClientReply::Refused(e.to_string())
-                } else if self.lookups.len() >= LOOKUPS_WAITING_MAX {
-                    ClientReply::Retry(format!(
-                        "{LOOKUPS_WAITING_MAX} lookups are waiting here; try again"
-                    ))
                 } else {
                     // Answered once the leader has confirmed it still leads
                     // (a heartbeat round) and applied up to the commit index
                     // of that moment: never from a deposed leader's state.
-                    self.last_read_tag += 1;
-                    let tag = self.last_read_tag;
-                    match self.raft.read_index(tag) {
-                        Ok(()) => {
-                            let term = self.raft.term();
-                            self.lookups.insert(
-                                tag,
-                                Lookup {
-                                    from,
-                                    request,
-                                    table,
-                                    term,
-                                },
-                            );
-                            return;
-                        }
-                        Err(e) => ClientReply::Retry(format!("no read index: {e}")),
+                    match self.await_read_index(from, request, Awaiting::Table(table)) {
+                        None => return,
+                        Some(reply) => reply,
                     }
                 }
             }
             ClientRequest::Heartbeat { from: server } => {
                 self.coord.on_heartbeat(server);
-                let gone = self.cluster.is_gone(server);
-                if gone {
+                if self.cluster.is_gone(server) {
                     tracing::info!(%server, "heartbeat from a server declared crashed: told to stop");
-                }
-                ClientReply::HeartbeatAck {
-                    gone,
-                    leader: Some(self.cfg.id),
-                    term: self.coord.term(),
+                    self.heartbeat_ack(server)
+                } else {
+                    // The lease it grants is safe only if this replica
+                    // still leads after the heartbeat arrived (see
+                    // `master`): acknowledged after a read index.
+                    match self.await_read_index(from, request, Awaiting::Heartbeat(server)) {
+                        None => return,
+                        Some(reply) => reply,
+                    }
                 }
             }
             ClientRequest::ChangeReplicas(change) => {
@@ -1026,6 +1038,15 @@ impl<T: Transport> CoordinatorNode<T> {
             }
         };
         let reply = match self.raft.propose(data.clone()) {
+            Ok(index) if self.cfg.bugs.ack_before_commit => {
+                // The planted bug: "committed" before the commit point.
+                ClientReply::Committed {
+                    seq: index,
+                    term: self.raft.term(),
+                    result: OpResult::of(&Ok(Effect::Changed)),
+                    commit_us: received.elapsed().as_micros() as u64,
+                }
+            }
             Ok(index) => {
                 self.proposed_at.insert(index, received);
                 self.add_waiter(
@@ -1065,12 +1086,65 @@ impl<T: Transport> CoordinatorNode<T> {
             }
             self.reads_confirmed.swap_remove(i);
             if let Some(l) = self.lookups.remove(&tag) {
-                let reply = ClientReply::Lookup {
-                    exists: self.cluster.table(&l.table).is_some(),
-                    index: applied,
+                let reply = match l.what {
+                    Awaiting::Table(table) => ClientReply::Lookup {
+                        exists: self.cluster.table(&table).is_some(),
+                        index: applied,
+                    },
+                    Awaiting::Heartbeat(server) => self.heartbeat_ack(server),
                 };
                 self.reply(l.from, l.request, &reply);
             }
+        }
+    }
+
+    /// Asks the Raft core for a read index and keeps `what` waiting for it
+    /// (answered by [`Self::answer_lookups`]); the reply to send now if it
+    /// cannot wait (`None`: it waits).
+    fn await_read_index(
+        &mut self,
+        from: PeerId,
+        request: u64,
+        what: Awaiting,
+    ) -> Option<ClientReply> {
+        if self.lookups.len() >= LOOKUPS_WAITING_MAX {
+            return Some(ClientReply::Retry(format!(
+                "{LOOKUPS_WAITING_MAX} reads are waiting here; try again"
+            )));
+        }
+        self.last_read_tag += 1;
+        let tag = self.last_read_tag;
+        match self.raft.read_index(tag) {
+            Ok(()) => {
+                let term = self.raft.term();
+                self.lookups.insert(
+                    tag,
+                    Lookup {
+                        from,
+                        request,
+                        what,
+                        term,
+                    },
+                );
+                None
+            }
+            Err(e) => Some(ClientReply::Retry(format!("no read index: {e}"))),
+        }
+    }
+
+    /// The answer to `server`'s heartbeat, with its lease (none if the
+    /// server was declared crashed).
+    fn heartbeat_ack(&self, server: ServerId) -> ClientReply {
+        let gone = self.cluster.is_gone(server);
+        ClientReply::HeartbeatAck {
+            gone,
+            leader: Some(self.cfg.id),
+            term: self.coord.term(),
+            lease_us: if gone {
+                0
+            } else {
+                self.lease.as_micros() as u64
+            },
         }
     }
 

@@ -524,6 +524,7 @@ fn client(c: &mut Corpus) {
                 gone: false,
                 leader: Some(1),
                 term: 2,
+                lease_us: 400_000,
             },
         ),
         (
