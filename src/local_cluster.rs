@@ -53,6 +53,10 @@ pub struct LocalClusterConfig {
     /// process): coordinator `i` at node `i`, master `j` at node
     /// `coordinators + j`, each on port [`NAMESPACE_PORT`].
     pub namespaces: bool,
+    /// Every master records what it serves when in
+    /// `master-N.serve.jsonl` under `dir` (`--serve-log`; a restarted
+    /// master appends to its slot's file under its new server id).
+    pub serve_logs: bool,
 }
 
 /// The port every process listens on inside its namespace.
@@ -87,6 +91,7 @@ impl LocalClusterConfig {
             host_names: false,
             tls: true,
             namespaces: false,
+            serve_logs: false,
         }
     }
 
@@ -152,6 +157,14 @@ impl Proc {
     /// Its process id, if running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Whether it was started and has exited on its own (e.g. a master
+    /// declared crashed).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     fn kill(&mut self) {
@@ -304,6 +317,10 @@ impl LocalCluster {
         args.extend(self.cfg.transport_args());
         args.extend(self.cfg.security_args());
         args.extend(self.cfg.master_args.iter().cloned());
+        if self.cfg.serve_logs {
+            args.push("--serve-log".into());
+            args.push(self.serve_log(n - 1).display().to_string());
+        }
         let mut p = Proc {
             name: format!("master-{n}"),
             addr,
@@ -424,6 +441,21 @@ impl LocalCluster {
     /// SIGKILLs the master at `index`.
     pub fn kill_master(&mut self, index: usize) {
         self.masters[index].kill();
+    }
+
+    /// Starts a new master process in slot `index` (same address and
+    /// namespace; it enlists as a new server), killing what runs there.
+    pub fn restart_master(&mut self, index: usize) -> Result<(), String> {
+        let p = &mut self.masters[index];
+        p.kill();
+        spawn(&self.cfg.binary, &self.cfg.log_filter, p)
+    }
+
+    /// The serve log of master slot `index` (with `serve_logs`).
+    pub fn serve_log(&self, index: usize) -> PathBuf {
+        self.cfg
+            .dir
+            .join(format!("master-{}.serve.jsonl", index + 1))
     }
 
     /// The index of the master listening at `addr`.

@@ -41,16 +41,19 @@ enum Command {
     Demo(DemoArgs),
     /// Chaos on real processes (needs root: network namespaces). A cluster
     /// of 3 coordinator replicas and the masters, each in its own network
-    /// namespace on a bridge, clients creating, dropping and looking up
-    /// tables while a seeded nemesis partitions, isolates the leader, kills
-    /// and pauses replicas (one fault at a time, each healed). Every
-    /// operation goes to --history as JSON lines; at the end the table
-    /// operations are checked for linearizability, per name. Exit 0 only
-    /// if every check passed. Namespaces and processes are removed at the
-    /// end (and a killed run's leftovers at the next start).
+    /// namespace on a bridge; clients creating, dropping and looking up
+    /// tables, and putting and getting keys at the masters, while a seeded
+    /// nemesis partitions, isolates, kills and pauses replicas and masters
+    /// (one fault at a time, each healed). Every operation goes to
+    /// --history as JSON lines. At the end: table operations linearizable
+    /// per name, put/get per key (when no master was lost), no key served
+    /// by two masters at once (from the masters' serve logs), and every
+    /// master holding what the coordinator's map gives it. Exit 0 only if
+    /// every check passed. Namespaces and processes are removed at the end
+    /// (and a killed run's leftovers at the next start).
     ///
-    /// A first version: masters' put/get, membership and slow-disk faults,
-    /// the atomicity checks and the timeline plot are still to come.
+    /// Not yet: tablet splits and migrations in the workload, membership
+    /// and slow-disk faults, the timeline plot.
     ///
     /// Example: sudo ramcoord chaos --duration 60 --seed 7 --nemesis partition,kill
     #[command(verbatim_doc_comment)]
@@ -384,15 +387,34 @@ struct ChaosArgs {
     /// Data directories and logs of the processes.
     #[arg(long, default_value = "chaos-data")]
     dir: PathBuf,
-    /// Concurrent clients.
+    /// Concurrent clients of the table operations.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     clients: u64,
+    /// Concurrent clients putting and getting keys at the masters.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=64))]
+    kv_clients: u64,
     /// Table names the clients use.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
     names: u64,
+    /// Keys of table kv the put/get clients use.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=100))]
+    keys: u64,
     /// Masters.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
     masters: u64,
+    /// Each client waits a random time of up to twice this between
+    /// operations, in milliseconds (0: as fast as it can; histories then
+    /// grow by tens of megabytes a minute).
+    #[arg(long, default_value_t = 2)]
+    think_ms: u64,
+    /// Where the timeline goes (PNG: each operation's latency over time,
+    /// faults shaded); default: the history's name with .png.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// A planted bug, to show the checks catch it: ack-before-commit
+    /// (coordinators) or ignore-lease (masters).
+    #[arg(long, hide = true)]
+    inject_bug: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -405,6 +427,17 @@ enum NemesisArg {
     Kill,
     /// A replica stopped with SIGSTOP, continued at the heal.
     Pause,
+    /// Two replicas cut from each other; the third reaches both.
+    Bridge,
+    /// One replica stops hearing the leader; the other way works.
+    OneWay,
+    /// A master cut off from every replica past the master timeout (clients
+    /// still reach it): its lease runs out and its tablets move.
+    MasterCut,
+    /// A master killed with SIGKILL; a new process takes its slot.
+    MasterKill,
+    /// A master stopped with SIGSTOP, continued at the heal.
+    MasterPause,
 }
 
 #[derive(clap::Args)]
@@ -451,9 +484,10 @@ struct MasterArgs {
     /// the newest leader may write). As the coordinators use.
     #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
     transport: TransportArg,
-    /// Record what this master may serve and what it serves, when (JSON
-    /// lines with CLOCK_MONOTONIC times; one line per request, so it grows
-    /// without bound: for tests such as `ramcoord chaos`, not production).
+    /// Append to FILE what this master may serve and what it serves, when
+    /// (JSON lines with CLOCK_MONOTONIC times; one line per request, so it
+    /// grows without bound: for tests such as `ramcoord chaos`, not
+    /// production).
     #[arg(long, value_name = "FILE")]
     serve_log: Option<std::path::PathBuf>,
     /// A planted bug, for testing the chaos checker only: `ignore-lease`
@@ -972,12 +1006,36 @@ fn run_chaos(args: ChaosArgs) -> ExitCode {
                 NemesisArg::Isolate => Nemesis::Isolate,
                 NemesisArg::Kill => Nemesis::Kill,
                 NemesisArg::Pause => Nemesis::Pause,
+                NemesisArg::Bridge => Nemesis::Bridge,
+                NemesisArg::OneWay => Nemesis::OneWay,
+                NemesisArg::MasterCut => Nemesis::MasterCut,
+                NemesisArg::MasterKill => Nemesis::MasterKill,
+                NemesisArg::MasterPause => Nemesis::MasterPause,
             })
             .collect(),
         history: args.history.clone(),
         clients: args.clients as usize,
+        kv_clients: args.kv_clients as usize,
         names: args.names as usize,
+        keys: args.keys as usize,
         masters: args.masters as usize,
+        think: std::time::Duration::from_millis(args.think_ms),
+        plot: Some(
+            args.plot
+                .clone()
+                .unwrap_or_else(|| args.history.with_extension("png")),
+        ),
+        bug: match args.inject_bug.as_deref() {
+            None => None,
+            Some("ack-before-commit") => Some(chaos::PlantedBug::AckBeforeCommit),
+            Some("ignore-lease") => Some(chaos::PlantedBug::IgnoreLease),
+            Some(other) => {
+                eprintln!(
+                    "ramcoord chaos: no planted bug named {other:?} (ack-before-commit, ignore-lease)"
+                );
+                return ExitCode::from(2);
+            }
+        },
     };
     let progress = |m: &str| eprintln!("chaos: {m}");
     let summary = match chaos::run(&cfg, &progress) {
@@ -1001,14 +1059,75 @@ fn run_chaos(args: ChaosArgs) -> ExitCode {
             }
         }
     }
-    println!("faults: {}", summary.faults.join("; "));
+    match &summary.keys {
+        Err(why) => println!("put/get: not checked: {why}"),
+        Ok(keys) => {
+            for v in keys {
+                match &v.verdict {
+                    Verdict::Linearizable => {
+                        println!("key {}: linearizable ({} operations)", v.key, v.ops)
+                    }
+                    Verdict::Unknown => {
+                        println!("key {}: unknown (search budget exhausted)", v.key)
+                    }
+                    Verdict::NotLinearizable(_) => {
+                        println!("key {}: NOT linearizable; could not place:", v.key);
+                        for &at in &v.evidence {
+                            println!("  {at}: {}", lines.get(at - 1).copied().unwrap_or(""));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if summary.open > 0 {
+        println!("{} operations never completed", summary.open);
+    }
+    let s = &summary.serving;
+    if s.atomic() {
+        println!(
+            "serving: {} requests served by {} masters, no key by two at once, none outside a lease",
+            s.served, s.servers
+        );
+    } else {
+        println!(
+            "serving: of {} requests served by {} masters, {} were served by a master without the tablet or a lease, {} while another master held the key:",
+            s.served, s.servers, s.unheld, s.twice
+        );
+        for e in &s.evidence {
+            println!("  {e}");
+        }
+    }
+    if summary.final_state.is_empty() {
+        println!("final state: every master holds exactly what the map gives it; tablets cover every table once");
+    } else {
+        println!("final state:");
+        for e in &summary.final_state {
+            println!("  {e}");
+        }
+    }
+    for f in &summary.faults {
+        println!(
+            "fault {:7.1}–{:7.1} s: {}",
+            f.start_ns as f64 / 1e9,
+            f.end_ns as f64 / 1e9,
+            f.what
+        );
+    }
     println!("history: {}", cfg.history.display());
-    println!("{}", summary.line());
-    if summary.linearizable {
+    if let Some(plot) = cfg.plot.as_ref().filter(|p| p.exists()) {
+        println!("timeline: {}", plot.display());
+    }
+    let passed = summary.linearizable() && summary.atomic();
+    if passed {
         let _ = std::fs::remove_dir_all(&cfg.dir);
+    } else {
+        println!("logs and serve logs kept in {}", cfg.dir.display());
+    }
+    println!("{}", summary.line());
+    if passed {
         ExitCode::SUCCESS
     } else {
-        println!("logs kept in {}", cfg.dir.display());
         ExitCode::from(1)
     }
 }

@@ -1,31 +1,34 @@
-//! `ramcoord chaos` (a first version): a cluster of real processes in
-//! network namespaces, clients creating, dropping and looking up tables,
-//! a seeded nemesis, the history recorded and checked.
-//!
-//! What this version does:
+//! `ramcoord chaos`: a cluster of real processes in network namespaces,
+//! clients working on it, a seeded nemesis, the history recorded and
+//! checked.
 //!
 //! - **Cluster**: 3 coordinator replicas and the masters, each in its own
 //!   namespace ([`super::netns`]), with mutual TLS; clients in the root
-//!   namespace.
+//!   namespace. Masters keep serve logs ([`crate::master::serve_log`]).
 //! - **Nemesis** (seeded; one fault at a time, each followed by a heal and
-//!   a calm spell): `partition` (the replicas split into two random
-//!   sides, cut both ways), `isolate` (the leader cut off from the other
-//!   replicas), `kill` (a replica killed with SIGKILL, restarted at the
-//!   heal), `pause` (a replica stopped with SIGSTOP, continued at the
-//!   heal). The run ends healed.
+//!   a calm spell; see [`Nemesis`]): partitions of the replicas, the
+//!   leader isolated, a bridge, one-way loss, replicas killed or paused,
+//!   masters cut off from the coordinators, killed or paused. A master
+//!   that exits (declared crashed) or was killed is replaced by a new
+//!   process in its slot. The run ends healed.
 //! - **Workload**: clients create, drop and look up (a linearizable read)
-//!   a few table names; every operation is written to the history
+//!   a few table names; other clients put and get a few keys of table
+//!   `kv` at their masters. Every operation is written to the history
 //!   ([`super::history`]). A client whose operation's outcome is unknown
 //!   continues under a new process number, as in Jepsen.
-//! - **Checks**: the table operations are linearizable per name
-//!   ([`super::tables`]); after the final heal a leader answers and every
-//!   name's existence is read once more.
+//! - **Checks**, after the final heal (every name and key read once more,
+//!   into the history): the table operations are linearizable per name
+//!   ([`super::tables`]) — an acknowledged create or drop that was lost
+//!   fails it; put/get are linearizable per key ([`super::kv`]) when no
+//!   master was lost (a master's data lives only in its memory); no key was
+//!   served by two masters at once, and every master serves exactly what
+//!   the map gives it ([`super::serve`]).
 //!
-//! Not yet: masters' put/get and their checks, the membership-change and
-//! slow-disk nemeses, the atomicity and no-key-served-twice checks, the
-//! timeline plot.
+//! Not yet: tablet splits and migrations in the workload, the
+//! membership-change and slow-disk nemeses.
 
 use std::io::BufWriter;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,32 +39,50 @@ use rand_chacha::ChaCha8Rng;
 
 use super::history::{Event, EventType, Function, HistoryWriter, Value};
 use super::netns::Net;
-use super::tables;
-use crate::client::CoordinatorClient;
+use super::{kv, serve, tables};
+use crate::client::{ClientSecurity, CoordinatorClient, MasterClient};
+use crate::cluster::{key_hash, TableId};
 use crate::coordinator::Request;
 use crate::local_cluster::{LocalCluster, LocalClusterConfig};
-use crate::node::client::{ClientReply, ClientRequest, OpResult};
+use crate::node::client::{ClientReply, ClientRequest, MasterReply, MasterRequest, OpResult};
 
 /// A family of faults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Nemesis {
-    /// The replicas split into two random sides.
+    /// The replicas split into two sides (one against two), cut both ways.
     Partition,
     /// The leader cut off from the other replicas.
     Isolate,
+    /// Two replicas cut from each other; the third still reaches both.
+    Bridge,
+    /// One replica stops hearing the leader; the other way still works.
+    OneWay,
     /// A replica killed (SIGKILL) and restarted at the heal.
     Kill,
     /// A replica paused (SIGSTOP) and continued at the heal.
     Pause,
+    /// A master cut off from every replica (clients still reach it), for
+    /// longer than the master timeout: its lease runs out and its tablets
+    /// move.
+    MasterCut,
+    /// A master killed (SIGKILL); a new process takes its slot at the heal.
+    MasterKill,
+    /// A master paused (SIGSTOP) and continued at the heal.
+    MasterPause,
 }
 
 impl Nemesis {
     /// Every family.
-    pub const ALL: [Nemesis; 4] = [
+    pub const ALL: [Nemesis; 9] = [
         Nemesis::Partition,
         Nemesis::Isolate,
+        Nemesis::Bridge,
+        Nemesis::OneWay,
         Nemesis::Kill,
         Nemesis::Pause,
+        Nemesis::MasterCut,
+        Nemesis::MasterKill,
+        Nemesis::MasterPause,
     ];
 
     /// Its name on the command line.
@@ -69,10 +90,32 @@ impl Nemesis {
         match self {
             Nemesis::Partition => "partition",
             Nemesis::Isolate => "isolate",
+            Nemesis::Bridge => "bridge",
+            Nemesis::OneWay => "one-way",
             Nemesis::Kill => "kill",
             Nemesis::Pause => "pause",
+            Nemesis::MasterCut => "master-cut",
+            Nemesis::MasterKill => "master-kill",
+            Nemesis::MasterPause => "master-pause",
         }
     }
+
+    /// Whether it loses a master's data (put/get are then not checked).
+    pub fn loses_masters(self) -> bool {
+        matches!(
+            self,
+            Nemesis::MasterCut | Nemesis::MasterKill | Nemesis::MasterPause
+        )
+    }
+}
+
+/// A bug planted in the processes, to show the checks catch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Coordinators answer operations before their commit point.
+    AckBeforeCommit,
+    /// Masters serve without a lease.
+    IgnoreLease,
 }
 
 /// How a run goes.
@@ -90,12 +133,34 @@ pub struct ChaosConfig {
     pub nemesis: Vec<Nemesis>,
     /// Where the history goes.
     pub history: PathBuf,
-    /// Concurrent clients.
+    /// Concurrent clients of the table operations.
     pub clients: usize,
+    /// Concurrent clients of put/get.
+    pub kv_clients: usize,
     /// Table names the clients use.
     pub names: usize,
+    /// Keys of table `kv` the put/get clients use.
+    pub keys: usize,
     /// Masters.
     pub masters: usize,
+    /// A planted bug, if any.
+    pub bug: Option<PlantedBug>,
+    /// Each client waits a random time of up to twice this between
+    /// operations (keeps long histories to a size a checker can read).
+    pub think: Duration,
+    /// Where the timeline goes (PNG), if anywhere.
+    pub plot: Option<PathBuf>,
+}
+
+/// One fault's window, in nanoseconds from the run's start.
+#[derive(Clone, Debug)]
+pub struct FaultWindow {
+    /// When it began.
+    pub start_ns: u64,
+    /// When it was healed.
+    pub end_ns: u64,
+    /// What it was.
+    pub what: String,
 }
 
 /// What a run found.
@@ -110,27 +175,54 @@ pub struct ChaosSummary {
     /// Completed `info` (unknown).
     pub info: u64,
     /// Faults injected.
-    pub faults: Vec<String>,
+    pub faults: Vec<FaultWindow>,
     /// Per-name verdicts.
     pub verdicts: Vec<tables::NameVerdict>,
-    /// Every name's verdict is linearizable.
-    pub linearizable: bool,
+    /// Per-key verdicts (`None`: not checked, and why).
+    pub keys: Result<Vec<kv::KeyVerdict>, String>,
+    /// No key served twice.
+    pub serving: serve::ServeCheck,
+    /// What the final state check found wrong.
+    pub final_state: Vec<String>,
+    /// Operations still open at the end (none may be).
+    pub open: u64,
 }
 
 impl ChaosSummary {
+    /// Every table name's and key's history is linearizable, and every
+    /// operation completed.
+    pub fn linearizable(&self) -> bool {
+        self.verdicts.iter().all(|v| v.verdict.is_linearizable())
+            && self
+                .keys
+                .as_ref()
+                .map_or(true, |k| k.iter().all(|v| v.verdict.is_linearizable()))
+            && self.open == 0
+    }
+
+    /// No key served by two masters at once, and the final state agrees.
+    pub fn atomic(&self) -> bool {
+        self.serving.atomic() && self.final_state.is_empty()
+    }
+
     /// The last line of the run's output.
     pub fn line(&self) -> String {
         format!(
-            "chaos: {} ops (ok {}, fail {}, info {}), {} faults, {}, atomicity not checked yet",
+            "chaos: {} ops (ok {}, fail {}, info {}), {} faults, {}, {}",
             self.ops,
             self.ok,
             self.fail,
             self.info,
             self.faults.len(),
-            if self.linearizable {
+            if self.linearizable() {
                 "linearizable"
             } else {
                 "NOT linearizable"
+            },
+            if self.atomic() {
+                "atomic"
+            } else {
+                "NOT atomic"
             }
         )
     }
@@ -139,6 +231,13 @@ impl ChaosSummary {
 const REPLICAS: usize = 3;
 /// How long one client operation may take before it is `info`.
 const OP_DEADLINE: Duration = Duration::from_secs(2);
+/// The coordinators' master timeout in chaos runs: long enough that a
+/// pause of a replica does not declare masters crashed, short enough that
+/// a master cut off longer than it loses its tablets.
+const MASTER_TIMEOUT_MS: u64 = 2000;
+/// The table the put/get clients use, and its tablets.
+const KV_TABLE: &str = "kv";
+const KV_TABLETS: u32 = 3;
 
 struct Recorder {
     start: Instant,
@@ -171,19 +270,37 @@ impl Recorder {
             tracing::error!(error = %err, "could not write the history");
         }
     }
+
+    fn count(&self, i: usize) -> u64 {
+        self.counts[i].load(Ordering::Relaxed)
+    }
 }
 
-/// One client's loop: random operations on random names until `stop`.
-fn client_loop(
-    addrs: Vec<std::net::SocketAddr>,
-    security: crate::client::ClientSecurity,
+/// What a client needs to reach the cluster.
+#[derive(Clone)]
+struct Reach {
+    coordinators: Vec<SocketAddr>,
+    security: ClientSecurity,
+}
+
+impl Reach {
+    fn coordinator(&self) -> CoordinatorClient {
+        let mut cl = CoordinatorClient::new(self.coordinators.clone(), 1, self.security.clone());
+        cl.attempt_timeout = Duration::from_millis(500);
+        cl
+    }
+}
+
+/// One table client: random operations on random names until `stop`.
+fn table_loop(
+    reach: Reach,
     rec: &Recorder,
     names: usize,
     seed: u64,
+    think: Duration,
     stop: &AtomicBool,
 ) {
-    let mut cl = CoordinatorClient::new(addrs, 1, security);
-    cl.attempt_timeout = Duration::from_millis(500);
+    let mut cl = reach.coordinator();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut process = rec.next_process.fetch_add(1, Ordering::Relaxed);
     while !stop.load(Ordering::Relaxed) {
@@ -193,34 +310,51 @@ fn client_loop(
             1 => Function::Drop,
             _ => Function::Read,
         };
-        rec.event(process, EventType::Invoke, f, &key, None);
-        let deadline = Instant::now() + OP_DEADLINE;
-        let (kind, value) = match f {
-            Function::Read => {
-                match cl.ask_leader(&ClientRequest::Lookup { table: key.clone() }, deadline) {
-                    Ok(ClientReply::Lookup { exists, .. }) => {
-                        (EventType::Ok, Some(Value::Bool(exists)))
-                    }
-                    _ => (EventType::Info, None),
-                }
-            }
-            _ => {
-                let op = if f == Function::Create {
-                    Request::CreateTable {
-                        name: key.clone(),
-                        tablets: 1,
-                    }
-                } else {
-                    Request::DropTable { name: key.clone() }
-                };
-                perform(&mut cl, op, f, deadline)
-            }
-        };
-        rec.event(process, kind, f, &key, value);
-        if kind == EventType::Info {
+        if table_op(&mut cl, rec, process, f, &key) == EventType::Info {
             process = rec.next_process.fetch_add(1, Ordering::Relaxed);
         }
+        std::thread::sleep(think.mul_f64(rng.random_range(0.0..2.0)));
     }
+}
+
+/// One table operation, recorded; its outcome.
+fn table_op(
+    cl: &mut CoordinatorClient,
+    rec: &Recorder,
+    process: u64,
+    f: Function,
+    key: &str,
+) -> EventType {
+    rec.event(process, EventType::Invoke, f, key, None);
+    let deadline = Instant::now() + OP_DEADLINE;
+    let (kind, value) = match f {
+        Function::Read => {
+            let req = ClientRequest::Lookup {
+                table: key.to_string(),
+            };
+            match cl.ask_leader(&req, deadline) {
+                Ok(ClientReply::Lookup { exists, .. }) => {
+                    (EventType::Ok, Some(Value::Bool(exists)))
+                }
+                _ => (EventType::Info, None),
+            }
+        }
+        _ => {
+            let op = if f == Function::Create {
+                Request::CreateTable {
+                    name: key.to_string(),
+                    tablets: 1,
+                }
+            } else {
+                Request::DropTable {
+                    name: key.to_string(),
+                }
+            };
+            perform(cl, op, f, deadline)
+        }
+    };
+    rec.event(process, kind, f, key, value);
+    kind
 }
 
 /// Runs a create or drop until it has a definite answer or `deadline`:
@@ -259,6 +393,156 @@ fn perform(
     }
 }
 
+/// Where table `kv`'s tablets are, as last looked up.
+#[derive(Default)]
+struct KvMap {
+    table: Option<TableId>,
+    /// (start, end, master address).
+    tablets: Vec<(u64, u64, SocketAddr)>,
+}
+
+impl KvMap {
+    fn refresh(&mut self, cl: &mut CoordinatorClient, deadline: Instant) {
+        let Ok(ClientReply::View(view)) = cl.ask_leader(&ClientRequest::View, deadline) else {
+            return;
+        };
+        let Some(t) = view.tables.iter().find(|t| t.name == KV_TABLE) else {
+            return;
+        };
+        let addr_of = |id| {
+            view.servers
+                .iter()
+                .find(|s| s.id == id)
+                .and_then(|s| s.addr.parse::<SocketAddr>().ok())
+        };
+        self.table = Some(t.id);
+        self.tablets = t
+            .tablets
+            .iter()
+            .filter_map(|tb| Some((tb.start_hash, tb.end_hash, addr_of(tb.owner)?)))
+            .collect();
+    }
+
+    fn owner(&self, hash: u64) -> Option<(TableId, SocketAddr)> {
+        let t = self.table?;
+        self.tablets
+            .iter()
+            .find(|(s, e, _)| *s <= hash && hash <= *e)
+            .map(|(_, _, a)| (t, *a))
+    }
+}
+
+/// One put/get client until `stop`.
+fn kv_loop(
+    reach: Reach,
+    rec: &Recorder,
+    keys: usize,
+    seed: u64,
+    think: Duration,
+    stop: &AtomicBool,
+) {
+    let mut cl = reach.coordinator();
+    let mut masters = MasterClient::new(1, reach.security.clone());
+    masters.attempt_timeout = Duration::from_millis(500);
+    let mut map = KvMap::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut process = rec.next_process.fetch_add(1, Ordering::Relaxed);
+    let mut written = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("k{}", rng.random_range(0..keys));
+        let put = rng.random_bool(0.5).then(|| {
+            written += 1;
+            format!("{process}.{written}")
+        });
+        let kind = kv_op(&mut cl, &mut masters, &mut map, rec, process, &key, put);
+        if kind == EventType::Info {
+            process = rec.next_process.fetch_add(1, Ordering::Relaxed);
+        }
+        std::thread::sleep(think.mul_f64(rng.random_range(0.0..2.0)));
+    }
+}
+
+/// One put (`Some(value)`) or get, recorded; its outcome. A put whose
+/// request may have reached a master is never sent again (a late copy
+/// could land after the answer); one refused by a master that does not
+/// own the key (or holds no lease) was not applied and is tried at the
+/// owner, looked up again.
+fn kv_op(
+    cl: &mut CoordinatorClient,
+    masters: &mut MasterClient,
+    map: &mut KvMap,
+    rec: &Recorder,
+    process: u64,
+    key: &str,
+    put: Option<String>,
+) -> EventType {
+    let f = if put.is_some() {
+        Function::Put
+    } else {
+        Function::Get
+    };
+    rec.event(
+        process,
+        EventType::Invoke,
+        f,
+        key,
+        put.clone().map(Value::Str),
+    );
+    let deadline = Instant::now() + OP_DEADLINE;
+    let hash = key_hash(key.as_bytes());
+    let mut outcome = (EventType::Fail, None);
+    while Instant::now() < deadline {
+        let Some((table, addr)) = map.owner(hash) else {
+            map.refresh(cl, deadline);
+            if map.owner(hash).is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            continue;
+        };
+        let req = match &put {
+            Some(v) => MasterRequest::Put {
+                table,
+                key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+                value: bytes::Bytes::copy_from_slice(v.as_bytes()),
+            },
+            None => MasterRequest::Get {
+                table,
+                key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+            },
+        };
+        match masters.ask(addr, &req) {
+            Ok(MasterReply::Stored) => {
+                outcome = (EventType::Ok, put.clone().map(Value::Str));
+                break;
+            }
+            Ok(MasterReply::Value(v)) => {
+                let v = v.map(|b| Value::Str(String::from_utf8_lossy(&b).into_owned()));
+                outcome = (EventType::Ok, v);
+                break;
+            }
+            Ok(MasterReply::NotOwner(_)) => {
+                map.refresh(cl, deadline);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(MasterReply::Refused(_)) => break,
+            Err(_) if put.is_some() => {
+                outcome = (EventType::Info, None);
+                break;
+            }
+            Err(_) => {
+                map.refresh(cl, deadline);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let value = match f {
+        Function::Get => outcome.1,
+        _ => put.map(Value::Str),
+    };
+    rec.event(process, outcome.0, f, key, value);
+    outcome.0
+}
+
 /// Cuts replica `lone` off from the other replicas, both ways; returns
 /// the others.
 fn cut_off(net: &Net, lone: usize) -> Result<Vec<usize>, String> {
@@ -279,6 +563,32 @@ fn signal(pid: Option<u32>, sig: &str) {
     }
 }
 
+/// The active coordinator's id (1 if none answers).
+fn leader_of(c: &LocalCluster) -> usize {
+    c.active().map(|s| s.id as usize).unwrap_or(1)
+}
+
+/// Replaces every master process that exited on its own (declared
+/// crashed: it stops and a new process enlists); returns how many.
+fn replace_exited_masters(
+    cluster: &Mutex<LocalCluster>,
+    progress: &dyn Fn(&str),
+) -> Result<usize, String> {
+    let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
+    let mut n = 0;
+    for i in 0..c.masters.len() {
+        if c.masters[i].exited() {
+            progress(&format!(
+                "master {} exited (declared crashed); a new process takes its slot",
+                i + 1
+            ));
+            c.restart_master(i)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Runs a chaos run (needs root: see [`Net::check`]).
 pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, String> {
     let families = if cfg.nemesis.is_empty() {
@@ -286,29 +596,65 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
     } else {
         cfg.nemesis.clone()
     };
+    if let Some(p) = &cfg.plot {
+        let _ = std::fs::remove_file(p); // never show an older run's
+    }
     let net = Net::create(REPLICAS + cfg.masters)?;
     let _ = std::fs::remove_dir_all(&cfg.dir);
     let mut lc =
         LocalClusterConfig::new(cfg.binary.clone(), cfg.dir.clone(), REPLICAS, cfg.masters);
     lc.namespaces = true;
+    lc.serve_logs = true;
     lc.log_filter = "info".into();
-    lc.coordinator_args = ["--master-timeout-ms", "3000"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    lc.coordinator_args = vec![
+        "--master-timeout-ms".to_string(),
+        MASTER_TIMEOUT_MS.to_string(),
+    ];
+    match cfg.bug {
+        Some(PlantedBug::AckBeforeCommit) => lc
+            .coordinator_args
+            .extend(["--inject-bug".to_string(), "ack-before-commit".to_string()]),
+        Some(PlantedBug::IgnoreLease) => lc
+            .master_args
+            .extend(["--inject-bug".to_string(), "ignore-lease".to_string()]),
+        None => {}
+    }
     let cluster = Arc::new(Mutex::new(LocalCluster::start(lc)?));
-    {
+    let (reach, serve_logs) = {
         let c = cluster.lock().unwrap_or_else(|e| e.into_inner());
         c.wait_ready(cfg.masters as u64, Duration::from_secs(60))?;
+        let reach = Reach {
+            coordinators: c.coordinators.iter().map(|p| p.addr).collect(),
+            security: c.security(),
+        };
+        let logs: Vec<PathBuf> = (0..cfg.masters).map(|i| c.serve_log(i)).collect();
+        (reach, logs)
+    };
+    // The put/get table, one tablet per master.
+    {
+        let mut cl = reach.coordinator();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let op = Request::CreateTable {
+            name: KV_TABLE.into(),
+            tablets: KV_TABLETS,
+        };
+        match perform(&mut cl, op, Function::Create, deadline) {
+            (EventType::Ok, _) => {}
+            other => return Err(format!("could not create table {KV_TABLE}: {other:?}")),
+        }
     }
     progress(&format!(
-        "cluster up: {REPLICAS} replicas and {} masters in namespaces; nemesis {}",
+        "cluster up: {REPLICAS} replicas and {} masters in namespaces; nemesis {}{}",
         cfg.masters,
         families
             .iter()
             .map(|f| f.name())
             .collect::<Vec<_>>()
-            .join(",")
+            .join(","),
+        match cfg.bug {
+            Some(b) => format!("; PLANTED BUG {b:?}"),
+            None => String::new(),
+        }
     ));
     let file = std::fs::File::create(&cfg.history)
         .map_err(|e| format!("{}: {e}", cfg.history.display()))?;
@@ -319,34 +665,35 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
         counts: Default::default(),
     });
     let stop = Arc::new(AtomicBool::new(false));
-    // Clients take the cluster's addresses once: the nemesis holds the
-    // cluster.
-    let (addrs, security) = {
-        let c = cluster.lock().unwrap_or_else(|e| e.into_inner());
-        (
-            c.coordinators.iter().map(|p| p.addr).collect::<Vec<_>>(),
-            c.security(),
-        )
-    };
     let mut workers = Vec::new();
-    for i in 0..cfg.clients {
-        let (rec, stop, names) = (rec.clone(), stop.clone(), cfg.names);
-        let (addrs, security) = (addrs.clone(), security.clone());
+    for i in 0..cfg.clients + cfg.kv_clients {
+        let (rec, stop, reach) = (rec.clone(), stop.clone(), reach.clone());
         let seed = cfg.seed.wrapping_mul(1000).wrapping_add(i as u64);
+        let (names, keys, think) = (cfg.names, cfg.keys, cfg.think);
+        let table_client = i < cfg.clients;
         workers.push(std::thread::spawn(move || {
-            client_loop(addrs, security, &rec, names, seed, &stop)
+            if table_client {
+                table_loop(reach, &rec, names, seed, think, &stop)
+            } else {
+                kv_loop(reach, &rec, keys, seed, think, &stop)
+            }
         }));
     }
 
     // The nemesis, in this thread.
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut faults = Vec::new();
+    let mut masters_lost = 0usize;
     let end = Instant::now() + cfg.duration;
-    while Instant::now() + Duration::from_secs(4) < end {
+    let ns = |rec: &Recorder| rec.start.elapsed().as_nanos() as u64;
+    while Instant::now() + Duration::from_secs(5) < end {
         std::thread::sleep(Duration::from_millis(rng.random_range(800..1500)));
+        masters_lost += replace_exited_masters(&cluster, progress)?;
         let family = families[rng.random_range(0..families.len())];
         let mut restart = None;
+        let mut restart_master = None;
         let mut resume = None;
+        let mut hold = Duration::from_millis(rng.random_range(1500..3000));
         let what = {
             let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
             match family {
@@ -356,9 +703,26 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
                     format!("partition: {{{lone}}} | {others:?}")
                 }
                 Nemesis::Isolate => {
-                    let leader = c.active().map(|s| s.id as usize).unwrap_or(1);
+                    let leader = leader_of(&c);
                     cut_off(&net, leader)?;
                     format!("isolate the leader {leader}")
+                }
+                Nemesis::Bridge => {
+                    let bridge = rng.random_range(1..=REPLICAS);
+                    let ends: Vec<usize> = (1..=REPLICAS).filter(|&i| i != bridge).collect();
+                    net.cut(ends[0], &[Net::addr(ends[1])])?;
+                    net.cut(ends[1], &[Net::addr(ends[0])])?;
+                    format!(
+                        "bridge: {} and {} cut, {bridge} reaches both",
+                        ends[0], ends[1]
+                    )
+                }
+                Nemesis::OneWay => {
+                    let leader = leader_of(&c);
+                    let others: Vec<usize> = (1..=REPLICAS).filter(|&i| i != leader).collect();
+                    let deaf = others[rng.random_range(0..others.len())];
+                    net.cut(deaf, &[Net::addr(leader)])?;
+                    format!("one-way: replica {deaf} stops hearing the leader {leader}")
                 }
                 Nemesis::Kill => {
                     let victim = rng.random_range(1..=REPLICAS) as u64;
@@ -373,11 +737,37 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
                     resume = pid;
                     format!("pause replica {victim}")
                 }
+                Nemesis::MasterCut => {
+                    let m = rng.random_range(0..cfg.masters);
+                    let node = REPLICAS + 1 + m;
+                    let replicas: Vec<_> = (1..=REPLICAS).map(Net::addr).collect();
+                    net.cut(node, &replicas)?;
+                    for r in 1..=REPLICAS {
+                        net.cut(r, &[Net::addr(node)])?;
+                    }
+                    // Past the master timeout: the coordinators declare it
+                    // crashed and hand its tablets on.
+                    hold = Duration::from_millis(MASTER_TIMEOUT_MS + rng.random_range(1000..2500));
+                    format!("master {} cut off from the replicas", m + 1)
+                }
+                Nemesis::MasterKill => {
+                    let m = rng.random_range(0..cfg.masters);
+                    c.kill_master(m);
+                    restart_master = Some(m);
+                    format!("kill -9 master {}", m + 1)
+                }
+                Nemesis::MasterPause => {
+                    let m = rng.random_range(0..cfg.masters);
+                    let pid = c.masters[m].pid();
+                    signal(pid, "-STOP");
+                    resume = pid;
+                    format!("pause master {}", m + 1)
+                }
             }
         };
-        let at = rec.start.elapsed();
-        progress(&format!("[{:6.1} s] fault: {what}", at.as_secs_f64()));
-        std::thread::sleep(Duration::from_millis(rng.random_range(1500..3000)));
+        let start_ns = ns(&rec);
+        progress(&format!("[{:6.1} s] fault: {what}", start_ns as f64 / 1e9));
+        std::thread::sleep(hold);
         net.heal()?;
         signal(resume, "-CONT");
         if let Some(id) = restart {
@@ -386,11 +776,24 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
                 .unwrap_or_else(|e| e.into_inner())
                 .restart_coordinator(id)?;
         }
+        if let Some(m) = restart_master {
+            masters_lost += 1;
+            cluster
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restart_master(m)?;
+        }
+        let end_ns = ns(&rec);
         progress(&format!(
-            "[{:6.1} s] healed",
-            rec.start.elapsed().as_secs_f64()
+            "[{:6.1} s] healed; {} ops so far",
+            end_ns as f64 / 1e9,
+            rec.count(0)
         ));
-        faults.push(format!("{:.1} s: {what}", at.as_secs_f64()));
+        faults.push(FaultWindow {
+            start_ns,
+            end_ns,
+            what,
+        });
     }
     let left = end.saturating_duration_since(Instant::now());
     std::thread::sleep(left);
@@ -398,30 +801,113 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
     for w in workers {
         let _ = w.join();
     }
+    progress("healed; waiting for the cluster to settle");
+    // A master declared crashed learns it at its next heartbeat and exits.
+    let settle = Instant::now() + Duration::from_secs(60);
+    loop {
+        masters_lost += replace_exited_masters(&cluster, progress)?;
+        let ready = {
+            let c = cluster.lock().unwrap_or_else(|e| e.into_inner());
+            c.wait_ready(cfg.masters as u64, Duration::from_secs(3))
+        };
+        match ready {
+            Ok(_) => break,
+            Err(e) if Instant::now() > settle => {
+                return Err(format!("after the final heal: {e}"));
+            }
+            Err(_) => {}
+        }
+    }
+    // Every name and key once more, into the history: an acknowledged
+    // operation that was lost shows here.
+    progress("reading every name and key once more");
+    {
+        let mut cl = reach.coordinator();
+        let mut masters = MasterClient::new(1, reach.security.clone());
+        let mut map = KvMap::default();
+        for n in 0..cfg.names {
+            let name = format!("t{n}");
+            for _ in 0..10 {
+                let p = rec.next_process.fetch_add(1, Ordering::Relaxed);
+                if table_op(&mut cl, &rec, p, Function::Read, &name) == EventType::Ok {
+                    break;
+                }
+            }
+        }
+        for k in 0..cfg.keys {
+            let key = format!("k{k}");
+            for _ in 0..10 {
+                let p = rec.next_process.fetch_add(1, Ordering::Relaxed);
+                let kind = kv_op(&mut cl, &mut masters, &mut map, &rec, p, &key, None);
+                if kind == EventType::Ok {
+                    break;
+                }
+            }
+        }
+    }
     {
         let mut out = rec.out.lock().unwrap_or_else(|e| e.into_inner());
         out.flush().map_err(|e| e.to_string())?;
     }
-    progress("healed; checking the history");
-    {
-        let c = cluster.lock().unwrap_or_else(|e| e.into_inner());
-        c.wait_ready(cfg.masters as u64, Duration::from_secs(60))
-            .map_err(|e| format!("after the final heal: {e}"))?;
-    }
+    progress("checking the history and the serve logs");
     let text = std::fs::read_to_string(&cfg.history).map_err(|e| e.to_string())?;
     let ops = super::history::read(text.as_bytes()).map_err(|e| e.to_string())?;
+    let open = ops.iter().filter(|o| o.complete.is_none()).count() as u64;
     let verdicts = tables::check_tables(&ops);
-    let linearizable = verdicts.iter().all(|v| v.verdict.is_linearizable());
-    let count = |i: usize| rec.counts[i].load(Ordering::Relaxed);
+    let keys = if masters_lost == 0 {
+        Ok(kv::check_keys(&ops))
+    } else {
+        Err(format!(
+            "{masters_lost} master processes were lost (killed or declared crashed), and their keys with them"
+        ))
+    };
+    let mut events = Vec::new();
+    for path in &serve_logs {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        events.extend(
+            crate::master::serve_log::read(&text)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+        );
+    }
+    let serving = serve::check_serving(&events);
+    let view = {
+        let mut cl = reach.coordinator();
+        match cl.ask_leader(
+            &ClientRequest::View,
+            Instant::now() + Duration::from_secs(10),
+        ) {
+            Ok(ClientReply::View(v)) => v,
+            other => return Err(format!("no view of the final state: {other:?}")),
+        }
+    };
+    let final_state = serve::check_final(&view, &events);
     drop(cluster);
     drop(net);
+    if let Some(path) = &cfg.plot {
+        let title = format!(
+            "ramcoord chaos, seed {}, nemesis {}",
+            cfg.seed,
+            families
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        match super::plot::timeline(&ops, &faults, &title, path) {
+            Ok(()) => progress(&format!("timeline: {}", path.display())),
+            Err(e) => progress(&format!("no timeline: {e}")),
+        }
+    }
     Ok(ChaosSummary {
-        ops: count(0),
-        ok: count(1),
-        fail: count(2),
-        info: count(3),
+        ops: rec.count(0),
+        ok: rec.count(1),
+        fail: rec.count(2),
+        info: rec.count(3),
         faults,
         verdicts,
-        linearizable,
+        keys,
+        serving,
+        final_state,
+        open,
     })
 }

@@ -94,9 +94,13 @@ pub struct ServeLog {
 }
 
 impl ServeLog {
-    /// Creates (or truncates) `path`.
+    /// Opens `path` for appending (creating it): a restarted master in
+    /// the same slot appends under its new server id.
     pub fn create(path: &std::path::Path) -> std::io::Result<ServeLog> {
-        let file = std::fs::File::create(path)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         Ok(ServeLog {
             file: Mutex::new((file, false)),
         })
@@ -146,6 +150,7 @@ mod tests {
     #[test]
     fn events_round_trip_through_the_documented_shape() {
         let dir = std::env::temp_dir().join(format!("serve-log-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
         let log = ServeLog::create(&dir).unwrap();
         let id = ServerId {
             index: 2,

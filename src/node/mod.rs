@@ -1038,8 +1038,12 @@ impl<T: Transport> CoordinatorNode<T> {
             }
         };
         let reply = match self.raft.propose(data.clone()) {
-            Ok(index) if self.cfg.bugs.ack_before_commit => {
-                // The planted bug: "committed" before the commit point.
+            Ok(index)
+                if self.cfg.bugs.ack_before_commit
+                    && matches!(PeerClass::of(from), PeerClass::Admin) =>
+            {
+                // The planted bug: an admin's operation "committed" before
+                // its commit point (masters' enlistments are left alone).
                 ClientReply::Committed {
                     seq: index,
                     term: self.raft.term(),
