@@ -78,6 +78,7 @@ fn the_planted_bugs_are_listed_and_unknown_ones_refused() {
         "no-roll-forward",
         "accept-stale-term",
         "forget-clients",
+        "grant-before-release",
     ] {
         assert!(out.contains(name), "{out}");
     }

@@ -75,6 +75,11 @@ pub enum Rejection {
     /// a forged proposal).
     #[error("invalid record: {0}")]
     Invalid(LimitError),
+    /// Another tablet migration is incomplete (one at a time, so that a
+    /// new owner never waits on an old owner that waits on it: see the
+    /// coordinator's handover rule).
+    #[error("a migration of table {0:?} is still in progress (one at a time); retry")]
+    Migrating(String),
 }
 
 /// What applying a commit record did.
@@ -726,6 +731,12 @@ impl ClusterState {
             Op::MigrateTablet { table, hash, to } => {
                 let id = self.table_id(table)?;
                 self.check_not_busy(id)?;
+                if let Some(other) = self.incomplete.values().find_map(|p| match &p.op {
+                    Op::MigrateTablet { table, .. } => Some(table.clone()),
+                    _ => None,
+                }) {
+                    return Err(Rejection::Migrating(other));
+                }
                 if !self.is_up(*to) {
                     return Err(Rejection::ServerNotUp(*to));
                 }

@@ -20,6 +20,21 @@
 //! the leader's term, so redoing one is harmless: a master ignores what is
 //! not newer than what it holds.
 //!
+//! # A tablet changes hands only once its old owner has let go
+//!
+//! A migration's commit point moves the tablet in the map at once, but
+//! the masters learn it by pushes that land at different times. Were the
+//! new owner told first, both would serve the tablet until the old owner
+//! heard. So the master that now owns a migrating tablet is pushed no
+//! configuration at all (from any operation) until the old owner has
+//! acknowledged one without it in this term, or is no longer up (declared
+//! crashed: its lease ran out before that, see [`crate::master`]). This
+//! holds whoever owns the tablet by then (a crash of the new owner hands
+//! it on), and a new leader, knowing no acknowledgements, asks again.
+//! Migrations go one at a time (the state rejects a second while one is
+//! incomplete): the old owner is then never itself waiting, so the wait
+//! always ends.
+//!
 //! # Failure detection
 //!
 //! Masters heartbeat the leader. An up master not heard from for
@@ -70,6 +85,9 @@ pub struct CoordinatorBugs {
     /// without asking the state, and replicas apply a client's commit
     /// record as a plain one (the simulator plants this in its driver).
     pub forget_clients: bool,
+    /// A migrated tablet's new owner is pushed at once, before the old
+    /// owner has let go: both serve it for a while.
+    pub grant_before_release: bool,
 }
 
 /// What the driver must do.
@@ -394,6 +412,37 @@ impl Coordinator {
         }
     }
 
+    /// Masters that own a migrating tablet whose old owner is up and has
+    /// not acknowledged a configuration without it in this term: they are
+    /// pushed nothing yet (see the module docs).
+    fn waiting_for_release(&self, state: &ClusterState) -> std::collections::BTreeSet<ServerId> {
+        let mut waiting = std::collections::BTreeSet::new();
+        if self.bugs.grant_before_release {
+            return waiting;
+        }
+        for p in state.incomplete().values() {
+            let Op::MigrateTablet { table, hash, to } = &p.op else {
+                continue;
+            };
+            let Some(owner) = state
+                .table(table)
+                .and_then(|t| t.tablet_for(*hash))
+                .map(|tb| tb.owner)
+            else {
+                continue;
+            };
+            let released = p.targets.iter().filter(|t| *t != to).all(|from| {
+                *from == owner
+                    || !state.is_up(*from)
+                    || self.acked.get(from).copied().unwrap_or(0) >= p.version
+            });
+            if !released {
+                waiting.insert(owner);
+            }
+        }
+        waiting
+    }
+
     fn step(&mut self, state: &ClusterState) -> Vec<Action> {
         let mut out = Vec::new();
         if !self.active {
@@ -409,6 +458,7 @@ impl Coordinator {
         });
         // Incomplete operations: push, then complete (roll-forward).
         let version = state.version();
+        let waiting = self.waiting_for_release(state);
         for (&seq, p) in state.incomplete() {
             if self.bugs.no_roll_forward && seq < self.term_first_seq {
                 continue;
@@ -419,6 +469,9 @@ impl Coordinator {
                     continue;
                 }
                 done = false;
+                if waiting.contains(&t) {
+                    continue; // until the old owner lets go (module docs)
+                }
                 let last = self.pushed.get(&t).copied();
                 let fresh = last.is_some_and(|(v, _)| v >= version);
                 if !fresh || self.due(last.map(|(_, at)| at), self.cfg.push_retry_ticks) {

@@ -95,6 +95,7 @@ impl Harness {
                         RegionOutcome::Applied { .. } => c.on_push_acked(to, c.term(), version),
                         other => panic!("push to {to} refused: {other:?}"),
                     }
+                    self.assert_no_tablet_held_twice();
                 }
                 Action::Propose(rec) => {
                     self.commit(&rec);
@@ -117,6 +118,25 @@ impl Harness {
             }
         }
         panic!("did not settle: {:?}", self.state.incomplete());
+    }
+
+    /// No two up masters hold configurations that share a key.
+    fn assert_no_tablet_held_twice(&self) {
+        let held: Vec<(ServerId, &crate::cluster::region::RegionTablet)> = self
+            .masters
+            .iter()
+            .filter(|(id, _)| self.state.is_up(**id))
+            .filter_map(|(id, m)| Some((*id, m.config()?)))
+            .flat_map(|(id, c)| c.tablets.iter().map(move |t| (id, t)))
+            .collect();
+        for (i, (a, ta)) in held.iter().enumerate() {
+            for (b, tb) in &held[i + 1..] {
+                let overlap = ta.table == tb.table
+                    && ta.start_hash <= tb.end_hash
+                    && tb.start_hash <= ta.end_hash;
+                assert!(!overlap, "{a} and {b} both hold {ta:?} / {tb:?}");
+            }
+        }
     }
 
     /// Every up master holds exactly what the state says it should.
@@ -263,10 +283,65 @@ fn recover_incomplete_migrate_tablet() {
         hash: 5,
         to,
     };
-    // The first leader told the new owner only: the old one still serves.
+    // The first leader reaches only the new owner, and so tells nobody:
+    // the new owner waits for the old one to let go.
     roll_forward(&mut h, req, |m| m == to);
     assert_eq!(h.state.table("t").unwrap().tablets[0].owner, to);
     assert!(h.masters[&from].config().unwrap().tablets.is_empty());
+}
+
+/// A migration's new owner is pushed nothing until the old owner has
+/// acknowledged letting go; the planted bug pushes both at once.
+#[test]
+fn a_migrated_tablet_is_granted_only_after_it_is_released() {
+    for bug in [false, true] {
+        let mut h = Harness::with_masters(2);
+        h.create_table("t", 1);
+        let from = h.state.table("t").unwrap().tablets[0].owner;
+        let to = *h.ids().iter().find(|m| **m != from).unwrap();
+        let mut c = Coordinator::new(
+            CoordinatorConfig::default(),
+            CoordinatorBugs {
+                grant_before_release: bug,
+                ..CoordinatorBugs::default()
+            },
+        );
+        c.set_leadership(true, 4, &h.state);
+        let rec = c
+            .prepare(
+                &h.state,
+                &Request::MigrateTablet {
+                    table: "t".into(),
+                    hash: 5,
+                    to,
+                },
+            )
+            .unwrap();
+        h.commit(&rec);
+        let pushed: Vec<ServerId> = c
+            .on_applied(&h.state)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Push { to, .. } => Some(to),
+                _ => None,
+            })
+            .collect();
+        if bug {
+            assert_eq!(pushed.len(), 2, "both at once: {pushed:?}");
+        } else {
+            assert_eq!(pushed, vec![from], "the old owner first");
+            c.on_push_acked(from, 4, h.state.version());
+            let next: Vec<ServerId> = c
+                .on_applied(&h.state)
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Push { to, .. } => Some(to),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(next, vec![to], "then the new one");
+        }
+    }
 }
 
 #[test]

@@ -77,6 +77,12 @@ pub const BUGS: &[PlantedBug] = &[
         invariants: &["exactly once"],
     },
     PlantedBug {
+        name: "grant-before-release",
+        workload: "coordinator",
+        what: "a migrated tablet's new owner is pushed before the old owner let go",
+        invariants: &["tablet held twice"],
+    },
+    PlantedBug {
         name: "accept-stale-term",
         workload: "coordinator",
         what: "a master applies a configuration pushed from an older term",
@@ -106,6 +112,7 @@ pub fn bug_by_name(name: &str) -> Option<PlantedBugs> {
         "complete-before-push" => b.coordinator.complete_before_push = true,
         "no-roll-forward" => b.coordinator.no_roll_forward = true,
         "forget-clients" => b.coordinator.forget_clients = true,
+        "grant-before-release" => b.coordinator.grant_before_release = true,
         "accept-stale-term" => b.master.accept_stale_term = true,
         _ => return None,
     }

@@ -321,6 +321,8 @@ pub(super) struct CoordWorld {
     rpc_effect: HashMap<(u64, u64), (u64, String)>,
     /// Log indexes counted as duplicate records.
     duplicates_seen: HashSet<u64>,
+    /// Servers whose crash was committed (applied by some replica).
+    declared_crashed: HashSet<ServerId>,
 }
 
 fn master_addr(slot: usize) -> String {
@@ -804,6 +806,49 @@ impl World {
         );
     }
 
+    /// After a configuration landed in master `slot`: no other master
+    /// whose crash was not committed holds a tablet sharing a key with one
+    /// `slot` now holds (a master declared crashed may still hold its old
+    /// configuration: in a real process its lease has run out).
+    fn check_no_tablet_held_twice(&self, slot: usize) -> Result<(), Violation> {
+        let crashed = &self.cw.declared_crashed;
+        let m = &self.cw.masters[slot];
+        let (Some(id), Some(mine)) = (m.agent.id(), m.agent.config()) else {
+            return Ok(());
+        };
+        if crashed.contains(&id) {
+            return Ok(());
+        }
+        for (other, o) in self.cw.masters.iter().enumerate() {
+            if other == slot || !o.up {
+                continue;
+            }
+            let (Some(oid), Some(theirs)) = (o.agent.id(), o.agent.config()) else {
+                continue;
+            };
+            if oid == id || crashed.contains(&oid) {
+                continue;
+            }
+            for a in &mine.tablets {
+                for b in &theirs.tablets {
+                    if a.table == b.table
+                        && a.start_hash <= b.end_hash
+                        && b.start_hash <= a.end_hash
+                    {
+                        return Err(Violation::new(
+                            "tablet held twice",
+                            format!(
+                                "m{slot} ({id}, version {}) and m{other} ({oid}, version {}) both hold table {} hashes {:#x}..={:#x} / {:#x}..={:#x}",
+                                mine.version, theirs.version, a.table, a.start_hash, a.end_hash, b.start_hash, b.end_hash
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn push_arrive(&mut self, slot: usize, from: NodeId, region: Bytes) -> Result<(), Violation> {
         let grant_fencing = self.cw.p.grant_fencing;
         let m = &mut self.cw.masters[slot];
@@ -867,6 +912,7 @@ impl World {
                 ))
             }
         }
+        self.check_no_tablet_held_twice(slot)?;
         let m = &self.cw.masters[slot];
         let held = m.agent.config().map_or(0, |c| c.version);
         let id = m.agent.id().expect("a region lands only once enlisted");
@@ -1026,7 +1072,14 @@ impl World {
                 _ => data,
             };
             let node = self.nodes.get_mut(&id).unwrap();
+            let crashed = match Record::decode(data) {
+                Ok(Record::Commit(crate::cluster::Op::ServerCrashed { id, .. })) => Some(id),
+                _ => None,
+            };
             let outcome = node.cluster.apply(e.index, data);
+            if let (Some(c), Outcome::Committed(_)) = (crashed, &outcome) {
+                self.cw.declared_crashed.insert(c);
+            }
             self.check_exactly_once(e, &outcome)?;
             let invalid = matches!(
                 outcome,
