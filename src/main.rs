@@ -1059,8 +1059,14 @@ fn run_chaos(args: ChaosArgs) -> ExitCode {
             }
         }
     }
+    let t = &summary.tablet_ops;
+    println!(
+        "tablet mover: {} splits, {} migrations applied; {} refused (busy, one migration at a time), {} unknown",
+        t.splits, t.migrations, t.refused, t.unknown
+    );
+    println!("put/get of table moves: not checked per key (a migration hands over a tablet, not its data)");
     match &summary.keys {
-        Err(why) => println!("put/get: not checked: {why}"),
+        Err(why) => println!("put/get of table kv: not checked: {why}"),
         Ok(keys) => {
             for v in keys {
                 match &v.verdict {

@@ -12,20 +12,23 @@
 //!   that exits (declared crashed) or was killed is replaced by a new
 //!   process in its slot. The run ends healed.
 //! - **Workload**: clients create, drop and look up (a linearizable read)
-//!   a few table names; other clients put and get a few keys of table
-//!   `kv` at their masters. Every operation is written to the history
+//!   a few table names; other clients put and get a few keys of tables
+//!   `kv` (keys `k0`, `k1`, …) and `moves` (`m0`, …) at their masters; a
+//!   tablet mover splits tablets of both and migrates tablets of `moves`
+//!   between masters. Every operation is written to the history
 //!   ([`super::history`]). A client whose operation's outcome is unknown
 //!   continues under a new process number, as in Jepsen.
 //! - **Checks**, after the final heal (every name and key read once more,
 //!   into the history): the table operations are linearizable per name
 //!   ([`super::tables`]) — an acknowledged create or drop that was lost
-//!   fails it; put/get are linearizable per key ([`super::kv`]) when no
-//!   master was lost (a master's data lives only in its memory); no key was
+//!   fails it; put/get of `kv` are linearizable per key ([`super::kv`])
+//!   when no master was lost (a master's data lives only in its memory; a
+//!   migration hands over a tablet, not its data, which is why `moves`
+//!   is not checked that way); no key was
 //!   served by two masters at once, and every master serves exactly what
 //!   the map gives it ([`super::serve`]).
 //!
-//! Not yet: tablet splits and migrations in the workload, the
-//! membership-change and slow-disk nemeses.
+//! Not yet: the membership-change and slow-disk nemeses.
 
 use std::io::BufWriter;
 use std::net::SocketAddr;
@@ -186,6 +189,8 @@ pub struct ChaosSummary {
     pub final_state: Vec<String>,
     /// Operations still open at the end (none may be).
     pub open: u64,
+    /// What the tablet mover did.
+    pub tablet_ops: TabletOps,
 }
 
 impl ChaosSummary {
@@ -235,9 +240,26 @@ const OP_DEADLINE: Duration = Duration::from_secs(2);
 /// pause of a replica does not declare masters crashed, short enough that
 /// a master cut off longer than it loses its tablets.
 const MASTER_TIMEOUT_MS: u64 = 2000;
-/// The table the put/get clients use, and its tablets.
+/// The tables the put/get clients use, their tablets at the start, and
+/// the first letter of their keys.
 const KV_TABLE: &str = "kv";
+const MOVES_TABLE: &str = "moves";
 const KV_TABLETS: u32 = 3;
+/// The mover splits a table's tablets only while it has fewer.
+const TABLETS_SPLIT_MAX: usize = 24;
+
+/// What the tablet mover did.
+#[derive(Clone, Debug, Default)]
+pub struct TabletOps {
+    /// Splits applied.
+    pub splits: u64,
+    /// Migrations applied.
+    pub migrations: u64,
+    /// Refused or rejected (busy, one migration at a time, …).
+    pub refused: u64,
+    /// Outcome unknown.
+    pub unknown: u64,
+}
 
 struct Recorder {
     start: Instant,
@@ -393,9 +415,9 @@ fn perform(
     }
 }
 
-/// Where table `kv`'s tablets are, as last looked up.
-#[derive(Default)]
+/// Where a table's tablets are, as last looked up.
 struct KvMap {
+    name: &'static str,
     table: Option<TableId>,
     /// (start, end, master address).
     tablets: Vec<(u64, u64, SocketAddr)>,
@@ -406,7 +428,7 @@ impl KvMap {
         let Ok(ClientReply::View(view)) = cl.ask_leader(&ClientRequest::View, deadline) else {
             return;
         };
-        let Some(t) = view.tables.iter().find(|t| t.name == KV_TABLE) else {
+        let Some(t) = view.tables.iter().find(|t| t.name == self.name) else {
             return;
         };
         let addr_of = |id| {
@@ -432,6 +454,82 @@ impl KvMap {
     }
 }
 
+/// Lookups of the put/get tables (`kv` first; a key's first letter is its
+/// table's).
+fn kv_maps() -> [KvMap; 2] {
+    [KV_TABLE, MOVES_TABLE].map(|name| KvMap {
+        name,
+        table: None,
+        tablets: Vec::new(),
+    })
+}
+
+/// The tablet mover until `stop`: splits tablets of both put/get tables
+/// (while they have few) and migrates tablets of `moves` to another
+/// master, one operation at a time.
+fn mover_loop(reach: Reach, seed: u64, stop: &AtomicBool) -> TabletOps {
+    let mut cl = reach.coordinator();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut ops = TabletOps::default();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..600)));
+        let deadline = Instant::now() + OP_DEADLINE;
+        let Ok(ClientReply::View(view)) = cl.ask_leader(&ClientRequest::View, deadline) else {
+            continue;
+        };
+        let migrate = rng.random_bool(0.5);
+        let name = if migrate || rng.random_bool(0.5) {
+            MOVES_TABLE
+        } else {
+            KV_TABLE
+        };
+        let Some(t) = view.tables.iter().find(|t| t.name == name) else {
+            continue;
+        };
+        let tb = &t.tablets[rng.random_range(0..t.tablets.len())];
+        let op = if migrate {
+            let others: Vec<_> = view
+                .servers
+                .iter()
+                .filter(|s| {
+                    s.status == crate::cluster::ServerStatus::Up
+                        && s.services & crate::cluster::services::MASTER != 0
+                        && s.id != tb.owner
+                })
+                .map(|s| s.id)
+                .collect();
+            if others.is_empty() {
+                continue;
+            }
+            Request::MigrateTablet {
+                table: name.into(),
+                hash: tb.start_hash,
+                to: others[rng.random_range(0..others.len())],
+            }
+        } else {
+            if t.tablets.len() >= TABLETS_SPLIT_MAX || tb.end_hash - tb.start_hash < 2 {
+                continue;
+            }
+            Request::SplitTablet {
+                table: name.into(),
+                split_hash: rng.random_range(tb.start_hash + 1..=tb.end_hash),
+            }
+        };
+        let rpc = cl.next_rpc(deadline);
+        match cl.operate(rpc, op, false, deadline) {
+            Ok(ClientReply::Committed {
+                result: OpResult::Rejected(_),
+                ..
+            })
+            | Ok(ClientReply::Refused(_)) => ops.refused += 1,
+            Ok(ClientReply::Committed { .. }) if migrate => ops.migrations += 1,
+            Ok(ClientReply::Committed { .. }) => ops.splits += 1,
+            _ => ops.unknown += 1,
+        }
+    }
+    ops
+}
+
 /// One put/get client until `stop`.
 fn kv_loop(
     reach: Reach,
@@ -444,17 +542,18 @@ fn kv_loop(
     let mut cl = reach.coordinator();
     let mut masters = MasterClient::new(1, reach.security.clone());
     masters.attempt_timeout = Duration::from_millis(500);
-    let mut map = KvMap::default();
+    let mut maps = kv_maps();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut process = rec.next_process.fetch_add(1, Ordering::Relaxed);
     let mut written = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let key = format!("k{}", rng.random_range(0..keys));
+        let map = &mut maps[rng.random_range(0..2)];
+        let key = format!("{}{}", &map.name[..1], rng.random_range(0..keys));
         let put = rng.random_bool(0.5).then(|| {
             written += 1;
             format!("{process}.{written}")
         });
-        let kind = kv_op(&mut cl, &mut masters, &mut map, rec, process, &key, put);
+        let kind = kv_op(&mut cl, &mut masters, map, rec, process, &key, put);
         if kind == EventType::Info {
             process = rec.next_process.fetch_add(1, Ordering::Relaxed);
         }
@@ -630,17 +729,17 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
         let logs: Vec<PathBuf> = (0..cfg.masters).map(|i| c.serve_log(i)).collect();
         (reach, logs)
     };
-    // The put/get table, one tablet per master.
-    {
+    // The put/get tables.
+    for name in [KV_TABLE, MOVES_TABLE] {
         let mut cl = reach.coordinator();
         let deadline = Instant::now() + Duration::from_secs(20);
         let op = Request::CreateTable {
-            name: KV_TABLE.into(),
+            name: name.into(),
             tablets: KV_TABLETS,
         };
         match perform(&mut cl, op, Function::Create, deadline) {
             (EventType::Ok, _) => {}
-            other => return Err(format!("could not create table {KV_TABLE}: {other:?}")),
+            other => return Err(format!("could not create table {name}: {other:?}")),
         }
     }
     progress(&format!(
@@ -679,6 +778,12 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
             }
         }));
     }
+
+    let mover = {
+        let (stop, reach) = (stop.clone(), reach.clone());
+        let seed = cfg.seed.wrapping_mul(1000).wrapping_add(999);
+        std::thread::spawn(move || mover_loop(reach, seed, &stop))
+    };
 
     // The nemesis, in this thread.
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -801,6 +906,7 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
     for w in workers {
         let _ = w.join();
     }
+    let tablet_ops = mover.join().unwrap_or_default();
     progress("healed; waiting for the cluster to settle");
     // A master declared crashed learns it at its next heartbeat and exits.
     let settle = Instant::now() + Duration::from_secs(60);
@@ -824,7 +930,7 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
     {
         let mut cl = reach.coordinator();
         let mut masters = MasterClient::new(1, reach.security.clone());
-        let mut map = KvMap::default();
+        let mut maps = kv_maps();
         for n in 0..cfg.names {
             let name = format!("t{n}");
             for _ in 0..10 {
@@ -834,13 +940,15 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
                 }
             }
         }
-        for k in 0..cfg.keys {
-            let key = format!("k{k}");
-            for _ in 0..10 {
-                let p = rec.next_process.fetch_add(1, Ordering::Relaxed);
-                let kind = kv_op(&mut cl, &mut masters, &mut map, &rec, p, &key, None);
-                if kind == EventType::Ok {
-                    break;
+        for map in &mut maps {
+            for k in 0..cfg.keys {
+                let key = format!("{}{k}", &map.name[..1]);
+                for _ in 0..10 {
+                    let p = rec.next_process.fetch_add(1, Ordering::Relaxed);
+                    let kind = kv_op(&mut cl, &mut masters, map, &rec, p, &key, None);
+                    if kind == EventType::Ok {
+                        break;
+                    }
                 }
             }
         }
@@ -855,7 +963,7 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
     let open = ops.iter().filter(|o| o.complete.is_none()).count() as u64;
     let verdicts = tables::check_tables(&ops);
     let keys = if masters_lost == 0 {
-        Ok(kv::check_keys(&ops))
+        Ok(kv::check_keys(&ops, |key| key.starts_with('k')))
     } else {
         Err(format!(
             "{masters_lost} master processes were lost (killed or declared crashed), and their keys with them"
@@ -909,5 +1017,6 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
         serving,
         final_state,
         open,
+        tablet_ops,
     })
 }
