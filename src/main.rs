@@ -247,6 +247,15 @@ struct CoordinatorArgs {
     /// resume (0: always block; saves CPU on a crowded machine).
     #[arg(long, default_value_t = 0)]
     spin_us: u64,
+    /// Test hook for chaos runs (off by default): SIGUSR1 makes every sync
+    /// of the log wait --fault-sync-delay-ms first, as a slow disk would;
+    /// SIGUSR2 ends it. Without this flag those signals stop the process.
+    #[arg(long)]
+    fault_signals: bool,
+    /// With --fault-signals: how long each sync waits while the slow disk
+    /// is on.
+    #[arg(long, default_value_t = 200, requires = "fault_signals")]
+    fault_sync_delay_ms: u64,
     /// Join an existing group as a new replica, with an empty data
     /// directory: it waits, without voting, until the leader adds it
     /// (`ctl add-replica ID --address ADDR`). This is how a replica whose
@@ -438,6 +447,9 @@ enum NemesisArg {
     MasterKill,
     /// A master stopped with SIGSTOP, continued at the heal.
     MasterPause,
+    /// A replica's log syncs made slow (the leader's half the time) until
+    /// the heal, through the storage layer's fault hook.
+    SlowDisk,
 }
 
 #[derive(clap::Args)]
@@ -1011,6 +1023,7 @@ fn run_chaos(args: ChaosArgs) -> ExitCode {
                 NemesisArg::MasterCut => Nemesis::MasterCut,
                 NemesisArg::MasterKill => Nemesis::MasterKill,
                 NemesisArg::MasterPause => Nemesis::MasterPause,
+                NemesisArg::SlowDisk => Nemesis::SlowDisk,
             })
             .collect(),
         history: args.history.clone(),
@@ -1528,6 +1541,14 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     use ramcoord::node::NodeConfig;
     use ramcoord_net::tcp::{TcpConfig, TcpTransport};
     init_logging();
+    if args.fault_signals {
+        if let Err(e) =
+            slow_disk_on_signals(std::time::Duration::from_millis(args.fault_sync_delay_ms))
+        {
+            eprintln!("ramcoord coordinator: --fault-signals: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let ids: Vec<u64> = args.peers.0.iter().map(|(i, _, _)| *i).collect();
     if !ids.contains(&args.id) {
         eprintln!(
@@ -1761,6 +1782,35 @@ fn run_demo(args: DemoArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--fault-signals`: a thread that switches the log's slow-disk hook on
+/// at SIGUSR1 and off at SIGUSR2 (see `ramcoord_log::disk::fault`).
+fn slow_disk_on_signals(delay: std::time::Duration) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGUSR1, SIGUSR2};
+    let mut signals = signal_hook::iterator::Signals::new([SIGUSR1, SIGUSR2])?;
+    tracing::warn!(
+        delay_ms = delay.as_millis() as u64,
+        "fault hook armed: SIGUSR1 slows every log sync, SIGUSR2 ends it"
+    );
+    std::thread::Builder::new()
+        .name("fault-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let on = sig == SIGUSR1;
+                ramcoord_log::disk::fault::set_sync_delay(if on {
+                    delay
+                } else {
+                    std::time::Duration::ZERO
+                });
+                tracing::warn!(
+                    on,
+                    "fault hook: slow disk {}",
+                    if on { "on" } else { "off" }
+                );
+            }
+        })?;
+    Ok(())
 }
 
 fn run_master(args: MasterArgs) -> ExitCode {

@@ -265,3 +265,61 @@ fn chaos_catches_a_cut_off_master_that_keeps_serving() {
     let last = stdout.trim_end().lines().last().unwrap_or("");
     assert!(last.ends_with(", NOT atomic"), "{last}");
 }
+
+#[test]
+fn chaos_slow_disk() {
+    family("slow-disk", "20");
+}
+
+/// Ctrl-C (SIGINT to the runner) ends a run early: its processes stop, its
+/// namespaces go, and it says so.
+#[test]
+fn an_interrupted_chaos_run_cleans_up() {
+    use std::io::BufRead;
+    if !netns::is_root() {
+        eprintln!("skipped: chaos needs root");
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ramcoord-chaos-int-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
+        .args(["chaos", "--duration", "120", "--history"])
+        .arg(dir.join("history.jsonl"))
+        .arg("--dir")
+        .arg(dir.join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let up = line.contains("cluster up");
+        seen.push(line);
+        if up {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains("cluster up")), "{seen:?}");
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
+    assert_eq!(leftovers(), Vec::<String>::new(), "nothing is left");
+    let ps = Command::new("pgrep")
+        .args(["-f", &dir.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -72,11 +72,15 @@ pub enum Nemesis {
     MasterKill,
     /// A master paused (SIGSTOP) and continued at the heal.
     MasterPause,
+    /// A replica's disk made slow (the leader's, half the time): every log
+    /// sync waits [`SLOW_SYNC_MS`] more until the heal (the storage
+    /// layer's fault hook, switched by signal).
+    SlowDisk,
 }
 
 impl Nemesis {
     /// Every family.
-    pub const ALL: [Nemesis; 9] = [
+    pub const ALL: [Nemesis; 10] = [
         Nemesis::Partition,
         Nemesis::Isolate,
         Nemesis::Bridge,
@@ -86,6 +90,7 @@ impl Nemesis {
         Nemesis::MasterCut,
         Nemesis::MasterKill,
         Nemesis::MasterPause,
+        Nemesis::SlowDisk,
     ];
 
     /// Its name on the command line.
@@ -100,6 +105,7 @@ impl Nemesis {
             Nemesis::MasterCut => "master-cut",
             Nemesis::MasterKill => "master-kill",
             Nemesis::MasterPause => "master-pause",
+            Nemesis::SlowDisk => "slow-disk",
         }
     }
 
@@ -240,6 +246,9 @@ const OP_DEADLINE: Duration = Duration::from_secs(2);
 /// pause of a replica does not declare masters crashed, short enough that
 /// a master cut off longer than it loses its tablets.
 const MASTER_TIMEOUT_MS: u64 = 2000;
+/// How much longer each log sync takes on a replica with a slow disk.
+pub const SLOW_SYNC_MS: u64 = 300;
+
 /// The tables the put/get clients use, their tablets at the start, and
 /// the first letter of their keys.
 const KV_TABLE: &str = "kv";
@@ -688,8 +697,38 @@ fn replace_exited_masters(
     Ok(n)
 }
 
-/// Runs a chaos run (needs root: see [`Net::check`]).
+/// Sleeps `d`, or less if the run was interrupted; whether it was.
+fn nap(d: Duration, interrupted: &AtomicBool) -> bool {
+    let end = Instant::now() + d;
+    while !interrupted.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= end {
+            return false;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+    true
+}
+
+/// SIGINT and SIGTERM end the run early, cleanly (a second one ends the
+/// process at once).
+fn interruptible() -> Arc<AtomicBool> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // Registration fails only for forbidden signals; then Ctrl-C kills
+        // the run, and the next run cleans its leftovers.
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone());
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+    flag
+}
+
+/// Runs a chaos run (needs root: see [`Net::check`]). Interrupted (Ctrl-C,
+/// SIGTERM), it stops its processes, removes its namespaces and returns
+/// an error saying so.
 pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, String> {
+    let interrupted = interruptible();
     let families = if cfg.nemesis.is_empty() {
         Nemesis::ALL.to_vec()
     } else {
@@ -708,6 +747,9 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
     lc.coordinator_args = vec![
         "--master-timeout-ms".to_string(),
         MASTER_TIMEOUT_MS.to_string(),
+        "--fault-signals".to_string(),
+        "--fault-sync-delay-ms".to_string(),
+        SLOW_SYNC_MS.to_string(),
     ];
     match cfg.bug {
         Some(PlantedBug::AckBeforeCommit) => lc
@@ -791,13 +833,23 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
     let mut masters_lost = 0usize;
     let end = Instant::now() + cfg.duration;
     let ns = |rec: &Recorder| rec.start.elapsed().as_nanos() as u64;
+    let stopped = |stop: &AtomicBool| {
+        stop.store(true, Ordering::Relaxed);
+        "interrupted: processes stopped, namespaces removed".to_string()
+    };
     while Instant::now() + Duration::from_secs(5) < end {
-        std::thread::sleep(Duration::from_millis(rng.random_range(800..1500)));
+        if nap(
+            Duration::from_millis(rng.random_range(800..1500)),
+            &interrupted,
+        ) {
+            return Err(stopped(&stop));
+        }
         masters_lost += replace_exited_masters(&cluster, progress)?;
         let family = families[rng.random_range(0..families.len())];
         let mut restart = None;
         let mut restart_master = None;
         let mut resume = None;
+        let mut fast_disk = None;
         let mut hold = Duration::from_millis(rng.random_range(1500..3000));
         let what = {
             let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
@@ -868,13 +920,25 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
                     resume = pid;
                     format!("pause master {}", m + 1)
                 }
+                Nemesis::SlowDisk => {
+                    let victim = if rng.random_bool(0.5) {
+                        leader_of(&c)
+                    } else {
+                        rng.random_range(1..=REPLICAS)
+                    };
+                    let pid = c.coordinators[victim - 1].pid();
+                    signal(pid, "-USR1");
+                    fast_disk = pid;
+                    format!("slow disk on replica {victim} (+{SLOW_SYNC_MS} ms a sync)")
+                }
             }
         };
         let start_ns = ns(&rec);
         progress(&format!("[{:6.1} s] fault: {what}", start_ns as f64 / 1e9));
-        std::thread::sleep(hold);
+        let cut_short = nap(hold, &interrupted);
         net.heal()?;
         signal(resume, "-CONT");
+        signal(fast_disk, "-USR2");
         if let Some(id) = restart {
             cluster
                 .lock()
@@ -899,9 +963,13 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
             end_ns,
             what,
         });
+        if cut_short {
+            return Err(stopped(&stop));
+        }
     }
-    let left = end.saturating_duration_since(Instant::now());
-    std::thread::sleep(left);
+    if nap(end.saturating_duration_since(Instant::now()), &interrupted) {
+        return Err(stopped(&stop));
+    }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         let _ = w.join();

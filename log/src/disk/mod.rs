@@ -22,6 +22,7 @@
 //! leader re-establishes it), which spares an `fdatasync` per commit. Nothing is acknowledged before that (the
 //! Raft core sends votes and append acknowledgements only after `advance`).
 
+pub mod fault;
 pub mod hard_state;
 pub mod record;
 pub mod segment_log;

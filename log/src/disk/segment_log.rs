@@ -1277,6 +1277,7 @@ impl Storage for DiskStorage {
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
+        super::fault::before_sync(); // a chaos test's slow disk, if switched on
         if self.flusher.is_some() {
             return self.flush_start(); // memory durability: finishes in the call
         }
