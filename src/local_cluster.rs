@@ -57,6 +57,11 @@ pub struct LocalClusterConfig {
     /// `master-N.serve.jsonl` under `dir` (`--serve-log`; a restarted
     /// master appends to its slot's file under its new server id).
     pub serve_logs: bool,
+    /// In namespaces: replicas that may be added later (replacements).
+    /// Masters are given their addresses from the start, as a deployment
+    /// lists every host a coordinator may run on: a follower knows a
+    /// replica added later by id only, and cannot tell where it is.
+    pub spare_replicas: usize,
 }
 
 /// The port every process listens on inside its namespace.
@@ -92,6 +97,7 @@ impl LocalClusterConfig {
             tls: true,
             namespaces: false,
             serve_logs: false,
+            spare_replicas: 0,
         }
     }
 
@@ -101,6 +107,18 @@ impl LocalClusterConfig {
             format!("localhost:{}", a.port())
         } else {
             a.to_string()
+        }
+    }
+
+    /// In namespaces: the node of coordinator replica `id`. The first
+    /// replicas come first, then the masters, then replicas added later
+    /// (replacements), so that no two processes ever share a node.
+    pub fn coordinator_node(&self, id: u64) -> usize {
+        let id = id as usize;
+        if id <= self.coordinators {
+            id
+        } else {
+            self.coordinators + self.masters + (id - self.coordinators)
         }
     }
 
@@ -283,11 +301,28 @@ impl LocalCluster {
     /// The coordinators' addresses, comma-separated (for `--coordinators`).
     pub fn coordinator_list(&self) -> String {
         let v: Vec<String> = self
-            .coordinators
-            .iter()
-            .map(|p| self.cfg.written(p.addr))
+            .coordinator_addrs()
+            .into_iter()
+            .map(|a| self.cfg.written(a))
             .collect();
         v.join(",")
+    }
+
+    /// Every address a coordinator replica has or may have (with
+    /// `spare_replicas`, the ones replacements will take).
+    pub fn coordinator_addrs(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self.coordinators.iter().map(|p| p.addr).collect();
+        if self.cfg.namespaces {
+            let first = self.cfg.coordinators as u64 + 1;
+            for id in first..first + self.cfg.spare_replicas as u64 {
+                let ip = crate::chaos::netns::Net::addr(self.cfg.coordinator_node(id));
+                let a = SocketAddr::new(ip.into(), NAMESPACE_PORT);
+                if !v.contains(&a) {
+                    v.push(a);
+                }
+            }
+        }
+        v
     }
 
     /// The directory of everything.
@@ -378,7 +413,12 @@ impl LocalCluster {
         let _ = std::fs::remove_dir_all(self.cfg.dir.join(format!("c{old}")));
         self.coordinators[old as usize - 1].retired = true;
         let id = self.coordinators.len() as u64 + 1;
-        let (addr, listen) = self.cfg.place(id as usize - 1)?;
+        let slot = if self.cfg.namespaces {
+            self.cfg.coordinator_node(id) - 1
+        } else {
+            id as usize - 1
+        };
+        let (addr, listen) = self.cfg.place(slot)?;
         let mut peers: Vec<String> = self
             .coordinators
             .iter()
@@ -431,11 +471,21 @@ impl LocalCluster {
             ns: self
                 .cfg
                 .namespaces
-                .then(|| crate::chaos::netns::Net::namespace(id as usize)),
+                .then(|| crate::chaos::netns::Net::namespace(self.cfg.coordinator_node(id))),
         };
         spawn(&self.cfg.binary, &self.cfg.log_filter, &mut p)?;
         self.coordinators.push(p);
         Ok(())
+    }
+
+    /// The replicas not retired: (id, namespace node).
+    pub fn replicas(&self) -> Vec<(u64, usize)> {
+        self.coordinators
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.retired)
+            .map(|(i, _)| (i as u64 + 1, self.cfg.coordinator_node(i as u64 + 1)))
+            .collect()
     }
 
     /// SIGKILLs the master at `index`.

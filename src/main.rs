@@ -450,6 +450,9 @@ enum NemesisArg {
     /// A replica's log syncs made slow (the leader's half the time) until
     /// the heal, through the storage layer's fault hook.
     SlowDisk,
+    /// A replica's disk lost: removed from the group, a new replica (new
+    /// id, empty disk) added, while clients keep going.
+    Membership,
 }
 
 #[derive(clap::Args)]
@@ -1024,6 +1027,7 @@ fn run_chaos(args: ChaosArgs) -> ExitCode {
                 NemesisArg::MasterKill => Nemesis::MasterKill,
                 NemesisArg::MasterPause => Nemesis::MasterPause,
                 NemesisArg::SlowDisk => Nemesis::SlowDisk,
+                NemesisArg::Membership => Nemesis::Membership,
             })
             .collect(),
         history: args.history.clone(),

@@ -271,6 +271,11 @@ fn chaos_slow_disk() {
     family("slow-disk", "20");
 }
 
+#[test]
+fn chaos_membership() {
+    family("membership", "21");
+}
+
 /// Ctrl-C (SIGINT to the runner) ends a run early: its processes stop, its
 /// namespaces go, and it says so.
 #[test]

@@ -76,11 +76,16 @@ pub enum Nemesis {
     /// sync waits [`SLOW_SYNC_MS`] more until the heal (the storage
     /// layer's fault hook, switched by signal).
     SlowDisk,
+    /// A replica's disk lost: it is removed from the group and a new
+    /// replica (a new id, an empty disk) added, while clients keep going.
+    /// Masters and clients are given every address a replica may take
+    /// from the start, as a deployment lists its coordinator hosts.
+    Membership,
 }
 
 impl Nemesis {
     /// Every family.
-    pub const ALL: [Nemesis; 10] = [
+    pub const ALL: [Nemesis; 11] = [
         Nemesis::Partition,
         Nemesis::Isolate,
         Nemesis::Bridge,
@@ -91,6 +96,7 @@ impl Nemesis {
         Nemesis::MasterKill,
         Nemesis::MasterPause,
         Nemesis::SlowDisk,
+        Nemesis::Membership,
     ];
 
     /// Its name on the command line.
@@ -106,6 +112,7 @@ impl Nemesis {
             Nemesis::MasterKill => "master-kill",
             Nemesis::MasterPause => "master-pause",
             Nemesis::SlowDisk => "slow-disk",
+            Nemesis::Membership => "membership",
         }
     }
 
@@ -246,6 +253,9 @@ const OP_DEADLINE: Duration = Duration::from_secs(2);
 /// pause of a replica does not declare masters crashed, short enough that
 /// a master cut off longer than it loses its tablets.
 const MASTER_TIMEOUT_MS: u64 = 2000;
+/// Replicas a run may replace (the network has a node for each).
+const REPLACEMENTS_MAX: usize = 6;
+
 /// How much longer each log sync takes on a replica with a slow disk.
 pub const SLOW_SYNC_MS: u64 = 300;
 
@@ -653,14 +663,53 @@ fn kv_op(
 
 /// Cuts replica `lone` off from the other replicas, both ways; returns
 /// the others.
-fn cut_off(net: &Net, lone: usize) -> Result<Vec<usize>, String> {
-    let others: Vec<usize> = (1..=REPLICAS).filter(|&i| i != lone).collect();
-    let addrs: Vec<_> = others.iter().map(|&i| Net::addr(i)).collect();
-    net.cut(lone, &addrs)?;
+fn cut_off(net: &Net, replicas: &[(u64, usize)], lone: u64) -> Result<Vec<u64>, String> {
+    let node = |id: u64| replicas.iter().find(|r| r.0 == id).map_or(0, |r| r.1);
+    let others: Vec<u64> = replicas
+        .iter()
+        .map(|r| r.0)
+        .filter(|&i| i != lone)
+        .collect();
+    let addrs: Vec<_> = others.iter().map(|&i| Net::addr(node(i))).collect();
+    net.cut(node(lone), &addrs)?;
     for &o in &others {
-        net.cut(o, &[Net::addr(lone)])?;
+        net.cut(node(o), &[Net::addr(node(lone))])?;
     }
     Ok(others)
+}
+
+/// Replaces replica `victim` as an operator whose disk was lost would:
+/// kill it, wipe it, start a new replica under a new id with `--join`,
+/// remove the old one from the group, add the new one (a learner until
+/// it caught up, then a voter). What happened, for the fault's name.
+fn replace_replica(c: &mut LocalCluster, victim: u64) -> Result<String, String> {
+    use crate::ctl::CtlCommand;
+    let new = c.replace_coordinator(victim)?;
+    let addr = c.coordinators[new as usize - 1].addr.to_string();
+    let mut ctl = c.ctl(Duration::from_secs(10));
+    let mut tries = |cmd: &dyn Fn() -> CtlCommand| {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match ctl.run(cmd()) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    };
+    let removed = tries(&|| CtlCommand::RemoveReplica(victim));
+    let added = tries(&|| CtlCommand::AddReplica {
+        id: new,
+        addr: Some(addr.clone()),
+    });
+    Ok(match (removed, added) {
+        (Ok(()), Ok(())) => format!("membership: replica {victim} replaced by {new}"),
+        (r, a) => format!(
+            "membership: replica {victim} replaced by {new}, but: remove {}, add {}",
+            r.err().unwrap_or_else(|| "ok".into()),
+            a.err().unwrap_or_else(|| "ok".into())
+        ),
+    })
 }
 
 fn signal(pid: Option<u32>, sig: &str) {
@@ -672,8 +721,10 @@ fn signal(pid: Option<u32>, sig: &str) {
 }
 
 /// The active coordinator's id (1 if none answers).
-fn leader_of(c: &LocalCluster) -> usize {
-    c.active().map(|s| s.id as usize).unwrap_or(1)
+fn leader_of(c: &LocalCluster) -> u64 {
+    c.active()
+        .map(|s| s.id)
+        .unwrap_or_else(|| c.replicas().first().map_or(1, |r| r.0))
 }
 
 /// Replaces every master process that exited on its own (declared
@@ -737,12 +788,13 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
     if let Some(p) = &cfg.plot {
         let _ = std::fs::remove_file(p); // never show an older run's
     }
-    let net = Net::create(REPLICAS + cfg.masters)?;
+    let net = Net::create(REPLICAS + cfg.masters + REPLACEMENTS_MAX)?;
     let _ = std::fs::remove_dir_all(&cfg.dir);
     let mut lc =
         LocalClusterConfig::new(cfg.binary.clone(), cfg.dir.clone(), REPLICAS, cfg.masters);
     lc.namespaces = true;
     lc.serve_logs = true;
+    lc.spare_replicas = REPLACEMENTS_MAX;
     lc.log_filter = "info".into();
     lc.coordinator_args = vec![
         "--master-timeout-ms".to_string(),
@@ -765,7 +817,7 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
         let c = cluster.lock().unwrap_or_else(|e| e.into_inner());
         c.wait_ready(cfg.masters as u64, Duration::from_secs(60))?;
         let reach = Reach {
-            coordinators: c.coordinators.iter().map(|p| p.addr).collect(),
+            coordinators: c.coordinator_addrs(),
             security: c.security(),
         };
         let logs: Vec<PathBuf> = (0..cfg.masters).map(|i| c.serve_log(i)).collect();
@@ -853,22 +905,26 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
         let mut hold = Duration::from_millis(rng.random_range(1500..3000));
         let what = {
             let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
+            let reps = c.replicas();
+            let ids: Vec<u64> = reps.iter().map(|r| r.0).collect();
+            let node = |id: u64| reps.iter().find(|r| r.0 == id).map_or(0, |r| r.1);
+            let any = |rng: &mut ChaCha8Rng| ids[rng.random_range(0..ids.len())];
             match family {
                 Nemesis::Partition => {
-                    let lone = rng.random_range(1..=REPLICAS);
-                    let others = cut_off(&net, lone)?;
+                    let lone = any(&mut rng);
+                    let others = cut_off(&net, &reps, lone)?;
                     format!("partition: {{{lone}}} | {others:?}")
                 }
                 Nemesis::Isolate => {
                     let leader = leader_of(&c);
-                    cut_off(&net, leader)?;
+                    cut_off(&net, &reps, leader)?;
                     format!("isolate the leader {leader}")
                 }
                 Nemesis::Bridge => {
-                    let bridge = rng.random_range(1..=REPLICAS);
-                    let ends: Vec<usize> = (1..=REPLICAS).filter(|&i| i != bridge).collect();
-                    net.cut(ends[0], &[Net::addr(ends[1])])?;
-                    net.cut(ends[1], &[Net::addr(ends[0])])?;
+                    let bridge = any(&mut rng);
+                    let ends: Vec<u64> = ids.iter().copied().filter(|&i| i != bridge).collect();
+                    net.cut(node(ends[0]), &[Net::addr(node(ends[1]))])?;
+                    net.cut(node(ends[1]), &[Net::addr(node(ends[0]))])?;
                     format!(
                         "bridge: {} and {} cut, {bridge} reaches both",
                         ends[0], ends[1]
@@ -876,31 +932,31 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
                 }
                 Nemesis::OneWay => {
                     let leader = leader_of(&c);
-                    let others: Vec<usize> = (1..=REPLICAS).filter(|&i| i != leader).collect();
+                    let others: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
                     let deaf = others[rng.random_range(0..others.len())];
-                    net.cut(deaf, &[Net::addr(leader)])?;
+                    net.cut(node(deaf), &[Net::addr(node(leader))])?;
                     format!("one-way: replica {deaf} stops hearing the leader {leader}")
                 }
                 Nemesis::Kill => {
-                    let victim = rng.random_range(1..=REPLICAS) as u64;
+                    let victim = any(&mut rng);
                     c.kill_coordinator(victim);
                     restart = Some(victim);
                     format!("kill -9 replica {victim}")
                 }
                 Nemesis::Pause => {
-                    let victim = rng.random_range(1..=REPLICAS);
-                    let pid = c.coordinators[victim - 1].pid();
+                    let victim = any(&mut rng);
+                    let pid = c.coordinators[victim as usize - 1].pid();
                     signal(pid, "-STOP");
                     resume = pid;
                     format!("pause replica {victim}")
                 }
                 Nemesis::MasterCut => {
                     let m = rng.random_range(0..cfg.masters);
-                    let node = REPLICAS + 1 + m;
-                    let replicas: Vec<_> = (1..=REPLICAS).map(Net::addr).collect();
-                    net.cut(node, &replicas)?;
-                    for r in 1..=REPLICAS {
-                        net.cut(r, &[Net::addr(node)])?;
+                    let mnode = REPLICAS + 1 + m;
+                    let addrs: Vec<_> = reps.iter().map(|r| Net::addr(r.1)).collect();
+                    net.cut(mnode, &addrs)?;
+                    for r in &reps {
+                        net.cut(r.1, &[Net::addr(mnode)])?;
                     }
                     // Past the master timeout: the coordinators declare it
                     // crashed and hand its tablets on.
@@ -924,12 +980,20 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
                     let victim = if rng.random_bool(0.5) {
                         leader_of(&c)
                     } else {
-                        rng.random_range(1..=REPLICAS)
+                        any(&mut rng)
                     };
-                    let pid = c.coordinators[victim - 1].pid();
+                    let pid = c.coordinators[victim as usize - 1].pid();
                     signal(pid, "-USR1");
                     fast_disk = pid;
                     format!("slow disk on replica {victim} (+{SLOW_SYNC_MS} ms a sync)")
+                }
+                Nemesis::Membership if c.coordinators.len() >= REPLICAS + REPLACEMENTS_MAX => {
+                    continue; // no node left for another replica
+                }
+                Nemesis::Membership => {
+                    let victim = any(&mut rng);
+                    hold = Duration::from_millis(500);
+                    replace_replica(&mut c, victim)?
                 }
             }
         };
