@@ -1,6 +1,6 @@
-//! `ramcoord::chaos::history::read` and `chaos::tables::check_tables`: a
-//! chaos history (JSON lines) as `ramcoord lincheck --format tables` reads
-//! it from a file.
+//! `ramcoord::chaos::history::read`, `chaos::tables::check_tables` and
+//! `chaos::kv::check_keys`: a chaos history (JSON lines) as `ramcoord
+//! lincheck --format tables` reads it from a file.
 //!
 //! Checks: no panic; a history that reads is checked to a verdict (the
 //! input is small, so the search never needs its budget); a history that
@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ramcoord::chaos::{history, tables};
+use ramcoord::chaos::{history, kv, tables};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(ops) = history::read(data) else {
@@ -23,4 +23,5 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = tables::check_tables(&ops);
+    let _ = kv::check_keys(&ops, |_| true);
 });

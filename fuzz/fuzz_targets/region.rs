@@ -29,7 +29,8 @@ fn check(bytes: &[u8]) {
         agent.enlisted(r.owner);
         let _ = agent.on_region_write(bytes);
         let _ = (agent.config(), agent.declared_dead());
-        let _ = agent.get(1, b"key");
+        agent.lease_granted(0, 10);
+        let _ = agent.get(1, b"key", 5);
     }
 }
 

@@ -1021,6 +1021,17 @@ fn chaos_history(c: &mut Corpus) {
     );
 }
 
+/// Masters' serve logs: a handover after the lease, then a planted
+/// violation.
+fn serve_log(c: &mut Corpus) {
+    add(
+        c,
+        "serve_log",
+        "handover",
+        include_str!("../../../tests/data/chaos/serve.jsonl"),
+    );
+}
+
 /// RDMA connection requests' private data: with and without a pass.
 fn rdma_pass(c: &mut Corpus) {
     use ramcoord_net::rdma_pass::{Pass, RequestPrivate};
@@ -1054,6 +1065,7 @@ fn rdma_pass(c: &mut Corpus) {
 fn main() {
     let mut c = Corpus::new();
     chaos_history(&mut c);
+    serve_log(&mut c);
     rdma_pass(&mut c);
     frames(&mut c);
     for (name, m) in raft_messages() {
