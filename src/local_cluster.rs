@@ -239,7 +239,9 @@ fn spawn(binary: &Path, filter: &str, p: &mut Proc) -> Result<(), String> {
 fn spawn_with(binary: &Path, filter: &str, p: &mut Proc, extra: &[&str]) -> Result<(), String> {
     p.starts += 1;
     if p.starts > 1 {
-        p.log = p.log.with_extension(format!("{}.log", p.starts));
+        // coordinator-1.log, then coordinator-1.2.log, coordinator-1.3.log…
+        let dir = p.log.parent().map(Path::to_path_buf).unwrap_or_default();
+        p.log = dir.join(format!("{}.{}.log", p.name, p.starts));
     }
     let file = std::fs::File::create(&p.log).map_err(|e| format!("{}: {e}", p.log.display()))?;
     let mut cmd = match &p.ns {
@@ -400,6 +402,21 @@ impl LocalCluster {
     pub fn restart_coordinator(&mut self, id: u64) -> Result<(), String> {
         let p = &mut self.coordinators[id as usize - 1];
         p.kill();
+        // A replica that joined and holds state restarts as a member (with
+        // --join and a log it would refuse to start); one killed before it
+        // held anything joins again (without --join an empty directory
+        // would bootstrap a founding member).
+        let data_dir = p
+            .args
+            .iter()
+            .position(|a| a == "--data-dir")
+            .and_then(|i| p.args.get(i + 1))
+            .map(PathBuf::from);
+        let holds = data_dir
+            .is_some_and(|d| ramcoord_log::disk::DiskStorage::holds_state(&d).unwrap_or(false));
+        if holds {
+            p.args.retain(|a| a != "--join");
+        }
         spawn(&self.cfg.binary, &self.cfg.log_filter, p)
     }
 

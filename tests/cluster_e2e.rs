@@ -362,6 +362,16 @@ fn restarted_and_replaced_replicas_rejoin() {
         log.contains("installed a snapshot from the leader"),
         "the replacement was not caught up by a snapshot"
     );
+    // Restarted, the replacement comes back as a member (found by a long
+    // chaos run: restarted with --join and its log, it refused to start).
+    c.restart_coordinator(new).unwrap();
+    c.wait_for("the restarted replacement to answer", LIMIT, |c| {
+        let rows = c.statuses();
+        rows.iter()
+            .find(|s| s.id == new && s.tables == 10)
+            .map(|_| ())
+    })
+    .unwrap();
 
     // The other old follower goes: the new replica is needed for a quorum.
     c.kill_coordinator(other);
