@@ -408,6 +408,9 @@ struct ChaosArgs {
     /// Keys of table kv the put/get clients use.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=100))]
     keys: u64,
+    /// Coordinator replicas: 3 or 5.
+    #[arg(long, default_value = "3", value_parser = ["3", "5"])]
+    replicas: String,
     /// Masters.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
     masters: u64,
@@ -1035,6 +1038,7 @@ fn run_chaos(args: ChaosArgs) -> ExitCode {
         kv_clients: args.kv_clients as usize,
         names: args.names as usize,
         keys: args.keys as usize,
+        replicas: if args.replicas == "5" { 5 } else { 3 },
         masters: args.masters as usize,
         think: std::time::Duration::from_millis(args.think_ms),
         plot: Some(

@@ -157,6 +157,8 @@ pub struct ChaosConfig {
     pub names: usize,
     /// Keys of table `kv` the put/get clients use.
     pub keys: usize,
+    /// Coordinator replicas (3 or 5).
+    pub replicas: usize,
     /// Masters.
     pub masters: usize,
     /// A planted bug, if any.
@@ -246,7 +248,6 @@ impl ChaosSummary {
     }
 }
 
-const REPLICAS: usize = 3;
 /// How long one client operation may take before it is `info`.
 const OP_DEADLINE: Duration = Duration::from_secs(2);
 /// The coordinators' master timeout in chaos runs: long enough that a
@@ -663,6 +664,19 @@ fn kv_op(
 
 /// Cuts replica `lone` off from the other replicas, both ways; returns
 /// the others.
+/// Cuts replicas `a` and `b` off from each other, both ways.
+fn split(net: &Net, replicas: &[(u64, usize)], a: &[u64], b: &[u64]) -> Result<(), String> {
+    let node = |id: u64| replicas.iter().find(|r| r.0 == id).map_or(0, |r| r.1);
+    let addrs = |side: &[u64]| side.iter().map(|&i| Net::addr(node(i))).collect::<Vec<_>>();
+    for &x in a {
+        net.cut(node(x), &addrs(b))?;
+    }
+    for &y in b {
+        net.cut(node(y), &addrs(a))?;
+    }
+    Ok(())
+}
+
 fn cut_off(net: &Net, replicas: &[(u64, usize)], lone: u64) -> Result<Vec<u64>, String> {
     let node = |id: u64| replicas.iter().find(|r| r.0 == id).map_or(0, |r| r.1);
     let others: Vec<u64> = replicas
@@ -788,10 +802,14 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
     if let Some(p) = &cfg.plot {
         let _ = std::fs::remove_file(p); // never show an older run's
     }
-    let net = Net::create(REPLICAS + cfg.masters + REPLACEMENTS_MAX)?;
+    let replicas = cfg.replicas;
+    if replicas != 3 && replicas != 5 {
+        return Err(format!("{replicas} replicas: a chaos run has 3 or 5"));
+    }
+    let net = Net::create(replicas + cfg.masters + REPLACEMENTS_MAX)?;
     let _ = std::fs::remove_dir_all(&cfg.dir);
     let mut lc =
-        LocalClusterConfig::new(cfg.binary.clone(), cfg.dir.clone(), REPLICAS, cfg.masters);
+        LocalClusterConfig::new(cfg.binary.clone(), cfg.dir.clone(), replicas, cfg.masters);
     lc.namespaces = true;
     lc.serve_logs = true;
     lc.spare_replicas = REPLACEMENTS_MAX;
@@ -837,7 +855,7 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
         }
     }
     progress(&format!(
-        "cluster up: {REPLICAS} replicas and {} masters in namespaces; nemesis {}{}",
+        "cluster up: {replicas} replicas and {} masters in namespaces; nemesis {}{}",
         cfg.masters,
         families
             .iter()
@@ -911,9 +929,15 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
             let any = |rng: &mut ChaCha8Rng| ids[rng.random_range(0..ids.len())];
             match family {
                 Nemesis::Partition => {
-                    let lone = any(&mut rng);
-                    let others = cut_off(&net, &reps, lone)?;
-                    format!("partition: {{{lone}}} | {others:?}")
+                    // Random halves: a minority of 1 (of 3) or 1–2 (of 5)
+                    // against the rest.
+                    let mut side = ids.clone();
+                    for i in (1..side.len()).rev() {
+                        side.swap(i, rng.random_range(0..=i));
+                    }
+                    let rest = side.split_off(rng.random_range(1..=ids.len() / 2));
+                    split(&net, &reps, &side, &rest)?;
+                    format!("partition: {side:?} | {rest:?}")
                 }
                 Nemesis::Isolate => {
                     let leader = leader_of(&c);
@@ -921,14 +945,17 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
                     format!("isolate the leader {leader}")
                 }
                 Nemesis::Bridge => {
+                    // The others in two halves that cannot reach each
+                    // other; the bridge reaches both (with 5: 2 + 1 + 2,
+                    // each half a minority, the bridge in both majorities).
                     let bridge = any(&mut rng);
-                    let ends: Vec<u64> = ids.iter().copied().filter(|&i| i != bridge).collect();
-                    net.cut(node(ends[0]), &[Net::addr(node(ends[1]))])?;
-                    net.cut(node(ends[1]), &[Net::addr(node(ends[0]))])?;
-                    format!(
-                        "bridge: {} and {} cut, {bridge} reaches both",
-                        ends[0], ends[1]
-                    )
+                    let mut ends: Vec<u64> = ids.iter().copied().filter(|&i| i != bridge).collect();
+                    for i in (1..ends.len()).rev() {
+                        ends.swap(i, rng.random_range(0..=i));
+                    }
+                    let other = ends.split_off(ends.len() / 2);
+                    split(&net, &reps, &ends, &other)?;
+                    format!("bridge: {ends:?} and {other:?} cut, {bridge} reaches both")
                 }
                 Nemesis::OneWay => {
                     let leader = leader_of(&c);
@@ -952,7 +979,7 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
                 }
                 Nemesis::MasterCut => {
                     let m = rng.random_range(0..cfg.masters);
-                    let mnode = REPLICAS + 1 + m;
+                    let mnode = replicas + 1 + m;
                     let addrs: Vec<_> = reps.iter().map(|r| Net::addr(r.1)).collect();
                     net.cut(mnode, &addrs)?;
                     for r in &reps {
@@ -987,13 +1014,28 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
                     fast_disk = pid;
                     format!("slow disk on replica {victim} (+{SLOW_SYNC_MS} ms a sync)")
                 }
-                Nemesis::Membership if c.coordinators.len() >= REPLICAS + REPLACEMENTS_MAX => {
+                Nemesis::Membership if c.coordinators.len() >= replicas + REPLACEMENTS_MAX => {
                     continue; // no node left for another replica
                 }
                 Nemesis::Membership => {
+                    // During faults: a master paused and another replica's
+                    // disk slow while the group changes.
                     let victim = any(&mut rng);
+                    let m = rng.random_range(0..cfg.masters);
+                    let mpid = c.masters[m].pid();
+                    signal(mpid, "-STOP");
+                    resume = mpid;
+                    let others: Vec<u64> = ids.iter().copied().filter(|&i| i != victim).collect();
+                    let slow = others[rng.random_range(0..others.len())];
+                    let spid = c.coordinators[slow as usize - 1].pid();
+                    signal(spid, "-USR1");
+                    fast_disk = spid;
                     hold = Duration::from_millis(500);
-                    replace_replica(&mut c, victim)?
+                    format!(
+                        "{} (master {} paused, replica {slow}'s disk slow meanwhile)",
+                        replace_replica(&mut c, victim)?,
+                        m + 1
+                    )
                 }
             }
         };
