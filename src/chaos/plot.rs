@@ -70,7 +70,7 @@ pub fn timeline(
         .draw()
         .map_err(|e| e.to_string())?;
     let shade = RGBColor(255, 200, 120).mix(0.35);
-    for f in faults {
+    for (i, f) in faults.iter().enumerate() {
         let (a, b) = (f.start_ns as f64 / 1e9, f.end_ns as f64 / 1e9);
         chart
             .draw_series(std::iter::once(Rectangle::new(
@@ -78,12 +78,23 @@ pub fn timeline(
                 shade.filled(),
             )))
             .map_err(|e| e.to_string())?;
-        let label = f.what.split(':').next().unwrap_or(&f.what).to_string();
+        // Short names, on three staggered rows at the bottom (where no
+        // operation is that fast), so that neighbours do not overlap.
+        let label: String = f
+            .what
+            .split([':', '('])
+            .next()
+            .unwrap_or(&f.what)
+            .trim()
+            .chars()
+            .take(22)
+            .collect();
+        let row = [0.045, 0.026, 0.015][i % 3];
         chart
             .draw_series(std::iter::once(Text::new(
                 label,
-                (a, max_ms / 1.6),
-                ("sans-serif", 13).into_font().color(&BLACK),
+                (a, row),
+                ("sans-serif", 12).into_font().color(&BLACK),
             )))
             .map_err(|e| e.to_string())?;
     }
