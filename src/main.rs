@@ -235,7 +235,9 @@ struct CoordinatorArgs {
     #[arg(long, default_value_t = 1)]
     cluster: u64,
     /// Declare a master crashed after this long without a heartbeat (its
-    /// tablets then move to live masters).
+    /// tablets then move to live masters). Masters serve under a lease of
+    /// 9/10 of it less two ticks, so it must be at least 10 ticks; every
+    /// replica must be given the same value (and the same --tick-ms).
     #[arg(long, default_value_t = 500)]
     master_timeout_ms: u64,
     /// Compact the log (snapshot the cluster state, delete older segments)
@@ -503,7 +505,7 @@ struct MasterArgs {
     #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
     transport: TransportArg,
     /// Append to FILE what this master may serve and what it serves, when
-    /// (JSON lines with CLOCK_MONOTONIC times; one line per request, so it
+    /// (JSON lines with CLOCK_BOOTTIME times; one line per request, so it
     /// grows without bound: for tests such as `ramcoord chaos`, not
     /// production).
     #[arg(long, value_name = "FILE")]
@@ -1602,7 +1604,16 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     };
     cfg.tick = std::time::Duration::from_millis(args.tick_ms.max(1));
     cfg.election_ticks = args.election_ticks.max(2);
-    cfg.coordinator.master_timeout_ticks = (args.master_timeout_ms / args.tick_ms.max(1)).max(2);
+    cfg.coordinator.master_timeout_ticks = args.master_timeout_ms / args.tick_ms.max(1);
+    if cfg.coordinator.master_timeout_ticks < 10 {
+        eprintln!(
+            "ramcoord coordinator: --master-timeout-ms {} is {} ticks of {} ms; it must be at least 10 ticks (masters' leases are 9/10 of it less two ticks)",
+            args.master_timeout_ms,
+            cfg.coordinator.master_timeout_ticks,
+            args.tick_ms.max(1)
+        );
+        return ExitCode::from(2);
+    }
     cfg.push_delay = std::time::Duration::from_millis(args.push_delay_ms);
     match args.inject_bug.as_deref() {
         None => {}

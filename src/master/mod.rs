@@ -30,9 +30,13 @@
 //! led at some moment after `s`. A leader of a later term was therefore
 //! elected after `s`, and every leader counts a master's silence from when
 //! it took office or last heard it (both after `s`). The crash that hands
-//! the tablets on is declared no sooner than `s + master timeout` (less one
-//! tick), and the lease the coordinator grants is shorter
-//! ([`lease_for_timeout`]).
+//! the tablets on is declared no sooner than `s + master timeout` (less two
+//! ticks), and the lease the coordinator grants is shorter
+//! ([`lease_for_timeout`]). A crash decided *before* the heartbeat arrived
+//! may sit in the leader's log, proposed but not applied: the leader
+//! answers only once it has applied its log as it was when the
+//! heartbeat's read began, so it sees that crash and grants no lease.
+//! Every replica must run with the same master timeout and tick.
 //!
 //! **Clock assumption:** the master's clock and the coordinators' tick
 //! clocks advance at the same rate to within the margin the lease leaves
@@ -125,12 +129,12 @@ pub enum MasterError {
 }
 
 /// The lease a coordinator grants for a master timeout of `timeout`,
-/// counted in ticks of `tick` (see the module docs): one tick less than the
-/// timeout (a tick can fire early by up to one tick), less a tenth for the
-/// clocks' drift and the time between the master's clock reading and its
-/// send.
+/// counted in ticks of `tick` (see the module docs): two ticks less than
+/// the timeout (a tick can fire up to one tick early, and a heartbeat
+/// handled just before an overdue tick is counted from the tick before),
+/// less a tenth for the clocks' drift.
 pub fn lease_for_timeout(timeout_ticks: u64, tick: std::time::Duration) -> std::time::Duration {
-    (tick * timeout_ticks.saturating_sub(1) as u32) * 9 / 10
+    (tick * timeout_ticks.saturating_sub(2) as u32) * 9 / 10
 }
 
 /// Timing of the master's own messages, in its driver's ticks.
@@ -306,6 +310,12 @@ impl MasterAgent {
     /// changes nothing).
     pub fn lease_granted(&mut self, sent_at: u64, lease: u64) {
         self.lease_until = self.lease_until.max(sent_at.saturating_add(lease));
+    }
+
+    /// Ends the lease at once (told it was declared crashed: it serves
+    /// nothing more while it stops).
+    pub fn revoke_lease(&mut self) {
+        self.lease_until = 0;
     }
 
     /// Until when it may serve (the driver's clock; 0: no lease yet).

@@ -20,7 +20,7 @@
 //!   from the moment it was sent. Told it was declared crashed, the
 //!   process stops: a restarted process enlists as a new server.
 //!
-//! Times are `CLOCK_MONOTONIC` nanoseconds ([`monotonic_ns`]), also
+//! Times are `CLOCK_BOOTTIME` nanoseconds ([`boottime_ns`]), also
 //! what the serve log ([`super::serve_log`], `--serve-log`) records.
 //!
 //! # Over RDMA (`--transport rdma`)
@@ -45,7 +45,7 @@ use bytes::Bytes;
 use ramcoord_net::tcp::{TcpConfig, TcpTransport};
 use ramcoord_net::{Event, Region, Transport};
 
-use super::serve_log::{monotonic_ns, ServeLog, ServeWhat};
+use super::serve_log::{boottime_ns, ServeLog, ServeWhat};
 use super::{MasterAgent, MasterBugs, MasterConfig, RegionOutcome};
 use crate::client::CoordinatorClient;
 use crate::cluster::{limits, services, ServerId};
@@ -133,7 +133,7 @@ fn log_outcome(
                         .iter()
                         .map(|t| (t.table, t.start_hash, t.end_hash))
                         .collect();
-                    log.record(monotonic_ns(), id, ServeWhat::Tablets { version, tablets });
+                    log.record(boottime_ns(), id, ServeWhat::Tablets { version, tablets });
                 }
                 tracing::info!(
                     version,
@@ -146,7 +146,7 @@ fn log_outcome(
             RegionOutcome::Regressed { version, acted } => {
                 if let (Some(log), Some(id)) = (serve_log, agent.id()) {
                     let tablets = Vec::new(); // it stops serving
-                    log.record(monotonic_ns(), id, ServeWhat::Tablets { version, tablets });
+                    log.record(boottime_ns(), id, ServeWhat::Tablets { version, tablets });
                 }
                 tracing::warn!(
                     version,
@@ -335,7 +335,7 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
         }
         let deadline = Instant::now() + cfg.heartbeat * 4;
         // The lease counts from before the heartbeat leaves.
-        let sent = monotonic_ns();
+        let sent = boottime_ns();
         let answer = coord.ask_leader(&ClientRequest::Heartbeat { from: id }, deadline);
         if let Ok(ClientReply::HeartbeatAck {
             gone: false,
@@ -360,6 +360,8 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
         }
         match answer {
             Ok(ClientReply::HeartbeatAck { gone: true, .. }) => {
+                // Stop serving now, not when the process is gone.
+                agent.lock().expect("agent lock poisoned").revoke_lease();
                 return Err(MasterExit::DeclaredCrashed(id));
             }
             #[cfg(feature = "rdma")]
@@ -392,6 +394,7 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
             Err(e) => tracing::warn!(error = %e, "heartbeat not delivered"),
         }
         if agent.lock().expect("agent lock poisoned").declared_dead() {
+            agent.lock().expect("agent lock poisoned").revoke_lease();
             return Err(MasterExit::DeclaredCrashed(id));
         }
     }
@@ -471,7 +474,7 @@ fn serve_clients(
         sync();
         let reply = {
             let mut a = agent.lock().expect("agent lock poisoned");
-            let now = monotonic_ns();
+            let now = boottime_ns();
             let (f, table, hash, result) = match env.body {
                 MasterRequest::Get { table, key } => (
                     "get",

@@ -16,7 +16,7 @@
 //! {"t":812345680002,"server":"2.1","event":"served","f":"put","table":3,"hash":1234}
 //! ```
 //!
-//! - `t`: `CLOCK_MONOTONIC` in nanoseconds — one clock for every process
+//! - `t`: `CLOCK_BOOTTIME` in nanoseconds — one clock for every process
 //!   on the host, so the logs of several masters (and the chaos runner's
 //!   own times) compare directly.
 //! - `server`: the server id the coordinator gave this process.
@@ -38,10 +38,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{ServerId, TableId};
 
-/// `CLOCK_MONOTONIC` now, in nanoseconds (shared by every process on the
-/// host).
-pub fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+/// `CLOCK_BOOTTIME` now, in nanoseconds (shared by every process on the
+/// host). The lease clock: unlike `CLOCK_MONOTONIC` it counts time the
+/// host spent suspended, so a master that slept does not wake up thinking
+/// its lease still runs.
+pub fn boottime_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
     (t.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(t.tv_nsec as u64)
@@ -50,7 +52,7 @@ pub fn monotonic_ns() -> u64 {
 /// One line of a serve log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServeEvent {
-    /// `CLOCK_MONOTONIC`, nanoseconds.
+    /// `CLOCK_BOOTTIME`, nanoseconds.
     pub t: u64,
     /// The server, as the CLI names it (`index.generation`).
     pub server: String,
@@ -70,7 +72,7 @@ pub enum ServeWhat {
         /// `(table, start_hash, end_hash)`, inclusive.
         tablets: Vec<(TableId, u64, u64)>,
     },
-    /// It may serve until `until` (`CLOCK_MONOTONIC`, nanoseconds).
+    /// It may serve until `until` (`CLOCK_BOOTTIME`, nanoseconds).
     Lease {
         /// The lease's end.
         until: u64,
@@ -86,11 +88,12 @@ pub enum ServeWhat {
     },
 }
 
-/// An open serve log (see the module docs); writes are best effort: a
-/// failed write is logged once and the master keeps serving.
+/// An open serve log (see the module docs). A write that fails stops the
+/// process: a log with holes would let the checker pass what it never
+/// saw.
 #[derive(Debug)]
 pub struct ServeLog {
-    file: Mutex<(std::fs::File, bool)>,
+    file: Mutex<std::fs::File>,
 }
 
 impl ServeLog {
@@ -102,7 +105,7 @@ impl ServeLog {
             .append(true)
             .open(path)?;
         Ok(ServeLog {
-            file: Mutex::new((file, false)),
+            file: Mutex::new(file),
         })
     }
 
@@ -116,11 +119,10 @@ impl ServeLog {
         let mut line = serde_json::to_string(&e).expect("serve events always serialise");
         line.push('\n');
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(err) = f.0.write_all(line.as_bytes()) {
-            if !f.1 {
-                f.1 = true;
-                tracing::error!(error = %err, "cannot write the serve log; not trying to report again");
-            }
+        if let Err(err) = f.write_all(line.as_bytes()) {
+            tracing::error!(error = %err, "cannot write the serve log: stopping (its record would have holes)");
+            eprintln!("ramcoord master: cannot write the serve log: {err}");
+            std::process::exit(1);
         }
     }
 }

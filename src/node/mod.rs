@@ -242,15 +242,25 @@ pub struct CoordinatorNode<T: Transport> {
     last_read_tag: u64,
     /// The lease granted to masters with each heartbeat acknowledgement.
     lease: Duration,
+    /// Heartbeats that arrived since the heartbeats' read under way began
+    /// (they wait for the next one: one read at a time serves them all).
+    heartbeats_queued: Vec<HeartbeatWaiter>,
+    /// The heartbeats' read under way: its tag, how many it answers, and
+    /// when it began.
+    heartbeats_read: Option<(u64, usize, Instant)>,
 }
 
-/// A client waiting for a read index: a linearizable lookup
-/// ([`ClientRequest::Lookup`]) or a master's heartbeat, acknowledged (and
-/// its lease granted) only once the leader has confirmed it still leads.
+/// What waits for a read index: a client's linearizable lookup
+/// ([`ClientRequest::Lookup`]), or a batch of masters' heartbeats,
+/// acknowledged (and their leases granted) only once the leader has
+/// confirmed it still leads.
 struct Lookup {
-    from: PeerId,
-    request: u64,
     what: Awaiting,
+    /// Answered only once the state has applied this index too: for
+    /// heartbeats, the leader's last log index when their read began, so
+    /// that a crash of one of those masters already in the log (proposed,
+    /// not yet applied) is seen, and no lease is granted past it.
+    after: u64,
     /// The term it was asked in: the Raft core forgets pending reads when
     /// the term moves, so a lookup of an older term is never confirmed.
     term: u64,
@@ -259,14 +269,37 @@ struct Lookup {
 /// What a read index is waited for.
 enum Awaiting {
     /// Whether this table exists.
-    Table(String),
-    /// The acknowledgement of this server's heartbeat.
-    Heartbeat(ServerId),
+    Table {
+        from: PeerId,
+        request: u64,
+        table: String,
+    },
+    /// Heartbeats that arrived before this read began.
+    Heartbeats(Vec<HeartbeatWaiter>),
+}
+
+/// A master waiting for its heartbeat's acknowledgement.
+struct HeartbeatWaiter {
+    from: PeerId,
+    request: u64,
+    server: ServerId,
 }
 
 /// Lookups one replica keeps waiting for their read index; past it a
-/// lookup is answered `Retry` (the Raft core has its own bound too).
-const LOOKUPS_WAITING_MAX: usize = 4096;
+/// lookup is answered `Retry`. Below the Raft core's own bound
+/// (`PENDING_READS_MAX`, 4096), leaving room for the heartbeats' read.
+const LOOKUPS_WAITING_MAX: usize = 4000;
+
+/// Masters' heartbeats one replica keeps waiting (queued, or in the read
+/// under way); past it a heartbeat is answered `Retry`. Apart from
+/// lookups: a burst of lookups must not cost every master its lease.
+const HEARTBEATS_WAITING_MAX: usize = 16_384;
+
+/// A heartbeats' read not confirmed by then is given up (the Raft core may
+/// drop a read it cannot hold): its masters are told to retry and the
+/// queued ones get a new read. Longer than a heartbeat round on any
+/// healthy network, short against a lease.
+const HEARTBEATS_READ_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// A client waiting for an entry's commit point.
 struct Waiter {
@@ -350,6 +383,8 @@ impl<T: Transport> CoordinatorNode<T> {
             refused_by_role: 0,
             role_refusal_logged: None,
             lookups: HashMap::new(),
+            heartbeats_queued: Vec::new(),
+            heartbeats_read: None,
             reads_confirmed: Vec::new(),
             last_read_tag: 0,
             lost_matches_logged: (0, None),
@@ -863,7 +898,12 @@ impl<T: Transport> CoordinatorNode<T> {
                     // Answered once the leader has confirmed it still leads
                     // (a heartbeat round) and applied up to the commit index
                     // of that moment: never from a deposed leader's state.
-                    match self.await_read_index(from, request, Awaiting::Table(table)) {
+                    let what = Awaiting::Table {
+                        from,
+                        request,
+                        table,
+                    };
+                    match self.await_read_index(what) {
                         None => return,
                         Some(reply) => reply,
                     }
@@ -876,11 +916,24 @@ impl<T: Transport> CoordinatorNode<T> {
                     self.heartbeat_ack(server)
                 } else {
                     // The lease it grants is safe only if this replica
-                    // still leads after the heartbeat arrived (see
-                    // `master`): acknowledged after a read index.
-                    match self.await_read_index(from, request, Awaiting::Heartbeat(server)) {
-                        None => return,
-                        Some(reply) => reply,
+                    // still leads after the heartbeat arrived, and knows
+                    // of every crash of that master already in its log
+                    // (see `master`): acknowledged after the next read
+                    // index that begins, and after applying the log as of
+                    // then ([`Self::start_heartbeats_read`]).
+                    let in_read = self.heartbeats_read.map_or(0, |r| r.1);
+                    if self.heartbeats_queued.len() + in_read >= HEARTBEATS_WAITING_MAX {
+                        ClientReply::Retry(format!(
+                            "{HEARTBEATS_WAITING_MAX} heartbeats are waiting here; try again"
+                        ))
+                    } else {
+                        self.heartbeats_queued.push(HeartbeatWaiter {
+                            from,
+                            request,
+                            server,
+                        });
+                        self.start_heartbeats_read();
+                        return;
                     }
                 }
             }
@@ -1084,55 +1137,112 @@ impl<T: Transport> CoordinatorNode<T> {
         let mut i = 0;
         while i < self.reads_confirmed.len() {
             let (index, tag) = self.reads_confirmed[i];
-            if index > applied {
+            let after = self.lookups.get(&tag).map_or(0, |l| l.after);
+            if index.max(after) > applied {
                 i += 1;
                 continue;
             }
             self.reads_confirmed.swap_remove(i);
-            if let Some(l) = self.lookups.remove(&tag) {
-                let reply = match l.what {
-                    Awaiting::Table(table) => ClientReply::Lookup {
+            let Some(l) = self.lookups.remove(&tag) else {
+                continue;
+            };
+            match l.what {
+                Awaiting::Table {
+                    from,
+                    request,
+                    table,
+                } => {
+                    let reply = ClientReply::Lookup {
                         exists: self.cluster.table(&table).is_some(),
                         index: applied,
-                    },
-                    Awaiting::Heartbeat(server) => self.heartbeat_ack(server),
-                };
-                self.reply(l.from, l.request, &reply);
+                    };
+                    self.reply(from, request, &reply);
+                }
+                Awaiting::Heartbeats(waiters) => {
+                    if self.heartbeats_read.is_some_and(|r| r.0 == tag) {
+                        self.heartbeats_read = None;
+                    }
+                    for w in waiters {
+                        let reply = self.heartbeat_ack(w.server);
+                        self.reply(w.from, w.request, &reply);
+                    }
+                }
             }
         }
     }
 
-    /// Asks the Raft core for a read index and keeps `what` waiting for it
-    /// (answered by [`Self::answer_lookups`]); the reply to send now if it
-    /// cannot wait (`None`: it waits).
-    fn await_read_index(
-        &mut self,
-        from: PeerId,
-        request: u64,
-        what: Awaiting,
-    ) -> Option<ClientReply> {
-        if self.lookups.len() >= LOOKUPS_WAITING_MAX {
+    /// Starts a read index for the queued heartbeats, unless one is under
+    /// way (they wait for it to end: one read at a time, however many
+    /// masters). Their acknowledgements wait for the read and for the
+    /// state to apply the log as it is now.
+    fn start_heartbeats_read(&mut self) {
+        if let Some((tag, _, began)) = self.heartbeats_read {
+            if began.elapsed() < HEARTBEATS_READ_TIMEOUT {
+                return;
+            }
+            self.heartbeats_read = None;
+            if let Some(Lookup {
+                what: Awaiting::Heartbeats(waiters),
+                ..
+            }) = self.lookups.remove(&tag)
+            {
+                tracing::warn!(
+                    masters = waiters.len(),
+                    "a heartbeats' read was not confirmed in time; they retry"
+                );
+                let reply = ClientReply::Retry("no read index in time".into());
+                for w in waiters {
+                    self.reply(w.from, w.request, &reply);
+                }
+            }
+        }
+        if self.heartbeats_queued.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.heartbeats_queued);
+        let n = waiters.len();
+        let after = self.raft.log().last_index();
+        match self.await_read_index_after(Awaiting::Heartbeats(waiters), after) {
+            Ok(tag) => self.heartbeats_read = Some((tag, n, Instant::now())),
+            Err((Awaiting::Heartbeats(waiters), reply)) => {
+                for w in waiters {
+                    self.reply(w.from, w.request, &reply);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Asks the Raft core for a read index and keeps a client's lookup
+    /// waiting for it (answered by [`Self::answer_lookups`]); the reply to
+    /// send now if it cannot wait (`None`: it waits).
+    fn await_read_index(&mut self, what: Awaiting) -> Option<ClientReply> {
+        let lookups = self.lookups.len() - usize::from(self.heartbeats_read.is_some());
+        if lookups >= LOOKUPS_WAITING_MAX {
             return Some(ClientReply::Retry(format!(
-                "{LOOKUPS_WAITING_MAX} reads are waiting here; try again"
+                "{LOOKUPS_WAITING_MAX} lookups are waiting here; try again"
             )));
         }
+        self.await_read_index_after(what, 0).err().map(|(_, reply)| reply)
+    }
+
+    /// Asks the Raft core for a read index for `what`, answered once it is
+    /// confirmed and the state has applied `after`; its tag, or `what`
+    /// back with the reply for its waiters.
+    fn await_read_index_after(
+        &mut self,
+        what: Awaiting,
+        after: u64,
+    ) -> Result<u64, (Awaiting, ClientReply)> {
         self.last_read_tag += 1;
         let tag = self.last_read_tag;
         match self.raft.read_index(tag) {
             Ok(()) => {
                 let term = self.raft.term();
-                self.lookups.insert(
-                    tag,
-                    Lookup {
-                        from,
-                        request,
-                        what,
-                        term,
-                    },
-                );
-                None
+                self.lookups.insert(tag, Lookup { what, after, term });
+                Ok(tag)
             }
-            Err(e) => Some(ClientReply::Retry(format!("no read index: {e}"))),
+            Err(e) => Err((what, ClientReply::Retry(format!("no read index: {e}")))),
         }
     }
 
@@ -1241,14 +1351,29 @@ impl<T: Transport> CoordinatorNode<T> {
                 .map(|(tag, _)| *tag)
                 .collect();
             for tag in stale {
-                if let Some(l) = self.lookups.remove(&tag) {
-                    self.reply(l.from, l.request, &not_leader);
+                let Some(l) = self.lookups.remove(&tag) else {
+                    continue;
+                };
+                match l.what {
+                    Awaiting::Table { from, request, .. } => {
+                        self.reply(from, request, &not_leader)
+                    }
+                    Awaiting::Heartbeats(waiters) => {
+                        if self.heartbeats_read.is_some_and(|r| r.0 == tag) {
+                            self.heartbeats_read = None;
+                        }
+                        for w in waiters {
+                            self.reply(w.from, w.request, &not_leader);
+                        }
+                    }
                 }
             }
             if self.lookups.is_empty() {
                 self.reads_confirmed.clear();
             }
         }
+        // Heartbeats that came in while a read was under way get the next.
+        self.start_heartbeats_read();
         let actions = self.coord.on_applied(&self.cluster);
         self.act(actions)
     }
