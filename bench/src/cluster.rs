@@ -366,11 +366,15 @@ pub fn failover(
 ) -> Result<FailoverReport, String> {
     let tick_ms = (election_ms / 5).max(1);
     let ticks = (election_ms / tick_ms).max(2);
+    // The master timeout must be at least 10 ticks (masters' leases).
+    let master_timeout_ms = (20 * tick_ms).max(500);
     let args: Vec<String> = [
         "--tick-ms",
         &tick_ms.to_string(),
         "--election-ticks",
         &ticks.to_string(),
+        "--master-timeout-ms",
+        &master_timeout_ms.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
