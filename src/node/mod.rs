@@ -1204,7 +1204,8 @@ impl<T: Transport> CoordinatorNode<T> {
         let after = self.raft.log().last_index();
         match self.await_read_index_after(Awaiting::Heartbeats(waiters), after) {
             Ok(tag) => self.heartbeats_read = Some((tag, n, Instant::now())),
-            Err((Awaiting::Heartbeats(waiters), reply)) => {
+            Err((Awaiting::Heartbeats(waiters), why)) => {
+                let reply = ClientReply::Retry(why);
                 for w in waiters {
                     self.reply(w.from, w.request, &reply);
                 }
@@ -1223,7 +1224,9 @@ impl<T: Transport> CoordinatorNode<T> {
                 "{LOOKUPS_WAITING_MAX} lookups are waiting here; try again"
             )));
         }
-        self.await_read_index_after(what, 0).err().map(|(_, reply)| reply)
+        self.await_read_index_after(what, 0)
+            .err()
+            .map(|(_, why)| ClientReply::Retry(why))
     }
 
     /// Asks the Raft core for a read index for `what`, answered once it is
@@ -1233,7 +1236,7 @@ impl<T: Transport> CoordinatorNode<T> {
         &mut self,
         what: Awaiting,
         after: u64,
-    ) -> Result<u64, (Awaiting, ClientReply)> {
+    ) -> Result<u64, (Awaiting, String)> {
         self.last_read_tag += 1;
         let tag = self.last_read_tag;
         match self.raft.read_index(tag) {
@@ -1242,7 +1245,7 @@ impl<T: Transport> CoordinatorNode<T> {
                 self.lookups.insert(tag, Lookup { what, after, term });
                 Ok(tag)
             }
-            Err(e) => Err((what, ClientReply::Retry(format!("no read index: {e}")))),
+            Err(e) => Err((what, format!("no read index: {e}"))),
         }
     }
 
@@ -1355,9 +1358,7 @@ impl<T: Transport> CoordinatorNode<T> {
                     continue;
                 };
                 match l.what {
-                    Awaiting::Table { from, request, .. } => {
-                        self.reply(from, request, &not_leader)
-                    }
+                    Awaiting::Table { from, request, .. } => self.reply(from, request, &not_leader),
                     Awaiting::Heartbeats(waiters) => {
                         if self.heartbeats_read.is_some_and(|r| r.0 == tag) {
                             self.heartbeats_read = None;
