@@ -331,20 +331,6 @@ impl Report {
     }
 }
 
-fn register_font() -> Result<(), String> {
-    let path = [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .ok_or("no DejaVuSans.ttf for the plots' text (apt-get install fonts-dejavu-core)")?;
-    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-        .map_err(|_| "the font does not load".to_string())
-}
-
 /// Latency CDFs on a log axis.
 pub fn plot_cdf(r: &Report, path: &Path) -> Result<(), String> {
     let series: Vec<(&str, &Dist, RGBColor)> = vec![
@@ -480,7 +466,7 @@ pub fn write_outputs(r: &Report, out: &Path, stamp: &str) -> Result<Vec<PathBuf>
     let md = out.join(format!("{stamp}.md"));
     std::fs::write(&md, r.markdown()).map_err(|e| e.to_string())?;
     let mut written = vec![json, md];
-    match register_font() {
+    match ramcoord::chaos::plot::register_font() {
         Ok(()) => {
             let cdf = out.join(format!("{stamp}-latency.png"));
             plot_cdf(r, &cdf)?;

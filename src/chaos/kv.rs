@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::history::{EventType, Function, Op, Value};
 use crate::lincheck::register::{Register, RegisterInput, RegisterOutput};
-use crate::lincheck::{check, History, Operation, Verdict};
+use crate::lincheck::{History, Operation, Verdict};
 
 /// The verdict for one key.
 #[derive(Clone, Debug)]
@@ -96,15 +96,7 @@ pub fn check_keys(ops: &[Op], include: impl Fn(&str) -> bool) -> Vec<KeyVerdict>
     by_key
         .into_iter()
         .map(|(key, h)| {
-            let verdict = check(&Register, &h);
-            let evidence = match &verdict {
-                Verdict::NotLinearizable(f) => f
-                    .unplaceable
-                    .iter()
-                    .map(|&i| h[i].origin as usize)
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let (verdict, evidence) = super::tables::check_with_evidence(&Register, &h);
             KeyVerdict {
                 key: key.to_string(),
                 ops: h.len(),

@@ -12,14 +12,16 @@ use super::run::FaultWindow;
 /// Points drawn per function at most (a long run is sampled evenly).
 const POINTS_PER_SERIES_MAX: usize = 40_000;
 
-fn register_font() -> Result<(), String> {
+/// Registers DejaVu Sans as the plots' "sans-serif" (plotters draws no
+/// text without a font); shared with the benchmarks' plots.
+pub fn register_font() -> Result<(), String> {
     let path = [
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "/usr/share/fonts/dejavu/DejaVuSans.ttf",
     ]
     .into_iter()
     .find(|p| Path::new(p).exists())
-    .ok_or("no DejaVuSans.ttf for the timeline's text (apt-get install fonts-dejavu-core)")?;
+    .ok_or("no DejaVuSans.ttf for the plots' text (apt-get install fonts-dejavu-core)")?;
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)

@@ -90,6 +90,24 @@ pub struct NameVerdict {
     pub evidence: Vec<usize>,
 }
 
+/// Checks `h` against `model`; for a failure, also the history lines of
+/// the operations that could not be placed (each operation's `origin`).
+pub(crate) fn check_with_evidence<M: Model>(
+    model: &M,
+    h: &History<M::Input, M::Output>,
+) -> (Verdict, Vec<usize>) {
+    let verdict = check(model, h);
+    let evidence = match &verdict {
+        Verdict::NotLinearizable(f) => f
+            .unplaceable
+            .iter()
+            .map(|&i| h[i].origin as usize)
+            .collect(),
+        _ => Vec::new(),
+    };
+    (verdict, evidence)
+}
+
 /// Checks the create / drop / read operations of `ops`, per name.
 pub fn check_tables(ops: &[Op]) -> Vec<NameVerdict> {
     let mut by_name: BTreeMap<&str, History<TableInput, TableOutput>> = BTreeMap::new();
@@ -127,15 +145,7 @@ pub fn check_tables(ops: &[Op]) -> Vec<NameVerdict> {
     by_name
         .into_iter()
         .map(|(name, h)| {
-            let verdict = check(&TableModel, &h);
-            let evidence = match &verdict {
-                Verdict::NotLinearizable(f) => f
-                    .unplaceable
-                    .iter()
-                    .map(|&i| h[i].origin as usize)
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let (verdict, evidence) = check_with_evidence(&TableModel, &h);
             NameVerdict {
                 name: name.to_string(),
                 ops: h.len(),
