@@ -15,7 +15,7 @@
 //! client's list), and tries the next address when a replica is down or
 //! has no hint, until its deadline.
 //!
-//! Operations are exactly-once ([`crate::node::client`]): each carries the
+//! Operations are exactly-once ([`crate::protocol`]): each carries the
 //! client's random id and a sequence number ([`CoordinatorClient::next_rpc`]),
 //! and [`CoordinatorClient::operate`] sends it again, same id, whenever an
 //! attempt ends without an answer (a timeout, a lost connection, a
@@ -37,8 +37,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::coordinator::Request;
-use crate::node::client::{decode, encode, ClientOp, ClientReply, ClientRequest, RpcId};
-use crate::node::tag;
+use crate::protocol::tag;
+use crate::protocol::{decode, encode, ClientOp, ClientReply, ClientRequest, RpcId};
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -602,7 +602,7 @@ impl CoordinatorClient {
             let completes = matches!(
                 &first,
                 ClientReply::Committed { result, .. }
-                    if !matches!(result, crate::node::client::OpResult::Rejected(_))
+                    if !matches!(result, crate::protocol::OpResult::Rejected(_))
             );
             if !completes {
                 return Ok((first, at, None));
@@ -654,8 +654,8 @@ impl MasterClient {
     pub fn ask(
         &mut self,
         addr: SocketAddr,
-        req: &crate::node::client::MasterRequest,
-    ) -> Result<crate::node::client::MasterReply, ClientError> {
+        req: &crate::protocol::MasterRequest,
+    ) -> Result<crate::protocol::MasterReply, ClientError> {
         self.next_request += 1;
         let id = self.next_request;
         if !self.conns.contains_key(&addr) {

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use crate::client::{ClientError, CoordinatorClient, MasterClient};
 use crate::cluster::{key_hash, ServerId, ServerStatus, TableId};
 use crate::coordinator::Request;
-use crate::node::client::{
+use crate::protocol::{
     ClientReply, ClientRequest, MasterReply, MasterRequest, OpResult, ReplicaChange, RpcId, Status,
     View,
 };

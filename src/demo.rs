@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crate::coordinator::Request;
 use crate::ctl::Ctl;
 use crate::local_cluster::{LocalCluster, LocalClusterConfig};
-use crate::node::client::{OpResult, Status};
+use crate::protocol::{OpResult, Status};
 
 /// How the demo runs.
 #[derive(Clone, Debug)]

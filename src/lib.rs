@@ -20,6 +20,8 @@ pub mod lincheck;
 pub mod local_cluster;
 pub mod master;
 pub mod node;
+pub mod protocol;
+pub mod replica;
 pub mod sim;
 pub mod storage_crash;
 pub mod transport;

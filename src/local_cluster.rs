@@ -18,7 +18,7 @@ use ramcoord_net::tls::{self, CredentialFiles, Identity, Tls};
 
 use crate::client::ClientSecurity;
 use crate::ctl::{Ctl, CtlOptions};
-use crate::node::client::Status;
+use crate::protocol::Status;
 
 /// How to start a [`LocalCluster`].
 #[derive(Clone, Debug)]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ramcoord::chaos::netns::{self, Net, PREFIX, ROOT_ADDR};
 use ramcoord::client::{ClientSecurity, CoordinatorClient};
-use ramcoord::node::client::{ClientReply, ClientRequest};
+use ramcoord::protocol::{ClientReply, ClientRequest};
 
 fn leftovers() -> Vec<String> {
     let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();

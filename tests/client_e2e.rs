@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ramcoord::client::CoordinatorClient;
 use ramcoord::coordinator::Request;
 use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
-use ramcoord::node::client::{ClientReply, ClientRequest, OpResult, ReplicaChange};
+use ramcoord::protocol::{ClientReply, ClientRequest, OpResult, ReplicaChange};
 
 const LIMIT: Duration = Duration::from_secs(30);
 

@@ -9,7 +9,7 @@ use ramcoord::cluster::{ServerId, ServerStatus};
 use ramcoord::coordinator::Request;
 use ramcoord::ctl::CtlCommand;
 use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
-use ramcoord::node::client::OpResult;
+use ramcoord::protocol::OpResult;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -421,7 +421,7 @@ fn restarted_and_replaced_replicas_rejoin() {
 /// a leader for good.)
 #[test]
 fn forged_raft_messages_do_not_wedge_the_group() {
-    use ramcoord::node::raft_payload;
+    use ramcoord::protocol::raft_payload;
     use ramcoord_log::{Message, MessageBody};
     use ramcoord_net::frame::Frame;
     use std::io::Write;

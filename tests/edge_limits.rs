@@ -14,7 +14,7 @@ use ramcoord::client::CoordinatorClient;
 use ramcoord::cluster::limits::NAME_BYTES_MAX;
 use ramcoord::coordinator::Request;
 use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
-use ramcoord::node::client::{ClientOp, ClientReply, ClientRequest, RpcId};
+use ramcoord::protocol::{ClientOp, ClientReply, ClientRequest, RpcId};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -145,7 +145,7 @@ fn a_raw_request_with_a_huge_name_is_refused_not_a_panic() {
         1,
         c.security_as(ramcoord_net::tls::Identity::Master),
     );
-    master.set_peer_id(ramcoord::node::master_client_id(nonce));
+    master.set_peer_id(ramcoord::protocol::master_client_id(nonce));
     let i = addrs
         .iter()
         .position(|(_, s)| s.as_ref().is_ok_and(|s| s.id == leader.id))

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ramcoord::coordinator::Request;
 use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
-use ramcoord::node::client::OpResult;
+use ramcoord::protocol::OpResult;
 
 /// Generous: the VM emulates its CPU.
 const LIMIT: Duration = Duration::from_secs(90);

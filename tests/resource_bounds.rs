@@ -15,7 +15,7 @@ use std::time::Duration;
 use ramcoord::client::CoordinatorClient;
 use ramcoord::coordinator::Request;
 use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
-use ramcoord::node::client::{ClientReply, ClientRequest};
+use ramcoord::protocol::{ClientReply, ClientRequest};
 use ramcoord_net::admission::Limits;
 use ramcoord_net::frame::{Frame, FRAME_BODY_BYTES_MAX};
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use ramcoord::client::CoordinatorClient;
 use ramcoord::coordinator::Request;
 use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
-use ramcoord::node::client::{ClientReply, ClientRequest, OpResult};
+use ramcoord::protocol::{ClientReply, ClientRequest, OpResult};
 use serde::Serialize;
 
 use crate::dist::{Dist, Recorder};

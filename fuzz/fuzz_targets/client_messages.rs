@@ -1,4 +1,4 @@
-//! `ramcoord::node::client::decode`: the client protocol's enveloped
+//! `ramcoord::protocol::decode`: the client protocol's enveloped
 //! messages, as `ClientRequest` (what a coordinator replica reads),
 //! `ClientReply` (what `ctl` and masters read), `MasterRequest` and
 //! `MasterReply`. The input is a whole message: the node's tag byte, then
@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ramcoord::node::client::{
+use ramcoord::protocol::{
     decode, encode, ClientReply, ClientRequest, MasterReply, MasterRequest,
 };
 use serde::{de::DeserializeOwned, Serialize};

@@ -47,7 +47,7 @@ use crate::client::{ClientSecurity, CoordinatorClient, MasterClient};
 use crate::cluster::{key_hash, TableId};
 use crate::coordinator::Request;
 use crate::local_cluster::{LocalCluster, LocalClusterConfig};
-use crate::node::client::{ClientReply, ClientRequest, MasterReply, MasterRequest, OpResult};
+use crate::protocol::{ClientReply, ClientRequest, MasterReply, MasterRequest, OpResult};
 
 /// A family of faults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cluster::{ServerStatus, TableId};
 use crate::master::serve_log::{ServeEvent, ServeWhat};
-use crate::node::client::View;
+use crate::protocol::View;
 
 /// Violations of each kind kept with their evidence (the count goes on).
 const VIOLATIONS_KEPT: usize = 8;

@@ -50,10 +50,10 @@ use super::{MasterAgent, MasterBugs, MasterConfig, RegionOutcome};
 use crate::client::CoordinatorClient;
 use crate::cluster::{limits, services, ServerId};
 use crate::coordinator::Request;
-use crate::node::client::{
+use crate::protocol::{
     decode, encode, ClientReply, ClientRequest, MasterReply, MasterRequest, OpResult,
 };
-use crate::node::{master_client_id, master_peer_id, tag, CONFIG_REGION};
+use crate::protocol::{master_client_id, master_peer_id, tag, CONFIG_REGION};
 use crate::transport::TransportKind;
 
 /// How a master process runs.

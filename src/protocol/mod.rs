@@ -1,11 +1,11 @@
 //! The client protocol of a coordinator replica (what `ramcoord ctl` and
 //! masters speak), and of a master (what `ctl put` / `ctl get` speak).
 //!
-//! A request is a transport message tagged [`super::tag::CLIENT`] (to a
-//! coordinator replica) or [`super::tag::MASTER`] (to a master), carrying a
+//! A request is a transport message tagged [`tag::CLIENT`] (to a
+//! coordinator replica) or [`tag::MASTER`] (to a master), carrying a
 //! postcard-encoded [`Envelope`]: a request id chosen by the client and the
-//! request. The answer is tagged [`super::tag::CLIENT_REPLY`] /
-//! [`super::tag::MASTER_REPLY`] and carries the same id, so a client that
+//! request. The answer is tagged [`tag::CLIENT_REPLY`] /
+//! [`tag::MASTER_REPLY`] and carries the same id, so a client that
 //! timed out and asked again can tell a late answer from the one it waits
 //! for. Anything that does not decode is counted and dropped, like any bad
 //! message; the connection it came on is not trusted more for it.
@@ -39,13 +39,56 @@
 //! when they know it (from `--peers`, or an `add-replica --address`), its
 //! address: a client given any one replica finds the leader.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use ramcoord_log::wire::encode_message;
+use ramcoord_log::Message;
+use ramcoord_net::{PeerId, RegionId};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Effect, Rejection, Server, ServerId, Table, TableId};
 use crate::coordinator::Request;
 
 pub use crate::cluster::RpcId;
+
+/// The first byte of a transport message: what follows.
+pub mod tag {
+    /// A Raft message (`ramcoord_log::wire`).
+    pub const RAFT: u8 = 1;
+    /// A client request to a coordinator replica ([`super::ClientRequest`]).
+    pub const CLIENT: u8 = 2;
+    /// A replica's answer to a client ([`super::ClientReply`]).
+    pub const CLIENT_REPLY: u8 = 3;
+    /// A client's request to a master ([`super::MasterRequest`]).
+    pub const MASTER: u8 = 4;
+    /// A master's answer ([`super::MasterReply`]).
+    pub const MASTER_REPLY: u8 = 5;
+}
+
+/// The id of a master's configuration region (the one-sided writes of
+/// configuration pushes land there).
+pub const CONFIG_REGION: RegionId = 1;
+
+/// The transport id of the master process with this enlistment nonce:
+/// the nonce with bit 63 set (replicas use small ids, clients bit 62).
+pub fn master_peer_id(nonce: u64) -> PeerId {
+    nonce | (1 << 63)
+}
+
+/// The id a master process's client of the coordinators (enlist,
+/// heartbeats) speaks under: a master id (bit 63), distinct from its
+/// transport id, whose messages go to the master's own transport (the
+/// coordinator pushes there; answers to the client must not).
+pub fn master_client_id(nonce: u64) -> PeerId {
+    master_peer_id(nonce) ^ (1 << 62)
+}
+
+/// Encodes a Raft message as a transport payload.
+pub fn raft_payload(m: &Message) -> Bytes {
+    let mut b = BytesMut::with_capacity(64);
+    b.put_u8(tag::RAFT);
+    encode_message(m, &mut b);
+    b.freeze()
+}
 
 /// An operation with its exactly-once id (see the module docs).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,838 @@
+//! A coordinator replica as a sans-IO state machine: everything a replica
+//! decides, nothing it does.
+//!
+//! A [`Replica`] holds the Raft core ([`RawNode`]) over some [`Storage`],
+//! the applied [`ClusterState`], the active [`Coordinator`], and the
+//! bookkeeping of the client protocol (clients waiting for a commit point
+//! or a completion, linearizable lookups, masters' heartbeats and their
+//! leases, pushes in flight). It never reads a clock, never touches a
+//! socket and never waits for a disk:
+//!
+//! - **events in** ([`Input`]): a transport message (a Raft message or a
+//!   client request, still encoded: decoding and authorization happen
+//!   here, at the edge), a tick, a disk write made durable, a push landed
+//!   or refused; each with the time it happened ([`Replica::input`]);
+//! - **actions out** ([`Output`]): send these bytes, persist this,
+//!   learn this peer's address, write this configuration region into a
+//!   master. The driver takes them with [`Replica::poll_output`] and
+//!   reports back what completes.
+//!
+//! Two drivers run this same code: the process (`crate::node`, real
+//! sockets and a real disk) and the simulator (`crate::sim`, simulated
+//! time, network and disks that complete when the seed says so). A driver
+//! bug therefore has one place to live, and the simulator's invariants
+//! watch it.
+//!
+//! # The ready loop ([`Replica::drive`])
+//!
+//! After a batch of inputs the driver calls `drive`, which empties the Raft
+//! core's readies:
+//!
+//! 1. the messages that may leave now are sent (the leader's appends go
+//!    out in parallel with its own write, thesis §10.2.1);
+//! 2. committed entries (already durable here) are applied to the cluster
+//!    state, and the clients waiting for them answered;
+//! 3. what must become durable (snapshot, entries, hard state) is handed
+//!    to the driver as one [`PersistJob`]; the ready waits in
+//!    `persisting` until [`Input::Persisted`] says the job and every job
+//!    before it is durable; only then are its `persisted_messages` (votes,
+//!    acknowledgements) sent and the core advanced. Jobs may be pipelined:
+//!    several in flight, completed in order.
+//!
+//! Then the coordinator acts: it proposes records (run through the loop
+//! again) and pushes configuration to masters.
+//!
+//! # Time
+//!
+//! Every input carries `now` (a monotonic instant). The replica measures
+//! commit-point latencies, lease and read timeouts and held pushes against
+//! it, and against nothing else: under the simulator `now` is simulated,
+//! so a seed replays exactly.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ramcoord_log::{
+    EntryKind, HardState, Message, NodeId, RawNode, Ready, Role, Snapshot, Storage, StorageError,
+};
+use ramcoord_net::{PeerId, WriteStatus};
+
+use crate::cluster::{ClusterState, ServerId};
+use crate::coordinator::{Action, Coordinator, CoordinatorBugs, CoordinatorConfig};
+use crate::protocol::{self, ClientReply, OpRecord};
+
+mod applied;
+mod reads;
+mod report;
+mod requests;
+
+use reads::{HeartbeatWaiter, Lookup};
+use requests::Waiter;
+
+/// How many applied operations a replica remembers for `ctl ops`.
+pub const RECENT_OPS: usize = 256;
+
+/// What a replica needs to know to decide (the process's other settings,
+/// such as where its log lives, belong to its driver).
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// This replica's id.
+    pub id: NodeId,
+    /// Whether its connections are mutual TLS (reported in `status`).
+    pub tls: bool,
+    /// One Raft tick (the lease granted to masters is counted in ticks).
+    pub tick: Duration,
+    /// The coordinator's timing (pushes, proposals, failure detection), in
+    /// ticks.
+    pub coordinator: CoordinatorConfig,
+    /// Compact the log after this many entries applied since the last
+    /// snapshot.
+    pub snapshot_entries: u64,
+    /// Hold every push this long before sending it (a fault-injection knob
+    /// for demos and tests: it widens the window between an operation's
+    /// commit point and its completion).
+    pub push_delay: Duration,
+    /// The replicas' client addresses (`HOST:PORT`, as configured; this
+    /// one's included): followers name the leader's in `NotLeader`, and
+    /// the leader checks `add-voter` against them. A replica added with an
+    /// address is added here by the leader that adds it.
+    pub peer_addrs: BTreeMap<NodeId, String>,
+    /// Planted bugs in the replica (only chaos tests and the simulator set
+    /// them).
+    pub bugs: NodeBugs,
+    /// Planted bugs in the coordinator logic (only the simulator sets them).
+    pub coordinator_bugs: CoordinatorBugs,
+}
+
+impl ReplicaConfig {
+    /// Defaults: 10 ms ticks, the default coordinator timing.
+    pub fn new(id: NodeId) -> ReplicaConfig {
+        ReplicaConfig {
+            id,
+            tls: false,
+            tick: Duration::from_millis(10),
+            coordinator: CoordinatorConfig::default(),
+            snapshot_entries: 10_000,
+            push_delay: Duration::ZERO,
+            peer_addrs: BTreeMap::new(),
+            bugs: NodeBugs::default(),
+            coordinator_bugs: CoordinatorBugs::default(),
+        }
+    }
+}
+
+/// Bugs planted in the replica so that `ramcoord chaos` and the simulator
+/// can show they catch them. Never set in production (a hidden flag).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeBugs {
+    /// Answer a client's operation as committed as soon as it is proposed,
+    /// before its commit point: a leader cut off from its quorum
+    /// acknowledges operations that are then lost.
+    pub ack_before_commit: bool,
+}
+
+/// Why a replica must stop. Every variant is fatal: the replica cannot
+/// tell what is durable any more, or its state is not what its log says.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The log's storage failed.
+    #[error("the log failed: {0}")]
+    Storage(#[from] StorageError),
+    /// A snapshot (from the disk or the leader) does not decode.
+    #[error("unreadable snapshot at index {index}: {why}")]
+    Snapshot {
+        /// The snapshot's index.
+        index: u64,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// Something that happened, for [`Replica::input`].
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A transport message from a peer (a Raft message or a client
+    /// request, tagged: [`protocol::tag`]). `from` is the transport's
+    /// word for who sent it (under TLS, proven by its certificate).
+    Message {
+        /// The sender.
+        from: PeerId,
+        /// The tagged payload.
+        payload: Bytes,
+    },
+    /// A Raft tick elapsed.
+    Tick,
+    /// The [`PersistJob`] numbered `number`, and every one before it, is
+    /// durable.
+    Persisted {
+        /// The job's number.
+        number: u64,
+    },
+    /// The write of an [`Output::Push`] finished.
+    PushDone {
+        /// The push's `write` id.
+        write: u64,
+        /// The peer the transport wrote to.
+        to: PeerId,
+        /// Landed, or why not.
+        status: WriteStatus,
+    },
+}
+
+/// What the driver must do, in the order given.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Send `payload` (tagged, see [`protocol::tag`]) to `to`. Best effort:
+    /// a message lost on the way is a message the protocol retries.
+    Send {
+        /// The peer.
+        to: PeerId,
+        /// The tagged payload.
+        payload: Bytes,
+    },
+    /// Make this durable, then report [`Input::Persisted`] with its
+    /// number. Jobs complete in order.
+    Persist(PersistJob),
+    /// From now on, `peer` is reached at `addr` (a replica added with an
+    /// address).
+    AddPeer {
+        /// The replica.
+        peer: NodeId,
+        /// Where it listens.
+        addr: SocketAddr,
+    },
+    /// Write `region` into the configuration region
+    /// ([`protocol::CONFIG_REGION`]) of the master at `addr`, whose
+    /// transport id is `peer`, then report [`Input::PushDone`] with
+    /// `write` (a push that cannot be sent at all may go unreported: the
+    /// coordinator pushes again).
+    Push {
+        /// This push's id, for [`Input::PushDone`].
+        write: u64,
+        /// The master's server id.
+        server: ServerId,
+        /// Its address, as it enlisted with it.
+        addr: String,
+        /// Its transport id ([`protocol::master_peer_id`]).
+        peer: PeerId,
+        /// The configuration version in `region`.
+        version: u64,
+        /// The encoded region.
+        region: Bytes,
+    },
+}
+
+/// What one ready needs made durable, in this order: the snapshot, the
+/// entries (overwriting any stored suffix from the first one's index), the
+/// hard state. The driver writes it to the replica's storage
+/// ([`Replica::storage_mut`]) and syncs it as `must_sync` says.
+#[derive(Clone, Debug, Default)]
+pub struct PersistJob {
+    /// Its number (increasing by one; [`Input::Persisted`] names it).
+    pub number: u64,
+    /// A snapshot from the leader.
+    pub snapshot: Option<Snapshot>,
+    /// Entries to append.
+    pub entries: Vec<ramcoord_log::Entry>,
+    /// The hard state, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Something must reach the disk (entries, a snapshot, a term or a
+    /// vote); a commit index alone may stay in the page cache.
+    pub must_sync: bool,
+}
+
+impl PersistJob {
+    /// Writes the job into `storage` (without syncing): what a driver's
+    /// disk does, in the order the storage rules require.
+    pub fn write_to<S: Storage>(&self, storage: &mut S) -> Result<(), StorageError> {
+        if let Some(snap) = &self.snapshot {
+            storage.apply_snapshot(snap.clone())?;
+        }
+        storage.append(&self.entries)?;
+        if let Some(hs) = self.hard_state {
+            storage.set_hard_state(hs)?;
+        }
+        Ok(())
+    }
+}
+
+/// A coordinator replica (see the module docs).
+pub struct Replica<S: Storage> {
+    cfg: ReplicaConfig,
+    raft: RawNode<S>,
+    cluster: ClusterState,
+    coord: Coordinator,
+    /// The time of the input being handled.
+    now: Instant,
+    /// Actions for the driver, oldest first.
+    out: VecDeque<Output>,
+    /// Readies whose persist job is with the driver, oldest first.
+    persisting: VecDeque<Ready>,
+    /// Transport messages that were not well-formed or were refused.
+    rejected_messages: u64,
+    /// Clients waiting for the commit point of the entry at an index.
+    waiters: BTreeMap<u64, Waiter>,
+    /// Client operations this replica proposed and has not seen apply:
+    /// where (a retry waits for that proposal instead of proposing again).
+    /// By (client, seq).
+    rpc_inflight: HashMap<(u64, u64), u64>,
+    /// Clients waiting for an operation's completion, by its seq.
+    completion_waiters: BTreeMap<u64, Waiter>,
+    /// When this replica proposed the entry at an index.
+    proposed_at: BTreeMap<u64, Instant>,
+    /// When each incomplete operation's commit record applied here.
+    committed_at: BTreeMap<u64, Instant>,
+    /// Recent commit-point latencies (µs), newest last.
+    commit_latencies_us: VecDeque<u64>,
+    commits_measured: u64,
+    /// Recent operations, oldest first.
+    recent: VecDeque<OpRecord>,
+    /// Pushes in flight: write id -> (server, term, version, peer).
+    pushes_in_flight: HashMap<u64, (ServerId, u64, u64, PeerId)>,
+    /// The push in flight to each server (a newer push supersedes an older
+    /// one, whose completion is then ignored: this bounds the pushes
+    /// tracked by the servers in the list, whatever the network loses).
+    push_by_server: HashMap<ServerId, u64>,
+    /// The last push's write id.
+    last_write: u64,
+    /// Pushes held back by `push_delay`: (when due, action).
+    delayed_pushes: VecDeque<(Instant, Action)>,
+    /// Raft refusals counted into `rejected_messages` and logged so far,
+    /// and when last logged.
+    refusals_logged: (u64, Option<Instant>),
+    /// Requests refused for a missing role, and when one was last logged.
+    refused_by_role: u64,
+    role_refusal_logged: Option<Instant>,
+    /// How many lost-match findings were logged, and when last.
+    lost_matches_logged: (u64, Option<Instant>),
+    /// Linearizable lookups and heartbeat batches waiting for their read
+    /// index, by its tag.
+    lookups: HashMap<u64, Lookup>,
+    /// Read indexes confirmed by the Raft core, waiting for the apply:
+    /// (index, tag).
+    reads_confirmed: Vec<(u64, u64)>,
+    /// The tag of the last read index asked for.
+    last_read_tag: u64,
+    /// The lease granted to masters with each heartbeat acknowledgement.
+    lease: Duration,
+    /// Heartbeats that arrived since the heartbeats' read under way began
+    /// (they wait for the next one: one read at a time serves them all).
+    heartbeats_queued: Vec<HeartbeatWaiter>,
+    /// The heartbeats' read under way: its tag, how many it answers, and
+    /// when it began.
+    heartbeats_read: Option<(u64, usize, Instant)>,
+    /// A tick came in: the coordinator acts on the passage of time at the
+    /// next [`Replica::drive`].
+    tick_pending: bool,
+}
+
+impl<S: Storage> Replica<S> {
+    /// A replica over `raft`, whose storage holds its log; its cluster
+    /// state is the storage's snapshot, or `fresh` if it has none. `now`
+    /// is the time it starts.
+    pub fn new(
+        cfg: ReplicaConfig,
+        raft: RawNode<S>,
+        fresh: ClusterState,
+        now: Instant,
+    ) -> Result<Replica<S>, ReplicaError> {
+        let snapshot = raft.log().storage().snapshot();
+        let cluster = if snapshot.data.is_empty() {
+            fresh
+        } else {
+            ClusterState::restore(&snapshot.data).map_err(|why| ReplicaError::Snapshot {
+                index: snapshot.meta.index,
+                why,
+            })?
+        };
+        Ok(Replica {
+            raft,
+            cluster,
+            coord: Coordinator::new(cfg.coordinator, cfg.coordinator_bugs),
+            lease: crate::master::lease_for_timeout(cfg.coordinator.master_timeout_ticks, cfg.tick),
+            cfg,
+            now,
+            out: VecDeque::new(),
+            persisting: VecDeque::new(),
+            rejected_messages: 0,
+            waiters: BTreeMap::new(),
+            rpc_inflight: HashMap::new(),
+            completion_waiters: BTreeMap::new(),
+            proposed_at: BTreeMap::new(),
+            committed_at: BTreeMap::new(),
+            commit_latencies_us: VecDeque::new(),
+            commits_measured: 0,
+            recent: VecDeque::new(),
+            pushes_in_flight: HashMap::new(),
+            push_by_server: HashMap::new(),
+            last_write: 0,
+            delayed_pushes: VecDeque::new(),
+            refusals_logged: (0, None),
+            refused_by_role: 0,
+            role_refusal_logged: None,
+            lookups: HashMap::new(),
+            heartbeats_queued: Vec::new(),
+            heartbeats_read: None,
+            reads_confirmed: Vec::new(),
+            last_read_tag: 0,
+            lost_matches_logged: (0, None),
+            tick_pending: false,
+        })
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    /// The applied cluster state.
+    pub fn cluster(&self) -> &ClusterState {
+        &self.cluster
+    }
+
+    /// The Raft core (read only: for status and the simulator's checks).
+    pub fn raft(&self) -> &RawNode<S> {
+        &self.raft
+    }
+
+    /// The coordinator logic (read only).
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.coord
+    }
+
+    /// The log's storage, for the driver to carry out [`PersistJob`]s.
+    pub fn storage_mut(&mut self) -> &mut S {
+        self.raft.storage_mut()
+    }
+
+    /// Takes the replica apart: its storage (what a crash leaves behind is
+    /// the driver's business).
+    pub fn into_storage(self) -> S {
+        self.raft.into_storage()
+    }
+
+    /// Raft role, term and commit index.
+    pub fn status(&self) -> (Role, u64, u64) {
+        (
+            self.raft.role(),
+            self.raft.term(),
+            self.raft.log().committed,
+        )
+    }
+
+    /// The replica believed to lead.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.leader_id()
+    }
+
+    /// Messages refused as malformed, misaddressed or from the wrong role.
+    pub fn rejected_messages(&self) -> u64 {
+        self.rejected_messages
+    }
+
+    /// Persist jobs handed out and not yet reported durable.
+    pub fn persisting(&self) -> usize {
+        self.persisting.len()
+    }
+
+    /// The next action for the driver.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When the replica next wants to be called even if nothing happens
+    /// (a held push falls due); ticks are the driver's own timer.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.delayed_pushes.front().map(|(due, _)| *due)
+    }
+
+    /// Handles one input at `now` (no earlier than the last one's). Call
+    /// [`Replica::drive`] after a batch of inputs: taking several before
+    /// driving lets one disk write carry them all.
+    pub fn input(&mut self, now: Instant, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Message { from, payload } => self.on_message(from, payload),
+            Input::Tick => {
+                self.raft.tick();
+                // A tick also lets the coordinator act on the passage of
+                // time (retries, failure detection); after the ready loop
+                // has run, so it sees the state as of this tick.
+                self.tick_pending = true;
+            }
+            Input::Persisted { number } => self.on_persisted(number),
+            Input::PushDone { write, to, status } => self.on_push_done(write, to, status),
+        }
+    }
+
+    /// Proposes a record (this replica must lead); returns its index. For
+    /// tests and tools: clients propose through the client protocol.
+    pub fn propose(
+        &mut self,
+        now: Instant,
+        record: &crate::cluster::Record,
+    ) -> Result<u64, String> {
+        self.now = self.now.max(now);
+        let data = record.encode().map_err(|e| e.to_string())?;
+        let index = self.raft.propose(data).map_err(|e| e.to_string())?;
+        self.proposed_at.insert(index, self.now);
+        Ok(index)
+    }
+}
+
+impl<S: Storage> Replica<S> {
+    fn send_raft(&mut self, m: &Message) {
+        self.out.push_back(Output::Send {
+            to: m.to,
+            payload: protocol::raft_payload(m),
+        });
+    }
+
+    fn reply(&mut self, to: PeerId, request: u64, reply: &ClientReply) {
+        self.out.push_back(Output::Send {
+            to,
+            payload: protocol::encode(protocol::tag::CLIENT_REPLY, request, reply),
+        });
+    }
+
+    /// A transport message: a client request or a Raft message. Anything
+    /// else, anything malformed, and anything from a peer whose role does
+    /// not allow it is counted, logged (rate-limited) and dropped.
+    fn on_message(&mut self, from: PeerId, payload: Bytes) {
+        match payload.first() {
+            Some(&protocol::tag::CLIENT) => {
+                match protocol::decode::<protocol::ClientRequest>(&payload[1..]) {
+                    Ok(env) => {
+                        if let Err(why) = self.authorize(from, &env.body) {
+                            self.refused_by_role += 1;
+                            self.log_role_refusal(from, &why);
+                            self.reply(from, env.id, &ClientReply::Refused(why));
+                            return;
+                        }
+                        self.answer(from, env.id, env.body)
+                    }
+                    Err(e) => {
+                        self.rejected_messages += 1;
+                        tracing::warn!(from, error = %e, "malformed client request dropped");
+                    }
+                }
+            }
+            Some(&protocol::tag::RAFT) => {
+                if !matches!(
+                    ramcoord_net::tls::PeerClass::of(from),
+                    ramcoord_net::tls::PeerClass::Replica(_)
+                ) {
+                    // Only a replica speaks Raft (with TLS, `from` is
+                    // proven by its certificate).
+                    self.refused_by_role += 1;
+                    self.log_role_refusal(from, "a Raft message from a client or a master");
+                    return;
+                }
+                match ramcoord_log::wire::decode_message(payload.slice(1..)) {
+                    Ok(m) if m.from == from && m.to == self.cfg.id => {
+                        self.raft.step(m);
+                        self.log_refusals();
+                    }
+                    Ok(m) => {
+                        self.rejected_messages += 1;
+                        tracing::warn!(from, claimed = m.from, to = m.to, "misaddressed message");
+                    }
+                    Err(e) => {
+                        self.rejected_messages += 1;
+                        tracing::warn!(from, error = %e, "malformed Raft message dropped");
+                    }
+                }
+            }
+            _ => {
+                self.rejected_messages += 1;
+                tracing::warn!(from, "message with an unknown tag dropped");
+            }
+        }
+    }
+
+    /// A push's write finished: landed is the master's acknowledgement.
+    fn on_push_done(&mut self, write: u64, to: PeerId, status: WriteStatus) {
+        // Only the master the push went to can complete it.
+        if self.pushes_in_flight.get(&write).is_none_or(|p| p.3 != to) {
+            return;
+        }
+        let Some((server, term, version, _)) = self.pushes_in_flight.remove(&write) else {
+            return;
+        };
+        if self.push_by_server.get(&server) == Some(&write) {
+            self.push_by_server.remove(&server);
+        }
+        match status {
+            WriteStatus::Landed => {
+                tracing::debug!(%server, version, term, "push landed");
+                self.coord.on_push_acked(server, term, version);
+            }
+            other => tracing::warn!(
+                %server,
+                peer = to,
+                version,
+                ?other,
+                "push refused by the master; retrying later"
+            ),
+        }
+    }
+
+    /// The jobs up to `number` are durable: their readies' acknowledgements
+    /// and votes may leave, and the Raft core learns it.
+    fn on_persisted(&mut self, number: u64) {
+        while self
+            .persisting
+            .front()
+            .is_some_and(|rd| rd.number <= number)
+        {
+            let mut rd = self.persisting.pop_front().expect("just looked");
+            for m in std::mem::take(&mut rd.persisted_messages) {
+                self.send_raft(&m);
+            }
+            self.raft.advance(rd);
+        }
+    }
+
+    /// The ready loop (see the module docs), then the coordinator's turn.
+    /// An error is fatal: the replica must stop.
+    pub fn drive(&mut self, now: Instant) -> Result<(), ReplicaError> {
+        self.now = self.now.max(now);
+        self.release_due_pushes();
+        loop {
+            self.run_readies()?;
+            self.after_readies()?;
+            let mut actions = self.coord.on_applied(&self.cluster);
+            if std::mem::take(&mut self.tick_pending) {
+                actions.extend(self.coord.tick(&self.cluster));
+            }
+            if !self.act(actions) {
+                return Ok(());
+            }
+            // It proposed: run the loop again for its records.
+        }
+    }
+
+    /// Empties the Raft core's readies.
+    fn run_readies(&mut self) -> Result<(), ReplicaError> {
+        while self.raft.has_ready() {
+            let mut rd = self.raft.ready();
+            for m in std::mem::take(&mut rd.messages) {
+                self.send_raft(&m);
+            }
+            if let Some(snap) = &rd.snapshot {
+                self.cluster =
+                    ClusterState::restore(&snap.data).map_err(|why| ReplicaError::Snapshot {
+                        index: snap.meta.index,
+                        why,
+                    })?;
+                tracing::info!(
+                    index = snap.meta.index,
+                    term = snap.meta.term,
+                    bytes = snap.data.len(),
+                    "installed a snapshot from the leader"
+                );
+            }
+            for e in std::mem::take(&mut rd.committed_entries) {
+                if e.index <= self.cluster.applied_index() {
+                    continue; // covered by the snapshot restored at start
+                }
+                self.apply_entry(&e);
+            }
+            self.reads_confirmed
+                .extend(rd.read_states.iter().map(|r| (r.index, r.ctx)));
+            if rd.is_persist_empty() && self.persisting.is_empty() {
+                // Nothing to wait for: its messages may leave now.
+                for m in std::mem::take(&mut rd.persisted_messages) {
+                    self.send_raft(&m);
+                }
+                self.raft.advance(rd);
+                continue;
+            }
+            let job = PersistJob {
+                number: rd.number,
+                snapshot: rd.snapshot.take(),
+                entries: std::mem::take(&mut rd.entries),
+                hard_state: rd.hard_state.take(),
+                must_sync: rd.must_sync,
+            };
+            self.persisting.push_back(rd);
+            self.out.push_back(Output::Persist(job));
+        }
+        Ok(())
+    }
+
+    /// Applies one committed entry and does the bookkeeping around it.
+    fn apply_entry(&mut self, e: &ramcoord_log::Entry) {
+        let data: &[u8] = if e.kind == EntryKind::Normal {
+            &e.data
+        } else {
+            &[]
+        };
+        // Planted bug (simulator): a client's commit record applied as a
+        // plain one, so the exactly-once table never hears of it.
+        let stripped;
+        let data: &[u8] = match crate::cluster::Record::decode(data) {
+            Ok(crate::cluster::Record::ClientCommit { op, .. })
+                if self.cfg.coordinator_bugs.forget_clients =>
+            {
+                stripped = crate::cluster::Record::Commit(op)
+                    .encode()
+                    .unwrap_or_default();
+                &stripped
+            }
+            _ => data,
+        };
+        let outcome = self.cluster.apply(e.index, data);
+        if e.kind == EntryKind::ConfChange {
+            tracing::info!(index = e.index, conf = ?self.raft.conf(), "membership change applied");
+        }
+        self.applied(e.index, e.term, &e.data, &outcome, e.kind);
+    }
+
+    /// What follows a round of readies: lookups, compaction, leadership.
+    fn after_readies(&mut self) -> Result<(), ReplicaError> {
+        self.answer_lookups();
+        self.maybe_compact()?;
+        let established = self.raft.role() == Role::Leader
+            && self.raft.log().term(self.cluster.applied_index()).ok() == Some(self.raft.term())
+            && self.cluster.applied_index() >= self.raft.log().committed;
+        self.coord.set_log_last_index(self.raft.log().last_index());
+        let was = self.coord.is_active();
+        self.coord
+            .set_leadership(established, self.raft.term(), &self.cluster);
+        if established && !was {
+            tracing::info!(
+                id = self.cfg.id,
+                term = self.raft.term(),
+                incomplete = self.cluster.incomplete().len(),
+                "coordinator active: rolling forward incomplete operations"
+            );
+            for (seq, p) in self.cluster.incomplete() {
+                tracing::info!(seq, op = %p.op.summary(), targets = p.targets.len(), "roll-forward");
+            }
+        } else if was && !established {
+            // Pushes of the term that ended are no one's business now.
+            self.pushes_in_flight.clear();
+            self.push_by_server.clear();
+            tracing::info!(
+                id = self.cfg.id,
+                term = self.raft.term(),
+                "coordinator inactive"
+            );
+        }
+        self.drop_stale_reads(established);
+        // Heartbeats that came in while a read was under way get the next.
+        self.start_heartbeats_read();
+        Ok(())
+    }
+
+    /// Compacts the log once `snapshot_entries` entries have been applied
+    /// since the last snapshot: the cluster state at the applied index
+    /// becomes the snapshot, the segments below it are deleted (a replica
+    /// that needs older entries is sent the snapshot). Not while a persist
+    /// job is out: the storage must hold what the snapshot covers.
+    fn maybe_compact(&mut self) -> Result<(), ReplicaError> {
+        if !self.persisting.is_empty() {
+            return Ok(());
+        }
+        let point = self.raft.snapshot_point();
+        let held = self.raft.log().storage().snapshot().meta.index;
+        if point.index < held + self.cfg.snapshot_entries
+            || point.index > self.raft.log().storage().last_index()
+            || point.index != self.cluster.applied_index()
+        {
+            return Ok(());
+        }
+        let data = self.cluster.snapshot();
+        let bytes = data.len();
+        let index = point.index;
+        self.raft
+            .storage_mut()
+            .compact(ramcoord_log::Snapshot { meta: point, data })?;
+        tracing::info!(index, bytes, "log compacted: snapshot of the cluster state");
+        Ok(())
+    }
+
+    /// Carries out the coordinator's actions; whether it proposed.
+    fn act(&mut self, actions: Vec<Action>) -> bool {
+        let mut proposed = false;
+        for a in actions {
+            match a {
+                Action::Propose(rec) => {
+                    let data = match rec.encode() {
+                        Ok(data) => data,
+                        Err(e) => {
+                            tracing::error!(error = %e, record = ?rec, "cannot encode the coordinator's own record; not proposed");
+                            continue;
+                        }
+                    };
+                    if let Ok(index) = self.raft.propose(data) {
+                        self.proposed_at.insert(index, self.now);
+                        proposed = true;
+                    }
+                }
+                push @ Action::Push { .. } => {
+                    if self.cfg.push_delay.is_zero() {
+                        self.push(push);
+                    } else {
+                        let due = self.now + self.cfg.push_delay;
+                        self.delayed_pushes.push_back((due, push));
+                    }
+                }
+            }
+        }
+        proposed
+    }
+
+    /// Sends the held pushes that fell due.
+    fn release_due_pushes(&mut self) {
+        while self
+            .delayed_pushes
+            .front()
+            .is_some_and(|(due, _)| *due <= self.now)
+        {
+            let (_, push) = self.delayed_pushes.pop_front().expect("just looked");
+            self.push(push);
+        }
+    }
+
+    /// Asks the driver to write a configuration region into a master
+    /// (one-sided).
+    fn push(&mut self, push: Action) {
+        let Action::Push {
+            to,
+            addr,
+            version,
+            region,
+        } = push
+        else {
+            return;
+        };
+        if !self.coord.is_active() {
+            return; // a held push outlived its leadership
+        }
+        let Some(server) = self.cluster.server(to) else {
+            return;
+        };
+        let peer = protocol::master_peer_id(server.nonce);
+        self.last_write += 1;
+        let write = self.last_write;
+        self.pushes_in_flight
+            .insert(write, (to, self.coord.term(), version, peer));
+        if let Some(older) = self.push_by_server.insert(to, write) {
+            self.pushes_in_flight.remove(&older);
+        }
+        tracing::debug!(%to, version, "push sent");
+        self.out.push_back(Output::Push {
+            write,
+            server: to,
+            addr,
+            peer,
+            version,
+            region,
+        });
+    }
+}
