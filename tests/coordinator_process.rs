@@ -192,17 +192,38 @@ fn a_second_process_on_a_data_directory_is_refused() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
+    let mut first = first;
+    let mut second = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
         .args(["coordinator", "--id", "1", "--listen"])
         .arg(format!("127.0.0.1:{}", free_port()))
         .args(["--peers", &peers, "--data-dir"])
         .arg(dir.join("c1"))
         .arg("--tls-dir")
         .arg(dir.join("tls"))
-        .output()
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the second process ran: {err}");
+    // It must give up at once; never wait for it for ever (if the first
+    // died, say its port was taken, the second would run).
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > end {
+            let _ = second.kill();
+            let first_exited = first.child.try_wait().unwrap();
+            panic!("the second process kept running (the first one: {first_exited:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "the first process exited (its port taken?); the test proves nothing"
+    );
+    assert!(!status.success(), "the second process ran: {err}");
     assert!(
         err.contains(&format!("in use by process {}", first.child.id())),
         "{err}"

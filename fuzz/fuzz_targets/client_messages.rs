@@ -10,9 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ramcoord::protocol::{
-    decode, encode, ClientReply, ClientRequest, MasterReply, MasterRequest,
-};
+use ramcoord::protocol::{decode, encode, ClientReply, ClientRequest, MasterReply, MasterRequest};
 use serde::{de::DeserializeOwned, Serialize};
 use std::fmt::Debug;
 

@@ -323,6 +323,11 @@ impl MasterAgent {
         self.lease_until
     }
 
+    /// The nonce it enlists with (its process's identity).
+    pub fn nonce(&self) -> u64 {
+        self.nonce
+    }
+
     /// Its id, once enlisted.
     pub fn id(&self) -> Option<ServerId> {
         self.id

@@ -132,6 +132,10 @@ pub struct NodeBugs {
     /// before its commit point: a leader cut off from its quorum
     /// acknowledges operations that are then lost.
     pub ack_before_commit: bool,
+    /// Send a ready's acknowledgements and votes as soon as its persist job
+    /// is handed to the disk, not once it is durable: a replica that
+    /// crashes then has promised what it lost.
+    pub ack_before_flush: bool,
 }
 
 /// Why a replica must stop. Every variant is fatal: the replica cannot
@@ -259,6 +263,35 @@ impl PersistJob {
     }
 }
 
+/// What a replica applied, for an observer that checks every apply (the
+/// simulator): kept only when [`Replica::observe_applies`] is on.
+#[derive(Clone, Debug)]
+pub enum AppliedNote {
+    /// The state was replaced by a snapshot from the leader, at `index`.
+    Snapshot {
+        /// The snapshot's index.
+        index: u64,
+    },
+    /// One entry applied.
+    Entry(Box<EntryApplied>),
+}
+
+/// One entry as a replica applied it (see [`AppliedNote`]).
+#[derive(Clone, Debug)]
+pub struct EntryApplied {
+    /// The entry.
+    pub entry: ramcoord_log::Entry,
+    /// What applying it did.
+    pub outcome: crate::cluster::Outcome,
+    /// For a completion record: the operation it completes, as it stood
+    /// just before (`None` if it was not incomplete here).
+    pub completing: Option<crate::cluster::Pending>,
+    /// The cluster state's own invariants, checked right after.
+    pub state_check: Result<(), String>,
+    /// Whether this replica was the active coordinator when it applied.
+    pub active: bool,
+}
+
 /// A coordinator replica (see the module docs).
 pub struct Replica<S: Storage> {
     cfg: ReplicaConfig,
@@ -309,8 +342,9 @@ pub struct Replica<S: Storage> {
     /// How many lost-match findings were logged, and when last.
     lost_matches_logged: (u64, Option<Instant>),
     /// Linearizable lookups and heartbeat batches waiting for their read
-    /// index, by its tag.
-    lookups: HashMap<u64, Lookup>,
+    /// index, by its tag. (Ordered: the replica's outputs must not depend
+    /// on a hash seed, or the simulator could not replay a seed.)
+    lookups: BTreeMap<u64, Lookup>,
     /// Read indexes confirmed by the Raft core, waiting for the apply:
     /// (index, tag).
     reads_confirmed: Vec<(u64, u64)>,
@@ -327,6 +361,10 @@ pub struct Replica<S: Storage> {
     /// A tick came in: the coordinator acts on the passage of time at the
     /// next [`Replica::drive`].
     tick_pending: bool,
+    /// Retried operations answered from the exactly-once table.
+    retries_answered_applied: u64,
+    /// Applied entries kept for an observer, if one asked.
+    applied_notes: Option<Vec<AppliedNote>>,
 }
 
 impl<S: Storage> Replica<S> {
@@ -373,13 +411,15 @@ impl<S: Storage> Replica<S> {
             refusals_logged: (0, None),
             refused_by_role: 0,
             role_refusal_logged: None,
-            lookups: HashMap::new(),
+            lookups: BTreeMap::new(),
             heartbeats_queued: Vec::new(),
             heartbeats_read: None,
             reads_confirmed: Vec::new(),
             last_read_tag: 0,
             lost_matches_logged: (0, None),
             tick_pending: false,
+            applied_notes: None,
+            retries_answered_applied: 0,
         })
     }
 
@@ -428,9 +468,17 @@ impl<S: Storage> Replica<S> {
         self.raft.leader_id()
     }
 
-    /// Messages refused as malformed, misaddressed or from the wrong role.
+    /// Messages refused: at the edge (malformed, misaddressed, from the
+    /// wrong role) or by the Raft core (a non-member, a term out of
+    /// bounds).
     pub fn rejected_messages(&self) -> u64 {
-        self.rejected_messages
+        self.rejected_messages + self.raft.refusals().0
+    }
+
+    /// Retried client operations answered with the outcome the
+    /// exactly-once table kept (nothing proposed), since it started.
+    pub fn retries_answered_applied(&self) -> u64 {
+        self.retries_answered_applied
     }
 
     /// Persist jobs handed out and not yet reported durable.
@@ -466,6 +514,38 @@ impl<S: Storage> Replica<S> {
             Input::Persisted { number } => self.on_persisted(number),
             Input::PushDone { write, to, status } => self.on_push_done(write, to, status),
         }
+    }
+
+    /// Keeps a note of every entry applied from now on (see
+    /// [`AppliedNote`]), until taken with [`Replica::take_applied`].
+    pub fn observe_applies(&mut self) {
+        self.applied_notes.get_or_insert_with(Vec::new);
+    }
+
+    /// The notes of the entries applied since the last call.
+    pub fn take_applied(&mut self) -> Vec<AppliedNote> {
+        self.applied_notes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Starts handing leadership to `to` (this replica must lead).
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), ramcoord_log::ProposeError> {
+        self.raft.transfer_leader(to)
+    }
+
+    /// Proposes `data` as it is, past every check of the edge: what a bug
+    /// or a forged proposal would do. Only for the simulator, which shows
+    /// that applying anything committed never stops a replica.
+    #[doc(hidden)]
+    pub fn propose_unchecked(
+        &mut self,
+        now: Instant,
+        data: Bytes,
+    ) -> Result<u64, ramcoord_log::ProposeError> {
+        self.now = self.now.max(now);
+        self.raft.propose(data)
     }
 
     /// Proposes a record (this replica must lead); returns its index. For
@@ -634,6 +714,11 @@ impl<S: Storage> Replica<S> {
                     bytes = snap.data.len(),
                     "installed a snapshot from the leader"
                 );
+                if let Some(notes) = self.applied_notes.as_mut() {
+                    notes.push(AppliedNote::Snapshot {
+                        index: snap.meta.index,
+                    });
+                }
             }
             for e in std::mem::take(&mut rd.committed_entries) {
                 if e.index <= self.cluster.applied_index() {
@@ -650,6 +735,12 @@ impl<S: Storage> Replica<S> {
                 }
                 self.raft.advance(rd);
                 continue;
+            }
+            if self.cfg.bugs.ack_before_flush {
+                // The planted bug: acknowledgements leave before the write.
+                for m in std::mem::take(&mut rd.persisted_messages) {
+                    self.send_raft(&m);
+                }
             }
             let job = PersistJob {
                 number: rd.number,
@@ -685,7 +776,25 @@ impl<S: Storage> Replica<S> {
             }
             _ => data,
         };
+        let completing = match (&self.applied_notes, crate::cluster::Record::decode(data)) {
+            (Some(_), Ok(crate::cluster::Record::Complete { seq })) => {
+                self.cluster.incomplete().get(&seq).cloned()
+            }
+            _ => None,
+        };
         let outcome = self.cluster.apply(e.index, data);
+        if self.applied_notes.is_some() {
+            let note = AppliedNote::Entry(Box::new(EntryApplied {
+                entry: e.clone(),
+                outcome: outcome.clone(),
+                completing,
+                state_check: self.cluster.check(),
+                active: self.coord.is_active(),
+            }));
+            if let Some(notes) = self.applied_notes.as_mut() {
+                notes.push(note);
+            }
+        }
         if e.kind == EntryKind::ConfChange {
             tracing::info!(index = e.index, conf = ?self.raft.conf(), "membership change applied");
         }

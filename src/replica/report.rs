@@ -129,7 +129,6 @@ impl<S: Storage> Replica<S> {
                 "Raft messages refused (changed nothing)"
             );
         }
-        self.rejected_messages += count - self.refusals_logged.0;
         self.refusals_logged = (count, Some(now));
     }
 }

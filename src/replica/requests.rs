@@ -73,6 +73,10 @@ impl<S: Storage> Replica<S> {
                         "server {server} was enlisted by another master process"
                     )),
                     Some(_) => Ok(()),
+                    // Its slot holds a later server: it was declared
+                    // crashed and removed. The answer tells it so (it must
+                    // stop, not heartbeat for ever); that is all it gets.
+                    None if self.cluster.is_gone(*server) => Ok(()),
                     None => Err(format!("server {server} is not in the server list")),
                 }
             }
@@ -328,11 +332,20 @@ impl<S: Storage> Replica<S> {
             ClientRequest::Operate(ref cop) | ClientRequest::OperateUntilComplete(ref cop) => {
                 let until_complete = matches!(req, ClientRequest::OperateUntilComplete(_));
                 let rpc = cop.rpc;
-                match self.cluster.rpc_status(&rpc) {
+                // Planted bug (simulator): the exactly-once table is not
+                // asked, nor the proposals in flight.
+                let forget = self.cfg.coordinator_bugs.forget_clients;
+                let status = if forget {
+                    RpcStatus::New
+                } else {
+                    self.cluster.rpc_status(&rpc)
+                };
+                match status {
                     RpcStatus::Applied(s) => {
                         let (seq, result) = (s.index, s.result.clone());
                         tracing::info!(%rpc, seq, "a retried operation was applied already: answered with its outcome");
                         let received = self.now;
+                        self.retries_answered_applied += 1;
                         self.answer_applied(from, request, seq, &result, until_complete, received);
                         return;
                     }
@@ -343,7 +356,11 @@ impl<S: Storage> Replica<S> {
                     RpcStatus::New => {
                         // Proposed here and not applied yet: the retry
                         // waits for that proposal.
-                        let pending = self.rpc_inflight.get(&rpc.key()).copied();
+                        let pending = self
+                            .rpc_inflight
+                            .get(&rpc.key())
+                            .copied()
+                            .filter(|_| !forget);
                         if let Some(w) = pending
                             .and_then(|i| self.waiters.get_mut(&i))
                             .filter(|w| w.rpc.map(|r| r.key()) == Some(rpc.key()))

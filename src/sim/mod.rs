@@ -59,6 +59,17 @@ pub const BUGS: &[PlantedBug] = &[
         invariants: &["catch up"],
     },
     PlantedBug {
+        name: "ack-before-flush",
+        workload: "coordinator",
+        what: "the replica's driver sends acknowledgements and votes before their write is durable",
+        invariants: &[
+            "leader completeness",
+            "state machine safety",
+            "election safety",
+            "committed entry changed",
+        ],
+    },
+    PlantedBug {
         name: "complete-before-push",
         workload: "coordinator",
         what: "the completion record is written before the masters acknowledged the pushes",
@@ -99,6 +110,8 @@ pub struct PlantedBugs {
     pub coordinator: CoordinatorBugs,
     /// In the masters.
     pub master: MasterBugs,
+    /// In the replica's driver (`crate::replica`).
+    pub replica: crate::replica::NodeBugs,
 }
 
 /// The planted-bug switches for `name`, or `None` if there is no such bug.
@@ -109,6 +122,7 @@ pub fn bug_by_name(name: &str) -> Option<PlantedBugs> {
         "forget-vote" => b.raft.forget_vote = true,
         "ack-before-persist" => b.raft.ack_before_persist = true,
         "keep-lost-match" => b.raft.keep_lost_match = true,
+        "ack-before-flush" => b.replica.ack_before_flush = true,
         "complete-before-push" => b.coordinator.complete_before_push = true,
         "no-roll-forward" => b.coordinator.no_roll_forward = true,
         "forget-clients" => b.coordinator.forget_clients = true,

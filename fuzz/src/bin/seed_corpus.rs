@@ -15,11 +15,11 @@ use ramcoord::cluster::{
     ClusterState, ConfigRegion, Op, Record, RpcId, Server, ServerId, ServerStatus, Table,
 };
 use ramcoord::coordinator::Request;
+use ramcoord::protocol::tag;
 use ramcoord::protocol::{
     encode, ClientOp, ClientReply, ClientRequest, MasterReply, MasterRequest, OpRecord, OpResult,
     ReplicaChange, Status, View,
 };
-use ramcoord::protocol::tag;
 use ramcoord_fuzz::{chunks, fresh_dir, join, scratch_dir, seeds};
 use ramcoord_log::disk::hard_state::HardStateFile;
 use ramcoord_log::disk::record;

@@ -1,6 +1,12 @@
-//! The coordinator workload: the replicas run the cluster state machine
-//! and the active [`Coordinator`]; masters enlist, heartbeat and take
-//! configuration pushes; clients issue operations and lookups.
+//! The coordinator workload: the replicas are [`crate::replica::Replica`]s,
+//! the state machine the process runs (cluster state, the active
+//! coordinator, the client protocol), driven here as `crate::node` drives
+//! it: its messages travel encoded over the simulated network, its persist
+//! jobs go to the simulated disk and are reported durable when it
+//! completes them, its pushes land in the masters' regions and are
+//! reported back. Masters enlist and heartbeat through the client
+//! protocol, and take configuration pushes; clients issue operations and
+//! lookups through it too.
 //!
 //! Faults beyond the Raft workload's: the coordinator leader crashes at the
 //! interesting points of an operation (right after proposing its commit
@@ -37,17 +43,34 @@
 //! a live master, and clients' operations and lookups are linearizable in
 //! log order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use rand::Rng;
 
 use super::*;
-use crate::cluster::{
-    services, Effect, Outcome, Record, Rejection, RpcId, RpcStatus, ServerId, UnknownReason,
-};
-use crate::coordinator::{Action, CoordinatorConfig, Request};
+use crate::cluster::{services, Outcome, Record, Rejection, RpcId, ServerId};
+use crate::coordinator::{CoordinatorConfig, Request};
 use crate::master::{MasterAction, MasterAgent, MasterConfig, RegionOutcome};
+use crate::protocol::{self, ClientOp, ClientReply, ClientRequest, OpResult};
+use crate::replica::{AppliedNote, Output, ReplicaConfig};
+use ramcoord_net::tls::{ADMIN_BIT, CLIENT_BIT};
+use ramcoord_net::PeerId;
+
+/// The transport id the simulated administrator speaks under (an admin
+/// client's id; its answers go nowhere).
+pub(super) const ADMIN_PEER: PeerId = CLIENT_BIT | ADMIN_BIT | 0xad_0000;
+
+/// The transport id of client `c` (an admin: clients change the cluster).
+fn client_peer(c: usize) -> PeerId {
+    CLIENT_BIT | ADMIN_BIT | c as u64
+}
+
+/// A master's request ids say what they ask: enlistment (even) or a
+/// heartbeat (odd), so that a `NotLeader` answer finds its question.
+fn master_request_id(seq: u64, heartbeat: bool) -> u64 {
+    seq << 1 | u64::from(heartbeat)
+}
 
 /// A master's tick (it heartbeats every tick, asks to enlist every two).
 const MASTER_TICK_US: u64 = 10_000;
@@ -142,6 +165,15 @@ pub(super) struct SimMaster {
     /// With grant fencing: the replica allowed to write, and the term it
     /// led when granted.
     granted: Option<(u64, NodeId)>,
+    /// Its enlistment as an exactly-once operation: sent again, same id,
+    /// until answered; the next attempt after an answer is a new one.
+    enlist_rpc: Option<RpcId>,
+    /// Its last enlistment operation's sequence number.
+    enlist_seq: u64,
+    /// The highest commit index an answer came with.
+    observed: u64,
+    /// Requests sent (ids, see `master_request_id`).
+    requests: u64,
 }
 
 /// A client's request to a replica.
@@ -167,21 +199,7 @@ pub(super) enum CReply {
     /// has not applied and will not (its state is definitive).
     Refused,
     /// The operation's outcome is unknown: nothing was proposed.
-    Unknown(UnknownReason),
-}
-
-/// Who waits for a proposed record.
-#[derive(Clone, Debug)]
-pub(super) enum Waiter {
-    Client {
-        client: usize,
-        op_id: u64,
-        rpc: RpcId,
-    },
-    Master {
-        slot: usize,
-        inc: u64,
-    },
+    Unknown(String),
 }
 
 #[derive(Debug)]
@@ -217,12 +235,15 @@ pub(super) enum CoordEv {
         slot: usize,
         from: NodeId,
         region: Bytes,
+        /// The replica's id for the write, and the peer it was sent to.
+        write: u64,
+        peer: PeerId,
     },
+    /// The writer learns its write landed.
     PushAck {
         node: NodeId,
-        from: ServerId,
-        term: u64,
-        version: u64,
+        write: u64,
+        peer: PeerId,
     },
     MasterTick {
         slot: usize,
@@ -253,6 +274,10 @@ pub(super) enum CoordEv {
         inc: u64,
         id: Option<ServerId>,
         hint: Option<NodeId>,
+        /// The operation is over (answered): the next attempt is a new one.
+        answered: bool,
+        /// The answering replica's commit index.
+        seen: u64,
     },
     MasterCrash,
     MasterRestart(usize),
@@ -321,8 +346,29 @@ pub(super) struct CoordWorld {
     rpc_effect: HashMap<(u64, u64), (u64, String)>,
     /// Log indexes counted as duplicate records.
     duplicates_seen: HashSet<u64>,
+    /// Recent clients' commit records (to propose again as replays).
+    replayable: VecDeque<Bytes>,
     /// Servers whose crash was committed (applied by some replica).
     declared_crashed: HashSet<ServerId>,
+}
+
+impl CoordWorld {
+    /// How replica `id` runs: the process's replica with the simulator's
+    /// timing (1 ms ticks) and this seed's planted bugs.
+    pub(super) fn replica_config(
+        &self,
+        id: NodeId,
+        snapshot_entries: u64,
+        bugs: crate::sim::PlantedBugs,
+    ) -> ReplicaConfig {
+        let mut cfg = ReplicaConfig::new(id);
+        cfg.tick = std::time::Duration::from_micros(TICK_US);
+        cfg.coordinator = COORD_CONFIG;
+        cfg.snapshot_entries = snapshot_entries;
+        cfg.coordinator_bugs = bugs.coordinator;
+        cfg.bugs = bugs.replica;
+        cfg
+    }
 }
 
 fn master_addr(slot: usize) -> String {
@@ -332,10 +378,6 @@ fn master_addr(slot: usize) -> String {
 impl World {
     pub(super) fn is_coordinator(&self) -> bool {
         self.opts.workload == Workload::Coordinator
-    }
-
-    pub(super) fn new_coordinator(&self) -> Coordinator {
-        Coordinator::new(COORD_CONFIG, self.opts.bugs.coordinator)
     }
 
     /// An empty cluster state, with this seed's exactly-once table size.
@@ -351,7 +393,7 @@ impl World {
     fn commit_of(&self, id: NodeId) -> u64 {
         self.nodes
             .get(&id)
-            .and_then(|n| n.raft.as_ref())
+            .and_then(|n| n.raft())
             .map_or(0, |r| r.log().committed)
     }
 
@@ -382,10 +424,6 @@ impl World {
     pub(super) fn coordinator_start(&mut self) {
         let p = CoordParams::draw(self.opts.faults, &mut self.rng);
         self.cw.p = p;
-        let fresh = self.fresh_cluster();
-        for n in self.nodes.values_mut() {
-            n.cluster = fresh.clone();
-        }
         self.cw.clients_stop_at = self.heal_at + self.p.liveness_us / 2;
         for slot in 0..self.cw.p.masters {
             let agent = self.new_master_agent(slot);
@@ -396,6 +434,10 @@ impl World {
                 term_seen: 0,
                 last_applied: None,
                 granted: None,
+                enlist_rpc: None,
+                enlist_seq: 0,
+                observed: 0,
+                requests: 0,
             });
             let d = self.rng.random_range(0..20_000);
             self.cev(d, CoordEv::MasterTick { slot, inc: 0 });
@@ -457,21 +499,26 @@ impl World {
                     self.send_attempt(client, node);
                 }
             }
-            CoordEv::PushArrive { slot, from, region } => {
-                return self.push_arrive(slot, from, region)
-            }
-            CoordEv::PushAck {
-                node,
+            CoordEv::PushArrive {
+                slot,
                 from,
-                term,
-                version,
-            } => {
-                self.trace(|| format!("n{node} ack from {from}: version {version} (term {term})"));
-                if let Some(n) = self.nodes.get_mut(&node) {
-                    if n.raft.is_some() {
-                        n.coord.on_push_acked(from, term, version);
-                        return self.coord_step(node, false);
-                    }
+                region,
+                write,
+                peer,
+            } => return self.push_arrive(slot, from, region, write, peer),
+            CoordEv::PushAck { node, write, peer } => {
+                self.trace(|| format!("n{node} learns write {write} landed"));
+                let now = self.instant();
+                if let Some(r) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
+                    r.input(
+                        now,
+                        crate::replica::Input::PushDone {
+                            write,
+                            to: peer,
+                            status: ramcoord_net::WriteStatus::Landed,
+                        },
+                    );
+                    return self.after_input(node);
                 }
             }
             CoordEv::MasterTick { slot, inc } => self.master_tick(slot, inc),
@@ -480,7 +527,7 @@ impl World {
                 slot,
                 inc,
                 from,
-            } => self.heartbeat_arrive(node, slot, inc, from),
+            } => return self.heartbeat_arrive(node, slot, inc, from),
             CoordEv::HeartbeatReply {
                 slot,
                 inc,
@@ -523,9 +570,18 @@ impl World {
                 inc,
                 id,
                 hint,
+                answered,
+                seen,
             } => {
                 let m = &mut self.cw.masters[slot];
-                if m.inc != inc || !m.up || m.agent.id().is_some() {
+                if m.inc != inc || !m.up {
+                    return Ok(());
+                }
+                m.observed = m.observed.max(seen);
+                if answered {
+                    m.enlist_rpc = None;
+                }
+                if m.agent.id().is_some() {
                     return Ok(());
                 }
                 m.agent.on_enlist_reply(id, hint);
@@ -554,24 +610,45 @@ impl World {
             self.cev(d, CoordEv::InjectInvalid);
         }
         let leader = self.nodes.iter().find_map(|(&id, n)| {
-            n.raft
-                .as_ref()
+            n.raft()
                 .is_some_and(|r| r.role() == Role::Leader)
                 .then_some(id)
         });
         let Some(id) = leader else {
             return Ok(());
         };
-        let bytes = invalid_record(&mut self.rng);
-        self.cw.injected.insert(bytes.clone());
+        // Half the time, a client's commit record that applied already,
+        // proposed again as a replay (a bug, or an old leader's copy
+        // surfacing): it must apply as a duplicate naming the first, or as
+        // unknown, and change nothing. (The replica proposes a retry only
+        // when established, with every earlier copy applied, so the
+        // duplicate path is otherwise rare.)
+        let replay = !self.cw.replayable.is_empty() && self.rng.random_bool(0.5);
+        let bytes = if replay {
+            let i = self.rng.random_range(0..self.cw.replayable.len());
+            self.cw.replayable[i].clone()
+        } else {
+            let bytes = invalid_record(&mut self.rng);
+            self.cw.injected.insert(bytes.clone());
+            bytes
+        };
+        let now = self.instant();
         let n = self.nodes.get_mut(&id).unwrap();
-        let r = n.raft.as_mut().map(|raft| raft.propose(bytes.clone()));
-        if matches!(r, Some(Ok(_))) {
+        let r = n
+            .replica
+            .as_mut()
+            .map(|r| r.propose_unchecked(now, bytes.clone()));
+        if matches!(r, Some(Ok(_))) && !replay {
             self.stats.invalid_injected += 1;
         }
         self.trace(|| {
             format!(
-                "n{id} is handed an invalid record of {} bytes: {r:?}",
+                "n{id} is handed {} of {} bytes: {r:?}",
+                if replay {
+                    "a client's commit record again"
+                } else {
+                    "an invalid record"
+                },
                 bytes.len()
             )
         });
@@ -595,6 +672,9 @@ impl World {
         m.term_seen = 0;
         m.last_applied = None;
         m.granted = None;
+        m.enlist_rpc = None;
+        m.enlist_seq = 0;
+        m.observed = 0;
         let inc = m.inc;
         self.trace(|| format!("m{slot} RESTART as a new process"));
         self.cev(0, CoordEv::MasterTick { slot, inc });
@@ -727,6 +807,27 @@ impl World {
         self.cev(d, ev);
     }
 
+    /// A master's request arrives at replica `node`, from the master's
+    /// client id, as it would off the wire.
+    fn master_request(
+        &mut self,
+        node: NodeId,
+        slot: usize,
+        nonce: u64,
+        id: u64,
+        req: &ClientRequest,
+    ) -> Result<(), Violation> {
+        let now = self.instant();
+        self.trace(|| format!("n{node} <- m{slot}: {req:?}"));
+        let Some(r) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) else {
+            return Ok(());
+        };
+        let payload = protocol::encode(protocol::tag::CLIENT, id, req);
+        let from = protocol::master_client_id(nonce);
+        r.input(now, crate::replica::Input::Message { from, payload });
+        self.after_input(node)
+    }
+
     fn enlist_arrive(
         &mut self,
         node: NodeId,
@@ -734,76 +835,121 @@ impl World {
         inc: u64,
         nonce: u64,
     ) -> Result<(), Violation> {
-        let n = self.nodes.get_mut(&node).unwrap();
-        let Some(raft) = n.raft.as_mut() else {
+        let m = &mut self.cw.masters[slot];
+        if m.inc != inc || !m.up {
             return Ok(());
-        };
-        let req = Request::Enlist {
-            addr: master_addr(slot),
-            services: services::MASTER,
-            nonce,
-        };
-        let reply_hint = raft.leader_id();
-        let bytes = n.coord.prepare(&n.cluster, &req).map(|rec| rec.encode());
-        let proposed = match bytes {
-            Ok(Ok(bytes)) => match raft.propose(bytes.clone()) {
-                Ok(index) => {
-                    n.pending_records
-                        .insert(index, (Waiter::Master { slot, inc }, bytes));
-                    true
-                }
-                Err(_) => false,
-            },
-            Ok(Err(_)) | Err(_) => false,
-        };
-        if !proposed {
-            self.reply_master_enlist(node, slot, inc, None, reply_hint);
         }
-        self.after_input(node)
+        let rpc = match m.enlist_rpc {
+            Some(rpc) => rpc,
+            None => {
+                m.enlist_seq += 1;
+                let rpc = RpcId {
+                    // Its nonce is its exactly-once client id: a new
+                    // process, a new client.
+                    client: nonce,
+                    seq: m.enlist_seq,
+                    after: m.observed,
+                };
+                m.enlist_rpc = Some(rpc);
+                rpc
+            }
+        };
+        m.requests += 1;
+        let id = master_request_id(m.requests, false);
+        let req = ClientRequest::Operate(ClientOp {
+            rpc,
+            op: Request::Enlist {
+                addr: master_addr(slot),
+                services: services::MASTER,
+                nonce,
+            },
+        });
+        self.master_request(node, slot, nonce, id, &req)
     }
 
-    fn reply_master_enlist(
+    fn heartbeat_arrive(
         &mut self,
         node: NodeId,
         slot: usize,
         inc: u64,
-        id: Option<ServerId>,
-        hint: Option<NodeId>,
-    ) {
-        self.over_link(
-            node,
-            slot,
-            CoordEv::EnlistReply {
-                slot,
-                inc,
-                id,
-                hint,
-            },
-        );
+        from: ServerId,
+    ) -> Result<(), Violation> {
+        let m = &mut self.cw.masters[slot];
+        if m.inc != inc || !m.up {
+            return Ok(());
+        }
+        m.requests += 1;
+        let id = master_request_id(m.requests, true);
+        let nonce = m.agent.nonce();
+        self.master_request(node, slot, nonce, id, &ClientRequest::Heartbeat { from })
     }
 
-    fn heartbeat_arrive(&mut self, node: NodeId, slot: usize, inc: u64, from: ServerId) {
-        let n = self.nodes.get_mut(&node).unwrap();
-        let Some(raft) = n.raft.as_ref() else { return };
-        let hint = raft.leader_id();
-        n.coord.on_heartbeat(from);
-        // Only a server the state knows and no longer counts as up is told
-        // it is dead (a lagging replica may not know it yet).
-        let dead = n.cluster.is_gone(from);
-        let leader = n.coord.is_active();
-        let term = n.coord.term();
-        self.trace(|| format!("n{node} heartbeat from {from} (m{slot}); active {leader}"));
-        self.over_link(
-            node,
-            slot,
-            CoordEv::HeartbeatReply {
+    /// A replica's answer to a master's request, sent back over their link.
+    fn master_reply(&mut self, node: NodeId, slot: usize, id: u64, reply: ClientReply) {
+        let inc = self.cw.masters[slot].inc;
+        let seen = self.commit_of(node);
+        let heartbeat = id & 1 == 1;
+        let ev = match (heartbeat, reply) {
+            (
+                true,
+                ClientReply::HeartbeatAck {
+                    gone, leader, term, ..
+                },
+            ) => CoordEv::HeartbeatReply {
                 slot,
                 inc,
-                dead,
-                hint: if leader { Some(node) } else { hint },
-                leader_term: leader.then_some(term),
+                dead: gone,
+                hint: leader,
+                leader_term: Some(term),
             },
-        );
+            (true, ClientReply::NotLeader { leader, .. }) => CoordEv::HeartbeatReply {
+                slot,
+                inc,
+                dead: false,
+                hint: leader,
+                leader_term: None,
+            },
+            (true, _) => CoordEv::HeartbeatReply {
+                slot,
+                inc,
+                dead: false,
+                hint: None,
+                leader_term: None,
+            },
+            (
+                false,
+                ClientReply::Committed {
+                    result: OpResult::Enlisted(sid),
+                    ..
+                },
+            ) => CoordEv::EnlistReply {
+                slot,
+                inc,
+                id: Some(sid),
+                hint: Some(node),
+                answered: true,
+                seen,
+            },
+            (false, ClientReply::NotLeader { leader, .. }) => CoordEv::EnlistReply {
+                slot,
+                inc,
+                id: None,
+                hint: leader,
+                answered: false,
+                seen,
+            },
+            // Refused, rejected, unknown, told to retry: that operation is
+            // over (a retry would be refused or unknown alike).
+            (false, other) => CoordEv::EnlistReply {
+                slot,
+                inc,
+                id: None,
+                hint: None,
+                answered: !matches!(other, ClientReply::Retry(_)),
+                seen,
+            },
+        };
+        self.over_link(node, slot, ev);
     }
 
     /// After a configuration landed in master `slot`: no other master
@@ -849,7 +995,14 @@ impl World {
         Ok(())
     }
 
-    fn push_arrive(&mut self, slot: usize, from: NodeId, region: Bytes) -> Result<(), Violation> {
+    fn push_arrive(
+        &mut self,
+        slot: usize,
+        from: NodeId,
+        region: Bytes,
+        write: u64,
+        peer: PeerId,
+    ) -> Result<(), Violation> {
         let grant_fencing = self.cw.p.grant_fencing;
         let m = &mut self.cw.masters[slot];
         if !m.up {
@@ -915,18 +1068,19 @@ impl World {
         self.check_no_tablet_held_twice(slot)?;
         let m = &self.cw.masters[slot];
         let held = m.agent.config().map_or(0, |c| c.version);
-        let id = m.agent.id().expect("a region lands only once enlisted");
         self.trace(|| {
             format!("m{slot} holds version {held} after a write of {version} (term {term})")
         });
+        // The transport reports the write landed (on RDMA, its completion;
+        // on TCP, the master's acknowledgement frame), to the process that
+        // made it.
         self.over_link(
             from,
             slot,
             CoordEv::PushAck {
                 node: from,
-                from: id,
-                term,
-                version: held,
+                write,
+                peer,
             },
         );
         Ok(())
@@ -934,47 +1088,80 @@ impl World {
 
     // ----- the coordinator on each replica --------------------------------
 
-    /// Lets node `id`'s coordinator act on its applied state (and, with
-    /// `tick`, on the passage of time), and carries out what it asks.
-    pub(super) fn coord_step(&mut self, id: NodeId, tick: bool) -> Result<(), Violation> {
-        let n = self.nodes.get_mut(&id).unwrap();
-        let Some(raft) = n.raft.as_ref() else {
+    /// Runs replica `id`'s ready loop and carries out what it asks, as the
+    /// process's driver would, with the simulated network and disk; then
+    /// checks every entry it applied.
+    pub(super) fn drive_replica(&mut self, id: NodeId) -> Result<(), Violation> {
+        let now = self.instant();
+        let node = self.nodes.get_mut(&id).unwrap();
+        let inc = node.incarnation;
+        let Some(r) = node.replica.as_mut() else {
             return Ok(());
         };
-        let established = raft.role() == Role::Leader
-            && raft.log().term(n.applied).ok() == Some(raft.term())
-            && n.applied >= raft.log().committed;
-        let term = raft.term();
-        let last_index = raft.log().last_index();
-        let was_active = n.coord.is_active();
-        n.coord.set_log_last_index(last_index);
-        n.coord.set_leadership(established, term, &n.cluster);
-        if established && self.healed {
+        let was_active = r.coordinator().is_active();
+        if let Err(e) = r.drive(now) {
+            return Err(Violation::new("replica stopped", format!("node {id}: {e}")));
+        }
+        let active = r.coordinator().is_active();
+        let term = r.raft().term();
+        let incomplete = r.cluster().incomplete().len();
+        let notes = r.take_applied();
+        let mut outputs = Vec::new();
+        while let Some(out) = r.poll_output() {
+            outputs.push(out);
+        }
+        if active && self.healed {
             self.cw.established_after_heal = true;
         }
-        if established && !was_active {
-            let k = n.cluster.incomplete().len();
-            self.trace(|| format!("n{id} coordinator active in term {term}: {k} incomplete"));
+        if active && !was_active {
+            self.trace(|| {
+                format!("n{id} coordinator active in term {term}: {incomplete} incomplete")
+            });
         }
-        let n = self.nodes.get_mut(&id).unwrap();
-        let mut actions = n.coord.on_applied(&n.cluster);
-        if tick {
-            actions.extend(n.coord.tick(&n.cluster));
-        }
-        if actions.is_empty() {
+        self.check_applied(id, &notes)?;
+        // The leader crashes just before its completion record goes
+        // anywhere: none of this round's output happens.
+        let completes = outputs.iter().any(|o| match o {
+            Output::Persist(job) => job.entries.iter().any(|e| {
+                e.kind == EntryKind::Normal
+                    && matches!(Record::decode(&e.data), Ok(Record::Complete { .. }))
+            }),
+            _ => false,
+        });
+        if completes
+            && active
+            && !self.healed
+            && self.rng.random_bool(self.cw.p.crash_before_complete)
+        {
+            self.trace(|| format!("n{id} crashes before writing a completion record"));
+            self.crash(id);
+            let down = self.rng.random_range(self.p.down_us.0..self.p.down_us.1);
+            self.at(down, Ev::Restart(id));
             return Ok(());
         }
-        let inc = n.incarnation;
-        let pushes = actions
+        let pushes = outputs
             .iter()
-            .filter(|a| matches!(a, Action::Push { .. }))
+            .filter(|o| matches!(o, Output::Push { .. }))
             .count();
         let mut pushed = 0;
-        let mut proposed = false;
-        for a in actions {
-            match a {
-                Action::Push {
-                    to, addr, region, ..
+        for out in outputs {
+            match out {
+                Output::Send { to, payload } => self.route(id, to, payload),
+                Output::Persist(job) => {
+                    let node = self.nodes.get_mut(&id).unwrap();
+                    node.jobs.push_back(job);
+                    if node.disk_inflight == 0 {
+                        self.start_disk_write(id);
+                    }
+                }
+                Output::AddPeer { .. } => {} // the simulated network knows everyone
+                Output::Push {
+                    write,
+                    server,
+                    addr,
+                    peer,
+                    region,
+                    ..
                 } => {
                     if pushed > 0
                         && pushed < pushes
@@ -982,8 +1169,10 @@ impl World {
                         && self.rng.random_bool(self.cw.p.crash_between_pushes)
                     {
                         self.trace(|| format!("n{id} crashes between two pushes"));
-                        self.at(0, Ev::CrashNode(id, inc));
-                        break;
+                        self.crash(id);
+                        let down = self.rng.random_range(self.p.down_us.0..self.p.down_us.1);
+                        self.at(down, Ev::Restart(id));
+                        return Ok(());
                     }
                     pushed += 1;
                     self.stats.pushes += 1;
@@ -1001,86 +1190,108 @@ impl World {
                     let at = (self.now + d).max(*last + 1);
                     *last = at;
                     let d = at - self.now;
-                    self.trace(|| format!("n{id} push to {to} at m{slot}"));
+                    self.trace(|| format!("n{id} push to {server} at m{slot}"));
                     self.cev(
                         d,
                         CoordEv::PushArrive {
                             slot,
                             from: id,
                             region,
+                            write,
+                            peer,
                         },
                     );
                 }
-                Action::Propose(rec) => {
-                    if matches!(rec, Record::Complete { .. })
-                        && !self.healed
-                        && self.rng.random_bool(self.cw.p.crash_before_complete)
-                    {
-                        self.trace(|| format!("n{id} crashes before writing {rec:?}"));
-                        self.at(0, Ev::CrashNode(id, inc));
-                        break;
-                    }
-                    let n = self.nodes.get_mut(&id).unwrap();
-                    if let (Some(raft), Ok(bytes)) = (n.raft.as_mut(), rec.encode()) {
-                        let r = raft.propose(bytes);
-                        proposed |= r.is_ok();
-                        self.trace(|| format!("n{id} proposes {rec:?}: {r:?}"));
-                    }
-                }
             }
-        }
-        if proposed {
-            self.drive(id)?;
-            self.check_node(id)?;
         }
         Ok(())
     }
 
-    /// Applies committed entries to node `id`'s cluster state.
-    pub(super) fn apply_cluster(
-        &mut self,
-        id: NodeId,
-        entries: &[ramcoord_log::Entry],
-    ) -> Result<(), Violation> {
-        for e in entries {
+    /// Where a replica's message goes: another replica over the network,
+    /// a client, or a master's client.
+    fn route(&mut self, from: NodeId, to: PeerId, payload: Bytes) {
+        use ramcoord_net::tls::PeerClass;
+        match PeerClass::of(to) {
+            PeerClass::Replica(to) => self.send_bytes(from, to, payload),
+            PeerClass::Admin | PeerClass::Reader => {
+                let c = (to & 0xffff_ffff) as usize;
+                if c >= self.cw.clients.len() {
+                    return; // the administrator: answers go nowhere
+                }
+                let Ok(env) = protocol::decode::<ClientReply>(&payload[1..]) else {
+                    return;
+                };
+                let Some(reply) = client_reply(env.body) else {
+                    return;
+                };
+                let seen = self.commit_of(from);
+                self.coord_reply(c, env.id, reply, seen);
+            }
+            PeerClass::Master => {
+                let Some(slot) = self
+                    .cw
+                    .masters
+                    .iter()
+                    .position(|m| m.up && protocol::master_client_id(m.agent.nonce()) == to)
+                else {
+                    return; // that process is gone
+                };
+                let Ok(env) = protocol::decode::<ClientReply>(&payload[1..]) else {
+                    return;
+                };
+                self.master_reply(from, slot, env.id, env.body);
+            }
+        }
+    }
+
+    /// Checks every entry replica `id` applied: order and agreement, the
+    /// cluster state's invariants, exactly once, invalid records, and a
+    /// completion only after its pushes landed; counts and crash faults.
+    fn check_applied(&mut self, id: NodeId, notes: &[AppliedNote]) -> Result<(), Violation> {
+        for note in notes {
+            let note = match note {
+                AppliedNote::Snapshot { index } => {
+                    self.nodes.get_mut(&id).unwrap().applied = *index;
+                    self.stats.snapshots_installed += 1;
+                    let index = *index;
+                    self.trace(|| format!("n{id} restore snapshot at {index}"));
+                    continue;
+                }
+                AppliedNote::Entry(note) => note,
+            };
+            let e = &note.entry;
             self.check_apply(id, e)?;
-            let node = self.nodes.get_mut(&id).unwrap();
             let data: &[u8] = if e.kind == EntryKind::Normal {
                 &e.data
             } else {
                 &[]
             };
-            // A completion must come after its pushes landed: check the
+            let record = Record::decode(data);
+            if matches!(record, Ok(Record::ClientCommit { .. }))
+                && matches!(note.outcome, Outcome::Committed(_) | Outcome::Rejected(_))
+                && !self.cw.replayable.contains(&e.data)
+            {
+                if self.cw.replayable.len() == 16 {
+                    self.cw.replayable.pop_front();
+                }
+                self.cw.replayable.push_back(e.data.clone());
+            }
+            // A completion must come after its pushes landed: checked the
             // first time it applies anywhere, against the masters.
-            if let Ok(Record::Complete { seq }) = Record::decode(data) {
-                if !self.cw.completed.contains(&seq) {
-                    if let Some(p) = node.cluster.incomplete().get(&seq).cloned() {
-                        self.check_pushes_landed(seq, &p)?;
-                    }
+            if let (Ok(Record::Complete { seq }), Some(p)) = (&record, &note.completing) {
+                if !self.cw.completed.contains(seq) {
+                    self.check_pushes_landed(*seq, p)?;
                 }
             }
-            // Planted bug: replicas apply a client's commit record as a
-            // plain one (the exactly-once table never hears of it).
-            let stripped;
-            let data: &[u8] = match Record::decode(data) {
-                Ok(Record::ClientCommit { op, .. })
-                    if self.opts.bugs.coordinator.forget_clients =>
-                {
-                    stripped = Record::Commit(op).encode().expect("it fit with its id");
-                    &stripped
-                }
-                _ => data,
-            };
-            let node = self.nodes.get_mut(&id).unwrap();
-            let crashed = match Record::decode(data) {
-                Ok(Record::Commit(crate::cluster::Op::ServerCrashed { id, .. })) => Some(id),
-                _ => None,
-            };
-            let outcome = node.cluster.apply(e.index, data);
-            if let (Some(c), Outcome::Committed(_)) = (crashed, &outcome) {
-                self.cw.declared_crashed.insert(c);
+            let outcome = &note.outcome;
+            if let (
+                Ok(Record::Commit(crate::cluster::Op::ServerCrashed { id: c, .. })),
+                Outcome::Committed(_),
+            ) = (&record, outcome)
+            {
+                self.cw.declared_crashed.insert(*c);
             }
-            self.check_exactly_once(e, &outcome)?;
+            self.check_exactly_once(e, outcome)?;
             let invalid = matches!(
                 outcome,
                 Outcome::Malformed(_) | Outcome::Rejected(Rejection::Invalid(_))
@@ -1103,24 +1314,19 @@ impl World {
             if invalid {
                 self.stats.invalid_applied += 1;
             }
-            let node = self.nodes.get_mut(&id).unwrap();
-            if let Err(why) = node.cluster.check() {
+            if let Err(why) = &note.state_check {
                 return Err(Violation::new(
                     "cluster state invariant",
                     format!("node {id} after entry {}: {why}", e.index),
                 ));
             }
-            let active = node.coord.is_active();
-            let inc = node.incarnation;
-            let waiter = node
-                .pending_records
-                .remove(&e.index)
-                .filter(|(_, bytes)| *bytes == e.data)
-                .map(|(w, _)| w);
-            match &outcome {
+            let inc = self.nodes[&id].incarnation;
+            match outcome {
                 Outcome::Committed(_) => {
                     self.cw.commit_terms.entry(e.index).or_insert(e.term);
-                    if active && !self.healed && self.rng.random_bool(self.cw.p.crash_after_commit)
+                    if note.active
+                        && !self.healed
+                        && self.rng.random_bool(self.cw.p.crash_after_commit)
                     {
                         let i = e.index;
                         self.trace(|| format!("n{id} crashes right after commit point {i}"));
@@ -1134,32 +1340,6 @@ impl World {
                     }
                 }
                 _ => {}
-            }
-            match waiter {
-                Some(Waiter::Client { client, op_id, .. }) => {
-                    let reply = match &outcome {
-                        Outcome::Duplicate { index, result, .. } => CReply::Applied {
-                            index: *index,
-                            outcome: outcome_text(result),
-                        },
-                        Outcome::Unknown { reason, .. } => CReply::Unknown(*reason),
-                        _ => CReply::Applied {
-                            index: e.index,
-                            outcome: format!("{outcome:?}"),
-                        },
-                    };
-                    let seen = self.commit_of(id);
-                    self.coord_reply(client, op_id, reply, seen);
-                }
-                Some(Waiter::Master { slot, inc }) => {
-                    let sid = match outcome {
-                        Outcome::Committed(Effect::Enlisted(s))
-                        | Outcome::Rejected(Rejection::AlreadyEnlisted(s)) => Some(s),
-                        _ => None,
-                    };
-                    self.reply_master_enlist(id, slot, inc, sid, Some(id));
-                }
-                None => {}
             }
         }
         Ok(())
@@ -1241,27 +1421,6 @@ impl World {
             }
         }
         Ok(())
-    }
-
-    /// Answers lookups whose read index node `id` has applied.
-    pub(super) fn serve_lookups(&mut self, id: NodeId) {
-        let (applied, ready) = self.take_ready_reads(id);
-        for ctx in ready {
-            let node = self.nodes.get_mut(&id).unwrap();
-            if let Some((client, name)) = node.pending_lookups.remove(&ctx) {
-                let found = node.cluster.table(&name).is_some();
-                let seen = self.commit_of(id);
-                self.coord_reply(
-                    client,
-                    ctx,
-                    CReply::Lookup {
-                        index: applied,
-                        found,
-                    },
-                    seen,
-                );
-            }
-        }
     }
 
     // ----- clients --------------------------------------------------------
@@ -1377,108 +1536,42 @@ impl World {
         op_id: u64,
         req: CReq,
     ) -> Result<(), Violation> {
-        let forget_clients = self.opts.bugs.coordinator.forget_clients;
-        let node = self.nodes.get_mut(&id).unwrap();
-        let Some(raft) = node.raft.as_mut() else {
+        let now = self.instant();
+        let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) else {
             return Ok(());
         };
-        let hint = raft.leader_id();
-        let seen = raft.log().committed;
-        let reply = match req {
-            CReq::Lookup(name) => match raft.read_index(op_id) {
-                Ok(()) => {
-                    node.pending_lookups.insert(op_id, (client, name));
-                    None
-                }
-                Err(_) => Some(CReply::Failed(hint)),
-            },
-            CReq::Op(_, _) if raft.role() != Role::Leader => Some(CReply::Failed(hint)),
-            CReq::Op(rpc, r) => {
-                // As the coordinator process: an operation applied already
-                // is answered, one whose outcome the state cannot tell is
-                // answered so, one this leader proposed already waits for
-                // that proposal; only a new one is proposed.
-                let status = if forget_clients {
-                    RpcStatus::New
-                } else {
-                    node.cluster.rpc_status(&rpc)
-                };
-                let in_flight = !forget_clients
-                    && node.pending_records.values().any(
-                        |(w, _)| matches!(w, Waiter::Client { rpc: waiting, .. } if waiting.key() == rpc.key()),
-                    );
-                match status {
-                    RpcStatus::Applied(s) => {
-                        self.stats.retries_answered_applied += 1;
-                        Some(CReply::Applied {
-                            index: s.index,
-                            outcome: outcome_text(&s.result),
-                        })
-                    }
-                    RpcStatus::Unknown(reason) => Some(CReply::Unknown(reason)),
-                    RpcStatus::New if in_flight => {
-                        if self.opts.trace {
-                            let line =
-                                format!("{:>9} n{id} {rpc} waits for its proposal", self.now);
-                            self.trace.push(line);
-                        }
-                        None
-                    }
-                    RpcStatus::New => {
-                        let established = node.coord.is_active();
-                        let prepared = node
-                            .coord
-                            .prepare_client(&node.cluster, &r, rpc)
-                            .and_then(|rec| Ok(rec.encode()?));
-                        match prepared {
-                            // Refused before proposing: no effect (and, at
-                            // an established leader, none to come).
-                            Err(e) => {
-                                if self.opts.trace {
-                                    let line = format!("{:>9} n{id} refuses {r:?}: {e}", self.now);
-                                    self.trace.push(line);
-                                }
-                                Some(if established {
-                                    CReply::Refused
-                                } else {
-                                    CReply::Failed(hint)
-                                })
-                            }
-                            Ok(bytes) => match raft.propose(bytes.clone()) {
-                                Ok(index) => {
-                                    node.pending_records.insert(
-                                        index,
-                                        (Waiter::Client { client, op_id, rpc }, bytes),
-                                    );
-                                    let inc = node.incarnation;
-                                    if !self.healed
-                                        && self.rng.random_bool(self.cw.p.crash_after_propose)
-                                    {
-                                        self.trace(|| {
-                                            format!("n{id} crashes right after proposing {index}")
-                                        });
-                                        self.at(0, Ev::CrashNode(id, inc));
-                                    }
-                                    None
-                                }
-                                Err(e) => {
-                                    if self.opts.trace {
-                                        let line =
-                                            format!("{:>9} n{id} cannot propose: {e}", self.now);
-                                        self.trace.push(line);
-                                    }
-                                    Some(CReply::Failed(hint))
-                                }
-                            },
-                        }
-                    }
-                }
-            }
+        let last_before = r.raft().log().last_index();
+        let answered_before = r.retries_answered_applied();
+        let body = match req {
+            CReq::Lookup(table) => ClientRequest::Lookup { table },
+            CReq::Op(rpc, op) => ClientRequest::Operate(ClientOp { rpc, op }),
         };
-        if let Some(reply) = reply {
-            self.coord_reply(client, op_id, reply, seen);
+        let payload = protocol::encode(protocol::tag::CLIENT, op_id, &body);
+        r.input(
+            now,
+            crate::replica::Input::Message {
+                from: client_peer(client),
+                payload,
+            },
+        );
+        self.stats.retries_answered_applied += r.retries_answered_applied() - answered_before;
+        self.after_input(id)?;
+        // It proposed the client's operation: sometimes the leader crashes
+        // right away.
+        let node = &self.nodes[&id];
+        let inc = node.incarnation;
+        let proposed = node.replica.as_ref().is_some_and(|r| {
+            r.raft().role() == Role::Leader && r.raft().log().last_index() > last_before
+        });
+        if proposed
+            && matches!(body, ClientRequest::Operate(_))
+            && !self.healed
+            && self.rng.random_bool(self.cw.p.crash_after_propose)
+        {
+            self.trace(|| format!("n{id} crashes right after proposing"));
+            self.at(0, Ev::CrashNode(id, inc));
         }
-        self.after_input(id)
+        Ok(())
     }
 
     fn coord_reply(&mut self, client: usize, op_id: u64, reply: CReply, seen: u64) {
@@ -1646,12 +1739,12 @@ impl World {
         let Some(newest) = self
             .nodes
             .values()
-            .filter(|n| n.raft.is_some())
+            .filter(|n| n.replica.is_some())
             .max_by_key(|n| n.applied)
         else {
             return Err(Violation::new("liveness", "every replica is down".into()));
         };
-        let state = &newest.cluster;
+        let state = newest.replica.as_ref().expect("up").cluster();
         if let Some((seq, p)) = state.incomplete().iter().next() {
             return Err(Violation::new(
                 "atomicity",
@@ -1756,13 +1849,25 @@ impl World {
     }
 }
 
-/// How an operation's result reads in the history: as the reply to its
-/// first application said it.
-fn outcome_text(result: &Result<Effect, Rejection>) -> String {
-    match result {
-        Ok(e) => format!("{:?}", Outcome::Committed(e.clone())),
-        Err(r) => format!("{:?}", Outcome::Rejected(r.clone())),
-    }
+/// A replica's answer as the simulated client reads it (`None`: not an
+/// answer it waits for).
+fn client_reply(reply: ClientReply) -> Option<CReply> {
+    Some(match reply {
+        ClientReply::Committed { seq, result, .. } => CReply::Applied {
+            index: seq,
+            outcome: format!("{result:?}"),
+        },
+        ClientReply::Lookup { exists, index } => CReply::Lookup {
+            index,
+            found: exists,
+        },
+        ClientReply::NotLeader { leader, .. } => CReply::Failed(leader),
+        // Not proposed, or proposed and lost in a change of leader.
+        ClientReply::Retry(_) => CReply::Failed(None),
+        ClientReply::Refused(_) => CReply::Refused,
+        ClientReply::Unknown(why) => CReply::Unknown(why),
+        _ => return None,
+    })
 }
 
 /// An invalid coordinator record: one that breaks a limit (the edge

@@ -17,7 +17,7 @@ impl World {
         };
         let node = self.nodes.get_mut(&id).unwrap();
         // Group commit: one write covers every ready queued so far.
-        node.disk_inflight = node.disk_queue.len();
+        node.disk_inflight = node.disk_queue.len() + node.jobs.len();
         let inc = node.incarnation;
         self.at(lat, Ev::DiskDone(id, inc));
         if !self.healed && self.rng.random_bool(self.p.crash_mid_write) {
@@ -27,19 +27,39 @@ impl World {
     }
 
     pub(super) fn disk_done(&mut self, id: NodeId, inc: u64) -> Result<(), Violation> {
+        let now = self.instant();
         let node = self.nodes.get_mut(&id).unwrap();
-        if node.incarnation != inc || node.raft.is_none() {
+        if node.incarnation != inc || !node.is_up() {
             return Ok(());
         }
         let n = node.disk_inflight;
         node.disk_inflight = 0;
+        if let Some(replica) = node.replica.as_mut() {
+            // The coordinator workload: the replica's persist jobs.
+            let mut last = None;
+            for _ in 0..n {
+                let job = node.jobs.pop_front().expect("in-flight jobs are queued");
+                if let Err(e) = job.write_to(replica.storage_mut()) {
+                    return Err(Violation::new(
+                        "persist",
+                        format!("node {id} cannot write persist job {}: {e}", job.number),
+                    ));
+                }
+                last = Some(job.number);
+            }
+            if let Some(number) = last {
+                replica.input(now, crate::replica::Input::Persisted { number });
+            }
+        }
         for _ in 0..n {
             let node = self.nodes.get_mut(&id).unwrap();
+            let Some(raft) = node.raft.as_mut() else {
+                break;
+            };
             let mut rd = node
                 .disk_queue
                 .pop_front()
                 .expect("in-flight readies are queued");
-            let raft = node.raft.as_mut().unwrap();
             persist(raft.storage_mut(), &rd);
             let msgs = std::mem::take(&mut rd.persisted_messages);
             raft.advance(rd);
@@ -49,7 +69,8 @@ impl World {
         }
         let id_ = id;
         self.trace(|| format!("n{id_} disk wrote {n} readies"));
-        if !self.nodes[&id].disk_queue.is_empty() {
+        let node = &self.nodes[&id];
+        if !node.disk_queue.is_empty() || !node.jobs.is_empty() {
             self.start_disk_write(id);
         }
         self.after_input(id)
@@ -58,6 +79,7 @@ impl World {
     pub(super) fn maybe_compact(&mut self, id: NodeId) {
         let threshold = self.p.compact_threshold;
         let node = self.nodes.get_mut(&id).unwrap();
+        // (A replica of the coordinator workload compacts its own log.)
         let Some(raft) = node.raft.as_mut() else {
             return;
         };
@@ -70,11 +92,7 @@ impl World {
             return;
         }
         debug_assert_eq!(point.index, node.applied);
-        let data = if self.opts.workload == Workload::Coordinator {
-            node.cluster.snapshot()
-        } else {
-            node.kv.snapshot()
-        };
+        let data = node.kv.snapshot();
         let snap = ramcoord_log::Snapshot { meta: point, data };
         raft.storage_mut()
             .compact(snap)
@@ -92,27 +110,37 @@ impl World {
         // log under an old id could vote in a lagging candidate's old
         // configuration, having forgotten the entries it acknowledged.
         let removed = self.some_leader().is_some_and(|l| {
-            let conf = self.nodes[&l].raft.as_ref().expect("a leader is up").conf();
+            let conf = self.nodes[&l].raft().expect("a leader is up").conf();
             !conf.voters.contains(&id) && !conf.learners.contains(&id)
         });
         let wipe = removed && self.p.admin && self.rng.random_bool(0.5);
-        let fresh_cluster = self.fresh_cluster();
         let node = self.nodes.get_mut(&id).unwrap();
-        let Some(raft) = node.raft.take() else { return };
+        let (follower, mut storage) = if let Some(raft) = node.raft.take() {
+            (raft.role() != Role::Leader, raft.into_storage())
+        } else if let Some(r) = node.replica.take() {
+            (r.raft().role() != Role::Leader, r.into_storage())
+        } else {
+            return;
+        };
         // A leader's own lost tail tells nothing: its successor starts
         // with no match indexes. A follower's is the case to check.
-        let follower = raft.role() != Role::Leader;
-        let mut storage = raft.into_storage();
+        //
         // The write in flight may have partly reached the disk: some whole
         // readies, then a prefix of one ready's entries (never its hard
         // state). None of it was acknowledged.
-        let inflight = node.disk_inflight.min(node.disk_queue.len());
+        let queued: Vec<PersistJob> = if node.jobs.is_empty() {
+            node.disk_queue.iter().map(job_of).collect()
+        } else {
+            node.jobs.iter().cloned().collect()
+        };
+        let inflight = node.disk_inflight.min(queued.len());
         if torn && inflight > 0 {
             let whole = (cut % inflight as u64) as usize;
-            for rd in node.disk_queue.iter().take(whole) {
-                persist(&mut storage, rd);
+            for job in queued.iter().take(whole) {
+                job.write_to(&mut storage)
+                    .expect("a whole job continues the durable log");
             }
-            if let Some(rd) = node.disk_queue.get(whole) {
+            if let Some(rd) = queued.get(whole) {
                 if let Some(s) = &rd.snapshot {
                     let _ = s; // a torn snapshot write leaves the old log
                 } else if !rd.entries.is_empty() {
@@ -127,6 +155,7 @@ impl World {
             }
         }
         node.disk_queue.clear();
+        node.jobs.clear();
         node.disk_inflight = 0;
         let lose = self.lose_tail_next_crash || self.rng.random_bool(self.p.lose_tail);
         if !wipe && follower && lose {
@@ -136,17 +165,11 @@ impl World {
         node.incarnation += 1;
         node.down_storage = (!wipe).then_some(storage);
         node.kv = Kv::default();
-        node.cluster = fresh_cluster;
-        node.pending_records.clear();
-        node.pending_lookups.clear();
         node.applied = 0;
         node.pending_writes.clear();
         node.pending_reads.clear();
         node.read_points.clear();
         node.was_leader_term = None;
-        let fresh = self.new_coordinator();
-        let node = self.nodes.get_mut(&id).unwrap();
-        node.coord = fresh;
         self.stats.crashes += 1;
         self.trace(|| format!("n{id} CRASH (torn={torn})"));
         if wipe {
@@ -199,7 +222,7 @@ impl World {
             .values()
             .filter(|n| n.id != leader)
             .filter(|n| {
-                n.raft.as_ref().is_some_and(|r| {
+                n.raft().is_some_and(|r| {
                     let s = r.log().storage();
                     self.losable_from(n.id, s) < s.last_index()
                 })
@@ -210,12 +233,7 @@ impl World {
             return self.amnesia_later(tries_left);
         }
         let victim = followers[self.rng.random_range(0..followers.len())];
-        let target = self.nodes[&leader]
-            .raft
-            .as_ref()
-            .expect("leads")
-            .log()
-            .committed;
+        let target = self.nodes[&leader].raft().expect("leads").log().committed;
         self.lose_tail_next_crash = true;
         self.crash(victim);
         self.lose_tail_next_crash = false;
@@ -230,7 +248,7 @@ impl World {
     }
 
     pub(super) fn check_amnesia_caught_up(&self, id: NodeId, target: u64) -> Result<(), Violation> {
-        let Some(raft) = self.nodes.get(&id).and_then(|n| n.raft.as_ref()) else {
+        let Some(raft) = self.nodes.get(&id).and_then(|n| n.raft()) else {
             return Ok(());
         };
         let committed = raft.log().committed;
@@ -239,7 +257,7 @@ impl World {
         }
         let matched = self
             .some_leader()
-            .and_then(|l| self.nodes[&l].raft.as_ref())
+            .and_then(|l| self.nodes[&l].raft())
             .and_then(|r| r.progress(id).map(|p| p.match_index));
         Err(Violation::new(
             "catch up",
@@ -267,8 +285,7 @@ impl World {
             .values()
             .filter(|n| n.id != id)
             .filter_map(|n| {
-                n.raft
-                    .as_ref()
+                n.raft()
                     .map(|r| r.log().storage())
                     .or(n.down_storage.as_ref())
             })
@@ -322,15 +339,46 @@ impl World {
             }
         };
         node.kv = kv;
-        node.cluster = cluster;
         node.applied = snap.meta.index;
         node.commit_checked = raft.log().committed;
         node.last_seen = (raft.term(), raft.log().committed);
-        node.raft = Some(raft);
+        if self.opts.workload == Workload::Coordinator {
+            // The replica as the process runs it, over this log.
+            let cfg = self
+                .cw
+                .replica_config(id, self.p.compact_threshold, self.opts.bugs);
+            let now = self.epoch + std::time::Duration::from_micros(self.now);
+            let node = self.nodes.get_mut(&id).unwrap();
+            let mut replica = match Replica::new(cfg, raft, cluster, now) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err(Violation::new(
+                        "restart",
+                        format!("node {id} cannot restart: {e}"),
+                    ))
+                }
+            };
+            replica.observe_applies();
+            node.replica = Some(replica);
+        } else {
+            node.raft = Some(raft);
+        }
+        let node = self.nodes.get_mut(&id).unwrap();
         let (inc, tick) = (node.incarnation, node.tick_us);
         self.at(tick, Ev::Tick(id, inc));
         self.trace(|| format!("n{id} RESTART"));
         self.after_input(id)
+    }
+}
+
+/// What a ready asks the disk to do, as a persist job.
+fn job_of(rd: &Ready) -> PersistJob {
+    PersistJob {
+        number: rd.number,
+        snapshot: rd.snapshot.clone(),
+        entries: rd.entries.clone(),
+        hard_state: rd.hard_state,
+        must_sync: rd.must_sync,
     }
 }
 

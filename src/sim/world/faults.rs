@@ -11,7 +11,7 @@ impl World {
     pub(super) fn some_leader(&self) -> Option<NodeId> {
         self.nodes
             .values()
-            .find(|n| n.raft.as_ref().is_some_and(|r| r.role() == Role::Leader))
+            .find(|n| n.raft().is_some_and(|r| r.role() == Role::Leader))
             .map(|n| n.id)
     }
 
@@ -22,7 +22,7 @@ impl World {
         let up: Vec<NodeId> = self
             .nodes
             .values()
-            .filter(|n| n.raft.is_some())
+            .filter(|n| n.is_up())
             .map(|n| n.id)
             .collect();
         if !up.is_empty() {
@@ -52,8 +52,7 @@ impl World {
             return;
         };
         let live = self.live_ids();
-        let raft = self.nodes.get_mut(&leader).unwrap().raft.as_mut().unwrap();
-        let conf = raft.conf().clone();
+        let conf = self.nodes[&leader].raft().expect("leads").conf().clone();
         let others: Vec<NodeId> = conf
             .voters
             .iter()
@@ -66,7 +65,12 @@ impl World {
                 return;
             }
             let to = others[self.rng.random_range(0..others.len())];
-            let r = raft.transfer_leader(to);
+            let node = self.nodes.get_mut(&leader).unwrap();
+            let r = match (node.raft.as_mut(), node.replica.as_mut()) {
+                (Some(raft), _) => raft.transfer_leader(to),
+                (None, Some(r)) => r.transfer_leader(to),
+                (None, None) => return,
+            };
             self.stats.transfers += u64::from(r.is_ok());
             format!("transfer {leader}->{to}: {r:?}")
         } else if let Some(gone) = live.into_iter().find(|id| !conf.voters.contains(id)) {
@@ -76,18 +80,53 @@ impl World {
             } else {
                 ConfChange::AddLearner(gone)
             };
-            format!("{cc:?}: {:?}", raft.propose_conf_change(cc))
+            format!("{cc:?}: {}", self.change_membership(leader, cc))
         } else if conf.voters.len() >= 3 {
             let victim = others[self.rng.random_range(0..others.len())];
-            format!(
-                "Remove({victim}): {:?}",
-                raft.propose_conf_change(ConfChange::Remove(victim))
-            )
+            let cc = ConfChange::Remove(victim);
+            format!("{cc:?}: {}", self.change_membership(leader, cc))
         } else {
             return;
         };
         self.trace(|| format!("admin at n{leader}: {desc}"));
         let _ = self.after_input(leader);
+    }
+
+    /// Asks replica `leader` for a membership change, as an administrator
+    /// would: straight into the Raft core in the Raft workload, through the
+    /// client protocol (`ctl add-replica` and friends) in the coordinator
+    /// workload. What happened, for the trace.
+    fn change_membership(&mut self, leader: NodeId, cc: ConfChange) -> String {
+        let now = self.instant();
+        let node = self.nodes.get_mut(&leader).unwrap();
+        if let Some(raft) = node.raft.as_mut() {
+            return format!("{:?}", raft.propose_conf_change(cc));
+        }
+        let Some(r) = node.replica.as_mut() else {
+            return "down".into();
+        };
+        use crate::protocol::{ClientRequest, ReplicaChange};
+        let change = match cc {
+            ConfChange::AddLearner(id) => ReplicaChange::AddLearner {
+                id,
+                addr: Some(format!("127.0.0.1:{}", 7000 + id)),
+            },
+            ConfChange::AddVoter(id) => ReplicaChange::AddVoter(id),
+            ConfChange::Remove(id) => ReplicaChange::Remove(id),
+        };
+        let payload = crate::protocol::encode(
+            crate::protocol::tag::CLIENT,
+            0,
+            &ClientRequest::ChangeReplicas(change),
+        );
+        r.input(
+            now,
+            Input::Message {
+                from: coordinator::ADMIN_PEER,
+                payload,
+            },
+        );
+        "asked".into()
     }
 
     /// The liveness phase heals membership too: a replica the admin
@@ -99,8 +138,7 @@ impl World {
             return;
         };
         let live = self.live_ids();
-        let raft = self.nodes.get_mut(&leader).unwrap().raft.as_mut().unwrap();
-        let conf = raft.conf().clone();
+        let conf = self.nodes[&leader].raft().expect("leads").conf().clone();
         let Some(gone) = live.into_iter().find(|id| !conf.voters.contains(id)) else {
             return; // everyone is a voter again
         };
@@ -109,8 +147,8 @@ impl World {
         } else {
             ConfChange::AddLearner(gone)
         };
-        let r = raft.propose_conf_change(cc);
-        self.trace(|| format!("restore membership at n{leader}: {cc:?}: {r:?}"));
+        let r = self.change_membership(leader, cc);
+        self.trace(|| format!("restore membership at n{leader}: {cc:?}: {r}"));
         let _ = self.after_input(leader);
         self.at(20_000, Ev::RestoreMembership);
     }

@@ -35,9 +35,9 @@ use super::checkers::{entry_digest, Checker, Violation};
 use super::kv::{Command, Kv, KvOp};
 use super::PlantedBugs;
 use crate::cluster::ClusterState;
-use crate::coordinator::Coordinator;
 use crate::lincheck::register::{Register, RegisterInput, RegisterOutput};
 use crate::lincheck::{self, Operation, Verdict};
+use crate::replica::{Input, PersistJob, Replica};
 
 mod clients;
 mod coordinator;
@@ -336,6 +336,13 @@ enum Reply {
 enum Ev {
     Tick(NodeId, u64),
     Deliver(Message),
+    /// A replica's transport message to another (the coordinator workload:
+    /// encoded as on the wire, decoded by the receiving replica).
+    DeliverBytes {
+        from: NodeId,
+        to: NodeId,
+        payload: bytes::Bytes,
+    },
     DiskDone(NodeId, u64),
     ClientNext(usize),
     Request {
@@ -403,7 +410,14 @@ impl Ord for Queued {
 struct Node {
     id: NodeId,
     incarnation: u64,
+    /// The Raft workload: the bare Raft core, driven by this module.
     raft: Option<RawNode<MemStorage>>,
+    /// The coordinator workload: the replica as the process runs it
+    /// (`crate::replica`), driven by `coordinator`.
+    replica: Option<Replica<MemStorage>>,
+    /// The coordinator workload's persist jobs handed to the disk, oldest
+    /// first.
+    jobs: VecDeque<PersistJob>,
     /// The durable storage while the node is down.
     down_storage: Option<MemStorage>,
     disk_queue: VecDeque<Ready>,
@@ -421,14 +435,36 @@ struct Node {
     committed_as_leader_term: Option<u64>,
     /// Term and commit index after the previous step (delta checks).
     last_seen: (u64, u64),
-    /// Coordinator workload: the applied cluster state.
-    cluster: ClusterState,
-    /// Coordinator workload: the active-coordinator logic (volatile).
-    coord: Coordinator,
-    /// Coordinator workload: proposed records by index, with who waits.
-    pending_records: BTreeMap<u64, (coordinator::Waiter, bytes::Bytes)>,
-    /// Coordinator workload: lookups by read context.
-    pending_lookups: HashMap<u64, (usize, String)>,
+}
+
+/// The Raft core of a node, whichever workload runs it (`None`: down); by
+/// field, so the node's other fields stay free to change.
+fn core<'a>(
+    raft: &'a Option<RawNode<MemStorage>>,
+    replica: &'a Option<Replica<MemStorage>>,
+) -> Option<&'a RawNode<MemStorage>> {
+    raft.as_ref().or_else(|| replica.as_ref().map(|r| r.raft()))
+}
+
+impl Node {
+    /// The Raft core, whichever workload runs it (`None`: down).
+    fn raft(&self) -> Option<&RawNode<MemStorage>> {
+        core(&self.raft, &self.replica)
+    }
+
+    /// Messages it refused (the replica's edge included): 0 if down.
+    fn refused(&self) -> u64 {
+        match (&self.raft, &self.replica) {
+            (Some(raft), _) => raft.refusals().0,
+            (None, Some(r)) => r.rejected_messages(),
+            (None, None) => 0,
+        }
+    }
+
+    /// Whether it is up.
+    fn is_up(&self) -> bool {
+        self.raft.is_some() || self.replica.is_some()
+    }
 }
 
 #[derive(Default)]
@@ -448,6 +484,9 @@ struct HistOp {
 
 struct World {
     opts: SimOptions,
+    /// Simulated time zero, as the instant the replicas are told (they only
+    /// ever measure differences, so a run replays exactly).
+    epoch: std::time::Instant,
     p: Params,
     rng: ChaCha8Rng,
     now: u64,
@@ -515,6 +554,7 @@ fn run_unguarded(opts: SimOptions) -> SimOutcome {
         p.pre_vote_check_quorum = true;
     }
     let mut w = World {
+        epoch: std::time::Instant::now(),
         heal_at: p.fault_phase_us,
         p,
         rng,
@@ -579,6 +619,11 @@ impl World {
         }));
     }
 
+    /// The simulated now, as an instant.
+    fn instant(&self) -> std::time::Instant {
+        self.epoch + std::time::Duration::from_micros(self.now)
+    }
+
     fn node_ids(&self) -> Vec<NodeId> {
         self.nodes.keys().copied().collect()
     }
@@ -587,7 +632,7 @@ impl World {
     fn live_ids(&self) -> Vec<NodeId> {
         self.nodes
             .values()
-            .filter(|n| n.raft.is_some() || n.down_storage.is_some())
+            .filter(|n| n.is_up() || n.down_storage.is_some())
             .map(|n| n.id)
             .collect()
     }
@@ -620,9 +665,16 @@ impl World {
             let seed = self.rng.random();
             let raft = RawNode::new(self.raft_config(id, seed), MemStorage::bootstrap(&conf))
                 .expect("valid simulator config");
-            self.insert_node(id, tick_us, Some(raft), None);
             let first = self.rng.random_range(0..tick_us);
-            self.at(first, Ev::Tick(id, 0));
+            if self.is_coordinator() {
+                // Its replica starts (and ticks) once the workload has
+                // drawn its knobs: as a restart of its bootstrapped log.
+                self.insert_node(id, tick_us, None, Some(raft.into_storage()));
+                self.at(first, Ev::Restart(id));
+            } else {
+                self.insert_node(id, tick_us, Some(raft), None);
+                self.at(first, Ev::Tick(id, 0));
+            }
         }
         self.next_node_id = n + 1;
         self.run_from_start()
@@ -637,13 +689,14 @@ impl World {
         raft: Option<RawNode<MemStorage>>,
         down_storage: Option<MemStorage>,
     ) {
-        let coord = self.new_coordinator();
         self.nodes.insert(
             id,
             Node {
                 id,
                 incarnation: 0,
                 raft,
+                replica: None,
+                jobs: VecDeque::new(),
                 down_storage,
                 disk_queue: VecDeque::new(),
                 disk_inflight: 0,
@@ -657,10 +710,6 @@ impl World {
                 was_leader_term: None,
                 committed_as_leader_term: None,
                 last_seen: (0, 0),
-                cluster: ClusterState::default(),
-                coord,
-                pending_records: BTreeMap::new(),
-                pending_lookups: HashMap::new(),
             },
         );
     }
@@ -739,24 +788,19 @@ impl World {
     fn handle(&mut self, ev: Ev) -> Result<(), Violation> {
         match ev {
             Ev::Tick(id, inc) => {
-                let node = &self.nodes[&id];
-                if node.incarnation != inc || node.raft.is_none() {
+                let now = self.instant();
+                let node = self.nodes.get_mut(&id).unwrap();
+                if node.incarnation != inc || !node.is_up() {
                     return Ok(());
                 }
                 let tick_us = node.tick_us;
-                self.nodes
-                    .get_mut(&id)
-                    .unwrap()
-                    .raft
-                    .as_mut()
-                    .unwrap()
-                    .tick();
-                self.at(tick_us, Ev::Tick(id, inc));
-                self.after_input(id)?;
-                if self.is_coordinator() {
-                    self.coord_step(id, true)?;
+                if let Some(raft) = node.raft.as_mut() {
+                    raft.tick();
+                } else if let Some(r) = node.replica.as_mut() {
+                    r.input(now, Input::Tick);
                 }
-                Ok(())
+                self.at(tick_us, Ev::Tick(id, inc));
+                self.after_input(id)
             }
             Ev::Deliver(m) => {
                 let to = m.to;
@@ -775,6 +819,26 @@ impl World {
                     self.trace.push(line);
                 }
                 raft.step(m);
+                self.after_input(to)
+            }
+            Ev::DeliverBytes { from, to, payload } => {
+                if self.blocked.contains(&(from, to)) {
+                    self.trace(|| format!("drop(partition) {from}->{to}"));
+                    return Ok(());
+                }
+                if self.opts.trace {
+                    let what = match ramcoord_log::wire::decode_message(payload.slice(1..)) {
+                        Ok(m) => format!("t{} {:?}", m.term, m.body),
+                        Err(e) => format!("undecodable: {e}"),
+                    };
+                    let line = format!("{:>9} deliver {from}->{to} {what}", self.now);
+                    self.trace.push(line);
+                }
+                let now = self.instant();
+                let Some(r) = self.nodes.get_mut(&to).and_then(|n| n.replica.as_mut()) else {
+                    return Ok(());
+                };
+                r.input(now, Input::Message { from, payload });
                 self.after_input(to)
             }
             Ev::DiskDone(id, inc) => self.disk_done(id, inc),
@@ -809,7 +873,7 @@ impl World {
                 self.commit_to_reach = self
                     .nodes
                     .values()
-                    .filter_map(|n| n.raft.as_ref().map(|r| r.log().committed))
+                    .filter_map(|n| n.raft().map(|r| r.log().committed))
                     .max()
                     .unwrap_or(0);
                 Ok(())
@@ -825,10 +889,7 @@ impl World {
             }
             Ev::Restart(id) => self.restart(id),
             Ev::CrashNode(id, inc) => {
-                if self.nodes[&id].incarnation == inc
-                    && self.nodes[&id].raft.is_some()
-                    && !self.healed
-                {
+                if self.nodes[&id].incarnation == inc && self.nodes[&id].is_up() && !self.healed {
                     self.crash(id);
                     let down = self.rng.random_range(self.p.down_us.0..self.p.down_us.1);
                     self.at(down, Ev::Restart(id));
@@ -856,17 +917,17 @@ impl World {
 
     /// After a node took an input: run its ready loop and check invariants.
     fn after_input(&mut self, id: NodeId) -> Result<(), Violation> {
-        self.drive(id)?;
-        self.check_node(id)?;
         if self.is_coordinator() {
-            self.coord_step(id, false)?;
+            self.drive_replica(id)?;
+        } else {
+            self.drive(id)?;
         }
-        Ok(())
+        self.check_node(id)
     }
 
     fn check_node(&mut self, id: NodeId) -> Result<(), Violation> {
         let node = self.nodes.get_mut(&id).unwrap();
-        let Some(raft) = node.raft.as_ref() else {
+        let Some(raft) = core(&node.raft, &node.replica) else {
             return Ok(());
         };
         // Delta checks: within one incarnation, neither the term nor the
@@ -907,7 +968,7 @@ impl World {
             }
         }
         let node = self.nodes.get_mut(&id).unwrap();
-        let raft = node.raft.as_ref().unwrap();
+        let raft = core(&node.raft, &node.replica).unwrap();
         let committed = raft.log().committed;
         let now_term = raft.term();
         if committed > node.commit_checked {
@@ -957,19 +1018,15 @@ impl World {
                 self.send(m);
             }
             if let Some(snap) = &rd.snapshot {
-                let coordinator = self.is_coordinator();
-                let fresh = self.fresh_cluster();
                 let node = self.nodes.get_mut(&id).unwrap();
-                let restored = if coordinator {
-                    restore_cluster(&snap.data, fresh).map(|c| node.cluster = c)
-                } else {
-                    Kv::restore(&snap.data).map(|kv| node.kv = kv)
-                };
-                if restored.is_none() {
-                    return Err(Violation::new(
-                        "snapshot",
-                        format!("node {id} got an unreadable snapshot"),
-                    ));
+                match Kv::restore(&snap.data) {
+                    Some(kv) => node.kv = kv,
+                    None => {
+                        return Err(Violation::new(
+                            "snapshot",
+                            format!("node {id} got an unreadable snapshot"),
+                        ))
+                    }
                 }
                 node.applied = snap.meta.index;
                 let idx = snap.meta.index;
@@ -977,19 +1034,11 @@ impl World {
                 self.trace(|| format!("n{id} restore snapshot at {idx}"));
             }
             let committed = std::mem::take(&mut rd.committed_entries);
-            if self.is_coordinator() {
-                self.apply_cluster(id, &committed)?;
-            } else {
-                self.apply(id, &committed)?;
-            }
+            self.apply(id, &committed)?;
             let node = self.nodes.get_mut(&id).unwrap();
             node.read_points
                 .extend(rd.read_states.iter().map(|r| (r.index, r.ctx)));
-            if self.is_coordinator() {
-                self.serve_lookups(id);
-            } else {
-                self.serve_reads(id);
-            }
+            self.serve_reads(id);
             let node = self.nodes.get_mut(&id).unwrap();
             if rd.is_persist_empty() && node.disk_queue.is_empty() {
                 let msgs = std::mem::take(&mut rd.persisted_messages);
@@ -1015,9 +1064,9 @@ impl World {
         let Some(leader) = self.some_leader() else {
             return Ok(()); // liveness reports a group without a leader
         };
-        let conf = self.nodes[&leader].raft.as_ref().expect("up").conf();
+        let conf = self.nodes[&leader].raft().expect("up").conf();
         for id in conf.members() {
-            let Some(raft) = self.nodes.get(&id).and_then(|n| n.raft.as_ref()) else {
+            let Some(raft) = self.nodes.get(&id).and_then(|n| n.raft()) else {
                 continue;
             };
             let committed = raft.log().committed;

@@ -8,7 +8,24 @@ use ramcoord_log::MessageBody;
 
 impl World {
     pub(super) fn send(&mut self, m: Message) {
-        if self.blocked.contains(&(m.from, m.to)) {
+        let (from, to) = (m.from, m.to);
+        self.send_over_network(from, to, |_| Ev::Deliver(m.clone()));
+    }
+
+    /// Sends a replica's encoded message to another replica over the
+    /// simulated network (the coordinator workload).
+    pub(super) fn send_bytes(&mut self, from: NodeId, to: NodeId, payload: bytes::Bytes) {
+        self.send_over_network(from, to, |_| Ev::DeliverBytes {
+            from,
+            to,
+            payload: payload.clone(),
+        });
+    }
+
+    /// Delivers `ev()` from `from` to `to`, as the network's faults allow:
+    /// cut links, loss, duplication, delay and reordering.
+    fn send_over_network(&mut self, from: NodeId, to: NodeId, ev: impl Fn(()) -> Ev) {
+        if self.blocked.contains(&(from, to)) {
             return;
         }
         if !self.healed && self.rng.random_bool(self.p.loss) {
@@ -24,7 +41,7 @@ impl World {
             if !self.healed && self.rng.random_bool(self.p.reorder) {
                 d += self.rng.random_range(0..self.p.reorder_us);
             }
-            self.at(d, Ev::Deliver(m.clone()));
+            self.at(d, ev(()));
         }
     }
 
@@ -94,23 +111,20 @@ impl World {
         let ids: Vec<NodeId> = self
             .nodes
             .values()
-            .filter(|n| n.raft.is_some())
+            .filter(|n| n.is_up())
             .map(|n| n.id)
             .collect();
         if ids.is_empty() {
             return Ok(());
         }
         let to = ids[self.rng.random_range(0..ids.len())];
-        let raft = self
-            .nodes
-            .get_mut(&to)
-            .and_then(|n| n.raft.as_mut())
-            .unwrap();
+        let raft = self.nodes[&to].raft().unwrap();
         let ours = raft.term();
         let members: Vec<NodeId> = raft.conf().members().collect();
         if members.is_empty() {
             return Ok(()); // a joining replica hears anyone until configured
         }
+        let hears_leader = raft.hears_leader();
         let member = members[self.rng.random_range(0..members.len())];
         let (from, term) = match self.rng.random_range(0..3) {
             0 => (
@@ -125,7 +139,7 @@ impl World {
         // refused only while it is in contact with its leader.
         let stranger = from >= 1_000_000;
         let kind = match self.rng.random_range(0..4) {
-            0 if stranger && !raft.hears_leader() => 1,
+            0 if stranger && !hears_leader => 1,
             k => k,
         };
         let body = match kind {
@@ -145,7 +159,7 @@ impl World {
             },
             _ => MessageBody::TimeoutNow,
         };
-        let before = raft.refusals().0;
+        let before = self.nodes[&to].refused();
         let m = Message {
             from,
             to,
@@ -153,14 +167,18 @@ impl World {
             body,
         };
         self.trace(|| format!("forge {from}->{to} t{term} {}", m.body.name()));
-        let raft = self
-            .nodes
-            .get_mut(&to)
-            .and_then(|n| n.raft.as_mut())
-            .unwrap();
-        raft.step(m);
+        let now = self.instant();
+        let node = self.nodes.get_mut(&to).unwrap();
+        if let Some(raft) = node.raft.as_mut() {
+            raft.step(m);
+        } else if let Some(r) = node.replica.as_mut() {
+            // Through the replica's edge, as it would come off the wire.
+            let payload = crate::protocol::raft_payload(&m);
+            r.input(now, crate::replica::Input::Message { from, payload });
+        }
         self.stats.forged += 1;
-        if raft.refusals().0 != before + 1 || raft.term() != ours {
+        let raft = self.nodes[&to].raft().unwrap();
+        if self.nodes[&to].refused() != before + 1 || raft.term() != ours {
             return Err(Violation::new(
                 "forged message taken",
                 format!("node {to} (term {ours}) took a forged message from {from} at term {term}"),
@@ -176,7 +194,7 @@ impl World {
         let down: Vec<NodeId> = self
             .nodes
             .values()
-            .filter(|n| n.raft.is_none())
+            .filter(|n| !n.is_up())
             .map(|n| n.id)
             .collect();
         for id in down {
