@@ -15,8 +15,13 @@ use crate::types::{Entry, HardState, Index, ReadState, Snapshot, Term};
 /// 3. once all of that is durable, sends `persisted_messages` (votes granted,
 ///    appends acknowledged) and calls `advance(ready)`;
 /// 4. restores its state machine from `snapshot` if one is given, applies
-///    `committed_entries` in order (they are already durable locally), and
-///    serves the reads in `read_states` once it has applied their index.
+///    `committed_entries` in order, and serves the reads in `read_states`
+///    once it has applied their index. Committed entries may be applied
+///    before this ready (or an earlier one still in flight) is durable
+///    here: a majority holds them durably, so no crash of this node loses
+///    them; the state machine must therefore be volatile (rebuilt from the
+///    log and snapshot on restart), and a snapshot of it may only be taken
+///    once what it covers is durable.
 ///
 /// Readies may be pipelined (several persisted concurrently) as long as they
 /// become durable, and are advanced, in order.
@@ -31,7 +36,8 @@ pub struct Ready {
     pub snapshot: Option<Snapshot>,
     /// Entries to persist.
     pub entries: Vec<Entry>,
-    /// Committed, locally durable entries to apply, in order.
+    /// Committed entries to apply, in order (durable on a majority, not
+    /// necessarily here yet).
     pub committed_entries: Vec<Entry>,
     /// Messages to send now.
     pub messages: Vec<Message>,

@@ -110,6 +110,10 @@ fn figure_8_an_old_term_entry_on_a_majority_is_not_committed_by_counting() {
     }
     assert_eq!(c.node(5).role(), Role::Leader);
     c.stabilize();
+    // Followers learn the commit index with the next heartbeat.
+    let heartbeat = c.cfg.heartbeat_interval_ticks;
+    c.tick(5, heartbeat);
+    c.stabilize();
     for id in [2, 3, 4, 5] {
         assert_eq!(c.node(id).log().term(i), Ok(t + 1), "node {id}");
         assert!(c.node(id).log().committed > i);

@@ -28,10 +28,12 @@
 //! After a batch of inputs the driver calls `drive`, which empties the Raft
 //! core's readies:
 //!
-//! 1. the messages that may leave now are sent (the leader's appends go
+//! 1. committed entries are applied to the cluster state, and the clients
+//!    waiting for them answered first (an entry is committed once a
+//!    majority holds it durably, this replica not necessarily among them:
+//!    the commit point does not wait for the leader's own flush);
+//! 2. the messages that may leave now are sent (the leader's appends go
 //!    out in parallel with its own write, thesis §10.2.1);
-//! 2. committed entries (already durable here) are applied to the cluster
-//!    state, and the clients waiting for them answered;
 //! 3. what must become durable (snapshot, entries, hard state) is handed
 //!    to the driver as one [`PersistJob`]; the ready waits in
 //!    `persisting` until [`Input::Persisted`] says the job and every job
@@ -73,6 +75,10 @@ use requests::Waiter;
 
 /// How many applied operations a replica remembers for `ctl ops`.
 pub const RECENT_OPS: usize = 256;
+
+/// Pushes whose completion a replica waits for at most; past it the oldest
+/// is forgotten (the coordinator pushes that master again).
+pub const PUSHES_TRACKED_MAX: usize = 65_536;
 
 /// What a replica needs to know to decide (the process's other settings,
 /// such as where its log lives, belong to its driver).
@@ -323,12 +329,12 @@ pub struct Replica<S: Storage> {
     commits_measured: u64,
     /// Recent operations, oldest first.
     recent: VecDeque<OpRecord>,
-    /// Pushes in flight: write id -> (server, term, version, peer).
-    pushes_in_flight: HashMap<u64, (ServerId, u64, u64, PeerId)>,
-    /// The push in flight to each server (a newer push supersedes an older
-    /// one, whose completion is then ignored: this bounds the pushes
-    /// tracked by the servers in the list, whatever the network loses).
-    push_by_server: HashMap<ServerId, u64>,
+    /// Pushes in flight: write id -> (server, term, version, peer). Ids
+    /// grow, so the oldest go first when there are more than
+    /// [`PUSHES_TRACKED_MAX`] (a push whose completion never comes, lost
+    /// with its connection, is forgotten that way; every write that lands
+    /// while tracked counts, older versions included).
+    pushes_in_flight: BTreeMap<u64, (ServerId, u64, u64, PeerId)>,
     /// The last push's write id.
     last_write: u64,
     /// Pushes held back by `push_delay`: (when due, action).
@@ -363,6 +369,10 @@ pub struct Replica<S: Storage> {
     tick_pending: bool,
     /// Retried operations answered from the exactly-once table.
     retries_answered_applied: u64,
+    /// A snapshot of the cluster state taken for compaction, written to the
+    /// storage once no persist job is out (the storage must hold what it
+    /// covers, and nothing in flight may rewrite the log under it).
+    pending_compaction: Option<Snapshot>,
     /// Applied entries kept for an observer, if one asked.
     applied_notes: Option<Vec<AppliedNote>>,
 }
@@ -404,8 +414,7 @@ impl<S: Storage> Replica<S> {
             commit_latencies_us: VecDeque::new(),
             commits_measured: 0,
             recent: VecDeque::new(),
-            pushes_in_flight: HashMap::new(),
-            push_by_server: HashMap::new(),
+            pushes_in_flight: BTreeMap::new(),
             last_write: 0,
             delayed_pushes: VecDeque::new(),
             refusals_logged: (0, None),
@@ -419,6 +428,7 @@ impl<S: Storage> Replica<S> {
             lost_matches_logged: (0, None),
             tick_pending: false,
             applied_notes: None,
+            pending_compaction: None,
             retries_answered_applied: 0,
         })
     }
@@ -642,9 +652,6 @@ impl<S: Storage> Replica<S> {
         let Some((server, term, version, _)) = self.pushes_in_flight.remove(&write) else {
             return;
         };
-        if self.push_by_server.get(&server) == Some(&write) {
-            self.push_by_server.remove(&server);
-        }
         match status {
             WriteStatus::Landed => {
                 tracing::debug!(%server, version, term, "push landed");
@@ -681,6 +688,8 @@ impl<S: Storage> Replica<S> {
     pub fn drive(&mut self, now: Instant) -> Result<(), ReplicaError> {
         self.now = self.now.max(now);
         self.release_due_pushes();
+        // Every job may just have become durable: the moment to compact.
+        self.try_compact()?;
         loop {
             self.run_readies()?;
             self.after_readies()?;
@@ -699,9 +708,6 @@ impl<S: Storage> Replica<S> {
     fn run_readies(&mut self) -> Result<(), ReplicaError> {
         while self.raft.has_ready() {
             let mut rd = self.raft.ready();
-            for m in std::mem::take(&mut rd.messages) {
-                self.send_raft(&m);
-            }
             if let Some(snap) = &rd.snapshot {
                 self.cluster =
                     ClusterState::restore(&snap.data).map_err(|why| ReplicaError::Snapshot {
@@ -719,12 +725,37 @@ impl<S: Storage> Replica<S> {
                         index: snap.meta.index,
                     });
                 }
+                // Operations the snapshot shows complete completed while
+                // this replica was not applying them one by one.
+                let incomplete = self.cluster.incomplete();
+                self.committed_at
+                    .retain(|seq, _| incomplete.contains_key(seq));
+                let done: Vec<u64> = self
+                    .completion_waiters
+                    .keys()
+                    .copied()
+                    .filter(|seq| !incomplete.contains_key(seq))
+                    .collect();
+                for seq in done {
+                    if let Some(w) = self.completion_waiters.remove(&seq) {
+                        let reply = ClientReply::Completed {
+                            seq,
+                            complete_us: self.now.duration_since(w.received).as_micros() as u64,
+                        };
+                        self.reply(w.from, w.request, &reply);
+                    }
+                }
             }
+            // Committed entries first: the clients waiting for them are
+            // answered before anything else in this ready leaves.
             for e in std::mem::take(&mut rd.committed_entries) {
                 if e.index <= self.cluster.applied_index() {
                     continue; // covered by the snapshot restored at start
                 }
                 self.apply_entry(&e);
+            }
+            for m in std::mem::take(&mut rd.messages) {
+                self.send_raft(&m);
             }
             self.reads_confirmed
                 .extend(rd.read_states.iter().map(|r| (r.index, r.ctx)));
@@ -825,7 +856,6 @@ impl<S: Storage> Replica<S> {
         } else if was && !established {
             // Pushes of the term that ended are no one's business now.
             self.pushes_in_flight.clear();
-            self.push_by_server.clear();
             tracing::info!(
                 id = self.cfg.id,
                 term = self.raft.term(),
@@ -841,26 +871,48 @@ impl<S: Storage> Replica<S> {
     /// Compacts the log once `snapshot_entries` entries have been applied
     /// since the last snapshot: the cluster state at the applied index
     /// becomes the snapshot, the segments below it are deleted (a replica
-    /// that needs older entries is sent the snapshot). Not while a persist
-    /// job is out: the storage must hold what the snapshot covers.
+    /// that needs older entries is sent the snapshot). The snapshot is
+    /// taken now and written once no persist job is out
+    /// ([`Replica::try_compact`]).
     fn maybe_compact(&mut self) -> Result<(), ReplicaError> {
+        if self.pending_compaction.is_none() {
+            let point = self.raft.snapshot_point();
+            let held = self.raft.log().storage().snapshot().meta.index;
+            if point.index >= held + self.cfg.snapshot_entries
+                && point.index == self.cluster.applied_index()
+            {
+                self.pending_compaction = Some(ramcoord_log::Snapshot {
+                    meta: point,
+                    data: self.cluster.snapshot(),
+                });
+            }
+        }
+        self.try_compact()
+    }
+
+    /// Writes the pending compaction if the storage can take it: no job
+    /// out (committed entries may be applied before they are durable here,
+    /// and a job may still rewrite the log's tail), and the storage holds
+    /// the snapshot's entry with its term.
+    fn try_compact(&mut self) -> Result<(), ReplicaError> {
         if !self.persisting.is_empty() {
             return Ok(());
         }
-        let point = self.raft.snapshot_point();
-        let held = self.raft.log().storage().snapshot().meta.index;
-        if point.index < held + self.cfg.snapshot_entries
-            || point.index > self.raft.log().storage().last_index()
-            || point.index != self.cluster.applied_index()
-        {
+        let Some(snap) = &self.pending_compaction else {
+            return Ok(());
+        };
+        let storage = self.raft.log().storage();
+        let index = snap.meta.index;
+        if index <= storage.snapshot().meta.index {
+            self.pending_compaction = None; // overtaken
             return Ok(());
         }
-        let data = self.cluster.snapshot();
-        let bytes = data.len();
-        let index = point.index;
-        self.raft
-            .storage_mut()
-            .compact(ramcoord_log::Snapshot { meta: point, data })?;
+        if index > storage.last_index() || storage.term(index) != Ok(snap.meta.term) {
+            return Ok(());
+        }
+        let snap = self.pending_compaction.take().expect("just looked");
+        let bytes = snap.data.len();
+        self.raft.storage_mut().compact(snap)?;
         tracing::info!(index, bytes, "log compacted: snapshot of the cluster state");
         Ok(())
     }
@@ -931,8 +983,8 @@ impl<S: Storage> Replica<S> {
         let write = self.last_write;
         self.pushes_in_flight
             .insert(write, (to, self.coord.term(), version, peer));
-        if let Some(older) = self.push_by_server.insert(to, write) {
-            self.pushes_in_flight.remove(&older);
+        while self.pushes_in_flight.len() > PUSHES_TRACKED_MAX {
+            self.pushes_in_flight.pop_first();
         }
         tracing::debug!(%to, version, "push sent");
         self.out.push_back(Output::Push {

@@ -80,7 +80,7 @@ impl<S: Storage> RawNode<S> {
         // is the fix to the single-server membership change bug.
         self.pending_conf_index = last + 1;
         self.append_entries(vec![(EntryKind::Empty, Bytes::new())]);
-        self.bcast_append();
+        self.bcast_pending = true;
     }
 
     pub(super) fn campaign(&mut self, pre_vote: bool, transfer: bool) {

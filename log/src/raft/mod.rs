@@ -115,6 +115,10 @@ pub struct RawNode<S: Storage> {
     rng: ChaCha8Rng,
     msgs: Vec<Message>,
     msgs_after_persist: Vec<Message>,
+    /// Leader: entries were appended since the last ready; they go to the
+    /// followers when the ready is taken, one append per follower carrying
+    /// them all (however many proposals came in between).
+    bcast_pending: bool,
     read_states: Vec<ReadState>,
     /// Index of the latest configuration change proposed; no new one until
     /// it is applied.
@@ -210,6 +214,7 @@ impl<S: Storage> RawNode<S> {
             tick_count: 0,
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
+            bcast_pending: false,
             read_states: Vec::new(),
             pending_conf_index: 0,
             lead_transferee: None,
@@ -584,7 +589,7 @@ impl<S: Storage> RawNode<S> {
     pub fn propose(&mut self, data: Bytes) -> Result<Index, ProposeError> {
         self.check_can_propose(data.len(), data.len())?;
         let index = self.append_entries(vec![(EntryKind::Normal, data)]);
-        self.bcast_append();
+        self.bcast_pending = true;
         Ok(index)
     }
 
@@ -596,7 +601,7 @@ impl<S: Storage> RawNode<S> {
         self.check_can_propose(largest, total)?;
         let index =
             self.append_entries(batch.into_iter().map(|d| (EntryKind::Normal, d)).collect());
-        self.bcast_append();
+        self.bcast_pending = true;
         Ok(index)
     }
 
@@ -631,7 +636,7 @@ impl<S: Storage> RawNode<S> {
         self.conf.apply(cc)?;
         let index = self.append_entries(vec![(EntryKind::ConfChange, cc.encode())]);
         self.pending_conf_index = index;
-        self.bcast_append();
+        self.bcast_pending = true;
         Ok(index)
     }
 
@@ -693,13 +698,13 @@ impl<S: Storage> RawNode<S> {
     pub fn has_ready(&self) -> bool {
         let u = &self.log.unstable;
         !self.msgs.is_empty()
+            || (self.bcast_pending && self.role == Role::Leader)
             || !self.msgs_after_persist.is_empty()
             || !self.read_states.is_empty()
             || (u.snapshot.is_some() && !u.snapshot_in_progress)
             || !self.log.next_unstable().is_empty()
             || self.hard_state() != self.prev_hard_state
-            || (u.snapshot.is_none()
-                && self.log.committed.min(self.log.persisted_last()) > self.log.applied)
+            || (u.snapshot.is_none() && self.log.committed > self.log.applied)
     }
 
     fn hard_state(&self) -> HardState {
@@ -717,6 +722,11 @@ impl<S: Storage> RawNode<S> {
             number: self.ready_number,
             ..Ready::default()
         };
+        // Batched replication: every entry appended since the last ready
+        // goes to each follower in one append (within flow control).
+        if std::mem::take(&mut self.bcast_pending) && self.role == Role::Leader {
+            self.bcast_new_entries();
+        }
 
         // Committed entries first: applying a configuration change may
         // produce messages that belong in this ready.
@@ -727,7 +737,12 @@ impl<S: Storage> RawNode<S> {
                 self.log.applied = s.meta.index;
             }
         } else {
-            let hi = self.log.committed.min(self.log.persisted_last());
+            // Committed entries are applied even before they are durable
+            // here: a majority holds them durably (the leader need not be
+            // among it, thesis §10.2.1), so they survive any crash of this
+            // replica, whose applied state is volatile and rebuilt from
+            // its own log and snapshot on restart.
+            let hi = self.log.committed;
             if hi > self.log.applied {
                 let ents = self
                     .log

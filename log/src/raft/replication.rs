@@ -27,6 +27,21 @@ impl<S: Storage> RawNode<S> {
             if node.cfg.bugs.ack_before_persist {
                 let term = node.term;
                 node.send(from, term, body);
+                return;
+            }
+            // One acknowledgement per leader per ready: a later append's
+            // acknowledgement covers an earlier one's (both wait for the
+            // same write), so it replaces it, keeping the highest index.
+            let term = node.term;
+            let earlier = node.msgs_after_persist.iter_mut().find(|m| {
+                m.to == from
+                    && m.term == term
+                    && matches!(m.body, MessageBody::AppendResp { reject: false, .. })
+            });
+            if let Some(m) = earlier {
+                if let MessageBody::AppendResp { index: acked, .. } = &mut m.body {
+                    *acked = (*acked).max(index);
+                }
             } else {
                 node.send_after_persist(from, body);
             }
@@ -88,6 +103,20 @@ impl<S: Storage> RawNode<S> {
             },
         );
         last
+    }
+
+    /// Sends each follower the entries it has not been sent yet (flow
+    /// control allowing); nothing to a follower that has them all.
+    pub(super) fn bcast_new_entries(&mut self) {
+        let peers: Vec<NodeId> = self
+            .progress
+            .keys()
+            .copied()
+            .filter(|&id| id != self.id)
+            .collect();
+        for id in peers {
+            while self.maybe_send_append(id, false) {}
+        }
     }
 
     pub(super) fn bcast_append(&mut self) {
@@ -211,16 +240,12 @@ impl<S: Storage> RawNode<S> {
             }
         }
         let matched = pr.match_index;
-        if self.maybe_commit() {
-            self.bcast_append();
-        } else if from != self.id {
+        // A new commit index is not broadcast on its own: it rides on the
+        // next append or heartbeat (a commit-only append would cost every
+        // follower a message and an acknowledgement per commit).
+        self.maybe_commit();
+        if from != self.id {
             while self.maybe_send_append(from, false) {}
-            // A follower that caught up after the commit point moved learns
-            // it now, not a heartbeat later (its reads and applies wait on it).
-            let pr = &self.progress[&from];
-            if pr.sent_commit < self.log.committed.min(pr.match_index) {
-                self.maybe_send_append(from, true);
-            }
         }
         if self.lead_transferee == Some(from) && matched == self.log.last_index() {
             self.send(from, self.term, MessageBody::TimeoutNow);

@@ -238,12 +238,16 @@ pub(super) enum CoordEv {
         /// The replica's id for the write, and the peer it was sent to.
         write: u64,
         peer: PeerId,
+        /// The writer's incarnation (its write ids start over after a
+        /// restart: an old write's ack must not credit a new one).
+        inc: u64,
     },
     /// The writer learns its write landed.
     PushAck {
         node: NodeId,
         write: u64,
         peer: PeerId,
+        inc: u64,
     },
     MasterTick {
         slot: usize,
@@ -505,11 +509,21 @@ impl World {
                 region,
                 write,
                 peer,
-            } => return self.push_arrive(slot, from, region, write, peer),
-            CoordEv::PushAck { node, write, peer } => {
+                inc,
+            } => return self.push_arrive(slot, from, region, (write, peer, inc)),
+            CoordEv::PushAck {
+                node,
+                write,
+                peer,
+                inc,
+            } => {
                 self.trace(|| format!("n{node} learns write {write} landed"));
                 let now = self.instant();
-                if let Some(r) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
+                let n = self.nodes.get_mut(&node).unwrap();
+                if n.incarnation != inc {
+                    return Ok(()); // its connection died with the process
+                }
+                if let Some(r) = n.replica.as_mut() {
                     r.input(
                         now,
                         crate::replica::Input::PushDone {
@@ -1000,8 +1014,7 @@ impl World {
         slot: usize,
         from: NodeId,
         region: Bytes,
-        write: u64,
-        peer: PeerId,
+        (write, peer, inc): (u64, PeerId, u64),
     ) -> Result<(), Violation> {
         let grant_fencing = self.cw.p.grant_fencing;
         let m = &mut self.cw.masters[slot];
@@ -1081,6 +1094,7 @@ impl World {
                 node: from,
                 write,
                 peer,
+                inc,
             },
         );
         Ok(())
@@ -1199,6 +1213,7 @@ impl World {
                             region,
                             write,
                             peer,
+                            inc,
                         },
                     );
                 }

@@ -16,6 +16,7 @@ impl World {
             self.rng.random_range(self.p.disk_us.0..self.p.disk_us.1)
         };
         let node = self.nodes.get_mut(&id).unwrap();
+        let lat = lat.max(node.disk_stalled_until.saturating_sub(self.now));
         // Group commit: one write covers every ready queued so far.
         node.disk_inflight = node.disk_queue.len() + node.jobs.len();
         let inc = node.incarnation;
@@ -24,6 +25,70 @@ impl World {
             let at = self.rng.random_range(0..lat.max(1));
             self.at(at, Ev::CrashNode(id, inc));
         }
+    }
+
+    /// Stalls the settled leader's disk for ten election timeouts, with the
+    /// network healthy: heartbeats must not wait for the disk (etcd's most
+    /// reported failure starts with a slow disk costing the leader its
+    /// lease), and commits go on with the followers' writes.
+    pub(super) fn stall_leader_disk(&mut self) {
+        let Some(id) = self.some_leader() else {
+            return;
+        };
+        let stall_us = 10 * ELECTION_TICKS * TICK_US;
+        let raft = self.nodes[&id].raft().expect("leads");
+        let (term, commit, last) = (raft.term(), raft.log().committed, raft.log().last_index());
+        let node = self.nodes.get_mut(&id).unwrap();
+        node.disk_stalled_until = self.now + stall_us;
+        self.stats.disk_stalls += 1;
+        self.trace(|| format!("n{id} disk stalls for {stall_us}us (term {term})"));
+        self.at(
+            stall_us,
+            Ev::CheckStall {
+                id,
+                term,
+                commit,
+                last,
+            },
+        );
+    }
+
+    /// See [`World::stall_leader_disk`].
+    pub(super) fn check_stall(
+        &mut self,
+        id: NodeId,
+        term: u64,
+        commit: u64,
+        last: u64,
+    ) -> Result<(), Violation> {
+        let Some(raft) = self.nodes.get(&id).and_then(|n| n.raft()) else {
+            return Ok(()); // crashed meanwhile (the liveness phase has no crashes)
+        };
+        if raft.role() != Role::Leader || raft.term() != term {
+            return Err(Violation::new(
+                "leader lost to a slow disk",
+                format!(
+                    "node {id} led term {term} when its disk stalled for {} election timeouts with \
+                     the network healthy; it is now {:?} in term {}",
+                    10,
+                    raft.role(),
+                    raft.term()
+                ),
+            ));
+        }
+        let now_commit = raft.log().committed;
+        if last > commit && now_commit < last {
+            return Err(Violation::new(
+                "commits stalled with the leader's disk",
+                format!(
+                    "node {id} held entries up to {last} (committed {commit}) when its disk \
+                     stalled; {} election timeouts later it has committed only {now_commit}: the \
+                     followers' writes make a majority without it",
+                    10
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn disk_done(&mut self, id: NodeId, inc: u64) -> Result<(), Violation> {

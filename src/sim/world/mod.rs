@@ -113,6 +113,8 @@ pub struct SimStats {
     pub transfers: u64,
     /// Linearizable reads served.
     pub reads: u64,
+    /// Leader disks stalled for ten election timeouts after the heal.
+    pub disk_stalls: u64,
     /// Simulated microseconds.
     pub sim_us: u64,
     /// Coordinator operations completed (completion record applied).
@@ -378,6 +380,17 @@ enum Ev {
     Amnesia(u32),
     /// Note the commit index every member must reach by the end.
     MarkCommit,
+    /// After the heal: the leader's disk stalls for ten election timeouts
+    /// while the network is healthy.
+    StallLeaderDisk,
+    /// The stall is over: the leader must still lead, in the same term,
+    /// and its commit index must have moved if it had entries to commit.
+    CheckStall {
+        id: NodeId,
+        term: u64,
+        commit: u64,
+        last: u64,
+    },
     /// A follower that lost acknowledged entries has caught up.
     CheckCaughtUp {
         id: NodeId,
@@ -424,6 +437,8 @@ struct Node {
     /// Readies in the write in flight (group commit).
     disk_inflight: usize,
     tick_us: u64,
+    /// Its disk's writes finish no earlier than this (a stalled disk).
+    disk_stalled_until: u64,
     kv: Kv,
     applied: u64,
     commit_checked: u64,
@@ -701,6 +716,7 @@ impl World {
                 disk_queue: VecDeque::new(),
                 disk_inflight: 0,
                 tick_us,
+                disk_stalled_until: 0,
                 kv: Kv::default(),
                 applied: 0,
                 commit_checked: 0,
@@ -747,6 +763,10 @@ impl World {
         if self.p.lose_tail > 0.0 {
             self.at(self.heal_at + self.p.liveness_us / 4, Ev::Amnesia(200));
         }
+        self.at(
+            self.heal_at + self.p.liveness_us * 3 / 8,
+            Ev::StallLeaderDisk,
+        );
         self.at(self.heal_at + self.p.liveness_us * 3 / 4, Ev::MarkCommit);
         let end = self.heal_at + self.p.liveness_us;
 
@@ -879,6 +899,16 @@ impl World {
                 Ok(())
             }
             Ev::CheckCaughtUp { id, target } => self.check_amnesia_caught_up(id, target),
+            Ev::StallLeaderDisk => {
+                self.stall_leader_disk();
+                Ok(())
+            }
+            Ev::CheckStall {
+                id,
+                term,
+                commit,
+                last,
+            } => self.check_stall(id, term, commit, last),
             Ev::Amnesia(tries_left) => {
                 self.amnesia(tries_left);
                 Ok(())
