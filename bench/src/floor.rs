@@ -7,6 +7,14 @@
 //! (`ramcoord_net::link::Link`): what TLS costs one hop, which the commit
 //! point pays on each of its four (client → leader → followers → leader →
 //! client).
+//!
+//! The three replicas of a benchmark cluster share this machine's disk, so
+//! a replica's flush competes with two others: `fsync3` is the same 4 KiB
+//! write + `fdatasync` while two other processes (this binary, hidden
+//! subcommand `fsync-load`) write and sync files of their own in the same
+//! directory as fast as they can. The client-observed floor of a commit
+//! point is then two round trips (client → leader → follower and back)
+//! plus one contended flush: `2 × RTT + fsync3`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -26,6 +34,8 @@ pub struct FloorReport {
     pub rtt_tls: Dist,
     /// 4 KiB write + fdatasync.
     pub fsync: Dist,
+    /// The same while two other processes write and sync on the same disk.
+    pub fsync3: Dist,
 }
 
 /// Round trips of 64 bytes over loopback TCP.
@@ -118,7 +128,7 @@ pub fn rtt_tls(dir: &Path, ops: u64) -> Result<Dist, String> {
     Ok(rec.dist())
 }
 
-/// Both floors.
+/// The floors.
 pub fn floor(dir: &Path, rtt_ops: u64, fsync_ops: u64) -> Result<FloorReport, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let h = crate::storage::floor(dir, fsync_ops);
@@ -128,5 +138,70 @@ pub fn floor(dir: &Path, rtt_ops: u64, fsync_ops: u64) -> Result<FloorReport, St
         rtt: rtt(rtt_ops)?,
         rtt_tls: rtt_tls(dir, rtt_ops)?,
         fsync: fsync.dist(),
+        fsync3: fsync_contended(dir, fsync_ops, 2)?,
     })
+}
+
+/// 4 KiB write + fdatasync while `others` processes do the same on files
+/// of their own in `dir` (see the module docs).
+pub fn fsync_contended(dir: &Path, ops: u64, others: usize) -> Result<Dist, String> {
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut load = Vec::new();
+    for i in 0..others {
+        let child = Command::new(&exe)
+            .arg("fsync-load")
+            .arg("--file")
+            .arg(dir.join(format!("load-{i}.dat")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", exe.display()))?;
+        load.push(child);
+    }
+    // Let them get going before measuring.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let h = crate::storage::floor(dir, ops);
+    for mut child in load {
+        drop(child.stdin.take()); // their signal to stop
+        let _ = child.wait();
+    }
+    let mut r = Recorder::default();
+    r.0.add(&h).map_err(|e| e.to_string())?;
+    Ok(r.dist())
+}
+
+/// The load of [`fsync_contended`]: 4 KiB writes, each `fdatasync`ed, to
+/// `file` (64 blocks, rewritten in turn) until stdin closes.
+pub fn fsync_load(file: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(file)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        flag.store(true, Ordering::SeqCst);
+    });
+    let mut block = vec![0u8; 4096];
+    let mut i = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        block.fill(i as u8);
+        f.write_all_at(&block, (i % 64) * 4096)
+            .map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        i += 1;
+    }
+    drop(f);
+    let _ = std::fs::remove_file(file);
+    Ok(())
 }

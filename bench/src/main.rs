@@ -67,8 +67,17 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
+    /// Load for the contended fsync floor (started by `floor` and
+    /// `compare`): write and fdatasync `file` until stdin closes.
+    #[command(hide = true)]
+    FsyncLoad {
+        /// The file to write.
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// The hardware floor: loopback TCP round trip (64 B, TCP_NODELAY) and
-    /// 4 KiB write + fdatasync on the data directory's file system.
+    /// 4 KiB write + fdatasync on the data directory's file system, alone
+    /// and while two other processes write and sync on the same disk.
     Floor {
         /// Where to measure the disk.
         #[arg(long, default_value = "bench-data")]
@@ -239,6 +248,11 @@ fn fail(e: String) -> ! {
 
 fn main() {
     match Cli::parse().scenario {
+        Scenario::FsyncLoad { file } => {
+            if let Err(e) = floor::fsync_load(&file) {
+                fail(e)
+            }
+        }
         Scenario::Floor {
             dir,
             rtt_ops,
@@ -252,10 +266,12 @@ fn main() {
                     "µs p50 / p99 / p99.9 / max
 loopback RTT 64 B        {}
   the same, mutual TLS   {}
-4 KiB write + fdatasync  {}",
+4 KiB write + fdatasync  {}
+  with 2 other syncers   {}",
                     r.rtt.row(),
                     r.rtt_tls.row(),
-                    r.fsync.row()
+                    r.fsync.row(),
+                    r.fsync3.row()
                 )
             });
         }
