@@ -108,27 +108,24 @@ impl<S: Storage> RawNode<S> {
     /// Sends each follower the entries it has not been sent yet (flow
     /// control allowing); nothing to a follower that has them all.
     pub(super) fn bcast_new_entries(&mut self) {
-        let peers: Vec<NodeId> = self
-            .progress
-            .keys()
-            .copied()
-            .filter(|&id| id != self.id)
-            .collect();
-        for id in peers {
+        for id in self.followers() {
             while self.maybe_send_append(id, false) {}
         }
     }
 
     pub(super) fn bcast_append(&mut self) {
-        let peers: Vec<NodeId> = self
-            .progress
+        for id in self.followers() {
+            self.maybe_send_append(id, true);
+        }
+    }
+
+    /// Every member this leader tracks but itself.
+    fn followers(&self) -> Vec<NodeId> {
+        self.progress
             .keys()
             .copied()
             .filter(|&id| id != self.id)
-            .collect();
-        for id in peers {
-            self.maybe_send_append(id, true);
-        }
+            .collect()
     }
 
     /// Sends an append (or a snapshot) to `to` if flow control allows.
