@@ -549,12 +549,13 @@ pub fn result_text(r: &OpResult) -> String {
 
 fn render_status(rows: &[(SocketAddr, Result<Status, String>)]) -> String {
     let mut out = format!(
-        "{:<22} {:>3} {:<13} {:>5} {:>7} {:>7} {:>6} {:>6} {:>7} {:>6} {:>10} {:>17}\n",
+        "{:<22} {:>3} {:<13} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7} {:>6} {:>10} {:>17}\n",
         "address",
         "id",
         "role",
         "term",
         "commit",
+        "durable",
         "applied",
         "leader",
         "active",
@@ -572,12 +573,13 @@ fn render_status(rows: &[(SocketAddr, Result<Status, String>)]) -> String {
                     format!("{}/{}", st.commit_p50_us, st.commit_p99_us)
                 };
                 out += &format!(
-                    "{:<22} {:>3} {:<13} {:>5} {:>7} {:>7} {:>6} {:>6} {:>7} {:>6} {:>10} {:>17}\n",
+                    "{:<22} {:>3} {:<13} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7} {:>6} {:>10} {:>17}\n",
                     addr.to_string(),
                     st.id,
                     st.role,
                     st.term,
                     st.commit,
+                    st.durable_index,
                     st.applied,
                     st.leader.map_or("-".to_string(), |l| l.to_string()),
                     if st.active { "yes" } else { "no" },

@@ -403,10 +403,18 @@ fn lookups_read_table_existence_at_the_leader() {
         }
         other => panic!("{other:?}"),
     }
-    ctl.operate(Request::DropTable {
-        name: "users".into(),
+    // A table is busy until its creation completes (pushed to its
+    // masters): a drop before that is refused at apply.
+    c.wait_for("the create to complete", LIMIT, |c| {
+        c.active().filter(|s| s.incomplete == 0)
     })
-    .expect("dropped");
+    .unwrap();
+    let dropped = ctl
+        .operate(Request::DropTable {
+            name: "users".into(),
+        })
+        .expect("dropped");
+    assert_eq!(dropped.result, ramcoord::protocol::OpResult::Changed);
     assert!(matches!(
         lookup(&mut reader, "users"),
         ClientReply::Lookup { exists: false, .. }

@@ -87,6 +87,12 @@ pub trait Storage {
     fn sync(&mut self) -> Result<(), StorageError> {
         Ok(())
     }
+    /// Every entry up to here is durable (for a report: the Raft core
+    /// learns durability from the driver, never from this). Where writes
+    /// are durable when they return: the last index.
+    fn durable_index(&self) -> Index {
+        self.last_index()
+    }
 }
 
 /// The log in memory: for tests, the simulator, and `--durability memory`

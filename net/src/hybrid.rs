@@ -127,6 +127,12 @@ impl Transport for HybridTransport {
         self.tcp.events()
     }
 
+    /// RDMA's events reach TCP's queue through its event sink, which wakes
+    /// TCP's poll: TCP's descriptor covers both.
+    fn ready_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.tcp.ready_fd()
+    }
+
     fn next_event(&self, timeout: std::time::Duration) -> Option<Event> {
         self.tcp.next_event(timeout)
     }

@@ -108,6 +108,14 @@ pub trait Transport: Send {
     fn register_region(&self, id: RegionId, region: Arc<dyn Region>);
     /// Where messages and write completions arrive.
     fn events(&self) -> &Receiver<Event>;
+    /// A descriptor that becomes readable when [`Transport::next_event`]
+    /// may have something new, so that an owner can wait on it beside its
+    /// other descriptors (its disk's completions) in one `poll`, then take
+    /// what arrived with `next_event(Duration::ZERO)` until `None`. `None`:
+    /// this transport can be waited on only through `next_event`.
+    fn ready_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
     /// The next event, waiting up to `timeout` (zero: only what is there).
     /// Transports that read in the caller's thread (TCP with inline I/O)
     /// do their I/O here; the others take from [`Transport::events`].

@@ -30,8 +30,9 @@ pub struct Link {
     /// The TLS session (`None`: plain).
     session: Mutex<Option<rustls::Connection>>,
     /// Held while writing to the socket (see the module docs); holds the
-    /// buffer records are sealed into, reused from write to write.
-    write_lock: Mutex<Vec<u8>>,
+    /// buffer records are sealed into, reused from write to write, and
+    /// the bytes a non-blocking send left unsent.
+    write_lock: Mutex<Outgoing>,
     /// Ciphertext read from the socket and not yet fed to the session
     /// (reader only).
     pending: Mutex<Pending>,
@@ -46,6 +47,41 @@ struct Pending {
     buf: Vec<u8>,
     fed: usize,
     filled: usize,
+}
+
+/// The writing side's buffers.
+#[derive(Default)]
+struct Outgoing {
+    /// Where a write's TLS records are sealed (reused).
+    seal: Vec<u8>,
+    /// [`Link::send`]: bytes the socket did not take yet; `backlog[sent..]`
+    /// is still to go, before anything newer.
+    backlog: Vec<u8>,
+    sent: usize,
+}
+
+impl Outgoing {
+    fn waiting(&self) -> usize {
+        self.backlog.len() - self.sent
+    }
+}
+
+/// Why [`Link::send`] did not take a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The peer is not reading: the bytes it has yet to take would pass
+    /// the bound. The connection must be closed (a frame may be half
+    /// sent).
+    #[error("the peer is not reading: {waiting} bytes wait for it, over the bound of {max}")]
+    Backlogged {
+        /// Bytes that were waiting, this frame's included.
+        waiting: usize,
+        /// The bound.
+        max: usize,
+    },
 }
 
 /// Bytes read from the socket at once: a whole TLS record (16 KiB of
@@ -77,7 +113,7 @@ impl Link {
         Link {
             sock,
             session: Mutex::new(None),
-            write_lock: Mutex::new(Vec::new()),
+            write_lock: Mutex::new(Outgoing::default()),
             pending: Mutex::new(Pending::default()),
             identity: None,
         }
@@ -172,7 +208,7 @@ impl Link {
         Ok(Link {
             sock,
             session: Mutex::new(Some(conn)),
-            write_lock: Mutex::new(Vec::new()),
+            write_lock: Mutex::new(Outgoing::default()),
             pending: Mutex::new(Pending::default()),
             identity: Some(identity),
         })
@@ -199,37 +235,145 @@ impl Link {
         let _ = self.sock.shutdown(Shutdown::Both);
     }
 
-    /// Writes all of `bytes` (one frame, or several): frames from
-    /// concurrent writers never interleave.
+    /// Writes all of `bytes` (one frame, or several), blocking until the
+    /// socket took them (or its write timeout): frames from concurrent
+    /// writers never interleave. For threads that may wait; an event loop
+    /// uses [`Link::send`].
     pub fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
         let mut out = self.write_lock.lock().expect("lock poisoned");
-        {
-            let mut session = self.session.lock().expect("lock poisoned");
-            let Some(conn) = session.as_mut() else {
-                drop(session);
-                return (&self.sock).write_all(bytes);
-            };
-            // The session holds a bounded amount of ciphertext: take it
-            // out as we go.
-            out.clear();
-            let mut rest = bytes;
-            loop {
-                while conn.wants_write() {
-                    conn.write_tls(&mut *out)?;
-                }
-                if rest.is_empty() {
-                    break;
-                }
-                let n = conn.writer().write(rest)?;
-                rest = &rest[n..];
-            }
+        let out = &mut *out;
+        if out.waiting() > 0 {
+            // A non-blocking send left bytes: they go first.
+            (&self.sock).write_all(&out.backlog[out.sent..])?;
+            out.backlog.clear();
+            out.sent = 0;
         }
-        let r = (&self.sock).write_all(&out);
-        if out.capacity() > WRITE_BUFFER_KEPT_BYTES {
+        if !self.seal(bytes, &mut out.seal)? {
+            return (&self.sock).write_all(bytes);
+        }
+        let r = (&self.sock).write_all(&out.seal);
+        if out.seal.capacity() > WRITE_BUFFER_KEPT_BYTES {
             // A large frame's buffer is not kept for the connection's life.
-            *out = Vec::new();
+            out.seal = Vec::new();
         }
         r
+    }
+
+    /// Encrypts `bytes` into `into` (cleared first); false on a plain link
+    /// (nothing to do: the bytes go as they are).
+    fn seal(&self, bytes: &[u8], into: &mut Vec<u8>) -> std::io::Result<bool> {
+        let mut session = self.session.lock().expect("lock poisoned");
+        let Some(conn) = session.as_mut() else {
+            return Ok(false);
+        };
+        // The session holds a bounded amount of ciphertext: take it out
+        // as we go.
+        into.clear();
+        let mut rest = bytes;
+        loop {
+            while conn.wants_write() {
+                conn.write_tls(into)?;
+            }
+            if rest.is_empty() {
+                return Ok(true);
+            }
+            let n = conn.writer().write(rest)?;
+            rest = &rest[n..];
+        }
+    }
+
+    /// Sends `bytes` without ever waiting for the socket (`MSG_DONTWAIT`,
+    /// whatever the socket's mode): what the socket does not take now
+    /// waits in the link's backlog, after anything already waiting, and
+    /// goes out with the next `send` or [`Link::flush`] (call it when the
+    /// socket turns writable). A frame is always taken when nothing waits;
+    /// past that, at most `backlog_max` bytes may wait, and a peer that
+    /// would make more wait is refused ([`SendError::Backlogged`]): it is
+    /// not reading, and the caller closes the connection rather than hold
+    /// more memory for it or wait on it.
+    pub fn send(&self, bytes: &[u8], backlog_max: usize) -> Result<(), SendError> {
+        let mut out = self.write_lock.lock().expect("lock poisoned");
+        let out = &mut *out;
+        let mut seal = std::mem::take(&mut out.seal);
+        let sealed = self.seal(bytes, &mut seal)?;
+        let bytes: &[u8] = if sealed { &seal } else { bytes };
+        let r = self.send_locked(out, bytes, backlog_max);
+        if seal.capacity() <= WRITE_BUFFER_KEPT_BYTES {
+            out.seal = seal;
+        }
+        r
+    }
+
+    fn send_locked(
+        &self,
+        out: &mut Outgoing,
+        bytes: &[u8],
+        backlog_max: usize,
+    ) -> Result<(), SendError> {
+        if out.waiting() > 0 {
+            self.flush_locked(out)?;
+        }
+        let mut rest = bytes;
+        if out.waiting() == 0 {
+            rest = &rest[self.send_some(rest)?..];
+            if rest.is_empty() {
+                return Ok(());
+            }
+        } else if out.waiting() + rest.len() > backlog_max {
+            return Err(SendError::Backlogged {
+                waiting: out.waiting() + rest.len(),
+                max: backlog_max,
+            });
+        }
+        out.backlog.extend_from_slice(rest);
+        Ok(())
+    }
+
+    /// Writes what the socket takes of `bytes` now; how much it took.
+    fn send_some(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        use rustix::net::{send, SendFlags};
+        let mut done = 0;
+        while done < bytes.len() {
+            match send(
+                &self.sock,
+                &bytes[done..],
+                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(done)
+    }
+
+    fn flush_locked(&self, out: &mut Outgoing) -> std::io::Result<()> {
+        let n = self.send_some(&out.backlog[out.sent..])?;
+        out.sent += n;
+        if out.sent == out.backlog.len() {
+            out.backlog.clear();
+            out.sent = 0;
+            if out.backlog.capacity() > WRITE_BUFFER_KEPT_BYTES {
+                out.backlog = Vec::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what waits in the backlog, as far as the socket takes it now;
+    /// returns the bytes still waiting.
+    pub fn flush(&self) -> std::io::Result<usize> {
+        let mut out = self.write_lock.lock().expect("lock poisoned");
+        if out.waiting() > 0 {
+            self.flush_locked(&mut out)?;
+        }
+        Ok(out.waiting())
+    }
+
+    /// Bytes waiting in the backlog.
+    pub fn backlog(&self) -> usize {
+        self.write_lock.lock().expect("lock poisoned").waiting()
     }
 
     /// Reads plaintext into `buf`: `Ok(0)` when the peer closed, the

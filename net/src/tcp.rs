@@ -57,7 +57,7 @@ use crossbeam::channel::{unbounded, Receiver, Sender};
 
 use crate::admission::{Admission, Limits, Ticket};
 use crate::frame::{Frame, FrameDecoder, FrameError};
-use crate::link::Link;
+use crate::link::{Link, SendError};
 use crate::rdma_pass::{Pass, PassBook};
 use crate::tls::{Identity, PeerClass, Tls};
 use crate::{apply_write, Event, PeerId, Region, RegionId, RegionMap, Transport};
@@ -79,6 +79,14 @@ pub struct TcpConfig {
     pub backoff_max: Duration,
     /// Frames queued per peer before new ones are dropped.
     pub queue_frames_max: usize,
+    /// Inline I/O: bytes that may wait in a connection to a peer we send
+    /// to (a replica, a master we push to) while its socket is full; a
+    /// peer that lets more pile up is declared slow and disconnected
+    /// ([`crate::link::Link::send`]). Sends never wait for a socket.
+    pub send_backlog_bytes_max: usize,
+    /// The same bound for answers on connections peers opened to us
+    /// (clients).
+    pub answer_backlog_bytes_max: usize,
     /// Read connections in the owner's thread (see the module docs).
     pub inline_io: bool,
     /// Bounds on what inbound connections may hold ([`crate::admission`]).
@@ -104,6 +112,8 @@ impl TcpConfig {
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
             queue_frames_max: 4096,
+            send_backlog_bytes_max: 8 << 20,
+            answer_backlog_bytes_max: 256 << 10,
             inline_io: false,
             limits: Limits::default(),
             tls: None,
@@ -139,6 +149,8 @@ struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     next_write: AtomicU64,
     dropped_frames: AtomicU64,
+    /// Connections closed because their peer stopped reading.
+    slow_peers: AtomicU64,
     /// Connections closed for a protocol error (bad input).
     rejected_conns: AtomicU64,
     /// Inline I/O state, if on.
@@ -150,6 +162,9 @@ struct Inner {
 /// The owner-polled side of inline I/O.
 struct Inline {
     poll: Mutex<mio::Poll>,
+    /// `poll`'s epoll descriptor: readable while a connection (or the
+    /// waker) has something for `next_event` ([`Transport::ready_fd`]).
+    epoll_fd: std::os::fd::OwnedFd,
     /// Read buffer and event list, reused (zeroing 64 KiB per poll showed
     /// up at the top of a profile).
     scratch: Mutex<(Vec<u8>, mio::Events)>,
@@ -195,6 +210,9 @@ struct Slot {
     /// Bumped per connection: a reader that ends clears only its own.
     generation: u64,
     queue: std::collections::VecDeque<Frame>,
+    /// Payload bytes in `queue` (bounded by
+    /// [`TcpConfig::send_backlog_bytes_max`], as a connection's backlog).
+    queued_bytes: usize,
 }
 
 /// A node's TCP endpoint (see the module docs).
@@ -230,7 +248,17 @@ impl TcpTransport {
             let poll = mio::Poll::new().map_err(io)?;
             let registry = poll.registry().try_clone().map_err(io)?;
             let waker = mio::Waker::new(poll.registry(), WAKE).map_err(io)?;
+            // SAFETY: `poll` was just created and is alive for this whole
+            // statement, so its descriptor is open while borrowed; the dup
+            // is our own descriptor for the same epoll instance, owned by
+            // `Inline` (closed when the transport is).
+            let raw = unsafe {
+                std::os::fd::BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&poll))
+            };
+            let epoll_fd =
+                rustix::io::fcntl_dupfd_cloexec(raw, 0).map_err(|e| io(std::io::Error::from(e)))?;
             Some(Inline {
+                epoll_fd,
                 poll: Mutex::new(poll),
                 scratch: Mutex::new((vec![0u8; 64 << 10], mio::Events::with_capacity(256))),
                 registry,
@@ -268,6 +296,7 @@ impl TcpTransport {
             threads: Mutex::new(Vec::new()),
             next_write: AtomicU64::new(0),
             dropped_frames: AtomicU64::new(0),
+            slow_peers: AtomicU64::new(0),
             rejected_conns: AtomicU64::new(0),
         });
         let i = inner.clone();
@@ -292,6 +321,12 @@ impl TcpTransport {
     /// Frames dropped because a peer's queue was full.
     pub fn dropped_frames(&self) -> u64 {
         self.inner.dropped_frames.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because their peer stopped reading (inline I/O:
+    /// see [`TcpConfig::send_backlog_bytes_max`]).
+    pub fn slow_peers(&self) -> u64 {
+        self.inner.slow_peers.load(Ordering::Relaxed)
     }
 
     /// A function that delivers events into this transport's queue (and
@@ -326,8 +361,13 @@ impl TcpTransport {
                 .cloned();
             match w {
                 Some(w) => {
-                    if let Err(e) = send_frame(&w, &frame) {
+                    let max = self.inner.cfg.answer_backlog_bytes_max;
+                    if let Err(e) = put(&self.inner, &w, &frame, max) {
+                        if matches!(e, SendError::Backlogged { .. }) {
+                            declare_slow(&self.inner, to, &e);
+                        }
                         tracing::debug!(to, error = %e, "answer lost with its connection");
+                        w.shutdown();
                     }
                 }
                 None => tracing::debug!(to, "no route to peer; frame dropped"),
@@ -337,19 +377,30 @@ impl TcpTransport {
         drop(out);
         let mut slot = q.slot.lock().expect("lock poisoned");
         if let Some(stream) = slot.stream.as_ref() {
-            let mut b = BytesMut::new();
-            frame.encode(&mut b);
-            if let Err(e) = stream.write_all(&b) {
-                tracing::info!(peer = to, error = %e, "send failed; reconnecting");
-                stream.shutdown();
-                slot.stream = None;
+            let max = self.inner.cfg.send_backlog_bytes_max;
+            match put(&self.inner, stream, &frame, max) {
+                Ok(()) => {}
+                Err(e @ SendError::Backlogged { .. }) => {
+                    declare_slow(&self.inner, to, &e);
+                    stream.shutdown();
+                    slot.stream = None;
+                }
+                Err(e) => {
+                    tracing::info!(peer = to, error = %e, "send failed; reconnecting");
+                    stream.shutdown();
+                    slot.stream = None;
+                }
             }
             return;
         }
-        if slot.queue.len() >= self.inner.cfg.queue_frames_max {
+        let bytes = queued_size(&frame);
+        if slot.queue.len() >= self.inner.cfg.queue_frames_max
+            || slot.queued_bytes + bytes > self.inner.cfg.send_backlog_bytes_max
+        {
             self.inner.dropped_frames.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        slot.queued_bytes += bytes;
         slot.queue.push_back(frame);
     }
 }
@@ -388,6 +439,7 @@ impl Transport for TcpTransport {
                 stream: None,
                 generation: 0,
                 queue: std::collections::VecDeque::new(),
+                queued_bytes: 0,
             }),
         });
         out.insert(peer, o.clone());
@@ -408,6 +460,11 @@ impl Transport for TcpTransport {
 
     fn events(&self) -> &Receiver<Event> {
         &self.events
+    }
+
+    fn ready_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.inner.inline.as_ref().map(|i| i.epoll_fd.as_fd())
     }
 
     fn next_event(&self, timeout: Duration) -> Option<Event> {
@@ -878,6 +935,38 @@ fn reject(inner: &Inner, stream: &TcpStream, addr: SocketAddr, why: &str) {
     untrack(inner, addr);
 }
 
+/// Puts a frame on a connection from the transport's owner: never waiting
+/// for the socket with inline I/O (the owner is an event loop: the frame
+/// waits in the connection's bounded backlog instead), blocking up to the
+/// socket's write timeout otherwise (a thread of the transport's own).
+fn put(inner: &Inner, link: &Link, frame: &Frame, backlog_max: usize) -> Result<(), SendError> {
+    let mut b = BytesMut::new();
+    frame.encode(&mut b);
+    if inner.inline.is_some() {
+        link.send(&b, backlog_max)
+    } else {
+        link.write_all(&b).map_err(SendError::Io)
+    }
+}
+
+/// What a frame waiting for a connection counts against the bound.
+fn queued_size(frame: &Frame) -> usize {
+    const OVERHEAD: usize = 64;
+    OVERHEAD
+        + match frame {
+            Frame::Message(p) => p.len(),
+            Frame::Write { bytes, .. } => bytes.len(),
+            _ => 0,
+        }
+}
+
+/// A peer let more bytes pile up than its bound: counted and logged; the
+/// caller closes its connection.
+fn declare_slow(inner: &Inner, peer: PeerId, why: &SendError) {
+    inner.slow_peers.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(peer, reason = %why, "peer declared slow: connection closed");
+}
+
 fn send_frame(writer: &Link, frame: &Frame) -> std::io::Result<()> {
     let mut b = BytesMut::new();
     frame.encode(&mut b);
@@ -973,7 +1062,11 @@ fn handle_frame(
                 return Verdict::Reject("a one-sided write from a peer that is not a replica");
             }
             let status = apply_write(&inner.regions, region, offset, &bytes);
-            if send_frame(w, &Frame::WriteAck { id, status }).is_err() {
+            let ack = Frame::WriteAck { id, status };
+            if let Err(e) = put(inner, w, &ack, inner.cfg.answer_backlog_bytes_max) {
+                if matches!(e, SendError::Backlogged { .. }) {
+                    declare_slow(inner, peer, &e);
+                }
                 return Verdict::Close;
             }
             Verdict::Keep
@@ -1079,11 +1172,18 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
             let mut slot = out.slot.lock().expect("lock poisoned");
             let mut ok = true;
             while let Some(f) = slot.queue.pop_front() {
-                let mut b = BytesMut::new();
-                f.encode(&mut b);
-                if stream.write_all(&b).is_err() {
-                    ok = false;
-                    break;
+                slot.queued_bytes -= queued_size(&f);
+                // Never waiting for the socket while the slot is locked
+                // (the owner's sends take that lock).
+                match put(&inner, &stream, &f, inner.cfg.send_backlog_bytes_max) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        if matches!(e, SendError::Backlogged { .. }) {
+                            declare_slow(&inner, peer, &e);
+                        }
+                        ok = false;
+                        break;
+                    }
                 }
             }
             if !ok {
@@ -1188,10 +1288,12 @@ fn adopt(
         return;
     }
     let fd = conn.stream.socket().as_raw_fd();
+    // Writable too: a send the socket could not take all of waits in the
+    // link's backlog, flushed when the socket drains.
     if let Err(e) = inline.registry.register(
         &mut mio::unix::SourceFd(&fd),
         token,
-        mio::Interest::READABLE,
+        mio::Interest::READABLE | mio::Interest::WRITABLE,
     ) {
         tracing::warn!(peer, %addr, error = %e, "cannot poll a connection");
         close(inner, conn);
@@ -1289,7 +1391,14 @@ impl TcpTransport {
                 continue;
             };
             let mut keep = true;
-            loop {
+            if ev.is_writable() {
+                if let Err(e) = conn.stream.flush() {
+                    tracing::info!(peer = conn.peer, addr = %conn.addr, error = %e, "connection failed");
+                    keep = false;
+                }
+            }
+            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+            while keep && readable {
                 match conn.stream.read(buf) {
                     Ok(0) => {
                         if !self.inner.shutdown.load(Ordering::SeqCst) {

@@ -264,3 +264,60 @@ fn closed_connections_do_not_keep_descriptors() {
         );
     }
 }
+
+/// A peer that completes the handshake and then never reads: sends to it
+/// never wait for its socket (they would block the owner's event loop, a
+/// coordinator's Raft thread); once more than the bound waits for it, it
+/// is declared slow and disconnected, and every other peer is still
+/// served. (Before: the owner's thread blocked in `write` up to the 1 s
+/// write timeout, then dropped the connection on the first full socket.)
+#[test]
+fn a_peer_that_stops_reading_is_declared_slow_and_never_blocks_sends() {
+    let mut cfg = TcpConfig::new(1, 11, loopback());
+    cfg.inline_io = true;
+    cfg.send_backlog_bytes_max = 1 << 20;
+    let a = Arc::new(TcpTransport::start(cfg).unwrap());
+    let b = TcpTransport::start(TcpConfig::new(2, 11, loopback())).unwrap();
+    a.add_peer(2, b.local_addr());
+    // The stalled peer: answers the hello, then reads nothing more.
+    let stalled = std::net::TcpListener::bind(loopback()).unwrap();
+    a.add_peer(3, stalled.local_addr().unwrap());
+    let (mut s, _) = stalled.accept().unwrap();
+    let mut hello = [0u8; 64];
+    let n = s.read(&mut hello).unwrap();
+    assert!(n > 0);
+    s.write_all(
+        &Frame::Hello {
+            peer: 3,
+            cluster: 11,
+        }
+        .to_bytes(),
+    )
+    .unwrap();
+    // Let the connection be handed over to the owner.
+    std::thread::sleep(Duration::from_millis(200));
+    while a.next_event(Duration::ZERO).is_some() {}
+    // 256 MiB at the stalled peer, far more than the kernel's buffers and
+    // the bound: on another thread, so that a send that waited would show
+    // as this test's timeout rather than a hang.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let sender = a.clone();
+    std::thread::spawn(move || {
+        let chunk = Bytes::from(vec![7u8; 64 << 10]);
+        for _ in 0..4096 {
+            sender.send(3, chunk.clone());
+        }
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the sends to a stalled peer finished");
+    assert!(
+        a.slow_peers() >= 1,
+        "the stalled peer was not declared slow"
+    );
+    // Everyone else is still served.
+    a.send(2, Bytes::from_static(b"still there?"));
+    assert_eq!(wait_message(&b), (1, Bytes::from_static(b"still there?")));
+    drop(s);
+}

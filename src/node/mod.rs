@@ -156,6 +156,12 @@ pub struct CoordinatorNode<T: Transport> {
     writes: HashMap<u64, u64>,
     /// Their transport ids, oldest first (to forget the oldest).
     writes_order: VecDeque<u64>,
+    /// Persist jobs written and waiting for the disk, in order: (job
+    /// number, the last index that must be durable; 0 for none).
+    persisting: VecDeque<(u64, u64)>,
+    /// The transport cannot be waited on beside the disk (no
+    /// [`Transport::ready_fd`]): flushes are waited for where they start.
+    disk_blocks: bool,
 }
 
 impl<T: Transport> CoordinatorNode<T> {
@@ -200,6 +206,7 @@ impl<T: Transport> CoordinatorNode<T> {
         tracing::info!(id = cfg.id, term = raft.term(), fresh, "replica started");
         let now = Instant::now();
         let replica = Replica::new(cfg.replica_config(), raft, ClusterState::default(), now)?;
+        let disk_blocks = transport.ready_fd().is_none();
         Ok(CoordinatorNode {
             next_tick: now + cfg.tick,
             replica,
@@ -208,6 +215,8 @@ impl<T: Transport> CoordinatorNode<T> {
             last_activity: now,
             writes: HashMap::new(),
             writes_order: VecDeque::new(),
+            persisting: VecDeque::new(),
+            disk_blocks,
         })
     }
 
@@ -252,28 +261,30 @@ impl<T: Transport> CoordinatorNode<T> {
         Ok(())
     }
 
-    /// Waits for one message or the next tick (no later than `deadline`)
-    /// and handles it.
+    /// Waits for one message, a disk completion or the next tick (no later
+    /// than `deadline`) and handles what came.
     pub fn step(&mut self, deadline: Instant) -> Result<(), NodeError> {
         let mut wake = self.next_tick.min(deadline);
         if let Some(due) = self.replica.next_deadline() {
             wake = wake.min(due);
         }
-        let timeout = wake.saturating_duration_since(Instant::now());
-        if let Some(ev) = self.next_event(timeout) {
-            self.handle(ev);
-            // Take whatever else has arrived before writing to disk: one
-            // write for the lot.
-            while let Some(ev) = self.transport.next_event(Duration::ZERO) {
-                self.handle(ev);
-            }
+        if let Some(due) = self.replica.storage().flush_held_until() {
+            wake = wake.min(due);
         }
+        let timeout = wake.saturating_duration_since(Instant::now());
+        self.wait(timeout);
+        // Take whatever else has arrived before writing to disk: one write
+        // for the lot.
+        while let Some(ev) = self.transport.next_event(Duration::ZERO) {
+            self.handle(ev);
+        }
+        self.collect_durable()?;
         let now = Instant::now();
         if now >= self.next_tick {
             self.next_tick += self.cfg.tick;
             if self.next_tick < now {
-                // A stall (a slow disk, a descheduled process): do not
-                // fire a burst of ticks to catch up.
+                // A stall (a descheduled process): do not fire a burst of
+                // ticks to catch up.
                 self.next_tick = now + self.cfg.tick;
             }
             self.replica.input(now, Input::Tick);
@@ -281,31 +292,107 @@ impl<T: Transport> CoordinatorNode<T> {
         self.drive()
     }
 
-    /// The next event, within `timeout`. Adaptive: right after activity
-    /// (an answer is likely on its way: an acknowledgement, the next
-    /// request) it spins on the queue for up to `spin` before blocking,
-    /// because being woken from a blocked wait costs a cross-core wake-up
-    /// (tens of µs on a small VM); once idle it blocks at once.
-    fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+    /// Waits up to `timeout` for the network or the disk. With a flush in
+    /// flight and a transport that can be waited on by descriptor, both
+    /// are waited on in one `poll`: the replica keeps receiving, ticking
+    /// and sending (heartbeats among them) while its disk is slow. Adaptive
+    /// spin: right after activity (an answer is likely on its way) it
+    /// looks for up to `spin` before blocking, because being woken from a
+    /// blocked wait costs a cross-core wake-up (tens of µs on a small VM);
+    /// once idle it blocks at once.
+    fn wait(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
         if !self.cfg.spin.is_zero() && self.last_activity.elapsed() < self.cfg.spin {
-            let until = (Instant::now() + self.cfg.spin).min(Instant::now() + timeout);
+            let until = (Instant::now() + self.cfg.spin).min(deadline);
             loop {
                 if let Some(ev) = self.transport.next_event(Duration::ZERO) {
                     self.last_activity = Instant::now();
-                    return Some(ev);
+                    self.handle(ev);
+                    return;
                 }
-                if Instant::now() >= until {
+                if self.disk_completed() || Instant::now() >= until {
                     break;
                 }
                 std::hint::spin_loop();
             }
         }
-        let left = timeout.saturating_sub(self.cfg.spin.min(timeout));
-        let ev = self.transport.next_event(left);
-        if ev.is_some() {
-            self.last_activity = Instant::now();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let storage = self.replica.storage();
+        // A flush held by the fault hook is looked at when its time comes
+        // (the wake-up time), not on its descriptor: its completion may
+        // already be there, and waiting on it would spin.
+        let disk_fd = if storage.flush_in_flight() && storage.flush_held_until().is_none() {
+            storage.completion_fd()
+        } else {
+            None
+        };
+        match (disk_fd, self.transport.ready_fd()) {
+            (Some(disk), Some(net)) => {
+                use rustix::event::{poll, PollFd, PollFlags};
+                let mut fds = [
+                    PollFd::from_borrowed_fd(net, PollFlags::IN),
+                    PollFd::from_borrowed_fd(disk, PollFlags::IN),
+                ];
+                let ts =
+                    rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
+                        tv_sec: i64::MAX,
+                        tv_nsec: 0,
+                    });
+                match poll(&mut fds, Some(&ts)) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => tracing::warn!(error = %e, "poll failed"),
+                }
+                // The caller takes the transport's events.
+            }
+            _ => {
+                if let Some(ev) = self.transport.next_event(left) {
+                    self.last_activity = Instant::now();
+                    self.handle(ev);
+                }
+            }
         }
-        ev
+    }
+
+    /// Whether the disk finished something since last looked at (without
+    /// collecting it).
+    fn disk_completed(&self) -> bool {
+        let s = self.replica.storage();
+        s.flush_in_flight() && s.flush_held_until().is_none() && {
+            use rustix::event::{poll, PollFd, PollFlags};
+            s.completion_fd().is_some_and(|fd| {
+                let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+                poll(&mut fds, Some(&rustix::event::Timespec::default())).unwrap_or(0) > 0
+            })
+        }
+    }
+
+    /// Collects finished flushes and tells the replica which persist jobs
+    /// are now durable (in order: a job is done once the log is durable
+    /// through its last entry, or through the log's end, if a later
+    /// conflict cut it shorter).
+    fn collect_durable(&mut self) -> Result<(), NodeError> {
+        let storage = self.replica.storage_mut();
+        let durable = if storage.flush_in_flight() {
+            // Also starts the next flush if entries came meanwhile.
+            storage.flush_poll(false)?
+        } else {
+            storage.durable_index()
+        };
+        let all_durable = durable >= storage.last_index();
+        let mut done = None;
+        while let Some(&(number, need)) = self.persisting.front() {
+            if need > durable && !all_durable {
+                break;
+            }
+            done = Some(number);
+            self.persisting.pop_front();
+        }
+        if let Some(number) = done {
+            let now = Instant::now();
+            self.replica.input(now, Input::Persisted { number });
+            self.replica.drive(now)?;
+        }
+        Ok(())
     }
 
     /// Hands a transport event to the replica.
@@ -335,13 +422,25 @@ impl<T: Transport> CoordinatorNode<T> {
                 Output::Persist(job) => {
                     let storage = self.replica.storage_mut();
                     job.write_to(storage)?;
-                    if !job.entries.is_empty() {
-                        storage.sync()?;
+                    // What must be durable before the job counts as
+                    // persisted: its entries. (A snapshot and a changed
+                    // term or vote are durable when written.)
+                    let need = job.entries.last().map_or(0, |e| e.index);
+                    if need > 0 {
+                        storage.flush_start()?;
+                        if self.disk_blocks {
+                            // No descriptor to wait on beside the network:
+                            // wait for the disk here (the replica stalls
+                            // with it).
+                            while storage.flush_in_flight() && storage.durable_index() < need {
+                                storage.flush_poll(true)?;
+                            }
+                        }
                     }
-                    let now = Instant::now();
-                    self.replica
-                        .input(now, Input::Persisted { number: job.number });
-                    self.replica.drive(now)?;
+                    self.persisting.push_back((job.number, need));
+                    // Memory durability and the `std` backend finish in
+                    // the call: collect at once.
+                    self.collect_durable()?;
                 }
                 Output::AddPeer { peer, addr } => self.transport.add_peer(peer, addr),
                 Output::Push {

@@ -186,6 +186,10 @@ pub struct Status {
     pub commit: u64,
     /// Its last log index.
     pub last_index: u64,
+    /// Its log is durable through here. On a leader this may trail the
+    /// commit index: the commit point waits for a majority's disks, not
+    /// necessarily its own.
+    pub durable_index: u64,
     /// The index its cluster state has applied.
     pub applied: u64,
     /// Who it believes leads.

@@ -453,6 +453,11 @@ impl<S: Storage> Replica<S> {
         &self.coord
     }
 
+    /// The log's storage (read only: what the driver's disk is doing).
+    pub fn storage(&self) -> &S {
+        self.raft.storage()
+    }
+
     /// The log's storage, for the driver to carry out [`PersistJob`]s.
     pub fn storage_mut(&mut self) -> &mut S {
         self.raft.storage_mut()

@@ -35,6 +35,7 @@ impl<S: Storage> Replica<S> {
             term,
             commit,
             last_index: self.raft.log().last_index(),
+            durable_index: self.raft.storage().durable_index(),
             applied: self.cluster.applied_index(),
             leader: self.raft.leader_id(),
             active: self.coord.is_active(),

@@ -1,7 +1,13 @@
 //! A fault hook for chaos tests: while switched on, every sync of this
-//! process's disk log first waits an extra delay, as a slow or stalled
-//! disk would (the caller's thread waits, exactly where a real slow
-//! `fdatasync` would hold it).
+//! process's disk log takes an extra delay, as a slow or stalled disk
+//! would, and holds whoever a real slow disk would hold:
+//!
+//! - an io_uring flush ([`super::DiskStorage::flush_start`]) is reported
+//!   finished no sooner than the delay after it was submitted; the caller
+//!   goes on meanwhile, as it does while a real slow write is in flight;
+//! - a blocking sync (`Storage::sync`, the `std` backend, memory
+//!   durability's page-cache write) waits the delay first in the caller's
+//!   thread, exactly where a real slow `fdatasync` would hold it.
 //!
 //! Compiled in and off by default: the delay is zero until something in
 //! the process sets it. `ramcoord coordinator --fault-signals` lets a

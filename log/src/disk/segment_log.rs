@@ -179,9 +179,18 @@ pub enum Durability {
     Memory,
 }
 
+/// Where the background flusher reports a failed `fdatasync`: the first
+/// failure, kept for good.
+type BackgroundFailure = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
 /// The background flusher of `Durability::Memory`: syncs the segments it
-/// is handed until its channel closes (the storage was dropped).
-fn spawn_flusher() -> crossbeam::channel::Sender<(PathBuf, File)> {
+/// is handed until its channel closes (the storage was dropped). A failed
+/// sync is reported in `failure`, and every later call of the storage
+/// fails with it: the page cache may have dropped writes the replica
+/// already acknowledged, so it must stop, not go on as if they were there.
+fn spawn_flusher(
+    failure: BackgroundFailure,
+) -> std::io::Result<crossbeam::channel::Sender<(PathBuf, File)>> {
     let (tx, rx) = crossbeam::channel::unbounded::<(PathBuf, File)>();
     std::thread::Builder::new()
         .name("log-flusher".into())
@@ -208,16 +217,19 @@ fn spawn_flusher() -> crossbeam::channel::Sender<(PathBuf, File)> {
                 }
                 for (path, f) in &files {
                     if let Err(e) = f.sync_data() {
-                        eprintln!(
-                            "ramcoord: background flush of {} failed: {e}",
+                        let msg = format!(
+                            "background fdatasync of {} failed: {e} (writes acknowledged in memory durability may be lost)",
                             path.display()
                         );
+                        eprintln!("ramcoord: {msg}");
+                        let mut failed = failure.lock().unwrap_or_else(|p| p.into_inner());
+                        failed.get_or_insert(msg);
+                        return;
                     }
                 }
             }
-        })
-        .expect("spawning the log flusher");
-    tx
+        })?;
+    Ok(tx)
 }
 
 struct Segment {
@@ -255,6 +267,10 @@ pub struct DiskStorage {
     durable_index: Index,
     /// io_uring: the last index the flush in flight covers.
     in_flight_last: Index,
+    /// io_uring, with the slow-disk fault hook on (`super::fault`): the
+    /// flush in flight counts as finished no sooner than this, whenever
+    /// the kernel completes it.
+    in_flight_held_until: Option<std::time::Instant>,
     /// Flushes finished since open (group commit: entries per flush).
     flushes: u64,
     /// The next segment being zeroed in the background (see `SPARE_NAME`).
@@ -263,6 +279,9 @@ pub struct DiskStorage {
     /// `fdatasync` the state of the page cache is unknown; the node must
     /// stop, not retry).
     failed: Option<String>,
+    /// A failure of the background flusher (`Durability::Memory`):
+    /// as fatal as `failed`.
+    background_failure: BackgroundFailure,
 }
 
 /// Takes the directory's exclusive lock (`LOCK`, flock: released by the
@@ -722,8 +741,10 @@ impl DiskStorage {
             flusher: None,
             durable_index: 0,
             in_flight_last: 0,
+            in_flight_held_until: None,
             flushes: 0,
             failed: None,
+            background_failure: BackgroundFailure::default(),
             spare: None,
         };
         // Also when every record is at or below the snapshot: the old
@@ -795,7 +816,9 @@ impl DiskStorage {
             }
             Durability::Memory => {
                 if self.flusher.is_none() {
-                    let tx = spawn_flusher();
+                    let tx = spawn_flusher(self.background_failure.clone()).map_err(|e| {
+                        StorageError::Io(format!("starting the background flusher: {e}"))
+                    })?;
                     for seg in &self.segments {
                         let f = seg.file.try_clone().map_err(|e| storage_io(&seg.path, e))?;
                         let _ = tx.send((seg.path.clone(), f));
@@ -838,6 +861,7 @@ impl DiskStorage {
         if self.flusher.is_some() {
             // Durability::Memory: the page cache is durable enough; the
             // flusher thread does the fdatasync.
+            super::fault::before_sync(); // a chaos test's slow disk, if on
             self.write_out_pending()?;
             for seg in &mut self.segments {
                 seg.dirty = false;
@@ -893,10 +917,45 @@ impl DiskStorage {
                     return Err(self.fail(format!("io_uring submit: {e}")));
                 }
                 self.in_flight_last = last;
+                // A chaos test's slow disk, if switched on: the write is
+                // not reported durable until the delay has passed, and the
+                // caller's thread does not wait for it (as with a real
+                // slow disk under io_uring).
+                let delay = super::fault::sync_delay();
+                self.in_flight_held_until =
+                    (!delay.is_zero()).then(|| std::time::Instant::now() + delay);
             }
-            Backend::Std => return self.sync_dirty_segments(),
+            Backend::Std => {
+                super::fault::before_sync(); // a chaos test's slow disk, if on
+                return self.sync_dirty_segments();
+            }
         }
         Ok(())
+    }
+
+    /// Whether a flush is in flight (io_uring): its completion will make
+    /// [`DiskStorage::completion_fd`] readable, or, with the slow-disk
+    /// fault hook on, [`DiskStorage::flush_held_until`] says when to look.
+    pub fn flush_in_flight(&self) -> bool {
+        matches!(&self.backend, Backend::Uring(ring) if ring.busy())
+    }
+
+    /// With the slow-disk fault hook on: the flush in flight is not
+    /// reported finished before this (an event loop wakes then, and does
+    /// not wait on [`DiskStorage::completion_fd`] meanwhile: the kernel's
+    /// completion may already be there).
+    pub fn flush_held_until(&self) -> Option<std::time::Instant> {
+        self.in_flight_held_until.filter(|_| self.flush_in_flight())
+    }
+
+    /// The io_uring descriptor whose readability means a flush's
+    /// completion arrived ([`DiskStorage::flush_poll`] collects it);
+    /// `None` on the `std` backend, whose flushes finish in the call.
+    pub fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match &self.backend {
+            Backend::Uring(ring) => Some(ring.fd()),
+            Backend::Std => None,
+        }
     }
 
     /// `fdatasync`s every segment written since its last sync; then
@@ -926,6 +985,15 @@ impl DiskStorage {
     /// and returns [`DiskStorage::durable_index`].
     pub fn flush_poll(&mut self, wait: bool) -> Result<Index, StorageError> {
         self.check_failed()?;
+        if let Some(until) = self.flush_held_until() {
+            let now = std::time::Instant::now();
+            if now < until {
+                if !wait {
+                    return Ok(self.durable_index);
+                }
+                std::thread::sleep(until - now);
+            }
+        }
         let finished = match &mut self.backend {
             Backend::Uring(ring) if ring.busy() => match ring.reap(wait) {
                 Ok(done) => done,
@@ -934,6 +1002,7 @@ impl DiskStorage {
             _ => false,
         };
         if finished {
+            self.in_flight_held_until = None;
             self.durable_index = self.durable_index.max(self.in_flight_last);
             self.flushes += 1;
             if self.durable_index < self.mem.last_index() {
@@ -946,6 +1015,11 @@ impl DiskStorage {
     /// Waits for the flush in flight, without starting another.
     fn wait_in_flight(&mut self) -> Result<(), StorageError> {
         self.check_failed()?;
+        if let Some(until) = self.in_flight_held_until.take() {
+            // The slow-disk fault hook holds the flush in flight: so does
+            // whoever must wait for it.
+            std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
+        }
         if let Backend::Uring(ring) = &mut self.backend {
             if ring.busy() {
                 if let Err(e) = ring.reap(true) {
@@ -964,8 +1038,15 @@ impl DiskStorage {
     }
 
     fn check_failed(&self) -> Result<(), StorageError> {
-        match &self.failed {
-            Some(msg) => Err(StorageError::Io(format!("an earlier flush failed: {msg}"))),
+        if let Some(msg) = &self.failed {
+            return Err(StorageError::Io(format!("an earlier flush failed: {msg}")));
+        }
+        let background = self
+            .background_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match background.as_ref() {
+            Some(msg) => Err(StorageError::Io(msg.clone())),
             None => Ok(()),
         }
     }
@@ -1276,16 +1357,22 @@ impl Storage for DiskStorage {
         self.mem.compact(snapshot)
     }
 
+    fn durable_index(&self) -> Index {
+        DiskStorage::durable_index(self)
+    }
+
     fn sync(&mut self) -> Result<(), StorageError> {
-        super::fault::before_sync(); // a chaos test's slow disk, if switched on
         if self.flusher.is_some() {
-            return self.flush_start(); // memory durability: finishes in the call
+            // Memory durability: finishes in the call (the fault hook's
+            // delay, if on, is waited there).
+            return self.flush_start();
         }
-        // The caller waits anyway: write and fdatasync in this thread, on
-        // either backend. Handing the write to an io_uring worker and
-        // waiting for it costs a cross-thread hop per sync (measured ~20 µs
-        // here); the ring pays off when the caller has other work
-        // (`flush_start`).
+        super::fault::before_sync(); // a chaos test's slow disk, if switched on
+                                     // The caller waits anyway: write and fdatasync in this thread, on
+                                     // either backend. Handing the write to an io_uring worker and
+                                     // waiting for it costs a cross-thread hop per sync (measured ~20 µs
+                                     // here); the ring pays off when the caller has other work
+                                     // (`flush_start`).
         self.write_out_pending()?; // waits for a flush in flight first
         self.sync_dirty_segments()
     }
@@ -1361,6 +1448,34 @@ mod tests {
         assert_eq!(recovery, Recovery::default());
         assert_eq!(s.entries(41, 42, u64::MAX), Ok(vec![e]));
         assert_eq!(s.snapshot(), snap);
+        drop(s);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Memory durability: the background flusher's failed `fdatasync` is
+    /// fatal. Every later write fails with its reason (before, it was only
+    /// printed, and the replica went on acknowledging).
+    #[test]
+    fn a_failed_background_flush_fails_every_later_write() {
+        let dir = std::env::temp_dir().join(format!("ramcoord-bg-fail-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let conf = ConfState::with_voters([1]);
+        let mut s = DiskStorage::bootstrap(&dir, &conf, 1 << 16).unwrap();
+        s.set_durability(Durability::Memory).unwrap();
+        let entry = |index| Entry {
+            term: 1,
+            index,
+            kind: EntryKind::Normal,
+            data: Bytes::from_static(b"x"),
+        };
+        s.append(&[entry(1)]).unwrap();
+        s.sync().unwrap();
+        // What the flusher thread does when the disk fails.
+        *s.background_failure.lock().unwrap() = Some("background fdatasync failed: EIO".into());
+        s.append(&[entry(2)]).unwrap();
+        let err = s.sync().unwrap_err();
+        assert!(err.to_string().contains("EIO"), "{err}");
+        assert!(s.flush_start().is_err());
         drop(s);
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -49,6 +49,13 @@ impl Ring {
         })
     }
 
+    /// The ring's descriptor: readable while completions wait to be
+    /// reaped, so an event loop can wait on it beside its sockets.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.ring.as_fd()
+    }
+
     /// Whether a flush is in flight.
     pub(crate) fn busy(&self) -> bool {
         !self.in_flight.is_empty()

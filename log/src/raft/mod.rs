@@ -280,6 +280,11 @@ impl<S: Storage> RawNode<S> {
         self.progress.get(&id)
     }
 
+    /// Storage (read only).
+    pub fn storage(&self) -> &S {
+        &self.log.storage
+    }
+
     /// Storage, for the driver's writes (see [`Ready`]).
     pub fn storage_mut(&mut self) -> &mut S {
         &mut self.log.storage
