@@ -118,6 +118,11 @@ impl Transport for HybridTransport {
         self.rdma.add_peer(peer, addr)
     }
 
+    fn remove_peer(&self, peer: PeerId) {
+        self.rdma.remove_peer(peer);
+        self.tcp.remove_peer(peer);
+    }
+
     /// TCP's callback regions (RDMA regions are declared at start).
     fn register_region(&self, id: RegionId, region: Arc<dyn Region>) {
         self.tcp.register_region(id, region)

@@ -104,6 +104,11 @@ pub trait Transport: Send {
     /// Tells the transport where peer `peer` listens, so it can send to it
     /// (a no-op if it knows already, and on transports that route by id).
     fn add_peer(&self, peer: PeerId, addr: std::net::SocketAddr);
+    /// Forgets `peer` (added with [`Transport::add_peer`]): nothing more
+    /// is sent to it, and whatever the transport holds for it (a
+    /// connection, a thread connecting, queued frames) is let go. For a
+    /// peer that left the cluster for good (a master declared crashed).
+    fn remove_peer(&self, _peer: PeerId) {}
     /// Makes `region` writable by peers as `id`.
     fn register_region(&self, id: RegionId, region: Arc<dyn Region>);
     /// Where messages and write completions arrive.

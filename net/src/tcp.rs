@@ -157,6 +157,9 @@ struct Inner {
     inline: Option<Inline>,
     /// Bounds on inbound connections.
     admission: Arc<Admission>,
+    /// The listening socket (a second handle): shut down to wake the
+    /// accept thread at shutdown.
+    listener: TcpListener,
 }
 
 /// The owner-polled side of inline I/O.
@@ -233,12 +236,12 @@ impl TcpTransport {
             addr: cfg.listen,
             source,
         })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| ListenError {
-                addr: local,
-                source,
-            })?;
+        // The accept thread blocks in accept (no polling); at shutdown this
+        // handle's `shutdown` wakes it.
+        let listener_handle = listener.try_clone().map_err(|source| ListenError {
+            addr: local,
+            source,
+        })?;
         let (tx, rx) = unbounded();
         let inline = if cfg.inline_io {
             let io = |source: std::io::Error| ListenError {
@@ -298,6 +301,7 @@ impl TcpTransport {
             dropped_frames: AtomicU64::new(0),
             slow_peers: AtomicU64::new(0),
             rejected_conns: AtomicU64::new(0),
+            listener: listener_handle,
         });
         let i = inner.clone();
         spawn(&inner, "net-listen", move || accept_loop(i, listener));
@@ -450,6 +454,27 @@ impl Transport for TcpTransport {
         });
     }
 
+    /// Forgets `peer`: its connection is closed and never reopened, frames
+    /// queued for it are dropped, and its connector thread (if one is
+    /// connecting) ends.
+    fn remove_peer(&self, peer: PeerId) {
+        let removed = self
+            .inner
+            .outbound
+            .lock()
+            .expect("lock poisoned")
+            .remove(&peer);
+        if let Some(out) = removed {
+            let mut slot = out.slot.lock().expect("lock poisoned");
+            if let Some(s) = slot.stream.take() {
+                s.shutdown();
+            }
+            slot.queue.clear();
+            slot.queued_bytes = 0;
+            tracing::debug!(peer, "peer removed");
+        }
+    }
+
     fn register_region(&self, id: RegionId, region: Arc<dyn Region>) {
         self.inner
             .regions
@@ -491,6 +516,9 @@ impl Transport for TcpTransport {
 impl Drop for TcpTransport {
     fn drop(&mut self) {
         self.inner.shutdown.store(true, Ordering::SeqCst);
+        // Wakes the accept thread (a shut-down listening socket fails
+        // `accept` at once on Linux).
+        let _ = rustix::net::shutdown(&self.inner.listener, rustix::net::Shutdown::Both);
         for (_, c) in self.inner.conns.lock().expect("lock poisoned").drain(..) {
             let _ = c.shutdown(Shutdown::Both);
         }
@@ -577,9 +605,8 @@ fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                     serve_inbound(i, stream, addr, ticket)
                 });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            Err(_) if inner.shutdown.load(Ordering::SeqCst) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 // Out of descriptors (EMFILE) or memory: the connection
                 // waits in the backlog; peers and connected clients go on.
@@ -1091,9 +1118,26 @@ fn handle_frame(
     }
 }
 
+/// Whether `out` is still the outbound side of `peer` (not removed with
+/// [`Transport::remove_peer`]).
+fn wanted(inner: &Inner, peer: PeerId, out: &Arc<Outbound>) -> bool {
+    !inner.shutdown.load(Ordering::SeqCst)
+        && inner
+            .outbound
+            .lock()
+            .expect("lock poisoned")
+            .get(&peer)
+            .is_some_and(|o| Arc::ptr_eq(o, out))
+}
+
+/// Connects to `peer` and hands the connection over. With inline I/O the
+/// thread ends there: the owner's poll reads the connection, and when it
+/// closes, [`close`] starts a new connector (so a peer costs a thread only
+/// while it is being connected). Without, this thread reads the
+/// connection, then reconnects. Ends once the peer is removed.
 fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outbound>) {
     let mut backoff = inner.cfg.backoff_min;
-    while !inner.shutdown.load(Ordering::SeqCst) {
+    while wanted(&inner, peer, &out) {
         let sock = match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
             Ok(s) => s,
             Err(e) => {
@@ -1213,14 +1257,8 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
                 },
                 None,
             );
-            // The owner reads it now; wait until it is gone.
-            while !inner.shutdown.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(10));
-                let slot = out.slot.lock().expect("lock poisoned");
-                if slot.generation != generation || slot.stream.is_none() {
-                    break;
-                }
-            }
+            // The owner reads it now; its close starts the next connector.
+            return;
         } else {
             read_loop(&inner, reader, dec, peer, addr, None, None);
         }
@@ -1249,10 +1287,7 @@ fn adopt(
 ) {
     use std::os::fd::AsRawFd;
     let inline = inner.inline.as_ref().expect("inline I/O");
-    if stream.socket().set_nonblocking(true).is_err() {
-        stream.shutdown();
-        return;
-    }
+    let nonblocking = stream.socket().set_nonblocking(true);
     let token = mio::Token(inline.next_token.fetch_add(1, Ordering::Relaxed));
     let mut conn = InlineConn {
         stream,
@@ -1263,6 +1298,10 @@ fn adopt(
         ticket,
         last_read: std::time::Instant::now(),
     };
+    if nonblocking.is_err() {
+        close(inner, conn);
+        return;
+    }
     // What arrived with the hello and sits in the session's buffers
     // (invisible to an edge-triggered poll): read it all now.
     let mut buf = vec![0u8; 17 << 10];
@@ -1337,7 +1376,7 @@ fn drain_frames(inner: &Inner, conn: &mut InlineConn) -> bool {
 }
 
 /// Forgets a connection the owner was reading.
-fn close(inner: &Inner, conn: InlineConn) {
+fn close(inner: &Arc<Inner>, conn: InlineConn) {
     use std::os::fd::AsRawFd;
     if let Some(inline) = inner.inline.as_ref() {
         let fd = conn.stream.socket().as_raw_fd();
@@ -1356,11 +1395,24 @@ fn close(inner: &Inner, conn: InlineConn) {
             }
         }
         ConnKind::Outbound { out, generation } => {
-            let mut slot = out.slot.lock().expect("lock poisoned");
-            if slot.generation == generation {
-                if let Some(s) = slot.stream.take() {
-                    s.shutdown();
+            let current = {
+                let mut slot = out.slot.lock().expect("lock poisoned");
+                let current = slot.generation == generation;
+                if current {
+                    if let Some(s) = slot.stream.take() {
+                        s.shutdown();
+                    }
                 }
+                current
+            };
+            // The connection the senders used is gone: connect again
+            // (after the shortest backoff), unless the peer was removed.
+            if current && wanted(inner, conn.peer, &out) {
+                let (i, peer, addr) = (inner.clone(), conn.peer, conn.addr);
+                spawn(inner, "net-connect", move || {
+                    sleep_unless_shutdown(&i, i.cfg.backoff_min);
+                    connect_loop(i, peer, addr, out)
+                });
             }
         }
     }

@@ -156,6 +156,12 @@ pub struct CoordinatorNode<T: Transport> {
     writes: HashMap<u64, u64>,
     /// Their transport ids, oldest first (to forget the oldest).
     writes_order: VecDeque<u64>,
+    /// Masters pushed to: transport peer -> server. One that is no longer
+    /// up is removed from the transport (its connection and anything held
+    /// for it let go), checked once a second.
+    pushed: HashMap<ramcoord_net::PeerId, crate::cluster::ServerId>,
+    /// When `pushed` was last checked.
+    pushed_checked: Instant,
     /// Persist jobs written and waiting for the disk, in order: (job
     /// number, the last index that must be durable; 0 for none).
     persisting: VecDeque<(u64, u64)>,
@@ -217,6 +223,8 @@ impl<T: Transport> CoordinatorNode<T> {
             writes_order: VecDeque::new(),
             persisting: VecDeque::new(),
             disk_blocks,
+            pushed: HashMap::new(),
+            pushed_checked: now,
         })
     }
 
@@ -288,8 +296,27 @@ impl<T: Transport> CoordinatorNode<T> {
                 self.next_tick = now + self.cfg.tick;
             }
             self.replica.input(now, Input::Tick);
+            if now.duration_since(self.pushed_checked) >= Duration::from_secs(1) {
+                self.pushed_checked = now;
+                self.forget_gone_masters();
+            }
         }
         self.drive()
+    }
+
+    /// Removes from the transport the masters pushed to that are no longer
+    /// up (declared crashed, or removed): they are never pushed again.
+    fn forget_gone_masters(&mut self) {
+        let cluster = self.replica.cluster();
+        let transport = &self.transport;
+        self.pushed.retain(|&peer, &mut server| {
+            let up = cluster.is_up(server);
+            if !up {
+                tracing::debug!(%server, peer, "master gone: its connection is closed");
+                transport.remove_peer(peer);
+            }
+            up
+        });
     }
 
     /// Waits up to `timeout` for the network or the disk. With a flush in
@@ -456,6 +483,7 @@ impl<T: Transport> CoordinatorNode<T> {
                         continue;
                     };
                     self.transport.add_peer(peer, sock);
+                    self.pushed.insert(peer, server);
                     let id = self.transport.write(peer, CONFIG_REGION, 0, region);
                     self.writes.insert(id, write);
                     self.writes_order.push_back(id);
