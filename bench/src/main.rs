@@ -14,6 +14,7 @@ mod push;
 #[cfg(feature = "rdma")]
 mod rdma;
 mod storage;
+mod threads;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -153,6 +154,24 @@ enum Scenario {
         /// Rounds per fan-out.
         #[arg(long, default_value_t = 200)]
         rounds: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Threads of each coordinator replica in a cluster with M masters (a
+    /// table with a tablet on every master, so the leader holds a
+    /// connection to each): the goal is cores + a small constant, however
+    /// many masters.
+    Threads {
+        /// Masters (child processes).
+        #[arg(long, default_value_t = 100)]
+        masters: usize,
+        /// Clients holding a connection to every replica while counting.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Where the cluster's data goes.
+        #[arg(long, default_value = "bench-data")]
+        dir: PathBuf,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -358,6 +377,23 @@ kill -> first commit    {}
 kill -> rolled forward  {}",
                     r.first_commit.row(),
                     r.rolled_forward.row()
+                )
+            });
+        }
+        Scenario::Threads {
+            masters,
+            clients,
+            dir,
+            json,
+        } => {
+            progress(&format!(
+                "threads: 3 replicas, {masters} masters, {clients} clients"
+            ));
+            let r = threads::threads(&dir, masters, clients).unwrap_or_else(|e| fail(e));
+            emit(json, &r, || {
+                format!(
+                    "{} masters, {} clients: leader {} threads, most of any replica {} ({:?})",
+                    r.masters, r.clients, r.leader, r.max, r.replicas
                 )
             });
         }
