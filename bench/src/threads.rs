@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use ramcoord::client::CoordinatorClient;
 use ramcoord::coordinator::Request;
-use ramcoord::protocol::ClientRequest;
 use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
+use ramcoord::protocol::ClientRequest;
 use serde::Serialize;
 
 /// What [`threads`] measured.

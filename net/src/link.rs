@@ -204,6 +204,13 @@ impl Link {
         }
         sock.set_read_timeout(before.0)?;
         sock.set_write_timeout(before.1)?;
+        Link::established(sock, conn)
+    }
+
+    /// A link over a session whose handshake is done (driven by an event
+    /// loop rather than [`Link::accept_tls`]): the peer's identity is taken
+    /// from its certificate.
+    pub fn established(sock: TcpStream, conn: rustls::Connection) -> Result<Link, LinkError> {
         let identity = peer_identity(&conn).map_err(|e| LinkError::Identity(e.to_string()))?;
         Ok(Link {
             sock,

@@ -3,33 +3,41 @@
 //!
 //! # Threads
 //!
-//! - a listener thread accepts connections; each accepted connection gets a
-//!   reader thread, which checks the peer's `Hello` (same cluster), answers
-//!   with its own, then delivers messages, applies one-sided writes to the
-//!   registered regions and acknowledges them on the same connection
-//!   (without waking the owner: the write is applied right there);
+//! - one thread accepts connections. Without inline I/O each accepted
+//!   connection gets a reader thread, which checks the peer's `Hello`
+//!   (same cluster), answers with its own, then delivers messages, applies
+//!   one-sided writes to the registered regions and acknowledges them on
+//!   the same connection (without waking the owner: the write is applied
+//!   right there). With inline I/O the accept thread is an event loop
+//!   (`accept.rs`): every TLS handshake and first frame runs in its poll,
+//!   and a welcomed connection goes to the owner's poll, so a connection
+//!   costs no thread at any point;
 //! - a message for a peer with no configured address (a client that
 //!   connected to us) is answered on the connection it opened;
-//! - per configured peer, a connector thread owns the outgoing connection:
-//!   connects (backing off from `backoff_min` to `backoff_max` while the
-//!   peer is away), says `Hello`, writes the frames queued meanwhile, and
-//!   hands the connection over; from then on `send` and `write` put frames
-//!   on the socket **in the caller's thread** (one lock, one `write`: no
-//!   hand-off to another thread on the latency path, which costs a
-//!   cross-core wake-up of ~50 µs on a small VM). A reader thread on the
-//!   same connection takes the peer's write acknowledgements; when it sees
-//!   the connection end, the connector reconnects.
+//! - per configured peer, a connector thread connects (backing off from
+//!   `backoff_min` to `backoff_max` while the peer is away), says `Hello`,
+//!   writes the frames queued meanwhile, and hands the connection over;
+//!   from then on `send` and `write` put frames on the socket **in the
+//!   caller's thread** (no hand-off to another thread on the latency path,
+//!   which costs a cross-core wake-up of ~50 µs on a small VM). Without
+//!   inline I/O the connector then reads the peer's write acknowledgements
+//!   and reconnects when the connection ends; with inline I/O it ends, and
+//!   the connection's close starts the next connector: a peer costs a
+//!   thread only while it is being connected. A removed peer
+//!   ([`Transport::remove_peer`]) is let go for good.
 //!
-//! **Inline I/O** ([`TcpConfig::inline_io`]): after the handshake, the
-//! owner's thread reads the connections itself, in
-//! [`Transport::next_event`] (edge-triggered `epoll` through `mio`), instead
-//! of a reader thread per connection handing frames over a channel. A
-//! message then costs one wake-up of the owner (by the kernel) rather than
-//! two (the reader, then the owner): on the commit path of a coordinator
-//! replica, where every round trip to a follower would otherwise pay two
-//! extra cross-thread wake-ups. Handshakes and connecting stay on their
-//! threads (they block), and a node that serves one-sided writes to a
-//! worker that must not be woken (a master) keeps reader threads.
+//! **Inline I/O** ([`TcpConfig::inline_io`]): the owner's thread reads the
+//! connections itself, in [`Transport::next_event`] (edge-triggered `epoll`
+//! through `mio`), instead of a reader thread per connection handing frames
+//! over a channel. A message then costs one wake-up of the owner (by the
+//! kernel) rather than two (the reader, then the owner): on the commit path
+//! of a coordinator replica, where every round trip to a follower would
+//! otherwise pay two extra cross-thread wake-ups. Its sends never wait for
+//! a socket: what a socket does not take waits in the connection's bounded
+//! backlog ([`TcpConfig::send_backlog_bytes_max`]), flushed when the socket
+//! turns writable, and a peer that lets more pile up is declared slow and
+//! disconnected. A node that serves one-sided writes to a worker that must
+//! not be woken (a master) keeps reader threads.
 //!
 //! A peer that sends anything that is not a valid frame (garbage, a bad
 //! checksum, an oversized length, a wrong version, another cluster's
@@ -54,6 +62,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use crossbeam::channel::{unbounded, Receiver, Sender};
+
+mod accept;
 
 use crate::admission::{Admission, Limits, Ticket};
 use crate::frame::{Frame, FrameDecoder, FrameError};
@@ -304,7 +314,13 @@ impl TcpTransport {
             listener: listener_handle,
         });
         let i = inner.clone();
-        spawn(&inner, "net-listen", move || accept_loop(i, listener));
+        if inner.inline.is_some() {
+            spawn(&inner, "net-accept", move || {
+                accept::accept_loop(i, listener)
+            });
+        } else {
+            spawn(&inner, "net-listen", move || accept_loop(i, listener));
+        }
         let t = TcpTransport {
             inner,
             local,
@@ -720,105 +736,11 @@ fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, mut tic
         },
     };
     let stream = Arc::new(stream);
-    let (peer, wants_pass) = match read_frame(&stream, &mut dec, Some(&mut ticket), Some(deadline))
-    {
-        Ok(Frame::Hello { peer, cluster }) if cluster == inner.cluster => (peer, false),
-        Ok(Frame::PassRequest { peer, cluster }) if cluster == inner.cluster => (peer, true),
-        Ok(Frame::Hello { cluster, .. }) => {
-            reject(
-                &inner,
-                stream.socket(),
-                addr,
-                &format!("hello from cluster {cluster}"),
-            );
-            return;
-        }
-        Ok(Frame::PassRequest { cluster, .. }) => {
-            reject(
-                &inner,
-                stream.socket(),
-                addr,
-                &format!("pass request from cluster {cluster}"),
-            );
-            return;
-        }
-        Ok(other) => {
-            reject(
-                &inner,
-                stream.socket(),
-                addr,
-                &format!("expected hello, got {}", other.kind_name()),
-            );
-            return;
-        }
-        Err(ReadError::Bound(why)) => {
-            close_for_bound(&inner, stream.socket(), addr, why);
-            return;
-        }
-        Err(why) => {
-            reject(&inner, stream.socket(), addr, &why.to_string());
-            return;
-        }
+    let first = read_frame(&stream, &mut dec, Some(&mut ticket), Some(deadline));
+    let Some((stream, dec, peer, writer)) = welcome(&inner, stream, dec, addr, &mut ticket, first)
+    else {
+        return;
     };
-    if let Some(identity) = stream.identity() {
-        if !identity.admits(peer) {
-            stream.shutdown();
-            untrack(&inner, addr);
-            refuse_credential(
-                &inner,
-                addr,
-                &format!("a {identity} certificate may not claim id {peer}"),
-            );
-            return;
-        }
-    }
-    if wants_pass {
-        issue_pass(&inner, &stream, addr, peer);
-        return;
-    }
-    // A configured peer is exempt from the client bounds; with TLS only a
-    // replica's credential earns that (a master's is shared by all
-    // masters, and any of them could claim another's id).
-    let configured_peer = inner
-        .outbound
-        .lock()
-        .expect("lock poisoned")
-        .contains_key(&peer)
-        && stream
-            .identity()
-            .is_none_or(|i| matches!(i, Identity::Replica(_)));
-    if configured_peer {
-        ticket.promote_to_peer();
-        let _ = stream.socket().set_read_timeout(None);
-    } else if !ticket.client_within_cap() {
-        close_for_bound(
-            &inner,
-            stream.socket(),
-            addr,
-            "client connections at their limit",
-        );
-        return;
-    } else {
-        let _ = stream
-            .socket()
-            .set_read_timeout(Some(limits.client_idle_timeout));
-    }
-    let hello = Frame::Hello {
-        peer: inner.id,
-        cluster: inner.cluster,
-    };
-    let writer = stream.clone();
-    if send_frame(&writer, &hello).is_err() {
-        return;
-    }
-    tracing::debug!(peer, %addr, "peer connected");
-    // A peer we have no address for (a client) is answered on this
-    // connection.
-    inner
-        .inbound
-        .lock()
-        .expect("lock poisoned")
-        .insert(peer, writer.clone());
     if inner.inline.is_some() {
         adopt(
             &inner,
@@ -844,6 +766,123 @@ fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, mut tic
     if inbound.get(&peer).is_some_and(|w| Arc::ptr_eq(w, &writer)) {
         inbound.remove(&peer);
     }
+}
+
+/// What an inbound connection's first frame decides, once its TLS
+/// handshake (if any) is done: a hello from our cluster whose credential
+/// admits its id is answered with ours, within the bounds on clients, and
+/// the connection returned to be read (with the peer's id and the link to
+/// answer on); a pass request is answered and closed; anything else is
+/// refused. `None`: the connection is closed (the reason logged).
+fn welcome(
+    inner: &Arc<Inner>,
+    stream: Arc<Link>,
+    dec: FrameDecoder,
+    addr: SocketAddr,
+    ticket: &mut Ticket,
+    first: Result<Frame, ReadError>,
+) -> Option<(Arc<Link>, FrameDecoder, PeerId, Arc<Link>)> {
+    let inner = &**inner;
+    let limits = inner.admission.limits();
+    let (peer, wants_pass) = match first {
+        Ok(Frame::Hello { peer, cluster }) if cluster == inner.cluster => (peer, false),
+        Ok(Frame::PassRequest { peer, cluster }) if cluster == inner.cluster => (peer, true),
+        Ok(Frame::Hello { cluster, .. }) => {
+            reject(
+                inner,
+                stream.socket(),
+                addr,
+                &format!("hello from cluster {cluster}"),
+            );
+            return None;
+        }
+        Ok(Frame::PassRequest { cluster, .. }) => {
+            reject(
+                inner,
+                stream.socket(),
+                addr,
+                &format!("pass request from cluster {cluster}"),
+            );
+            return None;
+        }
+        Ok(other) => {
+            reject(
+                inner,
+                stream.socket(),
+                addr,
+                &format!("expected hello, got {}", other.kind_name()),
+            );
+            return None;
+        }
+        Err(ReadError::Bound(why)) => {
+            close_for_bound(inner, stream.socket(), addr, why);
+            return None;
+        }
+        Err(why) => {
+            reject(inner, stream.socket(), addr, &why.to_string());
+            return None;
+        }
+    };
+    if let Some(identity) = stream.identity() {
+        if !identity.admits(peer) {
+            stream.shutdown();
+            untrack(inner, addr);
+            refuse_credential(
+                inner,
+                addr,
+                &format!("a {identity} certificate may not claim id {peer}"),
+            );
+            return None;
+        }
+    }
+    if wants_pass {
+        issue_pass(inner, &stream, addr, peer);
+        return None;
+    }
+    // A configured peer is exempt from the client bounds; with TLS only a
+    // replica's credential earns that (a master's is shared by all
+    // masters, and any of them could claim another's id).
+    let configured_peer = inner
+        .outbound
+        .lock()
+        .expect("lock poisoned")
+        .contains_key(&peer)
+        && stream
+            .identity()
+            .is_none_or(|i| matches!(i, Identity::Replica(_)));
+    if configured_peer {
+        ticket.promote_to_peer();
+        let _ = stream.socket().set_read_timeout(None);
+    } else if !ticket.client_within_cap() {
+        close_for_bound(
+            inner,
+            stream.socket(),
+            addr,
+            "client connections at their limit",
+        );
+        return None;
+    } else {
+        let _ = stream
+            .socket()
+            .set_read_timeout(Some(limits.client_idle_timeout));
+    }
+    let hello = Frame::Hello {
+        peer: inner.id,
+        cluster: inner.cluster,
+    };
+    let writer = stream.clone();
+    if put(inner, &writer, &hello, inner.cfg.answer_backlog_bytes_max).is_err() {
+        return None;
+    }
+    tracing::debug!(peer, %addr, "peer connected");
+    // A peer we have no address for (a client) is answered on this
+    // connection.
+    inner
+        .inbound
+        .lock()
+        .expect("lock poisoned")
+        .insert(peer, writer.clone());
+    Some((stream, dec, peer, writer))
 }
 
 /// Answers a pass request ([`crate::rdma_pass`]) on a connection whose

@@ -14,6 +14,9 @@ use ramcoord_net::Transport;
 const PEERS: u64 = 50;
 const CLUSTER: u64 = 21;
 
+/// The tests count this process's threads: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn threads() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
@@ -25,6 +28,7 @@ fn threads() -> usize {
 
 #[test]
 fn connected_peers_cost_no_thread_and_removed_ones_are_let_go() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let listeners: Vec<TcpListener> = (0..PEERS)
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -84,4 +88,42 @@ fn connected_peers_cost_no_thread_and_removed_ones_are_let_go() {
     for l in &listeners {
         assert!(l.accept().is_err(), "a removed peer was connected again");
     }
+}
+
+/// Many clients connecting at once (and saying nothing yet) cost no
+/// thread each: their handshakes wait in the accept thread's poll. Then
+/// each says hello and is answered.
+#[test]
+fn connecting_clients_cost_no_thread_each() {
+    const CLIENTS: usize = 200;
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cfg = TcpConfig::new(1, CLUSTER + 1, "127.0.0.1:0".parse().unwrap());
+    cfg.inline_io = true;
+    let a = TcpTransport::start(cfg).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let before = threads();
+    let mut clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| TcpStream::connect(a.local_addr()).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let during = threads();
+    assert!(
+        during <= before + 2,
+        "{CLIENTS} connections in their handshake hold {} threads",
+        during - before
+    );
+    for (i, c) in clients.iter_mut().enumerate() {
+        let hello = Frame::Hello {
+            peer: 5000 + i as u64,
+            cluster: CLUSTER + 1,
+        };
+        c.write_all(&hello.to_bytes()).unwrap();
+    }
+    for c in &mut clients {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut answer = [0u8; 8];
+        c.read_exact(&mut answer).expect("the node's hello");
+    }
+    while a.next_event(Duration::ZERO).is_some() {}
+    assert!(threads() <= before + 2);
 }
