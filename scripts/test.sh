@@ -20,10 +20,10 @@ target/release/ramcoord sim --workload raft --seeds "${SIM_SEEDS:-2000}" --fault
 target/release/ramcoord sim --workload raft --seeds "${SIM_SEEDS_HEAVY:-500}" --faults heavy --first-seed 1000000
 target/release/ramcoord sim --workload coordinator --seeds "${SIM_SEEDS:-2000}" --faults standard
 target/release/ramcoord sim --workload coordinator --seeds "${SIM_SEEDS_HEAVY:-500}" --faults heavy --first-seed 1000000
-echo "== simulator: every planted bug must be caught within 2000 seeds, by its own invariant"
+echo "== simulator: every planted bug must be caught within 2000 seeds, by its own invariant (each sweep stops at its first catch)"
 target/release/ramcoord sim --list-bugs | while read -r bug workload _; do
   if ! target/release/ramcoord sim --workload "$workload" --seeds 2000 --faults standard \
-      --inject-bug "$bug" --expect-caught > "target/bug-$bug.txt"; then
+      --inject-bug "$bug" --expect-caught --stop-when-caught > "target/bug-$bug.txt"; then
     tail -n 3 "target/bug-$bug.txt" >&2
     echo "planted bug $bug was NOT caught by the invariant it breaks" >&2
     exit 1

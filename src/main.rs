@@ -762,6 +762,12 @@ struct SimArgs {
     /// only other failures).
     #[arg(long, requires = "inject_bug")]
     expect_caught: bool,
+    /// With --inject-bug: stop the sweep at the first seed that catches
+    /// the bug through one of its own invariants (seeds already running
+    /// finish). A quick check that the bug is still caught; without it
+    /// the sweep runs every seed and counts the catches.
+    #[arg(long, requires = "inject_bug")]
+    stop_when_caught: bool,
     /// Worker threads (default: available cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -1350,6 +1356,14 @@ fn run_sim(args: SimArgs) -> ExitCode {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     let next = std::sync::atomic::AtomicU64::new(0);
+    let caught = std::sync::atomic::AtomicBool::new(false);
+    let catches = |r: &sim::SimOutcome| {
+        planted.is_some_and(|bug| {
+            r.violation
+                .as_ref()
+                .is_some_and(|v| bug.invariants.contains(&v.invariant))
+        })
+    };
     let started = std::time::Instant::now();
     let mut results: Vec<sim::SimOutcome> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -1357,11 +1371,20 @@ fn run_sim(args: SimArgs) -> ExitCode {
                 scope.spawn(|| {
                     let mut mine = Vec::new();
                     loop {
+                        if args.stop_when_caught
+                            && caught.load(std::sync::atomic::Ordering::Relaxed)
+                        {
+                            break;
+                        }
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if i >= args.seeds {
                             break;
                         }
-                        mine.push(sim::run(opts_for(args.first_seed + i, false)));
+                        let r = sim::run(opts_for(args.first_seed + i, false));
+                        if catches(&r) {
+                            caught.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        mine.push(r);
                     }
                     mine
                 })
