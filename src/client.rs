@@ -306,7 +306,10 @@ impl Conn {
             if p.first() != Some(&reply_tag) {
                 continue;
             }
-            let env = decode::<R>(&p[1..]).map_err(|why| ClientError::BadReply { addr, why })?;
+            let env = decode::<R>(&p[1..]).map_err(|why| ClientError::BadReply {
+                addr,
+                why: why.to_string(),
+            })?;
             if env.id == id {
                 return Ok(env.body);
             }

@@ -100,38 +100,69 @@ impl Config {
         }
     }
 
-    /// Checks the configuration; the message says what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == 0 {
-            return Err("node id 0 is reserved".into());
+            return Err(ConfigError::ReservedId);
         }
         if self.heartbeat_interval_ticks == 0
             || self.heartbeat_interval_ticks >= self.election_timeout_ticks
         {
-            return Err(format!(
-                "heartbeat interval ({}) must be at least 1 and below the election timeout ({})",
-                self.heartbeat_interval_ticks, self.election_timeout_ticks
-            ));
+            return Err(ConfigError::HeartbeatInterval {
+                heartbeat_ticks: self.heartbeat_interval_ticks,
+                election_ticks: self.election_timeout_ticks,
+            });
         }
         if self.inflight_appends_max == 0 || self.inflight_appends_max > INFLIGHT_APPENDS_MAX {
-            return Err(format!(
-                "inflight_appends_max must be in 1..={INFLIGHT_APPENDS_MAX}"
-            ));
+            return Err(ConfigError::InflightAppends(self.inflight_appends_max));
         }
         if self.append_entries_max == 0 || self.snapshot_chunk_bytes == 0 {
-            return Err("append_entries_max and snapshot_chunk_bytes must be positive".into());
+            return Err(ConfigError::ZeroBatch);
         }
         if let ReadMode::Lease { drift_margin_ticks } = self.read_mode {
             if !self.check_quorum {
-                return Err(
-                    "lease reads need check_quorum (the lease is the followers' vote refusal)"
-                        .into(),
-                );
+                return Err(ConfigError::LeaseWithoutCheckQuorum);
             }
             if drift_margin_ticks >= self.election_timeout_ticks {
-                return Err("the lease drift margin must be below the election timeout".into());
+                return Err(ConfigError::LeaseMargin {
+                    margin_ticks: drift_margin_ticks,
+                    election_ticks: self.election_timeout_ticks,
+                });
             }
         }
         Ok(())
     }
+}
+
+/// What is wrong with a [`Config`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Node id 0 means "none" on the wire.
+    #[error("node id 0 is reserved")]
+    ReservedId,
+    /// The heartbeat interval is zero or not below the election timeout.
+    #[error("heartbeat interval ({heartbeat_ticks}) must be at least 1 and below the election timeout ({election_ticks})")]
+    HeartbeatInterval {
+        /// The heartbeat interval, in ticks.
+        heartbeat_ticks: u64,
+        /// The election timeout, in ticks.
+        election_ticks: u64,
+    },
+    /// `inflight_appends_max` out of range.
+    #[error("inflight_appends_max ({0}) must be in 1..={INFLIGHT_APPENDS_MAX}")]
+    InflightAppends(usize),
+    /// A batch bound of zero.
+    #[error("append_entries_max and snapshot_chunk_bytes must be positive")]
+    ZeroBatch,
+    /// Lease reads without check-quorum (nothing would end the lease).
+    #[error("lease reads need check_quorum (the lease is the followers' vote refusal)")]
+    LeaseWithoutCheckQuorum,
+    /// The lease's drift margin swallows the election timeout.
+    #[error("the lease drift margin ({margin_ticks}) must be below the election timeout ({election_ticks})")]
+    LeaseMargin {
+        /// The margin, in ticks.
+        margin_ticks: u64,
+        /// The election timeout, in ticks.
+        election_ticks: u64,
+    },
 }

@@ -50,9 +50,9 @@ pub mod storage;
 pub mod types;
 pub mod wire;
 
-pub use config::{Config, InjectedBugs, ReadMode};
+pub use config::{Config, ConfigError, InjectedBugs, ReadMode};
 pub use message::{Message, MessageBody};
-pub use raft::{ProposeError, RawNode, Refusal, Role};
+pub use raft::{ProposeError, RawNode, Refusal, Role, StartError};
 pub use ready::Ready;
 pub use storage::{MemStorage, Storage, StorageError};
 pub use types::*;

@@ -979,19 +979,19 @@ impl ClusterState {
     }
 
     /// A state from [`ClusterState::snapshot`] bytes, checked.
-    pub fn restore(buf: &[u8]) -> Result<ClusterState, String> {
+    pub fn restore(buf: &[u8]) -> Result<ClusterState, SnapshotError> {
         if buf.len() < 2 || buf.len() > SNAPSHOT_BYTES_MAX {
-            return Err(format!("snapshot of {} bytes", buf.len()));
+            return Err(SnapshotError::Size(buf.len()));
         }
         if buf[0] != SNAPSHOT_MAGIC || !(1..=SNAPSHOT_FORMAT_VERSION).contains(&buf[1]) {
-            return Err(format!(
-                "snapshot header {:#04x} {} (this build reads {SNAPSHOT_MAGIC:#04x} versions 1 to {SNAPSHOT_FORMAT_VERSION})",
-                buf[0], buf[1]
-            ));
+            return Err(SnapshotError::Header {
+                magic: buf[0],
+                version: buf[1],
+            });
         }
         let (s, rest) = if buf[1] == 1 {
-            let (v1, rest): (ClusterStateV1, &[u8]) =
-                postcard::take_from_bytes(&buf[2..]).map_err(|e| format!("snapshot: {e}"))?;
+            let (v1, rest): (ClusterStateV1, &[u8]) = postcard::take_from_bytes(&buf[2..])
+                .map_err(|e| SnapshotError::Decode(e.to_string()))?;
             let s = ClusterState {
                 servers: v1.servers,
                 server_list_version: v1.server_list_version,
@@ -1005,13 +1005,13 @@ impl ClusterState {
             (s, rest)
         } else {
             postcard::take_from_bytes::<ClusterState>(&buf[2..])
-                .map_err(|e| format!("snapshot: {e}"))?
+                .map_err(|e| SnapshotError::Decode(e.to_string()))?
         };
         if !rest.is_empty() {
-            return Err(format!("{} trailing bytes after the snapshot", rest.len()));
+            return Err(SnapshotError::Trailing(rest.len()));
         }
-        s.check()?;
-        s.check_counters()?;
+        s.check().map_err(SnapshotError::Invalid)?;
+        s.check_counters().map_err(SnapshotError::Invalid)?;
         Ok(s)
     }
 
@@ -1055,6 +1055,31 @@ fn covers_hash_space(ranges: impl Iterator<Item = (u64, u64)>) -> bool {
     next.is_none()
 }
 
+/// Why bytes are not a cluster state snapshot ([`ClusterState::restore`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// Too short for a header, or over the bound.
+    #[error("snapshot of {0} bytes")]
+    Size(usize),
+    /// Not a snapshot, or a format this build does not read.
+    #[error("snapshot header {magic:#04x} {version} (this build reads {SNAPSHOT_MAGIC:#04x} versions 1 to {SNAPSHOT_FORMAT_VERSION})")]
+    Header {
+        /// The first byte.
+        magic: u8,
+        /// The format version byte.
+        version: u8,
+    },
+    /// The body does not decode.
+    #[error("snapshot: {0}")]
+    Decode(String),
+    /// Bytes after the state.
+    #[error("{0} trailing bytes after the snapshot")]
+    Trailing(usize),
+    /// The state decodes but breaks an invariant (named).
+    #[error("{0}")]
+    Invalid(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1096,7 +1121,9 @@ mod tests {
         let t = misfiled.tables.remove(&1).unwrap();
         misfiled.tables.insert(7, t);
         misfiled.next_table_id = 7;
-        let err = ClusterState::restore(&misfiled.snapshot()).unwrap_err();
+        let err = ClusterState::restore(&misfiled.snapshot())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("under id 7"), "{err}");
 
         let mut ahead = good.clone();
@@ -1111,7 +1138,9 @@ mod tests {
         ] {
             let mut s = good.clone();
             bump(&mut s);
-            let err = ClusterState::restore(&s.snapshot()).unwrap_err();
+            let err = ClusterState::restore(&s.snapshot())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("out of range"), "{err}");
         }
         // A server id whose generation cannot grow (this one owns nothing).
@@ -1124,7 +1153,9 @@ mod tests {
         s.apply(1, &enlist.encode().unwrap());
         s.apply(2, &Record::Complete { seq: 1 }.encode().unwrap());
         s.servers.get_mut(&1).unwrap().id.generation = u32::MAX;
-        let err = ClusterState::restore(&s.snapshot()).unwrap_err();
+        let err = ClusterState::restore(&s.snapshot())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("out of range"), "{err}");
     }
 
@@ -1334,7 +1365,7 @@ mod tests {
         assert_eq!(back, s);
         assert_eq!(back.sessions().limit(), SESSIONS_MAX);
         bytes[1] = SNAPSHOT_FORMAT_VERSION + 1;
-        let e = ClusterState::restore(&bytes).unwrap_err();
+        let e = ClusterState::restore(&bytes).unwrap_err().to_string();
         assert!(e.contains("versions 1 to 2"), "{e}");
     }
 }

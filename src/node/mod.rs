@@ -134,6 +134,9 @@ pub enum NodeError {
     /// The replica stopped: fatal.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    /// The Raft node could not start (its configuration, or its log).
+    #[error("starting Raft: {0}")]
+    Start(#[from] ramcoord_log::StartError),
     /// The configuration is unusable.
     #[error("bad configuration: {0}")]
     Config(String),
@@ -208,7 +211,7 @@ impl<T: Transport> CoordinatorNode<T> {
         rcfg.pre_vote = true;
         rcfg.check_quorum = true;
         rcfg.seed = cfg.id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ std::process::id() as u64;
-        let raft = RawNode::new(rcfg, storage).map_err(NodeError::Config)?;
+        let raft = RawNode::new(rcfg, storage)?;
         tracing::info!(id = cfg.id, term = raft.term(), fresh, "replica started");
         let now = Instant::now();
         let replica = Replica::new(cfg.replica_config(), raft, ClusterState::default(), now)?;

@@ -416,15 +416,29 @@ pub enum MasterReply {
 /// Largest client message accepted (a view of a big cluster is large).
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = ramcoord_net::frame::FRAME_BODY_BYTES_MAX;
 
+/// Why bytes are not a client or master message ([`decode`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Over [`CLIENT_MESSAGE_BYTES_MAX`].
+    #[error("client message of {0} bytes")]
+    TooLarge(usize),
+    /// The body does not decode as the expected message.
+    #[error("{0}")]
+    Malformed(String),
+    /// Bytes after the message.
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+}
+
 /// Decodes an enveloped message body (after the tag).
-pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<Envelope<T>, String> {
+pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<Envelope<T>, DecodeError> {
     if b.len() > CLIENT_MESSAGE_BYTES_MAX {
-        return Err(format!("client message of {} bytes", b.len()));
+        return Err(DecodeError::TooLarge(b.len()));
     }
     let (v, rest): (Envelope<T>, &[u8]) =
-        postcard::take_from_bytes(b).map_err(|e| e.to_string())?;
+        postcard::take_from_bytes(b).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(format!("{} trailing bytes", rest.len()));
+        return Err(DecodeError::Trailing(rest.len()));
     }
     Ok(v)
 }

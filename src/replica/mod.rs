@@ -157,7 +157,7 @@ pub enum ReplicaError {
         /// The snapshot's index.
         index: u64,
         /// What is wrong with it.
-        why: String,
+        why: crate::cluster::SnapshotError,
     },
 }
 

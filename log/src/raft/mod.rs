@@ -92,6 +92,17 @@ struct IncomingSnapshot {
     data: BytesMut,
 }
 
+/// Why a [`RawNode`] could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The committed entries could not be read back from storage.
+    #[error("reading the log on start: {0}")]
+    Log(crate::storage::StorageError),
+}
+
 /// A Raft node over storage `S`.
 pub struct RawNode<S: Storage> {
     cfg: Config,
@@ -177,7 +188,7 @@ impl<S: Storage> RawNode<S> {
     /// Starts a node from what `storage` holds (a new node, or a restart).
     /// The driver restores its state machine from `storage.snapshot()`; the
     /// committed entries after it are handed out again for applying.
-    pub fn new(cfg: Config, storage: S) -> Result<RawNode<S>, String> {
+    pub fn new(cfg: Config, storage: S) -> Result<RawNode<S>, StartError> {
         cfg.validate()?;
         let (hs, mut conf) = storage.initial_state();
         let log = RaftLog::new(storage, hs.commit);
@@ -187,7 +198,7 @@ impl<S: Storage> RawNode<S> {
         if log.committed >= first {
             let ents = log
                 .entries(first, log.committed + 1, u64::MAX)
-                .map_err(|e| format!("reading the log on start: {e}"))?;
+                .map_err(StartError::Log)?;
             for e in ents.iter().filter(|e| e.kind == EntryKind::ConfChange) {
                 if let Ok(next) = ConfChange::decode(&e.data).and_then(|cc| conf.apply(cc)) {
                     conf = next;
