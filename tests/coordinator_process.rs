@@ -212,8 +212,13 @@ fn a_second_process_on_a_data_directory_is_refused() {
         }
         if Instant::now() > end {
             let _ = second.kill();
+            let _ = second.wait();
+            let mut err = String::new();
+            if let Some(mut e) = second.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
             let first_exited = first.child.try_wait().unwrap();
-            panic!("the second process kept running (the first one: {first_exited:?})");
+            panic!("the second process kept running (the first one: {first_exited:?}); its stderr:\n{err}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };

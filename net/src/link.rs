@@ -364,6 +364,12 @@ impl Link {
             if out.backlog.capacity() > WRITE_BUFFER_KEPT_BYTES {
                 out.backlog = Vec::new();
             }
+        } else if out.sent >= out.backlog.len() / 2 {
+            // A peer that reads steadily but a little slower than we send
+            // never drains the backlog to empty: drop what went, or the
+            // buffer would keep every byte ever sent.
+            out.backlog.drain(..out.sent);
+            out.sent = 0;
         }
         Ok(())
     }

@@ -94,6 +94,10 @@ pub struct TcpConfig {
     /// peer that lets more pile up is declared slow and disconnected
     /// ([`crate::link::Link::send`]). Sends never wait for a socket.
     pub send_backlog_bytes_max: usize,
+    /// The same bound for a coordinator replica: Raft may have
+    /// `inflight_appends_max` × `append_bytes_max` (64 MiB by default) in
+    /// flight to a follower catching up.
+    pub replica_backlog_bytes_max: usize,
     /// The same bound for answers on connections peers opened to us
     /// (clients).
     pub answer_backlog_bytes_max: usize,
@@ -123,6 +127,7 @@ impl TcpConfig {
             backoff_max: Duration::from_secs(1),
             queue_frames_max: 4096,
             send_backlog_bytes_max: 8 << 20,
+            replica_backlog_bytes_max: 80 << 20,
             answer_backlog_bytes_max: 256 << 10,
             inline_io: false,
             limits: Limits::default(),
@@ -397,7 +402,7 @@ impl TcpTransport {
         drop(out);
         let mut slot = q.slot.lock().expect("lock poisoned");
         if let Some(stream) = slot.stream.as_ref() {
-            let max = self.inner.cfg.send_backlog_bytes_max;
+            let max = backlog_max(&self.inner, to);
             match put(&self.inner, stream, &frame, max) {
                 Ok(()) => {}
                 Err(e @ SendError::Backlogged { .. }) => {
@@ -415,7 +420,7 @@ impl TcpTransport {
         }
         let bytes = queued_size(&frame);
         if slot.queue.len() >= self.inner.cfg.queue_frames_max
-            || slot.queued_bytes + bytes > self.inner.cfg.send_backlog_bytes_max
+            || slot.queued_bytes + bytes > backlog_max(&self.inner, to)
         {
             self.inner.dropped_frames.fetch_add(1, Ordering::Relaxed);
             return;
@@ -523,7 +528,10 @@ impl Transport for TcpTransport {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             self.poll_inline(inline, left);
             if left.is_zero() {
-                return inline.ready.lock().expect("lock poisoned").pop_front();
+                // An event sink's event may have come with the wake-up
+                // this poll took.
+                let ready = inline.ready.lock().expect("lock poisoned").pop_front();
+                return ready.or_else(|| self.events.try_recv().ok());
             }
         }
     }
@@ -1015,6 +1023,14 @@ fn put(inner: &Inner, link: &Link, frame: &Frame, backlog_max: usize) -> Result<
     }
 }
 
+/// How many bytes may wait for `peer` (see [`TcpConfig::send_backlog_bytes_max`]).
+fn backlog_max(inner: &Inner, peer: PeerId) -> usize {
+    match PeerClass::of(peer) {
+        PeerClass::Replica(_) => inner.cfg.replica_backlog_bytes_max,
+        _ => inner.cfg.send_backlog_bytes_max,
+    }
+}
+
 /// What a frame waiting for a connection counts against the bound.
 fn queued_size(frame: &Frame) -> usize {
     const OVERHEAD: usize = 64;
@@ -1253,12 +1269,20 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
         // Hand the connection over: what was queued first, in order.
         let generation = {
             let mut slot = out.slot.lock().expect("lock poisoned");
+            if !wanted(&inner, peer, &out) {
+                // Removed while we connected (`remove_peer` takes the map
+                // entry before this lock): nobody will use or close it.
+                drop(slot);
+                stream.shutdown();
+                untrack(&inner, addr);
+                return;
+            }
             let mut ok = true;
             while let Some(f) = slot.queue.pop_front() {
                 slot.queued_bytes -= queued_size(&f);
                 // Never waiting for the socket while the slot is locked
                 // (the owner's sends take that lock).
-                match put(&inner, &stream, &f, inner.cfg.send_backlog_bytes_max) {
+                match put(&inner, &stream, &f, backlog_max(&inner, peer)) {
                     Ok(()) => {}
                     Err(e) => {
                         if matches!(e, SendError::Backlogged { .. }) {
@@ -1350,7 +1374,18 @@ fn adopt(
                 close(inner, conn);
                 return;
             }
-            Ok(n) => conn.dec.push(&buf[..n]),
+            Ok(n) => {
+                conn.dec.push(&buf[..n]);
+                // A fast sender must not make this read grow the buffer
+                // past its bound (this may run on the accept thread).
+                if let Some(t) = conn.ticket.as_mut() {
+                    if let Err(why) = t.account(conn.dec.buffered()) {
+                        inner.admission.note_refusal(conn.addr, why);
+                        close(inner, conn);
+                        return;
+                    }
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => {

@@ -276,6 +276,7 @@ fn a_peer_that_stops_reading_is_declared_slow_and_never_blocks_sends() {
     let mut cfg = TcpConfig::new(1, 11, loopback());
     cfg.inline_io = true;
     cfg.send_backlog_bytes_max = 1 << 20;
+    cfg.replica_backlog_bytes_max = 1 << 20;
     let a = Arc::new(TcpTransport::start(cfg).unwrap());
     let b = TcpTransport::start(TcpConfig::new(2, 11, loopback())).unwrap();
     a.add_peer(2, b.local_addr());

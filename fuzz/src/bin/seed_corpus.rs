@@ -417,6 +417,7 @@ fn client(c: &mut Corpus) {
         term: 2,
         commit: 30,
         last_index: 31,
+        durable_index: 29,
         applied: 30,
         leader: Some(1),
         active: true,

@@ -993,6 +993,9 @@ impl DiskStorage {
                 }
                 std::thread::sleep(until - now);
             }
+            // Held long enough: from now on the kernel's completion decides
+            // (and the ring's descriptor is waited on again).
+            self.in_flight_held_until = None;
         }
         let finished = match &mut self.backend {
             Backend::Uring(ring) if ring.busy() => match ring.reap(wait) {

@@ -38,8 +38,10 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// A connection between `accept` and its first frame.
 struct Handshake {
-    /// The socket, until the TLS session (if any) is done.
-    sock: Option<TcpStream>,
+    /// The socket as accepted (and registered here): kept until the
+    /// connection leaves, so that its registration can always be undone
+    /// through it (the link reads through a clone).
+    sock: TcpStream,
     /// The server side of the TLS session, while handshaking.
     tls: Option<rustls::Connection>,
     /// The established link, reading its first frame.
@@ -144,7 +146,15 @@ fn accept_all(
         let (stream, addr) = match listener.accept() {
             Ok(c) => c,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            // A connection reset before we took it: the next one.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                ) =>
+            {
+                continue
+            }
             Err(_) if inner.shutdown.load(Ordering::SeqCst) => return true,
             Err(e) => {
                 // Out of descriptors (EMFILE) or memory: the connection
@@ -193,7 +203,7 @@ fn accept_all(
         pending.insert(
             token,
             Handshake {
-                sock: Some(stream),
+                sock: stream,
                 tls,
                 link: None,
                 dec: FrameDecoder::new(),
@@ -208,9 +218,7 @@ fn accept_all(
 /// Moves a handshake on as far as the socket allows.
 fn advance(h: &mut Handshake, buf: &mut [u8]) -> Step {
     if h.link.is_none() {
-        let Some(sock) = h.sock.as_ref() else {
-            return Step::First(Err(ReadError::Io("no socket".into())));
-        };
+        let sock = &h.sock;
         if let Some(conn) = h.tls.as_mut() {
             loop {
                 if conn.wants_write() {
@@ -243,10 +251,13 @@ fn advance(h: &mut Handshake, buf: &mut [u8]) -> Step {
                 }
             }
         }
-        let sock = h.sock.take().expect("checked above");
+        let clone = match sock.try_clone() {
+            Ok(c) => c,
+            Err(e) => return Step::First(Err(ReadError::Io(format!("dup: {e}")))),
+        };
         let link = match h.tls.take() {
-            None => Link::plain(sock),
-            Some(conn) => match Link::established(sock, conn) {
+            None => Link::plain(clone),
+            Some(conn) => match Link::established(clone, conn) {
                 Ok(l) => l,
                 Err(e) => return Step::Refused(e.to_string()),
             },
@@ -281,25 +292,22 @@ fn advance(h: &mut Handshake, buf: &mut [u8]) -> Step {
 /// A handshake leaves the loop: welcomed and handed to the owner, or
 /// refused with its reason.
 fn finish(inner: &Arc<Inner>, poll: &Poll, mut h: Handshake, step: Step) {
-    let fd = match (&h.link, &h.sock) {
-        (Some(l), _) => l.socket().as_raw_fd(),
-        (None, Some(s)) => s.as_raw_fd(),
-        (None, None) => return,
-    };
-    let _ = poll.registry().deregister(&mut SourceFd(&fd));
+    let _ = poll
+        .registry()
+        .deregister(&mut SourceFd(&h.sock.as_raw_fd()));
     match step {
         Step::Wait => unreachable!("only finished handshakes leave"),
         Step::Refused(why) => {
-            if let Some(s) = &h.sock {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
-            if let Some(l) = &h.link {
-                l.shutdown();
-            }
+            let _ = h.sock.shutdown(std::net::Shutdown::Both);
             refuse_credential(inner, h.addr, &why);
         }
         Step::First(first) => {
-            let link = h.link.take().expect("a first frame comes over a link");
+            let Some(link) = h.link.take() else {
+                // No link was made (a failed dup): closed.
+                let _ = h.sock.shutdown(std::net::Shutdown::Both);
+                untrack(inner, h.addr);
+                return;
+            };
             if let Some((stream, dec, peer, writer)) =
                 welcome(inner, link, h.dec, h.addr, &mut h.ticket, first)
             {
@@ -327,19 +335,9 @@ fn expire(inner: &Inner, poll: &Poll, pending: &mut HashMap<Token, Handshake>, n
         .collect();
     for t in late {
         let h = pending.remove(&t).expect("present");
-        let why = "the handshake took too long";
-        match (&h.link, &h.sock) {
-            (Some(l), _) => {
-                let _ = poll
-                    .registry()
-                    .deregister(&mut SourceFd(&l.socket().as_raw_fd()));
-                close_for_bound(inner, l.socket(), h.addr, why);
-            }
-            (None, Some(s)) => {
-                let _ = poll.registry().deregister(&mut SourceFd(&s.as_raw_fd()));
-                close_for_bound(inner, s, h.addr, why);
-            }
-            (None, None) => untrack(inner, h.addr),
-        }
+        let _ = poll
+            .registry()
+            .deregister(&mut SourceFd(&h.sock.as_raw_fd()));
+        close_for_bound(inner, &h.sock, h.addr, "the handshake took too long");
     }
 }
