@@ -31,6 +31,10 @@ pub struct Sizes {
     pub failover_trials: usize,
     /// Push rounds per fan-out.
     pub push_rounds: usize,
+    /// Masters and clients of the thread count (`threads`).
+    pub threads_masters: usize,
+    /// Clients of the thread count, each connected to every replica.
+    pub threads_clients: usize,
 }
 
 impl Sizes {
@@ -43,6 +47,8 @@ impl Sizes {
             seconds: 1.5,
             failover_trials: 5,
             push_rounds: 50,
+            threads_masters: 10,
+            threads_clients: 50,
         }
     }
 
@@ -55,6 +61,8 @@ impl Sizes {
             seconds: 4.0,
             failover_trials: 20,
             push_rounds: 200,
+            threads_masters: 100,
+            threads_clients: 1000,
         }
     }
 }
@@ -83,6 +91,9 @@ pub struct Report {
     pub failover: FailoverReport,
     /// Configuration push, M = 1, 10, 100.
     pub push: Vec<PushResult>,
+    /// Threads per coordinator replica with M masters and K clients
+    /// (100 and 1000 in a full run, 10 and 50 with `--quick`).
+    pub threads: Option<crate::threads::ThreadsReport>,
     // Flat fields (names kept stable for checks).
     /// Floor RTT p50 (µs).
     pub floor_rtt_p50_us: f64,
@@ -101,6 +112,9 @@ pub struct Report {
     pub push_1_p50_us: f64,
     /// Push to 100 masters, every region landed, p50 (µs).
     pub push_100_p50_us: f64,
+    /// The leader's threads with 100 masters and 1000 clients (full runs
+    /// only; null with `--quick`).
+    pub threads_coordinator_100_masters: f64,
     /// Commit point, fsync, p50 (µs).
     pub commit_fsync_p50_us: f64,
     /// Commit point, fsync, p99 (µs).
@@ -189,6 +203,11 @@ impl Report {
         let push_100 = self.push.iter().find(|p| p.masters == 100);
         self.push_1_p50_us = push_1.map_or(f64::NAN, |p| p.landed.p50_us);
         self.push_100_p50_us = push_100.map_or(f64::NAN, |p| p.landed.p50_us);
+        self.threads_coordinator_100_masters = self
+            .threads
+            .as_ref()
+            .filter(|t| t.masters == 100)
+            .map_or(f64::NAN, |t| t.leader as f64);
         let at_most = |name: &str, measured: f64, limit: f64| Goal {
             name: name.into(),
             measured,
@@ -341,6 +360,12 @@ impl Report {
                 p.masters,
                 p.region_bytes,
                 p.landed.row()
+            );
+        }
+        if let Some(t) = &self.threads {
+            s += &format!(
+                "| threads per coordinator replica, {} masters and {} clients connected | leader {}, most {} | |\n",
+                t.masters, t.clients, t.leader, t.max
             );
         }
         s += "\n| goal | measured | limit | met |\n|---|---|---|---|\n";

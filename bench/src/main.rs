@@ -503,6 +503,15 @@ serializable read       {}
                     progress(&format!("push: {m} masters"));
                     r.push.push(push::push(m, sizes.push_rounds)?);
                 }
+                progress(&format!(
+                    "threads: {} masters, {} clients",
+                    sizes.threads_masters, sizes.threads_clients
+                ));
+                r.threads = Some(threads::threads(
+                    &dir.join("threads"),
+                    sizes.threads_masters,
+                    sizes.threads_clients,
+                )?);
                 Ok(())
             };
             if let Err(e) = run(&mut r) {
