@@ -249,6 +249,13 @@ struct CoordinatorArgs {
     /// resume (0: always block; saves CPU on a crowded machine).
     #[arg(long, default_value_t = 0)]
     spin_us: u64,
+    /// How the replica's thread does its socket I/O: `uring` submits every
+    /// receive and every send of a ready through one io_uring (one system
+    /// call for them all); `epoll` waits for readiness, then reads and
+    /// sends with a system call each. `uring` falls back to `epoll`
+    /// (logged) where the kernel refuses a ring.
+    #[arg(long, value_enum, default_value_t = IoArg::Uring)]
+    io: IoArg,
     /// Test hook for chaos runs (off by default): SIGUSR1 makes every sync
     /// of the log wait --fault-sync-delay-ms first, as a slow disk would;
     /// SIGUSR2 ends it. Without this flag those signals stop the process.
@@ -716,6 +723,15 @@ impl From<TransportArg> for ramcoord::transport::TransportKind {
             TransportArg::Rdma => ramcoord::transport::TransportKind::Rdma,
         }
     }
+}
+
+/// --io.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum IoArg {
+    /// io_uring: receives and sends as submitted operations.
+    Uring,
+    /// epoll readiness, then a system call per receive and send.
+    Epoll,
 }
 
 /// --durability.
@@ -1608,6 +1624,7 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     // The replica's thread reads its connections itself: one wake-up per
     // message instead of two (reader thread, then replica).
     tcp.inline_io = true;
+    tcp.io_uring = args.io == IoArg::Uring;
     for (id, addr, _) in &args.peers.0 {
         if *id != args.id {
             tcp.peers.insert(*id, *addr);

@@ -182,17 +182,36 @@ where
     crate::dist::closed_loop(clients, seconds, make, f)
 }
 
+/// How the measured cluster's replicas run.
+pub struct Setup<'a> {
+    /// `--durability`: fsync or memory.
+    pub durability: &'a str,
+    /// Mutual TLS (else `--insecure`).
+    pub tls: bool,
+    /// `--io`: uring or epoll.
+    pub io: &'a str,
+}
+
 /// The `commit` scenario for one durability mode.
 pub fn commit(
     dir: &Path,
-    durability: &str,
-    tls: bool,
+    setup: &Setup,
     latency_ops: u64,
     seconds: f64,
     client_counts: &[usize],
     progress: &dyn Fn(&str),
 ) -> Result<CommitReport, String> {
-    let args = vec!["--durability".to_string(), durability.to_string()];
+    let Setup {
+        durability,
+        tls,
+        io,
+    } = *setup;
+    let args = vec![
+        "--durability".to_string(),
+        durability.to_string(),
+        "--io".to_string(),
+        io.to_string(),
+    ];
     let name = if tls {
         format!("commit-{durability}")
     } else {

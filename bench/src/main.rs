@@ -115,6 +115,10 @@ enum Scenario {
         /// Run the cluster without TLS (default: mutual TLS, as deployed).
         #[arg(long)]
         insecure: bool,
+        /// The replicas' socket I/O (`ramcoord coordinator --io`): uring
+        /// or epoll.
+        #[arg(long, default_value = "uring")]
+        io: String,
     },
     /// What mutual TLS costs the commit point: a TLS cluster and an
     /// --insecure one side by side, one client alternating operations
@@ -301,11 +305,27 @@ loopback RTT 64 B        {}
             dir,
             json,
             insecure,
+            io,
         } => {
             if durability != "fsync" && durability != "memory" {
                 fail(format!("--durability {durability}: fsync or memory"));
             }
-            let r = cluster::commit(&dir, &durability, !insecure, ops, seconds, &[1, 8, 64], &progress)
+            if io != "uring" && io != "epoll" {
+                fail(format!("--io {io}: uring or epoll"));
+            }
+            let setup = cluster::Setup {
+                durability: &durability,
+                tls: !insecure,
+                io: &io,
+            };
+            let r = cluster::commit(
+                &dir,
+                &setup,
+                ops,
+                seconds,
+                &[1, 8, 64],
+                &progress,
+            )
                 .unwrap_or_else(|e| fail(e));
             let _ = std::fs::remove_dir(&dir);
             emit(json, &r, || {
@@ -472,10 +492,14 @@ serializable read       {}
                 r.floor = floor::floor(&dir, sizes.rtt_ops, sizes.fsync_ops)?;
                 // TLS as deployed, and the same without it (its cost).
                 for (d, tls) in [("fsync", true), ("memory", true), ("fsync", false)] {
+                    let setup = cluster::Setup {
+                        durability: d,
+                        tls,
+                        io: "uring",
+                    };
                     let c = cluster::commit(
                         &dir,
-                        d,
-                        tls,
+                        &setup,
                         sizes.latency_ops,
                         sizes.seconds,
                         &[1, 8, 64],

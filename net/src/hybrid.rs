@@ -138,6 +138,10 @@ impl Transport for HybridTransport {
         self.tcp.ready_fd()
     }
 
+    fn flush(&self) {
+        self.tcp.flush()
+    }
+
     fn next_event(&self, timeout: std::time::Duration) -> Option<Event> {
         self.tcp.next_event(timeout)
     }

@@ -121,6 +121,11 @@ pub trait Transport: Send {
     fn ready_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         None
     }
+    /// Hands what the owner sent since the last call to the kernel, all at
+    /// once (a transport on io_uring submits every send of a ready in one
+    /// system call here). An owner that waits on [`Transport::ready_fd`]
+    /// calls it before waiting; [`Transport::next_event`] calls it itself.
+    fn flush(&self) {}
     /// The next event, waiting up to `timeout` (zero: only what is there).
     /// Transports that read in the caller's thread (TCP with inline I/O)
     /// do their I/O here; the others take from [`Transport::events`].

@@ -58,11 +58,59 @@ struct Outgoing {
     /// is still to go, before anything newer.
     backlog: Vec<u8>,
     sent: usize,
+    /// Set once the connection is handed to an io_uring loop
+    /// ([`Link::attach_ring`]): from then on no caller writes the socket;
+    /// bytes wait in `backlog` and the ring sends them.
+    ring: Option<RingHook>,
+    /// Ring mode: the bytes of the send in flight (`flight[flight_sent..]`
+    /// still to go). Untouched while `in_flight`: the kernel reads it.
+    flight: Vec<u8>,
+    flight_sent: usize,
+    in_flight: bool,
+    /// Ring mode: the ring has been told this link has bytes to send.
+    marked: bool,
+}
+
+/// How a link in ring mode tells its ring it has bytes to send.
+pub(crate) struct RingHook {
+    /// The connection's token in the ring.
+    pub token: usize,
+    /// Where the token goes.
+    pub kick: std::sync::Arc<dyn Fn(usize) + Send + Sync>,
 }
 
 impl Outgoing {
     fn waiting(&self) -> usize {
         self.backlog.len() - self.sent
+    }
+
+    /// Ring mode: bytes not yet taken by the socket (waiting, or in the
+    /// send in flight).
+    fn unsent(&self) -> usize {
+        self.waiting() + (self.flight.len() - self.flight_sent)
+    }
+
+    /// Ring mode: moves what waits into `flight` and returns the bytes to
+    /// send, unless a send is in flight or nothing waits.
+    fn take_flight(&mut self) -> Option<(*const u8, usize)> {
+        if self.in_flight {
+            return None;
+        }
+        self.marked = false;
+        if self.waiting() == 0 {
+            return None;
+        }
+        self.flight.clear();
+        if self.sent == 0 {
+            std::mem::swap(&mut self.flight, &mut self.backlog);
+        } else {
+            self.flight.extend_from_slice(&self.backlog[self.sent..]);
+            self.backlog.clear();
+            self.sent = 0;
+        }
+        self.flight_sent = 0;
+        self.in_flight = true;
+        Some((self.flight.as_ptr(), self.flight.len()))
     }
 }
 
@@ -247,8 +295,16 @@ impl Link {
     /// writers never interleave. For threads that may wait; an event loop
     /// uses [`Link::send`].
     pub fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
-        let mut out = self.write_lock.lock().expect("lock poisoned");
-        let out = &mut *out;
+        let mut guard = self.write_lock.lock().expect("lock poisoned");
+        if guard.ring.is_some() {
+            // The ring owns the socket: queue (nothing here may write it).
+            drop(guard);
+            return self.send(bytes, usize::MAX).map_err(|e| match e {
+                SendError::Io(e) => e,
+                other => std::io::Error::other(other.to_string()),
+            });
+        }
+        let out = &mut *guard;
         if out.waiting() > 0 {
             // A non-blocking send left bytes: they go first.
             (&self.sock).write_all(&out.backlog[out.sent..])?;
@@ -289,6 +345,131 @@ impl Link {
         }
     }
 
+    /// Hands the link to an io_uring loop: from now on nothing here writes
+    /// the socket; [`Link::send`] queues bytes and calls `hook.kick` with
+    /// the token when the ring must send them, and the ring takes them
+    /// with [`Link::ring_take`] and reports with [`Link::ring_sent`]. Bytes
+    /// already waiting are handed on (the ring looks at a new connection
+    /// at once).
+    pub(crate) fn attach_ring(&self, hook: RingHook) {
+        let mut out = self.write_lock.lock().expect("lock poisoned");
+        out.ring = Some(hook);
+    }
+
+    /// Ring mode: the bytes to send next (pointer and length into a buffer
+    /// this link keeps untouched until [`Link::ring_sent`] or
+    /// [`Link::ring_failed`]), or `None` if a send is in flight or nothing
+    /// waits.
+    pub(crate) fn ring_take(&self) -> Option<(*const u8, usize)> {
+        self.write_lock.lock().expect("lock poisoned").take_flight()
+    }
+
+    /// Ring mode: the send in flight took `n` bytes; returns the next
+    /// bytes to send (the rest of this one, or what waits), if any.
+    pub(crate) fn ring_sent(&self, n: usize) -> Option<(*const u8, usize)> {
+        let mut out = self.write_lock.lock().expect("lock poisoned");
+        out.flight_sent = (out.flight_sent + n).min(out.flight.len());
+        if out.flight_sent < out.flight.len() {
+            let rest = &out.flight[out.flight_sent..];
+            return Some((rest.as_ptr(), rest.len()));
+        }
+        out.in_flight = false;
+        out.flight.clear();
+        out.flight_sent = 0;
+        if out.flight.capacity() > WRITE_BUFFER_KEPT_BYTES {
+            out.flight = Vec::new();
+        }
+        out.take_flight()
+    }
+
+    /// Ring mode: the send in flight failed (the connection is closing);
+    /// its buffer is the link's again.
+    pub(crate) fn ring_failed(&self) {
+        let mut out = self.write_lock.lock().expect("lock poisoned");
+        out.in_flight = false;
+    }
+
+    /// Ring mode: queues `bytes` for the ring, within `backlog_max`.
+    fn ring_queue(out: &mut Outgoing, bytes: &[u8], backlog_max: usize) -> Result<(), SendError> {
+        let unsent = out.unsent();
+        if unsent > 0 && unsent + bytes.len() > backlog_max {
+            return Err(SendError::Backlogged {
+                waiting: unsent + bytes.len(),
+                max: backlog_max,
+            });
+        }
+        out.backlog.extend_from_slice(bytes);
+        if !out.in_flight && !out.marked && out.waiting() > 0 {
+            out.marked = true;
+            if let Some(hook) = &out.ring {
+                (hook.kick)(hook.token);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ring mode: feeds `bytes` read from the socket to the session (TLS)
+    /// and the plaintext to `dec`. `Ok(false)`: the peer closed the
+    /// session.
+    pub(crate) fn receive(
+        &self,
+        bytes: &[u8],
+        dec: &mut crate::frame::FrameDecoder,
+    ) -> std::io::Result<bool> {
+        let mut session = self.session.lock().expect("lock poisoned");
+        let Some(conn) = session.as_mut() else {
+            dec.push(bytes);
+            return Ok(true);
+        };
+        // Ciphertext a blocking read took before the ring did goes first.
+        let mut pending = self.pending.lock().expect("lock poisoned");
+        let earlier = std::mem::take(&mut pending.buf);
+        let (fed, filled) = (pending.fed, pending.filled);
+        pending.fed = 0;
+        pending.filled = 0;
+        drop(pending);
+        let earlier_rest = earlier.get(fed..filled).unwrap_or(&[]);
+        let mut plain = [0u8; 4096];
+        for mut rest in [earlier_rest, bytes] {
+            loop {
+                // Plaintext first: the session refuses ciphertext while
+                // its plaintext buffer is full.
+                loop {
+                    match conn.reader().read(&mut plain) {
+                        Ok(0) => return Ok(false),
+                        Ok(n) => dec.push(&plain[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                if rest.is_empty() {
+                    break;
+                }
+                if conn.read_tls(&mut rest)? == 0 {
+                    // The session takes no more and has nothing to give:
+                    // never spin on it.
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the TLS session refused more input",
+                    ));
+                }
+                if let Err(e) = conn.process_new_packets() {
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+                }
+            }
+        }
+        let answer = conn.wants_write();
+        drop(session);
+        if answer {
+            // What the session queued in answer (a key update) leaves now.
+            self.send(&[], usize::MAX).map_err(|e| match e {
+                SendError::Io(e) => e,
+                other => std::io::Error::other(other.to_string()),
+            })?;
+        }
+        Ok(true)
+    }
+
     /// Sends `bytes` without ever waiting for the socket (`MSG_DONTWAIT`,
     /// whatever the socket's mode): what the socket does not take now
     /// waits in the link's backlog, after anything already waiting, and
@@ -304,7 +485,11 @@ impl Link {
         let mut seal = std::mem::take(&mut out.seal);
         let sealed = self.seal(bytes, &mut seal)?;
         let bytes: &[u8] = if sealed { &seal } else { bytes };
-        let r = self.send_locked(out, bytes, backlog_max);
+        let r = if out.ring.is_some() {
+            Link::ring_queue(out, bytes, backlog_max)
+        } else {
+            self.send_locked(out, bytes, backlog_max)
+        };
         if seal.capacity() <= WRITE_BUFFER_KEPT_BYTES {
             out.seal = seal;
         }
@@ -378,6 +563,9 @@ impl Link {
     /// returns the bytes still waiting.
     pub fn flush(&self) -> std::io::Result<usize> {
         let mut out = self.write_lock.lock().expect("lock poisoned");
+        if out.ring.is_some() {
+            return Ok(out.unsent());
+        }
         if out.waiting() > 0 {
             self.flush_locked(&mut out)?;
         }
@@ -386,7 +574,12 @@ impl Link {
 
     /// Bytes waiting in the backlog.
     pub fn backlog(&self) -> usize {
-        self.write_lock.lock().expect("lock poisoned").waiting()
+        let out = self.write_lock.lock().expect("lock poisoned");
+        if out.ring.is_some() {
+            out.unsent()
+        } else {
+            out.waiting()
+        }
     }
 
     /// Reads plaintext into `buf`: `Ok(0)` when the peer closed, the

@@ -64,6 +64,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam::channel::{unbounded, Receiver, Sender};
 
 mod accept;
+mod uring;
 
 use crate::admission::{Admission, Limits, Ticket};
 use crate::frame::{Frame, FrameDecoder, FrameError};
@@ -103,6 +104,9 @@ pub struct TcpConfig {
     pub answer_backlog_bytes_max: usize,
     /// Read connections in the owner's thread (see the module docs).
     pub inline_io: bool,
+    /// Inline I/O through io_uring (`uring.rs`) rather than `epoll`; falls
+    /// back to `epoll` (logged) where the kernel refuses a ring.
+    pub io_uring: bool,
     /// Bounds on what inbound connections may hold ([`crate::admission`]).
     pub limits: Limits,
     /// Mutual TLS on every connection, and the ids it binds
@@ -130,6 +134,7 @@ impl TcpConfig {
             replica_backlog_bytes_max: 80 << 20,
             answer_backlog_bytes_max: 256 << 10,
             inline_io: false,
+            io_uring: true,
             limits: Limits::default(),
             tls: None,
             passes: None,
@@ -179,6 +184,24 @@ struct Inner {
 
 /// The owner-polled side of inline I/O.
 struct Inline {
+    io: InlineIo,
+    conns: Mutex<HashMap<mio::Token, InlineConn>>,
+    next_token: std::sync::atomic::AtomicUsize,
+    ready: Mutex<std::collections::VecDeque<Event>>,
+    /// When idle client connections were last looked for.
+    idle_sweep: Mutex<std::time::Instant>,
+}
+
+/// How the owner reads and writes its connections.
+enum InlineIo {
+    /// Readiness from `epoll`, then a system call per read and send.
+    Epoll(EpollIo),
+    /// Reads and sends as io_uring operations (`uring.rs`).
+    Uring(Box<uring::Uring>),
+}
+
+/// Inline I/O on `epoll` (through `mio`).
+struct EpollIo {
     poll: Mutex<mio::Poll>,
     /// `poll`'s epoll descriptor: readable while a connection (or the
     /// waker) has something for `next_event` ([`Transport::ready_fd`]).
@@ -188,17 +211,48 @@ struct Inline {
     scratch: Mutex<(Vec<u8>, mio::Events)>,
     registry: mio::Registry,
     waker: mio::Waker,
-    conns: Mutex<HashMap<mio::Token, InlineConn>>,
-    next_token: std::sync::atomic::AtomicUsize,
-    ready: Mutex<std::collections::VecDeque<Event>>,
-    /// When idle client connections were last looked for.
-    idle_sweep: Mutex<std::time::Instant>,
+}
+
+impl EpollIo {
+    fn new() -> std::io::Result<EpollIo> {
+        let poll = mio::Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let waker = mio::Waker::new(poll.registry(), WAKE)?;
+        // SAFETY: `poll` was just created and is alive for this whole
+        // statement, so its descriptor is open while borrowed; the dup is
+        // our own descriptor for the same epoll instance, owned by
+        // `EpollIo` (closed when the transport is).
+        let raw =
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&poll)) };
+        let epoll_fd = rustix::io::fcntl_dupfd_cloexec(raw, 0)?;
+        Ok(EpollIo {
+            epoll_fd,
+            poll: Mutex::new(poll),
+            scratch: Mutex::new((vec![0u8; 64 << 10], mio::Events::with_capacity(256))),
+            registry,
+            waker,
+        })
+    }
+}
+
+impl InlineIo {
+    /// Wakes the owner.
+    fn wake(&self) {
+        match self {
+            InlineIo::Epoll(e) => {
+                let _ = e.waker.wake();
+            }
+            InlineIo::Uring(u) => u.kick().wake(),
+        }
+    }
 }
 
 const WAKE: mio::Token = mio::Token(0);
 
 /// A connection read by the owner.
 struct InlineConn {
+    /// Its key in [`Inline::conns`] (and in the ring).
+    token: usize,
     stream: Arc<Link>,
     dec: FrameDecoder,
     peer: PeerId,
@@ -263,24 +317,23 @@ impl TcpTransport {
                 addr: local,
                 source,
             };
-            let poll = mio::Poll::new().map_err(io)?;
-            let registry = poll.registry().try_clone().map_err(io)?;
-            let waker = mio::Waker::new(poll.registry(), WAKE).map_err(io)?;
-            // SAFETY: `poll` was just created and is alive for this whole
-            // statement, so its descriptor is open while borrowed; the dup
-            // is our own descriptor for the same epoll instance, owned by
-            // `Inline` (closed when the transport is).
-            let raw = unsafe {
-                std::os::fd::BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&poll))
+            let ring = if cfg.io_uring {
+                match uring::Uring::new() {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "io_uring refused; connections are polled with epoll");
+                        None
+                    }
+                }
+            } else {
+                None
             };
-            let epoll_fd =
-                rustix::io::fcntl_dupfd_cloexec(raw, 0).map_err(|e| io(std::io::Error::from(e)))?;
+            let io = match ring {
+                Some(r) => InlineIo::Uring(Box::new(r)),
+                None => InlineIo::Epoll(EpollIo::new().map_err(io)?),
+            };
             Some(Inline {
-                epoll_fd,
-                poll: Mutex::new(poll),
-                scratch: Mutex::new((vec![0u8; 64 << 10], mio::Events::with_capacity(256))),
-                registry,
-                waker,
+                io,
                 conns: Mutex::new(HashMap::new()),
                 next_token: std::sync::atomic::AtomicUsize::new(1),
                 ready: Mutex::new(std::collections::VecDeque::new()),
@@ -362,7 +415,7 @@ impl TcpTransport {
         Box::new(move |ev| {
             let _ = inner.events.send(ev);
             if let Some(i) = &inner.inline {
-                let _ = i.waker.wake();
+                i.io.wake();
             }
         })
     }
@@ -508,9 +561,20 @@ impl Transport for TcpTransport {
         &self.events
     }
 
+    fn flush(&self) {
+        if let Some(inline) = self.inner.inline.as_ref() {
+            if let InlineIo::Uring(u) = &inline.io {
+                u.flush(&self.inner, inline);
+            }
+        }
+    }
+
     fn ready_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
-        self.inner.inline.as_ref().map(|i| i.epoll_fd.as_fd())
+        self.inner.inline.as_ref().map(|i| match &i.io {
+            InlineIo::Epoll(e) => e.epoll_fd.as_fd(),
+            InlineIo::Uring(u) => u.fd(),
+        })
     }
 
     fn next_event(&self, timeout: Duration) -> Option<Event> {
@@ -518,6 +582,9 @@ impl Transport for TcpTransport {
             return self.events.recv_timeout(timeout).ok();
         };
         let deadline = std::time::Instant::now() + timeout;
+        // What the owner sent since it last looked leaves before anything
+        // else (one submission with a ring).
+        self.flush();
         loop {
             if let Some(ev) = inline.ready.lock().expect("lock poisoned").pop_front() {
                 return Some(ev);
@@ -526,7 +593,13 @@ impl Transport for TcpTransport {
                 return Some(ev);
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            self.poll_inline(inline, left);
+            match &inline.io {
+                InlineIo::Epoll(e) => self.poll_inline(inline, e, left),
+                InlineIo::Uring(u) => {
+                    u.poll(&self.inner, inline, left);
+                    self.close_idle_clients(inline);
+                }
+            }
             if left.is_zero() {
                 // An event sink's event may have come with the wake-up
                 // this poll took.
@@ -745,7 +818,13 @@ fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, mut tic
     };
     let stream = Arc::new(stream);
     let first = read_frame(&stream, &mut dec, Some(&mut ticket), Some(deadline));
-    let Some((stream, dec, peer, writer)) = welcome(&inner, stream, dec, addr, &mut ticket, first)
+    let Some(Welcomed {
+        stream,
+        dec,
+        peer,
+        writer,
+        token,
+    }) = welcome(&inner, stream, dec, addr, &mut ticket, first)
     else {
         return;
     };
@@ -758,6 +837,7 @@ fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, mut tic
             addr,
             ConnKind::Inbound { writer },
             Some(ticket),
+            token,
         );
         return;
     }
@@ -776,6 +856,20 @@ fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, mut tic
     }
 }
 
+/// A connection [`welcome`] let in.
+struct Welcomed {
+    /// Read from.
+    stream: Arc<Link>,
+    /// Holds what came after the hello.
+    dec: FrameDecoder,
+    /// Who it is.
+    peer: PeerId,
+    /// Answered on (the same link).
+    writer: Arc<Link>,
+    /// Its token in the owner's poll ([`prepare`]).
+    token: usize,
+}
+
 /// What an inbound connection's first frame decides, once its TLS
 /// handshake (if any) is done: a hello from our cluster whose credential
 /// admits its id is answered with ours, within the bounds on clients, and
@@ -789,7 +883,7 @@ fn welcome(
     addr: SocketAddr,
     ticket: &mut Ticket,
     first: Result<Frame, ReadError>,
-) -> Option<(Arc<Link>, FrameDecoder, PeerId, Arc<Link>)> {
+) -> Option<Welcomed> {
     let inner = &**inner;
     let limits = inner.admission.limits();
     let (peer, wants_pass) = match first {
@@ -883,6 +977,8 @@ fn welcome(
         return None;
     }
     tracing::debug!(peer, %addr, "peer connected");
+    // From here on senders may use it: with a ring, through the ring.
+    let token = prepare(inner, &writer);
     // A peer we have no address for (a client) is answered on this
     // connection.
     inner
@@ -890,7 +986,13 @@ fn welcome(
         .lock()
         .expect("lock poisoned")
         .insert(peer, writer.clone());
-    Some((stream, dec, peer, writer))
+    Some(Welcomed {
+        stream,
+        dec,
+        peer,
+        writer,
+        token,
+    })
 }
 
 /// Answers a pass request ([`crate::rdma_pass`]) on a connection whose
@@ -1266,6 +1368,7 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
         }
         let _ = stream.socket().set_read_timeout(None);
         let reader = stream.clone();
+        let token;
         // Hand the connection over: what was queued first, in order.
         let generation = {
             let mut slot = out.slot.lock().expect("lock poisoned");
@@ -1299,6 +1402,7 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
                 sleep_unless_shutdown(&inner, backoff);
                 continue;
             }
+            token = prepare(&inner, &stream);
             slot.generation += 1;
             slot.stream = Some(stream);
             slot.generation
@@ -1319,6 +1423,7 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
                     generation,
                 },
                 None,
+                token,
             );
             // The owner reads it now; its close starts the next connector.
             return;
@@ -1337,8 +1442,24 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
     }
 }
 
-/// Hands a connection to the owner's poll (inline I/O): frames already
-/// buffered by the handshake are delivered first.
+/// Gives a connection about to be handed to senders its token in the
+/// owner's poll, and with a ring, puts it in ring mode (from then on the
+/// ring alone writes its socket). 0 without inline I/O.
+fn prepare(inner: &Inner, link: &Link) -> usize {
+    let Some(inline) = inner.inline.as_ref() else {
+        return 0;
+    };
+    let token = inline.next_token.fetch_add(1, Ordering::Relaxed);
+    if let InlineIo::Uring(u) = &inline.io {
+        u.attach(link, token);
+    }
+    token
+}
+
+/// Hands a connection to the owner's poll (inline I/O) under the token
+/// [`prepare`] gave it: frames already buffered by the handshake are
+/// delivered first.
+#[allow(clippy::too_many_arguments)]
 fn adopt(
     inner: &Arc<Inner>,
     stream: Arc<Link>,
@@ -1347,12 +1468,12 @@ fn adopt(
     addr: SocketAddr,
     kind: ConnKind,
     ticket: Option<Ticket>,
+    token: usize,
 ) {
     use std::os::fd::AsRawFd;
     let inline = inner.inline.as_ref().expect("inline I/O");
-    let nonblocking = stream.socket().set_nonblocking(true);
-    let token = mio::Token(inline.next_token.fetch_add(1, Ordering::Relaxed));
     let mut conn = InlineConn {
+        token,
         stream,
         dec,
         peer,
@@ -1361,7 +1482,27 @@ fn adopt(
         ticket,
         last_read: std::time::Instant::now(),
     };
-    if nonblocking.is_err() {
+    let epoll = match &inline.io {
+        InlineIo::Epoll(e) => e,
+        InlineIo::Uring(u) => {
+            // What came with the hello and sits in the session (the ring
+            // sees only what arrives from now on): into the decoder.
+            match conn.stream.receive(&[], &mut conn.dec) {
+                Ok(true) => {}
+                Ok(false) | Err(_) => {
+                    close(inner, conn);
+                    return;
+                }
+            }
+            if !drain_frames(inner, &mut conn) {
+                close(inner, conn);
+                return;
+            }
+            u.adopt(conn);
+            return;
+        }
+    };
+    if conn.stream.socket().set_nonblocking(true).is_err() {
         close(inner, conn);
         return;
     }
@@ -1403,18 +1544,18 @@ fn adopt(
     let fd = conn.stream.socket().as_raw_fd();
     // Writable too: a send the socket could not take all of waits in the
     // link's backlog, flushed when the socket drains.
-    if let Err(e) = inline.registry.register(
+    if let Err(e) = epoll.registry.register(
         &mut mio::unix::SourceFd(&fd),
-        token,
+        mio::Token(token),
         mio::Interest::READABLE | mio::Interest::WRITABLE,
     ) {
         tracing::warn!(peer, %addr, error = %e, "cannot poll a connection");
         close(inner, conn);
         return;
     }
-    conns.insert(token, conn);
+    conns.insert(mio::Token(token), conn);
     drop(conns);
-    let _ = inline.waker.wake();
+    let _ = epoll.waker.wake();
 }
 
 /// Handles the complete frames in a connection's decoder; false if the
@@ -1452,11 +1593,15 @@ fn drain_frames(inner: &Inner, conn: &mut InlineConn) -> bool {
 /// Forgets a connection the owner was reading.
 fn close(inner: &Arc<Inner>, conn: InlineConn) {
     use std::os::fd::AsRawFd;
-    if let Some(inline) = inner.inline.as_ref() {
-        let fd = conn.stream.socket().as_raw_fd();
-        let _ = inline.registry.deregister(&mut mio::unix::SourceFd(&fd));
-    }
     conn.stream.shutdown();
+    match inner.inline.as_ref().map(|i| &i.io) {
+        Some(InlineIo::Epoll(e)) => {
+            let fd = conn.stream.socket().as_raw_fd();
+            let _ = e.registry.deregister(&mut mio::unix::SourceFd(&fd));
+        }
+        Some(InlineIo::Uring(u)) => u.forget(conn.token),
+        None => {}
+    }
     untrack(inner, conn.addr);
     match conn.kind {
         ConnKind::Inbound { writer } => {
@@ -1495,11 +1640,11 @@ fn close(inner: &Arc<Inner>, conn: InlineConn) {
 impl TcpTransport {
     /// Inline I/O: waits up to `timeout` for readiness, reads every ready
     /// connection until it would block, and queues what arrived.
-    fn poll_inline(&self, inline: &Inline, timeout: Duration) {
-        let mut scratch = inline.scratch.lock().expect("lock poisoned");
+    fn poll_inline(&self, inline: &Inline, epoll: &EpollIo, timeout: Duration) {
+        let mut scratch = epoll.scratch.lock().expect("lock poisoned");
         let (buf, events) = &mut *scratch;
         {
-            let mut poll = inline.poll.lock().expect("lock poisoned");
+            let mut poll = epoll.poll.lock().expect("lock poisoned");
             if let Err(e) = poll.poll(events, Some(timeout)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     tracing::warn!(error = %e, "poll failed");

@@ -70,10 +70,12 @@ fn cred(dir: &Path, id: Identity) -> Tls {
     Tls::load(&CredentialFiles::in_dir(dir, id)).unwrap()
 }
 
-fn node(id: u64, tls: Tls, inline: bool) -> TcpTransport {
+/// `inline`: 0 reader threads, 1 inline on epoll, 2 inline on io_uring.
+fn node(id: u64, tls: Tls, inline: u8) -> TcpTransport {
     let mut cfg = TcpConfig::new(id, 5, loopback());
     cfg.tls = Some(tls);
-    cfg.inline_io = inline;
+    cfg.inline_io = inline > 0;
+    cfg.io_uring = inline == 2;
     TcpTransport::start(cfg).unwrap()
 }
 
@@ -118,7 +120,7 @@ fn wait_rejected(t: &TcpTransport, before: u64) {
 #[test]
 fn replicas_talk_over_mutual_tls_both_io_modes() {
     let d = dirs("pair");
-    for inline in [false, true] {
+    for inline in [0, 1, 2] {
         let a = node(1, cred(&d.good, Identity::Replica(1)), inline);
         let b = node(2, cred(&d.good, Identity::Replica(2)), inline);
         a.add_peer(2, b.local_addr());
@@ -137,6 +139,9 @@ fn replicas_talk_over_mutual_tls_both_io_modes() {
         }
         assert_eq!(next_message(&b, WAIT), Some((1, big)));
         b.send(1, Bytes::from_static(b"pong"));
+        // An inline transport sends when its owner flushes or polls (one
+        // submission per ready); only `a` is polled next.
+        b.flush();
         assert_eq!(
             next_message(&a, WAIT),
             Some((2, Bytes::from_static(b"pong")))
@@ -159,8 +164,8 @@ fn replicas_talk_over_mutual_tls_both_io_modes() {
 #[test]
 fn forged_and_unfit_credentials_are_refused() {
     let d = dirs("forged");
-    let server = node(2, cred(&d.good, Identity::Replica(2)), true);
-    let friend = node(1, cred(&d.good, Identity::Replica(1)), false);
+    let server = node(2, cred(&d.good, Identity::Replica(2)), 2);
+    let friend = node(1, cred(&d.good, Identity::Replica(1)), 0);
     friend.add_peer(2, server.local_addr());
     server.add_peer(1, friend.local_addr());
     friend.send(2, Bytes::from_static(b"hello"));
@@ -263,7 +268,7 @@ fn forged_and_unfit_credentials_are_refused() {
 #[test]
 fn only_a_replica_writes_configuration() {
     let d = dirs("writes");
-    let target = node(MASTER_BIT | 1, cred(&d.good, Identity::Master), false);
+    let target = node(MASTER_BIT | 1, cred(&d.good, Identity::Master), 0);
     let region = Arc::new(BufferRegion::new(32));
     target.register_region(1, region.clone());
     let mut cfg = TcpConfig::new(MASTER_BIT | 2, 5, loopback());
@@ -278,7 +283,7 @@ fn only_a_replica_writes_configuration() {
         Some(WriteStatus::Landed)
     );
     assert_eq!(&region.snapshot()[..4], &[0; 4]);
-    let replica = node(1, cred(&d.good, Identity::Replica(1)), false);
+    let replica = node(1, cred(&d.good, Identity::Replica(1)), 0);
     replica.add_peer(MASTER_BIT | 1, target.local_addr());
     let id = replica.write(MASTER_BIT | 1, 1, 0, Bytes::from_static(b"good"));
     assert_eq!(wait_write(&replica, &target, id), Some(WriteStatus::Landed));
@@ -333,7 +338,7 @@ fn a_trickled_handshake_ends_at_its_deadline() {
 #[test]
 fn a_forged_write_acknowledgement_is_refused() {
     let d = dirs("ack");
-    let target = node(1, cred(&d.good, Identity::Replica(1)), false);
+    let target = node(1, cred(&d.good, Identity::Replica(1)), 0);
     let before = target.rejected_connections();
     // A transport sends acks only for writes it received: forge one with
     // a bare TLS connection.
@@ -444,11 +449,11 @@ fn rdma_passes_go_only_to_authenticated_replicas() {
     assert_eq!(book.issued(), 1, "nothing more was issued");
 
     // A node without a book refuses pass requests.
-    let plain = node(4, cred(&d.good, Identity::Replica(2)), false);
+    let plain = node(4, cred(&d.good, Identity::Replica(2)), 0);
     assert!(fetch_pass(plain.local_addr(), 1, 5, Some(&r1), 2, t).is_err());
 
     // The issuer kept serving: replica 1 still talks to it.
-    let a = node(1, r1, false);
+    let a = node(1, r1, 0);
     a.add_peer(2, at);
     a.send(2, Bytes::from_static(b"still here"));
     let (from, p) = next_message(&issuer, WAIT).expect("the issuer still serves");

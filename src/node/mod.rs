@@ -498,6 +498,8 @@ impl<T: Transport> CoordinatorNode<T> {
                 }
             }
         }
+        // Everything this ready sent leaves now, in one submission.
+        self.transport.flush();
         Ok(())
     }
 }

@@ -308,8 +308,13 @@ fn finish(inner: &Arc<Inner>, poll: &Poll, mut h: Handshake, step: Step) {
                 untrack(inner, h.addr);
                 return;
             };
-            if let Some((stream, dec, peer, writer)) =
-                welcome(inner, link, h.dec, h.addr, &mut h.ticket, first)
+            if let Some(super::Welcomed {
+                stream,
+                dec,
+                peer,
+                writer,
+                token,
+            }) = welcome(inner, link, h.dec, h.addr, &mut h.ticket, first)
             {
                 adopt(
                     inner,
@@ -319,6 +324,7 @@ fn finish(inner: &Arc<Inner>, poll: &Poll, mut h: Handshake, step: Step) {
                     h.addr,
                     ConnKind::Inbound { writer },
                     Some(h.ticket),
+                    token,
                 );
             }
         }

@@ -1,0 +1,546 @@
+//! Inline I/O on io_uring: the owner's thread reads and writes every
+//! welcomed connection through one ring, instead of `epoll` readiness
+//! followed by a `read` or `send` system call per connection.
+//!
+//! # What the ring does
+//!
+//! - **Receives.** Each connection has one `Recv` in flight into a buffer
+//!   of its own (64 KiB for a replica, 4 KiB for anyone else: a client's
+//!   requests are small, and up to `client_conns_max` of them may be
+//!   connected). Its completion carries the bytes; they go through the
+//!   TLS session, if any, into the connection's frame decoder, and the
+//!   `Recv` is armed again. A completion of zero bytes is the peer's close.
+//! - **Sends.** A sender never touches the socket: [`Link::send`] seals
+//!   the frame into the link's backlog (bounded, as on epoll) and, the
+//!   first time bytes wait, marks the connection dirty. Before the owner
+//!   waits it turns every dirty connection into one `Send` of everything
+//!   waiting (at most one in flight per connection, so bytes leave in
+//!   order), and one `io_uring_enter` submits them all: the sends of a
+//!   whole ready cost one system call.
+//! - **Wake-ups.** Other threads (the accept loop handing over a
+//!   connection, a connector, an event sink) queue their work and write
+//!   an eventfd the ring polls (multishot `PollAdd`); the owner's own
+//!   sends need no wake-up.
+//!
+//! # Buffers the kernel holds
+//!
+//! A `Recv`'s buffer and a `Send`'s bytes are read or written by the
+//! kernel until the operation's completion arrives. Both live in the
+//! connection's [`Ops`] (the receive buffer, and an `Arc` of the link
+//! whose `flight` buffer is not touched while a send is in flight), which
+//! is dropped only once nothing is in flight for it: a closed connection
+//! is shut down, its operations complete (with zero or an error), and only
+//! then are its buffers freed. When the transport is dropped, the ring
+//! waits (bounded) for what is still in flight and leaks the buffers of
+//! anything that never completes rather than free memory the kernel may
+//! still write.
+//!
+//! The owner may instead wait on the ring's descriptor ([`Uring::fd`],
+//! readable while completions wait) beside other descriptors, as the
+//! coordinator's driver does with its disk.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use super::{close, drain_frames, Inline, InlineConn, Inner};
+use crate::link::{Link, RingHook};
+use crate::tls::PeerClass;
+
+/// Submission queue entries; completions get four times as many (every
+/// connection keeps a receive in flight).
+const RING_ENTRIES: u32 = 1024;
+/// A replica's receive buffer: a burst of appends in one completion.
+const RECV_REPLICA_BYTES: usize = 64 << 10;
+/// Anyone else's (clients, masters): small requests and acknowledgements.
+const RECV_OTHER_BYTES: usize = 4 << 10;
+
+/// What a completion is for: the kind in the top byte of `user_data`, the
+/// connection's token below.
+const KIND_SHIFT: u32 = 56;
+const KIND_WAKE: u64 = 1;
+const KIND_RECV: u64 = 2;
+const KIND_SEND: u64 = 3;
+const TOKEN_MASK: u64 = (1 << KIND_SHIFT) - 1;
+
+/// The owner's ring (see the module docs).
+pub(super) struct Uring {
+    core: Mutex<Core>,
+    kick: Arc<Kick>,
+    /// A second descriptor for the ring, for waiting on it from outside.
+    fd: OwnedFd,
+}
+
+/// What other threads hand the owner.
+pub(super) struct Kick {
+    /// Connections with bytes waiting and no send in flight.
+    dirty: Mutex<Vec<usize>>,
+    /// Welcomed connections to start reading.
+    adopted: Mutex<Vec<InlineConn>>,
+    eventfd: OwnedFd,
+    /// The thread that runs the ring (its own marks need no wake-up).
+    owner: OnceLock<ThreadId>,
+}
+
+impl Kick {
+    /// Wakes the owner (from any thread).
+    pub(super) fn wake(&self) {
+        let _ = rustix::io::write(&self.eventfd, &1u64.to_ne_bytes());
+    }
+
+    fn mark(&self, token: usize) {
+        self.dirty.lock().expect("lock poisoned").push(token);
+        if self.owner.get() != Some(&std::thread::current().id()) {
+            self.wake();
+        }
+    }
+}
+
+/// The ring and what it has in flight; the owner's alone.
+struct Core {
+    ring: IoUring,
+    ops: HashMap<usize, Ops>,
+    wake_armed: bool,
+    /// Completions copied out of the ring (reused).
+    done: Vec<(u64, i32, u32)>,
+}
+
+/// One connection's operations in flight, and the memory they use.
+struct Ops {
+    link: Arc<Link>,
+    buf: Box<[u8]>,
+    recv_armed: bool,
+    send_armed: bool,
+    /// The connection is still read (false: closing, waiting for what is
+    /// in flight before its buffers go).
+    open: bool,
+}
+
+impl Ops {
+    fn idle(&self) -> bool {
+        !self.recv_armed && !self.send_armed
+    }
+}
+
+impl Uring {
+    /// A ring, or why the kernel refuses one.
+    pub(super) fn new() -> std::io::Result<Uring> {
+        let ring = IoUring::builder()
+            .setup_cqsize(RING_ENTRIES * 4)
+            .build(RING_ENTRIES)?;
+        let eventfd = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        let fd = rustix::io::fcntl_dupfd_cloexec(ring.as_fd(), 0)?;
+        Ok(Uring {
+            core: Mutex::new(Core {
+                ring,
+                ops: HashMap::new(),
+                wake_armed: false,
+                done: Vec::new(),
+            }),
+            kick: Arc::new(Kick {
+                dirty: Mutex::new(Vec::new()),
+                adopted: Mutex::new(Vec::new()),
+                eventfd,
+                owner: OnceLock::new(),
+            }),
+            fd,
+        })
+    }
+
+    /// The ring's descriptor: readable while completions wait.
+    pub(super) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub(super) fn kick(&self) -> &Kick {
+        &self.kick
+    }
+
+    /// Puts `link` in ring mode under `token`: from now on its bytes are
+    /// sent by the ring.
+    pub(super) fn attach(&self, link: &Link, token: usize) {
+        let kick = self.kick.clone();
+        link.attach_ring(RingHook {
+            token,
+            kick: Arc::new(move |t| kick.mark(t)),
+        });
+    }
+
+    /// Hands a welcomed connection to the owner (from any thread).
+    pub(super) fn adopt(&self, conn: InlineConn) {
+        self.kick.adopted.lock().expect("lock poisoned").push(conn);
+        self.kick.wake();
+    }
+
+    /// Forgets a closed connection: its buffers go once nothing is in
+    /// flight for it (the caller has shut its socket down).
+    pub(super) fn forget(&self, token: usize) {
+        let mut core = self.core.lock().expect("lock poisoned");
+        if let Some(ops) = core.ops.get_mut(&token) {
+            ops.open = false;
+            if ops.idle() {
+                core.ops.remove(&token);
+            }
+        }
+    }
+
+    /// Submits what waits to be sent (every dirty connection's bytes, in
+    /// one system call). The owner calls it before waiting elsewhere.
+    pub(super) fn flush(&self, inner: &Arc<Inner>, inline: &Inline) {
+        self.owner();
+        let mut core = self.core.lock().expect("lock poisoned");
+        self.stage(inner, inline, &mut core);
+        submit(&mut core.ring);
+    }
+
+    fn owner(&self) {
+        let _ = self.kick.owner.get_or_init(|| std::thread::current().id());
+    }
+
+    /// The owner's turn: submits what waits, waits up to `timeout` for a
+    /// completion, and handles every completion there is (frames go to
+    /// `inline.ready`).
+    pub(super) fn poll(&self, inner: &Arc<Inner>, inline: &Inline, timeout: Duration) {
+        self.owner();
+        let mut closing = Vec::new();
+        {
+            let mut core = self.core.lock().expect("lock poisoned");
+            self.stage(inner, inline, &mut core);
+            let waiting = !core.ring.completion().is_empty();
+            let r = if timeout.is_zero() || waiting {
+                submit(&mut core.ring);
+                Ok(0)
+            } else {
+                let ts = types::Timespec::from(timeout);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                core.ring.submitter().submit_with_args(1, &args)
+            };
+            match r {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc_errno::ETIME | libc_errno::EINTR | libc_errno::EBUSY)
+                    ) => {}
+                Err(e) => tracing::warn!(error = %e, "io_uring wait failed"),
+            }
+            loop {
+                let core = &mut *core;
+                core.done.clear();
+                core.done.extend(
+                    core.ring
+                        .completion()
+                        .map(|c| (c.user_data(), c.result(), c.flags())),
+                );
+                if core.done.is_empty() {
+                    break;
+                }
+                let done = std::mem::take(&mut core.done);
+                for &(data, res, flags) in &done {
+                    self.complete(inner, inline, core, data, res, flags, &mut closing);
+                }
+                core.done = done;
+                self.stage(inner, inline, core);
+                submit(&mut core.ring);
+            }
+        }
+        for conn in closing {
+            close(inner, conn);
+        }
+    }
+
+    /// Starts reading adopted connections and sending what dirty ones
+    /// hold.
+    fn stage(&self, inner: &Arc<Inner>, inline: &Inline, core: &mut Core) {
+        if !core.wake_armed {
+            let poll = opcode::PollAdd::new(
+                types::Fd(std::os::fd::AsRawFd::as_raw_fd(&self.kick.eventfd)),
+                rustix::event::PollFlags::IN.bits() as u32,
+            )
+            .multi(true)
+            .build()
+            .user_data(KIND_WAKE << KIND_SHIFT);
+            // SAFETY: a poll reads no memory of ours; the eventfd lives as
+            // long as the ring (both are fields of `Uring`).
+            unsafe { push(&mut core.ring, &poll) };
+            core.wake_armed = true;
+        }
+        let adopted = std::mem::take(&mut *self.kick.adopted.lock().expect("lock poisoned"));
+        if !adopted.is_empty() {
+            let mut conns = inline.conns.lock().expect("lock poisoned");
+            for conn in adopted {
+                let token = conn.token;
+                let size = match PeerClass::of(conn.peer) {
+                    PeerClass::Replica(_) => RECV_REPLICA_BYTES,
+                    _ => RECV_OTHER_BYTES,
+                };
+                let mut ops = Ops {
+                    link: conn.stream.clone(),
+                    buf: vec![0u8; size].into_boxed_slice(),
+                    recv_armed: false,
+                    send_armed: false,
+                    open: true,
+                };
+                arm_recv(&mut core.ring, token, &mut ops);
+                if let Some(bytes) = ops.link.ring_take() {
+                    arm_send(&mut core.ring, token, &mut ops, bytes);
+                }
+                core.ops.insert(token, ops);
+                conns.insert(mio::Token(token), conn);
+            }
+        }
+        let dirty = std::mem::take(&mut *self.kick.dirty.lock().expect("lock poisoned"));
+        for token in dirty {
+            let Some(ops) = core.ops.get_mut(&token) else {
+                // Not adopted yet: its bytes go when it is.
+                continue;
+            };
+            if !ops.open || ops.send_armed {
+                continue;
+            }
+            if let Some(bytes) = ops.link.ring_take() {
+                arm_send(&mut core.ring, token, ops, bytes);
+            }
+        }
+        let _ = inner;
+    }
+
+    /// Handles one completion.
+    #[allow(clippy::too_many_arguments)]
+    fn complete(
+        &self,
+        inner: &Arc<Inner>,
+        inline: &Inline,
+        core: &mut Core,
+        data: u64,
+        res: i32,
+        flags: u32,
+        closing: &mut Vec<InlineConn>,
+    ) {
+        let token = (data & TOKEN_MASK) as usize;
+        match data >> KIND_SHIFT {
+            KIND_WAKE => {
+                let mut b = [0u8; 8];
+                let _ = rustix::io::read(&self.kick.eventfd, &mut b);
+                if !io_uring::cqueue::more(flags) {
+                    core.wake_armed = false;
+                }
+            }
+            KIND_RECV => {
+                let Some(ops) = core.ops.get_mut(&token) else {
+                    return;
+                };
+                ops.recv_armed = false;
+                if !ops.open {
+                    if ops.idle() {
+                        core.ops.remove(&token);
+                    }
+                    return;
+                }
+                let mut conns = inline.conns.lock().expect("lock poisoned");
+                let Some(conn) = conns.get_mut(&mio::Token(token)) else {
+                    return;
+                };
+                let keep = if res > 0 {
+                    conn.last_read = Instant::now();
+                    received(inner, conn, &ops.buf[..res as usize])
+                } else if res == 0 {
+                    if !inner.shutdown.load(Ordering::SeqCst) {
+                        tracing::info!(peer = conn.peer, addr = %conn.addr, "connection closed");
+                    }
+                    false
+                } else if matches!(-res, libc_errno::EINTR | libc_errno::EAGAIN) {
+                    true
+                } else {
+                    let e = std::io::Error::from_raw_os_error(-res);
+                    tracing::info!(peer = conn.peer, addr = %conn.addr, error = %e, "connection failed");
+                    false
+                };
+                if keep {
+                    arm_recv(&mut core.ring, token, ops);
+                } else {
+                    closing.extend(conns.remove(&mio::Token(token)));
+                }
+            }
+            KIND_SEND => {
+                let Some(ops) = core.ops.get_mut(&token) else {
+                    return;
+                };
+                ops.send_armed = false;
+                if !ops.open {
+                    ops.link.ring_failed();
+                    if ops.idle() {
+                        core.ops.remove(&token);
+                    }
+                    return;
+                }
+                if res >= 0 {
+                    if let Some(bytes) = ops.link.ring_sent(res as usize) {
+                        arm_send(&mut core.ring, token, ops, bytes);
+                    }
+                    return;
+                }
+                ops.link.ring_failed();
+                let e = std::io::Error::from_raw_os_error(-res);
+                let mut conns = inline.conns.lock().expect("lock poisoned");
+                if let Some(conn) = conns.remove(&mio::Token(token)) {
+                    tracing::info!(peer = conn.peer, addr = %conn.addr, error = %e, "connection failed");
+                    closing.push(conn);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Bytes a receive brought: through the session into the decoder, frames
+/// handled, bounds checked. False: close the connection.
+fn received(inner: &Arc<Inner>, conn: &mut InlineConn, bytes: &[u8]) -> bool {
+    match conn.stream.receive(bytes, &mut conn.dec) {
+        Ok(true) => {}
+        Ok(false) => {
+            if !inner.shutdown.load(Ordering::SeqCst) {
+                tracing::info!(peer = conn.peer, addr = %conn.addr, "connection closed");
+            }
+            return false;
+        }
+        Err(e) => {
+            tracing::info!(peer = conn.peer, addr = %conn.addr, error = %e, "connection failed");
+            return false;
+        }
+    }
+    if !drain_frames(inner, conn) {
+        return false;
+    }
+    if let Some(t) = conn.ticket.as_mut() {
+        if let Err(why) = t.account(conn.dec.buffered()) {
+            inner.admission.note_refusal(conn.addr, why);
+            return false;
+        }
+    }
+    true
+}
+
+fn arm_recv(ring: &mut IoUring, token: usize, ops: &mut Ops) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(ops.link.socket());
+    let len = ops.buf.len() as u32;
+    let recv = opcode::Recv::new(types::Fd(fd), ops.buf.as_mut_ptr(), len)
+        .build()
+        .user_data((KIND_RECV << KIND_SHIFT) | token as u64);
+    // SAFETY: the kernel writes `ops.buf` until this receive completes.
+    // `ops` (with the buffer, a heap allocation that never moves, and the
+    // link that keeps the socket open) stays in `Core::ops` until a
+    // completion has cleared `recv_armed` (see `Ops::idle` and `Drop`).
+    unsafe { push(ring, &recv) };
+    ops.recv_armed = true;
+}
+
+fn arm_send(ring: &mut IoUring, token: usize, ops: &mut Ops, (ptr, len): (*const u8, usize)) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(ops.link.socket());
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    let send = opcode::Send::new(types::Fd(fd), ptr, len)
+        .flags(libc_errno::MSG_NOSIGNAL)
+        .build()
+        .user_data((KIND_SEND << KIND_SHIFT) | token as u64);
+    // SAFETY: `ptr..ptr+len` lies in the link's `flight` buffer, which
+    // the link leaves untouched while a send is in flight (`in_flight`,
+    // cleared only by `ring_sent`/`ring_failed`, called on this send's
+    // completion); the link is kept alive by `ops.link` in `Core::ops`
+    // until that completion.
+    unsafe { push(ring, &send) };
+    ops.send_armed = true;
+}
+
+/// Submits what is queued, if anything (an empty submission would still
+/// cost a system call).
+fn submit(ring: &mut IoUring) {
+    if ring.submission().is_empty() {
+        return;
+    }
+    if let Err(e) = ring.submit() {
+        tracing::warn!(error = %e, "io_uring submit failed");
+    }
+}
+
+/// Queues an entry, submitting first if the queue is full.
+///
+/// # Safety
+/// The memory the entry points to must stay valid until its completion.
+unsafe fn push(ring: &mut IoUring, entry: &squeue::Entry) {
+    loop {
+        // SAFETY: forwarded from the caller.
+        if unsafe { ring.submission().push(entry) }.is_ok() {
+            return;
+        }
+        if let Err(e) = ring.submit() {
+            tracing::warn!(error = %e, "io_uring submit failed");
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        // Connections never adopted hold links whose hooks hold the kick:
+        // let them go (else the cycle would leak them).
+        for conn in std::mem::take(&mut *self.kick.adopted.lock().expect("lock poisoned")) {
+            conn.stream.shutdown();
+        }
+        let core = self.core.get_mut().expect("lock poisoned");
+        for ops in core.ops.values() {
+            ops.link.shutdown();
+        }
+        // Shut-down sockets complete their receives and sends promptly;
+        // wait for them (bounded) before the buffers go.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while core.ops.values().any(|o| !o.idle()) && Instant::now() < deadline {
+            let ts = types::Timespec::from(Duration::from_millis(10));
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = core.ring.submitter().submit_with_args(1, &args);
+            let done: Vec<_> = core
+                .ring
+                .completion()
+                .map(|c| (c.user_data() >> KIND_SHIFT, c.user_data() & TOKEN_MASK))
+                .collect();
+            for (kind, token) in done {
+                if let Some(ops) = core.ops.get_mut(&(token as usize)) {
+                    match kind {
+                        KIND_RECV => ops.recv_armed = false,
+                        KIND_SEND => ops.send_armed = false,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let stuck: Vec<usize> = core
+            .ops
+            .iter()
+            .filter(|(_, o)| !o.idle())
+            .map(|(t, _)| *t)
+            .collect();
+        for t in stuck {
+            // Never completed: the kernel may still use its memory.
+            if let Some(ops) = core.ops.remove(&t) {
+                std::mem::forget(ops);
+            }
+        }
+    }
+}
+
+/// The Linux constants used here, as the raw numbers completions carry.
+mod libc_errno {
+    use rustix::io::Errno;
+    pub const EINTR: i32 = Errno::INTR.raw_os_error();
+    pub const EAGAIN: i32 = Errno::AGAIN.raw_os_error();
+    pub const EBUSY: i32 = Errno::BUSY.raw_os_error();
+    pub const ETIME: i32 = Errno::TIME.raw_os_error();
+    pub const MSG_NOSIGNAL: i32 = rustix::net::SendFlags::NOSIGNAL.bits() as i32;
+}
