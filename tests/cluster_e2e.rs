@@ -115,7 +115,8 @@ fn leader_kill_during_an_operation_stream() {
 /// served; a new master process enlists as a new server.
 #[test]
 fn master_kill_moves_its_tablets() {
-    let mut c = cluster("masterkill", 3, &[]);
+    // Masters' and clients' connections on an I/O thread of their own.
+    let mut c = cluster("masterkill", 3, &["--cores", "2"]);
     c.wait_ready(3, LIMIT).unwrap();
     let mut ctl = c.ctl(Duration::from_secs(5));
     let created = ctl
@@ -195,7 +196,8 @@ fn garbage_on_every_port_is_refused_and_the_cluster_serves() {
 
     // Without TLS, so that the garbage reaches the frame decoders (with
     // TLS it ends at the handshake: tests/security.rs).
-    let mut c = cluster("garbage", 2, &["--insecure"]);
+    // The I/O thread's connections take garbage too.
+    let mut c = cluster("garbage", 2, &["--insecure", "--cores", "2"]);
     c.wait_ready(2, LIMIT).unwrap();
     let mut ctl = c.ctl(Duration::from_secs(5));
     ctl.operate(Request::CreateTable {
@@ -305,7 +307,8 @@ fn garbage_on_every_port_is_refused_and_the_cluster_serves() {
 fn restarted_and_replaced_replicas_rejoin() {
     // A short log between snapshots: the replacement is caught up by a
     // snapshot, the restarted replica restores one.
-    let mut c = cluster("rejoin", 2, &["--snapshot-entries", "8"]);
+    // On epoll (the fallback where io_uring is refused).
+    let mut c = cluster("rejoin", 2, &["--snapshot-entries", "8", "--io", "epoll"]);
     let leader = c.wait_ready(2, LIMIT).unwrap();
     let mut ctl = c.ctl(Duration::from_secs(10));
     let follower = (1..=3).find(|i| *i != leader.id).unwrap();

@@ -190,6 +190,8 @@ pub struct Setup<'a> {
     pub tls: bool,
     /// `--io`: uring or epoll.
     pub io: &'a str,
+    /// `--cores`.
+    pub cores: u16,
 }
 
 /// The `commit` scenario for one durability mode.
@@ -205,12 +207,15 @@ pub fn commit(
         durability,
         tls,
         io,
+        cores,
     } = *setup;
     let args = vec![
         "--durability".to_string(),
         durability.to_string(),
         "--io".to_string(),
         io.to_string(),
+        "--cores".to_string(),
+        cores.to_string(),
     ];
     let name = if tls {
         format!("commit-{durability}")

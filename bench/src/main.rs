@@ -119,6 +119,10 @@ enum Scenario {
         /// or epoll.
         #[arg(long, default_value = "uring")]
         io: String,
+        /// The replicas' event-loop threads (`ramcoord coordinator
+        /// --cores`).
+        #[arg(long, default_value_t = 1)]
+        cores: u16,
     },
     /// What mutual TLS costs the commit point: a TLS cluster and an
     /// --insecure one side by side, one client alternating operations
@@ -306,6 +310,7 @@ loopback RTT 64 B        {}
             json,
             insecure,
             io,
+            cores,
         } => {
             if durability != "fsync" && durability != "memory" {
                 fail(format!("--durability {durability}: fsync or memory"));
@@ -317,6 +322,7 @@ loopback RTT 64 B        {}
                 durability: &durability,
                 tls: !insecure,
                 io: &io,
+                cores,
             };
             let r = cluster::commit(
                 &dir,
@@ -496,6 +502,7 @@ serializable read       {}
                         durability: d,
                         tls,
                         io: "uring",
+                        cores: 1,
                     };
                     let c = cluster::commit(
                         &dir,

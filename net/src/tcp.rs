@@ -107,6 +107,12 @@ pub struct TcpConfig {
     /// Inline I/O through io_uring (`uring.rs`) rather than `epoll`; falls
     /// back to `epoll` (logged) where the kernel refuses a ring.
     pub io_uring: bool,
+    /// Inline I/O on io_uring: threads besides the owner's, each with a
+    /// ring of its own, that read and write every connection that is not
+    /// to a coordinator replica (clients, masters): their decoding, TLS and
+    /// sends leave the owner's thread, and what they receive reaches the
+    /// owner through a bounded queue. 0: the owner does all of it.
+    pub io_threads: usize,
     /// Bounds on what inbound connections may hold ([`crate::admission`]).
     pub limits: Limits,
     /// Mutual TLS on every connection, and the ids it binds
@@ -135,6 +141,7 @@ impl TcpConfig {
             answer_backlog_bytes_max: 256 << 10,
             inline_io: false,
             io_uring: true,
+            io_threads: 0,
             limits: Limits::default(),
             tls: None,
             passes: None,
@@ -185,6 +192,8 @@ struct Inner {
 /// The owner-polled side of inline I/O.
 struct Inline {
     io: InlineIo,
+    /// The I/O threads' rings ([`TcpConfig::io_threads`]; ring `i + 1`).
+    helpers: Vec<Box<uring::Uring>>,
     conns: Mutex<HashMap<mio::Token, InlineConn>>,
     next_token: std::sync::atomic::AtomicUsize,
     ready: Mutex<std::collections::VecDeque<Event>>,
@@ -318,7 +327,7 @@ impl TcpTransport {
                 source,
             };
             let ring = if cfg.io_uring {
-                match uring::Uring::new() {
+                match uring::Uring::new(false) {
                     Ok(r) => Some(r),
                     Err(e) => {
                         tracing::warn!(error = %e, "io_uring refused; connections are polled with epoll");
@@ -328,12 +337,24 @@ impl TcpTransport {
             } else {
                 None
             };
+            let mut helpers = Vec::new();
+            if ring.is_some() {
+                for _ in 0..cfg.io_threads {
+                    helpers.push(Box::new(uring::Uring::new(true).map_err(io)?));
+                }
+            } else if cfg.io_threads > 0 {
+                tracing::warn!(
+                    io_threads = cfg.io_threads,
+                    "I/O threads need io_uring: the owner does all the I/O"
+                );
+            }
             let io = match ring {
                 Some(r) => InlineIo::Uring(Box::new(r)),
                 None => InlineIo::Epoll(EpollIo::new().map_err(io)?),
             };
             Some(Inline {
                 io,
+                helpers,
                 conns: Mutex::new(HashMap::new()),
                 next_token: std::sync::atomic::AtomicUsize::new(1),
                 ready: Mutex::new(std::collections::VecDeque::new()),
@@ -372,10 +393,16 @@ impl TcpTransport {
             listener: listener_handle,
         });
         let i = inner.clone();
-        if inner.inline.is_some() {
+        if let Some(inline) = inner.inline.as_ref() {
             spawn(&inner, "net-accept", move || {
                 accept::accept_loop(i, listener)
             });
+            for n in 0..inline.helpers.len() {
+                let i = inner.clone();
+                spawn(&inner, &format!("net-io-{}", n + 1), move || {
+                    io_thread(&i, n)
+                });
+            }
         } else {
             spawn(&inner, "net-listen", move || accept_loop(i, listener));
         }
@@ -597,7 +624,7 @@ impl Transport for TcpTransport {
                 InlineIo::Epoll(e) => self.poll_inline(inline, e, left),
                 InlineIo::Uring(u) => {
                     u.poll(&self.inner, inline, left);
-                    self.close_idle_clients(inline);
+                    close_idle_clients(&self.inner, inline);
                 }
             }
             if left.is_zero() {
@@ -613,6 +640,11 @@ impl Transport for TcpTransport {
 impl Drop for TcpTransport {
     fn drop(&mut self) {
         self.inner.shutdown.store(true, Ordering::SeqCst);
+        if let Some(inline) = &self.inner.inline {
+            for h in &inline.helpers {
+                h.kick().wake();
+            }
+        }
         // Wakes the accept thread (a shut-down listening socket fails
         // `accept` at once on Linux).
         let _ = rustix::net::shutdown(&self.inner.listener, rustix::net::Shutdown::Both);
@@ -978,7 +1010,7 @@ fn welcome(
     }
     tracing::debug!(peer, %addr, "peer connected");
     // From here on senders may use it: with a ring, through the ring.
-    let token = prepare(inner, &writer);
+    let token = prepare(inner, &writer, peer);
     // A peer we have no address for (a client) is answered on this
     // connection.
     inner
@@ -1402,7 +1434,7 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
                 sleep_unless_shutdown(&inner, backoff);
                 continue;
             }
-            token = prepare(&inner, &stream);
+            token = prepare(&inner, &stream, peer);
             slot.generation += 1;
             slot.stream = Some(stream);
             slot.generation
@@ -1445,15 +1477,49 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
 /// Gives a connection about to be handed to senders its token in the
 /// owner's poll, and with a ring, puts it in ring mode (from then on the
 /// ring alone writes its socket). 0 without inline I/O.
-fn prepare(inner: &Inner, link: &Link) -> usize {
+fn prepare(inner: &Inner, link: &Link, peer: PeerId) -> usize {
     let Some(inline) = inner.inline.as_ref() else {
         return 0;
     };
     let token = inline.next_token.fetch_add(1, Ordering::Relaxed);
-    if let InlineIo::Uring(u) = &inline.io {
+    if let Some(u) = inline.ring_of(peer, token) {
         u.attach(link, token);
     }
     token
+}
+
+impl Inline {
+    /// The ring that runs connection `token` to `peer`: the owner's for a
+    /// coordinator replica (the commit path stays on one thread), an I/O
+    /// thread's for anyone else, spread by token. `None`: epoll.
+    fn ring_of(&self, peer: PeerId, token: usize) -> Option<&uring::Uring> {
+        let InlineIo::Uring(own) = &self.io else {
+            return None;
+        };
+        if self.helpers.is_empty() || matches!(PeerClass::of(peer), PeerClass::Replica(_)) {
+            return Some(own);
+        }
+        Some(&self.helpers[token % self.helpers.len()])
+    }
+}
+
+/// Events the I/O threads may queue for the owner; past it they stop
+/// reading clients and masters (their TCP windows close) until the owner
+/// catches up.
+const READY_EVENTS_MAX: usize = 8192;
+
+/// An I/O thread ([`TcpConfig::io_threads`]): runs ring `n + 1` until the
+/// transport shuts down, and wakes the owner when it queued events.
+fn io_thread(inner: &Arc<Inner>, n: usize) {
+    let inline = inner.inline.as_ref().expect("inline I/O");
+    let ring = &inline.helpers[n];
+    while !inner.shutdown.load(Ordering::SeqCst) {
+        ring.poll(inner, inline, Duration::from_millis(100));
+        if !inline.ready.lock().expect("lock poisoned").is_empty() {
+            inline.io.wake();
+        }
+        close_idle_clients(inner, inline);
+    }
 }
 
 /// Hands a connection to the owner's poll (inline I/O) under the token
@@ -1482,9 +1548,10 @@ fn adopt(
         ticket,
         last_read: std::time::Instant::now(),
     };
-    let epoll = match &inline.io {
-        InlineIo::Epoll(e) => e,
-        InlineIo::Uring(u) => {
+    let epoll = match (&inline.io, inline.ring_of(peer, token)) {
+        (InlineIo::Epoll(e), _) => e,
+        (InlineIo::Uring(_), None) => unreachable!("a ring runs every connection"),
+        (InlineIo::Uring(_), Some(u)) => {
             // What came with the hello and sits in the session (the ring
             // sees only what arrives from now on): into the decoder.
             match conn.stream.receive(&[], &mut conn.dec) {
@@ -1599,7 +1666,15 @@ fn close(inner: &Arc<Inner>, conn: InlineConn) {
             let fd = conn.stream.socket().as_raw_fd();
             let _ = e.registry.deregister(&mut mio::unix::SourceFd(&fd));
         }
-        Some(InlineIo::Uring(u)) => u.forget(conn.token),
+        Some(InlineIo::Uring(_)) => {
+            if let Some(u) = inner
+                .inline
+                .as_ref()
+                .and_then(|i| i.ring_of(conn.peer, conn.token))
+            {
+                u.forget(conn.token)
+            }
+        }
         None => {}
     }
     untrack(inner, conn.addr);
@@ -1709,38 +1784,38 @@ impl TcpTransport {
                 close(&self.inner, conn);
             }
         }
-        self.close_idle_clients(inline);
+        close_idle_clients(&self.inner, inline);
     }
+}
 
-    /// Inline I/O: closes client connections idle past the bound (checked
-    /// at most once a second).
-    fn close_idle_clients(&self, inline: &Inline) {
-        let now = std::time::Instant::now();
-        {
-            let mut last = inline.idle_sweep.lock().expect("lock poisoned");
-            if now.duration_since(*last) < Duration::from_secs(1) {
-                return;
-            }
-            *last = now;
+/// Inline I/O: closes client connections idle past the bound (checked at
+/// most once a second).
+fn close_idle_clients(inner: &Arc<Inner>, inline: &Inline) {
+    let now = std::time::Instant::now();
+    {
+        let mut last = inline.idle_sweep.lock().expect("lock poisoned");
+        if now.duration_since(*last) < Duration::from_secs(1) {
+            return;
         }
-        let idle = self.inner.admission.limits().client_idle_timeout;
-        let mut conns = inline.conns.lock().expect("lock poisoned");
-        let stale: Vec<mio::Token> = conns
-            .iter()
-            .filter(|(_, c)| {
-                c.ticket.as_ref().is_some_and(|t| t.is_client())
-                    && now.duration_since(c.last_read) >= idle
-            })
-            .map(|(t, _)| *t)
-            .collect();
-        let closing: Vec<InlineConn> = stale.iter().filter_map(|t| conns.remove(t)).collect();
-        drop(conns);
-        for conn in closing {
-            self.inner
-                .admission
-                .note_refusal(conn.addr, "a client connection was idle too long");
-            close(&self.inner, conn);
-        }
+        *last = now;
+    }
+    let idle = inner.admission.limits().client_idle_timeout;
+    let mut conns = inline.conns.lock().expect("lock poisoned");
+    let stale: Vec<mio::Token> = conns
+        .iter()
+        .filter(|(_, c)| {
+            c.ticket.as_ref().is_some_and(|t| t.is_client())
+                && now.duration_since(c.last_read) >= idle
+        })
+        .map(|(t, _)| *t)
+        .collect();
+    let closing: Vec<InlineConn> = stale.iter().filter_map(|t| conns.remove(t)).collect();
+    drop(conns);
+    for conn in closing {
+        inner
+            .admission
+            .note_refusal(conn.addr, "a client connection was idle too long");
+        close(inner, conn);
     }
 }
 

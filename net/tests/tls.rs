@@ -70,12 +70,14 @@ fn cred(dir: &Path, id: Identity) -> Tls {
     Tls::load(&CredentialFiles::in_dir(dir, id)).unwrap()
 }
 
-/// `inline`: 0 reader threads, 1 inline on epoll, 2 inline on io_uring.
+/// `inline`: 0 reader threads, 1 inline on epoll, 2 inline on io_uring,
+/// 3 that and an I/O thread for clients and masters.
 fn node(id: u64, tls: Tls, inline: u8) -> TcpTransport {
     let mut cfg = TcpConfig::new(id, 5, loopback());
     cfg.tls = Some(tls);
     cfg.inline_io = inline > 0;
-    cfg.io_uring = inline == 2;
+    cfg.io_uring = inline >= 2;
+    cfg.io_threads = usize::from(inline == 3);
     TcpTransport::start(cfg).unwrap()
 }
 
@@ -164,7 +166,7 @@ fn replicas_talk_over_mutual_tls_both_io_modes() {
 #[test]
 fn forged_and_unfit_credentials_are_refused() {
     let d = dirs("forged");
-    let server = node(2, cred(&d.good, Identity::Replica(2)), 2);
+    let server = node(2, cred(&d.good, Identity::Replica(2)), 3);
     let friend = node(1, cred(&d.good, Identity::Replica(1)), 0);
     friend.add_peer(2, server.local_addr());
     server.add_peer(1, friend.local_addr());
@@ -243,6 +245,13 @@ fn forged_and_unfit_credentials_are_refused() {
     assert_eq!(
         next_message(&server, WAIT),
         Some((client, Bytes::from_static(b"status?")))
+    );
+    // Answered on its connection, which the server's I/O thread runs.
+    server.send(client, Bytes::from_static(b"leader is 2"));
+    server.flush();
+    assert_eq!(
+        next_message(&reader, WAIT),
+        Some((2, Bytes::from_static(b"leader is 2")))
     );
     // A raw hello without TLS gets nothing back.
     let mut raw = std::net::TcpStream::connect(server.local_addr()).unwrap();

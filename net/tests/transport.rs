@@ -207,6 +207,45 @@ fn a_peer_without_an_address_is_answered_on_its_own_connection() {
     );
 }
 
+/// With an I/O thread ([`TcpConfig::io_threads`]), clients are read,
+/// decoded and answered off the owner's thread: every request reaches the
+/// owner once and every answer gets back, while the owner only polls.
+#[test]
+fn an_io_thread_serves_clients_for_the_owner() {
+    use ramcoord_net::tls::CLIENT_BIT;
+    let mut cfg = TcpConfig::new(1, 8, loopback());
+    cfg.inline_io = true;
+    cfg.io_uring = true;
+    cfg.io_threads = 1;
+    let server = TcpTransport::start(cfg).unwrap();
+    let clients: Vec<TcpTransport> = (0..20u64)
+        .map(|i| {
+            let c =
+                TcpTransport::start(TcpConfig::new(CLIENT_BIT | (100 + i), 8, loopback())).unwrap();
+            c.add_peer(1, server.local_addr());
+            c
+        })
+        .collect();
+    for c in &clients {
+        c.send(1, Bytes::from(c.id().to_le_bytes().to_vec()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + WAIT;
+    while seen.len() < clients.len() {
+        assert!(Instant::now() < deadline, "{} of 20 requests", seen.len());
+        if let Some(Event::Message { from, payload }) = server.next_event(Duration::from_millis(50))
+        {
+            assert_eq!(payload, Bytes::from(from.to_le_bytes().to_vec()));
+            assert!(seen.insert(from), "request from {from} delivered twice");
+            server.send(from, Bytes::from_static(b"ok"));
+        }
+    }
+    server.flush();
+    for c in &clients {
+        assert_eq!(wait_message(c), (1, Bytes::from_static(b"ok")));
+    }
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
@@ -216,10 +255,16 @@ fn open_fds() -> usize {
 /// limit of 1024 descriptors was reached in minutes before this was fixed.
 #[test]
 fn closed_connections_do_not_keep_descriptors() {
-    for (inline, io_uring) in [(false, false), (true, false), (true, true)] {
+    for (inline, io_uring, io_threads) in [
+        (false, false, 0),
+        (true, false, 0),
+        (true, true, 0),
+        (true, true, 1),
+    ] {
         let mut cfg = TcpConfig::new(1, 8, loopback());
         cfg.inline_io = inline;
         cfg.io_uring = io_uring;
+        cfg.io_threads = io_threads;
         let server = TcpTransport::start(cfg).unwrap();
         let addr = server.local_addr();
         let hello = Frame::Hello {

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::{close, drain_frames, Inline, InlineConn, Inner};
+use super::{close, drain_frames, Inline, InlineConn, Inner, READY_EVENTS_MAX};
 use crate::link::{Link, RingHook};
 use crate::tls::PeerClass;
 
@@ -70,6 +70,7 @@ const TOKEN_MASK: u64 = (1 << KIND_SHIFT) - 1;
 
 /// The owner's ring (see the module docs).
 pub(super) struct Uring {
+    for_io_thread: bool,
     core: Mutex<Core>,
     kick: Arc<Kick>,
     /// A second descriptor for the ring, for waiting on it from outside.
@@ -94,8 +95,14 @@ impl Kick {
     }
 
     fn mark(&self, token: usize) {
-        self.dirty.lock().expect("lock poisoned").push(token);
-        if self.owner.get() != Some(&std::thread::current().id()) {
+        let first = {
+            let mut dirty = self.dirty.lock().expect("lock poisoned");
+            dirty.push(token);
+            dirty.len() == 1
+        };
+        // One wake-up per batch: a list that was not empty has one on its
+        // way already (the owner takes the whole list at once).
+        if first && self.owner.get() != Some(&std::thread::current().id()) {
             self.wake();
         }
     }
@@ -105,6 +112,9 @@ impl Kick {
 struct Core {
     ring: IoUring,
     ops: HashMap<usize, Ops>,
+    /// Connections not read again because the owner is behind (see
+    /// [`Uring::new`]).
+    parked: Vec<usize>,
     wake_armed: bool,
     /// Completions copied out of the ring (reused).
     done: Vec<(u64, i32, u32)>,
@@ -128,8 +138,12 @@ impl Ops {
 }
 
 impl Uring {
-    /// A ring, or why the kernel refuses one.
-    pub(super) fn new() -> std::io::Result<Uring> {
+    /// A ring, or why the kernel refuses one. An I/O thread's ring
+    /// (`for_io_thread`) stops reading a connection whose frames would
+    /// pass [`READY_EVENTS_MAX`] events queued for the owner (its peer's
+    /// TCP window then closes) and reads it again once the owner has
+    /// taken half of them; the owner's own ring never waits for itself.
+    pub(super) fn new(for_io_thread: bool) -> std::io::Result<Uring> {
         let ring = IoUring::builder()
             .setup_cqsize(RING_ENTRIES * 4)
             .build(RING_ENTRIES)?;
@@ -139,9 +153,11 @@ impl Uring {
         )?;
         let fd = rustix::io::fcntl_dupfd_cloexec(ring.as_fd(), 0)?;
         Ok(Uring {
+            for_io_thread,
             core: Mutex::new(Core {
                 ring,
                 ops: HashMap::new(),
+                parked: Vec::new(),
                 wake_armed: false,
                 done: Vec::new(),
             }),
@@ -297,6 +313,18 @@ impl Uring {
                 conns.insert(mio::Token(token), conn);
             }
         }
+        if !core.parked.is_empty()
+            && inline.ready.lock().expect("lock poisoned").len() < READY_EVENTS_MAX / 2
+        {
+            tracing::info!("the owner caught up: reading clients and masters again");
+            for token in std::mem::take(&mut core.parked) {
+                if let Some(ops) = core.ops.get_mut(&token) {
+                    if ops.open && !ops.recv_armed {
+                        arm_recv(&mut core.ring, token, ops);
+                    }
+                }
+            }
+        }
         let dirty = std::mem::take(&mut *self.kick.dirty.lock().expect("lock poisoned"));
         for token in dirty {
             let Some(ops) = core.ops.get_mut(&token) else {
@@ -364,7 +392,14 @@ impl Uring {
                     tracing::info!(peer = conn.peer, addr = %conn.addr, error = %e, "connection failed");
                     false
                 };
-                if keep {
+                let behind = self.for_io_thread
+                    && inline.ready.lock().expect("lock poisoned").len() >= READY_EVENTS_MAX;
+                if keep && behind {
+                    if core.parked.is_empty() {
+                        tracing::warn!("the owner is behind: reading clients and masters paused");
+                    }
+                    core.parked.push(token);
+                } else if keep {
                     arm_recv(&mut core.ring, token, ops);
                 } else {
                     closing.extend(conns.remove(&mio::Token(token)));
