@@ -193,7 +193,7 @@ struct Inner {
 struct Inline {
     io: InlineIo,
     /// The I/O threads' rings ([`TcpConfig::io_threads`]; ring `i + 1`).
-    helpers: Vec<Box<uring::Uring>>,
+    helpers: Vec<uring::Uring>,
     conns: Mutex<HashMap<mio::Token, InlineConn>>,
     next_token: std::sync::atomic::AtomicUsize,
     ready: Mutex<std::collections::VecDeque<Event>>,
@@ -340,7 +340,7 @@ impl TcpTransport {
             let mut helpers = Vec::new();
             if ring.is_some() {
                 for _ in 0..cfg.io_threads {
-                    helpers.push(Box::new(uring::Uring::new(true).map_err(io)?));
+                    helpers.push(uring::Uring::new(true).map_err(io)?);
                 }
             } else if cfg.io_threads > 0 {
                 tracing::warn!(
