@@ -447,6 +447,15 @@ impl TcpTransport {
         })
     }
 
+    /// Events received and not yet taken by the owner (inline I/O; with
+    /// I/O threads, bounded near [`READY_EVENTS_MAX`]).
+    pub fn queued_events(&self) -> usize {
+        self.inner
+            .inline
+            .as_ref()
+            .map_or(0, |i| i.ready.lock().expect("lock poisoned").len())
+    }
+
     /// Connections closed because the peer sent bad input.
     pub fn rejected_connections(&self) -> u64 {
         self.inner.rejected_conns.load(Ordering::Relaxed)
@@ -1506,7 +1515,7 @@ impl Inline {
 /// Events the I/O threads may queue for the owner; past it they stop
 /// reading clients and masters (their TCP windows close) until the owner
 /// catches up.
-const READY_EVENTS_MAX: usize = 8192;
+pub const READY_EVENTS_MAX: usize = 8192;
 
 /// An I/O thread ([`TcpConfig::io_threads`]): runs ring `n + 1` until the
 /// transport shuts down, and wakes the owner when it queued events.

@@ -246,6 +246,57 @@ fn an_io_thread_serves_clients_for_the_owner() {
     }
 }
 
+/// An owner that stops taking events does not make its I/O threads queue
+/// without bound: past the bound they stop reading (the client's TCP
+/// window closes and its sends wait), and once the owner takes events
+/// again every message arrives, none lost or reordered.
+#[test]
+fn io_threads_stop_reading_while_the_owner_is_behind() {
+    use ramcoord_net::tcp::READY_EVENTS_MAX;
+    use ramcoord_net::tls::CLIENT_BIT;
+    let mut cfg = TcpConfig::new(1, 8, loopback());
+    cfg.inline_io = true;
+    cfg.io_uring = true;
+    cfg.io_threads = 1;
+    let server = TcpTransport::start(cfg).unwrap();
+    let client = TcpTransport::start(TcpConfig::new(CLIENT_BIT | 5, 8, loopback())).unwrap();
+    client.add_peer(1, server.local_addr());
+    let total = 4 * READY_EVENTS_MAX as u32;
+    let sender = std::thread::spawn(move || {
+        for i in 0..total {
+            client.send(1, Bytes::from(i.to_le_bytes().to_vec()));
+        }
+        client
+    });
+    // The owner does not poll: the I/O thread fills the queue to the bound
+    // and stops there.
+    let deadline = Instant::now() + WAIT;
+    while server.queued_events() < READY_EVENTS_MAX {
+        assert!(Instant::now() < deadline, "{} queued", server.queued_events());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let queued = server.queued_events();
+    // A receive already in flight may add one buffer's worth of frames.
+    assert!(
+        queued <= READY_EVENTS_MAX + 4096,
+        "{queued} events queued, bound {READY_EVENTS_MAX}"
+    );
+    let mut next = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while next < total {
+        assert!(Instant::now() < deadline, "{next} of {total} arrived");
+        match server.next_event(Duration::from_millis(50)) {
+            Some(Event::Message { payload, .. }) => {
+                assert_eq!(payload, Bytes::from(next.to_le_bytes().to_vec()));
+                next += 1;
+            }
+            Some(_) | None => {}
+        }
+    }
+    drop(sender.join().unwrap());
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
