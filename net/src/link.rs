@@ -97,6 +97,12 @@ impl Outgoing {
             return None;
         }
         self.marked = false;
+        if self.flight_sent < self.flight.len() {
+            // A send the ring could not start: its bytes go first.
+            self.in_flight = true;
+            let rest = &self.flight[self.flight_sent..];
+            return Some((rest.as_ptr(), rest.len()));
+        }
         if self.waiting() == 0 {
             return None;
         }
@@ -382,6 +388,12 @@ impl Link {
         out.take_flight()
     }
 
+    /// Ring mode: the ring could not start the send [`Link::ring_take`]
+    /// gave; its bytes are given again by the next `ring_take`.
+    pub(crate) fn ring_not_started(&self) {
+        self.write_lock.lock().expect("lock poisoned").in_flight = false;
+    }
+
     /// Ring mode: the send in flight failed (the connection is closing);
     /// its buffer is the link's again.
     pub(crate) fn ring_failed(&self) {
@@ -391,11 +403,22 @@ impl Link {
 
     /// Ring mode: queues `bytes` for the ring, within `backlog_max`.
     fn ring_queue(out: &mut Outgoing, bytes: &[u8], backlog_max: usize) -> Result<(), SendError> {
+        // Bytes not yet offered to the socket (the ring sends at the end
+        // of the owner's ready) say little about the peer: the bound
+        // applies once a send is in flight and more piles up behind it.
+        // Before that, four bounds' worth in one ready is refused all the
+        // same (the owner flushes every ready; nobody should queue that
+        // much for one peer in one).
         let unsent = out.unsent();
-        if unsent > 0 && unsent + bytes.len() > backlog_max {
+        let max = if out.in_flight {
+            backlog_max
+        } else {
+            backlog_max.saturating_mul(4)
+        };
+        if unsent > 0 && unsent + bytes.len() > max {
             return Err(SendError::Backlogged {
                 waiting: unsent + bytes.len(),
-                max: backlog_max,
+                max,
             });
         }
         out.backlog.extend_from_slice(bytes);

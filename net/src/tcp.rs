@@ -327,7 +327,7 @@ impl TcpTransport {
                 source,
             };
             let ring = if cfg.io_uring {
-                match uring::Uring::new(false) {
+                match uring::Uring::new() {
                     Ok(r) => Some(r),
                     Err(e) => {
                         tracing::warn!(error = %e, "io_uring refused; connections are polled with epoll");
@@ -340,7 +340,7 @@ impl TcpTransport {
             let mut helpers = Vec::new();
             if ring.is_some() {
                 for _ in 0..cfg.io_threads {
-                    helpers.push(uring::Uring::new(true).map_err(io)?);
+                    helpers.push(uring::Uring::new().map_err(io)?);
                 }
             } else if cfg.io_threads > 0 {
                 tracing::warn!(
@@ -1512,9 +1512,9 @@ impl Inline {
     }
 }
 
-/// Events the I/O threads may queue for the owner; past it they stop
-/// reading clients and masters (their TCP windows close) until the owner
-/// catches up.
+/// Events the rings may queue for the owner; past it they stop reading
+/// clients and masters (their TCP windows close) until the owner has taken
+/// half of them.
 pub const READY_EVENTS_MAX: usize = 8192;
 
 /// An I/O thread ([`TcpConfig::io_threads`]): runs ring `n + 1` until the
@@ -1573,6 +1573,13 @@ fn adopt(
             if !drain_frames(inner, &mut conn) {
                 close(inner, conn);
                 return;
+            }
+            if let Some(t) = conn.ticket.as_mut() {
+                if let Err(why) = t.account(conn.dec.buffered()) {
+                    inner.admission.note_refusal(conn.addr, why);
+                    close(inner, conn);
+                    return;
+                }
             }
             u.adopt(conn);
             return;

@@ -17,6 +17,13 @@
 //!   waiting (at most one in flight per connection, so bytes leave in
 //!   order), and one `io_uring_enter` submits them all: the sends of a
 //!   whole ready cost one system call.
+//! - **Bounds.** A client or master connection is not read again while
+//!   the events queued for the owner are at [`READY_EVENTS_MAX`] (its
+//!   peer's TCP window then closes); it is read again once half of them
+//!   are taken. Replicas are always read (Raft bounds what they send).
+//!   One [`Uring::poll`] makes at most [`PASSES_MAX`] passes over the
+//!   completions, so a peer that keeps its socket full cannot keep the
+//!   owner from its ticks.
 //! - **Wake-ups.** Other threads (the accept loop handing over a
 //!   connection, a connector, an event sink) queue their work and write
 //!   an eventfd the ring polls (multishot `PollAdd`); the owner's own
@@ -41,9 +48,8 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::ThreadId;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
@@ -52,9 +58,16 @@ use super::{close, drain_frames, Inline, InlineConn, Inner, READY_EVENTS_MAX};
 use crate::link::{Link, RingHook};
 use crate::tls::PeerClass;
 
-/// Submission queue entries; completions get four times as many (every
-/// connection keeps a receive in flight).
+/// Submission queue entries.
 const RING_ENTRIES: u32 = 1024;
+/// Completion queue entries: a receive and a send may be in flight for
+/// every connection (up to the admission caps: 16384 clients), and the
+/// kernel keeps what does not fit rather than drop it (`FEAT_NODROP`).
+const CQ_ENTRIES: u32 = 65_536;
+/// Passes over the completion queue per [`Uring::poll`]: a peer that keeps
+/// its socket full completes a receive on every pass, and the owner must
+/// get back to its ticks and its queue.
+const PASSES_MAX: usize = 4;
 /// A replica's receive buffer: a burst of appends in one completion.
 const RECV_REPLICA_BYTES: usize = 64 << 10;
 /// Anyone else's (clients, masters): small requests and acknowledgements.
@@ -70,7 +83,6 @@ const TOKEN_MASK: u64 = (1 << KIND_SHIFT) - 1;
 
 /// The owner's ring (see the module docs).
 pub(super) struct Uring {
-    for_io_thread: bool,
     core: Mutex<Core>,
     kick: Arc<Kick>,
     /// A second descriptor for the ring, for waiting on it from outside.
@@ -83,9 +95,20 @@ pub(super) struct Kick {
     dirty: Mutex<Vec<usize>>,
     /// Welcomed connections to start reading.
     adopted: Mutex<Vec<InlineConn>>,
+    /// Connections closed by any thread: their buffers go once nothing is
+    /// in flight for them (the owner looks at the list).
+    forgotten: Mutex<Vec<usize>>,
     eventfd: OwnedFd,
-    /// The thread that runs the ring (its own marks need no wake-up).
-    owner: OnceLock<ThreadId>,
+    /// The thread that last ran the ring ([`thread_number`]; its own
+    /// marks need no wake-up, it submits them before it waits).
+    owner: AtomicU64,
+}
+
+/// A number for the calling thread, unique in the process (0 for none).
+fn thread_number() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local!(static NUMBER: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
+    NUMBER.with(|n| *n)
 }
 
 impl Kick {
@@ -102,7 +125,7 @@ impl Kick {
         };
         // One wake-up per batch: a list that was not empty has one on its
         // way already (the owner takes the whole list at once).
-        if first && self.owner.get() != Some(&std::thread::current().id()) {
+        if first && self.owner.load(Ordering::Relaxed) != thread_number() {
             self.wake();
         }
     }
@@ -116,6 +139,8 @@ struct Core {
     /// [`Uring::new`]).
     parked: Vec<usize>,
     wake_armed: bool,
+    /// Polling the eventfd failed: never armed again.
+    wake_broken: bool,
     /// Completions copied out of the ring (reused).
     done: Vec<(u64, i32, u32)>,
 }
@@ -138,34 +163,58 @@ impl Ops {
 }
 
 impl Uring {
-    /// A ring, or why the kernel refuses one. An I/O thread's ring
-    /// (`for_io_thread`) stops reading a connection whose frames would
-    /// pass [`READY_EVENTS_MAX`] events queued for the owner (its peer's
-    /// TCP window then closes) and reads it again once the owner has
-    /// taken half of them; the owner's own ring never waits for itself.
-    pub(super) fn new(for_io_thread: bool) -> std::io::Result<Uring> {
+    /// A ring, or why the kernel refuses one (then: epoll).
+    pub(super) fn new() -> std::io::Result<Uring> {
         let ring = IoUring::builder()
-            .setup_cqsize(RING_ENTRIES * 4)
+            .setup_cqsize(CQ_ENTRIES)
+            .setup_clamp()
             .build(RING_ENTRIES)?;
+        // What this module needs of the kernel (5.11 and later has it all):
+        // a timed wait (EXT_ARG), completions never dropped, and the
+        // operations. Anything less: epoll.
+        let unsupported = |what: &str| {
+            std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("this kernel's io_uring lacks {what}"),
+            )
+        };
+        if !ring.params().is_feature_ext_arg() {
+            return Err(unsupported("timed waits (EXT_ARG, Linux 5.11)"));
+        }
+        if !ring.params().is_feature_nodrop() {
+            return Err(unsupported("NODROP (Linux 5.5)"));
+        }
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        for (code, name) in [
+            (opcode::Recv::CODE, "Recv"),
+            (opcode::Send::CODE, "Send"),
+            (opcode::PollAdd::CODE, "PollAdd"),
+        ] {
+            if !probe.is_supported(code) {
+                return Err(unsupported(name));
+            }
+        }
         let eventfd = rustix::event::eventfd(
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
         )?;
         let fd = rustix::io::fcntl_dupfd_cloexec(ring.as_fd(), 0)?;
         Ok(Uring {
-            for_io_thread,
             core: Mutex::new(Core {
                 ring,
                 ops: HashMap::new(),
                 parked: Vec::new(),
                 wake_armed: false,
+                wake_broken: false,
                 done: Vec::new(),
             }),
             kick: Arc::new(Kick {
                 dirty: Mutex::new(Vec::new()),
                 adopted: Mutex::new(Vec::new()),
+                forgotten: Mutex::new(Vec::new()),
                 eventfd,
-                owner: OnceLock::new(),
+                owner: AtomicU64::new(0),
             }),
             fd,
         })
@@ -196,15 +245,17 @@ impl Uring {
         self.kick.wake();
     }
 
-    /// Forgets a closed connection: its buffers go once nothing is in
-    /// flight for it (the caller has shut its socket down).
+    /// Forgets a closed connection (from any thread, never waiting for
+    /// the ring): its buffers go once nothing is in flight for it (the
+    /// caller has shut its socket down, so that comes soon).
     pub(super) fn forget(&self, token: usize) {
-        let mut core = self.core.lock().expect("lock poisoned");
-        if let Some(ops) = core.ops.get_mut(&token) {
-            ops.open = false;
-            if ops.idle() {
-                core.ops.remove(&token);
-            }
+        let first = {
+            let mut f = self.kick.forgotten.lock().expect("lock poisoned");
+            f.push(token);
+            f.len() == 1
+        };
+        if first && self.kick.owner.load(Ordering::Relaxed) != thread_number() {
+            self.kick.wake();
         }
     }
 
@@ -218,7 +269,7 @@ impl Uring {
     }
 
     fn owner(&self) {
-        let _ = self.kick.owner.get_or_init(|| std::thread::current().id());
+        self.kick.owner.store(thread_number(), Ordering::Relaxed);
     }
 
     /// The owner's turn: submits what waits, waits up to `timeout` for a
@@ -248,7 +299,7 @@ impl Uring {
                     ) => {}
                 Err(e) => tracing::warn!(error = %e, "io_uring wait failed"),
             }
-            loop {
+            for _ in 0..PASSES_MAX {
                 let core = &mut *core;
                 core.done.clear();
                 core.done.extend(
@@ -276,26 +327,37 @@ impl Uring {
     /// Starts reading adopted connections and sending what dirty ones
     /// hold.
     fn stage(&self, inner: &Arc<Inner>, inline: &Inline, core: &mut Core) {
-        if !core.wake_armed {
+        if !core.wake_armed && !core.wake_broken {
+            // One-shot (re-armed after each wake-up): multishot polls
+            // need Linux 5.13.
             let poll = opcode::PollAdd::new(
                 types::Fd(std::os::fd::AsRawFd::as_raw_fd(&self.kick.eventfd)),
                 rustix::event::PollFlags::IN.bits() as u32,
             )
-            .multi(true)
             .build()
             .user_data(KIND_WAKE << KIND_SHIFT);
             // SAFETY: a poll reads no memory of ours; the eventfd lives as
             // long as the ring (both are fields of `Uring`).
-            unsafe { push(&mut core.ring, &poll) };
-            core.wake_armed = true;
+            core.wake_armed = unsafe { push(&mut core.ring, &poll) };
+        }
+        let forgotten = std::mem::take(&mut *self.kick.forgotten.lock().expect("lock poisoned"));
+        for token in forgotten {
+            if let Some(ops) = core.ops.get_mut(&token) {
+                ops.open = false;
+                if ops.idle() {
+                    core.ops.remove(&token);
+                }
+            }
         }
         let adopted = std::mem::take(&mut *self.kick.adopted.lock().expect("lock poisoned"));
         if !adopted.is_empty() {
             let mut conns = inline.conns.lock().expect("lock poisoned");
             for conn in adopted {
                 let token = conn.token;
+                // By what admission made of it, not by the id it claims.
+                let client = conn.ticket.as_ref().is_some_and(|t| t.is_client());
                 let size = match PeerClass::of(conn.peer) {
-                    PeerClass::Replica(_) => RECV_REPLICA_BYTES,
+                    PeerClass::Replica(_) if !client => RECV_REPLICA_BYTES,
                     _ => RECV_OTHER_BYTES,
                 };
                 let mut ops = Ops {
@@ -305,9 +367,11 @@ impl Uring {
                     send_armed: false,
                     open: true,
                 };
-                arm_recv(&mut core.ring, token, &mut ops);
+                if !arm_recv(&mut core.ring, token, &mut ops) {
+                    core.parked.push(token);
+                }
                 if let Some(bytes) = ops.link.ring_take() {
-                    arm_send(&mut core.ring, token, &mut ops, bytes);
+                    arm_send(&mut core.ring, token, &mut ops, bytes, &self.kick);
                 }
                 core.ops.insert(token, ops);
                 conns.insert(mio::Token(token), conn);
@@ -319,8 +383,8 @@ impl Uring {
             tracing::info!("the owner caught up: reading clients and masters again");
             for token in std::mem::take(&mut core.parked) {
                 if let Some(ops) = core.ops.get_mut(&token) {
-                    if ops.open && !ops.recv_armed {
-                        arm_recv(&mut core.ring, token, ops);
+                    if ops.open && !ops.recv_armed && !arm_recv(&mut core.ring, token, ops) {
+                        core.parked.push(token);
                     }
                 }
             }
@@ -335,7 +399,7 @@ impl Uring {
                 continue;
             }
             if let Some(bytes) = ops.link.ring_take() {
-                arm_send(&mut core.ring, token, ops, bytes);
+                arm_send(&mut core.ring, token, ops, bytes, &self.kick);
             }
         }
         let _ = inner;
@@ -358,9 +422,18 @@ impl Uring {
             KIND_WAKE => {
                 let mut b = [0u8; 8];
                 let _ = rustix::io::read(&self.kick.eventfd, &mut b);
-                if !io_uring::cqueue::more(flags) {
-                    core.wake_armed = false;
+                if res < 0 {
+                    // Not re-armed (it would fail again at once): wake-ups
+                    // from other threads then wait for the owner's next
+                    // turn. The probe at start makes this unexpected.
+                    tracing::error!(
+                        error = %std::io::Error::from_raw_os_error(-res),
+                        "io_uring cannot poll its wake-up descriptor"
+                    );
+                    core.wake_broken = true;
                 }
+                core.wake_armed = false;
+                let _ = flags;
             }
             KIND_RECV => {
                 let Some(ops) = core.ops.get_mut(&token) else {
@@ -392,7 +465,12 @@ impl Uring {
                     tracing::info!(peer = conn.peer, addr = %conn.addr, error = %e, "connection failed");
                     false
                 };
-                let behind = self.for_io_thread
+                // Replicas are read whatever the queue holds (Raft bounds
+                // what they send); clients and masters wait while it is
+                // full, on any ring.
+                let pausable = !matches!(PeerClass::of(conn.peer), PeerClass::Replica(_))
+                    || conn.ticket.as_ref().is_some_and(|t| t.is_client());
+                let behind = pausable
                     && inline.ready.lock().expect("lock poisoned").len() >= READY_EVENTS_MAX;
                 if keep && behind {
                     if core.parked.is_empty() {
@@ -400,7 +478,9 @@ impl Uring {
                     }
                     core.parked.push(token);
                 } else if keep {
-                    arm_recv(&mut core.ring, token, ops);
+                    if !arm_recv(&mut core.ring, token, ops) {
+                        core.parked.push(token);
+                    }
                 } else {
                     closing.extend(conns.remove(&mio::Token(token)));
                 }
@@ -417,9 +497,14 @@ impl Uring {
                     }
                     return;
                 }
+                let res = if matches!(-res, libc_errno::EINTR | libc_errno::EAGAIN) {
+                    0
+                } else {
+                    res
+                };
                 if res >= 0 {
                     if let Some(bytes) = ops.link.ring_sent(res as usize) {
-                        arm_send(&mut core.ring, token, ops, bytes);
+                        arm_send(&mut core.ring, token, ops, bytes, &self.kick);
                     }
                     return;
                 }
@@ -464,7 +549,9 @@ fn received(inner: &Arc<Inner>, conn: &mut InlineConn, bytes: &[u8]) -> bool {
     true
 }
 
-fn arm_recv(ring: &mut IoUring, token: usize, ops: &mut Ops) {
+/// Starts a receive; false if the ring refused it (the caller parks the
+/// connection and tries again later).
+fn arm_recv(ring: &mut IoUring, token: usize, ops: &mut Ops) -> bool {
     let fd = std::os::fd::AsRawFd::as_raw_fd(ops.link.socket());
     let len = ops.buf.len() as u32;
     let recv = opcode::Recv::new(types::Fd(fd), ops.buf.as_mut_ptr(), len)
@@ -474,11 +561,20 @@ fn arm_recv(ring: &mut IoUring, token: usize, ops: &mut Ops) {
     // `ops` (with the buffer, a heap allocation that never moves, and the
     // link that keeps the socket open) stays in `Core::ops` until a
     // completion has cleared `recv_armed` (see `Ops::idle` and `Drop`).
-    unsafe { push(ring, &recv) };
-    ops.recv_armed = true;
+    ops.recv_armed = unsafe { push(ring, &recv) };
+    ops.recv_armed
 }
 
-fn arm_send(ring: &mut IoUring, token: usize, ops: &mut Ops, (ptr, len): (*const u8, usize)) {
+/// Starts a send of bytes [`Link::ring_take`] or [`Link::ring_sent`] gave;
+/// if the ring refuses it, the link takes them back and is marked to try
+/// again at the owner's next turn.
+fn arm_send(
+    ring: &mut IoUring,
+    token: usize,
+    ops: &mut Ops,
+    (ptr, len): (*const u8, usize),
+    kick: &Kick,
+) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(ops.link.socket());
     let len = u32::try_from(len).unwrap_or(u32::MAX);
     let send = opcode::Send::new(types::Fd(fd), ptr, len)
@@ -490,14 +586,19 @@ fn arm_send(ring: &mut IoUring, token: usize, ops: &mut Ops, (ptr, len): (*const
     // cleared only by `ring_sent`/`ring_failed`, called on this send's
     // completion); the link is kept alive by `ops.link` in `Core::ops`
     // until that completion.
-    unsafe { push(ring, &send) };
-    ops.send_armed = true;
+    ops.send_armed = unsafe { push(ring, &send) };
+    if !ops.send_armed {
+        ops.link.ring_not_started();
+        kick.mark(token);
+    }
 }
 
 /// Submits what is queued, if anything (an empty submission would still
 /// cost a system call).
 fn submit(ring: &mut IoUring) {
-    if ring.submission().is_empty() {
+    // Completions the kernel kept aside (a full completion queue) come
+    // back only through an enter: do one for them too.
+    if ring.submission().is_empty() && !ring.submission().cq_overflow() {
         return;
     }
     if let Err(e) = ring.submit() {
@@ -505,21 +606,23 @@ fn submit(ring: &mut IoUring) {
     }
 }
 
-/// Queues an entry, submitting first if the queue is full.
+/// Queues an entry, submitting first if the queue is full; false if the
+/// kernel takes nothing (logged; the caller retries later).
 ///
 /// # Safety
 /// The memory the entry points to must stay valid until its completion.
-unsafe fn push(ring: &mut IoUring, entry: &squeue::Entry) {
-    loop {
+unsafe fn push(ring: &mut IoUring, entry: &squeue::Entry) -> bool {
+    for _ in 0..3 {
         // SAFETY: forwarded from the caller.
         if unsafe { ring.submission().push(entry) }.is_ok() {
-            return;
+            return true;
         }
         if let Err(e) = ring.submit() {
             tracing::warn!(error = %e, "io_uring submit failed");
-            std::thread::yield_now();
+            break;
         }
     }
+    false
 }
 
 impl Drop for Uring {
