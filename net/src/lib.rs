@@ -94,7 +94,10 @@ pub enum Event {
 pub trait Transport: Send {
     /// This node's id.
     fn id(&self) -> PeerId;
-    /// Sends a message to `to` (best effort).
+    /// Sends a message to `to` (best effort). From the owner's thread, a
+    /// transport that batches (TCP on io_uring) may hold it until the
+    /// owner's next [`Transport::flush`] or [`Transport::next_event`]: an
+    /// owner flushes before it waits on anything else.
     fn send(&self, to: PeerId, payload: Bytes);
     /// Writes `bytes` at `offset` of region `region` of peer `to`; returns
     /// the write's id, which its [`Event::WriteDone`] carries. A write that

@@ -27,9 +27,15 @@
 //!   ([`Transport::remove_peer`]) is let go for good.
 //!
 //! **Inline I/O** ([`TcpConfig::inline_io`]): the owner's thread reads the
-//! connections itself, in [`Transport::next_event`] (edge-triggered `epoll`
-//! through `mio`), instead of a reader thread per connection handing frames
-//! over a channel. A message then costs one wake-up of the owner (by the
+//! connections itself, in [`Transport::next_event`], instead of a reader
+//! thread per connection handing frames over a channel: through an
+//! io_uring ([`TcpConfig::io_uring`], `uring.rs`: receives and sends as
+//! submitted operations, the sends of a ready leaving in one system call
+//! at [`Transport::flush`]) or, where the kernel lacks what that needs,
+//! edge-triggered `epoll` through `mio` (a system call per read and send).
+//! With [`TcpConfig::io_threads`] the connections of clients and masters
+//! run on rings of their own threads, handing what they receive to the
+//! owner through a bounded queue. A message then costs one wake-up of the owner (by the
 //! kernel) rather than two (the reader, then the owner): on the commit path
 //! of a coordinator replica, where every round trip to a follower would
 //! otherwise pay two extra cross-thread wake-ups. Its sends never wait for
