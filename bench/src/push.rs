@@ -1,7 +1,8 @@
 //! The `push` scenario: a configuration push to M masters over the real
 //! TCP transport, as the active coordinator does it (one one-sided write of
 //! an encoded configuration region per master, all issued at once, each
-//! on its own connection). The masters are light in-process endpoints: a
+//! on its own connection, from a transport with inline I/O on io_uring as
+//! a coordinator replica's). The masters are light in-process endpoints: a
 //! TCP transport each, whose registered region decodes and checks what
 //! lands (as a master's does) and notes when. Measured per round: from the
 //! moment the coordinator starts encoding the regions until every master's
@@ -96,7 +97,12 @@ pub fn push(m: usize, rounds: usize) -> Result<PushResult, String> {
         t.register_region(1, r.clone());
         masters.push((t, r));
     }
-    let coord = TcpTransport::start(TcpConfig::new(1, 1, any)).map_err(|e| e.to_string())?;
+    // The coordinator's side as a coordinator replica runs it: inline I/O
+    // on io_uring (every push of a round leaves in one submission, the
+    // acknowledgements come back on the same ring).
+    let mut ccfg = TcpConfig::new(1, 1, any);
+    ccfg.inline_io = true;
+    let coord = TcpTransport::start(ccfg).map_err(|e| e.to_string())?;
     for (i, (t, _)) in masters.iter().enumerate() {
         coord.add_peer(1000 + i as u64, t.local_addr());
     }
@@ -116,21 +122,20 @@ pub fn push(m: usize, rounds: usize) -> Result<PushResult, String> {
             region_bytes = bytes.len();
             coord.write(1000 + i as u64, 1, 0, bytes);
         }
+        coord.flush();
         let deadline = start + Duration::from_secs(10);
         let mut acks = 0;
         while acks < m {
-            match coord
-                .events()
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(Event::WriteDone { status, .. }) => {
+            match coord.next_event(deadline.saturating_duration_since(Instant::now())) {
+                Some(Event::WriteDone { status, .. }) => {
                     if status != WriteStatus::Landed {
                         return Err(format!("push refused: {status:?}"));
                     }
                     acks += 1;
                 }
-                Ok(_) => {}
-                Err(_) => return Err(format!("round {round}: {acks} of {m} acknowledged")),
+                Some(_) => {}
+                None if Instant::now() < deadline => {}
+                None => return Err(format!("round {round}: {acks} of {m} acknowledged")),
             }
         }
         let all_acked = start.elapsed();

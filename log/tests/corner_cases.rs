@@ -330,6 +330,65 @@ fn a_snapshot_replaced_mid_transfer_by_a_smaller_one_starts_over() {
     assert_eq!(c.node(3).log().last_index(), c.node(1).log().last_index());
 }
 
+/// A network that repeats messages repeats the follower's answers to
+/// snapshot chunks: each copy must not start another stream of chunks
+/// beside the first (every copy answered, then every answer to those,
+/// until the link is full of chunks the follower already has). Only an
+/// answer that moves the transfer on sends the next chunk. (Found by the
+/// simulator's heavy faults: a 611-byte snapshot still streaming 100
+/// ticks later, dozens of chains of 16-byte chunks in flight.)
+#[test]
+fn repeated_answers_to_snapshot_chunks_do_not_multiply_the_chunks() {
+    let mut c = Cluster::new(3, |cfg| {
+        cfg.snapshot_chunk_bytes = 10;
+    });
+    c.elect(1);
+    c.isolated.insert(3);
+    for i in 0..10 {
+        c.propose(1, &format!("entry-{i}"));
+    }
+    c.stabilize();
+    let point = c.node(1).snapshot_point();
+    c.node_mut(1)
+        .storage_mut()
+        .compact(Snapshot {
+            meta: point.clone(),
+            data: Bytes::from(vec![b's'; 100]),
+        })
+        .unwrap();
+    c.isolated.clear();
+    // A heartbeat round finds node 3 behind the snapshot.
+    c.tick(1, c.cfg.heartbeat_interval_ticks);
+    let mut chunks = 0;
+    let mut steps = 0;
+    loop {
+        c.process_all();
+        let Some(pos) = c.queue.iter().position(|m| m.to == 3 || m.from == 3) else {
+            break;
+        };
+        let m = c.queue.remove(pos);
+        chunks += usize::from(matches!(m.body, MessageBody::Snapshot { .. }));
+        // Every answer to a chunk arrives three times.
+        let copies = if matches!(m.body, MessageBody::SnapshotResp { .. }) {
+            3
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            c.node_mut(m.to).step(m.clone());
+            c.process(m.to);
+        }
+        steps += 1;
+        assert!(
+            steps < 5_000,
+            "a storm: {chunks} chunks after {steps} messages"
+        );
+    }
+    assert_eq!(c.node(3).log().storage().snapshot().meta.index, point.index);
+    // Ten chunks of ten bytes, and nothing sent twice.
+    assert_eq!(chunks, 10, "chunks sent for a 100-byte snapshot");
+}
+
 /// Two peers' votes are a quorum of three, but the candidate waits for its
 /// own, which comes only once its new term is durable. (Found by the
 /// coordinator workload: a leader elected before its term was on disk

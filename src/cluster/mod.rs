@@ -22,6 +22,16 @@
 //! longer up: its own crash operation took over its share), the leader
 //! writes the completion record.
 //!
+//! A target is a master whose *tablets* change (and a new server, which
+//! needs its first configuration): the server list a region also carries
+//! is not a reason to push. Masters use that list only to notice they were
+//! declared crashed, which the heartbeat's answer tells them anyway, and
+//! ownership rests on tablets alone. So an enlistment pushes to the new
+//! server only, a crash to its recovery plan's recipients, a removal to
+//! nobody: bringing N masters up costs N pushes, not N², and a master's
+//! list catches up with its next push. (Issue 17, part 5;
+//! `docs/push-fanout-plan.md`.)
+//!
 //! Preconditions are checked when a record is applied, on every replica,
 //! so racing proposals (two leaders, two clients) resolve the same way
 //! everywhere; a record whose precondition fails changes nothing and

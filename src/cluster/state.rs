@@ -572,14 +572,6 @@ impl ClusterState {
         }
     }
 
-    fn up_ids(&self) -> BTreeSet<ServerId> {
-        self.servers
-            .values()
-            .filter(|s| s.status == ServerStatus::Up)
-            .map(|s| s.id)
-            .collect()
-    }
-
     fn table_id(&self, name: &str) -> Result<TableId, Rejection> {
         self.table(name)
             .map(|t| t.id)
@@ -644,7 +636,9 @@ impl ClusterState {
                     },
                 );
                 self.server_list_version += 1;
-                Ok((Effect::Enlisted(id), self.up_ids(), None))
+                // Only the new server needs a configuration: nobody
+                // else's tablets changed (module docs).
+                Ok((Effect::Enlisted(id), BTreeSet::from([id]), None))
             }
             Op::CreateTable { name, tablets } => {
                 if self.table(name).is_some() {
@@ -792,7 +786,8 @@ impl ClusterState {
                 for p in self.incomplete.values_mut() {
                     p.targets.remove(id);
                 }
-                Ok((Effect::Changed, self.up_ids(), None))
+                // The recipients of its tablets; nobody else's changed.
+                Ok((Effect::Changed, plan.iter().map(|r| r.to).collect(), None))
             }
             Op::ServerRemoved { id } => {
                 let crashed = self
@@ -813,7 +808,9 @@ impl ClusterState {
                     .expect("crashed above")
                     .status = ServerStatus::Removed;
                 self.server_list_version += 1;
-                Ok((Effect::Changed, self.up_ids(), None))
+                // It owned nothing (its recovery completed): no tablet
+                // moves, nobody to push.
+                Ok((Effect::Changed, BTreeSet::new(), None))
             }
         }
     }
@@ -1367,5 +1364,134 @@ mod tests {
         bytes[1] = SNAPSHOT_FORMAT_VERSION + 1;
         let e = ClusterState::restore(&bytes).unwrap_err().to_string();
         assert!(e.contains("versions 1 to 2"), "{e}");
+    }
+
+    /// Every master whose tablets an operation changes is among its push
+    /// targets (else it would serve from a stale map until some later
+    /// push), and every target is up: over random operation sequences.
+    /// The targets are exactly those since issue 17's part 5: an
+    /// enlistment pushes to the new server alone, a crash to its plan's
+    /// recipients, a removal to nobody.
+    #[test]
+    fn every_master_whose_tablets_change_is_a_target() {
+        use rand::{Rng, SeedableRng};
+        let mut enlists = 0;
+        let mut pushes_to_others = 0;
+        for seed in 0..200u64 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut s = ClusterState::default();
+            let mut index = 0u64;
+            let mut nonce = 0u64;
+            for _ in 0..60 {
+                let up = s.up_masters();
+                let tables: Vec<String> = s.tables().map(|t| t.name.clone()).collect();
+                let record = match rng.random_range(0..8) {
+                    0 | 1 if up.len() < 6 => {
+                        nonce += 1;
+                        Record::Commit(Op::EnlistServer {
+                            addr: format!("m{nonce}:7000"),
+                            services: services::MASTER,
+                            nonce,
+                        })
+                    }
+                    2 if !up.is_empty() => {
+                        let n = rng.random_range(1..=4u64);
+                        let step = u64::MAX / n;
+                        let tablets = (0..n)
+                            .map(|k| TabletSpec {
+                                start_hash: k * step,
+                                end_hash: if k + 1 == n {
+                                    u64::MAX
+                                } else {
+                                    (k + 1) * step - 1
+                                },
+                                owner: up[rng.random_range(0..up.len())],
+                            })
+                            .collect();
+                        Record::Commit(Op::CreateTable {
+                            name: format!("t{}", rng.random_range(0..5)),
+                            tablets,
+                        })
+                    }
+                    3 if !tables.is_empty() => Record::Commit(Op::DropTable {
+                        name: tables[rng.random_range(0..tables.len())].clone(),
+                    }),
+                    4 if !tables.is_empty() => Record::Commit(Op::SplitTablet {
+                        table: tables[rng.random_range(0..tables.len())].clone(),
+                        split_hash: rng.random(),
+                    }),
+                    5 if !tables.is_empty() && !up.is_empty() => {
+                        Record::Commit(Op::MigrateTablet {
+                            table: tables[rng.random_range(0..tables.len())].clone(),
+                            hash: rng.random(),
+                            to: up[rng.random_range(0..up.len())],
+                        })
+                    }
+                    6 if up.len() > 1 => {
+                        let id = up[rng.random_range(0..up.len())];
+                        match s.plan_recovery(id) {
+                            Some(plan) => Record::Commit(Op::ServerCrashed { id, plan }),
+                            None => continue,
+                        }
+                    }
+                    7 => {
+                        // Complete something, or remove a recovered server.
+                        let crashed = s
+                            .servers()
+                            .find(|x| x.status == ServerStatus::Crashed)
+                            .map(|x| x.id);
+                        match (s.incomplete().keys().next().copied(), crashed) {
+                            (Some(seq), _) if rng.random_bool(0.7) => Record::Complete { seq },
+                            (_, Some(id)) => Record::Commit(Op::ServerRemoved { id }),
+                            (Some(seq), None) => Record::Complete { seq },
+                            (None, None) => continue,
+                        }
+                    }
+                    _ => continue,
+                };
+                let before: BTreeMap<ServerId, Vec<RegionTablet>> = s
+                    .servers()
+                    .map(|x| (x.id, s.region_for(x.id, 0).tablets))
+                    .collect();
+                index += 1;
+                let outcome = s.apply(index, &record.encode().unwrap());
+                let Outcome::Committed(effect) = outcome else {
+                    continue;
+                };
+                let Some(p) = s.incomplete().get(&index) else {
+                    continue;
+                };
+                let up_after: BTreeSet<ServerId> = s.up_masters().into_iter().collect();
+                assert!(
+                    p.targets.is_subset(&up_after),
+                    "seed {seed}: {} targets {:?}, up {:?}",
+                    p.op.kind(),
+                    p.targets,
+                    up_after
+                );
+                for id in &up_after {
+                    let after = s.region_for(*id, 0).tablets;
+                    let was = before.get(id).cloned().unwrap_or_default();
+                    if after != was || !before.contains_key(id) {
+                        assert!(
+                            p.targets.contains(id),
+                            "seed {seed}: {} changed {id}'s tablets ({was:?} -> {after:?}) without targeting it ({:?})",
+                            p.op.kind(),
+                            p.targets
+                        );
+                    }
+                }
+                if let Effect::Enlisted(id) = effect {
+                    enlists += 1;
+                    assert_eq!(p.targets, BTreeSet::from([id]), "seed {seed}");
+                }
+                pushes_to_others += p.targets.len();
+            }
+        }
+        assert!(
+            enlists > 100,
+            "the sequences enlisted only {enlists} servers"
+        );
+        assert!(pushes_to_others > 0);
     }
 }

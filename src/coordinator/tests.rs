@@ -139,7 +139,9 @@ impl Harness {
         }
     }
 
-    /// Every up master holds exactly what the state says it should.
+    /// Every up master holds exactly the tablets the state says it should,
+    /// and a server list no newer than the state's (lists are pushed only
+    /// with tablet changes: they may lag).
     fn assert_masters_match(&self) {
         for (id, m) in &self.masters {
             if !self.state.is_up(*id) {
@@ -147,7 +149,12 @@ impl Harness {
             }
             let want = self.state.region_for(*id, 0);
             let have = m.config().expect("a configuration");
-            assert_eq!(have.server_list_version, want.server_list_version, "{id}");
+            assert!(
+                have.server_list_version <= want.server_list_version,
+                "{id}: list {} ahead of {}",
+                have.server_list_version,
+                want.server_list_version
+            );
             assert_eq!(have.tablets, want.tablets, "{id}");
         }
     }
