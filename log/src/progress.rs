@@ -26,6 +26,12 @@ pub enum ProgressState {
         index: Index,
         /// Bytes of it sent and acknowledged.
         acked_offset: u64,
+        /// Bytes of it sent (a window of chunks ahead of `acked_offset`).
+        sent_offset: u64,
+        /// A chunk was retransmitted (a heartbeat answer) since the last
+        /// answer taken: the next answer is taken even if it goes back
+        /// (the follower lost what it had assembled).
+        rewind_ok: bool,
     },
 }
 
@@ -93,6 +99,8 @@ impl Progress {
         self.state = ProgressState::Snapshot {
             index,
             acked_offset: 0,
+            sent_offset: 0,
+            rewind_ok: false,
         };
         self.probe_sent = false;
         self.inflights.clear();

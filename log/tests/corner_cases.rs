@@ -389,6 +389,67 @@ fn repeated_answers_to_snapshot_chunks_do_not_multiply_the_chunks() {
     assert_eq!(chunks, 10, "chunks sent for a 100-byte snapshot");
 }
 
+/// A follower loses the snapshot it was assembling (it restarts), and a
+/// late copy of the first chunk starts its assembly again, so it answers
+/// with an offset behind what the leader holds acknowledged. The leader
+/// drops answers that go back (see the test above), but must still take
+/// one that answers its retransmission, or the transfer would stall until
+/// the next compaction. (Found by review of that rule.)
+#[test]
+fn a_follower_that_lost_its_partial_snapshot_still_gets_it() {
+    let mut c = Cluster::new(3, |cfg| {
+        cfg.snapshot_chunk_bytes = 10;
+    });
+    c.elect(1);
+    c.isolated.insert(3);
+    for i in 0..10 {
+        c.propose(1, &format!("entry-{i}"));
+    }
+    c.stabilize();
+    let point = c.node(1).snapshot_point();
+    c.node_mut(1)
+        .storage_mut()
+        .compact(Snapshot {
+            meta: point.clone(),
+            data: Bytes::from(vec![b's'; 100]),
+        })
+        .unwrap();
+    c.isolated.clear();
+    c.tick(1, c.cfg.heartbeat_interval_ticks);
+    // Four chunks through, a copy of the first kept.
+    let mut first = None;
+    let mut chunks = 0;
+    while chunks < 4 {
+        c.process_all();
+        let pos = c
+            .queue
+            .iter()
+            .position(|m| m.to == 3 || m.from == 3)
+            .expect("the transfer goes on");
+        let m = c.queue.remove(pos);
+        if let MessageBody::Snapshot { offset, .. } = &m.body {
+            chunks += 1;
+            if *offset == 0 {
+                first.get_or_insert_with(|| m.clone());
+            }
+        }
+        let to = m.to;
+        c.node_mut(to).step(m);
+        c.process(to);
+    }
+    c.drop_where(|m| m.to == 3 || m.from == 3);
+    c.crash(3);
+    c.restart(3);
+    c.node_mut(3).step(first.expect("the first chunk"));
+    c.process(3);
+    for _ in 0..30 {
+        c.tick(1, 1);
+        c.stabilize();
+    }
+    assert_eq!(c.node(3).log().storage().snapshot().meta.index, point.index);
+    assert_eq!(c.node(3).log().last_index(), c.node(1).log().last_index());
+}
+
 /// Two peers' votes are a quorum of three, but the candidate waits for its
 /// own, which comes only once its new term is durable. (Found by the
 /// coordinator workload: a leader elected before its term was on disk

@@ -89,6 +89,8 @@ struct PendingRead {
 struct IncomingSnapshot {
     meta: SnapshotMeta,
     total_len: u64,
+    /// The term of the leader sending it.
+    term: Term,
     data: BytesMut,
 }
 

@@ -265,6 +265,7 @@ impl<S: Storage> RawNode<S> {
             ProgressState::Snapshot {
                 index,
                 acked_offset,
+                ..
             } => {
                 let snap = self.log.storage.snapshot();
                 if snap.meta.index != index {
@@ -272,8 +273,16 @@ impl<S: Storage> RawNode<S> {
                     // old snapshot. Start over with the newer one.
                     self.send_snapshot(from);
                 } else {
-                    // Retransmit the chunk that may have been lost.
-                    self.send_snapshot_chunk(from, &snap, acked_offset);
+                    // Retransmit the window from what was acknowledged
+                    // (a chunk may have been lost); the answer is taken
+                    // whichever way it points.
+                    self.progress.get_mut(&from).expect("above").state = ProgressState::Snapshot {
+                        index,
+                        acked_offset,
+                        sent_offset: acked_offset,
+                        rewind_ok: true,
+                    };
+                    self.send_snapshot_window(from, &snap);
                 }
             }
             ProgressState::Replicate => {}

@@ -9,6 +9,9 @@ use crate::message::MessageBody;
 use crate::progress::ProgressState;
 use crate::storage::Storage;
 
+/// Snapshot chunks in flight to one follower.
+const SNAPSHOT_WINDOW_CHUNKS: u64 = 4;
+
 impl<S: Storage> RawNode<S> {
     pub(super) fn handle_snapshot_chunk(
         &mut self,
@@ -31,10 +34,13 @@ impl<S: Storage> RawNode<S> {
             );
             return;
         }
-        let assembling = self
-            .incoming_snapshot
-            .as_ref()
-            .is_some_and(|inc| inc.meta == meta && inc.total_len == total_len);
+        // The same snapshot from the same leader (its term): two leaders'
+        // snapshots of equal metadata are never spliced together.
+        let term = self.term;
+        let same = |inc: &IncomingSnapshot| {
+            inc.meta == meta && inc.total_len == total_len && inc.term == term
+        };
+        let assembling = self.incoming_snapshot.as_ref().is_some_and(same);
         if offset == 0 && !assembling {
             // A first chunk starts this snapshot. A first chunk of the one
             // being assembled is a repeat (a retransmission, a duplicate):
@@ -45,11 +51,12 @@ impl<S: Storage> RawNode<S> {
             self.incoming_snapshot = Some(IncomingSnapshot {
                 meta: meta.clone(),
                 total_len,
+                term,
                 data: BytesMut::with_capacity(total_len as usize),
             });
         }
         let expected = match &self.incoming_snapshot {
-            Some(inc) if inc.meta == meta && inc.total_len == total_len => inc.data.len() as u64,
+            Some(inc) if same(inc) => inc.data.len() as u64,
             _ => 0,
         };
         if offset != expected {
@@ -128,7 +135,47 @@ impl<S: Storage> RawNode<S> {
             .get_mut(&to)
             .expect("member")
             .become_snapshot(index);
-        self.send_snapshot_chunk(to, &snap, 0);
+        self.send_snapshot_window(to, &snap);
+    }
+
+    /// Sends the chunks of `snap` from what `to` has not been sent up to
+    /// [`SNAPSHOT_WINDOW_CHUNKS`] chunks past what it acknowledged: a few
+    /// chunks in flight, so a transfer takes a round trip per window
+    /// rather than per chunk, each answer that moves it on sliding the
+    /// window one chunk (a lost chunk is sent again from the heartbeat's
+    /// retransmission; the follower takes chunks only in order).
+    pub(super) fn send_snapshot_window(&mut self, to: NodeId, snap: &Snapshot) {
+        let total = snap.data.len() as u64;
+        if total == 0 {
+            // Nothing to stream: the one empty chunk installs it.
+            self.send_snapshot_chunk(to, snap, 0);
+            return;
+        }
+        let chunk = self.cfg.snapshot_chunk_bytes as u64;
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return;
+        };
+        let ProgressState::Snapshot {
+            acked_offset,
+            sent_offset,
+            ..
+        } = &mut pr.state
+        else {
+            return;
+        };
+        let limit = acked_offset
+            .saturating_add(SNAPSHOT_WINDOW_CHUNKS.saturating_mul(chunk))
+            .min(total);
+        let mut offsets = Vec::new();
+        let mut at = (*sent_offset).max(*acked_offset);
+        while at < limit {
+            offsets.push(at);
+            at = at.saturating_add(chunk).min(total);
+        }
+        *sent_offset = at;
+        for offset in offsets {
+            self.send_snapshot_chunk(to, snap, offset);
+        }
     }
 
     pub(super) fn send_snapshot_chunk(&mut self, to: NodeId, snap: &Snapshot, offset: u64) {
@@ -161,6 +208,8 @@ impl<S: Storage> RawNode<S> {
         let ProgressState::Snapshot {
             index: sent,
             acked_offset,
+            sent_offset,
+            rewind_ok,
         } = pr.state
         else {
             return;
@@ -178,22 +227,34 @@ impl<S: Storage> RawNode<S> {
         // second ping-pong beside the first, every duplicate and every
         // heartbeat's retransmission another, until the chains crowd the
         // link (the simulator's heavy faults found a snapshot of 611
-        // bytes not done in 100 ticks). Zero is the exception: the
-        // follower lost what it had assembled (a restart) and starts over.
-        let moves_on = next_offset > acked_offset || (next_offset == 0 && acked_offset > 0);
+        // bytes not done in 100 ticks). An answer that goes back is taken
+        // when it says zero (the follower restarted and lost what it had
+        // assembled) or answers a retransmission (it lost it otherwise: a
+        // late copy of the first chunk restarted its assembly after it
+        // had installed the snapshot, say), at most once per
+        // retransmission, so the transfer can always resume.
+        let moves_on = next_offset > acked_offset
+            || (next_offset < acked_offset && (next_offset == 0 || rewind_ok));
         if !moves_on {
             return;
         }
         pr.state = ProgressState::Snapshot {
             index: sent,
             acked_offset: next_offset,
+            // Going back: send again from there.
+            sent_offset: if next_offset < acked_offset {
+                next_offset
+            } else {
+                sent_offset.max(next_offset)
+            },
+            rewind_ok: false,
         };
         let snap = self.log.storage.snapshot();
         if snap.meta.index != sent {
             // Compacted again meanwhile: start over with the newer one.
             self.send_snapshot(from);
         } else if next_offset < snap.data.len() as u64 {
-            self.send_snapshot_chunk(from, &snap, next_offset);
+            self.send_snapshot_window(from, &snap);
         }
     }
 }
