@@ -165,10 +165,22 @@ impl Ops {
 impl Uring {
     /// A ring, or why the kernel refuses one (then: epoll).
     pub(super) fn new() -> std::io::Result<Uring> {
+        // COOP_TASKRUN (5.19): a completion does not interrupt the owner
+        // while it runs (it finds its completions when it next enters or
+        // waits; a sleeping owner is still woken). Measured on this VM in
+        // memory mode: the commit point ~20 µs closer to epoll's. Older
+        // kernels: without it.
         let ring = IoUring::builder()
             .setup_cqsize(CQ_ENTRIES)
             .setup_clamp()
-            .build(RING_ENTRIES)?;
+            .setup_coop_taskrun()
+            .build(RING_ENTRIES)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(CQ_ENTRIES)
+                    .setup_clamp()
+                    .build(RING_ENTRIES)
+            })?;
         // What this module needs of the kernel (5.11 and later has it all):
         // a timed wait (EXT_ARG), completions never dropped, and the
         // operations. Anything less: epoll.
