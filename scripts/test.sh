@@ -43,7 +43,8 @@ target/release/ramcoord-bench compare --quick --json --out "$smoke/results" --di
 for field in floor_rtt_p50_us floor_fsync_p50_us commit_fsync_p50_us commit_fsync_p99_us \
   commit_memory_p50_us commit_memory_p99_us etcd_put_p50_us fsync_ops_per_s_64 etcd_ops_per_s_64 failover_p50_ms \
   floor_fsync3_p50_us floor_client_p50_us commit_fsync_leader_p50_us commit_memory_leader_p50_us push_1_p50_us push_100_p50_us \
-  commit_fsync_insecure_p50_us tls_commit_p50_ratio tls_commit_added_p50_us_memory; do
+  commit_fsync_insecure_p50_us tls_commit_p50_ratio tls_commit_added_p50_us_memory \
+  etcd_native_put_p50_us etcd_native_ops_per_s_64; do
   grep -q "\"$field\":" "$smoke/report.json" || { echo "compare --json lacks $field" >&2; exit 1; }
 done
 rm -rf "$smoke"

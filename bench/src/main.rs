@@ -185,7 +185,8 @@ enum Scenario {
         json: bool,
     },
     /// The same write workload against a 3-member etcd cluster on loopback
-    /// (installed and started by scripts/etcd-cluster.sh).
+    /// (installed and started by scripts/etcd-cluster.sh), through etcd's
+    /// native gRPC client and through its JSON gateway.
     Etcd {
         /// Sequential puts.
         #[arg(long, default_value_t = 3000)]
@@ -457,18 +458,20 @@ kill -> rolled forward  {}",
                 let mut s = format!(
                     "{}
 µs p50 / p99 / p99.9 / max
-put (1 client)          {}
-serializable read       {}
+put (1 client), native gRPC    {}
+put (1 client), JSON gateway   {}
+serializable read, gateway     {}
 ",
                     r.version,
+                    r.native_put.row(),
                     r.put.row(),
                     r.client_floor.row()
                 );
-                for t in &r.throughput {
+                for (t, g) in r.native_throughput.iter().zip(&r.throughput) {
                     s += &format!(
-                        "{:>3} clients: {:.0} puts/s
+                        "{:>3} clients: {:.0} puts/s native gRPC, {:.0} through the gateway
 ",
-                        t.clients, t.ops_per_s
+                        t.clients, t.ops_per_s, g.ops_per_s
                     );
                 }
                 s
