@@ -4,12 +4,18 @@
 //!
 //! # What the ring does
 //!
-//! - **Receives.** Each connection has one `Recv` in flight into a buffer
-//!   of its own (64 KiB for a replica, 4 KiB for anyone else: a client's
-//!   requests are small, and up to `client_conns_max` of them may be
-//!   connected). Its completion carries the bytes; they go through the
-//!   TLS session, if any, into the connection's frame decoder, and the
-//!   `Recv` is armed again. A completion of zero bytes is the peer's close.
+//! - **Receives.** Each connection has one multishot `Recv` armed: one
+//!   submission, then a completion for every burst of bytes the socket
+//!   gets, until the connection ends. The kernel picks each burst's buffer
+//!   from a ring of buffers the ring owns ([`BufPool`], a provided-buffer
+//!   ring): 16 of 64 KiB shared by the replicas, 512 of 4 KiB shared by
+//!   everyone else (clients' requests are small, and up to
+//!   `client_conns_max` of them may be connected: the memory no longer
+//!   grows with them). The bytes go through the TLS session, if any, into
+//!   the connection's frame decoder, and the buffer goes straight back to
+//!   the kernel. A completion of zero bytes is the peer's close; a
+//!   completion that ends the multishot (no `MORE` flag: the pool ran dry,
+//!   or the kernel chose to) arms it again.
 //! - **Sends.** A sender never touches the socket: [`Link::send`] seals
 //!   the frame into the link's backlog (bounded, as on epoll) and, the
 //!   first time bytes wait, marks the connection dirty. Before the owner
@@ -17,10 +23,10 @@
 //!   waiting (at most one in flight per connection, so bytes leave in
 //!   order), and one `io_uring_enter` submits them all: the sends of a
 //!   whole ready cost one system call.
-//! - **Bounds.** A client or master connection is not read again while
-//!   the events queued for the owner are at [`READY_EVENTS_MAX`] (its
-//!   peer's TCP window then closes); it is read again once half of them
-//!   are taken. Replicas are always read (Raft bounds what they send).
+//! - **Bounds.** A client or master connection stops being read while the
+//!   events queued for the owner are at [`READY_EVENTS_MAX`] (its receive
+//!   is cancelled; its peer's TCP window then closes); it is read again
+//!   once half of them are taken. Replicas are always read (Raft bounds what they send).
 //!   One [`Uring::poll`] makes at most [`PASSES_MAX`] passes over the
 //!   completions, so a peer that keeps its socket full cannot keep the
 //!   owner from its ticks.
@@ -31,16 +37,17 @@
 //!
 //! # Buffers the kernel holds
 //!
-//! A `Recv`'s buffer and a `Send`'s bytes are read or written by the
-//! kernel until the operation's completion arrives. Both live in the
-//! connection's [`Ops`] (the receive buffer, and an `Arc` of the link
-//! whose `flight` buffer is not touched while a send is in flight), which
-//! is dropped only once nothing is in flight for it: a closed connection
-//! is shut down, its operations complete (with zero or an error), and only
-//! then are its buffers freed. When the transport is dropped, the ring
-//! waits (bounded) for what is still in flight and leaks the buffers of
-//! anything that never completes rather than free memory the kernel may
-//! still write.
+//! The pools' buffers may be written by the kernel whenever a receive is
+//! armed; they are freed only after every receive has ended and the pool
+//! is unregistered. A `Send`'s bytes are read by the kernel until its
+//! completion: they live in the link's `flight` buffer (not touched while
+//! a send is in flight), kept alive by an `Arc` of the link in the
+//! connection's [`Ops`], which is dropped only once nothing is in flight
+//! for it: a closed connection is shut down, its operations complete (with
+//! zero or an error), and only then does it go. When the transport is
+//! dropped, the ring waits (bounded) for what is still in flight and leaks
+//! the memory of anything that never completes rather than free memory
+//! the kernel may still use.
 //!
 //! The owner may instead wait on the ring's descriptor ([`Uring::fd`],
 //! readable while completions wait) beside other descriptors, as the
@@ -68,10 +75,23 @@ const CQ_ENTRIES: u32 = 65_536;
 /// its socket full completes a receive on every pass, and the owner must
 /// get back to its ticks and its queue.
 const PASSES_MAX: usize = 4;
-/// A replica's receive buffer: a burst of appends in one completion.
-const RECV_REPLICA_BYTES: usize = 64 << 10;
-/// Anyone else's (clients, masters): small requests and acknowledgements.
-const RECV_OTHER_BYTES: usize = 4 << 10;
+/// The replicas' receive buffers: a burst of appends in one completion.
+/// A handful of replica connections, each with at most a few bursts
+/// waiting to be looked at.
+const POOL_REPLICA: PoolShape = PoolShape {
+    group: 0,
+    count: 16,
+    bytes: 64 << 10,
+};
+/// Everyone else's (clients, masters): small requests and
+/// acknowledgements, up to this many bursts waiting at once; past it a
+/// receive ends (`ENOBUFS`, nothing lost) and is armed again once the
+/// owner has given the buffers back.
+const POOL_OTHER: PoolShape = PoolShape {
+    group: 1,
+    count: 512,
+    bytes: 4 << 10,
+};
 
 /// What a completion is for: the kind in the top byte of `user_data`, the
 /// connection's token below.
@@ -79,6 +99,7 @@ const KIND_SHIFT: u32 = 56;
 const KIND_WAKE: u64 = 1;
 const KIND_RECV: u64 = 2;
 const KIND_SEND: u64 = 3;
+const KIND_CANCEL: u64 = 4;
 const TOKEN_MASK: u64 = (1 << KIND_SHIFT) - 1;
 
 /// The owner's ring (see the module docs).
@@ -143,16 +164,24 @@ struct Core {
     wake_broken: bool,
     /// Completions copied out of the ring (reused).
     done: Vec<(u64, i32, u32)>,
+    /// Where receives land: [`POOL_REPLICA`] and [`POOL_OTHER`].
+    pools: [BufPool; 2],
 }
 
-/// One connection's operations in flight, and the memory they use.
+/// One connection's operations in flight.
 struct Ops {
     link: Arc<Link>,
-    buf: Box<[u8]>,
+    /// The pool its receives take buffers from.
+    group: u16,
+    /// A multishot receive is armed (until a completion without `MORE`).
     recv_armed: bool,
+    /// Its receive is being cancelled (the owner is behind).
+    cancelling: bool,
+    /// In `Core::parked`.
+    parked: bool,
     send_armed: bool,
     /// The connection is still read (false: closing, waiting for what is
-    /// in flight before its buffers go).
+    /// in flight before it goes).
     open: bool,
 }
 
@@ -207,6 +236,20 @@ impl Uring {
                 return Err(unsupported(name));
             }
         }
+        // Multishot receives arrived in 6.0, with SINGLE_ISSUER: a ring
+        // that takes the flag says the kernel has them (provided-buffer
+        // rings, 5.19, too).
+        if IoUring::<squeue::Entry>::builder()
+            .setup_single_issuer()
+            .build(2)
+            .is_err()
+        {
+            return Err(unsupported("multishot receives (Linux 6.0)"));
+        }
+        let pools = [
+            BufPool::new(&ring, POOL_REPLICA)?,
+            BufPool::new(&ring, POOL_OTHER)?,
+        ];
         let eventfd = rustix::event::eventfd(
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
@@ -220,6 +263,7 @@ impl Uring {
                 wake_armed: false,
                 wake_broken: false,
                 done: Vec::new(),
+                pools,
             }),
             kick: Arc::new(Kick {
                 dirty: Mutex::new(Vec::new()),
@@ -368,18 +412,21 @@ impl Uring {
                 let token = conn.token;
                 // By what admission made of it, not by the id it claims.
                 let client = conn.ticket.as_ref().is_some_and(|t| t.is_client());
-                let size = match PeerClass::of(conn.peer) {
-                    PeerClass::Replica(_) if !client => RECV_REPLICA_BYTES,
-                    _ => RECV_OTHER_BYTES,
+                let group = match PeerClass::of(conn.peer) {
+                    PeerClass::Replica(_) if !client => POOL_REPLICA.group,
+                    _ => POOL_OTHER.group,
                 };
                 let mut ops = Ops {
                     link: conn.stream.clone(),
-                    buf: vec![0u8; size].into_boxed_slice(),
+                    group,
                     recv_armed: false,
+                    cancelling: false,
+                    parked: false,
                     send_armed: false,
                     open: true,
                 };
                 if !arm_recv(&mut core.ring, token, &mut ops) {
+                    ops.parked = true;
                     core.parked.push(token);
                 }
                 if let Some(bytes) = ops.link.ring_take() {
@@ -395,7 +442,11 @@ impl Uring {
             tracing::info!("the owner caught up: reading clients and masters again");
             for token in std::mem::take(&mut core.parked) {
                 if let Some(ops) = core.ops.get_mut(&token) {
+                    ops.parked = false;
+                    // One still being cancelled is armed again when its
+                    // receive ends.
                     if ops.open && !ops.recv_armed && !arm_recv(&mut core.ring, token, ops) {
+                        ops.parked = true;
                         core.parked.push(token);
                     }
                 }
@@ -448,29 +499,71 @@ impl Uring {
                 let _ = flags;
             }
             KIND_RECV => {
-                let Some(ops) = core.ops.get_mut(&token) else {
+                let Core {
+                    ops,
+                    pools,
+                    parked,
+                    ring,
+                    ..
+                } = core;
+                let Some(op) = ops.get_mut(&token) else {
                     return;
                 };
-                ops.recv_armed = false;
-                if !ops.open {
-                    if ops.idle() {
-                        core.ops.remove(&token);
+                if !io_uring::cqueue::more(flags) {
+                    op.recv_armed = false;
+                    op.cancelling = false;
+                }
+                let pool = &mut pools[usize::from(op.group)];
+                let bid = io_uring::cqueue::buffer_select(flags);
+                if !op.open {
+                    if let Some(bid) = bid {
+                        pool.give_back(bid);
+                    }
+                    if op.idle() {
+                        ops.remove(&token);
                     }
                     return;
                 }
                 let mut conns = inline.conns.lock().expect("lock poisoned");
                 let Some(conn) = conns.get_mut(&mio::Token(token)) else {
+                    if let Some(bid) = bid {
+                        pool.give_back(bid);
+                    }
                     return;
                 };
                 let keep = if res > 0 {
-                    conn.last_read = Instant::now();
-                    received(inner, conn, &ops.buf[..res as usize])
+                    match bid {
+                        Some(bid) => {
+                            conn.last_read = Instant::now();
+                            // SAFETY: the kernel wrote `res` bytes into
+                            // buffer `bid` and handed it to us with this
+                            // completion; it is not given back (and so not
+                            // written again) until after this call.
+                            let bytes = unsafe { pool.bytes(bid, res as usize) };
+                            let keep = received(inner, conn, bytes);
+                            pool.give_back(bid);
+                            keep
+                        }
+                        None => {
+                            tracing::error!(peer = conn.peer, "io_uring receive without a buffer");
+                            false
+                        }
+                    }
                 } else if res == 0 {
                     if !inner.shutdown.load(Ordering::SeqCst) {
                         tracing::info!(peer = conn.peer, addr = %conn.addr, "connection closed");
                     }
                     false
-                } else if matches!(-res, libc_errno::EINTR | libc_errno::EAGAIN) {
+                } else if matches!(
+                    -res,
+                    libc_errno::EINTR
+                        | libc_errno::EAGAIN
+                        | libc_errno::ENOBUFS
+                        | libc_errno::ECANCELED
+                ) {
+                    // Interrupted, the pool dry for a moment (nothing was
+                    // taken from the socket), or cancelled by us: armed
+                    // again below.
                     true
                 } else {
                     let e = std::io::Error::from_raw_os_error(-res);
@@ -484,19 +577,31 @@ impl Uring {
                     || conn.ticket.as_ref().is_some_and(|t| t.is_client());
                 let behind = pausable
                     && inline.ready.lock().expect("lock poisoned").len() >= READY_EVENTS_MAX;
-                if keep && behind {
-                    if core.parked.is_empty() {
+                if !keep {
+                    // Its socket is shut down on close: an armed receive
+                    // ends with zero bytes, and the connection's ops go.
+                    closing.extend(conns.remove(&mio::Token(token)));
+                } else if behind {
+                    if parked.is_empty() {
                         tracing::warn!("the owner is behind: reading clients and masters paused");
                     }
-                    core.parked.push(token);
-                } else if keep {
-                    if !arm_recv(&mut core.ring, token, ops) {
-                        core.parked.push(token);
+                    if op.recv_armed && !op.cancelling {
+                        let cancel = opcode::AsyncCancel::new(recv_data(token))
+                            .build()
+                            .user_data((KIND_CANCEL << KIND_SHIFT) | token as u64);
+                        // SAFETY: a cancellation points at no memory.
+                        op.cancelling = unsafe { push(ring, &cancel) };
                     }
-                } else {
-                    closing.extend(conns.remove(&mio::Token(token)));
+                    if !op.parked {
+                        op.parked = true;
+                        parked.push(token);
+                    }
+                } else if !op.recv_armed && !op.parked && !arm_recv(ring, token, op) {
+                    op.parked = true;
+                    parked.push(token);
                 }
             }
+            KIND_CANCEL => {}
             KIND_SEND => {
                 let Some(ops) = core.ops.get_mut(&token) else {
                     return;
@@ -561,18 +666,22 @@ fn received(inner: &Arc<Inner>, conn: &mut InlineConn, bytes: &[u8]) -> bool {
     true
 }
 
-/// Starts a receive; false if the ring refused it (the caller parks the
-/// connection and tries again later).
+/// The `user_data` of connection `token`'s receive.
+fn recv_data(token: usize) -> u64 {
+    (KIND_RECV << KIND_SHIFT) | token as u64
+}
+
+/// Arms a multishot receive into the connection's pool; false if the ring
+/// refused it (the caller parks the connection and tries again later).
 fn arm_recv(ring: &mut IoUring, token: usize, ops: &mut Ops) -> bool {
     let fd = std::os::fd::AsRawFd::as_raw_fd(ops.link.socket());
-    let len = ops.buf.len() as u32;
-    let recv = opcode::Recv::new(types::Fd(fd), ops.buf.as_mut_ptr(), len)
+    let recv = opcode::RecvMulti::new(types::Fd(fd), ops.group)
         .build()
-        .user_data((KIND_RECV << KIND_SHIFT) | token as u64);
-    // SAFETY: the kernel writes `ops.buf` until this receive completes.
-    // `ops` (with the buffer, a heap allocation that never moves, and the
-    // link that keeps the socket open) stays in `Core::ops` until a
-    // completion has cleared `recv_armed` (see `Ops::idle` and `Drop`).
+        .user_data(recv_data(token));
+    // SAFETY: the kernel writes only buffers of the pool (alive as long as
+    // the ring, and freed only after every receive has ended: see `Drop`);
+    // the link in `ops`, which keeps the socket open, stays in `Core::ops`
+    // until a completion has cleared `recv_armed`.
     ops.recv_armed = unsafe { push(ring, &recv) };
     ops.recv_armed
 }
@@ -658,12 +767,18 @@ impl Drop for Uring {
             let done: Vec<_> = core
                 .ring
                 .completion()
-                .map(|c| (c.user_data() >> KIND_SHIFT, c.user_data() & TOKEN_MASK))
+                .map(|c| {
+                    (
+                        c.user_data() >> KIND_SHIFT,
+                        c.user_data() & TOKEN_MASK,
+                        c.flags(),
+                    )
+                })
                 .collect();
-            for (kind, token) in done {
+            for (kind, token, flags) in done {
                 if let Some(ops) = core.ops.get_mut(&(token as usize)) {
                     match kind {
-                        KIND_RECV => ops.recv_armed = false,
+                        KIND_RECV if !io_uring::cqueue::more(flags) => ops.recv_armed = false,
                         KIND_SEND => ops.send_armed = false,
                         _ => {}
                     }
@@ -676,14 +791,165 @@ impl Drop for Uring {
             .filter(|(_, o)| !o.idle())
             .map(|(t, _)| *t)
             .collect();
+        let receiving = stuck
+            .iter()
+            .any(|t| core.ops.get(t).is_some_and(|o| o.recv_armed));
         for t in stuck {
             // Never completed: the kernel may still use its memory.
             if let Some(ops) = core.ops.remove(&t) {
                 std::mem::forget(ops);
             }
         }
+        for pool in &mut core.pools {
+            if receiving {
+                // A receive may still write into the pools.
+                pool.leak();
+            } else {
+                let _ = core.ring.submitter().unregister_buf_ring(pool.shape.group);
+            }
+        }
     }
 }
+
+/// The size of a pool of receive buffers.
+#[derive(Clone, Copy)]
+struct PoolShape {
+    /// Its buffer group id (what a receive names).
+    group: u16,
+    /// How many buffers (a power of two).
+    count: u16,
+    /// Bytes in each.
+    bytes: usize,
+}
+
+/// Receive buffers the kernel picks from (a provided-buffer ring): an
+/// array of descriptors, page-aligned and shared with the kernel, whose
+/// tail we advance to hand buffers over, and the buffers themselves, one
+/// allocation. The kernel takes a buffer for each completion and names it
+/// in the completion's flags; [`BufPool::give_back`] returns it.
+struct BufPool {
+    shape: PoolShape,
+    entries: std::ptr::NonNull<types::BufRingEntry>,
+    entries_layout: std::alloc::Layout,
+    data: std::ptr::NonNull<u8>,
+    data_layout: std::alloc::Layout,
+    /// Our copy of the tail (the kernel reads the shared one).
+    tail: u16,
+    /// The memory must not be freed (a receive may still write it).
+    leaked: bool,
+}
+
+impl BufPool {
+    /// Allocates a pool, registers it with `ring` and hands every buffer
+    /// to the kernel.
+    fn new(ring: &IoUring, shape: PoolShape) -> std::io::Result<BufPool> {
+        use std::alloc::{alloc_zeroed, Layout};
+        assert!(shape.count.is_power_of_two(), "pool size");
+        let oom = || std::io::Error::from(std::io::ErrorKind::OutOfMemory);
+        let entries_layout = Layout::from_size_align(
+            usize::from(shape.count) * std::mem::size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .map_err(|_| oom())?;
+        let data_layout = Layout::from_size_align(usize::from(shape.count) * shape.bytes, 64)
+            .map_err(|_| oom())?;
+        // SAFETY: both layouts have a non-zero size.
+        let entries = std::ptr::NonNull::new(unsafe { alloc_zeroed(entries_layout) })
+            .ok_or_else(oom)?
+            .cast::<types::BufRingEntry>();
+        // SAFETY: as above.
+        let Some(data) = std::ptr::NonNull::new(unsafe { alloc_zeroed(data_layout) }) else {
+            // SAFETY: allocated just above with this layout.
+            unsafe { std::alloc::dealloc(entries.as_ptr().cast(), entries_layout) };
+            return Err(oom());
+        };
+        let mut pool = BufPool {
+            shape,
+            entries,
+            entries_layout,
+            data,
+            data_layout,
+            tail: 0,
+            leaked: false,
+        };
+        // SAFETY: the descriptors are page-aligned, `count` long, and live
+        // until the pool is unregistered (`Uring`'s `Drop`) or leaked.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                pool.entries.as_ptr() as u64,
+                shape.count,
+                shape.group,
+                0,
+            )?;
+        }
+        for bid in 0..shape.count {
+            pool.give_back(bid);
+        }
+        Ok(pool)
+    }
+
+    /// The first `len` bytes of buffer `bid`.
+    ///
+    /// # Safety
+    /// The kernel must have handed `bid` over (a completion named it) and
+    /// it must not have been given back since.
+    unsafe fn bytes(&self, bid: u16, len: usize) -> &[u8] {
+        let bid = usize::from(bid % self.shape.count);
+        let len = len.min(self.shape.bytes);
+        // SAFETY: in the data allocation (`bid < count`, `len <= bytes`);
+        // the kernel does not write it while we hold it (caller's promise).
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr().add(bid * self.shape.bytes), len) }
+    }
+
+    /// Hands buffer `bid` (back) to the kernel.
+    fn give_back(&mut self, bid: u16) {
+        let count = self.shape.count;
+        let bid = bid % count;
+        let slot = usize::from(self.tail & (count - 1));
+        // SAFETY: `slot < count` descriptors; the kernel reads only the
+        // descriptors before the shared tail, and this one is past it
+        // until the store below.
+        let entry = unsafe { &mut *self.entries.as_ptr().add(slot) };
+        // SAFETY: `bid < count`: inside the data allocation.
+        let addr = unsafe { self.data.as_ptr().add(usize::from(bid) * self.shape.bytes) };
+        entry.set_addr(addr as u64);
+        entry.set_len(self.shape.bytes as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail is a u16 in the first descriptor, shared with
+        // the kernel, which reads it atomically: published with release
+        // ordering, after the descriptor.
+        let tail = unsafe {
+            std::sync::atomic::AtomicU16::from_ptr(
+                types::BufRingEntry::tail(self.entries.as_ptr()).cast_mut(),
+            )
+        };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// Never frees the memory (the kernel may still write it).
+    fn leak(&mut self) {
+        self.leaked = true;
+    }
+}
+
+impl Drop for BufPool {
+    fn drop(&mut self) {
+        if self.leaked {
+            return;
+        }
+        // SAFETY: allocated in `new` with these layouts; unregistered (or
+        // never used by a receive) by now.
+        unsafe {
+            std::alloc::dealloc(self.entries.as_ptr().cast(), self.entries_layout);
+            std::alloc::dealloc(self.data.as_ptr(), self.data_layout);
+        }
+    }
+}
+
+// SAFETY: the pool is plain memory owned by the ring's `Core`, used by one
+// thread at a time under its lock.
+unsafe impl Send for BufPool {}
 
 /// The Linux constants used here, as the raw numbers completions carry.
 mod libc_errno {
@@ -692,5 +958,7 @@ mod libc_errno {
     pub const EAGAIN: i32 = Errno::AGAIN.raw_os_error();
     pub const EBUSY: i32 = Errno::BUSY.raw_os_error();
     pub const ETIME: i32 = Errno::TIME.raw_os_error();
+    pub const ENOBUFS: i32 = Errno::NOBUFS.raw_os_error();
+    pub const ECANCELED: i32 = Errno::CANCELED.raw_os_error();
     pub const MSG_NOSIGNAL: i32 = rustix::net::SendFlags::NOSIGNAL.bits() as i32;
 }
