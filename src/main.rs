@@ -266,6 +266,15 @@ struct CoordinatorArgs {
     /// hand-overs cost more than they save: measure.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     cores: u16,
+    /// Pin the replica's threads to these CPUs (comma-separated): the
+    /// replica's thread (Raft, the log, the replicas' connections) to the
+    /// first, I/O thread k (--cores) to entry k, wrapping around. Off by
+    /// default: replicas sharing a machine must not pin to the same CPUs,
+    /// and only the operator knows which CPUs this one owns. A CPU the
+    /// process may not use is logged and left unpinned. Threads started
+    /// later by the replica's thread (connectors) share its CPU.
+    #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
+    pin_cpus: Vec<usize>,
     /// Test hook for chaos runs (off by default): SIGUSR1 makes every sync
     /// of the log wait --fault-sync-delay-ms first, as a slow disk would;
     /// SIGUSR2 ends it. Without this flag those signals stop the process.
@@ -1636,6 +1645,7 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     tcp.inline_io = true;
     tcp.io_uring = args.io == IoArg::Uring;
     tcp.io_threads = usize::from(args.cores) - 1;
+    tcp.pin_cpus = args.pin_cpus.clone();
     if args.cores > 1 && args.io != IoArg::Uring {
         eprintln!(
             "ramcoord coordinator: --cores {} needs --io uring",
@@ -1687,9 +1697,17 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     cfg.join = args.join;
     cfg.spin = std::time::Duration::from_micros(args.spin_us);
     cfg.snapshot_entries = args.snapshot_entries.max(1);
+    // Pinned once the transport's own threads (accept, I/O) have started:
+    // they must not inherit the replica's CPU.
+    let pin = args.pin_cpus.first().copied();
     match args.transport {
         TransportArg::Tcp => match TcpTransport::start(tcp) {
-            Ok(t) => drive_coordinator(cfg, t),
+            Ok(t) => {
+                if let Some(cpu) = pin {
+                    ramcoord_net::affinity::pin_current_thread(cpu, "replica");
+                }
+                drive_coordinator(cfg, t)
+            }
             Err(e) => {
                 eprintln!("ramcoord coordinator: {e}");
                 ExitCode::from(2)
@@ -1713,7 +1731,12 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
             let mut r = RdmaConfig::new(args.id, args.cluster, args.listen);
             r.peers = tcp.peers.clone();
             match HybridTransport::start(tcp, r) {
-                Ok(t) => drive_coordinator(cfg, t),
+                Ok(t) => {
+                    if let Some(cpu) = pin {
+                        ramcoord_net::affinity::pin_current_thread(cpu, "replica");
+                    }
+                    drive_coordinator(cfg, t)
+                }
                 Err(e) => {
                     eprintln!("ramcoord coordinator: {e}");
                     ExitCode::from(2)

@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 
 pub mod admission;
+pub mod affinity;
 pub mod frame;
 #[cfg(feature = "rdma")]
 pub mod hybrid;

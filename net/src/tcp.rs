@@ -119,6 +119,10 @@ pub struct TcpConfig {
     /// sends leave the owner's thread, and what they receive reaches the
     /// owner through a bounded queue. 0: the owner does all of it.
     pub io_threads: usize,
+    /// CPUs to pin threads to ([`crate::affinity`]): the owner's is the
+    /// caller's to pin (entry 0); I/O thread `k` (from 1) takes entry
+    /// `k % len`. Empty: nothing pinned.
+    pub pin_cpus: Vec<usize>,
     /// Bounds on what inbound connections may hold ([`crate::admission`]).
     pub limits: Limits,
     /// Mutual TLS on every connection, and the ids it binds
@@ -148,6 +152,7 @@ impl TcpConfig {
             inline_io: false,
             io_uring: true,
             io_threads: 0,
+            pin_cpus: Vec::new(),
             limits: Limits::default(),
             tls: None,
             passes: None,
@@ -312,7 +317,7 @@ pub struct TcpTransport {
 impl TcpTransport {
     /// Starts listening and connecting to the configured peers.
     pub fn start(cfg: TcpConfig) -> Result<TcpTransport, ListenError> {
-        let listener = TcpListener::bind(cfg.listen).map_err(|source| ListenError {
+        let listener = bind_retrying(cfg.listen).map_err(|source| ListenError {
             addr: cfg.listen,
             source,
         })?;
@@ -676,6 +681,34 @@ impl Drop for TcpTransport {
             .collect();
         for t in threads {
             let _ = t.join();
+        }
+    }
+}
+
+/// How long a port in use is tried again before start-up fails.
+const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// Binds `addr`, trying again for [`BIND_RETRY`] while it is in use: a
+/// process restarted right after it was killed finds its port still held
+/// for a few milliseconds (measured: 5-11 ms here), because the kernel
+/// tears a dead process's io_uring down asynchronously and its armed
+/// accept holds the listening socket until then.
+fn bind_retrying(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let deadline = std::time::Instant::now() + BIND_RETRY;
+    let mut logged = false;
+    loop {
+        match TcpListener::bind(addr) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !logged {
+                    logged = true;
+                    tracing::info!(%addr, "address in use (a previous process's socket closing?); trying again");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            r => return r,
         }
     }
 }
@@ -1528,6 +1561,10 @@ pub const READY_EVENTS_MAX: usize = 8192;
 fn io_thread(inner: &Arc<Inner>, n: usize) {
     let inline = inner.inline.as_ref().expect("inline I/O");
     let ring = &inline.helpers[n];
+    let cpus = &inner.cfg.pin_cpus;
+    if !cpus.is_empty() {
+        crate::affinity::pin_current_thread(cpus[(n + 1) % cpus.len()], "net-io");
+    }
     while !inner.shutdown.load(Ordering::SeqCst) {
         ring.poll(inner, inline, Duration::from_millis(100));
         if !inline.ready.lock().expect("lock poisoned").is_empty() {

@@ -250,6 +250,44 @@ fn an_io_thread_serves_clients_for_the_owner() {
     }
 }
 
+/// `pin_cpus` pins each I/O thread to its CPU (entry k for thread k): the
+/// kernel's own record of the thread says so.
+#[test]
+fn io_threads_are_pinned_to_their_cpus() {
+    let last = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    let mut cfg = TcpConfig::new(1, 8, loopback());
+    cfg.inline_io = true;
+    cfg.io_uring = true;
+    cfg.io_threads = 1;
+    cfg.pin_cpus = vec![0, last];
+    let _server = TcpTransport::start(cfg).unwrap();
+    let allowed_of = |name: &str| -> Option<String> {
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() == name {
+                let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+                return status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                    .map(|v| v.trim().to_string());
+            }
+        }
+        None
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let allowed = allowed_of("net-io-1");
+        if allowed.as_deref() == Some(last.to_string().as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "net-io-1 may run on {allowed:?}, not only CPU {last}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// More clients than the ring has receive buffers for them (512) send at
 /// once while the owner is not looking: the kernel runs out of buffers for
 /// some receives (`ENOBUFS` ends them, taking nothing from the socket),

@@ -5,6 +5,14 @@
 //! owner's thread (a coordinator's Raft loop) pays no handshake's
 //! cryptography.
 //!
+//! With io_uring ([`super::TcpConfig::io_uring`]) the listener is not
+//! polled: one multishot `Accept` stays armed on a small ring of this
+//! thread's ([`AcceptRing`]) and completes once per connection, with the
+//! new socket; the loop's `epoll` watches the ring's descriptor beside the
+//! handshakes'. A burst of connections costs no `accept` call each (one
+//! `getpeername` each, for the address admission judges). Where the
+//! kernel has no multishot accept, the listener is polled as before.
+//!
 //! A connection here is admitted against the same bounds as everywhere
 //! ([`crate::admission`]) before any byte is read, must finish its
 //! handshake and first frame by the handshake deadline, and is then judged
@@ -29,6 +37,8 @@ use crate::frame::{Frame, FrameDecoder};
 use crate::link::Link;
 
 const LISTENER: Token = Token(0);
+/// The accept ring's descriptor (handshakes count up from 1).
+const RING: Token = Token(usize::MAX);
 /// Longest wait in `poll` (the shutdown flag and accept retries are looked
 /// at this often when nothing happens).
 const POLL_MAX: Duration = Duration::from_millis(200);
@@ -81,6 +91,33 @@ pub(super) fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         let _ = listener.set_nonblocking(false);
         return super::accept_loop(inner, listener);
     }
+    let mut ring = if inner.cfg.io_uring {
+        match AcceptRing::new(&listener) {
+            Ok(r) => {
+                let rfd = r.fd();
+                match poll
+                    .registry()
+                    .register(&mut SourceFd(&rfd), RING, Interest::READABLE)
+                {
+                    Ok(()) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot poll the accept ring; accepting from the listener");
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "no multishot accept; accepting from the listener");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if ring.is_some() {
+        // The ring accepts; the listener's readiness would only wake us.
+        let _ = poll.registry().deregister(&mut SourceFd(&fd));
+    }
     let mut events = Events::with_capacity(256);
     let mut pending: HashMap<Token, Handshake> = HashMap::new();
     let mut next_token = 1usize;
@@ -95,7 +132,11 @@ pub(super) fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         }
         if accept_now {
             accept_now = false;
-            if !accept_all(&inner, &listener, &poll, &mut pending, &mut next_token) {
+            let mut source = match ring.as_mut() {
+                Some(r) => Source::Ring(r),
+                None => Source::Listener(&listener),
+            };
+            if !accept_all(&inner, &mut source, &poll, &mut pending, &mut next_token) {
                 retry_accept = Some(now + ACCEPT_RETRY);
             }
         }
@@ -115,7 +156,7 @@ pub(super) fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         }
         for ev in events.iter() {
             let token = ev.token();
-            if token == LISTENER {
+            if token == LISTENER || token == RING {
                 accept_now = true;
                 continue;
             }
@@ -137,13 +178,13 @@ pub(super) fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
 /// for want of a resource (retried later).
 fn accept_all(
     inner: &Arc<Inner>,
-    listener: &TcpListener,
+    source: &mut Source<'_>,
     poll: &Poll,
     pending: &mut HashMap<Token, Handshake>,
     next_token: &mut usize,
 ) -> bool {
     loop {
-        let (stream, addr) = match listener.accept() {
+        let (stream, addr) = match source.accept() {
             Ok(c) => c,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
             // A connection reset before we took it: the next one.
@@ -189,7 +230,7 @@ fn accept_all(
             },
         };
         let token = Token(*next_token);
-        *next_token = next_token.wrapping_add(1).max(1);
+        *next_token = next_token.wrapping_add(1).clamp(1, RING.0 - 1);
         let fd = stream.as_raw_fd();
         if let Err(e) = poll.registry().register(
             &mut SourceFd(&fd),
@@ -345,5 +386,127 @@ fn expire(inner: &Inner, poll: &Poll, pending: &mut HashMap<Token, Handshake>, n
             .registry()
             .deregister(&mut SourceFd(&h.sock.as_raw_fd()));
         close_for_bound(inner, &h.sock, h.addr, "the handshake took too long");
+    }
+}
+
+/// Where new connections come from.
+enum Source<'a> {
+    /// `accept` on the (non-blocking) listener.
+    Listener(&'a TcpListener),
+    /// Completions of the multishot accept.
+    Ring(&'a mut AcceptRing),
+}
+
+impl Source<'_> {
+    /// The next new connection; `WouldBlock` when there is none.
+    fn accept(&mut self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        match self {
+            Source::Listener(l) => l.accept(),
+            Source::Ring(r) => r.accept(),
+        }
+    }
+}
+
+/// A ring whose one multishot `Accept` on the listener completes once per
+/// new connection (see the module docs).
+pub(super) struct AcceptRing {
+    ring: io_uring::IoUring,
+    listener: std::os::fd::RawFd,
+    /// The multishot accept is armed (until a completion without `MORE`).
+    armed: bool,
+}
+
+impl AcceptRing {
+    /// A ring accepting on `listener` (which must outlive it), or why the
+    /// kernel cannot (multishot accept: Linux 5.19).
+    fn new(listener: &TcpListener) -> std::io::Result<AcceptRing> {
+        use io_uring::{opcode, IoUring, Probe};
+        // Completions beyond the queue are kept by the kernel (NODROP), so
+        // a burst larger than this is only slower, not lost.
+        let ring = IoUring::builder().setup_cqsize(1024).build(8)?;
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        // SINGLE_ISSUER (6.0) postdates multishot accept (5.19): a kernel
+        // that takes it has both.
+        let recent = io_uring::IoUring::<io_uring::squeue::Entry>::builder()
+            .setup_single_issuer()
+            .build(2)
+            .is_ok();
+        if !probe.is_supported(opcode::AcceptMulti::CODE)
+            || !recent
+            || !ring.params().is_feature_nodrop()
+        {
+            return Err(std::io::Error::new(
+                ErrorKind::Unsupported,
+                "this kernel's io_uring has no multishot accept",
+            ));
+        }
+        let mut r = AcceptRing {
+            ring,
+            listener: listener.as_raw_fd(),
+            armed: false,
+        };
+        r.arm();
+        Ok(r)
+    }
+
+    /// The ring's descriptor: readable while completions wait.
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+
+    fn arm(&mut self) {
+        if self.armed {
+            return;
+        }
+        let accept = io_uring::opcode::AcceptMulti::new(io_uring::types::Fd(self.listener))
+            .flags(rustix::net::SocketFlags::CLOEXEC.bits() as i32)
+            .build()
+            .user_data(1);
+        // SAFETY: an accept writes no memory of ours (no address buffer);
+        // the listener outlives the ring (both belong to the accept loop,
+        // which drops the ring first).
+        self.armed = unsafe { self.ring.submission().push(&accept) }.is_ok();
+        if let Err(e) = self.ring.submit() {
+            tracing::warn!(error = %e, "io_uring submit failed");
+            self.armed = false;
+        }
+    }
+
+    /// The next accepted connection; `WouldBlock` when none is waiting. An
+    /// accept that failed (out of descriptors, say) ends the multishot,
+    /// and it is armed again only at the next call: the caller waits a
+    /// while before that.
+    fn accept(&mut self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        use std::os::fd::FromRawFd;
+        self.arm();
+        loop {
+            let Some(cqe) = self.ring.completion().next() else {
+                // Completions the kernel kept aside (a full queue) come
+                // back through an enter.
+                if self.ring.submission().cq_overflow() {
+                    let _ = self.ring.submit();
+                    if !self.ring.completion().is_empty() {
+                        continue;
+                    }
+                }
+                return Err(ErrorKind::WouldBlock.into());
+            };
+            if !io_uring::cqueue::more(cqe.flags()) {
+                self.armed = false;
+            }
+            let res = cqe.result();
+            if res < 0 {
+                return Err(std::io::Error::from_raw_os_error(-res));
+            }
+            // SAFETY: a successful accept's result is a new descriptor,
+            // ours alone.
+            let stream = unsafe { TcpStream::from_raw_fd(res) };
+            match stream.peer_addr() {
+                Ok(addr) => return Ok((stream, addr)),
+                // Reset before we looked: the next one.
+                Err(_) => continue,
+            }
+        }
     }
 }
