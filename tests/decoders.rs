@@ -52,7 +52,7 @@ fn region(term: u64, version: u64) -> ConfigRegion {
         term,
     );
     r.version = version;
-    assert_eq!(r.servers[0].status, ServerStatus::Up);
+    assert_eq!(r.status, ServerStatus::Up);
     r
 }
 

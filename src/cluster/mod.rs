@@ -23,13 +23,14 @@
 //! writes the completion record.
 //!
 //! A target is a master whose *tablets* change (and a new server, which
-//! needs its first configuration): the server list a region also carries
-//! is not a reason to push. Masters use that list only to notice they were
-//! declared crashed, which the heartbeat's answer tells them anyway, and
-//! ownership rests on tablets alone. So an enlistment pushes to the new
-//! server only, a crash to its recovery plan's recipients, a removal to
-//! nobody: bringing N masters up costs N pushes, not N², and a master's
-//! list catches up with its next push. (Issue 17, part 5;
+//! needs its first configuration). A region carries the master's tablets
+//! and its own status in the server list, not the list (`region`): masters
+//! read the list only to notice they were declared crashed, which the
+//! heartbeat's answer tells them anyway, and ownership rests on tablets
+//! alone. So an enlistment pushes to the new server only, a crash to its
+//! recovery plan's recipients, a removal to nobody, and each region's size
+//! depends on its master's tablets only: bringing N masters up costs N
+//! pushes of constant size, not N² pushes of O(N) bytes. (Issue 17, part 5;
 //! `docs/push-fanout-plan.md`.)
 //!
 //! Preconditions are checked when a record is applied, on every replica,

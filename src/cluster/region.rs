@@ -21,6 +21,21 @@
 //! racing) reads as an error and is never acted on. The master applies a
 //! region only if its term is not older than the newest term it has seen
 //! and its version is newer than what it holds (see `master`).
+//!
+//! # What is in the body, and why not the server list
+//!
+//! Format 2 carries what differs per master and nothing else: its id, its
+//! own status in the server list (at `server_list_version`), and the
+//! tablets it owns. Format 1 carried the whole server list in every
+//! master's region, so a change pushed to N masters cost N regions of
+//! O(N) bytes each, O(N²) per change. A master reads the list for one
+//! thing only, whether it is still up (it stops serving once the list
+//! says otherwise); it never routes by it (clients ask the coordinator
+//! who owns a key) and safety rests on tablet ownership, the lease and
+//! the migration hand-over, not on the list. So the one entry it reads is
+//! what it gets, and a region's size depends on its tablets alone: the
+//! part every master shares (header, term, versions) is a few dozen bytes.
+//! A master not in the list at all (removed) is sent `Removed`.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -31,8 +46,10 @@ use super::limits::REGION_BYTES_MAX;
 use super::types::{ServerId, ServerStatus, TableId};
 
 const REGION_MAGIC: u32 = 0x5243_4352;
-/// The region format written (and the only one read).
-pub const REGION_FORMAT_VERSION: u8 = 1;
+/// The region format written (and the only one read): 2 since the server
+/// list gave way to the owner's own status (a wire change: coordinators
+/// and masters run one build).
+pub const REGION_FORMAT_VERSION: u8 = 2;
 const HEADER_BYTES: usize = 32;
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
@@ -49,17 +66,6 @@ struct RegionHeader {
 
 const _: () = assert!(std::mem::size_of::<RegionHeader>() == HEADER_BYTES);
 
-/// A server as a master sees it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct RegionServer {
-    /// Its id.
-    pub id: ServerId,
-    /// Where it listens.
-    pub addr: String,
-    /// Up, crashed or removed.
-    pub status: ServerStatus,
-}
-
 /// A tablet the master owns.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct RegionTablet {
@@ -75,7 +81,7 @@ pub struct RegionTablet {
 struct ConfigRegionBody {
     server_list_version: u64,
     owner: ServerId,
-    servers: Vec<RegionServer>,
+    status: ServerStatus,
     tablets: Vec<RegionTablet>,
 }
 
@@ -90,8 +96,9 @@ pub struct ConfigRegion {
     pub server_list_version: u64,
     /// The master it is for.
     pub owner: ServerId,
-    /// The whole server list.
-    pub servers: Vec<RegionServer>,
+    /// Its status in the server list at `server_list_version` (`Removed`
+    /// when the list no longer has it).
+    pub status: ServerStatus,
     /// The tablets `owner` serves.
     pub tablets: Vec<RegionTablet>,
 }
@@ -132,7 +139,7 @@ impl ConfigRegion {
         let body = postcard::to_stdvec(&ConfigRegionBody {
             server_list_version: self.server_list_version,
             owner: self.owner,
-            servers: self.servers.clone(),
+            status: self.status,
             tablets: self.tablets.clone(),
         })
         .map_err(|e| RegionError::Malformed(format!("cannot encode: {e}")))?;
@@ -198,7 +205,7 @@ impl ConfigRegion {
             version: h.version.get(),
             server_list_version: b.server_list_version,
             owner: b.owner,
-            servers: b.servers,
+            status: b.status,
             tablets: b.tablets,
         })
     }
@@ -218,11 +225,7 @@ mod tests {
             version: 42,
             server_list_version: 5,
             owner: id,
-            servers: vec![RegionServer {
-                id,
-                addr: "m1:7000".into(),
-                status: ServerStatus::Up,
-            }],
+            status: ServerStatus::Up,
             tablets: vec![RegionTablet {
                 table: 3,
                 start_hash: 0,

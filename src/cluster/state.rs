@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::limits::LimitError;
 use super::limits::*;
 use super::record::{Op, Reassignment, Record, RecordError, RpcId, Seq, TabletSpec};
-use super::region::{ConfigRegion, RegionServer, RegionTablet};
+use super::region::{ConfigRegion, RegionTablet};
 use super::types::*;
 
 /// An operation past its commit point whose completion record is not yet
@@ -892,23 +892,16 @@ impl ClusterState {
         Some(plan)
     }
 
-    /// What server `id` must hold: the server list and its own tablets,
-    /// stamped with the writer's `term` and the current version.
+    /// What server `id` must hold: its own status in the server list and
+    /// its own tablets, stamped with the writer's `term` and the current
+    /// version (see `region` for why no more than that).
     pub fn region_for(&self, id: ServerId, term: u64) -> ConfigRegion {
         ConfigRegion {
             term,
             version: self.version,
             server_list_version: self.server_list_version,
             owner: id,
-            servers: self
-                .servers
-                .values()
-                .map(|s| RegionServer {
-                    id: s.id,
-                    addr: s.addr.clone(),
-                    status: s.status,
-                })
-                .collect(),
+            status: self.server(id).map_or(ServerStatus::Removed, |s| s.status),
             tablets: self
                 .tablets_of(id)
                 .into_iter()
@@ -1154,6 +1147,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("out of range"), "{err}");
+    }
+
+    /// A region carries what its master acts on, its tablets and its own
+    /// status, so its size does not grow with the cluster (format 1 held
+    /// the whole server list); a master reads "not up" from its own entry
+    /// and stops serving, whether it was declared crashed or is no longer
+    /// in the list at all.
+    #[test]
+    fn a_region_holds_its_masters_status_and_not_the_list() {
+        use crate::master::{MasterAgent, MasterBugs, MasterConfig};
+        let dead_after = |region: &ConfigRegion| {
+            let mut agent = MasterAgent::new(
+                MasterConfig::default(),
+                "m:1".into(),
+                services::MASTER,
+                1,
+                MasterBugs::default(),
+            );
+            agent.enlisted(region.owner);
+            agent.on_region_write(&region.encode().unwrap());
+            agent.declared_dead()
+        };
+        let mut s = state();
+        let first = s.up_masters()[0];
+        let small = s.region_for(first, 1).encode().unwrap().len();
+        let others: Vec<ServerId> = (0..50).map(|i| enlist(&mut s, 10 + i)).collect();
+        let region = s.region_for(first, 1);
+        assert_eq!(region.encode().unwrap().len(), small, "grew with the list");
+        assert_eq!(region.status, ServerStatus::Up);
+        assert!(!dead_after(&region));
+        // Declared crashed: its own entry says so.
+        let victim = others[0];
+        let plan = s.plan_recovery(victim).unwrap();
+        let crash = Record::Commit(Op::ServerCrashed { id: victim, plan });
+        s.apply(100, &crash.encode().unwrap());
+        let region = s.region_for(victim, 1);
+        assert_eq!(region.status, ServerStatus::Crashed);
+        assert!(dead_after(&region));
+        // Not in the list (removed, or never there): not up either.
+        let stranger = ServerId {
+            index: 999,
+            generation: 1,
+        };
+        assert!(dead_after(&s.region_for(stranger, 1)));
+        assert!(!dead_after(&s.region_for(others[1], 1)));
     }
 
     fn rpc(client: u64, seq: u64, after: u64) -> RpcId {

@@ -356,9 +356,7 @@ impl MasterAgent {
         let (Some(id), Some(c)) = (self.id, self.config()) else {
             return false;
         };
-        c.servers
-            .iter()
-            .any(|s| s.id == id && s.status != ServerStatus::Up)
+        c.owner == id && c.status != ServerStatus::Up
     }
 
     /// A coordinator wrote `bytes` into the configuration region.

@@ -660,7 +660,7 @@ fn cluster(c: &mut Corpus) {
         version: 0,
         server_list_version: 0,
         owner: sid(1, 1),
-        servers: Vec::new(),
+        status: ServerStatus::Up,
         tablets: Vec::new(),
     };
     add(c, "region", "empty", empty.encode().expect("encodes"));
