@@ -250,6 +250,68 @@ fn an_io_thread_serves_clients_for_the_owner() {
     }
 }
 
+/// An owner that waits on [`Transport::ready_fd`] with `poll(2)` beside
+/// other descriptors (as a coordinator does while its disk flushes) is
+/// woken by a message that arrives meanwhile, on every I/O mode: with
+/// io_uring the bytes are finished by the owner's own ring, so its
+/// descriptor must say readable before anyone has asked the ring. (A ring
+/// set up with DEFER_TASKRUN, tried on 2026-12-02, failed this: each poll
+/// slept its whole timeout. It bought no latency either, so it went.)
+#[test]
+fn the_ready_descriptor_wakes_a_poll_for_a_message() {
+    use ramcoord_net::tls::CLIENT_BIT;
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    const ME: u64 = CLIENT_BIT | 2;
+    let inline_message = |t: &TcpTransport| match t.next_event(WAIT) {
+        Some(Event::Message { from, payload }) => (from, payload),
+        other => panic!("expected a message, got {other:?}"),
+    };
+    for io_uring in [false, true] {
+        let mut cfg = TcpConfig::new(1, 8, loopback());
+        cfg.inline_io = true;
+        cfg.io_uring = io_uring;
+        let server = TcpTransport::start(cfg).unwrap();
+        let client = TcpTransport::start(TcpConfig::new(ME, 8, loopback())).unwrap();
+        client.add_peer(1, server.local_addr());
+        client.send(1, Bytes::from_static(b"hello"));
+        assert_eq!(inline_message(&server), (ME, Bytes::from_static(b"hello")));
+        for round in 0..20u32 {
+            // Nothing waits: the descriptor is quiet (a poll that said
+            // readable for nothing would make the owner spin).
+            let _ = server.next_event(Duration::ZERO);
+            let sent = Bytes::from(round.to_le_bytes().to_vec());
+            let sender = {
+                let sent = sent.clone();
+                let client = &client;
+                move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    client.send(1, sent);
+                }
+            };
+            std::thread::scope(|s| {
+                s.spawn(sender);
+                let fd = server.ready_fd().expect("inline I/O has a descriptor");
+                let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+                let ts = Timespec {
+                    tv_sec: 5,
+                    tv_nsec: 0,
+                };
+                let asleep = Instant::now();
+                let n = poll(&mut fds, Some(&ts)).unwrap();
+                // Woken by the message, not by the timeout (a descriptor
+                // the kernel signals only when asked would sleep it out,
+                // and may then say readable).
+                assert!(
+                    n == 1 && asleep.elapsed() < Duration::from_secs(5),
+                    "io_uring={io_uring}, round {round}: poll slept {:?} for a message sent after 20 ms",
+                    asleep.elapsed()
+                );
+            });
+            assert_eq!(inline_message(&server), (ME, sent), "io_uring={io_uring}");
+        }
+    }
+}
+
 /// `pin_cpus` pins each I/O thread to its CPU (entry k for thread k): the
 /// kernel's own record of the thread says so.
 #[test]
