@@ -47,46 +47,128 @@ pub struct CtlOptions {
     pub security: crate::client::ClientSecurity,
 }
 
-/// A `ctl` command.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A `ctl` command: the CLI's subcommands, declared here once (clap reads
+/// these doc comments for `ramcoord ctl --help`), and what the demo, the
+/// chaos runner and the tests run through [`Ctl::run`].
+#[derive(Clone, Debug, PartialEq, Eq, clap::Subcommand)]
 pub enum CtlCommand {
-    /// Every replica's status.
+    /// Each replica's role, term, commit and applied index, leader, what
+    /// its cluster state holds (servers up, tables, incomplete operations)
+    /// and its recent commit-point latencies; the leader adds each
+    /// follower's match index.
     Status,
-    /// The server list.
+    /// The server list (from the active coordinator).
     Servers,
-    /// The tablet map.
+    /// Every table and its tablets' owners.
     Tables,
-    /// Recent and incomplete operations.
+    /// Recent operations: commit term, commit-point latency, completion
+    /// (and whether a later leader rolled it forward); incomplete ones.
     Ops,
-    /// Run an operation.
-    Operate(Request),
-    /// Remove a coordinator replica from the group.
-    RemoveReplica(u64),
-    /// Add a coordinator replica (a new id, started with `--join`) at an
-    /// address: as a learner, then, once it has caught up with the leader,
-    /// as a voter.
-    AddReplica {
-        /// Its id.
-        id: u64,
-        /// Where it listens.
-        addr: Option<String>,
+    /// Create a table whose tablets split the key-hash space evenly among
+    /// the masters up.
+    CreateTable {
+        /// Its name.
+        name: String,
+        /// How many tablets.
+        #[arg(long, default_value_t = 1)]
+        tablets: u32,
     },
-    /// Write a key.
-    Put {
-        /// Table name.
+    /// Drop a table (its masters forget its tablets and data).
+    DropTable {
+        /// Its name.
+        name: String,
+    },
+    /// Split the tablet holding HASH so that a new tablet starts at HASH.
+    SplitTablet {
+        /// The table.
         table: String,
-        /// Key.
+        /// Where the new tablet starts (decimal or 0x-hex).
+        #[arg(value_parser = parse_hash)]
+        hash: u64,
+    },
+    /// Move the tablet holding HASH to SERVER (e.g. 2.1).
+    MigrateTablet {
+        /// The table.
+        table: String,
+        /// Any hash in the tablet (decimal or 0x-hex).
+        #[arg(value_parser = parse_hash)]
+        hash: u64,
+        /// The new owner (INDEX.GENERATION, as `ctl servers` prints).
+        server: ServerId,
+    },
+    /// Remove coordinator replica ID from the group (a replica that is
+    /// gone for good, or whose data directory was lost).
+    RemoveReplica {
+        /// The replica id.
+        id: u64,
+    },
+    /// Add coordinator replica ID, started with --join: first as a learner,
+    /// then, once it has caught up, as a voter. Use a new id for a replica
+    /// that lost its data directory (ids are never reused).
+    ///
+    /// Replacing replica 3, which lost its disk:
+    ///   ramcoord ctl --coordinators A1,A2 remove-replica 3
+    ///   ramcoord coordinator --id 4 --join --listen A4 \
+    ///     --peers 1=A1,2=A2,4=A4 --data-dir /new/dir &
+    ///   ramcoord ctl --coordinators A1,A2 add-replica 4 --address A4
+    #[command(verbatim_doc_comment)]
+    AddReplica {
+        /// The new replica's id.
+        id: u64,
+        /// Where it listens, HOST:PORT (needed unless every replica was
+        /// started with it in --peers). A host name is resolved by ctl.
+        #[arg(long)]
+        address: Option<String>,
+    },
+    /// Write a key at the master owning its tablet.
+    Put {
+        /// The table.
+        table: String,
+        /// The key.
         key: String,
-        /// Value.
+        /// The value.
         value: String,
     },
-    /// Read a key.
+    /// Read a key from the master owning its tablet.
     Get {
-        /// Table name.
+        /// The table.
         table: String,
-        /// Key.
+        /// The key.
         key: String,
     },
+}
+
+impl CtlCommand {
+    /// The coordinator operation this command asks for, if it is one.
+    pub fn request(&self) -> Option<Request> {
+        Some(match self.clone() {
+            CtlCommand::CreateTable { name, tablets } => Request::CreateTable { name, tablets },
+            CtlCommand::DropTable { name } => Request::DropTable { name },
+            CtlCommand::SplitTablet { table, hash } => Request::SplitTablet {
+                table,
+                split_hash: hash,
+            },
+            CtlCommand::MigrateTablet {
+                table,
+                hash,
+                server,
+            } => Request::MigrateTablet {
+                table,
+                hash,
+                to: server,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// A key hash as `ctl` takes it: decimal or 0x-hex, `_` allowed.
+pub fn parse_hash(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(&h.replace('_', ""), 16),
+        None => s.replace('_', "").parse(),
+    };
+    r.map_err(|_| format!("{s:?}: a hash is a 64-bit number, decimal or 0x-hex"))
 }
 
 /// An operation that passed its commit point.
@@ -414,6 +496,49 @@ impl Ctl {
         self.keyed(table, key, None)
     }
 
+    /// Runs an operation and renders its outcome (waiting for its
+    /// completion unless told not to).
+    fn run_operation(&mut self, req: Request) -> Result<String, String> {
+        let json = self.opts.json;
+        let c = self.operate(req)?;
+        if let OpResult::Rejected(why) = &c.result {
+            return Err(format!(
+                "rejected when its commit record applied (seq {}): {why}",
+                c.seq
+            ));
+        }
+        let completed = if self.opts.wait {
+            Some(self.wait_complete(c.seq)?)
+        } else {
+            None
+        };
+        Ok(if json {
+            serde_json::json!({
+                "seq": c.seq,
+                "term": c.term,
+                "result": c.result,
+                "commit_us": c.commit_us,
+                "client_us": c.client_us,
+                "completed": completed.is_some(),
+                "complete_wait_us": completed.map(|d| d.as_micros() as u64),
+            })
+            .to_string()
+        } else {
+            let mut s = format!(
+                    "committed: seq {} in term {} ({}); commit point {} µs at the leader, {} µs round trip",
+                    c.seq,
+                    c.term,
+                    result_text(&c.result),
+                    c.commit_us,
+                    c.client_us
+                );
+            if let Some(d) = completed {
+                s += &format!("\ncomplete: {} µs later", d.as_micros());
+            }
+            s
+        })
+    }
+
     /// Runs one command; returns what to print (an error is one line).
     pub fn run(&mut self, cmd: CtlCommand) -> Result<String, String> {
         let json = self.opts.json;
@@ -466,50 +591,28 @@ impl Ctl {
                     render_ops(&v)
                 })
             }
-            CtlCommand::Operate(req) => {
-                let c = self.operate(req)?;
-                if let OpResult::Rejected(why) = &c.result {
-                    return Err(format!(
-                        "rejected when its commit record applied (seq {}): {why}",
-                        c.seq
-                    ));
-                }
-                let completed = if self.opts.wait {
-                    Some(self.wait_complete(c.seq)?)
-                } else {
-                    None
-                };
-                Ok(if json {
-                    serde_json::json!({
-                        "seq": c.seq,
-                        "term": c.term,
-                        "result": c.result,
-                        "commit_us": c.commit_us,
-                        "client_us": c.client_us,
-                        "completed": completed.is_some(),
-                        "complete_wait_us": completed.map(|d| d.as_micros() as u64),
-                    })
-                    .to_string()
-                } else {
-                    let mut s = format!(
-                        "committed: seq {} in term {} ({}); commit point {} µs at the leader, {} µs round trip",
-                        c.seq,
-                        c.term,
-                        result_text(&c.result),
-                        c.commit_us,
-                        c.client_us
-                    );
-                    if let Some(d) = completed {
-                        s += &format!("\ncomplete: {} µs later", d.as_micros());
-                    }
-                    s
-                })
-            }
-            CtlCommand::RemoveReplica(id) => {
+            CtlCommand::RemoveReplica { id } => {
                 let at = self.change_replicas(ReplicaChange::Remove(id))?;
                 Ok(format!("replica {id} removed from the group at index {at}"))
             }
-            CtlCommand::AddReplica { id, addr } => self.add_replica(id, addr),
+            CtlCommand::AddReplica { id, address } => {
+                let addr = match address {
+                    Some(a) => Some(
+                        crate::addr::resolve(&a)
+                            .map_err(|e| format!("--address: {e}"))?
+                            .to_string(),
+                    ),
+                    None => None,
+                };
+                self.add_replica(id, addr)
+            }
+            op @ (CtlCommand::CreateTable { .. }
+            | CtlCommand::DropTable { .. }
+            | CtlCommand::SplitTablet { .. }
+            | CtlCommand::MigrateTablet { .. }) => match op.request() {
+                Some(req) => self.run_operation(req),
+                None => Err(format!("{op:?} is not an operation")),
+            },
             CtlCommand::Put { table, key, value } => {
                 let a = self.put(&table, &key, &value)?;
                 Ok(if json {

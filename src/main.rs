@@ -582,7 +582,7 @@ struct CtlArgs {
     #[command(flatten)]
     tls: TlsArgs,
     #[command(subcommand)]
-    command: CtlCommand,
+    command: ramcoord::ctl::CtlCommand,
 }
 
 /// A client role.
@@ -592,103 +592,6 @@ enum RoleArg {
     Admin,
     /// May only look.
     Reader,
-}
-
-#[derive(Subcommand)]
-enum CtlCommand {
-    /// Each replica's role, term, commit and applied index, leader, what
-    /// its cluster state holds (servers up, tables, incomplete operations)
-    /// and its recent commit-point latencies; the leader adds each
-    /// follower's match index.
-    Status,
-    /// The server list (from the active coordinator).
-    Servers,
-    /// Every table and its tablets' owners.
-    Tables,
-    /// Recent operations: commit term, commit-point latency, completion
-    /// (and whether a later leader rolled it forward); incomplete ones.
-    Ops,
-    /// Create a table whose tablets split the key-hash space evenly among
-    /// the masters up.
-    CreateTable {
-        /// Its name.
-        name: String,
-        /// How many tablets.
-        #[arg(long, default_value_t = 1)]
-        tablets: u32,
-    },
-    /// Drop a table (its masters forget its tablets and data).
-    DropTable {
-        /// Its name.
-        name: String,
-    },
-    /// Split the tablet holding HASH so that a new tablet starts at HASH.
-    SplitTablet {
-        /// The table.
-        table: String,
-        /// Where the new tablet starts (decimal or 0x-hex).
-        #[arg(value_parser = parse_hash)]
-        hash: u64,
-    },
-    /// Move the tablet holding HASH to SERVER (e.g. 2.1).
-    MigrateTablet {
-        /// The table.
-        table: String,
-        /// Any hash in the tablet (decimal or 0x-hex).
-        #[arg(value_parser = parse_hash)]
-        hash: u64,
-        /// The new owner (INDEX.GENERATION, as `ctl servers` prints).
-        server: ramcoord::cluster::ServerId,
-    },
-    /// Remove coordinator replica ID from the group (a replica that is
-    /// gone for good, or whose data directory was lost).
-    RemoveReplica {
-        /// The replica id.
-        id: u64,
-    },
-    /// Add coordinator replica ID, started with --join: first as a learner,
-    /// then, once it has caught up, as a voter. Use a new id for a replica
-    /// that lost its data directory (ids are never reused).
-    ///
-    /// Replacing replica 3, which lost its disk:
-    ///   ramcoord ctl --coordinators A1,A2 remove-replica 3
-    ///   ramcoord coordinator --id 4 --join --listen A4 \
-    ///     --peers 1=A1,2=A2,4=A4 --data-dir /new/dir &
-    ///   ramcoord ctl --coordinators A1,A2 add-replica 4 --address A4
-    #[command(verbatim_doc_comment)]
-    AddReplica {
-        /// The new replica's id.
-        id: u64,
-        /// Where it listens, HOST:PORT (needed unless every replica was
-        /// started with it in --peers). A host name is resolved by ctl.
-        #[arg(long)]
-        address: Option<String>,
-    },
-    /// Write a key at the master owning its tablet.
-    Put {
-        /// The table.
-        table: String,
-        /// The key.
-        key: String,
-        /// The value.
-        value: String,
-    },
-    /// Read a key from the master owning its tablet.
-    Get {
-        /// The table.
-        table: String,
-        /// The key.
-        key: String,
-    },
-}
-
-/// A key hash: decimal or 0x-hex.
-fn parse_hash(s: &str) -> Result<u64, String> {
-    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(&h.replace('_', ""), 16),
-        None => s.replace('_', "").parse(),
-    };
-    r.map_err(|_| format!("{s:?}: a hash is a 64-bit number, decimal or 0x-hex"))
 }
 
 /// The replica list of --peers: (id, resolved address, as written).
@@ -1794,50 +1697,13 @@ fn run_ctl(args: CtlArgs) -> ExitCode {
 
 /// Runs one `ctl` command: what to print, or the error.
 fn ctl_command(args: CtlArgs) -> Result<String, String> {
-    use ramcoord::coordinator::Request;
-    use ramcoord::ctl::{Ctl, CtlCommand as C, CtlOptions};
+    use ramcoord::ctl::{Ctl, CtlOptions};
     let coordinators = args
         .coordinators
         .iter()
         .map(|a| ramcoord::addr::resolve(a).map_err(|e| format!("--coordinators: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let cmd = match args.command {
-        CtlCommand::Status => C::Status,
-        CtlCommand::Servers => C::Servers,
-        CtlCommand::Tables => C::Tables,
-        CtlCommand::Ops => C::Ops,
-        CtlCommand::CreateTable { name, tablets } => {
-            C::Operate(Request::CreateTable { name, tablets })
-        }
-        CtlCommand::DropTable { name } => C::Operate(Request::DropTable { name }),
-        CtlCommand::SplitTablet { table, hash } => C::Operate(Request::SplitTablet {
-            table,
-            split_hash: hash,
-        }),
-        CtlCommand::MigrateTablet {
-            table,
-            hash,
-            server,
-        } => C::Operate(Request::MigrateTablet {
-            table,
-            hash,
-            to: server,
-        }),
-        CtlCommand::Put { table, key, value } => C::Put { table, key, value },
-        CtlCommand::RemoveReplica { id } => C::RemoveReplica(id),
-        CtlCommand::AddReplica { id, address } => C::AddReplica {
-            id,
-            addr: match address {
-                Some(a) => Some(
-                    ramcoord::addr::resolve(&a)
-                        .map_err(|e| format!("--address: {e}"))?
-                        .to_string(),
-                ),
-                None => None,
-            },
-        },
-        CtlCommand::Get { table, key } => C::Get { table, key },
-    };
+    let cmd = args.command;
     let want = match args.role {
         RoleArg::Admin => ramcoord_net::tls::Identity::Admin,
         RoleArg::Reader => ramcoord_net::tls::Identity::Reader,

@@ -334,7 +334,10 @@ fn restarted_and_replaced_replicas_rejoin() {
     // Its disk is lost: remove it, start a replacement, add it.
     let new = c.replace_coordinator(follower).unwrap();
     let mut ctl = c.ctl(Duration::from_secs(10));
-    println!("{}", ctl.run(CtlCommand::RemoveReplica(follower)).unwrap());
+    println!(
+        "{}",
+        ctl.run(CtlCommand::RemoveReplica { id: follower }).unwrap()
+    );
     for i in 0..5 {
         ctl.operate(Request::CreateTable {
             name: format!("b{i}"),
@@ -347,7 +350,7 @@ fn restarted_and_replaced_replicas_rejoin() {
         "{}",
         ctl.run(CtlCommand::AddReplica {
             id: new,
-            addr: Some(addr)
+            address: Some(addr)
         })
         .unwrap()
     );

@@ -711,10 +711,10 @@ fn replace_replica(c: &mut LocalCluster, victim: u64) -> Result<String, String> 
         }
         Err(last)
     };
-    let removed = tries(&|| CtlCommand::RemoveReplica(victim));
+    let removed = tries(&|| CtlCommand::RemoveReplica { id: victim });
     let added = tries(&|| CtlCommand::AddReplica {
         id: new,
-        addr: Some(addr.clone()),
+        address: Some(addr.clone()),
     });
     Ok(match (removed, added) {
         (Ok(()), Ok(())) => format!("membership: replica {victim} replaced by {new}"),
