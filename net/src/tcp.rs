@@ -338,7 +338,7 @@ impl TcpTransport {
                 source,
             };
             let ring = if cfg.io_uring {
-                match uring::Uring::new() {
+                match uring::Uring::new(true) {
                     Ok(r) => Some(r),
                     Err(e) => {
                         tracing::warn!(error = %e, "io_uring refused; connections are polled with epoll");
@@ -351,7 +351,7 @@ impl TcpTransport {
             let mut helpers = Vec::new();
             if ring.is_some() {
                 for _ in 0..cfg.io_threads {
-                    helpers.push(uring::Uring::new().map_err(io)?);
+                    helpers.push(uring::Uring::new(false).map_err(io)?);
                 }
             } else if cfg.io_threads > 0 {
                 tracing::warn!(

@@ -446,7 +446,9 @@ impl AcceptRing {
             listener: listener.as_raw_fd(),
             armed: false,
         };
-        r.arm();
+        if !r.arm() {
+            return Err(std::io::Error::other("the accept ring took no accept"));
+        }
         Ok(r)
     }
 
@@ -455,9 +457,11 @@ impl AcceptRing {
         self.ring.as_raw_fd()
     }
 
-    fn arm(&mut self) {
+    /// Arms the multishot accept unless it is; false if the ring took
+    /// nothing (the caller tries again later).
+    fn arm(&mut self) -> bool {
         if self.armed {
-            return;
+            return true;
         }
         let accept = io_uring::opcode::AcceptMulti::new(io_uring::types::Fd(self.listener))
             .flags(rustix::net::SocketFlags::CLOEXEC.bits() as i32)
@@ -467,19 +471,23 @@ impl AcceptRing {
         // the listener outlives the ring (both belong to the accept loop,
         // which drops the ring first).
         self.armed = unsafe { self.ring.submission().push(&accept) }.is_ok();
+        // Queued is armed: an entry a failed submit left in the queue goes
+        // with the next enter (arming again would queue a second accept).
         if let Err(e) = self.ring.submit() {
             tracing::warn!(error = %e, "io_uring submit failed");
-            self.armed = false;
         }
+        self.armed
     }
 
-    /// The next accepted connection; `WouldBlock` when none is waiting. An
-    /// accept that failed (out of descriptors, say) ends the multishot,
-    /// and it is armed again only at the next call: the caller waits a
-    /// while before that.
+    /// The next accepted connection; `WouldBlock` when none is waiting
+    /// and the accept is armed. An accept that failed (out of descriptors,
+    /// say) ends the multishot and is returned; it is armed again at the
+    /// next call, which the caller makes a while later. So is one that
+    /// ended for any other reason (the kernel ends a multishot when it
+    /// must), at once: "nothing waiting" is said only with an accept armed,
+    /// or the loop would never be woken again.
     fn accept(&mut self) -> std::io::Result<(TcpStream, SocketAddr)> {
         use std::os::fd::FromRawFd;
-        self.arm();
         loop {
             let Some(cqe) = self.ring.completion().next() else {
                 // Completions the kernel kept aside (a full queue) come
@@ -490,12 +498,24 @@ impl AcceptRing {
                         continue;
                     }
                 }
+                if !self.arm() {
+                    return Err(std::io::Error::other(
+                        "the accept ring took no accept (tried again shortly)",
+                    ));
+                }
                 return Err(ErrorKind::WouldBlock.into());
             };
             if !io_uring::cqueue::more(cqe.flags()) {
                 self.armed = false;
             }
             let res = cqe.result();
+            if res == -rustix::io::Errno::AGAIN.raw_os_error()
+                || res == -rustix::io::Errno::INTR.raw_os_error()
+            {
+                // Nothing accepted (the kernel's worker found the listener
+                // empty): armed again above if it ended.
+                continue;
+            }
             if res < 0 {
                 return Err(std::io::Error::from_raw_os_error(-res));
             }

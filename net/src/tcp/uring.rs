@@ -164,8 +164,9 @@ struct Core {
     wake_broken: bool,
     /// Completions copied out of the ring (reused).
     done: Vec<(u64, i32, u32)>,
-    /// Where receives land: [`POOL_REPLICA`] and [`POOL_OTHER`].
-    pools: [BufPool; 2],
+    /// Where receives land: [`POOL_OTHER`], and [`POOL_REPLICA`] on the
+    /// owner's ring.
+    pools: Vec<BufPool>,
 }
 
 /// One connection's operations in flight.
@@ -192,8 +193,10 @@ impl Ops {
 }
 
 impl Uring {
-    /// A ring, or why the kernel refuses one (then: epoll).
-    pub(super) fn new() -> std::io::Result<Uring> {
+    /// A ring, or why the kernel refuses one (then: epoll). Only the
+    /// owner's ring runs the replicas' links (`Inline::ring_of`), so only
+    /// it gets their pool (`replica_pool`).
+    pub(super) fn new(replica_pool: bool) -> std::io::Result<Uring> {
         // COOP_TASKRUN (5.19): a completion does not interrupt the owner
         // while it runs (it finds its completions when it next enters or
         // waits; a sleeping owner is still woken). Measured on this VM in
@@ -246,10 +249,10 @@ impl Uring {
         {
             return Err(unsupported("multishot receives (Linux 6.0)"));
         }
-        let pools = [
-            BufPool::new(&ring, POOL_REPLICA)?,
-            BufPool::new(&ring, POOL_OTHER)?,
-        ];
+        let mut pools = vec![BufPool::new(&ring, POOL_OTHER)?];
+        if replica_pool {
+            pools.push(BufPool::new(&ring, POOL_REPLICA)?);
+        }
         let eventfd = rustix::event::eventfd(
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
@@ -412,9 +415,15 @@ impl Uring {
                 let token = conn.token;
                 // By what admission made of it, not by the id it claims.
                 let client = conn.ticket.as_ref().is_some_and(|t| t.is_client());
-                let group = match PeerClass::of(conn.peer) {
-                    PeerClass::Replica(_) if !client => POOL_REPLICA.group,
-                    _ => POOL_OTHER.group,
+                let replica = matches!(PeerClass::of(conn.peer), PeerClass::Replica(_)) && !client;
+                let has_replica_pool = core
+                    .pools
+                    .iter()
+                    .any(|p| p.shape.group == POOL_REPLICA.group);
+                let group = if replica && has_replica_pool {
+                    POOL_REPLICA.group
+                } else {
+                    POOL_OTHER.group
                 };
                 let mut ops = Ops {
                     link: conn.stream.clone(),
@@ -513,8 +522,18 @@ impl Uring {
                     op.recv_armed = false;
                     op.cancelling = false;
                 }
-                let pool = &mut pools[usize::from(op.group)];
-                let bid = io_uring::cqueue::buffer_select(flags);
+                let Some(pool) = pools.iter_mut().find(|p| p.shape.group == op.group) else {
+                    return;
+                };
+                // A buffer named by a completion without bytes goes straight
+                // back (lost, it would shrink the pool for good).
+                let bid = match io_uring::cqueue::buffer_select(flags) {
+                    Some(bid) if res <= 0 => {
+                        pool.give_back(bid);
+                        None
+                    }
+                    other => other,
+                };
                 if !op.open {
                     if let Some(bid) = bid {
                         pool.give_back(bid);
@@ -750,10 +769,23 @@ impl Drop for Uring {
     fn drop(&mut self) {
         // Connections never adopted hold links whose hooks hold the kick:
         // let them go (else the cycle would leak them).
-        for conn in std::mem::take(&mut *self.kick.adopted.lock().expect("lock poisoned")) {
+        // Poisoned locks too (a panic elsewhere): this must not panic
+        // before the pools are dealt with, or they would be freed while the
+        // kernel may write them.
+        let adopted = std::mem::take(
+            &mut *self
+                .kick
+                .adopted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for conn in adopted {
             conn.stream.shutdown();
         }
-        let core = self.core.get_mut().expect("lock poisoned");
+        let core = self
+            .core
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for ops in core.ops.values() {
             ops.link.shutdown();
         }
@@ -801,11 +833,16 @@ impl Drop for Uring {
             }
         }
         for pool in &mut core.pools {
-            if receiving {
-                // A receive may still write into the pools.
-                pool.leak();
-            } else {
-                let _ = core.ring.submitter().unregister_buf_ring(pool.shape.group);
+            // Freed only once the kernel has let go of it; otherwise (a
+            // receive may still write into it) leaked.
+            if !receiving
+                && core
+                    .ring
+                    .submitter()
+                    .unregister_buf_ring(pool.shape.group)
+                    .is_ok()
+            {
+                pool.free_on_drop = true;
             }
         }
     }
@@ -835,8 +872,11 @@ struct BufPool {
     data_layout: std::alloc::Layout,
     /// Our copy of the tail (the kernel reads the shared one).
     tail: u16,
-    /// The memory must not be freed (a receive may still write it).
-    leaked: bool,
+    /// The kernel has let go of the pool (unregistered): its memory may be
+    /// freed. Until then it is leaked on drop rather than freed under a
+    /// receive that may still write it (a ring that failed half-way
+    /// through its set-up, a panic).
+    free_on_drop: bool,
 }
 
 impl BufPool {
@@ -846,9 +886,10 @@ impl BufPool {
         use std::alloc::{alloc_zeroed, Layout};
         assert!(shape.count.is_power_of_two(), "pool size");
         let oom = || std::io::Error::from(std::io::ErrorKind::OutOfMemory);
+        // The kernel wants the descriptors page-aligned.
         let entries_layout = Layout::from_size_align(
             usize::from(shape.count) * std::mem::size_of::<types::BufRingEntry>(),
-            4096,
+            rustix::param::page_size(),
         )
         .map_err(|_| oom())?;
         let data_layout = Layout::from_size_align(usize::from(shape.count) * shape.bytes, 64)
@@ -870,17 +911,22 @@ impl BufPool {
             data,
             data_layout,
             tail: 0,
-            leaked: false,
+            free_on_drop: false,
         };
         // SAFETY: the descriptors are page-aligned, `count` long, and live
         // until the pool is unregistered (`Uring`'s `Drop`) or leaked.
-        unsafe {
+        let registered = unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 pool.entries.as_ptr() as u64,
                 shape.count,
                 shape.group,
                 0,
-            )?;
+            )
+        };
+        if let Err(e) = registered {
+            // The kernel never had it.
+            pool.free_on_drop = true;
+            return Err(e);
         }
         for bid in 0..shape.count {
             pool.give_back(bid);
@@ -926,20 +972,14 @@ impl BufPool {
         };
         tail.store(self.tail, Ordering::Release);
     }
-
-    /// Never frees the memory (the kernel may still write it).
-    fn leak(&mut self) {
-        self.leaked = true;
-    }
 }
 
 impl Drop for BufPool {
     fn drop(&mut self) {
-        if self.leaked {
+        if !self.free_on_drop {
             return;
         }
-        // SAFETY: allocated in `new` with these layouts; unregistered (or
-        // never used by a receive) by now.
+        // SAFETY: allocated in `new` with these layouts, and unregistered.
         unsafe {
             std::alloc::dealloc(self.entries.as_ptr().cast(), self.entries_layout);
             std::alloc::dealloc(self.data.as_ptr(), self.data_layout);
