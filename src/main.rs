@@ -1549,6 +1549,13 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     tcp.io_uring = args.io == IoArg::Uring;
     tcp.io_threads = usize::from(args.cores) - 1;
     tcp.pin_cpus = args.pin_cpus.clone();
+    if !args.pin_cpus.is_empty() && args.pin_cpus.len() < usize::from(args.cores) {
+        tracing::warn!(
+            cpus = ?args.pin_cpus,
+            cores = args.cores,
+            "--pin-cpus lists fewer CPUs than --cores threads: some threads share a CPU (entries wrap around)"
+        );
+    }
     if args.cores > 1 && args.io != IoArg::Uring {
         eprintln!(
             "ramcoord coordinator: --cores {} needs --io uring",
