@@ -426,14 +426,8 @@ impl AcceptRing {
         let ring = IoUring::builder().setup_cqsize(1024).build(8)?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
-        // SINGLE_ISSUER (6.0) postdates multishot accept (5.19): a kernel
-        // that takes it has both.
-        let recent = io_uring::IoUring::<io_uring::squeue::Entry>::builder()
-            .setup_single_issuer()
-            .build(2)
-            .is_ok();
         if !probe.is_supported(opcode::AcceptMulti::CODE)
-            || !recent
+            || !super::uring::kernel_has_multishot()
             || !ring.params().is_feature_nodrop()
         {
             return Err(std::io::Error::new(

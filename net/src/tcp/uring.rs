@@ -239,14 +239,7 @@ impl Uring {
                 return Err(unsupported(name));
             }
         }
-        // Multishot receives arrived in 6.0, with SINGLE_ISSUER: a ring
-        // that takes the flag says the kernel has them (provided-buffer
-        // rings, 5.19, too).
-        if IoUring::<squeue::Entry>::builder()
-            .setup_single_issuer()
-            .build(2)
-            .is_err()
-        {
+        if !kernel_has_multishot() {
             return Err(unsupported("multishot receives (Linux 6.0)"));
         }
         let mut pools = vec![BufPool::new(&ring, POOL_OTHER)?];
@@ -683,6 +676,17 @@ fn received(inner: &Arc<Inner>, conn: &mut InlineConn, bytes: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// Whether the kernel has multishot receives (6.0) and accepts (5.19), and
+/// provided-buffer rings (5.19). None has a probe of its own; they arrived
+/// with or before SINGLE_ISSUER (6.0), which a ring's set-up does check: a
+/// throw-away ring that takes the flag answers for all of them.
+pub(super) fn kernel_has_multishot() -> bool {
+    IoUring::<squeue::Entry>::builder()
+        .setup_single_issuer()
+        .build(2)
+        .is_ok()
 }
 
 /// The `user_data` of connection `token`'s receive.
