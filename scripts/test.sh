@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 # Each step prints the seconds since the start, so a slow CI run says where
 # its time went.
 step() { echo "== [${SECONDS}s] $*"; }
+# A CI clone is built once and thrown away: incremental caches would only
+# add gigabytes to a disk the machine shares with everything else (a CI run
+# once failed with ENOSPC). Say how much room there is, for the same reason.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
+df -h . | tail -n 1 | awk '{print "== disk: " $4 " free of " $2}'
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
