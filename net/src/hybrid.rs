@@ -10,8 +10,14 @@
 //! Routing: a message or write to a peer the RDMA side knows (a configured
 //! replica, or one added with [`Transport::add_peer`] — masters and
 //! replicas added later) goes over RDMA; anything else (a client, known
-//! only by the TCP connection it opened) over TCP. Both sides deliver into
-//! one queue, the TCP transport's, so the owner's loop is unchanged.
+//! only by the TCP connection it opened) over TCP.
+//!
+//! Who runs the RDMA side's loop follows the TCP side: when TCP runs in
+//! the owner's thread (it has a [`Transport::ready_fd`]), so does RDMA
+//! ([`RdmaConfig::inline`]): [`Transport::next_event`] takes from both in
+//! turn, and the hybrid's `ready_fd` is an epoll descriptor over both
+//! sides' own, so an RDMA message reaches the owner with no thread in
+//! between. Otherwise RDMA's driver thread delivers into TCP's queue.
 //!
 //! Admission: the two sides share one pass book ([`crate::rdma_pass`]):
 //! the TCP side issues passes to replicas that authenticated to it, the
@@ -20,10 +26,14 @@
 //! hybrid transport never admits an RDMA connection without a pass.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam::channel::Receiver;
+use rustix::event::{epoll, poll, PollFd, PollFlags};
 
 use crate::rdma::RdmaError;
 use crate::rdma_pass::PassBook;
@@ -50,6 +60,11 @@ pub enum HybridError {
 pub struct HybridTransport {
     tcp: TcpTransport,
     rdma: RdmaTransport,
+    /// With both sides in the owner's thread: an epoll descriptor over
+    /// both sides' ready descriptors.
+    ready: Option<OwnedFd>,
+    /// Which side `next_event` looks at first (they take turns).
+    rdma_first: AtomicBool,
 }
 
 impl HybridTransport {
@@ -64,21 +79,41 @@ impl HybridTransport {
             tls: tcp.tls.clone(),
         });
         let tcp = TcpTransport::start(tcp)?;
+        if let Some(tcp_fd) = tcp.ready_fd() {
+            rdma.inline = true;
+            let rdma = RdmaTransport::start(rdma)?;
+            let rdma_fd = rdma.ready_fd().expect("an inline RDMA transport has one");
+            let os = |e: rustix::io::Errno| RdmaError::Call {
+                call: "epoll (hybrid)",
+                err: e.into(),
+            };
+            let ready = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(os)?;
+            for (k, fd) in [tcp_fd, rdma_fd].into_iter().enumerate() {
+                epoll::add(
+                    &ready,
+                    fd,
+                    epoll::EventData::new_u64(k as u64),
+                    epoll::EventFlags::IN,
+                )
+                .map_err(os)?;
+            }
+            return Ok(HybridTransport {
+                tcp,
+                rdma,
+                ready: Some(ready),
+                rdma_first: AtomicBool::new(false),
+            });
+        }
+        rdma.inline = false;
         let sink = tcp.event_sink();
-        let rdma = RdmaTransport::start_delivering(
+        let rdma =
+            RdmaTransport::start_delivering(rdma, Box::new(move |ev| sink(rdma_write_ids(ev))))?;
+        Ok(HybridTransport {
+            tcp,
             rdma,
-            Box::new(move |ev| {
-                sink(match ev {
-                    Event::WriteDone { to, id, status } => Event::WriteDone {
-                        to,
-                        id: id | RDMA_WRITE_ID_BIT,
-                        status,
-                    },
-                    other => other,
-                })
-            }),
-        )?;
-        Ok(HybridTransport { tcp, rdma })
+            ready: None,
+            rdma_first: AtomicBool::new(false),
+        })
     }
 
     /// The TCP side.
@@ -132,17 +167,64 @@ impl Transport for HybridTransport {
         self.tcp.events()
     }
 
-    /// RDMA's events reach TCP's queue through its event sink, which wakes
-    /// TCP's poll: TCP's descriptor covers both.
-    fn ready_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.tcp.ready_fd()
+    /// Both sides' descriptors in one (both in the owner's thread), or
+    /// TCP's (RDMA's events reach TCP's queue through its event sink,
+    /// which wakes TCP's poll).
+    fn ready_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.ready {
+            Some(fd) => Some(fd.as_fd()),
+            None => self.tcp.ready_fd(),
+        }
     }
 
     fn flush(&self) {
-        self.tcp.flush()
+        self.tcp.flush();
+        if self.ready.is_some() {
+            self.rdma.flush();
+        }
     }
 
-    fn next_event(&self, timeout: std::time::Duration) -> Option<Event> {
-        self.tcp.next_event(timeout)
+    fn next_event(&self, timeout: Duration) -> Option<Event> {
+        let Some(ready) = &self.ready else {
+            return self.tcp.next_event(timeout);
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            // The sides take turns, so that neither starves the other.
+            let rdma_first = !self.rdma_first.fetch_xor(true, Ordering::Relaxed);
+            for rdma in [rdma_first, !rdma_first] {
+                let ev = if rdma {
+                    self.rdma.next_event(Duration::ZERO).map(rdma_write_ids)
+                } else {
+                    self.tcp.next_event(Duration::ZERO)
+                };
+                if ev.is_some() {
+                    return ev;
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.flush();
+            let ts = rustix::event::Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: left.subsec_nanos() as _,
+            };
+            let mut fds = [PollFd::new(ready, PollFlags::IN)];
+            let _ = poll(&mut fds, Some(&ts));
+        }
+    }
+}
+
+/// The RDMA side's write ids, told apart from the TCP side's.
+fn rdma_write_ids(ev: Event) -> Event {
+    match ev {
+        Event::WriteDone { to, id, status } => Event::WriteDone {
+            to,
+            id: id | RDMA_WRITE_ID_BIT,
+            status,
+        },
+        other => other,
     }
 }

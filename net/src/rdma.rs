@@ -36,6 +36,7 @@
 
 use std::ffi::{CStr, CString};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::null_mut;
 use std::sync::Arc;
 
@@ -530,6 +531,38 @@ pub enum Incoming {
     Immediate(u32),
 }
 
+/// The `wr_id` of a one-sided write's work requests.
+const WR_WRITE: u64 = 1;
+/// The `wr_id` of a two-sided send's work request.
+const WR_SEND: u64 = 2;
+
+/// What a send-queue work request was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendKind {
+    /// An RDMA WRITE (with or without an immediate).
+    Write,
+    /// A two-sided SEND.
+    Send,
+}
+
+/// One reaped send-queue completion.
+#[derive(Debug)]
+pub struct SendCompletion {
+    /// What it completed.
+    pub kind: SendKind,
+    /// Whether it succeeded (an error status is named).
+    pub result: Result<(), RdmaError>,
+}
+
+/// One of a connection's two completion queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cq {
+    /// Sends and writes.
+    Send,
+    /// Receives (messages and immediates).
+    Recv,
+}
+
 /// One reliable connection (see the module docs).
 pub struct RdmaConn {
     /// A larger registered buffer for [`RdmaConn::write_runs`], made on
@@ -799,7 +832,7 @@ impl RdmaConn {
         call("rdma_post_send", unsafe {
             rdma_post_send(
                 self.id,
-                null_mut(),
+                WR_SEND as *mut std::ffi::c_void,
                 self.send_buf.as_mut_ptr().cast(),
                 bytes.len(),
                 self.send_mr,
@@ -988,7 +1021,41 @@ impl RdmaConn {
         runs: &[(u64, &[u8])],
         tail: Option<(u64, u64, u32)>,
     ) -> Result<(), RdmaError> {
-        assert!(runs.len() < SEND_WRS_MAX, "too many runs for one post");
+        let n = self.start_writes(region, runs, tail)?;
+        // Every request is signalled (sq_sig_all): reap them all, keeping
+        // the first error.
+        let mut first = Ok(());
+        for _ in 0..n {
+            let r = self.wait_send("write");
+            if first.is_ok() {
+                first = r;
+            }
+            if matches!(first, Err(RdmaError::Call { .. })) {
+                break;
+            }
+        }
+        first
+    }
+
+    /// As [`RdmaConn::write_runs`] (or a plain write of each run when
+    /// `tail` is `None`), without waiting: returns the number of work
+    /// requests posted, each of which completes on the send queue
+    /// ([`RdmaConn::poll_send`], kind [`SendKind::Write`]). The staging
+    /// buffer is the kernel's until then: reap every one of them before
+    /// the next `start_writes`.
+    pub fn start_writes(
+        &mut self,
+        region: RemoteRegion,
+        runs: &[(u64, &[u8])],
+        tail: Option<(u64, u64, u32)>,
+    ) -> Result<usize, RdmaError> {
+        if runs.len() >= SEND_WRS_MAX {
+            return Err(RdmaError::TooLarge {
+                what: "runs in one post",
+                len: runs.len(),
+                max: SEND_WRS_MAX - 1,
+            });
+        }
         let total: usize = runs.iter().map(|r| r.1.len()).sum::<usize>() + 8;
         let tail_run = tail.map(|(off, _, _)| (off, &[0u8; 8][..]));
         for &(off, b) in runs.iter().chain(tail_run.iter()) {
@@ -1048,7 +1115,7 @@ impl RdmaConn {
         let n = wrs.len();
         for i in 0..n {
             let last = i + 1 == n && tail.is_some();
-            wrs[i].wr_id = i as u64;
+            wrs[i].wr_id = WR_WRITE;
             wrs[i].sg_list = &mut sges[i];
             wrs[i].num_sge = 1;
             wrs[i].opcode = if last {
@@ -1066,32 +1133,163 @@ impl RdmaConn {
             }
         }
         if n == 0 {
-            return Ok(());
+            return Ok(0);
         }
         for i in 0..n - 1 {
             let next: *mut ibv_send_wr = &mut wrs[i + 1];
             wrs[i].next = next;
         }
         let mut bad = null_mut();
-        // SAFETY: the work requests, their scatter lists and the staging
-        // buffer (registered) live until every completion is reaped below;
-        // the remote address and key come from the peer, which checks them.
+        // SAFETY: the work requests and their scatter lists live through
+        // the call (the provider copies them); the staging buffer
+        // (registered) is not touched again until the caller has reaped
+        // every completion (start_writes' contract); the remote address and
+        // key come from the peer, which checks them.
         call("ibv_post_send", unsafe {
             ibv_post_send((*self.id).qp, wrs.as_mut_ptr(), &mut bad)
         })?;
-        // Every request is signalled (sq_sig_all): reap them all, keeping
-        // the first error.
-        let mut first = Ok(());
-        for _ in 0..n {
-            let r = self.wait_send("write");
-            if first.is_ok() {
-                first = r;
+        Ok(n)
+    }
+
+    /// As [`RdmaConn::send`], without waiting: the send buffer is the
+    /// kernel's until the completion (kind [`SendKind::Send`]) is reaped
+    /// with [`RdmaConn::poll_send`]; one at a time.
+    pub fn start_send(&mut self, bytes: &[u8]) -> Result<(), RdmaError> {
+        if bytes.len() > MESSAGE_BYTES_MAX {
+            return Err(RdmaError::TooLarge {
+                what: "message",
+                len: bytes.len(),
+                max: MESSAGE_BYTES_MAX,
+            });
+        }
+        self.send_buf[..bytes.len()].copy_from_slice(bytes);
+        // SAFETY: send_buf is registered and not reused before the
+        // completion is reaped (start_send's contract).
+        call("rdma_post_send", unsafe {
+            rdma_post_send(
+                self.id,
+                WR_SEND as *mut std::ffi::c_void,
+                self.send_buf.as_mut_ptr().cast(),
+                bytes.len(),
+                self.send_mr,
+                0,
+            )
+        })
+    }
+
+    /// The next send-queue completion, if there is one (never waits).
+    pub fn poll_send(&mut self) -> Result<Option<SendCompletion>, RdmaError> {
+        // SAFETY: a zeroed POD filled in by the call.
+        let mut wc = unsafe { std::mem::zeroed::<ibv_wc>() };
+        // SAFETY: the id's send CQ is valid for the connection's life.
+        match unsafe { ibv_poll_cq((*self.id).send_cq, 1, &mut wc) } {
+            0 => Ok(None),
+            1 => {
+                let kind = if wc.wr_id == WR_SEND {
+                    SendKind::Send
+                } else {
+                    SendKind::Write
+                };
+                let what = match kind {
+                    SendKind::Send => "send",
+                    SendKind::Write => "write",
+                };
+                Ok(Some(SendCompletion {
+                    kind,
+                    result: check(&wc, what),
+                }))
             }
-            if matches!(first, Err(RdmaError::Call { .. })) {
-                break;
+            _ => Err(RdmaError::Call {
+                call: "ibv_poll_cq (send)",
+                err: std::io::Error::last_os_error(),
+            }),
+        }
+    }
+
+    /// Asks for an event on the completion channel of `cq` at its next
+    /// completion (one event per request). A completion that arrived
+    /// before the request raises none: poll again after arming.
+    pub fn arm(&mut self, cq: Cq) -> Result<(), RdmaError> {
+        // SAFETY: the id's CQs are valid for the connection's life.
+        unsafe {
+            let q = match cq {
+                Cq::Send => (*self.id).send_cq,
+                Cq::Recv => (*self.id).recv_cq,
+            };
+            call("ibv_req_notify_cq", ibv_req_notify_cq(q, 0))
+        }
+    }
+
+    /// The descriptors an event loop waits on for this connection: the
+    /// send and receive completion channels (readable after an armed CQ
+    /// completed) and the `rdma_cm` channel (readable when the peer
+    /// disconnects), in that order. Take them out of any poll set before
+    /// the connection is dropped.
+    pub fn wake_fds(&self) -> [BorrowedFd<'_>; 3] {
+        // SAFETY: the id and its channels are valid for the connection's
+        // life, which the borrow does not outlive.
+        unsafe {
+            [
+                BorrowedFd::borrow_raw((*(*self.id).send_cq_channel).fd),
+                BorrowedFd::borrow_raw((*(*self.id).recv_cq_channel).fd),
+                BorrowedFd::borrow_raw((*(*self.id).channel).fd),
+            ]
+        }
+    }
+
+    /// Puts both completion channels in non-blocking mode, for a
+    /// connection driven by an event loop: from here on, use only the
+    /// non-blocking calls (`start_*`, `poll_send`, `try_recv_any`, `arm`,
+    /// `take_cq_events`).
+    pub fn set_nonblocking(&mut self) -> Result<(), RdmaError> {
+        let [send, recv, _] = self.wake_fds();
+        for fd in [send.as_raw_fd(), recv.as_raw_fd()] {
+            // SAFETY: fcntl on a descriptor this connection owns.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+                    return Err(RdmaError::Call {
+                        call: "fcntl (O_NONBLOCK)",
+                        err: std::io::Error::last_os_error(),
+                    });
+                }
             }
         }
-        first
+        Ok(())
+    }
+
+    /// Takes (and acknowledges at once) every event waiting on `cq`'s
+    /// completion channel; returns how many. After
+    /// [`RdmaConn::set_nonblocking`] only (it would block otherwise).
+    /// Unacknowledged events would make destroying the CQ wait forever.
+    pub fn take_cq_events(&mut self, cq: Cq) -> Result<usize, RdmaError> {
+        let mut n = 0;
+        loop {
+            let mut ev_cq = null_mut();
+            let mut ctx = null_mut();
+            // SAFETY: the channel is valid and non-blocking; an event taken
+            // is acknowledged on the CQ it names before the next.
+            let r = unsafe {
+                let ch = match cq {
+                    Cq::Send => (*self.id).send_cq_channel,
+                    Cq::Recv => (*self.id).recv_cq_channel,
+                };
+                ibv_get_cq_event(ch, &mut ev_cq, &mut ctx)
+            };
+            if r != 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::WouldBlock {
+                    return Ok(n);
+                }
+                return Err(RdmaError::Call {
+                    call: "ibv_get_cq_event",
+                    err,
+                });
+            }
+            // SAFETY: ev_cq is the CQ the event named.
+            unsafe { ibv_ack_cq_events(ev_cq, 1) };
+            n += 1;
+        }
     }
 
     /// Writes `bytes` at `offset` of the peer's region (one-sided) and

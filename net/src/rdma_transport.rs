@@ -2,32 +2,64 @@
 //! both as RDMA WRITEs into the peer's registered memory (messages into a
 //! ring, writes into declared regions).
 //!
-//! # Connections and threads
+//! # One loop, no thread per connection
 //!
-//! Each node listens (`rdma_cm`). Per configured peer, a sender thread
-//! connects (saying who it is and which cluster in the private data),
-//! learns the peer's regions from the advertisement the peer sends first,
-//! then takes frames off a bounded queue (the back-pressure: a full queue
-//! drops new frames, counted in [`RdmaTransport::dropped_frames`]).
+//! Every established connection, in and out, belongs to one event loop
+//! (the transport's `Core`): it posts work requests, polls the completion
+//! queues, reads the message rings and returns credit, never waiting on
+//! the NIC. Who runs the loop is the only difference between the two
+//! ways to start a transport:
+//!
+//! - [`RdmaConfig::inline`]: the owner's thread, in
+//!   [`Transport::next_event`] and [`Transport::flush`], beside whatever
+//!   else it waits on ([`Transport::ready_fd`] is an epoll descriptor over
+//!   the connections' completion and `rdma_cm` channels). A message from
+//!   the owner's `send` to the peer's owner crosses no thread at all: this
+//!   is the commit path of a coordinator on RDMA.
+//! - otherwise one `rdma-driver` thread runs it and delivers into
+//!   [`Transport::events`] (masters, tests).
+//!
+//! The loop polls each completion queue; before it sleeps it arms every
+//! queue whose last event it consumed (a request for one event at the next
+//! completion), polls once more (a completion between the last poll and
+//! the arm raises no event), and only then sleeps: nothing is missed and
+//! nobody busy-polls for long on a small machine (it spins
+//! [`crate::rdma::RECV_SPIN`] first, where a reply is often already on its
+//! way).
+//!
+//! Threads besides the loop: one accepts (admission, `rdma_accept`, the
+//! advertisement); one per peer connects while it is not connected (pass,
+//! connect, advertisement) and hands the connection over; a short-lived
+//! one closes each failed connection (`rdma_disconnect` waits for the
+//! peer). None lives per connection or per peer.
+//!
+//! # Messages and writes
+//!
+//! Per configured peer the loop keeps a bounded queue of frames (past
+//! [`RdmaConfig::queue_frames_max`] new ones are dropped, counted in
+//! [`RdmaTransport::dropped_frames`]) and one outbound connection.
 //!
 //! - **Messages** (Raft appends with their entries, votes, acks) are
 //!   written one-sidedly into the **message ring** the peer registered for
 //!   this connection ([`crate::ring`] has the protocol: framing, who owns
-//!   which bytes, credits). The sender batches what is queued into one
-//!   RDMA WRITE, then writes the ring's tail word with an immediate value
-//!   that wakes the receiver. No receive buffer is consumed per message,
-//!   and messages up to a quarter of the ring travel in one piece.
+//!   which bytes, credits). What is queued goes in one post: the frames as
+//!   one RDMA WRITE, then the ring's tail word with an immediate value
+//!   (the tail's low 32 bits) that completes one of the receiver's posted
+//!   receives. No receive buffer is consumed per message. One post is in
+//!   flight per connection; what is sent meanwhile waits for its
+//!   completion and goes in the next (batching is the pipelining).
 //! - **Writes** into a peer's declared regions are checked against the
-//!   advertisement (unknown region, out of bounds) and RDMA-WRITTEN; each
-//!   completion becomes an [`Event::WriteDone`] (`Landed`: in the peer's
-//!   memory; `Refused`: the peer revoked this writer).
+//!   advertisement (unknown region, out of bounds) and RDMA-WRITTEN, in
+//!   order with the messages before them; each completion becomes an
+//!   [`Event::WriteDone`] (`Landed`: in the peer's memory; `Refused`: the
+//!   peer revoked this writer). A write lost with its connection
+//!   completes with nothing: the writer retries on its own timer.
 //!
-//! Per accepted connection, a receiver thread sends the advertisement
-//! (its regions and the connection's ring), then, woken by each
-//! immediate, reads the new frames out of the ring, checks them, delivers
-//! them, and returns credit. Completions are awaited by polling once and
-//! then sleeping on the completion channel: no busy pollers on a small
-//! machine.
+//! On an accepted connection the loop reads the ring up to the tail each
+//! immediate names (the immediate completes after everything posted
+//! before it has landed), delivers the frames, and returns credit (the
+//! head, and how many immediates were reaped) with a two-sided SEND, one
+//! in flight, later ones coalesced into it.
 //!
 //! # Regions are memory
 //!
@@ -51,44 +83,45 @@
 //! the listener issued over an authenticated TCP connection
 //! ([`crate::rdma_pass`]). The listener checks it before it accepts the
 //! request: a request without a valid pass gets no registered memory, no
-//! ring, no region key and no thread (the queue pair `rdma_cm` made for
-//! the request is destroyed with it); it is refused, counted
+//! ring and no region key (the queue pair `rdma_cm` made for the request
+//! is destroyed with it); it is refused, counted
 //! ([`RdmaTransport::refused_requests`]) and logged at most once a second.
 //! Admitted connections are bounded too: two live ones per peer (its
 //! newest revokes its oldest) and 16 in all (past it, refused). Without
 //! TLS (`--insecure`) a pass goes to whoever claims a replica's id, as
 //! everything else does then.
-//! With [`RdmaConfig::pass_fetch`] the sender fetches a pass over TCP
+//! With [`RdmaConfig::pass_fetch`] the connector fetches a pass over TCP
 //! before it connects, again when it is half its lifetime old, and after
 //! any failed connect (the listener may have restarted with a new key).
 //!
 //! # Connecting and closing
 //!
 //! A connect gives up after [`crate::rdma::CONNECT_TIMEOUT`] (a peer not
-//! listening is refused at once) and the sender retries with a back-off
-//! up to 250 ms. A receiver wakes when its peer disconnects and closes its
-//! side; a sender closes a failed connection on a thread of its own
-//! (`rdma_disconnect` waits for the peer's answer).
+//! listening is refused at once) and the connector retries with a back-off
+//! up to 250 ms. A connection whose peer disconnects (its `rdma_cm`
+//! channel wakes the loop), whose work request fails, or that breaks the
+//! ring's rules is closed and, if outbound, connected again.
 //!
 //! # Limits of this version
 //!
-//! Only configured peers can be sent to (no answering unknown clients on
-//! their connection: clients use TCP); one post in flight per peer (the
-//! sender waits for each batch's completion, so batching is the
-//! pipelining); messages up to a quarter of [`RdmaConfig::ring_bytes`]
-//! (larger ones are dropped and logged).
+//! Only configured peers (and ones added later) can be sent to: clients
+//! use TCP. Messages up to a quarter of [`RdmaConfig::ring_bytes`] (larger
+//! ones are dropped and logged).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam::channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam::channel::{unbounded, Receiver};
+use rustix::event::{epoll, eventfd, EventfdFlags};
 
 use crate::rdma::{
-    Incoming, RdmaConn, RdmaError, RdmaListener, RegionMemory, RemoteRegion, Revoker, RECV_SLOTS,
+    Cq, Incoming, RdmaConn, RdmaError, RdmaListener, RegionMemory, RemoteRegion, Revoker, SendKind,
+    RECV_SLOTS, RECV_SPIN,
 };
 use crate::rdma_pass::{Pass, PassBook, RequestPrivate, PASS_TTL};
 use crate::ring::{self, PlaceError, RingReader, RingWriter, RING_HEADER_BYTES};
@@ -101,16 +134,25 @@ use crate::{Event, PeerId, Region, RegionId, Transport, WriteStatus};
 pub const RING_REGION: RegionId = u32::MAX;
 /// Default data bytes of a message ring (per accepted connection).
 pub const RING_BYTES_DEFAULT: usize = 16 << 20;
-/// A batch of queued messages is written once it reaches this many bytes.
+/// A post carries at most this many bytes of frames.
 pub const BATCH_BYTES_MAX: usize = 256 << 10;
 /// Ring posts the sender may have unconsumed at the receiver: each one's
-/// immediate takes one of the receiver's posted receives until its thread
+/// immediate takes one of the receiver's posted receives until its loop
 /// reaps it, and a post that finds none is refused (receiver not ready).
 const POSTS_UNCONSUMED_MAX: u64 = RECV_SLOTS as u64 - 4;
-/// How often a sender that cannot connect says so at warn level.
+/// How often a connector that cannot connect says so at warn level.
 const UNREACHABLE_WARN_EVERY: Duration = Duration::from_secs(10);
-/// How long a sender waits for credit before giving the connection up.
+/// How long a sender with frames waiting may go without credit before it
+/// gives the connection up.
 const CREDIT_WAIT_MAX: Duration = Duration::from_secs(5);
+/// Completions taken from one queue in one pass (the others get their
+/// turn).
+const COMPLETIONS_PER_PASS_MAX: usize = 64;
+/// Events the loop holds for its owner; past it, it stops reading rings
+/// (their credit is withheld, so the senders wait).
+const READY_EVENTS_MAX: usize = 8192;
+/// The epoll token of the kick eventfd.
+const KICK_TOKEN: u64 = u64::MAX;
 
 /// How an [`RdmaTransport`] runs.
 #[derive(Clone, Debug)]
@@ -143,6 +185,12 @@ pub struct RdmaConfig {
     /// How this node fetches passes for its own connections; `None`: its
     /// requests carry none.
     pub pass_fetch: Option<PassFetch>,
+    /// The owner's thread runs the event loop, in
+    /// [`Transport::next_event`] and [`Transport::flush`] (waiting on
+    /// [`Transport::ready_fd`] between them); [`Transport::events`] stays
+    /// empty. Off: an `rdma-driver` thread runs it and delivers into
+    /// `events()`.
+    pub inline: bool,
 }
 
 /// Passes are fetched over TCP from the address the peer listens on for
@@ -163,7 +211,7 @@ const PASS_REFUSED_RETRY: Duration = Duration::from_secs(2);
 /// its oldest.
 const CONNECTIONS_PER_PEER_MAX: usize = 2;
 /// Live accepted connections in all (each pins a message ring of
-/// [`RdmaConfig::ring_bytes`] and a thread); past it, requests are refused.
+/// [`RdmaConfig::ring_bytes`]); past it, requests are refused.
 const CONNECTIONS_MAX: usize = 16;
 /// A refused connection request is logged at most this often.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
@@ -182,6 +230,7 @@ impl RdmaConfig {
             exclusive_writer: false,
             passes: None,
             pass_fetch: None,
+            inline: false,
         }
     }
 }
@@ -205,13 +254,14 @@ enum Out {
 }
 
 struct Inner {
+    /// This transport's own handle, for the threads it starts later.
+    me: std::sync::Weak<Inner>,
     cfg: RdmaConfig,
     shutdown: AtomicBool,
-    deliver: Box<dyn Fn(Event) + Send + Sync>,
     regions: HashMap<RegionId, Arc<RegionMemory>>,
-    outbound: Mutex<HashMap<PeerId, Sender<Out>>>,
     /// Accepted connections by peer: how to revoke each, and whether the
-    /// declared regions were registered on it.
+    /// declared regions were registered on it. (Never locked while
+    /// locking `core`: the core locks it, not the other way round.)
     writers: Mutex<HashMap<PeerId, Vec<(Revoker, bool)>>>,
     next_write: AtomicU64,
     dropped_frames: AtomicU64,
@@ -220,6 +270,17 @@ struct Inner {
     refused_requests: AtomicU64,
     /// With `exclusive_writer`: the peer allowed to connect.
     granted: Mutex<Option<PeerId>>,
+    /// The event loop's state.
+    core: Mutex<Core>,
+    /// The loop's wake-ups: every connection's completion and `rdma_cm`
+    /// channels, and `kick`.
+    epoll: OwnedFd,
+    /// Written by other threads to wake the loop (a connection handed
+    /// over, a send from a thread that is not the loop's).
+    kick: OwnedFd,
+    /// The loop may have slept since it last emptied `epoll`: its next
+    /// pass does (so a consumed event is not reported again).
+    drain_due: AtomicBool,
 }
 
 /// A node's RDMA endpoint (see the module docs).
@@ -242,9 +303,9 @@ impl RdmaTransport {
         )
     }
 
-    /// As [`RdmaTransport::start`], delivering events through `deliver`
-    /// (e.g. into another transport's queue) instead of
-    /// [`Transport::events`], which then stays empty.
+    /// As [`RdmaTransport::start`] (without [`RdmaConfig::inline`]),
+    /// delivering events through `deliver` (e.g. into another transport's
+    /// queue) instead of [`Transport::events`], which then stays empty.
     pub fn start_delivering(
         cfg: RdmaConfig,
         deliver: Box<dyn Fn(Event) + Send + Sync>,
@@ -265,34 +326,66 @@ impl RdmaTransport {
             cfg.ring_bytes >= 4096 && cfg.ring_bytes % 8 == 0,
             "ring_bytes must be a multiple of 8, at least 4096"
         );
+        let os = |call: &'static str| {
+            move |e: rustix::io::Errno| RdmaError::Call {
+                call,
+                err: e.into(),
+            }
+        };
+        let epoll_fd = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(os("epoll_create"))?;
+        let kick =
+            eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(os("eventfd"))?;
+        epoll::add(
+            &epoll_fd,
+            &kick,
+            epoll::EventData::new_u64(KICK_TOKEN),
+            epoll::EventFlags::IN,
+        )
+        .map_err(os("epoll_ctl"))?;
         let listener = RdmaListener::bind(cfg.listen)?;
         let regions = cfg
             .regions
             .iter()
             .map(|&(id, len)| (id, RegionMemory::new(len)))
             .collect();
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             cfg: cfg.clone(),
             shutdown: AtomicBool::new(false),
-            deliver,
             regions,
-            outbound: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
             next_write: AtomicU64::new(0),
             dropped_frames: AtomicU64::new(0),
             refused_requests: AtomicU64::new(0),
             granted: Mutex::new(None),
+            core: Mutex::new(Core::default()),
+            epoll: epoll_fd,
+            kick,
+            drain_due: AtomicBool::new(false),
         });
         let i = inner.clone();
         std::thread::Builder::new()
             .name("rdma-accept".into())
             .spawn(move || accept_loop(i, listener))
             .expect("spawning a transport thread");
+        if !cfg.inline {
+            let i = inner.clone();
+            std::thread::Builder::new()
+                .name("rdma-driver".into())
+                .spawn(move || {
+                    while !i.shutdown.load(Ordering::SeqCst) {
+                        if let Some(ev) = next_event(&i, Duration::from_millis(50)) {
+                            deliver(ev);
+                        }
+                    }
+                })
+                .expect("spawning a transport thread");
+        }
         let t = RdmaTransport { inner, events: rx };
         for (&peer, &addr) in &cfg.peers {
             t.add_peer(peer, addr);
         }
-        tracing::info!(id = cfg.id, listen = %cfg.listen, "RDMA transport listening");
+        tracing::info!(id = cfg.id, listen = %cfg.listen, inline = cfg.inline, "RDMA transport listening");
         Ok(t)
     }
 
@@ -304,8 +397,8 @@ impl RdmaTransport {
     /// Revokes every connection `peer` opened to us: its one-sided writes
     /// (and messages) fail from now on; it must reconnect to write again.
     pub fn revoke(&self, peer: PeerId) -> Result<usize, RdmaError> {
-        // Under the lock: a receiver thread removes its entry under it too
-        // before its connection (and queue pair) is destroyed.
+        // Under the lock: the loop removes a connection's entry under it
+        // too before the connection (and queue pair) is destroyed.
         let mut writers = self.inner.writers.lock().expect("lock poisoned");
         let revokers = writers.remove(&peer).unwrap_or_default();
         for (r, _) in &revokers {
@@ -349,11 +442,7 @@ impl RdmaTransport {
 
     /// Whether messages and writes to `peer` go over this transport.
     pub fn routes(&self, peer: PeerId) -> bool {
-        self.inner
-            .outbound
-            .lock()
-            .expect("lock poisoned")
-            .contains_key(&peer)
+        lock(&self.inner).peers.contains_key(&peer)
     }
 
     /// Frames dropped because a peer's queue was full.
@@ -379,29 +468,53 @@ impl RdmaTransport {
     }
 
     fn enqueue(&self, to: PeerId, out: Out) -> bool {
-        let q = self
-            .inner
-            .outbound
-            .lock()
-            .expect("lock poisoned")
-            .get(&to)
-            .cloned();
-        let Some(q) = q else {
+        let inner = &*self.inner;
+        let mut core = lock(inner);
+        let Some(p) = core.peers.get_mut(&to) else {
             tracing::debug!(to, "no route to peer; frame dropped");
             return false;
         };
-        if let Err(TrySendError::Full(_)) = q.try_send(out) {
-            self.inner.dropped_frames.fetch_add(1, Ordering::Relaxed);
+        if p.queue.len() >= inner.cfg.queue_frames_max {
+            inner.dropped_frames.fetch_add(1, Ordering::Relaxed);
             return false;
+        }
+        let was_empty = p.queue.is_empty();
+        p.queue.push_back(out);
+        if !inner.cfg.inline {
+            // Posted from this thread: the driver need not wake for it
+            // (the completion will wake it).
+            core.pump_peer(inner, to);
+        } else if was_empty {
+            // Posted at the loop's next pass (a queue that was not empty
+            // is waiting for a completion, a credit or a connection, each
+            // of which pumps it).
+            core.to_pump.push(to);
         }
         true
     }
 }
 
+fn lock(inner: &Inner) -> MutexGuard<'_, Core> {
+    // A panic inside the loop is a bug; the transport stops with it.
+    inner
+        .core
+        .lock()
+        .expect("RDMA transport core lock poisoned")
+}
+
+fn kick(inner: &Inner) {
+    let _ = rustix::io::write(&inner.kick, &1u64.to_ne_bytes());
+}
+
 impl Drop for RdmaTransport {
     fn drop(&mut self) {
         self.inner.shutdown.store(true, Ordering::SeqCst);
-        self.inner.outbound.lock().expect("lock poisoned").clear();
+        let mut core = lock(&self.inner);
+        core.peers.clear();
+        let tokens: Vec<u64> = core.conns.keys().copied().collect();
+        for t in tokens {
+            core.close(&self.inner, t, None);
+        }
     }
 }
 
@@ -430,18 +543,34 @@ impl Transport for RdmaTransport {
     }
 
     fn add_peer(&self, peer: PeerId, addr: SocketAddr) {
-        let mut out = self.inner.outbound.lock().expect("lock poisoned");
-        if out.contains_key(&peer) {
+        let mut core = lock(&self.inner);
+        if core.peers.contains_key(&peer) {
             return;
         }
-        let (tx, rx) = bounded(self.inner.cfg.queue_frames_max);
-        out.insert(peer, tx);
-        drop(out);
-        let i = self.inner.clone();
-        std::thread::Builder::new()
-            .name("rdma-send".into())
-            .spawn(move || send_loop(i, peer, addr, rx))
-            .expect("spawning a transport thread");
+        core.next_gen += 1;
+        let gen = core.next_gen;
+        core.peers.insert(
+            peer,
+            PeerOut {
+                addr,
+                gen,
+                queue: VecDeque::new(),
+                conn: None,
+            },
+        );
+        drop(core);
+        spawn_connector(&self.inner, peer, addr, gen);
+    }
+
+    fn remove_peer(&self, peer: PeerId) {
+        let inner = &*self.inner;
+        let mut core = lock(inner);
+        if let Some(p) = core.peers.remove(&peer) {
+            if let Some(t) = p.conn {
+                core.close(inner, t, None);
+            }
+            tracing::debug!(peer, "RDMA peer removed");
+        }
     }
 
     /// Refused: on RDMA a region is memory declared at start
@@ -456,6 +585,724 @@ impl Transport for RdmaTransport {
     fn events(&self) -> &Receiver<Event> {
         &self.events
     }
+
+    fn ready_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inner.cfg.inline.then(|| self.inner.epoll.as_fd())
+    }
+
+    fn flush(&self) {
+        if self.inner.cfg.inline {
+            prepare_to_sleep(&self.inner);
+        }
+    }
+
+    fn next_event(&self, timeout: Duration) -> Option<Event> {
+        if !self.inner.cfg.inline {
+            return if timeout.is_zero() {
+                self.events.try_recv().ok()
+            } else {
+                self.events.recv_timeout(timeout).ok()
+            };
+        }
+        next_event(&self.inner, timeout)
+    }
+}
+
+/// The loop's step: one pass; if nothing came and `timeout` allows, spin
+/// briefly, then arm and sleep on the channels, and pass again.
+fn next_event(inner: &Inner, timeout: Duration) -> Option<Event> {
+    let start = Instant::now();
+    let mut slept = false;
+    loop {
+        if inner.drain_due.swap(false, Ordering::AcqRel) {
+            drain_wakeups(inner, Duration::ZERO);
+        }
+        {
+            let mut core = lock(inner);
+            core.pass(inner);
+            if let Some(ev) = core.ready.pop_front() {
+                return Some(ev);
+            }
+        }
+        let waited = start.elapsed();
+        if timeout.is_zero() || waited >= timeout {
+            return None;
+        }
+        if !slept && waited < RECV_SPIN {
+            std::hint::spin_loop();
+            continue;
+        }
+        if prepare_to_sleep(inner) {
+            continue;
+        }
+        inner.drain_due.store(false, Ordering::Release);
+        drain_wakeups(inner, timeout - waited);
+        slept = true;
+    }
+}
+
+/// Posts what waits, arms every completion queue whose event was
+/// consumed, and polls once more; true if that found something (then the
+/// kick is written, so that a poll on [`Transport::ready_fd`] returns at
+/// once).
+fn prepare_to_sleep(inner: &Inner) -> bool {
+    let mut core = lock(inner);
+    core.pass(inner);
+    core.arm_all(inner);
+    core.pass(inner);
+    inner.drain_due.store(true, Ordering::Release);
+    if core.ready.is_empty() {
+        false
+    } else {
+        kick(inner);
+        true
+    }
+}
+
+/// Waits up to `timeout` on the loop's epoll set, then consumes what woke
+/// it: completion-channel events (their queues need arming again),
+/// disconnects (the connection is closed), the kick.
+fn drain_wakeups(inner: &Inner, timeout: Duration) {
+    let mut evs = Vec::with_capacity(64);
+    let ts = rustix::event::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
+    match epoll::wait(
+        &inner.epoll,
+        rustix::buffer::spare_capacity(&mut evs),
+        Some(&ts),
+    ) {
+        Ok(_) => {}
+        Err(rustix::io::Errno::INTR) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "epoll_wait failed");
+            return;
+        }
+    }
+    if evs.is_empty() {
+        return;
+    }
+    let mut core = lock(inner);
+    for ev in evs {
+        let data = ev.data.u64();
+        if data == KICK_TOKEN {
+            let mut b = [0u8; 8];
+            let _ = rustix::io::read(&inner.kick, &mut b);
+            continue;
+        }
+        core.on_wakeup(inner, data >> 2, (data & 3) as u8);
+    }
+}
+
+/// The event loop's state (see the module docs): every established
+/// connection, the peers' queues, and what is ready for the owner.
+#[derive(Default)]
+struct Core {
+    conns: HashMap<u64, Conn>,
+    peers: HashMap<PeerId, PeerOut>,
+    ready: VecDeque<Event>,
+    /// Peers with frames queued since their last pump.
+    to_pump: Vec<PeerId>,
+    next_token: u64,
+    next_gen: u64,
+    /// Scratch for ring reads.
+    got: Vec<Bytes>,
+}
+
+/// A peer this node sends to.
+struct PeerOut {
+    addr: SocketAddr,
+    /// Which `add_peer` this is: a connector of an older one (the peer
+    /// removed and added again) hands nothing over.
+    gen: u64,
+    queue: VecDeque<Out>,
+    /// Its outbound connection, while established.
+    conn: Option<u64>,
+}
+
+/// One established connection.
+struct Conn {
+    rdma: RdmaConn,
+    peer: PeerId,
+    /// Whether each completion queue (send, receive) is armed: asked for an
+    /// event at its next completion, and that event not yet consumed.
+    armed: [bool; 2],
+    side: Side,
+}
+
+enum Side {
+    /// Ours: we write the peer's ring and regions.
+    Out(OutConn),
+    /// The peer's: it writes our ring.
+    In(InConn),
+}
+
+struct OutConn {
+    regions: HashMap<RegionId, RemoteRegion>,
+    ring: RingSender,
+    /// The post in flight (one at a time: the staging buffer is the NIC's
+    /// until it completes).
+    post: Option<Post>,
+    /// Frames have waited for credit since.
+    starved_since: Option<Instant>,
+}
+
+struct Post {
+    /// Work requests not yet completed.
+    wrs_left: usize,
+    /// The write this post carries (a batch of frames: none).
+    write: Option<u64>,
+    /// The first error among its completions.
+    error: Option<RdmaError>,
+}
+
+struct InConn {
+    ring: Arc<RegionMemory>,
+    reader: RingReader,
+    /// The newest tail the immediates named.
+    tail: u64,
+    /// Immediates reaped, and as of the last credit sent.
+    reaped: u64,
+    credited_reaped: u64,
+    /// A credit SEND is in flight; another is owed after it.
+    credit_in_flight: bool,
+    credit_owed: bool,
+    revoker: Revoker,
+}
+
+/// The sender's side of one connection's ring: the writer's bookkeeping
+/// and the batch of frames not yet posted.
+struct RingSender {
+    remote: RemoteRegion,
+    writer: RingWriter,
+    /// Frames laid out as they go in the ring, starting at `start`.
+    batch: Vec<u8>,
+    start: u64,
+    /// A pad header goes here before the batch (the batch wrapped).
+    pad_at: Option<u64>,
+    posts: u64,
+    posts_reaped: u64,
+}
+
+/// What became of a frame offered to the batch.
+enum Added {
+    /// In the batch.
+    Yes,
+    /// Never fits the ring: dropped (and logged).
+    Dropped,
+    /// Post the batch first (the ring wraps here, or is full until the
+    /// batch's frames are consumed).
+    PostFirst,
+    /// No room until the receiver returns credit.
+    NoRoom,
+}
+
+impl RingSender {
+    fn new(remote: RemoteRegion) -> RingSender {
+        let cap = remote.len as usize - RING_HEADER_BYTES;
+        RingSender {
+            remote,
+            writer: RingWriter::new(cap),
+            batch: Vec::new(),
+            start: 0,
+            pad_at: None,
+            posts: 0,
+            posts_reaped: 0,
+        }
+    }
+
+    fn add(&mut self, peer: PeerId, payload: &[u8]) -> Added {
+        let before = self.writer.clone();
+        let p = match self.writer.place(payload.len()) {
+            Ok(p) => p,
+            Err(PlaceError::TooLarge { len, max }) => {
+                tracing::error!(
+                    peer,
+                    len,
+                    max,
+                    "message larger than the ring allows; dropped"
+                );
+                return Added::Dropped;
+            }
+            Err(PlaceError::Full) if self.batch.is_empty() => return Added::NoRoom,
+            Err(PlaceError::Full) => return Added::PostFirst,
+        };
+        if p.pad_at.is_some() && !self.batch.is_empty() {
+            // What precedes the wrap goes in a post of its own.
+            self.writer = before;
+            return Added::PostFirst;
+        }
+        if self.batch.is_empty() {
+            self.start = p.offset as u64;
+            self.pad_at = p.pad_at.map(|a| a as u64);
+        }
+        let at = self.batch.len();
+        self.batch.resize(at + p.bytes, 0);
+        ring::encode_frame(payload, &mut self.batch[at..]);
+        Added::Yes
+    }
+
+    /// Posts the batch (the frames, then the tail with an immediate);
+    /// the work requests posted.
+    fn post(&mut self, conn: &mut RdmaConn) -> Result<usize, RdmaError> {
+        let pad = ring::pad_header();
+        let base = RING_HEADER_BYTES as u64;
+        let mut runs: Vec<(u64, &[u8])> = Vec::with_capacity(2);
+        if let Some(at) = self.pad_at {
+            runs.push((base + at, &pad));
+        }
+        runs.push((base + self.start, &self.batch));
+        let tail = self.writer.tail();
+        let r = conn.start_writes(self.remote, &runs, Some((0, tail, tail as u32)));
+        self.batch.clear();
+        self.pad_at = None;
+        self.posts += 1;
+        r
+    }
+
+    /// Takes in a credit message.
+    fn on_credit(&mut self, m: &[u8]) -> Result<(), String> {
+        if m.len() != 17 || m[0] != TAG_CREDIT {
+            return Err("malformed credit".into());
+        }
+        let head = u64::from_le_bytes(m[1..9].try_into().expect("8 bytes"));
+        let reaped = u64::from_le_bytes(m[9..17].try_into().expect("8 bytes"));
+        if reaped < self.posts_reaped || reaped > self.posts {
+            return Err(format!("credit for {reaped} posts of {}", self.posts));
+        }
+        self.posts_reaped = reaped;
+        self.writer.on_credit(head)
+    }
+}
+
+impl Core {
+    /// One pass: every connection's completions, then what waits to be
+    /// posted.
+    fn pass(&mut self, inner: &Inner) {
+        let tokens: Vec<u64> = self.conns.keys().copied().collect();
+        for t in tokens {
+            if let Err(why) = self.service(t) {
+                self.close(inner, t, Some(why));
+            }
+        }
+        for peer in std::mem::take(&mut self.to_pump) {
+            self.pump_peer(inner, peer);
+        }
+    }
+
+    /// Reaps one connection's completions and acts on them.
+    fn service(&mut self, token: u64) -> Result<(), String> {
+        let Core {
+            conns,
+            peers,
+            ready,
+            to_pump,
+            got,
+            ..
+        } = self;
+        let Some(c) = conns.get_mut(&token) else {
+            return Ok(());
+        };
+        let peer = c.peer;
+        for _ in 0..COMPLETIONS_PER_PASS_MAX {
+            let Some(done) = c.rdma.poll_send().map_err(|e| e.to_string())? else {
+                break;
+            };
+            match (&mut c.side, done.kind) {
+                (Side::Out(o), SendKind::Write) => {
+                    let Some(post) = o.post.as_mut() else {
+                        return Err("a completion with no post in flight".into());
+                    };
+                    post.wrs_left = post.wrs_left.saturating_sub(1);
+                    if let Err(e) = done.result {
+                        post.error.get_or_insert(e);
+                    }
+                    if post.wrs_left > 0 {
+                        continue;
+                    }
+                    let post = o.post.take().expect("checked above");
+                    if let Some(id) = post.write {
+                        let status = match &post.error {
+                            None => WriteStatus::Landed,
+                            Some(RdmaError::Completion { name, .. }) => {
+                                WriteStatus::Refused(format!("revoked by the peer: {name}"))
+                            }
+                            Some(e) => WriteStatus::Refused(e.to_string()),
+                        };
+                        ready.push_back(Event::WriteDone {
+                            to: peer,
+                            id,
+                            status,
+                        });
+                    }
+                    if let Some(e) = post.error {
+                        // The queue pair is in the error state: a new one
+                        // is needed (the peer decides whether to accept).
+                        return Err(format!("a post failed: {e}"));
+                    }
+                    to_pump.push(peer);
+                }
+                (Side::In(i), SendKind::Send) => {
+                    done.result.map_err(|e| format!("returning credit: {e}"))?;
+                    i.credit_in_flight = false;
+                }
+                _ => return Err("a completion of the wrong kind".into()),
+            }
+        }
+        for _ in 0..COMPLETIONS_PER_PASS_MAX {
+            let inc = match &mut c.side {
+                // Withhold reading (and so credit) while the owner is
+                // behind: the sender stops at its credit.
+                Side::In(_) if ready.len() >= READY_EVENTS_MAX => break,
+                _ => c.rdma.try_recv_any().map_err(|e| e.to_string())?,
+            };
+            let Some(inc) = inc else { break };
+            match (&mut c.side, inc) {
+                (Side::In(i), Incoming::Immediate(imm)) => {
+                    i.reaped += 1;
+                    i.tail = i.tail.max(ring::tail_from_imm(i.tail, imm));
+                }
+                (Side::In(_), Incoming::Message(_)) => {
+                    return Err(
+                        "bad input (a two-sided message where only ring posts are expected)".into(),
+                    );
+                }
+                (Side::Out(o), Incoming::Message(m)) => {
+                    o.ring
+                        .on_credit(&m)
+                        .map_err(|e| format!("bad input (credit): {e}"))?;
+                    o.starved_since = None;
+                    to_pump.push(peer);
+                }
+                (Side::Out(_), Incoming::Immediate(_)) => {
+                    return Err("bad input (an immediate on a sending connection)".into());
+                }
+            }
+        }
+        if let Side::In(i) = &mut c.side {
+            if i.tail > i.reader.head() && ready.len() < READY_EVENTS_MAX {
+                let ring = &i.ring;
+                let r = i.reader.read(
+                    i.tail,
+                    |at, buf| ring.read_at(RING_HEADER_BYTES + at, buf),
+                    got,
+                );
+                for payload in got.drain(..) {
+                    ready.push_back(Event::Message {
+                        from: peer,
+                        payload,
+                    });
+                }
+                r.map_err(|e| format!("bad input (message ring): {e}"))?;
+            }
+            if i.reader.credit_due().is_some()
+                || i.reaped - i.credited_reaped >= POSTS_UNCONSUMED_MAX / 4
+            {
+                i.credit_owed = true;
+            }
+            if i.credit_owed && !i.credit_in_flight {
+                let mut b = [0u8; 17];
+                b[0] = TAG_CREDIT;
+                b[1..9].copy_from_slice(&i.reader.head().to_le_bytes());
+                b[9..17].copy_from_slice(&i.reaped.to_le_bytes());
+                c.rdma
+                    .start_send(&b)
+                    .map_err(|e| format!("returning credit: {e}"))?;
+                i.credited_reaped = i.reaped;
+                i.credit_owed = false;
+                i.credit_in_flight = true;
+            }
+        }
+        if let Side::Out(o) = &c.side {
+            if o.starved_since
+                .is_some_and(|t| t.elapsed() > CREDIT_WAIT_MAX)
+            {
+                return Err("no credit from the receiver".into());
+            }
+            if o.post.is_none() && peers.get(&peer).is_some_and(|p| !p.queue.is_empty()) {
+                to_pump.push(peer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Posts what `peer`'s queue holds, if its connection has no post in
+    /// flight: frames into one batch, or the write at the front.
+    fn pump_peer(&mut self, inner: &Inner, peer: PeerId) {
+        let Core {
+            conns,
+            peers,
+            ready,
+            ..
+        } = self;
+        let Some(p) = peers.get_mut(&peer) else {
+            return;
+        };
+        let Some(token) = p.conn else { return };
+        let Some(c) = conns.get_mut(&token) else {
+            return;
+        };
+        let Side::Out(o) = &mut c.side else { return };
+        if o.post.is_some() {
+            return;
+        }
+        let mut failed = None;
+        while o.post.is_none() && failed.is_none() {
+            match p.queue.front() {
+                None => break,
+                Some(Out::Message(m)) => match o.ring.add(peer, m) {
+                    Added::Yes => {
+                        p.queue.pop_front();
+                        if o.ring.batch.len() >= BATCH_BYTES_MAX {
+                            break;
+                        }
+                    }
+                    Added::Dropped => {
+                        p.queue.pop_front();
+                    }
+                    Added::PostFirst => break,
+                    Added::NoRoom => {
+                        o.starved_since.get_or_insert_with(Instant::now);
+                        break;
+                    }
+                },
+                Some(Out::Write { .. }) if !o.ring.batch.is_empty() => break,
+                Some(Out::Write { .. }) => {
+                    let Some(Out::Write {
+                        id,
+                        region,
+                        offset,
+                        bytes,
+                        retried,
+                    }) = p.queue.pop_front()
+                    else {
+                        unreachable!("the front is a write")
+                    };
+                    let status = match o.regions.get(&region) {
+                        None if !retried => {
+                            // Perhaps not registered for us when we
+                            // connected (a master grants one writer at a
+                            // time): try once more on a fresh connection
+                            // and advertisement.
+                            p.queue.push_front(Out::Write {
+                                id,
+                                region,
+                                offset,
+                                bytes,
+                                retried: true,
+                            });
+                            failed = Some("a region the peer did not advertise".to_string());
+                            break;
+                        }
+                        None => WriteStatus::NoSuchRegion,
+                        Some(r) if offset + bytes.len() as u64 > r.len as u64 => {
+                            WriteStatus::OutOfBounds
+                        }
+                        Some(r) => match c.rdma.start_writes(*r, &[(offset, &bytes)], None) {
+                            Ok(n) => {
+                                o.post = Some(Post {
+                                    wrs_left: n,
+                                    write: Some(id),
+                                    error: None,
+                                });
+                                continue;
+                            }
+                            Err(e) => {
+                                failed = Some(format!("posting a write: {e}"));
+                                WriteStatus::Refused(e.to_string())
+                            }
+                        },
+                    };
+                    ready.push_back(Event::WriteDone {
+                        to: peer,
+                        id,
+                        status,
+                    });
+                }
+            }
+        }
+        if failed.is_none() && o.post.is_none() && !o.ring.batch.is_empty() {
+            if o.ring.posts - o.ring.posts_reaped < POSTS_UNCONSUMED_MAX {
+                match o.ring.post(&mut c.rdma) {
+                    Ok(n) => {
+                        o.post = Some(Post {
+                            wrs_left: n,
+                            write: None,
+                            error: None,
+                        })
+                    }
+                    Err(e) => failed = Some(format!("posting messages: {e}")),
+                }
+            } else {
+                o.starved_since.get_or_insert_with(Instant::now);
+            }
+        }
+        if let Some(why) = failed {
+            self.close(inner, token, Some(why));
+        }
+    }
+
+    /// Arms every completion queue whose last event was consumed.
+    fn arm_all(&mut self, inner: &Inner) {
+        let mut failed = Vec::new();
+        for (&t, c) in &mut self.conns {
+            for (k, cq) in [Cq::Send, Cq::Recv].into_iter().enumerate() {
+                if !c.armed[k] {
+                    match c.rdma.arm(cq) {
+                        Ok(()) => c.armed[k] = true,
+                        Err(e) => failed.push((t, e.to_string())),
+                    }
+                }
+            }
+        }
+        for (t, why) in failed {
+            self.close(inner, t, Some(why));
+        }
+    }
+
+    /// Something woke the loop for connection `token`: a completion
+    /// channel (`kind` 0 send, 1 receive) or its `rdma_cm` channel (2).
+    fn on_wakeup(&mut self, inner: &Inner, token: u64, kind: u8) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let r = match kind {
+            0 | 1 => {
+                let cq = if kind == 0 { Cq::Send } else { Cq::Recv };
+                c.armed[kind as usize] = false;
+                c.rdma
+                    .take_cq_events(cq)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            _ => Err("the peer closed the connection".to_string()),
+        };
+        if let Err(why) = r {
+            self.close(inner, token, Some(why));
+        }
+    }
+
+    /// Takes a connection handed over by a connector or the accept loop
+    /// into the loop; on failure the connection is closed.
+    fn adopt(
+        &mut self,
+        inner: &Inner,
+        mut rdma: RdmaConn,
+        peer: PeerId,
+        side: Side,
+    ) -> Result<u64, RdmaError> {
+        if let Err(e) = rdma.set_nonblocking() {
+            close_aside(rdma);
+            return Err(e);
+        }
+        self.next_token += 1;
+        let token = self.next_token;
+        let fds = rdma.wake_fds();
+        for (k, fd) in fds.iter().enumerate() {
+            let data = epoll::EventData::new_u64(token << 2 | k as u64);
+            if let Err(e) = epoll::add(&inner.epoll, fd, data, epoll::EventFlags::IN) {
+                for fd in &fds[..k] {
+                    let _ = epoll::delete(&inner.epoll, fd);
+                }
+                close_aside(rdma);
+                return Err(RdmaError::Call {
+                    call: "epoll_ctl",
+                    err: e.into(),
+                });
+            }
+        }
+        self.conns.insert(
+            token,
+            Conn {
+                rdma,
+                peer,
+                armed: [false; 2],
+                side,
+            },
+        );
+        kick(inner);
+        Ok(token)
+    }
+
+    /// Closes connection `token` (logging `why`, if given): out of the
+    /// loop, its writer entry forgotten, closed on a thread of its own;
+    /// an outbound one is connected again.
+    fn close(&mut self, inner: &Inner, token: u64, why: Option<String>) {
+        let Some(c) = self.conns.remove(&token) else {
+            return;
+        };
+        for fd in c.rdma.wake_fds() {
+            let _ = epoll::delete(&inner.epoll, fd);
+        }
+        let peer = c.peer;
+        let shutting_down = inner.shutdown.load(Ordering::SeqCst);
+        match &c.side {
+            Side::Out(o) => {
+                // A write in flight may or may not have landed; its
+                // writer learns it did not complete (and retries on its
+                // own timer) rather than never hearing of it.
+                if let Some(id) = o.post.as_ref().and_then(|p| p.write) {
+                    self.ready.push_back(Event::WriteDone {
+                        to: peer,
+                        id,
+                        status: WriteStatus::Refused(format!(
+                            "the connection closed before the write completed ({})",
+                            why.as_deref().unwrap_or("closed")
+                        )),
+                    });
+                }
+                if let Some(why) = &why {
+                    if !shutting_down {
+                        tracing::info!(peer, reason = %why, "RDMA connection failed; reconnecting");
+                    }
+                }
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    if p.conn == Some(token) {
+                        p.conn = None;
+                        if !shutting_down {
+                            spawn_connector(inner, peer, p.addr, p.gen);
+                        }
+                    }
+                }
+            }
+            Side::In(i) => {
+                if let Some(why) = &why {
+                    if !shutting_down {
+                        tracing::info!(peer, reason = %why, "RDMA connection closed");
+                    }
+                }
+                let mut w = inner.writers.lock().expect("lock poisoned");
+                if let Some(v) = w.get_mut(&peer) {
+                    v.retain(|(r, _)| !r.same(&i.revoker));
+                }
+            }
+        }
+        close_aside(c.rdma);
+    }
+}
+
+/// Starts the thread that connects to `peer` (incarnation `gen`) and hands
+/// the connection to the loop; it ends then, or when the peer is removed.
+fn spawn_connector(inner: &Inner, peer: PeerId, addr: SocketAddr, gen: u64) {
+    // The thread needs the transport's state: take it through the core's
+    // owner (an Arc), found via the weak handle kept for this.
+    let Some(i) = inner.me.upgrade() else { return };
+    if let Err(e) = std::thread::Builder::new()
+        .name("rdma-connect".into())
+        .spawn(move || connect_loop(i, peer, addr, gen))
+    {
+        tracing::error!(peer, error = %e, "no thread to connect to a peer over RDMA");
+    }
+}
+
+/// Whether a connector of `peer` incarnation `gen` should go on.
+fn wanted(inner: &Inner, peer: PeerId, gen: u64) -> bool {
+    !inner.shutdown.load(Ordering::SeqCst)
+        && lock(inner)
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.gen == gen && p.conn.is_none())
 }
 
 /// The advertisement of our regions: tag, count, then (id, addr, rkey,
@@ -572,11 +1419,11 @@ fn accept_loop(inner: Arc<Inner>, listener: RdmaListener) {
         // connection's revoker is recorded: a grant to another peer either
         // comes first or finds this connection and revokes it.
         let mut writers = inner.writers.lock().expect("lock poisoned");
-        // Bounds on what admitted peers hold (each connection pins a ring
-        // and a thread): a peer's newest connection revokes its oldest
-        // past the per-peer bound (a reconnecting sender is never locked
-        // out by its own dying connection), and past the total bound new
-        // requests are refused.
+        // Bounds on what admitted peers hold (each connection pins a
+        // ring): a peer's newest connection revokes its oldest past the
+        // per-peer bound (a reconnecting sender is never locked out by its
+        // own dying connection), and past the total bound new requests are
+        // refused.
         if let Some(v) = writers.get_mut(&peer) {
             while v.len() >= CONNECTIONS_PER_PEER_MAX {
                 let (oldest, _) = v.remove(0);
@@ -618,245 +1465,50 @@ fn accept_loop(inner: Arc<Inner>, listener: RdmaListener) {
         if !writable {
             tracing::debug!(peer, "connection without write access (not granted)");
         }
-        writers
-            .entry(peer)
-            .or_default()
-            .push((conn.revoker(), writable));
-        drop(writers);
-        let i = inner.clone();
         let revoker = conn.revoker();
-        if let Err(e) = std::thread::Builder::new()
-            .name("rdma-recv".into())
-            .spawn(move || receive_loop(i, peer, conn, ring))
-        {
-            // The connection went with the closure; forget its revoker.
-            tracing::error!(peer, error = %e, "no thread for an RDMA connection; closed");
+        writers.entry(peer).or_default().push((revoker, writable));
+        drop(writers);
+        let side = Side::In(InConn {
+            ring,
+            reader: RingReader::new(inner.cfg.ring_bytes),
+            tail: 0,
+            reaped: 0,
+            credited_reaped: 0,
+            credit_in_flight: false,
+            credit_owed: false,
+            revoker,
+        });
+        let adopted = {
+            let mut core = lock(&inner);
+            if inner.shutdown.load(Ordering::SeqCst) {
+                Err(None)
+            } else {
+                core.adopt(&inner, conn, peer, side).map_err(Some)
+            }
+        };
+        if let Err(failed) = adopted {
             let mut w = inner.writers.lock().expect("lock poisoned");
             if let Some(v) = w.get_mut(&peer) {
                 v.retain(|(r, _)| !r.same(&revoker));
             }
-        }
-    }
-}
-
-fn receive_loop(inner: Arc<Inner>, peer: PeerId, conn: RdmaConn, ring: Arc<RegionMemory>) {
-    let revoker = conn.revoker();
-    receive(&inner, peer, conn, &ring, |conn| {
-        // Forget the revoker before the queue pair goes.
-        let mut w = inner.writers.lock().expect("lock poisoned");
-        if let Some(v) = w.get_mut(&peer) {
-            v.retain(|(r, _)| !r.same(&revoker));
-        }
-        drop(w);
-        drop(conn);
-    });
-}
-
-/// The receiving side of a connection: woken by each post's immediate,
-/// reads the ring, delivers, returns credit.
-fn receive(
-    inner: &Inner,
-    peer: PeerId,
-    mut conn: RdmaConn,
-    ring: &RegionMemory,
-    close: impl FnOnce(RdmaConn),
-) {
-    let mut reader = RingReader::new(inner.cfg.ring_bytes);
-    let mut reaped = 0u64;
-    let mut credited_reaped = 0u64;
-    let mut got = Vec::new();
-    loop {
-        match conn.recv_or_closed() {
-            Ok(Incoming::Immediate(_)) => {
-                reaped += 1;
-                let tail = ring.read_u64(0);
-                let r = reader.read(
-                    tail,
-                    |at, buf| ring.read_at(RING_HEADER_BYTES + at, buf),
-                    &mut got,
-                );
-                for payload in got.drain(..) {
-                    (inner.deliver)(Event::Message {
-                        from: peer,
-                        payload,
-                    });
-                }
-                if let Err(e) = r {
-                    tracing::warn!(peer, error = %e, "closing connection: bad input (message ring)");
-                    close(conn);
-                    return;
-                }
-                let head = reader.credit_due();
-                if head.is_some() || reaped - credited_reaped >= POSTS_UNCONSUMED_MAX / 4 {
-                    let mut b = vec![TAG_CREDIT];
-                    b.extend_from_slice(&reader.head().to_le_bytes());
-                    b.extend_from_slice(&reaped.to_le_bytes());
-                    if let Err(e) = conn.send(&b) {
-                        tracing::info!(peer, error = %e, "connection closed (returning credit)");
-                        close(conn);
-                        return;
-                    }
-                    credited_reaped = reaped;
-                }
-            }
-            Ok(Incoming::Message(_)) => {
-                tracing::warn!(peer, "closing connection: bad input (a two-sided message where only ring posts are expected)");
-                close(conn);
-                return;
-            }
-            Err(e) => {
-                if !inner.shutdown.load(Ordering::SeqCst) {
-                    tracing::info!(peer, error = %e, "connection closed");
-                }
-                close(conn);
-                return;
+            drop(w);
+            if let Some(e) = failed {
+                tracing::error!(peer, error = %e, "could not take an RDMA connection into the loop; closed");
             }
         }
     }
 }
 
-/// The sender's side of one connection's ring: the writer's bookkeeping
-/// and the batch of frames not yet posted.
-struct RingSender {
-    remote: RemoteRegion,
-    writer: RingWriter,
-    /// Frames laid out as they go in the ring, starting at `start`.
-    batch: Vec<u8>,
-    start: u64,
-    /// A pad header goes here before the batch (the batch wrapped).
-    pad_at: Option<u64>,
-    posts: u64,
-    posts_reaped: u64,
-}
-
-impl RingSender {
-    fn new(remote: RemoteRegion) -> RingSender {
-        let cap = remote.len as usize - RING_HEADER_BYTES;
-        RingSender {
-            remote,
-            writer: RingWriter::new(cap),
-            batch: Vec::new(),
-            start: 0,
-            pad_at: None,
-            posts: 0,
-            posts_reaped: 0,
-        }
-    }
-
-    /// Takes in any credit that arrived (non-blocking).
-    fn absorb_credit(&mut self, conn: &mut RdmaConn) -> Result<(), String> {
-        while let Some(inc) = conn.try_recv_any().map_err(|e| e.to_string())? {
-            let Incoming::Message(m) = inc else {
-                return Err("an immediate on a sending connection".into());
-            };
-            if m.len() != 17 || m[0] != TAG_CREDIT {
-                return Err("malformed credit".into());
-            }
-            let head = u64::from_le_bytes(m[1..9].try_into().expect("8 bytes"));
-            let reaped = u64::from_le_bytes(m[9..17].try_into().expect("8 bytes"));
-            if reaped < self.posts_reaped || reaped > self.posts {
-                return Err(format!("credit for {reaped} posts of {}", self.posts));
-            }
-            self.posts_reaped = reaped;
-            self.writer.on_credit(head)?;
-        }
-        Ok(())
-    }
-
-    /// Waits (polling, sleeping between polls) until `ready` holds.
-    fn wait_credit(
-        &mut self,
-        conn: &mut RdmaConn,
-        inner: &Inner,
-        ready: impl Fn(&RingSender) -> bool,
-    ) -> Result<(), String> {
-        let end = std::time::Instant::now() + CREDIT_WAIT_MAX;
-        let mut nap = Duration::from_micros(20);
-        loop {
-            self.absorb_credit(conn)?;
-            if ready(self) {
-                return Ok(());
-            }
-            if inner.shutdown.load(Ordering::SeqCst) || std::time::Instant::now() > end {
-                return Err("no credit from the receiver".into());
-            }
-            std::thread::sleep(nap);
-            nap = (nap * 2).min(Duration::from_millis(1));
-        }
-    }
-
-    /// Adds a message to the batch, posting first if the ring wraps or is
-    /// full. Err: the connection is unusable.
-    fn push(&mut self, conn: &mut RdmaConn, inner: &Inner, payload: &[u8]) -> Result<bool, String> {
-        let before = self.writer.clone();
-        let p = match self.writer.place(payload.len()) {
-            Ok(p) => p,
-            Err(PlaceError::TooLarge { len, max }) => {
-                tracing::error!(len, max, "message larger than the ring allows; dropped");
-                return Ok(false);
-            }
-            Err(PlaceError::Full) => {
-                self.flush(conn, inner)?;
-                let need = payload.len();
-                self.wait_credit(conn, inner, |s| s.writer.clone().place(need).is_ok())?;
-                return self.push(conn, inner, payload);
-            }
-        };
-        if p.pad_at.is_some() && (!self.batch.is_empty() || self.pad_at.is_some()) {
-            // Post what precedes the wrap on its own, then start again.
-            self.writer = before;
-            self.flush(conn, inner)?;
-            return self.push(conn, inner, payload);
-        }
-        if self.batch.is_empty() {
-            self.start = p.offset as u64;
-            self.pad_at = p.pad_at.map(|a| a as u64);
-        }
-        let at = self.batch.len();
-        self.batch.resize(at + p.bytes, 0);
-        ring::encode_frame(payload, &mut self.batch[at..]);
-        if self.batch.len() >= BATCH_BYTES_MAX {
-            self.flush(conn, inner)?;
-        }
-        Ok(true)
-    }
-
-    /// Posts the batch: the frames, then the tail with an immediate.
-    fn flush(&mut self, conn: &mut RdmaConn, inner: &Inner) -> Result<(), String> {
-        if self.batch.is_empty() && self.pad_at.is_none() {
-            return Ok(());
-        }
-        self.wait_credit(conn, inner, |s| {
-            s.posts - s.posts_reaped < POSTS_UNCONSUMED_MAX
-        })?;
-        let pad = ring::pad_header();
-        let base = RING_HEADER_BYTES as u64;
-        let mut runs: Vec<(u64, &[u8])> = Vec::with_capacity(2);
-        if let Some(at) = self.pad_at {
-            runs.push((base + at, &pad));
-        }
-        if !self.batch.is_empty() {
-            runs.push((base + self.start, &self.batch));
-        }
-        let tail = self.writer.tail();
-        let r = conn.write_runs(self.remote, &runs, 0, tail, tail as u32);
-        self.batch.clear();
-        self.pad_at = None;
-        self.posts += 1;
-        r.map_err(|e| e.to_string())?;
-        self.absorb_credit(conn)
-    }
-}
-
-fn send_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, queue: Receiver<Out>) {
-    // A write put back to be tried again on the next connection.
-    let mut pending = None;
+/// Connects to `peer` (incarnation `gen`) until it succeeds, and hands
+/// the connection to the loop; gives up when the peer is removed or the
+/// transport shuts down.
+fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, gen: u64) {
     // The pass for this peer and when it was fetched.
     let mut pass: Option<(Pass, std::time::Instant)> = None;
     let mut backoff = Duration::from_millis(10);
     // Unreachable since, and when we last said so at warn level.
     let mut down: Option<(std::time::Instant, std::time::Instant)> = None;
-    while !inner.shutdown.load(Ordering::SeqCst) {
+    while wanted(&inner, peer, gen) {
         let attempt = fresh_pass(&inner, peer, addr, &mut pass).and_then(|()| {
             let private = RequestPrivate {
                 cluster: inner.cfg.cluster,
@@ -907,16 +1559,12 @@ fn send_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, queue: Receiver<
             Ok(Some(Incoming::Message(m))) => parse_advert(&m),
             _ => None,
         };
-        let regions = match advert {
-            Some(r) => r,
-            None => {
-                tracing::warn!(peer, %addr, "closing connection: bad input (no region advertisement)");
-                close_aside(conn);
-                std::thread::sleep(backoff);
-                continue;
-            }
+        let Some(mut regions) = advert else {
+            tracing::warn!(peer, %addr, "closing connection: bad input (no region advertisement)");
+            close_aside(conn);
+            std::thread::sleep(backoff);
+            continue;
         };
-        let mut regions = regions;
         let Some(remote_ring) = regions.remove(&RING_REGION) else {
             tracing::warn!(peer, %addr, "closing connection: bad input (no message ring advertised)");
             close_aside(conn);
@@ -931,25 +1579,38 @@ fn send_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, queue: Receiver<
             std::thread::sleep(backoff);
             continue;
         }
-        backoff = Duration::from_millis(10);
-        tracing::info!(peer, %addr, regions = regions.len(), "RDMA connected");
-        let mut ring = RingSender::new(remote_ring);
-        if let Err(why) = serve_queue(
-            &inner,
-            peer,
-            &mut conn,
-            &regions,
-            &mut ring,
-            &queue,
-            &mut pending,
-        ) {
-            if why.is_empty() {
-                return; // shutting down
-            }
-            tracing::info!(peer, %addr, reason = why, "connection failed; reconnecting");
+        let n_regions = regions.len();
+        let side = Side::Out(OutConn {
+            regions,
+            ring: RingSender::new(remote_ring),
+            post: None,
+            starved_since: None,
+        });
+        let mut core = lock(&inner);
+        let current = core
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.gen == gen && p.conn.is_none());
+        if !current || inner.shutdown.load(Ordering::SeqCst) {
+            drop(core);
+            close_aside(conn);
+            return;
         }
-        close_aside(conn);
-        std::thread::sleep(backoff);
+        match core.adopt(&inner, conn, peer, side) {
+            Ok(token) => {
+                if let Some(p) = core.peers.get_mut(&peer) {
+                    p.conn = Some(token);
+                }
+                core.to_pump.push(peer);
+                tracing::info!(peer, %addr, regions = n_regions, "RDMA connected");
+                return;
+            }
+            Err(e) => {
+                drop(core);
+                tracing::error!(peer, error = %e, "could not take an RDMA connection into the loop; retrying");
+                std::thread::sleep(backoff);
+            }
+        }
     }
 }
 
@@ -998,95 +1659,9 @@ enum Attempt {
 }
 
 /// Closes a connection on a thread of its own: `rdma_disconnect` waits for
-/// the peer's answer, which a dead or revoking peer may be slow to give;
-/// the sender reconnects meanwhile.
+/// the peer's answer, which a dead or revoking peer may be slow to give.
 fn close_aside(conn: RdmaConn) {
     let _ = std::thread::Builder::new()
         .name("rdma-close".into())
         .spawn(move || drop(conn));
-}
-
-/// Takes frames off `queue` and sends them on `conn` until the connection
-/// fails (the reason) or the transport shuts down (empty reason).
-fn serve_queue(
-    inner: &Inner,
-    peer: PeerId,
-    conn: &mut RdmaConn,
-    regions: &HashMap<RegionId, RemoteRegion>,
-    ring: &mut RingSender,
-    queue: &Receiver<Out>,
-    pending: &mut Option<Out>,
-) -> Result<(), String> {
-    loop {
-        // Batch what is queued; post when the queue runs dry.
-        let out = match pending.take().map_or_else(|| queue.try_recv(), Ok) {
-            Ok(o) => o,
-            Err(_) => {
-                ring.flush(conn, inner)?;
-                match queue.recv_timeout(Duration::from_millis(50)) {
-                    Ok(o) => o,
-                    Err(RecvTimeoutError::Timeout) => {
-                        if inner.shutdown.load(Ordering::SeqCst) {
-                            return Err(String::new());
-                        }
-                        ring.absorb_credit(conn)?;
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return Err(String::new()),
-                }
-            }
-        };
-        match out {
-            Out::Message(p) => {
-                ring.push(conn, inner, &p)?;
-            }
-            Out::Write {
-                id,
-                region,
-                offset,
-                bytes,
-                retried,
-            } => {
-                // Writes stay in order with the messages before them.
-                ring.flush(conn, inner)?;
-                let status = match regions.get(&region) {
-                    None if !retried => {
-                        // Perhaps not registered for us when we connected
-                        // (a master grants one writer at a time): try once
-                        // more on a fresh connection and advertisement.
-                        *pending = Some(Out::Write {
-                            id,
-                            region,
-                            offset,
-                            bytes,
-                            retried: true,
-                        });
-                        return Err("a region the peer did not advertise".into());
-                    }
-                    None => WriteStatus::NoSuchRegion,
-                    Some(r) if offset + bytes.len() as u64 > r.len as u64 => {
-                        WriteStatus::OutOfBounds
-                    }
-                    Some(r) => match conn.write(*r, offset, &bytes) {
-                        Ok(()) => WriteStatus::Landed,
-                        Err(RdmaError::Completion { name, .. }) => {
-                            WriteStatus::Refused(format!("revoked by the peer: {name}"))
-                        }
-                        Err(e) => WriteStatus::Refused(e.to_string()),
-                    },
-                };
-                let failed = matches!(status, WriteStatus::Refused(_));
-                (inner.deliver)(Event::WriteDone {
-                    to: peer,
-                    id,
-                    status,
-                });
-                if failed {
-                    // The queue pair is in the error state: a new one
-                    // is needed (the peer decides whether to accept).
-                    return Err("a write failed".into());
-                }
-            }
-        }
-    }
 }

@@ -120,6 +120,20 @@ pub enum PlaceError {
     Full,
 }
 
+/// The tail a post's immediate names: the sender puts the new tail's low
+/// 32 bits in the immediate of the post that moves it there, and tails
+/// only grow, by at most one ring (far less than 2³²) per post. So the
+/// full tail is the value at or after `seen` (the last tail known) whose
+/// low 32 bits are `imm`.
+pub fn tail_from_imm(seen: u64, imm: u32) -> u64 {
+    let t = (seen & !0xffff_ffff) | imm as u64;
+    if t < seen {
+        t.wrapping_add(1 << 32)
+    } else {
+        t
+    }
+}
+
 /// The writer's side of a ring (see the module docs).
 #[derive(Clone, Debug)]
 pub struct RingWriter {
@@ -317,6 +331,28 @@ impl RingReader {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// However far a tail moves per post (up to a ring), the immediate's
+        /// 32 bits recover it, across the 2³² wrap too.
+        #[test]
+        fn a_tail_is_recovered_from_its_immediate(start in 0u64..(1 << 40), steps in proptest::collection::vec(0u64..(16 << 20), 1..64)) {
+            let mut seen = start;
+            for step in steps {
+                let tail = seen + step;
+                prop_assert_eq!(tail_from_imm(seen, tail as u32), tail);
+                seen = tail;
+            }
+        }
+    }
+
+    #[test]
+    fn a_tail_across_the_wrap_is_recovered() {
+        let seen = (1u64 << 32) - 8;
+        assert_eq!(tail_from_imm(seen, 16), (1 << 32) + 16);
+        assert_eq!(tail_from_imm(seen, (seen as u32) + 4), seen + 4);
+        assert_eq!(tail_from_imm(seen, seen as u32), seen);
+    }
 
     /// Memory standing in for the receiver's registered data area.
     struct Mem(Vec<u8>);
