@@ -53,7 +53,7 @@ pub struct VerbsRow {
 /// peer's event loop): where the transport's own threads show.
 #[derive(Serialize, Clone, Debug)]
 pub struct TransportRow {
-    /// `RdmaTransport` (ring writes, sender and receiver threads).
+    /// `RdmaTransport` (ring writes; each loop run by its owner's thread).
     pub rdma: Dist,
     /// `TcpTransport` with inline I/O (the replica's setting), loopback.
     pub tcp: Dist,
@@ -355,7 +355,7 @@ pub fn render(r: &RdmaReport) -> String {
         );
     }
     s += &format!(
-        "\n| 64 B round trip through the transport | p50/p99/p99.9/max µs |\n|---|---|\n| RdmaTransport (ring, sender and receiver threads) | {} |\n| TcpTransport, inline I/O, loopback | {} |\n\nRdmaTransport / verbs echo p50 {:.2}×; RdmaTransport / TcpTransport p50 {:.2}×\n",
+        "\n| 64 B round trip through the transport | p50/p99/p99.9/max µs |\n|---|---|\n| RdmaTransport, inline (ring writes; the owners' threads post and poll) | {} |\n| TcpTransport, inline I/O, loopback | {} |\n\nRdmaTransport / verbs echo p50 {:.2}×; RdmaTransport / TcpTransport p50 {:.2}×\n",
         r.transport.rdma.row(),
         r.transport.tcp.row(),
         r.transport.rdma_over_verbs_echo,
