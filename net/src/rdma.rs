@@ -4,14 +4,24 @@
 //! writer (its queue pair moved to the error state).
 //!
 //! This is the first layer of the RDMA transport: one connection,
-//! [`RECV_SLOTS`] receives kept posted, blocking calls. Completions are
-//! event-driven: a
-//! call polls its completion queue once, then arms it and sleeps on the
-//! completion channel (`rdma_get_send_comp` / `rdma_get_recv_comp`), so two
-//! processes on a 2-core machine do not starve each other (or soft-RoCE's
-//! kernel threads) by busy polling.
+//! [`RECV_SLOTS`] receives kept posted, and two sets of calls:
+//!
+//! - **blocking** ones (`send`, `recv*`, `write*`), for handshakes, tests
+//!   and benchmarks: a call polls its completion queue briefly, then arms
+//!   it and sleeps on the completion channel (`rdma_get_send_comp` /
+//!   `rdma_get_recv_comp`), so two processes on a 2-core machine do not
+//!   starve each other (or soft-RoCE's kernel threads) by busy polling;
+//! - **non-blocking** ones for an event loop that owns many connections
+//!   ([`RdmaConn::set_nonblocking`], then `start_writes`, `start_send`,
+//!   `poll_send`, `try_recv_any`, `arm` and `take_cq_events`, waiting on
+//!   [`RdmaConn::wake_fds`]): the transport's loop
+//!   (`crate::rdma_transport`).
 //!
 //! # Who owns which bytes
+//!
+//! Everything a NIC touches is a `NicMemory`: a raw allocation reached
+//! only through raw pointers, never a Rust slice the compiler may assume
+//! nobody else changes.
 //!
 //! - A [`RegionMemory`] is heap memory with a fixed address for its whole
 //!   life; it is registered (remote write allowed) on every connection
@@ -166,10 +176,79 @@ pub fn require_device() -> Result<Vec<String>, RdmaError> {
     Ok(found)
 }
 
+/// Memory a NIC reads or writes behind the compiler's back (registered
+/// buffers and regions): a raw, zeroed, page-aligned allocation whose
+/// contents are reached only through raw pointers (copies in and out),
+/// never through a Rust reference, so no aliasing promise a `&[u8]` or
+/// `&mut [u8]` makes is broken while the NIC writes. It never moves: the
+/// address registered stays valid until it is freed, after its
+/// registration is released.
+pub(crate) struct NicMemory {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the allocation is owned; its contents are only ever copied
+// through raw pointers (by whoever holds it, under the rules of the
+// registration that uses it).
+unsafe impl Send for NicMemory {}
+// SAFETY: as above.
+unsafe impl Sync for NicMemory {}
+
+impl NicMemory {
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len.max(1), 4096).expect("a valid layout")
+    }
+
+    /// `len` zero bytes.
+    pub(crate) fn zeroed(len: usize) -> NicMemory {
+        let layout = NicMemory::layout(len);
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(ptr) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        NicMemory { ptr, len }
+    }
+
+    /// Its size.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Its address, for registration and scatter lists.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Copies `src` in at `at`. The NIC must not be using those bytes.
+    /// Panics if out of bounds.
+    pub(crate) fn copy_in(&self, at: usize, src: &[u8]) {
+        assert!(at + src.len() <= self.len, "a copy past NIC memory's end");
+        // SAFETY: in bounds; src is ordinary memory, never this allocation.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.as_ptr().add(at), src.len()) }
+    }
+
+    /// Copies bytes out from `at` into `dst`, once the NIC is done with
+    /// them (their completion reaped). Panics if out of bounds.
+    pub(crate) fn copy_out(&self, at: usize, dst: &mut [u8]) {
+        assert!(at + dst.len() <= self.len, "a copy past NIC memory's end");
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        // SAFETY: in bounds; dst is ordinary memory, never this allocation.
+        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(at), dst.as_mut_ptr(), dst.len()) }
+    }
+}
+
+impl Drop for NicMemory {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), NicMemory::layout(self.len)) }
+    }
+}
+
 /// Memory peers may write one-sidedly (see the module docs).
 pub struct RegionMemory {
-    // A boxed slice never moves: the address registered stays valid.
-    bytes: Box<[u8]>,
+    bytes: NicMemory,
 }
 
 // SAFETY: the memory is only written by the NIC (on behalf of a peer) and
@@ -183,7 +262,7 @@ impl RegionMemory {
     /// `len` zero bytes.
     pub fn new(len: usize) -> Arc<RegionMemory> {
         Arc::new(RegionMemory {
-            bytes: vec![0u8; len].into_boxed_slice(),
+            bytes: NicMemory::zeroed(len),
         })
     }
 
@@ -194,11 +273,11 @@ impl RegionMemory {
 
     /// Whether it is empty.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.bytes.len() == 0
     }
 
     fn ptr(&self) -> *mut u8 {
-        self.bytes.as_ptr() as *mut u8
+        self.bytes.as_ptr()
     }
 
     /// Copies `buf.len()` bytes from `offset` as they are now (a write may
@@ -567,15 +646,15 @@ pub enum Cq {
 pub struct RdmaConn {
     /// A larger registered buffer for [`RdmaConn::write_runs`], made on
     /// first use.
-    staging: Option<(Box<[u8]>, *mut ibv_mr)>,
+    staging: Option<(NicMemory, *mut ibv_mr)>,
     /// The event channel of an actively opened connection (null for an
     /// accepted one, whose id carries its own), destroyed after the id.
     own_channel: *mut rdma_event_channel,
     /// Connected (an active connection still being set up is not).
     established: bool,
     id: *mut rdma_cm_id,
-    send_buf: Box<[u8]>,
-    recv_buf: Box<[u8]>,
+    send_buf: NicMemory,
+    recv_buf: NicMemory,
     send_mr: *mut ibv_mr,
     recv_mr: *mut ibv_mr,
     /// Regions this peer may write, with their registrations.
@@ -623,8 +702,8 @@ impl RdmaConn {
             own_channel: null_mut(),
             established: true,
             id,
-            send_buf: vec![0u8; MESSAGE_BYTES_MAX].into_boxed_slice(),
-            recv_buf: vec![0u8; MESSAGE_BYTES_MAX * RECV_SLOTS].into_boxed_slice(),
+            send_buf: NicMemory::zeroed(MESSAGE_BYTES_MAX),
+            recv_buf: NicMemory::zeroed(MESSAGE_BYTES_MAX * RECV_SLOTS),
             send_mr: null_mut(),
             recv_mr: null_mut(),
             region_mrs: Vec::new(),
@@ -633,10 +712,10 @@ impl RdmaConn {
         // SAFETY: the buffers are boxed (fixed addresses) and outlive their
         // registrations (deregistered in Drop before the boxes are freed).
         unsafe {
-            c.send_mr = rdma_reg_msgs(c.id, c.send_buf.as_mut_ptr().cast(), MESSAGE_BYTES_MAX);
+            c.send_mr = rdma_reg_msgs(c.id, c.send_buf.as_ptr().cast(), MESSAGE_BYTES_MAX);
             c.recv_mr = rdma_reg_msgs(
                 c.id,
-                c.recv_buf.as_mut_ptr().cast(),
+                c.recv_buf.as_ptr().cast(),
                 MESSAGE_BYTES_MAX * RECV_SLOTS,
             );
         }
@@ -776,10 +855,7 @@ impl RdmaConn {
             rdma_post_recv(
                 self.id,
                 slot as *mut std::ffi::c_void,
-                self.recv_buf
-                    .as_mut_ptr()
-                    .add(slot * MESSAGE_BYTES_MAX)
-                    .cast(),
+                self.recv_buf.as_ptr().add(slot * MESSAGE_BYTES_MAX).cast(),
                 MESSAGE_BYTES_MAX,
                 self.recv_mr,
             )
@@ -826,14 +902,14 @@ impl RdmaConn {
                 max: MESSAGE_BYTES_MAX,
             });
         }
-        self.send_buf[..bytes.len()].copy_from_slice(bytes);
+        self.send_buf.copy_in(0, bytes);
         // SAFETY: send_buf is registered and not reused before the
         // completion is reaped below.
         call("rdma_post_send", unsafe {
             rdma_post_send(
                 self.id,
                 WR_SEND as *mut std::ffi::c_void,
-                self.send_buf.as_mut_ptr().cast(),
+                self.send_buf.as_ptr().cast(),
                 bytes.len(),
                 self.send_mr,
                 0,
@@ -991,7 +1067,8 @@ impl RdmaConn {
         }
         let len = (wc.byte_len as usize).min(MESSAGE_BYTES_MAX);
         let at = slot * MESSAGE_BYTES_MAX;
-        let msg = self.recv_buf[at..at + len].to_vec();
+        let mut msg = vec![0u8; len];
+        self.recv_buf.copy_out(at, &mut msg);
         self.post_recv(slot)?;
         Ok(Incoming::Message(msg))
     }
@@ -1068,11 +1145,11 @@ impl RdmaConn {
             }
         }
         if self.staging.as_ref().is_none_or(|s| s.0.len() < total) {
-            let mut buf = vec![0u8; total.next_power_of_two()].into_boxed_slice();
-            // SAFETY: the buffer is boxed (fixed address) and kept with its
+            let buf = NicMemory::zeroed(total.next_power_of_two());
+            // SAFETY: the buffer never moves and is kept with its
             // registration, which is released before the buffer (here on
             // replacement, or in Drop).
-            let mr = unsafe { rdma_reg_msgs(self.id, buf.as_mut_ptr().cast(), buf.len()) };
+            let mr = unsafe { rdma_reg_msgs(self.id, buf.as_ptr().cast(), buf.len()) };
             if mr.is_null() {
                 return Err(RdmaError::Call {
                     call: "rdma_reg_msgs (staging)",
@@ -1080,18 +1157,19 @@ impl RdmaConn {
                 });
             }
             if let Some((_, old)) = self.staging.replace((buf, mr)) {
-                // SAFETY: no work request uses the old buffer (every post
-                // is waited for before returning).
+                // SAFETY: no work request uses the old buffer: every
+                // post's completions are reaped before the next post
+                // (start_writes' contract).
                 unsafe { rdma_dereg_mr(old) };
             }
         }
-        let (buf, mr) = self.staging.as_mut().expect("made above");
+        let (buf, mr) = self.staging.as_ref().expect("made above");
         // SAFETY: mr is the staging buffer's valid registration.
         let lkey = unsafe { (**mr).lkey };
         let mut sges = Vec::with_capacity(runs.len() + 1);
         let mut at = 0usize;
         for &(_, b) in runs {
-            buf[at..at + b.len()].copy_from_slice(b);
+            buf.copy_in(at, b);
             sges.push(ibv_sge {
                 addr: buf.as_ptr() as u64 + at as u64,
                 length: b.len() as u32,
@@ -1100,7 +1178,7 @@ impl RdmaConn {
             at += b.len();
         }
         if let Some((_, t, _)) = tail {
-            buf[at..at + 8].copy_from_slice(&t.to_le_bytes());
+            buf.copy_in(at, &t.to_le_bytes());
             sges.push(ibv_sge {
                 addr: buf.as_ptr() as u64 + at as u64,
                 length: 8,
@@ -1162,14 +1240,14 @@ impl RdmaConn {
                 max: MESSAGE_BYTES_MAX,
             });
         }
-        self.send_buf[..bytes.len()].copy_from_slice(bytes);
+        self.send_buf.copy_in(0, bytes);
         // SAFETY: send_buf is registered and not reused before the
         // completion is reaped (start_send's contract).
         call("rdma_post_send", unsafe {
             rdma_post_send(
                 self.id,
                 WR_SEND as *mut std::ffi::c_void,
-                self.send_buf.as_mut_ptr().cast(),
+                self.send_buf.as_ptr().cast(),
                 bytes.len(),
                 self.send_mr,
                 0,

@@ -1,49 +1,48 @@
 //! The TCP transport: one connection per direction and peer, framed
 //! ([`crate::frame`]), `TCP_NODELAY`, reconnect with exponential backoff.
 //!
+//! # One event loop
+//!
+//! Every established connection, in and out, is run by one event loop:
+//! through an io_uring ([`TcpConfig::io_uring`], `uring.rs`: receives and
+//! sends as submitted operations, the sends of a ready leaving in one
+//! system call at [`Transport::flush`]) or, where the kernel lacks what
+//! that needs, edge-triggered `epoll` through `mio` (a system call per
+//! read and send). Who runs it is the only choice:
+//!
+//! - **the owner's thread** ([`TcpConfig::inline_io`]), in
+//!   [`Transport::next_event`] and [`Transport::flush`], waiting on
+//!   [`Transport::ready_fd`] between them: a message costs one wake-up of
+//!   the owner (by the kernel) rather than two (a reader, then the owner),
+//!   which on the commit path of a coordinator replica is every round trip
+//!   to a follower;
+//! - otherwise one `net-driver` thread, delivering into
+//!   [`Transport::events`] (masters: a one-sided write lands in the
+//!   driver's loop without waking the worker; tests).
+//!
+//! With [`TcpConfig::io_threads`] the connections of clients and masters
+//! run on rings of their own threads, handing what they receive to the
+//! loop's owner through a bounded queue.
+//!
+//! Sends never wait for a socket: what a socket does not take waits in the
+//! connection's bounded backlog ([`TcpConfig::send_backlog_bytes_max`]),
+//! flushed when the socket turns writable, and a peer that lets more pile
+//! up is declared slow and disconnected.
+//!
 //! # Threads
 //!
-//! - one thread accepts connections. Without inline I/O each accepted
-//!   connection gets a reader thread, which checks the peer's `Hello`
-//!   (same cluster), answers with its own, then delivers messages, applies
-//!   one-sided writes to the registered regions and acknowledges them on
-//!   the same connection (without waking the owner: the write is applied
-//!   right there). With inline I/O the accept thread is an event loop
-//!   (`accept.rs`): every TLS handshake and first frame runs in its poll,
-//!   and a welcomed connection goes to the owner's poll, so a connection
-//!   costs no thread at any point;
+//! - one thread accepts connections as an event loop (`accept.rs`): every
+//!   TLS handshake and first frame runs in its poll, and a welcomed
+//!   connection goes to the loop, so a connection costs no thread at any
+//!   point;
 //! - a message for a peer with no configured address (a client that
 //!   connected to us) is answered on the connection it opened;
 //! - per configured peer, a connector thread connects (backing off from
 //!   `backoff_min` to `backoff_max` while the peer is away), says `Hello`,
-//!   writes the frames queued meanwhile, and hands the connection over;
-//!   from then on `send` and `write` put frames on the socket **in the
-//!   caller's thread** (no hand-off to another thread on the latency path,
-//!   which costs a cross-core wake-up of ~50 µs on a small VM). Without
-//!   inline I/O the connector then reads the peer's write acknowledgements
-//!   and reconnects when the connection ends; with inline I/O it ends, and
-//!   the connection's close starts the next connector: a peer costs a
-//!   thread only while it is being connected. A removed peer
+//!   writes the frames queued meanwhile, hands the connection to the loop
+//!   and ends; the connection's close starts the next connector: a peer
+//!   costs a thread only while it is being connected. A removed peer
 //!   ([`Transport::remove_peer`]) is let go for good.
-//!
-//! **Inline I/O** ([`TcpConfig::inline_io`]): the owner's thread reads the
-//! connections itself, in [`Transport::next_event`], instead of a reader
-//! thread per connection handing frames over a channel: through an
-//! io_uring ([`TcpConfig::io_uring`], `uring.rs`: receives and sends as
-//! submitted operations, the sends of a ready leaving in one system call
-//! at [`Transport::flush`]) or, where the kernel lacks what that needs,
-//! edge-triggered `epoll` through `mio` (a system call per read and send).
-//! With [`TcpConfig::io_threads`] the connections of clients and masters
-//! run on rings of their own threads, handing what they receive to the
-//! owner through a bounded queue. A message then costs one wake-up of the owner (by the
-//! kernel) rather than two (the reader, then the owner): on the commit path
-//! of a coordinator replica, where every round trip to a follower would
-//! otherwise pay two extra cross-thread wake-ups. Its sends never wait for
-//! a socket: what a socket does not take waits in the connection's bounded
-//! backlog ([`TcpConfig::send_backlog_bytes_max`]), flushed when the socket
-//! turns writable, and a peer that lets more pile up is declared slow and
-//! disconnected. A node that serves one-sided writes to a worker that must
-//! not be woken (a master) keeps reader threads.
 //!
 //! A peer that sends anything that is not a valid frame (garbage, a bad
 //! checksum, an oversized length, a wrong version, another cluster's
@@ -96,7 +95,7 @@ pub struct TcpConfig {
     pub backoff_max: Duration,
     /// Frames queued per peer before new ones are dropped.
     pub queue_frames_max: usize,
-    /// Inline I/O: bytes that may wait in a connection to a peer we send
+    /// Bytes that may wait in a connection to a peer we send
     /// to (a replica, a master we push to) while its socket is full; a
     /// peer that lets more pile up is declared slow and disconnected
     /// ([`crate::link::Link::send`]). Sends never wait for a socket.
@@ -108,12 +107,14 @@ pub struct TcpConfig {
     /// The same bound for answers on connections peers opened to us
     /// (clients).
     pub answer_backlog_bytes_max: usize,
-    /// Read connections in the owner's thread (see the module docs).
+    /// The owner's thread runs the event loop, in `next_event` and
+    /// `flush` (see the module docs); off: a `net-driver` thread runs it
+    /// and delivers into `events()`.
     pub inline_io: bool,
-    /// Inline I/O through io_uring (`uring.rs`) rather than `epoll`; falls
-    /// back to `epoll` (logged) where the kernel refuses a ring.
+    /// The event loop runs on io_uring (`uring.rs`) rather than `epoll`;
+    /// falls back to `epoll` (logged) where the kernel refuses a ring.
     pub io_uring: bool,
-    /// Inline I/O on io_uring: threads besides the owner's, each with a
+    /// On io_uring: threads besides the loop's, each with a
     /// ring of its own, that read and write every connection that is not
     /// to a coordinator replica (clients, masters): their decoding, TLS and
     /// sends leave the owner's thread, and what they receive reaches the
@@ -175,7 +176,10 @@ struct Inner {
     cluster: u64,
     cfg: TcpConfig,
     shutdown: AtomicBool,
+    /// Events from outside the loop ([`TcpTransport::event_sink`]), which
+    /// the loop hands on with its own.
     events: Sender<Event>,
+    sink: Receiver<Event>,
     regions: RegionMap,
     outbound: Mutex<HashMap<PeerId, Arc<Outbound>>>,
     /// The newest connection each peer opened to us, for answering peers
@@ -191,8 +195,8 @@ struct Inner {
     slow_peers: AtomicU64,
     /// Connections closed for a protocol error (bad input).
     rejected_conns: AtomicU64,
-    /// Inline I/O state, if on.
-    inline: Option<Inline>,
+    /// The event loop that runs every connection.
+    event_loop: EventLoop,
     /// Bounds on inbound connections.
     admission: Arc<Admission>,
     /// The listening socket (a second handle): shut down to wake the
@@ -200,27 +204,27 @@ struct Inner {
     listener: TcpListener,
 }
 
-/// The owner-polled side of inline I/O.
-struct Inline {
-    io: InlineIo,
+/// The event loop's state (see the module docs).
+struct EventLoop {
+    io: LoopIo,
     /// The I/O threads' rings ([`TcpConfig::io_threads`]; ring `i + 1`).
     helpers: Vec<uring::Uring>,
-    conns: Mutex<HashMap<mio::Token, InlineConn>>,
+    conns: Mutex<HashMap<mio::Token, LoopConn>>,
     next_token: std::sync::atomic::AtomicUsize,
     ready: Mutex<std::collections::VecDeque<Event>>,
     /// When idle client connections were last looked for.
     idle_sweep: Mutex<std::time::Instant>,
 }
 
-/// How the owner reads and writes its connections.
-enum InlineIo {
+/// How the loop reads and writes its connections.
+enum LoopIo {
     /// Readiness from `epoll`, then a system call per read and send.
     Epoll(EpollIo),
     /// Reads and sends as io_uring operations (`uring.rs`).
     Uring(Box<uring::Uring>),
 }
 
-/// Inline I/O on `epoll` (through `mio`).
+/// The loop on `epoll` (through `mio`).
 struct EpollIo {
     poll: Mutex<mio::Poll>,
     /// `poll`'s epoll descriptor: readable while a connection (or the
@@ -255,23 +259,23 @@ impl EpollIo {
     }
 }
 
-impl InlineIo {
+impl LoopIo {
     /// Wakes the owner.
     fn wake(&self) {
         match self {
-            InlineIo::Epoll(e) => {
+            LoopIo::Epoll(e) => {
                 let _ = e.waker.wake();
             }
-            InlineIo::Uring(u) => u.kick().wake(),
+            LoopIo::Uring(u) => u.kick().wake(),
         }
     }
 }
 
 const WAKE: mio::Token = mio::Token(0);
 
-/// A connection read by the owner.
-struct InlineConn {
-    /// Its key in [`Inline::conns`] (and in the ring).
+/// A connection run by the loop.
+struct LoopConn {
+    /// Its key in [`EventLoop::conns`] (and in the ring).
     token: usize,
     stream: Arc<Link>,
     dec: FrameDecoder,
@@ -332,7 +336,7 @@ impl TcpTransport {
             source,
         })?;
         let (tx, rx) = unbounded();
-        let inline = if cfg.inline_io {
+        let event_loop = {
             let io = |source: std::io::Error| ListenError {
                 addr: local,
                 source,
@@ -360,19 +364,17 @@ impl TcpTransport {
                 );
             }
             let io = match ring {
-                Some(r) => InlineIo::Uring(Box::new(r)),
-                None => InlineIo::Epoll(EpollIo::new().map_err(io)?),
+                Some(r) => LoopIo::Uring(Box::new(r)),
+                None => LoopIo::Epoll(EpollIo::new().map_err(io)?),
             };
-            Some(Inline {
+            EventLoop {
                 io,
                 helpers,
                 conns: Mutex::new(HashMap::new()),
                 next_token: std::sync::atomic::AtomicUsize::new(1),
                 ready: Mutex::new(std::collections::VecDeque::new()),
                 idle_sweep: Mutex::new(std::time::Instant::now()),
-            })
-        } else {
-            None
+            }
         };
         let admission = Admission::new(cfg.limits);
         let l = admission.limits();
@@ -386,12 +388,13 @@ impl TcpTransport {
         );
         let inner = Arc::new(Inner {
             admission,
-            inline,
+            event_loop,
             id: cfg.id,
             cluster: cfg.cluster,
             cfg: cfg.clone(),
             shutdown: AtomicBool::new(false),
             events: tx,
+            sink: rx.clone(),
             regions: RwLock::new(HashMap::new()),
             outbound: Mutex::new(HashMap::new()),
             inbound: Mutex::new(HashMap::new()),
@@ -404,23 +407,35 @@ impl TcpTransport {
             listener: listener_handle,
         });
         let i = inner.clone();
-        if let Some(inline) = inner.inline.as_ref() {
-            spawn(&inner, "net-accept", move || {
-                accept::accept_loop(i, listener)
+        spawn(&inner, "net-accept", move || {
+            accept::accept_loop(i, listener)
+        });
+        for n in 0..inner.event_loop.helpers.len() {
+            let i = inner.clone();
+            spawn(&inner, &format!("net-io-{}", n + 1), move || {
+                io_thread(&i, n)
             });
-            for n in 0..inline.helpers.len() {
-                let i = inner.clone();
-                spawn(&inner, &format!("net-io-{}", n + 1), move || {
-                    io_thread(&i, n)
-                });
-            }
-        } else {
-            spawn(&inner, "net-listen", move || accept_loop(i, listener));
         }
+        // Without inline I/O a thread of our own runs the loop and hands
+        // what it takes to `events()`.
+        let events = if cfg.inline_io {
+            rx
+        } else {
+            let (out_tx, out_rx) = unbounded();
+            let i = inner.clone();
+            spawn(&inner, "net-driver", move || {
+                while !i.shutdown.load(Ordering::SeqCst) {
+                    if let Some(ev) = next_event(&i, Duration::from_millis(100)) {
+                        let _ = out_tx.send(ev);
+                    }
+                }
+            });
+            out_rx
+        };
         let t = TcpTransport {
             inner,
             local,
-            events: rx,
+            events,
         };
         for (&peer, &addr) in &cfg.peers {
             t.add_peer(peer, addr);
@@ -439,8 +454,8 @@ impl TcpTransport {
         self.inner.dropped_frames.load(Ordering::Relaxed)
     }
 
-    /// Connections closed because their peer stopped reading (inline I/O:
-    /// see [`TcpConfig::send_backlog_bytes_max`]).
+    /// Connections closed because their peer stopped reading (see
+    /// [`TcpConfig::send_backlog_bytes_max`]).
     pub fn slow_peers(&self) -> u64 {
         self.inner.slow_peers.load(Ordering::Relaxed)
     }
@@ -452,19 +467,19 @@ impl TcpTransport {
         let inner = self.inner.clone();
         Box::new(move |ev| {
             let _ = inner.events.send(ev);
-            if let Some(i) = &inner.inline {
-                i.io.wake();
-            }
+            inner.event_loop.io.wake();
         })
     }
 
-    /// Events received and not yet taken by the owner (inline I/O; with
-    /// I/O threads, bounded near [`READY_EVENTS_MAX`]).
+    /// Events received and not yet taken by the loop's owner (with I/O
+    /// threads, bounded near [`READY_EVENTS_MAX`]).
     pub fn queued_events(&self) -> usize {
         self.inner
-            .inline
-            .as_ref()
-            .map_or(0, |i| i.ready.lock().expect("lock poisoned").len())
+            .event_loop
+            .ready
+            .lock()
+            .expect("lock poisoned")
+            .len()
     }
 
     /// Connections closed because the peer sent bad input.
@@ -487,7 +502,7 @@ impl TcpTransport {
             match w {
                 Some(w) => {
                     let max = self.inner.cfg.answer_backlog_bytes_max;
-                    if let Err(e) = put(&self.inner, &w, &frame, max) {
+                    if let Err(e) = put(&w, &frame, max) {
                         if matches!(e, SendError::Backlogged { .. }) {
                             declare_slow(&self.inner, to, &e);
                         }
@@ -503,7 +518,7 @@ impl TcpTransport {
         let mut slot = q.slot.lock().expect("lock poisoned");
         if let Some(stream) = slot.stream.as_ref() {
             let max = backlog_max(&self.inner, to);
-            match put(&self.inner, stream, &frame, max) {
+            match put(stream, &frame, max) {
                 Ok(()) => {}
                 Err(e @ SendError::Backlogged { .. }) => {
                     declare_slow(&self.inner, to, &e);
@@ -609,50 +624,71 @@ impl Transport for TcpTransport {
     }
 
     fn flush(&self) {
-        if let Some(inline) = self.inner.inline.as_ref() {
-            if let InlineIo::Uring(u) = &inline.io {
-                u.flush(&self.inner, inline);
-            }
+        if self.inner.cfg.inline_io {
+            flush(&self.inner);
         }
     }
 
     fn ready_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
-        self.inner.inline.as_ref().map(|i| match &i.io {
-            InlineIo::Epoll(e) => e.epoll_fd.as_fd(),
-            InlineIo::Uring(u) => u.fd(),
-        })
+        self.inner
+            .cfg
+            .inline_io
+            .then(|| match &self.inner.event_loop.io {
+                LoopIo::Epoll(e) => e.epoll_fd.as_fd(),
+                LoopIo::Uring(u) => u.fd(),
+            })
     }
 
     fn next_event(&self, timeout: Duration) -> Option<Event> {
-        let Some(inline) = self.inner.inline.as_ref() else {
-            return self.events.recv_timeout(timeout).ok();
-        };
-        let deadline = std::time::Instant::now() + timeout;
-        // What the owner sent since it last looked leaves before anything
-        // else (one submission with a ring).
-        self.flush();
-        loop {
-            if let Some(ev) = inline.ready.lock().expect("lock poisoned").pop_front() {
-                return Some(ev);
+        if self.inner.cfg.inline_io {
+            return next_event(&self.inner, timeout);
+        }
+        if timeout.is_zero() {
+            self.events.try_recv().ok()
+        } else {
+            self.events.recv_timeout(timeout).ok()
+        }
+    }
+}
+
+/// Hands what was sent since the last call to the kernel (on a ring, in
+/// one submission).
+fn flush(inner: &Arc<Inner>) {
+    let lp = &inner.event_loop;
+    if let LoopIo::Uring(u) = &lp.io {
+        u.flush(inner, lp);
+    }
+}
+
+/// The loop's step: what is ready, else wait up to `timeout` for the
+/// sockets (reading every ready connection), and look again.
+fn next_event(inner: &Arc<Inner>, timeout: Duration) -> Option<Event> {
+    let lp = &inner.event_loop;
+    let deadline = std::time::Instant::now() + timeout;
+    // What the owner sent since it last looked leaves before anything
+    // else (one submission with a ring).
+    flush(inner);
+    loop {
+        if let Some(ev) = lp.ready.lock().expect("lock poisoned").pop_front() {
+            return Some(ev);
+        }
+        if let Ok(ev) = inner.sink.try_recv() {
+            return Some(ev);
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match &lp.io {
+            LoopIo::Epoll(e) => poll_epoll(inner, lp, e, left),
+            LoopIo::Uring(u) => {
+                u.poll(inner, lp, left);
+                close_idle_clients(inner, lp);
             }
-            if let Ok(ev) = self.events.try_recv() {
-                return Some(ev);
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match &inline.io {
-                InlineIo::Epoll(e) => self.poll_inline(inline, e, left),
-                InlineIo::Uring(u) => {
-                    u.poll(&self.inner, inline, left);
-                    close_idle_clients(&self.inner, inline);
-                }
-            }
-            if left.is_zero() {
-                // An event sink's event may have come with the wake-up
-                // this poll took.
-                let ready = inline.ready.lock().expect("lock poisoned").pop_front();
-                return ready.or_else(|| self.events.try_recv().ok());
-            }
+        }
+        if left.is_zero() {
+            // An event sink's event may have come with the wake-up
+            // this poll took.
+            let ready = lp.ready.lock().expect("lock poisoned").pop_front();
+            return ready.or_else(|| inner.sink.try_recv().ok());
         }
     }
 }
@@ -660,11 +696,10 @@ impl Transport for TcpTransport {
 impl Drop for TcpTransport {
     fn drop(&mut self) {
         self.inner.shutdown.store(true, Ordering::SeqCst);
-        if let Some(inline) = &self.inner.inline {
-            for h in &inline.helpers {
-                h.kick().wake();
-            }
+        for h in &self.inner.event_loop.helpers {
+            h.kick().wake();
         }
+        self.inner.event_loop.io.wake();
         // Wakes the accept thread (a shut-down listening socket fails
         // `accept` at once on Linux).
         let _ = rustix::net::shutdown(&self.inner.listener, rustix::net::Shutdown::Both);
@@ -756,45 +791,6 @@ fn close_for_bound(inner: &Inner, stream: &TcpStream, addr: SocketAddr, why: &st
     untrack(inner, addr);
 }
 
-fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
-    while !inner.shutdown.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, addr)) => {
-                let peer_address = inner.cfg.peers.values().any(|p| p.ip() == addr.ip());
-                let ticket = match inner.admission.admit(addr.ip(), peer_address) {
-                    Ok(t) => t,
-                    Err(why) => {
-                        // Closed before any read: it costs a descriptor
-                        // for a moment only.
-                        inner.admission.note_refusal(addr, why);
-                        drop(stream);
-                        continue;
-                    }
-                };
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_nodelay(true);
-                // A client that stops reading must not block whoever
-                // answers it for long (the connection is then dropped).
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                track(&inner, &stream);
-                let i = inner.clone();
-                spawn(&inner, "net-conn", move || {
-                    serve_inbound(i, stream, addr, ticket)
-                });
-            }
-            Err(_) if inner.shutdown.load(Ordering::SeqCst) => return,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // Out of descriptors (EMFILE) or memory: the connection
-                // waits in the backlog; peers and connected clients go on.
-                let why = format!("accept failed: {e}");
-                inner.admission.note_refusal(inner.cfg.listen, &why);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
 /// Why reading a frame stopped.
 enum ReadError {
     /// The peer sent something that is not a valid frame.
@@ -879,60 +875,6 @@ fn read_frame_with(
             }
             Err(e) => return Err(ReadError::Io(e.to_string())),
         }
-    }
-}
-
-fn serve_inbound(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, mut ticket: Ticket) {
-    let mut dec = FrameDecoder::new();
-    let limits = inner.admission.limits();
-    let deadline = std::time::Instant::now() + limits.handshake_timeout;
-    let stream = match &inner.cfg.tls {
-        None => Link::plain(stream),
-        Some(tls) => match Link::accept_tls(stream, tls, deadline) {
-            Ok(l) => l,
-            Err(e) => {
-                refuse_credential(&inner, addr, &e.to_string());
-                return;
-            }
-        },
-    };
-    let stream = Arc::new(stream);
-    let first = read_frame(&stream, &mut dec, Some(&mut ticket), Some(deadline));
-    let Some(Welcomed {
-        stream,
-        dec,
-        peer,
-        writer,
-        token,
-    }) = welcome(&inner, stream, dec, addr, &mut ticket, first)
-    else {
-        return;
-    };
-    if inner.inline.is_some() {
-        adopt(
-            &inner,
-            stream,
-            dec,
-            peer,
-            addr,
-            ConnKind::Inbound { writer },
-            Some(ticket),
-            token,
-        );
-        return;
-    }
-    read_loop(
-        &inner,
-        stream,
-        dec,
-        peer,
-        addr,
-        Some(&writer),
-        Some(&mut ticket),
-    );
-    let mut inbound = inner.inbound.lock().expect("lock poisoned");
-    if inbound.get(&peer).is_some_and(|w| Arc::ptr_eq(w, &writer)) {
-        inbound.remove(&peer);
     }
 }
 
@@ -1053,7 +995,7 @@ fn welcome(
         cluster: inner.cluster,
     };
     let writer = stream.clone();
-    if put(inner, &writer, &hello, inner.cfg.answer_backlog_bytes_max).is_err() {
+    if put(&writer, &hello, inner.cfg.answer_backlog_bytes_max).is_err() {
         return None;
     }
     tracing::debug!(peer, %addr, "peer connected");
@@ -1191,18 +1133,13 @@ fn reject(inner: &Inner, stream: &TcpStream, addr: SocketAddr, why: &str) {
     untrack(inner, addr);
 }
 
-/// Puts a frame on a connection from the transport's owner: never waiting
-/// for the socket with inline I/O (the owner is an event loop: the frame
-/// waits in the connection's bounded backlog instead), blocking up to the
-/// socket's write timeout otherwise (a thread of the transport's own).
-fn put(inner: &Inner, link: &Link, frame: &Frame, backlog_max: usize) -> Result<(), SendError> {
+/// Puts a frame on a connection, never waiting for the socket (the loop
+/// must not block): the frame waits in the connection's bounded backlog
+/// instead.
+fn put(link: &Link, frame: &Frame, backlog_max: usize) -> Result<(), SendError> {
     let mut b = BytesMut::new();
     frame.encode(&mut b);
-    if inner.inline.is_some() {
-        link.send(&b, backlog_max)
-    } else {
-        link.write_all(&b).map_err(SendError::Io)
-    }
+    link.send(&b, backlog_max)
 }
 
 /// How many bytes may wait for `peer` (see [`TcpConfig::send_backlog_bytes_max`]).
@@ -1237,51 +1174,6 @@ fn send_frame(writer: &Link, frame: &Frame) -> std::io::Result<()> {
     writer.write_all(&b)
 }
 
-/// Takes frames off a connection until it ends. `acks` is where write
-/// acknowledgements go (the same connection).
-fn read_loop(
-    inner: &Inner,
-    stream: Arc<Link>,
-    mut dec: FrameDecoder,
-    peer: PeerId,
-    addr: SocketAddr,
-    acks: Option<&Link>,
-    mut ticket: Option<&mut Ticket>,
-) {
-    loop {
-        let frame = match read_frame(&stream, &mut dec, ticket.as_deref_mut(), None) {
-            Ok(f) => f,
-            Err(ReadError::Bound(why)) => {
-                close_for_bound(inner, stream.socket(), addr, why);
-                return;
-            }
-            Err(ReadError::BadInput(e)) => {
-                reject(inner, stream.socket(), addr, &e.to_string());
-                return;
-            }
-            Err(ReadError::Io(why)) => {
-                if !inner.shutdown.load(Ordering::SeqCst) {
-                    tracing::info!(peer, %addr, reason = why, "connection closed");
-                }
-                stream.shutdown();
-                untrack(inner, addr);
-                return;
-            }
-        };
-        let verdict = handle_frame(inner, frame, peer, stream.identity(), acks, |ev| {
-            let _ = inner.events.send(ev);
-        });
-        match verdict {
-            Verdict::Keep => {}
-            Verdict::Close => return,
-            Verdict::Reject(why) => {
-                reject(inner, stream.socket(), addr, why);
-                return;
-            }
-        }
-    }
-}
-
 /// What a received frame means for its connection.
 enum Verdict {
     /// Go on reading.
@@ -1292,8 +1184,7 @@ enum Verdict {
     Reject(&'static str),
 }
 
-/// Handles one frame from `peer`, the same way on a reader thread and in
-/// the owner's poll: messages and write completions go to `deliver`,
+/// Handles one frame from `peer` in the loop: messages and write completions go to `deliver`,
 /// writes are applied and acknowledged on `acks` (a connection the peer
 /// opened; a write on one we opened is bad input, as is a second hello).
 fn handle_frame(
@@ -1327,7 +1218,7 @@ fn handle_frame(
             }
             let status = apply_write(&inner.regions, region, offset, &bytes);
             let ack = Frame::WriteAck { id, status };
-            if let Err(e) = put(inner, w, &ack, inner.cfg.answer_backlog_bytes_max) {
+            if let Err(e) = put(w, &ack, inner.cfg.answer_backlog_bytes_max) {
                 if matches!(e, SendError::Backlogged { .. }) {
                     declare_slow(inner, peer, &e);
                 }
@@ -1367,11 +1258,10 @@ fn wanted(inner: &Inner, peer: PeerId, out: &Arc<Outbound>) -> bool {
             .is_some_and(|o| Arc::ptr_eq(o, out))
 }
 
-/// Connects to `peer` and hands the connection over. With inline I/O the
-/// thread ends there: the owner's poll reads the connection, and when it
-/// closes, [`close`] starts a new connector (so a peer costs a thread only
-/// while it is being connected). Without, this thread reads the
-/// connection, then reconnects. Ends once the peer is removed.
+/// Connects to `peer` and hands the connection to the loop; the thread
+/// ends there, and when the connection closes, [`close`] starts a new
+/// connector (so a peer costs a thread only while it is being connected).
+/// Ends once the peer is removed.
 fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outbound>) {
     let mut backoff = inner.cfg.backoff_min;
     while wanted(&inner, peer, &out) {
@@ -1465,7 +1355,7 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
                 slot.queued_bytes -= queued_size(&f);
                 // Never waiting for the socket while the slot is locked
                 // (the owner's sends take that lock).
-                match put(&inner, &stream, &f, backlog_max(&inner, peer)) {
+                match put(&stream, &f, backlog_max(&inner, peer)) {
                     Ok(()) => {}
                     Err(e) => {
                         if matches!(e, SendError::Backlogged { .. }) {
@@ -1487,61 +1377,44 @@ fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outb
             slot.stream = Some(stream);
             slot.generation
         };
-        backoff = inner.cfg.backoff_min;
         tracing::info!(peer, %addr, "connected");
-        // The acknowledgements come back on this connection; when it ends,
-        // it is taken away from the senders and this thread reconnects.
-        if inner.inline.is_some() {
-            adopt(
-                &inner,
-                reader,
-                dec,
-                peer,
-                addr,
-                ConnKind::Outbound {
-                    out: out.clone(),
-                    generation,
-                },
-                None,
-                token,
-            );
-            // The owner reads it now; its close starts the next connector.
-            return;
-        } else {
-            read_loop(&inner, reader, dec, peer, addr, None, None);
-        }
-        {
-            let mut slot = out.slot.lock().expect("lock poisoned");
-            if slot.generation == generation {
-                if let Some(s) = slot.stream.take() {
-                    s.shutdown();
-                }
-            }
-        }
-        sleep_unless_shutdown(&inner, backoff);
+        // The acknowledgements come back on this connection; the loop
+        // reads it now, and its close starts the next connector.
+        adopt(
+            &inner,
+            reader,
+            dec,
+            peer,
+            addr,
+            ConnKind::Outbound {
+                out: out.clone(),
+                generation,
+            },
+            None,
+            token,
+        );
+        return;
     }
 }
 
 /// Gives a connection about to be handed to senders its token in the
-/// owner's poll, and with a ring, puts it in ring mode (from then on the
-/// ring alone writes its socket). 0 without inline I/O.
+/// loop, and with a ring, puts it in ring mode (from then on the ring
+/// alone writes its socket).
 fn prepare(inner: &Inner, link: &Link, peer: PeerId) -> usize {
-    let Some(inline) = inner.inline.as_ref() else {
-        return 0;
-    };
-    let token = inline.next_token.fetch_add(1, Ordering::Relaxed);
-    if let Some(u) = inline.ring_of(peer, token) {
+    let lp = &inner.event_loop;
+    let token = lp.next_token.fetch_add(1, Ordering::Relaxed);
+    if let Some(u) = lp.ring_of(peer, token) {
         u.attach(link, token);
     }
     token
 }
 
-impl Inline {
+impl EventLoop {
     /// The ring that runs connection `token` to `peer`: the owner's for a
     /// coordinator replica (the commit path stays on one thread), an I/O
     /// thread's for anyone else, spread by token. `None`: epoll.
     fn ring_of(&self, peer: PeerId, token: usize) -> Option<&uring::Uring> {
-        let InlineIo::Uring(own) = &self.io else {
+        let LoopIo::Uring(own) = &self.io else {
             return None;
         };
         if self.helpers.is_empty() || matches!(PeerClass::of(peer), PeerClass::Replica(_)) {
@@ -1559,22 +1432,22 @@ pub const READY_EVENTS_MAX: usize = 8192;
 /// An I/O thread ([`TcpConfig::io_threads`]): runs ring `n + 1` until the
 /// transport shuts down, and wakes the owner when it queued events.
 fn io_thread(inner: &Arc<Inner>, n: usize) {
-    let inline = inner.inline.as_ref().expect("inline I/O");
-    let ring = &inline.helpers[n];
+    let lp = &inner.event_loop;
+    let ring = &lp.helpers[n];
     let cpus = &inner.cfg.pin_cpus;
     if !cpus.is_empty() {
         crate::affinity::pin_current_thread(cpus[(n + 1) % cpus.len()], "net-io");
     }
     while !inner.shutdown.load(Ordering::SeqCst) {
-        ring.poll(inner, inline, Duration::from_millis(100));
-        if !inline.ready.lock().expect("lock poisoned").is_empty() {
-            inline.io.wake();
+        ring.poll(inner, lp, Duration::from_millis(100));
+        if !lp.ready.lock().expect("lock poisoned").is_empty() {
+            lp.io.wake();
         }
-        close_idle_clients(inner, inline);
+        close_idle_clients(inner, lp);
     }
 }
 
-/// Hands a connection to the owner's poll (inline I/O) under the token
+/// Hands a connection to the loop under the token
 /// [`prepare`] gave it: frames already buffered by the handshake are
 /// delivered first.
 #[allow(clippy::too_many_arguments)]
@@ -1589,8 +1462,8 @@ fn adopt(
     token: usize,
 ) {
     use std::os::fd::AsRawFd;
-    let inline = inner.inline.as_ref().expect("inline I/O");
-    let mut conn = InlineConn {
+    let lp = &inner.event_loop;
+    let mut conn = LoopConn {
         token,
         stream,
         dec,
@@ -1600,10 +1473,10 @@ fn adopt(
         ticket,
         last_read: std::time::Instant::now(),
     };
-    let epoll = match (&inline.io, inline.ring_of(peer, token)) {
-        (InlineIo::Epoll(e), _) => e,
-        (InlineIo::Uring(_), None) => unreachable!("a ring runs every connection"),
-        (InlineIo::Uring(_), Some(u)) => {
+    let epoll = match (&lp.io, lp.ring_of(peer, token)) {
+        (LoopIo::Epoll(e), _) => e,
+        (LoopIo::Uring(_), None) => unreachable!("a ring runs every connection"),
+        (LoopIo::Uring(_), Some(u)) => {
             // What came with the hello and sits in the session (the ring
             // sees only what arrives from now on): into the decoder.
             match conn.stream.receive(&[], &mut conn.dec) {
@@ -1661,7 +1534,7 @@ fn adopt(
             }
         }
     }
-    let mut conns = inline.conns.lock().expect("lock poisoned");
+    let mut conns = lp.conns.lock().expect("lock poisoned");
     // Frames that came with the hello (a client sends both at once).
     if !drain_frames(inner, &mut conn) {
         close(inner, conn);
@@ -1686,8 +1559,8 @@ fn adopt(
 
 /// Handles the complete frames in a connection's decoder; false if the
 /// connection must close (bad input).
-fn drain_frames(inner: &Inner, conn: &mut InlineConn) -> bool {
-    let inline = inner.inline.as_ref().expect("inline I/O");
+fn drain_frames(inner: &Inner, conn: &mut LoopConn) -> bool {
+    let lp = &inner.event_loop;
     loop {
         let frame = match conn.dec.next_frame() {
             Ok(Some(f)) => f,
@@ -1703,7 +1576,7 @@ fn drain_frames(inner: &Inner, conn: &mut InlineConn) -> bool {
         };
         let identity = conn.stream.identity();
         let verdict = handle_frame(inner, frame, conn.peer, identity, acks, |ev| {
-            inline.ready.lock().expect("lock poisoned").push_back(ev)
+            lp.ready.lock().expect("lock poisoned").push_back(ev)
         });
         match verdict {
             Verdict::Keep => {}
@@ -1716,25 +1589,21 @@ fn drain_frames(inner: &Inner, conn: &mut InlineConn) -> bool {
     }
 }
 
-/// Forgets a connection the owner was reading.
-fn close(inner: &Arc<Inner>, conn: InlineConn) {
+/// Forgets a connection the loop was reading.
+fn close(inner: &Arc<Inner>, conn: LoopConn) {
     use std::os::fd::AsRawFd;
     conn.stream.shutdown();
-    match inner.inline.as_ref().map(|i| &i.io) {
-        Some(InlineIo::Epoll(e)) => {
+    let lp = &inner.event_loop;
+    match &lp.io {
+        LoopIo::Epoll(e) => {
             let fd = conn.stream.socket().as_raw_fd();
             let _ = e.registry.deregister(&mut mio::unix::SourceFd(&fd));
         }
-        Some(InlineIo::Uring(_)) => {
-            if let Some(u) = inner
-                .inline
-                .as_ref()
-                .and_then(|i| i.ring_of(conn.peer, conn.token))
-            {
+        LoopIo::Uring(_) => {
+            if let Some(u) = lp.ring_of(conn.peer, conn.token) {
                 u.forget(conn.token)
             }
         }
-        None => {}
     }
     untrack(inner, conn.addr);
     match conn.kind {
@@ -1771,95 +1640,93 @@ fn close(inner: &Arc<Inner>, conn: InlineConn) {
     }
 }
 
-impl TcpTransport {
-    /// Inline I/O: waits up to `timeout` for readiness, reads every ready
-    /// connection until it would block, and queues what arrived.
-    fn poll_inline(&self, inline: &Inline, epoll: &EpollIo, timeout: Duration) {
-        let mut scratch = epoll.scratch.lock().expect("lock poisoned");
-        let (buf, events) = &mut *scratch;
-        {
-            let mut poll = epoll.poll.lock().expect("lock poisoned");
-            if let Err(e) = poll.poll(events, Some(timeout)) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    tracing::warn!(error = %e, "poll failed");
-                }
-                return;
+/// The loop on epoll: waits up to `timeout` for readiness, reads every
+/// ready connection until it would block, and queues what arrived.
+fn poll_epoll(inner: &Arc<Inner>, lp: &EventLoop, epoll: &EpollIo, timeout: Duration) {
+    let mut scratch = epoll.scratch.lock().expect("lock poisoned");
+    let (buf, events) = &mut *scratch;
+    {
+        let mut poll = epoll.poll.lock().expect("lock poisoned");
+        if let Err(e) = poll.poll(events, Some(timeout)) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                tracing::warn!(error = %e, "poll failed");
+            }
+            return;
+        }
+    }
+    for ev in events.iter() {
+        let token = ev.token();
+        if token == WAKE {
+            continue;
+        }
+        let mut conns = lp.conns.lock().expect("lock poisoned");
+        let Some(conn) = conns.get_mut(&token) else {
+            continue;
+        };
+        let mut keep = true;
+        if ev.is_writable() {
+            if let Err(e) = conn.stream.flush() {
+                tracing::info!(peer = conn.peer, addr = %conn.addr, error = %e, "connection failed");
+                keep = false;
             }
         }
-        for ev in events.iter() {
-            let token = ev.token();
-            if token == WAKE {
-                continue;
-            }
-            let mut conns = inline.conns.lock().expect("lock poisoned");
-            let Some(conn) = conns.get_mut(&token) else {
-                continue;
-            };
-            let mut keep = true;
-            if ev.is_writable() {
-                if let Err(e) = conn.stream.flush() {
-                    tracing::info!(peer = conn.peer, addr = %conn.addr, error = %e, "connection failed");
+        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+        while keep && readable {
+            match conn.stream.read(buf) {
+                Ok(0) => {
+                    if !inner.shutdown.load(Ordering::SeqCst) {
+                        tracing::info!(peer = conn.peer, addr = %conn.addr, "connection closed");
+                    }
                     keep = false;
+                    break;
                 }
-            }
-            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-            while keep && readable {
-                match conn.stream.read(buf) {
-                    Ok(0) => {
-                        if !self.inner.shutdown.load(Ordering::SeqCst) {
-                            tracing::info!(peer = conn.peer, addr = %conn.addr, "connection closed");
-                        }
+                Ok(n) => {
+                    conn.dec.push(&buf[..n]);
+                    conn.last_read = std::time::Instant::now();
+                    if !drain_frames(inner, conn) {
                         keep = false;
                         break;
                     }
-                    Ok(n) => {
-                        conn.dec.push(&buf[..n]);
-                        conn.last_read = std::time::Instant::now();
-                        if !drain_frames(&self.inner, conn) {
+                    if let Some(t) = conn.ticket.as_mut() {
+                        if let Err(why) = t.account(conn.dec.buffered()) {
+                            // Logged here; closed (and untracked) below.
+                            inner.admission.note_refusal(conn.addr, why);
                             keep = false;
                             break;
                         }
-                        if let Some(t) = conn.ticket.as_mut() {
-                            if let Err(why) = t.account(conn.dec.buffered()) {
-                                // Logged here; closed (and untracked) below.
-                                self.inner.admission.note_refusal(conn.addr, why);
-                                keep = false;
-                                break;
-                            }
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        tracing::info!(peer = conn.peer, addr = %conn.addr, error = %e, "connection failed");
-                        keep = false;
-                        break;
                     }
                 }
-            }
-            if !keep {
-                let conn = conns.remove(&token).expect("present");
-                drop(conns);
-                close(&self.inner, conn);
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::info!(peer = conn.peer, addr = %conn.addr, error = %e, "connection failed");
+                    keep = false;
+                    break;
+                }
             }
         }
-        close_idle_clients(&self.inner, inline);
+        if !keep {
+            let conn = conns.remove(&token).expect("present");
+            drop(conns);
+            close(inner, conn);
+        }
     }
+    close_idle_clients(inner, lp);
 }
 
-/// Inline I/O: closes client connections idle past the bound (checked at
-/// most once a second).
-fn close_idle_clients(inner: &Arc<Inner>, inline: &Inline) {
+/// Closes client connections idle past the bound (checked at most once a
+/// second).
+fn close_idle_clients(inner: &Arc<Inner>, lp: &EventLoop) {
     let now = std::time::Instant::now();
     {
-        let mut last = inline.idle_sweep.lock().expect("lock poisoned");
+        let mut last = lp.idle_sweep.lock().expect("lock poisoned");
         if now.duration_since(*last) < Duration::from_secs(1) {
             return;
         }
         *last = now;
     }
     let idle = inner.admission.limits().client_idle_timeout;
-    let mut conns = inline.conns.lock().expect("lock poisoned");
+    let mut conns = lp.conns.lock().expect("lock poisoned");
     let stale: Vec<mio::Token> = conns
         .iter()
         .filter(|(_, c)| {
@@ -1868,7 +1735,7 @@ fn close_idle_clients(inner: &Arc<Inner>, inline: &Inline) {
         })
         .map(|(t, _)| *t)
         .collect();
-    let closing: Vec<InlineConn> = stale.iter().filter_map(|t| conns.remove(t)).collect();
+    let closing: Vec<LoopConn> = stale.iter().filter_map(|t| conns.remove(t)).collect();
     drop(conns);
     for conn in closing {
         inner

@@ -1,6 +1,6 @@
-//! Accepting with inline I/O: one thread accepts every connection and
+//! Accepting: one thread accepts every connection and
 //! runs every TLS handshake and first frame as an event loop (`epoll`
-//! through `mio`), then hands the connection to the owner's poll. No
+//! through `mio`), then hands the connection to the loop. No
 //! thread per connection, however many clients connect at once; the
 //! owner's thread (a coordinator's Raft loop) pays no handshake's
 //! cryptography.
@@ -75,22 +75,27 @@ enum Step {
 
 /// The accept thread's loop (see the module docs); returns at shutdown.
 pub(super) fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
-    let mut poll = match Poll::new() {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "no poll for handshakes; one thread per handshake instead");
-            return super::accept_loop(inner, listener);
+    // Without a poll nothing is accepted: say so, and try again (out of
+    // descriptors or memory passes; peers already connected go on).
+    let fd = listener.as_raw_fd();
+    let mut poll = loop {
+        let p = Poll::new().and_then(|poll| {
+            listener.set_nonblocking(true)?;
+            poll.registry()
+                .register(&mut SourceFd(&fd), LISTENER, Interest::READABLE)?;
+            Ok(poll)
+        });
+        match p {
+            Ok(p) => break p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot poll the listener: accepting nothing; retrying in 1 s");
+                super::sleep_unless_shutdown(&inner, Duration::from_secs(1));
+                if inner.shutdown.load(Ordering::SeqCst) {
+                    return;
+                }
+            }
         }
     };
-    let fd = listener.as_raw_fd();
-    if let Err(e) = listener.set_nonblocking(true).and_then(|()| {
-        poll.registry()
-            .register(&mut SourceFd(&fd), LISTENER, Interest::READABLE)
-    }) {
-        tracing::warn!(error = %e, "cannot poll the listener; one thread per handshake instead");
-        let _ = listener.set_nonblocking(false);
-        return super::accept_loop(inner, listener);
-    }
     let mut ring = if inner.cfg.io_uring {
         match AcceptRing::new(&listener) {
             Ok(r) => {

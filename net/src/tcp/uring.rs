@@ -1,4 +1,4 @@
-//! Inline I/O on io_uring: the owner's thread reads and writes every
+//! The event loop on io_uring: the loop's thread reads and writes every
 //! welcomed connection through one ring, instead of `epoll` readiness
 //! followed by a `read` or `send` system call per connection.
 //!
@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::{close, drain_frames, Inline, InlineConn, Inner, READY_EVENTS_MAX};
+use super::{close, drain_frames, EventLoop, Inner, LoopConn, READY_EVENTS_MAX};
 use crate::link::{Link, RingHook};
 use crate::tls::PeerClass;
 
@@ -115,7 +115,7 @@ pub(super) struct Kick {
     /// Connections with bytes waiting and no send in flight.
     dirty: Mutex<Vec<usize>>,
     /// Welcomed connections to start reading.
-    adopted: Mutex<Vec<InlineConn>>,
+    adopted: Mutex<Vec<LoopConn>>,
     /// Connections closed by any thread: their buffers go once nothing is
     /// in flight for them (the owner looks at the list).
     forgotten: Mutex<Vec<usize>>,
@@ -194,7 +194,7 @@ impl Ops {
 
 impl Uring {
     /// A ring, or why the kernel refuses one (then: epoll). Only the
-    /// owner's ring runs the replicas' links (`Inline::ring_of`), so only
+    /// owner's ring runs the replicas' links (`EventLoop::ring_of`), so only
     /// it gets their pool (`replica_pool`).
     pub(super) fn new(replica_pool: bool) -> std::io::Result<Uring> {
         // COOP_TASKRUN (5.19): a completion does not interrupt the owner
@@ -292,7 +292,7 @@ impl Uring {
     }
 
     /// Hands a welcomed connection to the owner (from any thread).
-    pub(super) fn adopt(&self, conn: InlineConn) {
+    pub(super) fn adopt(&self, conn: LoopConn) {
         self.kick.adopted.lock().expect("lock poisoned").push(conn);
         self.kick.wake();
     }
@@ -313,10 +313,10 @@ impl Uring {
 
     /// Submits what waits to be sent (every dirty connection's bytes, in
     /// one system call). The owner calls it before waiting elsewhere.
-    pub(super) fn flush(&self, inner: &Arc<Inner>, inline: &Inline) {
+    pub(super) fn flush(&self, inner: &Arc<Inner>, lp: &EventLoop) {
         self.owner();
         let mut core = self.core.lock().expect("lock poisoned");
-        self.stage(inner, inline, &mut core);
+        self.stage(inner, lp, &mut core);
         submit(&mut core.ring);
     }
 
@@ -326,13 +326,13 @@ impl Uring {
 
     /// The owner's turn: submits what waits, waits up to `timeout` for a
     /// completion, and handles every completion there is (frames go to
-    /// `inline.ready`).
-    pub(super) fn poll(&self, inner: &Arc<Inner>, inline: &Inline, timeout: Duration) {
+    /// `lp.ready`).
+    pub(super) fn poll(&self, inner: &Arc<Inner>, lp: &EventLoop, timeout: Duration) {
         self.owner();
         let mut closing = Vec::new();
         {
             let mut core = self.core.lock().expect("lock poisoned");
-            self.stage(inner, inline, &mut core);
+            self.stage(inner, lp, &mut core);
             let waiting = !core.ring.completion().is_empty();
             let r = if timeout.is_zero() || waiting {
                 submit(&mut core.ring);
@@ -364,10 +364,10 @@ impl Uring {
                 }
                 let done = std::mem::take(&mut core.done);
                 for &(data, res, flags) in &done {
-                    self.complete(inner, inline, core, data, res, flags, &mut closing);
+                    self.complete(inner, lp, core, data, res, flags, &mut closing);
                 }
                 core.done = done;
-                self.stage(inner, inline, core);
+                self.stage(inner, lp, core);
                 submit(&mut core.ring);
             }
         }
@@ -378,7 +378,7 @@ impl Uring {
 
     /// Starts reading adopted connections and sending what dirty ones
     /// hold.
-    fn stage(&self, inner: &Arc<Inner>, inline: &Inline, core: &mut Core) {
+    fn stage(&self, inner: &Arc<Inner>, lp: &EventLoop, core: &mut Core) {
         if !core.wake_armed && !core.wake_broken {
             // One-shot (re-armed after each wake-up): multishot polls
             // need Linux 5.13.
@@ -403,7 +403,7 @@ impl Uring {
         }
         let adopted = std::mem::take(&mut *self.kick.adopted.lock().expect("lock poisoned"));
         if !adopted.is_empty() {
-            let mut conns = inline.conns.lock().expect("lock poisoned");
+            let mut conns = lp.conns.lock().expect("lock poisoned");
             for conn in adopted {
                 let token = conn.token;
                 // By what admission made of it, not by the id it claims.
@@ -439,7 +439,7 @@ impl Uring {
             }
         }
         if !core.parked.is_empty()
-            && inline.ready.lock().expect("lock poisoned").len() < READY_EVENTS_MAX / 2
+            && lp.ready.lock().expect("lock poisoned").len() < READY_EVENTS_MAX / 2
         {
             tracing::info!("the owner caught up: reading clients and masters again");
             for token in std::mem::take(&mut core.parked) {
@@ -475,12 +475,12 @@ impl Uring {
     fn complete(
         &self,
         inner: &Arc<Inner>,
-        inline: &Inline,
+        lp: &EventLoop,
         core: &mut Core,
         data: u64,
         res: i32,
         flags: u32,
-        closing: &mut Vec<InlineConn>,
+        closing: &mut Vec<LoopConn>,
     ) {
         let token = (data & TOKEN_MASK) as usize;
         match data >> KIND_SHIFT {
@@ -536,7 +536,7 @@ impl Uring {
                     }
                     return;
                 }
-                let mut conns = inline.conns.lock().expect("lock poisoned");
+                let mut conns = lp.conns.lock().expect("lock poisoned");
                 let Some(conn) = conns.get_mut(&mio::Token(token)) else {
                     if let Some(bid) = bid {
                         pool.give_back(bid);
@@ -587,8 +587,8 @@ impl Uring {
                 // full, on any ring.
                 let pausable = !matches!(PeerClass::of(conn.peer), PeerClass::Replica(_))
                     || conn.ticket.as_ref().is_some_and(|t| t.is_client());
-                let behind = pausable
-                    && inline.ready.lock().expect("lock poisoned").len() >= READY_EVENTS_MAX;
+                let behind =
+                    pausable && lp.ready.lock().expect("lock poisoned").len() >= READY_EVENTS_MAX;
                 if !keep {
                     // Its socket is shut down on close: an armed receive
                     // ends with zero bytes, and the connection's ops go.
@@ -639,7 +639,7 @@ impl Uring {
                 }
                 ops.link.ring_failed();
                 let e = std::io::Error::from_raw_os_error(-res);
-                let mut conns = inline.conns.lock().expect("lock poisoned");
+                let mut conns = lp.conns.lock().expect("lock poisoned");
                 if let Some(conn) = conns.remove(&mio::Token(token)) {
                     tracing::info!(peer = conn.peer, addr = %conn.addr, error = %e, "connection failed");
                     closing.push(conn);
@@ -652,7 +652,7 @@ impl Uring {
 
 /// Bytes a receive brought: through the session into the decoder, frames
 /// handled, bounds checked. False: close the connection.
-fn received(inner: &Arc<Inner>, conn: &mut InlineConn, bytes: &[u8]) -> bool {
+fn received(inner: &Arc<Inner>, conn: &mut LoopConn, bytes: &[u8]) -> bool {
     match conn.stream.receive(bytes, &mut conn.dec) {
         Ok(true) => {}
         Ok(false) => {
