@@ -1143,12 +1143,27 @@ impl Core {
         }
     }
 
-    /// Arms every completion queue whose last event was consumed.
+    /// Arms every completion queue the loop must wake for (and whose last
+    /// event was consumed). A completion that nothing waits on (a post's
+    /// with nothing queued behind it, a credit while there is room) need
+    /// not wake anyone: the next pass reaps it. On an emulated machine a
+    /// wake-up costs more than the whole message.
     fn arm_all(&mut self, inner: &Inner) {
         let mut failed = Vec::new();
         for (&t, c) in &mut self.conns {
+            let wanted = match &c.side {
+                Side::Out(o) => {
+                    let queued = self.peers.get(&c.peer).is_some_and(|p| !p.queue.is_empty());
+                    let send = o
+                        .post
+                        .as_ref()
+                        .is_some_and(|p| p.write.is_some() || queued || !o.ring.batch.is_empty());
+                    [send, o.starved_since.is_some()]
+                }
+                Side::In(i) => [i.credit_in_flight && i.credit_owed, true],
+            };
             for (k, cq) in [Cq::Send, Cq::Recv].into_iter().enumerate() {
-                if !c.armed[k] {
+                if wanted[k] && !c.armed[k] {
                     match c.rdma.arm(cq) {
                         Ok(()) => c.armed[k] = true,
                         Err(e) => failed.push((t, e.to_string())),

@@ -80,6 +80,24 @@ pub const RECENT_OPS: usize = 256;
 /// is forgotten (the coordinator pushes that master again).
 pub const PUSHES_TRACKED_MAX: usize = 65_536;
 
+/// Pushes to one master that may go unacknowledged in a row (each for half
+/// a retry period) before it is marked slow: no pushes to it until it
+/// heartbeats again.
+pub const PUSH_STALLS_SLOW: u32 = 3;
+
+/// One master's pushes ([`Replica::push`]).
+#[derive(Debug, Default)]
+struct PushLane {
+    /// The write in flight, and when it was sent.
+    in_flight: Option<(u64, Instant)>,
+    /// The newest push waiting for it.
+    waiting: Option<Action>,
+    /// Pushes in a row that went unacknowledged.
+    stalls: u32,
+    /// Marked slow: nothing is pushed until it heartbeats.
+    slow: bool,
+}
+
 /// What a replica needs to know to decide (the process's other settings,
 /// such as where its log lives, belong to its driver).
 #[derive(Clone, Debug)]
@@ -335,6 +353,9 @@ pub struct Replica<S: Storage> {
     /// with its connection, is forgotten that way; every write that lands
     /// while tracked counts, older versions included).
     pushes_in_flight: BTreeMap<u64, (ServerId, u64, u64, PeerId)>,
+    /// Each master's lane of pushes: at most one write in flight, the
+    /// newest push waiting behind it, and whether it is marked slow.
+    push_lanes: BTreeMap<ServerId, PushLane>,
     /// The last push's write id.
     last_write: u64,
     /// Pushes held back by `push_delay`: (when due, action).
@@ -415,6 +436,7 @@ impl<S: Storage> Replica<S> {
             commits_measured: 0,
             recent: VecDeque::new(),
             pushes_in_flight: BTreeMap::new(),
+            push_lanes: BTreeMap::new(),
             last_write: 0,
             delayed_pushes: VecDeque::new(),
             refusals_logged: (0, None),
@@ -657,6 +679,22 @@ impl<S: Storage> Replica<S> {
         let Some((server, term, version, _)) = self.pushes_in_flight.remove(&write) else {
             return;
         };
+        let mut next = None;
+        if let Some(lane) = self.push_lanes.get_mut(&server) {
+            if lane.in_flight.is_some_and(|(w, _)| w == write) {
+                lane.in_flight = None;
+                next = lane.waiting.take();
+                // A retry of what just landed (or older) need not go.
+                if status == WriteStatus::Landed
+                    && matches!(next, Some(Action::Push { version: v, .. }) if v <= version)
+                {
+                    next = None;
+                }
+            }
+            if status == WriteStatus::Landed {
+                lane.stalls = 0;
+            }
+        }
         match status {
             WriteStatus::Landed => {
                 tracing::debug!(%server, version, term, "push landed");
@@ -669,6 +707,22 @@ impl<S: Storage> Replica<S> {
                 ?other,
                 "push refused by the master; retrying later"
             ),
+        }
+        // The newest push that waited behind this one goes now.
+        if let Some(push) = next {
+            self.push(push);
+        }
+    }
+
+    /// A master heartbeated: it is alive and reading, so a slow mark on
+    /// its pushes is lifted.
+    pub(crate) fn on_master_heartbeat(&mut self, server: ServerId) {
+        if let Some(lane) = self.push_lanes.get_mut(&server) {
+            if lane.slow {
+                tracing::info!(%server, "slow master heartbeated: pushing to it again");
+            }
+            lane.slow = false;
+            lane.stalls = 0;
         }
     }
 
@@ -861,6 +915,7 @@ impl<S: Storage> Replica<S> {
         } else if was && !established {
             // Pushes of the term that ended are no one's business now.
             self.pushes_in_flight.clear();
+            self.push_lanes.clear();
             tracing::info!(
                 id = self.cfg.id,
                 term = self.raft.term(),
@@ -984,8 +1039,45 @@ impl<S: Storage> Replica<S> {
             return;
         };
         let peer = protocol::master_peer_id(server.nonce);
+        // One write in flight per master: a push behind it waits (the
+        // newest replaces an older one), so a master that reads slowly is
+        // sent each region once, not once per retry.
+        let stall = self.cfg.tick * (self.cfg.coordinator.push_retry_ticks / 2).max(1) as u32;
+        let now = self.now;
+        let lane = self.push_lanes.entry(to).or_default();
+        if lane.slow {
+            return; // until it heartbeats
+        }
+        if let Some((_, sent)) = lane.in_flight {
+            if now.saturating_duration_since(sent) < stall {
+                lane.waiting = Some(Action::Push {
+                    to,
+                    addr,
+                    version,
+                    region,
+                });
+                return;
+            }
+            // Unacknowledged for half a retry period: lost with its
+            // connection, or the master is not reading. Its slot goes to
+            // this newer push; too many such in a row mark the master
+            // slow (no pushes until it heartbeats).
+            lane.in_flight = None;
+            lane.stalls += 1;
+            if lane.stalls >= PUSH_STALLS_SLOW {
+                lane.slow = true;
+                lane.waiting = None;
+                tracing::warn!(
+                    server = %to,
+                    stalls = lane.stalls,
+                    "master declared slow: its pushes go unacknowledged; none until it heartbeats"
+                );
+                return;
+            }
+        }
         self.last_write += 1;
         let write = self.last_write;
+        lane.in_flight = Some((write, now));
         self.pushes_in_flight
             .insert(write, (to, self.coord.term(), version, peer));
         while self.pushes_in_flight.len() > PUSHES_TRACKED_MAX {

@@ -248,6 +248,7 @@ impl<S: Storage> Replica<S> {
             }
             ClientRequest::Heartbeat { from: server } => {
                 self.coord.on_heartbeat(server);
+                self.on_master_heartbeat(server);
                 if self.cluster.is_gone(server) {
                     tracing::info!(%server, "heartbeat from a server declared crashed: told to stop");
                     self.heartbeat_ack(server)
