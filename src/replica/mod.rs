@@ -160,6 +160,9 @@ pub struct NodeBugs {
     /// is handed to the disk, not once it is durable: a replica that
     /// crashes then has promised what it lost.
     pub ack_before_flush: bool,
+    /// Push to a master whatever is still in flight to it: every retry
+    /// queues another whole region behind a master that reads slowly.
+    pub push_past_the_lane: bool,
 }
 
 /// Why a replica must stop. Every variant is fatal: the replica cannot
@@ -1049,7 +1052,7 @@ impl<S: Storage> Replica<S> {
             return; // until it heartbeats
         }
         if let Some((_, sent)) = lane.in_flight {
-            if now.saturating_duration_since(sent) < stall {
+            if now.saturating_duration_since(sent) < stall && !self.cfg.bugs.push_past_the_lane {
                 lane.waiting = Some(Action::Push {
                     to,
                     addr,

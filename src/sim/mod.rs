@@ -94,6 +94,12 @@ pub const BUGS: &[PlantedBug] = &[
         invariants: &["tablet held twice"],
     },
     PlantedBug {
+        name: "push-past-the-lane",
+        workload: "coordinator",
+        what: "the replica pushes to a master while its last push there is still in flight",
+        invariants: &["push lane"],
+    },
+    PlantedBug {
         name: "accept-stale-term",
         workload: "coordinator",
         what: "a master applies a configuration pushed from an older term",
@@ -127,6 +133,7 @@ pub fn bug_by_name(name: &str) -> Option<PlantedBugs> {
         "no-roll-forward" => b.coordinator.no_roll_forward = true,
         "forget-clients" => b.coordinator.forget_clients = true,
         "grant-before-release" => b.coordinator.grant_before_release = true,
+        "push-past-the-lane" => b.replica.push_past_the_lane = true,
         "accept-stale-term" => b.master.accept_stale_term = true,
         _ => return None,
     }

@@ -43,7 +43,7 @@
 //! a live master, and clients' operations and lookups are linearizable in
 //! log order.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use rand::Rng;
@@ -343,6 +343,10 @@ pub(super) struct CoordWorld {
     /// When the last push on each (writer, incarnation, master) connection
     /// lands: later ones land after it.
     push_fifo: HashMap<(NodeId, u64, usize), u64>,
+    /// Pushes each replica incarnation has in flight to each master, in
+    /// each term: write id -> when sent (µs). Landed ones leave when the
+    /// replica hears so; lost ones stay (they age).
+    push_lanes: HashMap<(NodeId, u64, PeerId, u64), BTreeMap<u64, u64>>,
     /// The payloads of the invalid records injected.
     injected: HashSet<Bytes>,
     /// Where each client operation took effect, and what it did.
@@ -522,6 +526,11 @@ impl World {
                 let n = self.nodes.get_mut(&node).unwrap();
                 if n.incarnation != inc {
                     return Ok(()); // its connection died with the process
+                }
+                for ((n_id, n_inc, n_peer, _), lane) in self.cw.push_lanes.iter_mut() {
+                    if (*n_id, *n_inc, *n_peer) == (node, inc, peer) {
+                        lane.remove(&write);
+                    }
                 }
                 if let Some(r) = n.replica.as_mut() {
                     r.input(
@@ -1190,6 +1199,24 @@ impl World {
                     }
                     pushed += 1;
                     self.stats.pushes += 1;
+                    // One push in flight per master: a replica sends
+                    // another only once the last landed, or went
+                    // unacknowledged for half a retry period (lost).
+                    let term = crate::cluster::ConfigRegion::decode(&region).map_or(0, |r| r.term);
+                    let stall_us = TICK_US * (COORD_CONFIG.push_retry_ticks / 2).max(1);
+                    let now = self.now;
+                    let lane = self.cw.push_lanes.entry((id, inc, peer, term)).or_default();
+                    if let Some((&w, &at)) = lane.iter().find(|(_, &at)| now - at < stall_us) {
+                        return Err(Violation::new(
+                            "push lane",
+                            format!(
+                                "n{id} pushed to {server} (write {write}) while its write {w}, sent {} µs ago, was in flight",
+                                now - at
+                            ),
+                        ));
+                    }
+                    lane.retain(|_, &mut at| now - at < 100 * stall_us);
+                    lane.insert(write, now);
                     let slot: usize = addr[1..].parse().expect("sim master address");
                     if self.cw.blocked.contains(&(id, slot)) || self.lost() {
                         continue;
