@@ -52,8 +52,9 @@
 //!   advertisement (unknown region, out of bounds) and RDMA-WRITTEN, in
 //!   order with the messages before them; each completion becomes an
 //!   [`Event::WriteDone`] (`Landed`: in the peer's memory; `Refused`: the
-//!   peer revoked this writer). A write lost with its connection
-//!   completes with nothing: the writer retries on its own timer.
+//!   peer revoked this writer). A write in flight when its connection
+//!   closes completes as `Refused` (it may or may not have landed); the
+//!   writer retries on its own timer.
 //!
 //! On an accepted connection the loop reads the ring up to the tail each
 //! immediate names (the immediate completes after everything posted
@@ -293,7 +294,10 @@ impl RdmaTransport {
     /// Listens and connects to the configured peers. Fails with the list of
     /// devices found if there is no RDMA device.
     pub fn start(cfg: RdmaConfig) -> Result<RdmaTransport, RdmaError> {
-        let (tx, rx) = unbounded();
+        // Bounded: an owner that falls behind stops the driver, which then
+        // stops reading rings (their credit withheld, the senders wait).
+        // Dropping the transport drops the receiver, which ends a send.
+        let (tx, rx) = crossbeam::channel::bounded(READY_EVENTS_MAX);
         RdmaTransport::start_with(
             cfg,
             Box::new(move |ev| {
@@ -481,9 +485,11 @@ impl RdmaTransport {
         let was_empty = p.queue.is_empty();
         p.queue.push_back(out);
         if !inner.cfg.inline {
-            // Posted from this thread: the driver need not wake for it
-            // (the completion will wake it).
+            // Posted from this thread; the sleeping driver armed its queues
+            // for what it knew then, so wake it to arm for this post (its
+            // completion, what waits behind it, a write's `WriteDone`).
             core.pump_peer(inner, to);
+            kick(inner);
         } else if was_empty {
             // Posted at the loop's next pass (a queue that was not empty
             // is waiting for a completion, a credit or a connection, each
@@ -648,8 +654,12 @@ fn next_event(inner: &Inner, timeout: Duration) -> Option<Event> {
 fn prepare_to_sleep(inner: &Inner) -> bool {
     let mut core = lock(inner);
     core.pass(inner);
-    core.arm_all(inner);
-    core.pass(inner);
+    // A pass after arming may leave a state that needs another queue
+    // armed (a credit reaped, then a post with frames behind it): arm
+    // until nothing new needs it.
+    while core.arm_all(inner) {
+        core.pass(inner);
+    }
     inner.drain_due.store(true, Ordering::Release);
     if core.ready.is_empty() {
         false
@@ -1148,7 +1158,8 @@ impl Core {
     /// with nothing queued behind it, a credit while there is room) need
     /// not wake anyone: the next pass reaps it. On an emulated machine a
     /// wake-up costs more than the whole message.
-    fn arm_all(&mut self, inner: &Inner) {
+    fn arm_all(&mut self, inner: &Inner) -> bool {
+        let mut armed = false;
         let mut failed = Vec::new();
         for (&t, c) in &mut self.conns {
             let wanted = match &c.side {
@@ -1165,7 +1176,10 @@ impl Core {
             for (k, cq) in [Cq::Send, Cq::Recv].into_iter().enumerate() {
                 if wanted[k] && !c.armed[k] {
                     match c.rdma.arm(cq) {
-                        Ok(()) => c.armed[k] = true,
+                        Ok(()) => {
+                            c.armed[k] = true;
+                            armed = true;
+                        }
                         Err(e) => failed.push((t, e.to_string())),
                     }
                 }
@@ -1174,6 +1188,7 @@ impl Core {
         for (t, why) in failed {
             self.close(inner, t, Some(why));
         }
+        armed
     }
 
     /// Something woke the loop for connection `token`: a completion
@@ -1208,6 +1223,7 @@ impl Core {
         side: Side,
     ) -> Result<u64, RdmaError> {
         if let Err(e) = rdma.set_nonblocking() {
+            forget_revoker(inner, peer, &side);
             close_aside(rdma);
             return Err(e);
         }
@@ -1220,6 +1236,7 @@ impl Core {
                 for fd in &fds[..k] {
                     let _ = epoll::delete(&inner.epoll, fd);
                 }
+                forget_revoker(inner, peer, &side);
                 close_aside(rdma);
                 return Err(RdmaError::Call {
                     call: "epoll_ctl",
@@ -1294,6 +1311,17 @@ impl Core {
             }
         }
         close_aside(c.rdma);
+    }
+}
+
+/// Forgets an accepted connection's revoker (before its queue pair goes:
+/// a revoker must never outlive it).
+fn forget_revoker(inner: &Inner, peer: PeerId, side: &Side) {
+    if let Side::In(i) = side {
+        let mut w = inner.writers.lock().expect("lock poisoned");
+        if let Some(v) = w.get_mut(&peer) {
+            v.retain(|(r, _)| !r.same(&i.revoker));
+        }
     }
 }
 

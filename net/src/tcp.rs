@@ -421,12 +421,27 @@ impl TcpTransport {
         let events = if cfg.inline_io {
             rx
         } else {
-            let (out_tx, out_rx) = unbounded();
+            // Bounded: an owner that falls behind stops the driver, which
+            // then stops reading (TCP windows close) rather than queueing
+            // without end.
+            let (out_tx, out_rx) = crossbeam::channel::bounded(READY_EVENTS_MAX);
             let i = inner.clone();
             spawn(&inner, "net-driver", move || {
                 while !i.shutdown.load(Ordering::SeqCst) {
-                    if let Some(ev) = next_event(&i, Duration::from_millis(100)) {
-                        let _ = out_tx.send(ev);
+                    let Some(mut ev) = next_event(&i, Duration::from_millis(100)) else {
+                        continue;
+                    };
+                    loop {
+                        match out_tx.send_timeout(ev, Duration::from_millis(100)) {
+                            Ok(()) => break,
+                            Err(crossbeam::channel::SendTimeoutError::Timeout(back)) => {
+                                if i.shutdown.load(Ordering::SeqCst) {
+                                    return;
+                                }
+                                ev = back;
+                            }
+                            Err(crossbeam::channel::SendTimeoutError::Disconnected(_)) => return,
+                        }
                     }
                 }
             });

@@ -359,6 +359,10 @@ impl<T: Transport> CoordinatorNode<T> {
         match (disk_fd, self.transport.ready_fd()) {
             (Some(disk), Some(net)) => {
                 use rustix::event::{poll, PollFd, PollFlags};
+                // The spin above may have taken wake-ups (and posted) since
+                // the last flush: hand the sends over and re-arm what the
+                // transport must wake for before sleeping.
+                self.transport.flush();
                 let mut fds = [
                     PollFd::from_borrowed_fd(net, PollFlags::IN),
                     PollFd::from_borrowed_fd(disk, PollFlags::IN),

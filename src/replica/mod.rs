@@ -88,6 +88,8 @@ pub const PUSH_STALLS_SLOW: u32 = 3;
 /// One master's pushes ([`Replica::push`]).
 #[derive(Debug, Default)]
 struct PushLane {
+    /// The term of the leadership these pushes belong to.
+    term: u64,
     /// The write in flight, and when it was sent.
     in_flight: Option<(u64, Instant)>,
     /// The newest push waiting for it.
@@ -917,8 +919,13 @@ impl<S: Storage> Replica<S> {
             }
         } else if was && !established {
             // Pushes of the term that ended are no one's business now.
+            // A lane keeps its write in flight (a leader may come back in
+            // the same term, and that write may still land); what waited
+            // is dropped. Lanes start over in a new term ([`Self::push`]).
             self.pushes_in_flight.clear();
-            self.push_lanes.clear();
+            for lane in self.push_lanes.values_mut() {
+                lane.waiting = None;
+            }
             tracing::info!(
                 id = self.cfg.id,
                 term = self.raft.term(),
@@ -1047,7 +1054,19 @@ impl<S: Storage> Replica<S> {
         // sent each region once, not once per retry.
         let stall = self.cfg.tick * (self.cfg.coordinator.push_retry_ticks / 2).max(1) as u32;
         let now = self.now;
+        let term = self.coord.term();
+        if self.push_lanes.len() > 2 * self.cluster.servers().count() + 16 {
+            // Lanes of servers gone for good.
+            let cluster = &self.cluster;
+            self.push_lanes.retain(|s, _| cluster.server(*s).is_some());
+        }
         let lane = self.push_lanes.entry(to).or_default();
+        if lane.term != term {
+            *lane = PushLane {
+                term,
+                ..PushLane::default()
+            };
+        }
         if lane.slow {
             return; // until it heartbeats
         }
@@ -1066,6 +1085,7 @@ impl<S: Storage> Replica<S> {
             // this newer push; too many such in a row mark the master
             // slow (no pushes until it heartbeats).
             lane.in_flight = None;
+            lane.waiting = None; // this push is newer
             lane.stalls += 1;
             if lane.stalls >= PUSH_STALLS_SLOW {
                 lane.slow = true;
