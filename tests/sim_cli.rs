@@ -147,10 +147,20 @@ fn the_coordinator_workload_sweeps_replays_and_names_its_bugs() {
     };
     let (code, out, _) = caught("standard");
     assert_eq!(code, 0, "{out}");
+    // How many of the 4 seeds catch it depends on the seeds' schedules;
+    // that those that do catch it through atomicity alone does not.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("planted bug no-roll-forward: caught by "))
+        .unwrap_or_else(|| panic!("no verdict line: {out}"));
+    let seeds: u32 = line["planted bug no-roll-forward: caught by ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(seeds >= 1, "{out}");
     assert!(
-        out.contains(
-            "planted bug no-roll-forward: caught by 4 seeds through its invariants (atomicity)"
-        ),
+        line.contains("seeds through its invariants (atomicity); other failures: none"),
         "{out}"
     );
     // Without faults no leader changes, so nothing can catch it.
