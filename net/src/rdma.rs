@@ -895,26 +895,7 @@ impl RdmaConn {
 
     /// Sends a message (two-sided) and waits for its completion.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), RdmaError> {
-        if bytes.len() > MESSAGE_BYTES_MAX {
-            return Err(RdmaError::TooLarge {
-                what: "message",
-                len: bytes.len(),
-                max: MESSAGE_BYTES_MAX,
-            });
-        }
-        self.send_buf.copy_in(0, bytes);
-        // SAFETY: send_buf is registered and not reused before the
-        // completion is reaped below.
-        call("rdma_post_send", unsafe {
-            rdma_post_send(
-                self.id,
-                WR_SEND as *mut std::ffi::c_void,
-                self.send_buf.as_ptr().cast(),
-                bytes.len(),
-                self.send_mr,
-                0,
-            )
-        })?;
+        self.start_send(bytes)?;
         self.wait_send("send")
     }
 
