@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use ramcoord::cluster::{ServerId, ServerStatus};
+use ramcoord::cluster::{key_hash, ServerId, ServerStatus};
 use ramcoord::coordinator::Request;
 use ramcoord::ctl::CtlCommand;
 use ramcoord::local_cluster::{LocalCluster, LocalClusterConfig};
@@ -579,6 +579,104 @@ fn a_leader_whose_disk_stalls_keeps_leading_and_committing() {
         })
         .unwrap();
     assert_eq!(r.term, leader.term);
+    c.check_alive().unwrap();
+    done(c);
+}
+
+/// A master stops reading (SIGSTOP: its sockets fill, nothing is
+/// acknowledged, no heartbeats; the master timeout is set far beyond the
+/// test so it is not declared crashed) while tables are created and
+/// retried pushes keep coming. The leader marks it slow and stops pushing
+/// to it; nothing else waits for it: every operation commits in the same
+/// term, the other masters are pushed (they serve their new tablets), and
+/// no replica changes term. Once it reads again it heartbeats, the mark is
+/// lifted, and it is pushed what it missed (it serves its tablets too).
+/// Before: pushes were blocking writes from the Raft thread with a 1 s
+/// timeout each, so such a master stalled the group.
+#[test]
+fn a_master_that_stops_reading_is_marked_slow_and_stalls_nothing() {
+    let dir = std::env::temp_dir().join(format!("ramcoord-e2e-stopped-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = LocalClusterConfig::new(env!("CARGO_BIN_EXE_ramcoord").into(), dir, 3, 3);
+    cfg.coordinator_args = ["--tick-ms", "5", "--master-timeout-ms", "600000"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    cfg.master_args = vec!["--heartbeat-ms".into(), "40".into()];
+    let c = LocalCluster::start(cfg).expect("cluster starts");
+    let leader = c.wait_ready(3, LIMIT).unwrap();
+    let mut ctl = c.ctl(Duration::from_secs(10));
+    let view = ctl.view().unwrap();
+    let victim = view.servers[0].id;
+    let idx = c.master_at(&view.servers[0].addr).unwrap();
+    let pid = c.masters[idx].pid().unwrap();
+    signal(pid, rustix::process::Signal::STOP);
+
+    let leader_log = c.coordinators[leader.id as usize - 1].log.clone();
+    let slow_line = format!("server={victim}");
+    let marked = |what: &str| {
+        std::fs::read_to_string(&leader_log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(what) && l.contains(&slow_line))
+    };
+    let tables = 12;
+    let mut last_seq = 0;
+    for i in 0..tables {
+        let r = ctl
+            .operate(Request::CreateTable {
+                name: format!("t{i}"),
+                tablets: 3,
+            })
+            .unwrap();
+        assert!(matches!(r.result, OpResult::TableCreated(_)), "{r:?}");
+        assert_eq!(r.term, leader.term, "a new term while a master was stopped");
+        last_seq = r.seq;
+        // Spread the operations over several push retry periods.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.wait_for("the leader to mark the stopped master slow", LIMIT, |_| {
+        marked("master declared slow").then_some(())
+    })
+    .unwrap();
+
+    // The other masters were pushed their tablets of every new table.
+    let view = ctl.view().unwrap();
+    let mut theirs = 0;
+    let mut victims = Vec::new();
+    for t in view.tables.iter().filter(|t| t.name.starts_with('t')) {
+        for k in 0..8 {
+            let key = format!("k{k}");
+            let owner = t.tablet_for(key_hash(key.as_bytes())).unwrap().owner;
+            if owner == victim {
+                victims.push((t.name.clone(), key));
+                continue;
+            }
+            let a = ctl.put(&t.name, &key, "v").unwrap();
+            assert_eq!(a.server, owner);
+            theirs += 1;
+        }
+    }
+    assert!(theirs > 0 && !victims.is_empty(), "{theirs} {victims:?}");
+    for s in c.statuses() {
+        assert_eq!(s.term, leader.term, "replica {} changed term", s.id);
+    }
+    let now = c.active().expect("an active coordinator");
+    assert_eq!((now.id, now.term), (leader.id, leader.term));
+
+    // It reads again: heartbeats lift the mark, and it is pushed the
+    // tablets it missed.
+    signal(pid, rustix::process::Signal::CONT);
+    c.wait_for("the slow master to be pushed again", LIMIT, |_| {
+        marked("slow master heartbeated").then_some(())
+    })
+    .unwrap();
+    ctl.wait_complete(last_seq).unwrap();
+    for (table, key) in &victims {
+        let a = ctl.put(table, key, "v").unwrap();
+        assert_eq!(a.server, victim);
+    }
+    let mut c = c;
     c.check_alive().unwrap();
     done(c);
 }

@@ -103,6 +103,29 @@ fn wait_active(lines: &mpsc::Receiver<(u64, String)>, after_term: u64) -> (u64, 
     panic!("no replica became the active coordinator after term {after_term}");
 }
 
+/// The io_uring instances process `pid` holds (one ring may have two
+/// descriptors: told apart by inode).
+fn io_urings(pid: u32) -> usize {
+    let mut inodes = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let is_ring = std::fs::read_link(entry.path())
+            .is_ok_and(|t| t.to_string_lossy() == "anon_inode:[io_uring]");
+        if !is_ring {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        if let Some(ino) = info.lines().find_map(|l| l.strip_prefix("ino:")) {
+            inodes.insert(ino.trim().to_string());
+        }
+    }
+    inodes.len()
+}
+
 #[test]
 fn the_coordinator_survives_kill_9_of_its_leader() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -119,6 +142,16 @@ fn the_coordinator_survives_kill_9_of_its_leader() {
         .map(|i| start(i, &peers, ports[i as usize - 1], &dir, &tx))
         .collect();
     let (first, term) = wait_active(&rx, 0);
+    // Each replica's thread has one io_uring for its sockets and its log's
+    // flushes; the accept thread has the only other.
+    for r in &replicas {
+        assert_eq!(
+            io_urings(r.child.id()),
+            2,
+            "replica {}: rings besides the sockets' ring and the accept ring",
+            r.id
+        );
+    }
     // `ctl status` sees the same: one active leader in that term (or later).
     let addrs = ports
         .iter()

@@ -177,6 +177,11 @@ impl Transport for HybridTransport {
         }
     }
 
+    /// The TCP side's ring (the owner runs it: every coordinator).
+    fn disk_ring(&self) -> Option<crate::tcp::RingDisk> {
+        self.tcp.disk_ring()
+    }
+
     fn flush(&self) {
         self.tcp.flush();
         if self.ready.is_some() {
@@ -203,7 +208,9 @@ impl Transport for HybridTransport {
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            // A flush of the owner's log on the TCP side's ring finished
+            // (`disk_ring`): the owner looks now.
+            if left.is_zero() || self.tcp.take_disk_woke() {
                 return None;
             }
             self.flush();

@@ -140,6 +140,14 @@ pub trait Transport: Send {
             self.events().recv_timeout(timeout).ok()
         }
     }
+    /// Where the owner's log may flush: this transport's own io_uring
+    /// (TCP on io_uring, run by the owner's thread), so that its durable
+    /// writes leave with the sends in one submission and their
+    /// completions end [`Transport::next_event`]'s wait (it returns `None`
+    /// early) as a message would. `None`: the log keeps a ring of its own.
+    fn disk_ring(&self) -> Option<tcp::RingDisk> {
+        None
+    }
 }
 
 /// A node's registered regions, shared with its transport's I/O path.

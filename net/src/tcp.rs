@@ -71,6 +71,8 @@ use crossbeam::channel::{unbounded, Receiver, Sender};
 mod accept;
 mod uring;
 
+pub use uring::DurableWrite;
+
 use crate::admission::{Admission, Limits, Ticket};
 use crate::frame::{Frame, FrameDecoder, FrameError};
 use crate::link::{Link, SendError};
@@ -655,6 +657,14 @@ impl Transport for TcpTransport {
             })
     }
 
+    fn disk_ring(&self) -> Option<RingDisk> {
+        (self.inner.cfg.inline_io && matches!(self.inner.event_loop.io, LoopIo::Uring(_))).then(
+            || RingDisk {
+                inner: self.inner.clone(),
+            },
+        )
+    }
+
     fn next_event(&self, timeout: Duration) -> Option<Event> {
         if self.inner.cfg.inline_io {
             return next_event(&self.inner, timeout);
@@ -663,6 +673,59 @@ impl Transport for TcpTransport {
             self.events.try_recv().ok()
         } else {
             self.events.recv_timeout(timeout).ok()
+        }
+    }
+}
+
+/// The owner's log's flushes on the transport's ring
+/// ([`Transport::disk_ring`]; the ring's module docs say how).
+#[derive(Clone)]
+pub struct RingDisk {
+    inner: Arc<Inner>,
+}
+
+impl RingDisk {
+    fn ring(&self) -> std::io::Result<&uring::Uring> {
+        match &self.inner.event_loop.io {
+            LoopIo::Uring(u) => Ok(u),
+            LoopIo::Epoll(_) => Err(std::io::Error::other("the transport runs on epoll")),
+        }
+    }
+
+    /// Queues one flush's durable writes (one per file); the owner's next
+    /// submission carries them with its sends. The files must stay open
+    /// until [`RingDisk::reap`] reports the flush finished.
+    pub fn submit(&self, writes: Vec<DurableWrite>) -> std::io::Result<()> {
+        self.ring()?.disk_submit(writes)
+    }
+
+    /// `Ok(true)` once no flush is in flight (the last one finished
+    /// durably), `Ok(false)` while one is, blocking until it finishes if
+    /// `wait` (from the owner's thread); the first write error once a
+    /// flush with a failed write has finished.
+    pub fn reap(&self, wait: bool) -> std::io::Result<bool> {
+        self.ring()?.disk_reap(wait)
+    }
+
+    /// Whether a flush is in flight.
+    pub fn busy(&self) -> bool {
+        self.ring().is_ok_and(|r| r.disk_busy())
+    }
+
+    /// Whether the flush in flight has finished (not yet reaped).
+    pub fn finished(&self) -> bool {
+        self.ring().is_ok_and(|r| r.disk_finished())
+    }
+}
+
+impl TcpTransport {
+    /// Whether a flush on the ring finished since this was last asked
+    /// (an owner that waits on its own, as the hybrid transport does,
+    /// ends its wait for it).
+    pub fn take_disk_woke(&self) -> bool {
+        match &self.inner.event_loop.io {
+            LoopIo::Uring(u) => u.take_disk_woke(),
+            LoopIo::Epoll(_) => false,
         }
     }
 }
@@ -697,6 +760,12 @@ fn next_event(inner: &Arc<Inner>, timeout: Duration) -> Option<Event> {
             LoopIo::Uring(u) => {
                 u.poll(inner, lp, left);
                 close_idle_clients(inner, lp);
+                // A flush of the owner's log finished: it looks now. (A
+                // zero-timeout call leaves the mark for a wait to come.)
+                if !left.is_zero() && u.take_disk_woke() {
+                    let ready = lp.ready.lock().expect("lock poisoned").pop_front();
+                    return ready.or_else(|| inner.sink.try_recv().ok());
+                }
             }
         }
         if left.is_zero() {

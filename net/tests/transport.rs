@@ -626,3 +626,111 @@ fn a_stalled_peer_is_declared_slow(io_uring: bool) {
     assert_eq!(wait_message(&b), (1, Bytes::from_static(b"still there?")));
     drop(s);
 }
+
+/// The owner's log may flush through the sockets' ring
+/// (`Transport::disk_ring`): the writes land in the file; a flush's
+/// completion ends the owner's wait for events as a message would (no
+/// message comes, the wait is 60 s); socket completions met while the log
+/// waits for its flush are kept for the owner (the messages still
+/// arrive, in order); a failed write is reported; one flush at a time.
+/// Only an owner-run ring offers this.
+#[test]
+fn the_owners_log_flushes_through_the_sockets_ring() {
+    use ramcoord_net::tcp::DurableWrite;
+    use std::os::fd::AsRawFd;
+    const ME: u64 = ramcoord_net::tls::CLIENT_BIT | 2;
+    let mut cfg = TcpConfig::new(1, 8, loopback());
+    cfg.inline_io = true;
+    cfg.io_uring = true;
+    let server = TcpTransport::start(cfg).unwrap();
+    let disk = server
+        .disk_ring()
+        .expect("an owner-run ring takes the log's flushes");
+    let client = TcpTransport::start(TcpConfig::new(ME, 8, loopback())).unwrap();
+    client.add_peer(1, server.local_addr());
+    client.send(1, Bytes::from_static(b"hello"));
+    assert!(matches!(
+        server.next_event(WAIT),
+        Some(Event::Message { .. })
+    ));
+
+    let dir = std::env::temp_dir().join(format!("ramcoord-ringdisk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("segment");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let mut expect = vec![0u8; 8 << 10];
+    for round in 0..10u8 {
+        let at = round as usize * 700;
+        let bytes = vec![round + 1; 600];
+        expect[at..at + 600].copy_from_slice(&bytes);
+        disk.submit(vec![DurableWrite {
+            fd: file.as_raw_fd(),
+            offset: at as u64,
+            bytes,
+        }])
+        .unwrap();
+        assert!(disk.busy());
+        let second = disk.submit(vec![]);
+        assert!(second.is_err(), "a second flush while one is in flight");
+        if round % 2 == 0 {
+            // The owner waits for events; the flush's completion ends it.
+            let asleep = Instant::now();
+            assert!(server.next_event(Duration::from_secs(60)).is_none());
+            assert!(
+                asleep.elapsed() < Duration::from_secs(30),
+                "round {round}: the wait slept {:?}: a finished flush did not end it",
+                asleep.elapsed()
+            );
+            assert!(disk.finished());
+            assert!(disk.reap(false).unwrap());
+        } else {
+            // The log waits for the flush itself, while messages arrive:
+            // they are kept for the owner's next turn.
+            for i in 0..3u8 {
+                client.send(1, Bytes::from(vec![round, i]));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(disk.reap(true).unwrap());
+            for i in 0..3u8 {
+                match server.next_event(WAIT) {
+                    Some(Event::Message { from, payload }) => {
+                        assert_eq!((from, &payload[..]), (ME, &[round, i][..]))
+                    }
+                    other => panic!("round {round}: expected message {i}, got {other:?}"),
+                }
+            }
+        }
+        assert!(!disk.busy());
+    }
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::open(&path).unwrap(), &mut got).unwrap();
+    assert_eq!(&got[..], &expect[..10 * 700 - 100]);
+
+    // A write the kernel refuses (a descriptor opened read-only) fails the
+    // flush, once it has finished.
+    let read_only = std::fs::File::open(&path).unwrap();
+    disk.submit(vec![DurableWrite {
+        fd: read_only.as_raw_fd(),
+        offset: 0,
+        bytes: vec![9; 16],
+    }])
+    .unwrap();
+    assert!(disk.reap(true).is_err());
+    assert!(!disk.busy());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Rings the owner does not run, and epoll, offer none.
+    let threaded = TcpTransport::start(TcpConfig::new(3, 8, loopback())).unwrap();
+    assert!(threaded.disk_ring().is_none());
+    let mut cfg = TcpConfig::new(4, 8, loopback());
+    cfg.inline_io = true;
+    cfg.io_uring = false;
+    let epoll = TcpTransport::start(cfg).unwrap();
+    assert!(epoll.disk_ring().is_none());
+}

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ramcoord_log::disk::{DiskStorage, Durability, OpenError};
+use ramcoord_log::disk::{DiskStorage, Durability, FlushRing, OpenError, SegmentWrite};
 use ramcoord_log::{ConfState, Config, NodeId, RawNode, Role, Storage, StorageError};
 use ramcoord_net::{Event, Transport};
 
@@ -205,6 +205,14 @@ impl<T: Transport> CoordinatorNode<T> {
             s
         };
         storage.set_durability(cfg.durability)?;
+        // One ring for the sockets and the disk where the transport has
+        // one this thread runs: a flush's durable writes leave with the
+        // ready's sends in one submission, and the loop waits on one ring.
+        if let Some(ring) = transport.disk_ring() {
+            if storage.flush_on(Box::new(LoopFlush(ring)))? {
+                tracing::info!("the log flushes through the sockets' io_uring");
+            }
+        }
         let mut rcfg = Config::new(cfg.id);
         rcfg.election_timeout_ticks = cfg.election_ticks;
         rcfg.heartbeat_interval_ticks = cfg.heartbeat_ticks;
@@ -322,10 +330,12 @@ impl<T: Transport> CoordinatorNode<T> {
         });
     }
 
-    /// Waits up to `timeout` for the network or the disk. With a flush in
-    /// flight and a transport that can be waited on by descriptor, both
-    /// are waited on in one `poll`: the replica keeps receiving, ticking
-    /// and sending (heartbeats among them) while its disk is slow. Adaptive
+    /// Waits up to `timeout` for the network or the disk, never for the
+    /// disk alone: the replica keeps receiving, ticking and sending
+    /// (heartbeats among them) while its disk is slow. With the log on the
+    /// transport's ring (`flush_on`) one wait covers both (a finished flush
+    /// ends it); with a log ring of its own (epoll) both descriptors are
+    /// waited on in one `poll`. Adaptive
     /// spin: right after activity (an answer is likely on its way) it
     /// looks for up to `spin` before blocking, because being woken from a
     /// blocked wait costs a cross-core wake-up (tens of µs on a small VM);
@@ -390,14 +400,7 @@ impl<T: Transport> CoordinatorNode<T> {
     /// Whether the disk finished something since last looked at (without
     /// collecting it).
     fn disk_completed(&self) -> bool {
-        let s = self.replica.storage();
-        s.flush_in_flight() && s.flush_held_until().is_none() && {
-            use rustix::event::{poll, PollFd, PollFlags};
-            s.completion_fd().is_some_and(|fd| {
-                let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
-                poll(&mut fds, Some(&rustix::event::Timespec::default())).unwrap_or(0) > 0
-            })
-        }
+        self.replica.storage().flush_finished()
     }
 
     /// Collects finished flushes and tells the replica which persist jobs
@@ -505,5 +508,40 @@ impl<T: Transport> CoordinatorNode<T> {
         // Everything this ready sent leaves now, in one submission.
         self.transport.flush();
         Ok(())
+    }
+}
+
+/// The log's flushes on the transport's ring ([`Transport::disk_ring`]):
+/// the log's segment writes handed over as the ring's durable writes.
+struct LoopFlush(ramcoord_net::tcp::RingDisk);
+
+impl FlushRing for LoopFlush {
+    fn submit(&mut self, writes: Vec<SegmentWrite>) -> std::io::Result<()> {
+        self.0.submit(
+            writes
+                .into_iter()
+                .map(|w| ramcoord_net::tcp::DurableWrite {
+                    fd: w.fd,
+                    offset: w.offset,
+                    bytes: w.bytes,
+                })
+                .collect(),
+        )
+    }
+
+    fn reap(&mut self, wait: bool) -> std::io::Result<bool> {
+        self.0.reap(wait)
+    }
+
+    fn busy(&self) -> bool {
+        self.0.busy()
+    }
+
+    fn finished(&self) -> bool {
+        self.0.finished()
+    }
+
+    fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
     }
 }

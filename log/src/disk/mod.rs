@@ -28,4 +28,6 @@ pub mod record;
 pub mod segment_log;
 mod uring;
 
+pub use uring::{FlushRing, SegmentWrite};
+
 pub use segment_log::{BackendChoice, DiskStorage, Durability, OpenError, Recovery};

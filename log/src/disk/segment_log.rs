@@ -61,7 +61,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::hard_state::{HardStateError, HardStateFile};
 use super::record::{self, Tail};
-use super::uring::{Ring, SegmentWrite};
+use super::uring::{FlushRing, Ring, SegmentWrite};
 use crate::storage::{MemStorage, Storage, StorageError};
 use crate::types::*;
 
@@ -160,7 +160,8 @@ pub enum BackendChoice {
 
 enum Backend {
     Std,
-    Uring(Box<Ring>),
+    /// The log's own ring, or the event loop's ([`DiskStorage::flush_on`]).
+    Uring(Box<dyn FlushRing>),
 }
 
 /// When an appended record counts as durable.
@@ -940,6 +941,27 @@ impl DiskStorage {
         matches!(&self.backend, Backend::Uring(ring) if ring.busy())
     }
 
+    /// Whether the flush in flight has finished, its completions waiting
+    /// for [`DiskStorage::flush_poll`] (never while the slow-disk fault
+    /// hook holds it).
+    pub fn flush_finished(&self) -> bool {
+        self.flush_held_until().is_none()
+            && matches!(&self.backend, Backend::Uring(ring) if ring.finished())
+    }
+
+    /// Moves the flushes to `ring` (an event loop's: the sockets' ring of
+    /// the replica's thread), after the flush in flight on the log's own
+    /// ring, if any, has finished. Returns false, keeping things as they
+    /// are, on the `std` backend (io_uring was refused or not chosen).
+    pub fn flush_on(&mut self, ring: Box<dyn FlushRing>) -> Result<bool, StorageError> {
+        if !matches!(self.backend, Backend::Uring(_)) {
+            return Ok(false);
+        }
+        self.wait_in_flight()?;
+        self.backend = Backend::Uring(ring);
+        Ok(true)
+    }
+
     /// With the slow-disk fault hook on: the flush in flight is not
     /// reported finished before this (an event loop wakes then, and does
     /// not wait on [`DiskStorage::completion_fd`] meanwhile: the kernel's
@@ -950,10 +972,12 @@ impl DiskStorage {
 
     /// The io_uring descriptor whose readability means a flush's
     /// completion arrived ([`DiskStorage::flush_poll`] collects it);
-    /// `None` on the `std` backend, whose flushes finish in the call.
+    /// `None` on the `std` backend, whose flushes finish in the call, and
+    /// on an event loop's ring ([`DiskStorage::flush_on`]), whose waits end
+    /// by themselves when a flush finishes.
     pub fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         match &self.backend {
-            Backend::Uring(ring) => Some(ring.fd()),
+            Backend::Uring(ring) => ring.completion_fd(),
             Backend::Std => None,
         }
     }
@@ -1370,12 +1394,13 @@ impl Storage for DiskStorage {
             // delay, if on, is waited there).
             return self.flush_start();
         }
-        super::fault::before_sync(); // a chaos test's slow disk, if switched on
-                                     // The caller waits anyway: write and fdatasync in this thread, on
-                                     // either backend. Handing the write to an io_uring worker and
-                                     // waiting for it costs a cross-thread hop per sync (measured ~20 µs
-                                     // here); the ring pays off when the caller has other work
-                                     // (`flush_start`).
+        // A chaos test's slow disk, if switched on.
+        super::fault::before_sync();
+        // The caller waits anyway: write and fdatasync in this thread, on
+        // either backend. Handing the write to an io_uring worker and
+        // waiting for it costs a cross-thread hop per sync (measured ~20 µs
+        // here); the ring pays off when the caller has other work
+        // (`flush_start`).
         self.write_out_pending()?; // waits for a flush in flight first
         self.sync_dirty_segments()
     }

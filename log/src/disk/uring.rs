@@ -19,10 +19,64 @@ const RING_ENTRIES: u32 = 64;
 const RWF_DSYNC: i32 = 0x2;
 
 /// One segment's share of a flush: its file, where the bytes go, the bytes.
-pub(crate) struct SegmentWrite {
+pub struct SegmentWrite {
+    /// The segment's file (open until the flush is reaped).
     pub fd: RawFd,
+    /// Where in it.
     pub offset: u64,
+    /// What goes there.
     pub bytes: Vec<u8>,
+}
+
+/// Where the log's flushes go: the log's own [`Ring`], or the ring of the
+/// event loop the replica runs on (its sockets' ring: the durable writes
+/// leave with the sends in one submission, and their completions wake the
+/// loop as messages do). Either holds each flush's buffers until its
+/// completions, and has at most one flush in flight.
+pub trait FlushRing: Send {
+    /// Queues one durable write (`RWF_DSYNC`) per segment and returns
+    /// without waiting. The caller keeps every `fd` open until
+    /// [`FlushRing::reap`] has reported the flush finished.
+    fn submit(&mut self, writes: Vec<SegmentWrite>) -> io::Result<()>;
+    /// `Ok(true)` once no flush is in flight (the last finished durably),
+    /// `Ok(false)` while one is (blocking until it finishes if `wait`); the
+    /// first error once a flush with a failed write has finished.
+    fn reap(&mut self, wait: bool) -> io::Result<bool>;
+    /// Whether a flush is in flight.
+    fn busy(&self) -> bool;
+    /// Whether the flush in flight has finished (its completions wait to
+    /// be reaped).
+    fn finished(&self) -> bool;
+    /// A descriptor that becomes readable when the flush in flight
+    /// finishes, for an event loop to wait on beside its sockets; `None`
+    /// for a loop's own ring (its wait ends by itself).
+    fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>>;
+}
+
+impl FlushRing for Ring {
+    fn submit(&mut self, writes: Vec<SegmentWrite>) -> io::Result<()> {
+        Ring::submit(self, writes)
+    }
+
+    fn reap(&mut self, wait: bool) -> io::Result<bool> {
+        Ring::reap(self, wait)
+    }
+
+    fn busy(&self) -> bool {
+        Ring::busy(self)
+    }
+
+    fn finished(&self) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags};
+        self.busy() && {
+            let mut fds = [PollFd::from_borrowed_fd(self.fd(), PollFlags::IN)];
+            poll(&mut fds, Some(&rustix::event::Timespec::default())).unwrap_or(0) > 0
+        }
+    }
+
+    fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(self.fd())
+    }
 }
 
 /// An io_uring instance owned by one `DiskStorage`, with at most one flush

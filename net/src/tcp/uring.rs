@@ -50,12 +50,23 @@
 //! the kernel may still use.
 //!
 //! The owner may instead wait on the ring's descriptor ([`Uring::fd`],
-//! readable while completions wait) beside other descriptors, as the
-//! coordinator's driver does with its disk.
+//! readable while completions wait) beside other descriptors.
+//!
+//! # The owner's disk on the same ring
+//!
+//! The owner's log may flush through this ring ([`RingDisk`]): a flush is
+//! one `RWF_DSYNC` write per segment, queued on the ring and submitted
+//! with the next submission, beside the ready's sends (one system call
+//! for both), and its completions arrive among the sockets' (kind
+//! `KIND_DISK`). A completed durable write ends the owner's wait, as a
+//! message would. The ring holds the writes' buffers until their
+//! completions; one flush is in flight at a time. When the log waits for a
+//! flush itself (it cuts a segment, it closes), it waits on the ring and
+//! sets aside the sockets' completions it meets for the owner's next turn.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,6 +111,10 @@ const KIND_WAKE: u64 = 1;
 const KIND_RECV: u64 = 2;
 const KIND_SEND: u64 = 3;
 const KIND_CANCEL: u64 = 4;
+const KIND_DISK: u64 = 5;
+/// `RWF_DSYNC` from linux/fs.h: the write completes once its data is
+/// durable.
+const RWF_DSYNC: i32 = 0x2;
 const TOKEN_MASK: u64 = (1 << KIND_SHIFT) - 1;
 
 /// The owner's ring (see the module docs).
@@ -108,6 +123,9 @@ pub(super) struct Uring {
     kick: Arc<Kick>,
     /// A second descriptor for the ring, for waiting on it from outside.
     fd: OwnedFd,
+    /// A durable write ([`RingDisk`]) completed since the owner's wait last
+    /// ended for one: its next wait ends at once.
+    disk_woke: AtomicBool,
 }
 
 /// What other threads hand the owner.
@@ -167,6 +185,56 @@ struct Core {
     /// Where receives land: [`POOL_OTHER`], and [`POOL_REPLICA`] on the
     /// owner's ring.
     pools: Vec<BufPool>,
+    /// The owner's log's flush in flight ([`RingDisk`]).
+    disk: DiskFlight,
+    /// Completions taken off the ring by a log waiting for its flush
+    /// ([`Uring::disk_reap`]), for the owner's next turn.
+    deferred: Vec<(u64, i32, u32)>,
+}
+
+/// One durable write the ring carries for the owner's log: `bytes` at
+/// `offset` of the open file `fd`, complete once on the disk.
+pub struct DurableWrite {
+    /// The file (kept open by the log until the flush is reaped).
+    pub fd: std::os::fd::RawFd,
+    /// Where in it.
+    pub offset: u64,
+    /// What to write.
+    pub bytes: Vec<u8>,
+}
+
+/// The flush in flight on the ring: its writes' buffers (the kernel reads
+/// them until each completes) and how it is going.
+#[derive(Default)]
+struct DiskFlight {
+    writes: Vec<DurableWrite>,
+    /// Completions still expected.
+    outstanding: usize,
+    /// The first failure among those seen.
+    failure: Option<std::io::Error>,
+}
+
+impl DiskFlight {
+    /// One write's completion.
+    fn complete(&mut self, index: usize, res: i32) {
+        let Some(w) = self.writes.get(index) else {
+            return;
+        };
+        let err = if res < 0 {
+            Some(std::io::Error::from_raw_os_error(-res))
+        } else if res as usize != w.bytes.len() {
+            Some(std::io::Error::other(format!(
+                "short write: {res} of {} bytes",
+                w.bytes.len()
+            )))
+        } else {
+            None
+        };
+        if self.failure.is_none() {
+            self.failure = err;
+        }
+        self.outstanding = self.outstanding.saturating_sub(1);
+    }
 }
 
 /// One connection's operations in flight.
@@ -260,6 +328,8 @@ impl Uring {
                 wake_broken: false,
                 done: Vec::new(),
                 pools,
+                disk: DiskFlight::default(),
+                deferred: Vec::new(),
             }),
             kick: Arc::new(Kick {
                 dirty: Mutex::new(Vec::new()),
@@ -269,6 +339,7 @@ impl Uring {
                 owner: AtomicU64::new(0),
             }),
             fd,
+            disk_woke: AtomicBool::new(false),
         })
     }
 
@@ -333,7 +404,7 @@ impl Uring {
         {
             let mut core = self.core.lock().expect("lock poisoned");
             self.stage(inner, lp, &mut core);
-            let waiting = !core.ring.completion().is_empty();
+            let waiting = !core.ring.completion().is_empty() || !core.deferred.is_empty();
             let r = if timeout.is_zero() || waiting {
                 submit(&mut core.ring);
                 Ok(0)
@@ -354,6 +425,7 @@ impl Uring {
             for _ in 0..PASSES_MAX {
                 let core = &mut *core;
                 core.done.clear();
+                core.done.append(&mut core.deferred);
                 core.done.extend(
                     core.ring
                         .completion()
@@ -468,6 +540,119 @@ impl Uring {
             }
         }
         let _ = inner;
+    }
+
+    /// Queues a flush's durable writes on the ring (see the module docs);
+    /// the owner's next submission carries them. One flush at a time.
+    pub(super) fn disk_submit(&self, writes: Vec<DurableWrite>) -> std::io::Result<()> {
+        let mut core = self.core.lock().expect("lock poisoned");
+        let core = &mut *core;
+        if !core.disk.writes.is_empty() {
+            return Err(std::io::Error::other("a flush is already in flight"));
+        }
+        let mut entries = Vec::with_capacity(writes.len());
+        for (i, w) in writes.iter().enumerate() {
+            let len = u32::try_from(w.bytes.len())
+                .map_err(|_| std::io::Error::other("write larger than 4 GiB"))?;
+            entries.push(
+                opcode::Write::new(types::Fd(w.fd), w.bytes.as_ptr(), len)
+                    .offset(w.offset)
+                    .rw_flags(RWF_DSYNC)
+                    .build()
+                    .user_data((KIND_DISK << KIND_SHIFT) | i as u64),
+            );
+        }
+        // The buffers move into the ring's keeping before any entry can
+        // reach the kernel (a full queue submits inside `push`); moving
+        // the outer vector leaves each buffer's heap memory where it is.
+        core.disk = DiskFlight {
+            writes,
+            outstanding: 0,
+            failure: None,
+        };
+        for entry in &entries {
+            // SAFETY: the entry reads a buffer now held in `core.disk`,
+            // which is replaced only by a later flush, once this one has no
+            // completion outstanding (checked above), or leaked by `Drop`
+            // if one never comes.
+            if unsafe { push(&mut core.ring, entry) } {
+                core.disk.outstanding += 1;
+            } else {
+                // Those already queued complete; the flush fails when they
+                // have.
+                core.disk.failure = Some(std::io::Error::other(
+                    "io_uring submission queue full: durable write not queued",
+                ));
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects the flush's completions, waiting for the rest if `wait`
+    /// (on the owner's thread: the sockets' completions met meanwhile are
+    /// set aside for its next turn). `Ok(true)` once no flush is in flight
+    /// (the one that was finished durably); the first error once a flush
+    /// with a failed write has finished.
+    pub(super) fn disk_reap(&self, wait: bool) -> std::io::Result<bool> {
+        let mut core = self.core.lock().expect("lock poisoned");
+        let core = &mut *core;
+        loop {
+            if core.disk.writes.is_empty() {
+                return Ok(true);
+            }
+            if core.disk.outstanding == 0 {
+                core.disk.writes.clear();
+                return match core.disk.failure.take() {
+                    Some(e) => Err(e),
+                    None => Ok(true),
+                };
+            }
+            if !wait {
+                return Ok(false);
+            }
+            match core.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            let Core {
+                ring,
+                disk,
+                deferred,
+                ..
+            } = core;
+            for c in ring.completion() {
+                if c.user_data() >> KIND_SHIFT == KIND_DISK {
+                    disk.complete((c.user_data() & TOKEN_MASK) as usize, c.result());
+                } else {
+                    deferred.push((c.user_data(), c.result(), c.flags()));
+                }
+            }
+        }
+    }
+
+    /// Whether a flush is in flight.
+    pub(super) fn disk_busy(&self) -> bool {
+        !self
+            .core
+            .lock()
+            .expect("lock poisoned")
+            .disk
+            .writes
+            .is_empty()
+    }
+
+    /// Whether the flush in flight has every completion (not yet reaped).
+    pub(super) fn disk_finished(&self) -> bool {
+        let core = self.core.lock().expect("lock poisoned");
+        !core.disk.writes.is_empty() && core.disk.outstanding == 0
+    }
+
+    /// Whether a flush finished since this was last asked (the owner's
+    /// wait ends for it, as for a message).
+    pub(super) fn take_disk_woke(&self) -> bool {
+        self.disk_woke.swap(false, Ordering::Relaxed)
     }
 
     /// Handles one completion.
@@ -614,6 +799,12 @@ impl Uring {
                 }
             }
             KIND_CANCEL => {}
+            KIND_DISK => {
+                core.disk.complete(token, res);
+                if core.disk.outstanding == 0 {
+                    self.disk_woke.store(true, Ordering::Relaxed);
+                }
+            }
             KIND_SEND => {
                 let Some(ops) = core.ops.get_mut(&token) else {
                     return;
@@ -793,10 +984,13 @@ impl Drop for Uring {
         for ops in core.ops.values() {
             ops.link.shutdown();
         }
-        // Shut-down sockets complete their receives and sends promptly;
-        // wait for them (bounded) before the buffers go.
+        // Shut-down sockets complete their receives and sends promptly,
+        // and a durable write in a while; wait for them (bounded) before
+        // the buffers go.
         let deadline = Instant::now() + Duration::from_secs(1);
-        while core.ops.values().any(|o| !o.idle()) && Instant::now() < deadline {
+        while (core.ops.values().any(|o| !o.idle()) || core.disk.outstanding > 0)
+            && Instant::now() < deadline
+        {
             let ts = types::Timespec::from(Duration::from_millis(10));
             let args = types::SubmitArgs::new().timespec(&ts);
             let _ = core.ring.submitter().submit_with_args(1, &args);
@@ -812,6 +1006,10 @@ impl Drop for Uring {
                 })
                 .collect();
             for (kind, token, flags) in done {
+                if kind == KIND_DISK {
+                    core.disk.outstanding = core.disk.outstanding.saturating_sub(1);
+                    continue;
+                }
                 if let Some(ops) = core.ops.get_mut(&(token as usize)) {
                     match kind {
                         KIND_RECV if !io_uring::cqueue::more(flags) => ops.recv_armed = false,
@@ -820,6 +1018,10 @@ impl Drop for Uring {
                     }
                 }
             }
+        }
+        if core.disk.outstanding > 0 {
+            // The kernel may still read these.
+            std::mem::forget(std::mem::take(&mut core.disk.writes));
         }
         let stuck: Vec<usize> = core
             .ops
