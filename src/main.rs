@@ -599,7 +599,7 @@ enum RoleArg {
 struct Peers(Vec<(u64, std::net::SocketAddr, String)>);
 
 /// HOST:PORT, host names resolved ([`ramcoord::addr::resolve`]).
-fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+fn parse_addr(s: &str) -> Result<std::net::SocketAddr, ramcoord::addr::AddrError> {
     ramcoord::addr::resolve(s)
 }
 

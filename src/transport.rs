@@ -24,17 +24,28 @@ pub enum TransportKind {
 /// Whether this binary was built with RDMA support.
 pub const RDMA_BUILT: bool = cfg!(feature = "rdma");
 
+/// Why `--transport rdma` cannot run here.
+#[derive(Debug, thiserror::Error)]
+pub enum RdmaUnavailable {
+    /// Built without the `rdma` feature.
+    #[error("--transport rdma: this binary was built without RDMA support; rebuild with `cargo build --release --features rdma` (needs libibverbs-dev, librdmacm-dev, libclang)")]
+    NotBuilt,
+    /// No usable device (the message names the devices found).
+    #[cfg(feature = "rdma")]
+    #[error(transparent)]
+    NoDevice(#[from] ramcoord_net::rdma::RdmaError),
+}
+
 /// Fails unless `--transport rdma` can run here: built with the feature,
 /// and a device present (the error names the devices found).
-pub fn check_rdma() -> Result<(), String> {
+pub fn check_rdma() -> Result<(), RdmaUnavailable> {
     #[cfg(feature = "rdma")]
     {
-        ramcoord_net::rdma::require_device()
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        ramcoord_net::rdma::require_device()?;
+        Ok(())
     }
     #[cfg(not(feature = "rdma"))]
     {
-        Err("--transport rdma: this binary was built without RDMA support; rebuild with `cargo build --release --features rdma` (needs libibverbs-dev, librdmacm-dev, libclang)".into())
+        Err(RdmaUnavailable::NotBuilt)
     }
 }

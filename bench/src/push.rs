@@ -31,8 +31,9 @@ impl Region for TimedRegion {
         1 << 20
     }
 
-    fn write(&self, _offset: u64, bytes: &[u8]) -> Result<(), String> {
-        let r = ConfigRegion::decode(bytes).map_err(|e| e.to_string())?;
+    fn write(&self, _offset: u64, bytes: &[u8]) -> Result<(), ramcoord_net::WriteRefused> {
+        let r =
+            ConfigRegion::decode(bytes).map_err(|e| ramcoord_net::WriteRefused(e.to_string()))?;
         let mut l = self.landed.lock().unwrap();
         if r.version > l.0 {
             *l = (r.version, Some(Instant::now()));

@@ -67,8 +67,14 @@ pub trait Region: Send + Sync {
     }
     /// Puts `bytes` at `offset` (within bounds: the transport checked), or
     /// refuses with a reason (a fence). Runs on the transport's I/O path.
-    fn write(&self, offset: u64, bytes: &[u8]) -> Result<(), String>;
+    fn write(&self, offset: u64, bytes: &[u8]) -> Result<(), WriteRefused>;
 }
+
+/// A region's refusal of a write (its fence said no), with the reason the
+/// writer gets back in [`WriteStatus::Refused`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct WriteRefused(pub String);
 
 /// What a transport delivers to its owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,7 +160,7 @@ pub trait Transport: Send {
 pub(crate) type RegionMap = std::sync::RwLock<std::collections::HashMap<RegionId, Arc<dyn Region>>>;
 
 /// Decides whether a write (offset, bytes) may land in a [`BufferRegion`].
-pub type Fence = Box<dyn Fn(u64, &[u8]) -> Result<(), String> + Send + Sync>;
+pub type Fence = Box<dyn Fn(u64, &[u8]) -> Result<(), WriteRefused> + Send + Sync>;
 
 /// Applies a write to a registered region: the bounds check and the
 /// region's own verdict. Shared by every transport's receiving side.
@@ -178,7 +184,7 @@ pub(crate) fn apply_write(
     }
     match r.write(offset, bytes) {
         Ok(()) => WriteStatus::Landed,
-        Err(why) => WriteStatus::Refused(why),
+        Err(WriteRefused(why)) => WriteStatus::Refused(why),
     }
 }
 
@@ -198,7 +204,7 @@ impl BufferRegion {
     /// `len` zero bytes; `fence(offset, bytes)` may refuse a write.
     pub fn with_fence(
         len: usize,
-        fence: impl Fn(u64, &[u8]) -> Result<(), String> + Send + Sync + 'static,
+        fence: impl Fn(u64, &[u8]) -> Result<(), WriteRefused> + Send + Sync + 'static,
     ) -> BufferRegion {
         BufferRegion {
             data: std::sync::Mutex::new(vec![0; len]),
@@ -217,7 +223,7 @@ impl Region for BufferRegion {
         self.data.lock().expect("region lock poisoned").len() as u64
     }
 
-    fn write(&self, offset: u64, bytes: &[u8]) -> Result<(), String> {
+    fn write(&self, offset: u64, bytes: &[u8]) -> Result<(), WriteRefused> {
         (self.fence)(offset, bytes)?;
         let mut d = self.data.lock().expect("region lock poisoned");
         let at = offset as usize;

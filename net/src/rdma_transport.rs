@@ -882,7 +882,7 @@ impl RingSender {
             return Err(format!("credit for {reaped} posts of {}", self.posts));
         }
         self.posts_reaped = reaped;
-        self.writer.on_credit(head)
+        self.writer.on_credit(head).map_err(|e| e.to_string())
     }
 }
 

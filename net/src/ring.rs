@@ -200,22 +200,33 @@ impl RingWriter {
 
     /// The reader consumed everything below `head`. A credit that goes
     /// back, or past what was written, is bad input.
-    pub fn on_credit(&mut self, head: u64) -> Result<(), String> {
+    pub fn on_credit(&mut self, head: u64) -> Result<(), RingError> {
         if head < self.acked_head || head > self.tail {
-            return Err(format!(
-                "credit {head} outside [{}, {}]",
-                self.acked_head, self.tail
-            ));
+            return Err(RingError::BadCredit {
+                head,
+                acked: self.acked_head,
+                tail: self.tail,
+            });
         }
         self.acked_head = head;
         Ok(())
     }
 }
 
-/// Why the reader refused what it found in its ring (the connection is
-/// closed: a writer that breaks the protocol is not trusted further).
+/// Why one side refused what the other did to the ring (the connection is
+/// closed: a peer that breaks the protocol is not trusted further).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RingError {
+    /// The reader's credit went back, or past what was written.
+    #[error("credit {head} outside [{acked}, {tail}]")]
+    BadCredit {
+        /// The head the credit names.
+        head: u64,
+        /// The head credited before.
+        acked: u64,
+        /// What the writer has written.
+        tail: u64,
+    },
     /// The tail went back or ran more than a ring ahead.
     #[error("tail {tail} is not within a ring ahead of head {head}")]
     BadTail {

@@ -78,7 +78,10 @@ fn suite(a: &impl Transport, b: &impl Transport) {
     assert_eq!(wait_write(a, id), WriteStatus::NoSuchRegion);
     let fenced = Arc::new(BufferRegion::with_fence(16, |_, bytes| {
         if bytes[0] < 5 {
-            Err(format!("term {} is older than 5", bytes[0]))
+            Err(ramcoord_net::WriteRefused(format!(
+                "term {} is older than 5",
+                bytes[0]
+            )))
         } else {
             Ok(())
         }

@@ -60,7 +60,7 @@ pub use limits::LimitError;
 pub use record::{Op, Reassignment, Record, RecordError, RpcId, Seq, TabletSpec};
 pub use region::{ConfigRegion, RegionError};
 pub use state::{
-    ClusterState, Effect, Outcome, Pending, Rejection, RpcStatus, Session, Sessions, SnapshotError,
-    UnknownReason,
+    ClusterState, Effect, InvariantViolation, Outcome, Pending, Rejection, RpcStatus, Session,
+    Sessions, SnapshotError, UnknownReason,
 };
 pub use types::*;

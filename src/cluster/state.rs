@@ -17,6 +17,11 @@ use super::record::{Op, Reassignment, Record, RecordError, RpcId, Seq, TabletSpe
 use super::region::{ConfigRegion, RegionTablet};
 use super::types::*;
 
+/// A broken invariant of the cluster state, in words.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvariantViolation(pub String);
+
 /// An operation past its commit point whose completion record is not yet
 /// applied.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -915,7 +920,11 @@ impl ClusterState {
     }
 
     /// The invariants that hold after every applied record.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), InvariantViolation> {
+        self.find_violation().map_err(InvariantViolation)
+    }
+
+    fn find_violation(&self) -> Result<(), String> {
         for (slot, s) in &self.servers {
             if s.id.index != *slot {
                 return Err(format!("server {} in slot {slot}", s.id));
@@ -1000,7 +1009,7 @@ impl ClusterState {
         if !rest.is_empty() {
             return Err(SnapshotError::Trailing(rest.len()));
         }
-        s.check().map_err(SnapshotError::Invalid)?;
+        s.check().map_err(|v| SnapshotError::Invalid(v.0))?;
         s.check_counters().map_err(SnapshotError::Invalid)?;
         Ok(s)
     }

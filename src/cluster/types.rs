@@ -20,12 +20,17 @@ impl std::fmt::Display for ServerId {
     }
 }
 
+/// Text that is not a server id (`INDEX.GENERATION`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: a server id is INDEX.GENERATION, e.g. 2.1")]
+pub struct ParseServerIdError(pub String);
+
 impl std::str::FromStr for ServerId {
-    type Err = String;
+    type Err = ParseServerIdError;
 
     /// Parses `INDEX.GENERATION` (as printed), e.g. `2.1`.
-    fn from_str(s: &str) -> Result<ServerId, String> {
-        let bad = || format!("{s:?}: a server id is INDEX.GENERATION, e.g. 2.1");
+    fn from_str(s: &str) -> Result<ServerId, ParseServerIdError> {
+        let bad = || ParseServerIdError(s.to_string());
         let (i, g) = s.split_once('.').ok_or_else(bad)?;
         Ok(ServerId {
             index: i.parse().map_err(|_| bad())?,

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ramcoord_net::tcp::{TcpConfig, TcpTransport};
-use ramcoord_net::{Event, Region, Transport};
+use ramcoord_net::{Event, Region, Transport, WriteRefused};
 
 use super::serve_log::{boottime_ns, ServeLog, ServeWhat};
 use super::{MasterAgent, MasterBugs, MasterConfig, RegionOutcome};
@@ -106,9 +106,11 @@ impl Region for ConfigRegionSlot {
         limits::REGION_BYTES_MAX as u64
     }
 
-    fn write(&self, offset: u64, bytes: &[u8]) -> Result<(), String> {
+    fn write(&self, offset: u64, bytes: &[u8]) -> Result<(), WriteRefused> {
         if offset != 0 {
-            return Err("a configuration region is written whole, at offset 0".into());
+            return Err(WriteRefused(
+                "a configuration region is written whole, at offset 0".into(),
+            ));
         }
         let mut agent = self.agent.lock().expect("agent lock poisoned");
         let outcome = agent.on_region_write(bytes);
@@ -122,7 +124,7 @@ fn log_outcome(
     agent: &MasterAgent,
     outcome: RegionOutcome,
     serve_log: Option<&ServeLog>,
-) -> Result<(), String> {
+) -> Result<(), WriteRefused> {
     {
         match outcome {
             RegionOutcome::Applied { version } => {
@@ -157,10 +159,12 @@ fn log_outcome(
             }
             RegionOutcome::StaleTerm { term, seen } => {
                 tracing::warn!(term, seen, "fenced a write from a deposed coordinator");
-                Err(format!("fenced: term {term} is older than {seen}"))
+                Err(WriteRefused(format!(
+                    "fenced: term {term} is older than {seen}"
+                )))
             }
-            RegionOutcome::NotMine => Err("the region names another server".into()),
-            RegionOutcome::Invalid(e) => Err(format!("invalid region: {e}")),
+            RegionOutcome::NotMine => Err(WriteRefused("the region names another server".into())),
+            RegionOutcome::Invalid(e) => Err(WriteRefused(format!("invalid region: {e}"))),
         }
     }
 }
@@ -260,7 +264,7 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
         #[cfg(not(feature = "rdma"))]
         TransportKind::Rdma => {
             return Err(MasterExit::Start(
-                crate::transport::check_rdma().expect_err("built without rdma"),
+                crate::transport::RdmaUnavailable::NotBuilt.to_string(),
             ))
         }
         #[cfg(feature = "rdma")]

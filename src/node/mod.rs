@@ -140,6 +140,9 @@ pub enum NodeError {
     /// The configuration is unusable.
     #[error("bad configuration: {0}")]
     Config(String),
+    /// A record was not proposed.
+    #[error("proposing: {0}")]
+    Propose(#[from] crate::replica::ProposeRecordError),
 }
 
 /// Push writes the driver remembers (transport id -> the replica's id);
@@ -268,7 +271,7 @@ impl<T: Transport> CoordinatorNode<T> {
     pub fn propose(&mut self, record: &Record) -> Result<u64, NodeError> {
         let r = self.replica.propose(Instant::now(), record);
         self.drive()?;
-        r.map_err(NodeError::Config)
+        Ok(r?)
     }
 
     /// Runs for `d` (handling messages and ticks as they come).

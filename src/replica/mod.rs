@@ -316,9 +316,20 @@ pub struct EntryApplied {
     /// just before (`None` if it was not incomplete here).
     pub completing: Option<crate::cluster::Pending>,
     /// The cluster state's own invariants, checked right after.
-    pub state_check: Result<(), String>,
+    pub state_check: Result<(), crate::cluster::InvariantViolation>,
     /// Whether this replica was the active coordinator when it applied.
     pub active: bool,
+}
+
+/// Why [`Replica::propose`] did not propose a record.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeRecordError {
+    /// The record cannot be encoded (it breaks a limit).
+    #[error(transparent)]
+    Record(#[from] crate::cluster::RecordError),
+    /// Raft refused it (this replica does not lead, or is stepping down).
+    #[error(transparent)]
+    Propose(#[from] ramcoord_log::ProposeError),
 }
 
 /// A coordinator replica (see the module docs).
@@ -596,10 +607,10 @@ impl<S: Storage> Replica<S> {
         &mut self,
         now: Instant,
         record: &crate::cluster::Record,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ProposeRecordError> {
         self.now = self.now.max(now);
-        let data = record.encode().map_err(|e| e.to_string())?;
-        let index = self.raft.propose(data).map_err(|e| e.to_string())?;
+        let data = record.encode()?;
+        let index = self.raft.propose(data)?;
         self.proposed_at.insert(index, self.now);
         Ok(index)
     }
