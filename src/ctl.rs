@@ -162,13 +162,94 @@ impl CtlCommand {
     }
 }
 
+/// Why a `ctl` call failed; its message is the one line `ctl` prints.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The coordinator group or a master could not be asked.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// An operation was sent and no answer came before the deadline.
+    #[error("gave up at the timeout: {0} (see `ctl ops`; running ctl again is a new operation)")]
+    GaveUp(ClientError),
+    /// A membership change was sent and no answer came before the deadline.
+    #[error("{0} (`ctl status` shows the configuration)")]
+    ChangeUnanswered(ClientError),
+    /// The coordinator or a master refused the request (the reason).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The leader lost track of the operation's outcome.
+    #[error(
+        "outcome unknown: {0}; the operation may or may not have been applied (see `ctl ops`)"
+    )]
+    Unknown(String),
+    /// An answer of the wrong kind (a peer that does not speak the protocol).
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+    /// The operation passed its commit point, and applying its record
+    /// rejected it.
+    #[error("rejected when its commit record applied (seq {seq}): {why}")]
+    Rejected {
+        /// Its sequence number.
+        seq: u64,
+        /// Why.
+        why: String,
+    },
+    /// No replica answered `status`.
+    #[error("no coordinator answered ({0})")]
+    NoCoordinator(String),
+    /// No replica answered as the active coordinator.
+    #[error("no active coordinator answered")]
+    NoActive,
+    /// Something did not happen before the deadline (what).
+    #[error("{0} before the deadline")]
+    Deadline(String),
+    /// The active coordinator's map has no table of that name.
+    #[error("no table named {0:?}")]
+    NoTable(String),
+    /// The table's tablets do not cover the key's hash.
+    #[error("table {0:?} has no tablet for the key")]
+    NoTablet(String),
+    /// The key's tablet is owned by a server that is not up.
+    #[error("the owner {0} of the key's tablet is not up")]
+    OwnerDown(ServerId),
+    /// A master answered that it does not own the key's tablet (yet).
+    #[error("server {server}: {why}")]
+    NotOwner {
+        /// The master.
+        server: ServerId,
+        /// What it said.
+        why: String,
+    },
+    /// An address that cannot be used (what it was for, and why).
+    #[error("{what}: {source}")]
+    Addr {
+        /// Whose address.
+        what: String,
+        /// Why.
+        source: crate::addr::AddrError,
+    },
+    /// The request breaks a limit (a table name, a tablet count).
+    #[error(transparent)]
+    Invalid(#[from] crate::cluster::LimitError),
+    /// Text that is not what the argument takes.
+    #[error("{0}")]
+    Parse(String),
+    /// A replica is a voter already.
+    #[error("replica {0} is a voter already")]
+    AlreadyVoter(u64),
+}
+
 /// A key hash as `ctl` takes it: decimal or 0x-hex, `_` allowed.
-pub fn parse_hash(s: &str) -> Result<u64, String> {
+pub fn parse_hash(s: &str) -> Result<u64, CtlError> {
     let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(h) => u64::from_str_radix(&h.replace('_', ""), 16),
         None => s.replace('_', "").parse(),
     };
-    r.map_err(|_| format!("{s:?}: a hash is a 64-bit number, decimal or 0x-hex"))
+    r.map_err(|_| {
+        CtlError::Parse(format!(
+            "{s:?}: a hash is a 64-bit number, decimal or 0x-hex"
+        ))
+    })
 }
 
 /// An operation that passed its commit point.
@@ -237,7 +318,7 @@ impl Ctl {
 
     /// Every replica's status (or why it did not answer): the replicas
     /// given, and every replica their answers name an address for.
-    pub fn statuses(&mut self) -> Vec<(SocketAddr, Result<Status, String>)> {
+    pub fn statuses(&mut self) -> Vec<(SocketAddr, Result<Status, CtlError>)> {
         let mut rows = Vec::new();
         let mut i = 0;
         while i < self.coord.addrs().len() {
@@ -251,8 +332,8 @@ impl Ctl {
                     }
                     Ok(s)
                 }
-                Ok(other) => Err(format!("unexpected answer {other:?}")),
-                Err(e) => Err(e.to_string()),
+                Ok(other) => Err(unexpected(&other)),
+                Err(e) => Err(e.into()),
             };
             rows.push((addr, r));
             i += 1;
@@ -261,21 +342,23 @@ impl Ctl {
     }
 
     /// The active coordinator's cluster state.
-    pub fn view(&mut self) -> Result<View, String> {
-        match self.coord.ask_leader(&ClientRequest::View, self.deadline()) {
-            Ok(ClientReply::View(v)) => {
+    pub fn view(&mut self) -> Result<View, CtlError> {
+        match self
+            .coord
+            .ask_leader(&ClientRequest::View, self.deadline())?
+        {
+            ClientReply::View(v) => {
                 self.view = Some(v.clone());
                 Ok(v)
             }
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(e) => Err(e.to_string()),
+            other => Err(unexpected(&other)),
         }
     }
 
     /// Runs an operation; returns at its commit point. It is retried at
     /// the next leader, with the same id, until the timeout (see the
     /// module docs).
-    pub fn operate(&mut self, req: Request) -> Result<Committed, String> {
+    pub fn operate(&mut self, req: Request) -> Result<Committed, CtlError> {
         let deadline = self.deadline();
         let rpc = self.coord.next_rpc(deadline);
         self.operate_as(rpc, req, deadline)
@@ -288,7 +371,7 @@ impl Ctl {
         rpc: RpcId,
         req: Request,
         deadline: Instant,
-    ) -> Result<Committed, String> {
+    ) -> Result<Committed, CtlError> {
         let sent = Instant::now();
         match self.coord.operate(rpc, req, false, deadline) {
             Ok(ClientReply::Committed {
@@ -303,41 +386,35 @@ impl Ctl {
                 commit_us,
                 client_us: sent.elapsed().as_micros() as u64,
             }),
-            Ok(ClientReply::Refused(why)) => Err(format!("refused: {why}")),
-            Ok(ClientReply::Unknown(why)) => Err(format!(
-                "outcome unknown: {why}; the operation may or may not have been applied (see `ctl ops`)"
-            )),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(e @ ClientError::NoAnswer { .. }) => Err(format!(
-                "gave up at the timeout: {e} (see `ctl ops`; running ctl again is a new operation)"
-            )),
-            Err(e) => Err(e.to_string()),
+            Ok(ClientReply::Refused(why)) => Err(CtlError::Refused(why)),
+            Ok(ClientReply::Unknown(why)) => Err(CtlError::Unknown(why)),
+            Ok(other) => Err(unexpected(&other)),
+            Err(e @ ClientError::NoAnswer { .. }) => Err(CtlError::GaveUp(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Proposes a membership change; returns the index it applied at.
-    pub fn change_replicas(&mut self, change: ReplicaChange) -> Result<u64, String> {
+    pub fn change_replicas(&mut self, change: ReplicaChange) -> Result<u64, CtlError> {
         match self
             .coord
             .ask_leader(&ClientRequest::ChangeReplicas(change), self.deadline())
         {
             Ok(ClientReply::Committed { seq, .. }) => Ok(seq),
-            Ok(ClientReply::Refused(why)) => Err(format!("refused: {why}")),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(e @ ClientError::NoAnswer { .. }) => {
-                Err(format!("{e} (`ctl status` shows the configuration)"))
-            }
-            Err(e) => Err(e.to_string()),
+            Ok(ClientReply::Refused(why)) => Err(CtlError::Refused(why)),
+            Ok(other) => Err(unexpected(&other)),
+            Err(e @ ClientError::NoAnswer { .. }) => Err(CtlError::ChangeUnanswered(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Adds replica `id` as a learner, waits until its log has caught up
     /// with the leader's commit index, then makes it a voter (adding a
     /// voter that is far behind would stall commits until it caught up).
-    pub fn add_replica(&mut self, id: u64, addr: Option<String>) -> Result<String, String> {
+    pub fn add_replica(&mut self, id: u64, addr: Option<String>) -> Result<String, CtlError> {
         let leader = self.leader_status()?;
         if leader.voters.contains(&id) {
-            return Err(format!("replica {id} is a voter already"));
+            return Err(CtlError::AlreadyVoter(id));
         }
         if !leader.learners.contains(&id) {
             self.change_replicas(ReplicaChange::AddLearner { id, addr })?;
@@ -351,9 +428,9 @@ impl Ctl {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "replica {id} did not catch up before the deadline (is it running with --join?)"
-                ));
+                return Err(CtlError::Deadline(format!(
+                    "replica {id} (is it running with --join?) did not catch up"
+                )));
             }
             std::thread::sleep(Duration::from_millis(10));
         };
@@ -363,17 +440,17 @@ impl Ctl {
         ))
     }
 
-    fn leader_status(&mut self) -> Result<Status, String> {
+    fn leader_status(&mut self) -> Result<Status, CtlError> {
         self.statuses()
             .into_iter()
             .filter_map(|(_, r)| r.ok())
             .find(|s| s.active)
-            .ok_or_else(|| "no active coordinator answered".to_string())
+            .ok_or(CtlError::NoActive)
     }
 
     /// Waits until operation `seq` has completed (as the active
     /// coordinator sees it).
-    pub fn wait_complete(&mut self, seq: u64) -> Result<Duration, String> {
+    pub fn wait_complete(&mut self, seq: u64) -> Result<Duration, CtlError> {
         let start = Instant::now();
         let deadline = self.deadline();
         loop {
@@ -387,17 +464,17 @@ impl Ctl {
                     ..
                 }) if applied >= seq => return Ok(start.elapsed()),
                 Ok(ClientReply::OpState { .. }) => {}
-                Ok(other) => return Err(format!("unexpected answer {other:?}")),
-                Err(e) => return Err(e.to_string()),
+                Ok(other) => return Err(unexpected(&other)),
+                Err(e) => return Err(e.into()),
             }
             if Instant::now() >= deadline {
-                return Err(format!("operation {seq} not complete before the deadline"));
+                return Err(CtlError::Deadline(format!("operation {seq} not complete")));
             }
             std::thread::sleep(Duration::from_millis(1));
         }
     }
 
-    fn locate(&mut self, table: &str, key: &[u8]) -> Result<(TableId, ServerId, String), String> {
+    fn locate(&mut self, table: &str, key: &[u8]) -> Result<(TableId, ServerId, String), CtlError> {
         if self.view.is_none() {
             self.view()?;
         }
@@ -406,23 +483,23 @@ impl Ctl {
             .tables
             .iter()
             .find(|t| t.name == table)
-            .ok_or_else(|| format!("no table named {table:?}"))?;
+            .ok_or_else(|| CtlError::NoTable(table.to_string()))?;
         let tablet = t
             .tablet_for(key_hash(key))
-            .ok_or_else(|| format!("table {table:?} has no tablet for the key"))?;
+            .ok_or_else(|| CtlError::NoTablet(table.to_string()))?;
         let server = v
             .servers
             .iter()
             .find(|s| s.id == tablet.owner && s.status == ServerStatus::Up)
-            .ok_or_else(|| format!("the owner {} of the key's tablet is not up", tablet.owner))?;
+            .ok_or(CtlError::OwnerDown(tablet.owner))?;
         Ok((t.id, server.id, server.addr.clone()))
     }
 
     /// Sends a key request to its owner, re-reading the map while masters
     /// refuse, until the deadline.
-    fn keyed(&mut self, table: &str, key: &str, put: Option<&str>) -> Result<KeyAnswer, String> {
+    fn keyed(&mut self, table: &str, key: &str, put: Option<&str>) -> Result<KeyAnswer, CtlError> {
         // A name no table can have is refused here, naming the limit.
-        crate::cluster::limits::check_table_name(table).map_err(|e| e.to_string())?;
+        crate::cluster::limits::check_table_name(table)?;
         let deadline = self.deadline();
         let mut retries = 0;
         let mut last;
@@ -442,8 +519,11 @@ impl Ctl {
                         },
                     };
                     let r = match crate::addr::resolve(&addr) {
-                        Ok(s) => self.masters.ask(s, &req).map_err(|e| e.to_string()),
-                        Err(e) => Err(format!("server {server}: {e}")),
+                        Ok(s) => self.masters.ask(s, &req).map_err(CtlError::from),
+                        Err(source) => Err(CtlError::Addr {
+                            what: format!("server {server}"),
+                            source,
+                        }),
                     };
                     match r {
                         Ok(MasterReply::Value(value)) => {
@@ -462,8 +542,8 @@ impl Ctl {
                                 retries,
                             })
                         }
-                        Ok(MasterReply::NotOwner(why)) => last = why,
-                        Ok(MasterReply::Refused(why)) => return Err(format!("refused: {why}")),
+                        Ok(MasterReply::NotOwner(why)) => last = CtlError::NotOwner { server, why },
+                        Ok(MasterReply::Refused(why)) => return Err(CtlError::Refused(why)),
                         Err(e) => last = e,
                     }
                     retries += 1;
@@ -472,7 +552,7 @@ impl Ctl {
                     // The active coordinator's own map, read after the
                     // request began, has no such table: that is the answer
                     // (waiting would not create it).
-                    if fresh_view && e.starts_with("no table named") {
+                    if fresh_view && matches!(e, CtlError::NoTable(_)) {
                         return Err(e);
                     }
                     last = e;
@@ -487,25 +567,25 @@ impl Ctl {
     }
 
     /// Writes `key` = `value` in `table` at its owner.
-    pub fn put(&mut self, table: &str, key: &str, value: &str) -> Result<KeyAnswer, String> {
+    pub fn put(&mut self, table: &str, key: &str, value: &str) -> Result<KeyAnswer, CtlError> {
         self.keyed(table, key, Some(value))
     }
 
     /// Reads `key` of `table` from its owner.
-    pub fn get(&mut self, table: &str, key: &str) -> Result<KeyAnswer, String> {
+    pub fn get(&mut self, table: &str, key: &str) -> Result<KeyAnswer, CtlError> {
         self.keyed(table, key, None)
     }
 
     /// Runs an operation and renders its outcome (waiting for its
     /// completion unless told not to).
-    fn run_operation(&mut self, req: Request) -> Result<String, String> {
+    fn run_operation(&mut self, req: Request) -> Result<String, CtlError> {
         let json = self.opts.json;
         let c = self.operate(req)?;
         if let OpResult::Rejected(why) = &c.result {
-            return Err(format!(
-                "rejected when its commit record applied (seq {}): {why}",
-                c.seq
-            ));
+            return Err(CtlError::Rejected {
+                seq: c.seq,
+                why: why.clone(),
+            });
         }
         let completed = if self.opts.wait {
             Some(self.wait_complete(c.seq)?)
@@ -540,7 +620,7 @@ impl Ctl {
     }
 
     /// Runs one command; returns what to print (an error is one line).
-    pub fn run(&mut self, cmd: CtlCommand) -> Result<String, String> {
+    pub fn run(&mut self, cmd: CtlCommand) -> Result<String, CtlError> {
         let json = self.opts.json;
         match cmd {
             CtlCommand::Status => {
@@ -550,7 +630,7 @@ impl Ctl {
                         .iter()
                         .map(|(a, r)| format!("{a}: {}", r.as_ref().expect_err("all failed")))
                         .collect();
-                    return Err(format!("no coordinator answered ({})", why.join("; ")));
+                    return Err(CtlError::NoCoordinator(why.join("; ")));
                 }
                 Ok(if json {
                     let v: Vec<serde_json::Value> = rows
@@ -559,7 +639,7 @@ impl Ctl {
                             Ok(st) => {
                                 serde_json::json!({"address": addr.to_string(), "status": st})
                             }
-                            Err(e) => serde_json::json!({"address": addr.to_string(), "error": e}),
+                            Err(e) => serde_json::json!({"address": addr.to_string(), "error": e.to_string()}),
                         })
                         .collect();
                     serde_json::Value::Array(v).to_string()
@@ -599,7 +679,10 @@ impl Ctl {
                 let addr = match address {
                     Some(a) => Some(
                         crate::addr::resolve(&a)
-                            .map_err(|e| format!("--address: {e}"))?
+                            .map_err(|source| CtlError::Addr {
+                                what: "--address".into(),
+                                source,
+                            })?
                             .to_string(),
                     ),
                     None => None,
@@ -611,7 +694,7 @@ impl Ctl {
             | CtlCommand::SplitTablet { .. }
             | CtlCommand::MigrateTablet { .. }) => match op.request() {
                 Some(req) => self.run_operation(req),
-                None => Err(format!("{op:?} is not an operation")),
+                None => Err(CtlError::Parse("not an operation".into())),
             },
             CtlCommand::Put { table, key, value } => {
                 let a = self.put(&table, &key, &value)?;
@@ -650,7 +733,18 @@ pub fn result_text(r: &OpResult) -> String {
     }
 }
 
-fn render_status(rows: &[(SocketAddr, Result<Status, String>)]) -> String {
+/// An answer of the wrong kind, named by its kind.
+fn unexpected(reply: &ClientReply) -> CtlError {
+    let kind = format!("{reply:?}");
+    let kind = kind
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    CtlError::Unexpected(format!("a {kind} reply"))
+}
+
+fn render_status(rows: &[(SocketAddr, Result<Status, CtlError>)]) -> String {
     let mut out = format!(
         "{:<22} {:>3} {:<13} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7} {:>6} {:>10} {:>17}\n",
         "address",

@@ -96,14 +96,15 @@ impl Demo {
         &self,
         what: &str,
         f: impl FnMut(&LocalCluster) -> Option<T>,
-    ) -> Result<T, String> {
-        self.cluster
+    ) -> Result<T, DemoError> {
+        Ok(self
+            .cluster
             .as_ref()
             .expect("started")
-            .wait_for(what, Duration::from_secs(20), f)
+            .wait_for(what, Duration::from_secs(20), f)?)
     }
 
-    fn run(&mut self) -> Result<(), String> {
+    fn run(&mut self) -> Result<(), DemoError> {
         let dir = self.cfg.dir.clone().expect("run() sets it");
         let mut lc = LocalClusterConfig::new(self.cfg.binary.clone(), dir.clone(), 3, 3);
         lc.coordinator_args = vec![
@@ -145,7 +146,10 @@ impl Demo {
             tablets: self.cfg.tablets,
         })?;
         if !matches!(c.result, OpResult::TableCreated(_)) {
-            return Err(format!("create-table: {:?}", c.result));
+            return Err(DemoError::Check(format!(
+                "create-table: {}",
+                crate::ctl::result_text(&c.result)
+            )));
         }
         self.cluster().kill_coordinator(leader.id);
         let killed_at = Instant::now();
@@ -185,16 +189,17 @@ impl Demo {
         let mut ctl = self.ctl();
         ctl.wait_complete(c.seq)?;
         let view = ctl.view()?;
-        let op = view
-            .recent
-            .iter()
-            .find(|o| o.seq == c.seq)
-            .ok_or("the new leader does not know the operation")?;
-        let (ci, ct) = op.completed.ok_or("not complete")?;
+        let op =
+            view.recent.iter().find(|o| o.seq == c.seq).ok_or_else(|| {
+                DemoError::Check("the new leader does not know the operation".into())
+            })?;
+        let (ci, ct) = op
+            .completed
+            .ok_or_else(|| DemoError::Check("not complete".into()))?;
         if ct <= c.term {
-            return Err(format!(
+            return Err(DemoError::Check(format!(
                 "expected a roll-forward in a later term, completed in term {ct}"
-            ));
+            )));
         }
         self.say(format!(
             "seq {} completed at index {ci} in term {ct} (committed in term {}): rolled forward, \
@@ -222,7 +227,10 @@ impl Demo {
             let a = ctl.get(&name, &format!("key-{k}"))?;
             let want = format!("value-{k}");
             if a.value.as_deref() != Some(want.as_bytes()) {
-                return Err(format!("key-{k}: read {:?}, wrote {want}", a.value));
+                return Err(DemoError::Check(format!(
+                    "key-{k}: read {}, wrote {want}",
+                    shown(&a.value)
+                )));
             }
         }
         let mut per: std::collections::BTreeMap<String, usize> = Default::default();
@@ -243,17 +251,20 @@ impl Demo {
         );
 
         // 4. Kill a master.
-        let victim_server = *owners.values().next().ok_or("no keys")?;
+        let victim_server = *owners
+            .values()
+            .next()
+            .ok_or_else(|| DemoError::Check("no keys".into()))?;
         let victim = view
             .servers
             .iter()
             .find(|s| s.id == victim_server)
-            .ok_or("owner not in the server list")?;
+            .ok_or_else(|| DemoError::Check("owner not in the server list".into()))?;
         let vaddr = victim.addr.clone();
         let mi = self
             .cluster()
             .master_at(&vaddr)
-            .ok_or("owner is not one of our masters")?;
+            .ok_or_else(|| DemoError::Check("owner is not one of our masters".into()))?;
         self.cluster().kill_master(mi);
         let master_killed = Instant::now();
         self.say(format!(
@@ -304,7 +315,10 @@ impl Demo {
             } else if a.value.as_deref() == Some(format!("value-{k}").as_bytes()) {
                 kept += 1;
             } else {
-                return Err(format!("key-{k} on live master {s}: read {:?}", a.value));
+                return Err(DemoError::Check(format!(
+                    "key-{k} on live master {s}: read {}",
+                    shown(&a.value)
+                )));
             }
         }
         self.say(format!(
@@ -351,12 +365,42 @@ impl Demo {
     }
 }
 
-fn ctl_out(ctl: &mut Ctl, cmd: crate::ctl::CtlCommand) -> Result<String, String> {
-    ctl.run(cmd)
+fn ctl_out(ctl: &mut Ctl, cmd: crate::ctl::CtlCommand) -> Result<String, DemoError> {
+    Ok(ctl.run(cmd)?)
+}
+
+/// Why the demo stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The local cluster failed (a process, a port, a wait).
+    #[error(transparent)]
+    Cluster(#[from] crate::local_cluster::ClusterError),
+    /// A request failed.
+    #[error(transparent)]
+    Ctl(#[from] crate::ctl::CtlError),
+    /// What the demo shows did not happen (what it saw instead).
+    #[error("{0}")]
+    Check(String),
+    /// Any of the above, with where the cluster's data and logs were kept.
+    #[error("{why} (data and logs kept in {})", dir.display())]
+    Kept {
+        /// What went wrong.
+        why: Box<DemoError>,
+        /// The cluster's directory.
+        dir: std::path::PathBuf,
+    },
+}
+
+/// A value read, as text.
+fn shown(v: &Option<bytes::Bytes>) -> String {
+    match v {
+        Some(b) => format!("{:?}", String::from_utf8_lossy(b)),
+        None => "nothing".into(),
+    }
 }
 
 /// Runs the demo (see the module docs). Prints as it goes.
-pub fn run(mut cfg: DemoConfig) -> Result<(), String> {
+pub fn run(mut cfg: DemoConfig) -> Result<(), DemoError> {
     let temporary = cfg.dir.is_none();
     let dir = cfg.dir.take().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("ramcoord-demo-{}", std::process::id()))
@@ -384,6 +428,9 @@ pub fn run(mut cfg: DemoConfig) -> Result<(), String> {
             );
             Ok(())
         }
-        Err(e) => Err(format!("{e} (data and logs kept in {})", dir.display())),
+        Err(e) => Err(DemoError::Kept {
+            why: Box::new(e),
+            dir,
+        }),
     }
 }

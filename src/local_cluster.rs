@@ -124,7 +124,7 @@ impl LocalClusterConfig {
 
     /// The address process number `n` is dialled at (port from a free
     /// loopback port), and what it listens on.
-    fn place(&self, n: usize) -> Result<(SocketAddr, SocketAddr), String> {
+    fn place(&self, n: usize) -> Result<(SocketAddr, SocketAddr), ClusterError> {
         if self.namespaces {
             let a = SocketAddr::new(crate::chaos::netns::Net::addr(n + 1).into(), NAMESPACE_PORT);
             return Ok((a, a));
@@ -214,7 +214,7 @@ impl Drop for LocalCluster {
 /// a moment later). Drawn below Linux's ephemeral range (32768 and up) so
 /// that the connections the cluster's processes open cannot take it in the
 /// meantime, as a port from `bind(0)` could.
-pub fn free_addr() -> Result<SocketAddr, String> {
+pub fn free_addr() -> Result<SocketAddr, ClusterError> {
     // A port handed out is not handed out again by this process: the child
     // it was for may not have bound it yet when the next one is drawn.
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
@@ -226,24 +226,35 @@ pub fn free_addr() -> Result<SocketAddr, String> {
         }
         if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
             given.push(port);
-            return l.local_addr().map_err(|e| e.to_string());
+            return l.local_addr().map_err(|source| ClusterError::Io {
+                what: format!("port {port}"),
+                source,
+            });
         }
     }
-    Err("no free port between 20000 and 32000".into())
+    Err(ClusterError::NoFreePort)
 }
 
-fn spawn(binary: &Path, filter: &str, p: &mut Proc) -> Result<(), String> {
+fn spawn(binary: &Path, filter: &str, p: &mut Proc) -> Result<(), ClusterError> {
     spawn_with(binary, filter, p, &[])
 }
 
-fn spawn_with(binary: &Path, filter: &str, p: &mut Proc, extra: &[&str]) -> Result<(), String> {
+fn spawn_with(
+    binary: &Path,
+    filter: &str,
+    p: &mut Proc,
+    extra: &[&str],
+) -> Result<(), ClusterError> {
     p.starts += 1;
     if p.starts > 1 {
         // coordinator-1.log, then coordinator-1.2.log, coordinator-1.3.log…
         let dir = p.log.parent().map(Path::to_path_buf).unwrap_or_default();
         p.log = dir.join(format!("{}.{}.log", p.name, p.starts));
     }
-    let file = std::fs::File::create(&p.log).map_err(|e| format!("{}: {e}", p.log.display()))?;
+    let file = std::fs::File::create(&p.log).map_err(|source| ClusterError::Io {
+        what: p.log.display().to_string(),
+        source,
+    })?;
     let mut cmd = match &p.ns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -260,21 +271,60 @@ fn spawn_with(binary: &Path, filter: &str, p: &mut Proc, extra: &[&str]) -> Resu
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", p.name))?;
+        .map_err(|source| ClusterError::Io {
+            what: format!("starting {}", p.name),
+            source,
+        })?;
     p.child = Some(child);
     Ok(())
 }
 
+/// Why the local cluster could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A file, a directory, a port or a process could not be had (what,
+    /// and why).
+    #[error("{what}: {source}")]
+    Io {
+        /// What.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No loopback port was free.
+    #[error("no free port between 20000 and 32000")]
+    NoFreePort,
+    /// Certificates could not be issued.
+    #[error("issuing certificates: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// Processes that should run have exited (each named, with its log).
+    #[error("exited: {0}")]
+    Exited(String),
+    /// Something did not happen in time.
+    #[error("timed out after {limit:?} waiting for {what} (logs in {})", dir.display())]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        limit: Duration,
+        /// Where the processes' logs are.
+        dir: PathBuf,
+    },
+}
+
 impl LocalCluster {
     /// Starts every process (returns without waiting for an election).
-    pub fn start(cfg: LocalClusterConfig) -> Result<LocalCluster, String> {
-        std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+    pub fn start(cfg: LocalClusterConfig) -> Result<LocalCluster, ClusterError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| ClusterError::Io {
+            what: cfg.dir.display().to_string(),
+            source,
+        })?;
         if cfg.tls {
             let ids = (1..=cfg.coordinators as u64).map(Identity::Replica);
             let all: Vec<Identity> = ids
                 .chain([Identity::Master, Identity::Admin, Identity::Reader])
                 .collect();
-            tls::issue(&cfg.tls_dir(), &all, 30, false).map_err(|e| e.to_string())?;
+            tls::issue(&cfg.tls_dir(), &all, 30, false)?;
         }
         let placed: Vec<(SocketAddr, SocketAddr)> = (0..cfg.coordinators)
             .map(|n| cfg.place(n))
@@ -333,7 +383,7 @@ impl LocalCluster {
     }
 
     /// Starts one more master; returns its index in [`Self::masters`].
-    pub fn start_master(&mut self) -> Result<usize, String> {
+    pub fn start_master(&mut self) -> Result<usize, ClusterError> {
         let n = self.masters.len() + 1;
         // In namespaces, masters follow the coordinators' nodes.
         let node = self.cfg.coordinators + n;
@@ -377,7 +427,7 @@ impl LocalCluster {
     }
 
     /// Fails naming every started process that has exited on its own.
-    pub fn check_alive(&mut self) -> Result<(), String> {
+    pub fn check_alive(&mut self) -> Result<(), ClusterError> {
         let mut dead = Vec::new();
         for p in self.coordinators.iter_mut().chain(self.masters.iter_mut()) {
             if let Some(c) = p.child.as_mut() {
@@ -389,7 +439,7 @@ impl LocalCluster {
         if dead.is_empty() {
             Ok(())
         } else {
-            Err(format!("exited: {}", dead.join("; ")))
+            Err(ClusterError::Exited(dead.join("; ")))
         }
     }
 
@@ -399,7 +449,7 @@ impl LocalCluster {
     }
 
     /// Starts coordinator replica `id` again from its data directory.
-    pub fn restart_coordinator(&mut self, id: u64) -> Result<(), String> {
+    pub fn restart_coordinator(&mut self, id: u64) -> Result<(), ClusterError> {
         let p = &mut self.coordinators[id as usize - 1];
         p.kill();
         // A replica that joined and holds state restarts as a member (with
@@ -425,7 +475,7 @@ impl LocalCluster {
     /// at a new address, with `--join` and an empty directory. The caller
     /// removes `old` from the group and adds the new one
     /// ([`Ctl::add_replica`]); returns the new id.
-    pub fn replace_coordinator(&mut self, old: u64) -> Result<u64, String> {
+    pub fn replace_coordinator(&mut self, old: u64) -> Result<u64, ClusterError> {
         self.coordinators[old as usize - 1].kill();
         let _ = std::fs::remove_dir_all(self.cfg.dir.join(format!("c{old}")));
         self.coordinators[old as usize - 1].retired = true;
@@ -445,8 +495,7 @@ impl LocalCluster {
             .collect();
         peers.push(format!("{id}={}", self.cfg.written(addr)));
         if self.cfg.tls {
-            tls::issue(&self.cfg.tls_dir(), &[Identity::Replica(id)], 30, false)
-                .map_err(|e| e.to_string())?;
+            tls::issue(&self.cfg.tls_dir(), &[Identity::Replica(id)], 30, false)?;
         }
         self.spawn_coordinator(id, addr, listen, &peers.join(","), &["--join"])?;
         Ok(id)
@@ -461,7 +510,7 @@ impl LocalCluster {
         listen: SocketAddr,
         peers: &str,
         extra: &[&str],
-    ) -> Result<(), String> {
+    ) -> Result<(), ClusterError> {
         let mut args = vec![
             "coordinator".to_string(),
             "--id".into(),
@@ -512,7 +561,7 @@ impl LocalCluster {
 
     /// Starts a new master process in slot `index` (same address and
     /// namespace; it enlists as a new server), killing what runs there.
-    pub fn restart_master(&mut self, index: usize) -> Result<(), String> {
+    pub fn restart_master(&mut self, index: usize) -> Result<(), ClusterError> {
         let p = &mut self.masters[index];
         p.kill();
         spawn(&self.cfg.binary, &self.cfg.log_filter, p)
@@ -592,7 +641,7 @@ impl LocalCluster {
         what: &str,
         limit: Duration,
         mut f: impl FnMut(&LocalCluster) -> Option<T>,
-    ) -> Result<T, String> {
+    ) -> Result<T, ClusterError> {
         let end = Instant::now() + limit;
         while Instant::now() < end {
             if let Some(v) = f(self) {
@@ -600,15 +649,16 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Err(format!(
-            "timed out after {limit:?} waiting for {what} (logs in {})",
-            self.cfg.dir.display()
-        ))
+        Err(ClusterError::Timeout {
+            what: what.to_string(),
+            limit,
+            dir: self.cfg.dir.clone(),
+        })
     }
 
     /// Waits for an active coordinator with `masters` servers up and
     /// nothing incomplete.
-    pub fn wait_ready(&self, masters: u64, limit: Duration) -> Result<Status, String> {
+    pub fn wait_ready(&self, masters: u64, limit: Duration) -> Result<Status, ClusterError> {
         self.wait_for("an active coordinator and its masters", limit, |c| {
             c.active()
                 .filter(|s| s.servers_up == masters && s.incomplete == 0)

@@ -1730,7 +1730,7 @@ fn ctl_command(args: CtlArgs) -> Result<String, String> {
         wait: !args.no_wait,
         security,
     });
-    ctl.run(cmd)
+    ctl.run(cmd).map_err(|e| e.to_string())
 }
 
 fn run_demo(args: DemoArgs) -> ExitCode {

@@ -34,6 +34,11 @@ fn payload(index: Index, term: Term, len: usize) -> Bytes {
     Bytes::from(b)
 }
 
+/// Why the crash test failed (what it found, and where).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CrashTestError(pub String);
+
 fn check_payload(e: &Entry) -> Result<(), String> {
     let d = &e.data;
     if d.len() < 16 {
@@ -65,7 +70,11 @@ fn entries(first: Index, n: u64, term: Term, rng: &mut ChaCha8Rng) -> Vec<Entry>
 }
 
 /// The child: appends until killed. Never returns normally.
-pub fn child(dir: &Path, term: Term) -> Result<(), String> {
+pub fn child(dir: &Path, term: Term) -> Result<(), CrashTestError> {
+    run_child(dir, term).map_err(CrashTestError)
+}
+
+fn run_child(dir: &Path, term: Term) -> Result<(), String> {
     let (mut log, _) = DiskStorage::open(dir, SEGMENT_BYTES).map_err(|e| e.to_string())?;
     let mut rng = ChaCha8Rng::seed_from_u64(term.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let stdout = std::io::stdout();
@@ -129,7 +138,16 @@ pub struct CrashReport {
 }
 
 /// The parent: `iterations` rounds of spawn, kill -9, reopen, check.
-pub fn parent(exe: &Path, dir: &Path, iterations: u64, seed: u64) -> Result<CrashReport, String> {
+pub fn parent(
+    exe: &Path,
+    dir: &Path,
+    iterations: u64,
+    seed: u64,
+) -> Result<CrashReport, CrashTestError> {
+    run_parent(exe, dir, iterations, seed).map_err(CrashTestError)
+}
+
+fn run_parent(exe: &Path, dir: &Path, iterations: u64, seed: u64) -> Result<CrashReport, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut report = CrashReport::default();

@@ -78,8 +78,9 @@ pub fn start_cluster_tls(
     cfg.tls = tls;
     cfg.coordinator_args = coordinator_args.to_vec();
     cfg.log_filter = "warn".into();
-    let c = LocalCluster::start(cfg)?;
-    c.wait_ready(3, Duration::from_secs(30))?;
+    let c = LocalCluster::start(cfg).map_err(|e| e.to_string())?;
+    c.wait_ready(3, Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
     Ok(c)
 }
 
@@ -407,7 +408,9 @@ pub fn failover(
     let (mut first, mut rolled) = (Recorder::default(), Recorder::default());
     for trial in 0..trials {
         progress(&format!("failover: trial {}/{trials}", trial + 1));
-        let leader = c.wait_ready(3, Duration::from_secs(30))?;
+        let leader = c
+            .wait_ready(3, Duration::from_secs(30))
+            .map_err(|e| e.to_string())?;
         // A client streams operations and reports each commit's term.
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel::<(Instant, u64)>();
@@ -450,16 +453,19 @@ pub fn failover(
         // leader's operations being rolled forward (and at most one of
         // the new leader's, about a millisecond from completion).
         stop.store(true, Ordering::Relaxed);
-        let done_at = c.wait_for("the roll-forward", Duration::from_secs(10), |c| {
-            c.active()
-                .filter(|s| s.term > leader.term && s.incomplete == 0)
-                .map(|_| Instant::now())
-        })?;
+        let done_at = c
+            .wait_for("the roll-forward", Duration::from_secs(10), |c| {
+                c.active()
+                    .filter(|s| s.term > leader.term && s.incomplete == 0)
+                    .map(|_| Instant::now())
+            })
+            .map_err(|e| e.to_string())?;
         stop.store(true, Ordering::Relaxed);
         let _ = streamer.join();
         first.record(first_at - killed);
         rolled.record(done_at.max(first_at) - killed);
-        c.restart_coordinator(leader.id)?;
+        c.restart_coordinator(leader.id)
+            .map_err(|e| e.to_string())?;
         c.wait_for(
             "the killed replica to catch up",
             Duration::from_secs(30),
@@ -468,7 +474,8 @@ pub fn failover(
                 let lead = rows.iter().find(|s| s.active)?;
                 (rows.len() == 3 && rows.iter().all(|s| s.applied >= lead.commit)).then_some(())
             },
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
     }
     let dir = c.dir().to_path_buf();
     drop(c);

@@ -51,16 +51,19 @@ pub fn threads(dir: &Path, masters: usize, clients: usize) -> Result<ThreadsRepo
         masters,
     );
     cfg.log_filter = "warn".into();
-    let c = LocalCluster::start(cfg)?;
-    c.wait_ready(masters as u64, Duration::from_secs(300))?;
+    let c = LocalCluster::start(cfg).map_err(|e| e.to_string())?;
+    c.wait_ready(masters as u64, Duration::from_secs(300))
+        .map_err(|e| e.to_string())?;
     let mut ctl = c.ctl(Duration::from_secs(60));
     ctl.operate(Request::CreateTable {
         name: "everywhere".into(),
         tablets: masters as u32,
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     c.wait_for("the table on every master", Duration::from_secs(120), |c| {
         c.active().filter(|s| s.incomplete == 0)
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     // Clients, each with a connection to every replica (a status request
     // opens it), held open while counting.
     let addrs: Vec<std::net::SocketAddr> = c.coordinators.iter().map(|p| p.addr).collect();

@@ -40,20 +40,26 @@ pub const ROOT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 254);
 /// Nodes at most (addresses 10.77.0.1 up to this).
 pub const NODES_MAX: usize = 200;
 
+/// Why the network could not be built or changed (the command and what
+/// it said).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NetError(pub String);
+
 /// Runs a command; its stderr (or how it failed to start) as the error.
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
+fn run(program: &str, args: &[&str]) -> Result<String, NetError> {
     let out = Command::new(program)
         .args(args)
         .output()
-        .map_err(|e| format!("{program}: {e}"))?;
+        .map_err(|e| NetError(format!("{program}: {e}")))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!(
+        Err(NetError(format!(
             "`{program} {}` failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        )))
     }
 }
 
@@ -77,19 +83,19 @@ pub struct Net {
 
 impl Net {
     /// Whether this process can build the network: root, `ip`, `nft`.
-    pub fn check() -> Result<(), String> {
+    pub fn check() -> Result<(), NetError> {
         if !is_root() {
-            return Err(
+            return Err(NetError(
                 "chaos runs its processes in network namespaces, which needs root \
                  (run it with sudo)"
                     .into(),
-            );
+            ));
         }
         for (program, package) in [("ip", "iproute2"), ("nft", "nftables")] {
             if Command::new(program).arg("-V").output().is_err() {
-                return Err(format!(
+                return Err(NetError(format!(
                     "`{program}` not found: install {package} (apt-get install {package})"
-                ));
+                )));
             }
         }
         Ok(())
@@ -97,7 +103,7 @@ impl Net {
 
     /// Removes every `rcc-` namespace and link (a run killed before it
     /// cleaned up). Returns how many it removed.
-    pub fn clean_stale() -> Result<usize, String> {
+    pub fn clean_stale() -> Result<usize, NetError> {
         let mut n = 0;
         // Links first (a veth's deletion takes its peer in the namespace),
         // then the namespaces.
@@ -122,9 +128,9 @@ impl Net {
     }
 
     /// Builds the bridge and `nodes` namespaces (stale ones removed first).
-    pub fn create(nodes: usize) -> Result<Net, String> {
+    pub fn create(nodes: usize) -> Result<Net, NetError> {
         if nodes == 0 || nodes > NODES_MAX {
-            return Err(format!("1 to {NODES_MAX} nodes, not {nodes}"));
+            return Err(NetError(format!("1 to {NODES_MAX} nodes, not {nodes}")));
         }
         Net::check()?;
         let stale = Net::clean_stale()?;
@@ -192,7 +198,7 @@ impl Net {
 
     /// Node `a` drops everything it receives from `from` (addresses; the
     /// root namespace's is [`ROOT_ADDR`]). Adds to what is cut already.
-    pub fn cut(&self, a: usize, from: &[Ipv4Addr]) -> Result<(), String> {
+    pub fn cut(&self, a: usize, from: &[Ipv4Addr]) -> Result<(), NetError> {
         let mut script = String::from(
             "add table inet rcc\n\
              add chain inet rcc input { type filter hook input priority 0; policy accept; }\n",
@@ -204,7 +210,7 @@ impl Net {
     }
 
     /// Removes every cut of every node.
-    pub fn heal(&self) -> Result<(), String> {
+    pub fn heal(&self) -> Result<(), NetError> {
         for a in 1..=self.nodes {
             // "add" then "delete": no error when there is no table.
             self.nft(a, "add table inet rcc\ndelete table inet rcc\n")?;
@@ -212,7 +218,7 @@ impl Net {
         Ok(())
     }
 
-    fn nft(&self, a: usize, script: &str) -> Result<(), String> {
+    fn nft(&self, a: usize, script: &str) -> Result<(), NetError> {
         use std::io::Write;
         let ns = Net::namespace(a);
         let mut child = Command::new("ip")
@@ -221,22 +227,22 @@ impl Net {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| format!("nft in {ns}: {e}"))?;
+            .map_err(|e| NetError(format!("nft in {ns}: {e}")))?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin
                 .write_all(script.as_bytes())
-                .map_err(|e| format!("nft in {ns}: {e}"))?;
+                .map_err(|e| NetError(format!("nft in {ns}: {e}")))?;
         }
         let out = child
             .wait_with_output()
-            .map_err(|e| format!("nft in {ns}: {e}"))?;
+            .map_err(|e| NetError(format!("nft in {ns}: {e}")))?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!(
+            Err(NetError(format!(
                 "nft in {ns} failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            )))
         }
     }
 }

@@ -12,9 +12,18 @@ use super::run::FaultWindow;
 /// Points drawn per function at most (a long run is sampled evenly).
 const POINTS_PER_SERIES_MAX: usize = 40_000;
 
+/// Why a plot was not drawn.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PlotError(pub String);
+
 /// Registers DejaVu Sans as the plots' "sans-serif" (plotters draws no
 /// text without a font); shared with the benchmarks' plots.
-pub fn register_font() -> Result<(), String> {
+pub fn register_font() -> Result<(), PlotError> {
+    load_font().map_err(PlotError)
+}
+
+fn load_font() -> Result<(), String> {
     let path = [
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "/usr/share/fonts/dejavu/DejaVuSans.ttf",
@@ -34,8 +43,17 @@ pub fn timeline(
     faults: &[FaultWindow],
     title: &str,
     path: &Path,
+) -> Result<(), PlotError> {
+    draw_timeline(ops, faults, title, path).map_err(PlotError)
+}
+
+fn draw_timeline(
+    ops: &[Op],
+    faults: &[FaultWindow],
+    title: &str,
+    path: &Path,
 ) -> Result<(), String> {
-    register_font()?;
+    load_font()?;
     let end_s = ops
         .iter()
         .filter_map(|o| o.complete.as_ref().map(|c| c.0.time))

@@ -665,7 +665,7 @@ fn kv_op(
 /// Cuts replica `lone` off from the other replicas, both ways; returns
 /// the others.
 /// Cuts replicas `a` and `b` off from each other, both ways.
-fn split(net: &Net, replicas: &[(u64, usize)], a: &[u64], b: &[u64]) -> Result<(), String> {
+fn split(net: &Net, replicas: &[(u64, usize)], a: &[u64], b: &[u64]) -> Result<(), ChaosError> {
     let node = |id: u64| replicas.iter().find(|r| r.0 == id).map_or(0, |r| r.1);
     let addrs = |side: &[u64]| side.iter().map(|&i| Net::addr(node(i))).collect::<Vec<_>>();
     for &x in a {
@@ -677,7 +677,7 @@ fn split(net: &Net, replicas: &[(u64, usize)], a: &[u64], b: &[u64]) -> Result<(
     Ok(())
 }
 
-fn cut_off(net: &Net, replicas: &[(u64, usize)], lone: u64) -> Result<Vec<u64>, String> {
+fn cut_off(net: &Net, replicas: &[(u64, usize)], lone: u64) -> Result<Vec<u64>, ChaosError> {
     let node = |id: u64| replicas.iter().find(|r| r.0 == id).map_or(0, |r| r.1);
     let others: Vec<u64> = replicas
         .iter()
@@ -696,7 +696,7 @@ fn cut_off(net: &Net, replicas: &[(u64, usize)], lone: u64) -> Result<Vec<u64>, 
 /// kill it, wipe it, start a new replica under a new id with `--join`,
 /// remove the old one from the group, add the new one (a learner until
 /// it caught up, then a voter). What happened, for the fault's name.
-fn replace_replica(c: &mut LocalCluster, victim: u64) -> Result<String, String> {
+fn replace_replica(c: &mut LocalCluster, victim: u64) -> Result<String, ChaosError> {
     use crate::ctl::CtlCommand;
     let new = c.replace_coordinator(victim)?;
     let addr = c.coordinators[new as usize - 1].addr.to_string();
@@ -706,7 +706,7 @@ fn replace_replica(c: &mut LocalCluster, victim: u64) -> Result<String, String> 
         for _ in 0..3 {
             match ctl.run(cmd()) {
                 Ok(_) => return Ok(()),
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
         }
         Err(last)
@@ -746,7 +746,7 @@ fn leader_of(c: &LocalCluster) -> u64 {
 fn replace_exited_masters(
     cluster: &Mutex<LocalCluster>,
     progress: &dyn Fn(&str),
-) -> Result<usize, String> {
+) -> Result<usize, ChaosError> {
     let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
     let mut n = 0;
     for i in 0..c.masters.len() {
@@ -789,10 +789,39 @@ fn interruptible() -> Arc<AtomicBool> {
     flag
 }
 
+/// Why a chaos run stopped before its verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    /// The network namespaces could not be built or changed.
+    #[error(transparent)]
+    Net(#[from] super::netns::NetError),
+    /// The cluster's processes could not be started or did not come up.
+    #[error(transparent)]
+    Cluster(#[from] crate::local_cluster::ClusterError),
+    /// A membership change could not be made.
+    #[error(transparent)]
+    Ctl(#[from] crate::ctl::CtlError),
+    /// A file of the run (history, serve logs) could not be written or
+    /// read.
+    #[error("{what}: {source}")]
+    Io {
+        /// Which file.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Ctrl-C or SIGTERM.
+    #[error("interrupted: processes stopped, namespaces removed")]
+    Interrupted,
+    /// The run could not go on (what happened).
+    #[error("{0}")]
+    Run(String),
+}
+
 /// Runs a chaos run (needs root: see [`Net::check`]). Interrupted (Ctrl-C,
 /// SIGTERM), it stops its processes, removes its namespaces and returns
 /// an error saying so.
-pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, String> {
+pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, ChaosError> {
     let interrupted = interruptible();
     let families = if cfg.nemesis.is_empty() {
         Nemesis::ALL.to_vec()
@@ -804,7 +833,9 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
     }
     let replicas = cfg.replicas;
     if replicas != 3 && replicas != 5 {
-        return Err(format!("{replicas} replicas: a chaos run has 3 or 5"));
+        return Err(ChaosError::Run(format!(
+            "{replicas} replicas: a chaos run has 3 or 5"
+        )));
     }
     let net = Net::create(replicas + cfg.masters + REPLACEMENTS_MAX)?;
     let _ = std::fs::remove_dir_all(&cfg.dir);
@@ -851,7 +882,11 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
         };
         match perform(&mut cl, op, Function::Create, deadline) {
             (EventType::Ok, _) => {}
-            other => return Err(format!("could not create table {name}: {other:?}")),
+            (kind, _) => {
+                return Err(ChaosError::Run(format!(
+                    "could not create table {name}: {kind:?}"
+                )))
+            }
         }
     }
     progress(&format!(
@@ -867,8 +902,10 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
             None => String::new(),
         }
     ));
-    let file = std::fs::File::create(&cfg.history)
-        .map_err(|e| format!("{}: {e}", cfg.history.display()))?;
+    let file = std::fs::File::create(&cfg.history).map_err(|source| ChaosError::Io {
+        what: cfg.history.display().to_string(),
+        source,
+    })?;
     let rec = Arc::new(Recorder {
         start: Instant::now(),
         out: Mutex::new(HistoryWriter::new(BufWriter::new(file))),
@@ -905,7 +942,7 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
     let ns = |rec: &Recorder| rec.start.elapsed().as_nanos() as u64;
     let stopped = |stop: &AtomicBool| {
         stop.store(true, Ordering::Relaxed);
-        "interrupted: processes stopped, namespaces removed".to_string()
+        ChaosError::Interrupted
     };
     while Instant::now() + Duration::from_secs(5) < end {
         if nap(
@@ -1093,7 +1130,7 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
         match ready {
             Ok(_) => break,
             Err(e) if Instant::now() > settle => {
-                return Err(format!("after the final heal: {e}"));
+                return Err(ChaosError::Run(format!("after the final heal: {e}")));
             }
             Err(_) => {}
         }
@@ -1129,11 +1166,18 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
     }
     {
         let mut out = rec.out.lock().unwrap_or_else(|e| e.into_inner());
-        out.flush().map_err(|e| e.to_string())?;
+        out.flush().map_err(|source| ChaosError::Io {
+            what: cfg.history.display().to_string(),
+            source,
+        })?;
     }
     progress("checking the history and the serve logs");
-    let text = std::fs::read_to_string(&cfg.history).map_err(|e| e.to_string())?;
-    let ops = super::history::read(text.as_bytes()).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(&cfg.history).map_err(|source| ChaosError::Io {
+        what: cfg.history.display().to_string(),
+        source,
+    })?;
+    let ops = super::history::read(text.as_bytes())
+        .map_err(|e| ChaosError::Run(format!("{}: {e}", cfg.history.display())))?;
     let open = ops.iter().filter(|o| o.complete.is_none()).count() as u64;
     let verdicts = tables::check_tables(&ops);
     let keys = if masters_lost == 0 {
@@ -1145,10 +1189,13 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
     };
     let mut events = Vec::new();
     for path in &serve_logs {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| ChaosError::Io {
+            what: path.display().to_string(),
+            source,
+        })?;
         events.extend(
             crate::master::serve_log::read(&text)
-                .map_err(|e| format!("{}: {e}", path.display()))?,
+                .map_err(|e| ChaosError::Run(format!("{}: {e}", path.display())))?,
         );
     }
     let serving = serve::check_serving(&events);
@@ -1159,7 +1206,12 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, S
             Instant::now() + Duration::from_secs(10),
         ) {
             Ok(ClientReply::View(v)) => v,
-            other => return Err(format!("no view of the final state: {other:?}")),
+            Ok(_) => {
+                return Err(ChaosError::Run(
+                    "no view of the final state: an unexpected answer".into(),
+                ))
+            }
+            Err(e) => return Err(ChaosError::Run(format!("no view of the final state: {e}"))),
         }
     };
     let final_state = serve::check_final(&view, &events);
