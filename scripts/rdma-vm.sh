@@ -15,6 +15,10 @@
 #   TIMEOUT=400 scripts/rdma-vm.sh
 #   FILTER=revoked scripts/rdma-vm.sh     only the tests whose name contains it
 #   BENCH=1 scripts/rdma-vm.sh    run `ramcoord-bench rdma` instead of the tests
+#   PROFILE=test scripts/rdma-vm.sh   build with cargo's test profile (what
+#                                 scripts/test.sh does: it has built the
+#                                 dependencies that way already); the default,
+#                                 release, is what BENCH=1 figures mean
 #
 # Exit status: the tests' (0 = all passed); 124 = the VM timed out; 125 = no
 # result line in the console log; 2 = the host lacks something it could not
@@ -24,6 +28,13 @@ cd "$(dirname "$0")/.."
 
 TIMEOUT=${TIMEOUT:-400}
 BENCH=${BENCH:-0}
+PROFILE=${PROFILE:-release}
+# Where cargo puts a profile's output (the test profile's is debug/).
+case "$PROFILE" in
+    release) PROFILE_DIR=release ;;
+    test | dev) PROFILE_DIR=debug ;;
+    *) PROFILE_DIR=$PROFILE ;;
+esac
 WORK=$(mktemp -d /tmp/ramcoord-rdma-vm.XXXX)
 trap 'rm -rf "$WORK"' EXIT
 die() { echo "rdma-vm.sh: $*" >&2; exit 2; }
@@ -53,18 +64,18 @@ test_exe() { # the executable of a test target from cargo's JSON messages
     sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1
 }
 # Build first with the errors shown, then ask cargo (no-op) where they are.
-cargo test --release -q -p ramcoord-net -p ramcoord --features ramcoord/rdma,ramcoord-net/rdma \
+cargo test --profile "$PROFILE" -q -p ramcoord-net -p ramcoord --features ramcoord/rdma,ramcoord-net/rdma \
     --test rdma --test rdma_cluster --no-run || die "could not build the RDMA tests"
-NET_TEST=$(cargo test --release -p ramcoord-net --features rdma --test rdma --no-run \
+NET_TEST=$(cargo test --profile "$PROFILE" -p ramcoord-net --features rdma --test rdma --no-run \
     --message-format=json 2>/dev/null | test_exe)
 [ -x "$NET_TEST" ] || die "could not build the RDMA transport tests"
-CLUSTER_TEST=$(cargo test --release -p ramcoord --features rdma --test rdma_cluster --no-run \
+CLUSTER_TEST=$(cargo test --profile "$PROFILE" -p ramcoord --features rdma --test rdma_cluster --no-run \
     --message-format=json 2>/dev/null | test_exe)
 [ -x "$CLUSTER_TEST" ] || die "could not build the RDMA cluster test"
-cargo build --release -q --features rdma --bin ramcoord -p ramcoord || die "could not build ramcoord"
-cargo build --release -q --features rdma --bin ramcoord-bench -p ramcoord-bench || die "could not build ramcoord-bench"
-RAMCOORD=$CARGO_TARGET_DIR/release/ramcoord
-BENCHBIN=$CARGO_TARGET_DIR/release/ramcoord-bench
+cargo build --profile "$PROFILE" -q --features rdma --bin ramcoord -p ramcoord || die "could not build ramcoord"
+cargo build --profile "$PROFILE" -q --features rdma --bin ramcoord-bench -p ramcoord-bench || die "could not build ramcoord-bench"
+RAMCOORD=$CARGO_TARGET_DIR/$PROFILE_DIR/ramcoord
+BENCHBIN=$CARGO_TARGET_DIR/$PROFILE_DIR/ramcoord-bench
 
 # --- initramfs ----------------------------------------------------------------
 R=$WORK/root

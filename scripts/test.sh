@@ -10,6 +10,12 @@ step() { echo "== [${SECONDS}s] $*"; }
 # add gigabytes to a disk the machine shares with everything else (a CI run
 # once failed with ENOSPC). Say how much room there is, for the same reason.
 if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
+# Everything after `cargo test` runs the binaries of its profile (`test`:
+# optimised, with debug assertions and overflow checks, which the
+# simulator's sweeps want anyway): one build of the dependencies instead of
+# a second one in release. Release figures come from `ramcoord-bench` run
+# by hand (README, Benchmarks).
+bin=target/debug
 df -h . | tail -n 1 | awk '{print "== disk: " $4 " free of " $2}'
 
 step "cargo fmt --check"
@@ -23,16 +29,24 @@ cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 # In target/: the fuzz crate's dependencies are the workspace's, already
 # checked by the first clippy (its own fuzz/target would check them again).
 CARGO_TARGET_DIR="$PWD/target" cargo clippy --manifest-path fuzz/Cargo.toml --locked --all-targets -- -D warnings
-scripts/fuzz.sh
-step "simulator: CI-sized seed sweeps (release build)"
-cargo build --release --bin ramcoord
-target/release/ramcoord sim --workload raft --seeds "${SIM_SEEDS:-2000}" --faults standard
-target/release/ramcoord sim --workload raft --seeds "${SIM_SEEDS_HEAVY:-500}" --faults heavy --first-seed 1000000
-target/release/ramcoord sim --workload coordinator --seeds "${SIM_SEEDS:-2000}" --faults standard
-target/release/ramcoord sim --workload coordinator --seeds "${SIM_SEEDS_HEAVY:-500}" --faults heavy --first-seed 1000000
+# In CI: a smoke run (5 s a target), built without debug info at
+# opt-level 1 (17 instrumented binaries link faster; fewer executions per
+# second matter little over 5 s). A developer's run keeps fuzz.sh's own
+# defaults.
+if [ "${CI:-}" = true ]; then
+  FUZZ_SECONDS=${FUZZ_SECONDS:-5} CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_OPT_LEVEL=1 scripts/fuzz.sh
+else
+  scripts/fuzz.sh
+fi
+step "simulator: CI-sized seed sweeps (the test profile's binary, built by cargo test)"
+[ -x "$bin/ramcoord" ] || cargo build --profile test --bin ramcoord
+"$bin/ramcoord" sim --workload raft --seeds "${SIM_SEEDS:-2000}" --faults standard
+"$bin/ramcoord" sim --workload raft --seeds "${SIM_SEEDS_HEAVY:-500}" --faults heavy --first-seed 1000000
+"$bin/ramcoord" sim --workload coordinator --seeds "${SIM_SEEDS:-2000}" --faults standard
+"$bin/ramcoord" sim --workload coordinator --seeds "${SIM_SEEDS_HEAVY:-500}" --faults heavy --first-seed 1000000
 step "simulator: every planted bug must be caught within 2000 seeds, by its own invariant (each sweep stops at its first catch)"
-target/release/ramcoord sim --list-bugs | while read -r bug workload _; do
-  if ! target/release/ramcoord sim --workload "$workload" --seeds 2000 --faults standard \
+"$bin/ramcoord" sim --list-bugs | while read -r bug workload _; do
+  if ! "$bin/ramcoord" sim --workload "$workload" --seeds 2000 --faults standard \
       --inject-bug "$bug" --expect-caught --stop-when-caught > "target/bug-$bug.txt"; then
     tail -n 3 "target/bug-$bug.txt" >&2
     echo "planted bug $bug was NOT caught by the invariant it breaks" >&2
@@ -42,9 +56,9 @@ target/release/ramcoord sim --list-bugs | while read -r bug workload _; do
 done
 step "benchmark smoke run: compare --quick (every scenario runs; figures are reported, not checked)"
 scripts/etcd-cluster.sh install
-cargo build --release -p ramcoord-bench
+cargo build --profile test -p ramcoord-bench --bin ramcoord-bench
 smoke=$(mktemp -d)
-target/release/ramcoord-bench compare --quick --json --out "$smoke/results" --dir "$smoke/data" > "$smoke/report.json"
+"$bin/ramcoord-bench" compare --quick --json --out "$smoke/results" --dir "$smoke/data" > "$smoke/report.json"
 for field in floor_rtt_p50_us floor_fsync_p50_us commit_fsync_p50_us commit_fsync_p99_us \
   commit_memory_p50_us commit_memory_p99_us etcd_put_p50_us fsync_ops_per_s_64 etcd_ops_per_s_64 failover_p50_ms \
   floor_fsync3_p50_us floor_client_p50_us commit_fsync_leader_p50_us commit_memory_leader_p50_us push_1_p50_us push_100_p50_us \
@@ -54,15 +68,16 @@ for field in floor_rtt_p50_us floor_fsync_p50_us commit_fsync_p50_us commit_fsyn
 done
 rm -rf "$smoke"
 step "RDMA: verbs, transport, ring, fencing and a 3+2 cluster on soft-RoCE in a QEMU VM (scripts/rdma-vm.sh)"
-# In CI the RDMA build shares target/ (the release dependencies are built
-# by now; only the crates above ramcoord-net change with the feature). A
-# developer's run keeps target/rdma so target/release stays the ordinary build.
+# In the test profile, as everything above. In CI the RDMA build shares
+# target/ (the dependencies are built by now; only the crates above
+# ramcoord-net change with the feature). A developer's run keeps
+# target/rdma so target/debug stays the ordinary build.
 if [ "${CI:-}" = true ]; then export RDMA_TARGET_DIR="${RDMA_TARGET_DIR:-$PWD/target}"; fi
-scripts/rdma-vm.sh > target/rdma-vm.log 2>&1 || { tail -n 400 target/rdma-vm.log >&2; echo "RDMA tests failed (log: target/rdma-vm.log)" >&2; exit 1; }
+PROFILE=test scripts/rdma-vm.sh > target/rdma-vm.log 2>&1 || { tail -n 400 target/rdma-vm.log >&2; echo "RDMA tests failed (log: target/rdma-vm.log)" >&2; exit 1; }
 grep -E "^test |test result|^\[ " target/rdma-vm.log
 step "clippy with --features rdma (the verbs libraries are installed by now)"
 # In target/: nothing runs after this, and the dependencies' lint
-# artifacts from the first clippy are reused (target/rdma has release ones).
+# artifacts from the first clippy are reused.
 cargo clippy --workspace --all-targets \
     --features ramcoord/rdma,ramcoord-bench/rdma -- -D warnings
 step "all tests passed"
