@@ -184,7 +184,7 @@ impl Conn {
             other => {
                 return Err(ClientError::BadReply {
                     addr,
-                    why: format!("expected hello, got {other:?}"),
+                    why: format!("expected hello, got {}", other.kind_name()),
                 })
             }
         }

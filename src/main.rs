@@ -13,7 +13,37 @@ use ramcoord::lincheck::{self, jepsen, register::Register, Verdict};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: LogArgs,
 }
+
+/// How the long-running commands (coordinator, master) log to stderr.
+#[derive(clap::Args, Clone, Debug)]
+struct LogArgs {
+    /// What to log: error, warn, info (the default), debug or trace, or a
+    /// filter such as `info,ramcoord_net=debug` (tracing's EnvFilter
+    /// syntax). Overrides the RAMCOORD_LOG environment variable.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// How log lines look: text (one readable line each) or json (one JSON
+    /// object per line: timestamp, level, target, fields; for a log
+    /// collector).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The logging options (`--log-level`, checked, and `--log-format`), set
+/// once by `main` for `init_logging`.
+static LOGGING: std::sync::OnceLock<(Option<String>, LogFormat)> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Command {
@@ -767,6 +797,16 @@ fn main() -> ExitCode {
             e.exit();
         }
     };
+    // A filter that does not parse is refused before anything starts.
+    if let Some(level) = &cli.log.log_level {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+            eprintln!(
+                "ramcoord: --log-level {level:?} is not a level (error, warn, info, debug, trace) or a filter such as info,ramcoord_net=debug: {e}"
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let _ = LOGGING.set((cli.log.log_level.clone(), cli.log.log_format));
     match cli.command {
         Command::Lincheck { format, file } => run_lincheck(format, &file),
         Command::Certs {
@@ -1833,13 +1873,21 @@ fn run_master(args: MasterArgs) -> ExitCode {
     }
 }
 
-/// Logs to stderr; RAMCOORD_LOG picks the level (default info).
+/// Logs to stderr as `--log-level` and `--log-format` say (without
+/// `--log-level`, RAMCOORD_LOG picks the level; default info).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RAMCOORD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let (level, format) = LOGGING.get().cloned().unwrap_or((None, LogFormat::Text));
+    let filter = level
+        .and_then(|l| tracing_subscriber::EnvFilter::try_new(l).ok())
+        .or_else(|| tracing_subscriber::EnvFilter::try_from_env("RAMCOORD_LOG").ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }

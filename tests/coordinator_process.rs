@@ -143,12 +143,13 @@ fn the_coordinator_survives_kill_9_of_its_leader() {
         .collect();
     let (first, term) = wait_active(&rx, 0);
     // Each replica's thread has one io_uring for its sockets and its log's
-    // flushes; the accept thread has the only other.
+    // flushes; the accept thread has the only other. (Fewer where the
+    // kernel refuses io_uring: epoll and pwrite then.)
     for r in &replicas {
-        assert_eq!(
-            io_urings(r.child.id()),
-            2,
-            "replica {}: rings besides the sockets' ring and the accept ring",
+        let rings = io_urings(r.child.id());
+        assert!(
+            rings <= 2,
+            "replica {}: {rings} rings; more than the sockets' ring and the accept ring",
             r.id
         );
     }

@@ -306,8 +306,9 @@ fn commit_row(
     // the run would measure the timeout, not the commit path.
     cfg.coordinator_args = vec!["--tick-ms".into(), "20".into()];
     cfg.master_args = vec!["--heartbeat-ms".into(), "100".into()];
-    let c = LocalCluster::start(cfg)?;
-    c.wait_ready(2, Duration::from_secs(90))?;
+    let c = LocalCluster::start(cfg).map_err(|e| e.to_string())?;
+    c.wait_ready(2, Duration::from_secs(90))
+        .map_err(|e| e.to_string())?;
     let mut cl = crate::cluster::client(&c);
     // The emulated CPU: give an attempt longer than on a real host.
     cl.attempt_timeout = Duration::from_secs(5);

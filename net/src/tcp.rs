@@ -758,10 +758,16 @@ fn next_event(inner: &Arc<Inner>, timeout: Duration) -> Option<Event> {
         match &lp.io {
             LoopIo::Epoll(e) => poll_epoll(inner, lp, e, left),
             LoopIo::Uring(u) => {
+                // A flush of the owner's log finished and is not reaped
+                // yet (seen by an earlier zero-timeout look): the owner
+                // reaps it now rather than sleep through it.
+                if !left.is_zero() && u.take_disk_woke() {
+                    return None;
+                }
                 u.poll(inner, lp, left);
                 close_idle_clients(inner, lp);
-                // A flush of the owner's log finished: it looks now. (A
-                // zero-timeout call leaves the mark for a wait to come.)
+                // One finished during this wait: the owner looks now. (A
+                // zero-timeout call leaves the mark for the next wait.)
                 if !left.is_zero() && u.take_disk_woke() {
                     let ready = lp.ready.lock().expect("lock poisoned").pop_front();
                     return ready.or_else(|| inner.sink.try_recv().ok());

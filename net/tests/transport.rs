@@ -640,7 +640,6 @@ fn a_stalled_peer_is_declared_slow(io_uring: bool) {
 #[test]
 fn the_owners_log_flushes_through_the_sockets_ring() {
     use ramcoord_net::tcp::DurableWrite;
-    use std::os::fd::AsRawFd;
     const ME: u64 = ramcoord_net::tls::CLIENT_BIT | 2;
     let mut cfg = TcpConfig::new(1, 8, loopback());
     cfg.inline_io = true;
@@ -673,7 +672,7 @@ fn the_owners_log_flushes_through_the_sockets_ring() {
         let bytes = vec![round + 1; 600];
         expect[at..at + 600].copy_from_slice(&bytes);
         disk.submit(vec![DurableWrite {
-            fd: file.as_raw_fd(),
+            fd: file.try_clone().unwrap().into(),
             offset: at as u64,
             bytes,
         }])
@@ -681,7 +680,24 @@ fn the_owners_log_flushes_through_the_sockets_ring() {
         assert!(disk.busy());
         let second = disk.submit(vec![]);
         assert!(second.is_err(), "a second flush while one is in flight");
-        if round % 2 == 0 {
+        if round % 3 == 2 {
+            // The owner looks without waiting until the flush has finished
+            // (its completion taken off the ring), then waits: the wait
+            // must end at once, not sleep through the unreaped flush.
+            let look = Instant::now() + WAIT;
+            while !disk.finished() && Instant::now() < look {
+                let _ = server.next_event(Duration::ZERO);
+            }
+            assert!(disk.finished(), "round {round}: the flush never finished");
+            let asleep = Instant::now();
+            assert!(server.next_event(Duration::from_secs(60)).is_none());
+            assert!(
+                asleep.elapsed() < Duration::from_secs(30),
+                "round {round}: the wait slept {:?} through a finished, unreaped flush",
+                asleep.elapsed()
+            );
+            assert!(disk.reap(false).unwrap());
+        } else if round % 3 == 0 {
             // The owner waits for events; the flush's completion ends it.
             let asleep = Instant::now();
             assert!(server.next_event(Duration::from_secs(60)).is_none());
@@ -719,7 +735,7 @@ fn the_owners_log_flushes_through_the_sockets_ring() {
     // flush, once it has finished.
     let read_only = std::fs::File::open(&path).unwrap();
     disk.submit(vec![DurableWrite {
-        fd: read_only.as_raw_fd(),
+        fd: read_only.into(),
         offset: 0,
         bytes: vec![9; 16],
     }])

@@ -104,11 +104,16 @@ pub enum RegionOutcome {
     Invalid(RegionError),
 }
 
+/// A master's id as the CLI prints it (`1.1`), or that it has none yet.
+fn server_text(me: &Option<ServerId>) -> String {
+    me.map_or_else(|| "(not enlisted yet)".to_string(), |id| id.to_string())
+}
+
 /// Why a client's request was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MasterError {
     /// This master does not own the key's tablet (now): look it up again.
-    #[error("server {me:?} does not own table {table} hash {hash:#x}")]
+    #[error("server {} does not own table {table} hash {hash:#x}", server_text(.me))]
     NotOwner {
         /// This master, if enlisted.
         me: Option<ServerId>,
@@ -119,7 +124,7 @@ pub enum MasterError {
     },
     /// Its lease ran out (or was never granted): it has not heard from the
     /// active coordinator lately and must not serve.
-    #[error("server {me:?} holds no lease (it expired at {expired}): not serving")]
+    #[error("server {} holds no lease (it expired at {expired}): not serving", server_text(.me))]
     NoLease {
         /// This master, if enlisted.
         me: Option<ServerId>,

@@ -353,7 +353,12 @@ impl<T: Transport> CoordinatorNode<T> {
                     self.handle(ev);
                     return;
                 }
-                if self.disk_completed() || Instant::now() >= until {
+                if self.disk_completed() {
+                    // Collected by the caller; a wait now would sleep
+                    // through it (the ring's completion is taken already).
+                    return;
+                }
+                if Instant::now() >= until {
                     break;
                 }
                 std::hint::spin_loop();

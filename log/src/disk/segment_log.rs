@@ -51,7 +51,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -888,23 +888,35 @@ impl DiskStorage {
                         self.segments[i].dirty = false;
                     }
                 }
+                // Each write holds a descriptor of its own (a dup): on an
+                // event loop's ring the kernel sees the write only at the
+                // loop's next submission, and a segment closed meanwhile
+                // (a failure skips the wait for the flush) must not leave a
+                // number another file could be given.
+                let mut writes = Vec::new();
+                let mut dup_failed = None;
+                for s in self.segments.iter_mut().filter(|s| !s.pending.is_empty()) {
+                    let fd = match s.file.as_fd().try_clone_to_owned() {
+                        Ok(fd) => fd,
+                        Err(e) => {
+                            dup_failed = Some(format!("{}: dup: {e}", s.path.display()));
+                            break;
+                        }
+                    };
+                    let bytes = std::mem::take(&mut s.pending);
+                    s.dirty = false;
+                    writes.push(SegmentWrite {
+                        fd,
+                        offset: s.end - bytes.len() as u64,
+                        bytes,
+                    });
+                }
+                if let Some(msg) = dup_failed {
+                    return Err(self.fail(msg));
+                }
                 let Backend::Uring(ring) = &mut self.backend else {
                     unreachable!("matched above")
                 };
-                let writes: Vec<SegmentWrite> = self
-                    .segments
-                    .iter_mut()
-                    .filter(|s| !s.pending.is_empty())
-                    .map(|s| {
-                        let bytes = std::mem::take(&mut s.pending);
-                        s.dirty = false;
-                        SegmentWrite {
-                            fd: s.file.as_raw_fd(),
-                            offset: s.end - bytes.len() as u64,
-                            bytes,
-                        }
-                    })
-                    .collect();
                 if writes.is_empty() {
                     // Written already (a segment rollover syncs): durable.
                     self.durable_index = last;

@@ -8,7 +8,7 @@
 //! and only here.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use io_uring::{opcode, types, IoUring};
 
@@ -20,8 +20,9 @@ const RWF_DSYNC: i32 = 0x2;
 
 /// One segment's share of a flush: its file, where the bytes go, the bytes.
 pub struct SegmentWrite {
-    /// The segment's file (open until the flush is reaped).
-    pub fd: RawFd,
+    /// The segment's file: a descriptor of its own, held until the flush
+    /// is reaped.
+    pub fd: OwnedFd,
     /// Where in it.
     pub offset: u64,
     /// What goes there.
@@ -35,7 +36,7 @@ pub struct SegmentWrite {
 /// completions, and has at most one flush in flight.
 pub trait FlushRing: Send {
     /// Queues one durable write (`RWF_DSYNC`) per segment and returns
-    /// without waiting. The caller keeps every `fd` open until
+    /// without waiting. Each write's descriptor is held until
     /// [`FlushRing::reap`] has reported the flush finished.
     fn submit(&mut self, writes: Vec<SegmentWrite>) -> io::Result<()>;
     /// `Ok(true)` once no flush is in flight (the last finished durably),
@@ -124,35 +125,46 @@ impl Ring {
             writes.len() <= RING_ENTRIES as usize,
             "too many segments in one flush"
         );
-        for (i, w) in writes.iter().enumerate() {
-            let len = u32::try_from(w.bytes.len())
-                .map_err(|_| io::Error::other("write larger than 4 GiB"))?;
-            let write = opcode::Write::new(types::Fd(w.fd), w.bytes.as_ptr(), len)
+        // The buffers move into `in_flight` before any entry is queued, and
+        // stay there until every queued entry has completed (`reap`, or
+        // `Drop`), whatever fails below.
+        self.in_flight = writes;
+        self.outstanding = 0;
+        self.failure = None;
+        for (i, w) in self.in_flight.iter().enumerate() {
+            let Ok(len) = u32::try_from(w.bytes.len()) else {
+                self.failure = Some(io::Error::other("write larger than 4 GiB"));
+                break;
+            };
+            let write = opcode::Write::new(types::Fd(w.fd.as_raw_fd()), w.bytes.as_ptr(), len)
                 .offset(w.offset)
                 .rw_flags(RWF_DSYNC)
                 .build()
                 .user_data(i as u64);
             // SAFETY: the buffer behind `write` is the heap allocation of
-            // `w.bytes`, which moves into `self.in_flight` below and is not
-            // freed or resized until its completion has been reaped (`reap`
-            // clears `in_flight` only once `outstanding` is zero, and `Drop`
-            // waits for the outstanding completions). The fd stays open:
-            // the caller's contract above.
-            unsafe {
-                let mut sq = self.ring.submission();
-                sq.push(&write)
-                    .map_err(|_| io::Error::other("submission queue full"))?;
+            // `w.bytes`, held in `self.in_flight`, which is cleared only
+            // once no queued entry is outstanding (`reap`), and `Drop` waits
+            // for the outstanding ones (or leaks them). The descriptor is
+            // the write's own (`SegmentWrite::fd`), held as long.
+            let queued = unsafe { self.ring.submission().push(&write).is_ok() };
+            if !queued {
+                self.failure = Some(io::Error::other("submission queue full"));
+                break;
             }
+            self.outstanding += 1;
         }
-        self.outstanding = writes.len();
-        self.in_flight = writes;
-        self.failure = None;
-        if let Err(e) = self.ring.submit() {
-            // Nothing reached the kernel: forget the flush.
+        if self.outstanding == 0 {
+            // Nothing was queued: nothing to wait for.
             self.in_flight.clear();
-            self.outstanding = 0;
-            return Err(e);
+            return Err(self
+                .failure
+                .take()
+                .unwrap_or_else(|| io::Error::other("an empty flush")));
         }
+        // A failed submit leaves what was queued in the queue (a later
+        // enter, `reap` or `Drop`, hands it over): the flush stays in
+        // flight, and the caller treats the error as fatal.
+        self.ring.submit()?;
         Ok(())
     }
 

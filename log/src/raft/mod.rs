@@ -43,11 +43,16 @@ pub enum Role {
     Leader,
 }
 
+/// The leader a refusal names, in words.
+fn leader_text(leader: &Option<NodeId>) -> String {
+    leader.map_or_else(|| "no leader known".to_string(), |l| format!("leader: {l}"))
+}
+
 /// Why a request was refused. The caller may retry elsewhere or later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
     /// Only the leader takes proposals; `leader` is the one this node knows.
-    #[error("not the leader (leader: {leader:?})")]
+    #[error("not the leader ({})", leader_text(.leader))]
     NotLeader {
         /// The leader this node follows, if any.
         leader: Option<NodeId>,

@@ -195,8 +195,9 @@ struct Core {
 /// One durable write the ring carries for the owner's log: `bytes` at
 /// `offset` of the open file `fd`, complete once on the disk.
 pub struct DurableWrite {
-    /// The file (kept open by the log until the flush is reaped).
-    pub fd: std::os::fd::RawFd,
+    /// The file: a descriptor of its own, held (with the bytes) until the
+    /// write completes, so no other file can take its number meanwhile.
+    pub fd: OwnedFd,
     /// Where in it.
     pub offset: u64,
     /// What to write.
@@ -555,11 +556,15 @@ impl Uring {
             let len = u32::try_from(w.bytes.len())
                 .map_err(|_| std::io::Error::other("write larger than 4 GiB"))?;
             entries.push(
-                opcode::Write::new(types::Fd(w.fd), w.bytes.as_ptr(), len)
-                    .offset(w.offset)
-                    .rw_flags(RWF_DSYNC)
-                    .build()
-                    .user_data((KIND_DISK << KIND_SHIFT) | i as u64),
+                opcode::Write::new(
+                    types::Fd(std::os::fd::AsRawFd::as_raw_fd(&w.fd)),
+                    w.bytes.as_ptr(),
+                    len,
+                )
+                .offset(w.offset)
+                .rw_flags(RWF_DSYNC)
+                .build()
+                .user_data((KIND_DISK << KIND_SHIFT) | i as u64),
             );
         }
         // The buffers move into the ring's keeping before any entry can
@@ -603,6 +608,8 @@ impl Uring {
             }
             if core.disk.outstanding == 0 {
                 core.disk.writes.clear();
+                // Reaped: no wait need end for it any more.
+                self.disk_woke.store(false, Ordering::Relaxed);
                 return match core.disk.failure.take() {
                     Some(e) => Err(e),
                     None => Ok(true),
@@ -613,7 +620,13 @@ impl Uring {
             }
             match core.ring.submit_and_wait(1) {
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // Interrupted, or the completion queue is full for a
+                // moment (taken below): wait again.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc_errno::EINTR | libc_errno::EBUSY | libc_errno::EAGAIN)
+                    ) => {}
                 Err(e) => return Err(e),
             }
             let Core {
@@ -983,6 +996,17 @@ impl Drop for Uring {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for ops in core.ops.values() {
             ops.link.shutdown();
+        }
+        // Completions a log's wait set aside (`disk_reap`) count too.
+        for (data, _, flags) in std::mem::take(&mut core.deferred) {
+            let kind = data >> KIND_SHIFT;
+            if let Some(ops) = core.ops.get_mut(&((data & TOKEN_MASK) as usize)) {
+                match kind {
+                    KIND_RECV if !io_uring::cqueue::more(flags) => ops.recv_armed = false,
+                    KIND_SEND => ops.send_armed = false,
+                    _ => {}
+                }
+            }
         }
         // Shut-down sockets complete their receives and sends promptly,
         // and a durable write in a while; wait for them (bounded) before
