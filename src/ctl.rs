@@ -57,6 +57,11 @@ pub enum CtlCommand {
     /// and its recent commit-point latencies; the leader adds each
     /// follower's match index.
     Status,
+    /// The coordinator group's members as the active coordinator sees
+    /// them: id, address, role (as each replica reports it, or
+    /// unreachable), voter or learner, match index, and how long ago the
+    /// leader last heard from each.
+    Members,
     /// The server list (from the active coordinator).
     Servers,
     /// Every table and its tablets' owners.
@@ -280,6 +285,25 @@ pub struct KeyAnswer {
     pub retries: u32,
 }
 
+/// One member of the coordinator group ([`Ctl::members`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its replica id.
+    pub id: u64,
+    /// Its client address, as configured.
+    pub address: Option<String>,
+    /// What it says it is ("leader", "follower", ...), or "unreachable".
+    pub role: String,
+    /// A voter (else a learner).
+    pub voter: bool,
+    /// How far its log matches the leader's (the leader's: its last
+    /// index).
+    pub match_index: Option<u64>,
+    /// Milliseconds since the leader last heard from it (none for the
+    /// leader itself, or one never heard from).
+    pub last_contact_ms: Option<u64>,
+}
+
 /// A client of the coordinator group and its masters (see the module docs).
 pub struct Ctl {
     opts: CtlOptions,
@@ -438,6 +462,52 @@ impl Ctl {
         Ok(format!(
             "replica {id} caught up (index {caught_up}) and is a voter from index {at}"
         ))
+    }
+
+    /// The group's members (voters, then learners, by id) as the active
+    /// coordinator sees them, with each one's own role.
+    pub fn members(&mut self) -> Result<Vec<Member>, CtlError> {
+        let rows = self.statuses();
+        let own: Vec<Status> = rows.into_iter().filter_map(|(_, r)| r.ok()).collect();
+        let leader = own
+            .iter()
+            .find(|s| s.active)
+            .cloned()
+            .ok_or(CtlError::NoActive)?;
+        let ids = leader
+            .voters
+            .iter()
+            .map(|&id| (id, true))
+            .chain(leader.learners.iter().map(|&id| (id, false)));
+        Ok(ids
+            .map(|(id, voter)| Member {
+                id,
+                address: leader
+                    .addresses
+                    .iter()
+                    .find(|(r, _)| *r == id)
+                    .map(|(_, a)| a.clone()),
+                role: own
+                    .iter()
+                    .find(|s| s.id == id)
+                    .map_or_else(|| "unreachable".to_string(), |s| s.role.clone()),
+                voter,
+                match_index: if id == leader.id {
+                    Some(leader.last_index)
+                } else {
+                    leader
+                        .match_index
+                        .iter()
+                        .find(|(r, _)| *r == id)
+                        .map(|(_, m)| *m)
+                },
+                last_contact_ms: leader
+                    .last_contact_ms
+                    .iter()
+                    .find(|(r, _)| *r == id)
+                    .map(|(_, ms)| *ms),
+            })
+            .collect())
     }
 
     fn leader_status(&mut self) -> Result<Status, CtlError> {
@@ -647,6 +717,28 @@ impl Ctl {
                     render_status(&rows)
                 })
             }
+            CtlCommand::Members => {
+                let rows = self.members()?;
+                Ok(if json {
+                    serde_json::Value::Array(
+                        rows.iter()
+                            .map(|m| {
+                                serde_json::json!({
+                                    "id": m.id,
+                                    "address": m.address,
+                                    "role": m.role,
+                                    "member": if m.voter { "voter" } else { "learner" },
+                                    "match_index": m.match_index,
+                                    "last_contact_ms": m.last_contact_ms,
+                                })
+                            })
+                            .collect(),
+                    )
+                    .to_string()
+                } else {
+                    render_members(&rows)
+                })
+            }
             CtlCommand::Servers => {
                 let v = self.view()?;
                 Ok(if json {
@@ -742,6 +834,26 @@ fn unexpected(reply: &ClientReply) -> CtlError {
         .unwrap_or_default()
         .to_string();
     CtlError::Unexpected(format!("a {kind} reply"))
+}
+
+fn render_members(rows: &[Member]) -> String {
+    let mut out = format!(
+        "{:>3} {:<28} {:<13} {:<7} {:>8} {:>13}\n",
+        "id", "address", "role", "member", "match", "last contact"
+    );
+    for m in rows {
+        out += &format!(
+            "{:>3} {:<28} {:<13} {:<7} {:>8} {:>13}\n",
+            m.id,
+            m.address.as_deref().unwrap_or("-"),
+            m.role,
+            if m.voter { "voter" } else { "learner" },
+            m.match_index.map_or("-".to_string(), |i| i.to_string()),
+            m.last_contact_ms
+                .map_or("-".to_string(), |ms| format!("{ms} ms ago")),
+        );
+    }
+    out.trim_end().to_string()
 }
 
 fn render_status(rows: &[(SocketAddr, Result<Status, CtlError>)]) -> String {

@@ -109,6 +109,45 @@ fn a_follower_address_is_enough() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("\"via-follower\""), "{out}");
     assert_eq!(creates_of(&c, "via-follower"), 1);
+
+    // `members`: every replica once, a voter, at its address; the leader
+    // says so itself; the leader has heard from each follower and knows
+    // its match index. A replica that is down is shown as unreachable.
+    let members = |c: &LocalCluster| {
+        let (code, out, err) = ramcoord(&["ctl", "--coordinators", &f, "--json", "members"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let rows = v.as_array().unwrap().clone();
+        assert_eq!(rows.len(), 3, "{out}");
+        for (i, p) in c.coordinators.iter().enumerate() {
+            let row = &rows[i];
+            assert_eq!(row["id"], (i + 1) as u64, "{out}");
+            assert_eq!(row["address"], p.addr.to_string(), "{out}");
+            assert_eq!(row["member"], "voter", "{out}");
+        }
+        rows
+    };
+    let rows = members(&c);
+    for row in &rows {
+        if row["id"] == leader.id {
+            assert_eq!(row["role"], "leader");
+            assert!(row["last_contact_ms"].is_null(), "{row}");
+        } else {
+            assert_eq!(row["role"], "follower");
+            assert!(row["last_contact_ms"].is_u64(), "{row}");
+            assert!(row["match_index"].as_u64().unwrap() > 0, "{row}");
+        }
+    }
+    let (code, out, err) = ramcoord(&["ctl", "--coordinators", &f, "members"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with(" id address"), "{out}");
+    assert_eq!(out.matches(" voter ").count(), 3, "{out}");
+    let other = (1..=3u64)
+        .find(|i| *i != leader.id && c.coordinators[*i as usize - 1].addr.to_string() != f)
+        .unwrap();
+    c.kill_coordinator(other);
+    let rows = members(&c);
+    assert_eq!(rows[other as usize - 1]["role"], "unreachable", "{rows:?}");
     c.check_alive().unwrap();
     done(c);
 }

@@ -223,6 +223,9 @@ pub struct Status {
     /// Whether this replica runs without TLS (`--insecure`): ids and
     /// roles are then taken on trust.
     pub insecure: bool,
+    /// Per other member: milliseconds since its last Raft message reached
+    /// this replica (members never heard from are absent).
+    pub last_contact_ms: Vec<(u64, u64)>,
 }
 
 /// How many recent commit-point latencies `ctl status` summarises.

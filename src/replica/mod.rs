@@ -346,6 +346,10 @@ pub struct Replica<S: Storage> {
     persisting: VecDeque<Ready>,
     /// Transport messages that were not well-formed or were refused.
     rejected_messages: u64,
+    /// When each member of the group last sent this replica a Raft
+    /// message (`ctl members`' last contact). Members only: bounded by the
+    /// configuration.
+    heard_from: BTreeMap<u64, Instant>,
     /// Clients waiting for the commit point of the entry at an index.
     waiters: BTreeMap<u64, Waiter>,
     /// Client operations this replica proposed and has not seen apply:
@@ -443,6 +447,7 @@ impl<S: Storage> Replica<S> {
             out: VecDeque::new(),
             persisting: VecDeque::new(),
             rejected_messages: 0,
+            heard_from: BTreeMap::new(),
             waiters: BTreeMap::new(),
             rpc_inflight: HashMap::new(),
             completion_waiters: BTreeMap::new(),
@@ -666,6 +671,15 @@ impl<S: Storage> Replica<S> {
                 }
                 match ramcoord_log::wire::decode_message(payload.slice(1..)) {
                     Ok(m) if m.from == from && m.to == self.cfg.id => {
+                        if self.raft.conf().members().any(|id| id == from) {
+                            self.heard_from.insert(from, self.now);
+                            if self.heard_from.len() > self.raft.conf().members().count() {
+                                // Members that left.
+                                let conf = self.raft.conf();
+                                self.heard_from
+                                    .retain(|id, _| conf.members().any(|m| m == *id));
+                            }
+                        }
                         self.raft.step(m);
                         self.log_refusals();
                     }

@@ -29,6 +29,19 @@ impl<S: Storage> Replica<S> {
             Vec::new()
         };
         let (p50, p99) = self.recent_commit_percentiles();
+        let last_contact_ms = self
+            .raft
+            .conf()
+            .members()
+            .filter(|id| *id != self.cfg.id)
+            .filter_map(|id| {
+                let at = self.heard_from.get(&id)?;
+                Some((
+                    id,
+                    self.now.saturating_duration_since(*at).as_millis() as u64,
+                ))
+            })
+            .collect();
         client::Status {
             id: self.cfg.id,
             role: role.to_string(),
@@ -55,6 +68,7 @@ impl<S: Storage> Replica<S> {
             commit_p50_us: p50,
             commit_p99_us: p99,
             insecure: !self.cfg.tls,
+            last_contact_ms,
         }
     }
 

@@ -436,6 +436,7 @@ fn client(c: &mut Corpus) {
         commit_p50_us: 250,
         commit_p99_us: 900,
         insecure: true,
+        last_contact_ms: vec![(2, 3), (3, 41)],
     };
     let view = View {
         id: 1,
