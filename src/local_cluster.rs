@@ -180,9 +180,15 @@ impl Proc {
     /// Whether it was started and has exited on its own (e.g. a master
     /// declared crashed).
     pub fn exited(&mut self) -> bool {
+        self.exit_status().is_some()
+    }
+
+    /// How it exited, once it has on its own (`None` while it runs, or if
+    /// it was never started or was killed by [`LocalCluster`]).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child
             .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     fn kill(&mut self) {

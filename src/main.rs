@@ -1708,6 +1708,8 @@ fn drive_coordinator<T: ramcoord_net::Transport>(
     transport: T,
 ) -> ExitCode {
     use ramcoord::node::CoordinatorNode;
+    let hand_off_limit =
+        (cfg.tick * cfg.election_ticks as u32 * 4).max(std::time::Duration::from_millis(200));
     let mut node = match CoordinatorNode::open(cfg, transport) {
         Ok(n) => n,
         Err(e) => {
@@ -1715,13 +1717,55 @@ fn drive_coordinator<T: ramcoord_net::Transport>(
             return ExitCode::from(2);
         }
     };
-    loop {
-        if let Err(e) = node.run_for(std::time::Duration::from_secs(1)) {
-            tracing::error!(error = %e, "stopping");
-            eprintln!("ramcoord coordinator: {e}");
-            return ExitCode::from(1);
+    // SIGTERM or SIGINT: a graceful stop (a second one stops at once,
+    // exit 1).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let registered = signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+            .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
+        if let Err(e) = registered {
+            tracing::warn!(signal = sig, error = %e, "no graceful stop on this signal");
         }
     }
+    let fail = |e: ramcoord::node::NodeError| {
+        tracing::error!(error = %e, "stopping");
+        eprintln!("ramcoord coordinator: {e}");
+        ExitCode::from(1)
+    };
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Err(e) = node.run_for(std::time::Duration::from_millis(100)) {
+            return fail(e);
+        }
+    }
+    tracing::info!("asked to stop: stopping gracefully");
+    match node.hand_off_leadership() {
+        Ok(Some(to)) => {
+            tracing::info!(to, "handing leadership over before stopping");
+            // Bounded: a hand-over that does not finish within a few
+            // election timeouts is abandoned (the others elect one).
+            let deadline = std::time::Instant::now() + hand_off_limit;
+            while node.status().0 == ramcoord_log::Role::Leader
+                && std::time::Instant::now() < deadline
+            {
+                if let Err(e) = node.run_for(std::time::Duration::from_millis(5)) {
+                    return fail(e);
+                }
+            }
+            match node.status().0 {
+                ramcoord_log::Role::Leader => {
+                    tracing::warn!(to, "leadership not handed over in time; stopping anyway")
+                }
+                _ => tracing::info!(to, "leadership handed over"),
+            }
+        }
+        Ok(None) => {}
+        Err(e) => return fail(e),
+    }
+    if let Err(e) = node.flush_for_exit() {
+        return fail(e);
+    }
+    tracing::info!("log flushed; stopped");
+    ExitCode::SUCCESS
 }
 
 fn run_ctl(args: CtlArgs) -> ExitCode {

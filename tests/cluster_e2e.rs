@@ -680,3 +680,75 @@ fn a_master_that_stops_reading_is_marked_slow_and_stalls_nothing() {
     c.check_alive().unwrap();
     done(c);
 }
+
+/// SIGTERM is a graceful stop. On the leader: it hands leadership to a
+/// follower (logged, naming it, and that follower leads next), flushes
+/// its log and exits 0. On a follower: it flushes and exits 0. Restarted,
+/// both rejoin from their logs and the cluster serves.
+#[test]
+fn sigterm_hands_leadership_over_flushes_and_exits_0() {
+    let mut c = cluster("sigterm", 1, &[]);
+    let leader = c.wait_ready(1, LIMIT).unwrap();
+    let mut ctl = c.ctl(Duration::from_secs(10));
+    ctl.operate(Request::CreateTable {
+        name: "before".into(),
+        tablets: 1,
+    })
+    .unwrap();
+    let exit_of = |c: &mut LocalCluster, id: u64| {
+        let p = &mut c.coordinators[id as usize - 1];
+        let deadline = std::time::Instant::now() + LIMIT;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = p.exit_status() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("replica {id} did not exit after SIGTERM");
+    };
+    let pid = c.coordinators[leader.id as usize - 1].pid().unwrap();
+    signal(pid, rustix::process::Signal::TERM);
+    let status = exit_of(&mut c, leader.id);
+    assert_eq!(status.code(), Some(0), "the leader's exit: {status}");
+    let log = std::fs::read_to_string(&c.coordinators[leader.id as usize - 1].log).unwrap();
+    let handed = log
+        .lines()
+        .find(|l| l.contains("leadership handed over"))
+        .unwrap_or_else(|| panic!("no hand-over logged:\n{log}"));
+    assert!(log.contains("log flushed; stopped"), "{log}");
+    let next = c
+        .wait_for("the next leader", LIMIT, |c| c.active())
+        .unwrap();
+    assert!(
+        handed.contains(&format!("to={}", next.id)),
+        "handed over as {handed:?}, but {} leads",
+        next.id
+    );
+    assert!(next.term > leader.term);
+
+    // The old leader rejoins; then a follower stops the same way.
+    c.restart_coordinator(leader.id).unwrap();
+    c.wait_for("three replicas again", LIMIT, |c| {
+        (c.statuses().len() == 3).then_some(())
+    })
+    .unwrap();
+    let follower = (1..=3u64).find(|i| *i != next.id).unwrap();
+    let pid = c.coordinators[follower as usize - 1].pid().unwrap();
+    signal(pid, rustix::process::Signal::TERM);
+    let status = exit_of(&mut c, follower);
+    assert_eq!(status.code(), Some(0), "the follower's exit: {status}");
+    let log = std::fs::read_to_string(&c.coordinators[follower as usize - 1].log).unwrap();
+    assert!(log.contains("log flushed; stopped"), "{log}");
+    assert!(!log.contains("handing leadership over"), "{log}");
+    c.restart_coordinator(follower).unwrap();
+    let mut ctl = c.ctl(Duration::from_secs(20));
+    ctl.operate(Request::CreateTable {
+        name: "after".into(),
+        tablets: 1,
+    })
+    .unwrap();
+    let view = ctl.view().unwrap();
+    assert!(view.tables.iter().any(|t| t.name == "before"));
+    c.check_alive().unwrap();
+    done(c);
+}

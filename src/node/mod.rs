@@ -318,6 +318,42 @@ impl<T: Transport> CoordinatorNode<T> {
         self.drive()
     }
 
+    /// The first step of a graceful stop: a leader hands its leadership to
+    /// the voter whose log is furthest along (it is brought up to date,
+    /// then told to campaign at once: Raft's TimeoutNow). Returns that
+    /// voter, or `None` if this replica does not lead or has no voter to
+    /// hand over to.
+    pub fn hand_off_leadership(&mut self) -> Result<Option<NodeId>, NodeError> {
+        if self.replica.status().0 != Role::Leader {
+            return Ok(None);
+        }
+        let st = self.replica.status_report();
+        let Some(to) = st
+            .match_index
+            .iter()
+            .filter(|(id, _)| st.voters.contains(id))
+            .max_by_key(|(_, m)| *m)
+            .map(|(id, _)| *id)
+        else {
+            return Ok(None);
+        };
+        if let Err(e) = self.replica.transfer_leader(to) {
+            tracing::warn!(to, error = %e, "leadership not handed over");
+            return Ok(None);
+        }
+        self.drive()?;
+        Ok(Some(to))
+    }
+
+    /// The last step of a graceful stop: everything appended to the log is
+    /// made durable (the flush in flight waited for, the rest written and
+    /// synced), so nothing this replica acknowledged or voted for is lost
+    /// with the process.
+    pub fn flush_for_exit(&mut self) -> Result<(), NodeError> {
+        self.replica.storage_mut().sync()?;
+        Ok(())
+    }
+
     /// Removes from the transport the masters pushed to that are no longer
     /// up (declared crashed, or removed): they are never pushed again.
     fn forget_gone_masters(&mut self) {
