@@ -269,18 +269,33 @@ fn spawn_with(
         }
         None => Command::new(binary),
     };
-    let child = cmd
-        .args(&p.args)
+    cmd.args(&p.args)
         .args(extra)
         .env("RAMCOORD_LOG", filter)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .map_err(|source| ClusterError::Io {
-            what: format!("starting {}", p.name),
-            source,
-        })?;
+        .stderr(file);
+    // ETXTBSY: another thread of this process may have forked while a
+    // script we are about to exec was still open for writing (a test's
+    // wrapper); the forked child holds that descriptor until its own exec,
+    // a few milliseconds. The kernel refuses to exec a file open for
+    // writing, so wait for that child to exec and try again.
+    let mut attempt = 0;
+    let child = loop {
+        match cmd.spawn() {
+            Ok(child) => break child,
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempt < 50 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(source) => {
+                return Err(ClusterError::Io {
+                    what: format!("starting {}", p.name),
+                    source,
+                })
+            }
+        }
+    };
     p.child = Some(child);
     Ok(())
 }
