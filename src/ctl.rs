@@ -26,8 +26,8 @@ use crate::client::{ClientError, CoordinatorClient, MasterClient};
 use crate::cluster::{key_hash, ServerId, ServerStatus, TableId};
 use crate::coordinator::Request;
 use crate::protocol::{
-    ClientReply, ClientRequest, MasterReply, MasterRequest, OpResult, ReplicaChange, RpcId, Status,
-    View,
+    Change, ClientReply, ClientRequest, MasterReply, MasterRequest, OpResult, ReplicaChange, RpcId,
+    Status, View,
 };
 
 /// How `ctl` runs.
@@ -124,6 +124,29 @@ pub enum CtlCommand {
         /// started with it in --peers). A host name is resolved by ctl.
         #[arg(long)]
         address: Option<String>,
+    },
+    /// Stream every committed change of the server list and tablet map,
+    /// one JSON object per line, as it commits: its configuration
+    /// `version`, log index and term, kind and summary, and the servers
+    /// and tables it changed as they are after it.
+    ///
+    /// Any replica answers (from what it has applied); if it goes away,
+    /// the watch moves to another and resumes after the last version
+    /// printed: no gaps, no repeats. Versions older than a replica holds
+    /// (the last 4096 since it started) end the watch with an error.
+    ///
+    ///   ramcoord ctl --coordinators A1,A2,A3 watch            # from now
+    ///   ramcoord ctl --coordinators A1,A2,A3 watch --from 1   # everything held
+    #[command(verbatim_doc_comment)]
+    Watch {
+        /// The first version to print (inclusive). Default: the next
+        /// change from now.
+        #[arg(long, value_name = "VERSION")]
+        from: Option<u64>,
+        /// Stop after printing this many changes (default: run until
+        /// interrupted).
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
     },
     /// Write a key at the master owning its tablet.
     Put {
@@ -304,6 +327,39 @@ pub struct Member {
     pub last_contact_ms: Option<u64>,
 }
 
+/// A change as `ctl watch` prints it: one JSON object, servers and
+/// tablet owners named as the CLI names them (`1.1`).
+pub fn change_json(c: &Change) -> serde_json::Value {
+    let lower = |d: &dyn std::fmt::Debug| format!("{d:?}").to_lowercase();
+    serde_json::json!({
+        "version": c.version,
+        "index": c.index,
+        "term": c.term,
+        "kind": c.kind,
+        "summary": c.summary,
+        "servers": c.servers.iter().map(|s| serde_json::json!({
+            "id": s.id.to_string(),
+            "address": s.addr,
+            "status": lower(&s.status),
+        })).collect::<Vec<_>>(),
+        "tables": c.tables.iter().map(|t| serde_json::json!({
+            "name": t.name,
+            "id": t.id,
+            "state": lower(&t.state),
+            "tablets": t.tablets.iter().map(|x| serde_json::json!({
+                "start_hash": format!("{:#018x}", x.start_hash),
+                "end_hash": format!("{:#018x}", x.end_hash),
+                "owner": x.owner.to_string(),
+                "state": lower(&x.state),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "dropped_table": c.dropped_table,
+    })
+}
+
+/// How long one watch request waits at a replica for a change.
+const WATCH_WAIT: Duration = Duration::from_secs(2);
+
 /// A client of the coordinator group and its masters (see the module docs).
 pub struct Ctl {
     opts: CtlOptions,
@@ -363,6 +419,85 @@ impl Ctl {
             i += 1;
         }
         rows
+    }
+
+    /// Streams configuration changes (see [`CtlCommand::Watch`]) to
+    /// `each`, from version `from` (inclusive; default: after the current
+    /// one), until `count` were given or `each` says stop. A replica that
+    /// does not answer is left for the next; the watch fails once none
+    /// has answered for the command's timeout.
+    pub fn watch(
+        &mut self,
+        from: Option<u64>,
+        count: Option<u64>,
+        each: &mut dyn FnMut(&Change) -> bool,
+    ) -> Result<u64, CtlError> {
+        let wait_ms = WATCH_WAIT.as_millis() as u32;
+        self.coord.attempt_timeout = WATCH_WAIT + self.opts.timeout.min(Duration::from_secs(2));
+        let mut after = from.map(|v| v.saturating_sub(1));
+        let mut given = 0u64;
+        let mut i = 0;
+        let mut answered_at = Instant::now();
+        let mut last_error = None;
+        loop {
+            if count.is_some_and(|n| given >= n) {
+                return Ok(given);
+            }
+            let n = self.coord.addrs().len();
+            if answered_at.elapsed() > self.opts.timeout {
+                let why = last_error.map_or_else(String::new, |e: ClientError| e.to_string());
+                return Err(CtlError::NoCoordinator(format!(
+                    "no replica answered a watch for {:?} (last error: {why})",
+                    self.opts.timeout
+                )));
+            }
+            let req = ClientRequest::Watch {
+                after: after.unwrap_or(u64::MAX),
+                wait_ms: if after.is_some() { wait_ms } else { 0 },
+            };
+            match self.coord.ask(i % n, &req) {
+                Ok(ClientReply::Changes { version, changes }) => {
+                    answered_at = Instant::now();
+                    let Some(seen) = after else {
+                        // From now: this replica's version.
+                        after = Some(version);
+                        continue;
+                    };
+                    let mut seen = seen;
+                    for c in &changes {
+                        if c.version <= seen {
+                            continue;
+                        }
+                        if c.version != seen + 1 {
+                            return Err(CtlError::Unexpected(format!(
+                                "a change of version {} after version {seen} (a gap)",
+                                c.version
+                            )));
+                        }
+                        seen = c.version;
+                        given += 1;
+                        if !each(c) || count.is_some_and(|n| given >= n) {
+                            return Ok(given);
+                        }
+                    }
+                    after = Some(seen);
+                }
+                Ok(ClientReply::ChangesCompacted { oldest, version }) => {
+                    return Err(CtlError::Refused(format!(
+                        "replica at {} no longer holds the changes after version {} (it holds {oldest} to {version}); watch from now, or from {oldest}",
+                        self.coord.addrs()[i % n],
+                        after.unwrap_or(0)
+                    )));
+                }
+                Ok(other) => return Err(unexpected(&other)),
+                Err(e) => {
+                    tracing::info!(replica = %self.coord.addrs()[i % n], error = %e, "watch: replica did not answer; asking the next");
+                    last_error = Some(e);
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
     }
 
     /// The active coordinator's cluster state.
@@ -788,6 +923,15 @@ impl Ctl {
                 Some(req) => self.run_operation(req),
                 None => Err(CtlError::Parse("not an operation".into())),
             },
+            CtlCommand::Watch { from, count } => {
+                // Collected (the CLI streams through `Ctl::watch` instead).
+                let mut lines = Vec::new();
+                self.watch(from, count, &mut |c| {
+                    lines.push(change_json(c).to_string());
+                    true
+                })?;
+                Ok(lines.join("\n"))
+            }
             CtlCommand::Put { table, key, value } => {
                 let a = self.put(&table, &key, &value)?;
                 Ok(if json {

@@ -1772,7 +1772,9 @@ fn run_ctl(args: CtlArgs) -> ExitCode {
     let json = args.json;
     match ctl_command(args) {
         Ok(out) => {
-            println!("{out}");
+            if !out.is_empty() {
+                println!("{out}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) if json => {
@@ -1814,6 +1816,20 @@ fn ctl_command(args: CtlArgs) -> Result<String, String> {
         wait: !args.no_wait,
         security,
     });
+    if let ramcoord::ctl::CtlCommand::Watch { from, count } = cmd {
+        // Streamed: each change printed (and flushed) as it arrives.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let mut each = |c: &ramcoord::protocol::Change| {
+            writeln!(out, "{}", ramcoord::ctl::change_json(c))
+                .and_then(|()| out.flush())
+                .is_ok()
+        };
+        return ctl
+            .watch(from, count, &mut each)
+            .map(|_| String::new())
+            .map_err(|e| e.to_string());
+    }
     ctl.run(cmd).map_err(|e| e.to_string())
 }
 

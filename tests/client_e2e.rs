@@ -481,3 +481,107 @@ fn lookups_read_table_existence_at_the_leader() {
     );
     done(c);
 }
+
+/// `ctl watch --from 1`: every committed change, as JSON lines with
+/// consecutive `version`s, streamed while it happens; the watcher is
+/// attached to the leader, which is then killed (SIGKILL): the watch
+/// moves to another replica and goes on after the last version it
+/// printed, with no gap and no repeat.
+#[test]
+fn watch_streams_every_change_across_a_leader_kill() {
+    use std::io::{BufRead, BufReader};
+    let mut c = cluster("watch", 2, false);
+    let tls = c.client_args();
+    let first = c.wait_ready(2, LIMIT).unwrap();
+    // The leader first: that is the replica the watch asks.
+    let lead = c.coordinators[first.id as usize - 1].addr.to_string();
+    let mut addrs = vec![lead.clone()];
+    addrs.extend(
+        c.coordinators
+            .iter()
+            .map(|p| p.addr.to_string())
+            .filter(|a| *a != lead),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ramcoord"))
+        .arg("ctl")
+        .args(&tls)
+        .args(["--coordinators", &addrs.join(","), "--timeout", "20"])
+        .args(["watch", "--from", "1", "--count", "6"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = |what: &str| -> serde_json::Value {
+        let line = rx
+            .recv_timeout(LIMIT)
+            .unwrap_or_else(|_| panic!("no watch line for {what}"));
+        println!("{line}");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    };
+    // The two masters' enlistments, already committed.
+    let mut seen = vec![next("enlist"), next("enlist")];
+    let mut ctl = c.ctl(LIMIT);
+    for name in ["before-1", "before-2"] {
+        ctl.operate(Request::CreateTable {
+            name: name.into(),
+            tablets: 2,
+        })
+        .unwrap();
+        seen.push(next(name));
+    }
+    c.kill_coordinator(first.id);
+    let second = c
+        .wait_for("a new leader", LIMIT, |c| {
+            c.active().filter(|s| s.id != first.id)
+        })
+        .unwrap();
+    let mut ctl = c.ctl(LIMIT);
+    for name in ["after-1", "after-2"] {
+        ctl.operate(Request::CreateTable {
+            name: name.into(),
+            tablets: 2,
+        })
+        .unwrap();
+        seen.push(next(name));
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "watch exited {status}: {err}");
+    let versions: Vec<u64> = seen
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6], "consecutive, once each");
+    let kinds: Vec<&str> = seen.iter().map(|v| v["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds[..2], ["enlist", "enlist"]);
+    let names: Vec<&str> = seen[2..]
+        .iter()
+        .map(|v| v["tables"][0]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["before-1", "before-2", "after-1", "after-2"]);
+    for v in &seen[2..] {
+        let tablets = v["tables"][0]["tablets"].as_array().unwrap();
+        assert_eq!(tablets.len(), 2, "{v}");
+        assert!(tablets[0]["owner"].as_str().unwrap().contains('.'), "{v}");
+    }
+    let term = |v: &serde_json::Value| v["term"].as_u64().unwrap();
+    assert!(
+        term(&seen[5]) > term(&seen[3]),
+        "the last changes are the new leader's"
+    );
+    assert!(second.term > first.term);
+    assert!(
+        seen[0]["servers"][0]["id"].as_str().unwrap().contains('.'),
+        "{}",
+        seen[0]
+    );
+    done(c);
+}

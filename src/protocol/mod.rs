@@ -148,6 +148,47 @@ pub enum ClientRequest {
         /// The table's name.
         table: String,
     },
+    /// The configuration changes committed after version `after`, oldest
+    /// first (`ctl watch`). Any replica answers, from the state it has
+    /// applied: the changes are committed ones, so a watcher that moves to
+    /// another replica after a crash resumes from the last version it saw
+    /// with no gap and no repeat. If there is none yet, the answer waits
+    /// up to `wait_ms` (capped at [`WATCH_WAIT_MS_MAX`]) for one.
+    Watch {
+        /// The last version the watcher has seen.
+        after: u64,
+        /// How long to wait for a change before answering with none.
+        wait_ms: u32,
+    },
+}
+
+/// The longest a [`ClientRequest::Watch`] waits before answering.
+pub const WATCH_WAIT_MS_MAX: u32 = 10_000;
+
+/// Changes one [`ClientReply::Changes`] carries at most (the watcher asks
+/// again for the rest).
+pub const WATCH_CHANGES_MAX: usize = 64;
+
+/// One committed change of the server list or the tablet map: an
+/// operation's commit record, which made configuration version `version`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The configuration version it made (one more than the last).
+    pub version: u64,
+    /// Its commit record's log index (the operation's seq).
+    pub index: u64,
+    /// The term of that record.
+    pub term: u64,
+    /// Its kind (`enlist`, `create-table`, `server-crashed`, ...).
+    pub kind: String,
+    /// What it did, in one line.
+    pub summary: String,
+    /// The servers it names, as they are after it.
+    pub servers: Vec<Server>,
+    /// The tables whose tablets it changed, as they are after it.
+    pub tables: Vec<Table>,
+    /// The table it dropped.
+    pub dropped_table: Option<String>,
 }
 
 /// A single-replica membership change (one at a time; the leader refuses
@@ -379,6 +420,25 @@ pub enum ClientReply {
         exists: bool,
         /// The applied index the answer was read at.
         index: u64,
+    },
+    /// The answer to [`ClientRequest::Watch`]: changes after the version
+    /// asked for (none if the wait ended first).
+    Changes {
+        /// This replica's configuration version.
+        version: u64,
+        /// The changes, oldest first, consecutive versions.
+        changes: Vec<Change>,
+    },
+    /// The answer to [`ClientRequest::Watch`] when this replica no longer
+    /// holds the change after the version asked for (it keeps the last
+    /// [`crate::replica::CHANGES_KEPT`] since it started, and none from
+    /// before its snapshot). The watcher must start again from the
+    /// current state.
+    ChangesCompacted {
+        /// The oldest version this replica can give.
+        oldest: u64,
+        /// This replica's configuration version.
+        version: u64,
     },
 }
 

@@ -44,8 +44,9 @@ impl<S: Storage> Replica<S> {
                     Outcome::Rejected(r) => Some(r.to_string()),
                     _ => None,
                 };
-                if rejected.is_none() {
+                if let Outcome::Committed(effect) = outcome {
                     self.committed_at.insert(index, now);
+                    self.note_change(index, term, &op, effect);
                 }
                 if let Some(us) = commit_us {
                     self.commits_measured += 1;

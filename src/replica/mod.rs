@@ -69,9 +69,12 @@ mod applied;
 mod reads;
 mod report;
 mod requests;
+mod watch;
 
 use reads::{HeartbeatWaiter, Lookup};
 use requests::Waiter;
+use watch::Watcher;
+pub use watch::{CHANGES_KEPT, WATCHERS_MAX};
 
 /// How many applied operations a replica remembers for `ctl ops`.
 pub const RECENT_OPS: usize = 256;
@@ -416,6 +419,11 @@ pub struct Replica<S: Storage> {
     pending_compaction: Option<Snapshot>,
     /// Applied entries kept for an observer, if one asked.
     applied_notes: Option<Vec<AppliedNote>>,
+    /// The last configuration changes applied, consecutive versions
+    /// ending at the state's (see `watch`).
+    changes: VecDeque<protocol::Change>,
+    /// Watches waiting for a change.
+    watchers: VecDeque<Watcher>,
 }
 
 impl<S: Storage> Replica<S> {
@@ -471,6 +479,8 @@ impl<S: Storage> Replica<S> {
             lost_matches_logged: (0, None),
             tick_pending: false,
             applied_notes: None,
+            changes: VecDeque::new(),
+            watchers: VecDeque::new(),
             pending_compaction: None,
             retries_answered_applied: 0,
         })
@@ -564,6 +574,7 @@ impl<S: Storage> Replica<S> {
             Input::Message { from, payload } => self.on_message(from, payload),
             Input::Tick => {
                 self.raft.tick();
+                self.answer_watchers();
                 // A tick also lets the coordinator act on the passage of
                 // time (retries, failure detection); after the ready loop
                 // has run, so it sees the state as of this tick.
@@ -803,6 +814,9 @@ impl<S: Storage> Replica<S> {
                         index: snap.meta.index,
                         why,
                     })?;
+                // The state jumped: the changes in between were never seen
+                // here, and watchers from before it must start again.
+                self.changes.clear();
                 tracing::info!(
                     index = snap.meta.index,
                     term = snap.meta.term,
@@ -924,6 +938,7 @@ impl<S: Storage> Replica<S> {
     /// What follows a round of readies: lookups, compaction, leadership.
     fn after_readies(&mut self) -> Result<(), ReplicaError> {
         self.answer_lookups();
+        self.answer_watchers();
         self.maybe_compact()?;
         let established = self.raft.role() == Role::Leader
             && self.raft.log().term(self.cluster.applied_index()).ok() == Some(self.raft.term())

@@ -47,6 +47,7 @@ impl<S: Storage> Replica<S> {
         let need = |role: &str| Err(format!("this needs the {role} role ({})", describe(class)));
         match req {
             ClientRequest::Status
+            | ClientRequest::Watch { .. }
             | ClientRequest::View
             | ClientRequest::Lookup { .. }
             | ClientRequest::OpState { .. } => Ok(()),
@@ -205,6 +206,10 @@ impl<S: Storage> Replica<S> {
                 incomplete: self.cluster.incomplete().contains_key(&seq),
                 applied: self.cluster.applied_index(),
             },
+            ClientRequest::Watch { after, wait_ms } => {
+                self.watch(from, request, after, wait_ms);
+                return;
+            }
             ClientRequest::View
             | ClientRequest::Lookup { .. }
             | ClientRequest::Heartbeat { .. }

@@ -358,6 +358,10 @@ pub(super) struct CoordWorld {
     replayable: VecDeque<Bytes>,
     /// Servers whose crash was committed (applied by some replica).
     declared_crashed: HashSet<ServerId>,
+    /// Each configuration version's change as the first replica to hold
+    /// it described it (index, term, summary): `ctl watch` must get the
+    /// same from every replica.
+    changes: HashMap<u64, (u64, u64, String)>,
 }
 
 impl CoordWorld {
@@ -1142,6 +1146,9 @@ impl World {
             });
         }
         self.check_applied(id, &notes)?;
+        if !notes.is_empty() {
+            self.check_changes(id)?;
+        }
         // The leader crashes just before its completion record goes
         // anywhere: none of this round's output happens.
         let completes = outputs.iter().any(|o| match o {
@@ -1382,6 +1389,59 @@ impl World {
                     }
                 }
                 _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The changes replica `id` holds for watchers: consecutive versions
+    /// ending at its state's version, each the same change every replica
+    /// holds under that version (so a watcher moving between replicas
+    /// sees no gap, no repeat and nothing different).
+    fn check_changes(&mut self, id: NodeId) -> Result<(), Violation> {
+        let Some(r) = self.nodes[&id].replica.as_ref() else {
+            return Ok(());
+        };
+        let version = r.cluster().version();
+        let mut expect = None;
+        for c in r.changes() {
+            if expect.is_some_and(|v| v != c.version) {
+                return Err(Violation::new(
+                    "watch history",
+                    format!(
+                        "node {id}: change {} after {:?}",
+                        c.version,
+                        expect.map(|v| v - 1)
+                    ),
+                ));
+            }
+            expect = Some(c.version + 1);
+            let seen = (c.index, c.term, c.summary.clone());
+            match self.cw.changes.get(&c.version) {
+                Some(first) if *first != seen => {
+                    return Err(Violation::new(
+                        "watch history",
+                        format!(
+                            "node {id}: version {} is {seen:?}, another replica held {first:?}",
+                            c.version
+                        ),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    self.cw.changes.insert(c.version, seen);
+                }
+            }
+        }
+        if let Some(next) = expect {
+            if next != version + 1 {
+                return Err(Violation::new(
+                    "watch history",
+                    format!(
+                        "node {id}: changes end at {}, state at version {version}",
+                        next - 1
+                    ),
+                ));
             }
         }
         Ok(())
