@@ -62,6 +62,12 @@ pub struct LocalClusterConfig {
     /// lists every host a coordinator may run on: a follower knows a
     /// replica added later by id only, and cannot tell where it is.
     pub spare_replicas: usize,
+    /// Every coordinator replica serves its HTTP endpoint (`--http`) on a
+    /// free loopback port ([`Proc::http`]); HTTPS with TLS unless
+    /// `http_plain`.
+    pub http: bool,
+    /// `--http-plain` with `http`.
+    pub http_plain: bool,
 }
 
 /// The port every process listens on inside its namespace.
@@ -98,6 +104,8 @@ impl LocalClusterConfig {
             namespaces: false,
             serve_logs: false,
             spare_replicas: 0,
+            http: false,
+            http_plain: false,
         }
     }
 
@@ -164,6 +172,8 @@ pub struct Proc {
     retired: bool,
     /// The network namespace it runs in (chaos), if any.
     ns: Option<String>,
+    /// Where it serves HTTP (`--http`), if it does.
+    pub http: Option<SocketAddr>,
 }
 
 impl Proc {
@@ -430,6 +440,7 @@ impl LocalCluster {
             args.push(self.serve_log(n - 1).display().to_string());
         }
         let mut p = Proc {
+            http: None,
             name: format!("master-{n}"),
             addr,
             log: self.cfg.dir.join(format!("master-{n}.log")),
@@ -547,7 +558,18 @@ impl LocalCluster {
         args.extend(self.cfg.transport_args());
         args.extend(self.cfg.security_args());
         args.extend(self.cfg.coordinator_args.iter().cloned());
+        let http = if self.cfg.http && !self.cfg.namespaces {
+            let a = free_addr()?;
+            args.extend(["--http".to_string(), a.to_string()]);
+            if self.cfg.http_plain {
+                args.push("--http-plain".into());
+            }
+            Some(a)
+        } else {
+            None
+        };
         let mut p = Proc {
+            http,
             name: format!("coordinator-{id}"),
             addr,
             log: self.cfg.dir.join(format!("coordinator-{id}.log")),

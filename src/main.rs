@@ -250,6 +250,16 @@ struct CoordinatorArgs {
     /// Directory of this replica's log (created if missing).
     #[arg(long)]
     data_dir: PathBuf,
+    /// Serve /metrics (Prometheus), /health, /ready and the status page
+    /// (/) on HOST:PORT. HTTPS with a client certificate of the cluster's
+    /// CA when this replica runs with TLS (any role; a reader's will do),
+    /// unless --http-plain.
+    #[arg(long, value_parser = parse_addr, value_name = "HOST:PORT")]
+    http: Option<std::net::SocketAddr>,
+    /// Serve --http as plain HTTP even with TLS (for a loopback address, or
+    /// behind a proxy that does TLS). What it serves is read-only.
+    #[arg(long)]
+    http_plain: bool,
     /// When an entry counts as durable: fsync (flushed to disk) or memory
     /// (in the page cache, flushed every 50 ms: a power loss of a majority
     /// can lose acknowledged entries).
@@ -1645,6 +1655,15 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
         }
     }
     cfg.join = args.join;
+    let http = args.http.map(|addr| {
+        let tls = if args.http_plain { None } else { tls.clone() };
+        (addr, tls)
+    });
+    if args.http.is_some() && args.http_plain && cfg.tls {
+        tracing::warn!(
+            "--http-plain: the HTTP endpoint is plain HTTP although the cluster runs with TLS:              anyone who reaches it can read the cluster's status and metrics"
+        );
+    }
     cfg.spin = std::time::Duration::from_micros(args.spin_us);
     cfg.snapshot_entries = args.snapshot_entries.max(1);
     // Pinned once the transport's own threads (accept, I/O) have started:
@@ -1656,7 +1675,8 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
                 if let Some(cpu) = pin {
                     ramcoord_net::affinity::pin_current_thread(cpu, "replica");
                 }
-                drive_coordinator(cfg, t)
+                let admission = Some(t.admission());
+                drive_coordinator(cfg, t, http, admission)
             }
             Err(e) => {
                 eprintln!("ramcoord coordinator: {e}");
@@ -1685,7 +1705,8 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
                     if let Some(cpu) = pin {
                         ramcoord_net::affinity::pin_current_thread(cpu, "replica");
                     }
-                    drive_coordinator(cfg, t)
+                    let admission = Some(t.tcp().admission());
+                    drive_coordinator(cfg, t, http, admission)
                 }
                 Err(e) => {
                     eprintln!("ramcoord coordinator: {e}");
@@ -1706,6 +1727,8 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
 fn drive_coordinator<T: ramcoord_net::Transport>(
     cfg: ramcoord::node::NodeConfig,
     transport: T,
+    http: Option<(std::net::SocketAddr, Option<ramcoord_net::tls::Tls>)>,
+    admission: Option<std::sync::Arc<ramcoord_net::admission::Admission>>,
 ) -> ExitCode {
     use ramcoord::node::CoordinatorNode;
     let hand_off_limit =
@@ -1717,6 +1740,21 @@ fn drive_coordinator<T: ramcoord_net::Transport>(
             return ExitCode::from(2);
         }
     };
+    if let Some((addr, tls)) = http {
+        let observed = node.observe(admission);
+        let https = tls.is_some();
+        match ramcoord::http::serve(addr, tls, Box::new(move |path| observed.route(path))) {
+            Ok(bound) => tracing::info!(
+                address = %bound,
+                scheme = if https { "https" } else { "http" },
+                "HTTP endpoint: /metrics /health /ready and the status page at /"
+            ),
+            Err(e) => {
+                eprintln!("ramcoord coordinator: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     // SIGTERM or SIGINT: a graceful stop (a second one stops at once,
     // exit 1).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

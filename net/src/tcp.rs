@@ -499,6 +499,12 @@ impl TcpTransport {
             .len()
     }
 
+    /// The bounds on inbound connections, with their counts (open
+    /// clients, refusals): for whoever reports them.
+    pub fn admission(&self) -> Arc<Admission> {
+        self.inner.admission.clone()
+    }
+
     /// Connections closed because the peer sent bad input.
     pub fn rejected_connections(&self) -> u64 {
         self.inner.rejected_conns.load(Ordering::Relaxed)

@@ -21,14 +21,17 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ramcoord_log::disk::{DiskStorage, Durability, FlushRing, OpenError, SegmentWrite};
 use ramcoord_log::{ConfState, Config, NodeId, RawNode, Role, Storage, StorageError};
+use ramcoord_net::admission::Admission;
 use ramcoord_net::{Event, Transport};
 
 use crate::cluster::{ClusterState, Record};
 use crate::coordinator::CoordinatorConfig;
+use crate::http::coordinator::{Observed, ReplicaState};
 use crate::protocol::CONFIG_REGION;
 use crate::replica::{Input, Output, Replica, ReplicaConfig, ReplicaError};
 
@@ -174,6 +177,13 @@ pub struct CoordinatorNode<T: Transport> {
     /// The transport cannot be waited on beside the disk (no
     /// [`Transport::ready_fd`]): flushes are waited for where they start.
     disk_blocks: bool,
+    /// When the flush in flight started (for the fsync histogram).
+    flush_started: Option<Instant>,
+    /// What the HTTP endpoint shows, if there is one, and when it was
+    /// last published.
+    observed: Option<(Arc<Observed>, Instant)>,
+    /// When the per-master metrics were last sampled.
+    per_master_sampled: Instant,
 }
 
 impl<T: Transport> CoordinatorNode<T> {
@@ -239,7 +249,50 @@ impl<T: Transport> CoordinatorNode<T> {
             disk_blocks,
             pushed: HashMap::new(),
             pushed_checked: now,
+            flush_started: None,
+            observed: None,
+            per_master_sampled: now,
         })
+    }
+
+    /// Shares what this replica measures and publishes its state for an
+    /// HTTP endpoint ([`crate::http`]); from now on the loop samples the
+    /// metrics every tick and publishes every
+    /// [`crate::http::PUBLISH_EVERY`].
+    pub fn observe(&mut self, admission: Option<Arc<Admission>>) -> Arc<Observed> {
+        let o = Observed::new(self.replica.metrics().clone(), admission);
+        self.observed = Some((o.clone(), Instant::now() - crate::http::PUBLISH_EVERY));
+        self.publish(true);
+        o
+    }
+
+    /// Samples the metrics and, when due (or `now`), publishes the state.
+    fn publish(&mut self, force: bool) {
+        let Some((o, last)) = &self.observed else {
+            return;
+        };
+        let now = Instant::now();
+        let per_master = now.duration_since(self.per_master_sampled) >= Duration::from_secs(1);
+        if per_master {
+            self.per_master_sampled = now;
+        }
+        self.replica.sample_metrics(per_master);
+        let storage = self.replica.storage();
+        o.metrics
+            .log_bytes
+            .set(crate::metrics::level(storage.log_bytes()));
+        if !force && now.duration_since(*last) < crate::http::PUBLISH_EVERY {
+            return;
+        }
+        let o = o.clone();
+        let view = o.view_wanted().then(|| self.replica.view());
+        o.state.set(ReplicaState {
+            status: self.replica.status_report(),
+            hears_leader: self.replica.hears_leader(),
+            view,
+            latencies_us: self.replica.recent_commit_latencies_us(),
+        });
+        self.observed = Some((o, now));
     }
 
     /// The replica this process runs.
@@ -310,6 +363,7 @@ impl<T: Transport> CoordinatorNode<T> {
                 self.next_tick = now + self.cfg.tick;
             }
             self.replica.input(now, Input::Tick);
+            self.publish(false);
             if now.duration_since(self.pushed_checked) >= Duration::from_secs(1) {
                 self.pushed_checked = now;
                 self.forget_gone_masters();
@@ -455,10 +509,25 @@ impl<T: Transport> CoordinatorNode<T> {
         let storage = self.replica.storage_mut();
         let durable = if storage.flush_in_flight() {
             // Also starts the next flush if entries came meanwhile.
-            storage.flush_poll(false)?
+            let durable_before = storage.durable_index();
+            let d = storage.flush_poll(false)?;
+            if d > durable_before {
+                if let Some(t) = self.flush_started.take() {
+                    self.replica
+                        .metrics()
+                        .fsync_seconds
+                        .observe(t.elapsed().as_secs_f64());
+                }
+            }
+            let storage = self.replica.storage_mut();
+            if storage.flush_in_flight() && self.flush_started.is_none() {
+                self.flush_started = Some(Instant::now());
+            }
+            d
         } else {
             storage.durable_index()
         };
+        let storage = self.replica.storage_mut();
         let all_durable = durable >= storage.last_index();
         let mut done = None;
         while let Some(&(number, need)) = self.persisting.front() {
@@ -508,6 +577,10 @@ impl<T: Transport> CoordinatorNode<T> {
                     // term or vote are durable when written.)
                     let need = job.entries.last().map_or(0, |e| e.index);
                     if need > 0 {
+                        if !storage.flush_in_flight() {
+                            self.flush_started = Some(Instant::now());
+                        }
+                        let storage = self.replica.storage_mut();
                         storage.flush_start()?;
                         if self.disk_blocks {
                             // No descriptor to wait on beside the network:

@@ -49,6 +49,7 @@ impl<S: Storage> Replica<S> {
                     self.note_change(index, term, &op, effect);
                 }
                 if let Some(us) = commit_us {
+                    self.metrics.commit_point(op.kind(), us);
                     self.commits_measured += 1;
                     if self.commit_latencies_us.len() == client::RECENT_LATENCIES {
                         self.commit_latencies_us.pop_front();
@@ -147,7 +148,12 @@ impl<S: Storage> Replica<S> {
             Outcome::NotARecord if kind == EntryKind::ConfChange => {
                 Some(Ok((index, term, OpResult::Changed)))
             }
-            Outcome::Noop => Some(Ok((index, term, OpResult::Changed))),
+            Outcome::Noop => {
+                if let Some(us) = commit_us {
+                    self.metrics.commit_point("noop", us);
+                }
+                Some(Ok((index, term, OpResult::Changed)))
+            }
             Outcome::AlreadyComplete(_) | Outcome::NotARecord => None,
         };
         // Waiters before this index can no longer be answered by their entry.

@@ -53,6 +53,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -63,6 +64,7 @@ use ramcoord_net::{PeerId, WriteStatus};
 
 use crate::cluster::{ClusterState, ServerId};
 use crate::coordinator::{Action, Coordinator, CoordinatorBugs, CoordinatorConfig};
+use crate::metrics::Metrics;
 use crate::protocol::{self, ClientReply, OpRecord};
 
 mod applied;
@@ -424,6 +426,15 @@ pub struct Replica<S: Storage> {
     changes: VecDeque<protocol::Change>,
     /// Watches waiting for a change.
     watchers: VecDeque<Watcher>,
+    /// What it measures (`/metrics`).
+    metrics: Arc<Metrics>,
+    /// The Raft role at the last look (elections started are counted on
+    /// the change).
+    last_role: Role,
+    /// Raft refusals already counted into the metrics.
+    raft_refusals_counted: u64,
+    /// Masters with a push-failure count in the metrics.
+    failed_masters: std::collections::BTreeSet<ServerId>,
 }
 
 impl<S: Storage> Replica<S> {
@@ -481,6 +492,10 @@ impl<S: Storage> Replica<S> {
             applied_notes: None,
             changes: VecDeque::new(),
             watchers: VecDeque::new(),
+            metrics: Arc::new(Metrics::new()),
+            last_role: Role::Follower,
+            raft_refusals_counted: 0,
+            failed_masters: std::collections::BTreeSet::new(),
             pending_compaction: None,
             retries_answered_applied: 0,
         })
@@ -657,6 +672,8 @@ impl<S: Storage> Replica<S> {
                     Ok(env) => {
                         if let Err(why) = self.authorize(from, &env.body) {
                             self.refused_by_role += 1;
+                            self.metrics.refuse("role");
+                            self.metrics.refuse("role");
                             self.log_role_refusal(from, &why);
                             self.reply(from, env.id, &ClientReply::Refused(why));
                             return;
@@ -665,6 +682,7 @@ impl<S: Storage> Replica<S> {
                     }
                     Err(e) => {
                         self.rejected_messages += 1;
+                        self.metrics.refuse("malformed");
                         tracing::warn!(from, error = %e, "malformed client request dropped");
                     }
                 }
@@ -677,6 +695,7 @@ impl<S: Storage> Replica<S> {
                     // Only a replica speaks Raft (with TLS, `from` is
                     // proven by its certificate).
                     self.refused_by_role += 1;
+                    self.metrics.refuse("role");
                     self.log_role_refusal(from, "a Raft message from a client or a master");
                     return;
                 }
@@ -696,16 +715,19 @@ impl<S: Storage> Replica<S> {
                     }
                     Ok(m) => {
                         self.rejected_messages += 1;
+                        self.metrics.refuse("malformed");
                         tracing::warn!(from, claimed = m.from, to = m.to, "misaddressed message");
                     }
                     Err(e) => {
                         self.rejected_messages += 1;
+                        self.metrics.refuse("malformed");
                         tracing::warn!(from, error = %e, "malformed Raft message dropped");
                     }
                 }
             }
             _ => {
                 self.rejected_messages += 1;
+                self.metrics.refuse("malformed");
                 tracing::warn!(from, "message with an unknown tag dropped");
             }
         }
@@ -735,6 +757,15 @@ impl<S: Storage> Replica<S> {
             if status == WriteStatus::Landed {
                 lane.stalls = 0;
             }
+        }
+        if status != WriteStatus::Landed {
+            self.failed_masters.insert(server);
+            self.metrics
+                .push_failures
+                .get_or_create(&crate::metrics::MasterLabel {
+                    master: server.to_string(),
+                })
+                .inc();
         }
         match status {
             WriteStatus::Landed => {
@@ -937,6 +968,14 @@ impl<S: Storage> Replica<S> {
 
     /// What follows a round of readies: lookups, compaction, leadership.
     fn after_readies(&mut self) -> Result<(), ReplicaError> {
+        let role = self.raft.role();
+        if role != self.last_role
+            && matches!(role, Role::Candidate | Role::PreCandidate)
+            && !matches!(self.last_role, Role::Candidate | Role::PreCandidate)
+        {
+            self.metrics.elections_started.inc();
+        }
+        self.last_role = role;
         self.answer_lookups();
         self.answer_watchers();
         self.maybe_compact()?;
@@ -1127,6 +1166,13 @@ impl<S: Storage> Replica<S> {
             lane.in_flight = None;
             lane.waiting = None; // this push is newer
             lane.stalls += 1;
+            self.failed_masters.insert(to);
+            self.metrics
+                .push_failures
+                .get_or_create(&crate::metrics::MasterLabel {
+                    master: to.to_string(),
+                })
+                .inc();
             if lane.stalls >= PUSH_STALLS_SLOW {
                 lane.slow = true;
                 lane.waiting = None;

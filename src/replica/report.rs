@@ -1,14 +1,99 @@
 //! What a replica tells about itself: `status`, `view`, and the
 //! rate-limited logs of what it refused.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ramcoord_log::{Role, Storage};
 
 use super::Replica;
+use crate::metrics::{level, MasterLabel, Metrics};
 use crate::protocol as client;
 
 impl<S: Storage> Replica<S> {
+    /// What this replica measures (share it with whoever serves it).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The recent commit-point latencies this replica measured (µs,
+    /// oldest first).
+    pub fn recent_commit_latencies_us(&self) -> Vec<u64> {
+        self.commit_latencies_us.iter().copied().collect()
+    }
+
+    /// Whether it hears from a leader (or is the leader).
+    pub fn hears_leader(&self) -> bool {
+        self.raft.role() == Role::Leader || self.raft.hears_leader()
+    }
+
+    /// Sets the metrics' levels from the state now (the driver calls this
+    /// once per tick; see `crate::metrics`). With `per_master`, also the
+    /// per-master push lags (a walk over the masters: the driver asks for
+    /// it less often).
+    pub fn sample_metrics(&mut self, per_master: bool) {
+        let m = &self.metrics;
+        let (role, term, commit) = self.status();
+        let applied = self.cluster.applied_index();
+        m.term.set(level(term));
+        m.leader_id.set(level(self.raft.leader_id().unwrap_or(0)));
+        m.active.set(i64::from(self.coord.is_active()));
+        m.commit_index.set(level(commit));
+        m.applied_index.set(level(applied));
+        m.apply_lag_entries
+            .set(level(commit.saturating_sub(applied)));
+        m.log_last_index.set(level(self.raft.log().last_index()));
+        let snap = self.raft.storage().snapshot();
+        m.snapshot_bytes.set(level(snap.data.len() as u64));
+        m.snapshot_index.set(level(snap.meta.index));
+        m.config_version.set(level(self.cluster.version()));
+        m.servers_up
+            .set(level(self.cluster.up_masters().len() as u64));
+        m.tables.set(level(self.cluster.tables().count() as u64));
+        m.incomplete_operations
+            .set(level(self.cluster.incomplete().len() as u64));
+        let (refusals, _) = self.raft.refusals();
+        if refusals > self.raft_refusals_counted {
+            m.refused
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "raft".into(),
+                })
+                .inc_by(refusals - self.raft_refusals_counted);
+            self.raft_refusals_counted = refusals;
+        }
+        if per_master {
+            let leading = role == Role::Leader && self.coord.is_active();
+            m.push_lag_seconds.clear();
+            let mut slow = 0;
+            for (server, lane) in &self.push_lanes {
+                if !leading || lane.term != term {
+                    continue;
+                }
+                slow += i64::from(lane.slow);
+                let lag = lane.in_flight.map_or(0.0, |(_, at)| {
+                    self.now.saturating_duration_since(at).as_secs_f64()
+                });
+                m.push_lag_seconds
+                    .get_or_create(&MasterLabel {
+                        master: server.to_string(),
+                    })
+                    .set(lag);
+            }
+            m.masters_slow.set(slow);
+            // Failures of masters no longer in the list leave the family.
+            let cluster = &self.cluster;
+            self.failed_masters.retain(|id| {
+                let keep = cluster.server(*id).is_some();
+                if !keep {
+                    m.push_failures.remove(&MasterLabel {
+                        master: id.to_string(),
+                    });
+                }
+                keep
+            });
+        }
+    }
+
     /// This replica's view (see [`client::Status`]).
     pub fn status_report(&self) -> client::Status {
         let (role, term, commit) = self.status();

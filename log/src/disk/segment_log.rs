@@ -837,6 +837,12 @@ impl DiskStorage {
         self.durable_index
     }
 
+    /// Bytes of log records the segments hold (not their preallocated
+    /// size): what replay reads at a restart.
+    pub fn log_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.end).sum()
+    }
+
     /// Flushes that have finished since the log was opened (each made one
     /// or more entries durable: with group commit, fewer than appends).
     pub fn flushes(&self) -> u64 {
