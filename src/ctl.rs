@@ -62,6 +62,9 @@ pub enum CtlCommand {
     /// unreachable), voter or learner, match index, and how long ago the
     /// leader last heard from each.
     Members,
+    /// Checks on the coordinator replicas themselves.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
     /// The server list (from the active coordinator).
     Servers,
     /// Every table and its tablets' owners.
@@ -166,6 +169,29 @@ pub enum CtlCommand {
     },
 }
 
+/// `ctl endpoint ...`.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Subcommand)]
+pub enum EndpointCommand {
+    /// Asks every replica (those given and those they name) whether it is
+    /// healthy: it answers, knows a leader it hears from, and has applied
+    /// what is committed. One line each, with how long it took; exit 1 if
+    /// any is not.
+    Health,
+}
+
+/// One replica's health (`ctl endpoint health`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EndpointHealth {
+    /// Where it was asked.
+    pub address: String,
+    /// Healthy.
+    pub healthy: bool,
+    /// How long its answer took (ms).
+    pub took_ms: f64,
+    /// Why not healthy.
+    pub error: Option<String>,
+}
+
 impl CtlCommand {
     /// The coordinator operation this command asks for, if it is one.
     pub fn request(&self) -> Option<Request> {
@@ -222,6 +248,9 @@ pub enum CtlError {
         /// Why.
         why: String,
     },
+    /// Some replica is not healthy (every replica's line).
+    #[error("{0}")]
+    Unhealthy(String),
     /// No replica answered `status`.
     #[error("no coordinator answered ({0})")]
     NoCoordinator(String),
@@ -498,6 +527,59 @@ impl Ctl {
                 }
             }
         }
+    }
+
+    /// Every replica's health (see [`EndpointCommand::Health`]).
+    pub fn endpoint_health(&mut self) -> Vec<EndpointHealth> {
+        let mut rows = Vec::new();
+        let mut i = 0;
+        while i < self.coord.addrs().len() {
+            let addr = self.coord.addrs()[i];
+            let start = Instant::now();
+            let r = self.coord.ask(i, &ClientRequest::Status);
+            let took_ms = start.elapsed().as_secs_f64() * 1e3;
+            let error = match r {
+                Ok(ClientReply::Status(s)) => {
+                    for (_, a) in &s.addresses {
+                        if let Ok(a) = crate::addr::resolve(a) {
+                            self.coord.learn_addr(a);
+                        }
+                    }
+                    let lag = s.commit.saturating_sub(s.applied);
+                    let heard = s.leader.and_then(|l| {
+                        if l == s.id {
+                            Some(0)
+                        } else {
+                            s.last_contact_ms
+                                .iter()
+                                .find(|(id, _)| *id == l)
+                                .map(|(_, ms)| *ms)
+                        }
+                    });
+                    match (s.leader, heard) {
+                        (None, _) => Some("knows no leader".to_string()),
+                        (Some(l), None) => Some(format!("has not heard from leader {l}")),
+                        (Some(l), Some(ms)) if ms > 5_000 => {
+                            Some(format!("last heard from leader {l} {ms} ms ago"))
+                        }
+                        _ if lag > crate::http::READY_APPLY_LAG_MAX => {
+                            Some(format!("{lag} committed entries not applied"))
+                        }
+                        _ => None,
+                    }
+                }
+                Ok(other) => Some(unexpected(&other).to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            rows.push(EndpointHealth {
+                address: addr.to_string(),
+                healthy: error.is_none(),
+                took_ms,
+                error,
+            });
+            i += 1;
+        }
+        rows
     }
 
     /// The active coordinator's cluster state.
@@ -923,6 +1005,30 @@ impl Ctl {
                 Some(req) => self.run_operation(req),
                 None => Err(CtlError::Parse("not an operation".into())),
             },
+            CtlCommand::Endpoint(EndpointCommand::Health) => {
+                let rows = self.endpoint_health();
+                let text = if json {
+                    serde_json::to_string(&rows).expect("serialisable")
+                } else {
+                    rows.iter()
+                        .map(|r| match &r.error {
+                            None => {
+                                format!("{} is healthy: answered in {:.1} ms", r.address, r.took_ms)
+                            }
+                            Some(why) => format!(
+                                "{} is unhealthy: {why} (after {:.1} ms)",
+                                r.address, r.took_ms
+                            ),
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                if rows.iter().all(|r| r.healthy) {
+                    Ok(text)
+                } else {
+                    Err(CtlError::Unhealthy(text))
+                }
+            }
             CtlCommand::Watch { from, count } => {
                 // Collected (the CLI streams through `Ctl::watch` instead).
                 let mut lines = Vec::new();

@@ -1815,19 +1815,39 @@ fn run_ctl(args: CtlArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) if json => {
+        // Every replica's line, some unhealthy: printed as any answer,
+        // exit 1.
+        Err(CtlFailure::Unhealthy(out)) => {
+            println!("{out}");
+            ExitCode::from(1)
+        }
+        Err(CtlFailure::Failed(e)) if json => {
             println!("{}", serde_json::json!({ "error": e }));
             ExitCode::from(1)
         }
-        Err(e) => {
+        Err(CtlFailure::Failed(e)) => {
             eprintln!("ramcoord ctl: {e}");
             ExitCode::from(1)
         }
     }
 }
 
+/// Why `ctl` exits 1.
+enum CtlFailure {
+    /// An error (one line).
+    Failed(String),
+    /// `endpoint health` found a replica unhealthy (the whole answer).
+    Unhealthy(String),
+}
+
+impl From<String> for CtlFailure {
+    fn from(e: String) -> Self {
+        CtlFailure::Failed(e)
+    }
+}
+
 /// Runs one `ctl` command: what to print, or the error.
-fn ctl_command(args: CtlArgs) -> Result<String, String> {
+fn ctl_command(args: CtlArgs) -> Result<String, CtlFailure> {
     use ramcoord::ctl::{Ctl, CtlOptions};
     let coordinators = args
         .coordinators
@@ -1866,9 +1886,12 @@ fn ctl_command(args: CtlArgs) -> Result<String, String> {
         return ctl
             .watch(from, count, &mut each)
             .map(|_| String::new())
-            .map_err(|e| e.to_string());
+            .map_err(|e| CtlFailure::Failed(e.to_string()));
     }
-    ctl.run(cmd).map_err(|e| e.to_string())
+    ctl.run(cmd).map_err(|e| match e {
+        ramcoord::ctl::CtlError::Unhealthy(out) => CtlFailure::Unhealthy(out),
+        e => CtlFailure::Failed(e.to_string()),
+    })
 }
 
 fn run_demo(args: DemoArgs) -> ExitCode {

@@ -585,3 +585,46 @@ fn watch_streams_every_change_across_a_leader_kill() {
     );
     done(c);
 }
+
+/// `ctl endpoint health`: one line per replica (those given and those
+/// they name); exit 0 when all are healthy; a killed replica is named
+/// unhealthy and the exit code is 1; `--json` gives the same as objects.
+#[test]
+fn endpoint_health_names_each_replica() {
+    let mut c = cluster("endpoint", 1, false);
+    let tls = c.client_args();
+    let leader = c.wait_ready(1, LIMIT).unwrap();
+    let f = follower(&c, leader.id);
+    let (code, out, err) = run(&["ctl", "--coordinators", &f, "endpoint", "health"], &tls);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    for p in &c.coordinators {
+        assert!(out.contains(&format!("{} is healthy", p.addr)), "{out}");
+    }
+    let victim = (1..=3)
+        .find(|i| *i != leader.id && c.coordinators[*i as usize - 1].addr.to_string() != f)
+        .unwrap();
+    c.kill_coordinator(victim);
+    let (code, out, err) = run(
+        &[
+            "ctl",
+            "--coordinators",
+            &c.coordinator_list(),
+            "--timeout",
+            "2",
+            "--json",
+            "endpoint",
+            "health",
+        ],
+        &tls,
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        let dead = r["address"] == c.coordinators[victim as usize - 1].addr.to_string();
+        assert_eq!(r["healthy"], !dead, "{r}");
+        assert_eq!(r["error"].is_string(), dead, "{r}");
+    }
+    done(c);
+}
