@@ -13,6 +13,7 @@ pub mod addr;
 pub mod chaos;
 pub mod client;
 pub mod cluster;
+pub mod config_file;
 pub mod coordinator;
 pub mod ctl;
 pub mod demo;

@@ -62,9 +62,8 @@ pub struct LocalClusterConfig {
     /// lists every host a coordinator may run on: a follower knows a
     /// replica added later by id only, and cannot tell where it is.
     pub spare_replicas: usize,
-    /// Every coordinator replica serves its HTTP endpoint (`--http`) on a
-    /// free loopback port ([`Proc::http`]); HTTPS with TLS unless
-    /// `http_plain`.
+    /// Every process serves its HTTP endpoint (`--http`) on a free
+    /// loopback port ([`Proc::http`]); HTTPS with TLS unless `http_plain`.
     pub http: bool,
     /// `--http-plain` with `http`.
     pub http_plain: bool,
@@ -439,8 +438,18 @@ impl LocalCluster {
             args.push("--serve-log".into());
             args.push(self.serve_log(n - 1).display().to_string());
         }
+        let http = if self.cfg.http && !self.cfg.namespaces {
+            let a = free_addr()?;
+            args.extend(["--http".to_string(), a.to_string()]);
+            if self.cfg.http_plain {
+                args.push("--http-plain".into());
+            }
+            Some(a)
+        } else {
+            None
+        };
         let mut p = Proc {
-            http: None,
+            http,
             name: format!("master-{n}"),
             addr,
             log: self.cfg.dir.join(format!("master-{n}.log")),

@@ -235,6 +235,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct CoordinatorArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
     /// This replica's id (one of --peers).
     #[arg(long)]
     id: u64,
@@ -546,6 +548,8 @@ struct DemoArgs {
 
 #[derive(clap::Args)]
 struct MasterArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Address to listen on for coordinators' one-sided writes and clients
     /// (HOST:PORT; a host name is resolved at start).
     #[arg(long, value_parser = parse_addr)]
@@ -576,6 +580,15 @@ struct MasterArgs {
     /// production).
     #[arg(long, value_name = "FILE")]
     serve_log: Option<std::path::PathBuf>,
+    /// Serve /metrics (Prometheus), /health and /ready (enlisted and
+    /// holding a lease) on HOST:PORT: HTTPS with a client certificate of
+    /// the cluster's CA when running with TLS, unless --http-plain.
+    #[arg(long, value_parser = parse_addr, value_name = "HOST:PORT")]
+    http: Option<std::net::SocketAddr>,
+    /// Serve --http as plain HTTP even with TLS (loopback, or behind a
+    /// proxy that does TLS). What it serves is read-only.
+    #[arg(long)]
+    http_plain: bool,
     /// A planted bug, for testing the chaos checker only: `ignore-lease`
     /// serves without a lease.
     #[arg(long, hide = true)]
@@ -789,8 +802,69 @@ enum HistoryFormat {
     Tables,
 }
 
+/// The command line as run, after `--config` (for `--check-config`).
+static EFFECTIVE_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// `--config FILE` and `--check-config`, shared by the long-running
+/// commands.
+#[derive(clap::Args, Clone, Debug)]
+struct ConfigArgs {
+    /// Read settings from a TOML file: the flags' names as keys
+    /// (`data-dir = "/var/lib/ramcoord"`, `[peers]` with `1 = "HOST:PORT"`
+    /// lines, switches as true/false). Flags on the command line win over
+    /// the file; a key that is not a flag is refused. See
+    /// deploy/*.toml in the repository.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check the settings (command line and --config) and print the
+    /// effective command line, then exit 0 without starting (2 if they do
+    /// not parse).
+    #[arg(long)]
+    check_config: bool,
+}
+
+impl ConfigArgs {
+    /// With `--check-config`: prints the effective command line; the
+    /// caller exits 0.
+    fn checked(&self, what: &str) -> bool {
+        if self.check_config {
+            let line = EFFECTIVE_ARGS.get().cloned().unwrap_or_default();
+            let line: Vec<String> = line
+                .into_iter()
+                .skip(1)
+                .filter(|a| a != "--check-config")
+                .map(|a| {
+                    if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '"') {
+                        format!("{a:?}")
+                    } else {
+                        a
+                    }
+                })
+                .collect();
+            println!("{what} settings OK: ramcoord {}", line.join(" "));
+        }
+        self.check_config
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args = match ramcoord::config_file::expand(
+        std::env::args_os().collect(),
+        &<Cli as clap::CommandFactory>::command(),
+        &["coordinator", "master"],
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ramcoord: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _ = EFFECTIVE_ARGS.set(
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+    );
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -1561,6 +1635,9 @@ fn run_storage_crash(
 fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     use ramcoord::node::NodeConfig;
     use ramcoord_net::tcp::{TcpConfig, TcpTransport};
+    if args.config.checked("coordinator") {
+        return ExitCode::SUCCESS;
+    }
     init_logging();
     if args.fault_signals {
         if let Err(e) =
@@ -1949,21 +2026,33 @@ fn slow_disk_on_signals(delay: std::time::Duration) -> std::io::Result<()> {
 
 fn run_master(args: MasterArgs) -> ExitCode {
     use ramcoord::master::process::{run, MasterExit, MasterProcessConfig};
+    if args.config.checked("master") {
+        return ExitCode::SUCCESS;
+    }
     init_logging();
+    let tls = match args.tls.load(ramcoord_net::tls::Identity::Master) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ramcoord master: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.http.is_some() && args.http_plain && tls.is_some() {
+        tracing::warn!(
+            "--http-plain: the HTTP endpoint is plain HTTP although the cluster runs with TLS"
+        );
+    }
     let cfg = MasterProcessConfig {
+        http: args
+            .http
+            .map(|a| (a, if args.http_plain { None } else { tls.clone() })),
         listen: args.listen,
         advertise: args.advertise,
         coordinators: args.coordinators,
         cluster: args.cluster,
         heartbeat: std::time::Duration::from_millis(args.heartbeat_ms.max(1)),
         transport: args.transport.into(),
-        tls: match args.tls.load(ramcoord_net::tls::Identity::Master) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("ramcoord master: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        tls,
         serve_log: args.serve_log,
         bugs: match args.inject_bug.as_deref() {
             None => Default::default(),

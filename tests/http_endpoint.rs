@@ -148,6 +148,22 @@ fn metrics_health_and_ready_over_https() {
         })
         .unwrap();
     }
+    // A master's endpoint: enlisted, holding a lease, serving its tablets.
+    let mhttp = c.masters[0].http.unwrap();
+    let (code, body) = c
+        .wait_for("the master to be ready", LIMIT, |_| {
+            let (code, body) = get(mhttp, "/ready", Some(&reader)).ok()?;
+            (code == 200).then_some((code, body))
+        })
+        .unwrap();
+    assert!(body.contains("\"server\":\""), "{code} {body}");
+    let (code, mm) = get(mhttp, "/metrics", Some(&reader)).unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(sample(&mm, "ramcoord_master_enlisted"), Some(1.0), "{mm}");
+    assert_eq!(sample(&mm, "ramcoord_master_tablets"), Some(3.0), "{mm}");
+    assert!(sample(&mm, "ramcoord_master_heartbeats_total").unwrap() > 0.0);
+    assert!(sample(&mm, "ramcoord_master_lease_remaining_seconds").unwrap() > 0.0);
+    assert_eq!(get(mhttp, "/health", Some(&reader)).unwrap().0, 200);
     let (code, _) = get(lead, "/nothing", Some(&reader)).unwrap();
     assert_eq!(code, 404);
     // No certificate, no answer: plain HTTP to the HTTPS endpoint.

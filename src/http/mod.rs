@@ -48,6 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod coordinator;
+pub mod master;
 
 /// The largest request head read (request line and headers).
 pub const REQUEST_HEAD_BYTES_MAX: usize = 8192;

@@ -79,6 +79,9 @@ pub struct MasterProcessConfig {
     pub serve_log: Option<std::path::PathBuf>,
     /// Planted bugs (only `ramcoord chaos` sets them).
     pub bugs: MasterBugs,
+    /// Serve `/metrics`, `/health`, `/ready` here ([`crate::http`]);
+    /// HTTPS with this credential, if one.
+    pub http: Option<(SocketAddr, Option<ramcoord_net::tls::Tls>)>,
 }
 
 /// Why the master process stopped.
@@ -302,6 +305,15 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
             rdma = Some(t);
         }
     }
+    let observed = crate::http::master::MasterObserved::new(agent.clone());
+    if let Some((addr, tls)) = cfg.http.clone() {
+        let o = observed.clone();
+        let https = tls.is_some();
+        let bound = crate::http::serve(addr, tls, Box::new(move |path| o.route(path)))
+            .map_err(|e| MasterExit::Start(e.to_string()))?;
+        tracing::info!(address = %bound, scheme = if https { "https" } else { "http" }, "HTTP endpoint: /metrics /health /ready");
+    }
+    observed.loop_seen.touch();
     let worker_agent = agent.clone();
     let worker_log = serve_log.clone();
     std::thread::Builder::new()
@@ -341,6 +353,11 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
         // The lease counts from before the heartbeat leaves.
         let sent = boottime_ns();
         let answer = coord.ask_leader(&ClientRequest::Heartbeat { from: id }, deadline);
+        observed.loop_seen.touch();
+        match &answer {
+            Ok(ClientReply::HeartbeatAck { gone: false, .. }) => observed.heartbeats.inc(),
+            _ => observed.heartbeat_failures.inc(),
+        };
         if let Ok(ClientReply::HeartbeatAck {
             gone: false,
             lease_us,
