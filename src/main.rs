@@ -69,6 +69,24 @@ enum Command {
     /// Example: cargo run --release -- demo
     #[command(verbatim_doc_comment)]
     Demo(DemoArgs),
+    /// A local cluster to play with, up until Ctrl-C: coordinator replicas
+    /// and masters on loopback, with TLS and each one's HTTP endpoint.
+    /// Prints the addresses, the status page's URL and the `ctl` command
+    /// line (with its credentials) to use. Ctrl-C stops everything and
+    /// removes the temporary directory (with --dir, the data stays and the
+    /// next run reopens it).
+    Dev {
+        /// Keep data, logs and credentials here (default: a temporary
+        /// directory, removed at exit).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Coordinator replicas: 1, 3 or 5.
+        #[arg(long, default_value_t = 3)]
+        coordinators: usize,
+        /// Masters.
+        #[arg(long, default_value_t = 3)]
+        masters: usize,
+    },
     /// Chaos on real processes (needs root: network namespaces). A cluster
     /// of 3 coordinator replicas and the masters, each in its own network
     /// namespace on a bridge; clients creating, dropping and looking up
@@ -178,6 +196,44 @@ enum Command {
         /// Replace the credentials already in DIR (same CA).
         #[arg(long)]
         reissue: bool,
+    },
+    /// Seed a new coordinator replica's data directory from a backup
+    /// (`ctl snapshot save`), as a founding member of a new group.
+    ///
+    /// Run it once per replica of the new group, each with its own --id
+    /// and --data-dir and the same FILE and --peers; then start each with
+    /// `ramcoord coordinator` and the same --id, --peers and --data-dir.
+    /// The group elects a leader and serves the backup's server list and
+    /// tables; masters that are still up keep their tablets. The new group
+    /// starts at the backup's leader term plus --term-gap, so that masters
+    /// (which accept configuration only from a term newer than any they
+    /// have seen) take its pushes.
+    ///
+    /// Example (three replicas, from a backup of the old group):
+    ///   ramcoord ctl --coordinators A1 snapshot save cluster.backup
+    ///   ramcoord restore cluster.backup --id 1 --data-dir /var/lib/rc1 \
+    ///     --peers 1=A1,2=A2,3=A3      # and --id 2, --id 3 on their hosts
+    ///   ramcoord coordinator --id 1 --listen A1 --peers 1=A1,2=A2,3=A3 \
+    ///     --data-dir /var/lib/rc1
+    #[command(verbatim_doc_comment)]
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// This replica's id (one of --peers).
+        #[arg(long)]
+        id: u64,
+        /// Every replica of the new group as ID=HOST:PORT (their ids are
+        /// the new group's voters).
+        #[arg(long, value_parser = parse_peers)]
+        peers: Peers,
+        /// The directory to seed (created; it must not hold a replica).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Terms to leave between the backup's leader term and the new
+        /// group's first: more than the old group went through after the
+        /// backup was taken.
+        #[arg(long, default_value_t = 1000)]
+        term_gap: u64,
     },
     /// Run the deterministic simulator over a range of seeds.
     ///
@@ -602,7 +658,8 @@ struct CtlArgs {
     /// Coordinator replicas' addresses (HOST:PORT, host names resolved),
     /// comma-separated: any subset of the group, one replica is enough
     /// (followers name the leader and its address).
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// (Every command but `snapshot status` needs it.)
+    #[arg(long, value_delimiter = ',')]
     coordinators: Vec<String>,
     /// Cluster id (as given to the coordinators).
     #[arg(long, default_value_t = 1)]
@@ -900,6 +957,18 @@ fn main() -> ExitCode {
             reissue,
         } => run_certs(&dir, &replicas, days, reissue),
         Command::Sim(args) => run_sim(args),
+        Command::Dev {
+            dir,
+            coordinators,
+            masters,
+        } => run_dev(dir, coordinators, masters),
+        Command::Restore {
+            file,
+            id,
+            peers,
+            data_dir,
+            term_gap,
+        } => run_restore(&file, id, &peers, &data_dir, term_gap),
         Command::Coordinator(args) => run_coordinator(args),
         Command::Ctl(args) => run_ctl(args),
         Command::Master(args) => run_master(args),
@@ -1883,6 +1952,97 @@ fn drive_coordinator<T: ramcoord_net::Transport>(
     ExitCode::SUCCESS
 }
 
+fn run_dev(dir: Option<PathBuf>, coordinators: usize, masters: usize) -> ExitCode {
+    let binary = match std::env::current_exe() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("ramcoord dev: cannot find its own binary: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("ramcoord dev: cannot catch signal {sig}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let cfg = ramcoord::dev::DevConfig {
+        binary,
+        dir,
+        coordinators,
+        masters,
+    };
+    match ramcoord::dev::run(cfg, stop, &mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ramcoord dev: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_restore(
+    file: &std::path::Path,
+    id: u64,
+    peers: &Peers,
+    data_dir: &std::path::Path,
+    term_gap: u64,
+) -> ExitCode {
+    use ramcoord::snapshot_file::{restore_into, Backup};
+    let voters: Vec<u64> = peers.0.iter().map(|(i, _, _)| *i).collect();
+    if !voters.contains(&id) {
+        eprintln!("ramcoord restore: --id {id} is not in --peers ({voters:?})");
+        return ExitCode::from(2);
+    }
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("ramcoord restore: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let backup = match Backup::decode(&bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("ramcoord restore: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match restore_into(&backup, data_dir, &voters, term_gap) {
+        Ok(r) => {
+            let peers_arg: Vec<String> = peers
+                .0
+                .iter()
+                .map(|(i, _, written)| format!("{i}={written}"))
+                .collect();
+            let listen = peers
+                .0
+                .iter()
+                .find(|(i, _, _)| *i == id)
+                .map(|(_, _, w)| w.clone())
+                .unwrap_or_default();
+            println!(
+                "restored {} into {}: index {}, configuration version {}, {} servers, {} tables; the new group starts at term {}\nstart it with: ramcoord coordinator --id {id} --listen {listen} --peers {} --data-dir {}",
+                file.display(),
+                data_dir.display(),
+                r.index,
+                r.version,
+                r.servers,
+                r.tables,
+                r.term,
+                peers_arg.join(","),
+                data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ramcoord restore: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn run_ctl(args: CtlArgs) -> ExitCode {
     let json = args.json;
     match ctl_command(args) {
@@ -1932,6 +2092,27 @@ fn ctl_command(args: CtlArgs) -> Result<String, CtlFailure> {
         .map(|a| ramcoord::addr::resolve(a).map_err(|e| format!("--coordinators: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     let cmd = args.command;
+    let offline = matches!(
+        cmd,
+        ramcoord::ctl::CtlCommand::Snapshot(ramcoord::ctl::SnapshotCommand::Status { .. })
+    );
+    if coordinators.is_empty() && !offline {
+        return Err(CtlFailure::Failed(
+            "--coordinators HOST:PORT[,...] is needed: any replica of the group".into(),
+        ));
+    }
+    if offline {
+        // Reads a file; never connects.
+        let mut ctl = Ctl::new(CtlOptions {
+            coordinators,
+            cluster: args.cluster,
+            json: args.json,
+            timeout: std::time::Duration::from_secs(1),
+            wait: false,
+            security: ramcoord::client::ClientSecurity::insecure(),
+        });
+        return ctl.run(cmd).map_err(|e| CtlFailure::Failed(e.to_string()));
+    }
     let want = match args.role {
         RoleArg::Admin => ramcoord_net::tls::Identity::Admin,
         RoleArg::Reader => ramcoord_net::tls::Identity::Reader,

@@ -628,3 +628,154 @@ fn endpoint_health_names_each_replica() {
     }
     done(c);
 }
+
+/// `ctl snapshot save`, then every replica destroyed (killed, its data
+/// directory deleted), `ramcoord restore` into new directories, the
+/// replicas started again: the same servers and tables, the masters still
+/// serving what was written before, and a new table created after the
+/// restore reaches the masters (the new group's term is past what they
+/// have seen, so they take its pushes).
+#[test]
+fn a_backup_restores_a_destroyed_group() {
+    let mut c = cluster("restore", 2, false);
+    let tls = c.client_args();
+    c.wait_ready(2, LIMIT).unwrap();
+    let mut ctl = c.ctl(LIMIT);
+    for name in ["kept-1", "kept-2"] {
+        ctl.operate(Request::CreateTable {
+            name: name.into(),
+            tablets: 2,
+        })
+        .unwrap();
+    }
+    ctl.put("kept-1", "k", "v1").unwrap();
+    let before = ctl.view().unwrap();
+    let backup = c.dir().join("cluster.backup");
+    let list = c.coordinator_list();
+    let (code, out, err) = run(
+        &[
+            "ctl",
+            "--coordinators",
+            &list,
+            "snapshot",
+            "save",
+            backup.to_str().unwrap(),
+        ],
+        &tls,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("saved "), "{out}");
+    let (code, out, err) = run(
+        &["ctl", "snapshot", "status", backup.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("checksum ok") && out.contains("2 servers, 2 tables"),
+        "{out}"
+    );
+    // A reader may not take one (it holds the masters' nonces).
+    let reader: Vec<String> = tls
+        .iter()
+        .map(|a| a.clone())
+        .chain(["--as".to_string(), "reader".to_string()])
+        .collect();
+    let (code, out, err) = run(
+        &[
+            "ctl",
+            "--coordinators",
+            &list,
+            "snapshot",
+            "save",
+            "/tmp/never.backup",
+        ],
+        &reader,
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("admin"), "{err}");
+
+    let peers: Vec<String> = c
+        .coordinators
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}={}", i + 1, p.addr))
+        .collect();
+    let peers = peers.join(",");
+    for id in 1..=3u64 {
+        c.kill_coordinator(id);
+        std::fs::remove_dir_all(c.dir().join(format!("c{id}"))).unwrap();
+    }
+    for id in 1..=3u64 {
+        let dir = c.dir().join(format!("c{id}"));
+        let (code, out, err) = run(
+            &[
+                "restore",
+                backup.to_str().unwrap(),
+                "--id",
+                &id.to_string(),
+                "--peers",
+                &peers,
+                "--data-dir",
+                dir.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("2 servers, 2 tables"), "{out}");
+        // A second restore into a replica's directory is refused.
+        if id == 1 {
+            let (code, _, err) = run(
+                &[
+                    "restore",
+                    backup.to_str().unwrap(),
+                    "--id",
+                    "1",
+                    "--peers",
+                    &peers,
+                    "--data-dir",
+                    dir.to_str().unwrap(),
+                ],
+                &[],
+            );
+            assert_ne!(code, 0);
+            assert!(err.contains(dir.to_str().unwrap()), "{err}");
+        }
+    }
+    for id in 1..=3u64 {
+        c.restart_coordinator(id).unwrap();
+    }
+    let leader = c.wait_ready(2, LIMIT).unwrap();
+    assert!(
+        leader.term > 1000,
+        "the new group starts past the old terms: {}",
+        leader.term
+    );
+    let mut ctl = c.ctl(LIMIT);
+    let after = ctl.view().unwrap();
+    let names = |v: &ramcoord::protocol::View| {
+        v.tables
+            .iter()
+            .map(|t| (t.name.clone(), t.tablets.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&after), names(&before));
+    assert_eq!(
+        after.servers.iter().map(|s| s.id).collect::<Vec<_>>(),
+        before.servers.iter().map(|s| s.id).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ctl.get("kept-1", "k").unwrap().value.as_deref(),
+        Some(&b"v1"[..])
+    );
+    ctl.operate(Request::CreateTable {
+        name: "after-restore".into(),
+        tablets: 2,
+    })
+    .unwrap();
+    c.wait_for("the new table to be served", LIMIT, |c| {
+        let mut ctl = c.ctl(Duration::from_secs(5));
+        ctl.put("after-restore", "x", "y").ok()
+    })
+    .unwrap();
+    done(c);
+}

@@ -160,6 +160,9 @@ pub enum ClientRequest {
         /// How long to wait for a change before answering with none.
         wait_ms: u32,
     },
+    /// The active coordinator's applied cluster state, whole (`ctl
+    /// snapshot save`; admins only: it holds the masters' nonces).
+    Backup,
 }
 
 /// The longest a [`ClientRequest::Watch`] waits before answering.
@@ -428,6 +431,19 @@ pub enum ClientReply {
         version: u64,
         /// The changes, oldest first, consecutive versions.
         changes: Vec<Change>,
+    },
+    /// The answer to [`ClientRequest::Backup`].
+    Backup {
+        /// The log index the state is as of (applied, so committed).
+        index: u64,
+        /// The term of the entry at `index`.
+        term: u64,
+        /// The leader's current term.
+        current_term: u64,
+        /// The state's configuration version.
+        version: u64,
+        /// The state ([`crate::cluster::ClusterState::snapshot`]).
+        state: Bytes,
     },
     /// The answer to [`ClientRequest::Watch`] when this replica no longer
     /// holds the change after the version asked for (it keeps the last

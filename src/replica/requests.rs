@@ -51,8 +51,14 @@ impl<S: Storage> Replica<S> {
             | ClientRequest::View
             | ClientRequest::Lookup { .. }
             | ClientRequest::OpState { .. } => Ok(()),
-            ClientRequest::Noop | ClientRequest::ChangeReplicas(_) if admin => Ok(()),
-            ClientRequest::Noop | ClientRequest::ChangeReplicas(_) => need("admin"),
+            ClientRequest::Noop | ClientRequest::ChangeReplicas(_) | ClientRequest::Backup
+                if admin =>
+            {
+                Ok(())
+            }
+            ClientRequest::Noop | ClientRequest::ChangeReplicas(_) | ClientRequest::Backup => {
+                need("admin")
+            }
             ClientRequest::Operate(op) | ClientRequest::OperateUntilComplete(op) => match &op.op {
                 crate::coordinator::Request::Enlist { nonce, .. } if master => {
                     if master_client_id(*nonce) == from {
@@ -211,6 +217,7 @@ impl<S: Storage> Replica<S> {
                 return;
             }
             ClientRequest::View
+            | ClientRequest::Backup
             | ClientRequest::Lookup { .. }
             | ClientRequest::Heartbeat { .. }
             | ClientRequest::Operate(_)
@@ -220,6 +227,28 @@ impl<S: Storage> Replica<S> {
                 if !self.coord.is_active() =>
             {
                 not_leader
+            }
+            ClientRequest::Backup => {
+                let index = self.cluster.applied_index();
+                let state = self.cluster.snapshot();
+                // It must fit in one reply frame (with room for the
+                // envelope).
+                let room = ramcoord_net::frame::FRAME_BODY_BYTES_MAX - 4096;
+                if state.len() > room {
+                    ClientReply::Refused(format!(
+                        "the cluster state is {} bytes, more than one reply carries ({room}); \
+                         back up a replica's data directory instead (its snapshot file)",
+                        state.len()
+                    ))
+                } else {
+                    ClientReply::Backup {
+                        index,
+                        term: self.raft.log().term(index).unwrap_or(0),
+                        current_term: self.raft.term(),
+                        version: self.cluster.version(),
+                        state,
+                    }
+                }
             }
             ClientRequest::View => {
                 let mut view = self.view();

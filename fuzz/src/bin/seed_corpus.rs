@@ -648,6 +648,21 @@ fn cluster(c: &mut Corpus) {
     }
 
     let last = all.last().expect("a state");
+    add(
+        c,
+        "backup_file",
+        "whole-history".to_string(),
+        ramcoord::snapshot_file::Backup {
+            cluster: 1,
+            index: last.applied_index(),
+            term: 2,
+            current_term: 3,
+            version: last.version(),
+            saved_at: 1_800_000_000,
+            state: last.snapshot(),
+        }
+        .encode(),
+    );
     for srv in last.servers() {
         add(
             c,

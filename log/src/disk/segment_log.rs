@@ -538,6 +538,54 @@ impl DiskStorage {
         Ok(disk)
     }
 
+    /// The log of a founding member of a group restored from a backup:
+    /// no entries, `snapshot` (its configuration the new group's), and a
+    /// hard state of term `term` (at least the snapshot's; see
+    /// `ramcoord restore` on why it may be higher) with nothing voted.
+    /// Like [`DiskStorage::bootstrap`], the synced hard-state write is the
+    /// commit point: a directory without it is redone.
+    pub fn bootstrap_from_snapshot(
+        dir: &Path,
+        snapshot: Snapshot,
+        term: Term,
+        segment_bytes: u64,
+    ) -> Result<DiskStorage, OpenError> {
+        if DiskStorage::holds_state(dir)? {
+            return Err(OpenError::NotEmpty(dir.to_owned()));
+        }
+        for leftover in ["log", "snapshot", "hardstate"] {
+            let p = dir.join(leftover);
+            let r = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            match r {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&p)(e)),
+            }
+        }
+        let (mut disk, _) = DiskStorage::open(dir, segment_bytes)?;
+        let fail = |e: StorageError| OpenError::Io {
+            path: dir.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let hs = HardState {
+            term: term.max(snapshot.meta.term),
+            vote: None,
+            commit: snapshot.meta.index,
+        };
+        disk.apply_snapshot(snapshot).map_err(fail)?;
+        disk.sync().map_err(fail)?;
+        disk.hard_state_file
+            .set_acked(disk.durable_index, hs)
+            .map_err(OpenError::HardState)?;
+        disk.hard_state_file.save(hs)?;
+        disk.mem.set_hard_state(hs).map_err(fail)?;
+        Ok(disk)
+    }
+
     /// Whether `dir` holds a replica's state: its hard state was ever
     /// written (a founding member whose bootstrap finished, or a joined
     /// replica that heard from a leader). A directory without one is new,
