@@ -677,7 +677,7 @@ fn a_backup_restores_a_destroyed_group() {
     // A reader may not take one (it holds the masters' nonces).
     let reader: Vec<String> = tls
         .iter()
-        .map(|a| a.clone())
+        .cloned()
         .chain(["--as".to_string(), "reader".to_string()])
         .collect();
     let (code, out, err) = run(
