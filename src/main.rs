@@ -1574,7 +1574,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
     if workload == sim::Workload::Coordinator {
         outln!(
             text,
-            "coordinator: {} operations completed ({} rolled forward by a later leader), {} pushes ({} landed, {} fenced off by term, {} refused as not granted after {} write grants), {} master crashes, {} invalid records injected ({} applied as rejections across replicas); exactly once: {} client retries, {} answered as applied already, {} duplicate records applied as nothing, {} outcomes unknown",
+            "coordinator: {} operations completed ({} rolled forward by a later leader), {} pushes ({} landed, {} fenced off by term, {} refused as not granted after {} write grants), {} master crashes, {} master drains ({} told gone before their limit), {} invalid records injected ({} applied as rejections across replicas); exactly once: {} client retries, {} answered as applied already, {} duplicate records applied as nothing, {} outcomes unknown",
             sum(|s| s.coord_ops_completed),
             sum(|s| s.roll_forwards),
             sum(|s| s.pushes),
@@ -1583,6 +1583,8 @@ fn run_sim(args: SimArgs) -> ExitCode {
             sum(|s| s.ungranted_pushes_refused),
             sum(|s| s.write_grants),
             sum(|s| s.master_crashes),
+            sum(|s| s.master_leaves),
+            sum(|s| s.master_drains_done),
             sum(|s| s.invalid_injected),
             sum(|s| s.invalid_applied),
             sum(|s| s.op_retries),
@@ -2223,7 +2225,18 @@ fn run_master(args: MasterArgs) -> ExitCode {
             "--http-plain: the HTTP endpoint is plain HTTP although the cluster runs with TLS"
         );
     }
+    // SIGTERM or SIGINT: drain, then exit 0 (a second one stops at once,
+    // exit 1).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let registered = signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+            .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
+        if let Err(e) = registered {
+            tracing::warn!(signal = sig, error = %e, "no graceful stop on this signal");
+        }
+    }
     let cfg = MasterProcessConfig {
+        stop: Some(stop),
         http: args
             .http
             .map(|a| (a, if args.http_plain { None } else { tls.clone() })),

@@ -17,8 +17,15 @@ fn cluster(name: &str, masters: usize, extra: &[&str]) -> LocalCluster {
     let dir = std::env::temp_dir().join(format!("ramcoord-e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut cfg = LocalClusterConfig::new(env!("CARGO_BIN_EXE_ramcoord").into(), dir, 3, masters);
-    cfg.coordinator_args = ["--tick-ms", "5", "--master-timeout-ms", "400"]
+    // A --master-timeout-ms in `extra` replaces the default.
+    let timeout: &[&str] = if extra.contains(&"--master-timeout-ms") {
+        &[]
+    } else {
+        &["--master-timeout-ms", "400"]
+    };
+    cfg.coordinator_args = ["--tick-ms", "5"]
         .iter()
+        .chain(timeout)
         .chain(extra)
         .map(|s| s.to_string())
         .collect();
@@ -750,5 +757,77 @@ fn sigterm_hands_leadership_over_flushes_and_exits_0() {
     let view = ctl.view().unwrap();
     assert!(view.tables.iter().any(|t| t.name == "before"));
     c.check_alive().unwrap();
+    done(c);
+}
+
+/// SIGTERM on a master drains it: it stops serving, the coordinator
+/// hands its tablets to the other masters at once (the master timeout is
+/// set far past the test, so only the drain can move them), the master
+/// exits 0, and every key of a table it served is written and read at the
+/// new owners.
+#[test]
+fn sigterm_on_a_master_moves_its_tablets_then_exits_0() {
+    let mut c = cluster("drain", 3, &["--master-timeout-ms", "600000"]);
+    c.wait_ready(3, LIMIT).unwrap();
+    let mut ctl = c.ctl(Duration::from_secs(10));
+    ctl.operate(Request::CreateTable {
+        name: "drained".into(),
+        tablets: 6,
+    })
+    .unwrap();
+    let before = ctl.view().unwrap();
+    let leaving_addr = c.masters[0].addr.to_string();
+    let leaving = before
+        .servers
+        .iter()
+        .find(|s| s.addr == leaving_addr)
+        .unwrap()
+        .id;
+    let owned = before.tables[0]
+        .tablets
+        .iter()
+        .filter(|t| t.owner == leaving)
+        .count();
+    assert!(owned > 0, "the leaving master owns tablets");
+    let pid = c.masters[0].pid().unwrap();
+    signal(pid, rustix::process::Signal::TERM);
+    let deadline = std::time::Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(s) = c.masters[0].exit_status() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the master did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0), "{status}");
+    let log = std::fs::read_to_string(&c.masters[0].log).unwrap();
+    assert!(log.contains("stopped serving"), "{log}");
+    assert!(log.contains("drained"), "{log}");
+    let after = ctl.view().unwrap();
+    assert!(
+        after.tables[0].tablets.iter().all(|t| t.owner != leaving),
+        "{:?}",
+        after.tables[0].tablets
+    );
+    for i in 0..24 {
+        let key = format!("k{i}");
+        c.wait_for("a put at the new owner", LIMIT, |c| {
+            c.ctl(Duration::from_secs(5)).put("drained", &key, "v").ok()
+        })
+        .unwrap();
+        assert_eq!(
+            ctl.get("drained", &key).unwrap().value.as_deref(),
+            Some(&b"v"[..])
+        );
+    }
+    let coord_log: String = c
+        .coordinators
+        .iter()
+        .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default())
+        .collect();
+    assert!(coord_log.contains("master leaving (drain)"));
     done(c);
 }

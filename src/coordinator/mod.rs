@@ -208,6 +208,10 @@ pub struct Coordinator {
     log_last_index: u64,
     /// Last heartbeat from each master (or when this leader took office).
     heard: BTreeMap<ServerId, u64>,
+    /// Masters that asked to leave (a drain): declared crashed now, not
+    /// after the timeout. Each has stopped serving before asking (see
+    /// [`Coordinator::on_leave`]). Masters only: bounded by the list.
+    leaving: std::collections::BTreeSet<ServerId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -233,6 +237,7 @@ impl Coordinator {
             proposed: BTreeMap::new(),
             log_last_index: 0,
             heard: BTreeMap::new(),
+            leaving: std::collections::BTreeSet::new(),
         }
     }
 
@@ -261,6 +266,8 @@ impl Coordinator {
             self.acked.clear();
             self.pushed.clear();
             self.proposed.clear();
+            // A master still leaving asks this leader again.
+            self.leaving.clear();
             self.heard = state
                 .up_masters()
                 .into_iter()
@@ -298,6 +305,22 @@ impl Coordinator {
                 *at = self.now;
             }
         }
+    }
+
+    /// A master up in `state` asks to leave (it is being stopped): its
+    /// tablets go to the others now, through the crash path (a recovery
+    /// plan whose commit point hands them over), instead of after the
+    /// master timeout. Safe only because the master stopped serving (gave
+    /// up its lease) before asking: the new owners may serve as soon as
+    /// they are pushed, with nobody else serving. Returns whether the
+    /// crash will be proposed (false: this replica is not active, the
+    /// server is not up, or no other master can take its tablets).
+    pub fn on_leave(&mut self, server: ServerId, state: &ClusterState) -> bool {
+        if !self.active || !state.is_up(server) || state.plan_recovery(server).is_none() {
+            return false;
+        }
+        self.leaving.insert(server);
+        true
     }
 
     /// A master acknowledged holding configuration `version` (or newer) in
@@ -507,9 +530,10 @@ impl Coordinator {
             }
         }
         // Failure detection.
+        self.leaving.retain(|m| state.is_up(*m));
         for m in state.up_masters() {
             let heard = *self.heard.entry(m).or_insert(self.now);
-            if self.now < heard + self.cfg.master_timeout_ticks {
+            if self.now < heard + self.cfg.master_timeout_ticks && !self.leaving.contains(&m) {
                 continue;
             }
             if let Some(plan) = state.plan_recovery(m) {

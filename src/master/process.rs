@@ -82,7 +82,12 @@ pub struct MasterProcessConfig {
     /// Serve `/metrics`, `/health`, `/ready` here ([`crate::http`]);
     /// HTTPS with this credential, if one.
     pub http: Option<(SocketAddr, Option<ramcoord_net::tls::Tls>)>,
+    /// Set to stop: the master drains (see [`drain`]) and [`run`] returns.
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
+
+/// How long a drain may take before the master stops anyway.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// Why the master process stopped.
 #[derive(Debug, thiserror::Error)]
@@ -342,6 +347,14 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
     #[cfg(feature = "rdma")]
     let mut granted_term = 0u64;
     loop {
+        if cfg
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            drain(&mut coord, &agent, id);
+            return Ok(());
+        }
         next += cfg.heartbeat;
         let now = Instant::now();
         if next > now {
@@ -419,6 +432,53 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
             return Err(MasterExit::DeclaredCrashed(id));
         }
     }
+}
+
+/// A graceful stop: first stop serving (give up the lease), then ask the
+/// active coordinator to hand this server's tablets to the other masters
+/// (it declares the server crashed at once, instead of after its master
+/// timeout), and wait until it says the server is gone: the new owners
+/// have the tablets' ownership. Stopping to serve comes first so that no
+/// key is ever served by two masters. Bounded by [`DRAIN_LIMIT`]; a drain
+/// refused (no other master up) or not finished in time is logged, and
+/// the master stops anyway (its tablets then move when the coordinator
+/// times it out, as for a crash).
+pub fn drain(coord: &mut CoordinatorClient, agent: &Mutex<MasterAgent>, id: ServerId) {
+    agent.lock().expect("agent lock poisoned").revoke_lease();
+    tracing::info!(%id, "asked to stop: stopped serving; asking the coordinator to move this server's tablets");
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    let mut asked_at: Option<Instant> = None;
+    while Instant::now() < deadline {
+        let step = Instant::now() + Duration::from_millis(500);
+        // Asked again every half second: a new leader does not know.
+        if asked_at.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+            match coord.ask_leader(&ClientRequest::Leave { server: id }, step) {
+                Ok(ClientReply::Leaving { accepted: true, .. }) => {
+                    if asked_at.is_none() {
+                        tracing::info!(%id, "the coordinator is moving this server's tablets");
+                    }
+                    asked_at = Some(Instant::now());
+                }
+                Ok(ClientReply::Leaving { why, .. }) => {
+                    tracing::warn!(%id, why = why.as_deref().unwrap_or(""), "drain refused; stopping without it (the coordinator moves the tablets after its master timeout)");
+                    return;
+                }
+                Ok(ClientReply::Refused(why)) => {
+                    tracing::warn!(%id, why, "drain refused; stopping without it");
+                    return;
+                }
+                Ok(_) | Err(_) => {}
+            }
+        }
+        if let Ok(ClientReply::HeartbeatAck { gone: true, .. }) =
+            coord.ask_leader(&ClientRequest::Heartbeat { from: id }, step)
+        {
+            tracing::info!(%id, "drained: its tablets belong to other masters now; stopping");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::warn!(%id, limit_s = DRAIN_LIMIT.as_secs(), "drain not finished in time; stopping anyway (the coordinator moves the tablets after its master timeout)");
 }
 
 /// Asks the active coordinator to enlist this process until it answers:

@@ -163,6 +163,14 @@ pub enum ClientRequest {
     /// The active coordinator's applied cluster state, whole (`ctl
     /// snapshot save`; admins only: it holds the masters' nonces).
     Backup,
+    /// A master being stopped asks for its tablets to go to the others
+    /// now (a drain). It must have stopped serving first. Answered
+    /// [`ClientReply::Leaving`]; the master then heartbeats until told it
+    /// is gone (the crash of its server committed).
+    Leave {
+        /// The server.
+        server: ServerId,
+    },
 }
 
 /// The longest a [`ClientRequest::Watch`] waits before answering.
@@ -431,6 +439,13 @@ pub enum ClientReply {
         version: u64,
         /// The changes, oldest first, consecutive versions.
         changes: Vec<Change>,
+    },
+    /// The answer to [`ClientRequest::Leave`].
+    Leaving {
+        /// Its tablets are being handed over (else: `why` not).
+        accepted: bool,
+        /// Why not.
+        why: Option<String>,
     },
     /// The answer to [`ClientRequest::Backup`].
     Backup {

@@ -71,6 +71,14 @@ impl<S: Storage> Replica<S> {
                 _ if admin => Ok(()),
                 _ => need("admin"),
             },
+            ClientRequest::Leave { server } if master => match self.cluster.server(*server) {
+                Some(s) if master_client_id(s.nonce) == from => Ok(()),
+                Some(_) => Err(format!(
+                    "server {server} was enlisted by another master process"
+                )),
+                None => Err(format!("server {server} is not in the server list")),
+            },
+            ClientRequest::Leave { .. } => need("master"),
             ClientRequest::Heartbeat { from: server } if master => {
                 // Only the process that enlisted the server keeps it up;
                 // a server never enlisted has nothing to keep up (and
@@ -218,6 +226,7 @@ impl<S: Storage> Replica<S> {
             }
             ClientRequest::View
             | ClientRequest::Backup
+            | ClientRequest::Leave { .. }
             | ClientRequest::Lookup { .. }
             | ClientRequest::Heartbeat { .. }
             | ClientRequest::Operate(_)
@@ -227,6 +236,25 @@ impl<S: Storage> Replica<S> {
                 if !self.coord.is_active() =>
             {
                 not_leader
+            }
+            ClientRequest::Leave { server } => {
+                if self.coord.on_leave(server, &self.cluster) {
+                    tracing::info!(%server, "master leaving (drain): declaring it crashed now so its tablets move");
+                    ClientReply::Leaving {
+                        accepted: true,
+                        why: None,
+                    }
+                } else {
+                    let why = if !self.cluster.is_up(server) {
+                        format!("server {server} is not up")
+                    } else {
+                        format!("no other master is up to take server {server}'s tablets")
+                    };
+                    ClientReply::Leaving {
+                        accepted: false,
+                        why: Some(why),
+                    }
+                }
             }
             ClientRequest::Backup => {
                 let index = self.cluster.applied_index();

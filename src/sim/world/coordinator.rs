@@ -74,6 +74,11 @@ fn master_request_id(seq: u64, heartbeat: bool) -> u64 {
 
 /// A master's tick (it heartbeats every tick, asks to enlist every two).
 const MASTER_TICK_US: u64 = 10_000;
+
+/// How long a leaving master waits to be told it is gone before it stops
+/// anyway (the process's `DRAIN_LIMIT`, scaled to the simulated timing).
+const LEAVE_LIMIT_US: u64 = 500_000;
+
 /// Table names the clients pick from (few, so operations collide).
 const TABLE_NAMES: [&str; 4] = ["t0", "t1", "t2", "t3"];
 /// The coordinator's timing, in replica ticks (1 ms, up to 30% fast with
@@ -174,6 +179,9 @@ pub(super) struct SimMaster {
     observed: u64,
     /// Requests sent (ids, see `master_request_id`).
     requests: u64,
+    /// Being stopped gracefully (a drain): it gave up its lease and asks
+    /// the coordinator to move its tablets, until told it is gone.
+    leaving: bool,
 }
 
 /// A client's request to a replica.
@@ -284,6 +292,18 @@ pub(super) enum CoordEv {
         seen: u64,
     },
     MasterCrash,
+    /// A leaving master asks replica `node` to move its tablets.
+    LeaveArrive {
+        node: NodeId,
+        slot: usize,
+        inc: u64,
+        from: ServerId,
+    },
+    /// A leaving master's drain limit: still up, it stops anyway.
+    LeaveTimeout {
+        slot: usize,
+        inc: u64,
+    },
     MasterRestart(usize),
     MasterNemesis,
     /// Propose an invalid record at whichever replica leads.
@@ -450,6 +470,7 @@ impl World {
                 enlist_seq: 0,
                 observed: 0,
                 requests: 0,
+                leaving: false,
             });
             let d = self.rng.random_range(0..20_000);
             self.cev(d, CoordEv::MasterTick { slot, inc: 0 });
@@ -581,7 +602,15 @@ impl World {
                     // Declared crashed: this process stops serving and a
                     // new one (a new server) takes the slot.
                     let id = m.agent.id();
-                    self.trace(|| format!("m{slot} learns it was declared crashed ({id:?})"));
+                    if m.leaving {
+                        self.stats.master_drains_done += 1;
+                    }
+                    self.trace(|| {
+                        format!(
+                            "m{slot} learns it was declared crashed ({})",
+                            id.map_or("never enlisted".to_string(), |i| i.to_string())
+                        )
+                    });
                     self.master_down(slot);
                     self.cev(0, CoordEv::MasterRestart(slot));
                 }
@@ -617,6 +646,37 @@ impl World {
                 }
             }
             CoordEv::MasterCrash => self.master_crash(),
+            CoordEv::LeaveArrive {
+                node,
+                slot,
+                inc,
+                from,
+            } => {
+                let m = &mut self.cw.masters[slot];
+                if m.inc != inc || !m.up {
+                    return Ok(());
+                }
+                m.requests += 1;
+                let id = master_request_id(m.requests, true);
+                let nonce = m.agent.nonce();
+                return self.master_request(
+                    node,
+                    slot,
+                    nonce,
+                    id,
+                    &ClientRequest::Leave { server: from },
+                );
+            }
+            CoordEv::LeaveTimeout { slot, inc } => {
+                let m = &self.cw.masters[slot];
+                if m.inc == inc && m.up && m.leaving {
+                    self.trace(|| format!("m{slot} drain not finished in time: stops anyway"));
+                    self.master_down(slot);
+                    let (lo, hi) = self.cw.p.master_down_us;
+                    let d = self.rng.random_range(lo..hi);
+                    self.cev(d, CoordEv::MasterRestart(slot));
+                }
+            }
             CoordEv::MasterRestart(slot) => self.master_restart(slot),
             CoordEv::MasterNemesis => self.master_nemesis(),
             CoordEv::InjectInvalid => return self.inject_invalid(),
@@ -702,6 +762,7 @@ impl World {
         m.enlist_rpc = None;
         m.enlist_seq = 0;
         m.observed = 0;
+        m.leaving = false;
         let inc = m.inc;
         self.trace(|| format!("m{slot} RESTART as a new process"));
         self.cev(0, CoordEv::MasterTick { slot, inc });
@@ -716,7 +777,21 @@ impl World {
             .collect();
         // Keep at least one master: a cluster with none cannot recover
         // tablets, which is a statement about capacity, not correctness.
-        if up.len() > 1 {
+        if up.len() > 1 && self.rng.random_bool(0.3) {
+            // A graceful stop (SIGTERM): the master stops serving, asks to
+            // leave, and goes when told it is gone; if that does not come
+            // in time, it stops anyway (the process's drain limit).
+            let slot = up[self.rng.random_range(0..up.len())];
+            let m = &mut self.cw.masters[slot];
+            if !m.leaving && m.agent.id().is_some() {
+                m.agent.revoke_lease();
+                m.leaving = true;
+                let inc = m.inc;
+                self.stats.master_leaves += 1;
+                self.trace(|| format!("m{slot} LEAVE (drain)"));
+                self.cev(LEAVE_LIMIT_US, CoordEv::LeaveTimeout { slot, inc });
+            }
+        } else if up.len() > 1 {
             let slot = up[self.rng.random_range(0..up.len())];
             self.master_down(slot);
             self.stats.master_crashes += 1;
@@ -803,6 +878,29 @@ impl World {
                             slot,
                             inc,
                             nonce,
+                        },
+                    )
+                }
+                MasterAction::Heartbeat { to, from } if self.cw.masters[slot].leaving => {
+                    // Asks to leave, and heartbeats to learn it is gone.
+                    let node = self.pick_node(to);
+                    self.over_link(
+                        node,
+                        slot,
+                        CoordEv::LeaveArrive {
+                            node,
+                            slot,
+                            inc,
+                            from,
+                        },
+                    );
+                    (
+                        node,
+                        CoordEv::HeartbeatArrive {
+                            node,
+                            slot,
+                            inc,
+                            from,
                         },
                     )
                 }
@@ -929,6 +1027,8 @@ impl World {
                 hint: leader,
                 leader_term: Some(term),
             },
+            // The answer to a leave: what follows is learned by heartbeat.
+            (true, ClientReply::Leaving { .. }) => return,
             (true, ClientReply::NotLeader { leader, .. }) => CoordEv::HeartbeatReply {
                 slot,
                 inc,

@@ -134,6 +134,11 @@ pub struct SimStats {
     pub write_grants: u64,
     /// Master processes crashed.
     pub master_crashes: u64,
+    /// Master processes asked to stop gracefully (a drain).
+    pub master_leaves: u64,
+    /// Drains that ended with the master told it is gone (the others
+    /// stopped at their limit).
+    pub master_drains_done: u64,
     /// Forged Raft messages stepped into replicas (each must be refused).
     pub forged: u64,
     /// Invalid records (breaking a limit, or not records at all) proposed
