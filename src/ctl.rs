@@ -1110,13 +1110,15 @@ impl Ctl {
                     serde_json::json!({"file": file.display().to_string(), "cluster": b.cluster, "index": b.index, "term": b.term, "current_term": b.current_term, "version": b.version, "saved_at": b.saved_at, "servers": servers, "tables": tables, "bytes": b.state.len(), "checksum": "ok"}).to_string()
                 } else {
                     format!(
-                        "{}: checksum ok; cluster {}, index {} (term {}, leader's term {}), configuration version {}, {servers} servers, {tables} tables, saved at Unix time {}",
+                        "{}: checksum ok; cluster {}, index {} (term {}, leader's term {}), configuration version {}, {servers} server{}, {tables} table{}, saved at Unix time {}",
                         file.display(),
                         b.cluster,
                         b.index,
                         b.term,
                         b.current_term,
                         b.version,
+                        if servers == 1 { "" } else { "s" },
+                        if tables == 1 { "" } else { "s" },
                         b.saved_at
                     )
                 })
