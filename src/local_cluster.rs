@@ -366,13 +366,37 @@ impl LocalCluster {
             .map(|(i, a)| format!("{}={}", i + 1, cfg.written(*a)))
             .collect();
         let peers = peers.join(",");
+        // Every replica's HTTP address, known to all (`--http-peers`): a
+        // follower's status page links to the leader's.
+        let https: Vec<SocketAddr> = if cfg.http && !cfg.namespaces {
+            (0..cfg.coordinators)
+                .map(|_| free_addr())
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        let http_peers: Vec<String> = https
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect();
         let mut c = LocalCluster {
             cfg,
             coordinators: Vec::new(),
             masters: Vec::new(),
         };
         for (i, (addr, listen)) in placed.iter().enumerate() {
-            c.spawn_coordinator(i as u64 + 1, *addr, *listen, &peers, &[])?;
+            let mut extra: Vec<String> = Vec::new();
+            if let Some(h) = https.get(i) {
+                extra.extend([
+                    "--http".to_string(),
+                    h.to_string(),
+                    "--http-peers".to_string(),
+                    http_peers.join(","),
+                ]);
+            }
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            c.spawn_coordinator(i as u64 + 1, *addr, *listen, &peers, &extra)?;
         }
         for _ in 0..c.cfg.masters {
             c.start_master()?;
@@ -567,9 +591,22 @@ impl LocalCluster {
         args.extend(self.cfg.transport_args());
         args.extend(self.cfg.security_args());
         args.extend(self.cfg.coordinator_args.iter().cloned());
+        // Given by the caller (with every replica's, `start`), or one of
+        // its own (a replacement).
+        let given = extra
+            .iter()
+            .position(|a| *a == "--http")
+            .and_then(|i| extra.get(i + 1))
+            .and_then(|a| a.parse::<SocketAddr>().ok());
         let http = if self.cfg.http && !self.cfg.namespaces {
-            let a = free_addr()?;
-            args.extend(["--http".to_string(), a.to_string()]);
+            let a = match given {
+                Some(a) => a,
+                None => {
+                    let a = free_addr()?;
+                    args.extend(["--http".to_string(), a.to_string()]);
+                    a
+                }
+            };
             if self.cfg.http_plain {
                 args.push("--http-plain".into());
             }

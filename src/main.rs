@@ -318,6 +318,10 @@ struct CoordinatorArgs {
     /// behind a proxy that does TLS). What it serves is read-only.
     #[arg(long)]
     http_plain: bool,
+    /// Every replica's --http address as ID=HOST:PORT, comma-separated: a
+    /// follower's status page then links to the leader's.
+    #[arg(long, value_parser = parse_peers, value_name = "ID=HOST:PORT,...")]
+    http_peers: Option<Peers>,
     /// When an entry counts as durable: fsync (flushed to disk) or memory
     /// (in the page cache, flushed every 50 ms: a power loss of a majority
     /// can lose acknowledged entries).
@@ -1805,7 +1809,17 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     cfg.join = args.join;
     let http = args.http.map(|addr| {
         let tls = if args.http_plain { None } else { tls.clone() };
-        (addr, tls)
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let peers: std::collections::BTreeMap<u64, String> = args
+            .http_peers
+            .as_ref()
+            .map(|p| {
+                p.0.iter()
+                    .map(|(id, _, written)| (*id, format!("{scheme}://{written}/")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (addr, tls, peers)
     });
     if args.http.is_some() && args.http_plain && cfg.tls {
         tracing::warn!(
@@ -1875,7 +1889,11 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
 fn drive_coordinator<T: ramcoord_net::Transport>(
     cfg: ramcoord::node::NodeConfig,
     transport: T,
-    http: Option<(std::net::SocketAddr, Option<ramcoord_net::tls::Tls>)>,
+    http: Option<(
+        std::net::SocketAddr,
+        Option<ramcoord_net::tls::Tls>,
+        std::collections::BTreeMap<u64, String>,
+    )>,
     admission: Option<std::sync::Arc<ramcoord_net::admission::Admission>>,
 ) -> ExitCode {
     use ramcoord::node::CoordinatorNode;
@@ -1888,8 +1906,8 @@ fn drive_coordinator<T: ramcoord_net::Transport>(
             return ExitCode::from(2);
         }
     };
-    if let Some((addr, tls)) = http {
-        let observed = node.observe(admission);
+    if let Some((addr, tls, pages)) = http {
+        let observed = node.observe(admission, pages);
         let https = tls.is_some();
         match ramcoord::http::serve(addr, tls, Box::new(move |path| observed.route(path))) {
             Ok(bound) => tracing::info!(

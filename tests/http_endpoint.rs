@@ -281,6 +281,31 @@ fn the_status_page_shows_the_cluster_in_a_browser() {
     }
     assert!(dom.contains("leader (active coordinator)"), "{dom}");
     assert!(dom.contains("create-table"), "recent operations missing");
+    // A follower's page points to the leader's.
+    let follower = (1..=3u64).find(|i| *i != leader.id).unwrap();
+    let follower_url = format!(
+        "http://{}/",
+        c.coordinators[follower as usize - 1].http.unwrap()
+    );
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(&follower_url)
+        .output()
+        .expect("chromium runs");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains(&format!("href=\"{url}\" id=\"leader-page\""))
+            || dom.contains(&format!("id=\"leader-page\" href=\"{url}\"")),
+        "the follower's page does not link to {url}:\n{dom}"
+    );
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     let _ = std::fs::remove_file(&shot);
     let out = browser(&[&format!("--screenshot={}", shot.display())]);

@@ -45,13 +45,20 @@ pub struct Observed {
     admission: Option<Arc<Admission>>,
     /// Connection refusals already counted into the metrics.
     refused_connections_counted: AtomicU64,
+    /// Every replica's status page (`--http-peers`), by id.
+    pages: std::collections::BTreeMap<u64, String>,
 }
 
 impl Observed {
     /// For a replica with these metrics (and, if known, its transport's
     /// admission counts).
-    pub fn new(metrics: Arc<Metrics>, admission: Option<Arc<Admission>>) -> Arc<Observed> {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        admission: Option<Arc<Admission>>,
+        pages: std::collections::BTreeMap<u64, String>,
+    ) -> Arc<Observed> {
         Arc::new(Observed {
+            pages,
             metrics,
             state: Published::default(),
             started: Instant::now(),
@@ -224,6 +231,7 @@ impl Observed {
             "applied": s.applied,
             "leader": s.leader,
             "leader_address": leader_addr,
+            "leader_page": s.leader.and_then(|l| self.pages.get(&l)),
             "active": s.active,
             "tls": !s.insecure,
             "published_ms_ago": age.map(|a| a.as_millis() as u64),

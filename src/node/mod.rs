@@ -256,11 +256,16 @@ impl<T: Transport> CoordinatorNode<T> {
     }
 
     /// Shares what this replica measures and publishes its state for an
-    /// HTTP endpoint ([`crate::http`]); from now on the loop samples the
+    /// HTTP endpoint ([`crate::http`]), which knows every replica's page
+    /// (`pages`, by id: a follower's links to the leader's); from now on the loop samples the
     /// metrics every tick and publishes every
     /// [`crate::http::PUBLISH_EVERY`].
-    pub fn observe(&mut self, admission: Option<Arc<Admission>>) -> Arc<Observed> {
-        let o = Observed::new(self.replica.metrics().clone(), admission);
+    pub fn observe(
+        &mut self,
+        admission: Option<Arc<Admission>>,
+        pages: std::collections::BTreeMap<u64, String>,
+    ) -> Arc<Observed> {
+        let o = Observed::new(self.replica.metrics().clone(), admission, pages);
         self.observed = Some((o.clone(), Instant::now() - crate::http::PUBLISH_EVERY));
         self.publish(true);
         o
