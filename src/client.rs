@@ -522,8 +522,10 @@ impl CoordinatorClient {
             match r {
                 Ok(ClientReply::NotLeader { leader, addr }) => {
                     last = format!(
-                        "{} is not the active coordinator (leader {leader:?} at {addr:?})",
-                        self.addrs[i]
+                        "{} is not the active coordinator (leader: {} at {})",
+                        self.addrs[i],
+                        leader.map_or("unknown".to_string(), |l| format!("replica {l}")),
+                        addr.as_deref().unwrap_or("an unknown address")
                     );
                     self.follow(i, leader, addr.as_deref());
                 }

@@ -1171,13 +1171,7 @@ pub fn result_text(r: &OpResult) -> String {
 
 /// An answer of the wrong kind, named by its kind.
 fn unexpected(reply: &ClientReply) -> CtlError {
-    let kind = format!("{reply:?}");
-    let kind = kind
-        .split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    CtlError::Unexpected(format!("a {kind} reply"))
+    CtlError::Unexpected(format!("a {} reply", reply.kind()))
 }
 
 fn render_members(rows: &[Member]) -> String {

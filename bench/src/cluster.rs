@@ -139,7 +139,15 @@ pub fn one_op(
             at_commit,
             Some((ClientReply::Completed { .. }, at_complete)),
         )) if !matches!(result, OpResult::Rejected(_)) => Ok((at_commit, commit_us, at_complete)),
-        Ok(other) => Err(format!("{other:?}")),
+        Ok((reply, _, completion)) => Err(format!(
+            "{}{}",
+            reply.describe(),
+            if completion.is_none() {
+                "; no completion"
+            } else {
+                ""
+            }
+        )),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -158,7 +166,7 @@ pub fn noop(cl: &mut CoordinatorClient) -> Result<Duration, String> {
     let t = Instant::now();
     match cl.ask_leader(&ClientRequest::Noop, t + Duration::from_secs(10)) {
         Ok(ClientReply::Committed { .. }) => Ok(t.elapsed()),
-        Ok(other) => Err(format!("{other:?}")),
+        Ok(other) => Err(other.describe()),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -120,7 +120,7 @@ pub fn push(m: usize, rounds: usize) -> Result<PushResult, String> {
             match coord.next_event(deadline.saturating_duration_since(Instant::now())) {
                 Some(Event::WriteDone { status, .. }) => {
                     if status != WriteStatus::Landed {
-                        return Err(format!("push refused: {status:?}"));
+                        return Err(format!("push refused: {status}"));
                     }
                     acks += 1;
                 }

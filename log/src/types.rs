@@ -133,6 +133,26 @@ pub enum ConfChangeError {
     Malformed,
 }
 
+impl std::fmt::Display for ConfChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfChange::AddVoter(id) => write!(f, "add voter {id}"),
+            ConfChange::AddLearner(id) => write!(f, "add learner {id}"),
+            ConfChange::Remove(id) => write!(f, "remove {id}"),
+        }
+    }
+}
+
+/// Node ids as a list for people: `1,2,3`, or `none`.
+pub fn ids_text<'a>(ids: impl IntoIterator<Item = &'a NodeId>) -> String {
+    let v: Vec<String> = ids.into_iter().map(|i| i.to_string()).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(",")
+    }
+}
+
 impl ConfChange {
     /// Encoded size: a tag byte and a node id.
     pub const ENCODED_LEN: usize = 9;

@@ -114,6 +114,17 @@ pub enum WriteStatus {
     OutOfBounds,
 }
 
+impl std::fmt::Display for WriteStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteStatus::Landed => write!(f, "landed"),
+            WriteStatus::Refused(why) => write!(f, "refused: {why}"),
+            WriteStatus::NoSuchRegion => write!(f, "no such region"),
+            WriteStatus::OutOfBounds => write!(f, "out of bounds"),
+        }
+    }
+}
+
 /// Why bytes are not a frame. Each closes the connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {

@@ -89,11 +89,20 @@ fn unframed_private(raw: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Devices as a list for people (`none` if empty).
+fn device_list(found: &[String]) -> String {
+    if found.is_empty() {
+        "none".into()
+    } else {
+        found.join(", ")
+    }
+}
+
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum RdmaError {
     /// No RDMA device: the transport cannot run here.
-    #[error("no RDMA device (ibv_get_device_list found {found:?}); load a driver (e.g. rdma_rxe: `rdma link add rxe0 type rxe netdev eth0`) or use --transport tcp")]
+    #[error("no RDMA device (ibv_get_device_list found {}); load a driver (e.g. rdma_rxe: `rdma link add rxe0 type rxe netdev eth0`) or use --transport tcp", device_list(.found))]
     NoDevice {
         /// Devices found (empty).
         found: Vec<String>,

@@ -192,8 +192,12 @@ pub fn read(input: impl BufRead) -> Result<Vec<Op>, HistoryError> {
                 let inv = &ops[at].invoke.0;
                 if inv.f != e.f || inv.key != e.key {
                     return Err(unpaired(format!(
-                        "process {} completes {:?} {} but invoked {:?} {}",
-                        e.process, e.f, e.key, inv.f, inv.key
+                        "process {} completes {} {} but invoked {} {}",
+                        e.process,
+                        format!("{:?}", e.f).to_lowercase(),
+                        e.key,
+                        format!("{:?}", inv.f).to_lowercase(),
+                        inv.key
                     )));
                 }
                 ops[at].complete = Some((e, n));

@@ -884,7 +884,11 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, C
             (EventType::Ok, _) => {}
             (kind, _) => {
                 return Err(ChaosError::Run(format!(
-                    "could not create table {name}: {kind:?}"
+                    "could not create table {name}: {}",
+                    match kind {
+                        EventType::Fail => "refused",
+                        _ => "its outcome is unknown",
+                    }
                 )))
             }
         }
@@ -898,7 +902,13 @@ pub fn run(cfg: &ChaosConfig, progress: &dyn Fn(&str)) -> Result<ChaosSummary, C
             .collect::<Vec<_>>()
             .join(","),
         match cfg.bug {
-            Some(b) => format!("; PLANTED BUG {b:?}"),
+            Some(b) => format!(
+                "; PLANTED BUG {}",
+                match b {
+                    PlantedBug::AckBeforeCommit => "ack-before-commit",
+                    PlantedBug::IgnoreLease => "ignore-lease",
+                }
+            ),
             None => String::new(),
         }
     ));

@@ -244,6 +244,17 @@ pub enum Record {
     },
 }
 
+impl std::fmt::Display for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Record::Commit(op) => write!(f, "{}", op.summary()),
+            Record::ClientCommit { rpc, op } => write!(f, "{rpc} {}", op.summary()),
+            Record::Complete { seq } => write!(f, "complete {seq}"),
+            Record::Noop => write!(f, "noop"),
+        }
+    }
+}
+
 /// Why bytes are not a coordinator record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {

@@ -140,6 +140,35 @@ pub enum Outcome {
     },
 }
 
+impl std::fmt::Display for Effect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Effect::Enlisted(id) => write!(f, "enlisted {id}"),
+            Effect::TableCreated(t) => write!(f, "created table {t}"),
+            Effect::Changed => write!(f, "changed"),
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Committed(e) => write!(f, "committed: {e}"),
+            Outcome::Rejected(r) => write!(f, "rejected: {r}"),
+            Outcome::Completed(s) => write!(f, "completed {s}"),
+            Outcome::AlreadyComplete(s) => write!(f, "already complete {s}"),
+            Outcome::NotARecord => write!(f, "not a record"),
+            Outcome::Noop => write!(f, "noop"),
+            Outcome::Malformed(e) => write!(f, "malformed: {e}"),
+            Outcome::Duplicate { rpc, index, result } => match result {
+                Ok(e) => write!(f, "{rpc} duplicate of index {index} ({e})"),
+                Err(r) => write!(f, "{rpc} duplicate of index {index} (rejected: {r})"),
+            },
+            Outcome::Unknown { rpc, reason } => write!(f, "{rpc} outcome unknown: {reason}"),
+        }
+    }
+}
+
 /// What a client's operation did, kept for its retries.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Session {

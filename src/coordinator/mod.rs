@@ -150,6 +150,25 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// One line saying what it asks, for logs and failure reports.
+    pub fn summary(&self) -> String {
+        match self {
+            Request::Enlist { addr, .. } => format!("enlist {addr}"),
+            Request::CreateTable { name, tablets } => {
+                format!("create-table {name:?} ({tablets} tablets)")
+            }
+            Request::DropTable { name } => format!("drop-table {name:?}"),
+            Request::SplitTablet { table, split_hash } => {
+                format!("split-tablet {table:?} at {split_hash:#x}")
+            }
+            Request::MigrateTablet { table, hash, to } => {
+                format!("migrate-tablet {table:?} hash {hash:#x} to {to}")
+            }
+        }
+    }
+}
+
 /// Why a request cannot even be proposed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {

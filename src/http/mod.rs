@@ -157,7 +157,7 @@ pub fn serve(
                     let quiet = refusals_logged.is_some_and(|t| t.elapsed() < Duration::from_secs(1));
                     if !quiet {
                         refusals_logged = Some(Instant::now());
-                        tracing::info!(peer = ?peer.map(|p| p.to_string()), why, "http: request not served");
+                        tracing::info!(peer = %peer.map_or_else(|| "unknown".to_string(), |p| p.to_string()), why, "http: request not served");
                     }
                 }
             }

@@ -51,6 +51,17 @@ enum F {
     Cas,
 }
 
+impl F {
+    /// As the log writes it (without its colon).
+    fn name(self) -> &'static str {
+        match self {
+            F::Read => "read",
+            F::Write => "write",
+            F::Cas => "cas",
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Val {
     Nil,
@@ -171,7 +182,7 @@ pub fn parse(text: &str) -> Result<JepsenHistory, ParseError> {
                 (F::Read, _) => Some(RegisterInput::Read),
                 (F::Write, Val::Int(v)) => Some(RegisterInput::Write(v)),
                 (F::Cas, Val::Pair(a, b)) => Some(RegisterInput::Cas(a, b)),
-                _ => return Err(err(format!("invalid value for an invoked {f:?}"))),
+                _ => return Err(err(format!("invalid value for an invoked :{}", f.name()))),
             };
             open.insert(process, Open { f, input, line });
             continue;
@@ -183,8 +194,10 @@ pub fn parse(text: &str) -> Result<JepsenHistory, ParseError> {
         };
         if inv.f != f {
             return Err(err(format!(
-                "returns {f:?} but process {process} invoked {:?} at line {}",
-                inv.f, inv.line
+                "returns :{} but process {process} invoked :{} at line {}",
+                f.name(),
+                inv.f.name(),
+                inv.line
             )));
         }
         let input = inv.input.expect("invocations always carry an input");

@@ -30,6 +30,26 @@ pub enum RegisterOutput {
     Done,
 }
 
+impl std::fmt::Display for RegisterInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegisterInput::Read => write!(f, "read"),
+            RegisterInput::Write(v) => write!(f, "write {v}"),
+            RegisterInput::Cas(a, b) => write!(f, "cas {a}->{b}"),
+        }
+    }
+}
+
+impl std::fmt::Display for RegisterOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegisterOutput::Read(None) => write!(f, "nil"),
+            RegisterOutput::Read(Some(v)) => write!(f, "{v}"),
+            RegisterOutput::Done => write!(f, "ok"),
+        }
+    }
+}
+
 /// The sequential specification of a register.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Register;

@@ -424,7 +424,9 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
                 }
             }
             Ok(ClientReply::HeartbeatAck { .. }) => {}
-            Ok(other) => tracing::warn!(?other, "unexpected answer to a heartbeat"),
+            Ok(other) => {
+                tracing::warn!(answer = %other.describe(), "unexpected answer to a heartbeat")
+            }
             Err(e) => tracing::warn!(error = %e, "heartbeat not delivered"),
         }
         if agent.lock().expect("agent lock poisoned").declared_dead() {
@@ -501,7 +503,7 @@ fn enlist(coord: &mut CoordinatorClient, advertise: SocketAddr, nonce: u64) -> S
             Ok(other) => {
                 // Answered (refused, rejected, unknown): that operation is
                 // over; the next attempt is a new one.
-                tracing::warn!(?other, "enlistment not done; retrying");
+                tracing::warn!(answer = %other.describe(), "enlistment not done; retrying");
                 rpc = coord.next_rpc(deadline);
             }
             // Perhaps not delivered: the same operation again.

@@ -473,6 +473,61 @@ pub enum ClientReply {
     },
 }
 
+impl std::fmt::Display for ReplicaChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplicaChange::Remove(id) => write!(f, "remove replica {id}"),
+            ReplicaChange::AddLearner { id, addr } => write!(
+                f,
+                "add replica {id} as a learner at {}",
+                addr.as_deref().unwrap_or("its known address")
+            ),
+            ReplicaChange::AddVoter(id) => write!(f, "make replica {id} a voter"),
+        }
+    }
+}
+
+impl ClientReply {
+    /// Its kind, in words (`heartbeat-ack`, `not-leader`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientReply::Status(_) => "status",
+            ClientReply::View(_) => "view",
+            ClientReply::Committed { .. } => "committed",
+            ClientReply::Completed { .. } => "completed",
+            ClientReply::Refused(_) => "refused",
+            ClientReply::Retry(_) => "retry",
+            ClientReply::Unknown(_) => "unknown-outcome",
+            ClientReply::NotLeader { .. } => "not-leader",
+            ClientReply::OpState { .. } => "op-state",
+            ClientReply::HeartbeatAck { .. } => "heartbeat-ack",
+            ClientReply::Lookup { .. } => "lookup",
+            ClientReply::Changes { .. } => "changes",
+            ClientReply::ChangesCompacted { .. } => "changes-compacted",
+            ClientReply::Backup { .. } => "backup",
+            ClientReply::Leaving { .. } => "leaving",
+        }
+    }
+
+    /// What it says, in one line for a log or an error.
+    pub fn describe(&self) -> String {
+        match self {
+            ClientReply::Refused(w) => format!("refused: {w}"),
+            ClientReply::Retry(w) => format!("retry: {w}"),
+            ClientReply::Unknown(w) => format!("outcome unknown: {w}"),
+            ClientReply::NotLeader { leader, addr } => format!(
+                "not the active coordinator (leader: {} at {})",
+                leader.map_or("unknown".to_string(), |l| format!("replica {l}")),
+                addr.as_deref().unwrap_or("an unknown address")
+            ),
+            ClientReply::Committed { seq, result, .. } => {
+                format!("committed (seq {seq}): {}", crate::ctl::result_text(result))
+            }
+            other => other.kind().to_string(),
+        }
+    }
+}
+
 /// What a client asks a master.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum MasterRequest {

@@ -776,7 +776,7 @@ impl<S: Storage> Replica<S> {
                 %server,
                 peer = to,
                 version,
-                ?other,
+                why = %other,
                 "push refused by the master; retrying later"
             ),
         }
@@ -961,7 +961,13 @@ impl<S: Storage> Replica<S> {
             }
         }
         if e.kind == EntryKind::ConfChange {
-            tracing::info!(index = e.index, conf = ?self.raft.conf(), "membership change applied");
+            let conf = self.raft.conf();
+            tracing::info!(
+                index = e.index,
+                voters = %ramcoord_log::ids_text(&conf.voters),
+                learners = %ramcoord_log::ids_text(&conf.learners),
+                "membership change applied"
+            );
         }
         self.applied(e.index, e.term, &e.data, &outcome, e.kind);
     }
@@ -1075,7 +1081,7 @@ impl<S: Storage> Replica<S> {
                     let data = match rec.encode() {
                         Ok(data) => data,
                         Err(e) => {
-                            tracing::error!(error = %e, record = ?rec, "cannot encode the coordinator's own record; not proposed");
+                            tracing::error!(error = %e, record = %rec, "cannot encode the coordinator's own record; not proposed");
                             continue;
                         }
                     };

@@ -131,8 +131,9 @@ impl<S: Storage> Replica<S> {
         let conf = self.raft.conf();
         let members = || {
             format!(
-                "the configuration has voters {:?} and learners {:?}",
-                conf.voters, conf.learners
+                "the configuration has voters {} and learners {}",
+                ramcoord_log::ids_text(&conf.voters),
+                ramcoord_log::ids_text(&conf.learners)
             )
         };
         match change {
@@ -339,7 +340,7 @@ impl<S: Storage> Replica<S> {
             }
             ClientRequest::ChangeReplicas(change) => {
                 if let Err(why) = self.check_replica_change(&change) {
-                    tracing::info!(?change, why, "membership change refused");
+                    tracing::info!(change = %change, why, "membership change refused");
                     self.reply(from, request, &ClientReply::Refused(why));
                     return;
                 }
@@ -371,7 +372,7 @@ impl<S: Storage> Replica<S> {
                 };
                 match self.raft.propose_conf_change(cc) {
                     Ok(index) => {
-                        tracing::info!(?cc, index, "membership change proposed");
+                        tracing::info!(change = %cc, index, "membership change proposed");
                         self.add_waiter(
                             index,
                             Waiter {
@@ -428,7 +429,7 @@ impl<S: Storage> Replica<S> {
                             .and_then(|i| self.waiters.get_mut(&i))
                             .filter(|w| w.rpc.map(|r| r.key()) == Some(rpc.key()))
                         {
-                            tracing::info!(%rpc, index = ?pending, "a retried operation waits for its proposal");
+                            tracing::info!(%rpc, index = pending.unwrap_or_default(), "a retried operation waits for its proposal");
                             w.from = from;
                             w.request = request;
                             w.until_complete |= until_complete;

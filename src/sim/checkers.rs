@@ -138,7 +138,13 @@ impl Checker {
                 Some(got) => {
                     return Err(Violation::new(
                         "leader completeness",
-                        format!("leader {node} of term {leader_term} has {got:?} at committed index {index}, expected term {term}"),
+                        format!(
+                            "leader {node} of term {leader_term} has {} at committed index {index}, expected term {term}",
+                            match got {
+                                Ok(t) => format!("term {t}"),
+                                Err(_) => "no term".to_string(),
+                            }
+                        ),
                     ))
                 }
             }

@@ -43,6 +43,17 @@ pub enum Role {
     Leader,
 }
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        })
+    }
+}
+
 /// The leader a refusal names, in words.
 fn leader_text(leader: &Option<NodeId>) -> String {
     leader.map_or_else(|| "no leader known".to_string(), |l| format!("leader: {l}"))

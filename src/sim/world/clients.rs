@@ -262,14 +262,23 @@ impl World {
                         .iter()
                         .map(|&i| {
                             format!(
-                                "op {} {:?} -> {:?}",
-                                ops[i].origin, ops[i].input, ops[i].output
+                                "op {} {} -> {}",
+                                ops[i].origin,
+                                ops[i].input,
+                                ops[i]
+                                    .output
+                                    .as_ref()
+                                    .map_or("no answer".to_string(), |o| o.to_string())
                             )
                         })
                         .collect();
                     return Err(Violation::new(
                         "linearizability",
-                        format!("key {key}: history of {} ops is not linearizable; could not place {ops_desc:?}", ops.len()),
+                        format!(
+                            "key {key}: history of {} ops is not linearizable; could not place {}",
+                            ops.len(),
+                            ops_desc.join("; ")
+                        ),
                     ));
                 }
                 Verdict::Unknown => {

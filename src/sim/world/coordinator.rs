@@ -1450,7 +1450,7 @@ impl World {
                 return Err(Violation::new(
                     "invalid record",
                     format!(
-                        "node {id} entry {}: applied as {outcome:?}, but it was {}",
+                        "node {id} entry {}: applied as {outcome}, but it was {}",
                         e.index,
                         if injected {
                             "injected as invalid"
@@ -1503,15 +1503,15 @@ impl World {
             return Ok(());
         };
         let version = r.cluster().version();
-        let mut expect = None;
+        let mut expect: Option<u64> = None;
         for c in r.changes() {
             if expect.is_some_and(|v| v != c.version) {
                 return Err(Violation::new(
                     "watch history",
                     format!(
-                        "node {id}: change {} after {:?}",
+                        "node {id}: change {} after {}",
                         c.version,
-                        expect.map(|v| v - 1)
+                        expect.map_or("none".to_string(), |v| (v - 1).to_string())
                     ),
                 ));
             }
@@ -1572,8 +1572,9 @@ impl World {
                     return Err(Violation::new(
                         "exactly once",
                         format!(
-                            "entry {} of operation {rpc} applied as a duplicate of index {index}; it took effect at {first:?}",
-                            e.index
+                            "entry {} of operation {rpc} applied as a duplicate of index {index}; it took effect at {}",
+                            e.index,
+                            first.map_or("no index".to_string(), |i| format!("index {i}"))
                         ),
                     ));
                 }
@@ -1582,13 +1583,13 @@ impl World {
             _ => None,
         };
         if let Some(index) = took {
-            let text = format!("{outcome:?}");
+            let text = outcome.to_string();
             let first = self.cw.rpc_effect.entry(rpc.key()).or_insert((index, text));
             if first.0 != index {
                 return Err(Violation::new(
                     "exactly once",
                     format!(
-                        "operation {rpc} took effect at index {} ({}) and again at index {index} ({outcome:?})",
+                        "operation {rpc} took effect at index {} ({}) and again at index {index} ({outcome})",
                         first.0, first.1
                     ),
                 ));
@@ -1686,7 +1687,10 @@ impl World {
             call: self.cw.clock,
             ret: None,
             index: None,
-            what: format!("{req:?}"),
+            what: match &req {
+                CReq::Op(rpc, r) => format!("{rpc} {}", r.summary()),
+                CReq::Lookup(name) => format!("lookup {name:?}"),
+            },
         });
         self.cw.clients[c].in_flight = Some(CInFlight {
             op_id,
@@ -1854,7 +1858,8 @@ impl World {
                         return Err(Violation::new(
                             "exactly once",
                             format!(
-                                "client {c} was told operation {rpc} applied at index {index} ({outcome}); it took effect at {took:?}"
+                                "client {c} was told operation {rpc} applied at index {index} ({outcome}); it took effect at {}",
+                                took.map_or("no index".to_string(), |(i, o)| format!("index {i} ({o})"))
                             ),
                         ));
                     }
@@ -1951,9 +1956,13 @@ impl World {
             return Err(Violation::new(
                 "atomicity",
                 format!(
-                    "operation {seq} ({}) committed but not complete at quiescence (waiting for {:?})",
+                    "operation {seq} ({}) committed but not complete at quiescence (waiting for {})",
                     p.op.kind(),
                     p.targets
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ),
             ));
         }
@@ -1984,11 +1993,14 @@ impl World {
                 return Err(Violation::new(
                     "configuration",
                     format!(
-                        "m{slot} ({id}) holds server list {:?} and tablets {:?}; the coordinator says {} (or older) and {:?}",
-                        have.map(|h| h.server_list_version),
-                        have.map(|h| &h.tablets),
+                        "m{slot} ({id}) holds {}; the coordinator says server list {} (or older) and tablets {}",
+                        have.map_or("nothing".to_string(), |h| format!(
+                            "server list {} and tablets {}",
+                            h.server_list_version,
+                            tablets_text(&h.tablets)
+                        )),
                         want.server_list_version,
-                        want.tablets
+                        tablets_text(&want.tablets)
                     ),
                 ));
             }
@@ -2059,7 +2071,7 @@ fn client_reply(reply: ClientReply) -> Option<CReply> {
     Some(match reply {
         ClientReply::Committed { seq, result, .. } => CReply::Applied {
             index: seq,
-            outcome: format!("{result:?}"),
+            outcome: crate::ctl::result_text(&result),
         },
         ClientReply::Lookup { exists, index } => CReply::Lookup {
             index,
@@ -2155,4 +2167,15 @@ fn invalid_record(rng: &mut ChaCha8Rng) -> Bytes {
     record
         .encode()
         .expect("invalid records still fit in a log entry")
+}
+
+/// Region tablets as people read them: `table:0x..=0x..`, space-separated.
+fn tablets_text(t: &[crate::cluster::region::RegionTablet]) -> String {
+    if t.is_empty() {
+        return "none".into();
+    }
+    t.iter()
+        .map(|x| format!("{}:{:#x}..={:#x}", x.table, x.start_hash, x.end_hash))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

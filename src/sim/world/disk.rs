@@ -69,7 +69,7 @@ impl World {
                 "leader lost to a slow disk",
                 format!(
                     "node {id} led term {term} when its disk stalled for {} election timeouts with \
-                     the network healthy; it is now {:?} in term {}",
+                     the network healthy; it is now {} in term {}",
                     10,
                     raft.role(),
                     raft.term()
@@ -341,8 +341,9 @@ impl World {
             format!(
                 "node {id} restarted without acknowledged entries and, {AMNESIA_CATCH_UP_TICKS} \
                  ticks later, has committed {committed} (its log ends at {}), below the {target} \
-                 committed when it went down; the leader's match index for it is {matched:?}",
-                raft.log().last_index()
+                 committed when it went down; the leader's match index for it is {}",
+                raft.log().last_index(),
+                matched.map_or("unknown".to_string(), |m| m.to_string())
             ),
         ))
     }

@@ -1115,11 +1115,12 @@ impl World {
                     format!(
                         "{}us after faults stopped, node {id} has committed {committed} \
                          (its log ends at {}), below the {} committed {}us earlier; \
-                         leader {leader} has match index {pr:?} for it",
+                         leader {leader} has match index {} for it",
                         self.p.liveness_us,
                         raft.log().last_index(),
                         self.commit_to_reach,
-                        self.p.liveness_us / 4
+                        self.p.liveness_us / 4,
+                        pr.map_or("unknown".to_string(), |m| m.to_string())
                     ),
                 ));
             }
