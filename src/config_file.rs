@@ -132,10 +132,11 @@ pub fn expand(
         if given.contains(&flag) {
             continue; // the command line wins
         }
-        out.push(format!("--{flag}").into());
-        if let Some(v) = value {
-            out.push(v.into());
-        }
+        // `--flag=value`: a value that starts with `-` stays a value.
+        out.push(match value {
+            Some(v) => format!("--{flag}={v}").into(),
+            None => format!("--{flag}").into(),
+        });
     }
     out.extend(rest);
     Ok(out)
@@ -161,7 +162,12 @@ fn flags_from(
     let args: Vec<&clap::Arg> = sub
         .get_arguments()
         .chain(cli.get_arguments().filter(|a| a.is_global_set()))
-        .filter(|a| a.get_long().is_some_and(|l| l != "config" && l != "help"))
+        // Not in a file: --config (no nesting), --check-config (a service
+        // that exits 0 without starting), --help.
+        .filter(|a| {
+            a.get_long()
+                .is_some_and(|l| !matches!(l, "config" | "check-config" | "help"))
+        })
         .collect();
     let mut out = Vec::new();
     for (key, value) in table {
@@ -239,7 +245,12 @@ mod tests {
                             .long("insecure")
                             .action(clap::ArgAction::SetTrue),
                     )
-                    .arg(clap::Arg::new("config").long("config")),
+                    .arg(clap::Arg::new("config").long("config"))
+                    .arg(
+                        clap::Arg::new("check-config")
+                            .long("check-config")
+                            .action(clap::ArgAction::SetTrue),
+                    ),
             )
     }
 
@@ -269,13 +280,10 @@ mod tests {
             [
                 "prog",
                 "run",
-                "--cpus",
-                "2,3",
+                "--cpus=2,3",
                 "--insecure",
-                "--log-level",
-                "debug",
-                "--peers",
-                "1=a:1,2=b:2",
+                "--log-level=debug",
+                "--peers=1=a:1,2=b:2",
                 "--id",
                 "7"
             ]
@@ -300,6 +308,14 @@ mod tests {
         assert!(e.to_string().contains("not TOML"), "{e}");
         let e = expand_with("", &["--config"]).unwrap_err();
         assert!(matches!(e, ConfigFileError::Missing), "{e}");
+        let e = expand_with("check-config = true\n", &["--config", "FILE"]).unwrap_err();
+        assert!(
+            e.to_string().contains("`check-config` is not a setting"),
+            "{e}"
+        );
+        // A value that starts with a dash stays a value.
+        let out = expand_with("id = \"-3\"\n", &["--config", "FILE"]).unwrap();
+        assert_eq!(out, ["prog", "run", "--id=-3"]);
         // No --config: untouched.
         assert_eq!(
             expand_with("", &["--id", "3"]).unwrap(),

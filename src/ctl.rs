@@ -490,6 +490,8 @@ impl Ctl {
         let mut i = 0;
         let mut answered_at = Instant::now();
         let mut last_error = None;
+        // Replicas that said they no longer hold what is asked for.
+        let mut compacted: Vec<String> = Vec::new();
         loop {
             if count.is_some_and(|n| given >= n) {
                 return Ok(given);
@@ -506,9 +508,15 @@ impl Ctl {
                 after: after.unwrap_or(u64::MAX),
                 wait_ms: if after.is_some() { wait_ms } else { 0 },
             };
+            let asked = Instant::now();
             match self.coord.ask(i % n, &req) {
                 Ok(ClientReply::Changes { version, changes }) => {
                     answered_at = Instant::now();
+                    // Answered at once with nothing (the replica had no room
+                    // to keep the watch waiting): do not ask in a tight loop.
+                    if changes.is_empty() && after.is_some() && asked.elapsed() < WATCH_WAIT / 4 {
+                        std::thread::sleep(WATCH_WAIT / 4);
+                    }
                     let Some(seen) = after else {
                         // From now: this replica's version.
                         after = Some(version);
@@ -527,6 +535,7 @@ impl Ctl {
                         }
                         seen = c.version;
                         given += 1;
+                        compacted.clear();
                         if !each(c) || count.is_some_and(|n| given >= n) {
                             return Ok(given);
                         }
@@ -534,11 +543,27 @@ impl Ctl {
                     after = Some(seen);
                 }
                 Ok(ClientReply::ChangesCompacted { oldest, version }) => {
-                    return Err(CtlError::Refused(format!(
-                        "replica at {} no longer holds the changes after version {} (it holds {oldest} to {version}); watch from now, or from {oldest}",
-                        self.coord.addrs()[i % n],
-                        after.unwrap_or(0)
-                    )));
+                    // Another replica may hold more (this one may have
+                    // just restarted or installed a snapshot).
+                    compacted.push(format!(
+                        "{} holds {oldest} to {version}",
+                        self.coord.addrs()[i % n]
+                    ));
+                    if compacted.len() >= n {
+                        return Err(CtlError::Refused(format!(
+                            "no replica holds the changes after version {} ({}); watch from now, or from a version held",
+                            after.unwrap_or(0),
+                            compacted.join("; ")
+                        )));
+                    }
+                    i += 1;
+                    continue;
+                }
+                Ok(ClientReply::Refused(why)) => {
+                    tracing::info!(replica = %self.coord.addrs()[i % n], why, "watch: asking the next replica");
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
                 }
                 Ok(other) => return Err(unexpected(&other)),
                 Err(e) => {

@@ -234,6 +234,9 @@ enum Command {
         /// backup was taken.
         #[arg(long, default_value_t = 1000)]
         term_gap: u64,
+        /// The cluster id (the backup must be of this cluster).
+        #[arg(long, default_value_t = 1)]
+        cluster: u64,
     },
     /// Run the deterministic simulator over a range of seeds.
     ///
@@ -972,7 +975,8 @@ fn main() -> ExitCode {
             peers,
             data_dir,
             term_gap,
-        } => run_restore(&file, id, &peers, &data_dir, term_gap),
+            cluster,
+        } => run_restore(&file, id, &peers, &data_dir, term_gap, cluster),
         Command::Coordinator(args) => run_coordinator(args),
         Command::Ctl(args) => run_ctl(args),
         Command::Master(args) => run_master(args),
@@ -2008,6 +2012,7 @@ fn run_restore(
     peers: &Peers,
     data_dir: &std::path::Path,
     term_gap: u64,
+    cluster: u64,
 ) -> ExitCode {
     use ramcoord::snapshot_file::{restore_into, Backup};
     let voters: Vec<u64> = peers.0.iter().map(|(i, _, _)| *i).collect();
@@ -2029,7 +2034,7 @@ fn run_restore(
             return ExitCode::from(2);
         }
     };
-    match restore_into(&backup, data_dir, &voters, term_gap) {
+    match restore_into(&backup, data_dir, &voters, term_gap, cluster) {
         Ok(r) => {
             let peers_arg: Vec<String> = peers
                 .0
@@ -2043,7 +2048,7 @@ fn run_restore(
                 .map(|(_, _, w)| w.clone())
                 .unwrap_or_default();
             println!(
-                "restored {} into {}: index {}, configuration version {}, {} servers, {} tables; the new group starts at term {}\nstart it with: ramcoord coordinator --id {id} --listen {listen} --peers {} --data-dir {}",
+                "restored {} into {}: index {}, configuration version {} (moved ahead from the backup's), {} servers, {} tables; the new group starts at term {}\nstart it with: ramcoord coordinator --cluster {cluster} --id {id} --listen {listen} --peers {} --data-dir {}\nthen restart every master: they enlist afresh and the restored servers' tablets move to them (a master that kept running may hold configuration newer than the backup)",
                 file.display(),
                 data_dir.display(),
                 r.index,

@@ -162,7 +162,7 @@ impl Metrics {
         );
         r.register(
             "elections_started",
-            "Elections this replica started",
+            "Election rounds (pre-vote and vote) this replica started",
             m.elections_started.clone(),
         );
         r.register("term", "Current Raft term", m.term.clone());

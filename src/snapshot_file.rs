@@ -194,6 +194,17 @@ pub enum RestoreError {
     /// No voters.
     #[error("a group needs at least one voter")]
     NoVoters,
+    /// The backup is of another cluster than the one named.
+    #[error("the backup is of cluster {backup}, not cluster {asked} (give --cluster {backup} to restore it as that cluster)")]
+    OtherCluster {
+        /// The backup's.
+        backup: u64,
+        /// The one asked for.
+        asked: u64,
+    },
+    /// The new group's term or versions would leave no room to go on.
+    #[error("{0}: the new group would have no room left (give a smaller --term-gap)")]
+    NoRoom(&'static str),
 }
 
 /// What a restore seeded.
@@ -211,21 +222,38 @@ pub struct Restored {
     pub tables: usize,
 }
 
-/// Seeds `dir` as a founding replica of a new group of `voters` holding
-/// `backup`'s state: a snapshot at the backup's index and, as hard state,
-/// the saving leader's term plus `term_gap` (see the module docs). Every
-/// replica of the new group is seeded from the same backup with the same
-/// voters; they then elect a leader as any new group does.
+/// Configuration versions a restored group skips (see [`restore_into`]).
+pub const VERSION_GAP: u64 = 1 << 20;
+
+/// Seeds `dir` as a founding replica of a new group of `voters` (of
+/// cluster `cluster`) holding `backup`'s state: a snapshot at the backup's
+/// index and, as hard state, the saving leader's term plus `term_gap` (see
+/// the module docs). The state's configuration versions move
+/// [`VERSION_GAP`] ahead: versions the old group handed out after the
+/// backup are never reused for other changes (a watcher from before sees
+/// that it must start again, and masters take the new group's pushes).
+/// Every replica of the new group is seeded from the same backup with the
+/// same voters; they then elect a leader as any new group does.
 pub fn restore_into(
     backup: &Backup,
     dir: &std::path::Path,
     voters: &[u64],
     term_gap: u64,
+    cluster: u64,
 ) -> Result<Restored, RestoreError> {
     if voters.is_empty() {
         return Err(RestoreError::NoVoters);
     }
-    let state = backup.cluster_state()?;
+    if backup.cluster != cluster {
+        return Err(RestoreError::OtherCluster {
+            backup: backup.cluster,
+            asked: cluster,
+        });
+    }
+    let mut state = backup.cluster_state()?;
+    state
+        .advance_versions(VERSION_GAP)
+        .ok_or(RestoreError::NoRoom("configuration version"))?;
     std::fs::create_dir_all(dir).map_err(|source| ramcoord_log::disk::OpenError::Io {
         path: dir.to_owned(),
         source,
@@ -236,12 +264,16 @@ pub fn restore_into(
             term: backup.term,
             conf: ramcoord_log::ConfState::with_voters(voters.iter().copied()),
         },
-        data: backup.state.clone(),
+        data: state.snapshot(),
     };
+    let term_limit =
+        ramcoord_log::constants::TERM_MAX.min(ramcoord_log::wire::WIRE_INDEX_TERM_MAX) - (1 << 32);
     let term = backup
         .current_term
         .max(backup.term)
-        .saturating_add(term_gap);
+        .checked_add(term_gap)
+        .filter(|t| *t <= term_limit)
+        .ok_or(RestoreError::NoRoom("term"))?;
     ramcoord_log::disk::DiskStorage::bootstrap_from_snapshot(
         dir,
         snapshot,

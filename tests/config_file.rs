@@ -26,12 +26,12 @@ fn the_example_files_are_valid() {
         (
             "coordinator",
             "deploy/coordinator.toml",
-            "--peers 1=10.0.0.1:7100,2=10.0.0.2:7100,3=10.0.0.3:7100",
+            "--peers=1=10.0.0.1:7100,2=10.0.0.2:7100,3=10.0.0.3:7100",
         ),
         (
             "master",
             "deploy/master.toml",
-            "--coordinators 10.0.0.1:7100,10.0.0.2:7100,10.0.0.3:7100",
+            "--coordinators=10.0.0.1:7100,10.0.0.2:7100,10.0.0.3:7100",
         ),
     ] {
         let path = format!("{root}/{file}");
@@ -42,7 +42,7 @@ fn the_example_files_are_valid() {
             "{out}"
         );
         assert!(out.contains(expect), "{out}");
-        assert!(out.contains("--tls-dir /etc/ramcoord/tls"), "{out}");
+        assert!(out.contains("--tls-dir=/etc/ramcoord/tls"), "{out}");
     }
     // The units start what the files configure.
     for unit in ["ramcoord-coordinator.service", "ramcoord-master.service"] {

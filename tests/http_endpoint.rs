@@ -321,3 +321,40 @@ fn the_status_page_shows_the_cluster_in_a_browser() {
     drop(c);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A client that sends its request a byte at a time, each just before the
+/// socket's timeout, holds the endpoint (one request at a time) only
+/// until the request's deadline: a second client asking `/health`
+/// meanwhile is answered while the first is still dripping. (Before: each
+/// read's own timeout restarted, and the drip held the endpoint as long
+/// as it went on.)
+#[test]
+fn a_dripping_client_does_not_hold_the_endpoint() {
+    let c = cluster("drip", 1, true);
+    c.wait_ready(1, LIMIT).unwrap();
+    let addr = c.coordinators[0].http.unwrap();
+    let dripping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let d = dripping.clone();
+    let drip = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        // 12 bytes, 1.5 s apart: 18 s if nothing cuts it off.
+        for b in b"GET /health " {
+            if s.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        d.store(false, std::sync::atomic::Ordering::SeqCst);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, body) = get(addr, "/health", None).expect("answered");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        dripping.load(std::sync::atomic::Ordering::SeqCst),
+        "answered only after the drip ended"
+    );
+    drip.join().unwrap();
+    let dir = c.dir().to_path_buf();
+    drop(c);
+    let _ = std::fs::remove_dir_all(dir);
+}

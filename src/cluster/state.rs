@@ -999,6 +999,22 @@ impl ClusterState {
         self.sessions.check(self.applied_index)
     }
 
+    /// Moves the configuration and server-list versions `by` ahead (a
+    /// restore from a backup: versions the old group handed out after the
+    /// backup must not be handed out again for other changes). `None` if
+    /// they would pass half the range (left for later commits).
+    pub fn advance_versions(&mut self, by: u64) -> Option<()> {
+        let limit = u64::MAX / 2;
+        let v = self.version.checked_add(by).filter(|v| *v <= limit)?;
+        let s = self
+            .server_list_version
+            .checked_add(by)
+            .filter(|v| *v <= limit)?;
+        self.version = v;
+        self.server_list_version = s;
+        Some(())
+    }
+
     /// The state as snapshot bytes (versioned).
     pub fn snapshot(&self) -> Bytes {
         let mut out = vec![SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION];

@@ -16,8 +16,11 @@ use crate::protocol::{Status, View};
 const PAGE: &str = include_str!("status.html");
 
 /// The view is copied for the page only while someone asked for it within
-/// this long (at scale it is the large part).
+/// this long (at scale it is the large part)...
 const VIEW_WANTED_FOR: Duration = Duration::from_secs(10);
+
+/// ...and at most this often (a copy is made on the replica's thread).
+pub const VIEW_EVERY: Duration = Duration::from_secs(1);
 
 /// What the replica's thread last published.
 pub struct ReplicaState {
@@ -25,8 +28,9 @@ pub struct ReplicaState {
     pub status: Status,
     /// It hears from a leader (or is one).
     pub hears_leader: bool,
-    /// Its applied cluster state, if the page asked recently.
-    pub view: Option<View>,
+    /// Its applied cluster state, if the page asked recently (copied at
+    /// most every [`VIEW_EVERY`]).
+    pub view: Option<Arc<View>>,
     /// Recent commit-point latencies (µs), oldest first.
     pub latencies_us: Vec<u64>,
 }
@@ -113,7 +117,9 @@ impl Observed {
                 self.ask_view();
                 // The data goes in with the page: it draws at once (and a
                 // browser that runs no further script still shows it).
-                let data = self.status_json().to_string().replace("</", "<\\/");
+                // `<` escaped: no name in the data can close or open
+                // anything in the page's script.
+                let data = self.status_json().to_string().replace('<', "\\u003c");
                 Response::ok(
                     "text/html; charset=utf-8",
                     PAGE.replace("/*STATUS_JSON*/null", &data),
@@ -184,12 +190,20 @@ impl Observed {
             }));
         }
         let view = st.view.as_ref().map(|v| {
+            // Tablets per owner, in one pass.
+            let mut owned: std::collections::HashMap<crate::cluster::ServerId, usize> =
+                std::collections::HashMap::new();
+            for t in &v.tables {
+                for x in &t.tablets {
+                    *owned.entry(x.owner).or_default() += 1;
+                }
+            }
             serde_json::json!({
                 "servers": v.servers.iter().map(|x| serde_json::json!({
                     "id": x.id.to_string(),
                     "address": x.addr,
                     "status": lower(&x.status),
-                    "tablets": v.tables.iter().map(|t| t.tablets.iter().filter(|tb| tb.owner == x.id).count()).sum::<usize>(),
+                    "tablets": owned.get(&x.id).copied().unwrap_or(0),
                 })).collect::<Vec<_>>(),
                 "tables": v.tables.iter().map(|t| serde_json::json!({
                     "name": t.name,

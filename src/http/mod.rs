@@ -14,9 +14,10 @@
 //! # Bounds
 //!
 //! Requests are served one at a time: one connection, one request, then
-//! closed. A request's head may be [`REQUEST_HEAD_BYTES_MAX`] at most and
-//! must arrive within [`REQUEST_TIMEOUT`]; the answer must be taken within
-//! the same time. So a client that stalls holds the endpoint for
+//! closed. A request's head may be [`REQUEST_HEAD_BYTES_MAX`] at most, and
+//! everything (TLS handshake, request, answer) must be done within
+//! [`REQUEST_TIMEOUT`] of the connection's acceptance: one deadline for
+//! every read and write. So a client that stalls holds the endpoint for
 //! [`REQUEST_TIMEOUT`] at most, and nothing a client sends makes the
 //! process hold more than one request's bytes. Waiting connections queue
 //! in the kernel's listen backlog. Only `GET` and `HEAD` are served; the
@@ -173,10 +174,7 @@ fn serve_one(
     handler: &Handler,
 ) -> Result<(), String> {
     let deadline = Instant::now() + REQUEST_TIMEOUT;
-    stream
-        .set_read_timeout(Some(REQUEST_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(REQUEST_TIMEOUT)))
-        .map_err(|e| e.to_string())?;
+    let stream = Deadline { stream, deadline };
     match tls {
         None => exchange(stream, deadline, handler),
         Some(tls) => {
@@ -186,6 +184,49 @@ fn serve_one(
             // certificate of the cluster's CA fails it.
             exchange(&mut s, deadline, handler)
         }
+    }
+}
+
+/// A socket whose every read and write ends by one deadline: the time
+/// left is set as the socket's timeout before each call, and past the
+/// deadline a call fails at once. (A per-call timeout alone would let a
+/// peer that sends or takes one byte just in time hold the thread for
+/// ever, in a TLS handshake or a large answer.)
+struct Deadline {
+    stream: TcpStream,
+    deadline: Instant,
+}
+
+impl Deadline {
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the request's time is up",
+            ));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.left()?;
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Deadline {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let left = self.left()?;
+        self.stream.set_write_timeout(Some(left))?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
     }
 }
 

@@ -339,7 +339,9 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
     // where the coordinator pushes.
     coord.set_peer_id(master_client_id(nonce));
     coord.attempt_timeout = Duration::from_millis(500);
-    let id = enlist(&mut coord, advertise, nonce);
+    let Some(id) = enlist(&mut coord, advertise, nonce, cfg.stop.as_deref()) else {
+        return Ok(());
+    };
     agent.lock().expect("agent lock poisoned").enlisted(id);
     tracing::info!(%id, %advertise, "enlisted");
     coord.attempt_timeout = cfg.heartbeat.max(Duration::from_millis(20)) * 4;
@@ -352,7 +354,7 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
             .as_ref()
             .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
         {
-            drain(&mut coord, &agent, id);
+            drain(&mut coord, &agent, id, &observed);
             return Ok(());
         }
         next += cfg.heartbeat;
@@ -445,12 +447,19 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
 /// refused (no other master up) or not finished in time is logged, and
 /// the master stops anyway (its tablets then move when the coordinator
 /// times it out, as for a crash).
-pub fn drain(coord: &mut CoordinatorClient, agent: &Mutex<MasterAgent>, id: ServerId) {
+pub fn drain(
+    coord: &mut CoordinatorClient,
+    agent: &Mutex<MasterAgent>,
+    id: ServerId,
+    observed: &crate::http::master::MasterObserved,
+) {
     agent.lock().expect("agent lock poisoned").revoke_lease();
     tracing::info!(%id, "asked to stop: stopped serving; asking the coordinator to move this server's tablets");
     let deadline = Instant::now() + DRAIN_LIMIT;
     let mut asked_at: Option<Instant> = None;
     while Instant::now() < deadline {
+        // Alive while draining (`/health`).
+        observed.loop_seen.touch();
         let step = Instant::now() + Duration::from_millis(500);
         // Asked again every half second: a new leader does not know.
         if asked_at.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
@@ -486,7 +495,13 @@ pub fn drain(coord: &mut CoordinatorClient, agent: &Mutex<MasterAgent>, id: Serv
 /// Asks the active coordinator to enlist this process until it answers:
 /// one operation (one exactly-once id) sent again until answered; the
 /// nonce makes even a new id's retry recognisable.
-fn enlist(coord: &mut CoordinatorClient, advertise: SocketAddr, nonce: u64) -> ServerId {
+/// `None` if `stop` was set first.
+fn enlist(
+    coord: &mut CoordinatorClient,
+    advertise: SocketAddr,
+    nonce: u64,
+    stop: Option<&std::sync::atomic::AtomicBool>,
+) -> Option<ServerId> {
     let req = Request::Enlist {
         addr: advertise.to_string(),
         services: services::MASTER,
@@ -494,12 +509,18 @@ fn enlist(coord: &mut CoordinatorClient, advertise: SocketAddr, nonce: u64) -> S
     };
     let mut rpc = coord.next_rpc(Instant::now() + Duration::from_secs(2));
     loop {
+        if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+            // If an attempt did enlist a server, the coordinator declares
+            // it crashed when it never heartbeats.
+            tracing::info!("asked to stop before enlisting; stopping");
+            return None;
+        }
         let deadline = Instant::now() + Duration::from_secs(2);
         match coord.operate(rpc, req.clone(), false, deadline) {
             Ok(ClientReply::Committed {
                 result: OpResult::Enlisted(id),
                 ..
-            }) => return id,
+            }) => return Some(id),
             Ok(other) => {
                 // Answered (refused, rejected, unknown): that operation is
                 // over; the next attempt is a new one.

@@ -184,6 +184,8 @@ pub struct CoordinatorNode<T: Transport> {
     observed: Option<(Arc<Observed>, Instant)>,
     /// When the per-master metrics were last sampled.
     per_master_sampled: Instant,
+    /// The last copy of the view made for the status page, and when.
+    last_view: Option<(Instant, Arc<crate::protocol::View>)>,
 }
 
 impl<T: Transport> CoordinatorNode<T> {
@@ -252,6 +254,7 @@ impl<T: Transport> CoordinatorNode<T> {
             flush_started: None,
             observed: None,
             per_master_sampled: now,
+            last_view: None,
         })
     }
 
@@ -290,7 +293,20 @@ impl<T: Transport> CoordinatorNode<T> {
             return;
         }
         let o = o.clone();
-        let view = o.view_wanted().then(|| self.replica.view());
+        let view = if o.view_wanted() {
+            match &self.last_view {
+                Some((at, v)) if now.duration_since(*at) < crate::http::coordinator::VIEW_EVERY => {
+                    Some(v.clone())
+                }
+                _ => {
+                    let v = Arc::new(self.replica.view());
+                    self.last_view = Some((now, v.clone()));
+                    Some(v)
+                }
+            }
+        } else {
+            None
+        };
         o.state.set(ReplicaState {
             status: self.replica.status_report(),
             hears_leader: self.replica.hears_leader(),
@@ -594,6 +610,19 @@ impl<T: Transport> CoordinatorNode<T> {
                             while storage.flush_in_flight() && storage.durable_index() < need {
                                 storage.flush_poll(true)?;
                             }
+                        }
+                        // Finished where it started (the `std` backend, or
+                        // waited for above): time it here. Memory
+                        // durability flushes nothing on this path.
+                        if !storage.flush_in_flight() && self.cfg.durability == Durability::Fsync {
+                            if let Some(t) = self.flush_started.take() {
+                                self.replica
+                                    .metrics()
+                                    .fsync_seconds
+                                    .observe(t.elapsed().as_secs_f64());
+                            }
+                        } else if !self.replica.storage().flush_in_flight() {
+                            self.flush_started = None;
                         }
                     }
                     self.persisting.push_back((job.number, need));

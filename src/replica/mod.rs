@@ -422,15 +422,16 @@ pub struct Replica<S: Storage> {
     /// Applied entries kept for an observer, if one asked.
     applied_notes: Option<Vec<AppliedNote>>,
     /// The last configuration changes applied, consecutive versions
-    /// ending at the state's (see `watch`).
-    changes: VecDeque<protocol::Change>,
+    /// ending at the state's (see `watch`), with their encoded sizes.
+    changes: VecDeque<(protocol::Change, usize)>,
+    /// The sum of those sizes.
+    changes_bytes: usize,
     /// Watches waiting for a change.
     watchers: VecDeque<Watcher>,
     /// What it measures (`/metrics`).
     metrics: Arc<Metrics>,
-    /// The Raft role at the last look (elections started are counted on
-    /// the change).
-    last_role: Role,
+    /// Elections the Raft core started, already counted in the metrics.
+    campaigns_counted: u64,
     /// Raft refusals already counted into the metrics.
     raft_refusals_counted: u64,
     /// Masters with a push-failure count in the metrics.
@@ -491,9 +492,10 @@ impl<S: Storage> Replica<S> {
             tick_pending: false,
             applied_notes: None,
             changes: VecDeque::new(),
+            changes_bytes: 0,
             watchers: VecDeque::new(),
             metrics: Arc::new(Metrics::new()),
-            last_role: Role::Follower,
+            campaigns_counted: 0,
             raft_refusals_counted: 0,
             failed_masters: std::collections::BTreeSet::new(),
             pending_compaction: None,
@@ -656,10 +658,29 @@ impl<S: Storage> Replica<S> {
     }
 
     fn reply(&mut self, to: PeerId, request: u64, reply: &ClientReply) {
-        self.out.push_back(Output::Send {
-            to,
-            payload: protocol::encode(protocol::tag::CLIENT_REPLY, request, reply),
-        });
+        let mut payload = protocol::encode(protocol::tag::CLIENT_REPLY, request, reply);
+        // No answer may be larger than a frame (the transport would refuse
+        // to encode it): say so instead.
+        if payload.len() > ramcoord_net::frame::FRAME_BODY_BYTES_MAX {
+            tracing::warn!(
+                to,
+                kind = reply.kind(),
+                bytes = payload.len(),
+                "an answer larger than a frame: refused instead"
+            );
+            let why = format!(
+                "the {} answer is {} bytes, more than a frame carries ({})",
+                reply.kind(),
+                payload.len(),
+                ramcoord_net::frame::FRAME_BODY_BYTES_MAX
+            );
+            payload = protocol::encode(
+                protocol::tag::CLIENT_REPLY,
+                request,
+                &ClientReply::Refused(why),
+            );
+        }
+        self.out.push_back(Output::Send { to, payload });
     }
 
     /// A transport message: a client request or a Raft message. Anything
@@ -672,7 +693,6 @@ impl<S: Storage> Replica<S> {
                     Ok(env) => {
                         if let Err(why) = self.authorize(from, &env.body) {
                             self.refused_by_role += 1;
-                            self.metrics.refuse("role");
                             self.metrics.refuse("role");
                             self.log_role_refusal(from, &why);
                             self.reply(from, env.id, &ClientReply::Refused(why));
@@ -848,6 +868,7 @@ impl<S: Storage> Replica<S> {
                 // The state jumped: the changes in between were never seen
                 // here, and watchers from before it must start again.
                 self.changes.clear();
+                self.changes_bytes = 0;
                 tracing::info!(
                     index = snap.meta.index,
                     term = snap.meta.term,
@@ -974,14 +995,13 @@ impl<S: Storage> Replica<S> {
 
     /// What follows a round of readies: lookups, compaction, leadership.
     fn after_readies(&mut self) -> Result<(), ReplicaError> {
-        let role = self.raft.role();
-        if role != self.last_role
-            && matches!(role, Role::Candidate | Role::PreCandidate)
-            && !matches!(self.last_role, Role::Candidate | Role::PreCandidate)
-        {
-            self.metrics.elections_started.inc();
+        let campaigns = self.raft.campaigns();
+        if campaigns > self.campaigns_counted {
+            self.metrics
+                .elections_started
+                .inc_by(campaigns - self.campaigns_counted);
+            self.campaigns_counted = campaigns;
         }
-        self.last_role = role;
         self.answer_lookups();
         self.answer_watchers();
         self.maybe_compact()?;

@@ -26,8 +26,20 @@ use super::Replica;
 use crate::cluster::{Effect, Op};
 use crate::protocol::{self as client, Change, ClientReply};
 
-/// Changes a replica keeps for watchers (oldest dropped first).
+/// Changes a replica keeps for watchers (oldest dropped first)...
 pub const CHANGES_KEPT: usize = 4096;
+
+/// ...and bytes of them (encoded) at most.
+pub const CHANGES_BYTES_MAX: usize = 64 << 20;
+
+/// Bytes of changes one answer carries at most (at least one change is
+/// always sent; a single change larger than a frame is refused by
+/// [`Replica::reply`]'s guard).
+pub const WATCH_REPLY_BYTES: usize = 1 << 20;
+
+/// Watches one peer may have waiting at once (past it its next is
+/// answered at once, empty).
+pub const WATCHERS_PER_PEER_MAX: usize = 16;
 
 /// Watches a replica keeps waiting; past it a watch is answered at once.
 pub const WATCHERS_MAX: usize = 1024;
@@ -65,21 +77,24 @@ impl<S: Storage> Replica<S> {
                 servers.extend(self.cluster.server(*to).cloned());
             }
             Op::ServerCrashed { id, plan } => {
+                // Only the tablets that moved (a crash can touch every
+                // table; the change stays the size of the plan).
                 servers.extend(self.cluster.server(*id).cloned());
                 let ids: BTreeSet<_> = plan.iter().map(|r| r.table).collect();
-                tables.extend(
-                    self.cluster
-                        .tables()
-                        .filter(|t| ids.contains(&t.id))
-                        .cloned(),
-                );
+                for t in self.cluster.tables().filter(|t| ids.contains(&t.id)) {
+                    let moved: BTreeSet<u64> = plan
+                        .iter()
+                        .filter(|r| r.table == t.id)
+                        .map(|r| r.start_hash)
+                        .collect();
+                    let mut t = t.clone();
+                    t.tablets.retain(|x| moved.contains(&x.start_hash));
+                    tables.push(t);
+                }
             }
             Op::ServerRemoved { id } => servers.extend(self.cluster.server(*id).cloned()),
         }
-        if self.changes.len() == CHANGES_KEPT {
-            self.changes.pop_front();
-        }
-        self.changes.push_back(Change {
+        let change = Change {
             version,
             index,
             term,
@@ -88,7 +103,17 @@ impl<S: Storage> Replica<S> {
             servers,
             tables,
             dropped_table,
-        });
+        };
+        let bytes = postcard::to_allocvec(&change).map_or(0, |v| v.len());
+        self.changes_bytes += bytes;
+        self.changes.push_back((change, bytes));
+        while self.changes.len() > CHANGES_KEPT
+            || (self.changes_bytes > CHANGES_BYTES_MAX && self.changes.len() > 1)
+        {
+            if let Some((_, b)) = self.changes.pop_front() {
+                self.changes_bytes -= b;
+            }
+        }
     }
 
     /// The answer to a watch from `after`, if there is one now: the
@@ -99,18 +124,25 @@ impl<S: Storage> Replica<S> {
             return None;
         }
         // The history holds consecutive versions ending at `version`.
-        let oldest = self.changes.front().map_or(version + 1, |c| c.version);
+        let oldest = self.changes.front().map_or(version + 1, |c| c.0.version);
         if after + 1 < oldest {
             return Some(ClientReply::ChangesCompacted { oldest, version });
         }
         let skip = (after + 1 - oldest) as usize;
-        let changes = self
+        let mut bytes = 0;
+        let mut changes = Vec::new();
+        for (c, b) in self
             .changes
             .iter()
             .skip(skip)
             .take(client::WATCH_CHANGES_MAX)
-            .cloned()
-            .collect();
+        {
+            if !changes.is_empty() && bytes + b > WATCH_REPLY_BYTES {
+                break;
+            }
+            bytes += b;
+            changes.push(c.clone());
+        }
         Some(ClientReply::Changes { version, changes })
     }
 
@@ -119,10 +151,21 @@ impl<S: Storage> Replica<S> {
     pub(super) fn watch(&mut self, from: PeerId, request: u64, after: u64, wait_ms: u32) {
         let reply = match self.changes_after(after) {
             Some(reply) => reply,
-            None if wait_ms == 0 || self.watchers.len() >= WATCHERS_MAX => ClientReply::Changes {
-                version: self.cluster.version(),
-                changes: Vec::new(),
-            },
+            // Cut off from the leader, it may wait for ever while the
+            // cluster changes: the watcher is sent to another replica.
+            None if wait_ms > 0 && !self.hears_leader() => {
+                ClientReply::Refused("this replica hears no leader; ask another replica".into())
+            }
+            None if wait_ms == 0
+                || self.watchers.len() >= WATCHERS_MAX
+                || self.watchers.iter().filter(|w| w.from == from).count()
+                    >= WATCHERS_PER_PEER_MAX =>
+            {
+                ClientReply::Changes {
+                    version: self.cluster.version(),
+                    changes: Vec::new(),
+                }
+            }
             None => {
                 let wait = Duration::from_millis(wait_ms.min(client::WATCH_WAIT_MS_MAX) as u64);
                 self.watchers.push_back(Watcher {
@@ -165,6 +208,6 @@ impl<S: Storage> Replica<S> {
 
     /// The changes this replica holds (oldest first).
     pub fn changes(&self) -> impl Iterator<Item = &Change> {
-        self.changes.iter()
+        self.changes.iter().map(|(c, _)| c)
     }
 }

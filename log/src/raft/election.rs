@@ -93,6 +93,7 @@ impl<S: Storage> RawNode<S> {
             self.note_refusal(self.id, Refusal::TermCeiling(self.term));
             return;
         }
+        self.campaigns += 1;
         let (term, body) = if pre_vote {
             self.become_pre_candidate();
             self.votes.insert(self.id, true); // a pre-vote changes no state

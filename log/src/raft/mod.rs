@@ -169,6 +169,8 @@ pub struct RawNode<S: Storage> {
     advanced_number: u64,
     /// Messages refused by [`RawNode::step`], and the latest reason.
     refused: u64,
+    /// Elections this node started (pre-vote or vote rounds it began).
+    campaigns: u64,
     last_refusal: Option<(NodeId, Refusal)>,
     /// Followers found to have lost entries they acknowledged (leader only;
     /// see `handle_append_resp`), and the latest: (follower, the match
@@ -256,6 +258,7 @@ impl<S: Storage> RawNode<S> {
             restart_lease_ticks: 0,
             prev_hard_state: hs,
             refused: 0,
+            campaigns: 0,
             last_refusal: None,
             lost_matches: 0,
             last_lost_match: None,
@@ -512,6 +515,12 @@ impl<S: Storage> RawNode<S> {
     pub fn hears_leader(&self) -> bool {
         self.role == Role::Leader
             || (self.leader_id.is_some() && self.election_elapsed < self.cfg.election_timeout_ticks)
+    }
+
+    /// How many elections this node started (each pre-vote or vote round
+    /// it began, a repeated one after a timeout included).
+    pub fn campaigns(&self) -> u64 {
+        self.campaigns
     }
 
     /// How many messages `step` refused, and the latest (sender, reason):
