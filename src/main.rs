@@ -202,12 +202,13 @@ enum Command {
     ///
     /// Run it once per replica of the new group, each with its own --id
     /// and --data-dir and the same FILE and --peers; then start each with
-    /// `ramcoord coordinator` and the same --id, --peers and --data-dir.
-    /// The group elects a leader and serves the backup's server list and
-    /// tables; masters that are still up keep their tablets. The new group
-    /// starts at the backup's leader term plus --term-gap, so that masters
-    /// (which accept configuration only from a term newer than any they
-    /// have seen) take its pushes.
+    /// `ramcoord coordinator` and the same --id, --peers and --data-dir,
+    /// and restart every master (a master that kept running may hold
+    /// configuration newer than the backup; restarted, it enlists afresh
+    /// and the restored servers' tablets move to the new ones). The new
+    /// group starts at the backup's leader term plus --term-gap, with its
+    /// configuration versions moved ahead, so that nothing the old group
+    /// handed out is reused.
     ///
     /// Example (three replicas, from a backup of the old group):
     ///   ramcoord ctl --coordinators A1 snapshot save cluster.backup
