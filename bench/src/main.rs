@@ -13,6 +13,7 @@ mod floor;
 mod push;
 #[cfg(feature = "rdma")]
 mod rdma;
+mod scale;
 mod storage;
 mod threads;
 
@@ -221,6 +222,32 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         election_ms: u64,
     },
+    /// What the coordinator's state costs as the cluster grows (issue 19's
+    /// state figures; in one process, no network): snapshot, restore,
+    /// replay of 100,000 entries, a master's recovery plan, a region, for
+    /// masters at 1M tablets and tablets at 10,000 masters. Writes
+    /// OUT/<time>-scale.{json,md}.
+    Scale {
+        /// Masters of the sweep at the largest tablet count.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+        masters: Vec<u64>,
+        /// Tablets of the sweep at the largest master count.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        tablets: Vec<u64>,
+        /// Repetitions per figure (the median is kept).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Where results go.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// Print the JSON report instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Measure one point MASTERS,TABLETS in this process and print it
+        /// as JSON (what each point's child process runs).
+        #[arg(long, value_name = "MASTERS,TABLETS", hide = true)]
+        point: Option<String>,
+    },
     /// The durable log against the disk floor, in one run: 4 KiB write +
     /// fdatasync (floor), DiskStorage append + sync (one appender), and
     /// entries/s with 1, 8 and 64 appenders through a group-commit writer.
@@ -423,6 +450,82 @@ kill -> rolled forward  {}",
                     r.masters, r.clients, r.leader, r.max, r.replicas
                 )
             });
+        }
+        Scenario::Scale {
+            masters,
+            tablets,
+            reps,
+            out,
+            json,
+            point,
+        } => {
+            if let Some(p) = point {
+                let (m, t) = p
+                    .split_once(',')
+                    .and_then(|(m, t)| Some((m.parse().ok()?, t.parse().ok()?)))
+                    .unwrap_or_else(|| fail(format!("--point {p}: expected MASTERS,TABLETS")));
+                let r = scale::point(m, t, reps.max(1)).unwrap_or_else(|e| fail(e));
+                println!("{}", serde_json::to_string(&r).expect("serialisable"));
+                return;
+            }
+            let started = std::time::SystemTime::now();
+            let most_masters = masters.iter().copied().max().unwrap_or(0);
+            let most_tablets = tablets.iter().copied().max().unwrap_or(0);
+            // The tablets sweep at the most masters, then the masters sweep
+            // at the most tablets; each size once, smallest first.
+            let mut grid: Vec<(u64, u64)> = tablets.iter().map(|t| (most_masters, *t)).collect();
+            grid.extend(masters.iter().map(|m| (*m, most_tablets)));
+            grid.sort_by_key(|(m, t)| (*t, *m));
+            grid.dedup();
+            let mut points = Vec::new();
+            for (m, t) in grid {
+                progress(&format!("scale: {m} masters, {t} tablets"));
+                // A fresh process per point: its memory is its own.
+                let exe = std::env::current_exe().unwrap_or_else(|e| fail(e.to_string()));
+                let child = std::process::Command::new(exe)
+                    .args(["scale", "--point", &format!("{m},{t}"), "--reps"])
+                    .arg(reps.max(1).to_string())
+                    .stderr(std::process::Stdio::inherit())
+                    .output()
+                    .unwrap_or_else(|e| fail(format!("scale point {m},{t}: {e}")));
+                if !child.status.success() {
+                    fail(format!("scale point {m},{t} failed ({})", child.status));
+                }
+                let p: scale::Point = serde_json::from_slice(&child.stdout)
+                    .unwrap_or_else(|e| fail(format!("scale point {m},{t}: {e}")));
+                progress(&format!(
+                    "  snapshot {:.1} ms, restart {:.0} ms, crash plan {:.0} µs",
+                    p.snapshot_ms, p.restart_ms, p.recovery_plan_us
+                ));
+                points.push(p);
+            }
+            let at = |m: u64, t: u64| points.iter().find(|p| p.masters == m && p.tablets == t);
+            let big = at(most_masters, most_tablets);
+            let report = serde_json::json!({
+                "started": humantime::format_rfc3339_seconds(started).to_string(),
+                "state_only": true,
+                "points": points,
+                "state_mib_10k_masters_1m_tablets": at(10_000, 1_000_000).map(|p| p.state_mib),
+                "snapshot_ms": big.map(|p| p.snapshot_ms),
+                "restart_ms": big.map(|p| p.restart_ms),
+                "recovery_plan_cpu_us": big.map(|p| p.recovery_plan_us),
+            });
+            let md = scale::markdown(&points);
+            let stamp = humantime::format_rfc3339_seconds(started)
+                .to_string()
+                .replace(':', "-");
+            let _ = std::fs::create_dir_all(&out);
+            let base = out.join(format!("{stamp}-scale"));
+            let written = std::fs::write(base.with_extension("json"), report.to_string())
+                .and_then(|()| std::fs::write(base.with_extension("md"), &md));
+            if let Err(e) = written {
+                fail(format!("writing {}: {e}", base.display()));
+            }
+            if json {
+                println!("{report}");
+            } else {
+                print!("{md}");
+            }
         }
         Scenario::Push { rounds, json } => {
             let mut v = Vec::new();

@@ -412,6 +412,12 @@ pub struct ClusterState {
     applied_index: u64,
     /// Clients' last operations (exactly-once answers). Snapshot version 2.
     sessions: Sessions,
+    /// Each server's tablets as (table, first hash): what a master owns,
+    /// found without a walk of the whole map (a recovery plan, a push,
+    /// owners for a new table). Derived: not in snapshots, rebuilt when
+    /// one is restored, checked against the map by [`ClusterState::check`].
+    #[serde(skip)]
+    owned: BTreeMap<ServerId, BTreeSet<(TableId, u64)>>,
 }
 
 /// The state as snapshot format version 1 wrote it (no sessions).
@@ -523,11 +529,52 @@ impl ClusterState {
 
     /// Tablets owned by `id`: (table, tablet).
     pub fn tablets_of(&self, id: ServerId) -> Vec<(TableId, &Tablet)> {
-        self.tables
-            .values()
-            .flat_map(|t| t.tablets.iter().map(move |tb| (t.id, tb)))
-            .filter(|(_, tb)| tb.owner == id)
+        let Some(owned) = self.owned.get(&id) else {
+            return Vec::new();
+        };
+        owned
+            .iter()
+            .filter_map(|(t, start)| {
+                let table = self.tables.get(t)?;
+                let i = table
+                    .tablets
+                    .binary_search_by_key(start, |tb| tb.start_hash)
+                    .ok()?;
+                Some((*t, &table.tablets[i]))
+            })
             .collect()
+    }
+
+    /// How many tablets `id` owns.
+    pub fn tablet_count(&self, id: ServerId) -> usize {
+        self.owned.get(&id).map_or(0, BTreeSet::len)
+    }
+
+    /// The owner index as the map says it should be.
+    fn owned_from_map(&self) -> BTreeMap<ServerId, BTreeSet<(TableId, u64)>> {
+        let mut owned: BTreeMap<ServerId, BTreeSet<(TableId, u64)>> = BTreeMap::new();
+        for t in self.tables.values() {
+            for tb in &t.tablets {
+                owned
+                    .entry(tb.owner)
+                    .or_default()
+                    .insert((t.id, tb.start_hash));
+            }
+        }
+        owned
+    }
+
+    fn own(&mut self, owner: ServerId, table: TableId, start: u64) {
+        self.owned.entry(owner).or_default().insert((table, start));
+    }
+
+    fn disown(&mut self, owner: ServerId, table: TableId, start: u64) {
+        if let Some(set) = self.owned.get_mut(&owner) {
+            set.remove(&(table, start));
+            if set.is_empty() {
+                self.owned.remove(&owner);
+            }
+        }
     }
 
     /// Applies the entry at `index` with payload `data` (empty for Raft's
@@ -706,6 +753,9 @@ impl ClusterState {
                             .collect(),
                     },
                 );
+                for t in tablets {
+                    self.own(t.owner, id, t.start_hash);
+                }
                 let targets = tablets.iter().map(|t| t.owner).collect();
                 Ok((Effect::TableCreated(id), targets, Some(id)))
             }
@@ -713,6 +763,9 @@ impl ClusterState {
                 let id = self.table_id(name)?;
                 self.check_not_busy(id)?;
                 let table = self.tables.remove(&id).expect("found above");
+                for tb in &table.tablets {
+                    self.disown(tb.owner, id, tb.start_hash);
+                }
                 let targets = table
                     .tablets
                     .iter()
@@ -731,9 +784,7 @@ impl ClusterState {
                     )));
                 }
                 let pos = t
-                    .tablets
-                    .iter()
-                    .position(|tb| tb.contains(*split_hash))
+                    .position_of(*split_hash)
                     .expect("tablets cover the hash space");
                 let tb = t.tablets[pos].clone();
                 if tb.start_hash == *split_hash {
@@ -754,6 +805,7 @@ impl ClusterState {
                         state: TabletState::Normal,
                     },
                 );
+                self.own(owner, id, *split_hash);
                 Ok((Effect::Changed, BTreeSet::from([owner]), Some(id)))
             }
             Op::MigrateTablet { table, hash, to } => {
@@ -769,11 +821,7 @@ impl ClusterState {
                     return Err(Rejection::ServerNotUp(*to));
                 }
                 let t = &self.tables[&id];
-                let pos = t
-                    .tablets
-                    .iter()
-                    .position(|tb| tb.contains(*hash))
-                    .expect("tablets cover the hash space");
+                let pos = t.position_of(*hash).expect("tablets cover the hash space");
                 let from = t.tablets[pos].owner;
                 if from == *to {
                     return Err(Rejection::AlreadyOwner(*to));
@@ -781,7 +829,10 @@ impl ClusterState {
                 if t.tablets[pos].state == TabletState::Recovering {
                     return Err(Rejection::Busy(table.clone()));
                 }
+                let start = t.tablets[pos].start_hash;
                 self.tables.get_mut(&id).expect("found above").tablets[pos].owner = *to;
+                self.disown(from, id, start);
+                self.own(*to, id, start);
                 // The old owner is up: a tablet is never owned by a server
                 // that is not (crash records reassign them at once).
                 Ok((Effect::Changed, BTreeSet::from([from, *to]), Some(id)))
@@ -807,13 +858,15 @@ impl ClusterState {
                 self.server_list_version += 1;
                 for r in plan {
                     let t = self.tables.get_mut(&r.table).expect("planned from the map");
-                    let tb = t
+                    let i = t
                         .tablets
-                        .iter_mut()
-                        .find(|tb| tb.start_hash == r.start_hash)
+                        .binary_search_by_key(&r.start_hash, |tb| tb.start_hash)
                         .expect("planned from the map");
+                    let tb = &mut t.tablets[i];
                     tb.owner = r.to;
                     tb.state = TabletState::Recovering;
+                    self.disown(*id, r.table, r.start_hash);
+                    self.own(r.to, r.table, r.start_hash);
                 }
                 // Operations waiting for the crashed server stop waiting:
                 // the plan took over what they were handing to it.
@@ -862,9 +915,11 @@ impl ClusterState {
             Op::ServerCrashed { plan, .. } => {
                 for r in plan {
                     if let Some(tb) = self.tables.get_mut(&r.table).and_then(|t| {
-                        t.tablets
-                            .iter_mut()
-                            .find(|tb| tb.start_hash == r.start_hash && tb.owner == r.to)
+                        let i = t
+                            .tablets
+                            .binary_search_by_key(&r.start_hash, |tb| tb.start_hash)
+                            .ok()?;
+                        Some(&mut t.tablets[i]).filter(|tb| tb.owner == r.to)
                     }) {
                         tb.state = TabletState::Normal;
                     }
@@ -878,19 +933,20 @@ impl ClusterState {
     /// Owners for `n` new tablets: the up masters with the fewest tablets
     /// first (ties by id), round-robin. `None` without an up master.
     pub fn choose_owners(&self, n: u32) -> Option<Vec<ServerId>> {
-        let mut load: Vec<(usize, ServerId)> = self
+        // The least loaded first, ties by id: a min-heap of (load, id).
+        let mut load: std::collections::BinaryHeap<std::cmp::Reverse<(usize, ServerId)>> = self
             .up_masters()
             .into_iter()
-            .map(|id| (self.tablets_of(id).len(), id))
+            .map(|id| std::cmp::Reverse((self.tablet_count(id), id)))
             .collect();
         if load.is_empty() {
             return None;
         }
         let mut owners = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            load.sort();
-            owners.push(load[0].1);
-            load[0].0 += 1;
+            let std::cmp::Reverse((l, id)) = load.pop()?;
+            owners.push(id);
+            load.push(std::cmp::Reverse((l + 1, id)));
         }
         Some(owners)
     }
@@ -900,28 +956,29 @@ impl ClusterState {
     /// (the crash waits until one enlists).
     pub fn plan_recovery(&self, id: ServerId) -> Option<Vec<Reassignment>> {
         let owned: Vec<(TableId, u64)> = self
-            .tablets_of(id)
-            .into_iter()
-            .map(|(t, tb)| (t, tb.start_hash))
-            .collect();
-        let mut load: Vec<(usize, ServerId)> = self
+            .owned
+            .get(&id)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        // The least loaded first, ties by id: a min-heap of (load, id).
+        let mut load: std::collections::BinaryHeap<std::cmp::Reverse<(usize, ServerId)>> = self
             .up_masters()
             .into_iter()
             .filter(|m| *m != id)
-            .map(|m| (self.tablets_of(m).len(), m))
+            .map(|m| std::cmp::Reverse((self.tablet_count(m), m)))
             .collect();
         if load.is_empty() && !owned.is_empty() {
             return None;
         }
         let mut plan = Vec::with_capacity(owned.len());
         for (table, start_hash) in owned {
-            load.sort();
+            let std::cmp::Reverse((l, to)) = load.pop()?;
             plan.push(Reassignment {
                 table,
                 start_hash,
-                to: load[0].1,
+                to,
             });
-            load[0].0 += 1;
+            load.push(std::cmp::Reverse((l + 1, to)));
         }
         Some(plan)
     }
@@ -988,6 +1045,9 @@ impl ClusterState {
                 }
             }
         }
+        if self.owned != self.owned_from_map() {
+            return Err("the owner index disagrees with the tablet map".into());
+        }
         for (seq, p) in &self.incomplete {
             if let Some(t) = p.targets.iter().find(|t| !self.is_up(**t)) {
                 return Err(format!("operation {seq} waits for {t}, which is not up"));
@@ -1045,6 +1105,7 @@ impl ClusterState {
                 incomplete: v1.incomplete,
                 applied_index: v1.applied_index,
                 sessions: Sessions::default(),
+                owned: BTreeMap::new(),
             };
             (s, rest)
         } else {
@@ -1054,6 +1115,8 @@ impl ClusterState {
         if !rest.is_empty() {
             return Err(SnapshotError::Trailing(rest.len()));
         }
+        let mut s = s;
+        s.owned = s.owned_from_map();
         s.check().map_err(|v| SnapshotError::Invalid(v.0))?;
         s.check_counters().map_err(SnapshotError::Invalid)?;
         Ok(s)

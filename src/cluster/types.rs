@@ -133,7 +133,15 @@ pub struct Table {
 impl Table {
     /// The tablet holding `hash` (every hash has exactly one).
     pub fn tablet_for(&self, hash: u64) -> Option<&Tablet> {
-        self.tablets.iter().find(|t| t.contains(hash))
+        self.position_of(hash).map(|i| &self.tablets[i])
+    }
+
+    /// Where the tablet holding `hash` is in `tablets` (a binary search:
+    /// they are sorted by first hash and do not overlap).
+    pub fn position_of(&self, hash: u64) -> Option<usize> {
+        let i = self.tablets.partition_point(|t| t.start_hash <= hash);
+        let i = i.checked_sub(1)?;
+        self.tablets[i].contains(hash).then_some(i)
     }
 }
 
