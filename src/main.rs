@@ -806,6 +806,10 @@ struct SimArgs {
     /// Replicas in the group: 3 or 5; 0 alternates 3 and 5 by seed.
     #[arg(long, default_value_t = 0, value_parser = parse_replicas)]
     replicas: usize,
+    /// Masters of the coordinator workload (default: 3 to 6, drawn from
+    /// each seed); thousands for the scaled workload.
+    #[arg(long)]
+    masters: Option<usize>,
     /// Plant a known bug to see the checkers catch it (see --list-bugs).
     #[arg(long)]
     inject_bug: Option<String>,
@@ -1455,6 +1459,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         bugs,
         trace,
         workload,
+        masters: args.masters,
     };
 
     if let Some(seed) = args.seed {

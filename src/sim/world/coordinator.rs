@@ -75,6 +75,9 @@ fn master_request_id(seq: u64, heartbeat: bool) -> u64 {
 /// A master's tick (it heartbeats every tick, asks to enlist every two).
 const MASTER_TICK_US: u64 = 10_000;
 
+/// Master processes' nonces start past this (clients' ids are small).
+const MASTER_NONCE_BASE: u64 = 1 << 40;
+
 /// How long a leaving master waits to be told it is gone before it stops
 /// anyway (the process's `DRAIN_LIMIT`, scaled to the simulated timing).
 const LEAVE_LIMIT_US: u64 = 500_000;
@@ -435,7 +438,10 @@ impl World {
             MasterConfig::default(),
             master_addr(slot),
             services::MASTER,
-            self.cw.next_nonce,
+            // A nonce is the enlistment's exactly-once client id: kept
+            // apart from the clients' ids (1000 and up), whatever the
+            // number of master processes.
+            MASTER_NONCE_BASE + self.cw.next_nonce,
             self.opts.bugs.master,
         )
     }
@@ -454,7 +460,14 @@ impl World {
 
     /// Starts the workload: masters and clients.
     pub(super) fn coordinator_start(&mut self) {
-        let p = CoordParams::draw(self.opts.faults, &mut self.rng);
+        let mut p = CoordParams::draw(self.opts.faults, &mut self.rng);
+        if let Some(m) = self.opts.masters {
+            p.masters = m.max(1);
+            // Every master the faults took down enlists again after the
+            // heal, one commit each: the quiet period before the liveness
+            // checks grows with them (10 ms a master past the default six).
+            self.p.liveness_us += (p.masters as u64).saturating_sub(6) * 10_000;
+        }
         self.cw.p = p;
         self.cw.clients_stop_at = self.heal_at + self.p.liveness_us / 2;
         for slot in 0..self.cw.p.masters {

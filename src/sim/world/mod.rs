@@ -81,6 +81,9 @@ pub struct SimOptions {
     pub workload: Workload,
     /// Keep the event trace.
     pub trace: bool,
+    /// The coordinator workload's masters (default: 3 to 6, from the
+    /// seed): thousands for the scaled workload.
+    pub masters: Option<usize>,
 }
 
 /// Counts for the summary line.
