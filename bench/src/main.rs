@@ -226,7 +226,7 @@ enum Scenario {
     /// state figures; in one process, no network): snapshot, restore,
     /// replay of 100,000 entries, a master's recovery plan, a region, for
     /// masters at 1M tablets and tablets at 10,000 masters. Writes
-    /// OUT/<time>-scale.{json,md}.
+    /// OUT/<time>-scale.{json,md,png} (the png: the curves).
     Scale {
         /// Masters of the sweep at the largest tablet count.
         #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
@@ -520,6 +520,15 @@ kill -> rolled forward  {}",
                 .and_then(|()| std::fs::write(base.with_extension("md"), &md));
             if let Err(e) = written {
                 fail(format!("writing {}: {e}", base.display()));
+            }
+            let png = base.with_extension("png");
+            match ramcoord::chaos::plot::register_font() {
+                Ok(()) => {
+                    if let Err(e) = scale::plot(&points, &png) {
+                        fail(format!("plotting {}: {e}", png.display()));
+                    }
+                }
+                Err(e) => eprintln!("no plot: {e}"),
             }
             if json {
                 println!("{report}");

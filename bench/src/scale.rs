@@ -263,3 +263,114 @@ pub fn markdown(points: &[Point]) -> String {
     }
     out
 }
+
+/// One figure of a point, in milliseconds, for the curves.
+type Figure = (&'static str, fn(&Point) -> f64);
+
+const FIGURES: [Figure; 5] = [
+    ("snapshot", |p| p.snapshot_ms),
+    ("restore", |p| p.restore_ms),
+    ("replay 100k entries", |p| p.replay_100k_ms),
+    ("crash plan + apply", |p| p.recovery_plan_us / 1e3),
+    ("one region", |p| p.region_us / 1e3),
+];
+
+/// The curves: each figure against tablets (at the most masters) and
+/// against masters (at the most tablets), log-log, side by side.
+pub fn plot(points: &[Point], path: &std::path::Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    let most_m = points.iter().map(|p| p.masters).max().unwrap_or(1);
+    let most_t = points.iter().map(|p| p.tablets).max().unwrap_or(1);
+    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let (left, right) = root.split_horizontally(600);
+    let colors = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+    ];
+    let all: Vec<f64> = points
+        .iter()
+        .flat_map(|p| FIGURES.iter().map(move |(_, f)| f(p)))
+        .filter(|v| *v > 0.0)
+        .collect();
+    let lo = all.iter().copied().fold(f64::MAX, f64::min).max(1e-4) * 0.5;
+    let hi = all.iter().copied().fold(0.0, f64::max) * 2.0;
+    for (area, by_tablets) in [(left, true), (right, false)] {
+        let mut sweep: Vec<&Point> = points
+            .iter()
+            .filter(|p| {
+                if by_tablets {
+                    p.masters == most_m
+                } else {
+                    p.tablets == most_t
+                }
+            })
+            .collect();
+        sweep.sort_by_key(|p| if by_tablets { p.tablets } else { p.masters });
+        let x = |p: &Point| {
+            if by_tablets {
+                p.tablets as f64
+            } else {
+                p.masters as f64
+            }
+        };
+        let (x0, x1) = sweep
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(a, b), p| (a.min(x(p)), b.max(x(p))));
+        if sweep.len() < 2 {
+            continue;
+        }
+        let caption = if by_tablets {
+            format!("against tablets ({most_m} masters)")
+        } else {
+            format!("against masters ({most_t} tablets)")
+        };
+        let mut chart = ChartBuilder::on(&area)
+            .caption(caption, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d((x0 * 0.8..x1 * 1.25).log_scale(), (lo..hi).log_scale())
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc(if by_tablets {
+                "tablets (log)"
+            } else {
+                "masters (log)"
+            })
+            .y_desc("milliseconds (log)")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for ((name, f), color) in FIGURES.iter().zip(colors) {
+            chart
+                .draw_series(LineSeries::new(
+                    sweep.iter().map(|p| (x(p), f(p).max(lo))),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| e.to_string())?
+                .label(*name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(
+                    sweep
+                        .iter()
+                        .map(|p| Circle::new((x(p), f(p).max(lo)), 3, color.filled())),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
