@@ -497,6 +497,9 @@ impl Ctl {
                 return Ok(given);
             }
             let n = self.coord.addrs().len();
+            if n == 0 {
+                return Err(CtlError::NoCoordinator("no replica address given".into()));
+            }
             if answered_at.elapsed() > self.opts.timeout {
                 let why = last_error.map_or_else(String::new, |e: ClientError| e.to_string());
                 return Err(CtlError::NoCoordinator(format!(

@@ -1895,6 +1895,20 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
     }
 }
 
+/// A flag SIGTERM and SIGINT set (a graceful stop); a second signal
+/// while it is set exits at once with status 1.
+fn graceful_stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let registered = signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+            .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
+        if let Err(e) = registered {
+            tracing::warn!(signal = sig, error = %e, "no graceful stop on this signal");
+        }
+    }
+    stop
+}
+
 /// Runs a coordinator replica on `transport` until it fails.
 fn drive_coordinator<T: ramcoord_net::Transport>(
     cfg: ramcoord::node::NodeConfig,
@@ -1933,14 +1947,7 @@ fn drive_coordinator<T: ramcoord_net::Transport>(
     }
     // SIGTERM or SIGINT: a graceful stop (a second one stops at once,
     // exit 1).
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        let registered = signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
-            .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
-        if let Err(e) = registered {
-            tracing::warn!(signal = sig, error = %e, "no graceful stop on this signal");
-        }
-    }
+    let stop = graceful_stop_flag();
     let fail = |e: ramcoord::node::NodeError| {
         tracing::error!(error = %e, "stopping");
         eprintln!("ramcoord coordinator: {e}");
@@ -2256,14 +2263,7 @@ fn run_master(args: MasterArgs) -> ExitCode {
     }
     // SIGTERM or SIGINT: drain, then exit 0 (a second one stops at once,
     // exit 1).
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        let registered = signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
-            .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
-        if let Err(e) = registered {
-            tracing::warn!(signal = sig, error = %e, "no graceful stop on this signal");
-        }
-    }
+    let stop = graceful_stop_flag();
     let cfg = MasterProcessConfig {
         stop: Some(stop),
         http: args

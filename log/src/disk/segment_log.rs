@@ -506,19 +506,7 @@ impl DiskStorage {
         }
         // An unfinished bootstrap's leftovers (its lock is taken by the
         // open below; nobody else may be here either).
-        for leftover in ["log", "snapshot", "hardstate"] {
-            let p = dir.join(leftover);
-            let r = if p.is_dir() {
-                fs::remove_dir_all(&p)
-            } else {
-                fs::remove_file(&p)
-            };
-            match r {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&p)(e)),
-            }
-        }
+        clear_unfinished_bootstrap(dir)?;
         let (mut disk, _) = DiskStorage::open(dir, segment_bytes)?;
         let boot = MemStorage::bootstrap(conf);
         let ents = boot.all_entries().to_vec();
@@ -553,19 +541,7 @@ impl DiskStorage {
         if DiskStorage::holds_state(dir)? {
             return Err(OpenError::NotEmpty(dir.to_owned()));
         }
-        for leftover in ["log", "snapshot", "hardstate"] {
-            let p = dir.join(leftover);
-            let r = if p.is_dir() {
-                fs::remove_dir_all(&p)
-            } else {
-                fs::remove_file(&p)
-            };
-            match r {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&p)(e)),
-            }
-        }
+        clear_unfinished_bootstrap(dir)?;
         let (mut disk, _) = DiskStorage::open(dir, segment_bytes)?;
         let fail = |e: StorageError| OpenError::Io {
             path: dir.to_owned(),
@@ -1573,4 +1549,23 @@ mod tests {
         drop(s);
         fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// Removes what an unfinished bootstrap left in `dir` (its hard state was
+/// never written, so nothing there is anyone's state).
+fn clear_unfinished_bootstrap(dir: &Path) -> Result<(), OpenError> {
+    for leftover in ["log", "snapshot", "hardstate"] {
+        let p = dir.join(leftover);
+        let r = if p.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&p)(e)),
+        }
+    }
+    Ok(())
 }
