@@ -1448,6 +1448,25 @@ impl Storage for DiskStorage {
     }
 }
 
+/// Removes what an unfinished bootstrap left in `dir` (its hard state was
+/// never written, so nothing there is anyone's state).
+fn clear_unfinished_bootstrap(dir: &Path) -> Result<(), OpenError> {
+    for leftover in ["log", "snapshot", "hardstate"] {
+        let p = dir.join(leftover);
+        let r = if p.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&p)(e)),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1549,23 +1568,4 @@ mod tests {
         drop(s);
         fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// Removes what an unfinished bootstrap left in `dir` (its hard state was
-/// never written, so nothing there is anyone's state).
-fn clear_unfinished_bootstrap(dir: &Path) -> Result<(), OpenError> {
-    for leftover in ["log", "snapshot", "hardstate"] {
-        let p = dir.join(leftover);
-        let r = if p.is_dir() {
-            fs::remove_dir_all(&p)
-        } else {
-            fs::remove_file(&p)
-        };
-        match r {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&p)(e)),
-        }
-    }
-    Ok(())
 }
