@@ -15,6 +15,14 @@
 #   TIMEOUT=400 scripts/rdma-vm.sh
 #   FILTER=revoked scripts/rdma-vm.sh     only the tests whose name contains it
 #   BENCH=1 scripts/rdma-vm.sh    run `ramcoord-bench rdma` instead of the tests
+#   BENCH=1 PARTS=push scripts/rdma-vm.sh   only some parts (verbs,transport,commit,push)
+#   BENCH=1 PARTS=commit COMMIT=tcp,rdma,rdma:5000 scripts/rdma-vm.sh
+#                                 the commit part over these (rdma:US: masters look
+#                                 at their regions every US µs between requests)
+#   PERF=1 scripts/rdma-vm.sh     profile the cluster's commit path: `perf record`
+#                                 (whole VM, cpu-clock) around `ramcoord-bench rdma
+#                                 --parts commit`, once per transport; the reports
+#                                 go to bench/results/rdma-perf-<time>.txt
 #   PROFILE=test scripts/rdma-vm.sh   build with cargo's test profile (what
 #                                 scripts/test.sh does: it has built the
 #                                 dependencies that way already); the default,
@@ -28,6 +36,9 @@ cd "$(dirname "$0")/.."
 
 TIMEOUT=${TIMEOUT:-400}
 BENCH=${BENCH:-0}
+PERF=${PERF:-0}
+PARTS=${PARTS:-verbs,transport,commit,push}
+COMMIT=${COMMIT:-tcp,rdma}
 PROFILE=${PROFILE:-release}
 # Where cargo puts a profile's output (the test profile's is debug/).
 case "$PROFILE" in
@@ -89,6 +100,12 @@ cp -L "$CLUSTER_TEST" "$R/usr/bin/rdma-cluster-tests"
 cp -L "$RAMCOORD" "$R/usr/bin/ramcoord"
 cp -L "$BENCHBIN" "$R/usr/bin/ramcoord-bench"
 objs="$NET_TEST $CLUSTER_TEST $RAMCOORD $BENCHBIN $(command -v rdma) /usr/sbin/ip"
+if [ "$PERF" = 1 ]; then
+    # The guest boots the host's Debian kernel, so the host's perf matches it.
+    command -v perf >/dev/null || { apt-get install -y -qq linux-perf >/dev/null || die "no perf"; }
+    cp -L "$(command -v perf)" "$R/usr/bin/perf"
+    objs="$objs $(command -v perf)"
+fi
 for prov in /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so; do
     cp -L "$prov" "$R/usr/lib/x86_64-linux-gnu/libibverbs/"
     objs="$objs $prov"
@@ -153,16 +170,42 @@ $IP rule add pref 101 iif vb lookup 100
 sleep 1
 rdma link show
 echo "=== ramcoord RDMA tests"
-# Registered memory is locked memory.
+# Registered memory is locked memory; a hundred stand-in masters hold
+# more descriptors than the default 1024.
 ulimit -l unlimited
+ulimit -n 65536
 FILTER=$(sed -n 's/.*rdmatests=\([^ ]*\).*/\1/p' /proc/cmdline)
 BENCH=$(sed -n 's/.*rdmabench=\([^ ]*\).*/\1/p' /proc/cmdline)
+COMMIT=$(sed -n 's/.*rdmacommit=\([^ ]*\).*/\1/p' /proc/cmdline)
+PARTS=$(sed -n 's/.*rdmaparts=\([^ ]*\).*/\1/p' /proc/cmdline)
+PERF=$(sed -n 's/.*rdmaperf=\([^ ]*\).*/\1/p' /proc/cmdline)
 export RAMCOORD_LOG=$(sed -n 's/.*rdmalog=\([^ ]*\).*/\1/p' /proc/cmdline)
 export RUST_BACKTRACE=1 RAMCOORD_RDMA_SERVER=10.0.0.1 RAMCOORD_RDMA_HOSTS=10.0.0.1,10.0.0.2
 export RAMCOORD_BIN=/usr/bin/ramcoord TMPDIR=/tmp
-if [ "$BENCH" = 1 ]; then
+if [ "$PERF" = 1 ]; then
+    echo "=== perf of the commit path"
+    echo -1 > /proc/sys/kernel/perf_event_paranoid; echo 0 > /proc/sys/kernel/kptr_restrict
+    rc=0
+    for t in tcp rdma; do
+        # The profile covers the measured operations only (not the
+        # cluster's start): it starts when the benchmark says it is warm.
+        /usr/bin/ramcoord-bench rdma --hosts 10.0.0.1,10.0.0.2 --ramcoord /usr/bin/ramcoord \
+            --parts commit --commit-transports $t --commit-ops 1500 >/tmp/bench-$t.out 2>/tmp/bench-$t.err &
+        B=$!
+        while kill -0 $B 2>/dev/null && ! grep -q measuring /tmp/bench-$t.err; do sleep 0.2; done
+        perf record -q -e cpu-clock/freq=999/ -e context-switches/period=1/ -a -o /tmp/perf-$t.data -- sleep 8
+        wait $B || rc=1
+        echo "PERF_BEGIN"
+        echo "## commit over $t"; echo; cat /tmp/bench-$t.out; tail -n 3 /tmp/bench-$t.err
+        echo; echo "### CPU by process and object (whole VM, cpu-clock samples)"; echo
+        perf report -i /tmp/perf-$t.data --stdio -n --sort comm,dso --percent-limit 0.4 2>/dev/null | grep -v "^$"
+        echo; echo "### CPU by symbol"; echo
+        perf report -i /tmp/perf-$t.data --stdio -n --sort dso,sym --percent-limit 0.4 2>/dev/null | grep -v "^$"
+        echo "PERF_END"
+    done
+elif [ "$BENCH" = 1 ]; then
     echo "=== ramcoord-bench rdma"
-    timeout 600 /usr/bin/ramcoord-bench rdma --hosts 10.0.0.1,10.0.0.2 --ramcoord /usr/bin/ramcoord --json >/tmp/bench.out
+    timeout 600 /usr/bin/ramcoord-bench rdma --hosts 10.0.0.1,10.0.0.2 --ramcoord /usr/bin/ramcoord --parts "$PARTS" --commit-transports "$COMMIT" --json >/tmp/bench.out
     rc=$?
     echo "BENCH_BEGIN"; cat /tmp/bench.out; echo "BENCH_END"
 else
@@ -190,7 +233,7 @@ set +e
 timeout --foreground -k 5 "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 2 \
     -kernel "$KERNEL" -initrd "$WORK/initrd.img" -nic none -no-reboot \
     -display none -monitor none -serial stdio \
-    -append "console=ttyS0 panic=-1 loglevel=3 rdmatests=${FILTER:-} rdmabench=$BENCH rdmalog=${RAMCOORD_LOG:-warn}" </dev/null | tee "$LOG"
+    -append "console=ttyS0 panic=-1 loglevel=3 rdmatests=${FILTER:-} rdmabench=$BENCH rdmaperf=$PERF rdmaparts=$PARTS rdmacommit=$COMMIT rdmalog=${RAMCOORD_LOG:-warn}" </dev/null | tee "$LOG"
 QRC=${PIPESTATUS[0]}
 set -e
 RC=$(sed -n 's/.*RDMA_VM_RESULT rc=\([0-9]*\).*/\1/p' "$LOG" | tail -n1)
@@ -200,6 +243,12 @@ if [ "$BENCH" = 1 ] && [ "$RC" = 0 ]; then
     { echo "# ramcoord-bench rdma ($(date -u +%FT%TZ), soft-RoCE in a QEMU TCG VM on $(nproc) host cores)"; echo
       sed -n '/BENCH_BEGIN/,/BENCH_END/p' "$LOG" | sed '1d;$d' | tr -d '\r'; } >"$OUT"
     echo "rdma-vm.sh: benchmark written to $OUT" >&2
+fi
+if [ "$PERF" = 1 ]; then
+    OUT=bench/results/rdma-perf-$(date -u +%Y-%m-%dT%H-%M-%SZ).txt
+    { echo "# perf of the commit path over TCP and RDMA ($(date -u +%FT%TZ), soft-RoCE in a QEMU TCG VM on $(nproc) host cores)"; echo
+      sed -n '/PERF_BEGIN/,/PERF_END/p' "$LOG" | grep -v 'PERF_BEGIN\|PERF_END' | tr -d '\r'; } >"$OUT"
+    echo "rdma-vm.sh: profile written to $OUT" >&2
 fi
 echo "rdma-vm.sh: result rc=$RC" >&2
 exit "$RC"

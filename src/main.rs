@@ -346,6 +346,18 @@ struct CoordinatorArgs {
     /// replica must be given the same value (and the same --tick-ms).
     #[arg(long, default_value_t = 500)]
     master_timeout_ms: u64,
+    /// Tell masters to heartbeat this often (milliseconds; default: a
+    /// tenth of --master-timeout-ms), or less often once the cluster is so
+    /// large that the leader would take more than --heartbeats-per-s-max:
+    /// then the interval is slots / that rate and the master timeout at
+    /// least four intervals (10,000 masters at 10,000 a second: 1 s and
+    /// 4 s). Same on every replica.
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    /// Heartbeats a second the leader takes at most, whatever the number of
+    /// masters (0: no limit). Same on every replica.
+    #[arg(long, default_value_t = 10_000)]
+    heartbeats_per_s_max: u64,
     /// Compact the log (snapshot the cluster state, delete older segments)
     /// after this many entries.
     #[arg(long, default_value_t = 10_000)]
@@ -638,6 +650,11 @@ struct MasterArgs {
     /// the newest leader may write). As the coordinators use.
     #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
     transport: TransportArg,
+    /// With --transport rdma: look at the configuration region this often,
+    /// in microseconds, while no request comes (every request looks first
+    /// anyway; each look wakes a thread).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(50..=1_000_000))]
+    region_poll_us: u64,
     /// Append to FILE what this master may serve and what it serves, when
     /// (JSON lines with CLOCK_BOOTTIME times; one line per request, so it
     /// grows without bound: for tests such as `ramcoord chaos`, not
@@ -1804,6 +1821,15 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let tick_ms = args.tick_ms.max(1);
+    cfg.coordinator.heartbeat_interval_ticks = args
+        .heartbeat_interval_ms
+        .map_or(cfg.coordinator.master_timeout_ticks / 10, |ms| ms / tick_ms)
+        .max(1);
+    cfg.coordinator.heartbeats_per_tick_max = match args.heartbeats_per_s_max {
+        0 => 0,
+        per_s => (per_s.saturating_mul(tick_ms) / 1000).max(1),
+    };
     cfg.push_delay = std::time::Duration::from_millis(args.push_delay_ms);
     match args.inject_bug.as_deref() {
         None => {}
@@ -2275,6 +2301,7 @@ fn run_master(args: MasterArgs) -> ExitCode {
         cluster: args.cluster,
         heartbeat: std::time::Duration::from_millis(args.heartbeat_ms.max(1)),
         transport: args.transport.into(),
+        region_poll: std::time::Duration::from_micros(args.region_poll_us),
         tls,
         serve_log: args.serve_log,
         bugs: match args.inject_bug.as_deref() {

@@ -43,6 +43,36 @@ fn done(c: LocalCluster) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The leader sets the masters' pace: told to have masters heartbeat
+/// every 500 ms (their own flag says 40), each master takes that from the
+/// leader's answers (and logs it). The master timeout given, 400 ms, is
+/// shorter than that interval: without the rule that it is at least four
+/// intervals, every master would be declared crashed within a second.
+#[test]
+fn the_leader_sets_the_masters_heartbeat_pace() {
+    let mut c = cluster("pace", 2, &["--heartbeat-interval-ms", "500"]);
+    c.wait_ready(2, LIMIT).unwrap();
+    c.wait_for("every master to take the leader's pace", LIMIT, |c| {
+        c.masters
+            .iter()
+            .all(|m| {
+                std::fs::read_to_string(&m.log).is_ok_and(|l| {
+                    l.contains("the leader sets the heartbeat interval") && l.contains("to_ms=500")
+                })
+            })
+            .then_some(())
+    })
+    .unwrap();
+    // Four intervals of the slow pace: time for a 400 ms timeout to fire
+    // several times over. A master declared crashed exits (status 3).
+    std::thread::sleep(Duration::from_secs(2));
+    c.check_alive()
+        .expect("no master was declared crashed: every process still runs");
+    let after = c.wait_ready(2, LIMIT).unwrap();
+    assert_eq!(after.servers_up, 2, "{after:?}");
+    done(c);
+}
+
 /// kill -9 of the leader while a client streams operations: every
 /// operation acknowledged at its commit point is in the new leader's
 /// state; those incomplete at the kill are rolled forward; the cluster

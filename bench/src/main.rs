@@ -65,6 +65,22 @@ enum Scenario {
         /// Cluster operations per transport.
         #[arg(long, default_value_t = 300)]
         commit_ops: u64,
+        /// Push rounds per fan-out size (1, 10, 100 masters) and transport.
+        #[arg(long, default_value_t = 50)]
+        push_rounds: usize,
+        /// Which parts to run, comma-separated (`--parts commit` under
+        /// `perf` profiles the cluster alone).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "verbs,transport,commit,push"
+        )]
+        parts: Vec<RdmaPart>,
+        /// The commit part's transports, in order: `tcp`, `rdma`, or
+        /// `rdma:US` (masters look at their configuration regions every US
+        /// µs between requests; default 5000).
+        #[arg(long, value_delimiter = ',', default_value = "tcp,rdma")]
+        commit_transports: Vec<String>,
         /// Print JSON after the table.
         #[arg(long)]
         json: bool,
@@ -301,7 +317,22 @@ fn fail(e: String) -> ! {
     std::process::exit(1);
 }
 
+/// Which parts of `rdma` run (`--parts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RdmaPart {
+    /// Bare verbs: write, send, echo.
+    Verbs,
+    /// A message round trip through each transport.
+    Transport,
+    /// A cluster's commit point over each of `--commit-transports`.
+    Commit,
+    /// A configuration push to 1, 10 and 100 masters over each transport.
+    Push,
+}
+
 fn main() {
+    // Push fan-outs and scale runs open a transport per stand-in master.
+    ramcoord_net::admission::raise_descriptor_limit();
     match Cli::parse().scenario {
         Scenario::FsyncLoad { file } => {
             if let Err(e) = floor::fsync_load(&file) {
@@ -685,15 +716,41 @@ serializable read, gateway     {}
             ramcoord,
             verbs_ops,
             commit_ops,
+            push_rounds,
+            parts,
+            commit_transports,
             json,
         } => {
             let bin = ramcoord
                 .map(Ok)
                 .unwrap_or_else(rdma::default_binary)
                 .unwrap_or_else(|e| fail(e));
+            if let Some(t) = commit_transports
+                .iter()
+                .find(|t| {
+                    !(t.as_str() == "tcp"
+                        || t.as_str() == "rdma"
+                        || t.strip_prefix("rdma:").is_some_and(|us| us.parse::<u64>().is_ok()))
+                })
+            {
+                fail(format!(
+                    "--commit-transports: {t:?} is none of tcp, rdma, rdma:MICROSECONDS"
+                ));
+            }
             let progress = |m: &str| eprintln!("ramcoord-bench rdma: {m}");
-            let r = rdma::run(&hosts, &bin, verbs_ops, commit_ops, &progress)
-                .unwrap_or_else(|e| fail(e));
+            let r = rdma::run(
+                &rdma::RdmaOptions {
+                    hosts: &hosts,
+                    ramcoord: &bin,
+                    verbs_ops,
+                    commit_ops,
+                    push_rounds,
+                    parts: &parts,
+                    commit_transports: &commit_transports,
+                },
+                &progress,
+            )
+            .unwrap_or_else(|e| fail(e));
             println!("{}", rdma::render(&r));
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).expect("serialisable"));

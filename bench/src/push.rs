@@ -57,7 +57,7 @@ pub struct PushResult {
 
 /// A region like the coordinator's: its owner up, 8 tablets (format 2:
 /// the same size however many masters there are).
-fn region(owner: u32, version: u64) -> ConfigRegion {
+pub fn region(owner: u32, version: u64) -> ConfigRegion {
     ConfigRegion {
         term: 1,
         version,

@@ -77,15 +77,44 @@ pub struct CommitRow {
     pub noop: Dist,
 }
 
-/// Everything `rdma` measured.
+/// One fan-out size's configuration push, over each transport.
+#[derive(Serialize, Clone, Debug)]
+pub struct PushRow {
+    /// Masters pushed to.
+    pub masters: usize,
+    /// Encoded region bytes per master.
+    pub region_bytes: usize,
+    /// RDMA: one RDMA WRITE per master, all posted from the coordinator's
+    /// loop at once; push started → every write's completion (a reliable
+    /// connection completes a write once the bytes are in the master's
+    /// memory; no master thread runs).
+    pub rdma: Dist,
+    /// RDMA: push started → every write posted (the coordinator loop's own
+    /// share: encoding, queueing, one post per master); the rest of `rdma`
+    /// is the NIC's, here soft-RoCE's on the emulated CPU.
+    pub rdma_posted: Dist,
+    /// TCP (the `push` scenario in this VM): push started → every
+    /// acknowledgement back (each master's transport wakes to apply it).
+    pub tcp: Dist,
+}
+
+pub use crate::RdmaPart as Part;
+
+/// Everything `rdma` measured (a part not run is empty, its ratios null).
 #[derive(Serialize, Clone, Debug)]
 pub struct RdmaReport {
     /// Per message size.
     pub verbs: Vec<VerbsRow>,
     /// A message round trip through the transports.
-    pub transport: TransportRow,
-    /// TCP, then RDMA.
+    pub transport: Option<TransportRow>,
+    /// In the order of `--commit-transports` (TCP, then RDMA by default).
     pub commit: Vec<CommitRow>,
+    /// Per fan-out size.
+    pub push: Vec<PushRow>,
+    /// RDMA: push to 100 masters p50 / push to 1 p50.
+    pub push_100_over_1_rdma: f64,
+    /// TCP in the same VM: push to 100 masters p50 / push to 1 p50.
+    pub push_100_over_1_tcp: f64,
     /// RDMA / TCP, client-side commit p50.
     pub commit_rdma_over_tcp: f64,
     /// RDMA / TCP, leader-side commit p50.
@@ -94,42 +123,228 @@ pub struct RdmaReport {
     pub noop_rdma_over_tcp: f64,
 }
 
-/// Runs both comparisons (see the module docs).
-pub fn run(
-    hosts: &[IpAddr],
-    ramcoord: &Path,
-    verbs_ops: u64,
-    commit_ops: u64,
-    progress: &dyn Fn(&str),
-) -> Result<RdmaReport, String> {
-    let host = *hosts.first().ok_or("no --hosts")?;
+/// What `run` is asked to do.
+pub struct RdmaOptions<'a> {
+    /// The RDMA devices' addresses: the first for the coordinator's side,
+    /// the last for the peers (masters, followers' hosts).
+    pub hosts: &'a [IpAddr],
+    /// The `ramcoord` binary (with `--features rdma`).
+    pub ramcoord: &'a Path,
+    /// Operations of each verb per size, and transport round trips.
+    pub verbs_ops: u64,
+    /// Cluster operations per transport.
+    pub commit_ops: u64,
+    /// Push rounds per fan-out size and transport.
+    pub push_rounds: usize,
+    /// What to run.
+    pub parts: &'a [Part],
+    /// The commit part's transports, in order (`tcp`, `rdma`).
+    pub commit_transports: &'a [String],
+}
+
+/// Runs the comparisons asked for (see the module docs).
+pub fn run(o: &RdmaOptions, progress: &dyn Fn(&str)) -> Result<RdmaReport, String> {
+    let host = *o.hosts.first().ok_or("no --hosts")?;
+    let far = *o.hosts.last().ok_or("no --hosts")?;
+    let verbs_ops = o.verbs_ops;
     let mut verbs = Vec::new();
-    for (i, &bytes) in [64usize, 4096].iter().enumerate() {
-        progress(&format!("verbs: {bytes} B, {verbs_ops} of each"));
-        verbs.push(verbs_row(
-            SocketAddr::new(host, 7600 + i as u16),
-            bytes,
-            verbs_ops,
-        )?);
+    if o.parts.contains(&Part::Verbs) || o.parts.contains(&Part::Transport) {
+        for (i, &bytes) in [64usize, 4096].iter().enumerate() {
+            progress(&format!("verbs: {bytes} B, {verbs_ops} of each"));
+            verbs.push(verbs_row(
+                SocketAddr::new(host, 7600 + i as u16),
+                bytes,
+                verbs_ops,
+            )?);
+        }
     }
-    progress(&format!("transports: {verbs_ops} round trips of 64 B each"));
-    let transport = transport_row(host, verbs_ops, verbs[0].echo.p50_us)?;
+    let mut transport = None;
+    if o.parts.contains(&Part::Transport) {
+        progress(&format!("transports: {verbs_ops} round trips of 64 B each"));
+        transport = Some(transport_row(host, verbs_ops, verbs[0].echo.p50_us)?);
+    }
     let mut commit = Vec::new();
-    for transport in ["tcp", "rdma"] {
-        progress(&format!(
-            "commit over {transport}: 3 replicas, 2 masters, {commit_ops} operations"
-        ));
-        commit.push(commit_row(hosts, ramcoord, transport, commit_ops)?);
+    if o.parts.contains(&Part::Commit) {
+        for transport in o.commit_transports {
+            progress(&format!(
+                "commit over {transport}: 3 replicas, 2 masters, {} operations",
+                o.commit_ops
+            ));
+            commit.push(commit_row(o.hosts, o.ramcoord, transport, o.commit_ops)?);
+        }
     }
-    let r = |f: fn(&CommitRow) -> f64| f(&commit[1]) / f(&commit[0]).max(1.0);
+    let mut push = Vec::new();
+    if o.parts.contains(&Part::Push) {
+        // Ports of their own per size: a dropped RDMA transport's
+        // listener outlives it (its accept thread blocks in the kernel).
+        for (k, (m, base_port)) in [(1usize, 7700u16), (10, 7710), (100, 7730)]
+            .into_iter()
+            .enumerate()
+        {
+            progress(&format!(
+                "push to {m} masters, {} rounds each over rdma and tcp",
+                o.push_rounds
+            ));
+            let (rdma, rdma_posted, region_bytes) =
+                push_rdma(host, far, (7690 + k as u16, base_port), m, o.push_rounds)?;
+            let tcp = crate::push::push(m, o.push_rounds)?;
+            push.push(PushRow {
+                masters: m,
+                region_bytes,
+                rdma,
+                rdma_posted,
+                tcp: tcp.acked,
+            });
+        }
+    }
+    let by = |t: &str| commit.iter().find(|c| c.transport == t);
+    let r = |f: fn(&CommitRow) -> f64| match (by("rdma"), by("tcp")) {
+        (Some(a), Some(b)) => f(a) / f(b).max(1.0),
+        _ => f64::NAN,
+    };
+    let fan = |f: fn(&PushRow) -> f64| match (
+        push.iter().find(|p| p.masters == 100),
+        push.iter().find(|p| p.masters == 1),
+    ) {
+        (Some(a), Some(b)) => f(a) / f(b).max(1.0),
+        _ => f64::NAN,
+    };
     Ok(RdmaReport {
         commit_rdma_over_tcp: r(|c| c.commit.p50_us),
         leader_commit_rdma_over_tcp: r(|c| c.commit_at_leader.p50_us),
         noop_rdma_over_tcp: r(|c| c.noop.p50_us),
-        verbs,
+        push_100_over_1_rdma: fan(|p| p.rdma.p50_us),
+        push_100_over_1_tcp: fan(|p| p.tcp.p50_us),
+        verbs: if o.parts.contains(&Part::Verbs) {
+            verbs
+        } else {
+            Vec::new()
+        },
         transport,
         commit,
+        push,
     })
+}
+
+/// Pushes a configuration region to `m` masters over RDMA, `rounds` times
+/// (plus one unmeasured round that connects everyone), as the active
+/// coordinator does: the coordinator's transport runs its loop in this
+/// thread (a replica's setting) and posts every master's write at once;
+/// the masters are `RdmaTransport`s in this process listening on `far`,
+/// each with a declared configuration region. Returns push started →
+/// every write completed, and the region's size.
+/// The coordinator listens on `ports.0`, master `i` on `ports.1 + i`.
+fn push_rdma(
+    near: IpAddr,
+    far: IpAddr,
+    ports: (u16, u16),
+    m: usize,
+    rounds: usize,
+) -> Result<(Dist, Dist, usize), String> {
+    const REGION: ramcoord_net::RegionId = 1;
+    let base_port = ports.1;
+    let mut masters = Vec::new();
+    for i in 0..m {
+        let mut cfg = RdmaConfig::new(
+            1000 + i as u64,
+            5,
+            SocketAddr::new(far, base_port + i as u16),
+        );
+        cfg.regions = vec![(REGION, 4096)];
+        // A master's accepted connection pins a message ring; the push
+        // sends no messages, and a hundred 16 MiB rings would not fit the
+        // VM.
+        cfg.ring_bytes = 64 << 10;
+        masters.push(RdmaTransport::start(cfg).map_err(|e| format!("master {i}: {e}"))?);
+    }
+    let mut ccfg = RdmaConfig::new(1, 5, SocketAddr::new(near, ports.0));
+    ccfg.inline = true;
+    ccfg.ring_bytes = 64 << 10;
+    for i in 0..m {
+        ccfg.peers
+            .insert(1000 + i as u64, SocketAddr::new(far, base_port + i as u16));
+    }
+    let coord = RdmaTransport::start(ccfg).map_err(|e| format!("coordinator: {e}"))?;
+    let (mut rec, mut posted) = (Recorder::default(), Recorder::default());
+    let mut region_bytes = 0;
+    for round in 0..=rounds {
+        let version = round as u64 + 1;
+        let regions: Vec<_> = (0..m)
+            .map(|i| crate::push::region(i as u32 + 1, version))
+            .collect();
+        // Round 0 connects: a write posted before its connection is up is
+        // refused and posted again, for up to 60 s (the emulated CPU sets
+        // up a hundred queue pairs slowly).
+        let deadline = Instant::now()
+            + if round == 0 {
+                Duration::from_secs(60)
+            } else {
+                Duration::from_secs(10)
+            };
+        let start = Instant::now();
+        let contents: Vec<Bytes> = regions
+            .iter()
+            .map(|r| r.encode().expect("the benchmark's regions fit"))
+            .collect();
+        let mut pending: std::collections::HashMap<u64, usize> = (0..m)
+            .map(|i| {
+                (
+                    coord.write(1000 + i as u64, REGION, 0, contents[i].clone()),
+                    i,
+                )
+            })
+            .collect();
+        coord.flush();
+        let posted_after = start.elapsed();
+        region_bytes = contents[0].len();
+        while !pending.is_empty() {
+            match coord.next_event(deadline.saturating_duration_since(Instant::now())) {
+                Some(Event::WriteDone { id, status, .. }) => {
+                    let Some(i) = pending.remove(&id) else {
+                        continue;
+                    };
+                    if status == ramcoord_net::WriteStatus::Landed {
+                        continue;
+                    }
+                    if round > 0 {
+                        return Err(format!("push to master {i} refused: {status}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    let again = coord.write(1000 + i as u64, REGION, 0, contents[i].clone());
+                    pending.insert(again, i);
+                    coord.flush();
+                }
+                Some(_) => {}
+                None if Instant::now() < deadline => {}
+                None => {
+                    return Err(format!(
+                        "round {round}: {} of {m} writes not completed",
+                        pending.len()
+                    ))
+                }
+            }
+        }
+        let took = start.elapsed();
+        // Every master's memory holds this round's region.
+        for (i, t) in masters.iter().enumerate() {
+            let mem = t.region(REGION).ok_or("a declared region is missing")?;
+            let mut bytes = vec![0u8; region_bytes];
+            mem.read_at(0, &mut bytes);
+            let got = ramcoord::cluster::ConfigRegion::decode(&bytes)
+                .map_err(|e| format!("master {i}'s region: {e}"))?;
+            if got.version != version {
+                return Err(format!(
+                    "master {i} holds version {}, not {version}",
+                    got.version
+                ));
+            }
+        }
+        if round > 0 {
+            rec.record(took);
+            posted.record(posted_after);
+        }
+    }
+    Ok((rec.dist(), posted.dist(), region_bytes))
 }
 
 /// Round trips of 64 B messages between two transports in this process,
@@ -298,14 +513,30 @@ fn commit_row(
     let dir = std::env::temp_dir().join(format!("ramcoord-bench-rdma-{transport}"));
     let _ = std::fs::remove_dir_all(&dir);
     let mut cfg = LocalClusterConfig::new(ramcoord.to_path_buf(), dir.clone(), 3, 2);
-    if transport == "rdma" {
+    // `rdma:US`: RDMA, with the masters looking at their regions every US
+    // microseconds between requests.
+    let (kind, region_poll_us) = match transport.split_once(':') {
+        Some((k, us)) => (k, Some(us)),
+        None => (transport, None),
+    };
+    if kind == "rdma" {
         cfg.rdma_hosts = hosts.to_vec();
     }
     cfg.log_filter = "warn".into();
     // Slower ticks: the emulated CPU is slow; an election in the middle of
     // the run would measure the timeout, not the commit path.
-    cfg.coordinator_args = vec!["--tick-ms".into(), "20".into()];
+    cfg.coordinator_args = vec![
+        "--tick-ms".into(),
+        "20".into(),
+        // Masters heartbeat every 100 ms (the leader sets the pace).
+        "--heartbeat-interval-ms".into(),
+        "100".into(),
+    ];
     cfg.master_args = vec!["--heartbeat-ms".into(), "100".into()];
+    if let Some(us) = region_poll_us {
+        cfg.master_args
+            .extend(["--region-poll-us".into(), us.into()]);
+    }
     let c = LocalCluster::start(cfg).map_err(|e| e.to_string())?;
     c.wait_ready(2, Duration::from_secs(90))
         .map_err(|e| e.to_string())?;
@@ -315,6 +546,8 @@ fn commit_row(
     for k in 0..20 {
         one_op(&mut cl, op_for(9999, k))?;
     }
+    // `PERF=1 scripts/rdma-vm.sh` starts its profile on this line.
+    eprintln!("ramcoord-bench rdma: commit over {transport}: warmed up, measuring");
     let (mut commit, mut leader, mut noops) = (
         Recorder::default(),
         Recorder::default(),
@@ -339,11 +572,10 @@ fn commit_row(
 
 /// The report as a markdown table.
 pub fn render(r: &RdmaReport) -> String {
-    let mut s = String::from(
-        "soft-RoCE in a TCG VM: shapes and ratios, not hardware speed\n\n\
-         | verbs, size | one-sided write p50/p99/p99.9/max µs | two-sided send | two-sided echo | write/send | write/echo |\n\
-         |---|---|---|---|---|---|\n",
-    );
+    let mut s = String::from("soft-RoCE in a TCG VM: shapes and ratios, not hardware speed\n");
+    if !r.verbs.is_empty() {
+        s += "\n| verbs, size | one-sided write p50/p99/p99.9/max µs | two-sided send | two-sided echo | write/send | write/echo |\n|---|---|---|---|---|---|\n";
+    }
     for v in &r.verbs {
         s += &format!(
             "| {} B | {} | {} | {} | {:.2}× | {:.2}× |\n",
@@ -355,27 +587,48 @@ pub fn render(r: &RdmaReport) -> String {
             v.write_over_echo
         );
     }
-    s += &format!(
-        "\n| 64 B round trip through the transport | p50/p99/p99.9/max µs |\n|---|---|\n| RdmaTransport, inline (ring writes; the owners' threads post and poll) | {} |\n| TcpTransport, inline I/O, loopback | {} |\n\nRdmaTransport / verbs echo p50 {:.2}×; RdmaTransport / TcpTransport p50 {:.2}×\n",
-        r.transport.rdma.row(),
-        r.transport.tcp.row(),
-        r.transport.rdma_over_verbs_echo,
-        r.transport.rdma_over_tcp
-    );
-    s += "\n| commit, transport | client commit point p50/p99/p99.9/max µs | at the leader | no-op record |\n|---|---|---|---|\n";
-    for c in &r.commit {
+    if let Some(t) = &r.transport {
         s += &format!(
-            "| {} | {} | {} | {} |\n",
-            c.transport,
-            c.commit.row(),
-            c.commit_at_leader.row(),
-            c.noop.row()
+            "\n| 64 B round trip through the transport | p50/p99/p99.9/max µs |\n|---|---|\n| RdmaTransport, inline (ring writes; the owners' threads post and poll) | {} |\n| TcpTransport, inline I/O, loopback | {} |\n\nRdmaTransport / verbs echo p50 {:.2}×; RdmaTransport / TcpTransport p50 {:.2}×\n",
+            t.rdma.row(),
+            t.tcp.row(),
+            t.rdma_over_verbs_echo,
+            t.rdma_over_tcp
         );
     }
-    s += &format!(
-        "\nRDMA / TCP p50: client commit {:.2}×, leader commit {:.2}×, no-op {:.2}×\n",
-        r.commit_rdma_over_tcp, r.leader_commit_rdma_over_tcp, r.noop_rdma_over_tcp
-    );
+    if !r.commit.is_empty() {
+        s += "\n| commit, transport | client commit point p50/p99/p99.9/max µs | at the leader | no-op record |\n|---|---|---|---|\n";
+        for c in &r.commit {
+            s += &format!(
+                "| {} | {} | {} | {} |\n",
+                c.transport,
+                c.commit.row(),
+                c.commit_at_leader.row(),
+                c.noop.row()
+            );
+        }
+        s += &format!(
+            "\nRDMA / TCP p50: client commit {:.2}×, leader commit {:.2}×, no-op {:.2}×\n",
+            r.commit_rdma_over_tcp, r.leader_commit_rdma_over_tcp, r.noop_rdma_over_tcp
+        );
+    }
+    if !r.push.is_empty() {
+        s += "\n| push to M masters | region B | RDMA WRITEs from one loop, all completed p50/p99/p99.9/max µs | of which posting them | TCP, all acknowledged |\n|---|---|---|---|---|\n";
+        for p in &r.push {
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                p.masters,
+                p.region_bytes,
+                p.rdma.row(),
+                p.rdma_posted.row(),
+                p.tcp.row()
+            );
+        }
+        s += &format!(
+            "\npush to 100 / push to 1, p50: RDMA {:.1}×, TCP {:.1}×\n",
+            r.push_100_over_1_rdma, r.push_100_over_1_tcp
+        );
+    }
     s
 }
 

@@ -478,6 +478,17 @@ impl ClusterState {
         self.server_list_version
     }
 
+    /// Server slots ever allocated. It never decreases: a removed server's
+    /// slot is kept and reused, never dropped, so this is at least the
+    /// most servers ever up at once, and every replica that has applied
+    /// the same prefix holds the same figure. The heartbeat interval and
+    /// master timeout scale with it ([`crate::coordinator::CoordinatorConfig`]),
+    /// which is what makes a lease granted earlier never outlast a later
+    /// timeout.
+    pub fn server_slots(&self) -> usize {
+        self.servers.len()
+    }
+
     /// Every server, by slot.
     pub fn servers(&self) -> impl Iterator<Item = &Server> {
         self.servers.values()

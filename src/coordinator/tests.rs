@@ -600,6 +600,88 @@ fn the_lease_is_shorter_than_the_master_timeout() {
     );
 }
 
+/// The pace scales with the server slots: the leader's heartbeat load
+/// stays within its limit, the timeout is at least four intervals and
+/// never shrinks as slots grow (the leases' safety), and every lease is
+/// shorter than the timeout it was cut from.
+#[test]
+fn the_heartbeat_pace_keeps_the_leaders_load_bounded() {
+    let tick = std::time::Duration::from_millis(10);
+    let cfg = CoordinatorConfig::default();
+    // Small clusters: the configured pace.
+    assert_eq!(cfg.heartbeat_interval_for(3), cfg.heartbeat_interval_ticks);
+    assert_eq!(cfg.master_timeout_for(3), cfg.master_timeout_ticks);
+    // 10,000 masters at 100 a tick (10 ms): every 100 ticks (1 s), and a
+    // timeout of 402 ticks.
+    assert_eq!(cfg.heartbeat_interval_for(10_000), 100);
+    assert_eq!(cfg.master_timeout_for(10_000), 402);
+    let mut last_timeout = 0;
+    for slots in (1..=200_000).step_by(997) {
+        let interval = cfg.heartbeat_interval_for(slots);
+        let timeout = cfg.master_timeout_for(slots);
+        assert!(
+            (slots as u64).div_ceil(interval) <= cfg.heartbeats_per_tick_max,
+            "{slots} slots heartbeat every {interval} ticks: over the limit"
+        );
+        assert!(timeout >= 4 * interval + 2);
+        assert!(
+            timeout >= last_timeout,
+            "the timeout shrank at {slots} slots"
+        );
+        last_timeout = timeout;
+        let lease = crate::master::lease_for_timeout(timeout, tick);
+        assert!(lease < tick * (timeout - 2) as u32);
+    }
+    // No limit: the configured pace whatever the size.
+    let fixed = CoordinatorConfig {
+        heartbeats_per_tick_max: 0,
+        ..cfg
+    };
+    assert_eq!(
+        fixed.heartbeat_interval_for(1_000_000),
+        cfg.heartbeat_interval_ticks
+    );
+}
+
+/// A leader declares a crash only after the timeout for the state's
+/// slots: with many slots, a master silent for the configured timeout is
+/// not yet declared, and is once the scaled one has passed.
+#[test]
+fn a_crash_waits_for_the_scaled_timeout() {
+    let h = Harness::with_masters(3);
+    let cfg = CoordinatorConfig {
+        heartbeats_per_tick_max: 1,
+        ..CoordinatorConfig::default()
+    };
+    // 3 slots at 1 a tick: every 5 ticks (the configured pace), timeout 50.
+    assert_eq!(cfg.master_timeout_for(h.state.server_slots()), 50);
+    let tight = CoordinatorConfig {
+        heartbeats_per_tick_max: 0,
+        heartbeat_interval_ticks: 20,
+        ..CoordinatorConfig::default()
+    };
+    // Interval 20: timeout 82 ticks instead of 50.
+    let timeout = tight.master_timeout_for(h.state.server_slots());
+    assert_eq!(timeout, 82);
+    let mut c = Coordinator::new(tight, CoordinatorBugs::default());
+    c.set_leadership(true, 2, &h.state);
+    let dead = h.ids()[0];
+    let crash_at = (1..=100u64)
+        .find(|_| {
+            for m in h.ids().into_iter().filter(|m| *m != dead) {
+                c.on_heartbeat(m);
+            }
+            c.tick(&h.state).iter().any(|a| {
+                matches!(a, Action::Propose(Record::Commit(Op::ServerCrashed { id, .. })) if *id == dead)
+            })
+        })
+        .expect("declared crashed");
+    assert_eq!(
+        crash_at, timeout,
+        "declared at the scaled timeout, not before"
+    );
+}
+
 /// Snapshots restore to the same state and bad ones are refused.
 #[test]
 fn snapshots_round_trip_and_bad_ones_are_errors() {
@@ -658,10 +740,23 @@ fn a_master_enlists_then_heartbeats_and_shuts_down_when_declared_gone() {
     let hb = |to| MasterAction::Heartbeat { to, from: id };
     assert_eq!(m.tick(), vec![hb(Some(3))]);
     assert!(m.tick().is_empty());
-    // Unanswered: the next heartbeat goes to any replica.
+    // Unanswered once (an answer may be late under load): the same
+    // replica again; twice: any replica.
+    assert_eq!(m.tick(), vec![hb(Some(3))]);
+    m.tick();
     assert_eq!(m.tick(), vec![hb(None)]);
     assert_eq!(m.on_heartbeat_reply(false, Some(2)), None);
     m.tick();
+    assert_eq!(m.tick(), vec![hb(Some(2))]);
+    // The leader sets the pace: every 5 ticks from now on.
+    assert_eq!(m.on_heartbeat_reply(false, Some(2)), None);
+    m.set_heartbeat_ticks(5);
+    m.tick();
+    assert_eq!(m.tick(), vec![hb(Some(2))]);
+    assert_eq!(m.on_heartbeat_reply(false, Some(2)), None);
+    for _ in 0..4 {
+        assert!(m.tick().is_empty());
+    }
     assert_eq!(m.tick(), vec![hb(Some(2))]);
     assert_eq!(
         m.on_heartbeat_reply(true, Some(2)),

@@ -211,6 +211,8 @@ pub struct MasterAgent {
     leader_hint: Option<u64>,
     /// The last heartbeat was answered (if not, try another replica).
     answered: bool,
+    /// Heartbeats in a row left unanswered by the time the next was due.
+    unanswered: u32,
     id: Option<ServerId>,
     bugs: MasterBugs,
     /// The region's contents (the last write that landed).
@@ -270,8 +272,19 @@ impl MasterAgent {
             }
             Some(from) => {
                 self.next_send = self.now + self.cfg.heartbeat_ticks;
-                if !self.answered {
-                    self.leader_hint = None; // that replica is silent
+                if self.answered {
+                    self.unanswered = 0;
+                } else {
+                    self.unanswered += 1;
+                    // Twice silent: try another replica. Once is not
+                    // enough: a leader answers only after a read index
+                    // and its log's apply, which under load can take
+                    // longer than a slowed interval, and a master that
+                    // left its leader at every late answer would spend
+                    // its heartbeats on followers and be declared crashed.
+                    if self.unanswered >= 2 {
+                        self.leader_hint = None;
+                    }
                 }
                 self.answered = false;
                 vec![MasterAction::Heartbeat {
@@ -293,6 +306,12 @@ impl MasterAgent {
             self.id = Some(id);
             self.next_send = self.now; // first heartbeat at the next tick
         }
+    }
+
+    /// Heartbeats from now on every `ticks` ticks (the leader's pace, from
+    /// its answer; at least one).
+    pub fn set_heartbeat_ticks(&mut self, ticks: u64) {
+        self.cfg.heartbeat_ticks = ticks.max(1);
     }
 
     /// The answer to a heartbeat: whether the coordinator counts this

@@ -73,6 +73,11 @@ pub struct MasterProcessConfig {
     /// Where the configuration region lives (TCP: applied by the I/O
     /// thread; RDMA: registered memory, see the module docs).
     pub transport: TransportKind,
+    /// RDMA only: how often the watcher thread looks at the region between
+    /// requests. Every request looks first whatever this is, so it only
+    /// sets how soon a change is noticed while no request comes (logs,
+    /// metrics, a crash declaration); each look is a wake-up.
+    pub region_poll: Duration,
     /// The master credential (`None`: plain TCP, `--insecure`).
     pub tls: Option<ramcoord_net::tls::Tls>,
     /// Where to record what it serves when (see [`super::serve_log`]).
@@ -290,13 +295,14 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
                 torn: 0,
             }));
             let (w, a, l) = (watcher.clone(), agent.clone(), serve_log.clone());
+            let region_poll = cfg.region_poll.max(Duration::from_micros(50));
             std::thread::Builder::new()
                 .name("region-watcher".into())
                 .spawn(move || loop {
                     w.lock()
                         .expect("watcher lock poisoned")
                         .sync(&a, l.as_deref());
-                    std::thread::sleep(Duration::from_micros(500));
+                    std::thread::sleep(region_poll);
                 })
                 .map_err(|e| MasterExit::Start(e.to_string()))?;
             let (a, l) = (agent.clone(), serve_log.clone());
@@ -344,7 +350,10 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
     };
     agent.lock().expect("agent lock poisoned").enlisted(id);
     tracing::info!(%id, %advertise, "enlisted");
-    coord.attempt_timeout = cfg.heartbeat.max(Duration::from_millis(20)) * 4;
+    // The leader sets the pace from its first answer on (it slows
+    // heartbeats as the cluster grows); `--heartbeat-ms` until then.
+    let mut heartbeat = cfg.heartbeat;
+    coord.attempt_timeout = heartbeat.max(Duration::from_millis(20)) * 4;
     let mut next = Instant::now();
     #[cfg(feature = "rdma")]
     let mut granted_term = 0u64;
@@ -357,14 +366,14 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
             drain(&mut coord, &agent, id, &observed);
             return Ok(());
         }
-        next += cfg.heartbeat;
+        next += heartbeat;
         let now = Instant::now();
         if next > now {
             std::thread::sleep(next - now);
         } else {
             next = now;
         }
-        let deadline = Instant::now() + cfg.heartbeat * 4;
+        let deadline = Instant::now() + heartbeat * 4;
         // The lease counts from before the heartbeat leaves.
         let sent = boottime_ns();
         let answer = coord.ask_leader(&ClientRequest::Heartbeat { from: id }, deadline);
@@ -373,6 +382,27 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
             Ok(ClientReply::HeartbeatAck { gone: false, .. }) => observed.heartbeats.inc(),
             _ => observed.heartbeat_failures.inc(),
         };
+        if let Ok(ClientReply::HeartbeatAck {
+            gone: false,
+            interval_us,
+            ..
+        }) = &answer
+        {
+            // 0: no advice (keep the pace).
+            let advised = match interval_us {
+                0 => heartbeat,
+                us => advised_heartbeat(*us),
+            };
+            if advised != heartbeat {
+                tracing::info!(
+                    from_ms = heartbeat.as_millis() as u64,
+                    to_ms = advised.as_millis() as u64,
+                    "the leader sets the heartbeat interval"
+                );
+                heartbeat = advised;
+                coord.attempt_timeout = heartbeat.max(Duration::from_millis(20)) * 4;
+            }
+        }
         if let Ok(ClientReply::HeartbeatAck {
             gone: false,
             lease_us,
@@ -532,6 +562,13 @@ fn enlist(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The heartbeat interval a leader's answer asks for, kept within 1 ms
+/// and 60 s (an answer is trusted, but a value past these would stop
+/// heartbeats or overflow a deadline).
+fn advised_heartbeat(interval_us: u64) -> Duration {
+    Duration::from_micros(interval_us.clamp(1_000, 60_000_000))
 }
 
 /// The worker: clients' reads and writes.

@@ -424,6 +424,10 @@ pub enum ClientReply {
         /// master sent the heartbeat (0 when `gone`): it may serve until
         /// then (see `master` on why this is safe).
         lease_us: u64,
+        /// Heartbeat again after this long, in microseconds (the leader
+        /// slows heartbeats as the cluster grows; see `coordinator`'s
+        /// "Failure detection").
+        interval_us: u64,
     },
     /// The answer to [`ClientRequest::Lookup`].
     Lookup {

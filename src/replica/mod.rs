@@ -402,8 +402,6 @@ pub struct Replica<S: Storage> {
     reads_confirmed: Vec<(u64, u64)>,
     /// The tag of the last read index asked for.
     last_read_tag: u64,
-    /// The lease granted to masters with each heartbeat acknowledgement.
-    lease: Duration,
     /// Heartbeats that arrived since the heartbeats' read under way began
     /// (they wait for the next one: one read at a time serves them all).
     heartbeats_queued: Vec<HeartbeatWaiter>,
@@ -461,7 +459,6 @@ impl<S: Storage> Replica<S> {
             raft,
             cluster,
             coord: Coordinator::new(cfg.coordinator, cfg.coordinator_bugs),
-            lease: crate::master::lease_for_timeout(cfg.coordinator.master_timeout_ticks, cfg.tick),
             cfg,
             now,
             out: VecDeque::new(),

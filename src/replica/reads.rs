@@ -184,15 +184,19 @@ impl<S: Storage> Replica<S> {
     /// server was declared crashed).
     pub(super) fn heartbeat_ack(&self, server: ServerId) -> ClientReply {
         let gone = self.cluster.is_gone(server);
+        // Both from the applied state's slots (see `coordinator`'s
+        // "Failure detection" on why that keeps every lease inside any
+        // later timeout).
+        let slots = self.cluster.server_slots();
+        let c = &self.cfg.coordinator;
+        let lease = crate::master::lease_for_timeout(c.master_timeout_for(slots), self.cfg.tick);
+        let interval = self.cfg.tick * c.heartbeat_interval_for(slots).min(u32::MAX as u64) as u32;
         ClientReply::HeartbeatAck {
             gone,
             leader: Some(self.cfg.id),
             term: self.coord.term(),
-            lease_us: if gone {
-                0
-            } else {
-                self.lease.as_micros() as u64
-            },
+            lease_us: if gone { 0 } else { lease.as_micros() as u64 },
+            interval_us: interval.as_micros() as u64,
         }
     }
 

@@ -71,6 +71,16 @@ impl<S: Storage> Replica<S> {
                 _ if admin => Ok(()),
                 _ => need("admin"),
             },
+            // Only the active coordinator's state decides whether a server
+            // is in the list: a follower that has not applied the
+            // enlistment yet would refuse a master that is up, which then
+            // loses its next heartbeat too; a follower sends it to the
+            // leader instead (`answer`).
+            ClientRequest::Leave { .. } | ClientRequest::Heartbeat { .. }
+                if master && !self.coord.is_active() =>
+            {
+                Ok(())
+            }
             ClientRequest::Leave { server } if master => match self.cluster.server(*server) {
                 Some(s) if master_client_id(s.nonce) == from => Ok(()),
                 Some(_) => Err(format!(

@@ -527,6 +527,7 @@ fn client(c: &mut Corpus) {
                 leader: Some(1),
                 term: 2,
                 lease_us: 400_000,
+                interval_us: 50_000,
             },
         ),
         (

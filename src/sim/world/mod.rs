@@ -142,6 +142,10 @@ pub struct SimStats {
     /// Drains that ended with the master told it is gone (the others
     /// stopped at their limit).
     pub master_drains_done: u64,
+    /// Masters told they were declared crashed while running and not
+    /// leaving (a partition or lost heartbeats; with no faults injected,
+    /// a false suspicion, which the final checks refuse).
+    pub masters_declared_crashed_alive: u64,
     /// Forged Raft messages stepped into replicas (each must be refused).
     pub forged: u64,
     /// Invalid records (breaking a limit, or not records at all) proposed
@@ -241,6 +245,9 @@ const LINCHECK_STEPS_MAX: u64 = 5_000_000;
 /// A healthy run processes well under a million events; many more means
 /// messages multiply (a protocol bug), and the run stops with a violation.
 const EVENTS_MAX: u64 = 5_000_000;
+/// ... and with `--masters N`, at least this many per master: each ticks
+/// every 10 ms through a quiet period that grows with N.
+const EVENTS_PER_MASTER_MAX: u64 = 10_000;
 
 impl Params {
     fn draw(level: FaultLevel, rng: &mut ChaCha8Rng) -> Params {
@@ -784,11 +791,13 @@ impl World {
             }
             self.now = q.at;
             self.stats.events += 1;
-            if self.stats.events > EVENTS_MAX {
+            let budget =
+                EVENTS_MAX.max(self.opts.masters.unwrap_or(0) as u64 * EVENTS_PER_MASTER_MAX);
+            if self.stats.events > budget {
                 return Err(Violation::new(
                     "event budget",
                     format!(
-                        "more than {EVENTS_MAX} events by t={}us: a message storm or livelock",
+                        "more than {budget} events by t={}us: a message storm or livelock",
                         self.now
                     ),
                 ));
