@@ -19,6 +19,7 @@
 #   BENCH=1 PARTS=commit COMMIT=tcp,rdma,rdma:5000 scripts/rdma-vm.sh
 #                                 the commit part over these (rdma:US: masters look
 #                                 at their regions every US µs between requests)
+#   PERF=1 PARTS=transport scripts/rdma-vm.sh   profile the message round trips instead
 #   PERF=1 scripts/rdma-vm.sh     profile the cluster's commit path: `perf record`
 #                                 (whole VM, cpu-clock) around `ramcoord-bench rdma
 #                                 --parts commit`, once per transport; the reports
@@ -182,7 +183,23 @@ PERF=$(sed -n 's/.*rdmaperf=\([^ ]*\).*/\1/p' /proc/cmdline)
 export RAMCOORD_LOG=$(sed -n 's/.*rdmalog=\([^ ]*\).*/\1/p' /proc/cmdline)
 export RUST_BACKTRACE=1 RAMCOORD_RDMA_SERVER=10.0.0.1 RAMCOORD_RDMA_HOSTS=10.0.0.1,10.0.0.2
 export RAMCOORD_BIN=/usr/bin/ramcoord TMPDIR=/tmp
-if [ "$PERF" = 1 ]; then
+if [ "$PERF" = 1 ] && [ "$PARTS" = transport ]; then
+    # The message round trips (and the verbs they are compared with),
+    # whole run profiled.
+    echo "=== perf of the message round trips"
+    echo -1 > /proc/sys/kernel/perf_event_paranoid; echo 0 > /proc/sys/kernel/kptr_restrict
+    perf record -q -e cpu-clock/freq=999/ -e context-switches/period=1/ -a -o /tmp/perf-transport.data -- \
+        /usr/bin/ramcoord-bench rdma --hosts 10.0.0.1,10.0.0.2 --ramcoord /usr/bin/ramcoord \
+        --parts verbs,transport >/tmp/bench-transport.out 2>/tmp/bench-transport.err
+    rc=$?
+    echo "PERF_BEGIN"
+    echo "## round trips"; echo; cat /tmp/bench-transport.out
+    echo; echo "### by process and object"; echo
+    perf report -i /tmp/perf-transport.data --stdio -n --sort comm,dso --percent-limit 0.4 2>/dev/null | grep -v "^$"
+    echo; echo "### by symbol"; echo
+    perf report -i /tmp/perf-transport.data --stdio -n --sort dso,sym --percent-limit 0.4 2>/dev/null | grep -v "^$"
+    echo "PERF_END"
+elif [ "$PERF" = 1 ]; then
     echo "=== perf of the commit path"
     echo -1 > /proc/sys/kernel/perf_event_paranoid; echo 0 > /proc/sys/kernel/kptr_restrict
     rc=0

@@ -55,6 +55,10 @@ pub struct VerbsRow {
 pub struct TransportRow {
     /// `RdmaTransport` (ring writes; each loop run by its owner's thread).
     pub rdma: Dist,
+    /// The same, both threads pinned to CPU 0.
+    pub rdma_same_cpu: Dist,
+    /// The same, the measuring thread on CPU 0 and the echoing one on 1.
+    pub rdma_apart: Dist,
     /// `TcpTransport` with inline I/O (the replica's setting), loopback.
     pub tcp: Dist,
     /// rdma p50 / verbs echo p50 (64 B): the cost of the transport's
@@ -348,11 +352,20 @@ fn push_rdma(
 }
 
 /// Round trips of 64 B messages between two transports in this process,
-/// the far one echoing from its event loop.
-fn round_trips<T: Transport + 'static>(a: T, b: T, ops: u64) -> Result<Dist, String> {
+/// the far one echoing from its event loop. Each side runs in a thread of
+/// its own; `pin`: the measuring side's CPU and the echoing side's.
+fn round_trips<T: Transport + Send + 'static>(
+    a: T,
+    b: T,
+    ops: u64,
+    pin: Option<(usize, usize)>,
+) -> Result<Dist, String> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s2 = stop.clone();
     let echo = std::thread::spawn(move || {
+        if let Some((_, cpu)) = pin {
+            ramcoord_net::affinity::pin_current_thread(cpu, "bench echo");
+        }
         while !s2.load(std::sync::atomic::Ordering::Relaxed) {
             if let Some(Event::Message { from, payload }) = b.next_event(Duration::from_millis(20))
             {
@@ -360,40 +373,44 @@ fn round_trips<T: Transport + 'static>(a: T, b: T, ops: u64) -> Result<Dist, Str
             }
         }
     });
-    let peer = 2;
-    let payload = Bytes::from(vec![7u8; 64]);
-    let mut rec = Recorder::default();
-    let mut failed = None;
-    for k in 0..ops + ops / 10 {
-        let t = Instant::now();
-        a.send(peer, payload.clone());
-        let deadline = t + Duration::from_secs(10);
-        let got = loop {
-            match a.next_event(deadline.saturating_duration_since(Instant::now())) {
-                Some(Event::Message { .. }) => break true,
-                Some(_) => continue,
-                None => break false,
+    let measure = std::thread::spawn(move || {
+        if let Some((cpu, _)) = pin {
+            ramcoord_net::affinity::pin_current_thread(cpu, "bench measure");
+        }
+        let peer = 2;
+        let payload = Bytes::from(vec![7u8; 64]);
+        let mut rec = Recorder::default();
+        for k in 0..ops + ops / 10 {
+            let t = Instant::now();
+            a.send(peer, payload.clone());
+            let deadline = t + Duration::from_secs(10);
+            let got = loop {
+                match a.next_event(deadline.saturating_duration_since(Instant::now())) {
+                    Some(Event::Message { .. }) => break true,
+                    Some(_) => continue,
+                    None => break false,
+                }
+            };
+            if !got {
+                return Err(format!("round trip {k} lost"));
             }
-        };
-        if !got {
-            failed = Some(format!("round trip {k} lost"));
-            break;
+            if k >= ops / 10 {
+                rec.record(t.elapsed());
+            }
         }
-        if k >= ops / 10 {
-            rec.record(t.elapsed());
-        }
-    }
+        Ok(rec.dist())
+    });
+    let result = measure
+        .join()
+        .unwrap_or_else(|_| Err("the measuring thread panicked".into()));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = echo.join();
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(rec.dist()),
-    }
+    result
 }
 
-fn transport_row(host: IpAddr, ops: u64, verbs_echo_p50: f64) -> Result<TransportRow, String> {
+/// Two inline RDMA transports (ids 1 and 2) on `host`, connected both ways.
+fn rdma_pair(host: IpAddr, pa: u16, pb: u16) -> Result<(RdmaTransport, RdmaTransport), String> {
     let any = |port: u16| SocketAddr::new([0, 0, 0, 0].into(), port);
-    let (pa, pb) = (7620u16, 7621u16);
     let mut ca = RdmaConfig::new(1, 5, any(pa));
     ca.peers.insert(2, SocketAddr::new(host, pb));
     let mut cb = RdmaConfig::new(2, 5, any(pb));
@@ -425,7 +442,20 @@ fn transport_row(host: IpAddr, ops: u64, verbs_echo_p50: f64) -> Result<Transpor
             }
         }
     }
-    let rdma = round_trips(a, b, ops)?;
+    Ok((a, b))
+}
+
+fn transport_row(host: IpAddr, ops: u64, verbs_echo_p50: f64) -> Result<TransportRow, String> {
+    // Ports of their own per pair: a dropped transport's listener outlives
+    // it.
+    let (a, b) = rdma_pair(host, 7620, 7621)?;
+    let rdma = round_trips(a, b, ops, None)?;
+    // Where the two sides' threads run, pinned both ways (the unpinned
+    // figure has been bimodal across runs).
+    let (a, b) = rdma_pair(host, 7622, 7623)?;
+    let rdma_same_cpu = round_trips(a, b, ops, Some((0, 0)))?;
+    let (a, b) = rdma_pair(host, 7624, 7625)?;
+    let rdma_apart = round_trips(a, b, ops, Some((0, 1)))?;
     let lo = |port: u16| SocketAddr::new([127, 0, 0, 1].into(), port);
     let mut ta = TcpConfig::new(1, 5, lo(0));
     ta.inline_io = true;
@@ -434,11 +464,13 @@ fn transport_row(host: IpAddr, ops: u64, verbs_echo_p50: f64) -> Result<Transpor
     let b = TcpTransport::start(tb).map_err(|e| e.to_string())?;
     ta.peers.insert(2, b.local_addr());
     let a = TcpTransport::start(ta).map_err(|e| e.to_string())?;
-    let tcp = round_trips(a, b, ops)?;
+    let tcp = round_trips(a, b, ops, None)?;
     Ok(TransportRow {
         rdma_over_verbs_echo: rdma.p50_us / verbs_echo_p50.max(1.0),
         rdma_over_tcp: rdma.p50_us / tcp.p50_us.max(1.0),
         rdma,
+        rdma_same_cpu,
+        rdma_apart,
         tcp,
     })
 }
@@ -589,8 +621,10 @@ pub fn render(r: &RdmaReport) -> String {
     }
     if let Some(t) = &r.transport {
         s += &format!(
-            "\n| 64 B round trip through the transport | p50/p99/p99.9/max µs |\n|---|---|\n| RdmaTransport, inline (ring writes; the owners' threads post and poll) | {} |\n| TcpTransport, inline I/O, loopback | {} |\n\nRdmaTransport / verbs echo p50 {:.2}×; RdmaTransport / TcpTransport p50 {:.2}×\n",
+            "\n| 64 B round trip through the transport | p50/p99/p99.9/max µs |\n|---|---|\n| RdmaTransport, inline (ring writes; the owners' threads post and poll) | {} |\n| the same, both threads on CPU 0 | {} |\n| the same, threads on CPUs 0 and 1 | {} |\n| TcpTransport, inline I/O, loopback | {} |\n\nRdmaTransport / verbs echo p50 {:.2}×; RdmaTransport / TcpTransport p50 {:.2}×\n",
             t.rdma.row(),
+            t.rdma_same_cpu.row(),
+            t.rdma_apart.row(),
             t.tcp.row(),
             t.rdma_over_verbs_echo,
             t.rdma_over_tcp
