@@ -450,19 +450,22 @@ impl CoordinatorClient {
 
     /// Asks the replica at index `i` of the address list.
     pub fn ask(&mut self, i: usize, req: &ClientRequest) -> Result<ClientReply, ClientError> {
-        self.ask_once(i, req).0
+        self.ask_once(i, req, None).0
     }
 
-    /// Asks the replica at index `i`; also says whether the request was
-    /// (or may have been) sent.
+    /// Asks the replica at index `i`, waiting at most `attempt_timeout`
+    /// and never past `until`; also says whether the request was (or may
+    /// have been) sent.
     fn ask_once(
         &mut self,
         i: usize,
         req: &ClientRequest,
+        until: Option<Instant>,
     ) -> (Result<ClientReply, ClientError>, bool) {
         self.next_request += 1;
         let id = self.next_request;
-        let deadline = Instant::now() + self.attempt_timeout;
+        let attempt_end = Instant::now() + self.attempt_timeout;
+        let deadline = until.map_or(attempt_end, |u| attempt_end.min(u));
         let conn = match self.conn(i) {
             Ok(c) => c,
             Err(e) => {
@@ -518,7 +521,7 @@ impl CoordinatorClient {
         let mut sent = false;
         while Instant::now() < deadline {
             let i = self.leader.unwrap_or(self.next % self.addrs.len());
-            let (r, went_out) = self.ask_once(i, req);
+            let (r, went_out) = self.ask_once(i, req, Some(deadline));
             match r {
                 Ok(ClientReply::NotLeader { leader, addr }) => {
                     last = format!(

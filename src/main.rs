@@ -344,7 +344,7 @@ struct CoordinatorArgs {
     /// tablets then move to live masters). Masters serve under a lease of
     /// 9/10 of it less two ticks, so it must be at least 10 ticks; every
     /// replica must be given the same value (and the same --tick-ms).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     master_timeout_ms: u64,
     /// Tell masters to heartbeat this often (milliseconds; default: a
     /// tenth of --master-timeout-ms), or less often once the cluster is so
@@ -352,10 +352,10 @@ struct CoordinatorArgs {
     /// then the interval is slots / that rate and the master timeout at
     /// least four intervals (10,000 masters at 10,000 a second: 1 s and
     /// 4 s). Same on every replica.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     heartbeat_interval_ms: Option<u64>,
     /// Heartbeats a second the leader takes at most, whatever the number of
-    /// masters (0: no limit). Same on every replica.
+    /// masters (0: no limit; at least one a tick). Same on every replica.
     #[arg(long, default_value_t = 10_000)]
     heartbeats_per_s_max: u64,
     /// Compact the log (snapshot the cluster state, delete older segments)
@@ -641,8 +641,9 @@ struct MasterArgs {
     /// Cluster id (as given to the coordinators).
     #[arg(long, default_value_t = 1)]
     cluster: u64,
-    /// Heartbeat the active coordinator this often, in milliseconds (keep
-    /// it well under the coordinators' --master-timeout-ms).
+    /// Heartbeat the active coordinator this often, in milliseconds, until
+    /// its first answer: from then on the leader sets the pace (a tenth of
+    /// its --master-timeout-ms, slower in a large cluster).
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
     /// Where coordinators write the configuration region: tcp, or rdma

@@ -353,7 +353,7 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
     // The leader sets the pace from its first answer on (it slows
     // heartbeats as the cluster grows); `--heartbeat-ms` until then.
     let mut heartbeat = cfg.heartbeat;
-    coord.attempt_timeout = heartbeat.max(Duration::from_millis(20)) * 4;
+    coord.attempt_timeout = heartbeat_attempt(heartbeat);
     let mut next = Instant::now();
     #[cfg(feature = "rdma")]
     let mut granted_term = 0u64;
@@ -367,13 +367,16 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
             return Ok(());
         }
         next += heartbeat;
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        } else {
-            next = now;
+        // Slept in slices: a stop signal must not wait out a slow pace.
+        if !sleep_until_or_stopped(next, cfg.stop.as_deref()) {
+            continue;
         }
-        let deadline = Instant::now() + heartbeat * 4;
+        if next < Instant::now() {
+            next = Instant::now();
+        }
+        // Two intervals for the heartbeat (at least one attempt), each
+        // replica tried for one attempt at most (`heartbeat_attempt`).
+        let deadline = Instant::now() + (heartbeat * 2).max(coord.attempt_timeout);
         // The lease counts from before the heartbeat leaves.
         let sent = boottime_ns();
         let answer = coord.ask_leader(&ClientRequest::Heartbeat { from: id }, deadline);
@@ -400,7 +403,7 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
                     "the leader sets the heartbeat interval"
                 );
                 heartbeat = advised;
-                coord.attempt_timeout = heartbeat.max(Duration::from_millis(20)) * 4;
+                coord.attempt_timeout = heartbeat_attempt(heartbeat);
             }
         }
         if let Ok(ClientReply::HeartbeatAck {
@@ -561,6 +564,31 @@ fn enlist(
             Err(e) => tracing::warn!(error = %e, "enlistment not answered; retrying"),
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How long one replica is given to answer a heartbeat: 200 ms, or one
+/// interval once the pace is slower than that, and never more than four
+/// intervals. The master timeout is at least four intervals, so a master
+/// whose leader went silent (no reset, just nothing) gives up on it and
+/// finds the next leader in time; at the default pace (50 ms) this is
+/// the 200 ms it always was.
+fn heartbeat_attempt(interval: Duration) -> Duration {
+    interval.max(Duration::from_millis(200)).min(interval * 4)
+}
+
+/// Sleeps until `until`, in slices of at most 50 ms; false if `stop` was
+/// set meanwhile (the caller drains at once).
+fn sleep_until_or_stopped(until: Instant, stop: Option<&std::sync::atomic::AtomicBool>) -> bool {
+    loop {
+        if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return true;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(50)));
     }
 }
 
