@@ -410,6 +410,9 @@ enum Ev {
     CheckCaughtUp {
         id: NodeId,
         target: u64,
+        /// Checks already put off because the leader knew the node was
+        /// behind and was still sending it what it lacks.
+        put_off: u32,
     },
 }
 
@@ -915,7 +918,11 @@ impl World {
                     .unwrap_or(0);
                 Ok(())
             }
-            Ev::CheckCaughtUp { id, target } => self.check_amnesia_caught_up(id, target),
+            Ev::CheckCaughtUp {
+                id,
+                target,
+                put_off,
+            } => self.check_amnesia_caught_up(id, target, put_off),
             Ev::StallLeaderDisk => {
                 self.stall_leader_disk();
                 Ok(())
