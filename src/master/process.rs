@@ -388,6 +388,7 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
         if let Ok(ClientReply::HeartbeatAck {
             gone: false,
             interval_us,
+            lease_us,
             ..
         }) = &answer
         {
@@ -405,13 +406,6 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
                 heartbeat = advised;
                 coord.attempt_timeout = heartbeat_attempt(heartbeat);
             }
-        }
-        if let Ok(ClientReply::HeartbeatAck {
-            gone: false,
-            lease_us,
-            ..
-        }) = &answer
-        {
             let mut a = agent.lock().expect("agent lock poisoned");
             let had = a.lease_until();
             a.lease_granted(sent, lease_us.saturating_mul(1000));
