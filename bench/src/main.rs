@@ -9,11 +9,13 @@ mod cluster;
 mod compare;
 mod dist;
 mod etcd;
+mod fleet;
 mod floor;
 mod push;
 #[cfg(feature = "rdma")]
 mod rdma;
 mod scale;
+mod scale_cluster;
 mod storage;
 mod threads;
 
@@ -238,12 +240,31 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         election_ms: u64,
     },
-    /// What the coordinator's state costs as the cluster grows (issue 19's
-    /// state figures; in one process, no network): snapshot, restore,
-    /// replay of 100,000 entries, a master's recovery plan, a region, for
-    /// masters at 1M tablets and tablets at 10,000 masters. Writes
-    /// OUT/<time>-scale.{json,md,png} (the png: the curves).
+    /// What the coordinator costs as the cluster grows (issue 19), in two
+    /// parts. `state`: the cluster state alone, in one process (snapshot,
+    /// restore, replay of 100,000 entries, a master's recovery plan, a
+    /// region) for masters at 1M tablets and tablets at 10,000 masters.
+    /// `cluster`: a real 3-replica group (child processes, --insecure)
+    /// with thousands of light masters in this process, each its own
+    /// connection enlisting, heartbeating and taking pushes: the leader's
+    /// CPU for failure detection, the commit point loaded over empty, a
+    /// master's tablets moved, memory. Writes
+    /// OUT/<time>-scale.{json,md,png} (the png: the state's curves) and,
+    /// with the cluster part, OUT/<time>-scale-cluster.png.
     Scale {
+        /// Which parts to run.
+        #[arg(long, value_delimiter = ',', default_value = "state,cluster")]
+        parts: Vec<ScalePart>,
+        /// The cluster part's points, MASTERS:TABLETS each.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "100:10000,1000:10000,10000:10000,10000:100000"
+        )]
+        cluster_points: Vec<String>,
+        /// Where the cluster part's replicas keep their data.
+        #[arg(long, default_value = "bench-data/scale")]
+        dir: PathBuf,
         /// Masters of the sweep at the largest tablet count.
         #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
         masters: Vec<u64>,
@@ -318,6 +339,15 @@ fn fail(e: String) -> ! {
 }
 
 /// Which parts of `rdma` run (`--parts`).
+/// The parts of `ramcoord-bench scale`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScalePart {
+    /// The cluster state alone, in one process.
+    State,
+    /// A real coordinator group with thousands of light masters.
+    Cluster,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RdmaPart {
     /// Bare verbs: write, send, echo.
@@ -328,6 +358,41 @@ pub enum RdmaPart {
     Commit,
     /// A configuration push to 1, 10 and 100 masters over each transport.
     Push,
+}
+
+/// The state part of `scale`: each point in a process of its own.
+fn scale_state(masters: &[u64], tablets: &[u64], reps: usize) -> Vec<scale::Point> {
+    let most_masters = masters.iter().copied().max().unwrap_or(0);
+    let most_tablets = tablets.iter().copied().max().unwrap_or(0);
+    // The tablets sweep at the most masters, then the masters sweep at
+    // the most tablets; each size once, smallest first.
+    let mut grid: Vec<(u64, u64)> = tablets.iter().map(|t| (most_masters, *t)).collect();
+    grid.extend(masters.iter().map(|m| (*m, most_tablets)));
+    grid.sort_by_key(|(m, t)| (*t, *m));
+    grid.dedup();
+    let mut points = Vec::new();
+    for (m, t) in grid {
+        progress(&format!("scale: {m} masters, {t} tablets"));
+        // A fresh process per point: its memory is its own.
+        let exe = std::env::current_exe().unwrap_or_else(|e| fail(e.to_string()));
+        let child = std::process::Command::new(exe)
+            .args(["scale", "--point", &format!("{m},{t}"), "--reps"])
+            .arg(reps.max(1).to_string())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| fail(format!("scale point {m},{t}: {e}")));
+        if !child.status.success() {
+            fail(format!("scale point {m},{t} failed ({})", child.status));
+        }
+        let p: scale::Point = serde_json::from_slice(&child.stdout)
+            .unwrap_or_else(|e| fail(format!("scale point {m},{t}: {e}")));
+        progress(&format!(
+            "  snapshot {:.1} ms, restart {:.0} ms, crash plan {:.0} µs",
+            p.snapshot_ms, p.restart_ms, p.recovery_plan_us
+        ));
+        points.push(p);
+    }
+    points
 }
 
 fn main() {
@@ -483,6 +548,9 @@ kill -> rolled forward  {}",
             });
         }
         Scenario::Scale {
+            parts,
+            cluster_points,
+            dir,
             masters,
             tablets,
             reps,
@@ -500,48 +568,72 @@ kill -> rolled forward  {}",
                 return;
             }
             let started = std::time::SystemTime::now();
+            let mut points = Vec::new();
+            if parts.contains(&ScalePart::State) {
+                points = scale_state(&masters, &tablets, reps);
+            }
+            let mut cluster_pts = Vec::new();
+            if parts.contains(&ScalePart::Cluster) {
+                for spec in &cluster_points {
+                    let (m, t) = spec
+                        .split_once(':')
+                        .and_then(|(m, t)| Some((m.parse().ok()?, t.parse().ok()?)))
+                        .unwrap_or_else(|| {
+                            fail(format!("--cluster-points {spec}: expected MASTERS:TABLETS"))
+                        });
+                    progress(&format!("scale cluster: {m} masters, {t} tablets"));
+                    let p = scale_cluster::point(&dir.join(format!("{m}-{t}")), m, t, &progress)
+                        .unwrap_or_else(|e| fail(format!("scale cluster {m}:{t}: {e}")));
+                    progress(&format!(
+                        "  detection CPU {:.1} %, commit ratio {:.2}, recovery {:.1} / {:.1} ms, leader {:.0} MiB ({:.0} s)",
+                        p.failure_detection_cpu_pct,
+                        p.commit_p50_ratio_loaded,
+                        p.recovery_plan_ms,
+                        p.recovery_pushed_ms,
+                        p.leader_rss_mib,
+                        p.run_s
+                    ));
+                    cluster_pts.push(p);
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             let most_masters = masters.iter().copied().max().unwrap_or(0);
             let most_tablets = tablets.iter().copied().max().unwrap_or(0);
-            // The tablets sweep at the most masters, then the masters sweep
-            // at the most tablets; each size once, smallest first.
-            let mut grid: Vec<(u64, u64)> = tablets.iter().map(|t| (most_masters, *t)).collect();
-            grid.extend(masters.iter().map(|m| (*m, most_tablets)));
-            grid.sort_by_key(|(m, t)| (*t, *m));
-            grid.dedup();
-            let mut points = Vec::new();
-            for (m, t) in grid {
-                progress(&format!("scale: {m} masters, {t} tablets"));
-                // A fresh process per point: its memory is its own.
-                let exe = std::env::current_exe().unwrap_or_else(|e| fail(e.to_string()));
-                let child = std::process::Command::new(exe)
-                    .args(["scale", "--point", &format!("{m},{t}"), "--reps"])
-                    .arg(reps.max(1).to_string())
-                    .stderr(std::process::Stdio::inherit())
-                    .output()
-                    .unwrap_or_else(|e| fail(format!("scale point {m},{t}: {e}")));
-                if !child.status.success() {
-                    fail(format!("scale point {m},{t} failed ({})", child.status));
-                }
-                let p: scale::Point = serde_json::from_slice(&child.stdout)
-                    .unwrap_or_else(|e| fail(format!("scale point {m},{t}: {e}")));
-                progress(&format!(
-                    "  snapshot {:.1} ms, restart {:.0} ms, crash plan {:.0} µs",
-                    p.snapshot_ms, p.restart_ms, p.recovery_plan_us
-                ));
-                points.push(p);
-            }
             let at = |m: u64, t: u64| points.iter().find(|p| p.masters == m && p.tablets == t);
             let big = at(most_masters, most_tablets);
+            // The cluster figures at the largest point run (most masters,
+            // then most tablets).
+            let cbig = cluster_pts.iter().max_by_key(|p| (p.masters, p.tablets));
+            let cat = |m: u64, t: u64| {
+                cluster_pts
+                    .iter()
+                    .find(|p| p.masters == m && p.tablets == t)
+            };
             let report = serde_json::json!({
                 "started": humantime::format_rfc3339_seconds(started).to_string(),
-                "state_only": true,
+                "state_only": cluster_pts.is_empty(),
                 "points": points,
+                "cluster_points": cluster_pts,
                 "state_mib_10k_masters_1m_tablets": at(10_000, 1_000_000).map(|p| p.state_mib),
+                "rss_mib_10k_masters_1m_tablets": cat(10_000, 1_000_000).map(|p| p.leader_rss_mib),
                 "snapshot_ms": big.map(|p| p.snapshot_ms),
                 "restart_ms": big.map(|p| p.restart_ms),
                 "recovery_plan_cpu_us": big.map(|p| p.recovery_plan_us),
+                "cluster_largest": cbig.map(|p| format!("{} masters, {} tablets", p.masters, p.tablets)),
+                "commit_p50_ratio_loaded": cbig.map(|p| p.commit_p50_ratio_loaded),
+                "recovery_plan_ms": cbig.map(|p| p.recovery_plan_ms),
+                "recovery_pushed_ms": cbig.map(|p| p.recovery_pushed_ms),
+                "failure_detection_cpu_pct": cbig.map(|p| p.failure_detection_cpu_pct),
+                "leader_rss_mib": cbig.map(|p| p.leader_rss_mib),
             });
-            let md = scale::markdown(&points);
+            let mut md = String::new();
+            if !points.is_empty() {
+                md += &scale::markdown(&points);
+            }
+            if !cluster_pts.is_empty() {
+                md += "\n";
+                md += &scale_cluster::markdown(&cluster_pts);
+            }
             let stamp = humantime::format_rfc3339_seconds(started)
                 .to_string()
                 .replace(':', "-");
@@ -552,11 +644,19 @@ kill -> rolled forward  {}",
             if let Err(e) = written {
                 fail(format!("writing {}: {e}", base.display()));
             }
-            let png = base.with_extension("png");
             match ramcoord::chaos::plot::register_font() {
                 Ok(()) => {
-                    if let Err(e) = scale::plot(&points, &png) {
-                        fail(format!("plotting {}: {e}", png.display()));
+                    let png = base.with_extension("png");
+                    if !points.is_empty() {
+                        if let Err(e) = scale::plot(&points, &png) {
+                            fail(format!("plotting {}: {e}", png.display()));
+                        }
+                    }
+                    let png = out.join(format!("{stamp}-scale-cluster.png"));
+                    if cluster_pts.len() >= 2 {
+                        if let Err(e) = scale_cluster::plot(&cluster_pts, &png) {
+                            fail(format!("plotting {}: {e}", png.display()));
+                        }
                     }
                 }
                 Err(e) => eprintln!("no plot: {e}"),

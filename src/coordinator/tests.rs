@@ -611,10 +611,10 @@ fn the_heartbeat_pace_keeps_the_leaders_load_bounded() {
     // Small clusters: the configured pace.
     assert_eq!(cfg.heartbeat_interval_for(3), cfg.heartbeat_interval_ticks);
     assert_eq!(cfg.master_timeout_for(3), cfg.master_timeout_ticks);
-    // 10,000 masters at 100 a tick (10 ms): every 100 ticks (1 s), and a
-    // timeout of 402 ticks.
-    assert_eq!(cfg.heartbeat_interval_for(10_000), 100);
-    assert_eq!(cfg.master_timeout_for(10_000), 402);
+    // 10,000 masters at 50 a tick (10 ms): every 200 ticks (2 s), and a
+    // timeout of 802 ticks.
+    assert_eq!(cfg.heartbeat_interval_for(10_000), 200);
+    assert_eq!(cfg.master_timeout_for(10_000), 802);
     let mut last_timeout = 0;
     for slots in (1..=200_000).step_by(997) {
         let interval = cfg.heartbeat_interval_for(slots);
