@@ -635,10 +635,21 @@ fn a_master_that_stops_reading_is_marked_slow_and_stalls_nothing() {
     let dir = std::env::temp_dir().join(format!("ramcoord-e2e-stopped-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut cfg = LocalClusterConfig::new(env!("CARGO_BIN_EXE_ramcoord").into(), dir, 3, 3);
-    cfg.coordinator_args = ["--tick-ms", "5", "--master-timeout-ms", "600000"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    // Masters are never timed out here, but heartbeat every 40 ms: the
+    // leader sets the pace (a tenth of the timeout, 60 s, by default), and
+    // a master that took a 60 s pace before it was stopped would not be
+    // heard again within the test's limit after it resumes.
+    cfg.coordinator_args = [
+        "--tick-ms",
+        "5",
+        "--master-timeout-ms",
+        "600000",
+        "--heartbeat-interval-ms",
+        "40",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     cfg.master_args = vec!["--heartbeat-ms".into(), "40".into()];
     let c = LocalCluster::start(cfg).expect("cluster starts");
     let leader = c.wait_ready(3, LIMIT).unwrap();

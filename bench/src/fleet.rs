@@ -386,6 +386,7 @@ struct Endpoint {
     /// one that counts).
     due: Instant,
     left: bool,
+    leave_accepted: bool,
 }
 
 struct PushConn {
@@ -456,6 +457,7 @@ impl Shard {
                 interval: cfg.heartbeat,
                 due: now,
                 left: false,
+                leave_accepted: false,
             });
             local.insert(i, li);
         }
@@ -567,13 +569,13 @@ impl Shard {
                 }
                 Phase::Up | Phase::Leaving => {
                     if self.endpoints[li].pending.is_some() {
-                        self.shared
-                            .stats
-                            .heartbeat_timeouts
-                            .fetch_add(1, Ordering::Relaxed);
+                        // Unanswered (counted by `rotate`).
                         self.rotate(li);
                     }
-                    let asked = if self.endpoints[li].phase == Phase::Leaving {
+                    // A leaving master asks until the leader accepts, then
+                    // heartbeats until told it is gone (as `drain` does).
+                    let e = &self.endpoints[li];
+                    let asked = if e.phase == Phase::Leaving && !e.leave_accepted {
                         Asked::Leave
                     } else {
                         Asked::Heartbeat
@@ -595,7 +597,13 @@ impl Shard {
         if e.redirect.take().is_none() {
             e.replica = (e.replica + 1) % n;
         }
-        e.pending = None;
+        if e.pending.take().is_some_and(|(_, _, a)| a != Asked::Enlist) {
+            // A heartbeat lost with its connection counts as unanswered.
+            self.shared
+                .stats
+                .heartbeat_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+        }
         self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -648,6 +656,12 @@ impl Shard {
                     "endpoint {}: connecting: {err}",
                     self.endpoints[li].number
                 ));
+                // The next replica, after a pause.
+                let n = self.coordinators.len();
+                let e = &mut self.endpoints[li];
+                if e.redirect.take().is_none() {
+                    e.replica = (e.replica + 1) % n;
+                }
                 let retry = now + Duration::from_millis(200);
                 self.schedule(li, retry);
                 return;
@@ -824,8 +838,17 @@ impl Shard {
                 let at = (sent + e.interval).max(Instant::now());
                 self.schedule(li, at);
             }
-            ClientReply::Leaving { .. } => {
-                // Then heartbeats until told gone.
+            ClientReply::Leaving { accepted, why } => {
+                // Accepted: heartbeats until told gone; refused: asked
+                // again (the bench leaves a master only when others are up).
+                e.leave_accepted |= accepted;
+                if !accepted {
+                    tracing_free_log(&format!(
+                        "endpoint {}: leave refused: {}",
+                        e.number,
+                        why.unwrap_or_default()
+                    ));
+                }
                 let at = Instant::now() + e.interval.min(Duration::from_millis(50));
                 self.schedule(li, at);
             }
@@ -897,8 +920,14 @@ impl Shard {
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
+                    // Out of descriptors, most likely: the backlog waits
+                    // for the next connection's event.
                     tracing_free_log(&format!("accept: {e}"));
                     return;
                 }

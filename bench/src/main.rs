@@ -338,7 +338,6 @@ fn fail(e: String) -> ! {
     std::process::exit(1);
 }
 
-/// Which parts of `rdma` run (`--parts`).
 /// The parts of `ramcoord-bench scale`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScalePart {
@@ -348,6 +347,7 @@ pub enum ScalePart {
     Cluster,
 }
 
+/// Which parts of `rdma` run (`--parts`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RdmaPart {
     /// Bare verbs: write, send, echo.

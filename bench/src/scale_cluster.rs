@@ -400,9 +400,13 @@ pub fn point(
     let (_, crash_pushed_ms, _) = moved(&small, &big, crashed, crash_tablets, true)?;
 
     let follower_rss_mib = followers.iter().map(|p| rss_mib(*p)).fold(0.0, f64::max);
-    let false_suspicions = (big.stats().declared_crashed_alive.load(Ordering::Relaxed)
-        + small.stats().declared_crashed_alive.load(Ordering::Relaxed))
-        as u64;
+    // Let every endpoint hear once more (a declaration is learned from a
+    // heartbeat's answer).
+    std::thread::sleep(Duration::from_micros(interval_us * 2));
+    let false_suspicions = [&big, &small, &baseline]
+        .iter()
+        .map(|f| f.stats().declared_crashed_alive.load(Ordering::Relaxed) as u64)
+        .sum::<u64>();
     let p = ClusterPoint {
         masters,
         tablets,

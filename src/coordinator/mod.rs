@@ -371,9 +371,13 @@ impl Coordinator {
             self.tracked_list = None;
             self.track(state);
         }
+        // The replica says this after every batch of inputs: only a change
+        // is news to the step.
+        if established != self.active || term != self.term {
+            self.dirty = true;
+        }
         self.active = established;
         self.term = term;
-        self.dirty = true;
     }
 
     /// The replica's last log index: a proposal is retried only once the

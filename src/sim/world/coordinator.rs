@@ -90,8 +90,9 @@ const TABLE_NAMES: [&str; 4] = ["t0", "t1", "t2", "t3"];
 /// live master declared crashed is a correct but needless recovery.
 ///
 /// Heartbeats: every master tick (10 ms) up to 100 server slots; past
-/// that the leader slows them to keep under 10 a tick (10,000 a second,
-/// the process's default), and the timeout grows to four intervals.
+/// that the leader slows them to keep under 10 a tick (10,000 a second;
+/// the process's default is 5,000), and the timeout grows to four
+/// intervals.
 const COORD_CONFIG: CoordinatorConfig = CoordinatorConfig {
     push_retry_ticks: 10,
     propose_retry_ticks: 30,
