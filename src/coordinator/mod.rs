@@ -302,8 +302,16 @@ pub struct Coordinator {
     /// [`Coordinator::step`]).
     stepped: (u64, u64),
     /// Something a step reads besides the clock and the state changed
-    /// (leadership, an acknowledgement, a master leaving).
+    /// (leadership, a master leaving).
     dirty: bool,
+    /// A push was acknowledged since the last step.
+    acks_dirty: bool,
+    /// Per incomplete operation, the first target (in its target order)
+    /// that had not acknowledged it at the last look: every target before
+    /// it had. Acknowledgements only grow within a term, so a step that
+    /// only has new acknowledgements to look at resumes from there (see
+    /// [`Coordinator::step`]).
+    first_unacked: BTreeMap<Seq, ServerId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -335,6 +343,8 @@ impl Coordinator {
             leaving: std::collections::BTreeSet::new(),
             stepped: (u64::MAX, u64::MAX),
             dirty: true,
+            acks_dirty: false,
+            first_unacked: BTreeMap::new(),
         }
     }
 
@@ -361,6 +371,7 @@ impl Coordinator {
         }
         if established && (!self.active || term != self.term) {
             self.acked.clear();
+            self.first_unacked.clear();
             self.pushed.clear();
             self.proposed.clear();
             // A master still leaving asks this leader again.
@@ -433,7 +444,7 @@ impl Coordinator {
             let v = self.acked.entry(from).or_default();
             if version > *v {
                 *v = version;
-                self.dirty = true;
+                self.acks_dirty = true;
             }
         }
     }
@@ -576,6 +587,53 @@ impl Coordinator {
         silent
     }
 
+    /// Whether an incomplete operation is a migration (whose new owner's
+    /// push waits for an acknowledgement of the old owner).
+    fn has_migrations(&self, state: &ClusterState) -> bool {
+        !self.bugs.grant_before_release
+            && state
+                .incomplete()
+                .values()
+                .any(|p| matches!(p.op, Op::MigrateTablet { .. }))
+    }
+
+    /// The acknowledgement-only step (see [`Coordinator::step`]): proposes
+    /// the completion of every operation all of whose targets have now
+    /// acknowledged it, reading each from where the last look stopped.
+    fn complete_acknowledged(&mut self, state: &ClusterState, out: &mut Vec<Action>) {
+        let mut done = Vec::new();
+        for (&seq, p) in state.incomplete() {
+            if self.bugs.no_roll_forward && seq < self.term_first_seq {
+                continue;
+            }
+            let from = self.first_unacked.get(&seq).copied();
+            let pending = p
+                .targets
+                .range(
+                    from.unwrap_or(ServerId {
+                        index: 0,
+                        generation: 0,
+                    })..,
+                )
+                .find(|t| self.acked.get(t).copied().unwrap_or(0) < p.version)
+                .copied();
+            match pending {
+                Some(t) => {
+                    self.first_unacked.insert(seq, t);
+                }
+                None => done.push(seq),
+            }
+        }
+        for seq in done {
+            self.propose_once(
+                ProposalKey::Complete(seq),
+                Record::Complete { seq },
+                state,
+                out,
+            );
+        }
+    }
+
     /// Tracks the masters of the server list (see [`Coordinator::expired`]).
     fn track(&mut self, state: &ClusterState) {
         if self.tracked_list == Some(state.server_list_version()) {
@@ -638,11 +696,29 @@ impl Coordinator {
             return out;
         }
         let ticked = self.stepped.0 != self.now;
-        if !ticked && !self.dirty && self.stepped.1 == state.applied_index() {
+        let moved = ticked || self.dirty || self.stepped.1 != state.applied_index();
+        if !moved && !std::mem::take(&mut self.acks_dirty) {
+            return out;
+        }
+        if !moved && !self.has_migrations(state) {
+            // Only acknowledgements came: nothing is due to be pushed (the
+            // clock and the configuration did not move since the last
+            // step, which pushed every target it had to), so the only news
+            // is operations acknowledged by all their targets. Each is
+            // read from its first target unacknowledged at the last look:
+            // a table of 4096 tablets pushed to thousands of masters costs
+            // its targets once in all, not once per acknowledgement (which
+            // was quadratic, and starved the leader's heartbeats). A
+            // migration's new owner is pushed when its old owner lets go,
+            // which is an acknowledgement: those take the full step.
+            self.complete_acknowledged(state, &mut out);
             return out;
         }
         self.stepped = (self.now, state.applied_index());
         self.dirty = false;
+        self.acks_dirty = false;
+        self.first_unacked
+            .retain(|seq, _| state.incomplete().contains_key(seq));
         // Forget proposals that have taken effect.
         self.proposed.retain(|k, _| match k {
             ProposalKey::Complete(seq) => state.incomplete().contains_key(seq),
@@ -662,6 +738,9 @@ impl Coordinator {
             for &t in &p.targets {
                 if self.acked.get(&t).copied().unwrap_or(0) >= p.version {
                     continue;
+                }
+                if done {
+                    self.first_unacked.insert(seq, t);
                 }
                 done = false;
                 if waiting.contains(&t) {
