@@ -573,6 +573,7 @@ kill -> rolled forward  {}",
                 points = scale_state(&masters, &tablets, reps);
             }
             let mut cluster_pts = Vec::new();
+            let mut cluster_failed: Vec<String> = Vec::new();
             if parts.contains(&ScalePart::Cluster) {
                 for spec in &cluster_points {
                     let (m, t) = spec
@@ -582,8 +583,22 @@ kill -> rolled forward  {}",
                             fail(format!("--cluster-points {spec}: expected MASTERS:TABLETS"))
                         });
                     progress(&format!("scale cluster: {m} masters, {t} tablets"));
-                    let p = scale_cluster::point(&dir.join(format!("{m}-{t}")), m, t, &progress)
-                        .unwrap_or_else(|e| fail(format!("scale cluster {m}:{t}: {e}")));
+                    // A point that fails is reported with why, and the
+                    // sweep goes on (the larger points are the ones that
+                    // find the limits).
+                    let p = match scale_cluster::point(
+                        &dir.join(format!("{m}-{t}")),
+                        m,
+                        t,
+                        &progress,
+                    ) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            progress(&format!("  FAILED: {e}"));
+                            cluster_failed.push(format!("{m} masters, {t} tablets: {e}"));
+                            continue;
+                        }
+                    };
                     progress(&format!(
                         "  detection CPU {:.1} %, commit ratio {:.2}, recovery {:.1} / {:.1} ms, leader {:.0} MiB ({:.0} s)",
                         p.failure_detection_cpu_pct,
@@ -595,7 +610,10 @@ kill -> rolled forward  {}",
                     ));
                     cluster_pts.push(p);
                 }
-                let _ = std::fs::remove_dir_all(&dir);
+                // The replicas' logs stay when a point failed.
+                if cluster_failed.is_empty() {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
             }
             let most_masters = masters.iter().copied().max().unwrap_or(0);
             let most_tablets = tablets.iter().copied().max().unwrap_or(0);
@@ -614,6 +632,7 @@ kill -> rolled forward  {}",
                 "state_only": cluster_pts.is_empty(),
                 "points": points,
                 "cluster_points": cluster_pts,
+                "cluster_points_failed": cluster_failed,
                 "state_mib_10k_masters_1m_tablets": at(10_000, 1_000_000).map(|p| p.state_mib),
                 "rss_mib_10k_masters_1m_tablets": cat(10_000, 1_000_000).map(|p| p.leader_rss_mib),
                 "snapshot_ms": big.map(|p| p.snapshot_ms),
@@ -633,6 +652,9 @@ kill -> rolled forward  {}",
             if !cluster_pts.is_empty() {
                 md += "\n";
                 md += &scale_cluster::markdown(&cluster_pts);
+            }
+            for f in &cluster_failed {
+                md += &format!("\nFAILED: {f}\n");
             }
             let stamp = humantime::format_rfc3339_seconds(started)
                 .to_string()
