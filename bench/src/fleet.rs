@@ -350,6 +350,22 @@ impl Conn {
         Ok(())
     }
 
+    /// The whole frames received so far; sets `failed` on bytes that are
+    /// not a frame.
+    fn frames(&mut self, failed: &mut bool) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        loop {
+            match self.dec.next_frame() {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => return frames,
+                Err(_) => {
+                    *failed = true;
+                    return frames;
+                }
+            }
+        }
+    }
+
     /// Reads what the socket has; Err when it closed or failed.
     fn fill(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
         loop {
@@ -720,17 +736,7 @@ impl Shard {
         if !failed {
             failed = conn.fill(&mut self.buf).is_err();
         }
-        let mut frames = Vec::new();
-        loop {
-            match conn.dec.next_frame() {
-                Ok(Some(f)) => frames.push(f),
-                Ok(None) => break,
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
+        let frames = conn.frames(&mut failed);
         for f in frames {
             match f {
                 Frame::Hello { cluster, .. } if cluster == self.cluster => {
@@ -941,17 +947,7 @@ impl Shard {
         };
         let mut failed = p.conn.flush().is_err() || p.conn.fill(&mut self.buf).is_err();
         let li = p.endpoint;
-        let mut frames = Vec::new();
-        loop {
-            match p.conn.dec.next_frame() {
-                Ok(Some(f)) => frames.push(f),
-                Ok(None) => break,
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
+        let frames = p.conn.frames(&mut failed);
         for f in frames {
             let answer = match f {
                 Frame::Hello { cluster, .. } if cluster == self.cluster && !p.conn.greeted => {
