@@ -1,10 +1,11 @@
 //! Bounded resources, whatever a peer does, on real processes: a replica
-//! run with a 1024-descriptor limit and flooded with idle connections
+//! run with a 512-descriptor limit and flooded with idle connections
 //! keeps serving its peers and the clients already connected to it; and
 //! stalled near-maximum frames cannot grow its memory past the documented
 //! bound on bytes buffered for incomplete client frames.
 //!
-//! (Before: 400 idle connections made `accept` fail with EMFILE and
+//! (Before: 400 idle connections made `accept` fail with EMFILE at a
+//! 1024-descriptor limit and
 //! `ctl status` time out; 16 stalled 16 MiB frames grew a replica by
 //! ~240 MiB.)
 
@@ -21,17 +22,20 @@ use ramcoord_net::frame::{Frame, FRAME_BODY_BYTES_MAX};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// A cluster whose processes run with a 1024-descriptor limit (a wrapper
-/// script sets it, then execs the binary: the pid stays the same).
+/// A cluster whose processes run with a 512-descriptor limit (a wrapper
+/// script sets it, then execs the binary: the pid stays the same). The
+/// derived cap on client connections is then 154 (512, less 256 kept for
+/// the node's own files and peers, less a fifth kept for push
+/// connections, one descriptor per connection): the flood below passes it.
 fn cluster(name: &str) -> LocalCluster {
     let dir = std::env::temp_dir().join(format!("ramcoord-bounds-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let wrapper = dir.join("ramcoord-nofile-1024");
+    let wrapper = dir.join("ramcoord-nofile-512");
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\nulimit -n 1024\nexec {} \"$@\"\n",
+            "#!/bin/sh\nulimit -n 512\nexec {} \"$@\"\n",
             env!("CARGO_BIN_EXE_ramcoord")
         ),
     )
@@ -81,7 +85,7 @@ fn a_flood_of_idle_connections_is_refused_and_the_replica_keeps_serving() {
     let mut c = cluster("flood");
     let (i, id) = follower(&c);
     let pid = c.coordinators[i].pid().unwrap();
-    assert_eq!(nofile_of(pid), 1024);
+    assert_eq!(nofile_of(pid), 512);
     let addr = c.coordinators[i].addr;
     // A client connected before the flood.
     let mut client = CoordinatorClient::new(vec![addr], 1, c.security());

@@ -76,7 +76,17 @@ pub struct FleetConfig {
     pub enlist_in_flight_max: usize,
     /// Heartbeat interval until the leader sets one.
     pub heartbeat: Duration,
+    /// Endpoints per process: a fleet larger than this runs in child
+    /// processes of this binary (`ramcoord-bench fleet-worker`), this many
+    /// each, so that no process needs more descriptors than the limit
+    /// allows (an endpoint holds two or three). 0: all in this process.
+    pub per_process: usize,
 }
+
+/// Endpoints a worker process holds: 3 descriptors each at most (its
+/// client connection, its listener, a push connection while the leader
+/// writes into it), well under a 20,000-descriptor limit.
+pub const ENDPOINTS_PER_PROCESS: usize = 2500;
 
 /// What the endpoints saw, counted as it happens.
 #[derive(Debug, Default)]
@@ -147,6 +157,11 @@ pub struct Fleet {
     cfg: FleetConfig,
     shared: Arc<Shared>,
     shards: Vec<ShardHandle>,
+    /// The child processes holding the endpoints, when the fleet is
+    /// larger than [`FleetConfig::per_process`].
+    workers: Vec<Worker>,
+    /// Which recording the landings reported belong to (workers').
+    epoch: Arc<AtomicU64>,
 }
 
 impl Fleet {
@@ -163,6 +178,23 @@ impl Fleet {
             ids: (0..cfg.count).map(|_| AtomicU64::new(u64::MAX)).collect(),
             tablets: (0..cfg.count).map(|_| AtomicUsize::new(0)).collect(),
         });
+        let epoch = Arc::new(AtomicU64::new(0));
+        if cfg.per_process > 0 && cfg.count > cfg.per_process {
+            let mut workers = Vec::new();
+            let mut offset = 0;
+            while offset < cfg.count {
+                let count = cfg.per_process.min(cfg.count - offset);
+                workers.push(Worker::start(&cfg, offset, count, &shared, &epoch)?);
+                offset += count;
+            }
+            return Ok(Fleet {
+                cfg,
+                shared,
+                shards: Vec::new(),
+                workers,
+                epoch,
+            });
+        }
         let shards_n = cfg.shards.clamp(1, cfg.count.max(1));
         let mut shards = Vec::new();
         for s in 0..shards_n {
@@ -182,6 +214,8 @@ impl Fleet {
             cfg,
             shared,
             shards,
+            workers: Vec::new(),
+            epoch,
         })
     }
 
@@ -221,12 +255,16 @@ impl Fleet {
 
     /// Starts keeping every landing (with its time); clears what was kept.
     pub fn record(&self, on: bool) {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.shared
             .landings
             .lock()
             .expect("landings lock poisoned")
             .clear();
         self.shared.recording.store(on, Ordering::SeqCst);
+        for w in &self.workers {
+            w.tell(&format!("record {} {epoch}", u8::from(on)));
+        }
     }
 
     /// The landings kept since [`Fleet::record`].
@@ -239,6 +277,19 @@ impl Fleet {
     }
 
     fn command(&self, i: usize, c: Command) {
+        if !self.workers.is_empty() {
+            let per = self.cfg.per_process;
+            let Some(w) = self.workers.get(i / per) else {
+                return;
+            };
+            let verb = match c {
+                Command::Leave(_) => "leave",
+                Command::Crash(_) => "crash",
+                Command::Shutdown => "quit",
+            };
+            w.tell(&format!("{verb} {}", i % per));
+            return;
+        }
         let (tx, waker, _) = &self.shards[i % self.shards.len()];
         let _ = tx.send(c);
         let _ = waker.wake();
@@ -253,6 +304,281 @@ impl Fleet {
     pub fn crash(&self, i: usize) {
         self.command(i, Command::Crash(i));
     }
+
+    /// Processes holding the endpoints (1: this one).
+    pub fn processes(&self) -> usize {
+        self.workers.len().max(1)
+    }
+}
+
+/// A child process holding a share of a fleet's endpoints
+/// (`ramcoord-bench fleet-worker`). It is told what to do on its stdin,
+/// one line a command (`leave I`, `crash I`, `record 0|1 EPOCH`, `quit`),
+/// and reports on its stdout, one line a fact, which a thread here folds
+/// into the fleet's counters:
+///
+/// - `s` and the [`FleetStats`] counters in their order of declaration
+///   (every 20 ms; added here as the difference from the last report);
+/// - `t I N`: endpoint I now holds N tablets;
+/// - `l EPOCH NS I BEFORE AFTER`: a landing while recording, at NS
+///   nanoseconds of the monotonic clock (the one `Instant` reads, shared
+///   by every process on the host).
+struct Worker {
+    child: std::process::Child,
+    stdin: Mutex<Option<std::process::ChildStdin>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn start(
+        cfg: &FleetConfig,
+        offset: usize,
+        count: usize,
+        shared: &Arc<Shared>,
+        epoch: &Arc<AtomicU64>,
+    ) -> Result<Worker, String> {
+        use std::process::{Command as Process, Stdio};
+        let exe = std::env::current_exe().map_err(|e| format!("this binary's path: {e}"))?;
+        let coordinators: Vec<String> = cfg.coordinators.iter().map(|a| a.to_string()).collect();
+        let mut child = Process::new(exe)
+            .arg("fleet-worker")
+            .args(["--cluster", &cfg.cluster.to_string()])
+            .args(["--coordinators", &coordinators.join(",")])
+            .args(["--first", &(cfg.first + offset).to_string()])
+            .args(["--count", &count.to_string()])
+            .args(["--shards", &cfg.shards.to_string()])
+            .args(["--enlist-in-flight", &cfg.enlist_in_flight_max.to_string()])
+            .args(["--heartbeat-us", &cfg.heartbeat.as_micros().to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting a fleet worker: {e}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        let stdin = child.stdin.take();
+        let (shared, epoch) = (shared.clone(), epoch.clone());
+        let reader = std::thread::Builder::new()
+            .name("fleet-worker-reader".into())
+            .spawn(move || read_worker(stdout, offset, &shared, &epoch))
+            .map_err(|e| format!("spawning a fleet reader: {e}"))?;
+        Ok(Worker {
+            child,
+            stdin: Mutex::new(stdin),
+            reader: Some(reader),
+        })
+    }
+
+    fn tell(&self, line: &str) {
+        let mut stdin = self.stdin.lock().expect("worker stdin lock poisoned");
+        if let Some(s) = stdin.as_mut() {
+            if writeln!(s, "{line}").and_then(|_| s.flush()).is_err() {
+                *stdin = None;
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.tell("quit");
+        // Closing its stdin ends it too.
+        self.stdin
+            .lock()
+            .expect("worker stdin lock poisoned")
+            .take();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// The monotonic clock `Instant` reads, in nanoseconds (comparable across
+/// processes of one host).
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64) * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Folds a worker's reports into the fleet (see [`Worker`]).
+fn read_worker(
+    stdout: std::process::ChildStdout,
+    offset: usize,
+    shared: &Shared,
+    epoch: &AtomicU64,
+) {
+    use std::io::BufRead;
+    let (anchor, anchor_ns) = (Instant::now(), monotonic_ns());
+    let mut last = [0u64; 12];
+    for line in std::io::BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let mut words = line.split_ascii_whitespace();
+        let kind = words.next();
+        let n: Vec<u64> = words.filter_map(|w| w.parse().ok()).collect();
+        match (kind, n.as_slice()) {
+            (Some("s"), v) if v.len() == last.len() => {
+                let st = &shared.stats;
+                let add = |a: &AtomicUsize, i: usize| {
+                    a.fetch_add(v[i].wrapping_sub(last[i]) as usize, Ordering::Relaxed);
+                };
+                let add64 = |a: &AtomicU64, i: usize| {
+                    a.fetch_add(v[i].wrapping_sub(last[i]), Ordering::Relaxed);
+                };
+                add(&st.enlisted, 0);
+                add64(&st.heartbeats, 1);
+                add64(&st.heartbeat_timeouts, 2);
+                add64(&st.redirects, 3);
+                add(&st.declared_crashed_alive, 4);
+                add(&st.gone_after_leave, 5);
+                add64(&st.regions_landed, 6);
+                add64(&st.regions_refused, 7);
+                add64(&st.region_bytes, 8);
+                st.interval_us.store(v[9], Ordering::Relaxed);
+                st.lease_us.store(v[10], Ordering::Relaxed);
+                add64(&st.reconnects, 11);
+                last.copy_from_slice(v);
+            }
+            (Some("t"), &[i, tablets]) => {
+                if let Some(t) = shared.tablets.get(offset + i as usize) {
+                    t.store(tablets as usize, Ordering::Relaxed);
+                }
+            }
+            (Some("l"), &[e, ns, i, before, after])
+                if e == epoch.load(Ordering::SeqCst) && shared.recording.load(Ordering::SeqCst) =>
+            {
+                let at = match ns.checked_sub(anchor_ns) {
+                    Some(d) => anchor + Duration::from_nanos(d),
+                    None => anchor
+                        .checked_sub(Duration::from_nanos(anchor_ns - ns))
+                        .unwrap_or(anchor),
+                };
+                shared
+                    .landings
+                    .lock()
+                    .expect("landings lock poisoned")
+                    .push(Landing {
+                        at,
+                        endpoint: offset + i as usize,
+                        tablets_before: before as usize,
+                        tablets_after: after as usize,
+                    });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `ramcoord-bench fleet-worker`: holds `cfg`'s endpoints in this process
+/// and speaks the [`Worker`] protocol on stdin and stdout until told to
+/// quit or its stdin closes.
+pub fn worker_main(cfg: FleetConfig) -> Result<(), String> {
+    ramcoord_net::admission::raise_descriptor_limit();
+    let fleet = Fleet::start(FleetConfig {
+        per_process: 0,
+        ..cfg
+    })?;
+    let (tx, rx) = unbounded::<String>();
+    std::thread::Builder::new()
+        .name("fleet-worker-stdin".into())
+        .spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| format!("spawning the stdin reader: {e}"))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut tablets_sent = vec![0usize; fleet.len()];
+    let mut landings_sent = 0;
+    let mut epoch = 0u64;
+    let (anchor, anchor_ns) = (Instant::now(), monotonic_ns());
+    loop {
+        let mut quit = false;
+        loop {
+            match rx.try_recv() {
+                Ok(line) => {
+                    let mut w = line.split_ascii_whitespace();
+                    match (w.next(), w.next().and_then(|v| v.parse::<u64>().ok())) {
+                        (Some("leave"), Some(i)) => fleet.leave(i as usize),
+                        (Some("crash"), Some(i)) => fleet.crash(i as usize),
+                        (Some("record"), Some(on)) => {
+                            epoch = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                            fleet.record(on == 1);
+                            landings_sent = 0;
+                        }
+                        (Some("quit"), _) => quit = true,
+                        _ => {}
+                    }
+                }
+                Err(crossbeam::channel::TryRecvError::Empty) => break,
+                Err(crossbeam::channel::TryRecvError::Disconnected) => {
+                    quit = true;
+                    break;
+                }
+            }
+        }
+        if quit {
+            break;
+        }
+        let st = fleet.stats();
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let ru = |a: &AtomicUsize| a.load(Ordering::Relaxed);
+        let mut text = format!(
+            "s {} {} {} {} {} {} {} {} {} {} {} {}\n",
+            ru(&st.enlisted),
+            r(&st.heartbeats),
+            r(&st.heartbeat_timeouts),
+            r(&st.redirects),
+            ru(&st.declared_crashed_alive),
+            ru(&st.gone_after_leave),
+            r(&st.regions_landed),
+            r(&st.regions_refused),
+            r(&st.region_bytes),
+            r(&st.interval_us),
+            r(&st.lease_us),
+            r(&st.reconnects),
+        );
+        for (i, sent) in tablets_sent.iter_mut().enumerate() {
+            let now = fleet.tablets_of(i);
+            if now != *sent {
+                *sent = now;
+                text.push_str(&format!("t {i} {now}\n"));
+            }
+        }
+        let landings = fleet.landings();
+        for l in landings.iter().skip(landings_sent) {
+            let ns = anchor_ns + l.at.saturating_duration_since(anchor).as_nanos() as u64;
+            text.push_str(&format!(
+                "l {epoch} {ns} {} {} {}\n",
+                l.endpoint, l.tablets_before, l.tablets_after
+            ));
+        }
+        landings_sent = landings.len();
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            break; // the bench is gone
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(fleet);
+    Ok(())
 }
 
 impl Drop for Fleet {

@@ -87,6 +87,26 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
+    /// A share of `scale`'s light masters in a process of its own (started
+    /// by `scale`; see `fleet.rs`): reports on stdout, takes commands on
+    /// stdin, ends when stdin closes.
+    #[command(hide = true)]
+    FleetWorker {
+        #[arg(long)]
+        cluster: u64,
+        #[arg(long, value_delimiter = ',')]
+        coordinators: Vec<std::net::SocketAddr>,
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 2)]
+        shards: usize,
+        #[arg(long, default_value_t = 64)]
+        enlist_in_flight: usize,
+        #[arg(long, default_value_t = 50_000)]
+        heartbeat_us: u64,
+    },
     /// Load for the contended fsync floor (started by `floor` and
     /// `compare`): write and fdatasync `file` until stdin closes.
     #[command(hide = true)]
@@ -402,6 +422,29 @@ fn main() {
     // Push fan-outs and scale runs open a transport per stand-in master.
     ramcoord_net::admission::raise_descriptor_limit();
     match Cli::parse().scenario {
+        Scenario::FleetWorker {
+            cluster,
+            coordinators,
+            first,
+            count,
+            shards,
+            enlist_in_flight,
+            heartbeat_us,
+        } => {
+            let cfg = fleet::FleetConfig {
+                count,
+                first,
+                cluster,
+                coordinators,
+                shards,
+                enlist_in_flight_max: enlist_in_flight,
+                heartbeat: std::time::Duration::from_micros(heartbeat_us),
+                per_process: 0,
+            };
+            if let Err(e) = fleet::worker_main(cfg) {
+                fail(e)
+            }
+        }
         Scenario::FsyncLoad { file } => {
             if let Err(e) = floor::fsync_load(&file) {
                 fail(e)

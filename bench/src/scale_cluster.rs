@@ -87,6 +87,9 @@ pub struct ClusterPoint {
     /// loaded figures are the new leader's).
     pub leader_changes: u64,
     pub heartbeat_timeouts: u64,
+    /// Processes holding the light masters (one per
+    /// `fleet::ENDPOINTS_PER_PROCESS`).
+    pub fleet_processes: u64,
     pub run_s: f64,
 }
 
@@ -330,6 +333,7 @@ pub fn point(
             shards: 2,
             enlist_in_flight_max: 64,
             heartbeat: Duration::from_millis(50),
+            per_process: crate::fleet::ENDPOINTS_PER_PROCESS,
         })
     };
     let small = fleet(0, 3, &coordinators)?;
@@ -345,8 +349,9 @@ pub fn point(
     let big = fleet(3, masters as usize - 3, &coordinators)?;
     let enlist = big.wait_enlisted(Duration::from_secs(900))?;
     progress(&format!(
-        "  enlisted in {:.1} s; loading {tablets} tablets",
-        enlist.as_secs_f64()
+        "  enlisted in {:.1} s ({} processes of light masters); loading {tablets} tablets",
+        enlist.as_secs_f64(),
+        big.processes()
     ));
     let bytes_before = big.stats().region_bytes.load(Ordering::Relaxed)
         + small.stats().region_bytes.load(Ordering::Relaxed);
@@ -445,6 +450,7 @@ pub fn point(
         leader_changes,
         heartbeat_timeouts: big.stats().heartbeat_timeouts.load(Ordering::Relaxed)
             + small.stats().heartbeat_timeouts.load(Ordering::Relaxed),
+        fleet_processes: big.processes() as u64,
         run_s: started.elapsed().as_secs_f64(),
     };
     drop(big);

@@ -37,12 +37,34 @@
 //!   point;
 //! - a message for a peer with no configured address (a client that
 //!   connected to us) is answered on the connection it opened;
-//! - per configured peer, a connector thread connects (backing off from
-//!   `backoff_min` to `backoff_max` while the peer is away), says `Hello`,
-//!   writes the frames queued meanwhile, hands the connection to the loop
-//!   and ends; the connection's close starts the next connector: a peer
-//!   costs a thread only while it is being connected. A removed peer
-//!   ([`Transport::remove_peer`]) is let go for good.
+//! - per configured coordinator replica, a connector thread connects
+//!   (backing off from `backoff_min` to `backoff_max` while the peer is
+//!   away), says `Hello`, writes the frames queued meanwhile, hands the
+//!   connection to the loop and ends; the connection's close starts the
+//!   next connector: a peer costs a thread only while it is being
+//!   connected. A removed peer ([`Transport::remove_peer`]) is let go for
+//!   good;
+//! - every other configured peer is a **push peer** (the masters a leader
+//!   writes configuration into, thousands of them): it is connected only
+//!   when something is to be sent to it, by a pool of at most
+//!   [`CONNECTORS_MAX`] threads (an enlistment storm costs a few threads,
+//!   not one per master), and its connection is closed after
+//!   [`PUSH_CONN_IDLE`] without a send, or earlier to keep the open ones
+//!   under [`Limits::push_conns_max`] (the least recently used first).
+//!   A region write waiting for a push peer replaces an older one to the
+//!   same place (the newest region is the master's whole configuration),
+//!   and one is dropped while the peer has not taken
+//!   [`PUSH_UNSENT_MAX`] of earlier ones: what waits for a master is
+//!   bounded by about one region, whatever the writer retries.
+//!
+//! # Descriptors
+//!
+//! A connection costs one descriptor: the transport keeps a weak handle
+//! on it to close it at shutdown, not a duplicate (only a connector's
+//! socket, while its handshake blocks, is duplicated). With push
+//! connections bounded apart, a leader under a 20,000-descriptor limit
+//! holds a connection from each of 10,000 masters, and admission's cap
+//! on clients is derived from the same count ([`crate::admission`]).
 //!
 //! A peer that sends anything that is not a valid frame (garbage, a bad
 //! checksum, an oversized length, a wrong version, another cluster's
@@ -60,7 +82,7 @@
 
 use std::collections::HashMap;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -184,12 +206,18 @@ struct Inner {
     sink: Receiver<Event>,
     regions: RegionMap,
     outbound: Mutex<HashMap<PeerId, Arc<Outbound>>>,
+    /// Push peers waiting for a connection ([`Outbound::lazy`]).
+    connect_pool: Mutex<ConnectPool>,
+    /// Push connections open.
+    push_conns: AtomicUsize,
+    /// Region writes superseded before they were sent.
+    superseded_writes: AtomicU64,
     /// The newest connection each peer opened to us, for answering peers
     /// whose address we do not know (clients).
     inbound: Mutex<HashMap<PeerId, Arc<Link>>>,
     /// Every open connection, to close them at shutdown, by the remote
     /// address it had when opened (one connection per address and port).
-    conns: Mutex<Vec<(Option<SocketAddr>, TcpStream)>>,
+    conns: Mutex<Tracked>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next_write: AtomicU64,
     dropped_frames: AtomicU64,
@@ -300,6 +328,16 @@ enum ConnKind {
 /// The sending side of a connection to one peer.
 struct Outbound {
     slot: Mutex<Slot>,
+    /// Where the peer listens.
+    addr: SocketAddr,
+    /// A push peer (anyone but a coordinator replica: the masters a
+    /// leader writes configuration into). Its connection is opened when
+    /// something is to be sent, by the connector pool, and closed after
+    /// [`PUSH_CONN_IDLE`] without a send or to make room under
+    /// [`Limits::push_conns_max`]; a region write supersedes one still
+    /// waiting for it (see [`TcpTransport::enqueue`]). A replica's
+    /// connection is kept open, by a connector of its own.
+    lazy: bool,
 }
 
 /// The live connection (if any) and the frames waiting for one.
@@ -311,7 +349,38 @@ struct Slot {
     /// Payload bytes in `queue` (bounded by
     /// [`TcpConfig::send_backlog_bytes_max`], as a connection's backlog).
     queued_bytes: usize,
+    /// A push peer: in line for (or being given) a connection.
+    connecting: bool,
+    /// A push peer whose last attempt failed: not tried before this.
+    next_attempt: Option<std::time::Instant>,
+    /// A push peer: the wait after the next failed attempt.
+    backoff: Duration,
+    /// When something was last sent (push connections idle out).
+    last_used: std::time::Instant,
 }
+
+/// Push peers waiting for a connection, and the pool's threads.
+#[derive(Default)]
+struct ConnectPool {
+    waiting: std::collections::VecDeque<(PeerId, Arc<Outbound>)>,
+    threads: usize,
+}
+
+/// Threads connecting push peers at once (each attempt is bounded: a 1 s
+/// connect, a 5 s TLS handshake and hello).
+const CONNECTORS_MAX: usize = 8;
+/// A push connection with nothing sent for this long is closed (the next
+/// push opens one): a leader holds descriptors for the masters it is
+/// pushing to, not for every master.
+pub const PUSH_CONN_IDLE: Duration = Duration::from_secs(10);
+/// A region write to a push peer whose connection still has more than
+/// this unsent is dropped (counted in
+/// [`TcpTransport::superseded_writes`]): a region is the master's whole
+/// configuration, so the newest one is all it needs, and the writer
+/// (the coordinator) sends it again until it is acknowledged. Without
+/// this, a master that stalls while the writer retries would queue a
+/// region per retry.
+pub const PUSH_UNSENT_MAX: usize = 64 << 10;
 
 /// A node's TCP endpoint (see the module docs).
 pub struct TcpTransport {
@@ -386,6 +455,7 @@ impl TcpTransport {
             client_buffered_bytes_max = l.client_buffered_bytes_max,
             handshake_timeout_ms = l.handshake_timeout.as_millis() as u64,
             client_idle_timeout_s = l.client_idle_timeout.as_secs(),
+            push_conns_max = l.push_conns_max,
             "connection bounds"
         );
         let inner = Arc::new(Inner {
@@ -399,8 +469,11 @@ impl TcpTransport {
             sink: rx.clone(),
             regions: RwLock::new(HashMap::new()),
             outbound: Mutex::new(HashMap::new()),
+            connect_pool: Mutex::new(ConnectPool::default()),
+            push_conns: AtomicUsize::new(0),
+            superseded_writes: AtomicU64::new(0),
             inbound: Mutex::new(HashMap::new()),
-            conns: Mutex::new(Vec::new()),
+            conns: Mutex::new(Tracked::default()),
             threads: Mutex::new(Vec::new()),
             next_write: AtomicU64::new(0),
             dropped_frames: AtomicU64::new(0),
@@ -539,7 +612,20 @@ impl TcpTransport {
         };
         drop(out);
         let mut slot = q.slot.lock().expect("lock poisoned");
+        slot.last_used = std::time::Instant::now();
         if let Some(stream) = slot.stream.as_ref() {
+            if q.lazy && matches!(frame, Frame::Write { .. }) && stream.backlog() > PUSH_UNSENT_MAX
+            {
+                // The peer has not taken the last region yet: this one
+                // waits for the writer's next retry (see PUSH_UNSENT_MAX).
+                self.inner.superseded_writes.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    to,
+                    unsent = stream.backlog(),
+                    "region write superseded: the peer has not taken the last one"
+                );
+                return;
+            }
             let max = backlog_max(&self.inner, to);
             match put(stream, &frame, max) {
                 Ok(()) => {}
@@ -556,6 +642,32 @@ impl TcpTransport {
             }
             return;
         }
+        if q.lazy {
+            // A region write replaces one still waiting for the
+            // connection: the newest region is the master's whole
+            // configuration.
+            if let Frame::Write { region, offset, .. } = &frame {
+                let (region, offset) = (*region, *offset);
+                let before = slot.queue.len();
+                let mut freed = 0;
+                slot.queue.retain(|f| match f {
+                    Frame::Write {
+                        region: r,
+                        offset: o,
+                        ..
+                    } if *r == region && *o == offset => {
+                        freed += queued_size(f);
+                        false
+                    }
+                    _ => true,
+                });
+                slot.queued_bytes -= freed;
+                let superseded = before - slot.queue.len();
+                self.inner
+                    .superseded_writes
+                    .fetch_add(superseded as u64, Ordering::Relaxed);
+            }
+        }
         let bytes = queued_size(&frame);
         if slot.queue.len() >= self.inner.cfg.queue_frames_max
             || slot.queued_bytes + bytes > backlog_max(&self.inner, to)
@@ -565,6 +677,27 @@ impl TcpTransport {
         }
         slot.queued_bytes += bytes;
         slot.queue.push_back(frame);
+        if q.lazy
+            && !slot.connecting
+            && slot
+                .next_attempt
+                .is_none_or(|t| std::time::Instant::now() >= t)
+        {
+            slot.connecting = true;
+            drop(slot);
+            want_connection(&self.inner, to, &q);
+        }
+    }
+
+    /// Region writes to push peers dropped because a newer one replaced
+    /// them before they were sent (see [`PUSH_UNSENT_MAX`]).
+    pub fn superseded_writes(&self) -> u64 {
+        self.inner.superseded_writes.load(Ordering::Relaxed)
+    }
+
+    /// Push connections open (see [`Limits::push_conns_max`]).
+    pub fn push_connections(&self) -> usize {
+        self.inner.push_conns.load(Ordering::Relaxed)
     }
 }
 
@@ -597,20 +730,30 @@ impl Transport for TcpTransport {
         if out.contains_key(&peer) {
             return;
         }
+        let lazy = !matches!(PeerClass::of(peer), PeerClass::Replica(_));
         let o = Arc::new(Outbound {
             slot: Mutex::new(Slot {
                 stream: None,
                 generation: 0,
                 queue: std::collections::VecDeque::new(),
                 queued_bytes: 0,
+                connecting: false,
+                next_attempt: None,
+                backoff: self.inner.cfg.backoff_min,
+                last_used: std::time::Instant::now(),
             }),
+            addr,
+            lazy,
         });
         out.insert(peer, o.clone());
         drop(out);
-        let i = self.inner.clone();
-        spawn(&self.inner, "net-connect", move || {
-            connect_loop(i, peer, addr, o)
-        });
+        // A push peer is connected when there is something to push.
+        if !lazy {
+            let i = self.inner.clone();
+            spawn(&self.inner, "net-connect", move || {
+                connect_loop(i, peer, addr, o)
+            });
+        }
     }
 
     /// Forgets `peer`: its connection is closed and never reopened, frames
@@ -799,8 +942,18 @@ impl Drop for TcpTransport {
         // Wakes the accept thread (a shut-down listening socket fails
         // `accept` at once on Linux).
         let _ = rustix::net::shutdown(&self.inner.listener, rustix::net::Shutdown::Both);
-        for (_, c) in self.inner.conns.lock().expect("lock poisoned").drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
+        let tracked = std::mem::take(&mut *self.inner.conns.lock().expect("lock poisoned"));
+        for (_, handle) in tracked.handles {
+            match handle {
+                Handle::Socket(c) => {
+                    let _ = c.shutdown(Shutdown::Both);
+                }
+                Handle::Link(l) => {
+                    if let Some(l) = l.upgrade() {
+                        l.shutdown();
+                    }
+                }
+            }
         }
         self.inner.outbound.lock().expect("lock poisoned").clear();
         let threads: Vec<_> = self
@@ -856,16 +1009,60 @@ fn spawn(inner: &Arc<Inner>, name: &str, f: impl FnOnce() + Send + 'static) {
     threads.push(h);
 }
 
-/// Keeps a handle to close `s` at shutdown. Handles of connections that
-/// have since closed (the socket no longer has a peer) are dropped here,
-/// so a long-lived transport does not keep one descriptor per connection
-/// it ever had.
+/// The transport's handles on its open connections, to close them at
+/// shutdown (a connector blocked in a handshake, a loop that is gone).
+///
+/// An established connection is held by a weak reference to its link, so
+/// it costs no descriptor of its own: one descriptor per connection is
+/// what lets one process hold a connection from each of 10,000 masters
+/// under a 20,000-descriptor limit. Only a connector's socket, before it
+/// has a link, is held by a duplicate descriptor (connectors are few).
+#[derive(Default)]
+struct Tracked {
+    handles: HashMap<SocketAddr, Handle>,
+    /// Entries after the last purge of closed connections: the next
+    /// purge comes when the map has doubled, so tracking costs O(1)
+    /// amortised however many connections are open.
+    purged_len: usize,
+}
+
+enum Handle {
+    /// A duplicate of a connector's socket (until the connection has a
+    /// link).
+    Socket(TcpStream),
+    /// An established connection.
+    Link(std::sync::Weak<Link>),
+}
+
+impl Tracked {
+    fn insert(&mut self, addr: SocketAddr, handle: Handle) {
+        self.handles.insert(addr, handle);
+        if self.handles.len() > 2 * self.purged_len.max(64) {
+            self.handles.retain(|_, h| match h {
+                Handle::Socket(c) => c.peer_addr().is_ok(),
+                Handle::Link(l) => l.strong_count() > 0,
+            });
+            self.purged_len = self.handles.len();
+        }
+    }
+}
+
+/// Keeps a duplicate of a connector's socket, to close it at shutdown
+/// while its handshake blocks ([`track_link`] replaces it once the
+/// connection is established).
 fn track(inner: &Inner, s: &TcpStream) {
+    let Ok(addr) = s.peer_addr() else { return };
     if let Ok(c) = s.try_clone() {
         let mut conns = inner.conns.lock().expect("lock poisoned");
-        conns.retain(|(_, c)| c.peer_addr().is_ok());
-        conns.push((s.peer_addr().ok(), c));
+        conns.insert(addr, Handle::Socket(c));
     }
+}
+
+/// Keeps a weak handle on an established connection, to close it at
+/// shutdown (a duplicate descriptor kept for it by [`track`] is closed).
+fn track_link(inner: &Inner, addr: SocketAddr, link: &Arc<Link>) {
+    let mut conns = inner.conns.lock().expect("lock poisoned");
+    conns.insert(addr, Handle::Link(Arc::downgrade(link)));
 }
 
 /// Drops the shutdown handle of the connection to `addr`, so that closing
@@ -877,7 +1074,8 @@ fn untrack(inner: &Inner, addr: SocketAddr) {
         .conns
         .lock()
         .expect("lock poisoned")
-        .retain(|(a, _)| *a != Some(addr));
+        .handles
+        .remove(&addr);
 }
 
 /// Closes a connection that passed a bound (logged at most once a second).
@@ -1036,6 +1234,14 @@ fn welcome(
         }
         Err(ReadError::Bound(why)) => {
             close_for_bound(inner, stream.socket(), addr, why);
+            return None;
+        }
+        Err(ReadError::Io(why)) => {
+            // Gone before it said who it is (a peer that gave up, a
+            // port scan): nothing it sent was wrong.
+            tracing::debug!(%addr, reason = %why, "connection closed before its hello");
+            stream.shutdown();
+            untrack(inner, addr);
             return None;
         }
         Err(why) => {
@@ -1354,143 +1560,284 @@ fn wanted(inner: &Inner, peer: PeerId, out: &Arc<Outbound>) -> bool {
             .is_some_and(|o| Arc::ptr_eq(o, out))
 }
 
-/// Connects to `peer` and hands the connection to the loop; the thread
-/// ends there, and when the connection closes, [`close`] starts a new
-/// connector (so a peer costs a thread only while it is being connected).
-/// Ends once the peer is removed.
+/// How one connection attempt ended.
+enum Attempt {
+    /// Connected and handed to the loop (or the peer was removed meanwhile).
+    Done,
+    /// Nothing answered, or the connection failed before it was handed over.
+    Failed,
+    /// The peer's credential was refused (tried again no sooner than a
+    /// second later: a misconfigured peer must not flood the log).
+    Refused,
+    /// Push connections are at their bound and none is idle: try later.
+    Busy,
+}
+
+/// Connects to a coordinator replica and hands the connection to the loop;
+/// the thread ends there, and when the connection closes, [`close`] starts
+/// a new connector (so a peer costs a thread only while it is being
+/// connected). Ends once the peer is removed.
 fn connect_loop(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr, out: Arc<Outbound>) {
     let mut backoff = inner.cfg.backoff_min;
     while wanted(&inner, peer, &out) {
-        let sock = match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(peer, %addr, error = %e, "connect failed; retrying");
+        match connect_once(&inner, peer, addr, &out) {
+            Attempt::Done => return,
+            Attempt::Failed | Attempt::Busy => {
                 sleep_unless_shutdown(&inner, backoff);
                 backoff = (backoff * 2).min(inner.cfg.backoff_max);
-                continue;
             }
-        };
-        let _ = sock.set_nodelay(true);
-        // A peer that stops reading must not block senders for long.
-        let _ = sock.set_write_timeout(Some(Duration::from_secs(1)));
-        track(&inner, &sock);
-        let stream = match &inner.cfg.tls {
-            None => Link::plain(sock),
-            Some(tls) => {
-                let deadline = std::time::Instant::now() + Duration::from_secs(5);
-                match Link::connect_tls(sock, tls, deadline) {
-                    Ok(l) if l.identity().is_some_and(|i| i.admits(peer)) => l,
-                    Ok(l) => {
-                        l.shutdown();
-                        let who = l.identity().map_or("no".to_string(), |i| i.to_string());
-                        refuse_credential(
-                            &inner,
-                            addr,
-                            &format!("peer {peer} presented a {who} certificate"),
-                        );
-                        sleep_unless_shutdown(&inner, backoff.max(Duration::from_secs(1)));
-                        continue;
-                    }
-                    Err(e) => {
-                        refuse_credential(&inner, addr, &format!("peer {peer}: {e}"));
-                        sleep_unless_shutdown(&inner, backoff.max(Duration::from_secs(1)));
-                        continue;
-                    }
+            Attempt::Refused => {
+                sleep_unless_shutdown(&inner, backoff.max(Duration::from_secs(1)));
+            }
+        }
+    }
+}
+
+/// Puts a push peer (a master) in line for a connection
+/// ([`Outbound::lazy`]): a pool of at most [`CONNECTORS_MAX`] threads
+/// connects them in turn, so a storm of new masters costs a few threads,
+/// not one each.
+fn want_connection(inner: &Arc<Inner>, peer: PeerId, out: &Arc<Outbound>) {
+    let mut pool = inner.connect_pool.lock().expect("lock poisoned");
+    pool.waiting.push_back((peer, out.clone()));
+    if pool.threads < CONNECTORS_MAX {
+        pool.threads += 1;
+        drop(pool);
+        let i = inner.clone();
+        spawn(inner, "net-connect", move || connector(i));
+    }
+}
+
+/// A pool thread: connects the push peers in line until none is left.
+fn connector(inner: Arc<Inner>) {
+    loop {
+        let next = {
+            let mut pool = inner.connect_pool.lock().expect("lock poisoned");
+            match pool.waiting.pop_front() {
+                Some(n) if !inner.shutdown.load(Ordering::SeqCst) => n,
+                _ => {
+                    pool.threads -= 1;
+                    return;
                 }
             }
         };
-        let stream = Arc::new(stream);
-        let hello = Frame::Hello {
-            peer: inner.id,
-            cluster: inner.cluster,
-        };
-        if stream.write_all(&hello.to_bytes()).is_err() {
-            sleep_unless_shutdown(&inner, backoff);
+        let (peer, out) = next;
+        if !wanted(&inner, peer, &out) {
             continue;
         }
-        // The peer answers with its own hello, then with write acks.
-        let mut dec = FrameDecoder::new();
-        let _ = stream
-            .socket()
-            .set_read_timeout(Some(Duration::from_secs(5)));
-        match read_frame(&stream, &mut dec, None, None) {
-            Ok(Frame::Hello { peer: p, cluster }) if p == peer && cluster == inner.cluster => {}
-            Ok(other) => {
-                reject(
-                    &inner,
-                    stream.socket(),
-                    addr,
-                    &format!("bad hello answer: {}", other.kind_name()),
-                );
-                sleep_unless_shutdown(&inner, backoff);
-                continue;
+        let addr = out.addr;
+        let attempt = connect_once(&inner, peer, addr, &out);
+        let mut slot = out.slot.lock().expect("lock poisoned");
+        match attempt {
+            Attempt::Done => {
+                slot.connecting = false;
+                slot.backoff = inner.cfg.backoff_min;
+                slot.next_attempt = None;
             }
-            Err(why) => {
-                tracing::debug!(peer, %addr, reason = %why, "no hello answer");
-                stream.shutdown();
-                sleep_unless_shutdown(&inner, backoff);
-                continue;
+            Attempt::Busy => {
+                // Back in line (behind the others), a little later.
+                drop(slot);
+                sleep_unless_shutdown(&inner, Duration::from_millis(5));
+                inner
+                    .connect_pool
+                    .lock()
+                    .expect("lock poisoned")
+                    .waiting
+                    .push_back((peer, out.clone()));
+            }
+            Attempt::Failed | Attempt::Refused => {
+                // What waits stays queued (bounded: one region, the
+                // newest); the next send after the backoff tries again.
+                let wait = if matches!(attempt, Attempt::Refused) {
+                    slot.backoff.max(Duration::from_secs(1))
+                } else {
+                    slot.backoff
+                };
+                slot.connecting = false;
+                slot.next_attempt = Some(std::time::Instant::now() + wait);
+                slot.backoff = (slot.backoff * 2).min(inner.cfg.backoff_max);
             }
         }
-        let _ = stream.socket().set_read_timeout(None);
-        let reader = stream.clone();
-        let token;
-        // Hand the connection over: what was queued first, in order.
-        let generation = {
-            let mut slot = out.slot.lock().expect("lock poisoned");
-            if !wanted(&inner, peer, &out) {
-                // Removed while we connected (`remove_peer` takes the map
-                // entry before this lock): nobody will use or close it.
-                drop(slot);
-                stream.shutdown();
-                untrack(&inner, addr);
-                return;
-            }
-            let mut ok = true;
-            while let Some(f) = slot.queue.pop_front() {
-                slot.queued_bytes -= queued_size(&f);
-                // Never waiting for the socket while the slot is locked
-                // (the owner's sends take that lock).
-                match put(&stream, &f, backlog_max(&inner, peer)) {
-                    Ok(()) => {}
-                    Err(e) => {
-                        if matches!(e, SendError::Backlogged { .. }) {
-                            declare_slow(&inner, peer, &e);
-                        }
-                        ok = false;
-                        break;
-                    }
-                }
-            }
-            if !ok {
-                drop(slot);
-                stream.shutdown();
-                sleep_unless_shutdown(&inner, backoff);
+    }
+}
+
+/// Closes the least recently used push connections with nothing left to
+/// send, to make room under [`Limits::push_conns_max`]: a sixteenth of
+/// the bound at a time, so that a storm of pushes to new masters (an
+/// enlistment storm) looks through the connections once per sixteenth,
+/// not once per connection. `false`: every one is busy.
+fn evict_idle_push_conns(inner: &Arc<Inner>) -> bool {
+    let lp = &inner.event_loop;
+    let batch = (inner.admission.limits().push_conns_max / 16).max(1);
+    let mut conns = lp.conns.lock().expect("lock poisoned");
+    let mut idle: Vec<(std::time::Instant, mio::Token)> = Vec::new();
+    for (t, c) in conns.iter() {
+        if let ConnKind::Outbound { out, .. } = &c.kind {
+            if !out.lazy || c.stream.backlog() > 0 {
                 continue;
             }
-            token = prepare(&inner, &stream, peer);
-            slot.generation += 1;
-            slot.stream = Some(stream);
-            slot.generation
-        };
-        tracing::info!(peer, %addr, "connected");
-        // The acknowledgements come back on this connection; the loop
-        // reads it now, and its close starts the next connector.
-        adopt(
-            &inner,
-            reader,
-            dec,
-            peer,
-            addr,
-            ConnKind::Outbound {
-                out: out.clone(),
-                generation,
-            },
-            None,
-            token,
-        );
-        return;
+            idle.push((out.slot.lock().expect("lock poisoned").last_used, *t));
+        }
     }
+    if idle.is_empty() {
+        return false;
+    }
+    if idle.len() > batch {
+        idle.select_nth_unstable(batch - 1);
+        idle.truncate(batch);
+    }
+    let closing: Vec<LoopConn> = idle.iter().filter_map(|(_, t)| conns.remove(t)).collect();
+    drop(conns);
+    tracing::debug!(
+        closed = closing.len(),
+        "push connections closed for room (least recently used)"
+    );
+    for conn in closing {
+        close(inner, conn);
+    }
+    true
+}
+
+/// One attempt to connect to `peer` and hand the connection to the loop
+/// with what was queued for it.
+fn connect_once(
+    inner: &Arc<Inner>,
+    peer: PeerId,
+    addr: SocketAddr,
+    out: &Arc<Outbound>,
+) -> Attempt {
+    if out.lazy {
+        let max = inner.admission.limits().push_conns_max;
+        while inner.push_conns.load(Ordering::SeqCst) >= max {
+            if !evict_idle_push_conns(inner) {
+                return Attempt::Busy;
+            }
+        }
+    }
+    let sock = match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(peer, %addr, error = %e, "connect failed; retrying");
+            return Attempt::Failed;
+        }
+    };
+    let _ = sock.set_nodelay(true);
+    // A peer that stops reading must not block senders for long.
+    let _ = sock.set_write_timeout(Some(Duration::from_secs(1)));
+    track(inner, &sock);
+    let stream = match &inner.cfg.tls {
+        None => Link::plain(sock),
+        Some(tls) => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            match Link::connect_tls(sock, tls, deadline) {
+                Ok(l) if l.identity().is_some_and(|i| i.admits(peer)) => l,
+                Ok(l) => {
+                    l.shutdown();
+                    let who = l.identity().map_or("no".to_string(), |i| i.to_string());
+                    refuse_credential(
+                        inner,
+                        addr,
+                        &format!("peer {peer} presented a {who} certificate"),
+                    );
+                    return Attempt::Refused;
+                }
+                Err(e) => {
+                    refuse_credential(inner, addr, &format!("peer {peer}: {e}"));
+                    return Attempt::Refused;
+                }
+            }
+        }
+    };
+    let stream = Arc::new(stream);
+    let hello = Frame::Hello {
+        peer: inner.id,
+        cluster: inner.cluster,
+    };
+    if stream.write_all(&hello.to_bytes()).is_err() {
+        untrack(inner, addr);
+        return Attempt::Failed;
+    }
+    // The peer answers with its own hello, then with write acks.
+    let mut dec = FrameDecoder::new();
+    let _ = stream
+        .socket()
+        .set_read_timeout(Some(Duration::from_secs(5)));
+    match read_frame(&stream, &mut dec, None, None) {
+        Ok(Frame::Hello { peer: p, cluster }) if p == peer && cluster == inner.cluster => {}
+        Ok(other) => {
+            reject(
+                inner,
+                stream.socket(),
+                addr,
+                &format!("bad hello answer: {}", other.kind_name()),
+            );
+            return Attempt::Failed;
+        }
+        Err(why) => {
+            tracing::debug!(peer, %addr, reason = %why, "no hello answer");
+            stream.shutdown();
+            untrack(inner, addr);
+            return Attempt::Failed;
+        }
+    }
+    let _ = stream.socket().set_read_timeout(None);
+    let reader = stream.clone();
+    let token;
+    // Hand the connection over: what was queued first, in order.
+    let generation = {
+        let mut slot = out.slot.lock().expect("lock poisoned");
+        if !wanted(inner, peer, out) {
+            // Removed while we connected (`remove_peer` takes the map
+            // entry before this lock): nobody will use or close it.
+            drop(slot);
+            stream.shutdown();
+            untrack(inner, addr);
+            return Attempt::Done;
+        }
+        while let Some(f) = slot.queue.pop_front() {
+            slot.queued_bytes -= queued_size(&f);
+            // Never waiting for the socket while the slot is locked
+            // (the owner's sends take that lock).
+            if let Err(e) = put(&stream, &f, backlog_max(inner, peer)) {
+                if matches!(e, SendError::Backlogged { .. }) {
+                    declare_slow(inner, peer, &e);
+                }
+                drop(slot);
+                stream.shutdown();
+                untrack(inner, addr);
+                return Attempt::Failed;
+            }
+        }
+        token = prepare(inner, &stream, peer);
+        slot.generation += 1;
+        slot.stream = Some(stream);
+        slot.last_used = std::time::Instant::now();
+        if out.lazy {
+            inner.push_conns.fetch_add(1, Ordering::SeqCst);
+        }
+        slot.generation
+    };
+    if out.lazy {
+        tracing::debug!(peer, %addr, "connected");
+    } else {
+        tracing::info!(peer, %addr, "connected");
+    }
+    // The acknowledgements come back on this connection; the loop
+    // reads it now, and its close starts the next connector.
+    adopt(
+        inner,
+        reader,
+        dec,
+        peer,
+        addr,
+        ConnKind::Outbound {
+            out: out.clone(),
+            generation,
+        },
+        None,
+        token,
+    );
+    Attempt::Done
 }
 
 /// Gives a connection about to be handed to senders its token in the
@@ -1558,6 +1905,7 @@ fn adopt(
     token: usize,
 ) {
     use std::os::fd::AsRawFd;
+    track_link(inner, addr, &stream);
     let lp = &inner.event_loop;
     let mut conn = LoopConn {
         token,
@@ -1723,6 +2071,20 @@ fn close(inner: &Arc<Inner>, conn: LoopConn) {
                 }
                 current
             };
+            if out.lazy {
+                inner.push_conns.fetch_sub(1, Ordering::SeqCst);
+                // A push peer is connected again only when something
+                // waits to be sent.
+                if current && wanted(inner, conn.peer, &out) {
+                    let mut slot = out.slot.lock().expect("lock poisoned");
+                    if !slot.queue.is_empty() && !slot.connecting {
+                        slot.connecting = true;
+                        drop(slot);
+                        want_connection(inner, conn.peer, &out);
+                    }
+                }
+                return;
+            }
             // The connection the senders used is gone: connect again
             // (after the shortest backoff), unless the peer was removed.
             if current && wanted(inner, conn.peer, &out) {
@@ -1831,12 +2193,36 @@ fn close_idle_clients(inner: &Arc<Inner>, lp: &EventLoop) {
         })
         .map(|(t, _)| *t)
         .collect();
+    // Push connections with nothing sent lately (the next push opens one).
+    let unused: Vec<mio::Token> = conns
+        .iter()
+        .filter(|(_, c)| match &c.kind {
+            ConnKind::Outbound { out, .. } => {
+                out.lazy
+                    && c.stream.backlog() == 0
+                    && now.duration_since(out.slot.lock().expect("lock poisoned").last_used)
+                        >= PUSH_CONN_IDLE
+            }
+            ConnKind::Inbound { .. } => false,
+        })
+        .map(|(t, _)| *t)
+        .collect();
     let closing: Vec<LoopConn> = stale.iter().filter_map(|t| conns.remove(t)).collect();
+    let idle_pushes: Vec<LoopConn> = unused.iter().filter_map(|t| conns.remove(t)).collect();
     drop(conns);
     for conn in closing {
         inner
             .admission
             .note_refusal(conn.addr, "a client connection was idle too long");
+        close(inner, conn);
+    }
+    if !idle_pushes.is_empty() {
+        tracing::debug!(
+            closed = idle_pushes.len(),
+            "push connections idle; closed (the next push opens one)"
+        );
+    }
+    for conn in idle_pushes {
         close(inner, conn);
     }
 }

@@ -753,3 +753,73 @@ fn the_owners_log_flushes_through_the_sockets_ring() {
     let epoll = TcpTransport::start(cfg).unwrap();
     assert!(epoll.disk_ring().is_none());
 }
+
+/// A leader's connections to the masters it pushes to: opened when there
+/// is something to push (not when the peer is added), at most
+/// `push_conns_max` at once (the least recently used idle one is closed
+/// to make room), and a region write waiting for a connection is replaced
+/// by a newer one to the same place (the newest region is the master's
+/// whole configuration). This is what lets one leader serve 10,000
+/// masters under a 20,000-descriptor limit, and what keeps a master that
+/// cannot be reached from piling up a region per retry.
+#[test]
+fn push_peers_connect_on_demand_within_their_bound_and_keep_only_the_newest_region() {
+    use ramcoord_net::tls::MASTER_BIT;
+    let mut cfg = TcpConfig::new(1, 12, loopback());
+    cfg.limits.push_conns_max = 2;
+    let leader = TcpTransport::start(cfg).unwrap();
+    let masters: Vec<(TcpTransport, Arc<BufferRegion>)> = (0..3u64)
+        .map(|n| {
+            let t = TcpTransport::start(TcpConfig::new(MASTER_BIT | n, 12, loopback())).unwrap();
+            let region = Arc::new(BufferRegion::new(16));
+            t.register_region(7, region.clone());
+            (t, region)
+        })
+        .collect();
+    for (m, _) in &masters {
+        leader.add_peer(m.id(), m.local_addr());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(leader.push_connections(), 0, "connected before a push");
+    for round in 0..3u8 {
+        for (m, region) in &masters {
+            let id = leader.write(m.id(), 7, 0, Bytes::from(vec![round; 4]));
+            assert_eq!(wait_write(&leader, id), WriteStatus::Landed);
+            assert_eq!(&region.snapshot()[..4], &[round; 4]);
+            assert!(
+                leader.push_connections() <= 2,
+                "{} push connections open, bound 2",
+                leader.push_connections()
+            );
+        }
+    }
+    // A master that is not listening yet: its writes wait (one region,
+    // the newest), and land once it is up.
+    let spot = std::net::TcpListener::bind(loopback()).unwrap();
+    let addr = spot.local_addr().unwrap();
+    drop(spot);
+    let late = MASTER_BIT | 9;
+    leader.add_peer(late, addr);
+    let before = leader.superseded_writes();
+    for v in 1..=5u8 {
+        leader.write(late, 7, 0, Bytes::from(vec![v; 4]));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        leader.superseded_writes() >= before + 4,
+        "{} writes superseded while the master was away, expected 4",
+        leader.superseded_writes() - before
+    );
+    let up = TcpTransport::start(TcpConfig::new(late, 12, addr)).unwrap();
+    let region = Arc::new(BufferRegion::new(16));
+    up.register_region(7, region.clone());
+    // The next push after the leader's backoff connects (as a
+    // coordinator's push retry would).
+    let deadline = Instant::now() + WAIT;
+    while region.snapshot()[..4] != [6; 4] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        leader.write(late, 7, 0, Bytes::from(vec![6; 4]));
+    }
+    assert_eq!(&region.snapshot()[..4], &[6; 4]);
+    assert!(leader.push_connections() <= 2);
+}

@@ -1157,7 +1157,7 @@ impl<S: Storage> Replica<S> {
         let stall = self.cfg.tick * (self.cfg.coordinator.push_retry_ticks / 2).max(1) as u32;
         let now = self.now;
         let term = self.coord.term();
-        if self.push_lanes.len() > 2 * self.cluster.servers().count() + 16 {
+        if self.push_lanes.len() > 2 * self.cluster.server_slots() + 16 {
             // Lanes of servers gone for good.
             let cluster = &self.cluster;
             self.push_lanes.retain(|s, _| cluster.server(*s).is_some());

@@ -30,7 +30,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::{
-    adopt, close_for_bound, refuse_credential, track, untrack, welcome, ConnKind, Inner, ReadError,
+    adopt, close_for_bound, refuse_credential, untrack, welcome, ConnKind, Inner, ReadError,
 };
 use crate::admission::Ticket;
 use crate::frame::{Frame, FrameDecoder};
@@ -48,10 +48,9 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// A connection between `accept` and its first frame.
 struct Handshake {
-    /// The socket as accepted (and registered here): kept until the
-    /// connection leaves, so that its registration can always be undone
-    /// through it (the link reads through a clone).
-    sock: TcpStream,
+    /// The socket as accepted (and registered here), until the link
+    /// takes it over (no duplicate descriptor: one per connection).
+    sock: Option<TcpStream>,
     /// The server side of the TLS session, while handshaking.
     tls: Option<rustls::Connection>,
     /// The established link, reading its first frame.
@@ -60,6 +59,23 @@ struct Handshake {
     ticket: Ticket,
     addr: SocketAddr,
     deadline: Instant,
+}
+
+impl Handshake {
+    /// The connection's socket, in the link once there is one.
+    fn socket(&self) -> Option<&TcpStream> {
+        match &self.link {
+            Some(l) => Some(l.socket()),
+            None => self.sock.as_ref(),
+        }
+    }
+
+    /// Takes the socket out of the accept loop's poll.
+    fn deregister(&self, poll: &Poll) {
+        if let Some(s) = self.socket() {
+            let _ = poll.registry().deregister(&mut SourceFd(&s.as_raw_fd()));
+        }
+    }
 }
 
 /// Where a handshake stands after the socket said it is ready.
@@ -245,11 +261,10 @@ fn accept_all(
             tracing::warn!(%addr, error = %e, "cannot poll a connection; closed");
             continue;
         }
-        track(inner, &stream);
         pending.insert(
             token,
             Handshake {
-                sock: stream,
+                sock: Some(stream),
                 tls,
                 link: None,
                 dec: FrameDecoder::new(),
@@ -264,7 +279,9 @@ fn accept_all(
 /// Moves a handshake on as far as the socket allows.
 fn advance(h: &mut Handshake, buf: &mut [u8]) -> Step {
     if h.link.is_none() {
-        let sock = &h.sock;
+        let Some(sock) = h.sock.as_ref() else {
+            return Step::Refused("the connection's socket is gone".into());
+        };
         if let Some(conn) = h.tls.as_mut() {
             loop {
                 if conn.wants_write() {
@@ -297,10 +314,7 @@ fn advance(h: &mut Handshake, buf: &mut [u8]) -> Step {
                 }
             }
         }
-        let clone = match sock.try_clone() {
-            Ok(c) => c,
-            Err(e) => return Step::First(Err(ReadError::Io(format!("dup: {e}")))),
-        };
+        let clone = h.sock.take().expect("looked at above");
         let link = match h.tls.take() {
             None => Link::plain(clone),
             Some(conn) => match Link::established(clone, conn) {
@@ -338,19 +352,18 @@ fn advance(h: &mut Handshake, buf: &mut [u8]) -> Step {
 /// A handshake leaves the loop: welcomed and handed to the owner, or
 /// refused with its reason.
 fn finish(inner: &Arc<Inner>, poll: &Poll, mut h: Handshake, step: Step) {
-    let _ = poll
-        .registry()
-        .deregister(&mut SourceFd(&h.sock.as_raw_fd()));
+    h.deregister(poll);
     match step {
         Step::Wait => unreachable!("only finished handshakes leave"),
         Step::Refused(why) => {
-            let _ = h.sock.shutdown(std::net::Shutdown::Both);
+            if let Some(s) = h.socket() {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
             refuse_credential(inner, h.addr, &why);
         }
         Step::First(first) => {
             let Some(link) = h.link.take() else {
-                // No link was made (a failed dup): closed.
-                let _ = h.sock.shutdown(std::net::Shutdown::Both);
+                // No link was made: closed (dropped here).
                 untrack(inner, h.addr);
                 return;
             };
@@ -387,10 +400,13 @@ fn expire(inner: &Inner, poll: &Poll, pending: &mut HashMap<Token, Handshake>, n
         .collect();
     for t in late {
         let h = pending.remove(&t).expect("present");
-        let _ = poll
-            .registry()
-            .deregister(&mut SourceFd(&h.sock.as_raw_fd()));
-        close_for_bound(inner, &h.sock, h.addr, "the handshake took too long");
+        h.deregister(poll);
+        match h.socket() {
+            Some(s) => close_for_bound(inner, s, h.addr, "the handshake took too long"),
+            None => inner
+                .admission
+                .note_refusal(h.addr, "the handshake took too long"),
+        }
     }
 }
 
