@@ -83,9 +83,11 @@ pub struct FleetConfig {
     pub per_process: usize,
 }
 
-/// Endpoints a worker process holds: 3 descriptors each at most (its
-/// client connection, its listener, a push connection while the leader
-/// writes into it), well under a 20,000-descriptor limit.
+/// Endpoints a worker process holds: 2 descriptors each (its client
+/// connection, its listener) and a third while a leader's push
+/// connection to it is open (closed after 10 s idle; after a change of
+/// leader, the old leader's and the new one's for a while): under
+/// 10,000 descriptors, half a 20,000 limit.
 pub const ENDPOINTS_PER_PROCESS: usize = 2500;
 
 /// What the endpoints saw, counted as it happens.
@@ -241,6 +243,13 @@ impl Fleet {
     pub fn wait_enlisted(&self, limit: Duration) -> Result<Duration, String> {
         let t = Instant::now();
         while self.stats().enlisted.load(Ordering::Relaxed) < self.cfg.count {
+            if let Some(k) = self
+                .workers
+                .iter()
+                .position(|w| w.gone.load(Ordering::SeqCst))
+            {
+                return Err(format!("fleet worker {k} exited (its stderr is above)"));
+            }
             if t.elapsed() > limit {
                 return Err(format!(
                     "{} of {} endpoints enlisted after {limit:?}",
@@ -264,6 +273,17 @@ impl Fleet {
         self.shared.recording.store(on, Ordering::SeqCst);
         for w in &self.workers {
             w.tell(&format!("record {} {epoch}", u8::from(on)));
+        }
+        // Every worker records before anything is asked of any of them
+        // (a leave in one lands in others).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self
+            .workers
+            .iter()
+            .any(|w| w.recording.load(Ordering::SeqCst) < epoch)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -322,11 +342,17 @@ impl Fleet {
 /// - `t I N`: endpoint I now holds N tablets;
 /// - `l EPOCH NS I BEFORE AFTER`: a landing while recording, at NS
 ///   nanoseconds of the monotonic clock (the one `Instant` reads, shared
-///   by every process on the host).
+///   by every process on the host);
+/// - `r EPOCH`: the worker took `record … EPOCH` (the fleet's `record`
+///   waits for it from every worker).
 struct Worker {
     child: std::process::Child,
     stdin: Mutex<Option<std::process::ChildStdin>>,
     reader: Option<JoinHandle<()>>,
+    /// The last recording epoch the worker confirmed.
+    recording: Arc<AtomicU64>,
+    /// Its stdout closed: it exited.
+    gone: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -356,15 +382,27 @@ impl Worker {
             .map_err(|e| format!("starting a fleet worker: {e}"))?;
         let stdout = child.stdout.take().expect("piped");
         let stdin = child.stdin.take();
-        let (shared, epoch) = (shared.clone(), epoch.clone());
+        let recording = Arc::new(AtomicU64::new(0));
+        let gone = Arc::new(AtomicBool::new(false));
+        let (shared, epoch, confirmed, ended) = (
+            shared.clone(),
+            epoch.clone(),
+            recording.clone(),
+            gone.clone(),
+        );
         let reader = std::thread::Builder::new()
             .name("fleet-worker-reader".into())
-            .spawn(move || read_worker(stdout, offset, &shared, &epoch))
+            .spawn(move || {
+                read_worker(stdout, offset, &shared, &epoch, &confirmed);
+                ended.store(true, Ordering::SeqCst);
+            })
             .map_err(|e| format!("spawning a fleet reader: {e}"))?;
         Ok(Worker {
             child,
             stdin: Mutex::new(stdin),
             reader: Some(reader),
+            recording,
+            gone,
         })
     }
 
@@ -417,6 +455,7 @@ fn read_worker(
     offset: usize,
     shared: &Shared,
     epoch: &AtomicU64,
+    confirmed: &AtomicU64,
 ) {
     use std::io::BufRead;
     let (anchor, anchor_ns) = (Instant::now(), monotonic_ns());
@@ -449,6 +488,7 @@ fn read_worker(
                 add64(&st.reconnects, 11);
                 last.copy_from_slice(v);
             }
+            (Some("r"), &[e]) => confirmed.store(e, Ordering::SeqCst),
             (Some("t"), &[i, tablets]) => {
                 if let Some(t) = shared.tablets.get(offset + i as usize) {
                     t.store(tablets as usize, Ordering::Relaxed);
@@ -507,28 +547,32 @@ pub fn worker_main(cfg: FleetConfig) -> Result<(), String> {
     let mut epoch = 0u64;
     let (anchor, anchor_ns) = (Instant::now(), monotonic_ns());
     loop {
+        // Commands are taken as they come (a leave's or crash's time is
+        // measured from when the bench asks), reports every 20 ms at most.
+        let mut lines = Vec::new();
         let mut quit = false;
-        loop {
-            match rx.try_recv() {
-                Ok(line) => {
-                    let mut w = line.split_ascii_whitespace();
-                    match (w.next(), w.next().and_then(|v| v.parse::<u64>().ok())) {
-                        (Some("leave"), Some(i)) => fleet.leave(i as usize),
-                        (Some("crash"), Some(i)) => fleet.crash(i as usize),
-                        (Some("record"), Some(on)) => {
-                            epoch = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-                            fleet.record(on == 1);
-                            landings_sent = 0;
-                        }
-                        (Some("quit"), _) => quit = true,
-                        _ => {}
-                    }
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(line) => lines.push(line),
+            Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam::channel::RecvTimeoutError::Disconnected) => quit = true,
+        }
+        while let Ok(line) = rx.try_recv() {
+            lines.push(line);
+        }
+        let mut confirmations = String::new();
+        for line in lines {
+            let mut w = line.split_ascii_whitespace();
+            match (w.next(), w.next().and_then(|v| v.parse::<u64>().ok())) {
+                (Some("leave"), Some(i)) => fleet.leave(i as usize),
+                (Some("crash"), Some(i)) => fleet.crash(i as usize),
+                (Some("record"), Some(on)) => {
+                    epoch = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                    fleet.record(on == 1);
+                    landings_sent = 0;
+                    confirmations.push_str(&format!("r {epoch}\n"));
                 }
-                Err(crossbeam::channel::TryRecvError::Empty) => break,
-                Err(crossbeam::channel::TryRecvError::Disconnected) => {
-                    quit = true;
-                    break;
-                }
+                (Some("quit"), _) => quit = true,
+                _ => {}
             }
         }
         if quit {
@@ -537,7 +581,8 @@ pub fn worker_main(cfg: FleetConfig) -> Result<(), String> {
         let st = fleet.stats();
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let ru = |a: &AtomicUsize| a.load(Ordering::Relaxed);
-        let mut text = format!(
+        let mut text = confirmations;
+        text.push_str(&format!(
             "s {} {} {} {} {} {} {} {} {} {} {} {}\n",
             ru(&st.enlisted),
             r(&st.heartbeats),
@@ -551,7 +596,7 @@ pub fn worker_main(cfg: FleetConfig) -> Result<(), String> {
             r(&st.interval_us),
             r(&st.lease_us),
             r(&st.reconnects),
-        );
+        ));
         for (i, sent) in tablets_sent.iter_mut().enumerate() {
             let now = fleet.tablets_of(i);
             if now != *sent {

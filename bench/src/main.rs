@@ -275,14 +275,15 @@ enum Scenario {
         /// Which parts to run.
         #[arg(long, value_delimiter = ',', default_value = "state,cluster")]
         parts: Vec<ScalePart>,
-        /// The cluster part's points, MASTERS:TABLETS each (the defaults
-        /// are what runs on a 2-core VM whose processes may open 20,000
-        /// descriptors: about 4 per master in the leader and 3 in this
-        /// process).
+        /// The cluster part's points, MASTERS:TABLETS each: the curves
+        /// against masters (100, 1,000, 10,000) at 10,000 tablets and
+        /// against tablets at 10,000 masters. The light masters run in
+        /// child processes of 2,500 each; the leader holds one descriptor
+        /// per master and up to a fifth of its limit in push connections.
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "100:10000,1000:10000,2000:10000,1000:100000,3000:100000"
+            default_value = "100:10000,1000:10000,10000:10000,10000:100000,10000:1000000"
         )]
         cluster_points: Vec<String>,
         /// Where the cluster part's replicas keep their data.

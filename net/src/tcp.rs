@@ -150,6 +150,10 @@ pub struct TcpConfig {
     pub pin_cpus: Vec<usize>,
     /// Bounds on what inbound connections may hold ([`crate::admission`]).
     pub limits: Limits,
+    /// A push peer's connection is closed after this long without a send,
+    /// or without its peer taking any of its unsent bytes
+    /// ([`PUSH_CONN_IDLE`]; checked once a second).
+    pub push_conn_idle: Duration,
     /// Mutual TLS on every connection, and the ids it binds
     /// ([`crate::tls`]); `None`: plain TCP, ids taken on trust.
     pub tls: Option<Tls>,
@@ -179,6 +183,7 @@ impl TcpConfig {
             io_threads: 0,
             pin_cpus: Vec::new(),
             limits: Limits::default(),
+            push_conn_idle: PUSH_CONN_IDLE,
             tls: None,
             passes: None,
         }
@@ -355,8 +360,13 @@ struct Slot {
     next_attempt: Option<std::time::Instant>,
     /// A push peer: the wait after the next failed attempt.
     backoff: Duration,
-    /// When something was last sent (push connections idle out).
+    /// When something was last given to send (push connections idle
+    /// out).
     last_used: std::time::Instant,
+    /// A push peer's connection with bytes unsent: how many, and since
+    /// when no fewer (a connection that takes nothing for
+    /// [`PUSH_CONN_IDLE`] is closed as slow).
+    stuck: Option<(std::time::Instant, usize)>,
 }
 
 /// Push peers waiting for a connection, and the pool's threads.
@@ -367,11 +377,13 @@ struct ConnectPool {
 }
 
 /// Threads connecting push peers at once (each attempt is bounded: a 1 s
-/// connect, a 5 s TLS handshake and hello).
+/// connect, a 5 s TLS handshake, a 5 s wait for the peer's hello).
 const CONNECTORS_MAX: usize = 8;
 /// A push connection with nothing sent for this long is closed (the next
 /// push opens one): a leader holds descriptors for the masters it is
-/// pushing to, not for every master.
+/// pushing to, not for every master. One whose peer takes none of its
+/// unsent bytes for as long is closed as slow. (The default of
+/// [`TcpConfig::push_conn_idle`].)
 pub const PUSH_CONN_IDLE: Duration = Duration::from_secs(10);
 /// A region write to a push peer whose connection still has more than
 /// this unsent is dropped (counted in
@@ -689,8 +701,10 @@ impl TcpTransport {
         }
     }
 
-    /// Region writes to push peers dropped because a newer one replaced
-    /// them before they were sent (see [`PUSH_UNSENT_MAX`]).
+    /// Region writes to push peers dropped before they were sent: replaced
+    /// by a newer one while waiting for a connection, or dropped because
+    /// the peer had not taken [`PUSH_UNSENT_MAX`] of earlier ones (the
+    /// writer sends the newest again).
     pub fn superseded_writes(&self) -> u64 {
         self.inner.superseded_writes.load(Ordering::Relaxed)
     }
@@ -741,6 +755,7 @@ impl Transport for TcpTransport {
                 next_attempt: None,
                 backoff: self.inner.cfg.backoff_min,
                 last_used: std::time::Instant::now(),
+                stuck: None,
             }),
             addr,
             lazy,
@@ -1089,18 +1104,32 @@ fn close_for_bound(inner: &Inner, stream: &TcpStream, addr: SocketAddr, why: &st
 enum ReadError {
     /// The peer sent something that is not a valid frame.
     BadInput(FrameError),
-    /// The connection ended or failed.
+    /// The peer closed the connection (or reset it).
+    Closed(String),
+    /// The connection failed.
     Io(String),
     /// The connection passed a bound (admission): closed, logged at most
     /// once a second.
     Bound(&'static str),
 }
 
+impl ReadError {
+    /// A failed read: the peer's close or reset, or another failure (a
+    /// TLS record that does not decode is bad input, reported as such).
+    fn from_io(e: &std::io::Error) -> ReadError {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        match e.kind() {
+            ConnectionReset | ConnectionAborted | BrokenPipe => ReadError::Closed(e.to_string()),
+            _ => ReadError::Io(e.to_string()),
+        }
+    }
+}
+
 impl std::fmt::Display for ReadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReadError::BadInput(e) => write!(f, "{e}"),
-            ReadError::Io(e) => write!(f, "{e}"),
+            ReadError::Closed(e) | ReadError::Io(e) => write!(f, "{e}"),
             ReadError::Bound(e) => write!(f, "{e}"),
         }
     }
@@ -1150,7 +1179,7 @@ fn read_frame_with(
             let _ = stream.socket().set_read_timeout(Some(left));
         }
         match stream.read(buf) {
-            Ok(0) => return Err(ReadError::Io("closed by the peer".into())),
+            Ok(0) => return Err(ReadError::Closed("closed by the peer".into())),
             Ok(n) => {
                 dec.push(&buf[..n]);
                 if let Some(t) = ticket.as_deref_mut() {
@@ -1167,7 +1196,7 @@ fn read_frame_with(
             {
                 return Err(ReadError::Bound("a client connection was idle too long"))
             }
-            Err(e) => return Err(ReadError::Io(e.to_string())),
+            Err(e) => return Err(ReadError::from_io(&e)),
         }
     }
 }
@@ -1236,7 +1265,7 @@ fn welcome(
             close_for_bound(inner, stream.socket(), addr, why);
             return None;
         }
-        Err(ReadError::Io(why)) => {
+        Err(ReadError::Closed(why)) => {
             // Gone before it said who it is (a peer that gave up, a
             // port scan): nothing it sent was wrong.
             tracing::debug!(%addr, reason = %why, "connection closed before its hello");
@@ -1633,11 +1662,18 @@ fn connector(inner: Arc<Inner>) {
                 slot.connecting = false;
                 slot.backoff = inner.cfg.backoff_min;
                 slot.next_attempt = None;
+                // Closed again before this (its close saw `connecting`
+                // and left the reconnect to us): what waits needs one.
+                if slot.stream.is_none() && !slot.queue.is_empty() && wanted(&inner, peer, &out) {
+                    slot.connecting = true;
+                    drop(slot);
+                    want_connection(&inner, peer, &out);
+                }
             }
             Attempt::Busy => {
                 // Back in line (behind the others), a little later.
                 drop(slot);
-                sleep_unless_shutdown(&inner, Duration::from_millis(5));
+                sleep_unless_shutdown(&inner, Duration::from_millis(20));
                 inner
                     .connect_pool
                     .lock()
@@ -1812,6 +1848,7 @@ fn connect_once(
         slot.generation += 1;
         slot.stream = Some(stream);
         slot.last_used = std::time::Instant::now();
+        slot.stuck = None;
         if out.lazy {
             inner.push_conns.fetch_add(1, Ordering::SeqCst);
         }
@@ -2193,20 +2230,46 @@ fn close_idle_clients(inner: &Arc<Inner>, lp: &EventLoop) {
         })
         .map(|(t, _)| *t)
         .collect();
-    // Push connections with nothing sent lately (the next push opens one).
+    // Push connections with nothing sent lately (the next push opens
+    // one), and those whose peer has taken none of their unsent bytes for
+    // as long (a master that stopped reading: its writes are dropped past
+    // PUSH_UNSENT_MAX, so the backlog bound would never close it).
+    let mut stuck = Vec::new();
+    let push_idle = inner.cfg.push_conn_idle;
     let unused: Vec<mio::Token> = conns
         .iter()
         .filter(|(_, c)| match &c.kind {
-            ConnKind::Outbound { out, .. } => {
-                out.lazy
-                    && c.stream.backlog() == 0
-                    && now.duration_since(out.slot.lock().expect("lock poisoned").last_used)
-                        >= PUSH_CONN_IDLE
+            ConnKind::Outbound { out, .. } if out.lazy => {
+                let unsent = c.stream.backlog();
+                let mut slot = out.slot.lock().expect("lock poisoned");
+                if unsent == 0 {
+                    slot.stuck = None;
+                    return now.duration_since(slot.last_used) >= push_idle;
+                }
+                match slot.stuck {
+                    Some((since, was)) if unsent >= was => {
+                        if now.duration_since(since) >= push_idle {
+                            stuck.push((c.peer, unsent));
+                            return true;
+                        }
+                    }
+                    _ => slot.stuck = Some((now, unsent)),
+                }
+                false
             }
-            ConnKind::Inbound { .. } => false,
+            ConnKind::Outbound { .. } | ConnKind::Inbound { .. } => false,
         })
         .map(|(t, _)| *t)
         .collect();
+    for (peer, unsent) in &stuck {
+        inner.slow_peers.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            peer,
+            unsent,
+            "push peer took nothing for {} ms: declared slow, connection closed",
+            push_idle.as_millis()
+        );
+    }
     let closing: Vec<LoopConn> = stale.iter().filter_map(|t| conns.remove(t)).collect();
     let idle_pushes: Vec<LoopConn> = unused.iter().filter_map(|t| conns.remove(t)).collect();
     drop(conns);

@@ -823,3 +823,108 @@ fn push_peers_connect_on_demand_within_their_bound_and_keep_only_the_newest_regi
     assert_eq!(&region.snapshot()[..4], &[6; 4]);
     assert!(leader.push_connections() <= 2);
 }
+
+/// A master that takes its push connection and then reads nothing: its
+/// region writes are dropped once 64 KiB wait (never a region per retry),
+/// and after `push_conn_idle` without progress its connection is closed
+/// as slow, so it cannot hold a place under `push_conns_max` for good. An
+/// idle push connection to a healthy master is closed as well (the next
+/// push opens another).
+#[test]
+fn a_push_peer_that_stops_reading_is_closed_and_idle_push_connections_go() {
+    use ramcoord_net::tls::MASTER_BIT;
+    let mut cfg = TcpConfig::new(1, 13, loopback());
+    cfg.inline_io = true;
+    cfg.push_conn_idle = Duration::from_millis(300);
+    let leader = TcpTransport::start(cfg).unwrap();
+    // The stalled master: answers the hello, then reads nothing more.
+    let stalled = std::net::TcpListener::bind(loopback()).unwrap();
+    let master = MASTER_BIT | 1;
+    leader.add_peer(master, stalled.local_addr().unwrap());
+    leader.write(master, 7, 0, Bytes::from(vec![1u8; 1024]));
+    let (mut s, _) = stalled.accept().unwrap();
+    let mut hello = [0u8; 64];
+    assert!(s.read(&mut hello).unwrap() > 0);
+    s.write_all(
+        &Frame::Hello {
+            peer: master,
+            cluster: 13,
+        }
+        .to_bytes(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while leader.push_connections() == 0 {
+        assert!(Instant::now() < deadline, "never connected");
+        let _ = leader.next_event(Duration::from_millis(5));
+    }
+    // 64 MiB of regions at a master that reads nothing.
+    let region = Bytes::from(vec![2u8; 64 << 10]);
+    for _ in 0..1024 {
+        leader.write(master, 7, 0, region.clone());
+        let _ = leader.next_event(Duration::ZERO);
+    }
+    assert!(
+        leader.superseded_writes() > 900,
+        "only {} of 1024 writes to a stalled master were dropped",
+        leader.superseded_writes()
+    );
+    while leader.slow_peers() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled push peer was never closed"
+        );
+        let _ = leader.next_event(Duration::from_millis(20));
+    }
+    while leader.push_connections() > 0 {
+        assert!(Instant::now() < deadline, "its connection stayed counted");
+        let _ = leader.next_event(Duration::from_millis(20));
+    }
+    drop(s);
+
+    // A healthy master: pushed once, then idle.
+    let healthy = TcpTransport::start(TcpConfig::new(MASTER_BIT | 2, 13, loopback())).unwrap();
+    let r = Arc::new(BufferRegion::new(16));
+    healthy.register_region(7, r.clone());
+    leader.add_peer(healthy.id(), healthy.local_addr());
+    let id = leader.write(healthy.id(), 7, 0, Bytes::from_static(b"conf"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "the push never landed");
+        if let Some(Event::WriteDone {
+            id: got, status, ..
+        }) = leader.next_event(Duration::from_millis(20))
+        {
+            if got == id {
+                assert_eq!(status, WriteStatus::Landed);
+                break;
+            }
+        }
+    }
+    assert_eq!(leader.push_connections(), 1);
+    while leader.push_connections() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "an idle push connection stayed open"
+        );
+        let _ = leader.next_event(Duration::from_millis(20));
+    }
+    let before = leader.slow_peers();
+    // The next push opens a new one.
+    let id = leader.write(healthy.id(), 7, 0, Bytes::from_static(b"more"));
+    loop {
+        assert!(Instant::now() < deadline, "the second push never landed");
+        if let Some(Event::WriteDone { id: got, .. }) = leader.next_event(Duration::from_millis(20))
+        {
+            if got == id {
+                break;
+            }
+        }
+    }
+    assert_eq!(&r.snapshot()[..4], b"more");
+    assert_eq!(
+        leader.slow_peers(),
+        before,
+        "an idle master was declared slow"
+    );
+}

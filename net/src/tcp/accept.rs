@@ -335,7 +335,7 @@ fn advance(h: &mut Handshake, buf: &mut [u8]) -> Step {
             Err(e) => return Step::First(Err(ReadError::BadInput(e))),
         }
         match link.read(buf) {
-            Ok(0) => return Step::First(Err(ReadError::Io("closed by the peer".into()))),
+            Ok(0) => return Step::First(Err(ReadError::Closed("closed by the peer".into()))),
             Ok(n) => {
                 h.dec.push(&buf[..n]);
                 if let Err(why) = h.ticket.account(h.dec.buffered()) {
@@ -344,7 +344,7 @@ fn advance(h: &mut Handshake, buf: &mut [u8]) -> Step {
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Wait,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Step::First(Err(ReadError::Io(e.to_string()))),
+            Err(e) => return Step::First(Err(ReadError::from_io(&e))),
         }
     }
 }
