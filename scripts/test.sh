@@ -68,14 +68,16 @@ for field in floor_rtt_p50_us floor_fsync_p50_us commit_fsync_p50_us commit_fsyn
 done
 # The scale figures at small sizes: the state's (every point's child
 # process runs) and one small real group with 20 light masters (the
-# fleet, the recovery and crash measurements, the JSON's network fields).
+# fleet, here in two child processes as 10,000 are, the recovery and
+# crash measurements, the JSON's network fields).
 "$bin/ramcoord-bench" scale --masters 10,100 --tablets 1000,10000 --reps 1 \
-  --cluster-points 20:200 --dir "$smoke/scale-data" --json --out "$smoke/results" > "$smoke/scale.json"
+  --cluster-points 20:200 --fleet-per-process 10 --dir "$smoke/scale-data" --json --out "$smoke/results" > "$smoke/scale.json"
 for field in snapshot_ms restart_ms recovery_plan_cpu_us points cluster_points \
   commit_p50_ratio_loaded recovery_plan_ms recovery_pushed_ms failure_detection_cpu_pct; do
   grep -q "\"$field\":" "$smoke/scale.json" || { echo "scale --json lacks $field" >&2; exit 1; }
 done
 grep -q '"cluster_points_failed":\[\]' "$smoke/scale.json" || { echo "scale: a cluster point failed" >&2; exit 1; }
+grep -q '"fleet_processes":2' "$smoke/scale.json" || { echo "scale: the light masters did not run in two processes" >&2; exit 1; }
 rm -rf "$smoke"
 step "RDMA: verbs, transport, ring, fencing and a 3+2 cluster on soft-RoCE in a QEMU VM (scripts/rdma-vm.sh)"
 # In the test profile, as everything above. In CI the RDMA build shares

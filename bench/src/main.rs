@@ -289,6 +289,10 @@ enum Scenario {
         /// Where the cluster part's replicas keep their data.
         #[arg(long, default_value = "bench-data/scale")]
         dir: PathBuf,
+        /// Light masters per child process (`fleet-worker`); a fleet of at
+        /// most this many runs in the bench's own process.
+        #[arg(long, default_value_t = fleet::ENDPOINTS_PER_PROCESS)]
+        fleet_per_process: usize,
         /// Masters of the sweep at the largest tablet count.
         #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
         masters: Vec<u64>,
@@ -598,6 +602,7 @@ kill -> rolled forward  {}",
             parts,
             cluster_points,
             dir,
+            fleet_per_process,
             masters,
             tablets,
             reps,
@@ -637,6 +642,7 @@ kill -> rolled forward  {}",
                         &dir.join(format!("{m}-{t}")),
                         m,
                         t,
+                        fleet_per_process.max(1),
                         &progress,
                     ) {
                         Ok(p) => p,

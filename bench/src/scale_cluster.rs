@@ -308,11 +308,13 @@ fn moved(
 }
 
 /// Measures one point (see the module docs); `dir` holds the replicas'
-/// data for the run.
+/// data for the run; the light masters run `per_process` to a child
+/// process (`fleet-worker`).
 pub fn point(
     dir: &std::path::Path,
     masters: u64,
     tablets: u64,
+    per_process: usize,
     progress: &dyn Fn(&str),
 ) -> Result<ClusterPoint, String> {
     let started = Instant::now();
@@ -333,7 +335,7 @@ pub fn point(
             shards: 2,
             enlist_in_flight_max: 64,
             heartbeat: Duration::from_millis(50),
-            per_process: crate::fleet::ENDPOINTS_PER_PROCESS,
+            per_process,
         })
     };
     let small = fleet(0, 3, &coordinators)?;

@@ -37,6 +37,11 @@ use crate::replica::{Input, Output, Replica, ReplicaConfig, ReplicaError};
 
 pub use crate::replica::NodeBugs;
 
+/// Events a step takes between two looks at the clock.
+const EVENTS_PER_CLOCK_LOOK: usize = 64;
+/// Events a step takes at most before it ticks and drives the replica.
+const EVENTS_PER_STEP_MAX: usize = 4096;
+
 /// How a coordinator replica runs.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -369,10 +374,22 @@ impl<T: Transport> CoordinatorNode<T> {
         }
         let timeout = wake.saturating_duration_since(Instant::now());
         self.wait(timeout);
-        // Take whatever else has arrived before writing to disk: one write
-        // for the lot.
+        // Take what else has arrived before writing to disk (one write for
+        // the lot), but not past the next tick: under a flood of client
+        // and master messages (10,000 masters enlisting at once) an
+        // unbounded drain kept a leader from its ticks, hence from its
+        // heartbeats to the followers, for longer than their election
+        // timeout, and it lost its term. What is left is taken in the
+        // next step, after the tick.
+        let mut taken = 0usize;
         while let Some(ev) = self.transport.next_event(Duration::ZERO) {
             self.handle(ev);
+            taken += 1;
+            if taken.is_multiple_of(EVENTS_PER_CLOCK_LOOK)
+                && (taken >= EVENTS_PER_STEP_MAX || Instant::now() >= self.next_tick)
+            {
+                break;
+            }
         }
         self.collect_durable()?;
         let now = Instant::now();
