@@ -385,7 +385,7 @@ impl<T: Transport> CoordinatorNode<T> {
         while let Some(ev) = self.transport.next_event(Duration::ZERO) {
             self.handle(ev);
             taken += 1;
-            if taken.is_multiple_of(EVENTS_PER_CLOCK_LOOK)
+            if taken % EVENTS_PER_CLOCK_LOOK == 0
                 && (taken >= EVENTS_PER_STEP_MAX || Instant::now() >= self.next_tick)
             {
                 break;
