@@ -624,7 +624,11 @@ impl TcpTransport {
         };
         drop(out);
         let mut slot = q.slot.lock().expect("lock poisoned");
-        slot.last_used = std::time::Instant::now();
+        if q.lazy {
+            // Only push connections idle out: a replica's send (the commit
+            // path) reads no clock here.
+            slot.last_used = std::time::Instant::now();
+        }
         if let Some(stream) = slot.stream.as_ref() {
             if q.lazy && matches!(frame, Frame::Write { .. }) && stream.backlog() > PUSH_UNSENT_MAX
             {
