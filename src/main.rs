@@ -1581,9 +1581,13 @@ fn run_sim(args: SimArgs) -> ExitCode {
             .as_deref()
             .map(|b| format!(" --inject-bug {b}"))
             .unwrap_or_default();
+        let masters = args
+            .masters
+            .map(|m| format!(" --masters {m}"))
+            .unwrap_or_default();
         outln!(
             text,
-            "replay: ramcoord sim --workload {workload_name} --seed {} --faults {} --replicas {}{bug} --trace",
+            "replay: ramcoord sim --workload {workload_name} --seed {} --faults {} --replicas {}{masters}{bug} --trace",
             first.seed,
             args.faults.to_possible_value().expect("value").get_name(),
             replicas_for(first.seed)
@@ -1595,11 +1599,12 @@ fn run_sim(args: SimArgs) -> ExitCode {
     let sum = |f: fn(&sim::SimStats) -> u64| -> u64 { results.iter().map(|r| f(&r.stats)).sum() };
     outln!(
         text,
-        "coverage: {} leaders, {} torn writes, {} restarts that lost acknowledged entries, {} snapshots installed, {} membership changes ({} replicas replaced after losing their disk), {} transfers, {} reads, {} forged messages refused",
+        "coverage: {} leaders, {} torn writes, {} restarts that lost acknowledged entries, {} snapshots installed, {} written off the Raft thread, {} membership changes ({} replicas replaced after losing their disk), {} transfers, {} reads, {} forged messages refused",
         sum(|s| s.leaders),
         sum(|s| s.torn_writes),
         sum(|s| s.tails_lost),
         sum(|s| s.snapshots_installed),
+        sum(|s| s.snapshots_written),
         sum(|s| s.conf_changes),
         sum(|s| s.wipes),
         sum(|s| s.transfers),

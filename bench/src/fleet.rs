@@ -242,7 +242,25 @@ impl Fleet {
     /// Waits until every endpoint enlisted, or `limit` passed.
     pub fn wait_enlisted(&self, limit: Duration) -> Result<Duration, String> {
         let t = Instant::now();
+        let mut said = Instant::now();
         while self.stats().enlisted.load(Ordering::Relaxed) < self.cfg.count {
+            if said.elapsed() >= Duration::from_secs(5) {
+                // A slow enlistment says why (timeouts and reconnections
+                // are a storm; redirects are a leader changing hands).
+                said = Instant::now();
+                let st = self.stats();
+                let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                eprintln!(
+                    "  fleet: {} of {} enlisted after {:.0} s; {} heartbeats answered, {} timed out, {} redirects, {} reconnections",
+                    st.enlisted.load(Ordering::Relaxed),
+                    self.cfg.count,
+                    t.elapsed().as_secs_f64(),
+                    r(&st.heartbeats),
+                    r(&st.heartbeat_timeouts),
+                    r(&st.redirects),
+                    r(&st.reconnects),
+                );
+            }
             if let Some(k) = self
                 .workers
                 .iter()
@@ -546,12 +564,17 @@ pub fn worker_main(cfg: FleetConfig) -> Result<(), String> {
     let mut landings_sent = 0;
     let mut epoch = 0u64;
     let (anchor, anchor_ns) = (Instant::now(), monotonic_ns());
+    let report_every = Duration::from_millis(20);
+    let mut next_report = Instant::now();
     loop {
-        // Commands are taken as they come (a leave's or crash's time is
-        // measured from when the bench asks), reports every 20 ms at most.
+        // Commands are acted on as they come: a leave's or crash's time is
+        // measured from when the bench asks, so the wait for a command must
+        // never be a sleep (a 20 ms sleep here once added 0-20 ms to every
+        // recovery figure measured through a worker). Reports go every
+        // 20 ms, and at once when a recording is confirmed.
         let mut lines = Vec::new();
         let mut quit = false;
-        match rx.recv_timeout(Duration::from_millis(20)) {
+        match rx.recv_timeout(next_report.saturating_duration_since(Instant::now())) {
             Ok(line) => lines.push(line),
             Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam::channel::RecvTimeoutError::Disconnected) => quit = true,
@@ -578,6 +601,10 @@ pub fn worker_main(cfg: FleetConfig) -> Result<(), String> {
         if quit {
             break;
         }
+        if confirmations.is_empty() && Instant::now() < next_report {
+            continue;
+        }
+        next_report = Instant::now() + report_every;
         let st = fleet.stats();
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let ru = |a: &AtomicUsize| a.load(Ordering::Relaxed);
@@ -620,7 +647,6 @@ pub fn worker_main(cfg: FleetConfig) -> Result<(), String> {
         {
             break; // the bench is gone
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
     drop(fleet);
     Ok(())
@@ -769,6 +795,11 @@ struct Endpoint {
     /// The enlistment's exactly-once id (kept across retries).
     enlist_seq: u64,
     interval: Duration,
+    /// The leader has set `interval` (an answer carried one).
+    paced: bool,
+    /// Heartbeats in a row that went unanswered (each attempt's timeout
+    /// doubles until the leader sets the pace; see `send_request`).
+    unanswered: u32,
     /// When it acts next (the timer heap holds stale copies; this is the
     /// one that counts).
     due: Instant,
@@ -842,6 +873,8 @@ impl Shard {
                 next_envelope: 1,
                 enlist_seq: 1,
                 interval: cfg.heartbeat,
+                paced: false,
+                unanswered: 0,
                 due: now,
                 left: false,
                 leave_accepted: false,
@@ -985,6 +1018,7 @@ impl Shard {
             e.replica = (e.replica + 1) % n;
         }
         if e.pending.take().is_some_and(|(_, _, a)| a != Asked::Enlist) {
+            e.unanswered = e.unanswered.saturating_add(1);
             // A heartbeat lost with its connection counts as unanswered.
             self.shared
                 .stats
@@ -1081,12 +1115,8 @@ impl Shard {
         e.pending = Some((id, now, asked));
         let attempt = match asked {
             Asked::Enlist => ENLIST_ATTEMPT,
-            // One interval, at least 200 ms and at most four intervals
-            // (as the master process does).
-            _ => e
-                .interval
-                .max(Duration::from_millis(200))
-                .min(e.interval * 4),
+            // As the master process does (`heartbeat_attempt`).
+            _ => ramcoord::master::process::heartbeat_attempt(e.interval, e.paced, e.unanswered),
         };
         let conn = e.client.as_mut().expect("connected above");
         let result = conn.send(&Frame::Message(payload));
@@ -1206,7 +1236,9 @@ impl Shard {
                     return;
                 }
                 stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                e.unanswered = 0;
                 if interval_us > 0 {
+                    e.paced = true;
                     e.interval = Duration::from_micros(interval_us.clamp(1_000, 60_000_000));
                     stats.interval_us.store(interval_us, Ordering::Relaxed);
                 }

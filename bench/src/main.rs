@@ -415,8 +415,8 @@ fn scale_state(masters: &[u64], tablets: &[u64], reps: usize) -> Vec<scale::Poin
         let p: scale::Point = serde_json::from_slice(&child.stdout)
             .unwrap_or_else(|e| fail(format!("scale point {m},{t}: {e}")));
         progress(&format!(
-            "  snapshot {:.1} ms, restart {:.0} ms, crash plan {:.0} µs",
-            p.snapshot_ms, p.restart_ms, p.recovery_plan_us
+            "  snapshot {:.1} ms (Raft thread {:.0} µs), restart {:.0} ms, crash plan {:.0} µs ({:.0} µs during a snapshot)",
+            p.snapshot_ms, p.freeze_us, p.restart_ms, p.recovery_plan_us, p.recovery_during_snapshot_us
         ));
         points.push(p);
     }
@@ -689,6 +689,8 @@ kill -> rolled forward  {}",
                 "state_mib_10k_masters_1m_tablets": at(10_000, 1_000_000).map(|p| p.state_mib),
                 "rss_mib_10k_masters_1m_tablets": cat(10_000, 1_000_000).map(|p| p.leader_rss_mib),
                 "snapshot_ms": big.map(|p| p.snapshot_ms),
+                "snapshot_raft_thread_us": big.map(|p| p.freeze_us),
+                "recovery_during_snapshot_us": big.map(|p| p.recovery_during_snapshot_us),
                 "restart_ms": big.map(|p| p.restart_ms),
                 "recovery_plan_cpu_us": big.map(|p| p.recovery_plan_us),
                 "cluster_largest": cbig.map(|p| format!("{} masters, {} tablets", p.masters, p.tablets)),

@@ -7,8 +7,10 @@
 //! enlistment, then tables of at most 4096 tablets, owners chosen by the
 //! state's own `choose_owners`, each operation completed), and then timed:
 //!
-//! - `snapshot_ms`: encoding the state as a snapshot (what compaction and
-//!   a snapshot sent to a follower cost the Raft thread);
+//! - `snapshot_ms`: encoding the state as a snapshot (what compaction
+//!   costs the snapshot writer's thread, off the Raft thread);
+//! - `freeze_us`: the frozen copy the Raft thread takes for that writer
+//!   (`ClusterState::frozen`): what a snapshot costs the Raft thread;
 //! - `restore_ms`: decoding and checking it (a restart's first step);
 //! - `replay_100k_ms`: applying 100,000 more entries on top (a restart's
 //!   second step: create, complete, drop and complete small tables);
@@ -16,6 +18,9 @@
 //! - `recovery_plan_us`: one master's crash: planning where its tablets go
 //!   and applying the crash record (the leader's CPU for it; the commit
 //!   itself is the cluster's ordinary commit point);
+//! - `recovery_during_snapshot_us`: the same while a snapshot writer holds
+//!   a frozen copy: the crash's changes copy the parts they touch (the
+//!   server list, each table that loses a tablet) first, once;
 //! - `region_us`: one master's configuration region, built and encoded (a
 //!   push's CPU on the leader);
 //! - `choose_owners_us`: owners for a new 4096-tablet table;
@@ -38,11 +43,15 @@ pub struct Point {
     pub build_ms: f64,
     pub snapshot_ms: f64,
     pub snapshot_mib: f64,
+    #[serde(default)]
+    pub freeze_us: f64,
     pub restore_ms: f64,
     pub replay_100k_ms: f64,
     pub restart_ms: f64,
     pub recovery_plan_us: f64,
     pub recovery_tablets: u64,
+    #[serde(default)]
+    pub recovery_during_snapshot_us: f64,
     pub region_us: f64,
     pub choose_owners_us: f64,
     pub state_mib: f64,
@@ -143,6 +152,13 @@ pub fn point(masters: u64, tablets: u64, reps: usize) -> Result<Point, String> {
         snap = state.snapshot().to_vec();
         snapshot_ms.push(ms(t));
     }
+    let mut freeze_us = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        let frozen = state.frozen();
+        freeze_us.push(t.elapsed().as_secs_f64() * 1e6);
+        drop(frozen);
+    }
     let mut restore_ms = Vec::new();
     for _ in 0..reps {
         let t = Instant::now();
@@ -191,16 +207,25 @@ pub fn point(masters: u64, tablets: u64, reps: usize) -> Result<Point, String> {
         .max_by_key(|m| state.tablet_count(**m))
         .ok_or("no master")?;
     let recovery_tablets = state.tablet_count(victim) as u64;
+    // Each repetition on a copy that shares nothing (a clone shares the
+    // parts a snapshot shares: the first change would copy them), with and
+    // without a frozen copy held as a snapshot writer would.
     let mut plan_us = Vec::new();
-    for _ in 0..reps {
-        let mut s = state.clone();
-        let t = Instant::now();
-        let plan = s.plan_recovery(victim).ok_or("no plan")?;
-        apply(
-            &mut s,
-            &Record::Commit(Op::ServerCrashed { id: victim, plan }),
-        )?;
-        plan_us.push(t.elapsed().as_secs_f64() * 1e6);
+    let mut during_us = Vec::new();
+    for during in [false, true] {
+        for _ in 0..reps {
+            let mut s = ClusterState::restore(&snap).map_err(|e| e.to_string())?;
+            let frozen = during.then(|| s.frozen());
+            let t = Instant::now();
+            let plan = s.plan_recovery(victim).ok_or("no plan")?;
+            apply(
+                &mut s,
+                &Record::Commit(Op::ServerCrashed { id: victim, plan }),
+            )?;
+            let us = t.elapsed().as_secs_f64() * 1e6;
+            if during { &mut during_us } else { &mut plan_us }.push(us);
+            drop(frozen);
+        }
     }
     let mut region_us = Vec::new();
     for _ in 0..reps {
@@ -227,11 +252,13 @@ pub fn point(masters: u64, tablets: u64, reps: usize) -> Result<Point, String> {
         build_ms,
         snapshot_ms,
         snapshot_mib: snap.len() as f64 / (1 << 20) as f64,
+        freeze_us: median(freeze_us),
         restore_ms,
         replay_100k_ms,
         restart_ms: restore_ms + replay_100k_ms,
         recovery_plan_us: median(plan_us),
         recovery_tablets,
+        recovery_during_snapshot_us: median(during_us),
         region_us: median(region_us),
         choose_owners_us: median(choose_us),
         state_mib,
@@ -241,20 +268,22 @@ pub fn point(masters: u64, tablets: u64, reps: usize) -> Result<Point, String> {
 /// The table of a run, with each figure's ratio to the first point.
 pub fn markdown(points: &[Point]) -> String {
     let mut out = String::from(
-        "| masters | tablets | snapshot ms (MiB) | restore ms | replay 100k ms | restart ms | crash plan+apply µs (tablets) | region µs | owners for 4096 µs | state MiB | build ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| masters | tablets | snapshot ms (MiB), off the Raft thread | freeze µs (Raft thread) | restore ms | replay 100k ms | restart ms | crash plan+apply µs (tablets) | … during a snapshot µs | region µs | owners for 4096 µs | state MiB | build ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for p in points {
         out += &format!(
-            "| {} | {} | {:.1} ({:.1}) | {:.1} | {:.0} | {:.0} | {:.0} ({}) | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+            "| {} | {} | {:.1} ({:.1}) | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} ({}) | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
             p.masters,
             p.tablets,
             p.snapshot_ms,
             p.snapshot_mib,
+            p.freeze_us,
             p.restore_ms,
             p.replay_100k_ms,
             p.restart_ms,
             p.recovery_plan_us,
             p.recovery_tablets,
+            p.recovery_during_snapshot_us,
             p.region_us,
             p.choose_owners_us,
             p.state_mib,

@@ -191,6 +191,9 @@ fn group(dir: &std::path::Path) -> Result<LocalCluster, String> {
     let mut cfg = LocalClusterConfig::new(ramcoord_binary()?, dir.to_path_buf(), 3, 0);
     cfg.tls = false;
     cfg.log_filter = std::env::var("SCALE_LOG").unwrap_or_else(|_| "warn".into());
+    if let Ok(extra) = std::env::var("SCALE_COORDINATOR_ARGS") {
+        cfg.coordinator_args = extra.split_whitespace().map(String::from).collect();
+    }
     let c = LocalCluster::start(cfg).map_err(|e| e.to_string())?;
     c.wait_ready(0, Duration::from_secs(30))
         .map_err(|e| e.to_string())?;
@@ -501,10 +504,11 @@ pub fn markdown(points: &[ClusterPoint]) -> String {
     out
 }
 
-/// Four panels against masters (log), at the tablet count most points
-/// share: the leader's CPU for failure detection, the commit point empty
-/// and loaded, a leaving master's tablets planned and pushed, the
-/// replicas' memory.
+/// Four figures, each twice: against masters (log) at the tablet count
+/// most points share (left), and against tablets (log) at the most
+/// masters (right): the leader's CPU for failure detection, the commit
+/// point empty and loaded, a leaving master's tablets planned and pushed,
+/// the replicas' memory. A side with fewer than two points is left empty.
 pub fn plot(points: &[ClusterPoint], path: &std::path::Path) -> Result<(), String> {
     use plotters::prelude::*;
     let mut counts = std::collections::BTreeMap::new();
@@ -516,27 +520,37 @@ pub fn plot(points: &[ClusterPoint], path: &std::path::Path) -> Result<(), Strin
         .max_by_key(|(t, n)| (**n, std::cmp::Reverse(**t)))
         .map(|(t, _)| *t)
         .unwrap_or(0);
-    let mut sweep: Vec<&ClusterPoint> = points.iter().filter(|p| p.tablets == tablets).collect();
-    sweep.sort_by_key(|p| p.masters);
-    if sweep.len() < 2 {
+    let masters = points.iter().map(|p| p.masters).max().unwrap_or(0);
+    let mut by_masters: Vec<&ClusterPoint> =
+        points.iter().filter(|p| p.tablets == tablets).collect();
+    by_masters.sort_by_key(|p| p.masters);
+    let mut by_tablets: Vec<&ClusterPoint> =
+        points.iter().filter(|p| p.masters == masters).collect();
+    by_tablets.sort_by_key(|p| p.tablets);
+    if by_masters.len() < 2 && by_tablets.len() < 2 {
         return Ok(());
     }
-    let x0 = sweep[0].masters as f64 * 0.8;
-    let x1 = sweep[sweep.len() - 1].masters as f64 * 1.25;
-    let root = BitMapBackend::new(path, (1200, 900)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1200, 1600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let panels = root.split_evenly((2, 2));
+    let panels = root.split_evenly((4, 2));
     type Series = (&'static str, fn(&ClusterPoint) -> f64);
+    // Points in order, caption, x axis, x of a point.
+    type Side<'a> = (
+        &'a Vec<&'a ClusterPoint>,
+        String,
+        &'static str,
+        fn(&ClusterPoint) -> f64,
+    );
     let blue = RGBColor(31, 119, 180);
     let orange = RGBColor(255, 127, 14);
     let specs: [(&str, &str, Vec<Series>); 4] = [
         (
-            "leader CPU for failure detection",
+            "failure detection, leader CPU",
             "% of one core",
             vec![("heartbeats and leases", |p| p.failure_detection_cpu_pct)],
         ),
         (
-            "commit point p50 (one client)",
+            "commit point p50",
             "µs",
             vec![
                 ("empty cluster", |p| p.commit_p50_empty_us),
@@ -560,52 +574,74 @@ pub fn plot(points: &[ClusterPoint], path: &std::path::Path) -> Result<(), Strin
             ],
         ),
     ];
-    for (area, (title, unit, series)) in panels.iter().zip(specs) {
-        let hi = sweep
-            .iter()
-            .flat_map(|p| series.iter().map(move |(_, f)| f(p)))
-            .fold(0.0f64, f64::max)
-            .max(1e-3)
-            * 1.2;
-        let mut chart = ChartBuilder::on(area)
-            .caption(format!("{title} ({tablets} tablets)"), ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d((x0..x1).log_scale(), 0.0..hi)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("masters (log)")
-            .y_desc(unit)
-            .draw()
-            .map_err(|e| e.to_string())?;
-        for ((name, f), color) in series.iter().zip([blue, orange]) {
+    for (row, (title, unit, series)) in specs.iter().enumerate() {
+        let sides: [Side; 2] = [
+            (
+                &by_masters,
+                format!("{title} ({tablets} tablets)"),
+                "masters (log)",
+                |p| p.masters as f64,
+            ),
+            (
+                &by_tablets,
+                format!("{title} ({masters} masters)"),
+                "tablets (log)",
+                |p| p.tablets as f64,
+            ),
+        ];
+        for (col, (sweep, caption, x_desc, x_of)) in sides.into_iter().enumerate() {
+            if sweep.len() < 2 {
+                continue;
+            }
+            let area = &panels[row * 2 + col];
+            let x0 = x_of(sweep[0]) * 0.8;
+            let x1 = x_of(sweep[sweep.len() - 1]) * 1.25;
+            let hi = sweep
+                .iter()
+                .flat_map(|p| series.iter().map(move |(_, f)| f(p)))
+                .fold(0.0f64, f64::max)
+                .max(1e-3)
+                * 1.2;
+            let mut chart = ChartBuilder::on(area)
+                .caption(caption, ("sans-serif", 17))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d((x0..x1).log_scale(), 0.0..hi)
+                .map_err(|e| e.to_string())?;
             chart
-                .draw_series(LineSeries::new(
-                    sweep.iter().map(|p| (p.masters as f64, f(p))),
-                    color.stroke_width(2),
-                ))
-                .map_err(|e| e.to_string())?
-                .label(*name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+                .configure_mesh()
+                .x_desc(x_desc)
+                .y_desc(*unit)
+                .draw()
+                .map_err(|e| e.to_string())?;
+            for ((name, f), color) in series.iter().zip([blue, orange]) {
+                chart
+                    .draw_series(LineSeries::new(
+                        sweep.iter().map(|p| (x_of(p), f(p))),
+                        color.stroke_width(2),
+                    ))
+                    .map_err(|e| e.to_string())?
+                    .label(*name)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+                chart
+                    .draw_series(
+                        sweep
+                            .iter()
+                            .map(|p| Circle::new((x_of(p), f(p)), 3, color.filled())),
+                    )
+                    .map_err(|e| e.to_string())?;
+            }
             chart
-                .draw_series(
-                    sweep
-                        .iter()
-                        .map(|p| Circle::new((p.masters as f64, f(p)), 3, color.filled())),
-                )
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::UpperLeft)
+                .draw()
                 .map_err(|e| e.to_string())?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(|e| e.to_string())?;
     }
     root.present().map_err(|e| e.to_string())
 }

@@ -82,6 +82,14 @@ pub trait Storage {
     /// Records a snapshot of the local state machine at `meta.index` (which
     /// must be in the log) and discards the entries it covers.
     fn compact(&mut self, snapshot: Snapshot) -> Result<(), StorageError>;
+    /// [`Storage::compact`] for a snapshot already written durably where
+    /// this storage keeps its snapshot, by a writer on another thread (so
+    /// the caller's thread does not wait for the file): records it and
+    /// discards the entries it covers. Where snapshots are not files of
+    /// their own, the same as `compact`.
+    fn compact_written(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+        self.compact(snapshot)
+    }
     /// Makes every write so far durable (`fdatasync`). A no-op where writes
     /// are durable when they return, or never (memory).
     fn sync(&mut self) -> Result<(), StorageError> {

@@ -226,6 +226,64 @@ fn compaction_and_snapshots_survive_reopen_on(b: BackendChoice) {
     assert_eq!(d.term(500), Ok(7));
 }
 
+/// A snapshot written by another thread ([`SnapshotFileWriter`]) while
+/// the log goes on taking appends, then taken with `compact_written`; and
+/// a crash between the two halves: the file is newer than every segment's
+/// start, and opening serves the snapshot with the entries after it.
+#[test]
+fn snapshots_written_off_thread_compact_and_survive_a_crash_between() {
+    for b in BACKENDS {
+        for crash_between in [false, true] {
+            snapshot_written_off_thread_on(b, crash_between);
+        }
+    }
+}
+
+fn snapshot_written_off_thread_on(b: BackendChoice, crash_between: bool) {
+    let dir = TempDir::new("offthread");
+    let (mut d, _) = open(b, &dir.0);
+    d.append(&(1..=120).map(|i| ent(i, 1, 100)).collect::<Vec<_>>())
+        .unwrap();
+    d.sync().unwrap();
+    let meta = SnapshotMeta {
+        index: 90,
+        term: 1,
+        conf: ConfState::with_voters([1, 2]),
+    };
+    let snap = Snapshot {
+        meta: meta.clone(),
+        data: Bytes::from_static(b"state at 90"),
+    };
+    let writer = d.snapshot_file_writer();
+    let worker = std::thread::spawn(move || {
+        writer.write(&snap).unwrap();
+        snap
+    });
+    // The log goes on meanwhile.
+    d.append(&(121..=130).map(|i| ent(i, 1, 100)).collect::<Vec<_>>())
+        .unwrap();
+    d.sync().unwrap();
+    let snap = worker.join().unwrap();
+    let files_before = segment_files(&dir).len();
+    if crash_between {
+        drop(d); // before `compact_written`: every segment is still there
+    } else {
+        d.compact_written(snap).unwrap();
+        assert!(segment_files(&dir).len() < files_before);
+        assert_eq!(d.first_index(), 91);
+        assert_eq!(d.snapshot().data, Bytes::from_static(b"state at 90"));
+        drop(d);
+    }
+    let (d, _) = open(b, &dir.0);
+    assert_eq!((d.first_index(), d.last_index()), (91, 130));
+    assert_eq!(d.snapshot().data, Bytes::from_static(b"state at 90"));
+    assert_eq!(d.initial_state().1, meta.conf);
+    assert_eq!(
+        all(&d),
+        (91..=130).map(|i| ent(i, 1, 100)).collect::<Vec<_>>()
+    );
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     /// Append `n` entries of `len` bytes at `back` entries before the end

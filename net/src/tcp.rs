@@ -246,7 +246,7 @@ struct EventLoop {
     helpers: Vec<uring::Uring>,
     conns: Mutex<HashMap<mio::Token, LoopConn>>,
     next_token: std::sync::atomic::AtomicUsize,
-    ready: Mutex<std::collections::VecDeque<Event>>,
+    ready: Mutex<ReadyQueue>,
     /// When idle client connections were last looked for.
     idle_sweep: Mutex<std::time::Instant>,
 }
@@ -307,6 +307,52 @@ impl LoopIo {
 }
 
 const WAKE: mio::Token = mio::Token(0);
+
+/// The events the loop received and its owner has not taken, in two
+/// lanes: the coordinator replicas' (Raft) first, then everyone else's.
+/// (With [`TcpConfig::inline_io`], as coordinator replicas run; without
+/// it, the I/O threads' channel is one lane.)
+///
+/// Why: a replica's owner takes a bounded batch of events per step, and
+/// answers only at the end of it. With one lane, a flood of clients and
+/// masters (10,000 masters enlisting, each sent on by a follower with a
+/// `NotLeader`, then heartbeating) put each Raft heartbeat and its answer
+/// behind thousands of client messages on both sides, the leader's
+/// heartbeats' reads timed out, the followers' election timers ran out,
+/// and the group lost its leader over and over while masters reconnected
+/// in a storm. Raft's own traffic is bounded by Raft (a window of appends
+/// per follower), so serving it first cannot starve the clients for long.
+#[derive(Default)]
+struct ReadyQueue {
+    replicas: std::collections::VecDeque<Event>,
+    others: std::collections::VecDeque<Event>,
+}
+
+impl ReadyQueue {
+    /// Queues `ev` in the replicas' lane if `replica`, else the other.
+    fn push(&mut self, ev: Event, replica: bool) {
+        if replica {
+            self.replicas.push_back(ev);
+        } else {
+            self.others.push_back(ev);
+        }
+    }
+
+    /// The next event: the replicas' lane first.
+    fn pop_front(&mut self) -> Option<Event> {
+        self.replicas
+            .pop_front()
+            .or_else(|| self.others.pop_front())
+    }
+
+    fn len(&self) -> usize {
+        self.replicas.len() + self.others.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.replicas.is_empty() && self.others.is_empty()
+    }
+}
 
 /// A connection run by the loop.
 struct LoopConn {
@@ -455,7 +501,7 @@ impl TcpTransport {
                 helpers,
                 conns: Mutex::new(HashMap::new()),
                 next_token: std::sync::atomic::AtomicUsize::new(1),
-                ready: Mutex::new(std::collections::VecDeque::new()),
+                ready: Mutex::new(ReadyQueue::default()),
                 idle_sweep: Mutex::new(std::time::Instant::now()),
             }
         };
@@ -2060,8 +2106,12 @@ fn drain_frames(inner: &Inner, conn: &mut LoopConn) -> bool {
             ConnKind::Outbound { .. } => None,
         };
         let identity = conn.stream.identity();
+        // A replica's connection (not a client's that claimed a replica's
+        // id: admission gave those a client ticket) goes first.
+        let replica = matches!(PeerClass::of(conn.peer), PeerClass::Replica(_))
+            && !conn.ticket.as_ref().is_some_and(|t| t.is_client());
         let verdict = handle_frame(inner, frame, conn.peer, identity, acks, |ev| {
-            lp.ready.lock().expect("lock poisoned").push_back(ev)
+            lp.ready.lock().expect("lock poisoned").push(ev, replica)
         });
         match verdict {
             Verdict::Keep => {}

@@ -490,6 +490,65 @@ fn io_threads_stop_reading_while_the_owner_is_behind() {
     drop(sender.join().unwrap());
 }
 
+/// A replica's messages are handed to the owner before those of clients
+/// that arrived earlier: under a flood of clients (thousands of masters
+/// enlisting) a Raft heartbeat and its answer must not wait behind them.
+/// (One ring, as a coordinator replica runs by default: `--cores 1`.)
+#[test]
+fn a_replicas_messages_go_before_a_flood_of_clients() {
+    use ramcoord_net::tls::CLIENT_BIT;
+    let mut cfg = TcpConfig::new(1, 8, loopback());
+    cfg.inline_io = true;
+    cfg.io_uring = true;
+    let server = TcpTransport::start(cfg).unwrap();
+    let client = TcpTransport::start(TcpConfig::new(CLIENT_BIT | 5, 8, loopback())).unwrap();
+    let replica = TcpTransport::start(TcpConfig::new(2, 8, loopback())).unwrap();
+    // A configured peer: only those count as replicas.
+    server.add_peer(2, replica.local_addr());
+    for (t, id) in [(&client, CLIENT_BIT | 5), (&replica, 2)] {
+        t.add_peer(1, server.local_addr());
+        t.send(1, Bytes::from_static(b"hello"));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "{id} never got through");
+            if let Some(Event::Message { from, .. }) = server.next_event(Duration::from_millis(50))
+            {
+                assert_eq!(from, id);
+                break;
+            }
+        }
+    }
+    // The client floods, then the replica sends one message; the owner
+    // looks only once both are in its sockets.
+    let flood = 1000;
+    for i in 0..flood {
+        client.send(1, Bytes::from(format!("client {i}")));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    replica.send(1, Bytes::from_static(b"append"));
+    std::thread::sleep(Duration::from_millis(300));
+    match server.next_event(Duration::from_secs(1)) {
+        Some(Event::Message { from, payload }) => {
+            assert_eq!(
+                (from, &payload[..]),
+                (2, &b"append"[..]),
+                "the replica's first"
+            )
+        }
+        other => panic!("expected the replica's message, got {other:?}"),
+    }
+    // Then the clients', in their order.
+    for i in 0..flood {
+        match server.next_event(Duration::from_secs(1)) {
+            Some(Event::Message { from, payload }) => {
+                assert_eq!(from, CLIENT_BIT | 5);
+                assert_eq!(payload, Bytes::from(format!("client {i}")));
+            }
+            other => panic!("client message {i}: got {other:?}"),
+        }
+    }
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }

@@ -5,8 +5,21 @@
 //! holds the same state (the simulator checks it by digest), so a new
 //! leader knows exactly which operations are incomplete and what each
 //! target must hold. Nothing here does I/O or reads a clock.
+//!
+//! **Snapshots without stopping the replica.** Encoding a million-tablet
+//! state takes tens of milliseconds, longer than a commit, so a replica
+//! does not encode on its Raft thread: it takes [`ClusterState::frozen`],
+//! a copy that shares the server list, each table and the exactly-once
+//! table with the live state (`Arc`s), and a worker encodes and writes
+//! that. The live state changes those parts copy-on-write
+//! (`Arc::make_mut`): while no snapshot holds them, a change copies
+//! nothing; while one does, the first change to a part copies that part
+//! once (a table of 10,000 tablets: ~400 KiB; the server list at 10,000
+//! masters: ~1 MiB). The encoding is the same as the unshared state's, so
+//! the snapshot format did not change.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -399,11 +412,14 @@ impl Sessions {
 /// The coordinator's state (see the module docs).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterState {
-    /// By slot index.
-    servers: BTreeMap<u32, Server>,
+    /// By slot index. Shared copy-on-write (as are `tables`' entries and
+    /// `sessions`): [`ClusterState::frozen`] hands a snapshot writer the
+    /// state in O(tables), and a change made while it encodes copies only
+    /// what it changes (see the module docs).
+    servers: Arc<BTreeMap<u32, Server>>,
     /// Grows by one per change to the server list.
     server_list_version: u64,
-    tables: BTreeMap<TableId, Table>,
+    tables: BTreeMap<TableId, Arc<Table>>,
     next_table_id: TableId,
     /// Grows by one per applied commit record: orders configurations.
     version: u64,
@@ -411,7 +427,7 @@ pub struct ClusterState {
     /// The index of the last entry applied.
     applied_index: u64,
     /// Clients' last operations (exactly-once answers). Snapshot version 2.
-    sessions: Sessions,
+    sessions: Arc<Sessions>,
     /// Each server's tablets as (table, first hash): what a master owns,
     /// found without a walk of the whole map (a recovery plan, a push,
     /// owners for a new table). Derived: not in snapshots, rebuilt when
@@ -450,7 +466,7 @@ impl ClusterState {
     /// tables to exercise eviction). Every replica must use the same.
     pub fn with_session_limit(limit: usize) -> ClusterState {
         ClusterState {
-            sessions: Sessions::with_limit(limit),
+            sessions: Arc::new(Sessions::with_limit(limit)),
             ..ClusterState::default()
         }
     }
@@ -531,12 +547,12 @@ impl ClusterState {
 
     /// Every table, by id.
     pub fn tables(&self) -> impl Iterator<Item = &Table> {
-        self.tables.values()
+        self.tables.values().map(|t| &**t)
     }
 
     /// The table named `name`.
     pub fn table(&self, name: &str) -> Option<&Table> {
-        self.tables.values().find(|t| t.name == name)
+        self.tables.values().map(|t| &**t).find(|t| t.name == name)
     }
 
     /// Operations past their commit point and not complete, by seq.
@@ -694,7 +710,7 @@ impl ClusterState {
                 RpcStatus::Unknown(reason) => Outcome::Unknown { rpc, reason },
                 RpcStatus::New => {
                     let result = self.apply_op(index, op);
-                    self.sessions.record(rpc, index, result.clone());
+                    Arc::make_mut(&mut self.sessions).record(rpc, index, result.clone());
                     match result {
                         Ok(effect) => Outcome::Committed(effect),
                         Err(r) => Outcome::Rejected(r),
@@ -777,7 +793,7 @@ impl ClusterState {
                         }
                     }
                 };
-                self.servers.insert(
+                Arc::make_mut(&mut self.servers).insert(
                     id.index,
                     Server {
                         id,
@@ -812,7 +828,7 @@ impl ClusterState {
                 self.next_table_id = id;
                 self.tables.insert(
                     id,
-                    Table {
+                    Arc::new(Table {
                         id,
                         name: name.clone(),
                         state: TableState::Creating,
@@ -825,7 +841,7 @@ impl ClusterState {
                                 state: TabletState::Normal,
                             })
                             .collect(),
-                    },
+                    }),
                 );
                 for t in tablets {
                     self.own(t.owner, id, t.start_hash);
@@ -868,7 +884,7 @@ impl ClusterState {
                     return Err(Rejection::Busy(table.clone()));
                 }
                 let owner = tb.owner;
-                let t = self.tables.get_mut(&id).expect("found above");
+                let t = Arc::make_mut(self.tables.get_mut(&id).expect("found above"));
                 t.tablets[pos].end_hash = split_hash - 1;
                 t.tablets.insert(
                     pos + 1,
@@ -904,7 +920,8 @@ impl ClusterState {
                     return Err(Rejection::Busy(table.clone()));
                 }
                 let start = t.tablets[pos].start_hash;
-                self.tables.get_mut(&id).expect("found above").tablets[pos].owner = *to;
+                Arc::make_mut(self.tables.get_mut(&id).expect("found above")).tablets[pos].owner =
+                    *to;
                 self.disown(from, id, start);
                 self.own(*to, id, start);
                 // The old owner is up: a tablet is never owned by a server
@@ -928,11 +945,15 @@ impl ClusterState {
                 {
                     return Err(Rejection::StalePlan(*id));
                 }
-                self.servers.get_mut(&id.index).expect("up above").status = ServerStatus::Crashed;
+                Arc::make_mut(&mut self.servers)
+                    .get_mut(&id.index)
+                    .expect("up above")
+                    .status = ServerStatus::Crashed;
                 self.server_list_version += 1;
                 self.by_load.remove(&(self.tablet_count(*id), *id));
                 for r in plan {
-                    let t = self.tables.get_mut(&r.table).expect("planned from the map");
+                    let t =
+                        Arc::make_mut(self.tables.get_mut(&r.table).expect("planned from the map"));
                     let i = t
                         .tablets
                         .binary_search_by_key(&r.start_hash, |tb| tb.start_hash)
@@ -965,7 +986,7 @@ impl ClusterState {
                 if recovering {
                     return Err(Rejection::NotRecovered(*id));
                 }
-                self.servers
+                Arc::make_mut(&mut self.servers)
                     .get_mut(&id.index)
                     .expect("crashed above")
                     .status = ServerStatus::Removed;
@@ -983,13 +1004,18 @@ impl ClusterState {
         };
         match &p.op {
             Op::CreateTable { .. } => {
-                if let Some(t) = p.table.and_then(|id| self.tables.get_mut(&id)) {
+                if let Some(t) = p
+                    .table
+                    .and_then(|id| self.tables.get_mut(&id))
+                    .map(Arc::make_mut)
+                {
                     t.state = TableState::Normal;
                 }
             }
             Op::ServerCrashed { plan, .. } => {
                 for r in plan {
                     if let Some(tb) = self.tables.get_mut(&r.table).and_then(|t| {
+                        let t = Arc::make_mut(t);
                         let i = t
                             .tablets
                             .binary_search_by_key(&r.start_hash, |tb| tb.start_hash)
@@ -1065,7 +1091,7 @@ impl ClusterState {
     }
 
     fn find_violation(&self) -> Result<(), String> {
-        for (slot, s) in &self.servers {
+        for (slot, s) in self.servers.iter() {
             if s.id.index != *slot {
                 return Err(format!("server {} in slot {slot}", s.id));
             }
@@ -1132,6 +1158,25 @@ impl ClusterState {
         Some(())
     }
 
+    /// A copy of the state for a snapshot writer, cheap enough for the
+    /// Raft thread: O(tables) reference counts, no tablet or server copied
+    /// (see the module docs). It holds what [`ClusterState::snapshot`]
+    /// encodes and nothing derived: query it only through `snapshot`.
+    pub fn frozen(&self) -> ClusterState {
+        ClusterState {
+            servers: Arc::clone(&self.servers),
+            server_list_version: self.server_list_version,
+            tables: self.tables.clone(),
+            next_table_id: self.next_table_id,
+            version: self.version,
+            incomplete: self.incomplete.clone(),
+            applied_index: self.applied_index,
+            sessions: Arc::clone(&self.sessions),
+            owned: BTreeMap::new(),
+            by_load: BTreeSet::new(),
+        }
+    }
+
     /// The state as snapshot bytes (versioned).
     pub fn snapshot(&self) -> Bytes {
         let mut out = vec![SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION];
@@ -1154,14 +1199,18 @@ impl ClusterState {
             let (v1, rest): (ClusterStateV1, &[u8]) = postcard::take_from_bytes(&buf[2..])
                 .map_err(|e| SnapshotError::Decode(e.to_string()))?;
             let s = ClusterState {
-                servers: v1.servers,
+                servers: Arc::new(v1.servers),
                 server_list_version: v1.server_list_version,
-                tables: v1.tables,
+                tables: v1
+                    .tables
+                    .into_iter()
+                    .map(|(k, t)| (k, Arc::new(t)))
+                    .collect(),
                 next_table_id: v1.next_table_id,
                 version: v1.version,
                 incomplete: v1.incomplete,
                 applied_index: v1.applied_index,
-                sessions: Sessions::default(),
+                sessions: Arc::default(),
                 owned: BTreeMap::new(),
                 by_load: BTreeSet::new(),
             };
@@ -1318,7 +1367,11 @@ mod tests {
         });
         s.apply(1, &enlist.encode().unwrap());
         s.apply(2, &Record::Complete { seq: 1 }.encode().unwrap());
-        s.servers.get_mut(&1).unwrap().id.generation = u32::MAX;
+        Arc::make_mut(&mut s.servers)
+            .get_mut(&1)
+            .unwrap()
+            .id
+            .generation = u32::MAX;
         let err = ClusterState::restore(&s.snapshot())
             .unwrap_err()
             .to_string();
@@ -1400,6 +1453,40 @@ mod tests {
         }
         .encode()
         .unwrap()
+    }
+
+    /// A frozen copy encodes exactly as the state it was taken from, and
+    /// keeps doing so while the live state goes on changing every shared
+    /// part (server list, a table, the exactly-once table): the snapshot a
+    /// worker encodes is the state at the index it was taken at.
+    #[test]
+    fn a_frozen_copy_is_the_state_it_was_taken_from() {
+        let mut s = ClusterState::default();
+        let m = enlist(&mut s, 1);
+        s.apply(2, &create(rpc(7, 1, 1), "t", m));
+        s.apply(3, &Record::Complete { seq: 2 }.encode().unwrap());
+        let frozen = s.frozen();
+        let bytes = s.snapshot();
+        assert_eq!(frozen.snapshot(), bytes);
+        // Changes to every shared part after the copy was taken.
+        let m2 = enlist(&mut s, 4);
+        s.apply(
+            5,
+            &Record::Commit(Op::SplitTablet {
+                table: "t".into(),
+                split_hash: 1 << 63,
+            })
+            .encode()
+            .unwrap(),
+        );
+        assert_eq!(s.tables().next().unwrap().tablets.len(), 2, "split");
+        s.apply(6, &create(rpc(8, 1, 1), "u", m2));
+        assert_ne!(s.snapshot(), bytes, "the live state moved on");
+        assert_eq!(frozen.snapshot(), bytes, "the copy did not");
+        let back = ClusterState::restore(&frozen.snapshot()).unwrap();
+        assert_eq!(back.applied_index(), 3);
+        assert_eq!(back.tables().count(), 1);
+        assert_eq!(back.tables().next().unwrap().tablets.len(), 1);
     }
 
     /// A second commit record of one operation (a retry proposed by a
@@ -1540,7 +1627,7 @@ mod tests {
         struct V1<'a> {
             servers: &'a BTreeMap<u32, Server>,
             server_list_version: u64,
-            tables: &'a BTreeMap<TableId, Table>,
+            tables: &'a BTreeMap<TableId, Arc<Table>>,
             next_table_id: TableId,
             version: u64,
             incomplete: &'a BTreeMap<Seq, Pending>,

@@ -17,7 +17,12 @@
 //!   votes never leave before their entries are durable);
 //! - `Push`: a one-sided write into the master's configuration region
 //!   ([`CONFIG_REGION`]); a write that lands is the master's
-//!   acknowledgement, reported back to the replica.
+//!   acknowledgement, reported back to the replica;
+//! - `WriteSnapshot`: encoded and written durably on a thread of its own
+//!   (a million tablets take tens of milliseconds to encode, and the file
+//!   an `fsync`), then handed back to the replica, which compacts its log.
+//!   A snapshot installed from the leader is written only once that
+//!   thread is done, so the older snapshot never replaces the newer.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -25,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ramcoord_log::disk::{DiskStorage, Durability, FlushRing, OpenError, SegmentWrite};
-use ramcoord_log::{ConfState, Config, NodeId, RawNode, Role, Storage, StorageError};
+use ramcoord_log::{ConfState, Config, NodeId, RawNode, Role, Snapshot, Storage, StorageError};
 use ramcoord_net::admission::Admission;
 use ramcoord_net::{Event, Transport};
 
@@ -191,6 +196,10 @@ pub struct CoordinatorNode<T: Transport> {
     per_master_sampled: Instant,
     /// The last copy of the view made for the status page, and when.
     last_view: Option<(Instant, Arc<crate::protocol::View>)>,
+    /// The snapshot being encoded and written off this thread, if any.
+    snapshot_worker: Option<std::thread::JoinHandle<Result<Snapshot, StorageError>>>,
+    /// A snapshot written, for the replica at the next step.
+    snapshot_written: Option<Snapshot>,
 }
 
 impl<T: Transport> CoordinatorNode<T> {
@@ -260,6 +269,8 @@ impl<T: Transport> CoordinatorNode<T> {
             observed: None,
             per_master_sampled: now,
             last_view: None,
+            snapshot_worker: None,
+            snapshot_written: None,
         })
     }
 
@@ -392,6 +403,11 @@ impl<T: Transport> CoordinatorNode<T> {
             }
         }
         self.collect_durable()?;
+        self.collect_snapshot(false)?;
+        if let Some(snapshot) = self.snapshot_written.take() {
+            self.replica
+                .input(Instant::now(), Input::SnapshotWritten { snapshot });
+        }
         let now = Instant::now();
         if now >= self.next_tick {
             self.next_tick += self.cfg.tick;
@@ -443,6 +459,66 @@ impl<T: Transport> CoordinatorNode<T> {
     /// with the process.
     pub fn flush_for_exit(&mut self) -> Result<(), NodeError> {
         self.replica.storage_mut().sync()?;
+        // A snapshot being written finishes (a half-written one would only
+        // be a temporary file, but the work is not thrown away).
+        self.collect_snapshot(true)?;
+        Ok(())
+    }
+
+    /// Takes the snapshot worker's result if it is done (or, `wait`, once
+    /// it is): kept for the replica's next step. A write that failed stops
+    /// the replica, as any failed write to its log does.
+    fn collect_snapshot(&mut self, wait: bool) -> Result<(), NodeError> {
+        if !self
+            .snapshot_worker
+            .as_ref()
+            .is_some_and(|w| wait || w.is_finished())
+        {
+            return Ok(());
+        }
+        let worker = self.snapshot_worker.take().expect("just looked");
+        match worker.join() {
+            Ok(Ok(snapshot)) => {
+                self.snapshot_written = Some(snapshot);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(StorageError::Io("the snapshot writer thread panicked".into()).into()),
+        }
+    }
+
+    /// Encodes and writes `job` on a thread of its own (see the module
+    /// docs); where no thread can be started, here.
+    fn start_snapshot(&mut self, job: crate::replica::SnapshotJob) -> Result<(), NodeError> {
+        // The replica has one job out at a time; a driver bug must not
+        // overlap two writes of one file.
+        self.collect_snapshot(true)?;
+        let writer = self.replica.storage().snapshot_file_writer();
+        let index = job.meta.index;
+        let work = move || {
+            let t = Instant::now();
+            let snapshot = job.encode();
+            let encoded = t.elapsed();
+            writer.write(&snapshot)?;
+            tracing::info!(
+                index,
+                bytes = snapshot.data.len(),
+                encode_ms = encoded.as_secs_f64() * 1e3,
+                write_ms = (t.elapsed() - encoded).as_secs_f64() * 1e3,
+                "snapshot written off the Raft thread"
+            );
+            Ok(snapshot)
+        };
+        match std::thread::Builder::new()
+            .name("snapshot-writer".into())
+            .spawn(work.clone())
+        {
+            Ok(handle) => self.snapshot_worker = Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, index, "cannot start the snapshot writer thread; writing the snapshot on the Raft thread");
+                self.snapshot_written = Some(work()?);
+            }
+        }
         Ok(())
     }
 
@@ -607,7 +683,13 @@ impl<T: Transport> CoordinatorNode<T> {
         while let Some(out) = self.replica.poll_output() {
             match out {
                 Output::Send { to, payload } => self.transport.send(to, payload),
+                Output::WriteSnapshot(job) => self.start_snapshot(job)?,
                 Output::Persist(job) => {
+                    if job.snapshot.is_some() {
+                        // The leader's snapshot is newer than any this
+                        // replica is writing: that write goes first.
+                        self.collect_snapshot(true)?;
+                    }
                     let storage = self.replica.storage_mut();
                     job.write_to(storage)?;
                     // What must be durable before the job counts as

@@ -44,6 +44,29 @@
 //! Then the coordinator acts: it proposes records (run through the loop
 //! again) and pushes configuration to masters.
 //!
+//! # Snapshots
+//!
+//! Every `snapshot_entries` applied entries the replica compacts its log
+//! in two halves, so that the Raft thread never encodes or writes a
+//! snapshot (tens of milliseconds and a file's `fsync` at a million
+//! tablets, longer than a commit):
+//!
+//! 1. it takes a frozen copy of the state ([`ClusterState::frozen`],
+//!    O(tables)) once every entry up to the applied index is durable here,
+//!    and hands it out as [`Output::WriteSnapshot`]; the driver encodes it
+//!    and writes the snapshot durably off this thread;
+//! 2. [`Input::SnapshotWritten`] brings the encoded snapshot back, and
+//!    once no persist job is out the storage drops the entries it covers
+//!    ([`Storage::compact_written`]); followers that fall behind are sent
+//!    it from then on.
+//!
+//! One snapshot job is out at a time. A crash between the halves leaves a
+//! snapshot newer than the log's start, which opening the log handles (the
+//! entries it covers are ignored); a snapshot installed from the leader
+//! meanwhile overtakes the job's, whose result is then dropped. The
+//! driver must not write an installed snapshot while a job's write is
+//! under way (the process waits for the job first).
+//!
 //! # Time
 //!
 //! Every input carries `now` (a monotonic instant). The replica measures
@@ -209,6 +232,12 @@ pub enum Input {
         /// The job's number.
         number: u64,
     },
+    /// The snapshot of an [`Output::WriteSnapshot`] is durable where the
+    /// storage keeps its snapshot ([`SnapshotJob::encode`] made it).
+    SnapshotWritten {
+        /// The snapshot, encoded.
+        snapshot: Snapshot,
+    },
     /// The write of an [`Output::Push`] finished.
     PushDone {
         /// The push's `write` id.
@@ -234,6 +263,12 @@ pub enum Output {
     /// Make this durable, then report [`Input::Persisted`] with its
     /// number. Jobs complete in order.
     Persist(PersistJob),
+    /// Encode this snapshot and write it durably where the storage keeps
+    /// its snapshot, off the thread that drives the replica, then report
+    /// [`Input::SnapshotWritten`]. At most one is out. A `Persist` that
+    /// carries a snapshot (one installed from the leader) must not be
+    /// written while this one's write is under way.
+    WriteSnapshot(SnapshotJob),
     /// From now on, `peer` is reached at `addr` (a replica added with an
     /// address).
     AddPeer {
@@ -261,6 +296,36 @@ pub enum Output {
         /// The encoded region.
         region: Bytes,
     },
+}
+
+/// A snapshot to encode and write off the Raft thread
+/// ([`Output::WriteSnapshot`]).
+#[derive(Clone)]
+pub struct SnapshotJob {
+    /// What it covers: the applied index, its term and configuration.
+    pub meta: ramcoord_log::SnapshotMeta,
+    /// The cluster state at `meta.index`, frozen ([`ClusterState::frozen`]).
+    pub state: ClusterState,
+}
+
+impl SnapshotJob {
+    /// The snapshot, encoded: the slow half (tens of milliseconds at a
+    /// million tablets), for the driver's worker.
+    pub fn encode(&self) -> Snapshot {
+        Snapshot {
+            meta: self.meta.clone(),
+            data: self.state.snapshot(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SnapshotJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the state: a million tablets in a log line helps nobody.
+        f.debug_struct("SnapshotJob")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What one ready needs made durable, in this order: the snapshot, the
@@ -320,8 +385,10 @@ pub struct EntryApplied {
     /// For a completion record: the operation it completes, as it stood
     /// just before (`None` if it was not incomplete here).
     pub completing: Option<crate::cluster::Pending>,
-    /// The cluster state's own invariants, checked right after.
-    pub state_check: Result<(), crate::cluster::InvariantViolation>,
+    /// The cluster state's own invariants, checked right after; `None`
+    /// where the observer asked for checks at every k-th index only
+    /// ([`Replica::observe_applies`]) and this is not one.
+    pub state_check: Option<Result<(), crate::cluster::InvariantViolation>>,
     /// Whether this replica was the active coordinator when it applied.
     pub active: bool,
 }
@@ -413,12 +480,18 @@ pub struct Replica<S: Storage> {
     tick_pending: bool,
     /// Retried operations answered from the exactly-once table.
     retries_answered_applied: u64,
-    /// A snapshot of the cluster state taken for compaction, written to the
-    /// storage once no persist job is out (the storage must hold what it
-    /// covers, and nothing in flight may rewrite the log under it).
+    /// The index of the snapshot the driver is encoding and writing
+    /// ([`Output::WriteSnapshot`]), if one is out.
+    snapshot_job: Option<u64>,
+    /// A snapshot the driver wrote, waiting to compact the log until no
+    /// persist job is out (the storage must hold what it covers, and
+    /// nothing in flight may rewrite the log under it).
     pending_compaction: Option<Snapshot>,
     /// Applied entries kept for an observer, if one asked.
     applied_notes: Option<Vec<AppliedNote>>,
+    /// Check the state after every this-many-th index (see
+    /// [`Replica::observe_applies`]).
+    state_check_every: u64,
     /// The last configuration changes applied, consecutive versions
     /// ending at the state's (see `watch`), with their encoded sizes.
     changes: VecDeque<(protocol::Change, usize)>,
@@ -488,6 +561,7 @@ impl<S: Storage> Replica<S> {
             lost_matches_logged: (0, None),
             tick_pending: false,
             applied_notes: None,
+            state_check_every: 1,
             changes: VecDeque::new(),
             changes_bytes: 0,
             watchers: VecDeque::new(),
@@ -495,6 +569,7 @@ impl<S: Storage> Replica<S> {
             campaigns_counted: 0,
             raft_refusals_counted: 0,
             failed_masters: std::collections::BTreeSet::new(),
+            snapshot_job: None,
             pending_compaction: None,
             retries_answered_applied: 0,
         })
@@ -595,14 +670,31 @@ impl<S: Storage> Replica<S> {
                 self.tick_pending = true;
             }
             Input::Persisted { number } => self.on_persisted(number),
+            Input::SnapshotWritten { snapshot } => {
+                if self.snapshot_job == Some(snapshot.meta.index) {
+                    self.snapshot_job = None;
+                    tracing::debug!(
+                        index = snapshot.meta.index,
+                        bytes = snapshot.data.len(),
+                        "snapshot written"
+                    );
+                    self.pending_compaction = Some(snapshot);
+                }
+            }
             Input::PushDone { write, to, status } => self.on_push_done(write, to, status),
         }
     }
 
     /// Keeps a note of every entry applied from now on (see
-    /// [`AppliedNote`]), until taken with [`Replica::take_applied`].
-    pub fn observe_applies(&mut self) {
+    /// [`AppliedNote`]), until taken with [`Replica::take_applied`]; the
+    /// state's invariants are checked after the entries whose index is a
+    /// multiple of `check_every` (1: every entry). A full check walks the
+    /// whole state, so checking every entry costs the square of the
+    /// cluster's size: the simulator at thousands of masters checks every
+    /// k-th.
+    pub fn observe_applies(&mut self, check_every: u64) {
         self.applied_notes.get_or_insert_with(Vec::new);
+        self.state_check_every = check_every.max(1);
     }
 
     /// The notes of the entries applied since the last call.
@@ -971,7 +1063,7 @@ impl<S: Storage> Replica<S> {
                 entry: e.clone(),
                 outcome: outcome.clone(),
                 completing,
-                state_check: self.cluster.check(),
+                state_check: (e.index % self.state_check_every == 0).then(|| self.cluster.check()),
                 active: self.coord.is_active(),
             }));
             if let Some(notes) = self.applied_notes.as_mut() {
@@ -1040,32 +1132,40 @@ impl<S: Storage> Replica<S> {
         Ok(())
     }
 
-    /// Compacts the log once `snapshot_entries` entries have been applied
-    /// since the last snapshot: the cluster state at the applied index
-    /// becomes the snapshot, the segments below it are deleted (a replica
-    /// that needs older entries is sent the snapshot). The snapshot is
-    /// taken now and written once no persist job is out
-    /// ([`Replica::try_compact`]).
+    /// Starts a compaction once `snapshot_entries` entries have been
+    /// applied since the last snapshot (see the module docs): the cluster
+    /// state at the applied index, frozen, goes to the driver to be
+    /// encoded and written ([`Output::WriteSnapshot`]); the log is
+    /// compacted when it comes back ([`Replica::try_compact`]).
+    ///
+    /// Only once every entry it covers is durable here: a snapshot file
+    /// whose own entry the log lost in a crash would read, on the next
+    /// open, as a log the snapshot replaced.
     fn maybe_compact(&mut self) -> Result<(), ReplicaError> {
-        if self.pending_compaction.is_none() {
+        if self.pending_compaction.is_none() && self.snapshot_job.is_none() {
             let point = self.raft.snapshot_point();
             let held = self.raft.log().storage().snapshot().meta.index;
+            let durable = !self.persisting.iter().any(|rd| {
+                rd.snapshot.is_some() || rd.entries.first().is_some_and(|e| e.index <= point.index)
+            });
             if point.index >= held + self.cfg.snapshot_entries
                 && point.index == self.cluster.applied_index()
+                && durable
             {
-                self.pending_compaction = Some(ramcoord_log::Snapshot {
+                self.snapshot_job = Some(point.index);
+                self.out.push_back(Output::WriteSnapshot(SnapshotJob {
                     meta: point,
-                    data: self.cluster.snapshot(),
-                });
+                    state: self.cluster.frozen(),
+                }));
             }
         }
         self.try_compact()
     }
 
-    /// Writes the pending compaction if the storage can take it: no job
-    /// out (committed entries may be applied before they are durable here,
-    /// and a job may still rewrite the log's tail), and the storage holds
-    /// the snapshot's entry with its term.
+    /// Compacts the log under the written snapshot if the storage can take
+    /// it: no job out (committed entries may be applied before they are
+    /// durable here, and a job may still rewrite the log's tail), and the
+    /// storage holds the snapshot's entry with its term.
     fn try_compact(&mut self) -> Result<(), ReplicaError> {
         if !self.persisting.is_empty() {
             return Ok(());
@@ -1084,7 +1184,7 @@ impl<S: Storage> Replica<S> {
         }
         let snap = self.pending_compaction.take().expect("just looked");
         let bytes = snap.data.len();
-        self.raft.storage_mut().compact(snap)?;
+        self.raft.storage_mut().compact_written(snap)?;
         tracing::info!(index, bytes, "log compacted: snapshot of the cluster state");
         Ok(())
     }

@@ -30,4 +30,6 @@ mod uring;
 
 pub use uring::{FlushRing, SegmentWrite};
 
-pub use segment_log::{BackendChoice, DiskStorage, Durability, OpenError, Recovery};
+pub use segment_log::{
+    BackendChoice, DiskStorage, Durability, OpenError, Recovery, SnapshotFileWriter,
+};

@@ -1146,15 +1146,54 @@ impl DiskStorage {
         sync_dir(&log_dir).map_err(|e| storage_io(&log_dir, e))
     }
 
+    /// [`Storage::compact`], with the snapshot's file written here
+    /// (`write_file`) or already by a [`SnapshotFileWriter`].
+    fn compact_inner(&mut self, snapshot: Snapshot, write_file: bool) -> Result<(), StorageError> {
+        let index = snapshot.meta.index;
+        // Validate before touching any file.
+        if index < self.mem.first_index() {
+            return Err(StorageError::SnapshotOutOfDate {
+                new: index,
+                held: self.mem.first_index() - 1,
+            });
+        }
+        if index > self.mem.last_index() {
+            return Err(StorageError::Unavailable(index));
+        }
+        assert_eq!(
+            self.mem.term(index),
+            Ok(snapshot.meta.term),
+            "snapshot term mismatch"
+        );
+        self.write_out_pending()?;
+        if write_file {
+            self.write_snapshot_file(&snapshot)?;
+        }
+        // Whole segments below the snapshot go; the first kept one may
+        // start below it (those records are ignored on open).
+        let keep_from = self
+            .segments
+            .iter()
+            .rposition(|s| s.first_index <= index + 1)
+            .unwrap_or(0);
+        for seg in self.segments.drain(..keep_from) {
+            fs::remove_file(&seg.path).map_err(|e| storage_io(&seg.path, e))?;
+        }
+        let log_dir = self.dir.join("log");
+        sync_dir(&log_dir).map_err(|e| storage_io(&log_dir, e))?;
+        self.mem.compact(snapshot)
+    }
+
     fn write_snapshot_file(&self, snap: &Snapshot) -> Result<(), StorageError> {
-        let tmp = self.dir.join("snapshot.tmp");
-        let path = self.dir.join("snapshot");
-        let mut f = File::create(&tmp).map_err(|e| storage_io(&tmp, e))?;
-        f.write_all(&encode_snapshot(snap))
-            .map_err(|e| storage_io(&tmp, e))?;
-        f.sync_all().map_err(|e| storage_io(&tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| storage_io(&path, e))?;
-        sync_dir(&self.dir).map_err(|e| storage_io(&self.dir, e))
+        self.snapshot_file_writer().write(snap)
+    }
+
+    /// A writer of this log's snapshot file for another thread (see
+    /// [`SnapshotFileWriter`]).
+    pub fn snapshot_file_writer(&self) -> SnapshotFileWriter {
+        SnapshotFileWriter {
+            dir: self.dir.clone(),
+        }
     }
 
     /// Writes (without syncing) what io_uring mode holds for the next sync,
@@ -1393,37 +1432,11 @@ impl Storage for DiskStorage {
     }
 
     fn compact(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        let index = snapshot.meta.index;
-        // Validate before touching any file.
-        if index < self.mem.first_index() {
-            return Err(StorageError::SnapshotOutOfDate {
-                new: index,
-                held: self.mem.first_index() - 1,
-            });
-        }
-        if index > self.mem.last_index() {
-            return Err(StorageError::Unavailable(index));
-        }
-        assert_eq!(
-            self.mem.term(index),
-            Ok(snapshot.meta.term),
-            "snapshot term mismatch"
-        );
-        self.write_out_pending()?;
-        self.write_snapshot_file(&snapshot)?;
-        // Whole segments below the snapshot go; the first kept one may
-        // start below it (those records are ignored on open).
-        let keep_from = self
-            .segments
-            .iter()
-            .rposition(|s| s.first_index <= index + 1)
-            .unwrap_or(0);
-        for seg in self.segments.drain(..keep_from) {
-            fs::remove_file(&seg.path).map_err(|e| storage_io(&seg.path, e))?;
-        }
-        let log_dir = self.dir.join("log");
-        sync_dir(&log_dir).map_err(|e| storage_io(&log_dir, e))?;
-        self.mem.compact(snapshot)
+        self.compact_inner(snapshot, true)
+    }
+
+    fn compact_written(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+        self.compact_inner(snapshot, false)
     }
 
     fn durable_index(&self) -> Index {
@@ -1445,6 +1458,37 @@ impl Storage for DiskStorage {
         // (`flush_start`).
         self.write_out_pending()?; // waits for a flush in flight first
         self.sync_dirty_segments()
+    }
+}
+
+/// Writes a log's snapshot file from any thread, so that the thread
+/// driving the log need not wait for a large snapshot's write and `fsync`
+/// ([`DiskStorage::snapshot_file_writer`]); the log then takes the written
+/// snapshot with [`Storage::compact_written`].
+///
+/// The file is replaced atomically (a temporary file, synced, renamed over
+/// it, the directory synced), so a crash leaves the old snapshot or the
+/// new one. A snapshot file newer than the log's first segment is what
+/// opening expects after a crash between the write and the compaction
+/// (the entries it covers are ignored). Two writes must not overlap, and
+/// none may overlap the log's own snapshot writes (installing a leader's
+/// snapshot): the caller orders them.
+#[derive(Clone, Debug)]
+pub struct SnapshotFileWriter {
+    dir: PathBuf,
+}
+
+impl SnapshotFileWriter {
+    /// Writes `snap` as the log's snapshot, durably.
+    pub fn write(&self, snap: &Snapshot) -> Result<(), StorageError> {
+        let tmp = self.dir.join("snapshot.tmp");
+        let path = self.dir.join("snapshot");
+        let mut f = File::create(&tmp).map_err(|e| storage_io(&tmp, e))?;
+        f.write_all(&encode_snapshot(snap))
+            .map_err(|e| storage_io(&tmp, e))?;
+        f.sync_all().map_err(|e| storage_io(&tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| storage_io(&path, e))?;
+        sync_dir(&self.dir).map_err(|e| storage_io(&self.dir, e))
     }
 }
 

@@ -224,6 +224,10 @@ pub(super) enum CReply {
     Unknown(String),
 }
 
+/// Masters up to which every applied entry's state is checked in full
+/// (`state_check_every`).
+const STATE_CHECK_MASTERS: u64 = 1_000;
+
 #[derive(Debug)]
 pub(super) enum CoordEv {
     ClientNext(usize),
@@ -263,6 +267,14 @@ pub(super) enum CoordEv {
         /// The writer's incarnation (its write ids start over after a
         /// restart: an old write's ack must not credit a new one).
         inc: u64,
+    },
+    /// A replica's snapshot, frozen when it asked, is encoded and written
+    /// (the process does this on a worker thread, so it completes while
+    /// the replica goes on applying).
+    SnapshotWritten {
+        node: NodeId,
+        inc: u64,
+        job: crate::replica::SnapshotJob,
     },
     /// The writer learns its write landed.
     PushAck {
@@ -471,6 +483,20 @@ impl World {
         !self.healed && self.rng.random_bool(self.p.loss)
     }
 
+    /// Every how many indexes a replica's state is checked in full (see
+    /// `Replica::observe_applies`): every one up to 1,000 masters, then
+    /// one in masters ÷ 1,000, so that a full check (a walk of every
+    /// server and tablet) costs about the same per entry at any size. A
+    /// state broken for good is still found, within that many entries
+    /// (and by the final checks); a break that a later entry mends within
+    /// the stride is not. Entries at the same index are checked on every
+    /// replica.
+    pub(super) fn state_check_every(&self) -> u64 {
+        (self.cw.p.masters as u64)
+            .div_ceil(STATE_CHECK_MASTERS)
+            .max(1)
+    }
+
     /// Starts the workload: masters and clients.
     pub(super) fn coordinator_start(&mut self) {
         let mut p = CoordParams::draw(self.opts.faults, &mut self.rng);
@@ -576,6 +602,21 @@ impl World {
                 peer,
                 inc,
             } => return self.push_arrive(slot, from, region, (write, peer, inc)),
+            CoordEv::SnapshotWritten { node, inc, job } => {
+                let now = self.instant();
+                let n = self.nodes.get_mut(&node).unwrap();
+                if n.incarnation != inc || !n.is_up() {
+                    return Ok(()); // the worker died with the process
+                }
+                let index = job.meta.index;
+                if let Some(r) = n.replica.as_mut() {
+                    let snapshot = job.encode();
+                    r.input(now, crate::replica::Input::SnapshotWritten { snapshot });
+                    self.stats.snapshots_written += 1;
+                    self.trace(|| format!("n{node} snapshot at {index} written"));
+                    return self.after_input(node);
+                }
+            }
             CoordEv::PushAck {
                 node,
                 write,
@@ -1356,6 +1397,15 @@ impl World {
                     }
                 }
                 Output::AddPeer { .. } => {} // the simulated network knows everyone
+                Output::WriteSnapshot(job) => {
+                    // Encoding and a file's fsync: several disk writes'
+                    // time, during which the replica goes on applying.
+                    let lat = self.rng.random_range(self.p.disk_us.0..self.p.disk_us.1)
+                        * self.rng.random_range(4..40);
+                    let index = job.meta.index;
+                    self.trace(|| format!("n{id} writes a snapshot at {index}"));
+                    self.cev(lat, CoordEv::SnapshotWritten { node: id, inc, job });
+                }
                 Output::Push {
                     write,
                     server,
@@ -1534,7 +1584,7 @@ impl World {
             if invalid {
                 self.stats.invalid_applied += 1;
             }
-            if let Err(why) = &note.state_check {
+            if let Some(Err(why)) = &note.state_check {
                 return Err(Violation::new(
                     "cluster state invariant",
                     format!("node {id} after entry {}: {why}", e.index),
@@ -2022,6 +2072,16 @@ impl World {
                 "liveness",
                 "no coordinator was established after the faults healed".into(),
             ));
+        }
+        // Every live replica's state, checked in full once more (during
+        // the run a large cluster's are checked every k-th entry only).
+        for (id, n) in &self.nodes {
+            if let Some(Err(why)) = n.replica.as_ref().map(|r| r.cluster().check()) {
+                return Err(Violation::new(
+                    "cluster state invariant",
+                    format!("node {id} at the end, applied {}: {why}", n.applied),
+                ));
+            }
         }
         // The state is a function of the applied prefix: the replica that
         // applied the most holds the newest (an election at the very end

@@ -454,6 +454,7 @@ impl World {
                 .cw
                 .replica_config(id, self.p.compact_threshold, self.opts.bugs);
             let now = self.epoch + std::time::Duration::from_micros(self.now);
+            let check_every = self.state_check_every();
             let node = self.nodes.get_mut(&id).unwrap();
             let mut replica = match Replica::new(cfg, raft, cluster, now) {
                 Ok(r) => r,
@@ -464,7 +465,7 @@ impl World {
                     ))
                 }
             };
-            replica.observe_applies();
+            replica.observe_applies(check_every);
             node.replica = Some(replica);
         } else {
             node.raft = Some(raft);

@@ -107,6 +107,9 @@ pub struct SimStats {
     pub tails_lost: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Snapshots a coordinator replica encoded and wrote off its Raft
+    /// thread (then compacted its log under, unless overtaken).
+    pub snapshots_written: u64,
     /// Removed replicas whose disk was lost, replaced by a new replica
     /// (a new id, an empty log) that joined through membership changes.
     pub wipes: u64,
