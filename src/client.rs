@@ -324,6 +324,12 @@ pub struct CoordinatorClient {
     me: PeerId,
     security: ClientSecurity,
     conns: Vec<Option<Conn>>,
+    /// Per connection: it has answered something.
+    answered: Vec<bool>,
+    /// The last attempt timed out on a connection that had answered
+    /// before: a replica alive but slow to answer (see
+    /// [`CoordinatorClient::last_failure_was_slow`]).
+    slow: bool,
     /// Replica id -> index in `addrs`, learnt from hellos.
     ids: BTreeMap<u64, usize>,
     /// The index believed to lead.
@@ -352,6 +358,8 @@ impl CoordinatorClient {
     ) -> CoordinatorClient {
         CoordinatorClient {
             conns: addrs.iter().map(|_| None).collect(),
+            answered: addrs.iter().map(|_| false).collect(),
+            slow: false,
             addrs,
             cluster,
             me: security.peer_id(),
@@ -389,6 +397,7 @@ impl CoordinatorClient {
         }
         self.addrs.push(addr);
         self.conns.push(None);
+        self.answered.push(false);
         self.addrs.len() - 1
     }
 
@@ -425,6 +434,15 @@ impl CoordinatorClient {
             _ => 0,
         };
         self.observed = self.observed.max(seen);
+    }
+
+    /// Whether the last attempt failed on a connection that had answered
+    /// before (a replica alive but not answering in time: overloaded,
+    /// most likely), as opposed to one that could not be reached or
+    /// never answered (down, or cut off). A master backs off the first
+    /// kind only (`master::process::heartbeat_attempt`).
+    pub fn last_failure_was_slow(&self) -> bool {
+        self.slow
     }
 
     /// The address of replica `id`, once a hello told it.
@@ -470,14 +488,24 @@ impl CoordinatorClient {
             Ok(c) => c,
             Err(e) => {
                 self.conns[i] = None;
+                self.answered[i] = false;
+                self.slow = false;
                 return (Err(e), false);
             }
         };
         let r = conn.call(tag::CLIENT, tag::CLIENT_REPLY, id, req, deadline);
         match &r {
-            Ok(reply) => self.observe(reply),
+            Ok(reply) => {
+                self.answered[i] = true;
+                self.slow = false;
+                self.observe(reply)
+            }
             // A connection with a late reply on it, or a dead one: start over.
-            Err(_) => self.conns[i] = None,
+            Err(_) => {
+                self.slow = self.answered[i];
+                self.conns[i] = None;
+                self.answered[i] = false;
+            }
         }
         (r, true)
     }
@@ -624,6 +652,7 @@ impl CoordinatorClient {
                     // Ask again, same id: answered with the original
                     // outcome, then the completion.
                     self.conns[i] = None;
+                    self.answered[i] = false;
                     self.leader = None;
                     if Instant::now() >= deadline {
                         return Err(e);

@@ -646,7 +646,10 @@ struct MasterArgs {
     cluster: u64,
     /// Heartbeat the active coordinator this often, in milliseconds, until
     /// its first answer: from then on the leader sets the pace (a tenth of
-    /// its --master-timeout-ms, slower in a large cluster).
+    /// its --master-timeout-ms, slower in a large cluster). Until then, each
+    /// heartbeat that a replica which had answered before leaves unanswered
+    /// doubles the wait for the next answer (up to 3.2 s), so that thousands
+    /// of masters starting at once do not storm a busy leader.
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
     /// Where coordinators write the configuration region: tcp, or rdma

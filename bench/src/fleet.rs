@@ -714,6 +714,8 @@ struct Conn {
     out: Vec<u8>,
     /// The peer's hello has been read.
     greeted: bool,
+    /// An answer came on it.
+    answered: bool,
 }
 
 impl Conn {
@@ -723,6 +725,7 @@ impl Conn {
             dec: FrameDecoder::new(),
             out: Vec::new(),
             greeted: false,
+            answered: false,
         }
     }
 
@@ -1011,14 +1014,19 @@ impl Shard {
     fn rotate(&mut self, li: usize) {
         let n = self.coordinators.len();
         let e = &mut self.endpoints[li];
-        if let Some(mut c) = e.client.take() {
-            let _ = self.poll.registry().deregister(&mut c.stream);
-        }
         if e.redirect.take().is_none() {
             e.replica = (e.replica + 1) % n;
         }
+        let answered_before = e.client.as_ref().is_some_and(|c| c.answered);
+        if let Some(mut c) = e.client.take() {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+        }
         if e.pending.take().is_some_and(|(_, _, a)| a != Asked::Enlist) {
-            e.unanswered = e.unanswered.saturating_add(1);
+            // As the master process does: only a replica that answered
+            // before and is slow now makes it wait longer.
+            if answered_before {
+                e.unanswered = e.unanswered.saturating_add(1);
+            }
             // A heartbeat lost with its connection counts as unanswered.
             self.shared
                 .stats
@@ -1163,6 +1171,9 @@ impl Shard {
 
     fn on_reply(&mut self, li: usize, id: u64, reply: ClientReply) {
         let e = &mut self.endpoints[li];
+        if let Some(c) = e.client.as_mut() {
+            c.answered = true;
+        }
         let Some((pending, sent, asked)) = e.pending else {
             return;
         };

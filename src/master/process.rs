@@ -390,7 +390,13 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
             }
             _ => {
                 observed.heartbeat_failures.inc();
-                unanswered = unanswered.saturating_add(1);
+                // Only a replica that answered before and is slow now
+                // (overloaded) is a reason to wait longer; one that is
+                // down or unreachable is not (the next leader must be
+                // found within the master timeout).
+                if coord.last_failure_was_slow() {
+                    unanswered = unanswered.saturating_add(1);
+                }
             }
         };
         if let Ok(ClientReply::HeartbeatAck {
@@ -581,8 +587,12 @@ pub const UNPACED_ATTEMPT_MAX: Duration = Duration::from_millis(3_200);
 /// the 200 ms it always was.
 ///
 /// Until a leader's answer has set the pace (`paced`), each heartbeat in
-/// a row that went unanswered (`unanswered`) doubles that, up to
-/// [`UNPACED_ATTEMPT_MAX`]. Why: the pace a master starts at
+/// a row that went unanswered (`unanswered`) by a replica that had
+/// answered this master before doubles that, up to
+/// [`UNPACED_ATTEMPT_MAX`]. (Only those: a replica that is down or cut
+/// off never answered on its connection, and a master that backed off
+/// from it could miss a new leader's master timeout, 500 ms in a small
+/// cluster.) Why: the pace a master starts at
 /// (`--heartbeat-ms`, 50 ms) suits a small cluster, and only the leader
 /// knows the cluster is large. When thousands of masters enlist at once,
 /// their first heartbeats queue behind one another at the leader for

@@ -1145,9 +1145,11 @@ impl<S: Storage> Replica<S> {
         if self.pending_compaction.is_none() && self.snapshot_job.is_none() {
             let point = self.raft.snapshot_point();
             let held = self.raft.log().storage().snapshot().meta.index;
-            let durable = !self.persisting.iter().any(|rd| {
-                rd.snapshot.is_some() || rd.entries.first().is_some_and(|e| e.index <= point.index)
-            });
+            // (Not from `persisting`: its readies' entries and snapshot
+            // moved into their jobs.) A snapshot installed from the leader
+            // and not yet written is not durable either, so no job
+            // re-encodes what the leader just sent.
+            let durable = self.raft.log().storage().durable_index() >= point.index;
             if point.index >= held + self.cfg.snapshot_entries
                 && point.index == self.cluster.applied_index()
                 && durable
