@@ -14,7 +14,7 @@
 //! that. The live state changes those parts copy-on-write
 //! (`Arc::make_mut`): while no snapshot holds them, a change copies
 //! nothing; while one does, the first change to a part copies that part
-//! once (a table of 10,000 tablets: ~400 KiB; the server list at 10,000
+//! once (a table: at most 4,096 tablets, ~160 KiB; the server list at 10,000
 //! masters: ~1 MiB). The encoding is the same as the unshared state's, so
 //! the snapshot format did not change.
 
