@@ -369,6 +369,16 @@ struct LoopConn {
     last_read: std::time::Instant,
 }
 
+impl LoopConn {
+    /// A coordinator replica's connection: not a client's that claimed a
+    /// replica's id (admission gave those a client ticket). Its events go
+    /// first, and it is read even while the owner is behind.
+    fn is_replica(&self) -> bool {
+        matches!(PeerClass::of(self.peer), PeerClass::Replica(_))
+            && !self.ticket.as_ref().is_some_and(|t| t.is_client())
+    }
+}
+
 enum ConnKind {
     /// Opened by the peer: write acks go back on `writer`.
     Inbound { writer: Arc<Link> },
@@ -2092,6 +2102,7 @@ fn adopt(
 /// connection must close (bad input).
 fn drain_frames(inner: &Inner, conn: &mut LoopConn) -> bool {
     let lp = &inner.event_loop;
+    let replica = conn.is_replica();
     loop {
         let frame = match conn.dec.next_frame() {
             Ok(Some(f)) => f,
@@ -2106,10 +2117,7 @@ fn drain_frames(inner: &Inner, conn: &mut LoopConn) -> bool {
             ConnKind::Outbound { .. } => None,
         };
         let identity = conn.stream.identity();
-        // A replica's connection (not a client's that claimed a replica's
-        // id: admission gave those a client ticket) goes first.
-        let replica = matches!(PeerClass::of(conn.peer), PeerClass::Replica(_))
-            && !conn.ticket.as_ref().is_some_and(|t| t.is_client());
+        // A replica's events go first (`ReadyQueue`).
         let verdict = handle_frame(inner, frame, conn.peer, identity, acks, |ev| {
             lp.ready.lock().expect("lock poisoned").push(ev, replica)
         });

@@ -783,8 +783,7 @@ impl Uring {
                 // Replicas are read whatever the queue holds (Raft bounds
                 // what they send); clients and masters wait while it is
                 // full, on any ring.
-                let pausable = !matches!(PeerClass::of(conn.peer), PeerClass::Replica(_))
-                    || conn.ticket.as_ref().is_some_and(|t| t.is_client());
+                let pausable = !conn.is_replica();
                 let behind =
                     pausable && lp.ready.lock().expect("lock poisoned").len() >= READY_EVENTS_MAX;
                 if !keep {
