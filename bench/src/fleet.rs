@@ -1216,8 +1216,9 @@ impl Shard {
                 self.shared.ids[e.number].store(packed, Ordering::Relaxed);
                 stats.enlisted.fetch_add(1, Ordering::Relaxed);
                 self.enlisting -= 1;
-                let at = Instant::now() + e.interval;
-                self.schedule(li, at);
+                // The first heartbeat at once, as a master process does
+                // (it has no lease until answered).
+                self.schedule(li, Instant::now());
             }
             _ if asked == Asked::Enlist => {
                 // Answered otherwise (refused, retry): a new operation

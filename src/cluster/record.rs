@@ -279,6 +279,22 @@ pub enum RecordError {
 }
 
 impl Record {
+    /// Whether applying this record can make an up server gone (declare
+    /// it crashed). Only `ServerCrashed` can: a removal needs a crash
+    /// first, and an enlistment reuses only a removed server's slot. A
+    /// leader answers a heartbeat only once it has applied every such
+    /// record it proposed before the heartbeat came (see `replica`).
+    pub fn may_declare_crashed(&self) -> bool {
+        matches!(
+            self,
+            Record::Commit(Op::ServerCrashed { .. })
+                | Record::ClientCommit {
+                    op: Op::ServerCrashed { .. },
+                    ..
+                }
+        )
+    }
+
     /// The record as log-entry bytes, or [`RecordError::TooLarge`] past
     /// [`RECORD_BYTES_MAX`]. The rules of [`Record::check`] are not
     /// enforced here (the simulator writes records that break them).

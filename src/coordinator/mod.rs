@@ -746,8 +746,15 @@ impl Coordinator {
                 if waiting.contains(&t) {
                     continue; // until the old owner lets go (module docs)
                 }
+                // A push already sent at this operation's version or later
+                // serves it: it is retried at the push interval, not again
+                // at every version that follows. (Pushing every unanswered
+                // target again whenever any operation applied was
+                // quadratic: 10,000 masters enlisting, each waiting for its
+                // first heartbeat to grant the leader's writes, were pushed
+                // again at every one of the enlistments after theirs.)
                 let last = self.pushed.get(&t).copied();
-                let fresh = last.is_some_and(|(v, _)| v >= version);
+                let fresh = last.is_some_and(|(v, _)| v >= p.version);
                 if !fresh || self.due(last.map(|(_, at)| at), self.cfg.push_retry_ticks) {
                     let Some(server) = state.server(t) else {
                         continue;

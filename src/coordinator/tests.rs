@@ -763,3 +763,48 @@ fn a_master_enlists_then_heartbeats_and_shuts_down_when_declared_gone() {
         Some(MasterAction::Shutdown)
     );
 }
+
+/// A master that has not acknowledged its push yet (over RDMA: it has not
+/// granted this leader its writes) is pushed again at the retry period,
+/// not at every operation that applies meanwhile: 10,000 masters enlisting
+/// at once were each pushed again at every enlistment after theirs.
+#[test]
+fn an_unacknowledged_push_is_retried_at_its_period_not_at_every_new_version() {
+    let mut h = Harness::with_masters(2);
+    let mut c = leader(2, &h.state);
+    let enlist = |h: &mut Harness, i: u64| {
+        let rec = Record::Commit(Op::EnlistServer {
+            addr: format!("new{i}:7000"),
+            services: services::MASTER,
+            nonce: 5000 + i,
+        });
+        let Outcome::Committed(crate::cluster::Effect::Enlisted(id)) = h.commit(&rec) else {
+            panic!("enlist failed");
+        };
+        id
+    };
+    let pushes_to = |acts: &[Action], to: ServerId| {
+        acts.iter()
+            .filter(|a| matches!(a, Action::Push { to: t, .. } if *t == to))
+            .count()
+    };
+    let silent = enlist(&mut h, 0);
+    assert_eq!(pushes_to(&c.on_applied(&h.state), silent), 1);
+    // Others enlist (new versions); the silent master's push is not due.
+    for i in 1..=20 {
+        let other = enlist(&mut h, i);
+        let acts = c.on_applied(&h.state);
+        assert_eq!(pushes_to(&acts, silent), 0, "after enlistment {i}");
+        assert_eq!(pushes_to(&acts, other), 1, "the new master {i}");
+    }
+    // The retry period passes: pushed again, once, at the newest version.
+    let mut again = Vec::new();
+    for _ in 0..CoordinatorConfig::default().push_retry_ticks {
+        again.extend(c.tick(&h.state));
+    }
+    assert_eq!(pushes_to(&again, silent), 1);
+    let version = h.state.version();
+    assert!(again.iter().any(
+        |a| matches!(a, Action::Push { to, version: v, .. } if *to == silent && *v == version)
+    ));
+}

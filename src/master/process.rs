@@ -356,6 +356,10 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
     let (mut paced, mut unanswered) = (false, 0u32);
     coord.attempt_timeout = heartbeat_attempt(heartbeat, paced, unanswered);
     let mut next = Instant::now();
+    // The first heartbeat goes at once: until its answer this master has
+    // no lease (it serves nothing) and, over RDMA, has granted the leader
+    // no write access (every push to it is refused and sent again).
+    let mut first = true;
     #[cfg(feature = "rdma")]
     let mut granted_term = 0u64;
     loop {
@@ -367,10 +371,12 @@ pub fn run(cfg: MasterProcessConfig) -> Result<(), MasterExit> {
             drain(&mut coord, &agent, id, &observed);
             return Ok(());
         }
-        next += heartbeat;
-        // Slept in slices: a stop signal must not wait out a slow pace.
-        if !sleep_until_or_stopped(next, cfg.stop.as_deref()) {
-            continue;
+        if !std::mem::take(&mut first) {
+            next += heartbeat;
+            // Slept in slices: a stop signal must not wait out a slow pace.
+            if !sleep_until_or_stopped(next, cfg.stop.as_deref()) {
+                continue;
+            }
         }
         if next < Instant::now() {
             next = Instant::now();

@@ -96,6 +96,9 @@ mod report;
 mod requests;
 mod watch;
 
+#[cfg(test)]
+mod tests;
+
 use reads::{HeartbeatWaiter, Lookup};
 use requests::Waiter;
 use watch::Watcher;
@@ -472,6 +475,11 @@ pub struct Replica<S: Storage> {
     /// Heartbeats that arrived since the heartbeats' read under way began
     /// (they wait for the next one: one read at a time serves them all).
     heartbeats_queued: Vec<HeartbeatWaiter>,
+    /// The last index at which this replica proposed a record that may
+    /// declare a master crashed ([`Record::may_declare_crashed`]), or a
+    /// record it could not read. A heartbeats' read waits for the state
+    /// to apply it, not the whole log (see [`Self::start_heartbeats_read`]).
+    crash_proposed_index: u64,
     /// The heartbeats' read under way: its tag, how many it answers, and
     /// when it began.
     heartbeats_read: Option<(u64, usize, Instant)>,
@@ -555,6 +563,7 @@ impl<S: Storage> Replica<S> {
             role_refusal_logged: None,
             lookups: BTreeMap::new(),
             heartbeats_queued: Vec::new(),
+            crash_proposed_index: 0,
             heartbeats_read: None,
             reads_confirmed: Vec::new(),
             last_read_tag: 0,
@@ -720,7 +729,10 @@ impl<S: Storage> Replica<S> {
         data: Bytes,
     ) -> Result<u64, ramcoord_log::ProposeError> {
         self.now = self.now.max(now);
-        self.raft.propose(data)
+        let index = self.raft.propose(data)?;
+        // Anything at all: it may declare a master crashed.
+        self.crash_proposed_index = index;
+        Ok(index)
     }
 
     /// Proposes a record (this replica must lead); returns its index. For
@@ -734,11 +746,19 @@ impl<S: Storage> Replica<S> {
         let data = record.encode()?;
         let index = self.raft.propose(data)?;
         self.proposed_at.insert(index, self.now);
+        self.note_proposed(index, record);
         Ok(index)
     }
 }
 
 impl<S: Storage> Replica<S> {
+    /// Notes a record proposed at `index` (see `crash_proposed_index`).
+    fn note_proposed(&mut self, index: u64, record: &crate::cluster::Record) {
+        if record.may_declare_crashed() {
+            self.crash_proposed_index = self.crash_proposed_index.max(index);
+        }
+    }
+
     fn send_raft(&mut self, m: &Message) {
         self.out.push_back(Output::Send {
             to: m.to,
@@ -1206,6 +1226,7 @@ impl<S: Storage> Replica<S> {
                     };
                     if let Ok(index) = self.raft.propose(data) {
                         self.proposed_at.insert(index, self.now);
+                        self.note_proposed(index, &rec);
                         proposed = true;
                     }
                 }

@@ -330,8 +330,9 @@ impl<S: Storage> Replica<S> {
                     // still leads after the heartbeat arrived, and knows
                     // of every crash of that master already in its log
                     // (see `master`): acknowledged after the next read
-                    // index that begins, and after applying the log as of
-                    // then ([`Self::start_heartbeats_read`]).
+                    // index that begins, and after applying every crash
+                    // proposed here before then
+                    // ([`Self::start_heartbeats_read`]).
                     let in_read = self.heartbeats_read.map_or(0, |r| r.1);
                     if self.heartbeats_queued.len() + in_read >= HEARTBEATS_WAITING_MAX {
                         ClientReply::Retry(format!(
@@ -514,7 +515,11 @@ impl<S: Storage> Replica<S> {
                 return;
             }
         };
-        let reply = match self.raft.propose(data.clone()) {
+        let proposed = self.raft.propose(data.clone());
+        if let Ok(index) = proposed {
+            self.note_proposed(index, &record);
+        }
+        let reply = match proposed {
             Ok(index)
                 if self.cfg.bugs.ack_before_commit
                     && matches!(PeerClass::of(from), PeerClass::Admin) =>

@@ -1,0 +1,179 @@
+//! A replica driven by hand: one voter over memory, its persist jobs
+//! written (or held back) by the test, its messages read off its outputs.
+
+use super::*;
+use crate::cluster::{Op, Record};
+use crate::protocol::ClientRequest;
+use ramcoord_log::{ConfState, Config, MemStorage, RawNode, Role};
+
+const NONCE: u64 = 7;
+
+struct One {
+    replica: Replica<MemStorage>,
+    now: Instant,
+    /// Persist jobs are kept back (not durable) while set.
+    hold: bool,
+    held: Vec<PersistJob>,
+    /// Replies to the master, by request id.
+    to_master: Vec<(u64, ClientReply)>,
+}
+
+impl One {
+    fn new() -> One {
+        let raft = RawNode::new(
+            Config::new(1),
+            MemStorage::bootstrap(&ConfState::with_voters(1..=1)),
+        )
+        .expect("a valid config");
+        let now = Instant::now();
+        let replica = Replica::new(ReplicaConfig::new(1), raft, ClusterState::default(), now)
+            .expect("a fresh replica starts");
+        One {
+            replica,
+            now,
+            hold: false,
+            held: Vec::new(),
+            to_master: Vec::new(),
+        }
+    }
+
+    /// Drives the replica until it has nothing more to say.
+    fn settle(&mut self) {
+        loop {
+            self.replica.drive(self.now).expect("the replica runs");
+            let mut any = false;
+            while let Some(out) = self.replica.poll_output() {
+                any = true;
+                match out {
+                    Output::Persist(job) if self.hold => self.held.push(job),
+                    Output::Persist(job) => self.write(job),
+                    Output::Send { to, payload } if to == protocol::master_client_id(NONCE) => {
+                        let env = protocol::decode::<ClientReply>(&payload[1..])
+                            .expect("the replica's replies decode");
+                        self.to_master.push((env.id, env.body));
+                    }
+                    _ => {}
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn write(&mut self, job: PersistJob) {
+        job.write_to(self.replica.storage_mut()).expect("memory");
+        self.replica
+            .input(self.now, Input::Persisted { number: job.number });
+    }
+
+    /// Makes the held jobs durable.
+    fn release(&mut self) {
+        self.hold = false;
+        for job in std::mem::take(&mut self.held) {
+            self.write(job);
+        }
+        self.settle();
+    }
+
+    fn tick(&mut self) {
+        self.now += self.replica.cfg.tick;
+        self.replica.input(self.now, Input::Tick);
+        self.settle();
+    }
+
+    fn heartbeat(&mut self, id: u64, from: ServerId) {
+        let payload = protocol::encode(
+            protocol::tag::CLIENT,
+            id,
+            &ClientRequest::Heartbeat { from },
+        );
+        let from = protocol::master_client_id(NONCE);
+        self.replica
+            .input(self.now, Input::Message { from, payload });
+        self.settle();
+    }
+}
+
+/// A master's heartbeat that reaches the leader after the leader proposed
+/// the master's crash, but before that crash applied, is answered only
+/// once it has applied, and then as "gone" (no lease): a lease granted
+/// there would let the master serve tablets the crash hands to others.
+/// Only the crashes proposed are waited for, not the whole log.
+#[test]
+fn a_heartbeat_waits_for_a_crash_proposed_before_it_but_not_for_the_rest_of_the_log() {
+    let mut one = One::new();
+    for _ in 0..200 {
+        if one.replica.raft().role() == Role::Leader && one.replica.coord.is_active() {
+            break;
+        }
+        one.tick();
+    }
+    assert!(one.replica.coord.is_active(), "a lone voter leads");
+    one.replica
+        .propose(
+            one.now,
+            &Record::Commit(Op::EnlistServer {
+                addr: "127.0.0.1:7000".into(),
+                services: crate::cluster::services::MASTER,
+                nonce: NONCE,
+            }),
+        )
+        .expect("proposed");
+    one.settle();
+    let id = one.replica.cluster().servers().next().expect("enlisted").id;
+
+    // Proposals that do not touch the master, not yet durable: its
+    // heartbeat is answered without waiting for them.
+    one.hold = true;
+    one.replica
+        .propose(one.now, &Record::Noop)
+        .expect("proposed");
+    one.settle();
+    one.heartbeat(1, id);
+    assert!(
+        matches!(
+            one.to_master.as_slice(),
+            [(1, ClientReply::HeartbeatAck { gone: false, lease_us, .. })] if *lease_us > 0
+        ),
+        "answered with a lease at once: {:?}",
+        one.to_master
+    );
+    one.release();
+    one.to_master.clear();
+
+    // Its crash proposed, not yet durable: the heartbeat waits.
+    one.hold = true;
+    one.replica
+        .propose(
+            one.now,
+            &Record::Commit(Op::ServerCrashed {
+                id,
+                plan: Vec::new(),
+            }),
+        )
+        .expect("proposed");
+    one.settle();
+    one.heartbeat(2, id);
+    assert!(
+        one.to_master.is_empty(),
+        "no answer before the crash applied: {:?}",
+        one.to_master
+    );
+    one.release();
+    assert!(
+        matches!(
+            one.to_master.as_slice(),
+            [(
+                2,
+                ClientReply::HeartbeatAck {
+                    gone: true,
+                    lease_us: 0,
+                    ..
+                }
+            )]
+        ),
+        "told it is gone, with no lease: {:?}",
+        one.to_master
+    );
+}
