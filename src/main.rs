@@ -1842,6 +1842,10 @@ fn run_coordinator(args: CoordinatorArgs) -> ExitCode {
         0 => 0,
         per_s => (per_s.saturating_mul(tick_ms) / 1000).max(1),
     };
+    // Over RDMA a push is acknowledged when it lands in the master's
+    // memory, not when the master has read it: whole configurations there,
+    // so that a write landing over one not yet read loses nothing.
+    cfg.coordinator.region_parts = matches!(args.transport, TransportArg::Tcp);
     cfg.push_delay = std::time::Duration::from_millis(args.push_delay_ms);
     match args.inject_bug.as_deref() {
         None => {}

@@ -79,6 +79,7 @@ fn the_planted_bugs_are_listed_and_unknown_ones_refused() {
         "accept-stale-term",
         "forget-clients",
         "grant-before-release",
+        "narrow-part",
     ] {
         assert!(out.contains(name), "{out}");
     }

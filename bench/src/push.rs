@@ -55,8 +55,8 @@ pub struct PushResult {
     pub acked: Dist,
 }
 
-/// A region like the coordinator's: its owner up, 8 tablets (format 2:
-/// the same size however many masters there are).
+/// A region like the coordinator's: its owner up, 8 tablets, whole (its
+/// size does not depend on how many masters there are).
 pub fn region(owner: u32, version: u64) -> ConfigRegion {
     ConfigRegion {
         term: 1,
@@ -67,6 +67,7 @@ pub fn region(owner: u32, version: u64) -> ConfigRegion {
             generation: 1,
         },
         status: ServerStatus::Up,
+        tables: None,
         tablets: (0..8)
             .map(|t| RegionTablet {
                 table: t,

@@ -36,6 +36,27 @@
 //! what it gets, and a region's size depends on its tablets alone: the
 //! part every master shares (header, term, versions) is a few dozen bytes.
 //! A master not in the list at all (removed) is sent `Removed`.
+//!
+//! # Whole configurations and parts (format 3)
+//!
+//! Format 2 wrote a master its whole configuration every time: a new
+//! table of 10,000 tablets over 10,000 masters pushed each master every
+//! tablet it owned, not just its new one, so loading 100 such tables
+//! moved about a gigabyte of regions where a few megabytes changed.
+//! Format 3 adds `tables`: `None` is the whole configuration (as before);
+//! `Some(ts)` is a *part*, the master's tablets of the tables `ts` only,
+//! which replace what it held of those tables and leave the rest alone.
+//! The coordinator pushes a master the part made of every table that an
+//! operation not yet acknowledged by that master changed for it (see
+//! `coordinator`): so a write acknowledged at version v means the master
+//! holds every change up to v, as a whole configuration did.
+//!
+//! Parts need every write to be read: the master builds its configuration
+//! from them in order. Over TCP the receiving thread hands each write to
+//! the master before acknowledging it, and the simulator does the same;
+//! over RDMA a write is acknowledged by the NIC and a later one can land
+//! over it before the master looked, so coordinators write whole
+//! configurations there (a missed one is superseded by the next).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -47,9 +68,9 @@ use super::types::{ServerId, ServerStatus, TableId};
 
 const REGION_MAGIC: u32 = 0x5243_4352;
 /// The region format written (and the only one read): 2 since the server
-/// list gave way to the owner's own status (a wire change: coordinators
-/// and masters run one build).
-pub const REGION_FORMAT_VERSION: u8 = 2;
+/// list gave way to the owner's own status, 3 since a write may be a part
+/// (a wire change: coordinators and masters run one build).
+pub const REGION_FORMAT_VERSION: u8 = 3;
 const HEADER_BYTES: usize = 32;
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
@@ -82,6 +103,7 @@ struct ConfigRegionBody {
     server_list_version: u64,
     owner: ServerId,
     status: ServerStatus,
+    tables: Option<Vec<TableId>>,
     tablets: Vec<RegionTablet>,
 }
 
@@ -99,7 +121,11 @@ pub struct ConfigRegion {
     /// Its status in the server list at `server_list_version` (`Removed`
     /// when the list no longer has it).
     pub status: ServerStatus,
-    /// The tablets `owner` serves.
+    /// What `tablets` covers: `None`, everything `owner` serves (a whole
+    /// configuration); `Some(tables)` (increasing, no repeats), its
+    /// tablets of those tables only (a part; see the module docs).
+    pub tables: Option<Vec<TableId>>,
+    /// The tablets `owner` serves (of `tables`, if a part).
     pub tablets: Vec<RegionTablet>,
 }
 
@@ -140,6 +166,7 @@ impl ConfigRegion {
             server_list_version: self.server_list_version,
             owner: self.owner,
             status: self.status,
+            tables: self.tables.clone(),
             tablets: self.tablets.clone(),
         })
         .map_err(|e| RegionError::Malformed(format!("cannot encode: {e}")))?;
@@ -200,14 +227,62 @@ impl ConfigRegion {
                 rest.len()
             )));
         }
+        if let Some(tables) = &b.tables {
+            if tables.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(RegionError::Malformed(
+                    "a part's tables are not increasing".into(),
+                ));
+            }
+            if let Some(t) = b
+                .tablets
+                .iter()
+                .find(|t| tables.binary_search(&t.table).is_err())
+            {
+                return Err(RegionError::Malformed(format!(
+                    "a part holds a tablet of table {}, which it does not cover",
+                    t.table
+                )));
+            }
+        }
         Ok(ConfigRegion {
             term: h.term.get(),
             version: h.version.get(),
             server_list_version: b.server_list_version,
             owner: b.owner,
             status: b.status,
+            tables: b.tables,
             tablets: b.tablets,
         })
+    }
+
+    /// Whether this is a part (some tables), not a whole configuration.
+    pub fn is_part(&self) -> bool {
+        self.tables.is_some()
+    }
+
+    /// `self` (a whole configuration) with `write` laid over it: a whole
+    /// configuration replaces it; a part replaces its tables' tablets and
+    /// keeps the others. Term, versions and status are the write's.
+    pub fn merged(&self, write: &ConfigRegion) -> ConfigRegion {
+        let tablets = match &write.tables {
+            None => write.tablets.clone(),
+            Some(tables) => {
+                let mut tablets: Vec<RegionTablet> = self
+                    .tablets
+                    .iter()
+                    .filter(|t| tables.binary_search(&t.table).is_err())
+                    .chain(write.tablets.iter())
+                    .cloned()
+                    .collect();
+                tablets.sort_by_key(|t| (t.table, t.start_hash));
+                tablets
+            }
+        };
+        ConfigRegion {
+            tables: None,
+            tablets,
+            ..write.clone()
+        }
     }
 }
 
@@ -226,6 +301,7 @@ mod tests {
             server_list_version: 5,
             owner: id,
             status: ServerStatus::Up,
+            tables: None,
             tablets: vec![RegionTablet {
                 table: 3,
                 start_hash: 0,
@@ -234,10 +310,67 @@ mod tests {
         }
     }
 
+    fn tablet(table: TableId, start_hash: u64, end_hash: u64) -> RegionTablet {
+        RegionTablet {
+            table,
+            start_hash,
+            end_hash,
+        }
+    }
+
     #[test]
     fn regions_round_trip() {
         let r = sample();
         assert_eq!(ConfigRegion::decode(&r.encode().unwrap()), Ok(r));
+        let part = ConfigRegion {
+            tables: Some(vec![3, 9]),
+            ..sample()
+        };
+        assert_eq!(ConfigRegion::decode(&part.encode().unwrap()), Ok(part));
+    }
+
+    #[test]
+    fn a_part_must_cover_its_tablets_and_list_its_tables_in_order() {
+        for tables in [vec![4], vec![3, 3], vec![5, 3]] {
+            let bad = ConfigRegion {
+                tables: Some(tables.clone()),
+                ..sample()
+            };
+            assert!(
+                matches!(
+                    ConfigRegion::decode(&bad.encode().unwrap()),
+                    Err(RegionError::Malformed(_))
+                ),
+                "{tables:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_part_replaces_its_tables_only_and_a_whole_region_everything() {
+        let held = ConfigRegion {
+            tablets: vec![tablet(1, 0, 9), tablet(2, 0, 9), tablet(3, 5, 9)],
+            ..sample()
+        };
+        let part = ConfigRegion {
+            version: 50,
+            tables: Some(vec![2, 3, 4]),
+            tablets: vec![tablet(3, 0, 4), tablet(4, 0, u64::MAX)],
+            ..sample()
+        };
+        let m = held.merged(&part);
+        assert_eq!(m.version, 50);
+        assert_eq!(m.tables, None);
+        assert_eq!(
+            m.tablets,
+            vec![tablet(1, 0, 9), tablet(3, 0, 4), tablet(4, 0, u64::MAX)]
+        );
+        let whole = ConfigRegion {
+            version: 51,
+            tablets: vec![tablet(7, 0, 1)],
+            ..sample()
+        };
+        assert_eq!(m.merged(&whole).tablets, vec![tablet(7, 0, 1)]);
     }
 
     #[test]

@@ -1073,6 +1073,7 @@ impl ClusterState {
             server_list_version: self.server_list_version,
             owner: id,
             status: self.server(id).map_or(ServerStatus::Removed, |s| s.status),
+            tables: None,
             tablets: self
                 .tablets_of(id)
                 .into_iter()
@@ -1082,6 +1083,47 @@ impl ClusterState {
                     end_hash: tb.end_hash,
                 })
                 .collect(),
+        }
+    }
+
+    /// A part of [`Self::region_for`]: server `id`'s status and its
+    /// tablets of `tables` only (see `region`). Costs its tablets of
+    /// those tables, not all of them.
+    pub fn region_part_for(
+        &self,
+        id: ServerId,
+        term: u64,
+        tables: &BTreeSet<TableId>,
+    ) -> ConfigRegion {
+        let mut tablets = Vec::new();
+        if let Some(owned) = self.owned.get(&id) {
+            for &t in tables {
+                let Some(table) = self.tables.get(&t) else {
+                    continue; // dropped: the part says it holds none
+                };
+                for (_, start) in owned.range((t, 0)..=(t, u64::MAX)) {
+                    if let Ok(i) = table
+                        .tablets
+                        .binary_search_by_key(start, |tb| tb.start_hash)
+                    {
+                        let tb = &table.tablets[i];
+                        tablets.push(RegionTablet {
+                            table: t,
+                            start_hash: tb.start_hash,
+                            end_hash: tb.end_hash,
+                        });
+                    }
+                }
+            }
+        }
+        ConfigRegion {
+            term,
+            version: self.version,
+            server_list_version: self.server_list_version,
+            owner: id,
+            status: self.server(id).map_or(ServerStatus::Removed, |s| s.status),
+            tables: Some(tables.iter().copied().collect()),
+            tablets,
         }
     }
 

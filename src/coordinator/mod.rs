@@ -68,14 +68,14 @@
 //! 17 µs of the leader's CPU per heartbeat, so 5,000 a second keep failure
 //! detection under a tenth of a core whatever the cluster's size.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
 use crate::cluster::limits::{self, LimitError};
 use crate::cluster::{
-    even_ranges, ClusterState, Op, Record, RecordError, Rejection, RpcId, Seq, ServerId,
-    ServerStatus, TabletSpec,
+    even_ranges, ClusterState, Op, Pending, Record, RecordError, Rejection, RpcId, Seq, ServerId,
+    ServerStatus, TableId, TabletSpec,
 };
 
 /// Timing knobs, in ticks of the driver's clock.
@@ -96,6 +96,11 @@ pub struct CoordinatorConfig {
     /// masters: past it, masters are told to heartbeat less often (0: no
     /// limit).
     pub heartbeats_per_tick_max: u64,
+    /// Push parts of configurations (the tables that changed for a master)
+    /// rather than whole ones. Only where every write reaches the master
+    /// before it is acknowledged (TCP, the simulator); not over RDMA (see
+    /// [`crate::cluster::region`]).
+    pub region_parts: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -106,6 +111,7 @@ impl Default for CoordinatorConfig {
             master_timeout_ticks: 50,
             heartbeat_interval_ticks: 5,
             heartbeats_per_tick_max: 50,
+            region_parts: true,
         }
     }
 }
@@ -145,6 +151,10 @@ pub struct CoordinatorBugs {
     /// A migrated tablet's new owner is pushed at once, before the old
     /// owner has let go: both serve it for a while.
     pub grant_before_release: bool,
+    /// A part pushed to a master covers the tables of one operation it
+    /// has not acknowledged, not all of them: an acknowledgement then
+    /// counts for changes the master never received.
+    pub narrow_part: bool,
 }
 
 /// What the driver must do.
@@ -518,6 +528,68 @@ impl Coordinator {
         }
     }
 
+    /// Pushes each of `due` its configuration: whole, or (with
+    /// [`CoordinatorConfig::region_parts`]) the part made of every table
+    /// that an operation it has not acknowledged changed for it. A write
+    /// acknowledged at the current version then means, as a whole one
+    /// did, that the master holds every change up to it: tables outside
+    /// the part changed for it only in operations it acknowledged
+    /// already, each with a write that covered them.
+    fn push_regions(
+        &self,
+        state: &ClusterState,
+        due: &[ServerId],
+        due_set: &BTreeSet<ServerId>,
+        out: &mut Vec<Action>,
+    ) {
+        if due.is_empty() {
+            return;
+        }
+        let mut parts: BTreeMap<ServerId, BTreeSet<TableId>> = BTreeMap::new();
+        if self.cfg.region_parts {
+            for p in state.incomplete().values() {
+                let targets = p.targets.iter().filter(|t| {
+                    due_set.contains(t) && self.acked.get(t).copied().unwrap_or(0) < p.version
+                });
+                for &t in targets {
+                    if self.bugs.narrow_part {
+                        parts.insert(t, tables_changed(p).collect());
+                    } else {
+                        parts.entry(t).or_default().extend(tables_changed(p));
+                    }
+                }
+            }
+        }
+        let version = state.version();
+        for &t in due {
+            let Some(server) = state.server(t) else {
+                continue;
+            };
+            let region = if self.cfg.region_parts {
+                let tables = parts.get(&t).cloned().unwrap_or_default();
+                state.region_part_for(t, self.term, &tables)
+            } else {
+                state.region_for(t, self.term)
+            };
+            let region = match region.encode() {
+                Ok(region) => region,
+                Err(e) => {
+                    // Retried at the push interval: the operations stay
+                    // incomplete (visible in `ctl ops`) until the
+                    // configuration shrinks.
+                    tracing::error!(server = %t, error = %e, "cannot encode the configuration region; push skipped");
+                    continue;
+                }
+            };
+            out.push(Action::Push {
+                to: t,
+                addr: server.addr.clone(),
+                version,
+                region,
+            });
+        }
+    }
+
     fn due(&self, sent_at: Option<u64>, retry: u64) -> bool {
         sent_at.is_none_or(|at| self.now >= at + retry)
     }
@@ -730,6 +802,11 @@ impl Coordinator {
         // Incomplete operations: push, then complete (roll-forward).
         let version = state.version();
         let waiting = self.waiting_for_release(state);
+        // Targets to push this step, in the order found; their regions are
+        // built once every operation has been looked at (a part covers the
+        // tables of all the operations the target has not acknowledged).
+        let mut due: Vec<ServerId> = Vec::new();
+        let mut due_set: BTreeSet<ServerId> = BTreeSet::new();
         for (&seq, p) in state.incomplete() {
             if self.bugs.no_roll_forward && seq < self.term_first_seq {
                 continue;
@@ -755,27 +832,12 @@ impl Coordinator {
                 // again at every one of the enlistments after theirs.)
                 let last = self.pushed.get(&t).copied();
                 let fresh = last.is_some_and(|(v, _)| v >= p.version);
-                if !fresh || self.due(last.map(|(_, at)| at), self.cfg.push_retry_ticks) {
-                    let Some(server) = state.server(t) else {
-                        continue;
-                    };
+                if (!fresh || self.due(last.map(|(_, at)| at), self.cfg.push_retry_ticks))
+                    && state.server(t).is_some()
+                    && due_set.insert(t)
+                {
                     self.pushed.insert(t, (version, self.now));
-                    let region = match state.region_for(t, self.term).encode() {
-                        Ok(region) => region,
-                        Err(e) => {
-                            // Retried at the push interval: the operation
-                            // stays incomplete (visible in `ctl ops`) until
-                            // the configuration shrinks.
-                            tracing::error!(server = %t, seq, error = %e, "cannot encode the configuration region; push skipped");
-                            continue;
-                        }
-                    };
-                    out.push(Action::Push {
-                        to: t,
-                        addr: server.addr.clone(),
-                        version,
-                        region,
-                    });
+                    due.push(t);
                 }
             }
             if done || self.bugs.complete_before_push {
@@ -787,6 +849,7 @@ impl Coordinator {
                 );
             }
         }
+        self.push_regions(state, &due, &due_set, &mut out);
         // Failure detection: masters leaving at once, the timeouts once
         // a tick.
         self.leaving.retain(|m| state.is_up(*m));
@@ -830,3 +893,13 @@ impl Coordinator {
 
 #[cfg(test)]
 mod tests;
+
+/// The tables whose tablets an operation changed for its targets: its
+/// table, or the tables of a recovery plan.
+fn tables_changed(p: &Pending) -> impl Iterator<Item = TableId> + '_ {
+    let plan = match &p.op {
+        Op::ServerCrashed { plan, .. } => plan.as_slice(),
+        _ => &[],
+    };
+    p.table.into_iter().chain(plan.iter().map(|r| r.table))
+}

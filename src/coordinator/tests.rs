@@ -808,3 +808,62 @@ fn an_unacknowledged_push_is_retried_at_its_period_not_at_every_new_version() {
         |a| matches!(a, Action::Push { to, version: v, .. } if *to == silent && *v == version)
     ));
 }
+
+/// A new table pushes each of its owners its share of that table and
+/// nothing else; the masters keep what they held of the other tables.
+#[test]
+fn a_new_table_pushes_each_master_only_its_share() {
+    let mut h = Harness::with_masters(4);
+    h.create_table("a", 8);
+    let mut c = leader(3, &h.state);
+    let req = Request::CreateTable {
+        name: "b".into(),
+        tablets: 4,
+    };
+    let rec = c.prepare(&h.state, &req).unwrap();
+    let Outcome::Committed(crate::cluster::Effect::TableCreated(b)) = h.commit(&rec) else {
+        panic!("not created");
+    };
+    let acts = c.on_applied(&h.state);
+    let mut pushed = 0;
+    for a in &acts {
+        let Action::Push { region, .. } = a else {
+            continue;
+        };
+        let r = crate::cluster::ConfigRegion::decode(region).unwrap();
+        assert_eq!(r.tables, Some(vec![b]), "a part of the new table only");
+        assert_eq!(r.tablets.len(), 1, "its one tablet of it");
+        assert!(r.tablets.iter().all(|t| t.table == b));
+        pushed += 1;
+    }
+    assert_eq!(pushed, 4);
+    h.execute(&mut c, acts, &|_| true);
+    h.settle(&mut c, |_| true);
+    h.assert_masters_match();
+    for m in h.masters.values() {
+        assert_eq!(m.config().unwrap().tablets.len(), 3, "2 of a, 1 of b");
+    }
+
+    // Whole configurations (over RDMA): every tablet, every time.
+    let mut whole = Coordinator::new(
+        CoordinatorConfig {
+            region_parts: false,
+            ..CoordinatorConfig::default()
+        },
+        CoordinatorBugs::default(),
+    );
+    whole.set_leadership(true, 4, &h.state);
+    let req = Request::CreateTable {
+        name: "c".into(),
+        tablets: 4,
+    };
+    let rec = whole.prepare(&h.state, &req).unwrap();
+    h.commit(&rec);
+    for a in whole.on_applied(&h.state) {
+        if let Action::Push { region, .. } = a {
+            let r = crate::cluster::ConfigRegion::decode(&region).unwrap();
+            assert_eq!(r.tables, None);
+            assert_eq!(r.tablets.len(), 4, "2 of a, 1 of b, 1 of c");
+        }
+    }
+}

@@ -87,8 +87,9 @@ impl MasterObserved {
     fn sample(&self) -> (Option<String>, u64, u64, f64) {
         let a = self.agent.lock().unwrap_or_else(|p| p.into_inner());
         let id = a.id().map(|i| i.to_string());
+        // What it acts on (a write may be a part of it).
         let (version, term, tablets) = a
-            .region()
+            .config()
             .map_or((0, 0, 0), |r| (r.version, r.term, r.tablets.len() as u64));
         let left_ns = a.lease_until().saturating_sub(boottime_ns());
         drop(a);

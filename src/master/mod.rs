@@ -55,13 +55,15 @@
 //! writer's connection delivers in order, and versions come from the
 //! committed log, so with the fence the region's version never goes back.
 //!
-//! The master's worker reads the region in place. It acts on a region
-//! only if it checks out (magic, format, checksum: a torn write is never
-//! used) and its version is not older than the newest it has acted on: if
-//! the region ever went back (a fence that failed), the master refuses to
-//! serve until a newer configuration arrives, rather than act on an older
-//! one. Tablets a new configuration no longer lists are dropped with their
-//! data.
+//! The master acts on a write only if it checks out (magic, format,
+//! checksum: a torn write is never used) and its version is not older
+//! than the newest it has acted on: if the region ever went back (a fence
+//! that failed), the master refuses to serve until a newer configuration
+//! arrives, rather than act on an older one. A write is a whole
+//! configuration or a part (some tables' tablets, see
+//! [`crate::cluster::region`]); the master lays each over what it holds
+//! ([`ConfigRegion::merged`]) and acts on the result. Tablets it no
+//! longer holds are dropped with their data.
 
 use std::collections::BTreeMap;
 
@@ -217,6 +219,12 @@ pub struct MasterAgent {
     bugs: MasterBugs,
     /// The region's contents (the last write that landed).
     region: Option<ConfigRegion>,
+    /// The configuration acted on: every write applied, laid over the
+    /// ones before (whole, `tables: None`).
+    config: Option<ConfigRegion>,
+    /// A write older than `acted_version` landed after it (a failed
+    /// fence): nothing is served until a newer one lands.
+    regressed: bool,
     /// The newest version the worker acted on.
     acted_version: u64,
     /// The fence: the newest term a write landed from.
@@ -295,6 +303,15 @@ impl MasterAgent {
         }
     }
 
+    /// Ticks from now until [`Self::tick`] has something to send (at
+    /// least one): the ticks before it are idle, and a driver may skip
+    /// them (calling `tick` for each when it wakes), until an answer makes
+    /// it due sooner (an enlistment's: the first heartbeat at the next
+    /// tick).
+    pub fn ticks_until_due(&self) -> u64 {
+        self.next_send.saturating_sub(self.now).max(1)
+    }
+
     /// The answer to an enlistment request: the id given (`None`: not
     /// done, e.g. not the leader) and a hint at the leader.
     pub fn on_enlist_reply(&mut self, id: Option<ServerId>, leader_hint: Option<u64>) {
@@ -357,11 +374,10 @@ impl MasterAgent {
         self.id
     }
 
-    /// The configuration it acts on: the region, unless it went back.
+    /// The configuration it acts on (every write applied, in order),
+    /// unless the region went back.
     pub fn config(&self) -> Option<&ConfigRegion> {
-        self.region
-            .as_ref()
-            .filter(|r| r.version >= self.acted_version)
+        self.config.as_ref().filter(|_| !self.regressed)
     }
 
     /// What the region holds now (even if the worker refuses to act on it).
@@ -401,15 +417,23 @@ impl MasterAgent {
         self.term_seen = self.term_seen.max(region.term);
         let version = region.version;
         let acted = self.acted_version;
-        self.region = Some(region);
         if version < acted {
+            self.region = Some(region);
+            self.regressed = true;
             return RegionOutcome::Regressed { version, acted };
         }
+        let held = self.config.take().unwrap_or_else(|| ConfigRegion {
+            tables: None,
+            tablets: Vec::new(),
+            ..region.clone()
+        });
+        let config = self.config.insert(held.merged(&region));
+        self.region = Some(region);
+        self.regressed = false;
         self.acted_version = version;
-        let region = self.region.as_ref().expect("just written");
         self.data.retain(|(table, key), _| {
             let h = key_hash(key);
-            region
+            config
                 .tablets
                 .iter()
                 .any(|t| t.table == *table && t.start_hash <= h && h <= t.end_hash)

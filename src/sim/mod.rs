@@ -100,6 +100,12 @@ pub const BUGS: &[PlantedBug] = &[
         invariants: &["push lane"],
     },
     PlantedBug {
+        name: "narrow-part",
+        workload: "coordinator",
+        what: "a part of a configuration covers one unacknowledged operation's tables, not all of them",
+        invariants: &["configuration", "tablet held twice"],
+    },
+    PlantedBug {
         name: "accept-stale-term",
         workload: "coordinator",
         what: "a master applies a configuration pushed from an older term",
@@ -134,6 +140,7 @@ pub fn bug_by_name(name: &str) -> Option<PlantedBugs> {
         "forget-clients" => b.coordinator.forget_clients = true,
         "grant-before-release" => b.coordinator.grant_before_release = true,
         "push-past-the-lane" => b.replica.push_past_the_lane = true,
+        "narrow-part" => b.coordinator.narrow_part = true,
         "accept-stale-term" => b.master.accept_stale_term = true,
         _ => return None,
     }

@@ -672,12 +672,27 @@ fn cluster(c: &mut Corpus) {
             last.region_for(srv.id, 2).encode().expect("encodes"),
         );
     }
+    // A part: one server's tablets of the tables it holds, as pushed over
+    // TCP (format 3).
+    if let Some(srv) = last.servers().find(|s| last.tablet_count(s.id) > 0) {
+        let tables: std::collections::BTreeSet<_> =
+            last.tablets_of(srv.id).into_iter().map(|(t, _)| t).collect();
+        add(
+            c,
+            "region",
+            "part",
+            last.region_part_for(srv.id, 2, &tables)
+                .encode()
+                .expect("encodes"),
+        );
+    }
     let empty = ConfigRegion {
         term: 1,
         version: 0,
         server_list_version: 0,
         owner: sid(1, 1),
         status: ServerStatus::Up,
+        tables: None,
         tablets: Vec::new(),
     };
     add(c, "region", "empty", empty.encode().expect("encodes"));

@@ -99,6 +99,7 @@ const COORD_CONFIG: CoordinatorConfig = CoordinatorConfig {
     master_timeout_ticks: 150,
     heartbeat_interval_ticks: 10,
     heartbeats_per_tick_max: 10,
+    region_parts: true,
 };
 
 /// Knobs of the coordinator workload, drawn from the seed.
@@ -124,6 +125,9 @@ pub(super) struct CoordParams {
     /// Clients the replicas' exactly-once tables keep (tiny in some seeds,
     /// so that clients are evicted).
     session_limit: usize,
+    /// Pushes are parts of configurations (as over TCP) in most seeds,
+    /// whole configurations (as over RDMA) in the others.
+    region_parts: bool,
 }
 
 impl CoordParams {
@@ -163,6 +167,8 @@ impl CoordParams {
         } else {
             crate::cluster::limits::SESSIONS_MAX
         };
+        // Drawn last, as above.
+        p.region_parts = rng.random_bool(0.75);
         p
     }
 }
@@ -196,6 +202,11 @@ pub(super) struct SimMaster {
     /// named (as the process's client follows a redirect within one
     /// attempt); at most two a tick.
     redirects: u8,
+    /// Ticks given to the agent, when the last was, and the tick number
+    /// of the wake scheduled (an earlier wake supersedes a later one).
+    ticks: u64,
+    last_tick_us: u64,
+    wake_at: u64,
 }
 
 /// A client's request to a replica.
@@ -283,9 +294,14 @@ pub(super) enum CoordEv {
         peer: PeerId,
         inc: u64,
     },
+    /// Master `slot`'s agent is due at its tick number `at` (idle ticks
+    /// in between are not events: a master paced to a heartbeat a second
+    /// would otherwise be 100 events a second, most of a 10,000-master
+    /// run).
     MasterTick {
         slot: usize,
         inc: u64,
+        at: u64,
     },
     HeartbeatArrive {
         node: NodeId,
@@ -423,7 +439,10 @@ impl CoordWorld {
     ) -> ReplicaConfig {
         let mut cfg = ReplicaConfig::new(id);
         cfg.tick = std::time::Duration::from_micros(TICK_US);
-        cfg.coordinator = COORD_CONFIG;
+        cfg.coordinator = CoordinatorConfig {
+            region_parts: self.p.region_parts,
+            ..COORD_CONFIG
+        };
         cfg.snapshot_entries = snapshot_entries;
         cfg.coordinator_bugs = bugs.coordinator;
         cfg.bugs = bugs.replica;
@@ -533,9 +552,19 @@ impl World {
                 requests: 0,
                 leaving: false,
                 redirects: 0,
+                ticks: 0,
+                last_tick_us: 0,
+                wake_at: 1,
             });
             let d = self.rng.random_range(0..20_000);
-            self.cev(d, CoordEv::MasterTick { slot, inc: 0 });
+            self.cev(
+                d,
+                CoordEv::MasterTick {
+                    slot,
+                    inc: 0,
+                    at: 1,
+                },
+            );
         }
         for c in 0..CLIENTS {
             self.cw.clients.push(CClient {
@@ -646,7 +675,7 @@ impl World {
                     return self.after_input(node);
                 }
             }
-            CoordEv::MasterTick { slot, inc } => self.master_tick(slot, inc),
+            CoordEv::MasterTick { slot, inc, at } => self.master_tick(slot, inc, at),
             CoordEv::HeartbeatArrive {
                 node,
                 slot,
@@ -746,6 +775,20 @@ impl World {
                 }
                 m.agent.on_enlist_reply(id, hint);
                 if let Some(id) = id {
+                    // Its first heartbeat goes at its next tick.
+                    let next = m.ticks + 1;
+                    if next < m.wake_at {
+                        m.wake_at = next;
+                        let d = (m.last_tick_us + MASTER_TICK_US).saturating_sub(self.now);
+                        self.cev(
+                            d,
+                            CoordEv::MasterTick {
+                                slot,
+                                inc,
+                                at: next,
+                            },
+                        );
+                    }
                     self.trace(|| format!("m{slot} enlisted as {id}"));
                 }
             }
@@ -867,9 +910,11 @@ impl World {
         m.enlist_seq = 0;
         m.observed = 0;
         m.leaving = false;
+        m.ticks = 0;
+        m.wake_at = 1;
         let inc = m.inc;
         self.trace(|| format!("m{slot} RESTART as a new process"));
-        self.cev(0, CoordEv::MasterTick { slot, inc });
+        self.cev(0, CoordEv::MasterTick { slot, inc, at: 1 });
     }
 
     fn master_crash(&mut self) {
@@ -964,14 +1009,24 @@ impl World {
     }
 
     /// A master's tick: it asks to enlist, or heartbeats.
-    fn master_tick(&mut self, slot: usize, inc: u64) {
+    fn master_tick(&mut self, slot: usize, inc: u64, at: u64) {
+        let now_us = self.now;
         let m = &mut self.cw.masters[slot];
-        if m.inc != inc || !m.up {
-            return;
+        if m.inc != inc || !m.up || at != m.wake_at {
+            return; // an older process's, or superseded by an earlier wake
         }
-        let actions = m.agent.tick();
+        // The idle ticks since the last wake, then this one.
+        let mut actions = Vec::new();
+        while m.ticks < at {
+            actions = m.agent.tick();
+            m.ticks += 1;
+        }
+        m.last_tick_us = now_us;
         m.redirects = 0;
-        self.cev(MASTER_TICK_US, CoordEv::MasterTick { slot, inc });
+        let idle = m.agent.ticks_until_due();
+        m.wake_at = m.ticks + idle;
+        let at = m.wake_at;
+        self.cev(idle * MASTER_TICK_US, CoordEv::MasterTick { slot, inc, at });
         for a in actions {
             let (to, ev) = match a {
                 MasterAction::Enlist { to, nonce, .. } => {
