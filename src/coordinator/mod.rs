@@ -597,7 +597,13 @@ impl Coordinator {
     /// Proposes `record` unless a copy is still on its way: retried only
     /// when the log has applied past the copy's index without the effect
     /// (it was rejected, or lost with a leader change), or after a long
-    /// silence (the proposal never reached the log).
+    /// silence if the log never reached that index (the proposal was
+    /// refused before it reached the log). A copy still waiting in a long
+    /// log is not proposed again however long it waits: with 10,000
+    /// masters enlisting, every completion proposed again after 10 retry
+    /// periods in a backlog longer than that grew the backlog, which made
+    /// more of them wait that long (a simulated 3,000-master run applied
+    /// 22,696 entries where 12,033 did the same work).
     fn propose_once(
         &mut self,
         key: ProposalKey,
@@ -610,7 +616,7 @@ impl Coordinator {
             None => true,
             Some(&(at, index)) => {
                 (state.applied_index() >= index && self.now >= at + retry)
-                    || self.now >= at + 10 * retry
+                    || (self.log_last_index < index && self.now >= at + 10 * retry)
             }
         };
         if due {

@@ -867,3 +867,45 @@ fn a_new_table_pushes_each_master_only_its_share() {
         }
     }
 }
+
+/// A completion waiting in a long log is not proposed again, however long
+/// it waits there; one that never reached the log is, after a long
+/// silence; one applied without effect is, after a retry period.
+#[test]
+fn a_proposal_waiting_in_a_long_log_is_not_proposed_again() {
+    let mut h = Harness::with_masters(2);
+    let mut c = leader(2, &h.state);
+    let rec = c
+        .prepare(
+            &h.state,
+            &Request::CreateTable {
+                name: "t".into(),
+                tablets: 2,
+            },
+        )
+        .unwrap();
+    h.commit(&rec);
+    let completions = |acts: &[Action]| {
+        acts.iter()
+            .filter(|a| matches!(a, Action::Propose(Record::Complete { .. })))
+            .count()
+    };
+    // Pushes land; the completion is proposed once, behind a long log.
+    c.set_log_last_index(h.index + 5_000);
+    let acts = c.on_applied(&h.state);
+    h.execute(&mut c, acts, &|_| true);
+    let mut proposed = completions(&c.on_applied(&h.state));
+    // The driver: the proposal is in the log now.
+    c.set_log_last_index(h.index + 5_001);
+    for _ in 0..30 * CoordinatorConfig::default().propose_retry_ticks {
+        proposed += completions(&c.tick(&h.state));
+    }
+    assert_eq!(proposed, 1, "proposed once while the log holds it");
+    // A log that never reached its index: proposed again after the silence.
+    c.set_log_last_index(h.index);
+    let mut again = 0;
+    for _ in 0..10 * CoordinatorConfig::default().propose_retry_ticks {
+        again += completions(&c.tick(&h.state));
+    }
+    assert_eq!(again, 1, "proposed again: it never reached the log");
+}
