@@ -550,6 +550,11 @@ impl ClusterState {
         self.tables.values().map(|t| &**t)
     }
 
+    /// The table whose id is `id`.
+    pub fn table_by_id(&self, id: TableId) -> Option<&Table> {
+        self.tables.get(&id).map(|t| &**t)
+    }
+
     /// The table named `name`.
     pub fn table(&self, name: &str) -> Option<&Table> {
         self.tables.values().map(|t| &**t).find(|t| t.name == name)

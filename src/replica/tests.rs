@@ -177,3 +177,75 @@ fn a_heartbeat_waits_for_a_crash_proposed_before_it_but_not_for_the_rest_of_the_
         one.to_master
     );
 }
+
+/// A crash's change (for `ctl watch`) lists only the tablets that moved,
+/// in each table the plan touched, as they are after it.
+#[test]
+fn a_crash_change_lists_only_the_tablets_that_moved() {
+    let mut one = One::new();
+    for _ in 0..200 {
+        if one.replica.coord.is_active() {
+            break;
+        }
+        one.tick();
+    }
+    for nonce in [1, 2] {
+        one.replica
+            .propose(
+                one.now,
+                &Record::Commit(Op::EnlistServer {
+                    addr: format!("127.0.0.1:700{nonce}"),
+                    services: crate::cluster::services::MASTER,
+                    nonce,
+                }),
+            )
+            .expect("proposed");
+        one.settle();
+    }
+    let ids: Vec<ServerId> = one.replica.cluster().servers().map(|s| s.id).collect();
+    let (a, b) = (ids[0], ids[1]);
+    // Two tables of four tablets, owners alternating: `a` holds two of each.
+    for name in ["t1", "t2"] {
+        let tablets = crate::cluster::even_ranges(4)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (start_hash, end_hash))| crate::cluster::TabletSpec {
+                start_hash,
+                end_hash,
+                owner: if i % 2 == 0 { a } else { b },
+            })
+            .collect();
+        one.replica
+            .propose(
+                one.now,
+                &Record::Commit(Op::CreateTable {
+                    name: name.into(),
+                    tablets,
+                }),
+            )
+            .expect("proposed");
+        one.settle();
+    }
+    let plan = one
+        .replica
+        .cluster()
+        .plan_recovery(a)
+        .expect("b takes them");
+    assert_eq!(plan.len(), 4);
+    one.replica
+        .propose(one.now, &Record::Commit(Op::ServerCrashed { id: a, plan }))
+        .expect("proposed");
+    one.settle();
+    let change = one.replica.changes().last().expect("noted").clone();
+    assert_eq!(change.kind, "server-crashed");
+    assert_eq!(change.tables.len(), 2);
+    for t in &change.tables {
+        let whole = one.replica.cluster().table_by_id(t.id).expect("exists");
+        assert_eq!(t.name, whole.name);
+        assert_eq!(t.tablets.len(), 2, "the two that moved, of four");
+        for tb in &t.tablets {
+            assert_eq!(tb.owner, b);
+            assert!(whole.tablets.contains(tb), "as they are after it");
+        }
+    }
+}
