@@ -17,9 +17,10 @@ use crate::protocol::ClientReply;
 pub(super) struct Lookup {
     what: Awaiting,
     /// Answered only once the state has applied this index too: for
-    /// heartbeats, the leader's last log index when their read began, so
-    /// that a crash of one of those masters already in the log (proposed,
-    /// not yet applied) is seen, and no lease is granted past it.
+    /// heartbeats, the last crash this leader proposed before their read
+    /// began (within its log), so that a crash of one of those masters
+    /// already in the log (proposed, not yet applied) is seen, and no
+    /// lease is granted past it.
     after: u64,
     /// The term it was asked in: the Raft core forgets pending reads when
     /// the term moves, so a lookup of an older term is never confirmed.
@@ -144,7 +145,11 @@ impl<S: Storage> Replica<S> {
         }
         let waiters = std::mem::take(&mut self.heartbeats_queued);
         let n = waiters.len();
-        let after = self.crash_proposed_index;
+        // Within the log: a crash proposed in an earlier leadership and
+        // cut from the log since is not there to wait for (and its index
+        // may not come again while the cluster is idle: no master would
+        // get a lease). Entries of earlier terms are below the read index.
+        let after = self.crash_proposed_index.min(self.raft.log().last_index());
         match self.await_read_index_after(Awaiting::Heartbeats(waiters), after) {
             Ok(tag) => self.heartbeats_read = Some((tag, n, self.now)),
             Err((Awaiting::Heartbeats(waiters), why)) => {

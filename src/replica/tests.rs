@@ -249,3 +249,40 @@ fn a_crash_change_lists_only_the_tablets_that_moved() {
         }
     }
 }
+
+/// A crash proposed in an earlier leadership and cut from the log since
+/// (another leader's entries replaced it) is not waited for: on an idle
+/// cluster its index may never come, and no master would get a lease.
+#[test]
+fn a_heartbeat_does_not_wait_for_a_crash_no_longer_in_the_log() {
+    let mut one = One::new();
+    for _ in 0..200 {
+        if one.replica.coord.is_active() {
+            break;
+        }
+        one.tick();
+    }
+    one.replica
+        .propose(
+            one.now,
+            &Record::Commit(Op::EnlistServer {
+                addr: "127.0.0.1:7000".into(),
+                services: crate::cluster::services::MASTER,
+                nonce: NONCE,
+            }),
+        )
+        .expect("proposed");
+    one.settle();
+    let id = one.replica.cluster().servers().next().expect("enlisted").id;
+    // As left by a crash proposed at a far index, then truncated away.
+    one.replica.crash_proposed_index = one.replica.raft().log().last_index() + 1_000;
+    one.heartbeat(1, id);
+    assert!(
+        matches!(
+            one.to_master.as_slice(),
+            [(1, ClientReply::HeartbeatAck { gone: false, lease_us, .. })] if *lease_us > 0
+        ),
+        "answered with a lease: {:?}",
+        one.to_master
+    );
+}

@@ -675,8 +675,11 @@ fn cluster(c: &mut Corpus) {
     // A part: one server's tablets of the tables it holds, as pushed over
     // TCP (format 3).
     if let Some(srv) = last.servers().find(|s| last.tablet_count(s.id) > 0) {
-        let tables: std::collections::BTreeSet<_> =
-            last.tablets_of(srv.id).into_iter().map(|(t, _)| t).collect();
+        let tables: std::collections::BTreeSet<_> = last
+            .tablets_of(srv.id)
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
         add(
             c,
             "region",
