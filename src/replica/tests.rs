@@ -37,6 +37,40 @@ impl One {
         }
     }
 
+    /// A new replica that leads, its coordinator active.
+    fn leading() -> One {
+        let mut one = One::new();
+        for _ in 0..200 {
+            if one.replica.raft().role() == Role::Leader && one.replica.coord.is_active() {
+                break;
+            }
+            one.tick();
+        }
+        assert!(one.replica.coord.is_active(), "a lone voter leads");
+        one
+    }
+
+    /// Enlists a master with `nonce`; its server id.
+    fn enlist(&mut self, nonce: u64) -> ServerId {
+        self.replica
+            .propose(
+                self.now,
+                &Record::Commit(Op::EnlistServer {
+                    addr: format!("127.0.0.1:{}", 7000 + nonce),
+                    services: crate::cluster::services::MASTER,
+                    nonce,
+                }),
+            )
+            .expect("proposed");
+        self.settle();
+        self.replica
+            .cluster()
+            .servers()
+            .find(|s| s.nonce == nonce)
+            .expect("enlisted")
+            .id
+    }
+
     /// Drives the replica until it has nothing more to say.
     fn settle(&mut self) {
         loop {
@@ -102,26 +136,8 @@ impl One {
 /// Only the crashes proposed are waited for, not the whole log.
 #[test]
 fn a_heartbeat_waits_for_a_crash_proposed_before_it_but_not_for_the_rest_of_the_log() {
-    let mut one = One::new();
-    for _ in 0..200 {
-        if one.replica.raft().role() == Role::Leader && one.replica.coord.is_active() {
-            break;
-        }
-        one.tick();
-    }
-    assert!(one.replica.coord.is_active(), "a lone voter leads");
-    one.replica
-        .propose(
-            one.now,
-            &Record::Commit(Op::EnlistServer {
-                addr: "127.0.0.1:7000".into(),
-                services: crate::cluster::services::MASTER,
-                nonce: NONCE,
-            }),
-        )
-        .expect("proposed");
-    one.settle();
-    let id = one.replica.cluster().servers().next().expect("enlisted").id;
+    let mut one = One::leading();
+    let id = one.enlist(NONCE);
 
     // Proposals that do not touch the master, not yet durable: its
     // heartbeat is answered without waiting for them.
@@ -182,28 +198,8 @@ fn a_heartbeat_waits_for_a_crash_proposed_before_it_but_not_for_the_rest_of_the_
 /// in each table the plan touched, as they are after it.
 #[test]
 fn a_crash_change_lists_only_the_tablets_that_moved() {
-    let mut one = One::new();
-    for _ in 0..200 {
-        if one.replica.coord.is_active() {
-            break;
-        }
-        one.tick();
-    }
-    for nonce in [1, 2] {
-        one.replica
-            .propose(
-                one.now,
-                &Record::Commit(Op::EnlistServer {
-                    addr: format!("127.0.0.1:700{nonce}"),
-                    services: crate::cluster::services::MASTER,
-                    nonce,
-                }),
-            )
-            .expect("proposed");
-        one.settle();
-    }
-    let ids: Vec<ServerId> = one.replica.cluster().servers().map(|s| s.id).collect();
-    let (a, b) = (ids[0], ids[1]);
+    let mut one = One::leading();
+    let (a, b) = (one.enlist(1), one.enlist(2));
     // Two tables of four tablets, owners alternating: `a` holds two of each.
     for name in ["t1", "t2"] {
         let tablets = crate::cluster::even_ranges(4)
@@ -255,25 +251,8 @@ fn a_crash_change_lists_only_the_tablets_that_moved() {
 /// cluster its index may never come, and no master would get a lease.
 #[test]
 fn a_heartbeat_does_not_wait_for_a_crash_no_longer_in_the_log() {
-    let mut one = One::new();
-    for _ in 0..200 {
-        if one.replica.coord.is_active() {
-            break;
-        }
-        one.tick();
-    }
-    one.replica
-        .propose(
-            one.now,
-            &Record::Commit(Op::EnlistServer {
-                addr: "127.0.0.1:7000".into(),
-                services: crate::cluster::services::MASTER,
-                nonce: NONCE,
-            }),
-        )
-        .expect("proposed");
-    one.settle();
-    let id = one.replica.cluster().servers().next().expect("enlisted").id;
+    let mut one = One::leading();
+    let id = one.enlist(NONCE);
     // As left by a crash proposed at a far index, then truncated away.
     one.replica.crash_proposed_index = one.replica.raft().log().last_index() + 1_000;
     one.heartbeat(1, id);
