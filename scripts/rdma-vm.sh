@@ -24,6 +24,7 @@
 #                                 (whole VM, cpu-clock) around `ramcoord-bench rdma
 #                                 --parts commit`, once per transport; the reports
 #                                 go to bench/results/rdma-perf-<time>.txt
+#   DEPS_ONLY=1 scripts/rdma-vm.sh   only install the host packages
 #   PROFILE=test scripts/rdma-vm.sh   build with cargo's test profile (what
 #                                 scripts/test.sh does: it has built the
 #                                 dependencies that way already); the default,
@@ -41,12 +42,6 @@ PERF=${PERF:-0}
 PARTS=${PARTS:-verbs,transport,commit,push}
 COMMIT=${COMMIT:-tcp,rdma}
 PROFILE=${PROFILE:-release}
-# Where cargo puts a profile's output (the test profile's is debug/).
-case "$PROFILE" in
-    release) PROFILE_DIR=release ;;
-    test | dev) PROFILE_DIR=debug ;;
-    *) PROFILE_DIR=$PROFILE ;;
-esac
 WORK=$(mktemp -d /tmp/ramcoord-rdma-vm.XXXX)
 trap 'rm -rf "$WORK"' EXIT
 die() { echo "rdma-vm.sh: $*" >&2; exit 2; }
@@ -63,6 +58,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     apt-get update -qq || die "apt-get update failed"
     apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" || die "cannot install ${need_pkgs[*]}"
 fi
+# DEPS_ONLY=1: stop here (scripts/test.sh builds its whole suite with
+# --features rdma, which needs the verbs libraries and libclang first).
+if [ "${DEPS_ONLY:-0}" = 1 ]; then exit 0; fi
 KV=${KV:-$(ls /lib/modules | sort -V | tail -n1)}
 KERNEL=/boot/vmlinuz-$KV
 [ -r "$KERNEL" ] || die "no $KERNEL"
@@ -70,24 +68,32 @@ KERNEL=/boot/vmlinuz-$KV
 # --- the binaries ---------------------------------------------------------------
 # A target directory of their own: the feature changes every crate above
 # ramcoord-net, and sharing target/ would rebuild the ordinary binaries.
+# scripts/test.sh instead builds its whole test suite with the feature
+# and points RDMA_TARGET_DIR at target/ and RDMA_CARGO_SELECT at
+# --workspace: the same packages and features as its `cargo test`, so the
+# build below finds everything built already.
 export CARGO_TARGET_DIR=${RDMA_TARGET_DIR:-$PWD/target/rdma}
-echo "rdma-vm.sh: building with --features rdma in $CARGO_TARGET_DIR" >&2
-test_exe() { # the executable of a test target from cargo's JSON messages
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1
-}
+SELECT=${RDMA_CARGO_SELECT:--p ramcoord-net -p ramcoord -p ramcoord-bench}
+echo "rdma-vm.sh: building with --features rdma in $CARGO_TARGET_DIR ($SELECT)" >&2
+# The two test targets run in the guest, and bench/tests/cli.rs only so
+# that cargo builds the ramcoord-bench binary in the same resolution (an
+# integration test's package has its binaries built for it).
+build=(cargo test --profile "$PROFILE" $SELECT --features ramcoord/rdma,ramcoord-bench/rdma
+    --test rdma --test rdma_cluster --test cli --no-run)
 # Build first with the errors shown, then ask cargo (no-op) where they are.
-cargo test --profile "$PROFILE" -q -p ramcoord-net -p ramcoord --features ramcoord/rdma,ramcoord-net/rdma \
-    --test rdma --test rdma_cluster --no-run || die "could not build the RDMA tests"
-NET_TEST=$(cargo test --profile "$PROFILE" -p ramcoord-net --features rdma --test rdma --no-run \
-    --message-format=json 2>/dev/null | test_exe)
-[ -x "$NET_TEST" ] || die "could not build the RDMA transport tests"
-CLUSTER_TEST=$(cargo test --profile "$PROFILE" -p ramcoord --features rdma --test rdma_cluster --no-run \
-    --message-format=json 2>/dev/null | test_exe)
-[ -x "$CLUSTER_TEST" ] || die "could not build the RDMA cluster test"
-cargo build --profile "$PROFILE" -q --features rdma --bin ramcoord -p ramcoord || die "could not build ramcoord"
-cargo build --profile "$PROFILE" -q --features rdma --bin ramcoord-bench -p ramcoord-bench || die "could not build ramcoord-bench"
-RAMCOORD=$CARGO_TARGET_DIR/$PROFILE_DIR/ramcoord
-BENCHBIN=$CARGO_TARGET_DIR/$PROFILE_DIR/ramcoord-bench
+"${build[@]}" -q || die "could not build the RDMA tests and binaries"
+ARTIFACTS=$("${build[@]}" --message-format=json 2>/dev/null | grep '"reason":"compiler-artifact"')
+exe() { # exe KIND NAME: the executable cargo reported for that target
+    grep "\"kind\":\[\"$1\"\]" <<<"$ARTIFACTS" | grep "\"name\":\"$2\"" |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1
+}
+NET_TEST=$(exe test rdma)
+CLUSTER_TEST=$(exe test rdma_cluster)
+RAMCOORD=$(exe bin ramcoord)
+BENCHBIN=$(exe bin ramcoord-bench)
+for f in "$NET_TEST" "$CLUSTER_TEST" "$RAMCOORD" "$BENCHBIN"; do
+    [ -x "$f" ] || die "cargo reported no executable for one of the RDMA tests or binaries (got '$f')"
+done
 
 # --- initramfs ----------------------------------------------------------------
 R=$WORK/root
@@ -228,11 +234,11 @@ elif [ "$BENCH" = 1 ]; then
 else
     # A hung test (a peer that died mid-exchange) fails here, not at the
     # VM's timeout.
-    timeout 120 /usr/bin/rdma-tests --test-threads 1 --nocapture $FILTER
+    timeout 120 /usr/bin/rdma-tests --include-ignored --test-threads 1 --nocapture $FILTER
     rc=$?
     if [ $rc = 0 ]; then
         echo "=== ramcoord cluster over RDMA"
-        timeout 240 /usr/bin/rdma-cluster-tests --test-threads 1 --nocapture $FILTER
+        timeout 240 /usr/bin/rdma-cluster-tests --include-ignored --test-threads 1 --nocapture $FILTER
         rc=$?
     fi
 fi

@@ -73,6 +73,7 @@ fn step(what: &str) {
 /// their memory), kills the leader, and does it again under the new one,
 /// whose pushes land only once the masters granted it write access.
 #[test]
+#[ignore = "needs soft-RoCE devices: scripts/rdma-vm.sh runs it in a VM"]
 fn a_cluster_over_rdma_survives_a_leader_kill_and_masters_follow_its_pushes() {
     let dir = std::env::temp_dir().join(format!("ramcoord-rdma-cluster-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -283,9 +283,10 @@ enum Scenario {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "100:10000,1000:10000,10000:10000,10000:100000,10000:1000000"
+            default_value = "100:10000,1000:10000,10000:10000,10000:100000,10000:1000000",
+            value_parser = parse_cluster_point
         )]
-        cluster_points: Vec<String>,
+        cluster_points: Vec<(u64, u64)>,
         /// Where the cluster part's replicas keep their data.
         #[arg(long, default_value = "bench-data/scale")]
         dir: PathBuf,
@@ -359,6 +360,22 @@ fn emit<T: serde::Serialize>(json: bool, v: &T, table: impl FnOnce() -> String) 
     } else {
         println!("{}", table());
     }
+}
+
+/// One `--cluster-points` value, MASTERS:TABLETS, checked when the
+/// arguments are parsed: a typo fails at once, not after the state part
+/// has run for minutes.
+fn parse_cluster_point(spec: &str) -> Result<(u64, u64), String> {
+    let (m, t) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("{spec}: expected MASTERS:TABLETS, e.g. 1000:10000"))?;
+    // At least 4 masters: one crashes and its tablets need other owners.
+    let count = |what: &str, v: &str, least: u64| match v.parse::<u64>() {
+        Ok(n) if n < least => Err(format!("{spec}: {what} must be at least {least}")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{spec}: {what} {v:?}: {e}")),
+    };
+    Ok((count("masters", m, 4)?, count("tablets", t, 1)?))
 }
 
 fn fail(e: String) -> ! {
@@ -627,13 +644,7 @@ kill -> rolled forward  {}",
             let mut cluster_pts = Vec::new();
             let mut cluster_failed: Vec<String> = Vec::new();
             if parts.contains(&ScalePart::Cluster) {
-                for spec in &cluster_points {
-                    let (m, t) = spec
-                        .split_once(':')
-                        .and_then(|(m, t)| Some((m.parse().ok()?, t.parse().ok()?)))
-                        .unwrap_or_else(|| {
-                            fail(format!("--cluster-points {spec}: expected MASTERS:TABLETS"))
-                        });
+                for &(m, t) in &cluster_points {
                     progress(&format!("scale cluster: {m} masters, {t} tablets"));
                     // A point that fails is reported with why, and the
                     // sweep goes on (the larger points are the ones that
