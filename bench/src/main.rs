@@ -664,8 +664,9 @@ kill -> rolled forward  {}",
                         }
                     };
                     progress(&format!(
-                        "  detection CPU {:.1} %, commit ratio {:.2}, recovery {:.1} / {:.1} ms, leader {:.0} MiB ({:.0} s)",
+                        "  detection CPU {:.1} % ({:.1} in the kernel), commit ratio {:.2}, recovery {:.1} / {:.1} ms, leader {:.0} MiB ({:.0} s)",
                         p.failure_detection_cpu_pct,
+                        p.failure_detection_system_pct,
                         p.commit_p50_ratio_loaded,
                         p.recovery_plan_ms,
                         p.recovery_pushed_ms,

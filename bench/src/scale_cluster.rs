@@ -65,6 +65,11 @@ pub struct ClusterPoint {
     pub idle_cpu_pct: f64,
     pub loaded_cpu_pct: f64,
     pub failure_detection_cpu_pct: f64,
+    /// The part of it in the kernel (TCP; on loopback that includes
+    /// delivering the leader's answers into the masters' sockets, which a
+    /// real network leaves to the masters' machines).
+    #[serde(default)]
+    pub failure_detection_system_pct: f64,
     pub commit_p50_empty_us: f64,
     pub commit_p50_loaded_us: f64,
     pub commit_p99_loaded_us: f64,
@@ -98,8 +103,8 @@ const OPS: u64 = 200;
 /// The quiet windows for CPU.
 const WINDOW: Duration = Duration::from_secs(10);
 
-/// `(utime + stime)` of process `pid`, in seconds.
-fn cpu_s(pid: u32) -> Result<f64, String> {
+/// `(utime + stime, stime)` of process `pid`, in seconds.
+fn cpu_s(pid: u32) -> Result<(f64, f64), String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
     // Fields after the command name (which may hold spaces).
@@ -108,7 +113,10 @@ fn cpu_s(pid: u32) -> Result<f64, String> {
     // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // In USER_HZ ticks: 100 a second, fixed by Linux's ABI.
-    Ok((ticks(11) + ticks(12)) as f64 / 100.0)
+    Ok((
+        (ticks(11) + ticks(12)) as f64 / 100.0,
+        ticks(12) as f64 / 100.0,
+    ))
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -145,13 +153,15 @@ fn pids(c: &LocalCluster) -> Result<(u32, Vec<u32>), String> {
     Ok((lp.ok_or("leader not found")?, followers))
 }
 
-/// The leader's CPU, in percent of one core, over `window`.
-fn cpu_pct(pid: u32, window: Duration) -> Result<f64, String> {
+/// The leader's CPU over `window`, in percent of one core: all of it, and
+/// the part in the kernel.
+fn cpu_pct(pid: u32, window: Duration) -> Result<(f64, f64), String> {
     let a = cpu_s(pid)?;
     let t = Instant::now();
     std::thread::sleep(window);
     let b = cpu_s(pid)?;
-    Ok((b - a) / t.elapsed().as_secs_f64() * 100.0)
+    let pct = |d: f64| d / t.elapsed().as_secs_f64() * 100.0;
+    Ok((pct(b.0 - a.0), pct(b.1 - a.1)))
 }
 
 /// Commit points and no-ops, one client on each of two clusters, one
@@ -348,7 +358,7 @@ pub fn point(
     let (leader, _) = pids(&c)?;
     std::thread::sleep(Duration::from_secs(1));
     progress("  three masters: the leader's CPU");
-    let idle_cpu_pct = cpu_pct(leader, WINDOW)?;
+    let (idle_cpu_pct, idle_system_pct) = cpu_pct(leader, WINDOW)?;
 
     progress(&format!("  enlisting {} light masters", masters - 3));
     let big = fleet(3, masters as usize - 3, &coordinators)?;
@@ -371,8 +381,15 @@ pub fn point(
     ));
     // The pace the leader sets, then two intervals for every endpoint to
     // adopt it.
+    // Also until the leader has closed the push connections the load
+    // opened (idle for PUSH_CONN_IDLE, swept once a second): closing
+    // thousands of them is the load's cost, and inside the window it was
+    // a twentieth of the leader's CPU there.
     let interval_us = big.stats().interval_us.load(Ordering::Relaxed).max(1000);
-    std::thread::sleep(Duration::from_micros(interval_us * 2).max(Duration::from_secs(1)));
+    std::thread::sleep(
+        Duration::from_micros(interval_us * 2)
+            .max(ramcoord_net::tcp::PUSH_CONN_IDLE + Duration::from_secs(2)),
+    );
     // A leader lost under the enlistment and load storms is counted, and
     // the figures below are the new leader's.
     let (leader_now, followers) = pids(&c)?;
@@ -382,7 +399,7 @@ pub fn point(
     let hb_before = big.stats().heartbeats.load(Ordering::Relaxed)
         + small.stats().heartbeats.load(Ordering::Relaxed);
     let t = Instant::now();
-    let loaded_cpu_pct = cpu_pct(leader, WINDOW)?;
+    let (loaded_cpu_pct, loaded_system_pct) = cpu_pct(leader, WINDOW)?;
     let heartbeats_per_s = (big.stats().heartbeats.load(Ordering::Relaxed)
         + small.stats().heartbeats.load(Ordering::Relaxed)
         - hb_before) as f64
@@ -437,6 +454,7 @@ pub fn point(
         idle_cpu_pct,
         loaded_cpu_pct,
         failure_detection_cpu_pct: (loaded_cpu_pct - idle_cpu_pct).max(0.0),
+        failure_detection_system_pct: (loaded_system_pct - idle_system_pct).max(0.0),
         commit_p50_empty_us,
         commit_p50_loaded_us,
         commit_p99_loaded_us,
@@ -475,11 +493,11 @@ pub fn point(
 /// The table of a cluster sweep.
 pub fn markdown(points: &[ClusterPoint]) -> String {
     let mut out = String::from(
-        "| masters | tablets | enlist s | load s (MiB pushed) | heartbeat ms | heartbeats/s | detection CPU % | commit p50 empty → loaded µs (ratio) | no-op p50 µs | leave: tablets → plan ms / pushed ms | crash → pushed ms | leader RSS MiB | leader lost |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| masters | tablets | enlist s | load s (MiB pushed) | heartbeat ms | heartbeats/s | detection CPU % (kernel) | commit p50 empty → loaded µs (ratio) | no-op p50 µs | leave: tablets → plan ms / pushed ms | crash → pushed ms | leader RSS MiB | leader lost |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for p in points {
         out += &format!(
-            "| {} | {} | {:.1} | {:.1} ({:.1}) | {:.0} | {:.0} | {:.1} | {:.0} → {:.0} ({:.2}) | {:.0} → {:.0} | {} → {:.1} / {:.1} | {:.0} | {:.0} | {} |\n",
+            "| {} | {} | {:.1} | {:.1} ({:.1}) | {:.0} | {:.0} | {:.1} ({:.1}) | {:.0} → {:.0} ({:.2}) | {:.0} → {:.0} | {} → {:.1} / {:.1} | {:.0} | {:.0} | {} |\n",
             p.masters,
             p.tablets,
             p.enlist_s,
@@ -488,6 +506,7 @@ pub fn markdown(points: &[ClusterPoint]) -> String {
             p.heartbeat_interval_ms,
             p.heartbeats_per_s,
             p.failure_detection_cpu_pct,
+            p.failure_detection_system_pct,
             p.commit_p50_empty_us,
             p.commit_p50_loaded_us,
             p.commit_p50_ratio_loaded,

@@ -483,6 +483,10 @@ pub struct Replica<S: Storage> {
     /// The heartbeats' read under way: its tag, how many it answers, and
     /// when it began.
     heartbeats_read: Option<(u64, usize, Instant)>,
+    /// Ticks taken so far, and the tick at which the last heartbeats' read
+    /// began: one read a tick at most (see [`Self::start_heartbeats_read`]).
+    ticks: u64,
+    heartbeats_read_tick: Option<u64>,
     /// A tick came in: the coordinator acts on the passage of time at the
     /// next [`Replica::drive`].
     tick_pending: bool,
@@ -511,6 +515,12 @@ pub struct Replica<S: Storage> {
     metrics: Arc<Metrics>,
     /// Elections the Raft core started, already counted in the metrics.
     campaigns_counted: u64,
+    /// The role and leader last logged: a change is logged once, so an
+    /// operator reading one replica's log sees every election it took
+    /// part in and why it started.
+    role_logged: (Role, Option<NodeId>),
+    /// Masters up, counted at this server-list version (`/metrics`).
+    servers_up_counted: (Option<u64>, u64),
     /// Raft refusals already counted into the metrics.
     raft_refusals_counted: u64,
     /// Masters with a push-failure count in the metrics.
@@ -565,6 +575,8 @@ impl<S: Storage> Replica<S> {
             heartbeats_queued: Vec::new(),
             crash_proposed_index: 0,
             heartbeats_read: None,
+            ticks: 0,
+            heartbeats_read_tick: None,
             reads_confirmed: Vec::new(),
             last_read_tag: 0,
             lost_matches_logged: (0, None),
@@ -576,6 +588,8 @@ impl<S: Storage> Replica<S> {
             watchers: VecDeque::new(),
             metrics: Arc::new(Metrics::new()),
             campaigns_counted: 0,
+            role_logged: (Role::Follower, None),
+            servers_up_counted: (None, 0),
             raft_refusals_counted: 0,
             failed_masters: std::collections::BTreeSet::new(),
             snapshot_job: None,
@@ -671,6 +685,7 @@ impl<S: Storage> Replica<S> {
         match input {
             Input::Message { from, payload } => self.on_message(from, payload),
             Input::Tick => {
+                self.ticks += 1;
                 self.raft.tick();
                 self.answer_watchers();
                 // A tick also lets the coordinator act on the passage of
@@ -957,7 +972,11 @@ impl<S: Storage> Replica<S> {
             if std::mem::take(&mut self.tick_pending) {
                 actions.extend(self.coord.tick(&self.cluster));
             }
-            if !self.act(actions) {
+            let proposed = self.act(actions);
+            // A read begun after the readies (the queued heartbeats') has
+            // messages for the followers now: they leave in this drive,
+            // not at the next event or tick.
+            if !proposed && !self.raft.has_ready() {
                 return Ok(());
             }
             // It proposed: run the loop again for its records.
@@ -1102,6 +1121,41 @@ impl<S: Storage> Replica<S> {
         self.applied(e.index, e.term, &e.data, &outcome, e.kind);
     }
 
+    /// Logs the Raft role and leader when they changed. A follower that
+    /// starts a campaign heard nothing from its leader for an election
+    /// timeout; a leader that becomes a follower in the same term lost
+    /// touch with a quorum (check-quorum); in a new term, it saw a higher
+    /// one.
+    fn log_role_change(&mut self) {
+        let now = (self.raft.role(), self.raft.leader_id());
+        if now == self.role_logged {
+            return;
+        }
+        let (was_role, was_leader) = self.role_logged;
+        self.role_logged = now;
+        let why = match (was_role, now.0) {
+            (Role::Follower, Role::PreCandidate | Role::Candidate) => {
+                "no word from the leader within the election timeout (or asked to take over)"
+            }
+            (Role::Leader, Role::Follower) if now.1.is_none() => {
+                "stepped down: no word from a quorum within the election timeout, or a higher term"
+            }
+            (_, Role::Leader) => "won the election",
+            (_, Role::Follower) if now.1.is_some() => "heard from the leader",
+            _ => "",
+        };
+        tracing::info!(
+            id = self.cfg.id,
+            term = self.raft.term(),
+            role = ?now.0,
+            leader = ?now.1,
+            was = ?was_role,
+            was_leader = ?was_leader,
+            why,
+            "raft role changed"
+        );
+    }
+
     /// What follows a round of readies: lookups, compaction, leadership.
     fn after_readies(&mut self) -> Result<(), ReplicaError> {
         let campaigns = self.raft.campaigns();
@@ -1111,6 +1165,7 @@ impl<S: Storage> Replica<S> {
                 .inc_by(campaigns - self.campaigns_counted);
             self.campaigns_counted = campaigns;
         }
+        self.log_role_change();
         self.answer_lookups();
         self.answer_watchers();
         self.maybe_compact()?;
