@@ -181,6 +181,9 @@ pub struct CoordinatorNode<T: Transport> {
     pushed: HashMap<ramcoord_net::PeerId, crate::cluster::ServerId>,
     /// When `pushed` was last checked.
     pushed_checked: Instant,
+    /// Slow steps since the last warning about them: how many, the
+    /// longest (wall time, events, drive), and when that warning was.
+    slow_steps: (u64, Duration, usize, Duration, Instant),
     /// Persist jobs written and waiting for the disk, in order: (job
     /// number, the last index that must be durable; 0 for none).
     persisting: VecDeque<(u64, u64)>,
@@ -265,6 +268,7 @@ impl<T: Transport> CoordinatorNode<T> {
             disk_blocks,
             pushed: HashMap::new(),
             pushed_checked: now,
+            slow_steps: (0, Duration::ZERO, 0, Duration::ZERO, now),
             flush_started: None,
             observed: None,
             per_master_sampled: now,
@@ -385,6 +389,7 @@ impl<T: Transport> CoordinatorNode<T> {
         }
         let timeout = wake.saturating_duration_since(Instant::now());
         self.wait(timeout);
+        let woke = Instant::now();
         // Take what else has arrived before writing to disk (one write for
         // the lot), but not past the next tick: under a flood of client
         // and master messages (10,000 masters enlisting at once) an
@@ -423,7 +428,33 @@ impl<T: Transport> CoordinatorNode<T> {
                 self.forget_gone_masters();
             }
         }
-        self.drive()
+        let drive_began = Instant::now();
+        let r = self.drive();
+        // A step that holds the thread for a good part of an election
+        // timeout delays this replica's messages to its peers by as much:
+        // a leader's followers start to campaign. Said, so that an
+        // operator who sees elections knows where the time went.
+        // Wall time: on a crowded machine it includes time the thread
+        // waited for a core. At most one warning a second, with the count.
+        let took = woke.elapsed();
+        if took >= self.cfg.tick * (self.cfg.election_ticks as u32 / 2).max(1) {
+            let s = &mut self.slow_steps;
+            s.0 += 1;
+            if took > s.1 {
+                (s.1, s.2, s.3) = (took, taken, drive_began.elapsed());
+            }
+            if s.4.elapsed() >= Duration::from_secs(1) {
+                tracing::warn!(
+                    steps = s.0,
+                    longest_ms = s.1.as_millis() as u64,
+                    events = s.2,
+                    drive_ms = s.3.as_millis() as u64,
+                    "slow steps: this replica held its thread for half an election timeout or more (wall time; its peers may start elections)"
+                );
+                *s = (0, Duration::ZERO, 0, Duration::ZERO, Instant::now());
+            }
+        }
+        r
     }
 
     /// The first step of a graceful stop: a leader hands its leadership to

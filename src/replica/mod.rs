@@ -518,7 +518,7 @@ pub struct Replica<S: Storage> {
     /// The role and leader last logged: a change is logged once, so an
     /// operator reading one replica's log sees every election it took
     /// part in and why it started.
-    role_logged: (Role, Option<NodeId>),
+    role_logged: (Role, Option<NodeId>, u64),
     /// Masters up, counted at this server-list version (`/metrics`).
     servers_up_counted: (Option<u64>, u64),
     /// Raft refusals already counted into the metrics.
@@ -588,7 +588,7 @@ impl<S: Storage> Replica<S> {
             watchers: VecDeque::new(),
             metrics: Arc::new(Metrics::new()),
             campaigns_counted: 0,
-            role_logged: (Role::Follower, None),
+            role_logged: (Role::Follower, None, 0),
             servers_up_counted: (None, 0),
             raft_refusals_counted: 0,
             failed_masters: std::collections::BTreeSet::new(),
@@ -1127,19 +1127,21 @@ impl<S: Storage> Replica<S> {
     /// touch with a quorum (check-quorum); in a new term, it saw a higher
     /// one.
     fn log_role_change(&mut self) {
-        let now = (self.raft.role(), self.raft.leader_id());
-        if now == self.role_logged {
+        let (role, leader, term) = (self.raft.role(), self.raft.leader_id(), self.raft.term());
+        let (was_role, was_leader, was_term) = self.role_logged;
+        if (role, leader) == (was_role, was_leader) {
             return;
         }
-        let (was_role, was_leader) = self.role_logged;
-        self.role_logged = now;
+        self.role_logged = (role, leader, term);
+        let now = (role, leader);
         let why = match (was_role, now.0) {
             (Role::Follower, Role::PreCandidate | Role::Candidate) => {
                 "no word from the leader within the election timeout (or asked to take over)"
             }
-            (Role::Leader, Role::Follower) if now.1.is_none() => {
-                "stepped down: no word from a quorum within the election timeout, or a higher term"
+            (Role::Leader, Role::Follower) if now.1.is_none() && term == was_term => {
+                "stepped down: no word from a quorum within the election timeout"
             }
+            (Role::Leader, _) => "saw a higher term",
             (_, Role::Leader) => "won the election",
             (_, Role::Follower) if now.1.is_some() => "heard from the leader",
             _ => "",
@@ -1151,6 +1153,7 @@ impl<S: Storage> Replica<S> {
             leader = ?now.1,
             was = ?was_role,
             was_leader = ?was_leader,
+            was_term,
             why,
             "raft role changed"
         );
