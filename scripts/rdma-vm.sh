@@ -4,7 +4,8 @@
 # The host needs no RDMA: the guest boots Debian's kernel package into a
 # small busybox initramfs holding the rxe modules, the verbs libraries and
 # the project's RDMA binaries (built here with --features rdma into
-# target/rdma, so the ordinary build is left alone). Inside, two rxe
+# target/rdma, so the ordinary build is left alone; scripts/test.sh has
+# it take them from its own build in target/ instead). Inside, two rxe
 # devices sit on a veth pair (10.0.0.1 and 10.0.0.2, traffic forced across
 # the wire), and there it runs:
 #   1. the RDMA layer and transport tests (net/tests/rdma.rs),
@@ -47,9 +48,14 @@ trap 'rm -rf "$WORK"' EXIT
 die() { echo "rdma-vm.sh: $*" >&2; exit 2; }
 
 # --- host packages ----------------------------------------------------------
+# What a build with the feature needs; the VM needs the rest.
+# DEPS_ONLY=1 installs only the first (scripts/test.sh builds its whole
+# suite with --features rdma, long before the VM step) and stops.
+build_pkgs="libibverbs-dev librdmacm-dev clang libclang-dev pkg-config"
+vm_pkgs="qemu-system-x86 linux-image-amd64 rdma-core ibverbs-providers busybox-static cpio kmod"
+if [ "${DEPS_ONLY:-0}" = 1 ]; then vm_pkgs=""; fi
 need_pkgs=()
-for p in libibverbs-dev librdmacm-dev clang libclang-dev pkg-config qemu-system-x86 \
-    linux-image-amd64 rdma-core ibverbs-providers busybox-static cpio kmod; do
+for p in $build_pkgs $vm_pkgs; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -58,8 +64,6 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     apt-get update -qq || die "apt-get update failed"
     apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" || die "cannot install ${need_pkgs[*]}"
 fi
-# DEPS_ONLY=1: stop here (scripts/test.sh builds its whole suite with
-# --features rdma, which needs the verbs libraries and libclang first).
 if [ "${DEPS_ONLY:-0}" = 1 ]; then exit 0; fi
 KV=${KV:-$(ls /lib/modules | sort -V | tail -n1)}
 KERNEL=/boot/vmlinuz-$KV
@@ -82,9 +86,11 @@ build=(cargo test --profile "$PROFILE" $SELECT --features ramcoord/rdma,ramcoord
     --test rdma --test rdma_cluster --test cli --no-run)
 # Build first with the errors shown, then ask cargo (no-op) where they are.
 "${build[@]}" -q || die "could not build the RDMA tests and binaries"
-ARTIFACTS=$("${build[@]}" --message-format=json 2>/dev/null | grep '"reason":"compiler-artifact"')
+# `|| true`: a target cargo did not report is said by the check below,
+# not by set -e's silent exit.
+ARTIFACTS=$("${build[@]}" --message-format=json 2>/dev/null | grep '"reason":"compiler-artifact"' || true)
 exe() { # exe KIND NAME: the executable cargo reported for that target
-    grep "\"kind\":\[\"$1\"\]" <<<"$ARTIFACTS" | grep "\"name\":\"$2\"" |
+    { grep "\"kind\":\[\"$1\"\]" <<<"$ARTIFACTS" | grep "\"name\":\"$2\"" || true; } |
         sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1
 }
 NET_TEST=$(exe test rdma)

@@ -268,7 +268,15 @@ impl<T: Transport> CoordinatorNode<T> {
             disk_blocks,
             pushed: HashMap::new(),
             pushed_checked: now,
-            slow_steps: (0, Duration::ZERO, 0, Duration::ZERO, now),
+            // As if warned a second ago: the first slow step is said at
+            // once (the storms come right after a start).
+            slow_steps: (
+                0,
+                Duration::ZERO,
+                0,
+                Duration::ZERO,
+                now.checked_sub(Duration::from_secs(1)).unwrap_or(now),
+            ),
             flush_started: None,
             observed: None,
             per_master_sampled: now,
@@ -437,7 +445,8 @@ impl<T: Transport> CoordinatorNode<T> {
         // Wall time: on a crowded machine it includes time the thread
         // waited for a core. At most one warning a second, with the count.
         let took = woke.elapsed();
-        if took >= self.cfg.tick * (self.cfg.election_ticks as u32 / 2).max(1) {
+        let half_election = u32::try_from(self.cfg.election_ticks / 2).unwrap_or(u32::MAX);
+        if took >= self.cfg.tick.saturating_mul(half_election.max(1)) {
             let s = &mut self.slow_steps;
             s.0 += 1;
             if took > s.1 {

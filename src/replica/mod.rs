@@ -1129,7 +1129,7 @@ impl<S: Storage> Replica<S> {
     fn log_role_change(&mut self) {
         let (role, leader, term) = (self.raft.role(), self.raft.leader_id(), self.raft.term());
         let (was_role, was_leader, was_term) = self.role_logged;
-        if (role, leader) == (was_role, was_leader) {
+        if (role, leader, term) == self.role_logged {
             return;
         }
         self.role_logged = (role, leader, term);
@@ -1138,13 +1138,17 @@ impl<S: Storage> Replica<S> {
             (Role::Follower, Role::PreCandidate | Role::Candidate) => {
                 "no word from the leader within the election timeout (or asked to take over)"
             }
+            (Role::PreCandidate, Role::Candidate) => "won the pre-vote",
+            (Role::PreCandidate | Role::Candidate, Role::PreCandidate | Role::Candidate) => {
+                "no quorum within the election timeout: campaigning again"
+            }
             (Role::Leader, Role::Follower) if now.1.is_none() && term == was_term => {
                 "stepped down: no word from a quorum within the election timeout"
             }
-            (Role::Leader, _) => "saw a higher term",
             (_, Role::Leader) => "won the election",
             (_, Role::Follower) if now.1.is_some() => "heard from the leader",
-            _ => "",
+            _ if term > was_term => "saw a higher term",
+            _ => "lost the election",
         };
         tracing::info!(
             id = self.cfg.id,
