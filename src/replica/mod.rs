@@ -1121,11 +1121,10 @@ impl<S: Storage> Replica<S> {
         self.applied(e.index, e.term, &e.data, &outcome, e.kind);
     }
 
-    /// Logs the Raft role and leader when they changed. A follower that
-    /// starts a campaign heard nothing from its leader for an election
-    /// timeout; a leader that becomes a follower in the same term lost
-    /// touch with a quorum (check-quorum); in a new term, it saw a higher
-    /// one.
+    /// Logs the Raft role, leader and term when any changed, with the
+    /// likely reason: a follower that campaigns heard nothing from its
+    /// leader for an election timeout; a leader that follows in the same
+    /// term lost touch with a quorum (check-quorum).
     fn log_role_change(&mut self) {
         let (role, leader, term) = (self.raft.role(), self.raft.leader_id(), self.raft.term());
         let (was_role, was_leader, was_term) = self.role_logged;
@@ -1133,8 +1132,7 @@ impl<S: Storage> Replica<S> {
             return;
         }
         self.role_logged = (role, leader, term);
-        let now = (role, leader);
-        let why = match (was_role, now.0) {
+        let why = match (was_role, role) {
             (Role::Follower, Role::PreCandidate | Role::Candidate) => {
                 "no word from the leader within the election timeout (or asked to take over)"
             }
@@ -1142,19 +1140,19 @@ impl<S: Storage> Replica<S> {
             (Role::PreCandidate | Role::Candidate, Role::PreCandidate | Role::Candidate) => {
                 "no quorum within the election timeout: campaigning again"
             }
-            (Role::Leader, Role::Follower) if now.1.is_none() && term == was_term => {
+            (Role::Leader, Role::Follower) if leader.is_none() && term == was_term => {
                 "stepped down: no word from a quorum within the election timeout"
             }
             (_, Role::Leader) => "won the election",
-            (_, Role::Follower) if now.1.is_some() => "heard from the leader",
+            (_, Role::Follower) if leader.is_some() => "heard from the leader",
             _ if term > was_term => "saw a higher term",
             _ => "lost the election",
         };
         tracing::info!(
             id = self.cfg.id,
-            term = self.raft.term(),
-            role = ?now.0,
-            leader = ?now.1,
+            term,
+            role = ?role,
+            leader = ?leader,
             was = ?was_role,
             was_leader = ?was_leader,
             was_term,

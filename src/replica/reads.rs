@@ -144,10 +144,9 @@ impl<S: Storage> Replica<S> {
             return;
         }
         // One read a tick at most: a read costs a round of Raft messages to
-        // every follower and back, and started as soon as the last one
-        // ended it ran thousands of rounds a second under 10,000 masters
-        // (one or two heartbeats each), more messages than the heartbeats
-        // themselves. A tick's wait is nothing to a lease of seconds.
+        // every follower and back, and one begun as soon as the last ended
+        // made the rounds a second follow the load instead of the clock.
+        // A tick's wait is nothing to a lease of seconds.
         if self.heartbeats_read_tick == Some(self.ticks) {
             return;
         }
